@@ -1,0 +1,166 @@
+"""Checkpoint I/O without pickle.
+
+Two formats, both self-describing when written by this package:
+
+* ``.pth``: ``torch.save({"model": state_dict, "meta": {...}})``. Also accepted: a
+  bare state dict (the reference NPR/SN34 format) or ``{"model": sd}`` / ``{"state_dict": sd}``.
+  Always read with ``torch.load(..., weights_only=True)``: a file carrying pickled code
+  is refused, never executed.
+* ``.safetensors``: tensors plus metadata (a JSON string under the ``bitmind`` key).
+
+``meta`` holds ``arch`` (registry name), ``config`` (constructor kwargs), ``transform``
+(how inputs are prepared), ``metrics`` and, optionally, ``temperature`` (calibration:
+the served probability is ``sigmoid(logit / temperature)``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from bitmind.models import build_model
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ARCH = "npr"
+_META_KEY = "bitmind"
+
+
+class CheckpointError(RuntimeError):
+    """A model file could not be turned into a working model."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    meta: dict = field(default_factory=dict)
+    path: str = ""
+    sha256: str = ""
+
+    @property
+    def arch(self) -> str:
+        return self.meta.get("arch", DEFAULT_ARCH)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature", 1.0) or 1.0)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def model_meta(model: nn.Module, arch: str = DEFAULT_ARCH, **extra: Any) -> dict:
+    """Build the metadata block for ``model`` (its config comes from ``model.config``)."""
+    from bitmind.image_transforms import describe_eval_transform
+
+    meta = {"arch": arch, "config": dict(getattr(model, "config", {})), "transform": describe_eval_transform(), "format_version": 1}
+    meta.update(extra)
+    return meta
+
+
+def _atomic_write(path: Path, writer) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(model_or_state: nn.Module | dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Save weights and metadata atomically; format chosen by suffix (.pth or .safetensors)."""
+    path = Path(path)
+    if isinstance(model_or_state, nn.Module):
+        state = model_or_state.state_dict()
+        meta = meta if meta is not None else model_meta(model_or_state)
+    else:
+        state = model_or_state
+        meta = meta or {}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        _atomic_write(path, lambda p: save_file(state, p, metadata={_META_KEY: json.dumps(meta)}))
+    else:
+        _atomic_write(path, lambda p: torch.save({"model": state, "meta": _jsonable(meta)}, p))
+    return path
+
+
+def _jsonable(obj):
+    """Round-trip through JSON: metadata must be plain data for weights_only loading."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Return ``(state_dict, meta)`` from a file, without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+        return state, meta
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or pickled code (UnpicklingError)
+        raise CheckpointError(f"cannot read {path} safely (weights_only): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    meta: dict = {}
+    if "model" in obj and isinstance(obj["model"], dict):
+        state, meta = obj["model"], obj.get("meta") or {}
+    elif "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        state, meta = obj["state_dict"], obj.get("meta") or {}
+    else:
+        state = obj
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{path} contains no tensors")
+    return state, meta
+
+
+def load_model(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu", expected_arch: str | None = None) -> LoadedModel:
+    """Build the model a checkpoint describes and load its weights (strict).
+
+    ``arch`` overrides the file's metadata (for bare state dicts of another
+    architecture); ``expected_arch`` refuses a file of a different architecture.
+    """
+    state, meta = read_checkpoint(path)
+    name = arch or meta.get("arch") or DEFAULT_ARCH
+    if expected_arch is not None and name != expected_arch:
+        raise CheckpointError(f"{path} is architecture {name!r}, expected {expected_arch!r}")
+    config = meta.get("config") or {}
+    try:
+        model = build_model(name, **config)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} does not fit architecture {name!r} {config}: {str(e).splitlines()[0][:300]}") from e
+    model.eval().to(device)
+    meta = {**meta, "arch": name, "config": config}
+    return LoadedModel(model=model, meta=meta, path=str(path), sha256=file_sha256(path))

@@ -1,0 +1,136 @@
+"""Safe image decoding for untrusted payloads.
+
+Validators send base64-encoded JPEGs, but a miner is an open network service: the
+payload may be empty, not base64, not an image, truncated, a decompression bomb,
+or an unusual mode (CMYK, 16-bit, palette, alpha, animated). Everything here turns
+such input into either an RGB ``PIL.Image`` or an ``ImageDecodeError`` with a short
+reason, enforcing size limits *before* the pixels are decoded.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+#: Largest base64 payload accepted by default (characters). A 4K JPEG at high quality
+#: is a few MB; 16 MiB of base64 is ~12 MiB of bytes.
+DEFAULT_MAX_B64_CHARS = 16 * 1024 * 1024
+#: Largest decoded image accepted by default (pixels): admits 8K (7680x4320 = 33 MP).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that. We set it
+# deliberately to our limit so that even code paths that skip `decode_image` are bounded.
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+
+
+class ImageDecodeError(ValueError):
+    """The payload is not an image we can (or are willing to) decode."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds enforced before full decoding."""
+
+    max_b64_chars: int = DEFAULT_MAX_B64_CHARS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def b64_to_bytes(data: str, limits: DecodeLimits = DecodeLimits()) -> bytes:
+    """Strictly decode base64 text (standard alphabet, optional data-URI prefix)."""
+    if not isinstance(data, (str, bytes)):
+        raise ImageDecodeError(f"image payload must be a base64 string, got {type(data).__name__}")
+    if not data:
+        raise ImageDecodeError("empty image payload")
+    if len(data) > limits.max_b64_chars:
+        raise ImageDecodeError(f"payload of {len(data)} chars exceeds limit {limits.max_b64_chars}")
+    if isinstance(data, str):
+        if data.startswith("data:") and "," in data[:100]:
+            data = data.split(",", 1)[1]
+        try:
+            data = data.encode("ascii")
+        except UnicodeEncodeError as e:
+            raise ImageDecodeError("payload is not base64 (non-ASCII characters)") from e
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ImageDecodeError(f"invalid base64: {e}") from e
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, compositing alpha on white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Decode image bytes into an RGB image (first frame, EXIF orientation applied).
+
+    The header is parsed first; the declared size is checked against ``limits``
+    before any pixel data is decoded, so a 20000x20000 bomb costs nothing.
+    """
+    if not raw:
+        raise ImageDecodeError("empty image bytes")
+    try:
+        img = Image.open(io.BytesIO(raw))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageDecodeError(f"not a recognised image: {e}") from e
+    except Image.DecompressionBombError as e:  # pragma: no cover - raised by open for huge PNG chunks
+        raise ImageDecodeError(f"image too large: {e}") from e
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"image has empty size {w}x{h}")
+    if w * h > limits.max_pixels:
+        raise ImageDecodeError(f"image of {w}x{h} pixels exceeds limit {limits.max_pixels}")
+    try:
+        img.seek(0)  # animated formats: first frame only
+        if img.format == "JPEG" and max(w, h) > 4096:
+            # Let libjpeg decode at reduced scale; we resize to 256 anyway.
+            img.draft("RGB", (max(w // 8, 256), max(h // 8, 256)))
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return _to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
+        raise ImageDecodeError(f"could not decode image: {e}") from e
+
+
+def decode_image(data: str | bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Base64 text -> RGB PIL image, or ``ImageDecodeError``."""
+    return open_image(b64_to_bytes(data, limits), limits)
+
+
+def encode_image(img: Image.Image, fmt: str = "JPEG", quality: int = 75) -> str:
+    """RGB PIL image -> base64 text, encoded the way validators do (JPEG, q=75)."""
+    buf = io.BytesIO()
+    img = _to_rgb(img)
+    if fmt.upper() in ("JPEG", "JPG"):
+        img.save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def load_image_file(path, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Read an image file from disk with the same guarantees as ``decode_image``."""
+    with open(path, "rb") as f:
+        return open_image(f.read(), limits)

@@ -1,0 +1,238 @@
+"""Image transforms shared by training, evaluation, serving and the validator.
+
+* ``base_transforms``: the ONE eval transform. RGB, centre-crop to the short side,
+  resize to 256x256, to tensor in [0, 1]. Used identically by the trainer's
+  validation, ``bitmind.eval`` and the miner, so that what the model sees when it
+  serves is what it saw when it was measured.
+* ``random_aug_transforms``: the validator-side augmentation of SN34 challenges
+  (rotation up to 20 degrees, random resized crop to 256 with scale 0.2-1.0 and a
+  square ratio, horizontal and vertical flips).
+* ``ValidatorPipeline``: what a validator does to a challenge before sending it
+  (random aug or, for a share of challenges, base transforms only; then a JPEG
+  round trip at quality 75). Seedable, so evaluation ``--challenge`` is reproducible.
+* ``TrainAugment``: the validator pipeline plus optional robustness augmentations
+  (Gaussian blur, JPEG at a random quality, colour jitter), applied to both classes.
+
+All random choices take an explicit ``random.Random`` so that a seed fixes them,
+independent of worker processes or global RNG state.
+"""
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageFilter
+
+from bitmind.image_io import _to_rgb
+
+TARGET_SIZE = 256
+#: Pillow's default JPEG quality; what SN34 validators encode challenges with.
+VALIDATOR_JPEG_QUALITY = 75
+
+
+class ConvertToRGB:
+    """Any PIL mode (L, P, CMYK, RGBA, I;16 ...) to 8-bit RGB."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return _to_rgb(img)
+
+    def __repr__(self) -> str:
+        return "ConvertToRGB()"
+
+
+class CenterCropShortSide:
+    """Centre-crop to a square whose side is the image's short side."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        s = min(w, h)
+        if w == h:
+            return img
+        return TF.center_crop(img, [s, s])
+
+    def __repr__(self) -> str:
+        return "CenterCropShortSide()"
+
+
+def _resize_square(img: Image.Image, size: int = TARGET_SIZE) -> Image.Image:
+    if img.size == (size, size):
+        return img  # never resample an image that is already the right size
+    return img.resize((size, size), Image.BILINEAR, reducing_gap=None)
+
+
+class ResizeSquare:
+    def __init__(self, size: int = TARGET_SIZE):
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return _resize_square(img, self.size)
+
+    def __repr__(self) -> str:
+        return f"ResizeSquare({self.size})"
+
+
+def base_pil(img: Image.Image, size: int = TARGET_SIZE) -> Image.Image:
+    """base_transforms without the final to-tensor (PIL in, 256x256 RGB PIL out)."""
+    return _resize_square(CenterCropShortSide()(_to_rgb(img)), size)
+
+
+#: The one eval transform: PIL image -> float tensor (3, 256, 256) in [0, 1].
+base_transforms = T.Compose([ConvertToRGB(), CenterCropShortSide(), ResizeSquare(TARGET_SIZE), T.ToTensor()])
+
+
+def _sample_resized_crop(w: int, h: int, rng: random.Random, scale=(0.2, 1.0), ratio=(1.0, 1.0)):
+    """torchvision's RandomResizedCrop parameter sampling, with an explicit RNG."""
+    area = w * h
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target_area * aspect)))
+        ch = int(round(math.sqrt(target_area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = rng.randint(0, h - ch)
+            left = rng.randint(0, w - cw)
+            return top, left, ch, cw
+    s = min(w, h)  # fallback: centre square
+    return (h - s) // 2, (w - s) // 2, s, s
+
+
+class RandomAugment:
+    """Validator-side random augmentation (PIL in, 256x256 PIL out).
+
+    Rotation in [-20, 20] degrees, random resized crop to 256 (scale 0.2-1.0, square),
+    horizontal flip (p=0.5), vertical flip (p=0.5).
+    """
+
+    def __init__(self, size: int = TARGET_SIZE, degrees: float = 20.0, scale=(0.2, 1.0), rng: random.Random | None = None):
+        self.size, self.degrees, self.scale = size, degrees, tuple(scale)
+        self.rng = rng
+
+    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> Image.Image:
+        rng = rng or self.rng or random
+        img = CenterCropShortSide()(_to_rgb(img))
+        angle = rng.uniform(-self.degrees, self.degrees)
+        img = TF.rotate(img, angle, interpolation=T.InterpolationMode.NEAREST)
+        top, left, ch, cw = _sample_resized_crop(img.width, img.height, rng, self.scale)
+        img = TF.resized_crop(img, top, left, ch, cw, [self.size, self.size], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+        if rng.random() < 0.5:
+            img = TF.hflip(img)
+        if rng.random() < 0.5:
+            img = TF.vflip(img)
+        return img
+
+    def __repr__(self) -> str:
+        return f"RandomAugment(size={self.size}, degrees={self.degrees}, scale={self.scale})"
+
+
+#: Validator-side augmentation, PIL image -> tensor (3, 256, 256). Uses Python's global RNG.
+random_aug_transforms = T.Compose([ConvertToRGB(), RandomAugment(), T.ToTensor()])
+
+
+def jpeg_roundtrip(img: Image.Image, quality: int = VALIDATOR_JPEG_QUALITY) -> Image.Image:
+    """Encode to JPEG at ``quality`` and decode again, as a challenge on the wire."""
+    buf = io.BytesIO()
+    _to_rgb(img).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    return out.convert("RGB")
+
+
+@dataclass
+class ValidatorPipeline:
+    """What a validator does to an image before sending it as a challenge.
+
+    With probability ``plain_share`` only base transforms, otherwise random aug;
+    then (if ``jpeg_quality`` is set) a JPEG round trip at that quality.
+    """
+
+    plain_share: float = 0.2
+    jpeg_quality: int | None = VALIDATOR_JPEG_QUALITY
+    size: int = TARGET_SIZE
+
+    def apply(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        """PIL in -> 256x256 PIL as the validator would produce it, before encoding."""
+        if rng.random() < self.plain_share:
+            out = base_pil(img, self.size)
+        else:
+            out = RandomAugment(self.size)(img, rng)
+        return out
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        out = self.apply(img, rng)
+        if self.jpeg_quality is not None:
+            out = jpeg_roundtrip(out, self.jpeg_quality)
+        return out
+
+
+@dataclass
+class AugConfig:
+    """Training augmentation switches (each settable from the trainer's command line).
+
+    ``validator_prob``: share of samples passed through the validator geometry
+    (random aug or plain); the rest get base transforms only.
+    ``jpeg_prob``/``jpeg_quality``: JPEG round trip at a quality drawn from the range
+    (75-75 reproduces validators exactly; 30-100 adds robustness).
+    """
+
+    validator_prob: float = 1.0
+    plain_share: float = 0.2
+    jpeg_prob: float = 1.0
+    jpeg_quality: tuple[int, int] = (75, 75)
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    color_jitter_prob: float = 0.0
+    color_jitter: float = 0.2  # brightness/contrast/saturation strength; hue is a quarter of it
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AugConfig":
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**kw)
+
+    @classmethod
+    def none(cls) -> "AugConfig":
+        return cls(validator_prob=0.0, jpeg_prob=0.0)
+
+
+class TrainAugment:
+    """PIL in -> augmented 256x256 PIL out, driven by an ``AugConfig`` and an explicit RNG."""
+
+    def __init__(self, cfg: AugConfig, size: int = TARGET_SIZE):
+        self.cfg, self.size = cfg, size
+        self._geom = ValidatorPipeline(plain_share=cfg.plain_share, jpeg_quality=None, size=size)
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        c = self.cfg
+        if rng.random() < c.validator_prob:
+            img = self._geom.apply(img, rng)
+        else:
+            img = base_pil(img, self.size)
+        if c.blur_prob > 0 and rng.random() < c.blur_prob:
+            img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*c.blur_sigma)))
+        if c.color_jitter_prob > 0 and rng.random() < c.color_jitter_prob:
+            s = c.color_jitter
+            img = TF.adjust_brightness(img, rng.uniform(1 - s, 1 + s))
+            img = TF.adjust_contrast(img, rng.uniform(1 - s, 1 + s))
+            img = TF.adjust_saturation(img, rng.uniform(1 - s, 1 + s))
+            img = TF.adjust_hue(img, rng.uniform(-s / 4, s / 4))
+        if c.jpeg_prob > 0 and rng.random() < c.jpeg_prob:
+            img = jpeg_roundtrip(img, rng.randint(int(c.jpeg_quality[0]), int(c.jpeg_quality[1])))
+        return img
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    return TF.to_tensor(img)
+
+
+def describe_eval_transform() -> dict:
+    """Self-description stored in checkpoints, so a model file says how to feed it."""
+    return {"name": "base_transforms", "size": TARGET_SIZE, "steps": [repr(t) for t in base_transforms.transforms], "range": [0.0, 1.0]}

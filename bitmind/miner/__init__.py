@@ -1,0 +1,1 @@
+"""Miner-side library: prediction with hot reload, and the axon handlers."""

@@ -1,0 +1,35 @@
+"""Architecture registry: a checkpoint names its architecture and config; this maps
+the name back to a constructor, so new detectors can be added beside NPR and the miner
+can serve any of them from the file alone."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Class/function decorator: ``@register_model("npr")``."""
+
+    def deco(builder):
+        if name in _REGISTRY and _REGISTRY[name] is not builder:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+
+    return deco
+
+
+def available_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, **config) -> nn.Module:
+    """Instantiate a registered architecture with its config (unknown keys are errors)."""
+    try:
+        builder = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown architecture {name!r}; registered: {available_models()}") from None
+    return builder(**config)
