@@ -1,0 +1,479 @@
+"""A local chain for running miners and validators without a network.
+
+Why: the real subnet needs a Subtensor node, registered hotkeys and an external IP.
+For tests, the demo and the local harness we want the *real* ``bt.Axon`` /
+``bt.Dendrite`` / ``bt.Metagraph`` code paths on loopback, against a chain we control.
+bittensor ships ``bittensor.utils.mock.MockSubtensor`` for this, but in 10.5.0 several
+paths are broken or reach for the (mocked-out) substrate connection:
+
+* ``neurons_lite`` crashes (``NeuronInfo`` has no ``rank``);
+* ``Metagraph.sync`` asks ``query_runtime_api("get_subnet_state")`` for stakes and
+  ``get_metagraph_info`` for extras, which return ``MagicMock`` objects;
+* ``get_uid_for_hotkey_on_subnet`` / ``is_hotkey_registered`` query the substrate directly;
+* ``serve_axon`` goes through the extrinsic machinery;
+* storage look-ups walk back one block at a time (slow once blocks advance).
+
+``LocalSubtensor`` fixes those in a subclass, and adds two things:
+
+* **Persistence across processes.** MockSubtensor's state lives in one process. The
+  local chain is therefore described by a small JSON file, ``<root>/chain.json``:
+  subnets, registered neurons (hotkey, coldkey, stake, validator permit) and served
+  axons. Every process that opens the same ``root`` replays that file into its own
+  MockSubtensor (again on every metagraph sync / registration check, when the file
+  changed), so a miner process and a validator process agree on UIDs, stakes, permits
+  and each other's axon addresses.
+* **Blocks that advance with wall time** (``block_time`` seconds per block, counted
+  from the file's creation, so all processes see the same block). ``block_time=0``
+  freezes the block; ``advance(n)`` steps it by hand.
+
+API (everything a local miner/validator/test needs)::
+
+    from bitmind import local_chain as lc
+
+    lc.patch_external_ip()                       # bt.Dendrite()/bt.Axon() never look up an IP online
+    chain = lc.open_local_chain("/tmp/chain", netuid=1)   # LocalSubtensor; creates the subnet
+    miner_w = lc.local_wallet("/tmp/chain", "miner")       # bt.Wallet under <root>/wallets, no password
+    vali_w = lc.local_wallet("/tmp/chain", "validator")
+    chain.register(miner_w)                               # uid 0, no stake, no permit
+    chain.register(vali_w, stake=1000.0, validator=True)  # uid 1, stake in TAO, validator permit
+    axon = bt.Axon(wallet=miner_w, ip="127.0.0.1", external_ip="127.0.0.1", port=port)
+    chain.serve_axon(netuid=1, axon=axon)                 # (or axon.serve(netuid=1, subtensor=chain))
+    mg = chain.metagraph(1)                               # hotkeys, S (stake), validator_permit, axons
+
+Helpers: ``free_port()``, ``wait_for_port(port)`` (``Axon.start`` returns before it
+listens). ``open_local_chain`` resets the process-wide MockSubtensor state when it opens a
+different root (MockSubtensor keeps *one* chain per process; so does this module).
+``local_setup(root, ...)`` does all of the above for the usual pair of neurons.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any, Optional
+
+import bittensor as bt
+from bittensor.core.chain_data import NeuronInfoLite
+from bittensor.core.settings import version_as_int
+from bittensor.core.types import ExtrinsicResponse
+from bittensor.utils import networking
+from bittensor.utils.balance import Balance
+from bittensor.utils.mock.subtensor_mock import MockSubtensor
+
+logger = logging.getLogger(__name__)
+
+LOCAL_IP = "127.0.0.1"
+DEFAULT_NETUID = 1
+DEFAULT_BLOCK_TIME = 12.0
+CHAIN_FILE = "chain.json"
+U16_MAX = 65535
+
+_original_get_external_ip = networking.get_external_ip
+
+
+# --------------------------------------------------------------------------- external IP
+def _module_attr(mod):
+    """``mod.get_external_ip`` or None (some modules, e.g. torch._classes, raise on getattr)."""
+    try:
+        return getattr(mod, "get_external_ip", None)
+    except Exception:
+        return None
+
+
+def _is_local(fn) -> bool:
+    return isinstance(fn, types.FunctionType) and getattr(fn, "_bitmind_local", False)
+
+
+def patch_external_ip(ip: str = LOCAL_IP) -> None:
+    """Make every bittensor external-IP lookup return ``ip`` (idempotent).
+
+    ``bt.Dendrite()`` (and ``bt.Axon()`` without ``external_ip``) call
+    ``bittensor.utils.networking.get_external_ip``, which asks web services and raises
+    ``ExternalIPNotFound`` offline. In bittensor 10.5.0 the callers (core.axon,
+    core.dendrite, the serving extrinsics) use it as an attribute of the module, so
+    patching the module is enough; any module that imported the function *by name*
+    is patched too, by scanning ``sys.modules`` for the original function object.
+    """
+
+    def _local_ip() -> str:
+        return ip
+
+    _local_ip._bitmind_local = True  # type: ignore[attr-defined]
+    networking.get_external_ip = _local_ip
+    for mod in list(sys.modules.values()):
+        current = _module_attr(mod)
+        if current is _original_get_external_ip or _is_local(current):
+            with contextlib.suppress(Exception):
+                setattr(mod, "get_external_ip", _local_ip)
+
+
+def unpatch_external_ip() -> None:
+    """Undo ``patch_external_ip`` (for tests that check the patch)."""
+    for mod in list(sys.modules.values()):
+        if _is_local(_module_attr(mod)):
+            with contextlib.suppress(Exception):
+                setattr(mod, "get_external_ip", _original_get_external_ip)
+
+
+# --------------------------------------------------------------------------- ports
+def free_port(host: str = LOCAL_IP) -> int:
+    """A TCP port that is free right now on ``host`` (for tests and local runs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str = LOCAL_IP, timeout: float = 30.0) -> bool:
+    """Block until something accepts TCP connections on ``host:port`` (``bt.Axon.start``
+    returns before uvicorn listens). Returns False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --------------------------------------------------------------------------- wallets
+def wallet_dir(root: str | os.PathLike) -> Path:
+    return Path(root).expanduser() / "wallets"
+
+
+def local_wallet(root: str | os.PathLike, name: str, hotkey: str = "default") -> "bt.Wallet":
+    """A ``bt.Wallet`` stored under ``<root>/wallets``; keys are created, unencrypted, if missing.
+
+    Local wallets hold no funds on any real chain; they exist so that the axon and
+    dendrite can sign and verify requests exactly as on the network.
+    """
+    w = bt.Wallet(name=name, hotkey=hotkey, path=str(wallet_dir(root)))
+    if not (w.coldkeypub_file.exists_on_device() and w.hotkey_file.exists_on_device()):
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            w.create_if_non_existent(coldkey_use_password=False, hotkey_use_password=False, suppress=True)
+        logger.info("created local wallet %s/%s under %s", name, hotkey, wallet_dir(root))
+    return w
+
+
+# --------------------------------------------------------------------------- chain file
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Exclusive lock for read-modify-write of the chain file across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a+") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lockf, fcntl.LOCK_UN)
+
+
+def _read_spec(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _write_spec(path: Path, spec: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".chain.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- subtensor
+class LocalSubtensor(MockSubtensor):
+    """MockSubtensor that works with bittensor 10.5.0's metagraph/axon code and is shared
+    between processes through ``<root>/chain.json`` (see the module docstring).
+
+    Construct with ``open_local_chain``; plain ``LocalSubtensor()`` joins whatever
+    local chain this process already has open.
+    """
+
+    # ---- construction --------------------------------------------------------------
+    def _attach(self, root: Path, block_time: float) -> None:
+        self.local_root = root
+        self.chain_file = root / CHAIN_FILE
+        self.block_time = block_time
+        self._spec_sig = None
+        self._applied: dict = {"neurons": {}, "axons": {}}
+        with _locked(self.chain_file):
+            spec = _read_spec(self.chain_file)
+            if not spec:
+                spec = {"created": time.time(), "block_time": block_time, "subnets": {}}
+                _write_spec(self.chain_file, spec)
+        self.created = float(spec["created"])
+        self.network = "local"
+        self._sync_from_file(force=True)
+
+    # ---- file replay ---------------------------------------------------------------
+    def _sync_from_file(self, force: bool = False) -> None:
+        """Apply the chain file to this process's mock state if it changed since last time."""
+        path = getattr(self, "chain_file", None)
+        if path is None:
+            return
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if not force and sig == self._spec_sig:
+            return
+        spec = _read_spec(path)
+        self._spec_sig = sig
+        state = self.chain_state["SubtensorModule"]
+        for key, subnet in spec.get("subnets", {}).items():
+            netuid = int(key)
+            if netuid not in state["NetworksAdded"]:
+                MockSubtensor.create_subnet(self, netuid)
+            for n in subnet.get("neurons", []):
+                self._apply_neuron(netuid, n)
+            for hotkey, ax in subnet.get("axons", {}).items():
+                self._apply_axon(netuid, hotkey, ax)
+
+    def _apply_neuron(self, netuid: int, n: dict) -> None:
+        state = self.chain_state["SubtensorModule"]
+        key = (netuid, n["hotkey"])
+        if self._applied["neurons"].get(key) == n:
+            return
+        block = self.block_number
+        uid = self._uid_in_state(n["hotkey"], netuid)
+        stake = Balance.from_tao(float(n.get("stake", 0.0)))
+        if uid is None:
+            uid = MockSubtensor.force_register_neuron(self, netuid, n["hotkey"], n["coldkey"], stake=stake)
+        else:
+            state["Stake"][n["hotkey"]].setdefault(n["coldkey"], {})[block] = stake.rao
+        state["ValidatorPermit"][netuid][uid][block] = bool(n.get("validator", False))
+        self._applied["neurons"][key] = dict(n)
+
+    def _apply_axon(self, netuid: int, hotkey: str, ax: dict) -> None:
+        key = (netuid, hotkey)
+        if self._applied["axons"].get(key) == ax:
+            return
+        state = self.chain_state["SubtensorModule"]
+        if hotkey not in state["Axons"].get(netuid, {}):
+            return  # axon of a hotkey not (yet) registered here: ignored, like the chain would
+        state["Axons"][netuid][hotkey][self.block_number] = {
+            "block": self.block_number,
+            "version": int(ax.get("version", 0)),
+            "ip": networking.ip_to_int(ax["ip"]),
+            "port": int(ax["port"]),
+            "ip_type": networking.ip_version(ax["ip"]),
+            "protocol": int(ax.get("protocol", 4)),
+            "placeholder1": 0,
+            "placeholder2": 0,
+        }
+        self._applied["axons"][key] = dict(ax)
+
+    def _update_file(self, fn) -> None:
+        """Read-modify-write the chain file under the lock, then replay it here."""
+        with _locked(self.chain_file):
+            spec = _read_spec(self.chain_file) or {"created": time.time(), "block_time": self.block_time, "subnets": {}}
+            fn(spec)
+            _write_spec(self.chain_file, spec)
+        self._sync_from_file(force=True)
+
+    # ---- blocks ----------------------------------------------------------------------
+    def get_current_block(self) -> int:
+        bt_ = getattr(self, "block_time", 0) or 0
+        if bt_ > 0:
+            target = int((time.time() - self.created) / bt_)
+            while self.block_number < target:
+                self.do_block_step()
+        return self.block_number
+
+    def advance(self, blocks: int = 1) -> int:
+        """Step the block number by hand (tests); returns the new block."""
+        for _ in range(blocks):
+            self.do_block_step()
+        return self.block_number
+
+    @staticmethod
+    def _get_most_recent_storage(storage: dict, block_number: Optional[int] = None) -> Any:
+        """Value at the latest block <= ``block_number`` (O(entries), not O(blocks))."""
+        if not storage:
+            return None
+        keys = [k for k in storage if isinstance(k, int) and (block_number is None or k <= block_number)]
+        return storage[max(keys)] if keys else None
+
+    # ---- chain edits (persisted) ---------------------------------------------------
+    def create_subnet(self, netuid: int) -> None:
+        """Create ``netuid`` if missing (idempotent, unlike MockSubtensor's)."""
+        self._update_file(lambda spec: spec["subnets"].setdefault(str(netuid), {"neurons": [], "axons": {}}))
+
+    def register(self, wallet: "bt.Wallet", netuid: int = DEFAULT_NETUID, stake: float = 0.0,
+                 validator: bool = False) -> int:
+        """Register ``wallet``'s hotkey on ``netuid`` with ``stake`` (TAO) and a validator
+        permit if ``validator``. Re-registering updates stake/permit. Returns the UID."""
+        entry = {"hotkey": wallet.hotkey.ss58_address, "coldkey": wallet.coldkeypub.ss58_address,
+                 "stake": float(stake), "validator": bool(validator), "name": f"{wallet.name}/{wallet.hotkey_str}"}
+
+        def edit(spec):
+            neurons = spec["subnets"].setdefault(str(netuid), {"neurons": [], "axons": {}})["neurons"]
+            for i, n in enumerate(neurons):  # list order = UID order; re-registering keeps the UID
+                if n["hotkey"] == entry["hotkey"]:
+                    neurons[i] = entry
+                    break
+            else:
+                neurons.append(entry)
+
+        self._update_file(edit)
+        uid = self.get_uid_for_hotkey_on_subnet(entry["hotkey"], netuid)
+        assert uid is not None
+        return uid
+
+    def serve_axon(self, netuid: int, axon: "bt.Axon", certificate=None, **_: Any) -> ExtrinsicResponse:
+        """Publish ``axon``'s external ip/port for its hotkey (what ``axon.serve`` calls)."""
+        hotkey = axon.wallet.hotkey.ss58_address
+        ax = {"ip": axon.external_ip, "port": int(axon.external_port), "version": int(version_as_int), "protocol": 4}
+
+        def edit(spec):
+            subnet = spec["subnets"].setdefault(str(netuid), {"neurons": [], "axons": {}})
+            subnet.setdefault("axons", {})[hotkey] = ax
+
+        self._update_file(edit)
+        return ExtrinsicResponse(success=True, message=f"axon {ax['ip']}:{ax['port']} served on local chain")
+
+    def set_weights(self, wallet: "bt.Wallet", netuid: int, uids, weights, *args: Any, **kwargs: Any) -> ExtrinsicResponse:
+        """Store normalised u16 weights for the caller (this process only) and bump LastUpdate."""
+        self._sync_from_file()
+        uid = self.get_uid_for_hotkey_on_subnet(wallet.hotkey.ss58_address, netuid)
+        if uid is None:
+            return ExtrinsicResponse(success=False, message="hotkey not registered on local chain")
+        uids = [int(u) for u in list(uids)]
+        ws = [float(w) for w in list(weights)]
+        top = max(ws) if ws and max(ws) > 0 else 1.0
+        state = self.chain_state["SubtensorModule"]
+        block = self.get_current_block()
+        state["Weights"][netuid][uid][block] = [(u, int(round(w / top * U16_MAX))) for u, w in zip(uids, ws)]
+        state["LastUpdate"][netuid][uid][block] = block
+        return ExtrinsicResponse(success=True, message="weights set on local chain")
+
+    # ---- queries the 10.5.0 mock gets wrong ---------------------------------------------
+    def _uid_in_state(self, hotkey_ss58: str, netuid: int, block: Optional[int] = None) -> Optional[int]:
+        uids = self.chain_state["SubtensorModule"]["Uids"].get(netuid, {})
+        if hotkey_ss58 not in uids:
+            return None
+        return self._get_most_recent_storage(uids[hotkey_ss58], block)
+
+    def get_uid_for_hotkey_on_subnet(self, hotkey_ss58: str, netuid: int, block: Optional[int] = None) -> Optional[int]:
+        self._sync_from_file()
+        return self._uid_in_state(hotkey_ss58, netuid, block)
+
+    def get_netuids_for_hotkey(self, hotkey_ss58: str, block: Optional[int] = None) -> list[int]:
+        self._sync_from_file()
+        return [n for n in self.chain_state["SubtensorModule"]["Uids"] if self._uid_in_state(hotkey_ss58, n) is not None]
+
+    def subnet_exists(self, netuid: int, block: Optional[int] = None) -> bool:
+        self._sync_from_file()
+        return netuid in self.chain_state["SubtensorModule"]["NetworksAdded"]
+
+    def tempo(self, netuid: int, block: Optional[int] = None) -> Optional[int]:
+        return self._get_most_recent_storage(self.chain_state["SubtensorModule"]["Tempo"].get(netuid, {}))
+
+    def weights_rate_limit(self, netuid: int, block: Optional[int] = None) -> int:
+        return 0
+
+    def blocks_since_last_update(self, netuid: int, uid: int, block: Optional[int] = None) -> Optional[int]:
+        block = block or self.get_current_block()
+        last = self.chain_state["SubtensorModule"]["LastUpdate"].get(netuid, {}).get(uid)
+        if last is None:
+            return None
+        return block - int(self._get_most_recent_storage(last, block) or 0)
+
+    def neurons(self, netuid: int, block: Optional[int] = None):
+        self._sync_from_file()
+        return super().neurons(netuid, block)
+
+    def neurons_lite(self, netuid: int, block: Optional[int] = None):
+        self._sync_from_file()
+        return super().neurons_lite(netuid, block)
+
+    def neuron_for_uid_lite(self, uid: int, netuid: int, block: Optional[int] = None) -> Optional[NeuronInfoLite]:
+        n = self.neuron_for_uid(uid, netuid, block)
+        if n is None:
+            return None
+        return NeuronInfoLite(
+            hotkey=n.hotkey, coldkey=n.coldkey, uid=n.uid, netuid=n.netuid, active=n.active, stake=n.stake,
+            stake_dict=n.stake_dict, total_stake=n.total_stake, emission=n.emission, incentive=n.incentive,
+            consensus=n.consensus, validator_trust=n.validator_trust, dividends=n.dividends,
+            last_update=n.last_update, validator_permit=n.validator_permit, prometheus_info=n.prometheus_info,
+            axon_info=n.axon_info, is_null=n.is_null,
+        )
+
+    def query_runtime_api(self, runtime_api: str, method: str, params=None, block: Optional[int] = None):
+        """Answer ``get_subnet_state`` (the metagraph's stake source) from the mock state."""
+        if method != "get_subnet_state":
+            return None
+        netuid = int((params or [DEFAULT_NETUID])[0])
+        if netuid not in self.chain_state["SubtensorModule"]["NetworksAdded"]:
+            return None
+        ns = MockSubtensor.neurons(self, netuid, block)
+        z = [0] * len(ns)
+        return {
+            "netuid": netuid, "hotkeys": [n.hotkey for n in ns], "coldkeys": [n.coldkey for n in ns],
+            "active": [bool(n.active) for n in ns], "validator_permit": [bool(n.validator_permit) for n in ns],
+            "pruning_score": z, "last_update": [int(n.last_update) for n in ns], "emission": z, "dividends": z,
+            "incentives": z, "consensus": z, "trust": z, "rank": z, "block_at_registration": z,
+            "alpha_stake": [int(n.total_stake.rao) for n in ns], "tao_stake": z,
+            "total_stake": [int(n.total_stake.rao) for n in ns], "emission_history": [],
+        }
+
+    def get_metagraph_info(self, *args: Any, **kwargs: Any):
+        return None
+
+    def get_mechanism_count(self, *args: Any, **kwargs: Any) -> int:
+        return 1
+
+    def get_mechanism_emission_split(self, *args: Any, **kwargs: Any):
+        return None
+
+    def metagraph(self, netuid: int, mechid: int = 0, lite: bool = True, block: Optional[int] = None) -> "bt.Metagraph":
+        self._sync_from_file()
+        return super().metagraph(netuid, mechid=mechid, lite=lite, block=block)
+
+
+def open_local_chain(root: str | os.PathLike, netuid: int = DEFAULT_NETUID,
+                     block_time: float = DEFAULT_BLOCK_TIME) -> LocalSubtensor:
+    """Open (creating if needed) the local chain stored under ``root``, with ``netuid`` created.
+
+    Resets this process's MockSubtensor state if a different root was open before.
+    """
+    root = Path(root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    current = LocalSubtensor()
+    if getattr(current, "local_root", None) != root:
+        MockSubtensor.reset()
+        current = LocalSubtensor()
+        current._attach(root, block_time)
+    current.create_subnet(netuid)
+    return current
+
+
+def local_setup(root: str | os.PathLike, netuid: int = DEFAULT_NETUID, miners: tuple[str, ...] = ("miner",),
+                validators: tuple[str, ...] = ("validator",), validator_stake: float = 1000.0,
+                block_time: float = DEFAULT_BLOCK_TIME) -> tuple[LocalSubtensor, dict[str, "bt.Wallet"]]:
+    """Patch the external IP, open the chain, create wallets and register them.
+
+    Miners are registered without stake or permit; validators with ``validator_stake``
+    TAO and a validator permit (so a miner's blacklist serves them). Returns the
+    subtensor and ``{name: wallet}``.
+    """
+    patch_external_ip()
+    chain = open_local_chain(root, netuid, block_time)
+    wallets: dict[str, bt.Wallet] = {}
+    for name in miners:
+        wallets[name] = w = local_wallet(root, name)
+        if chain.get_uid_for_hotkey_on_subnet(w.hotkey.ss58_address, netuid) is None:
+            chain.register(w, netuid)
+    for name in validators:
+        wallets[name] = w = local_wallet(root, name)
+        chain.register(w, netuid, stake=validator_stake, validator=True)
+    return chain, wallets
