@@ -9,8 +9,8 @@ Two formats, both self-describing when written by this package:
 * ``.safetensors``: tensors plus metadata (a JSON string under the ``bitmind`` key).
 
 ``meta`` holds ``arch`` (registry name), ``config`` (constructor kwargs), ``transform``
-(how inputs are prepared), ``metrics`` and, optionally, ``temperature`` (calibration:
-the served probability is ``sigmoid(logit / temperature)``).
+(how inputs are prepared), ``metrics`` and, optionally, ``temperature`` and ``logit_bias`` (calibration:
+the served probability is ``sigmoid(logit / temperature + logit_bias)``).
 """
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ class LoadedModel:
     @property
     def temperature(self) -> float:
         return float(self.meta.get("temperature", 1.0) or 1.0)
+
+    @property
+    def logit_bias(self) -> float:
+        return float(self.meta.get("logit_bias", 0.0) or 0.0)
+
+    def probabilities(self, logits):
+        """Raw logits -> calibrated P(AI-generated): ``sigmoid(logit / temperature + logit_bias)``."""
+        from bitmind.calibration import apply_calibration
+
+        return apply_calibration(logits, self.temperature, self.logit_bias)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -30,6 +30,7 @@ class DetectionDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.bad: set[int] = set()  # items that failed to load (per process): skipped without re-reading
 
     @classmethod
     def from_sources(cls, sources_and_indices, **kw) -> "DetectionDataset":
@@ -57,13 +58,18 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, k: int):
         src, i = self.items[k]
+        if k in self.bad:
+            return None
         try:
-            img = src.load(i)
-            img = self.augment(img, self.rng_for(k)) if self.augment else base_pil(img)
-            return to_tensor(img), src.label(i), k
+            return to_tensor(self.transform(src.load(i), k)), src.label(i), k
         except Exception as e:  # unreadable / corrupt file: skip, never crash the epoch
+            self.bad.add(k)
             logger.warning("skipping unreadable image %s: %s", src.describe(i), e)
             return None
+
+    def transform(self, img, k: int):
+        """PIL image of item ``k`` -> 256x256 PIL (augmented when an augment is set)."""
+        return self.augment(img, self.rng_for(k)) if self.augment else base_pil(img)
 
     def summary(self) -> str:
         c = Counter(self.source_names())

@@ -71,10 +71,16 @@ def logits_of(model: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | No
     return out.float().reshape(out.shape[0], -1)[:, 0].cpu()
 
 
-def predict(model: nn.Module, image, temperature: float = 1.0) -> float:
-    """Probability in [0, 1] that ``image`` is AI-generated (> 0.5 means generated)."""
+def predict(model: nn.Module | LoadedModel, image) -> float:
+    """Probability in [0, 1] that ``image`` is AI-generated (> 0.5 means generated).
+
+    Given a ``LoadedModel`` (what ``load_model`` returns), its stored calibration is applied;
+    given a bare module, the plain sigmoid of its logit.
+    """
     x = image_to_tensor(image).unsqueeze(0)
-    return float(torch.sigmoid(logits_of(model, x) / temperature)[0])
+    if isinstance(model, LoadedModel):
+        return float(model.probabilities(logits_of(model.model, x))[0])
+    return float(torch.sigmoid(logits_of(model, x))[0])
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ class Predictor:
     # ---------------------------------------------------------------- synchronous API
     def predict_tensors(self, batch: torch.Tensor) -> list[float]:
         lm = self.current  # one reference for the whole batch: never a mix of models
-        return [float(p) for p in torch.sigmoid(logits_of(lm.model, batch, self.amp_dtype) / lm.temperature)]
+        return [float(p) for p in lm.probabilities(logits_of(lm.model, batch, self.amp_dtype))]
 
     def predict_image(self, image) -> float:
         return self.predict_tensors(image_to_tensor(image).unsqueeze(0))[0]

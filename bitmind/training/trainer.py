@@ -1,0 +1,373 @@
+"""The NPR training loop: single process (CPU or one GPU) or ``torchrun`` (DDP).
+
+Writes to ``<checkpoints_dir>/<name>/``:
+  ``model_epoch_best.pth`` (best validation accuracy; loadable by the miner as is),
+  ``model_last.pth``, ``state_last.pt`` (resumable: weights, optimiser, scheduler, epoch),
+  ``opt.json`` (resolved options), ``history.json`` (per-epoch metrics),
+  ``curves.png`` and TensorBoard event files (tensorboardX).
+Only rank 0 logs and writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from bitmind.checkpoint import model_meta, save_checkpoint
+from bitmind.data import DetectionDataset, balanced_sampler, class_pos_weight, collate_skip_none, open_source, split_indices
+from bitmind.image_transforms import TrainAugment, ValidatorPipeline
+from bitmind.models import build_model
+from bitmind.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- setup
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment, or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or name == "none":
+        return None
+    if name in ("auto", "bf16"):
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    raise ValueError(f"unknown amp mode {name!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _FixedSeedDataset(DetectionDataset):
+    """Validation through the validator pipeline with one fixed RNG per image, so every
+    epoch (and every run with the same seed) scores the same challenges."""
+
+    def rng_for(self, k):
+        return random.Random(hash((self.seed, k)) & 0xFFFFFFFFFFFF)
+
+    def transform(self, img, k):
+        return ValidatorPipeline()(img, self.rng_for(k))
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset, dict]:
+    fractions = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
+    train_parts, val_parts, counts = [], [], {}
+    for spec in cfg.data:
+        src = open_source(spec)
+        idx = split_indices(src, cfg.split_seed, fractions)
+        train_parts.append((src, idx["train"]))
+        val_parts.append((src, idx["val"]))
+        counts[spec] = {k: len(v) for k, v in idx.items()}
+    for spec in cfg.train_data:
+        src = open_source(spec)
+        idx = split_indices(src, cfg.split_seed, fractions)  # same stems -> same split: no leakage
+        train_parts.append((src, idx["train"]))
+        counts[spec] = {"train": len(idx["train"]), "dropped_val_test": len(idx["val"]) + len(idx["test"])}
+    if not train_parts:
+        raise ValueError("no training data: pass --data DIR (a CLASS/SOURCE/*.jpg folder or hf:NAME:role)")
+    train = DetectionDataset.from_sources(train_parts, augment=TrainAugment(cfg.aug_config()), seed=cfg.seed)
+    val_cls = _FixedSeedDataset if cfg.val_challenge else DetectionDataset
+    val = val_cls.from_sources(val_parts, augment=None, seed=cfg.seed + 1)
+    return train, val, counts
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def collect_logits(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    model.eval()
+    logits, labels, keys = [], [], []
+    for batch in loader:
+        if batch is None:
+            continue
+        x, y, k, _ = batch
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            out = model(x)
+        logits.append(out.float().reshape(-1).cpu())
+        labels.append(y)
+        keys.append(k)
+    if not logits:
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=int)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(keys).numpy()
+
+
+def _gather_np(arr: np.ndarray, world: int) -> np.ndarray:
+    if world == 1:
+        return arr
+    out = [None] * world
+    dist.all_gather_object(out, arr)
+    return np.concatenate(out)
+
+
+def binary_metrics(labels, probs, sources=None) -> dict:
+    """Validation metrics; delegates to ``bitmind.metrics`` (one metric code for all tools)."""
+    from bitmind.metrics import compute_metrics
+
+    return compute_metrics(labels, probs, sources)
+
+
+# ---------------------------------------------------------------------------- training
+def _make_writer(run_dir: Path):
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # pragma: no cover - the GPU image ships torch's writer only
+        from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(logdir=str(run_dir)) if "tensorboardX" in SummaryWriter.__module__ else SummaryWriter(log_dir=str(run_dir))
+
+
+def _lr_at(cfg: TrainConfig, epoch: int) -> float:
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    return cfg.lr * (cfg.lr_decay ** (epoch // max(cfg.lr_decay_every, 1)))
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
+    ax[0].set_xlabel("epoch"); ax[0].legend()
+    for key in ("val_acc", "val_ap", "val_real_acc", "val_fake_acc"):
+        ax[1].plot(ep, [h.get(key) for h in history], label=key)
+    ax[1].set_xlabel("epoch"); ax[1].set_ylim(0, 1.02); ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train per ``cfg``; returns a summary (best checkpoint path, best metrics, history)."""
+    rank, world, local_rank = _dist_info()
+    device = resolve_device(cfg.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    is_main = rank == 0
+    seed_everything(cfg.seed + rank)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    run_dir = cfg.run_dir
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "opt.json")
+
+    train_ds, val_ds, counts = build_datasets(cfg)
+    if is_main:
+        logger.info("data splits per source: %s", json.dumps(counts))
+        logger.info("training set:\n%s", train_ds.summary())
+        logger.info("validation set:\n%s", val_ds.summary())
+        print("training set:\n" + train_ds.summary(), flush=True)
+        print("validation set:\n" + val_ds.summary(), flush=True)
+
+    labels = train_ds.labels()
+    if world > 1:
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    elif cfg.balance == "sampler":
+        sampler = balanced_sampler(labels, seed=cfg.seed)
+    else:
+        sampler = None
+    loader_kw = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
+                     collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0)
+    if cfg.workers > 0:
+        loader_kw["prefetch_factor"] = 4
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, shuffle=sampler is None,
+                              drop_last=len(train_ds) >= cfg.batch_size * world, **loader_kw)
+    val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, sampler=val_sampler, shuffle=False, **loader_kw)
+
+    model = build_model(cfg.arch, **cfg.model_config())
+    if cfg.init_from:
+        from bitmind.checkpoint import read_checkpoint
+
+        state, _ = read_checkpoint(cfg.init_from)
+        model.load_state_dict(state, strict=True)
+    model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
+    pos_weight = torch.tensor(class_pos_weight(labels), device=device) if cfg.balance == "weight" else None
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    start_epoch, best_acc, best, history, bad_epochs = 0, -1.0, {}, [], 0
+    state_path = run_dir / "state_last.pt"
+    if cfg.resume and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        start_epoch, best_acc, bad_epochs = st["epoch"] + 1, st["best_acc"], st.get("bad_epochs", 0)
+        history = json.loads(st.get("history", "[]"))
+        best = json.loads(st.get("best", "{}"))
+        if is_main:
+            logger.info("resumed from %s at epoch %d (best val acc %.4f)", state_path, start_epoch, best_acc)
+
+    writer = _make_writer(run_dir) if is_main else None
+    step = start_epoch * len(train_loader)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    t_start = time.time()
+    images_seen = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        train_ds.set_epoch(epoch)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        lr = _lr_at(cfg, epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        n_batches = len(train_loader) if not cfg.max_steps_per_epoch else min(len(train_loader), cfg.max_steps_per_epoch)
+        it = tqdm(train_loader, total=n_batches, desc=f"epoch {epoch}", disable=not (is_main and cfg.progress), leave=False) if tqdm else train_loader
+        loss_sum, loss_n, skipped, t_epoch = 0.0, 0, 0, time.time()
+        for bi, batch in enumerate(it):
+            if cfg.max_steps_per_epoch and bi >= cfg.max_steps_per_epoch:
+                break
+            if batch is None:
+                continue
+            x, y, _, bad = batch
+            skipped += bad
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if device.type == "cuda" and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if cfg.label_smoothing:
+                y = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                logits = net(x).reshape(-1)
+            loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.item() * len(y)
+            loss_n += len(y)
+            images_seen += len(y) * world
+            step += 1
+            if writer is not None and step % cfg.log_every == 0:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", lr, step)
+        train_time = time.time() - t_epoch
+        # ---- validation (all ranks compute their shard, rank 0 gathers)
+        logits, vlabels, vkeys = collect_logits(model, val_loader, device, amp_dtype)
+        logits, vlabels, vkeys = _gather_np(logits, world), _gather_np(vlabels, world), _gather_np(vkeys, world)
+        if world > 1:  # DistributedSampler pads with repeats: keep each validation image once
+            _, first = np.unique(vkeys, return_index=True)
+            logits, vlabels, vkeys = logits[first], vlabels[first], vkeys[first]
+        if skipped:
+            logger.warning("epoch %d: skipped %d unreadable training images", epoch, skipped)
+        stop = torch.zeros(1)
+        if is_main:
+            probs = 1 / (1 + np.exp(-logits))
+            m = binary_metrics(vlabels, probs) if len(vlabels) else {}
+            rec = {"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), "lr": lr,
+                   "val_acc": m.get("accuracy"), "val_ap": m.get("ap"), "val_real_acc": m.get("real_accuracy"),
+                   "val_fake_acc": m.get("fake_accuracy"), "val_brier": m.get("brier"),
+                   "epoch_seconds": train_time, "images_per_second": loss_n * world / max(train_time, 1e-9)}
+            history.append(rec)
+            for k, v in rec.items():
+                if k != "epoch" and v is not None:
+                    writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k.removeprefix("val_"), v, epoch)
+            writer.flush()
+            msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
+            print(msg, flush=True)
+            logger.info(msg)
+            meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": cfg.to_dict()}
+            acc = m.get("accuracy", 0.0) or 0.0
+            if acc > best_acc:
+                best_acc, bad_epochs = acc, 0
+                best = {"epoch": epoch, **{k: v for k, v in m.items() if k != "per_source"}}
+                save_checkpoint(model, run_dir / "model_epoch_best.pth", model_meta(model, cfg.arch, **meta_extra))
+                np.save(run_dir / "val_logits_best.npy", np.stack([logits, vlabels]))
+            else:
+                bad_epochs += 1
+            save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
+            state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict(),
+                     "epoch": epoch, "best_acc": best_acc, "bad_epochs": bad_epochs,
+                     "history": json.dumps(history), "best": json.dumps(best)}
+            tmp = state_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, state_path)
+            (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+            _plot_curves(history, run_dir / "curves.png")
+            if cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
+                print(f"early stopping: no val-acc improvement for {bad_epochs} epochs", flush=True)
+                stop[0] = 1
+        if world > 1:
+            dist.broadcast(stop, 0)
+        if stop.item():
+            break
+
+    summary = {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "model_epoch_best.pth"), "best": best,
+               "history": history, "seconds": time.time() - t_start, "images_seen": images_seen}
+    if is_main:
+        if cfg.calibrate and (run_dir / "val_logits_best.npy").exists():
+            summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy")
+        writer.close()
+        (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def calibrate_checkpoint(ckpt: Path, logits_file: Path) -> dict:
+    """Fit Platt scaling (temperature and bias) on validation logits; store it in the checkpoint."""
+    from bitmind.calibration import apply_calibration, fit_platt
+    from bitmind.checkpoint import read_checkpoint
+    from bitmind.metrics import compute_metrics
+
+    logits, labels = np.load(logits_file)
+    t, b = fit_platt(logits, labels)
+    before = compute_metrics(labels, apply_calibration(logits))
+    after = compute_metrics(labels, apply_calibration(logits, t, b))
+    state, meta = read_checkpoint(ckpt)
+    meta["temperature"], meta["logit_bias"] = t, b
+    meta.setdefault("metrics", {})["calibration"] = {
+        "temperature": t, "logit_bias": b, "split": "val",
+        "val_brier_before": before["brier"], "val_brier_after": after["brier"],
+        "val_acc_before": before["accuracy"], "val_acc_after": after["accuracy"],
+        "val_real_acc_before": before["real_accuracy"], "val_real_acc_after": after["real_accuracy"]}
+    save_checkpoint(state, ckpt, meta)
+    print(f"calibration: T={t:.3f} b={b:+.3f}; val brier {before['brier']:.4f} -> {after['brier']:.4f}, "
+          f"acc {before['accuracy']:.4f} -> {after['accuracy']:.4f}", flush=True)
+    return meta["metrics"]["calibration"]
