@@ -1,0 +1,285 @@
+"""Evaluate a detector file on local data, as plain images or as validator challenges.
+
+    python -m bitmind.eval --model mining_models/npr.pth --data DIR [--data DIR2 ...]
+                           [--split test --split_seed 0] [--challenge --seed 0]
+                           [--json OUT.json] [--plots OUT_DIR]
+
+The model is loaded with ``bitmind.checkpoint.load_model`` and scored exactly as the
+miner serves it: base transforms, one logit, ``P(fake) = sigmoid(logit / T)`` with the
+checkpoint's temperature ``T``. With ``--challenge`` every image first goes through
+the validator pipeline (random augmentation or plain resize, then a JPEG round trip at
+quality 75), driven by a per-image RNG derived from ``--seed`` and the image's index,
+so a run is reproducible whatever the batch size or number of workers.
+
+Metrics (``bitmind.metrics.compute_metrics``) are reported overall and per source
+folder. The functions here (``build_dataset``, ``collect_predictions``, ``evaluate``)
+are what notebooks, ``base_miner/NPR/validate.py`` and benchmarks reuse.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bitmind.checkpoint import LoadedModel, load_model
+from bitmind.data import DetectionDataset, ImageSource, collate_skip_none, open_source, split_indices
+from bitmind.data.splits import SPLITS
+from bitmind.image_transforms import ValidatorPipeline
+from bitmind.metrics import compute_metrics, format_metrics_table
+
+logger = logging.getLogger(__name__)
+
+
+class _NamedSource(ImageSource):
+    """A source whose per-image source names carry a prefix (to tell apart several --data)."""
+
+    def __init__(self, inner: ImageSource, prefix: str):
+        self.inner, self.prefix, self.name = inner, prefix, inner.name
+
+    def __len__(self):
+        return len(self.inner)
+
+    def label(self, i):
+        return self.inner.label(i)
+
+    def stem(self, i):
+        return self.inner.stem(i)
+
+    def load(self, i):
+        return self.inner.load(i)
+
+    def describe(self, i):
+        return self.inner.describe(i)
+
+    def source_name(self, i):
+        return f"{self.prefix}:{self.inner.source_name(i)}"
+
+
+def open_sources(data: Sequence[str | os.PathLike]) -> list[ImageSource]:
+    """Open each data spec (folder or ``hf:NAME[:role]``); with several, source names get
+    the folder name as prefix (the full spec if two folders share a name)."""
+    sources = [open_source(str(d)) for d in data]
+    if len(sources) <= 1:
+        return sources
+    names = [s.name for s in sources]
+    prefixes = [n if names.count(n) == 1 else str(d) for n, d in zip(names, data)]
+    return [_NamedSource(s, p) for s, p in zip(sources, prefixes)]
+
+
+def build_dataset(data: Sequence[str | os.PathLike] | str | os.PathLike, split: str | None = None, split_seed: int = 0,
+                  challenge: bool = False, seed: int = 0, pipeline: ValidatorPipeline | None = None) -> DetectionDataset:
+    """The images to evaluate: all of ``data``, or one split of it (by picture stem).
+
+    ``challenge`` applies ``pipeline`` (default ``ValidatorPipeline()``: random aug or
+    plain, JPEG 75) with the RNG of ``DetectionDataset.rng_for(k)``, i.e. derived from
+    ``(seed, 0, k)``: image ``k`` always gets the same transformation for a given seed.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    items = []
+    for src in open_sources(data):
+        idx = split_indices(src, seed=split_seed)[split] if split else range(len(src))
+        items.extend((src, i) for i in idx)
+    if not items:
+        raise ValueError(f"no images to evaluate in {list(map(str, data))}" + (f" (split {split!r})" if split else ""))
+    augment = (pipeline or ValidatorPipeline()) if challenge else None
+    return DetectionDataset(items, augment=augment, seed=seed)
+
+
+@dataclass
+class Predictions:
+    """Per-image results, aligned: ``index`` is the position in the evaluated dataset."""
+
+    probs: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray
+    sources: list[str]
+    paths: list[str]
+    index: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+    temperature: float = 1.0
+
+    def __len__(self) -> int:
+        return int(self.probs.size)
+
+    def metrics(self, threshold: float = 0.5) -> dict[str, Any]:
+        return compute_metrics(self.labels, self.probs, self.sources, threshold=threshold)
+
+    def mistakes(self, k: int | None = None, threshold: float = 0.5) -> list[int]:
+        """Positions of misclassified images, most confident first."""
+        wrong = np.flatnonzero((self.probs > threshold) != (self.labels == 1))
+        order = wrong[np.argsort(-np.abs(self.probs[wrong] - 0.5), kind="stable")]
+        return order[:k].tolist() if k is not None else order.tolist()
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: DetectionDataset, batch_size: int = 32,
+                        device: str | torch.device | None = "cpu", workers: int = 0, temperature: float | None = None,
+                        progress: bool = True) -> Predictions:
+    """Score every image of ``dataset``; unreadable ones are skipped and listed.
+
+    ``temperature`` defaults to the checkpoint's (1.0 for a bare module).
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    if isinstance(model, LoadedModel):
+        temperature = model.temperature if temperature is None else temperature
+        net = model.model
+    else:
+        net = model
+    temperature = float(temperature or 1.0)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    dev = _resolve_device(device)
+    net = net.to(dev).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_skip_none, pin_memory=dev.type == "cuda")
+    logits, labels, index = [], [], []
+    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, file=sys.stderr):
+        if batch is None:
+            continue
+        x, y, k, _bad = batch
+        out = net(x.to(dev, non_blocking=True)).float().reshape(len(x), -1)[:, 0]
+        logits.append(out.cpu().double().numpy())
+        labels.append(y.numpy())
+        index.append(k.numpy())
+    lg = np.concatenate(logits) if logits else np.zeros(0)
+    idx = np.concatenate(index).astype(int) if index else np.zeros(0, dtype=int)
+    seen = set(idx.tolist())
+    skipped = [dataset.describe(k) for k in range(len(dataset)) if k not in seen]
+    return Predictions(
+        probs=1.0 / (1.0 + np.exp(-lg / temperature)),
+        logits=lg,
+        labels=(np.concatenate(labels) if labels else np.zeros(0)).astype(int),
+        sources=[dataset.items[k][0].source_name(dataset.items[k][1]) for k in idx],
+        paths=[dataset.describe(k) for k in idx],
+        index=idx,
+        skipped=skipped,
+        temperature=temperature,
+    )
+
+
+def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = False, seed: int = 0, split: str | None = None,
+                      split_seed: int = 0, batch_size: int = 32, device: str | None = "auto", workers: int = 0,
+                      temperature: float | None = None, progress: bool = True, json_path: str | os.PathLike | None = None,
+                      plots_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], Predictions, DetectionDataset]:
+    """``evaluate`` that also returns the per-image predictions and the dataset."""
+    dev = _resolve_device(device)
+    loaded = load_model(model_path, device=dev)
+    data = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    pipeline = ValidatorPipeline() if challenge else None
+    dataset = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, pipeline=pipeline)
+    preds = collect_predictions(loaded, dataset, batch_size=batch_size, device=dev, workers=workers,
+                                temperature=temperature, progress=progress)
+    report: dict[str, Any] = preds.metrics()
+    report["skipped"] = len(preds.skipped)
+    report["model"] = {"path": str(model_path), "sha256": loaded.sha256, "arch": loaded.arch,
+                       "config": loaded.meta.get("config", {}), "temperature": preds.temperature,
+                       "checkpoint_temperature": loaded.temperature}
+    report["data"] = [str(d) for d in data]
+    report["options"] = {"challenge": challenge, "seed": seed, "split": split, "split_seed": split_seed if split else None,
+                         "batch_size": batch_size, "device": str(dev), "workers": workers,
+                         "pipeline": {"plain_share": pipeline.plain_share, "jpeg_quality": pipeline.jpeg_quality} if pipeline else None}
+    if preds.skipped:
+        report["skipped_files"] = preds.skipped[:100]
+    if plots_dir is not None:
+        from bitmind.plots import save_eval_plots
+
+        title = f"{Path(model_path).name} on {', '.join(Path(str(d)).name for d in data)}" + (" (challenge)" if challenge else "")
+        report["plots"] = save_eval_plots(preds.labels, preds.probs, plots_dir, title=title)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report, preds, dataset
+
+
+def evaluate(model_path: str | os.PathLike, data, challenge: bool = False, seed: int = 0, **kw) -> dict[str, Any]:
+    """Evaluate a model file on local data; returns the report (metrics overall and
+    ``per_source``, ``skipped``, ``model`` path/sha256/arch, ``data``, ``options``).
+
+    Keyword arguments: ``split``, ``split_seed``, ``batch_size``, ``device``, ``workers``,
+    ``temperature`` (override the checkpoint's), ``progress``, ``json_path``, ``plots_dir``.
+    """
+    report, _, _ = evaluate_detailed(model_path, data, challenge=challenge, seed=seed, **kw)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The short table ``python -m bitmind.eval`` prints."""
+    opts = report.get("options", {})
+    mode = "validator challenges (seed %s)" % opts.get("seed") if opts.get("challenge") else "plain images"
+    where = f"split {opts['split']!r} (seed {opts['split_seed']})" if opts.get("split") else "all images"
+    title = (f"model {report['model']['path']} ({report['model']['arch']}, T={report['model']['temperature']:.3g}) "
+             f"on {', '.join(report['data'])}: {where}, {mode}")
+    text = format_metrics_table(report, title=title)
+    if report.get("skipped"):
+        text += f"\nskipped {report['skipped']} unreadable file(s)"
+    return text
+
+
+def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``bitmind.eval``, shared with ``base_miner/NPR/validate.py``."""
+    ap.add_argument("--model", required=True, help="model file (.pth or .safetensors written by bitmind, or a bare NPR state dict)")
+    ap.add_argument("--data", action="append", required=True, metavar="DIR",
+                    help="data folder DIR/{real,fake}/SOURCE/*.jpg or hf:NAME[:real|fake]; repeat for several")
+    ap.add_argument("--split", choices=SPLITS, default=split_default,
+                    help="evaluate only this split (by picture stem, as the trainer splits)" + (f"; default {split_default}" if split_default else "; default: all images"))
+    ap.add_argument("--split_seed", type=int, default=0, help="seed of the split (the trainer's --split_seed)")
+    ap.add_argument("--challenge", action="store_true", help="pass images through the validator pipeline (aug + JPEG 75) first")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the challenge transformations")
+    ap.add_argument("--temperature", type=float, default=None, help="override the checkpoint's calibration temperature")
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    ap.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
+    ap.add_argument("--plots", metavar="OUT_DIR", help="write roc.png, scores.png, confusion.png")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run an evaluation from parsed ``add_eval_arguments`` options; print the table."""
+    from bitmind.checkpoint import CheckpointError
+
+    try:
+        report = evaluate(args.model, args.data, challenge=args.challenge, seed=args.seed, split=args.split,
+                          split_seed=args.split_seed, batch_size=args.batch_size, device=args.device, workers=args.workers,
+                          temperature=args.temperature, progress=not args.quiet, json_path=args.json, plots_dir=args.plots)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json:
+        print(f"report: {args.json}")
+    if args.plots:
+        print(f"plots: {', '.join(report['plots'].values())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bitmind.eval", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_arguments(ap)
+    return run_from_args(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
