@@ -1,0 +1,121 @@
+"""Challenge generation: draw a real or fake image, transform it as a validator does,
+and wrap it in an ``ImageSynapse``.
+
+Each challenge is real or fake with probability 0.5 (``fake_prob``), then a source is
+picked uniformly among the configured sources that hold images of that class, then an
+image uniformly within it, so that one large source does not drown the others (SN34
+picks a dataset first, too). The image goes through ``ValidatorPipeline`` geometry
+(random augmentation for most challenges, base transforms only for ``plain_share`` of
+them) and is JPEG-encoded once at quality 75 into the synapse: that encoding *is* the
+JPEG round trip the miner sees.
+
+Every random choice comes from one ``random.Random(seed)``, so a seed fixes the whole
+challenge sequence (useful for comparing miners or models on identical challenges).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from bitmind.data import ImageSource, open_source
+from bitmind.image_transforms import VALIDATOR_JPEG_QUALITY, ValidatorPipeline
+from bitmind.protocol import ImageSynapse, prepare_image_synapse
+
+logger = logging.getLogger(__name__)
+
+LABEL_NAMES = {0: "real", 1: "fake"}
+
+
+@dataclass
+class Challenge:
+    """One challenge: the synapse to send and what the validator knows about it."""
+
+    synapse: ImageSynapse
+    label: int  # 0 real, 1 fake
+    source: str  # e.g. "fake/sdxl"
+    item: str  # file path or dataset[index]: where the image came from
+    plain: bool  # True: base transforms only; False: random augmentation
+    index: int = 0  # position in the challenge sequence
+
+    def fresh_synapse(self) -> ImageSynapse:
+        """A new synapse carrying the same image (a synapse is filled in by each query)."""
+        return ImageSynapse(image=self.synapse.image)
+
+
+@dataclass
+class ChallengeGenerator:
+    """Draws challenges from ``sources`` with a seeded RNG."""
+
+    sources: Sequence[ImageSource]
+    plain_share: float = 0.2
+    fake_prob: float = 0.5
+    jpeg_quality: int = VALIDATOR_JPEG_QUALITY
+    seed: int | None = None
+    max_retries: int = 20
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ValueError("no data sources given")
+        if not 0.0 <= self.plain_share <= 1.0 or not 0.0 <= self.fake_prob <= 1.0:
+            raise ValueError("plain_share and fake_prob must be in [0, 1]")
+        self.rng = random.Random(self.seed)
+        # by_label[label] = [(source, [indices of that label]), ...]
+        self.by_label: dict[int, list[tuple[ImageSource, list[int]]]] = {0: [], 1: []}
+        for src in self.sources:
+            idx = {0: [], 1: []}
+            for i in range(len(src)):
+                idx[int(src.label(i))].append(i)
+            for label, items in idx.items():
+                if items:
+                    self.by_label[label].append((src, items))
+        for label, name in LABEL_NAMES.items():
+            n = sum(len(items) for _, items in self.by_label[label])
+            logger.info("challenge pool: %d %s images in %d sources", n, name, len(self.by_label[label]))
+        if not self.by_label[0] and not self.by_label[1]:
+            raise ValueError("the data sources hold no images")
+        self._count = 0
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[str], **kw) -> "ChallengeGenerator":
+        """Build from command-line data specs (folders or ``hf:NAME[:real|fake]``)."""
+        return cls([open_source(s) for s in specs], **kw)
+
+    def _draw_label(self) -> int:
+        label = 1 if self.rng.random() < self.fake_prob else 0
+        if not self.by_label[label]:  # only one class available: use it
+            label = 1 - label
+        return label
+
+    def next(self) -> Challenge:
+        """The next challenge. Unreadable images are skipped (logged) and redrawn."""
+        label = self._draw_label()
+        pipeline_aug = ValidatorPipeline(plain_share=0.0, jpeg_quality=None)
+        pipeline_plain = ValidatorPipeline(plain_share=1.0, jpeg_quality=None)
+        last_error: Exception | None = None
+        for _ in range(self.max_retries):
+            src, items = self.by_label[label][self.rng.randrange(len(self.by_label[label]))]
+            i = items[self.rng.randrange(len(items))]
+            plain = self.rng.random() < self.plain_share
+            try:
+                img = src.load(i)
+            except Exception as e:  # a bad file must not stop the validator
+                last_error = e
+                logger.warning("skipping unreadable image %s: %s", src.describe(i), e)
+                continue
+            img = (pipeline_plain if plain else pipeline_aug).apply(img, self.rng)
+            synapse = prepare_image_synapse(img, quality=self.jpeg_quality)
+            ch = Challenge(synapse=synapse, label=label, source=src.source_name(i), item=src.describe(i),
+                           plain=plain, index=self._count)
+            self._count += 1
+            return ch
+        raise RuntimeError(f"{self.max_retries} unreadable images in a row; last error: {last_error}")
+
+    def __iter__(self):
+        while True:
+            yield self.next()
+
+    def take(self, k: int) -> list[Challenge]:
+        return [self.next() for _ in range(k)]

@@ -1,0 +1,92 @@
+"""Command-line configuration of the validator neuron (``neurons/validator.py``).
+
+Same shape as the miner's (``bitmind.miner.config``): bittensor's wallet, subtensor
+and logging options plus the validator's own ``--neuron.*`` and local-mode options,
+parsed with argparse (unknown options are an error) into a nested ``bt.Config``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import bittensor as bt
+from bittensor.core.config import DefaultMunch
+
+from bitmind.validator.core import ValidatorConfig
+from bitmind.validator.query import DEFAULT_TIMEOUT
+from bitmind.validator.scores import DEFAULT_ALPHA
+
+DEFAULT_NETUID = 34
+DEFAULT_LOCAL_ROOT = "~/.bitmind/local_chain"
+DEFAULT_STATE_DIR = "~/.bitmind/validator"
+
+
+def add_validator_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--netuid", type=int, default=DEFAULT_NETUID, help="Subnet UID (34 on finney, 168 on testnet).")
+    parser.add_argument("--neuron.data", type=str, nargs="+", required=True,
+                        help="One or more challenge sources: a folder in the CLASS/SOURCE/* layout "
+                             "(CLASS = real|fake), or hf:NAME_OR_PATH[:real|fake] for a Hugging Face dataset.")
+    parser.add_argument("--neuron.sample_size", type=int, default=50, help="Miners challenged per round.")
+    parser.add_argument("--neuron.timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
+    parser.add_argument("--neuron.plain_share", type=float, default=0.2,
+                        help="Share of challenges sent with base transforms only (the rest get random augmentation).")
+    parser.add_argument("--neuron.alpha", type=float, default=DEFAULT_ALPHA, help="Moving-average factor of scores.")
+    parser.add_argument("--neuron.epoch_length", type=int, default=20,
+                        help="Rounds between weight settings (and per-miner summary tables).")
+    parser.add_argument("--neuron.sync_every", type=int, default=5, help="Rounds between metagraph syncs.")
+    parser.add_argument("--neuron.round_interval", type=float, default=5.0, help="Seconds to wait between rounds.")
+    parser.add_argument("--neuron.rounds", type=int, default=None, help="Stop after this many rounds (default: run forever).")
+    parser.add_argument("--neuron.seed", type=int, default=None, help="Seed for challenges and miner sampling (reproducible runs).")
+    parser.add_argument("--neuron.state_path", type=str, default=None,
+                        help=f"Score file (JSON, saved after every round). Default: {DEFAULT_STATE_DIR}/"
+                             "<network>/<wallet>/<hotkey>/netuid<N>/scores.json")
+    parser.add_argument("--neuron.dont_set_weights", action="store_true", help="Score miners but never set weights.")
+    parser.add_argument("--mock", "--local", dest="mock", action="store_true",
+                        help="Run on the local mock chain under --local.root (no network): wallet created there, "
+                             "hotkey registered with stake and a validator permit, miners found through chain.json.")
+    parser.add_argument("--local.root", type=str, default=DEFAULT_LOCAL_ROOT, help="Folder of the local chain (with --mock).")
+    parser.add_argument("--local.stake", type=float, default=1000.0, help="Stake (TAO) given to the validator on the local chain.")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="bitmind validator: challenges miners with real/fake images and sets weights.")
+    add_validator_args(parser)
+    bt.Wallet.add_args(parser)
+    bt.Subtensor.add_args(parser)
+    bt.logging.add_args(parser)
+    return parser
+
+
+def _nest(ns: argparse.Namespace) -> "bt.Config":
+    """Flat ``a.b`` argparse names into a nested ``bt.Config`` on top of bittensor's defaults.
+
+    (bittensor 10's ``bt.Config(parser)`` ignores the parser unless an environment
+    variable is set, so we parse ourselves, as the miner does.)
+    """
+    config = bt.Config()
+    for key, value in vars(ns).items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = DefaultMunch(None)
+                node[part] = child
+            node = child
+        node[leaf] = value
+    return config
+
+
+def validator_config(args: list[str]) -> "bt.Config":
+    """Parse ``args`` (e.g. ``sys.argv[1:]``); exits with usage on errors."""
+    return _nest(build_parser().parse_args(list(args)))
+
+
+def loop_config(config: "bt.Config", state_path: str | None) -> ValidatorConfig:
+    """The ``ValidatorConfig`` of the loop from the command-line config."""
+    n = config.neuron
+    return ValidatorConfig(sample_size=int(n.sample_size), timeout=float(n.timeout), alpha=float(n.alpha),
+                           epoch_length=int(n.epoch_length), sync_every=int(n.sync_every),
+                           round_interval=float(n.round_interval), state_path=state_path,
+                           seed=None if n.seed is None else int(n.seed) + 1,
+                           set_weights=not bool(n.dont_set_weights))
