@@ -1,0 +1,99 @@
+"""Command-line configuration of the miner neuron (``neurons/miner.py``).
+
+Lives in the package so argument parsing is testable and shared by the demo. The
+parser is bittensor's usual one (wallet, subtensor, axon, logging options) plus the
+miner's own ``--neuron.*``, ``--blacklist.*`` and local-mode options; unknown options
+are an error (a mistyped flag must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import bittensor as bt
+from bittensor.core.config import DefaultMunch
+
+DEFAULT_MODEL_PATH = "./mining_models/base.pth"
+DEFAULT_NETUID = 34
+DEFAULT_LOCAL_ROOT = "~/.bitmind/local_chain"
+
+
+def str2bool(value) -> bool:
+    """argparse type for ``--flag true|false|1|0|yes|no`` (a bare ``--flag`` means true)."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if v in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The miner's own options (bittensor's are added by ``build_parser``)."""
+    parser.add_argument("--netuid", type=int, default=DEFAULT_NETUID, help="Subnet UID (34 on finney, 168 on testnet).")
+    parser.add_argument("--neuron.model_path", type=str, default=DEFAULT_MODEL_PATH,
+                        help="Model file to serve (hot reloaded when it changes). A relative path is looked up "
+                             "from the current folder, then from the repository root.")
+    parser.add_argument("--neuron.device", type=str, default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--neuron.sync_interval", type=float, default=300.0, help="Seconds between metagraph syncs.")
+    parser.add_argument("--neuron.status_interval", type=float, default=60.0, help="Seconds between status lines.")
+    parser.add_argument("--neuron.max_batch", type=int, default=32, help="Largest micro-batch of concurrent requests.")
+    parser.add_argument("--neuron.batch_window_ms", type=float, default=2.0, help="How long to wait to fill a micro-batch.")
+    parser.add_argument("--neuron.max_queue", type=int, default=256, help="Queued images beyond which requests are refused fast.")
+    parser.add_argument("--blacklist.allow_non_registered", type=str2bool, nargs="?", const=True, default=False,
+                        help="Serve hotkeys that are not registered on the subnet (default: refuse).")
+    parser.add_argument("--blacklist.force_validator_permit", type=str2bool, nargs="?", const=True, default=True,
+                        help="Refuse callers without a validator permit (default: true; "
+                             "'--blacklist.force_validator_permit false' turns it off).")
+    parser.add_argument("--mock", "--local", dest="mock", action="store_true",
+                        help="Run on a local mock chain (no network): wallet created under --local.root, "
+                             "hotkey registered there, axon served on 127.0.0.1.")
+    parser.add_argument("--local.root", type=str, default=DEFAULT_LOCAL_ROOT,
+                        help="Folder of the local chain (chain.json + wallets/) used with --mock.")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="bitmind miner: answers ImageSynapse challenges with P(AI-generated).")
+    add_miner_args(parser)
+    bt.Wallet.add_args(parser)
+    bt.Subtensor.add_args(parser)
+    bt.Axon.add_args(parser)
+    bt.logging.add_args(parser)
+    return parser
+
+
+def miner_config(args: list[str]) -> "bt.Config":
+    """Parse ``args`` (e.g. ``sys.argv[1:]``) into a nested ``bt.Config``; exits with usage on errors.
+
+    We parse with argparse ourselves: bittensor 10's ``bt.Config(parser)`` ignores the
+    parser unless ``BT_NO_PARSE_CLI_ARGS=false`` is set, falls back to ``sys.argv`` for an
+    empty list, and ignores unknown options.
+    """
+    ns = build_parser().parse_args(list(args))
+    config = bt.Config()  # bittensor's defaults, overridden below by every parsed option
+    for key, value in vars(ns).items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = DefaultMunch(None)
+                node[part] = child
+            node = child
+        node[leaf] = value
+    return config
+
+
+def resolve_model_path(path: str | os.PathLike, repo_root: str | os.PathLike | None = None) -> Path:
+    """``path`` as given if it exists (absolute, or relative to the current folder);
+    otherwise, for a relative path, the same path under ``repo_root`` if that exists;
+    otherwise the path relative to the current folder (the predictor reports it missing)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or repo_root is None:
+        return p.resolve()
+    candidate = Path(repo_root) / p
+    return candidate.resolve() if candidate.exists() else p.resolve()

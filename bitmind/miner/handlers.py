@@ -1,0 +1,145 @@
+"""The miner's axon handlers: forward, blacklist and priority for ``ImageSynapse``.
+
+Kept apart from ``neurons/miner.py`` so they can be tested without a network: a
+``MinerHandlers`` needs only a predictor (``Predictor`` or anything with
+``predict_b64_async``) and a metagraph-like object (``hotkeys``, ``S``,
+``validator_permit``), which may be swapped at any time by assigning
+``handlers.metagraph`` (the neuron re-syncs into a fresh metagraph and swaps it in one
+assignment, so a request never sees half-updated arrays).
+
+Why each rule:
+
+* forward never raises and never blocks the event loop: decoding runs in a worker
+  thread and inference on the predictor's batching thread; any failure (bad payload,
+  overload, model error) answers ``-1.0`` — the protocol's "no prediction" — and the
+  cause is logged, so one bad request cannot take the axon down.
+* blacklist checks registration *first* (a membership test), before any index lookup,
+  so an unknown hotkey is refused cleanly instead of raising inside the axon; then,
+  by default, refuses registered callers without a validator permit: only validators
+  score miners, anyone else is spending our compute.
+* priority is the caller's stake, so under load the validators that weigh most are
+  served first.
+
+NOTE: no ``from __future__ import annotations`` here — ``bt.Axon.attach`` compares the
+handlers' signatures with real classes (``ImageSynapse``, ``Tuple[bool, str]``).
+"""
+import logging
+import math
+import threading
+import time
+from typing import Any, Optional, Tuple
+
+from bitmind.image_io import ImageDecodeError
+from bitmind.miner.predict import Overloaded
+from bitmind.protocol import ImageSynapse
+
+logger = logging.getLogger(__name__)
+
+NO_PREDICTION = -1.0
+
+
+class MinerStats:
+    """Thread-safe request counters for the status line."""
+
+    FIELDS = ("requests", "served", "bad_input", "overloaded", "errors", "blacklisted")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = {k: 0 for k in self.FIELDS}
+        self.started = time.time()
+
+    def inc(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._counts)
+
+
+class MinerHandlers:
+    """forward / blacklist / priority for one miner.
+
+    Args:
+        predictor: object with ``async predict_b64_async(b64) -> float``.
+        metagraph: object with ``hotkeys`` (list of ss58), ``S`` (stake per uid) and
+            ``validator_permit`` (bool per uid).
+        allow_non_registered: serve hotkeys that are not registered on the subnet.
+        force_validator_permit: refuse registered hotkeys without a validator permit.
+    """
+
+    def __init__(self, predictor: Any, metagraph: Any, allow_non_registered: bool = False,
+                 force_validator_permit: bool = True) -> None:
+        self.predictor = predictor
+        self.metagraph = metagraph
+        self.allow_non_registered = allow_non_registered
+        self.force_validator_permit = force_validator_permit
+        self.stats = MinerStats()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _caller(synapse: ImageSynapse) -> Optional[str]:
+        dendrite = getattr(synapse, "dendrite", None)
+        return getattr(dendrite, "hotkey", None) if dendrite is not None else None
+
+    def uid_of(self, hotkey: Optional[str]) -> Optional[int]:
+        """UID of ``hotkey`` in the current metagraph, or None if it is not registered."""
+        if not hotkey:
+            return None
+        hotkeys = list(self.metagraph.hotkeys)  # one snapshot: membership and index agree
+        if hotkey not in hotkeys:
+            return None
+        return hotkeys.index(hotkey)
+
+    # ------------------------------------------------------------------ handlers
+    async def forward(self, synapse: ImageSynapse) -> ImageSynapse:
+        """Fill ``synapse.prediction`` with P(AI-generated), or -1.0 if none could be made."""
+        self.stats.inc("requests")
+        caller = self._caller(synapse)
+        prediction = NO_PREDICTION
+        try:
+            p = float(await self.predictor.predict_b64_async(synapse.image))
+            if not math.isfinite(p):
+                raise ValueError(f"model produced a non-finite output {p}")
+            prediction = min(1.0, max(0.0, p))
+            self.stats.inc("served")
+        except ImageDecodeError as e:
+            self.stats.inc("bad_input")
+            logger.info("bad image from %s: %s -> answering %.1f", caller, e, NO_PREDICTION)
+        except Overloaded as e:
+            self.stats.inc("overloaded")
+            logger.warning("overloaded (%s); refusing request from %s with %.1f", e, caller, NO_PREDICTION)
+        except Exception as e:  # never let one request crash the axon
+            self.stats.inc("errors")
+            logger.exception("prediction failed for request from %s: %s", caller, e)
+        synapse.prediction = prediction
+        return synapse
+
+    async def blacklist(self, synapse: ImageSynapse) -> Tuple[bool, str]:
+        """(refuse?, reason). Registration first; then the validator permit if required."""
+        hotkey = self._caller(synapse)
+        if not hotkey:
+            self.stats.inc("blacklisted")
+            return True, "request carries no hotkey"
+        uid = self.uid_of(hotkey)
+        if uid is None:
+            if self.allow_non_registered:
+                return False, "unregistered hotkey allowed"
+            self.stats.inc("blacklisted")
+            return True, f"unregistered hotkey {hotkey}"
+        if self.force_validator_permit and not bool(self.metagraph.validator_permit[uid]):
+            self.stats.inc("blacklisted")
+            return True, f"hotkey {hotkey} (uid {uid}) has no validator permit"
+        return False, f"hotkey {hotkey} (uid {uid}) recognized"
+
+    async def priority(self, synapse: ImageSynapse) -> float:
+        """The caller's stake (0 for unknown callers): heavier validators are served first."""
+        uid = self.uid_of(self._caller(synapse))
+        if uid is None:
+            return 0.0
+        return float(self.metagraph.S[uid])
+
+    # ------------------------------------------------------------------ wiring
+    def attach(self, axon: Any) -> Any:
+        """Register the three handlers on a ``bt.Axon``; returns the axon."""
+        return axon.attach(forward_fn=self.forward, blacklist_fn=self.blacklist, priority_fn=self.priority)

@@ -1,0 +1,149 @@
+"""The miner neuron's wiring: chain, wallet, metagraph, predictor, axon.
+
+``neurons/miner.py`` is the thin command-line entry point; this class does the work
+so that tests and the demo can run the very same miner in-process.
+
+Network mode uses ``bt.Wallet``/``bt.Subtensor`` from the config. Local mode
+(``--mock``) opens the local chain (``bitmind.local_chain``) under ``--local.root``,
+creates the wallet there without a password, registers the hotkey if needed, and
+serves on 127.0.0.1 without any external-IP lookup.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import bittensor as bt
+
+from bitmind.miner.handlers import MinerHandlers
+from bitmind.miner.predict import Predictor
+
+logger = logging.getLogger(__name__)
+
+#: In local mode the chain file is cheap to re-read, so sync often.
+LOCAL_SYNC_INTERVAL = 5.0
+
+
+class NotRegisteredError(RuntimeError):
+    """The miner's hotkey is not registered on the subnet: nothing would ever query it."""
+
+
+class MinerNeuron:
+    """Everything a running miner holds. ``start()`` serves and starts the axon;
+    ``sync()`` refreshes the metagraph; ``status_line()`` summarises the state."""
+
+    def __init__(self, config: Any, model_path: str | os.PathLike, subtensor: Any = None, wallet: Any = None):
+        self.config = config
+        self.netuid = int(config.netuid)
+        self.local = bool(getattr(config, "mock", False))
+        self.model_path = str(model_path)
+        self.sync_interval = float(config.neuron.sync_interval)
+        if self.local:
+            self.sync_interval = min(self.sync_interval, LOCAL_SYNC_INTERVAL)
+        self._setup_chain(subtensor, wallet)
+        self.uid = self.check_registered()
+        self.metagraph = self.subtensor.metagraph(self.netuid)
+        device = config.neuron.device
+        self.predictor = Predictor(self.model_path, device=None if device in (None, "", "auto") else device,
+                                   max_batch=int(config.neuron.max_batch),
+                                   batch_window_ms=float(config.neuron.batch_window_ms),
+                                   max_queue=int(config.neuron.max_queue))
+        self.handlers = MinerHandlers(self.predictor, self.metagraph,
+                                      allow_non_registered=bool(config.blacklist.allow_non_registered),
+                                      force_validator_permit=bool(config.blacklist.force_validator_permit))
+        if self.local:
+            self.axon = bt.Axon(wallet=self.wallet, config=config, port=config.axon.port, ip="127.0.0.1",
+                                external_ip="127.0.0.1")
+        else:
+            self.axon = bt.Axon(wallet=self.wallet, config=config)
+        self.handlers.attach(self.axon)
+        self.last_sync = time.monotonic()
+
+    # ------------------------------------------------------------------ setup
+    def _setup_chain(self, subtensor: Any, wallet: Any) -> None:
+        if self.local:
+            from bitmind import local_chain
+
+            local_chain.patch_external_ip()
+            root = Path(os.path.expanduser(self.config.local.root))
+            self.subtensor = subtensor or local_chain.open_local_chain(root, self.netuid)
+            self.wallet = wallet or local_chain.local_wallet(root, self.config.wallet.name, self.config.wallet.hotkey)
+            if self.subtensor.get_uid_for_hotkey_on_subnet(self.wallet.hotkey.ss58_address, self.netuid) is None:
+                uid = self.subtensor.register(self.wallet, self.netuid)
+                logger.info("registered local hotkey %s as uid %d on local netuid %d",
+                            self.wallet.hotkey.ss58_address, uid, self.netuid)
+        else:
+            self.wallet = wallet or bt.Wallet(config=self.config)
+            self.subtensor = subtensor or bt.Subtensor(config=self.config)
+
+    def check_registered(self) -> int:
+        hotkey = self.wallet.hotkey.ss58_address
+        uid = self.subtensor.get_uid_for_hotkey_on_subnet(hotkey, self.netuid)
+        if uid is None:
+            network = "local chain" if self.local else f"network {getattr(self.subtensor, 'network', '?')!r}"
+            raise NotRegisteredError(
+                f"hotkey {self.config.wallet.name}/{self.config.wallet.hotkey} ({hotkey}) is not registered on "
+                f"netuid {self.netuid} of the {network}. Register it first, e.g.\n"
+                f"  btcli s register --netuid {self.netuid} --wallet.name {self.config.wallet.name} "
+                f"--wallet.hotkey {self.config.wallet.hotkey}"
+                + ("" if self.netuid != 168 else " --subtensor.network test"))
+        return int(uid)
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> "MinerNeuron":
+        """Publish the axon's address on the chain and start serving."""
+        self.axon.serve(netuid=self.netuid, subtensor=self.subtensor)
+        self.axon.start()
+        logger.info("axon serving on %s:%d (external %s:%d), netuid %d, uid %d", self.axon.ip, self.axon.port,
+                    self.axon.external_ip, self.axon.external_port, self.netuid, self.uid)
+        return self
+
+    def sync(self) -> None:
+        """Sync into a fresh metagraph and swap it in with one assignment.
+
+        Raises ``NotRegisteredError`` if the hotkey was deregistered meanwhile.
+        """
+        mg = self.subtensor.metagraph(self.netuid)
+        hotkey = self.wallet.hotkey.ss58_address
+        if hotkey not in list(mg.hotkeys):
+            raise NotRegisteredError(f"hotkey {hotkey} is no longer registered on netuid {self.netuid}")
+        self.uid = list(mg.hotkeys).index(hotkey)
+        self.metagraph = mg
+        self.handlers.metagraph = mg
+        self.last_sync = time.monotonic()
+
+    def maybe_sync(self) -> bool:
+        if time.monotonic() - self.last_sync >= self.sync_interval:
+            self.sync()
+            return True
+        return False
+
+    def current_block(self) -> Optional[int]:
+        try:
+            return int(self.subtensor.get_current_block())
+        except Exception as e:  # a flaky RPC must not stop serving
+            logger.warning("could not read the current block: %s", e)
+            return None
+
+    def status(self) -> dict:
+        st = self.predictor.status()
+        counts = self.handlers.stats.snapshot()
+        try:
+            stake = float(self.metagraph.S[self.uid])
+        except Exception:
+            stake = float("nan")
+        return {"block": self.current_block(), "uid": self.uid, "stake": stake, "model_sha256": st["sha256"],
+                "reloads": st["reloads"], "bad_model_versions": st["bad_versions"], **counts}
+
+    def status_line(self) -> str:
+        s = self.status()
+        return (f"block {s['block']} | uid {s['uid']} | stake {s['stake']:.3f} | model {s['model_sha256'][:12]} "
+                f"(reloads {s['reloads']}) | requests {s['requests']} served {s['served']} bad {s['bad_input']} "
+                f"overloaded {s['overloaded']} errors {s['errors']} blacklisted {s['blacklisted']}")
+
+    def stop(self) -> None:
+        self.axon.stop()
+        self.predictor.close()

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""bitmind miner: answers ImageSynapse challenges with P(AI-generated).
+
+Network (testnet shown; mainnet is --netuid 34 without --subtensor.network):
+
+    pm2 start ./neurons/miner.py --name miner --interpreter python3 -- \\
+        --neuron.model_path ./mining_models/base.pth --netuid 168 --subtensor.network test \\
+        --wallet.name default --wallet.hotkey default --axon.port 8091
+
+Local, without any network (mock chain under ~/.bitmind/local_chain, 127.0.0.1):
+
+    python neurons/miner.py --mock --axon.port 8091
+
+The model file is hot reloaded: copy a new checkpoint over it and the next request
+is answered by the new model (a broken file is refused; the old model keeps serving).
+All the wiring lives in ``bitmind.miner.neuron``; this file parses the command line,
+runs the sync/status loop and handles signals.
+"""
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import bittensor as bt
+
+from bitmind.checkpoint import CheckpointError
+from bitmind.miner.config import miner_config, resolve_model_path
+from bitmind.miner.neuron import MinerNeuron, NotRegisteredError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RELOAD_CHECK_INTERVAL = 5.0
+
+
+def _route_library_logs() -> None:
+    """The bitmind package logs with the standard ``logging`` module; show it on the console."""
+    lib = logging.getLogger("bitmind")
+    if not lib.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-8s | %(name)s | %(message)s"))
+        lib.addHandler(handler)
+    lib.setLevel(logging.INFO)
+    lib.propagate = False
+    # bt.logging sets every known logger to INFO; torch's then print compile statistics at exit.
+    for name in list(logging.root.manager.loggerDict):
+        if name == "torch" or name.startswith("torch."):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv=None) -> int:
+    config = miner_config(sys.argv[1:] if argv is None else argv)
+    bt.logging(config=config, logging_dir=config.logging.logging_dir)
+    bt.logging.set_info(True)
+    _route_library_logs()
+
+    model_path = resolve_model_path(config.neuron.model_path, REPO_ROOT)
+    if not model_path.is_file():
+        bt.logging.error(f"model file not found: {model_path} (from --neuron.model_path {config.neuron.model_path}). "
+                         "Train one (see README, Training) or copy a checkpoint there.")
+        return 2
+    mode = f"local mock chain at {config.local.root}" if config.mock else f"network {config.subtensor.network!r}"
+    bt.logging.info(f"starting miner: netuid {config.netuid} on {mode}, model {model_path}")
+
+    try:
+        miner = MinerNeuron(config, model_path)
+    except NotRegisteredError as e:
+        bt.logging.error(str(e))
+        return 3
+    except CheckpointError as e:
+        bt.logging.error(f"cannot serve {model_path}: {e}")
+        return 2
+    except Exception as e:  # typically: the subtensor endpoint cannot be reached
+        where = "the local chain" if config.mock else f"subtensor network {config.subtensor.network!r}"
+        bt.logging.error(f"miner setup failed on {where} ({type(e).__name__}: {e}); is the endpoint reachable?")
+        return 1
+
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame):
+        bt.logging.info(f"received signal {signum}; stopping")
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    miner.start()
+    bt.logging.info(miner.status_line())
+    status_interval = float(config.neuron.status_interval)
+    last_status = last_reload_check = time.monotonic()
+    code = 0
+    try:
+        while not stop.wait(1.0):
+            now = time.monotonic()
+            try:
+                miner.maybe_sync()
+            except NotRegisteredError as e:
+                bt.logging.error(f"{e}; stopping")
+                code = 3
+                break
+            except Exception as e:  # keep serving on a flaky chain connection
+                bt.logging.warning(f"metagraph sync failed: {type(e).__name__}: {e}")
+                miner.last_sync = now
+            if now - last_reload_check >= RELOAD_CHECK_INTERVAL:
+                miner.predictor.check_reload()  # so a new model is loaded (and logged) even without traffic
+                last_reload_check = now
+            if now - last_status >= status_interval:
+                bt.logging.info(miner.status_line())
+                last_status = now
+    finally:
+        miner.stop()
+        bt.logging.info("miner stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
