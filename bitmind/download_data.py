@@ -243,6 +243,13 @@ def _verify_sample(source, indices, verify: int) -> tuple[int, list[str]]:
     return len(chosen), bad
 
 
+def _looks_like_hf_data(p: Path) -> bool:
+    if p.is_file():
+        return p.suffix in (".parquet", ".arrow")
+    markers = ("dataset_dict.json", "dataset_info.json", "state.json")
+    return any((p / m).exists() for m in markers) or any(p.glob("**/*.parquet"))
+
+
 def summarise_local(target: Target, split: str = "train", verify: int = 8) -> Outcome:
     """Validate a local source and summarise it (no download).
 
@@ -260,6 +267,9 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8) -> Ou
         if p.is_dir() and any((p / c).is_dir() for c in CLASSES):
             src = LocalFolderSource(p)
             out.summary["format"] = "folder"
+        elif not _looks_like_hf_data(p):
+            raise ValueError(f"{target.path} is neither an image folder in the CLASS/SOURCE layout (real/..., fake/...) "
+                             "nor a Hugging Face dataset on disk (save_to_disk folder, parquet or arrow files)")
         else:
             ds = open_hf_dataset(str(p), split=split)
             label_col = "label" if target.role is None and "label" in ds.column_names else None

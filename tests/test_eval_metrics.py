@@ -1,0 +1,124 @@
+"""bitmind.metrics: known values, degenerate inputs, temperature fitting."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bitmind.metrics import apply_temperature, binary_nll, compute_metrics, expected_calibration_error, fit_temperature, format_metrics_table
+
+# Six images: real scored 0.1, 0.4, 0.8 (the last one wrong), fake 0.3 (wrong), 0.7, 0.9.
+LABELS = [0, 0, 0, 1, 1, 1]
+PROBS = [0.1, 0.4, 0.8, 0.3, 0.7, 0.9]
+SOURCES = ["real/a", "real/a", "real/b", "fake/x", "fake/x", "fake/x"]
+
+
+def test_known_values_by_hand():
+    m = compute_metrics(LABELS, PROBS)
+    assert m["n"] == 6 and m["n_real"] == 3 and m["n_fake"] == 3
+    assert m["confusion"] == {"tn": 2, "fp": 1, "fn": 1, "tp": 2}
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["real_accuracy"] == pytest.approx(2 / 3)
+    assert m["fake_accuracy"] == pytest.approx(2 / 3)
+    assert m["balanced_accuracy"] == pytest.approx(2 / 3)
+    # MCC = (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (4 - 1) / 9
+    assert m["mcc"] == pytest.approx(1 / 3)
+    # AUC: of the 9 (fake, real) pairs, the fake scores higher in 6.
+    assert m["roc_auc"] == pytest.approx(6 / 9)
+    # AP: ranking F(0.9) R(0.8) F(0.7) R(0.4) F(0.3) R(0.1): precisions at the fakes 1, 2/3, 3/5.
+    assert m["ap"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    brier = ((0.1) ** 2 + 0.4 ** 2 + 0.8 ** 2 + 0.7 ** 2 + 0.3 ** 2 + 0.1 ** 2) / 6
+    assert m["brier"] == pytest.approx(brier)
+    assert m["threshold"] == 0.5
+    assert "per_source" not in m
+
+
+def test_agrees_with_sklearn_on_random_data():
+    from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, matthews_corrcoef, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.25), 0, 1)
+    m = compute_metrics(y, p)
+    pred = p > 0.5
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["mcc"] == pytest.approx(matthews_corrcoef(y, pred))
+    assert m["ap"] == pytest.approx(average_precision_score(y, p))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+
+
+def test_per_source_and_single_class_sources():
+    m = compute_metrics(LABELS, PROBS, SOURCES)
+    ps = m["per_source"]
+    assert list(ps) == ["fake/x", "real/a", "real/b"]
+    assert ps["real/a"]["n"] == 2 and ps["real/a"]["accuracy"] == 1.0
+    assert ps["real/b"]["accuracy"] == 0.0 and ps["real/b"]["fake_accuracy"] is None
+    assert ps["fake/x"]["accuracy"] == pytest.approx(2 / 3) and ps["fake/x"]["real_accuracy"] is None
+    for s in ps.values():  # one class only: no ranking metric, MCC undefined
+        assert s["ap"] is None and s["roc_auc"] is None and s["mcc"] is None
+    assert ps["real/b"]["brier"] == pytest.approx(0.8 ** 2)
+    assert format_metrics_table(m).splitlines()[0].split()[:3] == ["source", "n", "acc"]
+    assert "real/b" in format_metrics_table(m)
+
+
+def test_degenerate_inputs():
+    empty = compute_metrics([], [])
+    assert empty["n"] == 0 and empty["accuracy"] is None and empty["ap"] is None
+    allfake = compute_metrics([1, 1], [0.9, 0.2])
+    assert allfake["accuracy"] == 0.5 and allfake["fake_accuracy"] == 0.5 and allfake["real_accuracy"] is None
+    assert allfake["ap"] is None and allfake["roc_auc"] is None
+    # Both classes, every prediction "real": MCC's denominator is 0 -> 0 by convention.
+    assert compute_metrics([0, 1], [0.1, 0.2])["mcc"] == 0.0
+    # Torch tensors are accepted.
+    assert compute_metrics(torch.tensor([0, 1]), torch.tensor([0.2, 0.9]))["accuracy"] == 1.0
+    with pytest.raises(ValueError):
+        compute_metrics([0, 1], [0.5])
+    with pytest.raises(ValueError):
+        compute_metrics([0, 2], [0.5, 0.5])
+    with pytest.raises(ValueError):
+        compute_metrics([0, 1], [0.5, float("nan")])
+    with pytest.raises(ValueError):
+        compute_metrics([0, 1], [0.5, 0.5], sources=["a"])
+
+
+def test_threshold_is_strictly_greater():
+    # The miner's answer 0.5 is "not AI-generated": p > 0.5 is the fake prediction.
+    assert compute_metrics([0], [0.5])["accuracy"] == 1.0
+    assert compute_metrics([1], [0.5])["accuracy"] == 0.0
+
+
+def test_ece():
+    assert expected_calibration_error([1, 0], [1.0, 0.0]) == pytest.approx(0.0)
+    # One bin holding probs 0.9, 0.9 with one fake out of two: |0.5 - 0.9| = 0.4.
+    assert expected_calibration_error([1, 0], [0.9, 0.9]) == pytest.approx(0.4)
+
+
+def test_fit_temperature_recovers_known_scale():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)  # labels drawn from sigmoid(z): calibrated at T=1
+    t = fit_temperature(3.0 * z, y)  # an overconfident model: logits 3x too large
+    assert t == pytest.approx(3.0, rel=0.05)
+    # It is the minimum of the NLL.
+    best = binary_nll(3.0 * z, y, t)
+    assert best <= binary_nll(3.0 * z, y, t * 1.1) and best <= binary_nll(3.0 * z, y, t / 1.1)
+    assert best < binary_nll(3.0 * z, y, 1.0)
+    # Dividing by T keeps the decision of every image.
+    assert ((apply_temperature(3 * z, t) > 0.5) == (3 * z > 0)).all()
+
+
+def test_fit_temperature_bounds_and_empty():
+    assert fit_temperature([], []) == 1.0
+    # Perfectly separated: the NLL keeps falling as T -> 0, so T stops at the lower bound.
+    assert fit_temperature([-2.0, 3.0], [0, 1], bounds=(0.1, 10.0)) == pytest.approx(0.1, rel=1e-3)
+    # Anti-correlated logits: as close to "no information" as allowed, the upper bound.
+    assert fit_temperature([2.0, -3.0], [0, 1], bounds=(0.1, 10.0)) == pytest.approx(10.0, rel=1e-3)
+
+
+def test_binary_nll_matches_torch():
+    z = torch.tensor([-3.0, -0.5, 0.2, 4.0])
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(z / 2.0, y).item()
+    assert binary_nll(z, y, 2.0) == pytest.approx(ref, rel=1e-6)
+    assert math.isnan(binary_nll([], []))
