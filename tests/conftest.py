@@ -1,0 +1,128 @@
+"""Shared fixtures: tiny checkpoints, one local chain per test session, axons on loopback.
+
+Everything runs on 127.0.0.1 against ``bitmind.local_chain`` (MockSubtensor); no test
+touches the network. Models are tiny NPRs (layers [1, 1], width 8) so a forward pass
+costs milliseconds on a CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+NETUID = 34
+VALIDATOR_STAKE = 1000.0
+MEMBER_STAKE = 5.0
+
+
+def make_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny NPR whose weights depend on ``seed``."""
+    import torch
+
+    from bitmind.checkpoint import save_checkpoint
+    from bitmind.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("npr", layers=[1, 1], width=8)
+    with torch.no_grad():  # make the output depend clearly on the seed
+        model.fc1.bias.fill_(float(seed) * 0.5 - 0.25)
+    return save_checkpoint(model, path)
+
+
+def sample_image(size: int = 96, seed: int = 0) -> Image.Image:
+    """A small deterministic RGB image with some structure."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    base = np.stack([x * 255 / size, y * 255 / size, (x + y) * 127 / size], -1)
+    noise = rng.normal(0, 12, base.shape)
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype("uint8"), "RGB")
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 75) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("models") / "tiny.pth", seed=0)
+
+
+@pytest.fixture(scope="session")
+def local_net(tmp_path_factory):
+    """One local chain for the session: a miner, a validator (stake + permit), a registered
+    non-validator ("member") and a wallet that is never registered ("stranger")."""
+    from bitmind import local_chain
+
+    root = tmp_path_factory.mktemp("chain")
+    chain, wallets = local_chain.local_setup(root, NETUID, miners=("miner",), validators=("validator",),
+                                             validator_stake=VALIDATOR_STAKE, block_time=0)
+    wallets["member"] = local_chain.local_wallet(root, "member")
+    chain.register(wallets["member"], NETUID, stake=MEMBER_STAKE, validator=False)
+    wallets["stranger"] = local_chain.local_wallet(root, "stranger")
+    return SimpleNamespace(root=root, chain=chain, wallets=wallets, netuid=NETUID,
+                           metagraph=chain.metagraph(NETUID), validator_stake=VALIDATOR_STAKE,
+                           member_stake=MEMBER_STAKE)
+
+
+@pytest.fixture
+def reopen_session_chain(local_net):
+    """For tests that open other local chains: put the session chain back afterwards
+    (MockSubtensor keeps one chain per process)."""
+    yield
+    from bitmind import local_chain
+
+    local_chain.open_local_chain(local_net.root, NETUID, block_time=0)
+
+
+@contextlib.contextmanager
+def serving(handlers, wallet):
+    """Serve ``handlers`` on a real ``bt.Axon`` on a random free loopback port; yields its AxonInfo."""
+    import bittensor as bt
+
+    from bitmind import local_chain
+
+    port = local_chain.free_port()
+    axon = bt.Axon(wallet=wallet, ip="127.0.0.1", external_ip="127.0.0.1", port=port)
+    handlers.attach(axon)
+    axon.start()
+    try:
+        assert local_chain.wait_for_port(port), f"axon did not listen on {port}"
+        yield axon.info()
+    finally:
+        axon.stop()
+
+
+def query(wallet, axon_info, synapse, timeout: float = 20.0):
+    """One request through a real ``bt.Dendrite`` signed by ``wallet``; returns the response synapse."""
+    import bittensor as bt
+
+    return bt.Dendrite(wallet=wallet).query(axon_info, synapse, timeout=timeout, deserialize=False)
+
+
+# Helpers as fixtures, so test modules never import conftest by name.
+@pytest.fixture(scope="session")
+def checkpoint_factory():
+    return make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def image_factory():
+    return sample_image
+
+
+@pytest.fixture(scope="session")
+def serve():
+    return serving
+
+
+@pytest.fixture(scope="session")
+def send():
+    return query

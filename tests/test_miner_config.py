@@ -1,0 +1,62 @@
+"""The miner's command line: the documented pm2 invocation parses as intended, switches
+can be turned off, typos are errors, and the model path falls back to the repository."""
+import shlex
+from pathlib import Path
+
+import pytest
+
+from bitmind.miner.config import DEFAULT_MODEL_PATH, miner_config, resolve_model_path
+
+PM2_ARGS = ("--neuron.model_path ./mining_models/base.pth --netuid 168 --subtensor.network test "
+            "--wallet.name default --wallet.hotkey default --axon.port 8091")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_documented_pm2_command_line():
+    c = miner_config(shlex.split(PM2_ARGS))
+    assert c.netuid == 168 and c.subtensor.network == "test" and c.axon.port == 8091
+    assert (c.wallet.name, c.wallet.hotkey) == ("default", "default")
+    assert c.neuron.model_path == "./mining_models/base.pth"
+    assert c.blacklist.force_validator_permit is True and c.blacklist.allow_non_registered is False
+    assert c.mock is False
+
+
+def test_readme_and_docs_show_the_same_pm2_command():
+    line = f"pm2 start ./neurons/miner.py --name miner --interpreter python3 -- {PM2_ARGS}"
+    for doc in ("README.md", "docs/Mining.md"):
+        text = (REPO_ROOT / doc).read_text()
+        assert line in " ".join(text.split()), f"{doc} lacks the documented pm2 command"
+
+
+def test_defaults_and_switches():
+    c = miner_config([])
+    assert c.netuid == 34 and c.neuron.model_path == DEFAULT_MODEL_PATH and c.neuron.device == "auto"
+    c = miner_config(["--blacklist.force_validator_permit", "false", "--blacklist.allow_non_registered", "--mock"])
+    assert c.blacklist.force_validator_permit is False and c.blacklist.allow_non_registered is True and c.mock
+    c = miner_config(["--local", "--blacklist.force_validator_permit"])
+    assert c.mock and c.blacklist.force_validator_permit is True
+
+
+@pytest.mark.parametrize("bad", [["--neuron.modelpath", "x"], ["--blacklist.force_validator_permit", "maybe"],
+                                 ["--netuid", "thirty-four"]])
+def test_bad_arguments_are_errors(bad):
+    with pytest.raises(SystemExit):
+        miner_config(bad)
+
+
+def test_model_path_resolution(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "mining_models").mkdir(parents=True)
+    (repo / "mining_models" / "base.pth").write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # not under the current folder -> found under the repository root
+    assert resolve_model_path("./mining_models/base.pth", repo) == (repo / "mining_models" / "base.pth").resolve()
+    # present under the current folder -> that one wins
+    (elsewhere / "mining_models").mkdir()
+    (elsewhere / "mining_models" / "base.pth").write_bytes(b"y")
+    assert resolve_model_path("./mining_models/base.pth", repo) == (elsewhere / "mining_models" / "base.pth").resolve()
+    # absolute paths are kept; missing relative paths stay relative to the current folder
+    assert resolve_model_path(str(repo / "x.pth"), repo) == (repo / "x.pth").resolve()
+    assert resolve_model_path("nope.pth", repo) == (elsewhere / "nope.pth").resolve()

@@ -1,0 +1,74 @@
+"""Hot reload while serving through a real axon: a new model file is picked up by the
+next request; a broken one is refused and the previous model keeps answering."""
+import os
+
+import pytest
+import torch
+
+from bitmind.checkpoint import load_model
+from bitmind.miner.handlers import MinerHandlers
+from bitmind.miner.predict import Predictor, predict
+from bitmind.protocol import decode_synapse_image, prepare_image_synapse
+
+
+class NotWeights:
+    """Pickling this needs code execution: a weights_only load must refuse it."""
+
+    def __init__(self):
+        self.payload = "would run code on load"
+
+
+def replace_file(path, write):
+    """Write a sibling temp file and rename it over ``path`` (how an operator's cp/mv lands)."""
+    tmp = path.with_name(path.name + ".incoming")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def reloading_miner(local_net, tmp_path, checkpoint_factory):
+    path = tmp_path / "base.pth"
+    checkpoint_factory(path, seed=0)
+    predictor = Predictor(str(path), device="cpu", check_interval=0.0)  # check the file on every request
+    yield path, predictor, MinerHandlers(predictor, local_net.metagraph)
+    predictor.close()
+
+
+def test_new_model_file_changes_next_answer(local_net, reloading_miner, tmp_path, checkpoint_factory,
+                                            image_factory, serve, send):
+    path, predictor, handlers = reloading_miner
+    synapse = prepare_image_synapse(image_factory(seed=4))
+    image = decode_synapse_image(synapse)
+    validator = local_net.wallets["validator"]
+    with serve(handlers, local_net.wallets["miner"]) as axon:
+        before = send(validator, axon, synapse).prediction
+        sha_before = predictor.status()["sha256"]
+        assert before == pytest.approx(predict(load_model(path).model, image), abs=1e-5)
+
+        replace_file(path, lambda p: checkpoint_factory(p, seed=1))
+        after = send(validator, axon, synapse).prediction
+        assert after != pytest.approx(before, abs=1e-4)
+        assert after == pytest.approx(predict(load_model(path).model, image), abs=1e-5)
+        assert predictor.status()["sha256"] != sha_before and predictor.status()["reloads"] == 1
+
+        # Broken replacements: garbage bytes, a truncated checkpoint, a pickle that needs code.
+        good_bytes = path.read_bytes()
+        sha_good = predictor.status()["sha256"]
+        broken = [
+            lambda p: p.write_bytes(os.urandom(4096)),
+            lambda p: p.write_bytes(good_bytes[: len(good_bytes) // 2]),
+            lambda p: torch.save({"model": NotWeights()}, p),
+        ]
+        for i, write in enumerate(broken, start=1):
+            replace_file(path, write)
+            resp = send(validator, axon, synapse)
+            assert resp.dendrite.status_code == 200
+            assert resp.prediction == pytest.approx(after, abs=1e-6), f"broken file #{i} changed the answer"
+            status = predictor.status()
+            assert status["sha256"] == sha_good and status["bad_versions"] == i
+
+        # A good file after the broken ones is picked up again.
+        replace_file(path, lambda p: checkpoint_factory(p, seed=2))
+        final = send(validator, axon, synapse).prediction
+        assert final == pytest.approx(predict(load_model(path).model, image), abs=1e-5)
+        assert predictor.status()["reloads"] == 2
