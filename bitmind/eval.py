@@ -5,8 +5,8 @@
                            [--json OUT.json] [--plots OUT_DIR]
 
 The model is loaded with ``bitmind.checkpoint.load_model`` and scored exactly as the
-miner serves it: base transforms, one logit, ``P(fake) = sigmoid(logit / T)`` with the
-checkpoint's temperature ``T``. With ``--challenge`` every image first goes through
+miner serves it: base transforms, one logit, ``P(fake) = sigmoid(logit / T + b)`` with
+the checkpoint's calibration (temperature ``T``, ``logit_bias`` ``b``; 1 and 0 when absent). With ``--challenge`` every image first goes through
 the validator pipeline (random augmentation or plain resize, then a JPEG round trip at
 quality 75), driven by a per-image RNG derived from ``--seed`` and the image's index,
 so a run is reproducible whatever the batch size or number of workers.
@@ -109,6 +109,7 @@ class Predictions:
     index: np.ndarray
     skipped: list[str] = field(default_factory=list)
     temperature: float = 1.0
+    logit_bias: float = 0.0
 
     def __len__(self) -> int:
         return int(self.probs.size)
@@ -132,21 +133,26 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 @torch.inference_mode()
 def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: DetectionDataset, batch_size: int = 32,
                         device: str | torch.device | None = "cpu", workers: int = 0, temperature: float | None = None,
-                        progress: bool = True) -> Predictions:
+                        logit_bias: float | None = None, progress: bool = True) -> Predictions:
     """Score every image of ``dataset``; unreadable ones are skipped and listed.
 
-    ``temperature`` defaults to the checkpoint's (1.0 for a bare module).
+    ``P(fake) = sigmoid(logit / temperature + logit_bias)``; both default to the
+    checkpoint's calibration (1 and 0 for a bare module).
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from bitmind.calibration import apply_calibration
+
     if isinstance(model, LoadedModel):
         temperature = model.temperature if temperature is None else temperature
+        logit_bias = model.logit_bias if logit_bias is None else logit_bias
         net = model.model
     else:
         net = model
-    temperature = float(temperature or 1.0)
-    if temperature <= 0:
+    temperature = float(1.0 if temperature is None else temperature)
+    logit_bias = float(logit_bias or 0.0)
+    if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     dev = _resolve_device(device)
     net = net.to(dev).eval()
@@ -166,7 +172,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     seen = set(idx.tolist())
     skipped = [dataset.describe(k) for k in range(len(dataset)) if k not in seen]
     return Predictions(
-        probs=1.0 / (1.0 + np.exp(-lg / temperature)),
+        probs=apply_calibration(lg, temperature, logit_bias),
         logits=lg,
         labels=(np.concatenate(labels) if labels else np.zeros(0)).astype(int),
         sources=[dataset.items[k][0].source_name(dataset.items[k][1]) for k in idx],
@@ -174,12 +180,14 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
         index=idx,
         skipped=skipped,
         temperature=temperature,
+        logit_bias=logit_bias,
     )
 
 
 def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = False, seed: int = 0, split: str | None = None,
                       split_seed: int = 0, batch_size: int = 32, device: str | None = "auto", workers: int = 0,
-                      temperature: float | None = None, progress: bool = True, json_path: str | os.PathLike | None = None,
+                      temperature: float | None = None, logit_bias: float | None = None, progress: bool = True,
+                      json_path: str | os.PathLike | None = None,
                       plots_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], Predictions, DetectionDataset]:
     """``evaluate`` that also returns the per-image predictions and the dataset."""
     dev = _resolve_device(device)
@@ -188,12 +196,13 @@ def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = Fal
     pipeline = ValidatorPipeline() if challenge else None
     dataset = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, pipeline=pipeline)
     preds = collect_predictions(loaded, dataset, batch_size=batch_size, device=dev, workers=workers,
-                                temperature=temperature, progress=progress)
+                                temperature=temperature, logit_bias=logit_bias, progress=progress)
     report: dict[str, Any] = preds.metrics()
     report["skipped"] = len(preds.skipped)
     report["model"] = {"path": str(model_path), "sha256": loaded.sha256, "arch": loaded.arch,
                        "config": loaded.meta.get("config", {}), "temperature": preds.temperature,
-                       "checkpoint_temperature": loaded.temperature}
+                       "logit_bias": preds.logit_bias, "checkpoint_calibration": {"temperature": loaded.temperature,
+                                                                                  "logit_bias": loaded.logit_bias}}
     report["data"] = [str(d) for d in data]
     report["options"] = {"challenge": challenge, "seed": seed, "split": split, "split_seed": split_seed if split else None,
                          "batch_size": batch_size, "device": str(dev), "workers": workers,
@@ -216,7 +225,8 @@ def evaluate(model_path: str | os.PathLike, data, challenge: bool = False, seed:
     ``per_source``, ``skipped``, ``model`` path/sha256/arch, ``data``, ``options``).
 
     Keyword arguments: ``split``, ``split_seed``, ``batch_size``, ``device``, ``workers``,
-    ``temperature`` (override the checkpoint's), ``progress``, ``json_path``, ``plots_dir``.
+    ``temperature`` and ``logit_bias`` (override the checkpoint's calibration), ``progress``,
+    ``json_path``, ``plots_dir``.
     """
     report, _, _ = evaluate_detailed(model_path, data, challenge=challenge, seed=seed, **kw)
     return report
@@ -227,7 +237,8 @@ def format_report(report: dict[str, Any]) -> str:
     opts = report.get("options", {})
     mode = "validator challenges (seed %s)" % opts.get("seed") if opts.get("challenge") else "plain images"
     where = f"split {opts['split']!r} (seed {opts['split_seed']})" if opts.get("split") else "all images"
-    title = (f"model {report['model']['path']} ({report['model']['arch']}, T={report['model']['temperature']:.3g}) "
+    title = (f"model {report['model']['path']} ({report['model']['arch']}, T={report['model']['temperature']:.3g}, "
+             f"b={report['model']['logit_bias']:+.3g}) "
              f"on {', '.join(report['data'])}: {where}, {mode}")
     text = format_metrics_table(report, title=title)
     if report.get("skipped"):
@@ -245,7 +256,8 @@ def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = 
     ap.add_argument("--split_seed", type=int, default=0, help="seed of the split (the trainer's --split_seed)")
     ap.add_argument("--challenge", action="store_true", help="pass images through the validator pipeline (aug + JPEG 75) first")
     ap.add_argument("--seed", type=int, default=0, help="seed of the challenge transformations")
-    ap.add_argument("--temperature", type=float, default=None, help="override the checkpoint's calibration temperature")
+    ap.add_argument("--uncalibrated", action="store_true",
+                    help="score raw sigmoid(logit), ignoring the checkpoint's temperature and logit bias")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
@@ -262,7 +274,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         report = evaluate(args.model, args.data, challenge=args.challenge, seed=args.seed, split=args.split,
                           split_seed=args.split_seed, batch_size=args.batch_size, device=args.device, workers=args.workers,
-                          temperature=args.temperature, progress=not args.quiet, json_path=args.json, plots_dir=args.plots)
+                          temperature=1.0 if args.uncalibrated else None, logit_bias=0.0 if args.uncalibrated else None,
+                          progress=not args.quiet, json_path=args.json, plots_dir=args.plots)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

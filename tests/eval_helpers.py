@@ -31,9 +31,9 @@ except ValueError:  # already registered by an earlier import of this module
     pass
 
 
-def brightness_prob(level: int, gain: float = 10.0, temperature: float = 1.0) -> float:
+def brightness_prob(level: int, gain: float = 10.0, temperature: float = 1.0, bias: float = 0.0) -> float:
     """What the Brightness model answers for a solid image of grey level ``level``."""
-    return 1.0 / (1.0 + math.exp(-gain * (level / 255.0 - 0.5) / temperature))
+    return 1.0 / (1.0 + math.exp(-(gain * (level / 255.0 - 0.5) / temperature + bias)))
 
 
 def solid_image(path: Path, level: int, size: int = 32) -> Path:
@@ -61,9 +61,11 @@ def make_textured_folder(root: Path, per_class: int = 4, seed: int = 0) -> Path:
     return root
 
 
-def save_brightness_model(path: Path, gain: float = 10.0, temperature: float | None = None) -> Path:
+def save_brightness_model(path: Path, gain: float = 10.0, temperature: float | None = None, logit_bias: float | None = None) -> Path:
     m = build_model("test_brightness", gain=gain)
     extra = {} if temperature is None else {"temperature": temperature}
+    if logit_bias is not None:
+        extra["logit_bias"] = logit_bias
     return save_checkpoint(m, path, meta=model_meta(m, arch="test_brightness", **extra))
 
 

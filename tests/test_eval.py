@@ -31,14 +31,14 @@ def solid_folder(tmp_path):
 
 
 def test_eval_json_matches_hand_computation(solid_folder, tmp_path, capsys):
-    model = save_brightness_model(tmp_path / "m.pth", gain=10.0, temperature=2.0)
+    model = save_brightness_model(tmp_path / "m.pth", gain=10.0, temperature=2.0, logit_bias=0.3)
     out = tmp_path / "out" / "report.json"
     rc = main(["--model", str(model), "--data", str(solid_folder), "--json", str(out), "--plots", str(tmp_path / "plots"),
                "--device", "cpu", "--quiet", "--batch_size", "4"])
     assert rc == 0
     r = json.loads(out.read_text())
-    # Probabilities are sigmoid(logit / T) with the checkpoint's T = 2.
-    probs = {level: brightness_prob(level, 10.0, 2.0) for _, level in LEVELS}
+    # Probabilities are sigmoid(logit / T + b) with the checkpoint's T = 2, b = 0.3.
+    probs = {level: brightness_prob(level, 10.0, 2.0, 0.3) for _, level in LEVELS}
     labels = {level: int(src.startswith("fake")) for src, level in LEVELS}
     assert r["n"] == 6 and r["skipped"] == 1 and any("broken.jpg" in s for s in r["skipped_files"])
     assert r["confusion"] == {"tn": 2, "fp": 1, "fn": 1, "tp": 2}  # level 200 (real) and 90 (fake) are wrong
@@ -56,7 +56,7 @@ def test_eval_json_matches_hand_computation(solid_folder, tmp_path, capsys):
     assert ps["fake/x"]["ap"] is None and ps["fake/x"]["brier"] == pytest.approx(
         np.mean([(1 - probs[l]) ** 2 for l in (90, 180, 220)]), rel=1e-5)
     assert r["model"]["sha256"] == file_sha256(model) and r["model"]["arch"] == "test_brightness"
-    assert r["model"]["temperature"] == 2.0 and r["model"]["path"] == str(model)
+    assert r["model"]["temperature"] == 2.0 and r["model"]["logit_bias"] == 0.3 and r["model"]["path"] == str(model)
     assert r["options"]["challenge"] is False and r["options"]["split"] is None and r["data"] == [str(solid_folder)]
     for name in ("roc", "scores", "confusion"):
         assert Path(r["plots"][name]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -64,10 +64,10 @@ def test_eval_json_matches_hand_computation(solid_folder, tmp_path, capsys):
     assert "overall" in table and "real/b" in table and "skipped 1 unreadable" in table
 
 
-def test_temperature_override(solid_folder, tmp_path):
-    model = save_brightness_model(tmp_path / "m.pth", gain=10.0, temperature=2.0)
-    _, preds, ds = evaluate_detailed(model, solid_folder, temperature=1.0, device="cpu", progress=False)
-    assert preds.temperature == 1.0
+def test_calibration_override(solid_folder, tmp_path):
+    model = save_brightness_model(tmp_path / "m.pth", gain=10.0, temperature=2.0, logit_bias=0.3)
+    _, preds, ds = evaluate_detailed(model, solid_folder, temperature=1.0, logit_bias=0.0, device="cpu", progress=False)
+    assert preds.temperature == 1.0 and preds.logit_bias == 0.0
     for k, p in zip(preds.index, preds.probs):
         level = dict((f"img{i}.png", lv) for i, (_, lv) in enumerate(LEVELS))[Path(ds.describe(k)).name]
         assert p == pytest.approx(brightness_prob(level, 10.0, 1.0), rel=1e-5)
@@ -130,6 +130,17 @@ def test_several_data_folders_are_told_apart(tmp_path):
     r = evaluate(model, [d1, d2], device="cpu", progress=False)
     assert r["n"] == 8
     assert set(r["per_source"]) == {"one:real/cams", "one:fake/gen", "two:real/cams", "two:fake/gen"}
+
+
+def test_uncalibrated_flag(solid_folder, tmp_path):
+    model = save_brightness_model(tmp_path / "m.pth", gain=10.0, temperature=2.0, logit_bias=0.3)
+    assert main(["--model", str(model), "--data", str(solid_folder), "--uncalibrated", "--quiet", "--device", "cpu",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["model"]["temperature"] == 1.0 and r["model"]["logit_bias"] == 0.0
+    assert r["model"]["checkpoint_calibration"] == {"temperature": 2.0, "logit_bias": 0.3}
+    expected = np.mean([(brightness_prob(lv, 10.0) - src.startswith("fake")) ** 2 for src, lv in LEVELS])
+    assert r["brier"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_bad_inputs_exit_with_message(tmp_path, capsys):
