@@ -59,6 +59,15 @@ def train_tiny_npr(path: Path, steps: int = 80, batch: int = 16, crop: int = 64,
     Trains on 8-aligned ``crop`` x ``crop`` patches (same pixel grid and JPEG blocks as
     the full image); the network ends in global pooling, so it then runs on 256x256.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: extra threads only fight other processes for the cores
+    try:
+        return _train(path, steps, batch, crop, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(path: Path, steps: int, batch: int, crop: int, seed: int) -> Path:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1000)
     pool = [(y, base_transforms(jpeg_roundtrip(synth_image(y, rng), 75))) for y in [0, 1] * 8]

@@ -2,9 +2,10 @@
 and wrap it in an ``ImageSynapse``.
 
 Each challenge is real or fake with probability 0.5 (``fake_prob``), then a source is
-picked uniformly among the configured sources that hold images of that class, then an
-image uniformly within it, so that one large source does not drown the others (SN34
-picks a dataset first, too). The image goes through ``ValidatorPipeline`` geometry
+picked uniformly among the sources of that class (a source is a ``CLASS/SOURCE``
+folder or a dataset), then an image uniformly within it, so that one large source does
+not drown the others (SN34 picks a dataset first, too). An unreadable image is logged
+and dropped from the pool, and another is drawn. The image goes through ``ValidatorPipeline`` geometry
 (random augmentation for most challenges, base transforms only for ``plain_share`` of
 them) and is JPEG-encoded once at quality 75 into the synapse: that encoding *is* the
 JPEG round trip the miner sees.
@@ -62,20 +63,19 @@ class ChallengeGenerator:
         if not 0.0 <= self.plain_share <= 1.0 or not 0.0 <= self.fake_prob <= 1.0:
             raise ValueError("plain_share and fake_prob must be in [0, 1]")
         self.rng = random.Random(self.seed)
-        # by_label[label] = [(source, [indices of that label]), ...]
-        self.by_label: dict[int, list[tuple[ImageSource, list[int]]]] = {0: [], 1: []}
+        # by_label[label] = {source name ("fake/sdxl"): [(source object, index), ...]}; a source
+        # is a CLASS/SOURCE folder or a dataset, however the sources were passed in.
+        self.by_label: dict[int, dict[str, list[tuple[ImageSource, int]]]] = {0: {}, 1: {}}
         for src in self.sources:
-            idx = {0: [], 1: []}
             for i in range(len(src)):
-                idx[int(src.label(i))].append(i)
-            for label, items in idx.items():
-                if items:
-                    self.by_label[label].append((src, items))
+                label = int(src.label(i))
+                self.by_label[label].setdefault(src.source_name(i), []).append((src, i))
         for label, name in LABEL_NAMES.items():
-            n = sum(len(items) for _, items in self.by_label[label])
-            logger.info("challenge pool: %d %s images in %d sources", n, name, len(self.by_label[label]))
+            groups = self.by_label[label]
+            logger.info("challenge pool: %d %s images in %d sources", sum(map(len, groups.values())), name, len(groups))
         if not self.by_label[0] and not self.by_label[1]:
             raise ValueError("the data sources hold no images")
+        self._names = {label: sorted(groups) for label, groups in self.by_label.items()}  # fixed order: seedable
         self._count = 0
 
     @classmethod
@@ -85,33 +85,47 @@ class ChallengeGenerator:
 
     def _draw_label(self) -> int:
         label = 1 if self.rng.random() < self.fake_prob else 0
-        if not self.by_label[label]:  # only one class available: use it
+        if not self._names[label]:  # only one class available: use it
             label = 1 - label
         return label
 
+    def _drop(self, label: int, name: str, entry) -> None:
+        """Forget an unreadable item, so a broken file costs one retry, not one per draw."""
+        items = self.by_label[label][name]
+        items.remove(entry)
+        if not items:
+            del self.by_label[label][name]
+            self._names[label].remove(name)
+
     def next(self) -> Challenge:
-        """The next challenge. Unreadable images are skipped (logged) and redrawn."""
-        label = self._draw_label()
+        """The next challenge. Unreadable images are logged, dropped from the pool and redrawn."""
         pipeline_aug = ValidatorPipeline(plain_share=0.0, jpeg_quality=None)
         pipeline_plain = ValidatorPipeline(plain_share=1.0, jpeg_quality=None)
         last_error: Exception | None = None
         for _ in range(self.max_retries):
-            src, items = self.by_label[label][self.rng.randrange(len(self.by_label[label]))]
-            i = items[self.rng.randrange(len(items))]
+            if not self._names[0] and not self._names[1]:
+                break
+            label = self._draw_label()
+            name = self._names[label][self.rng.randrange(len(self._names[label]))]
+            items = self.by_label[label][name]
+            src, i = entry = items[self.rng.randrange(len(items))]
             plain = self.rng.random() < self.plain_share
             try:
                 img = src.load(i)
             except Exception as e:  # a bad file must not stop the validator
                 last_error = e
-                logger.warning("skipping unreadable image %s: %s", src.describe(i), e)
+                logger.warning("dropping unreadable image %s: %s", src.describe(i), e)
+                self._drop(label, name, entry)
                 continue
             img = (pipeline_plain if plain else pipeline_aug).apply(img, self.rng)
             synapse = prepare_image_synapse(img, quality=self.jpeg_quality)
-            ch = Challenge(synapse=synapse, label=label, source=src.source_name(i), item=src.describe(i),
-                           plain=plain, index=self._count)
+            ch = Challenge(synapse=synapse, label=label, source=name, item=src.describe(i), plain=plain,
+                           index=self._count)
             self._count += 1
             return ch
-        raise RuntimeError(f"{self.max_retries} unreadable images in a row; last error: {last_error}")
+        raise RuntimeError(f"no readable image after {self.max_retries} tries (pool left: "
+                           f"{sum(len(v) for g in self.by_label.values() for v in g.values())}); "
+                           f"last unreadable: {last_error}")
 
     def __iter__(self):
         while True:

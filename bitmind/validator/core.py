@@ -65,8 +65,10 @@ class Validator:
         self.chain, self.dendrite, self.generator, self.config = chain, dendrite, generator, config
         self.rng = random.Random(config.seed)
         self.scores = ScoreBook.load(config.state_path, alpha=config.alpha) if config.state_path else ScoreBook(alpha=config.alpha)
-        self.stats = RunStats(names)  # whole run
-        self.epoch_stats = RunStats(names)  # since the last weight setting
+        self._given_names = dict(names or {})  # e.g. model names in the harness; others show a hotkey prefix
+        self.names: dict[int, str] = dict(self._given_names)
+        self.stats = RunStats(self.names)  # whole run
+        self.epoch_stats = RunStats(self.names)  # since the last weight setting
         self.round = 0
         self._loop = asyncio.new_event_loop()
         self.sync()
@@ -75,6 +77,8 @@ class Validator:
     def sync(self) -> None:
         self.chain.sync()
         reset = self.scores.sync(self.chain.hotkeys)
+        for uid, hk in enumerate(self.chain.hotkeys):
+            self.names[uid] = self._given_names.get(uid) or hk[:8]
         if reset:
             logger.info("metagraph: %d uids; new or replaced: %s", len(self.chain.hotkeys), reset)
 
@@ -118,8 +122,11 @@ class Validator:
         if self.config.state_path:
             self.scores.save(self.config.state_path)
         result = RoundResult(challenge, uids, responses, r, time.perf_counter() - t0)
-        logger.debug("round %d: %s %s -> %s", self.round, "fake" if challenge.label else "real", challenge.source,
-                     ", ".join(f"{resp.uid}:{_short(resp)}" for resp in responses))
+        answered = [resp.latency for resp in responses if resp.prediction is not None and resp.latency is not None]
+        logger.info("round %d: %s (%s) -> %d miners, %d answered, %d correct, median latency %s", self.round,
+                    challenge.source, "plain" if challenge.plain else "aug", len(uids), len(answered), int(r.sum()),
+                    f"{np.median(answered) * 1000:.0f} ms" if answered else "-")
+        logger.debug("round %d answers: %s", self.round, ", ".join(f"{resp.uid}:{_short(resp)}" for resp in responses))
         if self.config.epoch_length and self.round % self.config.epoch_length == 0:
             self.end_epoch(result)
         return result
@@ -127,7 +134,7 @@ class Validator:
     def end_epoch(self, result: RoundResult | None = None) -> None:
         logger.info("epoch ending at round %d (%d challenges):\n%s", self.round, self.epoch_stats.challenges,
                     self.epoch_stats.table(self.scores.scores))
-        self.epoch_stats = RunStats(self.stats.names)
+        self.epoch_stats = RunStats(self.names)
         if self.config.set_weights:
             ok = self.set_weights()
             if result is not None:

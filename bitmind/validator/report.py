@@ -75,7 +75,8 @@ class RunStats:
     """MinerStats for every miner queried in a run."""
 
     def __init__(self, names: dict[int, str] | None = None):
-        self.names = dict(names or {})
+        # Shared, not copied: the validator refreshes names (hotkey prefixes) on metagraph syncs.
+        self.names = names if names is not None else {}
         self.miners: dict[int, MinerStats] = {}
         self.challenges = 0
         self.labels = {0: 0, 1: 0}

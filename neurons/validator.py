@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""bitmind validator: challenges miners with real and AI-generated images, scores them,
+and sets weights.
+
+Network (testnet shown; mainnet is --netuid 34 without --subtensor.network):
+
+    pm2 start ./neurons/validator.py --name validator --interpreter python3 -- \\
+        --netuid 168 --subtensor.network test --wallet.name default --wallet.hotkey default \\
+        --neuron.data /data/sn34 hf:/data/hf/some_fakes:fake
+
+Local, without any network (mock chain under ~/.bitmind/local_chain; start local
+miners with ``python neurons/miner.py --mock ...`` against the same --local.root):
+
+    python neurons/validator.py --mock --neuron.data /work/shared/data/sn34-mini
+
+Each round draws one challenge (real or fake with probability 0.5), sends it to
+--neuron.sample_size miners with a --neuron.timeout time-out, rewards correct answers
+with 1 (wrong, missing, NaN or out-of-range answers get 0), updates the moving-average
+scores and saves them (so a restart, even after kill -9, resumes them). Every
+--neuron.epoch_length rounds it logs a per-miner table and sets weights. All the work
+is in ``bitmind.validator``; this file parses the command line, wires the chain and
+handles signals.
+"""
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import bittensor as bt
+
+from bitmind.validator.chain import ChainView
+from bitmind.validator.challenges import ChallengeGenerator
+from bitmind.validator.config import DEFAULT_STATE_DIR, loop_config, validator_config
+from bitmind.validator.core import Validator
+
+
+def _route_library_logs(debug: bool = False) -> None:
+    """The bitmind package logs with the standard ``logging`` module; show it on the console."""
+    lib = logging.getLogger("bitmind")
+    if not lib.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-8s | %(name)s | %(message)s"))
+        lib.addHandler(handler)
+    lib.setLevel(logging.DEBUG if debug else logging.INFO)
+    lib.propagate = False
+    for name in list(logging.root.manager.loggerDict):  # bt.logging raises every logger to INFO
+        if name == "torch" or name.startswith("torch."):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _setup_chain(config):
+    """(subtensor, wallet, default state folder) for network or local mode."""
+    netuid = int(config.netuid)
+    if config.mock:
+        from bitmind import local_chain
+
+        local_chain.patch_external_ip()
+        root = Path(os.path.expanduser(config.local.root))
+        subtensor = local_chain.open_local_chain(root, netuid)
+        wallet = local_chain.local_wallet(root, config.wallet.name, config.wallet.hotkey)
+        # (Re-)register with stake and a validator permit so that miners' blacklists serve us.
+        uid = subtensor.register(wallet, netuid, stake=float(config.local.stake), validator=True)
+        bt.logging.info(f"local chain {root}: validator {wallet.hotkey.ss58_address} is uid {uid} on netuid {netuid}")
+        state_dir = root / "validator_state"
+    else:
+        wallet = bt.Wallet(config=config)
+        subtensor = bt.Subtensor(config=config)
+        state_dir = Path(os.path.expanduser(DEFAULT_STATE_DIR)) / str(config.subtensor.network)
+    return subtensor, wallet, state_dir / config.wallet.name / config.wallet.hotkey / f"netuid{netuid}"
+
+
+def main(argv=None) -> int:
+    config = validator_config(sys.argv[1:] if argv is None else argv)
+    bt.logging(config=config, logging_dir=config.logging.logging_dir)
+    bt.logging.set_info(True)
+    _route_library_logs(debug=bool(config.logging.debug or config.logging.trace))
+
+    try:
+        generator = ChallengeGenerator.from_specs(config.neuron.data, plain_share=float(config.neuron.plain_share),
+                                                  seed=config.neuron.seed)
+    except Exception as e:
+        bt.logging.error(f"cannot open challenge data {config.neuron.data}: {type(e).__name__}: {e}")
+        return 2
+    try:
+        subtensor, wallet, state_dir = _setup_chain(config)
+        chain = ChainView(subtensor, wallet, int(config.netuid))
+        chain.sync()
+    except Exception as e:  # typically: the subtensor endpoint cannot be reached
+        where = "the local chain" if config.mock else f"subtensor network {config.subtensor.network!r}"
+        bt.logging.error(f"validator setup failed on {where} ({type(e).__name__}: {e})")
+        return 1
+    if chain.my_uid is None:
+        bt.logging.error(f"hotkey {config.wallet.name}/{config.wallet.hotkey} ({wallet.hotkey.ss58_address}) is not "
+                         f"registered on netuid {config.netuid}. Register it first: btcli s register --netuid "
+                         f"{config.netuid} --wallet.name {config.wallet.name} --wallet.hotkey {config.wallet.hotkey}")
+        return 3
+    state_path = config.neuron.state_path or str(state_dir / "scores.json")
+    cfg = loop_config(config, state_path)
+    validator = Validator(chain, bt.Dendrite(wallet=wallet), generator, cfg)
+    bt.logging.info(f"validator uid {chain.my_uid} on netuid {config.netuid}: {len(chain.miner_uids())} miners serving; "
+                    f"scores in {state_path} (restored step {validator.scores.step}); sample {cfg.sample_size}, "
+                    f"timeout {cfg.timeout}s, weights every {cfg.epoch_length} rounds")
+
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame):
+        bt.logging.info(f"received signal {signum}; stopping after the current round")
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        validator.run(rounds=config.neuron.rounds, stop=stop)
+    finally:
+        validator.close()
+        bt.logging.info(f"validator stopped after {validator.round} rounds; per-miner totals:\n"
+                        f"{validator.stats.table(validator.scores.scores)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
