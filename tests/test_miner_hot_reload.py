@@ -43,12 +43,12 @@ def test_new_model_file_changes_next_answer(local_net, reloading_miner, tmp_path
     with serve(handlers, local_net.wallets["miner"]) as axon:
         before = send(validator, axon, synapse).prediction
         sha_before = predictor.status()["sha256"]
-        assert before == pytest.approx(predict(load_model(path).model, image), abs=1e-5)
+        assert before == pytest.approx(predict(load_model(path), image), abs=1e-5)
 
         replace_file(path, lambda p: checkpoint_factory(p, seed=1))
         after = send(validator, axon, synapse).prediction
         assert after != pytest.approx(before, abs=1e-4)
-        assert after == pytest.approx(predict(load_model(path).model, image), abs=1e-5)
+        assert after == pytest.approx(predict(load_model(path), image), abs=1e-5)
         assert predictor.status()["sha256"] != sha_before and predictor.status()["reloads"] == 1
 
         # Broken replacements: garbage bytes, a truncated checkpoint, a pickle that needs code.
@@ -70,5 +70,5 @@ def test_new_model_file_changes_next_answer(local_net, reloading_miner, tmp_path
         # A good file after the broken ones is picked up again.
         replace_file(path, lambda p: checkpoint_factory(p, seed=2))
         final = send(validator, axon, synapse).prediction
-        assert final == pytest.approx(predict(load_model(path).model, image), abs=1e-5)
+        assert final == pytest.approx(predict(load_model(path), image), abs=1e-5)
         assert predictor.status()["reloads"] == 2

@@ -44,7 +44,7 @@ def test_miner_axon_is_published_on_the_local_chain(miner, local_net):
 def test_round_trip_matches_local_predict(miner, local_net, image_factory, tiny_model, send):
     mg = local_net.chain.metagraph(local_net.netuid)
     axon = mg.axons[miner.uid]  # the address the miner published, as a validator would find it
-    model = load_model(tiny_model).model
+    model = load_model(tiny_model)  # LoadedModel: predict() applies its calibration, as the miner does
     answers = []
     for seed in (1, 2):
         synapse = prepare_image_synapse(image_factory(seed=seed))
