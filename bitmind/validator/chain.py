@@ -12,6 +12,8 @@ from typing import Sequence
 
 import bittensor as bt
 import numpy as np
+from bittensor.utils.mock.subtensor_mock import MockSubtensor
+from bittensor.utils.weight_utils import process_weights_for_netuid
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +47,19 @@ class ChainView:
         """Submit weights; returns (success, message). Never raises."""
         if self.my_uid is None:
             return False, "validator hotkey is not registered on this subnet"
+        uids, weights = [int(u) for u in uids], [float(w) for w in weights]
+        if not isinstance(self.subtensor, MockSubtensor):
+            # On a real chain, respect the subnet's min_allowed_weights / max_weight_limit (as every
+            # Bittensor validator does), or the extrinsic is rejected.
+            try:
+                pu, pw = process_weights_for_netuid(np.asarray(uids, dtype=np.int64), np.asarray(weights, dtype=np.float32),
+                                                    self.netuid, self.subtensor, self.metagraph)
+                uids, weights = [int(u) for u in pu], [float(w) for w in pw]
+            except Exception as e:
+                logger.warning("process_weights_for_netuid failed (%s); submitting the plain normalised weights", e)
         try:
-            resp = self.subtensor.set_weights(wallet=self.wallet, netuid=self.netuid, uids=list(map(int, uids)),
-                                              weights=[float(w) for w in weights], wait_for_inclusion=False,
-                                              wait_for_finalization=False)
+            resp = self.subtensor.set_weights(wallet=self.wallet, netuid=self.netuid, uids=uids, weights=weights,
+                                              wait_for_inclusion=False, wait_for_finalization=False)
         except Exception as e:
             return False, f"{type(e).__name__}: {e}"
         ok = bool(getattr(resp, "success", resp[0] if isinstance(resp, tuple) else resp))
