@@ -144,3 +144,12 @@ def test_restart_keeps_scores_and_sets_weights_on_the_chain(assets, tmp_path):
         assert not np.allclose(after.scores, before)  # the new round moved the restored scores, not fresh zeros
         for uid in (t, c):
             assert after.scores[uid] == pytest.approx(0.9 * before[uid] + 0.1 * v2.stats.miners[uid].correct)
+
+
+def test_harness_works_from_inside_a_running_event_loop(assets):
+    # e.g. a notebook cell: the validator must not try to run its own loop on the caller's thread
+    async def cell():
+        return run_harness([assets["const"]], assets["data"], challenges=2, seed=0, plain_share=1.0)
+
+    res = asyncio.run(cell())
+    assert res["miners"][0]["challenges"] == 2 and res["miners"][0]["failures"] == 0

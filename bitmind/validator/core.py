@@ -70,7 +70,12 @@ class Validator:
         self.stats = RunStats(self.names)  # whole run
         self.epoch_stats = RunStats(self.names)  # since the last weight setting
         self.round = 0
+        # The dendrite's HTTP session lives on one event loop, run by a private thread, so the
+        # validator can be driven from plain code, from a thread, or from inside a running loop
+        # (a notebook) alike.
         self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="validator-loop", daemon=True)
+        self._loop_thread.start()
         self.sync()
 
     # ------------------------------------------------------------------ chain
@@ -113,7 +118,7 @@ class Validator:
         t0 = time.perf_counter()
         challenge = self.generator.next()
         uids = self.sample_uids()
-        responses = self._loop.run_until_complete(self._query(challenge, uids)) if uids else []
+        responses = self._await(self._query(challenge, uids)) if uids else []
         r = compute_rewards([resp.prediction for resp in responses], challenge.label)
         self.scores.update(uids, r)
         self.stats.add_round(challenge.label, responses, r)
@@ -155,14 +160,20 @@ class Validator:
                 else:
                     time.sleep(self.config.round_interval)
 
+    def _await(self, coro):
+        """Run ``coro`` on the validator's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
     def close(self) -> None:
-        """Close the dendrite's HTTP session and the event loop."""
+        """Close the dendrite's HTTP session and stop the event loop."""
         if self._loop.is_closed():
             return
         try:
-            self._loop.run_until_complete(self.dendrite.aclose_session())
-        except Exception:
-            pass
+            self._await(asyncio.wait_for(self.dendrite.aclose_session(), timeout=5))
+        except Exception as e:
+            logger.debug("closing the dendrite session: %s", e)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=5)
         self._loop.close()
 
 
