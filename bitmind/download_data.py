@@ -356,7 +356,7 @@ def run(targets: list[Target], cache_dir: str | None = None, force_redownload: b
         policy: RetryPolicy = RetryPolicy(), verify: int = 8, sleep: Callable[[float], None] = time.sleep,
         progress: bool = True) -> list[Outcome]:
     """Download or validate every target in turn, never stopping at a failure."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     mode = "force_redownload" if force_redownload else "reuse_dataset_if_exists"
     if cache_dir:

@@ -1,6 +1,6 @@
 """Evaluate a detector file on local data, as plain images or as validator challenges.
 
-    python -m bitmind.eval --model mining_models/npr.pth --data DIR [--data DIR2 ...]
+    python -m bitmind.eval --model mining_models/base.pth --data DIR [--data DIR2 ...]
                            [--split test --split_seed 0] [--challenge --seed 0]
                            [--json OUT.json] [--plots OUT_DIR]
 
@@ -140,7 +140,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     checkpoint's calibration (1 and 0 for a bare module).
     """
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from bitmind.calibration import apply_calibration
 
