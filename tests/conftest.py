@@ -73,6 +73,17 @@ def local_net(tmp_path_factory):
 
 
 @pytest.fixture
+def session_chain(local_net):
+    """Make sure this process's (single) mock chain is the session chain: other test
+    modules may have opened another local chain in between. Use with
+    ``pytestmark = pytest.mark.usefixtures("session_chain")``."""
+    from bitmind import local_chain
+
+    local_chain.open_local_chain(local_net.root, NETUID, block_time=0)
+    return local_net
+
+
+@pytest.fixture
 def reopen_session_chain(local_net):
     """For tests that open other local chains: put the session chain back afterwards
     (MockSubtensor keeps one chain per process)."""

@@ -17,6 +17,8 @@ from bitmind.miner.handlers import MinerHandlers
 from bitmind.miner.predict import Overloaded, Predictor
 from bitmind.protocol import ImageSynapse, prepare_image_synapse
 
+pytestmark = pytest.mark.usefixtures("session_chain")
+
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")

@@ -11,6 +11,8 @@ import pytest
 from bitmind.miner.handlers import MinerHandlers
 from bitmind.protocol import ImageSynapse, prepare_image_synapse
 
+pytestmark = pytest.mark.usefixtures("session_chain")
+
 
 class FixedPredictor:
     """Answers 0.75 for everything: these tests are about who is served, not what."""

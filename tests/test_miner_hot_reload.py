@@ -10,6 +10,8 @@ from bitmind.miner.handlers import MinerHandlers
 from bitmind.miner.predict import Predictor, predict
 from bitmind.protocol import decode_synapse_image, prepare_image_synapse
 
+pytestmark = pytest.mark.usefixtures("session_chain")
+
 
 class NotWeights:
     """Pickling this needs code execution: a weights_only load must refuse it."""

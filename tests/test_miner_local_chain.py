@@ -5,6 +5,8 @@ import pytest
 
 from bitmind import local_chain
 
+pytestmark = pytest.mark.usefixtures("session_chain")
+
 
 def test_patch_external_ip_reaches_dendrite_and_axon(local_net):
     local_chain.patch_external_ip()

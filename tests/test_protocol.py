@@ -9,6 +9,8 @@ from bitmind.image_io import encode_image
 from bitmind.miner.predict import predict
 from bitmind.protocol import ImageSynapse, decode_synapse_image, prepare_image_synapse
 
+pytestmark = pytest.mark.usefixtures("session_chain")
+
 
 @pytest.fixture(scope="module")
 def miner(local_net, tiny_model):
