@@ -27,7 +27,7 @@ import bittensor as bt
 
 from bitmind.checkpoint import CheckpointError
 from bitmind.miner.config import miner_config, resolve_model_path
-from bitmind.miner.neuron import MinerNeuron, NotRegisteredError
+from bitmind.miner.neuron import MinerNeuron, NotRegisteredError, PortInUseError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RELOAD_CHECK_INTERVAL = 5.0
@@ -84,7 +84,12 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
-    miner.start()
+    try:
+        miner.start()
+    except PortInUseError as e:
+        bt.logging.error(str(e))
+        miner.stop()
+        return 1
     bt.logging.info(miner.status_line())
     status_interval = float(config.neuron.status_interval)
     last_status = last_reload_check = time.monotonic()

@@ -74,3 +74,24 @@ def test_png_payload_is_also_answered(miner, local_net, image_factory, send):
     synapse = ImageSynapse(image=encode_image(image_factory(seed=3), "PNG"))
     resp = send(local_net.wallets["validator"], miner.axon.info(), synapse)
     assert 0.0 <= resp.prediction <= 1.0
+
+
+def test_busy_axon_port_fails_loudly(local_net, tiny_model):
+    import socket
+
+    from bitmind.miner.config import miner_config
+    from bitmind.miner.neuron import MinerNeuron, PortInUseError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = miner_config(["--mock", "--local.root", str(local_net.root), "--netuid", str(local_net.netuid),
+                               "--wallet.name", "miner", "--axon.port", str(port),
+                               "--neuron.model_path", str(tiny_model), "--neuron.device", "cpu"])
+        neuron = MinerNeuron(config, tiny_model)
+        try:
+            with pytest.raises(PortInUseError, match=str(port)):
+                neuron.start()
+        finally:
+            neuron.stop()

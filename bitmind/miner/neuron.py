@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -33,6 +34,10 @@ def auto_max_batch(device: torch.device) -> int:
     on a CPU the time per image of the NPR model grows beyond batches of ~4 (measured:
     45 ms/image at 1-4, 59 at 8, 74 at 16 on 2 cores), so bigger batches only add latency."""
     return 32 if device.type == "cuda" else 4
+
+
+class PortInUseError(RuntimeError):
+    """The axon port cannot be bound."""
 
 
 class NotRegisteredError(RuntimeError):
@@ -102,8 +107,21 @@ class MinerNeuron:
         return int(uid)
 
     # ------------------------------------------------------------------ running
+    def check_port_free(self) -> None:
+        """bt.Axon starts uvicorn in a thread that only logs a failed bind; the miner would
+        then run without serving. Try the bind here first and fail loudly instead."""
+        port = int(self.axon.port)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            try:
+                s.bind(("127.0.0.1" if self.local else "0.0.0.0", port))
+            except OSError as e:
+                raise PortInUseError(f"axon port {port} is not available ({e}); "
+                                     "stop whatever uses it or pick another --axon.port") from e
+
     def start(self) -> "MinerNeuron":
         """Publish the axon's address on the chain and start serving."""
+        self.check_port_free()
         self.axon.serve(netuid=self.netuid, subtensor=self.subtensor)
         self.axon.start()
         logger.info("axon serving on %s:%d (external %s:%d), netuid %d, uid %d", self.axon.ip, self.axon.port,
