@@ -95,10 +95,8 @@ def in_process(model: Path, payloads: list[str]) -> dict:
 
 
 def miner_process(model: Path, payloads: list[str], threads: int | None) -> dict:
-    import bittensor as bt
-
     from bitmind import local_chain
-    from bitmind.demo import stop_process, wait_for_axon
+    from bitmind.demo import query_axon, stop_process, wait_for_axon
     from bitmind.protocol import ImageSynapse
 
     root = Path(tempfile.mkdtemp(prefix="bitmind-footprint-"))
@@ -115,11 +113,10 @@ def miner_process(model: Path, payloads: list[str], threads: int | None) -> dict
     try:
         axon = wait_for_axon(chain, 34, wallets["miner"].hotkey.ss58_address, port, proc, 180)
         idle = proc_mem_mb(proc.pid)
-        dendrite = bt.Dendrite(wallet=wallets["validator"])
         rtt, failures = [], 0
         for p in payloads:
             t0 = time.perf_counter()
-            resp = dendrite.query(axon, ImageSynapse(image=p), timeout=30, deserialize=False)
+            resp = query_axon(wallets["validator"], axon, ImageSynapse(image=p), timeout=30)
             rtt.append((time.perf_counter() - t0) * 1000)
             failures += not (0.0 <= resp.prediction <= 1.0)
         loaded = proc_mem_mb(proc.pid)

@@ -85,6 +85,25 @@ def wait_for_axon(chain, netuid: int, hotkey: str, port: int, proc: subprocess.P
     raise TimeoutError(f"miner did not serve on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
+def query_axon(wallet, axon, synapse, timeout: float = 30.0):
+    """One request through a fresh ``bt.Dendrite`` on its own event loop; returns the response synapse."""
+    import asyncio
+
+    import bittensor as bt
+
+    async def one():
+        dendrite = bt.Dendrite(wallet=wallet)
+        try:
+            return dendrite, await dendrite.forward(axon, synapse, timeout=timeout, deserialize=False)
+        finally:
+            await dendrite.aclose_session()
+
+    # Keep the dendrite alive until the loop is gone: its __del__ warns inside a running loop.
+    dendrite, response = asyncio.run(one())
+    del dendrite
+    return response
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -147,9 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             image = sample_image()
             label = "generated sample image (pass --image PATH to send your own)"
         synapse = ImageSynapse(image=encode_image(image, "JPEG", 75))
-        dendrite = bt.Dendrite(wallet=vali_w)
         t0 = time.perf_counter()
-        resp = dendrite.query(axon, synapse, timeout=30.0, deserialize=False)
+        resp = query_axon(vali_w, axon, synapse, timeout=30.0)
         dt = time.perf_counter() - t0
         status = getattr(resp.dendrite, "status_code", None)
         message = getattr(resp.dendrite, "status_message", None)

@@ -113,9 +113,21 @@ def serving(handlers, wallet):
 
 def query(wallet, axon_info, synapse, timeout: float = 20.0):
     """One request through a real ``bt.Dendrite`` signed by ``wallet``; returns the response synapse."""
+    import asyncio
+
     import bittensor as bt
 
-    return bt.Dendrite(wallet=wallet).query(axon_info, synapse, timeout=timeout, deserialize=False)
+    async def one():
+        dendrite = bt.Dendrite(wallet=wallet)
+        try:
+            return dendrite, await dendrite.forward(axon_info, synapse, timeout=timeout, deserialize=False)
+        finally:
+            await dendrite.aclose_session()
+
+    # Keep the dendrite alive until the loop is gone: its __del__ warns inside a running loop.
+    dendrite, response = asyncio.run(one())
+    del dendrite
+    return response
 
 
 # Helpers as fixtures, so test modules never import conftest by name.
