@@ -444,7 +444,9 @@ def open_local_chain(root: str | os.PathLike, netuid: int = DEFAULT_NETUID,
                      block_time: float = DEFAULT_BLOCK_TIME) -> LocalSubtensor:
     """Open (creating if needed) the local chain stored under ``root``, with ``netuid`` created.
 
-    Resets this process's MockSubtensor state if a different root was open before.
+    Resets this process's MockSubtensor state if a different root was open before;
+    reopening the root that is already open only re-reads its file (``block_time`` is
+    taken from the first opening).
     """
     root = Path(root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
