@@ -15,6 +15,10 @@ from bitmind.validator.harness import LocalNetwork
 from bitmind.validator.scores import ScoreBook
 from validator_synth import constant_npr, make_folder, train_tiny_npr
 
+# These tests open their own local chains; MockSubtensor keeps one chain per process, so
+# put the session chain of the other test modules back afterwards (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("reopen_session_chain")
+
 NEURON = Path(__file__).resolve().parents[1] / "neurons" / "validator.py"
 
 
