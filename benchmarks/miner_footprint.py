@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def miner_process(model: Path, payloads: list[str], threads: int | None) -> dict
     finally:
         stop_process(proc)
         log.close()
+        shutil.rmtree(root, ignore_errors=True)
     return {"rss_idle_mb": idle.get("VmRSS"), "rss_after_requests_mb": loaded.get("VmRSS"),
             "rss_peak_mb": loaded.get("VmHWM"), "round_trip": summarize(rtt), "failed_requests": failures}
 
