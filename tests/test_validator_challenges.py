@@ -104,3 +104,16 @@ def test_sources_are_picked_uniformly_not_by_size(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError):
         ChallengeGenerator([])
+
+
+def test_split_restricts_the_pool_by_picture_stem(tmp_path):
+    from bitmind.data import split_of
+
+    root = make_folder(tmp_path / "d", n_per_class=12, size=32)
+    gen = ChallengeGenerator([LocalFolderSource(root)], seed=0, split="test", split_seed=3)
+    items = {Path(src.describe(i)) for groups in gen.by_label.values() for entries in groups.values() for src, i in entries}
+    expected = {p for p in root.rglob("*.png") if split_of(p.stem.rsplit("_", 1)[0], 3) == "test"}
+    assert items == expected and 0 < len(items) < 24
+    assert {Path(c.item) for c in gen.take(10)} <= expected
+    with pytest.raises(ValueError):
+        ChallengeGenerator([LocalFolderSource(root)], split="holdout")

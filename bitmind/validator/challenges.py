@@ -10,6 +10,10 @@ and dropped from the pool, and another is drawn. The image goes through ``Valida
 them) and is JPEG-encoded once at quality 75 into the synapse: that encoding *is* the
 JPEG round trip the miner sees.
 
+``split`` restricts the pool to one split of the data, chosen by picture stem exactly as
+the trainer and ``bitmind.eval`` split it, so a model can be challenged on pictures it
+never trained on.
+
 Every random choice comes from one ``random.Random(seed)``, so a seed fixes the whole
 challenge sequence (useful for comparing miners or models on identical challenges).
 """
@@ -20,7 +24,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from bitmind.data import ImageSource, open_source
+from bitmind.data import SPLITS, ImageSource, open_source, split_indices
 from bitmind.image_transforms import VALIDATOR_JPEG_QUALITY, ValidatorPipeline
 from bitmind.protocol import ImageSynapse, prepare_image_synapse
 
@@ -55,6 +59,8 @@ class ChallengeGenerator:
     jpeg_quality: int = VALIDATOR_JPEG_QUALITY
     seed: int | None = None
     max_retries: int = 20
+    split: str | None = None  # only this split of the data ("train"/"val"/"test", by picture stem, as the trainer splits)
+    split_seed: int = 0
     rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -66,15 +72,18 @@ class ChallengeGenerator:
         # by_label[label] = {source name ("fake/sdxl"): [(source object, index), ...]}; a source
         # is a CLASS/SOURCE folder or a dataset, however the sources were passed in.
         self.by_label: dict[int, dict[str, list[tuple[ImageSource, int]]]] = {0: {}, 1: {}}
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         for src in self.sources:
-            for i in range(len(src)):
+            indices = split_indices(src, seed=self.split_seed)[self.split] if self.split else range(len(src))
+            for i in indices:
                 label = int(src.label(i))
                 self.by_label[label].setdefault(src.source_name(i), []).append((src, i))
         for label, name in LABEL_NAMES.items():
             groups = self.by_label[label]
             logger.info("challenge pool: %d %s images in %d sources", sum(map(len, groups.values())), name, len(groups))
         if not self.by_label[0] and not self.by_label[1]:
-            raise ValueError("the data sources hold no images")
+            raise ValueError("the data sources hold no images" + (f" in split {self.split!r}" if self.split else ""))
         self._names = {label: sorted(groups) for label, groups in self.by_label.items()}  # fixed order: seedable
         self._count = 0
 

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import bittensor as bt
 
 from bitmind import local_chain as lc
+from bitmind.data import SPLITS
 from bitmind.validator.chain import ChainView
 from bitmind.validator.challenges import ChallengeGenerator
 from bitmind.validator.core import Validator, ValidatorConfig
@@ -154,7 +155,7 @@ def _unique_names(paths: Sequence[str]) -> list[str]:
 def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], challenges: int = 100, seed: int = 0,
                 timeout: float = DEFAULT_TIMEOUT, plain_share: float = 0.2, device: str = "cpu",
                 json_out: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
-                progress: bool = False) -> dict:
+                split: str | None = None, split_seed: int = 0, progress: bool = False) -> dict:
     """Serve each model file as a local miner, send ``challenges`` challenges from ``data``
     to all of them, and return the per-miner results (also written to ``json_out``).
 
@@ -165,7 +166,8 @@ def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], 
     if not models:
         raise ValueError("give at least one model file")
     specs = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    generator = ChallengeGenerator.from_specs([str(s) for s in specs], plain_share=plain_share, seed=seed)
+    generator = ChallengeGenerator.from_specs([str(s) for s in specs], plain_share=plain_share, seed=seed,
+                                              split=split, split_seed=split_seed)
     tmp = tempfile.TemporaryDirectory(prefix="bitmind-harness-") if root is None else None
     t0 = time.perf_counter()
     try:
@@ -196,7 +198,8 @@ def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], 
         row["weight"] = float(weights[row["uid"]])
     result = {
         "config": {"models": [str(m) for m in models], "data": [str(s) for s in specs], "challenges": challenges,
-                   "seed": seed, "timeout": timeout, "plain_share": plain_share, "device": device},
+                   "seed": seed, "timeout": timeout, "plain_share": plain_share, "device": device,
+                   "split": split, "split_seed": split_seed if split else None},
         "challenges": validator.stats.challenges,
         "labels": {"real": validator.stats.labels[0], "fake": validator.stats.labels[1]},
         "weights_set": ok, "elapsed_s": time.perf_counter() - t0, "miners": rows,
@@ -220,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="Seed of the challenge sequence (same seed, same challenges).")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
     p.add_argument("--plain-share", type=float, default=0.2, help="Share of challenges without random augmentation.")
+    p.add_argument("--split", choices=SPLITS, default=None,
+                   help="Challenge only with this split of the data (by picture stem, as the trainer splits); "
+                        "default: all images. Use 'test' to compare models on pictures they never trained on.")
+    p.add_argument("--split_seed", type=int, default=0, help="Seed of the split (the trainer's --split_seed).")
     p.add_argument("--device", default="cpu", help="Device the miners run on (cpu, cuda, cuda:1, ...).")
     p.add_argument("--json", dest="json_out", default=None, help="Write the results as JSON here.")
     p.add_argument("--root", default=None, help="Local chain folder (default: a temporary one).")
@@ -228,8 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     res = run_harness(args.models, args.data, args.challenges, seed=args.seed, timeout=args.timeout,
                       plain_share=args.plain_share, device=args.device, json_out=args.json_out, root=args.root,
-                      progress=True)
-    print(f"{res['challenges']} challenges ({res['labels']['real']} real, {res['labels']['fake']} fake), "
+                      split=args.split, split_seed=args.split_seed, progress=True)
+    where = f"split {args.split!r} (seed {args.split_seed})" if args.split else "all images"
+    print(f"{res['challenges']} challenges ({res['labels']['real']} real, {res['labels']['fake']} fake) from {where}, "
           f"{len(res['miners'])} miners, {res['elapsed_s']:.1f}s, timeout {args.timeout}s, seed {args.seed}")
     print(res["table"])
     if args.json_out:
