@@ -7,6 +7,7 @@
 * ``chain``: metagraph snapshot and weight setting (real subtensor or the local chain).
 * ``core``: the round/epoch loop used by ``neurons/validator.py`` and the harness.
 * ``report``: per-miner accuracy / latency / failure table.
+* ``config``: the command line of ``neurons/validator.py``.
 * ``harness``: N local miners + one validator on loopback (``python -m bitmind.validator.harness``).
 """
 from bitmind.validator.rewards import reward, rewards, valid_prediction
