@@ -62,6 +62,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on GPU) | bf16 | fp16 | none
     channels_last: bool = True
     cudnn_benchmark: bool = True
+    uint8_loading: bool = True  # workers hand over uint8 images, scaled to float on the device
     workers: int = 4
     pin_memory: bool = True
     seed: int = 0

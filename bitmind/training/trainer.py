@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from bitmind.checkpoint import model_meta, save_checkpoint
 from bitmind.data import DetectionDataset, balanced_sampler, class_pos_weight, collate_skip_none, open_source, split_indices
+from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
@@ -92,10 +93,16 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
         counts[spec] = {"train": len(idx["train"]), "dropped_val_test": len(idx["val"]) + len(idx["test"])}
     if not train_parts:
         raise ValueError("no training data: pass --data DIR (a CLASS/SOURCE/*.jpg folder or hf:NAME:role)")
-    train = DetectionDataset.from_sources(train_parts, augment=TrainAugment(cfg.aug_config()), seed=cfg.seed)
+    train = DetectionDataset.from_sources(train_parts, augment=TrainAugment(cfg.aug_config()), seed=cfg.seed, uint8=cfg.uint8_loading)
     val_cls = _FixedSeedDataset if cfg.val_challenge else DetectionDataset
-    val = val_cls.from_sources(val_parts, augment=None, seed=cfg.seed + 1)
+    val = val_cls.from_sources(val_parts, augment=None, seed=cfg.seed + 1, uint8=cfg.uint8_loading)
     return train, val, counts
+
+
+def to_model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Batch from the loader (uint8 or float) -> float in [0, 1] on ``device``."""
+    x = x.to(device, non_blocking=True)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -107,7 +114,7 @@ def collect_logits(model: nn.Module, loader: DataLoader, device: torch.device, a
         if batch is None:
             continue
         x, y, k, _ = batch
-        x = x.to(device, non_blocking=True)
+        x = to_model_input(x, device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
@@ -205,7 +212,7 @@ def train(cfg: TrainConfig) -> dict:
     else:
         sampler = None
     loader_kw = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
-                     collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0)
+                     collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0, worker_init_fn=worker_init)
     if cfg.workers > 0:
         loader_kw["prefetch_factor"] = 4
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, shuffle=sampler is None,
@@ -266,7 +273,7 @@ def train(cfg: TrainConfig) -> dict:
                 continue
             x, y, _, bad = batch
             skipped += bad
-            x = x.to(device, non_blocking=True)
+            x = to_model_input(x, device)
             y = y.to(device, non_blocking=True)
             if device.type == "cuda" and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
