@@ -4,12 +4,22 @@ Validators send base64-encoded JPEGs, but a miner is an open network service: th
 payload may be empty, not base64, not an image, truncated, a decompression bomb,
 or an unusual mode (CMYK, 16-bit, palette, alpha, animated). Everything here turns
 such input into either an RGB ``PIL.Image`` or an ``ImageDecodeError`` with a short
-reason, enforcing size limits *before* the pixels are decoded.
+reason, enforcing size limits *before* the pixels are decoded:
+
+* the base64 text is length-checked before it is decoded (``max_b64_chars``);
+* only common still-image formats are parsed at all (``formats``): Pillow can open
+  dozens of exotic formats (EPS even runs Ghostscript) that no validator sends;
+* the declared width x height is checked from the header, before any pixel buffer is
+  allocated (``max_pixels``), and Pillow's own bomb guard ``Image.MAX_IMAGE_PIXELS`` is
+  set to the same limit (``apply_pil_limit``) so code paths that skip us are bounded too;
+* whatever a malformed file makes a decoder raise becomes ``ImageDecodeError``, so a
+  hostile payload is logged as bad input, never as a crash with a traceback.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import logging
 from dataclasses import dataclass
@@ -24,10 +34,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_B64_CHARS = 16 * 1024 * 1024
 #: Largest decoded image accepted by default (pixels): admits 8K (7680x4320 = 33 MP).
 DEFAULT_MAX_PIXELS = 40_000_000
-
-# Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that. We set it
-# deliberately to our limit so that even code paths that skip `decode_image` are bounded.
-Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+#: Formats parsed by default: what validators and image datasets use (multi-picture
+#: JPEGs, MPO, are opened by the JPEG plugin).
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageDecodeError(ValueError):
@@ -40,6 +49,22 @@ class DecodeLimits:
 
     max_b64_chars: int = DEFAULT_MAX_B64_CHARS
     max_pixels: int = DEFAULT_MAX_PIXELS
+    formats: tuple[str, ...] | None = DEFAULT_FORMATS  # None: any format Pillow knows
+
+
+def apply_pil_limit(limits: DecodeLimits) -> None:
+    """Set Pillow's process-wide bomb guard to ``limits.max_pixels``.
+
+    Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that, in
+    ``Image.open`` itself. Keeping it equal to our limit means a larger configured
+    limit really admits larger images, and a smaller one also bounds code paths that
+    open images without ``decode_image``. Called at import with the defaults, and by the
+    miner with its configured limits.
+    """
+    Image.MAX_IMAGE_PIXELS = int(limits.max_pixels)
+
+
+apply_pil_limit(DecodeLimits())
 
 
 def b64_to_bytes(data: str, limits: DecodeLimits = DecodeLimits()) -> bytes:
@@ -69,10 +94,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        # float32 and in place: a large 16-bit image must not cost 8 bytes a pixel several times over
+        arr = np.array(img, dtype=np.float32)
         hi = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        arr *= np.float32(255.0 / hi)
+        arr += np.float32(0.5)
+        np.clip(arr, 0, 255, out=arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
         mode = "RGBA"
@@ -81,6 +109,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+@functools.lru_cache(maxsize=16)
+def _pillow_formats(formats: tuple[str, ...] | None) -> list[str] | None:
+    """``formats`` that this Pillow can open (Image.open raises KeyError on unknown names)."""
+    if formats is None:
+        return None
+    Image.init()
+    return [f for f in formats if f in Image.OPEN]
 
 
 def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
@@ -92,11 +129,13 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
     if not raw:
         raise ImageDecodeError("empty image bytes")
     try:
-        img = Image.open(io.BytesIO(raw))
+        img = Image.open(io.BytesIO(raw), formats=_pillow_formats(limits.formats))
+    except Image.DecompressionBombError as e:  # the header declares more than twice MAX_IMAGE_PIXELS
+        raise ImageDecodeError(f"image too large: {e}") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"not a recognised image: {e}") from e
-    except Image.DecompressionBombError as e:  # pragma: no cover - raised by open for huge PNG chunks
-        raise ImageDecodeError(f"image too large: {e}") from e
+    except Exception as e:  # a plugin choking on a malformed header (struct.error, IndexError, ...)
+        raise ImageDecodeError(f"malformed image header: {type(e).__name__}: {e}") from e
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageDecodeError(f"image has empty size {w}x{h}")
@@ -112,6 +151,8 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
         return _to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
         raise ImageDecodeError(f"could not decode image: {e}") from e
+    except Exception as e:  # malformed data deep in a decoder (EOFError, struct.error, IndexError, ...)
+        raise ImageDecodeError(f"could not decode image: {type(e).__name__}: {e}") from e
 
 
 def decode_image(data: str | bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:

@@ -14,6 +14,8 @@ from pathlib import Path
 import bittensor as bt
 from bittensor.core.config import DefaultMunch
 
+from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS
+
 DEFAULT_MODEL_PATH = "./mining_models/base.pth"
 DEFAULT_NETUID = 34
 DEFAULT_LOCAL_ROOT = "~/.bitmind/local_chain"
@@ -31,6 +33,17 @@ def str2bool(value) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+def positive_int(value) -> int:
+    """argparse type for limits: an integer > 0."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
 def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The miner's own options (bittensor's are added by ``build_parser``)."""
     parser.add_argument("--netuid", type=int, default=DEFAULT_NETUID, help="Subnet UID (34 on finney, 168 on testnet).")
@@ -45,6 +58,15 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "larger batches cost more time per image: benchmarks/miner_footprint.py).")
     parser.add_argument("--neuron.batch_window_ms", type=float, default=2.0, help="How long to wait to fill a micro-batch.")
     parser.add_argument("--neuron.max_queue", type=int, default=256, help="Queued images beyond which requests are refused fast.")
+    parser.add_argument("--neuron.max_payload_chars", type=positive_int, default=DEFAULT_MAX_B64_CHARS,
+                        help="Largest base64 image payload accepted, in characters; a longer one is answered -1 "
+                             "without being decoded.")
+    parser.add_argument("--neuron.max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                        help="Largest image accepted, in pixels (width x height, read from the header before any "
+                             "decoding); also sets Pillow's Image.MAX_IMAGE_PIXELS.")
+    parser.add_argument("--neuron.allow_arch_change", type=str2bool, nargs="?", const=True, default=False,
+                        help="Let a hot reload swap in a model of another architecture or config (default: refuse "
+                             "it and keep serving; restart the miner to change architecture).")
     parser.add_argument("--blacklist.allow_non_registered", type=str2bool, nargs="?", const=True, default=False,
                         help="Serve hotkeys that are not registered on the subnet (default: refuse).")
     parser.add_argument("--blacklist.force_validator_permit", type=str2bool, nargs="?", const=True, default=True,

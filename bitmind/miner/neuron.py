@@ -20,6 +20,7 @@ from typing import Any, Optional
 import bittensor as bt
 import torch
 
+from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS, DecodeLimits, apply_pil_limit
 from bitmind.miner.handlers import MinerHandlers
 from bitmind.miner.predict import Predictor, default_device
 
@@ -61,10 +62,14 @@ class MinerNeuron:
         self.metagraph = self.subtensor.metagraph(self.netuid)
         device = config.neuron.device
         device = default_device() if device in (None, "", "auto") else torch.device(device)
+        limits = DecodeLimits(max_b64_chars=int(config.neuron.max_payload_chars or DEFAULT_MAX_B64_CHARS),
+                              max_pixels=int(config.neuron.max_image_pixels or DEFAULT_MAX_PIXELS))
+        apply_pil_limit(limits)
         self.predictor = Predictor(self.model_path, device=device,
                                    max_batch=int(config.neuron.max_batch) or auto_max_batch(device),
                                    batch_window_ms=float(config.neuron.batch_window_ms),
-                                   max_queue=int(config.neuron.max_queue))
+                                   max_queue=int(config.neuron.max_queue), limits=limits,
+                                   allow_arch_change=bool(config.neuron.allow_arch_change))
         self.handlers = MinerHandlers(self.predictor, self.metagraph,
                                       allow_non_registered=bool(config.blacklist.allow_non_registered),
                                       force_validator_permit=bool(config.blacklist.force_validator_permit))

@@ -1,17 +1,35 @@
 """Prediction for the miner: ``predict`` and the hot-reloading, micro-batching ``Predictor``.
 
 Hot reload: before serving, the predictor ``stat``s the model file (cheap; rate-limited
-by ``check_interval``). When its signature (inode, size, mtime) changes, it loads the
-new file, validates it (pickle-free load, strict weights, same architecture unless
-allowed, a finite test forward) and swaps it in with one reference assignment, so every
-answer comes from a whole old or a whole new model. A file that fails to load never
+by ``check_interval``). When its signature (inode, size, mtime) changes, it reads the
+file's bytes once, and only if the file did not change during that read (an operator's
+``cp`` over the file in place is caught half-written; such a read is simply retried at
+the next check) it loads those very bytes, validates them (pickle-free load, strict
+weights, same architecture unless allowed, a finite test forward) and swaps the model in
+with one reference assignment, so every answer comes from a whole old or a whole new
+model, and the reported sha256 is that of the bytes actually loaded. A file that fails to load never
 takes the miner down: the last good model keeps serving and the failure is logged once
 per file version.
 
-Micro-batching: concurrent requests are queued to one worker thread, which collects
-whatever arrives within ``batch_window_ms`` (up to ``max_batch``) and runs one batched
-forward. The asyncio event loop only awaits a future; the queue is bounded so overload
-gives a fast ``Overloaded`` error instead of unbounded memory.
+A replacement must also have the same *structure* as the model it replaces (same
+parameter names and shapes, i.e. same architecture and config) unless
+``allow_arch_change``: a file of another size is more likely a mistake than an upgrade,
+and it would silently change the miner's latency and memory; restart the miner (or
+allow it) to serve another architecture.
+
+CPU speed: on a CPU the validated model is also compiled for inference (TorchScript
+trace, frozen, batch norms folded into the convolutions, oneDNN layouts; about 2x faster
+than eager for NPR on 2 cores). The compiled forward must match the eager one on a
+random probe, else the eager model serves. On a hot reload the new model serves eager
+at once and its compiled forward is swapped in by a background thread when ready
+(about a second), so compiling never delays the swap. On CUDA the eager model runs in
+channels-last with bf16 autocast.
+
+Micro-batching: concurrent requests are queued to one worker thread, which runs one
+batched forward over what is queued (up to ``max_batch``). It waits for more (at most
+``batch_window_ms``) only while other requests are still being decoded, so a lone
+request never pays the window. The asyncio event loop only awaits a future; the queue
+is bounded so overload gives a fast ``Overloaded`` error instead of unbounded memory.
 """
 from __future__ import annotations
 
@@ -19,9 +37,11 @@ import asyncio
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
-from concurrent.futures import Future
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +103,46 @@ def predict(model: nn.Module | LoadedModel, image) -> float:
     return float(torch.sigmoid(logits_of(model, x))[0])
 
 
+def optimize_for_cpu(model: nn.Module, probe_batch: int = 2) -> torch.jit.ScriptModule:
+    """A faster inference-only copy of ``model`` for CPU serving (see the module docstring).
+
+    Raises if tracing/freezing fails or the result disagrees with the eager model."""
+    probe = torch.rand(probe_batch, 3, TARGET_SIZE, TARGET_SIZE, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.compile, which needs a compiler
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            fast = torch.jit.optimize_for_inference(torch.jit.trace(model.eval(), probe, check_trace=False))
+    with torch.inference_mode():
+        ref = model(probe).float()
+        for _ in range(2):  # the profiling executor specialises on the first calls
+            got = fast(probe).float()
+    if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-3, atol=1e-3):
+        raise RuntimeError(f"compiled forward differs from eager by {(got - ref).abs().max().item():.3g}")
+    return fast
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """What answers requests: the loaded model and the forward used for it (eager or
+    compiled). Replaced as one reference, so a batch never mixes two models."""
+
+    lm: LoadedModel
+    forward: object = None  # compiled module, or None for lm.model in eager mode
+
+    def logits(self, batch: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+        if self.forward is None:
+            return logits_of(self.lm.model, batch, amp_dtype)
+        with torch.inference_mode():
+            out = self.forward(batch)
+        return out.float().reshape(out.shape[0], -1)[:, 0]
+
+
+def structure_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Parameter/buffer names and shapes: two models with equal structures are the same
+    architecture and config (whatever their metadata says)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 @dataclass(frozen=True)
 class FileSignature:
     ino: int
@@ -98,13 +158,48 @@ class FileSignature:
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
+    """The file's bytes and signature, or None if it is missing or changed while being read
+    (a writer in progress: the bytes could mix two versions)."""
+    before = FileSignature.of(path)
+    if before is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    after = FileSignature.of(path)
+    if after != before or len(data) != before.size:
+        return None
+    return data, before
+
+
+def load_model_bytes(data: bytes, path: str, **kwargs) -> LoadedModel:
+    """``load_model`` on ``data`` (the bytes of the model file ``path``): loads exactly the bytes
+    that were checked, whatever happens to the file meanwhile. ``sha256`` is theirs."""
+    suffix = os.path.splitext(path)[1] or ".pth"
+    fd, tmp = tempfile.mkstemp(prefix="bitmind-model-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        lm = load_model(tmp, **kwargs)
+    except CheckpointError as e:  # name the operator's file, not our private copy
+        raise CheckpointError(str(e).replace(tmp, str(path))) from e.__cause__
+    finally:
+        os.unlink(tmp)
+    lm.path = str(path)
+    return lm
+
+
 class Predictor:
     """Owns the serving model, its device, hot reload and the micro-batching worker."""
 
     def __init__(self, model_path: str, device: str | torch.device | None = None, arch: str | None = None,
                  check_interval: float = 0.05, allow_arch_change: bool = False, max_batch: int = 32,
                  batch_window_ms: float = 2.0, max_queue: int = 256, amp: str | None = "auto",
-                 limits: DecodeLimits = DecodeLimits()):
+                 limits: DecodeLimits = DecodeLimits(), decode_workers: int | None = None,
+                 optimize: bool | str = "auto"):
         self.model_path = str(model_path)
         self.device = torch.device(device) if device else default_device()
         self.arch, self.allow_arch_change = arch, allow_arch_change
@@ -114,21 +209,45 @@ class Predictor:
         if amp == "auto":
             amp = "bf16" if self.device.type == "cuda" else None
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None}[amp]
+        # Compile for CPU serving ("auto": on CPU only; False: always eager).
+        self.optimize = self.device.type == "cpu" if optimize == "auto" else bool(optimize)
         self._reload_lock = threading.Lock()
+        self._inflight_lock = threading.Lock()
+        self._inflight = 0  # requests being decoded that will be submitted soon (the worker waits for them)
+        # Own decode pool if asked (bounds decode threads vs torch threads); else the loop's default executor.
+        self._decode_pool = (ThreadPoolExecutor(decode_workers, thread_name_prefix="bitmind-decode")
+                             if decode_workers else None)
         self._last_check = 0.0
         self._bad: set[FileSignature] = set()
         self.reloads = 0
         self.loaded_at = 0.0
-        sig = FileSignature.of(self.model_path)
-        self._current: LoadedModel = self._load_validated(self.model_path)  # first load must succeed
-        self._sig = sig
+        snap = None
+        for _ in range(50):  # the file may be being written right now: wait for a stable read
+            snap = read_stable(self.model_path)
+            if snap is not None:
+                break
+            time.sleep(0.1)
+        if snap is None:
+            raise CheckpointError(f"model file {self.model_path} is missing or kept changing while being read")
+        lm = self._load_validated(snap[0])  # first load must succeed
+        self._serving = _Serving(lm, self._compiled(lm))  # at start-up, compile before serving
+        self._sig = snap[1]
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
 
     # ---------------------------------------------------------------- model file
-    def _load_validated(self, path: str, expected_arch: str | None = None) -> LoadedModel:
-        lm = load_model(path, arch=self.arch, device=self.device, expected_arch=expected_arch)
+    def _load_validated(self, data: bytes, expected: LoadedModel | None = None) -> LoadedModel:
+        """Load the model file's ``data`` and check it can serve; with ``expected``, also that it
+        has the same architecture and parameter shapes (checked before the swap, so a refused
+        file never serves)."""
+        path = self.model_path
+        lm = load_model_bytes(data, path, arch=self.arch, device=self.device,
+                              expected_arch=expected.arch if expected is not None else None)
+        if expected is not None and structure_of(lm.model) != structure_of(expected.model):
+            raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
+                                  f"the serving model's ({expected.meta.get('config')}); restart the miner "
+                                  "(or allow architecture changes) to serve it")
         if self.device.type == "cuda":
             lm.model = lm.model.to(memory_format=torch.channels_last)
         probe = torch.zeros(2, 3, TARGET_SIZE, TARGET_SIZE)
@@ -149,38 +268,67 @@ class Predictor:
         if sig is None or sig == self._sig or sig in self._bad:
             return False
         with self._reload_lock:
-            if sig == self._sig:  # another thread just did it
+            snap = read_stable(self.model_path)
+            if snap is None:  # being written (or gone): keep serving, look again at the next check
+                logger.debug("model file %s changed while being read; will re-check", self.model_path)
                 return False
-            expected = None if self.allow_arch_change else self._current.arch
+            data, sig = snap
+            if sig == self._sig or sig in self._bad:  # another thread just did it
+                return False
+            expected = None if self.allow_arch_change else self._serving.lm
             try:
-                lm = self._load_validated(self.model_path, expected_arch=expected)
+                lm = self._load_validated(data, expected=expected)
             except Exception as e:  # keep serving the last good model
                 self._bad.add(sig)
                 logger.error("model file %s (size %d) failed to load; still serving sha256=%s: %s",
-                             self.model_path, sig.size, self._current.sha256[:12], e)
+                             self.model_path, sig.size, self._serving.lm.sha256[:12], e)
                 return False
-            if FileSignature.of(self.model_path) != sig:
-                # Changed while we were reading it: next check loads the final version.
-                logger.info("model file changed during load; will re-check")
-            self._current, self._sig = lm, sig
+            self._serving, self._sig = _Serving(lm), sig  # eager at once...
             self.reloads += 1
-            return True
+        if self.optimize:  # ...compiled as soon as it is ready
+            threading.Thread(target=self._upgrade, args=(lm,), name="bitmind-compile", daemon=True).start()
+        return True
+
+    def _compiled(self, lm: LoadedModel):
+        """The compiled forward for ``lm``, or None (eager) if disabled or it failed."""
+        if not self.optimize:
+            return None
+        try:
+            return optimize_for_cpu(lm.model)
+        except Exception as e:  # eager still works: serve it
+            logger.warning("could not compile model sha256=%s for CPU serving, serving it eager: %s", lm.sha256[:12], e)
+            return None
+
+    def _upgrade(self, lm: LoadedModel) -> None:
+        fast = self._compiled(lm)
+        if fast is None:
+            return
+        with self._reload_lock:
+            if self._serving.lm is lm:  # not replaced meanwhile
+                self._serving = _Serving(lm, fast)
 
     @property
     def current(self) -> LoadedModel:
         self.check_reload()
-        return self._current
+        return self._serving.lm
 
     def status(self) -> dict:
-        lm = self._current
+        serving = self._serving
+        lm = serving.lm
         return {"model_path": self.model_path, "arch": lm.arch, "sha256": lm.sha256, "device": str(self.device),
-                "reloads": self.reloads, "bad_versions": len(self._bad), "queue": self._queue.qsize(),
-                "loaded_at": self.loaded_at}
+                "compiled": serving.forward is not None, "reloads": self.reloads, "bad_versions": len(self._bad),
+                "queue": self._queue.qsize(), "inflight": self._inflight, "loaded_at": self.loaded_at}
 
     # ---------------------------------------------------------------- synchronous API
     def predict_tensors(self, batch: torch.Tensor) -> list[float]:
-        lm = self.current  # one reference for the whole batch: never a mix of models
-        return [float(p) for p in lm.probabilities(logits_of(lm.model, batch, self.amp_dtype))]
+        self.check_reload()
+        serving = self._serving  # one reference for the whole batch: never a mix of models
+        return [float(p) for p in serving.lm.probabilities(serving.logits(batch, self.amp_dtype))]
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw logits of ``batch`` through the serving forward (compiled or eager), without a
+        reload check or calibration: what benchmarks time as the model's own cost."""
+        return self._serving.logits(batch, self.amp_dtype)
 
     def predict_image(self, image) -> float:
         return self.predict_tensors(image_to_tensor(image).unsqueeze(0))[0]
@@ -218,9 +366,16 @@ class Predictor:
             items = [first]
             deadline = time.monotonic() + self.batch_window
             while len(items) < self.max_batch:
-                remaining = deadline - time.monotonic()
                 try:
-                    items.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                    items.append(self._queue.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if self._inflight <= 0 or remaining <= 0:
+                    break  # nobody else is on the way: do not make this batch wait
+                try:
+                    items.append(self._queue.get(timeout=remaining))
                 except queue.Empty:
                     break
             try:
@@ -236,10 +391,21 @@ class Predictor:
     async def predict_b64_async(self, b64: str) -> float:
         """Decode in a thread, predict on the batching worker; the event loop only awaits."""
         loop = asyncio.get_running_loop()
-        tensor = await loop.run_in_executor(None, self.preprocess_b64, b64)
-        return await asyncio.wrap_future(self.submit(tensor))
+        self._add_inflight(1)
+        try:
+            tensor = await loop.run_in_executor(self._decode_pool, self.preprocess_b64, b64)
+            fut = self.submit(tensor)
+        finally:
+            self._add_inflight(-1)
+        return await asyncio.wrap_future(fut)
+
+    def _add_inflight(self, n: int) -> None:
+        with self._inflight_lock:
+            self._inflight += n
 
     def close(self) -> None:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=2)
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False)
