@@ -54,6 +54,12 @@ from bitmind.image_transforms import TARGET_SIZE, base_transforms
 
 logger = logging.getLogger(__name__)
 
+# torch.jit warns that it is deprecated (in favour of torch.compile, which needs a C++
+# compiler at run time); we use it knowingly and fall back to eager if it ever fails.
+# A process-wide filter, because compiling runs in a background thread and
+# warnings.catch_warnings is not thread-safe.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+
 
 class Overloaded(RuntimeError):
     """The request queue is full: refuse fast rather than queue without bound."""
@@ -108,10 +114,8 @@ def optimize_for_cpu(model: nn.Module, probe_batch: int = 2) -> torch.jit.Script
 
     Raises if tracing/freezing fails or the result disagrees with the eager model."""
     probe = torch.rand(probe_batch, 3, TARGET_SIZE, TARGET_SIZE, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.compile, which needs a compiler
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            fast = torch.jit.optimize_for_inference(torch.jit.trace(model.eval(), probe, check_trace=False))
+    with torch.no_grad():
+        fast = torch.jit.optimize_for_inference(torch.jit.trace(model.eval(), probe, check_trace=False))
     with torch.inference_mode():
         ref = model(probe).float()
         for _ in range(2):  # the profiling executor specialises on the first calls
@@ -160,17 +164,25 @@ class FileSignature:
 
 def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
     """The file's bytes and signature, or None if it is missing or changed while being read
-    (a writer in progress: the bytes could mix two versions)."""
+    (a writer in progress: the bytes could mix two versions).
+
+    The file is read twice and both reads must agree, with the same signature before,
+    between and after: a writer that rewrites a file of the same size within one
+    timestamp tick leaves the signature unchanged, but not the bytes of both reads
+    (torch.load has no checksum that would catch a torn read)."""
     before = FileSignature.of(path)
     if before is None:
         return None
     try:
         with open(path, "rb") as f:
             data = f.read()
+        middle = FileSignature.of(path)
+        with open(path, "rb") as f:
+            again = f.read()
     except OSError:
         return None
     after = FileSignature.of(path)
-    if after != before or len(data) != before.size:
+    if not (before == middle == after) or len(data) != before.size or data != again:
         return None
     return data, before
 
@@ -212,6 +224,7 @@ class Predictor:
         # Compile for CPU serving ("auto": on CPU only; False: always eager).
         self.optimize = self.device.type == "cpu" if optimize == "auto" else bool(optimize)
         self._reload_lock = threading.Lock()
+        self._compile_lock = threading.Lock()
         self._inflight_lock = threading.Lock()
         self._inflight = 0  # requests being decoded that will be submitted soon (the worker waits for them)
         # Own decode pool if asked (bounds decode threads vs torch threads); else the loop's default executor.
@@ -300,7 +313,10 @@ class Predictor:
             return None
 
     def _upgrade(self, lm: LoadedModel) -> None:
-        fast = self._compiled(lm)
+        with self._compile_lock:  # one compile at a time; skip models already replaced
+            if self._serving.lm is not lm:
+                return
+            fast = self._compiled(lm)
         if fast is None:
             return
         with self._reload_lock:
