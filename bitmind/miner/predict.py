@@ -59,10 +59,19 @@ logger = logging.getLogger(__name__)
 # A process-wide filter, because compiling runs in a background thread and
 # warnings.catch_warnings is not thread-safe.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+# Tracing records NPR's interpolation sizes as constants: right for the fixed 256x256 input
+# the compiled forward is used for (other sizes run eager, see _Serving.logits).
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
 
 
 class Overloaded(RuntimeError):
     """The request queue is full: refuse fast rather than queue without bound."""
+
+
+def auto_workers(device: torch.device, threads: int) -> int:
+    """Forward workers by default: one on a GPU (it batches); on a CPU one per core of the
+    thread budget, up to 4, since batching does not pay there (see docs/Performance.md)."""
+    return 1 if device.type != "cpu" else max(1, min(4, threads))
 
 
 def default_device() -> torch.device:
@@ -134,7 +143,7 @@ class _Serving:
     forward: object = None  # compiled module, or None for lm.model in eager mode
 
     def logits(self, batch: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-        if self.forward is None:
+        if self.forward is None or tuple(batch.shape[-3:]) != (3, TARGET_SIZE, TARGET_SIZE):
             return logits_of(self.lm.model, batch, amp_dtype)
         with torch.inference_mode():
             out = self.forward(batch)
@@ -211,7 +220,7 @@ class Predictor:
                  check_interval: float = 0.05, allow_arch_change: bool = False, max_batch: int = 32,
                  batch_window_ms: float = 2.0, max_queue: int = 256, amp: str | None = "auto",
                  limits: DecodeLimits = DecodeLimits(), decode_workers: int | None = None,
-                 optimize: bool | str = "auto"):
+                 optimize: bool | str = "auto", workers: int = 0, threads: int = 0):
         self.model_path = str(model_path)
         self.device = torch.device(device) if device else default_device()
         self.arch, self.allow_arch_change = arch, allow_arch_change
@@ -223,6 +232,11 @@ class Predictor:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None}[amp]
         # Compile for CPU serving ("auto": on CPU only; False: always eager).
         self.optimize = self.device.type == "cpu" if optimize == "auto" else bool(optimize)
+        # Forward workers and their shared intra-op thread budget (see _threads_for).
+        self.threads = int(threads) or torch.get_num_threads()
+        self.workers = int(workers) or auto_workers(self.device, self.threads)
+        self._busy = 0
+        self._busy_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._compile_lock = threading.Lock()
         self._inflight_lock = threading.Lock()
@@ -246,7 +260,7 @@ class Predictor:
         self._serving = _Serving(lm, self._compiled(lm))  # at start-up, compile before serving
         self._sig = snap[1]
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._stop = threading.Event()
 
     # ---------------------------------------------------------------- model file
@@ -332,7 +346,8 @@ class Predictor:
         serving = self._serving
         lm = serving.lm
         return {"model_path": self.model_path, "arch": lm.arch, "sha256": lm.sha256, "device": str(self.device),
-                "compiled": serving.forward is not None, "reloads": self.reloads, "bad_versions": len(self._bad),
+                "compiled": serving.forward is not None, "workers": self.workers, "threads": self.threads,
+                "reloads": self.reloads, "bad_versions": len(self._bad),
                 "queue": self._queue.qsize(), "inflight": self._inflight, "loaded_at": self.loaded_at}
 
     # ---------------------------------------------------------------- synchronous API
@@ -358,10 +373,16 @@ class Predictor:
 
     # ---------------------------------------------------------------- micro-batching
     def _ensure_worker(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
+        if len(self._workers) == self.workers and all(w.is_alive() for w in self._workers):
+            return
+        with self._busy_lock:
             self._stop.clear()
-            self._worker = threading.Thread(target=self._run_worker, name="bitmind-predictor", daemon=True)
-            self._worker.start()
+            self._workers = [w for w in self._workers if w.is_alive()]
+            while len(self._workers) < self.workers:
+                w = threading.Thread(target=self._run_worker, name=f"bitmind-predictor-{len(self._workers)}",
+                                     daemon=True)
+                w.start()
+                self._workers.append(w)
 
     def submit(self, tensor: torch.Tensor) -> Future:
         """Queue one (3,256,256) tensor; the returned future resolves to a probability."""
@@ -373,7 +394,15 @@ class Predictor:
             raise Overloaded(f"prediction queue full ({self._queue.maxsize})") from None
         return fut
 
+    def _threads_for(self, busy: int) -> int:
+        """Intra-op threads for one forward while ``busy`` workers (this one included) run one:
+        the budget is shared, so a lone request gets every core (lowest latency) and
+        concurrent forwards get one each. Oversubscribing cores is what hurts most on a CPU:
+        an OpenMP team whose threads wait for a descheduled sibling runs many times slower."""
+        return max(1, self.threads // max(1, busy))
+
     def _run_worker(self) -> None:
+        my_threads = 0
         while not self._stop.is_set():
             try:
                 first = self._queue.get(timeout=0.2)
@@ -394,7 +423,15 @@ class Predictor:
                     items.append(self._queue.get(timeout=remaining))
                 except queue.Empty:
                     break
+            with self._busy_lock:
+                self._busy += 1
+                busy = self._busy
             try:
+                if self.device.type == "cpu" and self.workers > 1:
+                    n = self._threads_for(busy)
+                    if n != my_threads:  # per-thread setting: it applies to this worker's OpenMP team
+                        torch.set_num_threads(n)
+                        my_threads = n
                 probs = self.predict_tensors(torch.stack([t for t, _ in items]))
                 for (_, fut), p in zip(items, probs):
                     fut.set_result(p)
@@ -403,6 +440,9 @@ class Predictor:
                 for _, fut in items:
                     if not fut.done():
                         fut.set_exception(e)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
 
     async def predict_b64_async(self, b64: str) -> float:
         """Decode in a thread, predict on the batching worker; the event loop only awaits."""
@@ -421,7 +461,7 @@ class Predictor:
 
     def close(self) -> None:
         self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=2)
+        for w in self._workers:
+            w.join(timeout=2)
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=False)

@@ -1,0 +1,337 @@
+"""Hardening of the miner as an open network service.
+
+* Callers: a burst from unregistered (and permit-less) hotkeys is refused by the
+  blacklist before the request body is ever decoded, while a validator is served.
+* Model files: a file carrying pickled code is refused and the code never runs; a file
+  of another architecture or config is refused before any swap; the serving file's
+  sha256 is what status() and the miner's status line report.
+* Limits: payload size, pixel count and accepted formats come from the miner's command
+  line and are enforced before the pixels are decoded.
+"""
+import asyncio
+import base64
+import hashlib
+import io
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image, ImageFile
+
+from bitmind.checkpoint import CheckpointError, model_meta, save_checkpoint
+from bitmind.image_io import DEFAULT_MAX_PIXELS, DecodeLimits, ImageDecodeError, apply_pil_limit, decode_image
+from bitmind.miner.handlers import MinerHandlers
+from bitmind.miner.predict import Predictor
+from bitmind.models import build_model, register_model
+from bitmind.protocol import ImageSynapse, prepare_image_synapse
+
+pytestmark = pytest.mark.usefixtures("session_chain")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def image_bytes(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- callers
+class CountingDecode:
+    """Wraps ``decode_image`` as the predictor sees it, counting the payloads decoded."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+def test_unregistered_burst_refused_before_decoding(local_net, tiny_model, image_factory, serve, monkeypatch):
+    import bittensor as bt
+
+    import bitmind.miner.predict as predict_module
+
+    decode = CountingDecode(predict_module.decode_image)
+    monkeypatch.setattr(predict_module, "decode_image", decode)
+    predictor = Predictor(str(tiny_model), device="cpu")
+    handlers = MinerHandlers(predictor, local_net.metagraph)
+    synapse = prepare_image_synapse(image_factory(size=128, seed=5))  # a valid image: decodable if it got that far
+    expected = predictor.predict_image(decode_image(synapse.image))
+    decode.calls = 0
+    burst, validator_requests = 24, 3
+
+    async def traffic(axon):
+        outsiders = [bt.Dendrite(wallet=local_net.wallets[name]) for name in ("stranger", "member") for _ in range(3)]
+        validator = bt.Dendrite(wallet=local_net.wallets["validator"])
+
+        async def validator_calls():
+            return [await validator.call(axon, ImageSynapse(image=synapse.image), timeout=20, deserialize=False)
+                    for _ in range(validator_requests)]
+
+        async def outsider_calls(d, n):
+            return [await d.call(axon, ImageSynapse(image=synapse.image), timeout=20, deserialize=False)
+                    for _ in range(n)]
+
+        try:
+            results = await asyncio.gather(validator_calls(),
+                                           *(outsider_calls(d, burst // len(outsiders)) for d in outsiders))
+        finally:
+            for d in outsiders + [validator]:
+                await d.aclose_session()
+        return results[0], [r for rs in results[1:] for r in rs]
+
+    try:
+        with serve(handlers, local_net.wallets["miner"]) as axon:
+            served, refused = asyncio.run(traffic(axon))
+    finally:
+        predictor.close()
+    assert len(refused) == burst
+    assert all(r.dendrite.status_code == 403 and r.prediction == -1.0 for r in refused), \
+        {(r.dendrite.status_code, r.dendrite.status_message) for r in refused}
+    assert [r.dendrite.status_code for r in served] == [200] * validator_requests
+    assert all(r.prediction == pytest.approx(expected, abs=1e-5) for r in served)
+    # The proof: only the validator's payloads were ever decoded, and forward ran only for them.
+    assert decode.calls == validator_requests
+    counts = handlers.stats.snapshot()
+    assert counts["requests"] == validator_requests and counts["blacklisted"] == burst
+
+
+# ---------------------------------------------------------------------------- model files
+def _plant_marker(path: str) -> dict:
+    """What a malicious checkpoint would run on an unsafe load (here: leave a file behind)."""
+    Path(path).write_text("code from a model file ran")
+    return {}
+
+
+class CodeCarrier:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_plant_marker, (self.marker,))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy-pickle"])
+def test_pickled_code_model_is_refused_and_never_run(tmp_path, tiny_model, zip_format):
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": CodeCarrier(marker), "meta": {"arch": "npr"}}, evil,
+               _use_new_zipfile_serialization=zip_format)
+    torch.load(evil, weights_only=False)  # control: an unsafe load really does run the code
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(CheckpointError):  # as the first model: the miner refuses to start
+        Predictor(str(evil), device="cpu")
+    assert not marker.exists()
+
+    path = tmp_path / "base.pth"
+    path.write_bytes(tiny_model.read_bytes())
+    predictor = Predictor(str(path), device="cpu", check_interval=0.0, optimize=False)
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    try:
+        before, sha = predictor.predict_tensors(x)[0], predictor.status()["sha256"]
+        os.replace(evil, path)  # as a hot reload: refused, the old model keeps serving
+        assert predictor.predict_tensors(x)[0] == before
+        status = predictor.status()
+        assert status["sha256"] == sha and status["bad_versions"] == 1 and status["reloads"] == 0
+    finally:
+        predictor.close()
+    assert not marker.exists()
+
+
+class OtherArch(nn.Module):
+    """A different (but valid, servable) architecture, to prove the refusal is about the change."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.config = {"width": width}
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+register_model("hardening-test-other")(OtherArch)
+
+
+def different_model(tmp_path, kind: str) -> bytes:
+    """Checkpoint bytes of a model that differs from the tiny NPR (layers [1, 1], width 8)."""
+    if kind == "other-arch":
+        other = OtherArch()
+        return save_checkpoint(other, tmp_path / "other.pth", meta=model_meta(other, "hardening-test-other")).read_bytes()
+    kwargs = {"wider": dict(layers=[1, 1], width=16), "deeper": dict(layers=[1, 2], width=8)}[kind]
+    return save_checkpoint(build_model("npr", **kwargs), tmp_path / f"{kind}.pth").read_bytes()
+
+
+def replace_with(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".incoming")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@pytest.mark.parametrize("kind", ["wider", "deeper", "other-arch"])
+def test_model_of_another_architecture_or_config_is_refused_before_swapping(tmp_path, tiny_model, kind):
+    replacement = different_model(tmp_path, kind)
+    path = tmp_path / "base.pth"
+    path.write_bytes(tiny_model.read_bytes())
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    strict = Predictor(str(path), device="cpu", check_interval=0.0, optimize=False)
+    try:
+        before, sha = strict.predict_tensors(x), strict.status()["sha256"]
+        replace_with(path, replacement)
+        assert strict.predict_tensors(x) == before  # never served, not even once
+        status = strict.status()
+        assert status["sha256"] == sha and status["reloads"] == 0 and status["bad_versions"] == 1
+    finally:
+        strict.close()
+    # Control: the same file is a perfectly servable model when architecture changes are allowed.
+    replace_with(path, tiny_model.read_bytes())
+    lenient = Predictor(str(path), device="cpu", check_interval=0.0, optimize=False, allow_arch_change=True)
+    try:
+        replace_with(path, replacement)
+        lenient.predict_tensors(x)
+        status = lenient.status()
+        assert status["reloads"] == 1 and status["sha256"] == hashlib.sha256(replacement).hexdigest()
+    finally:
+        lenient.close()
+
+
+def test_status_reports_sha256_of_the_serving_file(tmp_path, checkpoint_factory):
+    path = checkpoint_factory(tmp_path / "base.pth", seed=3)
+    predictor = Predictor(str(path), device="cpu", check_interval=0.0)
+    try:
+        assert predictor.status()["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        newer = checkpoint_factory(tmp_path / "newer.pth", seed=4)
+        data = newer.read_bytes()
+        os.replace(newer, path)
+        predictor.check_reload(force=True)
+        assert predictor.status()["sha256"] == hashlib.sha256(data).hexdigest()
+    finally:
+        predictor.close()
+
+
+# ---------------------------------------------------------------------------- limits from the command line
+def test_limits_flags_parse_and_reject_nonsense():
+    from bitmind.image_io import DEFAULT_MAX_B64_CHARS
+    from bitmind.miner.config import miner_config
+
+    c = miner_config([])
+    assert c.neuron.max_payload_chars == DEFAULT_MAX_B64_CHARS and c.neuron.max_image_pixels == DEFAULT_MAX_PIXELS
+    assert c.neuron.allow_arch_change is False
+    c = miner_config(["--neuron.max_payload_chars", "5000", "--neuron.max_image_pixels", "70000",
+                      "--neuron.allow_arch_change"])
+    assert (c.neuron.max_payload_chars, c.neuron.max_image_pixels, c.neuron.allow_arch_change) == (5000, 70000, True)
+    for bad in (["--neuron.max_payload_chars", "0"], ["--neuron.max_image_pixels", "-5"],
+                ["--neuron.max_image_pixels", "lots"]):
+        with pytest.raises(SystemExit):
+            miner_config(bad)
+
+
+def test_miner_enforces_limits_from_its_command_line(local_net, tiny_model, image_factory, send):
+    """The real miner (MinerNeuron from the operator's flags): images over the pixel limit and
+    payloads over the size limit are answered -1 without decoding; others are served; the
+    status line names the serving file's sha256."""
+    from bitmind import local_chain
+    from bitmind.miner.config import miner_config
+    from bitmind.miner.neuron import MinerNeuron
+
+    port = local_chain.free_port()
+    config = miner_config(["--mock", "--local.root", str(local_net.root), "--netuid", str(local_net.netuid),
+                           "--wallet.name", "miner", "--axon.port", str(port), "--neuron.device", "cpu",
+                           "--neuron.model_path", str(tiny_model), "--neuron.max_image_pixels", "50000",
+                           "--neuron.max_payload_chars", "60000"])
+    neuron = MinerNeuron(config, tiny_model)
+    try:
+        assert neuron.predictor.limits == DecodeLimits(max_b64_chars=60000, max_pixels=50000)
+        assert Image.MAX_IMAGE_PIXELS == 50000  # Pillow's own guard follows the flag
+        neuron.start()
+        assert local_chain.wait_for_port(port)
+        validator, axon = local_net.wallets["validator"], neuron.axon.info()
+        small = prepare_image_synapse(image_factory(size=200, seed=1))  # 40000 px: served
+        assert len(small.image) <= 60000
+        resp = send(validator, axon, small)
+        assert resp.dendrite.status_code == 200 and 0.0 <= resp.prediction <= 1.0
+        too_many_pixels = ImageSynapse(image=b64(image_bytes(Image.new("RGB", (300, 300), (9, 9, 9)), "JPEG")))
+        assert len(too_many_pixels.image) <= 60000  # refused for its pixels, not its size
+        too_long = ImageSynapse(image=b64(os.urandom(46000)))  # 61336 chars
+        for synapse in (too_many_pixels, too_long):
+            resp = send(validator, axon, synapse)
+            assert resp.dendrite.status_code == 200 and resp.prediction == -1.0
+        counts = neuron.handlers.stats.snapshot()
+        assert counts["served"] == 1 and counts["bad_input"] == 2 and counts["errors"] == 0
+        sha = hashlib.sha256(Path(tiny_model).read_bytes()).hexdigest()
+        assert neuron.predictor.status()["sha256"] == sha and sha[:12] in neuron.status_line()
+    finally:
+        neuron.stop()
+        apply_pil_limit(DecodeLimits())
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS
+
+
+def test_pixel_limit_is_checked_before_any_pixel_is_decoded(monkeypatch):
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self.size) or real_load(self))
+    payload = b64(image_bytes(Image.new("RGB", (400, 300), (1, 2, 3)), "PNG"))
+    with pytest.raises(ImageDecodeError, match="exceeds limit"):
+        decode_image(payload, DecodeLimits(max_pixels=400 * 300 - 1))
+    assert loads == []  # refused from the header
+    assert decode_image(payload, DecodeLimits(max_pixels=400 * 300)).size == (400, 300)
+    assert loads and set(loads) == {(400, 300)}  # control: the counter does see a real decode
+
+
+def test_only_common_formats_are_parsed():
+    img = Image.new("RGB", (32, 24), (200, 100, 50))
+    for fmt in ("PPM", "TGA", "ICO", "PCX"):  # formats Pillow reads but validators never send
+        payload = b64(image_bytes(img, fmt))
+        with pytest.raises(ImageDecodeError, match="not a recognised image"):
+            decode_image(payload)
+        assert decode_image(payload, DecodeLimits(formats=None)).size[0] > 0  # control: Pillow can read it
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"):
+        assert decode_image(b64(image_bytes(img, fmt))).size == (32, 24), fmt
+
+
+def test_huge_payload_refused_before_base64_decoding(monkeypatch):
+    import bitmind.image_io as image_io
+
+    decoded = []
+    real = image_io.base64.b64decode
+    monkeypatch.setattr(image_io.base64, "b64decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    with pytest.raises(ImageDecodeError, match="exceeds limit"):
+        decode_image("A" * 2001, DecodeLimits(max_b64_chars=2000))
+    assert decoded == []
+    with pytest.raises(ImageDecodeError):  # control: a payload within the limit is base64-decoded
+        decode_image("A" * 2000, DecodeLimits(max_b64_chars=2000))
+    assert decoded == [1]
+
+
+@pytest.mark.parametrize("exc", [EOFError("eof"), IndexError("idx"), KeyError("key"), struct.error("struct")],
+                         ids=lambda e: type(e).__name__)
+def test_any_decoder_failure_is_bad_input_not_a_crash(monkeypatch, exc, tiny_model, image_factory, caplog):
+    """Pillow's plugins can raise more than OSError on malformed data (EXIF parsing, seek,
+    tag reading): whatever they raise is classified as bad input, logged in one line."""
+    from PIL import ImageOps
+
+    def broken(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    payload = prepare_image_synapse(image_factory(size=64, seed=2)).image
+    with pytest.raises(ImageDecodeError, match=type(exc).__name__):
+        decode_image(payload)
+    predictor = Predictor(str(tiny_model), device="cpu", optimize=False)
+    try:
+        handlers = MinerHandlers(predictor, metagraph=None)
+        assert asyncio.run(handlers.forward(ImageSynapse(image=payload))).prediction == -1.0
+        counts = handlers.stats.snapshot()
+        assert counts["bad_input"] == 1 and counts["errors"] == 0
+    finally:
+        predictor.close()
