@@ -32,8 +32,10 @@ def fit_platt(logits, labels, fit_bias: bool = True, steps: int = 200) -> tuple[
 
     opt.step(closure)
     t = float(1.0 / log_inv_t.exp().item())
-    t = min(max(t, 0.02), 50.0)
-    return t, float(b.item())
+    if not np.isfinite(t) or not np.isfinite(b.item()):
+        return 1.0, 0.0
+    # Separable data drives the optimum to infinity; keep the map sane.
+    return min(max(t, 0.05), 20.0), min(max(float(b.item()), -10.0), 10.0)
 
 
 def apply_calibration(logits, temperature: float = 1.0, bias: float = 0.0):

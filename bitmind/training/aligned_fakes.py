@@ -99,7 +99,7 @@ def make_aligned_fakes(real_root: str | Path, out_root: str | Path, weights_dir:
     from tqdm.auto import tqdm
 
     from bitmind.data import LocalFolderSource
-    from bitmind.image_transforms import base_pil
+    from bitmind.image_io import _to_rgb
 
     src = LocalFolderSource(real_root)
     idx = [i for i in range(len(src)) if src.label(i) == 0]
@@ -108,21 +108,32 @@ def make_aligned_fakes(real_root: str | Path, out_root: str | Path, weights_dir:
     tae = TinyAutoencoder(weights_dir).to(device)
     out_root = Path(out_root)
     psnrs, written = [], 0
-    for start in tqdm(range(0, len(idx), batch_size), desc="aligned fakes"):
-        chunk = idx[start:start + batch_size]
-        imgs = []
-        for i in chunk:
-            img = base_pil(src.load(i))
-            imgs.append(TF.to_tensor(img))
-        x = torch.stack(imgs).to(device)
+
+    def flush(batch: list[tuple[int, torch.Tensor]]) -> None:
+        nonlocal written
+        x = torch.stack([t for _, t in batch]).to(device)
         y = tae(x).cpu()
-        for i, a, b in zip(chunk, x.cpu(), y):
+        for (i, a), b in zip(batch, y):
             psnrs.append(psnr(a, b))
             source = src.source_name(i).split("/", 1)[1]
-            dst = out_root / "fake" / f"{prefix}{source}" / Path(src.path(i)).name
+            dst = (out_root / "fake" / f"{prefix}{source}" / Path(src.path(i)).name).with_suffix(".jpg")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            TF.to_pil_image(b).save(dst.with_suffix(".jpg"), quality=quality)
+            TF.to_pil_image(b).save(dst, quality=quality)
             written += 1
+
+    pending: list[tuple[int, torch.Tensor]] = []
+    for i in tqdm(idx, desc="aligned fakes"):
+        img = _to_rgb(src.load(i))
+        w, h = img.width // 8 * 8, img.height // 8 * 8  # no resizing: crop to the autoencoder's 8-pixel grid
+        if w == 0 or h == 0:
+            continue
+        t = TF.to_tensor(img.crop((0, 0, w, h)))
+        if pending and (len(pending) >= batch_size or pending[0][1].shape != t.shape):
+            flush(pending)
+            pending = []
+        pending.append((i, t))
+    if pending:
+        flush(pending)
     stats = {"written": written, "psnr_mean": sum(psnrs) / max(len(psnrs), 1)}
     logger.info("aligned fakes: %s", stats)
     return stats

@@ -66,17 +66,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _FixedSeedDataset(DetectionDataset):
-    """Validation through the validator pipeline with one fixed RNG per image, so every
-    epoch (and every run with the same seed) scores the same challenges."""
-
-    def rng_for(self, k):
-        return random.Random(hash((self.seed, k)) & 0xFFFFFFFFFFFF)
-
-    def transform(self, img, k):
-        return ValidatorPipeline()(img, self.rng_for(k))
-
-
 def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset, dict]:
     fractions = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
     train_parts, val_parts, counts = [], [], {}
@@ -94,8 +83,10 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     if not train_parts:
         raise ValueError("no training data: pass --data DIR (a CLASS/SOURCE/*.jpg folder or hf:NAME:role)")
     train = DetectionDataset.from_sources(train_parts, augment=TrainAugment(cfg.aug_config()), seed=cfg.seed, uint8=cfg.uint8_loading)
-    val_cls = _FixedSeedDataset if cfg.val_challenge else DetectionDataset
-    val = val_cls.from_sources(val_parts, augment=None, seed=cfg.seed + 1, uint8=cfg.uint8_loading)
+    # Validation challenges: one fixed RNG per image (epoch stays 0), the same ones that
+    # ``python -m bitmind.eval --split val --challenge --seed <seed>`` draws.
+    val = DetectionDataset.from_sources(val_parts, augment=ValidatorPipeline() if cfg.val_challenge else None,
+                                        seed=cfg.seed, uint8=cfg.uint8_loading)
     return train, val, counts
 
 
@@ -158,23 +149,12 @@ def _lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 
 def _plot_curves(history: list[dict], path: Path) -> None:
+    """curves.png beside the checkpoints (pyplot-free: never touches a notebook's backend)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
+        from bitmind.plots import plot_training_curves
+    except ImportError:  # pragma: no cover - matplotlib missing
         return
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
-    ax[0].set_xlabel("epoch"); ax[0].legend()
-    for key in ("val_acc", "val_ap", "val_real_acc", "val_fake_acc"):
-        ax[1].plot(ep, [h.get(key) for h in history], label=key)
-    ax[1].set_xlabel("epoch"); ax[1].set_ylim(0, 1.02); ax[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_training_curves(history).savefig(path, dpi=100)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -367,6 +347,8 @@ def calibrate_checkpoint(ckpt: Path, logits_file: Path) -> dict:
     t, b = fit_platt(logits, labels)
     before = compute_metrics(labels, apply_calibration(logits))
     after = compute_metrics(labels, apply_calibration(logits, t, b))
+    if after["brier"] > before["brier"]:  # tiny or separable validation sets: keep the identity map
+        t, b, after = 1.0, 0.0, before
     state, meta = read_checkpoint(ckpt)
     meta["temperature"], meta["logit_bias"] = t, b
     meta.setdefault("metrics", {})["calibration"] = {

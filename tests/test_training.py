@@ -1,0 +1,167 @@
+"""Trainer: a short CPU run writes what the guide says where it says; resume; torchrun/gloo;
+the train/eval/serve pipeline agreement; seeded augmentation; aligned-fake generator."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bitmind.checkpoint import load_model, read_checkpoint
+from bitmind.data import DetectionDataset, LocalFolderSource, split_indices
+from bitmind.image_transforms import AugConfig, TrainAugment, ValidatorPipeline
+from bitmind.miner.predict import Predictor
+from bitmind.training import TrainConfig, parse_config, train
+from validator_synth import make_folder
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--layers", "1", "1", "--width", "8"]
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("synth"), n_per_class=14, seed=3, size=64)
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=[str(data)], checkpoints_dir=str(out), name="t", epochs=2, batch_size=8, layers=[1, 1], width=8,
+                workers=0, progress=False, device="cpu", val_fraction=0.25, test_fraction=0.15, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_cli_defaults_follow_the_guide():
+    cfg = parse_config([])
+    assert cfg.lr == 2e-4 and cfg.lr_decay == 0.9
+    assert Path(cfg.checkpoints_dir) == REPO / "base_miner" / "checkpoints"
+    cfg = parse_config(["--data", "a", "b", "--layers", "2", "2", "--channels_last", "false", "--aug_jpeg_quality", "30", "100"])
+    assert cfg.data == ["a", "b"] and cfg.layers == [2, 2] and cfg.channels_last is False and cfg.aug_jpeg_quality == [30, 100]
+
+
+def test_cpu_run_writes_checkpoints_tensorboard_and_options(synth_data, tmp_path):
+    torch.set_num_threads(1)
+    summary = train(_cfg(synth_data, tmp_path, calibrate=True))
+    run = tmp_path / "t"
+    for name in ("model_epoch_best.pth", "model_last.pth", "state_last.pt", "opt.json", "history.json", "summary.json", "curves.png"):
+        assert (run / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    assert json.loads((run / "opt.json").read_text())["width"] == 8
+    assert len(summary["history"]) == 2 and summary["history"][0]["train_loss"] > 0
+    # The best checkpoint describes itself and carries its calibration.
+    state, meta = read_checkpoint(run / "model_epoch_best.pth")
+    assert meta["arch"] == "npr" and meta["config"]["layers"] == [1, 1]
+    assert "temperature" in meta and "logit_bias" in meta and meta["metrics"]["calibration"]["split"] == "val"
+    # ...and the miner's predictor serves it as is.
+    pred = Predictor(str(run / "model_epoch_best.pth"), device="cpu")
+    p = pred.predict_image(Image.open(next((synth_data / "fake" / "synth").iterdir())))
+    assert 0.0 <= p <= 1.0
+
+
+def test_resume_continues_from_saved_epoch(synth_data, tmp_path):
+    torch.set_num_threads(1)
+    train(_cfg(synth_data, tmp_path, epochs=1, calibrate=False))
+    s = train(_cfg(synth_data, tmp_path, epochs=2, resume=True, calibrate=False))
+    assert [h["epoch"] for h in s["history"]] == [0, 1]  # epoch 0 restored, only epoch 1 trained
+
+
+def test_train_only_sources_never_leak_val_or_test_stems(synth_data, tmp_path):
+    from bitmind.training.trainer import build_datasets
+
+    cfg = _cfg(synth_data, tmp_path, train_data=[str(synth_data)])
+    tr, val, counts = build_datasets(cfg)
+    val_stems = {src.stem(i) for src, i in val.items}
+    assert val_stems and not val_stems & {src.stem(i) for src, i in tr.items}
+    assert counts[str(synth_data)]["train"] > 0
+
+
+def test_split_by_stem_keeps_crops_together(tmp_path):
+    for cls in ("real", "fake"):
+        d = tmp_path / cls / "s"
+        d.mkdir(parents=True)
+        for k in range(30):
+            for crop in (0, 1):
+                Image.new("RGB", (8, 8), (k, crop, 0)).save(d / f"{cls}pic{k}_{crop}.jpg")
+    src = LocalFolderSource(tmp_path)
+    splits = split_indices(src, seed=5)
+    where = {}
+    for name, idx in splits.items():
+        for i in idx:
+            where.setdefault(src.stem(i), set()).add(name)
+    assert all(len(v) == 1 for v in where.values())
+    assert all(splits[s] for s in ("train", "val", "test"))
+    assert split_indices(src, seed=5) == splits and split_indices(src, seed=6) != splits
+
+
+def test_augmentation_is_reproducible_by_seed(synth_data):
+    src = LocalFolderSource(synth_data)
+    aug = TrainAugment(AugConfig(blur_prob=0.5, color_jitter_prob=0.5, jpeg_quality=(30, 100)))
+    a = DetectionDataset([(src, i) for i in range(4)], augment=aug, seed=1)
+    b = DetectionDataset([(src, i) for i in range(4)], augment=aug, seed=1)
+    c = DetectionDataset([(src, i) for i in range(4)], augment=aug, seed=2)
+    assert all(torch.equal(a[k][0], b[k][0]) for k in range(4))
+    assert not all(torch.equal(a[k][0], c[k][0]) for k in range(4))
+    a.set_epoch(1)
+    assert not all(torch.equal(a[k][0], b[k][0]) for k in range(4))  # a new epoch draws new augmentations
+
+
+def test_validator_pipeline_output_is_what_validators_send(synth_data):
+    img = Image.open(next((synth_data / "real" / "synth").iterdir())).resize((300, 200))
+    for seed in range(6):
+        out = ValidatorPipeline()(img, random.Random(seed))
+        assert out.size == (256, 256) and out.mode == "RGB"
+
+
+def test_torchrun_gloo_two_processes(synth_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "base_miner" / "NPR" / "train_detector.py"), "--data", str(synth_data), "--epochs", "1",
+           "--batch_size", "4", "--workers", "0", "--device", "cpu", "--checkpoints_dir", str(tmp_path), "--name", "ddp",
+           "--val_fraction", "0.25", "--test_fraction", "0.15", "--progress", "false", *TINY]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    run = tmp_path / "ddp"
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist) == 1  # rank 0 alone wrote the history, once
+    lm = load_model(run / "model_epoch_best.pth")
+    assert not any(k.startswith("module.") for k in lm.model.state_dict())
+
+
+def test_script_runs_from_its_own_folder(synth_data, tmp_path):
+    """`cd base_miner/NPR && python train_detector.py` works as the guide says."""
+    cmd = [sys.executable, "train_detector.py", "--data", str(synth_data), "--epochs", "1", "--batch_size", "8",
+           "--workers", "0", "--device", "cpu", "--checkpoints_dir", str(tmp_path), "--name", "cwd",
+           "--val_fraction", "0.25", "--test_fraction", "0.15", "--progress", "false", "--max_steps_per_epoch", "2", *TINY]
+    r = subprocess.run(cmd, cwd=REPO / "base_miner" / "NPR", env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "cwd" / "model_epoch_best.pth").is_file()
+
+
+def test_aligned_fakes_keep_stem_and_size(tmp_path):
+    from bitmind.training.aligned_fakes import build_from_state_dict, make_aligned_fakes
+
+    # A random tiny encoder/decoder in the TAESD layout, saved like the real weights.
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, stride=2, bias=False),
+                              torch.nn.Conv2d(8, 4, 3, padding=1))
+    dec_sd = {"1.weight": torch.randn(8, 4, 3, 3) * 0.1, "1.bias": torch.zeros(8),
+              "4.weight": torch.randn(3, 8, 3, 3) * 0.1, "4.bias": torch.zeros(3)}
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    torch.save(enc.state_dict(), wdir / "taef2_encoder.pth")
+    torch.save(dec_sd, wdir / "taef2_decoder.pth")
+    dec = build_from_state_dict(dec_sd, decoder=True)
+    assert isinstance(dec[3], torch.nn.Upsample)  # the parameter-free gap is the 2x up-sampling
+    real = tmp_path / "data" / "real" / "cam"
+    real.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (90, 120, 30)).save(real / "photo_1.jpg")
+    stats = make_aligned_fakes(tmp_path / "data", tmp_path / "out", wdir)
+    out = tmp_path / "out" / "fake" / "taef2_cam" / "photo_1.jpg"
+    assert stats["written"] == 1 and out.is_file() and Image.open(out).size == (64, 64)
