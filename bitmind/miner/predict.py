@@ -34,6 +34,7 @@ is bounded so overload gives a fast ``Overloaded`` error instead of unbounded me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -116,6 +117,27 @@ def predict(model: nn.Module | LoadedModel, image) -> float:
     if isinstance(model, LoadedModel):
         return float(model.probabilities(logits_of(model.model, x))[0])
     return float(torch.sigmoid(logits_of(model, x))[0])
+
+
+@contextlib.contextmanager
+def single_threaded(enabled: bool = True):
+    """Run this thread's torch ops on one intra-op thread, restoring the setting after.
+
+    Why: on a CPU the forward workers are the only threads that should run torch with
+    several intra-op threads. Every thread that does runs its own OpenMP team, and a live
+    team in one thread measurably slows another thread's multi-threaded forward (on 2
+    cores: a worker's 20 ms forward took 25 ms once the main thread had run a single
+    parallel op). So model loading, validation, compiling and decoding stay on one thread.
+    The setting is per thread and costs well under a microsecond."""
+    prev = torch.get_num_threads()
+    if not enabled or prev == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def optimize_for_cpu(model: nn.Module, probe_batch: int = 2) -> torch.jit.ScriptModule:
@@ -237,6 +259,8 @@ class Predictor:
         self.workers = int(workers) or auto_workers(self.device, self.threads)
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._primary_busy = False
+        self._helpers = threading.Condition()  # wakes helper workers when worker 0 is busy and work waits
         self._reload_lock = threading.Lock()
         self._compile_lock = threading.Lock()
         self._inflight_lock = threading.Lock()
@@ -269,8 +293,9 @@ class Predictor:
         has the same architecture and parameter shapes (checked before the swap, so a refused
         file never serves)."""
         path = self.model_path
-        lm = load_model_bytes(data, path, arch=self.arch, device=self.device,
-                              expected_arch=expected.arch if expected is not None else None)
+        with single_threaded(self.device.type == "cpu"):  # building and loading run torch ops too
+            lm = load_model_bytes(data, path, arch=self.arch, device=self.device,
+                                  expected_arch=expected.arch if expected is not None else None)
         if expected is not None and structure_of(lm.model) != structure_of(expected.model):
             raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
                                   f"the serving model's ({expected.meta.get('config')}); restart the miner "
@@ -278,7 +303,8 @@ class Predictor:
         if self.device.type == "cuda":
             lm.model = lm.model.to(memory_format=torch.channels_last)
         probe = torch.zeros(2, 3, TARGET_SIZE, TARGET_SIZE)
-        out = logits_of(lm.model, probe, self.amp_dtype)
+        with single_threaded(self.device.type == "cpu"):
+            out = logits_of(lm.model, probe, self.amp_dtype)
         if out.shape != (2,) or not torch.isfinite(out).all():
             raise CheckpointError(f"{path}: test forward gave {tuple(out.shape)} / non-finite output")
         self.loaded_at = time.time()
@@ -321,7 +347,8 @@ class Predictor:
         if not self.optimize:
             return None
         try:
-            return optimize_for_cpu(lm.model)
+            with single_threaded():
+                return optimize_for_cpu(lm.model)
         except Exception as e:  # eager still works: serve it
             logger.warning("could not compile model sha256=%s for CPU serving, serving it eager: %s", lm.sha256[:12], e)
             return None
@@ -366,7 +393,8 @@ class Predictor:
 
     def preprocess_b64(self, b64: str) -> torch.Tensor:
         """Base64 payload -> model input tensor; raises ``ImageDecodeError`` on bad input."""
-        return base_transforms(decode_image(b64, self.limits))
+        with single_threaded(self.device.type == "cpu"):
+            return base_transforms(decode_image(b64, self.limits))
 
     def predict_b64(self, b64: str) -> float:
         return self.predict_tensors(self.preprocess_b64(b64).unsqueeze(0))[0]
@@ -379,8 +407,8 @@ class Predictor:
             self._stop.clear()
             self._workers = [w for w in self._workers if w.is_alive()]
             while len(self._workers) < self.workers:
-                w = threading.Thread(target=self._run_worker, name=f"bitmind-predictor-{len(self._workers)}",
-                                     daemon=True)
+                w = threading.Thread(target=self._run_worker, args=(len(self._workers),),
+                                     name=f"bitmind-predictor-{len(self._workers)}", daemon=True)
                 w.start()
                 self._workers.append(w)
 
@@ -392,22 +420,43 @@ class Predictor:
             self._queue.put_nowait((tensor, fut))
         except queue.Full:
             raise Overloaded(f"prediction queue full ({self._queue.maxsize})") from None
+        if self.workers > 1:
+            with self._helpers:
+                self._helpers.notify()
         return fut
 
-    def _threads_for(self, busy: int) -> int:
-        """Intra-op threads for one forward while ``busy`` workers (this one included) run one:
-        the budget is shared, so a lone request gets every core (lowest latency) and
-        concurrent forwards get one each. Oversubscribing cores is what hurts most on a CPU:
-        an OpenMP team whose threads wait for a descheduled sibling runs many times slower."""
-        return max(1, self.threads // max(1, busy))
+    def _first_item(self, index: int):
+        """The next queued item for worker ``index`` (raises ``queue.Empty`` after a while).
+        Worker 0 takes whatever comes; the other workers only help with what is queued
+        while worker 0 is busy, so a lone request always gets worker 0 and every core."""
+        if index == 0:
+            return self._queue.get(timeout=0.2)
+        with self._helpers:
+            self._helpers.wait_for(lambda: self._stop.is_set() or (self._primary_busy and self._queue.qsize() > 0),
+                                   timeout=0.2)
+        return self._queue.get_nowait()
 
-    def _run_worker(self) -> None:
+    def _threads_for(self, index: int, busy: int) -> int:
+        """Intra-op threads for worker ``index``'s next forward while ``busy`` workers (itself
+        included) run one. Only worker 0 ever runs several (see ``single_threaded``: one live
+        OpenMP team at a time): alone, it gets the whole budget (lowest latency); with
+        company, one thread like the others, so the cores are shared, not oversubscribed
+        (an OpenMP team whose threads wait for a descheduled sibling runs many times slower)."""
+        if self.device.type != "cpu":
+            return self.threads
+        return max(1, self.threads // max(1, busy)) if index == 0 else 1
+
+    def _run_worker(self, index: int = 0) -> None:
         my_threads = 0
         while not self._stop.is_set():
             try:
-                first = self._queue.get(timeout=0.2)
+                first = self._first_item(index)
             except queue.Empty:
                 continue
+            if index == 0 and self.workers > 1:
+                with self._helpers:
+                    self._primary_busy = True
+                    self._helpers.notify_all()
             items = [first]
             deadline = time.monotonic() + self.batch_window
             while len(items) < self.max_batch:
@@ -427,11 +476,10 @@ class Predictor:
                 self._busy += 1
                 busy = self._busy
             try:
-                if self.device.type == "cpu" and self.workers > 1:
-                    n = self._threads_for(busy)
-                    if n != my_threads:  # per-thread setting: it applies to this worker's OpenMP team
-                        torch.set_num_threads(n)
-                        my_threads = n
+                n = self._threads_for(index, busy)
+                if n != my_threads:  # a per-thread setting: it sizes this worker's OpenMP team
+                    torch.set_num_threads(n)
+                    my_threads = n
                 probs = self.predict_tensors(torch.stack([t for t, _ in items]))
                 for (_, fut), p in zip(items, probs):
                     fut.set_result(p)
@@ -443,6 +491,8 @@ class Predictor:
             finally:
                 with self._busy_lock:
                     self._busy -= 1
+                if index == 0:
+                    self._primary_busy = False
 
     async def predict_b64_async(self, b64: str) -> float:
         """Decode in a thread, predict on the batching worker; the event loop only awaits."""
@@ -461,6 +511,8 @@ class Predictor:
 
     def close(self) -> None:
         self._stop.set()
+        with self._helpers:
+            self._helpers.notify_all()
         for w in self._workers:
             w.join(timeout=2)
         if self._decode_pool is not None:
