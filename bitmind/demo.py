@@ -9,12 +9,14 @@ What it does, all on 127.0.0.1 with no network:
 2. starts ``neurons/miner.py --mock`` as a separate process, exactly as an operator
    would, serving ``--model`` (default ``mining_models/base.pth``; if that does not
    exist yet, an untrained interim model is made so the plumbing can still be shown);
-3. waits for the miner's axon to appear on the chain, then sends an image (``--image``,
-   or a generated sample) through a real ``bt.Dendrite`` signed by the validator;
-4. prints the miner's answer next to the same model's local prediction, and stops the
-   miner.
+3. waits for the miner's axon to appear on the chain, then sends images (``--image``, or
+   the four shipped samples in ``tests/data/samples``: two real photos, two Stable
+   Diffusion images; a generated picture if they are missing) through a real
+   ``bt.Dendrite`` signed by the validator, JPEG q75 as validators send them;
+4. prints each answer next to the true class and the same model's local prediction,
+   and stops the miner.
 
-Exit status 0 only if the miner answered with a probability in [0, 1].
+Exit status 0 only if the miner answered every image with a probability in [0, 1].
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from PIL import Image, ImageDraw
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MINER_SCRIPT = REPO_ROOT / "neurons" / "miner.py"
+SAMPLES_DIR = REPO_ROOT / "tests" / "data" / "samples"  # 2 real photos + 2 SD images, CLASS/SOURCE layout
 DEFAULT_MODEL = "mining_models/base.pth"
 NETUID = 34
 
@@ -116,7 +119,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image", help="image file to send (default: a generated sample)")
+    ap.add_argument("--image", help="image file to send (default: the shipped samples in tests/data/samples)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model file for the miner (default {DEFAULT_MODEL})")
     ap.add_argument("--root", help="local chain folder (default: a fresh temporary folder)")
     ap.add_argument("--port", type=int, default=0, help="axon port (default: a free one)")
@@ -160,28 +163,36 @@ def main(argv: list[str] | None = None) -> int:
         axon = wait_for_axon(chain, NETUID, miner_w.hotkey.ss58_address, port, proc, args.timeout)
         print(f"miner is serving at {axon.ip}:{axon.port} (hotkey {axon.hotkey})")
         if args.image:
-            image = load_image_file(args.image)
-            label = args.image
+            todo = [(load_image_file(args.image), args.image, None)]
+        elif SAMPLES_DIR.is_dir():
+            from bitmind.data import LocalFolderSource
+
+            src = LocalFolderSource(SAMPLES_DIR)
+            todo = [(src.load(i), Path(src.path(i)).relative_to(REPO_ROOT).as_posix(), src.label(i)) for i in range(len(src))]
         else:
-            image = sample_image()
-            label = "generated sample image (pass --image PATH to send your own)"
-        synapse = ImageSynapse(image=encode_image(image, "JPEG", 75))
-        t0 = time.perf_counter()
-        resp = query_axon(vali_w, axon, synapse, timeout=30.0)
-        dt = time.perf_counter() - t0
-        status = getattr(resp.dendrite, "status_code", None)
-        message = getattr(resp.dendrite, "status_message", None)
-        local = Predictor(str(model), device="cpu").predict_image(decode_image(synapse.image))
-        print(f"image: {label}")
-        print(f"miner answered prediction={resp.prediction:.6f} (status {status} {message or ''}) in {dt * 1000:.0f} ms")
-        print(f"same model, same image, locally: {local:.6f}")
-        if 0.0 <= resp.prediction <= 1.0:
-            verdict = "AI-generated" if resp.prediction > 0.5 else "real"
-            print(f"verdict: {verdict} (p={resp.prediction:.3f}; > 0.5 means AI-generated)")
-            code = 0
-        else:
-            print("the miner made no prediction (-1.0); see its log below", file=sys.stderr)
-            print(_tail(log_path), file=sys.stderr)
+            todo = [(sample_image(), "generated sample image (pass --image PATH to send your own)", None)]
+        local_pred = Predictor(str(model), device="cpu")
+        answered = 0
+        for image, label, truth in todo:
+            synapse = ImageSynapse(image=encode_image(image, "JPEG", 75))
+            t0 = time.perf_counter()
+            resp = query_axon(vali_w, axon, synapse, timeout=30.0)
+            dt = time.perf_counter() - t0
+            status = getattr(resp.dendrite, "status_code", None)
+            message = getattr(resp.dendrite, "status_message", None)
+            local = local_pred.predict_image(decode_image(synapse.image))
+            print(f"\nimage: {label}" + ("" if truth is None else f"  (truly {'AI-generated' if truth else 'real'})"))
+            print(f"miner answered prediction={resp.prediction:.6f} (status {status} {message or ''}) in {dt * 1000:.0f} ms")
+            print(f"same model, same image, locally: {local:.6f}")
+            if 0.0 <= resp.prediction <= 1.0:
+                verdict = "AI-generated" if resp.prediction > 0.5 else "real"
+                right = "" if truth is None else ("  -> correct" if (resp.prediction > 0.5) == bool(truth) else "  -> WRONG")
+                print(f"verdict: {verdict} (p={resp.prediction:.3f}; > 0.5 means AI-generated){right}")
+                answered += 1
+            else:
+                print("the miner made no prediction (-1.0); see its log below", file=sys.stderr)
+                print(_tail(log_path), file=sys.stderr)
+        code = 0 if answered == len(todo) else 1
     except Exception as e:
         print(f"demo failed: {type(e).__name__}: {e}\n--- miner log ---\n{_tail(log_path)}", file=sys.stderr)
     finally:
