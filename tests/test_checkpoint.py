@@ -1,0 +1,87 @@
+"""Checkpoint I/O: self-describing .pth and .safetensors, bare reference state dicts,
+no pickle, clear errors; calibration metadata applied by LoadedModel."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from bitmind.checkpoint import CheckpointError, load_model, model_meta, read_checkpoint, save_checkpoint
+from bitmind.models import available_models, build_model, register_model
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return build_model("npr", layers=[1, 1], width=8).eval()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_round_trip_keeps_weights_and_metadata(tmp_path, suffix):
+    m = _tiny(1)
+    path = save_checkpoint(m, tmp_path / f"m{suffix}", model_meta(m, "npr", temperature=2.0, logit_bias=-0.5, metrics={"acc": 0.9}))
+    lm = load_model(path)
+    assert lm.arch == "npr" and lm.meta["config"]["layers"] == [1, 1] and lm.meta["metrics"]["acc"] == 0.9
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(lm.model(x), m(x))
+        logits = m(x).reshape(-1)
+    assert torch.allclose(lm.probabilities(logits), torch.sigmoid(logits / 2.0 - 0.5))
+    assert len(lm.sha256) == 64
+
+
+def test_bare_reference_state_dict_and_ddp_prefix(tmp_path):
+    """The original NPR/SN34 format: torch.save(model.state_dict()), possibly from DDP."""
+    full = build_model("npr")
+    torch.save({f"module.{k}": v for k, v in full.state_dict().items()}, tmp_path / "ref.pth")
+    lm = load_model(tmp_path / "ref.pth")
+    assert lm.arch == "npr" and lm.temperature == 1.0 and lm.logit_bias == 0.0
+
+
+def test_pickled_code_is_refused_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_wrong_shapes_truncated_and_missing_files_are_clear_errors(tmp_path):
+    save_checkpoint(_tiny(), tmp_path / "tiny.pth")
+    state, _ = read_checkpoint(tmp_path / "tiny.pth")
+    save_checkpoint(state, tmp_path / "noconf.pth", {"arch": "npr"})  # tiny weights, default (full-size) config
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_model(tmp_path / "noconf.pth")
+    data = (tmp_path / "tiny.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "cut.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match="expected"):
+        load_model(tmp_path / "tiny.pth", expected_arch="other")
+
+
+def test_registry_accepts_new_architectures_and_rejects_duplicates():
+    @register_model("test_const")
+    class Const(torch.nn.Module):
+        def __init__(self, value: float = 0.0):
+            super().__init__()
+            self.config = {"value": value}
+            self.b = torch.nn.Parameter(torch.tensor([value]))
+
+        def forward(self, x):
+            return self.b.expand(x.shape[0], 1)
+
+    assert "test_const" in available_models() and "npr" in available_models()
+    assert build_model("test_const", value=1.5)(torch.zeros(2, 3, 8, 8)).tolist() == [[1.5], [1.5]]
+    with pytest.raises(ValueError):
+        register_model("test_const")(lambda: None)
+    with pytest.raises(KeyError):
+        build_model("no_such_model")
