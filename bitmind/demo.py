@@ -88,25 +88,6 @@ def wait_for_axon(chain, netuid: int, hotkey: str, port: int, proc: subprocess.P
     raise TimeoutError(f"miner did not serve on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
-def query_axon(wallet, axon, synapse, timeout: float = 30.0):
-    """One request through a fresh ``bt.Dendrite`` on its own event loop; returns the response synapse."""
-    import asyncio
-
-    import bittensor as bt
-
-    async def one():
-        dendrite = bt.Dendrite(wallet=wallet)
-        try:
-            return dendrite, await dendrite.forward(axon, synapse, timeout=timeout, deserialize=False)
-        finally:
-            await dendrite.aclose_session()
-
-    # Keep the dendrite alive until the loop is gone: its __del__ warns inside a running loop.
-    dendrite, response = asyncio.run(one())
-    del dendrite
-    return response
-
-
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -176,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         for image, label, truth in todo:
             synapse = ImageSynapse(image=encode_image(image, "JPEG", 75))
             t0 = time.perf_counter()
-            resp = query_axon(vali_w, axon, synapse, timeout=30.0)
+            resp = local_chain.query_axon(vali_w, axon, synapse, timeout=30.0)
             dt = time.perf_counter() - t0
             status = getattr(resp.dendrite, "status_code", None)
             message = getattr(resp.dendrite, "status_message", None)

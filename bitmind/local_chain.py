@@ -479,3 +479,21 @@ def local_setup(root: str | os.PathLike, netuid: int = DEFAULT_NETUID, miners: t
         wallets[name] = w = local_wallet(root, name)
         chain.register(w, netuid, stake=validator_stake, validator=True)
     return chain, wallets
+
+
+def query_axon(wallet, axon, synapse, timeout: float = 30.0):
+    """One request through a fresh ``bt.Dendrite`` signed by ``wallet``, on its own event
+    loop; returns the response synapse (used by the demo, benchmarks and tests)."""
+    import asyncio
+
+    async def one():
+        dendrite = bt.Dendrite(wallet=wallet)
+        try:
+            return dendrite, await dendrite.forward(axon, synapse, timeout=timeout, deserialize=False)
+        finally:
+            await dendrite.aclose_session()
+
+    # Keep the dendrite alive until the loop is gone: its __del__ warns inside a running loop.
+    dendrite, response = asyncio.run(one())
+    del dendrite
+    return response

@@ -113,21 +113,9 @@ def serving(handlers, wallet):
 
 def query(wallet, axon_info, synapse, timeout: float = 20.0):
     """One request through a real ``bt.Dendrite`` signed by ``wallet``; returns the response synapse."""
-    import asyncio
+    from bitmind import local_chain
 
-    import bittensor as bt
-
-    async def one():
-        dendrite = bt.Dendrite(wallet=wallet)
-        try:
-            return dendrite, await dendrite.forward(axon_info, synapse, timeout=timeout, deserialize=False)
-        finally:
-            await dendrite.aclose_session()
-
-    # Keep the dendrite alive until the loop is gone: its __del__ warns inside a running loop.
-    dendrite, response = asyncio.run(one())
-    del dendrite
-    return response
+    return local_chain.query_axon(wallet, axon_info, synapse, timeout=timeout)
 
 
 # Helpers as fixtures, so test modules never import conftest by name.

@@ -97,7 +97,14 @@ def miner_config(args: list[str]) -> "bt.Config":
     parser unless ``BT_NO_PARSE_CLI_ARGS=false`` is set, falls back to ``sys.argv`` for an
     empty list, and ignores unknown options.
     """
-    ns = build_parser().parse_args(list(args))
+    return nest_namespace(build_parser().parse_args(list(args)))
+
+
+def nest_namespace(ns) -> "bt.Config":
+    """Flat ``a.b`` argparse names -> a nested ``bt.Config`` on top of bittensor's defaults.
+
+    Shared by the miner and validator command lines.
+    """
     config = bt.Config()  # bittensor's defaults, overridden below by every parsed option
     for key, value in vars(ns).items():
         node = config

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import bittensor as bt
-from bittensor.core.config import DefaultMunch
 
+from bitmind.miner.config import nest_namespace
 from bitmind.validator.core import ValidatorConfig
 from bitmind.validator.query import DEFAULT_TIMEOUT
 from bitmind.validator.scores import DEFAULT_ALPHA
@@ -57,29 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _nest(ns: argparse.Namespace) -> "bt.Config":
-    """Flat ``a.b`` argparse names into a nested ``bt.Config`` on top of bittensor's defaults.
-
-    (bittensor 10's ``bt.Config(parser)`` ignores the parser unless an environment
-    variable is set, so we parse ourselves, as the miner does.)
-    """
-    config = bt.Config()
-    for key, value in vars(ns).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = DefaultMunch(None)
-                node[part] = child
-            node = child
-        node[leaf] = value
-    return config
-
-
 def validator_config(args: list[str]) -> "bt.Config":
     """Parse ``args`` (e.g. ``sys.argv[1:]``); exits with usage on errors."""
-    return _nest(build_parser().parse_args(list(args)))
+    return nest_namespace(build_parser().parse_args(list(args)))
 
 
 def loop_config(config: "bt.Config", state_path: str | None) -> ValidatorConfig:
