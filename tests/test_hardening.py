@@ -335,3 +335,67 @@ def test_any_decoder_failure_is_bad_input_not_a_crash(monkeypatch, exc, tiny_mod
         assert counts["bad_input"] == 1 and counts["errors"] == 0
     finally:
         predictor.close()
+
+
+# ---------------------------------------------------------------------------- the CPU-prepared model
+class SharedConvOutput(nn.Module):
+    """A conv whose output feeds a batch norm *and* a skip connection: folding that norm
+    into the conv would change the skip path too, so the prepared copy must be refused."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {}
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 1)
+        with torch.no_grad():
+            self.bn.running_mean.fill_(0.3)
+            self.bn.running_var.fill_(2.0)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = self.bn(y) + y
+        return self.fc(z.mean(dim=(2, 3)))
+
+
+register_model("hardening-test-shared-conv")(SharedConvOutput)
+
+
+def test_prepared_cpu_model_answers_like_the_eager_one(tmp_path, checkpoint_factory):
+    from bitmind.checkpoint import load_model
+
+    path = checkpoint_factory(tmp_path / "m.pth", seed=5)
+    prepared = Predictor(str(path), device="cpu")
+    eager = Predictor(str(path), device="cpu", optimize=False)
+    x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    try:
+        assert prepared.status()["optimized"] and not eager.status()["optimized"]
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared._serving.forward.modules())  # all folded
+        assert prepared.predict_tensors(x) == pytest.approx(eager.predict_tensors(x), abs=1e-5)
+        with torch.inference_mode():
+            reference = torch.sigmoid(load_model(path).model(x)[:, 0]).tolist()
+        assert prepared.predict_tensors(x) == pytest.approx(reference, abs=1e-5)
+    finally:
+        prepared.close()
+        eager.close()
+
+
+def test_model_that_cannot_be_prepared_is_served_eager(tmp_path, caplog):
+    import logging
+
+    from bitmind.miner.predict import optimize_for_cpu
+
+    model = SharedConvOutput().eval()
+    with pytest.raises(RuntimeError, match="differs from eager"):  # the wrong fold is caught...
+        optimize_for_cpu(model)
+    path = save_checkpoint(model, tmp_path / "shared.pth", meta=model_meta(model, "hardening-test-shared-conv"))
+    caplog.set_level(logging.WARNING, logger="bitmind.miner.predict")
+    predictor = Predictor(str(path), device="cpu")  # ...and the model still serves, eager
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    try:
+        assert predictor.status()["optimized"] is False and "serving it eager" in caplog.text
+        with torch.inference_mode():
+            reference = torch.sigmoid(model(x)[:, 0]).tolist()
+        assert predictor.predict_tensors(x) == pytest.approx(reference, abs=1e-6)
+    finally:
+        predictor.close()
