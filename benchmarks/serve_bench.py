@@ -58,7 +58,7 @@ try:
     from bitmind.checkpoint import load_model
     from bitmind.image_io import decode_image, encode_image, load_image_file
     from bitmind.image_transforms import base_pil, base_transforms
-    from bitmind.miner.predict import Predictor, logits_of, single_threaded
+    from bitmind.miner.predict import Predictor, auto_max_batch, logits_of, single_threaded
     from bitmind.models import build_model
 except ImportError as _e:  # pragma: no cover - a clear message on a machine without the package installed
     sys.exit(f"cannot import the bitmind package ({_e}); run from the repository root with PYTHONPATH=. "
@@ -482,6 +482,8 @@ def parse_args(argv):
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline parts")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--max-batch", type=int, default=0, help="Predictor max_batch (0: the miner's auto choice)")
+    ap.add_argument("--workers", type=int, default=0, help="in-process Predictor forward workers (0: auto; the "
+                    "miner process always uses auto)")
     ap.add_argument("--batch-window-ms", type=float, default=2.0)
     ap.add_argument("--decode-workers", type=int, default=0, help="Predictor decode threads (0: the event loop's pool)")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout through the axon (s)")
@@ -509,8 +511,7 @@ def main(argv=None) -> int:
     with single_threaded():  # no torch work with a thread team in this (main) thread: see measure_floor
         model, note = resolve_model(args.model, tmp)
     payloads, data_note = make_challenges(args.data, 64)
-    # 0 = the miner's auto choice (bitmind.miner.neuron.auto_max_batch, not imported: it needs bittensor).
-    max_batch = args.max_batch or (32 if device.type == "cuda" else 4)
+    max_batch = args.max_batch or auto_max_batch(device)  # 0: the miner's auto choice
 
     res: dict = {
         "device": str(device), "model": str(model), "note": note, "challenges": data_note,
@@ -524,7 +525,8 @@ def main(argv=None) -> int:
                      "batch_window_ms": args.batch_window_ms, "decode_workers": args.decode_workers or None},
     }
     predictor = Predictor(str(model), device=device, max_batch=max_batch, batch_window_ms=args.batch_window_ms,
-                          decode_workers=args.decode_workers or None)
+                          decode_workers=args.decode_workers or None, workers=args.workers)
+    res["settings"]["workers"] = predictor.workers
     res["model_sha256"] = predictor.status()["sha256"]
     res["model_parameters"] = sum(p.numel() for p in predictor.current.model.parameters())
 

@@ -54,8 +54,9 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--neuron.sync_interval", type=float, default=300.0, help="Seconds between metagraph syncs.")
     parser.add_argument("--neuron.status_interval", type=float, default=60.0, help="Seconds between status lines.")
     parser.add_argument("--neuron.max_batch", type=int, default=0,
-                        help="Largest micro-batch of concurrent requests; 0 = auto (32 on CUDA, 4 on CPU, where "
-                             "larger batches cost more time per image: benchmarks/miner_footprint.py).")
+                        help="Largest micro-batch of concurrent requests; 0 = auto (32 on CUDA; 1 on CPU, where "
+                             "larger batches cost more time per image and concurrent requests go to several "
+                             "forward workers instead: docs/Performance.md).")
     parser.add_argument("--neuron.batch_window_ms", type=float, default=2.0, help="How long to wait to fill a micro-batch.")
     parser.add_argument("--neuron.max_queue", type=int, default=256, help="Queued images beyond which requests are refused fast.")
     parser.add_argument("--neuron.max_payload_chars", type=positive_int, default=DEFAULT_MAX_B64_CHARS,

@@ -23,6 +23,7 @@ import torch
 from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS, DecodeLimits, apply_pil_limit
 from bitmind.miner.handlers import MinerHandlers
 from bitmind.miner.predict import Predictor, default_device
+from bitmind.miner.predict import auto_max_batch as predict_auto_max_batch
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,10 @@ LOCAL_SYNC_INTERVAL = 5.0
 
 
 def auto_max_batch(device: torch.device) -> int:
-    """Micro-batch bound when ``--neuron.max_batch`` is 0. On a GPU batching is nearly free;
-    on a CPU the time per image of the NPR model grows beyond batches of ~4 (measured:
-    45 ms/image at 1-4, 59 at 8, 74 at 16 on 2 cores), so bigger batches only add latency."""
-    return 32 if device.type == "cuda" else 4
+    """Micro-batch bound when ``--neuron.max_batch`` is 0: 32 on CUDA, 1 on CPU (where
+    concurrent requests go to several forward workers instead; see
+    ``bitmind.miner.predict.auto_max_batch`` and docs/Performance.md)."""
+    return predict_auto_max_batch(device)
 
 
 class PortInUseError(RuntimeError):
