@@ -438,7 +438,9 @@ def targets(res: dict) -> dict:
             out["vs_baseline_axon"] = {"miner_p50_ms": p50, "baseline_p50_ms": b, "speedup_p50": ratio(b, p50),
                                        "speedup_throughput_16": ratio(t16, ax["baseline"].get("16", {}).get("throughput_rps")),
                                        "met": b >= 2 * p50}
-    pr, bl = res["predictor"], res.get("baseline_inproc")
+    pr, bl = res.get("predictor"), res.get("baseline_inproc")
+    if not pr:
+        return out
     t1, t16 = pr["1"]["throughput_rps"], pr.get("16", {}).get("throughput_rps")
     out["scaling_inproc"] = {"throughput_1": t1, "throughput_16": t16, "ratio": ratio(t16, t1),
                              "met": bool(t16 and t16 >= 2 * t1)}
@@ -452,7 +454,7 @@ def targets(res: dict) -> dict:
 
 def print_table(res: dict) -> None:
     rows = [("floor (decode+transform+forward)", res["floor"]["total"], None)]
-    for name, part in (("predictor in-process", res["predictor"]), ("baseline in-process", res.get("baseline_inproc"))):
+    for name, part in (("predictor in-process", res.get("predictor")), ("baseline in-process", res.get("baseline_inproc"))):
         for c, r in (part or {}).items():
             rows.append((f"{name}, {c} clients", r["latency"], r["throughput_rps"]))
     for name, part in (res.get("axon") or {}).items():
@@ -480,6 +482,7 @@ def parse_args(argv):
     ap.add_argument("--clients", default="1,4,16", help="concurrent client counts")
     ap.add_argument("--no-axon", action="store_true", help="skip the axon parts (no bittensor needed)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline parts")
+    ap.add_argument("--no-inproc", action="store_true", help="skip the in-process predictor and baseline runs")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--max-batch", type=int, default=0, help="Predictor max_batch (0: the miner's auto choice)")
     ap.add_argument("--workers", type=int, default=0, help="in-process Predictor forward workers (0: auto; the "
@@ -536,11 +539,12 @@ def main(argv=None) -> int:
     f = res["floor"]
     print(f"    p50 {f['total']['p50_ms']} ms (decode {f['decode_p50_ms']}, transform {f['transform_p50_ms']}, "
           f"forward {f['forward_p50_ms']}); batched forward ms/image {f['batched_forward_ms_per_image']}", flush=True)
-    print("predictor in process (decode thread + micro-batching worker):", flush=True)
-    res["predictor"] = drive_inproc(predictor.predict_b64_async, payloads, client_counts, args.requests)
+    if not args.no_inproc:
+        print("predictor in process (decode thread + micro-batching worker):", flush=True)
+        res["predictor"] = drive_inproc(predictor.predict_b64_async, payloads, client_counts, args.requests)
     res["predictor_status"] = {k: v for k, v in predictor.status().items() if k != "loaded_at"}
     predictor.close()
-    if not args.no_baseline:
+    if not args.no_baseline and not args.no_inproc:
         print("baseline in process (rebuild + torch.load per request, blocking the event loop):", flush=True)
         res["baseline_inproc"] = drive_inproc(BaselinePredictor(model, device).predict_b64_async, payloads,
                                               client_counts, base_requests)
