@@ -57,6 +57,11 @@ logger = logging.getLogger(__name__)
 
 
 
+#: A model file that fails to load within this many seconds of its last write is reported
+#: as probably still being copied (a warning), not as broken (an error).
+RECENT_WRITE_S = 2.0
+
+
 class Overloaded(RuntimeError):
     """The request queue is full: refuse fast rather than queue without bound."""
 
@@ -385,8 +390,14 @@ class Predictor:
                 lm = self._load_validated(data, expected=expected)
             except Exception as e:  # keep serving the last good model
                 self._bad.add(sig)
-                logger.error("model file %s (size %d) failed to load; still serving sha256=%s: %s",
-                             self.model_path, sig.size, self._serving.lm.sha256[:12], e)
+                age = time.time() - sig.mtime_ns / 1e9
+                if age < RECENT_WRITE_S:  # most likely a copy in progress, caught between two writes
+                    logger.warning("model file %s (size %d, written %.2f s ago) does not load yet; still serving "
+                                   "sha256=%s; if it is being copied, the complete file will be loaded: %s",
+                                   self.model_path, sig.size, age, self._serving.lm.sha256[:12], e)
+                else:
+                    logger.error("model file %s (size %d) failed to load; still serving sha256=%s: %s",
+                                 self.model_path, sig.size, self._serving.lm.sha256[:12], e)
                 return False
             self._serving, self._sig = _Serving(lm), sig  # eager at once...
             self.reloads += 1
