@@ -90,8 +90,8 @@ def cpu_seconds(pid: int | None = None) -> float:
 def system_busy_seconds() -> float:
     import psutil
 
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    t = psutil.cpu_times()  # guest time is already part of user time: not added again
+    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 class ForeignLoad:
@@ -100,15 +100,21 @@ class ForeignLoad:
 
     def __init__(self, pids: tuple[int, ...] = ()):
         self.pids = pids
-        self.t0, self.busy0, self.own0 = time.perf_counter(), system_busy_seconds(), self._own()
+        self.t0 = time.perf_counter()
+        self.busy0, self.own0 = self._sample()
 
-    def _own(self) -> float:
-        return cpu_seconds() + sum(cpu_seconds(p) for p in self.pids)
+    def _sample(self) -> tuple[float, float] | tuple[None, None]:
+        try:  # sandboxes may not expose system-wide counters
+            return system_busy_seconds(), cpu_seconds() + sum(cpu_seconds(p) for p in self.pids)
+        except Exception:
+            return None, None
 
-    def cores(self) -> float:
+    def cores(self) -> float | None:
         wall = time.perf_counter() - self.t0
-        foreign = (system_busy_seconds() - self.busy0) - (self._own() - self.own0)
-        return round(max(0.0, foreign) / wall, 2)
+        busy, own = self._sample()
+        if busy is None or self.busy0 is None:
+            return None
+        return round(max(0.0, (busy - self.busy0) - (own - self.own0)) / wall, 2)
 
 
 def sync(device: torch.device) -> None:
@@ -498,6 +504,13 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.torch_threads:
@@ -522,7 +535,7 @@ def main(argv=None) -> int:
         "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                    "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+                    "loadavg_start": loadavg()},
         "settings": {"requests": args.requests, "baseline_requests": base_requests, "clients": client_counts,
                      "torch_threads": torch.get_num_threads(), "max_batch": max_batch,
                      "batch_window_ms": args.batch_window_ms, "decode_workers": args.decode_workers or None},
@@ -558,7 +571,7 @@ def main(argv=None) -> int:
     if not args.no_axon:
         res["axon"] = run_axon_parts(args, model, payloads, client_counts, base_requests, tmp)
 
-    res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["machine"]["loadavg_end"] = loadavg()
     res["targets"] = targets(res)
     print_table(res)
     out = Path(args.json or REPO_ROOT / "benchmarks" / "results" / f"serve_bench_{device.type}.json")
