@@ -211,7 +211,9 @@ def train(cfg: TrainConfig) -> dict:
         model = model.to(memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
-    pos_weight = torch.tensor(class_pos_weight(labels), device=device) if cfg.balance == "weight" else None
+    # Under DDP the DistributedSampler shards the data, so class balance comes from the loss instead.
+    weight_loss = cfg.balance == "weight" or (cfg.balance == "sampler" and world > 1)
+    pos_weight = torch.tensor(class_pos_weight(labels), device=device) if weight_loss else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
