@@ -15,6 +15,7 @@ the served probability is ``sigmoid(logit / temperature + logit_bias)``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -121,23 +122,33 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
-    """Return ``(state_dict, meta)`` from a file, without unpickling code."""
+def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple[dict, dict]:
+    """Return ``(state_dict, meta)`` from a file, without unpickling code.
+
+    With ``data``, those bytes are parsed (``path`` only names the file and its
+    format): the hot reloader loads exactly the bytes it checked and hashed.
+    """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     if path.suffix == ".safetensors":
         try:
             from safetensors import safe_open
+            from safetensors.torch import load as load_safetensors_bytes
 
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
-                state = {k: f.get_tensor(k) for k in f.keys()}
+            if data is None:
+                with safe_open(str(path), framework="pt") as f:
+                    raw_meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+            else:
+                state = load_safetensors_bytes(data)
+                header_len = int.from_bytes(data[:8], "little")
+                raw_meta = json.loads(data[8:8 + header_len]).get("__metadata__")
+            meta = json.loads((raw_meta or {}).get(_META_KEY, "{}"))
         except Exception as e:
             raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
         return state, meta
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or pickled code (UnpicklingError)
         raise CheckpointError(f"cannot read {path} safely (weights_only): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     if not isinstance(obj, dict):
@@ -155,13 +166,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     return state, meta
 
 
-def load_model(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu", expected_arch: str | None = None) -> LoadedModel:
+def load_model(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu",
+               expected_arch: str | None = None, data: bytes | None = None) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (strict).
 
     ``arch`` overrides the file's metadata (for bare state dicts of another
-    architecture); ``expected_arch`` refuses a file of a different architecture.
+    architecture); ``expected_arch`` refuses a file of a different architecture;
+    ``data`` parses those bytes of ``path`` instead of reading it (``sha256`` is theirs).
     """
-    state, meta = read_checkpoint(path)
+    state, meta = read_checkpoint(path, data)
     name = arch or meta.get("arch") or DEFAULT_ARCH
     if expected_arch is not None and name != expected_arch:
         raise CheckpointError(f"{path} is architecture {name!r}, expected {expected_arch!r}")
@@ -173,4 +186,5 @@ def load_model(path: str | os.PathLike, arch: str | None = None, device: str | t
         raise CheckpointError(f"{path} does not fit architecture {name!r} {config}: {str(e).splitlines()[0][:300]}") from e
     model.eval().to(device)
     meta = {**meta, "arch": name, "config": config}
-    return LoadedModel(model=model, meta=meta, path=str(path), sha256=file_sha256(path))
+    sha = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+    return LoadedModel(model=model, meta=meta, path=str(path), sha256=sha)

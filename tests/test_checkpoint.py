@@ -28,6 +28,11 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path, suffix):
         logits = m(x).reshape(-1)
     assert torch.allclose(lm.probabilities(logits), torch.sigmoid(logits / 2.0 - 0.5))
     assert len(lm.sha256) == 64
+    # The same file parsed from its bytes (what the hot reloader does) is the same model.
+    from_bytes = load_model(tmp_path / f"elsewhere{suffix}", data=path.read_bytes())
+    assert from_bytes.sha256 == lm.sha256 and from_bytes.meta == lm.meta
+    with torch.no_grad():
+        assert torch.equal(from_bytes.model(x), lm.model(x))
 
 
 def test_bare_reference_state_dict_and_ddp_prefix(tmp_path):

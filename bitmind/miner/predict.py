@@ -39,7 +39,6 @@ import copy
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -275,23 +274,6 @@ def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
     return data, before
 
 
-def load_model_bytes(data: bytes, path: str, **kwargs) -> LoadedModel:
-    """``load_model`` on ``data`` (the bytes of the model file ``path``): loads exactly the bytes
-    that were checked, whatever happens to the file meanwhile. ``sha256`` is theirs."""
-    suffix = os.path.splitext(path)[1] or ".pth"
-    fd, tmp = tempfile.mkstemp(prefix="bitmind-model-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        lm = load_model(tmp, **kwargs)
-    except CheckpointError as e:  # name the operator's file, not our private copy
-        raise CheckpointError(str(e).replace(tmp, str(path))) from e.__cause__
-    finally:
-        os.unlink(tmp)
-    lm.path = str(path)
-    return lm
-
-
 class Predictor:
     """Owns the serving model, its device, hot reload and the micro-batching worker."""
 
@@ -351,7 +333,7 @@ class Predictor:
         file never serves)."""
         path = self.model_path
         with single_threaded(self.device.type == "cpu"):  # building and loading run torch ops too
-            lm = load_model_bytes(data, path, arch=self.arch, device=self.device,
+            lm = load_model(path, data=data, arch=self.arch, device=self.device,
                                   expected_arch=expected.arch if expected is not None else None)
         if expected is not None and structure_of(lm.model) != structure_of(expected.model):
             raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
