@@ -42,4 +42,5 @@ def apply_calibration(logits, temperature: float = 1.0, bias: float = 0.0):
     """Logits (numpy or torch) -> calibrated probabilities, same type."""
     if isinstance(logits, torch.Tensor):
         return torch.sigmoid(logits / temperature + bias)
-    return 1.0 / (1.0 + np.exp(-(np.asarray(logits, dtype=np.float64) / temperature + bias)))
+    z = np.asarray(logits, dtype=np.float64) / temperature + bias
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow for large |z|

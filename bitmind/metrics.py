@@ -114,10 +114,6 @@ def compute_metrics(labels, probs, sources: Sequence[str] | None = None, thresho
 # --------------------------------------------------------------------------- calibration
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
-
-
 def binary_nll(logits, labels, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``sigmoid(logit / T)`` (binary cross-entropy)."""
     z, y = _as_array(logits), _as_array(labels)
@@ -157,8 +153,11 @@ def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) 
 
 
 def apply_temperature(logits, temperature: float = 1.0) -> np.ndarray:
-    """Probabilities ``sigmoid(logit / T)`` as served by the miner."""
-    return _sigmoid(_as_array(logits) / float(temperature))
+    """Probabilities ``sigmoid(logit / T)``: ``bitmind.calibration.apply_calibration``
+    without a bias (the one mapping the miner, eval and trainer serve with)."""
+    from bitmind.calibration import apply_calibration
+
+    return apply_calibration(_as_array(logits), float(temperature))
 
 
 def format_metrics_table(metrics: dict[str, Any], title: str | None = None) -> str:
