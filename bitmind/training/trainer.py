@@ -24,10 +24,12 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
 from bitmind.data import DetectionDataset, balanced_sampler, class_pos_weight, collate_skip_none, open_source, split_indices
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
+from bitmind.metrics import compute_metrics
 from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
 
@@ -124,13 +126,6 @@ def _gather_np(arr: np.ndarray, world: int) -> np.ndarray:
     out = [None] * world
     dist.all_gather_object(out, arr)
     return np.concatenate(out)
-
-
-def binary_metrics(labels, probs, sources=None) -> dict:
-    """Validation metrics; delegates to ``bitmind.metrics`` (one metric code for all tools)."""
-    from bitmind.metrics import compute_metrics
-
-    return compute_metrics(labels, probs, sources)
 
 
 # ---------------------------------------------------------------------------- training
@@ -286,8 +281,8 @@ def train(cfg: TrainConfig) -> dict:
             logger.warning("epoch %d: skipped %d unreadable training images", epoch, skipped)
         stop = torch.zeros(1)
         if is_main:
-            probs = 1 / (1 + np.exp(-logits))
-            m = binary_metrics(vlabels, probs) if len(vlabels) else {}
+            probs = apply_calibration(logits)
+            m = compute_metrics(vlabels, probs) if len(vlabels) else {}
             rec = {"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), "lr": lr,
                    "val_acc": m.get("accuracy"), "val_ap": m.get("ap"), "val_real_acc": m.get("real_accuracy"),
                    "val_fake_acc": m.get("fake_accuracy"), "val_brier": m.get("brier"),
@@ -341,9 +336,8 @@ def train(cfg: TrainConfig) -> dict:
 
 def calibrate_checkpoint(ckpt: Path, logits_file: Path) -> dict:
     """Fit Platt scaling (temperature and bias) on validation logits; store it in the checkpoint."""
-    from bitmind.calibration import apply_calibration, fit_platt
+    from bitmind.calibration import fit_platt
     from bitmind.checkpoint import read_checkpoint
-    from bitmind.metrics import compute_metrics
 
     logits, labels = np.load(logits_file)
     t, b = fit_platt(logits, labels)
