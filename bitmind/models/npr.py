@@ -6,6 +6,16 @@ local correlation between neighbouring pixels. NPR feeds the network the
 neighbouring-pixel residual ``x - nearest_up(nearest_down(x))`` (scaled by 2/3) and
 uses a deliberately shallow ResNet-50 (3x3 stride-2 stem, layer1, layer2, global
 pool, one logit): ~1.4 M parameters, fast enough for CPU serving.
+
+Options beyond the paper (all default to the paper's network, so older checkpoints
+load unchanged):
+
+* ``input``: what the first convolution sees. ``npr`` (the paper), ``hp`` (a 3x3
+  high-pass residual ``x - box_blur(x)``, which survives re-sampling better than the
+  2x2 grid that NPR reads), ``npr_hp`` (both, 6 channels) or ``rgb`` (raw pixels).
+* ``stem_pool``: the max-pool after the stem (off keeps 2x more resolution per side,
+  at about 4x the compute).
+* ``layers``: 2 entries (layer1, layer2) or 3 (adds ResNet layer3 at 1/16 resolution).
 """
 from __future__ import annotations
 
@@ -45,22 +55,52 @@ def npr_residual(x: torch.Tensor, factor: float = 0.5) -> torch.Tensor:
     return x - up
 
 
-class NPR(nn.Module):
-    """ResNet-50 truncated after layer2, on the NPR residual. Output: one logit."""
+def highpass_residual(x: torch.Tensor) -> torch.Tensor:
+    """x minus its 3x3 box blur (edges replicated): the fine detail, without content."""
+    blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return x - blurred
 
-    def __init__(self, layers=(3, 4), width: int = 64, num_classes: int = 1, dropout: float = 0.0):
+
+INPUT_MODES = ("npr", "hp", "npr_hp", "rgb")
+
+
+def input_features(x: torch.Tensor, mode: str = "npr") -> torch.Tensor:
+    """The detector's input representation of a [0, 1] image batch (see the module docstring)."""
+    if mode == "npr":
+        return npr_residual(x) * (2.0 / 3.0)
+    if mode == "hp":
+        return highpass_residual(x) * 2.0
+    if mode == "npr_hp":
+        return torch.cat([npr_residual(x) * (2.0 / 3.0), highpass_residual(x) * 2.0], dim=1)
+    if mode == "rgb":
+        return x - 0.5
+    raise ValueError(f"unknown input mode {mode!r}; one of {INPUT_MODES}")
+
+
+class NPR(nn.Module):
+    """ResNet-50 truncated after layer2 (or layer3), on the NPR residual. Output: one logit."""
+
+    def __init__(self, layers=(3, 4), width: int = 64, num_classes: int = 1, dropout: float = 0.0,
+                 input: str = "npr", stem_pool: bool = True):
         super().__init__()
-        self.config = {"layers": list(layers), "width": width, "num_classes": num_classes, "dropout": dropout}
+        if input not in INPUT_MODES:
+            raise ValueError(f"unknown input mode {input!r}; one of {INPUT_MODES}")
+        if len(layers) not in (2, 3):
+            raise ValueError(f"layers must have 2 or 3 entries, got {list(layers)}")
+        self.config = {"layers": list(layers), "width": width, "num_classes": num_classes, "dropout": dropout,
+                       "input": input, "stem_pool": stem_pool}
+        self.input_mode = input
         self.inplanes = width
-        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=2, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(6 if input == "npr_hp" else 3, width, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem_pool else nn.Identity()
         self.layer1 = self._make_layer(width, layers[0])
         self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2) if len(layers) == 3 else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc1 = nn.Linear(width * 2 * Bottleneck.expansion, num_classes)
+        self.fc1 = nn.Linear(width * (2 ** (len(layers) - 1)) * Bottleneck.expansion, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -84,9 +124,9 @@ class NPR(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = npr_residual(x) * (2.0 / 3.0)
+        x = input_features(x, self.input_mode)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
+        x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc1(self.dropout(x))
 
@@ -94,3 +134,29 @@ class NPR(nn.Module):
 @register_model("npr")
 def build_npr(**config) -> NPR:
     return NPR(**config)
+
+
+class Ensemble(nn.Module):
+    """Several detectors in one file: the logit is the mean of the members' logits.
+
+    ``members`` is a list of ``{"arch": name, "config": {...}}``; the state dict holds
+    each member's weights under ``members.<i>.``. Served like any single model (one
+    input batch, one logit per image), so the predictor, hot reload and CPU batch-norm
+    folding need nothing special."""
+
+    def __init__(self, members: list[dict]):
+        super().__init__()
+        from bitmind.models.registry import build_model
+
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.config = {"members": [{"arch": m["arch"], "config": dict(m.get("config", {}))} for m in members]}
+        self.members = nn.ModuleList(build_model(m["arch"], **m.get("config", {})) for m in members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members], dim=0).mean(dim=0)
+
+
+@register_model("ensemble")
+def build_ensemble(**config) -> Ensemble:
+    return Ensemble(**config)

@@ -29,9 +29,11 @@ class TrainConfig:
     balance: str = "sampler"  # sampler | weight | none
     # model
     arch: str = "npr"
-    layers: list[int] = field(default_factory=lambda: [3, 4])
+    layers: list[int] = field(default_factory=lambda: [3, 4])  # 2 entries, or 3 to add layer3
     width: int = 64
     dropout: float = 0.0
+    input: str = "npr"  # npr | hp | npr_hp | rgb (see bitmind/models/npr.py)
+    stem_pool: bool = True
     init_from: str = ""  # start from these weights (fine-tuning)
     # optimisation (NPR paper defaults)
     epochs: int = 30
@@ -39,6 +41,7 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.9
     weight_decay: float = 0.0
+    lr_schedule: str = "step"  # step (x lr_decay every lr_decay_every epochs) | cosine (to 1% of lr)
     lr_decay: float = 0.9
     lr_decay_every: int = 2  # epochs
     warmup_epochs: int = 0
@@ -83,7 +86,8 @@ class TrainConfig:
         return Path(self.checkpoints_dir) / self.name
 
     def model_config(self) -> dict:
-        return {"layers": list(self.layers), "width": self.width, "dropout": self.dropout}
+        return {"layers": list(self.layers), "width": self.width, "dropout": self.dropout,
+                "input": self.input, "stem_pool": self.stem_pool}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

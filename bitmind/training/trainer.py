@@ -140,6 +140,12 @@ def _make_writer(run_dir: Path):
 def _lr_at(cfg: TrainConfig, epoch: int) -> float:
     if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
         return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1)
+        t = min(max(epoch - cfg.warmup_epochs, 0) / span, 1.0)
+        return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+    if cfg.lr_schedule != "step":
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} (step | cosine)")
     return cfg.lr * (cfg.lr_decay ** (epoch // max(cfg.lr_decay_every, 1)))
 
 

@@ -1,0 +1,328 @@
+"""Train several detector variants on ONE shared data stream.
+
+    python -m bitmind.training.sweep --spec base_miner/NPR/sweeps/inputs.json --data ../shared/data/sn34-mini
+
+Why: training NPR is bound by the CPU work of decoding and augmenting images, not by
+the GPU (the network has 1.4 M parameters). Feeding every augmented batch to N models
+costs about as much CPU as training one, so N configurations (architectures, optimiser
+settings, seeds) are compared in the time of one run, on identical data.
+
+Every epoch, each variant is validated on the SAME pooled validator-challenge draws of
+the validation split (``val_seeds``; pooling several draws makes the choice of epoch
+less noisy than one draw of ~240 images). Its best epoch is saved as a normal
+self-describing checkpoint (loadable by the miner, ``bitmind.eval`` and
+``bitmind.calibrate``) and Platt-calibrated on those pooled logits.
+
+Spec (JSON)::
+
+    {"base": {<TrainConfig fields shared by all variants>},
+     "val_seeds": [0, 1, 2, 3, 4, 5],
+     "variants": {"<name>": {<overrides>}, ...}}
+
+Shared (``base`` only): data, splits, augmentation, epochs, batch size, sampler, device.
+Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
+``stem_pool``, ``init_from``), the optimiser (``lr``, ``lr_schedule``, ``lr_decay``,
+``lr_decay_every``, ``warmup_epochs``, ``weight_decay``, ``beta1``, ``label_smoothing``),
+``seed`` (weight initialisation) and ``ema`` (decay of an exponential moving average of
+the weights, which is then validated and saved instead of the raw weights; 0 = off).
+
+Writes ``<checkpoints_dir>/<name>/``: ``spec.json``; ``sweep.json`` (per variant: best
+epoch and its validation metrics, plus ensembles of the best variants); and per variant
+``<variant>/model_epoch_best.pth``, ``history.json``, ``curves.png``, TensorBoard
+scalars and ``val_logits_best.npy``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from bitmind.calibration import apply_calibration
+from bitmind.checkpoint import model_meta, read_checkpoint, save_checkpoint
+from bitmind.data import DetectionDataset, balanced_sampler, collate_skip_none
+from bitmind.data.dataset import worker_init
+from bitmind.image_transforms import ValidatorPipeline
+from bitmind.metrics import compute_metrics
+from bitmind.models import build_model
+from bitmind.training.config import TrainConfig
+from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, calibrate_checkpoint,
+                                      resolve_amp, resolve_device, seed_everything, to_model_input)
+
+logger = logging.getLogger(__name__)
+
+#: What a variant may change; everything else is shared by the whole sweep.
+VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule",
+                          "lr_decay", "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing",
+                          "seed", "ema"})
+
+
+@dataclass
+class SweepSpec:
+    base: TrainConfig
+    variants: dict[str, dict]
+    val_seeds: list[int]
+
+    @classmethod
+    def from_dict(cls, d: dict, **base_overrides) -> "SweepSpec":
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        base = dict(d.get("base", {}))
+        base.update({k: v for k, v in base_overrides.items() if v is not None})
+        bad = set(base) - known
+        if bad:
+            raise ValueError(f"unknown base option(s): {sorted(bad)}")
+        variants = d.get("variants") or {}
+        if not variants:
+            raise ValueError("a sweep needs at least one variant")
+        for name, ov in variants.items():
+            bad = set(ov) - VARIANT_KEYS
+            if bad:
+                raise ValueError(f"variant {name!r} sets {sorted(bad)}, which all variants share (set them in 'base')")
+        return cls(base=TrainConfig(**base), variants={k: dict(v) for k, v in variants.items()},
+                   val_seeds=[int(s) for s in d.get("val_seeds", [0])])
+
+    def variant_config(self, name: str) -> tuple[TrainConfig, float]:
+        ov = dict(self.variants[name])
+        ema = float(ov.pop("ema", 0.0) or 0.0)
+        cfg = dataclasses.replace(self.base, **ov)
+        cfg.name = f"{self.base.name}/{name}"
+        return cfg, ema
+
+    def to_dict(self) -> dict:
+        return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds}
+
+
+class _Variant:
+    """One model of the sweep with its optimiser, optional EMA copy, history and best."""
+
+    def __init__(self, name: str, cfg: TrainConfig, ema: float, device: torch.device):
+        self.name, self.cfg, self.ema_decay = name, cfg, ema
+        torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
+        self.model = build_model(cfg.arch, **cfg.model_config())
+        if cfg.init_from:
+            state, _ = read_checkpoint(cfg.init_from)
+            self.model.load_state_dict(state, strict=True)
+        self.model.to(device)
+        if device.type == "cuda" and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
+        self.ema = None
+        if ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
+        self.criterion = nn.BCEWithLogitsLoss()
+        self.history: list[dict] = []
+        self.best: dict = {}
+        self.best_acc = -1.0
+        self.run_dir = cfg.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = _make_writer(self.run_dir)
+        self.loss_sum = 0.0
+        self.loss_n = 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def set_epoch(self, epoch: int) -> float:
+        lr = _lr_at(self.cfg, epoch)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.model.train()
+        self.loss_sum, self.loss_n = 0.0, 0
+        return lr
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype) -> float:
+        if self.cfg.label_smoothing:
+            y = y * (1 - self.cfg.label_smoothing) + 0.5 * self.cfg.label_smoothing
+        with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            logits = self.model(x).reshape(-1)
+        loss = self.criterion(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        value = loss.item()
+        self.loss_sum += value * len(y)
+        self.loss_n += len(y)
+        return value
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dtype, channels_last: bool, batch: int = 256) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_model_input(images[i:i + batch], device)
+        if device.type == "cuda" and channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            out.append(model(x).float().reshape(-1).cpu())
+    return torch.cat(out).numpy()
+
+
+def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The validation split through the validator pipeline, one draw per seed, as uint8 (N, 3, 256, 256)."""
+    parts = [DetectionDataset(val_ds.items, augment=ValidatorPipeline(), seed=s, uint8=True) for s in seeds]
+    loader = DataLoader(ConcatDataset(parts), batch_size=128, shuffle=False, num_workers=workers,
+                        collate_fn=collate_skip_none, worker_init_fn=worker_init)
+    xs, ys = [], []
+    for batch in loader:
+        if batch is None:
+            continue
+        xs.append(batch[0])
+        ys.append(batch[1].numpy())
+    return torch.cat(xs), np.concatenate(ys)
+
+
+def ensemble_report(logits: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
+    """Validation metrics of the mean-logit ensembles of the top-k variants (k = 2..N, ranked by val accuracy)."""
+    ranked = sorted(logits, key=lambda n: -compute_metrics(labels, apply_calibration(logits[n]))["accuracy"])
+    out = []
+    for k in range(2, len(ranked) + 1):
+        mean = np.mean([logits[n] for n in ranked[:k]], axis=0)
+        m = compute_metrics(labels, apply_calibration(mean))
+        out.append({"members": ranked[:k], **{key: m[key] for key in ("accuracy", "ap", "real_accuracy", "fake_accuracy", "brier")}})
+    return out
+
+
+def run_sweep(spec: SweepSpec) -> dict:
+    base = spec.base
+    device = resolve_device(base.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = base.cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    seed_everything(base.seed)
+    amp_dtype = resolve_amp(base.amp, device)
+    out_dir = base.run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+
+    train_ds, val_ds, counts = build_datasets(base)
+    print("training set:\n" + train_ds.summary(), flush=True)
+    t0 = time.time()
+    val_x, val_y = load_val_challenges(val_ds, spec.val_seeds, base.workers)
+    print(f"validation: {len(val_y)} challenges ({len(val_ds)} images x seeds {spec.val_seeds}) in {time.time() - t0:.1f}s", flush=True)
+    if device.type == "cuda":
+        val_x = val_x.to(device)
+
+    variants = [_Variant(name, *spec.variant_config(name), device=device) for name in spec.variants]
+    for v in variants:
+        n_params = sum(p.numel() for p in v.model.parameters())
+        print(f"variant {v.name}: {n_params:,} parameters, options {spec.variants[v.name]}", flush=True)
+    sampler = balanced_sampler(train_ds.labels(), seed=base.seed) if base.balance == "sampler" else None
+    loader_kw = dict(num_workers=base.workers, pin_memory=base.pin_memory and device.type == "cuda",
+                     collate_fn=collate_skip_none, persistent_workers=base.workers > 0, worker_init_fn=worker_init)
+    if base.workers > 0:
+        loader_kw["prefetch_factor"] = 4
+    loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
+                        drop_last=len(train_ds) >= base.batch_size, **loader_kw)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    t_start, images_seen = time.time(), 0
+    for epoch in range(base.epochs):
+        train_ds.set_epoch(epoch)
+        lrs = {v.name: v.set_epoch(epoch) for v in variants}
+        n_batches = len(loader) if not base.max_steps_per_epoch else min(len(loader), base.max_steps_per_epoch)
+        it = tqdm(loader, total=n_batches, desc=f"epoch {epoch}", disable=not base.progress, leave=False) if tqdm else loader
+        t_epoch = time.time()
+        for bi, batch in enumerate(it):
+            if base.max_steps_per_epoch and bi >= base.max_steps_per_epoch:
+                break
+            if batch is None:
+                continue
+            x, y, _, _ = batch
+            x = to_model_input(x, device)
+            y = y.to(device, non_blocking=True)
+            if device.type == "cuda" and base.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for v in variants:
+                v.step(x, y, amp_dtype)
+            images_seen += len(y)
+        epoch_s = time.time() - t_epoch
+        line = [f"epoch {epoch} ({epoch_s:.1f}s)"]
+        for v in variants:
+            logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
+            m = compute_metrics(val_y, apply_calibration(logits))
+            rec = {"epoch": epoch, "train_loss": v.loss_sum / max(v.loss_n, 1), "lr": lrs[v.name],
+                   "val_acc": m["accuracy"], "val_ap": m["ap"], "val_real_acc": m["real_accuracy"],
+                   "val_fake_acc": m["fake_accuracy"], "val_brier": m["brier"], "epoch_seconds": epoch_s}
+            v.history.append(rec)
+            for k, val in rec.items():
+                if k != "epoch" and val is not None:
+                    v.writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k.removeprefix("val_"), val, epoch)
+            if m["accuracy"] > v.best_acc:
+                v.best_acc = m["accuracy"]
+                v.best = {"epoch": epoch, **{k: val for k, val in m.items() if k != "per_source"}}
+                meta = model_meta(v.eval_model, v.cfg.arch, metrics={"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
+                                  train_options={**v.cfg.to_dict(), "ema": v.ema_decay, "sweep": str(out_dir)})
+                save_checkpoint(v.eval_model, v.run_dir / "model_epoch_best.pth", meta)
+                np.save(v.run_dir / "val_logits_best.npy", np.stack([logits, val_y]))
+            line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")
+        print(" | ".join(line), flush=True)
+        for v in variants:
+            v.writer.flush()
+            (v.run_dir / "history.json").write_text(json.dumps(v.history, indent=1))
+    seconds = time.time() - t_start
+
+    results, best_logits = {}, {}
+    for v in variants:
+        _plot_curves(v.history, v.run_dir / "curves.png")
+        v.writer.close()
+        calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy")
+        best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]
+        results[v.name] = {"options": spec.variants[v.name], "best": v.best, "calibration": calib,
+                           "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
+                           "parameters": sum(p.numel() for p in v.model.parameters())}
+    summary = {"variants": results, "ensembles": ensemble_report(best_logits, val_y) if len(variants) > 1 else [],
+               "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
+               "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
+    (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
+    print("\nvariant                best-epoch  val-acc  val-AP  real-acc  fake-acc")
+    for name, r in sorted(results.items(), key=lambda kv: -kv[1]["best"]["accuracy"]):
+        b = r["best"]
+        print(f"{name:<22} {b['epoch']:>10}  {b['accuracy']:.4f}  {b['ap']:.4f}  {b['real_accuracy']:.4f}    {b['fake_accuracy']:.4f}")
+    for e in summary["ensembles"]:
+        print(f"ensemble of {len(e['members'])}: acc {e['accuracy']:.4f} AP {e['ap']:.4f} real {e['real_accuracy']:.4f}  {e['members']}")
+    print(f"sweep: {len(variants)} variants x {base.epochs} epochs in {seconds:.0f}s ({summary['images_per_second']:.0f} img/s shared)")
+    return summary
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", required=True, help="sweep spec JSON (see the module docstring)")
+    p.add_argument("--data", nargs="+", default=None, help="overrides base.data")
+    p.add_argument("--name", default=None, help="overrides base.name (the output folder under checkpoints_dir)")
+    p.add_argument("--checkpoints_dir", default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap batches per epoch (quick tests)")
+    p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec_dict = json.loads(Path(args.spec).read_text())
+    spec = SweepSpec.from_dict(spec_dict, data=args.data, name=args.name, checkpoints_dir=args.checkpoints_dir,
+                               epochs=args.epochs, workers=args.workers, device=args.device,
+                               max_steps_per_epoch=args.max_steps_per_epoch, progress=args.progress)
+    return run_sweep(spec)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Model options (input modes, stem pool, layer3), the ensemble architecture, the cosine
+schedule and the multi-variant sweep (one data stream, several models)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bitmind.checkpoint import load_model, read_checkpoint, save_checkpoint, model_meta
+from bitmind.models import build_model
+from bitmind.models.npr import highpass_residual, input_features, npr_residual
+from bitmind.training import TrainConfig
+from bitmind.training.sweep import SweepSpec, ensemble_report, run_sweep
+from bitmind.training.trainer import _lr_at
+from validator_synth import make_folder
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"layers": [1, 1], "width": 8}
+
+
+def test_shipped_checkpoint_still_loads_with_the_extended_npr():
+    lm = load_model(REPO / "mining_models" / "base.pth")
+    assert lm.model.config["input"] == "npr" and lm.model.config["stem_pool"] is True
+
+
+@pytest.mark.parametrize("mode,channels", [("npr", 3), ("hp", 3), ("npr_hp", 6), ("rgb", 3)])
+def test_input_modes(mode, channels):
+    x = torch.rand(2, 3, 32, 32)
+    assert input_features(x, mode).shape == (2, channels, 32, 32)
+    net = build_model("npr", input=mode, **TINY).eval()
+    assert net(x).shape == (2, 1)
+
+
+def test_residuals_ignore_flat_content():
+    flat = torch.full((1, 3, 16, 16), 0.7)
+    assert npr_residual(flat).abs().max() == 0
+    assert highpass_residual(flat).abs().max() < 1e-6
+    # a pixel-level checkerboard is all detail
+    board = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2
+    assert highpass_residual(board.float().expand(1, 3, 16, 16)).abs().mean() > 0.3
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="input mode"):
+        build_model("npr", input="fft")
+    with pytest.raises(ValueError, match="layers"):
+        build_model("npr", layers=[1])
+    with pytest.raises(ValueError, match="at least one"):
+        build_model("ensemble", members=[])
+
+
+def test_layer3_and_no_stem_pool_change_the_network():
+    base = build_model("npr", **TINY)
+    deep = build_model("npr", layers=[1, 1, 1], width=8)
+    assert sum(p.numel() for p in deep.parameters()) > sum(p.numel() for p in base.parameters())
+    x = torch.rand(1, 3, 64, 64)
+    feats = {}
+    nopool = build_model("npr", stem_pool=False, **TINY).eval()
+    nopool.layer1.register_forward_hook(lambda m, a, o: feats.__setitem__("nopool", o.shape))
+    base.eval().layer1.register_forward_hook(lambda m, a, o: feats.__setitem__("pool", o.shape))
+    nopool(x), base(x)
+    assert feats["nopool"][-1] == 2 * feats["pool"][-1]
+
+
+def test_ensemble_is_the_mean_of_its_members_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    a, b = build_model("npr", **TINY).eval(), build_model("npr", input="hp", **TINY).eval()
+    ens = build_model("ensemble", members=[{"arch": "npr", "config": a.config}, {"arch": "npr", "config": b.config}]).eval()
+    ens.members[0].load_state_dict(a.state_dict())
+    ens.members[1].load_state_dict(b.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ens(x), (a(x) + b(x)) / 2, atol=1e-6)
+    path = save_checkpoint(ens, tmp_path / "ens.pth", model_meta(ens, "ensemble"))
+    lm = load_model(path)
+    with torch.no_grad():
+        assert torch.allclose(lm.model(x), ens(x), atol=1e-6)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    cfg = TrainConfig(lr=1e-3, epochs=10, lr_schedule="cosine", warmup_epochs=2)
+    lrs = [_lr_at(cfg, e) for e in range(10)]
+    assert lrs[0] < lrs[1] == pytest.approx(1e-3)
+    assert all(x > y for x, y in zip(lrs[2:], lrs[3:]))
+    assert lrs[-1] >= 1e-5
+    with pytest.raises(ValueError):
+        _lr_at(TrainConfig(lr_schedule="nope"), 3)
+
+
+def test_spec_refuses_shared_options_in_a_variant():
+    with pytest.raises(ValueError, match="share"):
+        SweepSpec.from_dict({"variants": {"a": {"epochs": 3}}})
+    with pytest.raises(ValueError, match="at least one"):
+        SweepSpec.from_dict({"variants": {}})
+
+
+def test_ensemble_report_ranks_members_by_validation_accuracy():
+    labels = np.array([0, 0, 1, 1])
+    logits = {"good": np.array([-2.0, -2.0, 2.0, 2.0]), "bad": np.array([2.0, 2.0, -2.0, -2.0]), "ok": np.array([-1.0, 1.0, 1.0, 1.0])}
+    rep = ensemble_report(logits, labels)
+    assert [len(r["members"]) for r in rep] == [2, 3]
+    assert rep[0]["members"] == ["good", "ok"]
+
+
+def test_sweep_trains_every_variant_on_one_stream(tmp_path):
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=12, seed=5, size=64)
+    spec = SweepSpec.from_dict({
+        "base": {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": "s", "epochs": 2, "batch_size": 8,
+                 "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15, **TINY},
+        "val_seeds": [0, 1],
+        "variants": {"plain": {}, "hp_ema": {"input": "hp", "ema": 0.9, "seed": 1}},
+    })
+    summary = run_sweep(spec)
+    out = tmp_path / "ck" / "s"
+    assert json.loads((out / "sweep.json").read_text())["epochs"] == 2
+    assert set(summary["variants"]) == {"plain", "hp_ema"}
+    assert len(summary["ensembles"]) == 1
+    n_val = summary["val_challenges"]
+    for name in ("plain", "hp_ema"):
+        run = out / name
+        assert len(json.loads((run / "history.json").read_text())) == 2
+        assert (run / "curves.png").is_file()
+        state, meta = read_checkpoint(run / "model_epoch_best.pth")
+        assert meta["metrics"]["val_seeds"] == [0, 1] and "temperature" in meta
+        assert np.load(run / "val_logits_best.npy").shape == (2, n_val)
+    _, meta = read_checkpoint(out / "hp_ema" / "model_epoch_best.pth")
+    assert meta["config"]["input"] == "hp" and meta["train_options"]["ema"] == 0.9
+    # two draws of the same validation images
+    assert n_val % 2 == 0 and n_val > 0
