@@ -112,22 +112,67 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
         "base": {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": "s", "epochs": 2, "batch_size": 8,
                  "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15, **TINY},
         "val_seeds": [0, 1],
-        "variants": {"plain": {}, "hp_ema": {"input": "hp", "ema": 0.9, "seed": 1}},
+        "variants": {"plain": {}, "hp_seed1": {"input": "hp", "seed": 1}},
     })
     summary = run_sweep(spec)
     out = tmp_path / "ck" / "s"
     assert json.loads((out / "sweep.json").read_text())["epochs"] == 2
-    assert set(summary["variants"]) == {"plain", "hp_ema"}
+    assert set(summary["variants"]) == {"plain", "hp_seed1"}
     assert len(summary["ensembles"]) == 1
     n_val = summary["val_challenges"]
-    for name in ("plain", "hp_ema"):
+    for name in ("plain", "hp_seed1"):
         run = out / name
         assert len(json.loads((run / "history.json").read_text())) == 2
         assert (run / "curves.png").is_file()
         state, meta = read_checkpoint(run / "model_epoch_best.pth")
         assert meta["metrics"]["val_seeds"] == [0, 1] and "temperature" in meta
         assert np.load(run / "val_logits_best.npy").shape == (2, n_val)
-    _, meta = read_checkpoint(out / "hp_ema" / "model_epoch_best.pth")
-    assert meta["config"]["input"] == "hp" and meta["train_options"]["ema"] == 0.9
+    _, meta = read_checkpoint(out / "hp_seed1" / "model_epoch_best.pth")
+    assert meta["config"]["input"] == "hp" and meta["train_options"]["seed"] == 1
     # two draws of the same validation images
     assert n_val % 2 == 0 and n_val > 0
+
+
+def test_ensemble_cli_combines_member_checkpoints(tmp_path):
+    from bitmind.ensemble import build_ensemble_checkpoint, main
+
+    torch.manual_seed(1)
+    a, b = build_model("npr", **TINY).eval(), build_model("npr", input="rgb", **TINY).eval()
+    pa = save_checkpoint(a, tmp_path / "a.pth", model_meta(a, "npr", metrics={"val": {"accuracy": 0.8}, "epoch": 3}))
+    pb = save_checkpoint(b, tmp_path / "b.pth", model_meta(b, "npr"))
+    out = main(["--members", str(pa), str(pb), "--out", str(tmp_path / "e.pth")])
+    lm = load_model(out)
+    assert lm.arch == "ensemble" and [m["config"]["input"] for m in lm.model.config["members"]] == ["npr", "rgb"]
+    assert lm.meta["members"][0]["epoch"] == 3 and len(lm.meta["members"][0]["sha256"]) == 64
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(lm.model(x), (a(x) + b(x)) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="already an ensemble"):
+        build_ensemble_checkpoint([out, pa], tmp_path / "x.pth")
+    with pytest.raises(ValueError, match="at least two"):
+        build_ensemble_checkpoint([pa], tmp_path / "x.pth")
+
+
+def test_predictor_serves_an_ensemble_with_cpu_folding(tmp_path):
+    from bitmind.ensemble import build_ensemble_checkpoint
+    from bitmind.miner.predict import Predictor
+    from PIL import Image
+
+    torch.manual_seed(2)
+    paths = []
+    for i, mode in enumerate(("npr_hp", "rgb")):
+        m = build_model("npr", input=mode, **TINY).eval()
+        paths.append(save_checkpoint(m, tmp_path / f"m{i}.pth", model_meta(m, "npr")))
+    out = build_ensemble_checkpoint(paths, tmp_path / "ens.pth")
+    pred = Predictor(str(out), device="cpu")
+    try:
+        img = Image.fromarray((np.random.default_rng(0).random((300, 200, 3)) * 255).astype("uint8"))
+        p = pred.predict_image(img)
+        assert 0.0 <= p <= 1.0
+        ref = load_model(out)
+        from bitmind.image_transforms import base_transforms
+        with torch.no_grad():
+            expect = float(ref.probabilities(ref.model(base_transforms(img)[None]).reshape(-1))[0])
+        assert abs(p - expect) < 1e-3
+    finally:
+        pred.close()

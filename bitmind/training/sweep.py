@@ -23,8 +23,7 @@ Shared (``base`` only): data, splits, augmentation, epochs, batch size, sampler,
 Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
 ``stem_pool``, ``init_from``), the optimiser (``lr``, ``lr_schedule``, ``lr_decay``,
 ``lr_decay_every``, ``warmup_epochs``, ``weight_decay``, ``beta1``, ``label_smoothing``),
-``seed`` (weight initialisation) and ``ema`` (decay of an exponential moving average of
-the weights, which is then validated and saved instead of the raw weights; 0 = off).
+and ``seed`` (weight initialisation).
 
 Writes ``<checkpoints_dir>/<name>/``: ``spec.json``; ``sweep.json`` (per variant: best
 epoch and its validation metrics, plus ensembles of the best variants); and per variant
@@ -63,7 +62,7 @@ logger = logging.getLogger(__name__)
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule",
                           "lr_decay", "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing",
-                          "seed", "ema"})
+                          "seed"})
 
 
 @dataclass
@@ -90,22 +89,20 @@ class SweepSpec:
         return cls(base=TrainConfig(**base), variants={k: dict(v) for k, v in variants.items()},
                    val_seeds=[int(s) for s in d.get("val_seeds", [0])])
 
-    def variant_config(self, name: str) -> tuple[TrainConfig, float]:
-        ov = dict(self.variants[name])
-        ema = float(ov.pop("ema", 0.0) or 0.0)
-        cfg = dataclasses.replace(self.base, **ov)
+    def variant_config(self, name: str) -> TrainConfig:
+        cfg = dataclasses.replace(self.base, **self.variants[name])
         cfg.name = f"{self.base.name}/{name}"
-        return cfg, ema
+        return cfg
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds}
 
 
 class _Variant:
-    """One model of the sweep with its optimiser, optional EMA copy, history and best."""
+    """One model of the sweep with its optimiser, history and best epoch."""
 
-    def __init__(self, name: str, cfg: TrainConfig, ema: float, device: torch.device):
-        self.name, self.cfg, self.ema_decay = name, cfg, ema
+    def __init__(self, name: str, cfg: TrainConfig, device: torch.device):
+        self.name, self.cfg = name, cfg
         torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
         self.model = build_model(cfg.arch, **cfg.model_config())
         if cfg.init_from:
@@ -115,11 +112,6 @@ class _Variant:
         if device.type == "cuda" and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
-        self.ema = None
-        if ema > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
         self.criterion = nn.BCEWithLogitsLoss()
         self.history: list[dict] = []
         self.best: dict = {}
@@ -127,12 +119,12 @@ class _Variant:
         self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = _make_writer(self.run_dir)
-        self.loss_sum = 0.0
+        self.loss_sum: torch.Tensor | float = 0.0  # summed on the device: no host sync per step
         self.loss_n = 0
 
     @property
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / max(self.loss_n, 1)
 
     def set_epoch(self, epoch: int) -> float:
         lr = _lr_at(self.cfg, epoch)
@@ -142,7 +134,7 @@ class _Variant:
         self.loss_sum, self.loss_n = 0.0, 0
         return lr
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype) -> float:
+    def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype) -> None:
         if self.cfg.label_smoothing:
             y = y * (1 - self.cfg.label_smoothing) + 0.5 * self.cfg.label_smoothing
         with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
@@ -151,12 +143,8 @@ class _Variant:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        value = loss.item()
-        self.loss_sum += value * len(y)
+        self.loss_sum = self.loss_sum + loss.detach() * len(y)
         self.loss_n += len(y)
-        return value
 
 
 @torch.no_grad()
@@ -219,7 +207,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     if device.type == "cuda":
         val_x = val_x.to(device)
 
-    variants = [_Variant(name, *spec.variant_config(name), device=device) for name in spec.variants]
+    variants = [_Variant(name, spec.variant_config(name), device=device) for name in spec.variants]
     for v in variants:
         n_params = sum(p.numel() for p in v.model.parameters())
         print(f"variant {v.name}: {n_params:,} parameters, options {spec.variants[v.name]}", flush=True)
@@ -258,9 +246,9 @@ def run_sweep(spec: SweepSpec) -> dict:
         epoch_s = time.time() - t_epoch
         line = [f"epoch {epoch} ({epoch_s:.1f}s)"]
         for v in variants:
-            logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
+            logits = _logits(v.model, val_x, device, amp_dtype, base.channels_last)
             m = compute_metrics(val_y, apply_calibration(logits))
-            rec = {"epoch": epoch, "train_loss": v.loss_sum / max(v.loss_n, 1), "lr": lrs[v.name],
+            rec = {"epoch": epoch, "train_loss": v.mean_loss, "lr": lrs[v.name],
                    "val_acc": m["accuracy"], "val_ap": m["ap"], "val_real_acc": m["real_accuracy"],
                    "val_fake_acc": m["fake_accuracy"], "val_brier": m["brier"], "epoch_seconds": epoch_s}
             v.history.append(rec)
@@ -270,9 +258,9 @@ def run_sweep(spec: SweepSpec) -> dict:
             if m["accuracy"] > v.best_acc:
                 v.best_acc = m["accuracy"]
                 v.best = {"epoch": epoch, **{k: val for k, val in m.items() if k != "per_source"}}
-                meta = model_meta(v.eval_model, v.cfg.arch, metrics={"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
-                                  train_options={**v.cfg.to_dict(), "ema": v.ema_decay, "sweep": str(out_dir)})
-                save_checkpoint(v.eval_model, v.run_dir / "model_epoch_best.pth", meta)
+                meta = model_meta(v.model, v.cfg.arch, metrics={"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
+                                  train_options={**v.cfg.to_dict(), "sweep": str(out_dir)})
+                save_checkpoint(v.model, v.run_dir / "model_epoch_best.pth", meta)
                 np.save(v.run_dir / "val_logits_best.npy", np.stack([logits, val_y]))
             line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")
         print(" | ".join(line), flush=True)
