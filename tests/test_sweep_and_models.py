@@ -21,9 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {"layers": [1, 1], "width": 8}
 
 
-def test_shipped_checkpoint_still_loads_with_the_extended_npr():
-    lm = load_model(REPO / "mining_models" / "base.pth")
+def test_shipped_checkpoints_load_with_the_extended_npr():
+    # the earlier single model (written before input/stem_pool existed) still loads as plain NPR
+    lm = load_model(REPO / "mining_models" / "npr_f2.pth")
     assert lm.model.config["input"] == "npr" and lm.model.config["stem_pool"] is True
+    # the shipped model is a self-describing ensemble of a residual model and a raw-pixel one
+    lm = load_model(REPO / "mining_models" / "base.pth")
+    assert lm.arch == "ensemble"
+    assert sorted(m["config"]["input"] for m in lm.model.config["members"]) == ["npr_hp", "rgb"]
+    assert lm.temperature != 1.0 and "calibration" in lm.meta["metrics"]
 
 
 @pytest.mark.parametrize("mode,channels", [("npr", 3), ("hp", 3), ("npr_hp", 6), ("rgb", 3)])
@@ -97,12 +103,15 @@ def test_spec_refuses_shared_options_in_a_variant():
         SweepSpec.from_dict({"variants": {}})
 
 
-def test_ensemble_report_ranks_members_by_validation_accuracy():
+def test_ensemble_report_tries_every_combination_best_first():
     labels = np.array([0, 0, 1, 1])
-    logits = {"good": np.array([-2.0, -2.0, 2.0, 2.0]), "bad": np.array([2.0, 2.0, -2.0, -2.0]), "ok": np.array([-1.0, 1.0, 1.0, 1.0])}
+    # a and b each err on a different image; together they are right everywhere
+    logits = {"a": np.array([-2.0, 1.0, 2.0, 2.0]), "b": np.array([1.0, -2.0, 2.0, 2.0]), "c": np.array([3.0, 3.0, -3.0, -3.0])}
     rep = ensemble_report(logits, labels)
-    assert [len(r["members"]) for r in rep] == [2, 3]
-    assert rep[0]["members"] == ["good", "ok"]
+    assert sorted(len(r["members"]) for r in rep) == [2, 2, 2, 3]
+    assert rep[0]["members"] == ["a", "b"] and rep[0]["accuracy"] == 1.0
+    assert [r["accuracy"] for r in rep] == sorted((r["accuracy"] for r in rep), reverse=True)
+    assert len(ensemble_report(logits, labels, max_members=2)) == 3
 
 
 def test_sweep_trains_every_variant_on_one_stream(tmp_path):
@@ -131,6 +140,10 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
     assert meta["config"]["input"] == "hp" and meta["train_options"]["seed"] == 1
     # two draws of the same validation images
     assert n_val % 2 == 0 and n_val > 0
+    from bitmind.training.sweep import main
+    rep = main(["--report", str(out)])
+    assert set(rep["variants"]) == {"plain", "hp_seed1"} and rep["ensembles"][0]["members"] == ["hp_seed1", "plain"]
+    assert (out / "sweep_report.json").is_file()
 
 
 def test_ensemble_cli_combines_member_checkpoints(tmp_path):

@@ -174,15 +174,41 @@ def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int
     return torch.cat(xs), np.concatenate(ys)
 
 
-def ensemble_report(logits: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
-    """Validation metrics of the mean-logit ensembles of the top-k variants (k = 2..N, ranked by val accuracy)."""
-    ranked = sorted(logits, key=lambda n: -compute_metrics(labels, apply_calibration(logits[n]))["accuracy"])
+def ensemble_report(logits: dict[str, np.ndarray], labels: np.ndarray, max_members: int = 3) -> list[dict]:
+    """Validation metrics of every mean-logit ensemble of 2..``max_members`` variants, best first.
+
+    Every combination is tried (a sweep has a handful of variants): ranking members by
+    their own accuracy would miss that diverse pairs (a residual model with a raw-pixel
+    one) beat pairs of the two best look-alikes."""
+    from itertools import combinations
+
     out = []
-    for k in range(2, len(ranked) + 1):
-        mean = np.mean([logits[n] for n in ranked[:k]], axis=0)
-        m = compute_metrics(labels, apply_calibration(mean))
-        out.append({"members": ranked[:k], **{key: m[key] for key in ("accuracy", "ap", "real_accuracy", "fake_accuracy", "brier")}})
+    names = sorted(logits)
+    for k in range(2, min(max_members, len(names)) + 1):
+        for combo in combinations(names, k):
+            m = compute_metrics(labels, apply_calibration(np.mean([logits[n] for n in combo], axis=0)))
+            out.append({"members": list(combo), **{key: m[key] for key in ("accuracy", "ap", "real_accuracy", "fake_accuracy", "brier")}})
+    out.sort(key=lambda r: (-r["accuracy"], -r["ap"], len(r["members"])))
     return out
+
+
+def report_from_dir(sweep_dir: str | Path, max_members: int = 3) -> dict:
+    """Rebuild the per-variant and ensemble validation report of a sweep folder from the
+    ``val_logits_best.npy`` files it wrote (also for a sweep that was stopped early)."""
+    sweep_dir = Path(sweep_dir)
+    logits, labels, variants = {}, None, {}
+    for f in sorted(sweep_dir.glob("*/val_logits_best.npy")):
+        arr = np.load(f)
+        logits[f.parent.name], labels = arr[0], arr[1]
+        hist = json.loads((f.parent / "history.json").read_text()) if (f.parent / "history.json").exists() else []
+        best = max(hist, key=lambda r: r["val_acc"]) if hist else {}
+        variants[f.parent.name] = {"best_epoch": best.get("epoch"), "epochs_run": len(hist),
+                                   **{k: v for k, v in compute_metrics(labels, apply_calibration(arr[0])).items() if k != "per_source"}}
+    if not logits:
+        raise FileNotFoundError(f"no */val_logits_best.npy under {sweep_dir}")
+    rep = {"variants": variants, "ensembles": ensemble_report(logits, labels, max_members), "val_challenges": int(len(labels))}
+    (sweep_dir / "sweep_report.json").write_text(json.dumps(rep, indent=2))
+    return rep
 
 
 def run_sweep(spec: SweepSpec) -> dict:
@@ -278,7 +304,7 @@ def run_sweep(spec: SweepSpec) -> dict:
         results[v.name] = {"options": spec.variants[v.name], "best": v.best, "calibration": calib,
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
                            "parameters": sum(p.numel() for p in v.model.parameters())}
-    summary = {"variants": results, "ensembles": ensemble_report(best_logits, val_y) if len(variants) > 1 else [],
+    summary = {"variants": results, "ensembles": ensemble_report(best_logits, val_y)[:20] if len(variants) > 1 else [],
                "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
@@ -294,7 +320,9 @@ def run_sweep(spec: SweepSpec) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--spec", required=True, help="sweep spec JSON (see the module docstring)")
+    p.add_argument("--spec", help="sweep spec JSON (see the module docstring)")
+    p.add_argument("--report", metavar="SWEEP_DIR", help="only rebuild the validation report (sweep_report.json) of a sweep folder")
+    p.add_argument("--max_members", type=int, default=3, help="largest ensemble the report tries")
     p.add_argument("--data", nargs="+", default=None, help="overrides base.data")
     p.add_argument("--name", default=None, help="overrides base.name (the output folder under checkpoints_dir)")
     p.add_argument("--checkpoints_dir", default=None)
@@ -304,6 +332,15 @@ def main(argv=None) -> dict:
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap batches per epoch (quick tests)")
     p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
     args = p.parse_args(argv)
+    if args.report:
+        rep = report_from_dir(args.report, args.max_members)
+        for name, v in sorted(rep["variants"].items(), key=lambda kv: -kv[1]["accuracy"]):
+            print(f"{name:<22} epoch {v['best_epoch']:>4}  acc {v['accuracy']:.4f}  AP {v['ap']:.4f}  real {v['real_accuracy']:.4f}")
+        for e in rep["ensembles"][:10]:
+            print(f"ensemble acc {e['accuracy']:.4f} AP {e['ap']:.4f} real {e['real_accuracy']:.4f}  {e['members']}")
+        return rep
+    if not args.spec:
+        p.error("--spec is required (or --report SWEEP_DIR)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec_dict = json.loads(Path(args.spec).read_text())
     spec = SweepSpec.from_dict(spec_dict, data=args.data, name=args.name, checkpoints_dir=args.checkpoints_dir,
