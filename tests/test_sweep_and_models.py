@@ -32,7 +32,7 @@ def test_shipped_checkpoints_load_with_the_extended_npr():
     assert lm.temperature != 1.0 and "calibration" in lm.meta["metrics"]
 
 
-@pytest.mark.parametrize("mode,channels", [("npr", 3), ("hp", 3), ("npr_hp", 6), ("rgb", 3)])
+@pytest.mark.parametrize("mode,channels", [("npr", 3), ("hp", 3), ("npr_hp", 6), ("rgb", 3), ("rgb_npr_hp", 9)])
 def test_input_modes(mode, channels):
     x = torch.rand(2, 3, 32, 32)
     assert input_features(x, mode).shape == (2, channels, 32, 32)

@@ -12,7 +12,9 @@ load unchanged):
 
 * ``input``: what the first convolution sees. ``npr`` (the paper), ``hp`` (a 3x3
   high-pass residual ``x - box_blur(x)``, which survives re-sampling better than the
-  2x2 grid that NPR reads), ``npr_hp`` (both, 6 channels) or ``rgb`` (raw pixels).
+  2x2 grid that NPR reads), ``npr_hp`` (both, 6 channels), ``rgb`` (raw pixels) or
+  ``rgb_npr_hp`` (all three, 9 channels: one network sees what an rgb + npr_hp
+  ensemble sees).
 * ``stem_pool``: the max-pool after the stem (off keeps 2x more resolution per side,
   at about 4x the compute).
 * ``layers``: 2 entries (layer1, layer2) or 3 (adds ResNet layer3 at 1/16 resolution).
@@ -61,7 +63,8 @@ def highpass_residual(x: torch.Tensor) -> torch.Tensor:
     return x - blurred
 
 
-INPUT_MODES = ("npr", "hp", "npr_hp", "rgb")
+INPUT_MODES = ("npr", "hp", "npr_hp", "rgb", "rgb_npr_hp")
+_CHANNELS = {"npr": 3, "hp": 3, "npr_hp": 6, "rgb": 3, "rgb_npr_hp": 9}
 
 
 def input_features(x: torch.Tensor, mode: str = "npr") -> torch.Tensor:
@@ -74,6 +77,8 @@ def input_features(x: torch.Tensor, mode: str = "npr") -> torch.Tensor:
         return torch.cat([npr_residual(x) * (2.0 / 3.0), highpass_residual(x) * 2.0], dim=1)
     if mode == "rgb":
         return x - 0.5
+    if mode == "rgb_npr_hp":
+        return torch.cat([x - 0.5, npr_residual(x) * (2.0 / 3.0), highpass_residual(x) * 2.0], dim=1)
     raise ValueError(f"unknown input mode {mode!r}; one of {INPUT_MODES}")
 
 
@@ -91,7 +96,7 @@ class NPR(nn.Module):
                        "input": input, "stem_pool": stem_pool}
         self.input_mode = input
         self.inplanes = width
-        self.conv1 = nn.Conv2d(6 if input == "npr_hp" else 3, width, kernel_size=3, stride=2, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(_CHANNELS[input], width, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem_pool else nn.Identity()
