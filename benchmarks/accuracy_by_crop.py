@@ -12,6 +12,9 @@ branch and the up-sampling factor, and reports each model's accuracy per bin.
     python benchmarks/accuracy_by_crop.py --data ../shared/data/sn34-mini \\
         --models mining_models/base.pth mining_models/npr_f2.pth
 
+Also reports the same images clean (no challenge processing at all), which separates
+the cost of the JPEG 75 round trip (the "plain" branch) from that of the geometry.
+
 Writes ``benchmarks/results/accuracy_by_crop.json`` and ``docs/figures/accuracy_by_crop.png``.
 """
 from __future__ import annotations
@@ -62,6 +65,12 @@ def main(argv=None) -> dict:
     pipeline = ValidatorPipeline()
     rows = []  # one per (seed, image): branch, upsample factor, label, and each model's probability
     models = {Path(m).name: load_model(m, device=args.device) for m in args.models}
+    # Reference: the same images without any challenge processing (no geometry, no JPEG 75).
+    clean_ds = build_dataset([args.data], split=args.split, challenge=False)
+    clean = {}
+    for name, lm in models.items():
+        pr = collect_predictions(lm, clean_ds, device=args.device, progress=False)
+        clean[name] = float(np.mean((pr.probs > 0.5) == (pr.labels == 1)))
     for seed in args.seeds:
         ds = build_dataset([args.data], split=args.split, challenge=True, seed=seed, pipeline=pipeline)
         params = [challenge_params(ds, k, pipeline) for k in range(len(ds))]
@@ -77,9 +86,9 @@ def main(argv=None) -> dict:
     def acc(sel, name):
         return float(np.mean([(r[name] > 0.5) == (r["label"] == 1) for r in sel])) if sel else math.nan
 
-    bins = []
+    bins = [{"bin": "clean (no challenge)", "n": len(clean_ds), **clean}]
     plain = [r for r in rows if r["branch"] == "plain"]
-    bins.append({"bin": "plain", "n": len(plain), **{n: acc(plain, n) for n in models}})
+    bins.append({"bin": "plain (JPEG 75 only)", "n": len(plain), **{n: acc(plain, n) for n in models}})
     aug = [r for r in rows if r["branch"] == "random_aug"]
     for lo, hi in zip(EDGES[:-1], EDGES[1:]):
         sel = [r for r in aug if lo <= r["upsample"] < hi]
@@ -103,7 +112,7 @@ def main(argv=None) -> dict:
     for j, n in enumerate(models):
         ax.bar(xs + j * width - 0.4 + width / 2, [b[n] for b in bins], width, label=n)
     ax.set_xticks(xs, [f"{b['bin']}\n(n={b['n']})" for b in bins], fontsize=7)
-    ax.set(ylim=(0.5, 1.0), ylabel="accuracy", xlabel="challenge: plain, or random aug by crop up-sampling factor",
+    ax.set(ylim=(0.5, 1.0), ylabel="accuracy", xlabel="clean; plain challenge (JPEG 75 only); random aug by crop up-sampling factor (then JPEG 75)",
            title=f"Accuracy by challenge up-sampling ({args.split} split, seeds {args.seeds})")
     ax.legend(fontsize=8, loc="lower left")
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
