@@ -55,7 +55,7 @@ from bitmind.metrics import compute_metrics
 from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
 from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, calibrate_checkpoint,
-                                      resolve_amp, resolve_device, seed_everything, to_model_input)
+                                      epoch_batches, resolve_amp, resolve_device, seed_everything, to_model_input)
 
 logger = logging.getLogger(__name__)
 
@@ -244,24 +244,12 @@ def run_sweep(spec: SweepSpec) -> dict:
         loader_kw["prefetch_factor"] = 4
     loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
                         drop_last=len(train_ds) >= base.batch_size, **loader_kw)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-
     t_start, images_seen = time.time(), 0
     for epoch in range(base.epochs):
         train_ds.set_epoch(epoch)
         lrs = {v.name: v.set_epoch(epoch) for v in variants}
-        n_batches = len(loader) if not base.max_steps_per_epoch else min(len(loader), base.max_steps_per_epoch)
-        it = tqdm(loader, total=n_batches, desc=f"epoch {epoch}", disable=not base.progress, leave=False) if tqdm else loader
         t_epoch = time.time()
-        for bi, batch in enumerate(it):
-            if base.max_steps_per_epoch and bi >= base.max_steps_per_epoch:
-                break
-            if batch is None:
-                continue
-            x, y, _, _ = batch
+        for x, y, _, _ in epoch_batches(loader, base, epoch):
             x = to_model_input(x, device)
             y = y.to(device, non_blocking=True)
             if device.type == "cuda" and base.channels_last:

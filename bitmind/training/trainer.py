@@ -158,6 +158,22 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     plot_training_curves(history).savefig(path, dpi=100)
 
 
+def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool = True):
+    """The batches of one epoch: a tqdm bar when ``cfg.progress`` (and ``show``), capped at
+    ``cfg.max_steps_per_epoch``, all-unreadable batches (None) skipped."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    n_batches = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
+    it = tqdm(loader, total=n_batches, desc=f"epoch {epoch}", disable=not (show and cfg.progress), leave=False) if tqdm else loader
+    for bi, batch in enumerate(it):
+        if cfg.max_steps_per_epoch and bi >= cfg.max_steps_per_epoch:
+            break
+        if batch is not None:
+            yield batch
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns a summary (best checkpoint path, best metrics, history)."""
     rank, world, local_rank = _dist_info()
@@ -232,10 +248,6 @@ def train(cfg: TrainConfig) -> dict:
 
     writer = _make_writer(run_dir) if is_main else None
     step = start_epoch * len(train_loader)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
     t_start = time.time()
     images_seen = 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -246,14 +258,8 @@ def train(cfg: TrainConfig) -> dict:
         lr = _lr_at(cfg, epoch)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        n_batches = len(train_loader) if not cfg.max_steps_per_epoch else min(len(train_loader), cfg.max_steps_per_epoch)
-        it = tqdm(train_loader, total=n_batches, desc=f"epoch {epoch}", disable=not (is_main and cfg.progress), leave=False) if tqdm else train_loader
         loss_sum, loss_n, skipped, t_epoch = 0.0, 0, 0, time.time()
-        for bi, batch in enumerate(it):
-            if cfg.max_steps_per_epoch and bi >= cfg.max_steps_per_epoch:
-                break
-            if batch is None:
-                continue
+        for batch in epoch_batches(train_loader, cfg, epoch, show=is_main):
             x, y, _, bad = batch
             skipped += bad
             x = to_model_input(x, device)
