@@ -47,15 +47,15 @@ import torch.nn as nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from bitmind.calibration import apply_calibration
-from bitmind.checkpoint import model_meta, read_checkpoint, save_checkpoint
+from bitmind.checkpoint import model_meta, save_checkpoint
 from bitmind.data import DetectionDataset, balanced_sampler, collate_skip_none
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import ValidatorPipeline
 from bitmind.metrics import compute_metrics
-from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
-from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, calibrate_checkpoint,
-                                      epoch_batches, resolve_amp, resolve_device, seed_everything, to_model_input)
+from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, build_training_model,
+                                      calibrate_checkpoint, epoch_batches, loader_kwargs, log_epoch, prepare_device,
+                                      resolve_amp, seed_everything, smooth_labels, to_model_input)
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +104,7 @@ class _Variant:
     def __init__(self, name: str, cfg: TrainConfig, device: torch.device):
         self.name, self.cfg = name, cfg
         torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
-        self.model = build_model(cfg.arch, **cfg.model_config())
-        if cfg.init_from:
-            state, _ = read_checkpoint(cfg.init_from)
-            self.model.load_state_dict(state, strict=True)
-        self.model.to(device)
-        if device.type == "cuda" and cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = build_training_model(cfg, device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
         self.criterion = nn.BCEWithLogitsLoss()
         self.history: list[dict] = []
@@ -135,8 +129,7 @@ class _Variant:
         return lr
 
     def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype) -> None:
-        if self.cfg.label_smoothing:
-            y = y * (1 - self.cfg.label_smoothing) + 0.5 * self.cfg.label_smoothing
+        y = smooth_labels(y, self.cfg.label_smoothing)
         with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             logits = self.model(x).reshape(-1)
         loss = self.criterion(logits.float(), y)
@@ -213,12 +206,7 @@ def report_from_dir(sweep_dir: str | Path, max_members: int = 3) -> dict:
 
 def run_sweep(spec: SweepSpec) -> dict:
     base = spec.base
-    device = resolve_device(base.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = base.cudnn_benchmark
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = prepare_device(base)
     seed_everything(base.seed)
     amp_dtype = resolve_amp(base.amp, device)
     out_dir = base.run_dir
@@ -238,12 +226,8 @@ def run_sweep(spec: SweepSpec) -> dict:
         n_params = sum(p.numel() for p in v.model.parameters())
         print(f"variant {v.name}: {n_params:,} parameters, options {spec.variants[v.name]}", flush=True)
     sampler = balanced_sampler(train_ds.labels(), seed=base.seed) if base.balance == "sampler" else None
-    loader_kw = dict(num_workers=base.workers, pin_memory=base.pin_memory and device.type == "cuda",
-                     collate_fn=collate_skip_none, persistent_workers=base.workers > 0, worker_init_fn=worker_init)
-    if base.workers > 0:
-        loader_kw["prefetch_factor"] = 4
     loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
-                        drop_last=len(train_ds) >= base.batch_size, **loader_kw)
+                        drop_last=len(train_ds) >= base.batch_size, **loader_kwargs(base, device))
     t_start, images_seen = time.time(), 0
     for epoch in range(base.epochs):
         train_ds.set_epoch(epoch)
@@ -266,9 +250,7 @@ def run_sweep(spec: SweepSpec) -> dict:
                    "val_acc": m["accuracy"], "val_ap": m["ap"], "val_real_acc": m["real_accuracy"],
                    "val_fake_acc": m["fake_accuracy"], "val_brier": m["brier"], "epoch_seconds": epoch_s}
             v.history.append(rec)
-            for k, val in rec.items():
-                if k != "epoch" and val is not None:
-                    v.writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k.removeprefix("val_"), val, epoch)
+            log_epoch(v.writer, rec)
             if m["accuracy"] > v.best_acc:
                 v.best_acc = m["accuracy"]
                 v.best = {"epoch": epoch, **{k: val for k, val in m.items() if k != "per_source"}}

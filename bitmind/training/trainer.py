@@ -158,6 +158,52 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     plot_training_curves(history).savefig(path, dpi=100)
 
 
+def prepare_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    """The training device, with cudnn autotuning and TF32 matmuls switched on for CUDA."""
+    device = resolve_device(cfg.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def build_training_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """``cfg``'s architecture, with ``--init_from`` weights if set, on ``device`` (channels-last on CUDA)."""
+    model = build_model(cfg.arch, **cfg.model_config())
+    if cfg.init_from:
+        from bitmind.checkpoint import read_checkpoint
+
+        state, _ = read_checkpoint(cfg.init_from)
+        model.load_state_dict(state, strict=True)
+    model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def loader_kwargs(cfg: TrainConfig, device: torch.device) -> dict:
+    """DataLoader options shared by the training and validation loaders."""
+    kw = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
+              collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0, worker_init_fn=worker_init)
+    if cfg.workers > 0:
+        kw["prefetch_factor"] = 4
+    return kw
+
+
+def smooth_labels(y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Binary label smoothing: targets move towards 0.5 by ``label_smoothing``."""
+    return y * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else y
+
+
+def log_epoch(writer, rec: dict) -> None:
+    """One epoch record as TensorBoard scalars (``val_*`` under ``val/``, the rest under ``train/``)."""
+    for k, v in rec.items():
+        if k != "epoch" and v is not None:
+            writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k.removeprefix("val_"), v, rec["epoch"])
+
+
 def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool = True):
     """The batches of one epoch: a tqdm bar when ``cfg.progress`` (and ``show``), capped at
     ``cfg.max_steps_per_epoch``, all-unreadable batches (None) skipped."""
@@ -177,14 +223,9 @@ def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool =
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns a summary (best checkpoint path, best metrics, history)."""
     rank, world, local_rank = _dist_info()
-    device = resolve_device(cfg.device, local_rank)
+    device = prepare_device(cfg, local_rank)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     is_main = rank == 0
     seed_everything(cfg.seed + rank)
     amp_dtype = resolve_amp(cfg.amp, device)
@@ -208,24 +249,13 @@ def train(cfg: TrainConfig) -> dict:
         sampler = balanced_sampler(labels, seed=cfg.seed)
     else:
         sampler = None
-    loader_kw = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
-                     collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0, worker_init_fn=worker_init)
-    if cfg.workers > 0:
-        loader_kw["prefetch_factor"] = 4
+    loader_kw = loader_kwargs(cfg, device)
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, shuffle=sampler is None,
                               drop_last=len(train_ds) >= cfg.batch_size * world, **loader_kw)
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, sampler=val_sampler, shuffle=False, **loader_kw)
 
-    model = build_model(cfg.arch, **cfg.model_config())
-    if cfg.init_from:
-        from bitmind.checkpoint import read_checkpoint
-
-        state, _ = read_checkpoint(cfg.init_from)
-        model.load_state_dict(state, strict=True)
-    model.to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_training_model(cfg, device)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
     # Under DDP the DistributedSampler shards the data, so class balance comes from the loss instead.
@@ -266,8 +296,7 @@ def train(cfg: TrainConfig) -> dict:
             y = y.to(device, non_blocking=True)
             if device.type == "cuda" and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if cfg.label_smoothing:
-                y = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+            y = smooth_labels(y, cfg.label_smoothing)
             with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 logits = net(x).reshape(-1)
             loss = criterion(logits.float(), y)
@@ -300,9 +329,7 @@ def train(cfg: TrainConfig) -> dict:
                    "val_fake_acc": m.get("fake_accuracy"), "val_brier": m.get("brier"),
                    "epoch_seconds": train_time, "images_per_second": loss_n * world / max(train_time, 1e-9)}
             history.append(rec)
-            for k, v in rec.items():
-                if k != "epoch" and v is not None:
-                    writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k.removeprefix("val_"), v, epoch)
+            log_epoch(writer, rec)
             writer.flush()
             msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
             print(msg, flush=True)
