@@ -28,7 +28,7 @@ import numpy as np
 
 from bitmind.checkpoint import load_model
 from bitmind.eval import build_dataset, collect_predictions
-from bitmind.image_transforms import CenterCropShortSide, ValidatorPipeline, _sample_resized_crop
+from bitmind.image_transforms import CenterCropShortSide, RandomAugment, ValidatorPipeline
 
 HERE = Path(__file__).resolve().parent
 #: Up-sampling factor bins: 1.0 is plain or a full-area crop; 2.24 is the 20 %-area extreme.
@@ -42,8 +42,7 @@ def challenge_params(dataset, k: int, pipeline: ValidatorPipeline) -> dict:
         return {"branch": "plain", "upsample": 1.0}
     src, i = dataset.items[k]
     img = CenterCropShortSide()(src.load(i))
-    rng.uniform(-20.0, 20.0)  # rotation angle (RandomAugment's first draw)
-    _, _, ch, cw = _sample_resized_crop(img.width, img.height, rng, (0.2, 1.0))
+    _, _, ch, cw = RandomAugment(pipeline.size).sample(img.width, img.height, rng)["crop"]
     return {"branch": "random_aug", "upsample": pipeline.size / max(ch, cw)}
 
 

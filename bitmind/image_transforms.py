@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torchvision.transforms as T
@@ -113,16 +113,24 @@ class RandomAugment:
         self.size, self.degrees, self.scale = size, degrees, tuple(scale)
         self.rng = rng
 
+    def sample(self, width: int, height: int, rng) -> dict:
+        """Draw this augmentation's random parameters for a (centre-cropped) image of that
+        size: ``angle``, ``crop`` (top, left, height, width), ``hflip``, ``vflip``. The draws
+        are made in a fixed order from ``rng``, so replaying an RNG replays the challenge."""
+        angle = rng.uniform(-self.degrees, self.degrees)
+        crop = _sample_resized_crop(width, height, rng, self.scale)
+        return {"angle": angle, "crop": crop, "hflip": rng.random() < 0.5, "vflip": rng.random() < 0.5}
+
     def __call__(self, img: Image.Image, rng: random.Random | None = None) -> Image.Image:
         rng = rng or self.rng or random
         img = CenterCropShortSide()(_to_rgb(img))
-        angle = rng.uniform(-self.degrees, self.degrees)
-        img = TF.rotate(img, angle, interpolation=T.InterpolationMode.NEAREST)
-        top, left, ch, cw = _sample_resized_crop(img.width, img.height, rng, self.scale)
+        p = self.sample(img.width, img.height, rng)  # rotation keeps the size (no expand)
+        img = TF.rotate(img, p["angle"], interpolation=T.InterpolationMode.NEAREST)
+        top, left, ch, cw = p["crop"]
         img = TF.resized_crop(img, top, left, ch, cw, [self.size, self.size], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
-        if rng.random() < 0.5:
+        if p["hflip"]:
             img = TF.hflip(img)
-        if rng.random() < 0.5:
+        if p["vflip"]:
             img = TF.vflip(img)
         return img
 
