@@ -17,9 +17,7 @@ All the wiring lives in ``bitmind.miner.neuron``; this file parses the command l
 runs the sync/status loop and handles signals.
 """
 import logging
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import bittensor as bt
 from bitmind.checkpoint import CheckpointError
 from bitmind.miner.config import miner_config, resolve_model_path
 from bitmind.miner.neuron import MinerNeuron, NotRegisteredError, PortInUseError
+from bitmind.shutdown import stop_event_on_signals
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RELOAD_CHECK_INTERVAL = 5.0
@@ -75,14 +74,7 @@ def main(argv=None) -> int:
         bt.logging.error(f"miner setup failed on {where} ({type(e).__name__}: {e}); is the endpoint reachable?")
         return 1
 
-    stop = threading.Event()
-
-    def _on_signal(signum, _frame):
-        bt.logging.info(f"received signal {signum}; stopping")
-        stop.set()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    stop = stop_event_on_signals(lambda signum: bt.logging.info(f"received signal {signum}; stopping"))
 
     try:
         miner.start()

@@ -23,13 +23,12 @@ handles signals.
 """
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import bittensor as bt
 
+from bitmind.shutdown import stop_event_on_signals
 from bitmind.validator.chain import ChainView
 from bitmind.validator.challenges import ChallengeGenerator
 from bitmind.validator.config import DEFAULT_STATE_DIR, loop_config, validator_config
@@ -103,14 +102,7 @@ def main(argv=None) -> int:
                     f"scores in {state_path} (restored step {validator.scores.step}); sample {cfg.sample_size}, "
                     f"timeout {cfg.timeout}s, weights every {cfg.epoch_length} rounds")
 
-    stop = threading.Event()
-
-    def _on_signal(signum, _frame):
-        bt.logging.info(f"received signal {signum}; stopping after the current round")
-        stop.set()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    stop = stop_event_on_signals(lambda signum: bt.logging.info(f"received signal {signum}; stopping after the current round"))
     try:
         validator.run(rounds=config.neuron.rounds, stop=stop)
     finally:

@@ -189,3 +189,4 @@ def test_predictor_serves_an_ensemble_with_cpu_folding(tmp_path):
         assert abs(p - expect) < 1e-3
     finally:
         pred.close()
+
