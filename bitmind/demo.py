@@ -21,7 +21,6 @@ Exit status 0 only if the miner answered every image with a probability in [0, 1
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess

@@ -17,8 +17,6 @@ from pathlib import Path
 from bitmind.checkpoint import file_sha256, model_meta, read_checkpoint, save_checkpoint
 from bitmind.models import build_model
 
-logger = logging.getLogger(__name__)
-
 
 def build_ensemble_checkpoint(members: list[str | Path], out: str | Path) -> Path:
     """Write an ensemble of the checkpoints ``members`` to ``out``; returns ``out``."""

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bitmind.models.registry import register_model
+from bitmind.models.registry import build_model, register_model
 
 
 class Bottleneck(nn.Module):
@@ -63,8 +63,9 @@ def highpass_residual(x: torch.Tensor) -> torch.Tensor:
     return x - blurred
 
 
-INPUT_MODES = ("npr", "hp", "npr_hp", "rgb", "rgb_npr_hp")
+#: Input mode -> channels the first convolution receives.
 _CHANNELS = {"npr": 3, "hp": 3, "npr_hp": 6, "rgb": 3, "rgb_npr_hp": 9}
+INPUT_MODES = tuple(_CHANNELS)
 
 
 def input_features(x: torch.Tensor, mode: str = "npr") -> torch.Tensor:
@@ -151,8 +152,6 @@ class Ensemble(nn.Module):
 
     def __init__(self, members: list[dict]):
         super().__init__()
-        from bitmind.models.registry import build_model
-
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.config = {"members": [{"arch": m["arch"], "config": dict(m.get("config", {}))} for m in members]}
