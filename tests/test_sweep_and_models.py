@@ -146,6 +146,57 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
     assert (out / "sweep_report.json").is_file()
 
 
+def test_subsets_are_nested_and_about_the_asked_share():
+    from bitmind.data import in_subset
+
+    stems = [f"pic{i}" for i in range(4000)]
+    quarter = {s for s in stems if in_subset(s, 0.25)}
+    half = {s for s in stems if in_subset(s, 0.5)}
+    assert quarter < half  # nested: more data adds pictures, never swaps them
+    assert abs(len(quarter) / 4000 - 0.25) < 0.03 and abs(len(half) / 4000 - 0.5) < 0.03
+    assert all(in_subset(s, 1.0) for s in stems[:50])
+    assert {s for s in stems if in_subset(s, 0.25, seed=1)} != quarter
+    with pytest.raises(ValueError):
+        in_subset("x", 0.0)
+
+
+def test_recompute_bn_estimates_the_statistics_of_the_given_batches():
+    from bitmind.training.sweep import recompute_bn
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3)).eval()
+    batches = [torch.randn(4, 3, 8, 8) * 2 + torch.tensor([1.0, -2.0, 5.0]).view(1, 3, 1, 1) for _ in range(3)]
+    recompute_bn(net, batches)
+    allx = torch.cat(batches)
+    assert torch.allclose(net[0].running_mean, allx.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(net[0].running_var, allx.var(dim=(0, 2, 3)), rtol=0.05)
+    assert net[0].momentum == 0.1 and not net.training  # restored
+
+
+def test_sweep_subset_and_weight_averaging_variants(tmp_path):
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=16, seed=6, size=64)
+    spec = SweepSpec.from_dict({
+        "base": {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": "s", "epochs": 3, "batch_size": 8,
+                 "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15, **TINY},
+        "val_seeds": [0], "val_from": 1,
+        "variants": {"all": {}, "half": {"train_fraction": 0.5}, "swa": {"swa_start": 1}},
+    })
+    summary = run_sweep(spec)
+    n = summary["variants"]["all"]["training_images"]
+    assert 0 < summary["variants"]["half"]["training_images"] < n
+    out = tmp_path / "ck" / "s"
+    hist = {v: json.loads((out / v / "history.json").read_text()) for v in ("all", "half", "swa")}
+    assert [r["epoch"] for r in hist["all"]] == [1, 2]  # epoch 0 not validated (val_from)
+    assert [r["averaged"] for r in hist["swa"]] == [True, True] and not any(r["averaged"] for r in hist["all"])
+    _, meta = read_checkpoint(out / "half" / "model_epoch_best.pth")
+    assert meta["train_options"]["train_fraction"] == 0.5
+    # the averaged model is a plain, servable checkpoint
+    lm = load_model(out / "swa" / "model_epoch_best.pth")
+    assert lm.arch == "npr" and lm.model(torch.rand(1, 3, 64, 64)).shape == (1, 1)
+    with pytest.raises(ValueError):
+        SweepSpec.from_dict({"base": {}, "variants": {"x": {"train_fraction": 1.5}}}).variant_extras("x")
+
+
 def test_ensemble_cli_combines_member_checkpoints(tmp_path):
     from bitmind.ensemble import build_ensemble_checkpoint, main
 

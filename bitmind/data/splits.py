@@ -38,3 +38,15 @@ def split_indices(source: ImageSource, seed: int = 0, fractions=DEFAULT_FRACTION
 
 def count_by_source(source: ImageSource, indices) -> Counter:
     return Counter(source.source_name(i) for i in indices)
+
+
+def in_subset(stem: str, fraction: float, seed: int = 0) -> bool:
+    """Whether a picture belongs to the first ``fraction`` of its split (learning curves).
+
+    A pure function of (seed, stem) with its own hash salt, independent of the split
+    draw; subsets are nested (a picture in the 1/4 subset is also in the 1/2 subset),
+    so a learning curve adds data to the same pictures instead of swapping them."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    h = hashlib.sha256(f"subset:{seed}:{stem}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < fraction

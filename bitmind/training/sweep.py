@@ -23,7 +23,19 @@ Shared (``base`` only): data, splits, augmentation, epochs, batch size, sampler,
 Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
 ``stem_pool``, ``init_from``), the optimiser (``lr``, ``lr_schedule``, ``lr_decay``,
 ``lr_decay_every``, ``warmup_epochs``, ``weight_decay``, ``beta1``, ``label_smoothing``),
-and ``seed`` (weight initialisation).
+and ``seed`` (weight initialisation). Two options exist only in sweeps:
+
+- ``train_fraction`` (0-1]: the variant trains on that share of the training pictures
+  only (``bitmind.data.in_subset``: by stem, nested, class mix kept on average). It sees
+  the same stream and takes the same number of steps, on the part of each batch that
+  is in its subset. Variants at 1/4, 1/2 and 1 of the data form a learning curve.
+- ``swa_start`` (epoch, 0 = off): from that epoch on, the variant also keeps the plain
+  average of its end-of-epoch weights (stochastic weight averaging). Batch-norm
+  statistics of the average are re-estimated on recent training batches of the
+  variant's own subset, and the average is what gets validated and saved.
+
+Sweep-level ``val_from`` (epoch, default 0) skips validation before that epoch, which
+saves GPU time when the best epoch is known to come late.
 
 Writes ``<checkpoints_dir>/<name>/``: ``spec.json``; ``sweep.json`` (per variant: best
 epoch and its validation metrics, plus ensembles of the best variants); and per variant
@@ -48,7 +60,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
-from bitmind.data import DetectionDataset, balanced_sampler, collate_skip_none
+from bitmind.data import DetectionDataset, balanced_sampler, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import ValidatorPipeline
 from bitmind.metrics import compute_metrics
@@ -62,7 +74,11 @@ logger = logging.getLogger(__name__)
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule",
                           "lr_decay", "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing",
-                          "seed"})
+                          "seed", "train_fraction", "swa_start"})
+#: Variant options handled by the sweep itself (not ``TrainConfig`` fields).
+SWEEP_ONLY_KEYS = ("train_fraction", "swa_start")
+#: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
+BN_BATCHES = 8
 
 
 @dataclass
@@ -70,6 +86,7 @@ class SweepSpec:
     base: TrainConfig
     variants: dict[str, dict]
     val_seeds: list[int]
+    val_from: int = 0
 
     @classmethod
     def from_dict(cls, d: dict, **base_overrides) -> "SweepSpec":
@@ -87,22 +104,34 @@ class SweepSpec:
             if bad:
                 raise ValueError(f"variant {name!r} sets {sorted(bad)}, which all variants share (set them in 'base')")
         return cls(base=TrainConfig(**base), variants={k: dict(v) for k, v in variants.items()},
-                   val_seeds=[int(s) for s in d.get("val_seeds", [0])])
+                   val_seeds=[int(s) for s in d.get("val_seeds", [0])], val_from=int(d.get("val_from", 0)))
 
     def variant_config(self, name: str) -> TrainConfig:
-        cfg = dataclasses.replace(self.base, **self.variants[name])
+        cfg = dataclasses.replace(self.base, **{k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS})
         cfg.name = f"{self.base.name}/{name}"
         return cfg
 
+    def variant_extras(self, name: str) -> dict:
+        """The sweep-only options of a variant, with their defaults."""
+        ov = self.variants[name]
+        frac = float(ov.get("train_fraction", 1.0))
+        if not 0.0 < frac <= 1.0:
+            raise ValueError(f"variant {name!r}: train_fraction must be in (0, 1], got {frac}")
+        return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0)}
+
     def to_dict(self) -> dict:
-        return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds}
+        return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds, "val_from": self.val_from}
 
 
 class _Variant:
-    """One model of the sweep with its optimiser, history and best epoch."""
+    """One model of the sweep with its optimiser, history and best epoch; optionally a
+    training subset (``mask`` over the training set) and a weight average (``swa``)."""
 
-    def __init__(self, name: str, cfg: TrainConfig, device: torch.device):
-        self.name, self.cfg = name, cfg
+    def __init__(self, name: str, cfg: TrainConfig, device: torch.device, mask: torch.Tensor | None = None,
+                 swa_start: int = 0):
+        self.name, self.cfg, self.mask, self.swa_start = name, cfg, mask, swa_start
+        self.swa: torch.optim.swa_utils.AveragedModel | None = None
+        self.bn_batches: list[torch.Tensor] = []
         torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
         self.model = build_training_model(cfg, device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
@@ -128,6 +157,35 @@ class _Variant:
         self.loss_sum, self.loss_n = 0.0, 0
         return lr
 
+    def select(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The part of a shared batch in this variant's subset (None if under 2 images)."""
+        if self.mask is None:
+            return x, y
+        keep = self.mask[k]
+        if int(keep.sum()) < 2:
+            return None
+        keep = keep.to(x.device)
+        return x[keep], y[keep]
+
+    def remember(self, x: torch.Tensor) -> None:
+        """Keep the latest training batches (of this variant's subset) for batch-norm re-estimation."""
+        if self.swa_start:
+            self.bn_batches = (self.bn_batches + [x.detach()])[-BN_BATCHES:]
+
+    def end_epoch(self, epoch: int, amp_dtype) -> None:
+        """Fold this epoch's weights into the average (from ``swa_start`` on) and re-estimate
+        the average's batch-norm statistics."""
+        if not self.swa_start or epoch < self.swa_start:
+            return
+        if self.swa is None:
+            self.swa = torch.optim.swa_utils.AveragedModel(self.model)
+        self.swa.update_parameters(self.model)
+        recompute_bn(self.swa.module, self.bn_batches, amp_dtype)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.swa.module if self.swa is not None else self.model
+
     def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype) -> None:
         y = smooth_labels(y, self.cfg.label_smoothing)
         with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
@@ -138,6 +196,28 @@ class _Variant:
         self.opt.step()
         self.loss_sum = self.loss_sum + loss.detach() * len(y)
         self.loss_n += len(y)
+
+
+@torch.no_grad()
+def recompute_bn(model: nn.Module, batches: list[torch.Tensor], amp_dtype=None) -> None:
+    """Batch-norm running statistics of ``model`` re-estimated as the plain average over
+    ``batches`` (what ``torch.optim.swa_utils.update_bn`` does, for batches in memory):
+    averaged weights need their own statistics, not an average of the old ones."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    for x in batches:
+        with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            model(x)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
 
 
 @torch.no_grad()
@@ -221,10 +301,18 @@ def run_sweep(spec: SweepSpec) -> dict:
     if device.type == "cuda":
         val_x = val_x.to(device)
 
-    variants = [_Variant(name, spec.variant_config(name), device=device) for name in spec.variants]
+    stems = [src.stem(i) for src, i in train_ds.items]
+    variants = []
+    for name in spec.variants:
+        extras = spec.variant_extras(name)
+        mask = None
+        if extras["train_fraction"] < 1.0:
+            mask = torch.tensor([in_subset(s, extras["train_fraction"], base.split_seed) for s in stems], dtype=torch.bool)
+        variants.append(_Variant(name, spec.variant_config(name), device, mask=mask, swa_start=extras["swa_start"]))
     for v in variants:
         n_params = sum(p.numel() for p in v.model.parameters())
-        print(f"variant {v.name}: {n_params:,} parameters, options {spec.variants[v.name]}", flush=True)
+        n_train = len(stems) if v.mask is None else int(v.mask.sum())
+        print(f"variant {v.name}: {n_params:,} parameters, {n_train} training images, options {spec.variants[v.name]}", flush=True)
     sampler = balanced_sampler(train_ds.labels(), seed=base.seed) if base.balance == "sampler" else None
     loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
                         drop_last=len(train_ds) >= base.batch_size, **loader_kwargs(base, device))
@@ -233,30 +321,39 @@ def run_sweep(spec: SweepSpec) -> dict:
         train_ds.set_epoch(epoch)
         lrs = {v.name: v.set_epoch(epoch) for v in variants}
         t_epoch = time.time()
-        for x, y, _, _ in epoch_batches(loader, base, epoch):
+        for x, y, k, _ in epoch_batches(loader, base, epoch):
             x = to_model_input(x, device)
             y = y.to(device, non_blocking=True)
             if device.type == "cuda" and base.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for v in variants:
-                v.step(x, y, amp_dtype)
+                part = v.select(x, y, k)
+                if part is not None:
+                    v.step(*part, amp_dtype)
+                    v.remember(part[0])
             images_seen += len(y)
+        for v in variants:
+            v.end_epoch(epoch, amp_dtype)
         epoch_s = time.time() - t_epoch
+        if epoch < spec.val_from and epoch < base.epochs - 1:
+            print(f"epoch {epoch} ({epoch_s:.1f}s) " + " | ".join(f"{v.name} loss={v.mean_loss:.3f}" for v in variants), flush=True)
+            continue
         line = [f"epoch {epoch} ({epoch_s:.1f}s)"]
         for v in variants:
-            logits = _logits(v.model, val_x, device, amp_dtype, base.channels_last)
+            logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
             m = compute_metrics(val_y, apply_calibration(logits))
             rec = {"epoch": epoch, "train_loss": v.mean_loss, "lr": lrs[v.name],
                    "val_acc": m["accuracy"], "val_ap": m["ap"], "val_real_acc": m["real_accuracy"],
-                   "val_fake_acc": m["fake_accuracy"], "val_brier": m["brier"], "epoch_seconds": epoch_s}
+                   "val_fake_acc": m["fake_accuracy"], "val_brier": m["brier"], "epoch_seconds": epoch_s,
+                   "averaged": v.swa is not None}
             v.history.append(rec)
             log_epoch(v.writer, rec)
             if m["accuracy"] > v.best_acc:
                 v.best_acc = m["accuracy"]
                 v.best = {"epoch": epoch, **{k: val for k, val in m.items() if k != "per_source"}}
-                meta = model_meta(v.model, v.cfg.arch, metrics={"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
-                                  train_options={**v.cfg.to_dict(), "sweep": str(out_dir)})
-                save_checkpoint(v.model, v.run_dir / "model_epoch_best.pth", meta)
+                meta = model_meta(v.eval_model, v.cfg.arch, metrics={"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
+                                  train_options={**v.cfg.to_dict(), **spec.variant_extras(v.name), "sweep": str(out_dir)})
+                save_checkpoint(v.eval_model, v.run_dir / "model_epoch_best.pth", meta)
                 np.save(v.run_dir / "val_logits_best.npy", np.stack([logits, val_y]))
             line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")
         print(" | ".join(line), flush=True)
@@ -273,7 +370,8 @@ def run_sweep(spec: SweepSpec) -> dict:
         best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]
         results[v.name] = {"options": spec.variants[v.name], "best": v.best, "calibration": calib,
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
-                           "parameters": sum(p.numel() for p in v.model.parameters())}
+                           "parameters": sum(p.numel() for p in v.model.parameters()),
+                           "training_images": len(stems) if v.mask is None else int(v.mask.sum())}
     summary = {"variants": results, "ensembles": ensemble_report(best_logits, val_y)[:20] if len(variants) > 1 else [],
                "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
