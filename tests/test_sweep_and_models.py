@@ -241,3 +241,27 @@ def test_predictor_serves_an_ensemble_with_cpu_folding(tmp_path):
     finally:
         pred.close()
 
+
+
+def test_learning_curve_benchmark_reads_a_sweep_folder(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
+    lc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lc)
+    rng = np.random.default_rng(0)
+    y = np.repeat([0.0, 1.0], 200)
+    variants = {}
+    for frac, noise in ((0.25, 3.0), (0.5, 2.0), (1.0, 1.0)):  # more data -> cleaner logits
+        for fam in ("rgb", "npr_hp"):
+            name = f"{fam}_{frac}"
+            variants[name] = {"input": fam, "train_fraction": frac} if frac < 1 else {"input": fam}
+            (tmp_path / name).mkdir()
+            np.save(tmp_path / name / "val_logits_best.npy", np.stack([(2 * y - 1) + noise * rng.standard_normal(len(y)), y]))
+    (tmp_path / "spec.json").write_text(json.dumps({"base": {"epochs": 3}, "val_seeds": [0], "variants": variants}))
+    res = lc.main(["--sweep", str(tmp_path), "--out", str(tmp_path / "lc.json"), "--figure", str(tmp_path / "lc.png")])
+    assert [r["fraction"] for r in res["rows"]] == [0.25, 0.5, 1.0]
+    acc = [r["ensemble"]["accuracy"] for r in res["rows"]]
+    assert acc[0] < acc[1] < acc[2] and set(res["rows"][0]["members"]) == {"rgb", "npr_hp"}
+    assert res["extrapolation"]["gain_per_doubling"] > 0 and (tmp_path / "lc.png").stat().st_size > 0
+    assert json.loads((tmp_path / "lc.json").read_text())["val_challenges"] == 400
