@@ -195,6 +195,21 @@ def test_sweep_subset_and_weight_averaging_variants(tmp_path):
     assert lm.arch == "npr" and lm.model(torch.rand(1, 3, 64, 64)).shape == (1, 1)
     with pytest.raises(ValueError):
         SweepSpec.from_dict({"base": {}, "variants": {"x": {"train_fraction": 1.5}}}).variant_extras("x")
+    # members of different sweeps on the same validation draws can be paired in one report
+    import shutil
+
+    from bitmind.training.sweep import report_from_dir
+
+    other = tmp_path / "ck" / "t"
+    shutil.copytree(out, other)
+    rep = report_from_dir([out, other], max_members=2, out=tmp_path / "both.json")
+    assert "s/half" in rep["variants"] and "t/swa" in rep["variants"] and rep["sweeps"] == [str(out), str(other)]
+    assert json.loads((tmp_path / "both.json").read_text())["ensembles"] == rep["ensembles"]
+    arr = np.load(other / "half" / "val_logits_best.npy")
+    arr[1] = 1 - arr[1]  # other validation challenges: refuse to compare
+    np.save(other / "half" / "val_logits_best.npy", arr)
+    with pytest.raises(ValueError, match="other challenges"):
+        report_from_dir([out, other])
 
 
 def test_ensemble_cli_combines_member_checkpoints(tmp_path):

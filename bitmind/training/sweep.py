@@ -265,22 +265,34 @@ def ensemble_report(logits: dict[str, np.ndarray], labels: np.ndarray, max_membe
     return out
 
 
-def report_from_dir(sweep_dir: str | Path, max_members: int = 3) -> dict:
-    """Rebuild the per-variant and ensemble validation report of a sweep folder from the
-    ``val_logits_best.npy`` files it wrote (also for a sweep that was stopped early)."""
-    sweep_dir = Path(sweep_dir)
+def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: str | Path | None = None) -> dict:
+    """Rebuild the per-variant and ensemble validation report of one or more sweep folders
+    from the ``val_logits_best.npy`` files they wrote (also for sweeps stopped early).
+
+    One folder: written to ``<folder>/sweep_report.json``. Several folders (variants named
+    ``<folder>/<variant>``, to pair members across sweeps): written to ``out`` if given.
+    Their validation draws must be the same images in the same order."""
+    dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
     logits, labels, variants = {}, None, {}
-    for f in sorted(sweep_dir.glob("*/val_logits_best.npy")):
-        arr = np.load(f)
-        logits[f.parent.name], labels = arr[0], arr[1]
-        hist = json.loads((f.parent / "history.json").read_text()) if (f.parent / "history.json").exists() else []
-        best = max(hist, key=lambda r: r["val_acc"]) if hist else {}
-        variants[f.parent.name] = {"best_epoch": best.get("epoch"), "epochs_run": len(hist),
-                                   **{k: v for k, v in compute_metrics(labels, apply_calibration(arr[0])).items() if k != "per_source"}}
+    for sweep_dir in dirs:
+        for f in sorted(sweep_dir.glob("*/val_logits_best.npy")):
+            arr = np.load(f)
+            if labels is not None and (len(arr[1]) != len(labels) or not np.array_equal(arr[1], labels)):
+                raise ValueError(f"{f} was validated on other challenges than the rest; cannot compare or pair it")
+            name = f.parent.name if len(dirs) == 1 else f"{sweep_dir.name}/{f.parent.name}"
+            logits[name], labels = arr[0], arr[1]
+            hist = json.loads((f.parent / "history.json").read_text()) if (f.parent / "history.json").exists() else []
+            best = max(hist, key=lambda r: r["val_acc"]) if hist else {}
+            variants[name] = {"best_epoch": best.get("epoch"), "epochs_run": hist[-1]["epoch"] + 1 if hist else 0,
+                              **{k: v for k, v in compute_metrics(labels, apply_calibration(arr[0])).items() if k != "per_source"}}
     if not logits:
-        raise FileNotFoundError(f"no */val_logits_best.npy under {sweep_dir}")
+        raise FileNotFoundError(f"no */val_logits_best.npy under {[str(d) for d in dirs]}")
     rep = {"variants": variants, "ensembles": ensemble_report(logits, labels, max_members), "val_challenges": int(len(labels))}
-    (sweep_dir / "sweep_report.json").write_text(json.dumps(rep, indent=2))
+    if len(dirs) > 1:
+        rep["sweeps"] = [str(d) for d in dirs]
+    target = Path(out) if out else (dirs[0] / "sweep_report.json" if len(dirs) == 1 else None)
+    if target is not None:
+        target.write_text(json.dumps(rep, indent=2))
     return rep
 
 
@@ -389,7 +401,9 @@ def run_sweep(spec: SweepSpec) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", help="sweep spec JSON (see the module docstring)")
-    p.add_argument("--report", metavar="SWEEP_DIR", help="only rebuild the validation report (sweep_report.json) of a sweep folder")
+    p.add_argument("--report", metavar="SWEEP_DIR", nargs="+",
+                   help="only rebuild the validation report of sweep folder(s); several folders pair members across sweeps")
+    p.add_argument("--report_out", default=None, help="where the report of several folders goes (JSON)")
     p.add_argument("--max_members", type=int, default=3, help="largest ensemble the report tries")
     p.add_argument("--data", nargs="+", default=None, help="overrides base.data")
     p.add_argument("--name", default=None, help="overrides base.name (the output folder under checkpoints_dir)")
@@ -401,10 +415,10 @@ def main(argv=None) -> dict:
     p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
     args = p.parse_args(argv)
     if args.report:
-        rep = report_from_dir(args.report, args.max_members)
+        rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members, args.report_out)
         for name, v in sorted(rep["variants"].items(), key=lambda kv: -kv[1]["accuracy"]):
             print(f"{name:<22} epoch {v['best_epoch']:>4}  acc {v['accuracy']:.4f}  AP {v['ap']:.4f}  real {v['real_accuracy']:.4f}")
-        for e in rep["ensembles"][:10]:
+        for e in rep["ensembles"][:12]:
             print(f"ensemble acc {e['accuracy']:.4f} AP {e['ap']:.4f} real {e['real_accuracy']:.4f}  {e['members']}")
         return rep
     if not args.spec:
