@@ -30,8 +30,7 @@ import bittensor as bt
 
 from bitmind.shutdown import stop_event_on_signals
 from bitmind.validator.chain import ChainView
-from bitmind.validator.challenges import ChallengeGenerator
-from bitmind.validator.config import DEFAULT_STATE_DIR, loop_config, validator_config
+from bitmind.validator.config import DEFAULT_STATE_DIR, challenge_generator, loop_config, validator_config
 from bitmind.validator.core import Validator
 
 
@@ -77,8 +76,7 @@ def main(argv=None) -> int:
     _route_library_logs(debug=bool(config.logging.debug or config.logging.trace))
 
     try:
-        generator = ChallengeGenerator.from_specs(config.neuron.data, plain_share=float(config.neuron.plain_share),
-                                                  seed=config.neuron.seed)
+        generator = challenge_generator(config)
     except Exception as e:
         bt.logging.error(f"cannot open challenge data {config.neuron.data}: {type(e).__name__}: {e}")
         return 2

@@ -10,6 +10,7 @@ import argparse
 
 import bittensor as bt
 
+from bitmind.data import SPLITS
 from bitmind.miner.config import nest_namespace
 from bitmind.validator.core import ValidatorConfig
 from bitmind.validator.query import DEFAULT_TIMEOUT
@@ -25,6 +26,10 @@ def add_validator_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--neuron.data", type=str, nargs="+", required=True,
                         help="One or more challenge sources: a folder in the CLASS/SOURCE/* layout "
                              "(CLASS = real|fake), or hf:NAME_OR_PATH[:real|fake] for a Hugging Face dataset.")
+    parser.add_argument("--neuron.split", type=str, choices=SPLITS, default=None,
+                        help="Challenge only with this split of the data (by picture stem, as the trainer splits), "
+                             "e.g. 'test' to score local miners on pictures no model was trained on. Default: all images.")
+    parser.add_argument("--neuron.split_seed", type=int, default=0, help="Seed of that split (the trainer's --split_seed).")
     parser.add_argument("--neuron.sample_size", type=int, default=50, help="Miners challenged per round.")
     parser.add_argument("--neuron.timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
     parser.add_argument("--neuron.plain_share", type=float, default=0.2,
@@ -70,3 +75,12 @@ def loop_config(config: "bt.Config", state_path: str | None) -> ValidatorConfig:
                            round_interval=float(n.round_interval), state_path=state_path,
                            seed=None if n.seed is None else int(n.seed) + 1,
                            set_weights=not bool(n.dont_set_weights))
+
+
+def challenge_generator(config: "bt.Config"):
+    """The ``ChallengeGenerator`` the command line asks for (data, plain share, seed, split)."""
+    from bitmind.validator.challenges import ChallengeGenerator
+
+    n = config.neuron
+    return ChallengeGenerator.from_specs(n.data, plain_share=float(n.plain_share), seed=n.seed,
+                                         split=n.split, split_seed=int(n.split_seed))
