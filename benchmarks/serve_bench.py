@@ -55,7 +55,6 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 try:
     import torch
 
-    from bitmind.checkpoint import load_model
     from bitmind.image_io import decode_image, encode_image, load_image_file
     from bitmind.image_transforms import base_pil, base_transforms
     from bitmind.miner.predict import Predictor, auto_max_batch, logits_of, single_threaded

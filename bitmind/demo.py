@@ -107,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (chain, wallets, miner log)")
     args = ap.parse_args(argv)
 
-    import bittensor as bt
-
     from bitmind import local_chain
     from bitmind.image_io import decode_image, encode_image, load_image_file
     from bitmind.miner.config import resolve_model_path

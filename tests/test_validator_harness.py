@@ -5,7 +5,6 @@ miners' forward signatures against real classes.
 """
 import asyncio
 import json
-import math
 
 import numpy as np
 import pytest

@@ -9,7 +9,6 @@ set) answers the same probability whatever the image.
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import numpy as np
