@@ -280,3 +280,29 @@ def test_learning_curve_benchmark_reads_a_sweep_folder(tmp_path):
     assert acc[0] < acc[1] < acc[2] and set(res["rows"][0]["members"]) == {"rgb", "npr_hp"}
     assert res["extrapolation"]["gain_per_doubling"] > 0 and (tmp_path / "lc.png").stat().st_size > 0
     assert json.loads((tmp_path / "lc.json").read_text())["val_challenges"] == 400
+
+
+def test_distillation_pulls_the_student_towards_its_teacher(tmp_path):
+    from validator_synth import constant_npr
+
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=16, seed=7, size=64)
+    teacher = constant_npr(tmp_path / "teacher.pth", prob=0.9)  # says "90% AI" whatever the image
+    spec = SweepSpec.from_dict({
+        "base": {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": "kd", "epochs": 4, "batch_size": 8,
+                 "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15,
+                 "lr": 1e-2, "dropout": 0.0, **TINY},
+        "val_seeds": [0],
+        "variants": {"labels": {}, "student": {"distill_from": str(teacher), "distill_weight": 1.0}},
+    })
+    assert spec.variant_extras("labels")["distill_weight"] == 0.0
+    summary = run_sweep(spec)
+    out = tmp_path / "ck" / "kd"
+    last = {v: json.loads((out / v / "history.json").read_text())[-1] for v in ("labels", "student")}
+    # the student learnt the teacher's constant 0.9 (its real-photo accuracy collapses); the label-trained one did not
+    assert last["student"]["val_real_acc"] < 0.2 and last["labels"]["val_real_acc"] > 0.5
+    _, meta = read_checkpoint(out / "student" / "model_epoch_best.pth")
+    assert meta["train_options"]["distill_from"] == str(teacher)
+    assert summary["variants"]["student"]["options"]["distill_weight"] == 1.0
+    with pytest.raises(ValueError):
+        SweepSpec.from_dict({"base": {}, "variants": {"x": {"distill_from": "t.pth", "distill_weight": 2}}}).variant_extras("x")

@@ -34,6 +34,15 @@ and ``seed`` (weight initialisation). Two options exist only in sweeps:
   statistics of the average are re-estimated on recent training batches of the
   variant's own subset, and the average is what gets validated and saved.
 
+- ``distill_from`` (checkpoint path), ``distill_weight`` (0-1, default 1) and
+  ``distill_temperature`` (default 1): knowledge distillation. The training target
+  becomes ``distill_weight`` x the teacher's P(AI) on the same augmented image, plus the
+  rest x the (smoothed) label. The teacher's P(AI) is its calibrated logit divided by
+  ``distill_temperature`` (above 1 softens a teacher that is sure of its own training
+  images). A teacher
+  ensemble's knowledge then fits in one network, at one network's serving cost. Each
+  teacher is loaded once, whatever the number of variants using it.
+
 Sweep-level ``val_from`` (epoch, default 0) skips validation before that epoch, which
 saves GPU time when the best epoch is known to come late.
 
@@ -74,9 +83,10 @@ logger = logging.getLogger(__name__)
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule",
                           "lr_decay", "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing",
-                          "seed", "train_fraction", "swa_start"})
+                          "seed", "train_fraction", "swa_start", "distill_from", "distill_weight",
+                          "distill_temperature"})
 #: Variant options handled by the sweep itself (not ``TrainConfig`` fields).
-SWEEP_ONLY_KEYS = ("train_fraction", "swa_start")
+SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature")
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
 
@@ -117,7 +127,15 @@ class SweepSpec:
         frac = float(ov.get("train_fraction", 1.0))
         if not 0.0 < frac <= 1.0:
             raise ValueError(f"variant {name!r}: train_fraction must be in (0, 1], got {frac}")
-        return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0)}
+        weight = float(ov.get("distill_weight", 1.0))
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"variant {name!r}: distill_weight must be in [0, 1], got {weight}")
+        temp = float(ov.get("distill_temperature", 1.0))
+        if not temp > 0:
+            raise ValueError(f"variant {name!r}: distill_temperature must be positive, got {temp}")
+        return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0),
+                "distill_from": ov.get("distill_from") or None, "distill_weight": weight if ov.get("distill_from") else 0.0,
+                "distill_temperature": temp}
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds, "val_from": self.val_from}
@@ -128,8 +146,9 @@ class _Variant:
     training subset (``mask`` over the training set) and a weight average (``swa``)."""
 
     def __init__(self, name: str, cfg: TrainConfig, device: torch.device, mask: torch.Tensor | None = None,
-                 swa_start: int = 0):
+                 swa_start: int = 0, teacher: str | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0):
         self.name, self.cfg, self.mask, self.swa_start = name, cfg, mask, swa_start
+        self.teacher, self.distill_weight, self.distill_temperature = teacher, distill_weight, distill_temperature
         self.swa: torch.optim.swa_utils.AveragedModel | None = None
         self.bn_batches: list[torch.Tensor] = []
         torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
@@ -157,15 +176,16 @@ class _Variant:
         self.loss_sum, self.loss_n = 0.0, 0
         return lr
 
-    def select(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def select(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
+               soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
         """The part of a shared batch in this variant's subset (None if under 2 images)."""
         if self.mask is None:
-            return x, y
+            return x, y, soft
         keep = self.mask[k]
         if int(keep.sum()) < 2:
             return None
         keep = keep.to(x.device)
-        return x[keep], y[keep]
+        return x[keep], y[keep], (soft[keep] if soft is not None else None)
 
     def remember(self, x: torch.Tensor) -> None:
         """Keep the latest training batches (of this variant's subset) for batch-norm re-estimation."""
@@ -186,8 +206,11 @@ class _Variant:
     def eval_model(self) -> nn.Module:
         return self.swa.module if self.swa is not None else self.model
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype) -> None:
+    def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype, soft: torch.Tensor | None = None) -> None:
         y = smooth_labels(y, self.cfg.label_smoothing)
+        if soft is not None and self.distill_weight > 0:
+            soft = torch.sigmoid(soft / self.distill_temperature)
+            y = self.distill_weight * soft + (1.0 - self.distill_weight) * y
         with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             logits = self.model(x).reshape(-1)
         loss = self.criterion(logits.float(), y)
@@ -196,6 +219,31 @@ class _Variant:
         self.opt.step()
         self.loss_sum = self.loss_sum + loss.detach() * len(y)
         self.loss_n += len(y)
+
+
+class Teachers:
+    """Distillation teachers, loaded once each: the calibrated logit of a batch per checkpoint."""
+
+    def __init__(self, paths, device: torch.device, channels_last: bool):
+        from bitmind.checkpoint import load_model
+
+        self.models = {}
+        for p in sorted(set(paths)):
+            lm = load_model(p)
+            net = lm.model.to(device).eval()
+            if device.type == "cuda" and channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            self.models[p] = (net, lm.temperature, lm.logit_bias)
+            logger.info("distillation teacher %s (%s, T=%.3f, b=%.3f)", p, lm.arch, lm.temperature, lm.logit_bias)
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor, amp_dtype) -> dict[str, torch.Tensor]:
+        out = {}
+        for p, (net, t, b) in self.models.items():
+            with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                z = net(x).float().reshape(-1)
+            out[p] = z / t + b
+        return out
 
 
 @torch.no_grad()
@@ -320,7 +368,10 @@ def run_sweep(spec: SweepSpec) -> dict:
         mask = None
         if extras["train_fraction"] < 1.0:
             mask = torch.tensor([in_subset(s, extras["train_fraction"], base.split_seed) for s in stems], dtype=torch.bool)
-        variants.append(_Variant(name, spec.variant_config(name), device, mask=mask, swa_start=extras["swa_start"]))
+        variants.append(_Variant(name, spec.variant_config(name), device, mask=mask, swa_start=extras["swa_start"],
+                                 teacher=extras["distill_from"], distill_weight=extras["distill_weight"],
+                                 distill_temperature=extras["distill_temperature"]))
+    teachers = Teachers([v.teacher for v in variants if v.teacher], device, base.channels_last) if any(v.teacher for v in variants) else None
     for v in variants:
         n_params = sum(p.numel() for p in v.model.parameters())
         n_train = len(stems) if v.mask is None else int(v.mask.sum())
@@ -338,10 +389,11 @@ def run_sweep(spec: SweepSpec) -> dict:
             y = y.to(device, non_blocking=True)
             if device.type == "cuda" and base.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            soft = teachers.probs(x, amp_dtype) if teachers else {}
             for v in variants:
-                part = v.select(x, y, k)
+                part = v.select(x, y, k, soft.get(v.teacher))
                 if part is not None:
-                    v.step(*part, amp_dtype)
+                    v.step(*part[:2], amp_dtype, soft=part[2])
                     v.remember(part[0])
             images_seen += len(y)
         for v in variants:
