@@ -205,6 +205,8 @@ def test_sweep_subset_and_weight_averaging_variants(tmp_path):
     rep = report_from_dir([out, other], max_members=2, out=tmp_path / "both.json")
     assert "s/half" in rep["variants"] and "t/swa" in rep["variants"] and rep["sweeps"] == [str(out), str(other)]
     assert json.loads((tmp_path / "both.json").read_text())["ensembles"] == rep["ensembles"]
+    best = report_from_dir([out, other], max_members=2, top=1)
+    assert best["ensembles"] == rep["ensembles"][:1] and best["ensembles_tried"] == len(rep["ensembles"]) > 1
     arr = np.load(other / "half" / "val_logits_best.npy")
     arr[1] = 1 - arr[1]  # other validation challenges: refuse to compare
     np.save(other / "half" / "val_logits_best.npy", arr)

@@ -313,13 +313,15 @@ def ensemble_report(logits: dict[str, np.ndarray], labels: np.ndarray, max_membe
     return out
 
 
-def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: str | Path | None = None) -> dict:
+def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: str | Path | None = None,
+                    top: int | None = None) -> dict:
     """Rebuild the per-variant and ensemble validation report of one or more sweep folders
     from the ``val_logits_best.npy`` files they wrote (also for sweeps stopped early).
 
     One folder: written to ``<folder>/sweep_report.json``. Several folders (variants named
     ``<folder>/<variant>``, to pair members across sweeps): written to ``out`` if given.
-    Their validation draws must be the same images in the same order."""
+    Their validation draws must be the same images in the same order. ``top`` keeps only
+    the best ensembles in the report (many folders make thousands of combinations)."""
     dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
     logits, labels, variants = {}, None, {}
     for sweep_dir in dirs:
@@ -335,7 +337,9 @@ def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: st
                               **{k: v for k, v in compute_metrics(labels, apply_calibration(arr[0])).items() if k != "per_source"}}
     if not logits:
         raise FileNotFoundError(f"no */val_logits_best.npy under {[str(d) for d in dirs]}")
-    rep = {"variants": variants, "ensembles": ensemble_report(logits, labels, max_members), "val_challenges": int(len(labels))}
+    ensembles = ensemble_report(logits, labels, max_members)
+    rep = {"variants": variants, "ensembles": ensembles[:top] if top else ensembles, "ensembles_tried": len(ensembles),
+           "val_challenges": int(len(labels))}
     if len(dirs) > 1:
         rep["sweeps"] = [str(d) for d in dirs]
     target = Path(out) if out else (dirs[0] / "sweep_report.json" if len(dirs) == 1 else None)
@@ -456,6 +460,7 @@ def main(argv=None) -> dict:
     p.add_argument("--report", metavar="SWEEP_DIR", nargs="+",
                    help="only rebuild the validation report of sweep folder(s); several folders pair members across sweeps")
     p.add_argument("--report_out", default=None, help="where the report of several folders goes (JSON)")
+    p.add_argument("--report_top", type=int, default=None, help="keep only this many of the best ensembles in the report")
     p.add_argument("--max_members", type=int, default=3, help="largest ensemble the report tries")
     p.add_argument("--data", nargs="+", default=None, help="overrides base.data")
     p.add_argument("--name", default=None, help="overrides base.name (the output folder under checkpoints_dir)")
@@ -467,7 +472,8 @@ def main(argv=None) -> dict:
     p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
     args = p.parse_args(argv)
     if args.report:
-        rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members, args.report_out)
+        rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members, args.report_out,
+                              args.report_top)
         for name, v in sorted(rep["variants"].items(), key=lambda kv: -kv[1]["accuracy"]):
             print(f"{name:<22} epoch {v['best_epoch']:>4}  acc {v['accuracy']:.4f}  AP {v['ap']:.4f}  real {v['real_accuracy']:.4f}")
         for e in rep["ensembles"][:12]:
