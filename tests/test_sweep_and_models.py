@@ -179,11 +179,16 @@ def test_sweep_subset_and_weight_averaging_variants(tmp_path):
         "base": {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": "s", "epochs": 3, "batch_size": 8,
                  "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15, **TINY},
         "val_seeds": [0], "val_from": 1,
-        "variants": {"all": {}, "half": {"train_fraction": 0.5}, "swa": {"swa_start": 1}},
+        "variants": {"all": {}, "half": {"train_fraction": 0.5}, "swa": {"swa_start": 1},
+                     "reals_only": {"exclude_sources": ["fake/synth"]}},
     })
     summary = run_sweep(spec)
     n = summary["variants"]["all"]["training_images"]
     assert 0 < summary["variants"]["half"]["training_images"] < n
+    from bitmind.training.trainer import build_datasets
+
+    train_labels = build_datasets(spec.base)[0].labels()
+    assert summary["variants"]["reals_only"]["training_images"] == train_labels.count(0) < n
     out = tmp_path / "ck" / "s"
     hist = {v: json.loads((out / v / "history.json").read_text()) for v in ("all", "half", "swa")}
     assert [r["epoch"] for r in hist["all"]] == [1, 2]  # epoch 0 not validated (val_from)

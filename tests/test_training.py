@@ -164,3 +164,12 @@ def test_aligned_fakes_keep_stem_and_size(tmp_path):
     stats = make_aligned_fakes(tmp_path / "data", tmp_path / "out", wdir)
     out = tmp_path / "out" / "fake" / "taef2_cam" / "photo_1.jpg"
     assert stats["written"] == 1 and out.is_file() and Image.open(out).size == (64, 64)
+    # only one split's photos (e.g. test photos as fakes of a generator no training image came from)
+    from bitmind.data import split_of
+
+    for k in range(12):
+        Image.new("RGB", (16, 16), (10 * k, 50, 90)).save(real / f"pic{k}_0.jpg")
+    stats = make_aligned_fakes(tmp_path / "data", tmp_path / "out_test", wdir, split="test")
+    expected = sorted(f"pic{k}_0.jpg" for k in range(12) if split_of(f"pic{k}") == "test") + (["photo_1.jpg"] if split_of("photo") == "test" else [])
+    assert sorted(p.name for p in (tmp_path / "out_test").rglob("*.jpg")) == sorted(expected)
+    assert stats["written"] == len(expected)

@@ -94,15 +94,19 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def make_aligned_fakes(real_root: str | Path, out_root: str | Path, weights_dir: str | Path, prefix: str = "taef2_",
-                       device: str = "cpu", batch_size: int = 16, limit: int = 0, quality: int = 90) -> dict:
-    """Round-trip every ``real_root/real/SOURCE/*`` image into ``out_root/fake/<prefix>SOURCE/``."""
+                       device: str = "cpu", batch_size: int = 16, limit: int = 0, quality: int = 90,
+                       split: str | None = None, split_seed: int = 0) -> dict:
+    """Round-trip every ``real_root/real/SOURCE/*`` image into ``out_root/fake/<prefix>SOURCE/``
+    (only those of one ``split``, by picture stem, if given: e.g. the test split's photos as
+    fakes of a generator that no training image came from)."""
     from tqdm.auto import tqdm
 
-    from bitmind.data import LocalFolderSource
+    from bitmind.data import LocalFolderSource, split_indices
     from bitmind.image_io import _to_rgb
 
     src = LocalFolderSource(real_root)
-    idx = [i for i in range(len(src)) if src.label(i) == 0]
+    pool = split_indices(src, seed=split_seed)[split] if split else range(len(src))
+    idx = [i for i in pool if src.label(i) == 0]
     if limit:
         idx = idx[:limit]
     tae = TinyAutoencoder(weights_dir).to(device)
@@ -147,9 +151,12 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--split", choices=("train", "val", "test"), default=None, help="only the real photos of this split")
+    p.add_argument("--split_seed", type=int, default=0)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    stats = make_aligned_fakes(a.real, a.out, a.weights, device=a.device, batch_size=a.batch_size, limit=a.limit)
+    stats = make_aligned_fakes(a.real, a.out, a.weights, device=a.device, batch_size=a.batch_size, limit=a.limit,
+                               split=a.split, split_seed=a.split_seed)
     print(stats)
     return stats
 

@@ -29,6 +29,10 @@ and ``seed`` (weight initialisation). Two options exist only in sweeps:
   only (``bitmind.data.in_subset``: by stem, nested, class mix kept on average). It sees
   the same stream and takes the same number of steps, on the part of each batch that
   is in its subset. Variants at 1/4, 1/2 and 1 of the data form a learning curve.
+- ``exclude_sources`` (list of source names such as ``"fake/sd1x"``): the variant never
+  trains on images of those sources. With extra training sources (``train_data``), this
+  compares "with" and "without" on one stream, or trains on one generator to test
+  transfer to another.
 - ``swa_start`` (epoch, 0 = off): from that epoch on, the variant also keeps the plain
   average of its end-of-epoch weights (stochastic weight averaging). Batch-norm
   statistics of the average are re-estimated on recent training batches of the
@@ -84,9 +88,9 @@ logger = logging.getLogger(__name__)
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule",
                           "lr_decay", "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing",
                           "seed", "train_fraction", "swa_start", "distill_from", "distill_weight",
-                          "distill_temperature"})
+                          "distill_temperature", "exclude_sources"})
 #: Variant options handled by the sweep itself (not ``TrainConfig`` fields).
-SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature")
+SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature", "exclude_sources")
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
 
@@ -135,7 +139,7 @@ class SweepSpec:
             raise ValueError(f"variant {name!r}: distill_temperature must be positive, got {temp}")
         return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0),
                 "distill_from": ov.get("distill_from") or None, "distill_weight": weight if ov.get("distill_from") else 0.0,
-                "distill_temperature": temp}
+                "distill_temperature": temp, "exclude_sources": sorted(ov.get("exclude_sources") or [])}
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds, "val_from": self.val_from}
@@ -370,8 +374,10 @@ def run_sweep(spec: SweepSpec) -> dict:
     for name in spec.variants:
         extras = spec.variant_extras(name)
         mask = None
-        if extras["train_fraction"] < 1.0:
-            mask = torch.tensor([in_subset(s, extras["train_fraction"], base.split_seed) for s in stems], dtype=torch.bool)
+        if extras["train_fraction"] < 1.0 or extras["exclude_sources"]:
+            excluded = set(extras["exclude_sources"])
+            mask = torch.tensor([in_subset(s, extras["train_fraction"], base.split_seed) and src.source_name(i) not in excluded
+                                 for s, (src, i) in zip(stems, train_ds.items)], dtype=torch.bool)
         variants.append(_Variant(name, spec.variant_config(name), device, mask=mask, swa_start=extras["swa_start"],
                                  teacher=extras["distill_from"], distill_weight=extras["distill_weight"],
                                  distill_temperature=extras["distill_temperature"]))
