@@ -57,7 +57,7 @@ def build_pool(data: str, taef2: str, work: Path, split: str, split_seed: int) -
 def scorers(model_path: str) -> dict[str, tuple[torch.nn.Module, float, float]]:
     """The model itself (calibrated) and, for an ensemble, each member alone (uncalibrated logit > 0)."""
     lm = load_model(model_path)
-    name = Path(model_path).name
+    name = str(model_path)  # the path as given: several models may share a file name
     out = {name: (lm.model, lm.temperature, lm.logit_bias)}
     if lm.arch == "ensemble":
         for k, (member, cfg) in enumerate(zip(lm.model.members, lm.model.config["members"])):
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
                     rows[name][view] = {"real_accuracy": m["real_accuracy"], "fake_detection": m["fake_accuracy"],
                                         "accuracy": m["accuracy"], "ap": m["ap"]}
                 r = rows[name]
-                print(f"{name:<40} clean: real {r['clean']['real_accuracy']:.3f} fakes caught {r['clean']['fake_detection']:.3f} "
+                print(f"{name}\n    clean: real {r['clean']['real_accuracy']:.3f} fakes caught {r['clean']['fake_detection']:.3f} "
                       f"AP {r['clean']['ap']:.3f} | challenge: real {r['challenge']['real_accuracy']:.3f} "
                       f"fakes caught {r['challenge']['fake_detection']:.3f} AP {r['challenge']['ap']:.3f}", flush=True)
         res = {"pool": pool, "split": a.split, "split_seed": a.split_seed, "challenge_seed": a.seed, "models": rows}
