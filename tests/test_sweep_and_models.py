@@ -313,3 +313,29 @@ def test_distillation_pulls_the_student_towards_its_teacher(tmp_path):
     assert summary["variants"]["student"]["options"]["distill_weight"] == 1.0
     with pytest.raises(ValueError):
         SweepSpec.from_dict({"base": {}, "variants": {"x": {"distill_from": "t.pth", "distill_weight": 2}}}).variant_extras("x")
+
+
+def test_unseen_generator_benchmark_scores_models_and_members(tmp_path):
+    import importlib.util
+
+    from bitmind.ensemble import main as ensemble_main
+    from validator_synth import tiny_taesd_weights
+
+    spec = importlib.util.spec_from_file_location("unseen_generator", REPO / "benchmarks" / "unseen_generator.py")
+    ug = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ug)
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=30, seed=8, size=64)
+    torch.manual_seed(2)
+    a, b = build_model("npr", **TINY).eval(), build_model("npr", input="rgb", **TINY).eval()
+    pa = save_checkpoint(a, tmp_path / "a.pth", model_meta(a, "npr"))
+    pb = save_checkpoint(b, tmp_path / "b.pth", model_meta(b, "npr"))
+    ens = ensemble_main(["--members", str(pa), str(pb), "--out", str(tmp_path / "e.pth")])
+    res = ug.main(["--data", str(data), "--taef2", str(tiny_taesd_weights(tmp_path / "w")), "--models", str(ens), str(pa),
+                   "--work", str(tmp_path / "pool"), "--out", str(tmp_path / "u.json")])
+    n_test_real = len(list((tmp_path / "pool" / "real").rglob("*.png")))
+    assert res["pool"]["real"] == res["pool"]["fake"] == n_test_real > 0  # one round trip per held-out real photo
+    assert set(res["models"]) == {str(ens), f"{ens} member 0 (npr)", f"{ens} member 1 (rgb)", str(pa)}
+    for row in res["models"].values():
+        assert set(row) == {"clean", "challenge"} and 0.0 <= row["clean"]["fake_detection"] <= 1.0
+    assert json.loads((tmp_path / "u.json").read_text())["pool"] == res["pool"]

@@ -146,17 +146,11 @@ def test_script_runs_from_its_own_folder(synth_data, tmp_path):
 def test_aligned_fakes_keep_stem_and_size(tmp_path):
     from bitmind.training.aligned_fakes import build_from_state_dict, make_aligned_fakes
 
+    from validator_synth import tiny_taesd_weights
+
     # A random tiny encoder/decoder in the TAESD layout, saved like the real weights.
-    torch.manual_seed(0)
-    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, stride=2, bias=False),
-                              torch.nn.Conv2d(8, 4, 3, padding=1))
-    dec_sd = {"1.weight": torch.randn(8, 4, 3, 3) * 0.1, "1.bias": torch.zeros(8),
-              "4.weight": torch.randn(3, 8, 3, 3) * 0.1, "4.bias": torch.zeros(3)}
-    wdir = tmp_path / "w"
-    wdir.mkdir()
-    torch.save(enc.state_dict(), wdir / "taef2_encoder.pth")
-    torch.save(dec_sd, wdir / "taef2_decoder.pth")
-    dec = build_from_state_dict(dec_sd, decoder=True)
+    wdir = tiny_taesd_weights(tmp_path / "w")
+    dec = build_from_state_dict(torch.load(wdir / "taef2_decoder.pth", weights_only=True), decoder=True)
     assert isinstance(dec[3], torch.nn.Upsample)  # the parameter-free gap is the 2x up-sampling
     real = tmp_path / "data" / "real" / "cam"
     real.mkdir(parents=True)

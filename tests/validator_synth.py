@@ -100,3 +100,17 @@ def constant_npr(path: Path, prob: float = 0.9) -> Path:
     model.eval()
     save_checkpoint(model, path)
     return path
+
+
+def tiny_taesd_weights(wdir: Path) -> Path:
+    """Random encoder/decoder state dicts in the TAESD layout (as ``../shared/models/taef2``
+    stores them): conv, strided conv, conv; decoder conv, [clamp, relu, 2x up-sampling], conv."""
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, stride=2, bias=False),
+                              torch.nn.Conv2d(8, 4, 3, padding=1))
+    dec_sd = {"1.weight": torch.randn(8, 4, 3, 3) * 0.1, "1.bias": torch.zeros(8),
+              "4.weight": torch.randn(3, 8, 3, 3) * 0.1, "4.bias": torch.zeros(3)}
+    wdir.mkdir(parents=True, exist_ok=True)
+    torch.save(enc.state_dict(), wdir / "taef2_encoder.pth")
+    torch.save(dec_sd, wdir / "taef2_decoder.pth")
+    return wdir
