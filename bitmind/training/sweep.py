@@ -23,7 +23,7 @@ Shared (``base`` only): data, splits, augmentation, epochs, batch size, sampler,
 Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
 ``stem_pool``, ``init_from``), the optimiser (``lr``, ``lr_schedule``, ``lr_decay``,
 ``lr_decay_every``, ``warmup_epochs``, ``weight_decay``, ``beta1``, ``label_smoothing``),
-and ``seed`` (weight initialisation). Two options exist only in sweeps:
+and ``seed`` (weight initialisation). These variant options exist only in sweeps:
 
 - ``train_fraction`` (0-1]: the variant trains on that share of the training pictures
   only (``bitmind.data.in_subset``: by stem, nested, class mix kept on average). It sees
@@ -37,15 +37,13 @@ and ``seed`` (weight initialisation). Two options exist only in sweeps:
   average of its end-of-epoch weights (stochastic weight averaging). Batch-norm
   statistics of the average are re-estimated on recent training batches of the
   variant's own subset, and the average is what gets validated and saved.
-
 - ``distill_from`` (checkpoint path), ``distill_weight`` (0-1, default 1) and
   ``distill_temperature`` (default 1): knowledge distillation. The training target
   becomes ``distill_weight`` x the teacher's P(AI) on the same augmented image, plus the
   rest x the (smoothed) label. The teacher's P(AI) is its calibrated logit divided by
   ``distill_temperature`` (above 1 softens a teacher that is sure of its own training
-  images). A teacher
-  ensemble's knowledge then fits in one network, at one network's serving cost. Each
-  teacher is loaded once, whatever the number of variants using it.
+  images). This puts a teacher ensemble's knowledge into one network, at one network's
+  serving cost. Each teacher is loaded once, whatever the number of variants using it.
 
 Sweep-level ``val_from`` (epoch, default 0) skips validation before that epoch, which
 saves GPU time when the best epoch is known to come late.
@@ -376,6 +374,10 @@ def run_sweep(spec: SweepSpec) -> dict:
         mask = None
         if extras["train_fraction"] < 1.0 or extras["exclude_sources"]:
             excluded = set(extras["exclude_sources"])
+            unknown = excluded - {src.source_name(i) for src, i in train_ds.items}
+            if unknown:
+                logger.warning("variant %s excludes %s, which the training data does not have (sources are CLASS/NAME)",
+                               name, sorted(unknown))
             mask = torch.tensor([in_subset(s, extras["train_fraction"], base.split_seed) and src.source_name(i) not in excluded
                                  for s, (src, i) in zip(stems, train_ds.items)], dtype=torch.bool)
         variants.append(_Variant(name, spec.variant_config(name), device, mask=mask, swa_start=extras["swa_start"],
