@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {"layers": [1, 1], "width": 8}
 
 
+def tiny_sweep_base(tmp_path, data, name: str, epochs: int, **extra) -> dict:
+    """The ``base`` of a sweep spec small enough for the CPU in seconds."""
+    return {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": name, "epochs": epochs, "batch_size": 8,
+            "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15, **TINY, **extra}
+
+
 def test_shipped_checkpoints_load_with_the_extended_npr():
     # the earlier single model (written before input/stem_pool existed) still loads as plain NPR
     lm = load_model(REPO / "mining_models" / "npr_f2.pth")
@@ -118,8 +124,7 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
     torch.set_num_threads(1)
     data = make_folder(tmp_path / "data", n_per_class=12, seed=5, size=64)
     spec = SweepSpec.from_dict({
-        "base": {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": "s", "epochs": 2, "batch_size": 8,
-                 "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15, **TINY},
+        "base": tiny_sweep_base(tmp_path, data, "s", epochs=2),
         "val_seeds": [0, 1],
         "variants": {"plain": {}, "hp_seed1": {"input": "hp", "seed": 1}},
     })
@@ -160,12 +165,14 @@ def test_subsets_are_nested_and_about_the_asked_share():
         in_subset("x", 0.0)
 
 
-def test_recompute_bn_estimates_the_statistics_of_the_given_batches():
-    from bitmind.training.sweep import recompute_bn
+def test_update_bn_on_kept_batches_estimates_their_statistics():
+    # the sweep re-estimates an averaged model's batch norms with torch's update_bn on a
+    # plain list of in-memory batches: check that contract
+    from torch.optim.swa_utils import update_bn
 
     net = torch.nn.Sequential(torch.nn.BatchNorm2d(3)).eval()
     batches = [torch.randn(4, 3, 8, 8) * 2 + torch.tensor([1.0, -2.0, 5.0]).view(1, 3, 1, 1) for _ in range(3)]
-    recompute_bn(net, batches)
+    update_bn(batches, net)
     allx = torch.cat(batches)
     assert torch.allclose(net[0].running_mean, allx.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(net[0].running_var, allx.var(dim=(0, 2, 3)), rtol=0.05)
@@ -176,8 +183,7 @@ def test_sweep_subset_and_weight_averaging_variants(tmp_path):
     torch.set_num_threads(1)
     data = make_folder(tmp_path / "data", n_per_class=16, seed=6, size=64)
     spec = SweepSpec.from_dict({
-        "base": {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": "s", "epochs": 3, "batch_size": 8,
-                 "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15, **TINY},
+        "base": tiny_sweep_base(tmp_path, data, "s", epochs=3),
         "val_seeds": [0], "val_from": 1,
         "variants": {"all": {}, "half": {"train_fraction": 0.5}, "swa": {"swa_start": 1},
                      "reals_only": {"exclude_sources": ["fake/synth"]}},
@@ -296,9 +302,7 @@ def test_distillation_pulls_the_student_towards_its_teacher(tmp_path):
     data = make_folder(tmp_path / "data", n_per_class=16, seed=7, size=64)
     teacher = constant_npr(tmp_path / "teacher.pth", prob=0.9)  # says "90% AI" whatever the image
     spec = SweepSpec.from_dict({
-        "base": {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": "kd", "epochs": 4, "batch_size": 8,
-                 "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15,
-                 "lr": 1e-2, "dropout": 0.0, **TINY},
+        "base": tiny_sweep_base(tmp_path, data, "kd", epochs=4, lr=1e-2, dropout=0.0),
         "val_seeds": [0],
         "variants": {"labels": {}, "student": {"distill_from": str(teacher), "distill_weight": 1.0}},
     })

@@ -148,8 +148,10 @@ class _Variant:
     training subset (``mask`` over the training set) and a weight average (``swa``)."""
 
     def __init__(self, name: str, cfg: TrainConfig, device: torch.device, mask: torch.Tensor | None = None,
-                 swa_start: int = 0, teacher: str | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0):
+                 swa_start: int = 0, teacher: str | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0,
+                 training_images: int = 0):
         self.name, self.cfg, self.mask, self.swa_start = name, cfg, mask, swa_start
+        self.training_images = training_images if mask is None else int(mask.sum())
         self.teacher, self.distill_weight, self.distill_temperature = teacher, distill_weight, distill_temperature
         self.swa: torch.optim.swa_utils.AveragedModel | None = None
         self.bn_batches: list[torch.Tensor] = []
@@ -179,39 +181,41 @@ class _Variant:
         return lr
 
     def select(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
-               soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+               teacher_logit: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
         """The part of a shared batch in this variant's subset (None if under 2 images)."""
         if self.mask is None:
-            return x, y, soft
+            return x, y, teacher_logit
         keep = self.mask[k]
         if int(keep.sum()) < 2:
             return None
         keep = keep.to(x.device)
-        return x[keep], y[keep], (soft[keep] if soft is not None else None)
+        return x[keep], y[keep], (teacher_logit[keep] if teacher_logit is not None else None)
 
     def remember(self, x: torch.Tensor) -> None:
         """Keep the latest training batches (of this variant's subset) for batch-norm re-estimation."""
         if self.swa_start:
             self.bn_batches = (self.bn_batches + [x.detach()])[-BN_BATCHES:]
 
-    def end_epoch(self, epoch: int, amp_dtype) -> None:
+    def end_epoch(self, epoch: int) -> None:
         """Fold this epoch's weights into the average (from ``swa_start`` on) and re-estimate
-        the average's batch-norm statistics."""
+        the average's batch-norm statistics on the kept batches: averaged weights need their
+        own statistics, not an average of the old ones."""
         if not self.swa_start or epoch < self.swa_start:
             return
         if self.swa is None:
             self.swa = torch.optim.swa_utils.AveragedModel(self.model)
         self.swa.update_parameters(self.model)
-        recompute_bn(self.swa.module, self.bn_batches, amp_dtype)
+        if self.bn_batches:
+            torch.optim.swa_utils.update_bn(self.bn_batches, self.swa.module)
 
     @property
     def eval_model(self) -> nn.Module:
         return self.swa.module if self.swa is not None else self.model
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype, soft: torch.Tensor | None = None) -> None:
+    def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype, teacher_logit: torch.Tensor | None = None) -> None:
         y = smooth_labels(y, self.cfg.label_smoothing)
-        if soft is not None and self.distill_weight > 0:
-            soft = torch.sigmoid(soft / self.distill_temperature)
+        if teacher_logit is not None and self.distill_weight > 0:
+            soft = torch.sigmoid(teacher_logit / self.distill_temperature)
             y = self.distill_weight * soft + (1.0 - self.distill_weight) * y
         with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             logits = self.model(x).reshape(-1)
@@ -239,35 +243,13 @@ class Teachers:
             logger.info("distillation teacher %s (%s, T=%.3f, b=%.3f)", p, lm.arch, lm.temperature, lm.logit_bias)
 
     @torch.no_grad()
-    def probs(self, x: torch.Tensor, amp_dtype) -> dict[str, torch.Tensor]:
+    def logits(self, x: torch.Tensor, amp_dtype) -> dict[str, torch.Tensor]:
         out = {}
         for p, (net, t, b) in self.models.items():
             with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 z = net(x).float().reshape(-1)
             out[p] = z / t + b
         return out
-
-
-@torch.no_grad()
-def recompute_bn(model: nn.Module, batches: list[torch.Tensor], amp_dtype=None) -> None:
-    """Batch-norm running statistics of ``model`` re-estimated as the plain average over
-    ``batches`` (what ``torch.optim.swa_utils.update_bn`` does, for batches in memory):
-    averaged weights need their own statistics, not an average of the old ones."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or not batches:
-        return
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    was_training = model.training
-    model.train()
-    for x in batches:
-        with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            model(x)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    model.train(was_training)
 
 
 @torch.no_grad()
@@ -368,26 +350,27 @@ def run_sweep(spec: SweepSpec) -> dict:
         val_x = val_x.to(device)
 
     stems = [src.stem(i) for src, i in train_ds.items]
+    sources = [src.source_name(i) for src, i in train_ds.items]
     variants = []
     for name in spec.variants:
         extras = spec.variant_extras(name)
         mask = None
         if extras["train_fraction"] < 1.0 or extras["exclude_sources"]:
             excluded = set(extras["exclude_sources"])
-            unknown = excluded - {src.source_name(i) for src, i in train_ds.items}
+            unknown = excluded - set(sources)
             if unknown:
                 logger.warning("variant %s excludes %s, which the training data does not have (sources are CLASS/NAME)",
                                name, sorted(unknown))
-            mask = torch.tensor([in_subset(s, extras["train_fraction"], base.split_seed) and src.source_name(i) not in excluded
-                                 for s, (src, i) in zip(stems, train_ds.items)], dtype=torch.bool)
+            mask = torch.tensor([in_subset(st, extras["train_fraction"], base.split_seed) and so not in excluded
+                                 for st, so in zip(stems, sources)], dtype=torch.bool)
         variants.append(_Variant(name, spec.variant_config(name), device, mask=mask, swa_start=extras["swa_start"],
                                  teacher=extras["distill_from"], distill_weight=extras["distill_weight"],
-                                 distill_temperature=extras["distill_temperature"]))
-    teachers = Teachers([v.teacher for v in variants if v.teacher], device, base.channels_last) if any(v.teacher for v in variants) else None
+                                 distill_temperature=extras["distill_temperature"], training_images=len(stems)))
+    teacher_paths = [v.teacher for v in variants if v.teacher]
+    teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
     for v in variants:
         n_params = sum(p.numel() for p in v.model.parameters())
-        n_train = len(stems) if v.mask is None else int(v.mask.sum())
-        print(f"variant {v.name}: {n_params:,} parameters, {n_train} training images, options {spec.variants[v.name]}", flush=True)
+        print(f"variant {v.name}: {n_params:,} parameters, {v.training_images} training images, options {spec.variants[v.name]}", flush=True)
     sampler = balanced_sampler(train_ds.labels(), seed=base.seed) if base.balance == "sampler" else None
     loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
                         drop_last=len(train_ds) >= base.batch_size, **loader_kwargs(base, device))
@@ -401,15 +384,15 @@ def run_sweep(spec: SweepSpec) -> dict:
             y = y.to(device, non_blocking=True)
             if device.type == "cuda" and base.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            soft = teachers.probs(x, amp_dtype) if teachers else {}
+            teacher_logits = teachers.logits(x, amp_dtype) if teachers else {}
             for v in variants:
-                part = v.select(x, y, k, soft.get(v.teacher))
+                part = v.select(x, y, k, teacher_logits.get(v.teacher))
                 if part is not None:
-                    v.step(*part[:2], amp_dtype, soft=part[2])
+                    v.step(*part[:2], amp_dtype, teacher_logit=part[2])
                     v.remember(part[0])
             images_seen += len(y)
         for v in variants:
-            v.end_epoch(epoch, amp_dtype)
+            v.end_epoch(epoch)
         epoch_s = time.time() - t_epoch
         if epoch < spec.val_from and epoch < base.epochs - 1:
             print(f"epoch {epoch} ({epoch_s:.1f}s) " + " | ".join(f"{v.name} loss={v.mean_loss:.3f}" for v in variants), flush=True)
@@ -447,7 +430,7 @@ def run_sweep(spec: SweepSpec) -> dict:
         results[v.name] = {"options": spec.variants[v.name], "best": v.best, "calibration": calib,
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
                            "parameters": sum(p.numel() for p in v.model.parameters()),
-                           "training_images": len(stems) if v.mask is None else int(v.mask.sum())}
+                           "training_images": v.training_images}
     summary = {"variants": results, "ensembles": ensemble_report(best_logits, val_y)[:20] if len(variants) > 1 else [],
                "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
