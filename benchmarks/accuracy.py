@@ -9,6 +9,10 @@ trained, tuned or calibrated on) of the data folder, twice: as validator challen
 docs/Model.md.
 
     python benchmarks/accuracy.py --data ../shared/data/sn34-mini
+    python benchmarks/accuracy.py --data ../shared/data/sn34-mini ../shared/data/sn34-wide --out OUT.json
+
+``--data`` takes one or more roots, as ``bitmind.eval`` does (each split by picture
+stem; per-source figures keyed ``ROOT:CLASS/SOURCE`` when there are several).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bitmind.eval import evaluate
+from bitmind.eval import add_data_argument, evaluate
 
 HERE = Path(__file__).resolve().parent
 ROWS = (("accuracy", "accuracy"), ("ap", "AP"), ("roc_auc", "ROC AUC"), ("real_accuracy", "real-photo accuracy"),
@@ -39,7 +43,7 @@ def table(results: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(HERE.parent / "mining_models" / "base.pth"))
-    ap.add_argument("--data", required=True)
+    add_data_argument(ap)
     ap.add_argument("--split", default="test")
     ap.add_argument("--split_seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="challenge draws (mean and each reported)")
@@ -49,11 +53,11 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     plots = out.with_suffix("").parent / "accuracy_plots"
     kw = dict(split=a.split, split_seed=a.split_seed, device=a.device, progress=False)
-    runs = {f"challenge seed {s}": evaluate(a.model, [a.data], challenge=True, seed=s, **kw) for s in a.seeds}
-    clean = evaluate(a.model, [a.data], challenge=False, plots_dir=str(plots), **kw)
+    runs = {f"challenge seed {s}": evaluate(a.model, a.data, challenge=True, seed=s, **kw) for s in a.seeds}
+    clean = evaluate(a.model, a.data, challenge=False, plots_dir=str(plots), **kw)
     # The same images scored with the raw sigmoid (no calibration): Brier before/after.
-    raw = {f"challenge seed {a.seeds[0]}, uncalibrated": evaluate(a.model, [a.data], challenge=True, seed=a.seeds[0], temperature=1.0, logit_bias=0.0, **kw),
-           "clean, uncalibrated": evaluate(a.model, [a.data], challenge=False, temperature=1.0, logit_bias=0.0, **kw)}
+    raw = {f"challenge seed {a.seeds[0]}, uncalibrated": evaluate(a.model, a.data, challenge=True, seed=a.seeds[0], temperature=1.0, logit_bias=0.0, **kw),
+           "clean, uncalibrated": evaluate(a.model, a.data, challenge=False, temperature=1.0, logit_bias=0.0, **kw)}
     first = next(iter(runs.values()))
     mean = {k: sum(r[k] for r in runs.values()) / len(runs) for k, _ in ROWS if all(isinstance(r.get(k), (int, float)) for r in runs.values())}
     mean["n"] = first["n"]

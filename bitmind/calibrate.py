@@ -6,7 +6,10 @@ validator challenges (``--challenge --seeds 0 1 2 ...``: more samples of the
 distribution the miner is scored on than one pass gives), and writes the result into
 the checkpoint's metadata. The calibration is kept only if it lowers the Brier score.
 
-    python -m bitmind.calibrate --model M.pth --data DIR --split val --challenge --seeds 0 1 2 3 4 5 --out M.cal.pth
+    python -m bitmind.calibrate --model M.pth --data DIR [DIR2 ...] --split val --challenge --seeds 0 1 2 3 4 5 --out M.cal.pth
+
+``--data`` takes one or more roots, as ``bitmind.eval`` and the trainer do (each split
+by picture stem with the trainer's rule; the fit pools the chosen split of every root).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from bitmind.calibration import apply_calibration, fit_platt
 from bitmind.checkpoint import load_model, read_checkpoint, save_checkpoint
-from bitmind.eval import build_dataset, collect_predictions
+from bitmind.eval import add_data_argument, build_dataset, collect_predictions
 from bitmind.metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--data", action="append", required=True)
+    add_data_argument(ap)
     ap.add_argument("--out", default=None, help="write here instead of over --model")
     ap.add_argument("--split", default="val", help="split to fit on (by picture stem); 'all' for every image")
     ap.add_argument("--split_seed", type=int, default=0)

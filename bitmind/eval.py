@@ -1,8 +1,16 @@
 """Evaluate a detector file on local data, as plain images or as validator challenges.
 
-    python -m bitmind.eval --model mining_models/base.pth --data DIR [--data DIR2 ...]
+    python -m bitmind.eval --model mining_models/base.pth --data DIR [DIR2 ...]
                            [--split test --split_seed 0] [--challenge --seed 0]
                            [--json OUT.json] [--plots OUT_DIR]
+
+``--data`` takes one or more data roots, as the trainer's does (``--data A B C``;
+``--data A --data B`` works too). Every root is split by picture stem with the
+trainer's rule, so a picture is in the same split whichever root holds it; with
+several roots, per-source figures are keyed ``ROOT:CLASS/SOURCE`` (``ROOT`` is the
+folder name, the full spec if two roots share one). ``bitmind.calibrate``,
+``base_miner/NPR/validate.py`` and ``benchmarks/accuracy.py`` take ``--data`` the same
+way (``add_data_argument``).
 
 The model is loaded with ``bitmind.checkpoint.load_model`` and scored exactly as the
 miner serves it: base transforms, one logit, ``P(fake) = sigmoid(logit / T + b)`` with
@@ -246,11 +254,23 @@ def format_report(report: dict[str, Any]) -> str:
     return text
 
 
+DATA_HELP = ("one or more data roots, each a folder DIR/{real,fake}/SOURCE/*.jpg or hf:NAME[:real|fake] "
+             "(--data A B C, or --data A --data B). Every root is split by picture stem as the trainer splits; "
+             "with several roots, per-source figures are keyed ROOT:CLASS/SOURCE")
+
+
+def add_data_argument(ap: argparse.ArgumentParser, required: bool = True, help: str = DATA_HELP) -> argparse.ArgumentParser:
+    """``--data`` as every evaluation command line takes it: one or more roots after one
+    flag (``--data A B C``, like the trainer), and the flag may be repeated (the lists
+    are joined). The value is a list of specs, or None when absent and not required."""
+    ap.add_argument("--data", nargs="+", action="extend", required=required, metavar="DIR", help=help)
+    return ap
+
+
 def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = None) -> argparse.ArgumentParser:
     """The options of ``bitmind.eval``, shared with ``base_miner/NPR/validate.py``."""
     ap.add_argument("--model", required=True, help="model file (.pth or .safetensors written by bitmind, or a bare NPR state dict)")
-    ap.add_argument("--data", action="append", required=True, metavar="DIR",
-                    help="data folder DIR/{real,fake}/SOURCE/*.jpg or hf:NAME[:real|fake]; repeat for several")
+    add_data_argument(ap)
     ap.add_argument("--split", choices=SPLITS, default=split_default,
                     help="evaluate only this split (by picture stem, as the trainer splits)" + (f"; default {split_default}" if split_default else "; default: all images"))
     ap.add_argument("--split_seed", type=int, default=0, help="seed of the split (the trainer's --split_seed)")
@@ -265,6 +285,13 @@ def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = 
     ap.add_argument("--plots", metavar="OUT_DIR", help="write roc.png, scores.png, confusion.png")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
+
+
+EPILOG = """several data roots:
+  %(prog)s --model M.pth --data ../shared/data/sn34-mini ../shared/data/sn34-wide --split test
+  Each root is split by picture stem with the trainer's rule (--split_seed); the report's
+  per-source figures are keyed ROOT:CLASS/SOURCE (e.g. sn34-wide:fake/sdxl), and "data"
+  lists the roots."""
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -289,7 +316,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bitmind.eval", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_arguments(ap)
     return run_from_args(ap.parse_args(argv))
 

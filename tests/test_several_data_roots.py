@@ -1,0 +1,124 @@
+"""Every evaluation command line takes several data roots the way the trainer does
+(``--data A B``, or the flag repeated), splits each root by picture stem with the
+trainer's rule, and keys per-source figures ``ROOT:CLASS/SOURCE``: ``bitmind.eval``,
+``base_miner/NPR/validate.py``, ``bitmind.calibrate`` and ``benchmarks/accuracy.py``."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bitmind import calibrate, eval as bm_eval
+from bitmind.data import split_of
+from bitmind.training import parse_config
+
+from eval_helpers import save_brightness_model, solid_image
+
+REPO = Path(__file__).resolve().parents[1]
+N_PICTURES = 40
+
+
+def _load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def roots(tmp_path):
+    """Two roots holding the same picture stems (p0 ... p39), with other classes and
+    levels, so that a split by stem must put p<k> in the same split in both."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for k in range(N_PICTURES):
+        solid_image(one / ("fake" if k % 2 else "real") / "s" / f"p{k}.png", 20 + 5 * k)
+        solid_image(two / ("real" if k % 2 else "fake") / "t" / f"p{k}.png", 230 - 5 * k)
+    return one, two
+
+
+def _expected(split: str, seed: int = 0) -> dict[str, int]:
+    """Images per ROOT:CLASS/SOURCE in ``split``, computed from the stems alone."""
+    out: dict[str, int] = {}
+    for k in range(N_PICTURES):
+        if split_of(f"p{k}", seed) == split:
+            for key in (f"one:{'fake' if k % 2 else 'real'}/s", f"two:{'real' if k % 2 else 'fake'}/t"):
+                out[key] = out.get(key, 0) + 1
+    return out
+
+
+def test_eval_takes_several_roots_after_one_flag_or_repeated(roots, tmp_path):
+    one, two = roots
+    model = save_brightness_model(tmp_path / "m.pth")
+    expected = _expected("test")
+    assert sum(expected.values()) > 0, "this layout must have test pictures"
+    common = ["--model", str(model), "--split", "test", "--device", "cpu", "--quiet"]
+    assert bm_eval.main(common + ["--data", str(one), str(two), "--json", str(tmp_path / "a.json")]) == 0
+    assert bm_eval.main(common + ["--data", str(one), "--data", str(two), "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    assert a["data"] == b["data"] == [str(one), str(two)]
+    assert a["n"] == sum(expected.values())
+    assert {k: v["n"] for k, v in a["per_source"].items()} == expected
+    assert a["per_source"] == b["per_source"] and a["accuracy"] == b["accuracy"]
+
+
+def test_eval_help_documents_several_roots(capsys):
+    with pytest.raises(SystemExit) as e:
+        bm_eval.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--data DIR [DIR ...]" in text and "one or more data roots" in text
+    assert "ROOT:CLASS/SOURCE" in text and "--data ../shared/data/sn34-mini ../shared/data/sn34-wide" in text
+
+
+def test_validate_script_takes_several_roots(roots, tmp_path):
+    one, two = roots
+    model = save_brightness_model(tmp_path / "m.pth")
+    validate = _load_script("npr_validate", REPO / "base_miner" / "NPR" / "validate.py")
+    out = tmp_path / "v.json"
+    # validate.py's default split is the held-out test split.
+    assert validate.main(["--model", str(model), "--data", str(one), str(two), "--device", "cpu", "--quiet",
+                          "--json", str(out)]) == 0
+    v = json.loads(out.read_text())
+    assert v["options"]["split"] == "test" and v["data"] == [str(one), str(two)]
+    assert {k: s["n"] for k, s in v["per_source"].items()} == _expected("test")
+
+
+def test_calibrate_pools_the_split_of_every_root(roots, tmp_path):
+    one, two = roots
+    model = save_brightness_model(tmp_path / "m.pth", gain=3.0)
+    out = tmp_path / "cal.pth"
+    assert calibrate.main(["--model", str(model), "--data", str(one), str(two), "--split", "val",
+                           "--device", "cpu", "--out", str(out)]) == 0
+    single = calibrate.calibrate(str(model), [str(one)], str(tmp_path / "one.pth"), split="val", challenge=False,
+                                 device="cpu")
+    from bitmind.checkpoint import read_checkpoint
+
+    record = read_checkpoint(out)[1]["metrics"]["calibration"]
+    val = _expected("val")
+    assert record["n"] == sum(val.values()) > single["n"] == sum(n for k, n in val.items() if k.startswith("one:"))
+
+
+def test_accuracy_benchmark_takes_several_roots(roots, tmp_path):
+    one, two = roots
+    model = save_brightness_model(tmp_path / "m.pth")
+    accuracy = _load_script("accuracy_bench", REPO / "benchmarks" / "accuracy.py")
+    out = tmp_path / "res" / "acc.json"
+    summary = accuracy.main(["--model", str(model), "--data", str(one), str(two), "--seeds", "0",
+                             "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text())["data"] == summary["data"] == [str(one), str(two)]
+    expected = _expected("test")
+    assert summary["results"]["clean"]["n"] == sum(expected.values())
+    assert {k: s["n"] for k, s in summary["per_source_clean"].items()} == expected
+    assert set(summary["per_source_challenge_seed0"]) == set(expected)
+
+
+def test_eval_and_trainer_split_a_root_alike(roots):
+    """The evaluation split is the trainer's: same stems in the same split, per root."""
+    one, two = roots
+    cfg = parse_config(["--data", str(one), str(two)])
+    assert cfg.data == [str(one), str(two)]
+    ds = bm_eval.build_dataset(cfg.data, split="val", split_seed=cfg.split_seed)
+    from bitmind.training.trainer import build_datasets
+
+    _, val, _ = build_datasets(cfg)
+    assert sorted(src.describe(i) for src, i in ds.items) == sorted(src.describe(i) for src, i in val.items)
