@@ -44,9 +44,22 @@ Helpers: ``free_port()``, ``wait_for_port(port)`` (``Axon.start`` returns before
 listens). ``open_local_chain`` resets the process-wide MockSubtensor state when it opens a
 different root (MockSubtensor keeps *one* chain per process; so does this module).
 ``local_setup(root, ...)`` does all of the above for the usual pair of neurons.
+
+Command line (no Python needed to prepare a chain for a ``--mock`` miner and a client)::
+
+    python -m bitmind.local_chain setup ROOT [--netuid 34] [--miners miner] [--validators validator]
+                                             [--validator_stake 1000] [--json]
+    python -m bitmind.local_chain show ROOT [--netuid N] [--json]
+
+``setup`` creates (or completes) the chain under ``ROOT``: wallets under ``ROOT/wallets``
+(unencrypted), miners registered without stake or permit, validators with stake and a
+validator permit; running it again keeps every UID. ``show`` prints, per subnet, each
+neuron's UID, wallet name, hotkey, stake, validator permit and served axon (written by a
+running miner), and changes nothing.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -481,6 +494,117 @@ def local_setup(root: str | os.PathLike, netuid: int = DEFAULT_NETUID, miners: t
     return chain, wallets
 
 
+def describe_chain(root: str | os.PathLike, netuid: Optional[int] = None) -> dict:
+    """The state of the local chain under ``root``, as ``show`` prints it (read only).
+
+    ``{"root", "block", "block_time", "subnets": {netuid: [{"uid", "name", "hotkey",
+    "coldkey", "stake", "validator_permit", "axon"}, ...]}}``; ``axon`` is ``"ip:port"``
+    once a miner served one, else None. Raises FileNotFoundError if there is no chain.
+    """
+    root = Path(root).expanduser().resolve()
+    path = root / CHAIN_FILE
+    spec = _read_spec(path)
+    if not spec:
+        raise FileNotFoundError(f"no local chain at {root} (no {CHAIN_FILE}); create one with "
+                                f"'python -m bitmind.local_chain setup {root}'")
+    current = LocalSubtensor()
+    if getattr(current, "local_root", None) != root:  # attach without creating anything
+        MockSubtensor.reset()
+        current = LocalSubtensor()
+        current._attach(root, float(spec.get("block_time", DEFAULT_BLOCK_TIME)))
+    netuids = sorted(int(k) for k in spec.get("subnets", {}))
+    if netuid is not None:
+        if netuid not in netuids:
+            raise ValueError(f"netuid {netuid} does not exist on the local chain at {root} (subnets: {netuids})")
+        netuids = [netuid]
+    out = {"root": str(root), "block": current.get_current_block(), "block_time": current.block_time, "subnets": {}}
+    for n in netuids:
+        names = {e["hotkey"]: e.get("name") for e in spec["subnets"][str(n)].get("neurons", [])}
+        mg = current.metagraph(n)
+        rows = []
+        for uid, hotkey in zip(mg.uids.tolist(), mg.hotkeys):
+            ax = mg.axons[uid]
+            served = ax.ip not in ("0.0.0.0", "") and int(ax.port) > 0
+            rows.append({"uid": int(uid), "name": names.get(hotkey), "hotkey": hotkey, "coldkey": mg.coldkeys[uid],
+                         "stake": float(mg.S[uid]), "validator_permit": bool(mg.validator_permit[uid]),
+                         "axon": f"{ax.ip}:{ax.port}" if served else None})
+        out["subnets"][n] = rows
+    return out
+
+
+def format_chain(state: dict) -> str:
+    """``describe_chain``'s result as the table ``show`` prints."""
+    lines = [f"local chain {state['root']} (block {state['block']}, "
+             + (f"{state['block_time']:g} s per block)" if state["block_time"] else "block frozen)"),
+             f"wallets: {wallet_dir(state['root'])} (bt.Wallet(name=NAME, hotkey='default', path=that folder))"]
+    for netuid, rows in state["subnets"].items():
+        lines.append(f"\nnetuid {netuid}: {len(rows)} neuron(s)")
+        lines.append(f"  {'uid':>3}  {'name':<20} {'hotkey':<48} {'stake':>10}  {'permit':<6}  axon")
+        for r in rows:
+            lines.append(f"  {r['uid']:>3}  {(r['name'] or '?'):<20} {r['hotkey']:<48} {r['stake']:>10.3f}  "
+                         f"{'yes' if r['validator_permit'] else 'no':<6}  {r['axon'] or '-'}")
+    return "\n".join(lines)
+
+
+def _cli_setup(a: argparse.Namespace) -> int:
+    root = Path(a.root).expanduser().resolve()
+    overlap = set(a.miners) & set(a.validators)
+    if overlap:
+        print(f"error: {sorted(overlap)} named as both miner and validator (a hotkey has one registration)",
+              file=sys.stderr)
+        return 2
+    local_setup(root, a.netuid, miners=tuple(a.miners), validators=tuple(a.validators),
+                validator_stake=a.validator_stake, block_time=a.block_time)
+    state = describe_chain(root, a.netuid)
+    if a.json:
+        print(json.dumps(state, indent=1))
+        return 0
+    print(format_chain(state))
+    if a.miners:
+        print(f"\nstart a miner on it:\n  python neurons/miner.py --mock --local.root {root} --netuid {a.netuid} "
+              f"--wallet.name {a.miners[0]} --wallet.hotkey default --axon.port 8091")
+    if a.validators:
+        print(f"a client signs as validator {a.validators[0]!r} with bt.Wallet(name={a.validators[0]!r}, "
+              f"hotkey='default', path={str(wallet_dir(root))!r}); offline, call "
+              "bitmind.local_chain.patch_external_ip() before bt.Dendrite()")
+    return 0
+
+
+def _cli_show(a: argparse.Namespace) -> int:
+    try:
+        state = describe_chain(a.root, a.netuid)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(state, indent=1) if a.json else format_chain(state))
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bitmind.local_chain",
+                                 description="Create and inspect a local mock chain (for --mock miners and validators).")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("setup", help="create wallets and register them on the local chain under ROOT (idempotent)")
+    s.add_argument("root", metavar="ROOT", help="chain folder (chain.json, wallets/); the miner's --local.root")
+    s.add_argument("--netuid", type=int, default=34, help="subnet to create (default 34, the miner's default --netuid)")
+    s.add_argument("--miners", nargs="*", default=["miner"], metavar="NAME",
+                   help="wallet names to register as miners, no stake or permit (default: miner)")
+    s.add_argument("--validators", nargs="*", default=["validator"], metavar="NAME",
+                   help="wallet names to register as validators, with stake and a validator permit (default: validator)")
+    s.add_argument("--validator_stake", type=float, default=1000.0, help="validators' stake in TAO (default 1000)")
+    s.add_argument("--block_time", type=float, default=DEFAULT_BLOCK_TIME,
+                   help=f"seconds per block when the chain is created (default {DEFAULT_BLOCK_TIME:g}; 0 freezes it)")
+    s.add_argument("--json", action="store_true", help="print the resulting state as JSON")
+    s.set_defaults(run=_cli_setup)
+    sh = sub.add_parser("show", help="print hotkeys, UIDs, stakes, validator permits and served axons (read only)")
+    sh.add_argument("root", metavar="ROOT", help="chain folder")
+    sh.add_argument("--netuid", type=int, default=None, help="only this subnet (default: all)")
+    sh.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sh.set_defaults(run=_cli_show)
+    a = ap.parse_args(argv)
+    return a.run(a)
+
+
 def query_axon(wallet, axon, synapse, timeout: float = 30.0):
     """One request through a fresh ``bt.Dendrite`` signed by ``wallet``, on its own event
     loop; returns the response synapse (used by the demo, benchmarks and tests)."""
@@ -497,3 +621,7 @@ def query_axon(wallet, axon, synapse, timeout: float = 30.0):
     dendrite, response = asyncio.run(one())
     del dendrite
     return response
+
+
+if __name__ == "__main__":
+    sys.exit(main())
