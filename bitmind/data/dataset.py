@@ -14,23 +14,54 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from torch.utils.data._utils.collate import default_collate
 
+from bitmind.data.families import family_weights, is_aligned
 from bitmind.data.sources import ImageSource
 from bitmind.image_transforms import base_pil, to_tensor
 
 logger = logging.getLogger(__name__)
 
 
+class AsIs:
+    """The augmentation for images that already are what a validator sends (e.g. the
+    ``sn34-validator`` challenges): base transforms only (a no-op on 256 px files), so a
+    challenge is never sent through the validator pipeline a second time."""
+
+    def __call__(self, img, rng: random.Random):
+        return base_pil(img)
+
+    def __repr__(self) -> str:
+        return "AsIs()"
+
+
+class FlipOnly:
+    """Light training augmentation for ready-made challenges: a random horizontal flip
+    (validators flip too), nothing that re-samples or re-encodes the pixels."""
+
+    def __call__(self, img, rng: random.Random):
+        img = base_pil(img)
+        return img.transpose(0) if rng.random() < 0.5 else img  # 0 = Image.FLIP_LEFT_RIGHT
+
+    def __repr__(self) -> str:
+        return "FlipOnly()"
+
+
 class DetectionDataset(Dataset):
-    """Items of one or more sources, optionally augmented (``augment(pil, rng) -> pil``)."""
+    """Items of one or more sources, optionally augmented (``augment(pil, rng) -> pil``).
+
+    ``augment_for`` maps a source object to its own augmentation (augmentation per
+    source: ready-made validator challenges get ``AsIs``/``FlipOnly``, crops the full
+    training augmentation); sources not in it use ``augment``."""
 
     def __init__(self, items: Sequence[tuple[ImageSource, int]], augment: Callable | None = None, seed: int = 0,
-                 uint8: bool = False):
+                 uint8: bool = False, augment_for: dict | None = None):
         self.items = list(items)
         self.uint8 = uint8  # return uint8 CHW tensors (4x less to copy; the trainer scales on the GPU)
         self.augment = augment
+        self.augment_for = dict(augment_for or {})
+        self.partner: dict[int, int] = {}  # item -> the item whose random draws and augmentation it shares
         self.seed = seed
         self.epoch = 0
         self.bad: set[int] = set()  # items that failed to load (per process): skipped without re-reading
@@ -57,7 +88,14 @@ class DetectionDataset(Dataset):
         return src.describe(i)
 
     def rng_for(self, k: int) -> random.Random:
+        k = self.partner.get(k, k)
         return random.Random(hash((self.seed, self.epoch, k)) & 0xFFFFFFFFFFFF)
+
+    def pair_with(self, partners: Sequence[int]) -> None:
+        """Each item with a partner (>= 0) is augmented exactly like it: same augmentation,
+        same random draws (rotation, crop, flips, JPEG quality). An aligned round trip and
+        its real photo then differ only by the decoder, also after augmentation."""
+        self.partner = {k: int(p) for k, p in enumerate(partners) if p >= 0}
 
     def __getitem__(self, k: int):
         src, i = self.items[k]
@@ -72,9 +110,14 @@ class DetectionDataset(Dataset):
             logger.warning("skipping unreadable image %s: %s", src.describe(i), e)
             return None
 
+    def augment_of(self, k: int) -> Callable | None:
+        """The augmentation item ``k`` gets (its partner's, else its source's own, else the dataset's)."""
+        return self.augment_for.get(self.items[self.partner.get(k, k)][0], self.augment)
+
     def transform(self, img, k: int):
         """PIL image of item ``k`` -> 256x256 PIL (augmented when an augment is set)."""
-        return self.augment(img, self.rng_for(k)) if self.augment else base_pil(img)
+        aug = self.augment_of(k)
+        return aug(img, self.rng_for(k)) if aug else base_pil(img)
 
     def summary(self) -> str:
         c = Counter(self.source_names())
@@ -115,3 +158,65 @@ def class_pos_weight(labels: Sequence[int]) -> float:
     """BCE ``pos_weight`` = #real / #fake, the loss-weighting alternative to sampling."""
     c = Counter(labels)
     return c.get(0, 1) / max(c.get(1, 1), 1)
+
+
+def aligned_partners(dataset: DetectionDataset) -> list[int]:
+    """For each item, the index of its real partner if it is an aligned round trip
+    (``fake/aligned-*/NAME`` and ``real/*/NAME``: same file name), else -1. A name that
+    several real items share is ambiguous and left unpaired."""
+    real_by_name: dict[str, int] = {}
+    ambiguous: set[str] = set()
+    names = []
+    for k, (src, i) in enumerate(dataset.items):
+        name = src.describe(i).replace("\\", "/").rsplit("/", 1)[-1]
+        names.append(name)
+        if src.label(i) == 0:
+            if name in real_by_name:
+                ambiguous.add(name)
+            real_by_name[name] = k
+    out = []
+    for k, (src, i) in enumerate(dataset.items):
+        ok = is_aligned(src.source_name(i)) and names[k] in real_by_name and names[k] not in ambiguous
+        out.append(real_by_name[names[k]] if ok else -1)
+    return out
+
+
+class FamilySampler(Sampler):
+    """Draws ``num_samples`` items per epoch with replacement, weighted by
+    ``bitmind.data.families.family_weights``: half real, half fake; each family of a class
+    equally often, each source of a family equally often.
+
+    With ``partners`` (see ``aligned_partners``), every drawn aligned round trip is
+    followed by its real photo, and other draws come in twos: every pair sits at an even
+    position, so with an even batch size a real photo and its round trip always share a
+    batch and the only difference inside the pair is the decoder."""
+
+    def __init__(self, labels: Sequence[int], sources: Sequence[str], seed: int = 0, num_samples: int | None = None,
+                 partners: Sequence[int] | None = None):
+        self.weights = torch.tensor(family_weights(labels, sources), dtype=torch.double)
+        self.num_samples = int(num_samples or len(labels))
+        self.partners = list(partners) if partners is not None else None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        draws = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self.generator).tolist()
+        if self.partners is None:
+            yield from draws
+            return
+        out, single = [], None
+        for i in draws:
+            if self.partners[i] >= 0:
+                out += [i, self.partners[i]]
+            elif single is None:
+                single = i
+            else:
+                out += [single, i]
+                single = None
+            if len(out) >= self.num_samples:
+                break
+        if single is not None and len(out) < self.num_samples:
+            out.append(single)
+        yield from out[:self.num_samples]

@@ -23,10 +23,16 @@ class TrainConfig:
     # data
     data: list[str] = field(default_factory=list)  # sources split train/val/test by stem
     train_data: list[str] = field(default_factory=list)  # extra sources used for training only (their train split)
+    # roots whose files already ARE validator challenges (sn34-validator): split by stem like
+    # the rest; trained on with flips only and validated as they are, never sent through the
+    # validator augmentation a second time
+    challenge_data: list[str] = field(default_factory=list)
     split_seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    balance: str = "sampler"  # sampler | weight | none
+    balance: str = "sampler"  # sampler (classes) | family (classes, then source families) | weight | none
+    samples_per_epoch: int = 0  # draws per epoch with balance=family (0 = the training set's size)
+    pair_aligned: bool = False  # balance=family: put each aligned round trip and its real photo in one batch
     # model
     arch: str = "npr"
     layers: list[int] = field(default_factory=lambda: [3, 4])  # 2 entries, or 3 to add layer3

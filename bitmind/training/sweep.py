@@ -71,14 +71,14 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
-from bitmind.data import DetectionDataset, balanced_sampler, collate_skip_none, in_subset
+from bitmind.data import AsIs, DetectionDataset, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import ValidatorPipeline
 from bitmind.metrics import compute_metrics
 from bitmind.training.config import TrainConfig
 from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, build_training_model,
                                       calibrate_checkpoint, epoch_batches, loader_kwargs, log_epoch, prepare_device,
-                                      resolve_amp, seed_everything, smooth_labels, to_model_input)
+                                      resolve_amp, seed_everything, smooth_labels, to_model_input, train_sampler)
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +86,10 @@ logger = logging.getLogger(__name__)
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule",
                           "lr_decay", "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing",
                           "seed", "train_fraction", "swa_start", "distill_from", "distill_weight",
-                          "distill_temperature", "exclude_sources"})
+                          "distill_temperature", "exclude_sources", "patch_size"})
 #: Variant options handled by the sweep itself (not ``TrainConfig`` fields).
-SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature", "exclude_sources")
+SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature", "exclude_sources",
+                   "patch_size")
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
 
@@ -99,6 +100,8 @@ class SweepSpec:
     variants: dict[str, dict]
     val_seeds: list[int]
     val_from: int = 0
+    val_every: int = 1
+    base_size: int = 256  # the side of the images the data stream yields
 
     @classmethod
     def from_dict(cls, d: dict, **base_overrides) -> "SweepSpec":
@@ -116,7 +119,8 @@ class SweepSpec:
             if bad:
                 raise ValueError(f"variant {name!r} sets {sorted(bad)}, which all variants share (set them in 'base')")
         return cls(base=TrainConfig(**base), variants={k: dict(v) for k, v in variants.items()},
-                   val_seeds=[int(s) for s in d.get("val_seeds", [0])], val_from=int(d.get("val_from", 0)))
+                   val_seeds=[int(s) for s in d.get("val_seeds", [0])], val_from=int(d.get("val_from", 0)),
+                   val_every=max(int(d.get("val_every", 1)), 1))
 
     def variant_config(self, name: str) -> TrainConfig:
         cfg = dataclasses.replace(self.base, **{k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS})
@@ -135,12 +139,16 @@ class SweepSpec:
         temp = float(ov.get("distill_temperature", 1.0))
         if not temp > 0:
             raise ValueError(f"variant {name!r}: distill_temperature must be positive, got {temp}")
-        return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0),
+        patch = int(ov.get("patch_size", 0) or 0)
+        if patch and not 16 <= patch <= self.base_size:
+            raise ValueError(f"variant {name!r}: patch_size must be 0 (whole image) or in [16, {self.base_size}], got {patch}")
+        return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0), "patch_size": patch,
                 "distill_from": ov.get("distill_from") or None, "distill_weight": weight if ov.get("distill_from") else 0.0,
                 "distill_temperature": temp, "exclude_sources": sorted(ov.get("exclude_sources") or [])}
 
     def to_dict(self) -> dict:
-        return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds, "val_from": self.val_from}
+        return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds, "val_from": self.val_from,
+                "val_every": self.val_every}
 
 
 class _Variant:
@@ -149,8 +157,11 @@ class _Variant:
 
     def __init__(self, name: str, cfg: TrainConfig, device: torch.device, mask: torch.Tensor | None = None,
                  swa_start: int = 0, teacher: str | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0,
-                 training_images: int = 0):
+                 training_images: int = 0, patch_size: int = 0, val_mask: np.ndarray | None = None):
         self.name, self.cfg, self.mask, self.swa_start = name, cfg, mask, swa_start
+        self.patch_size = patch_size
+        self.val_mask = val_mask  # validation challenges this variant is selected on (None = all)
+        self.patch_gen = torch.Generator().manual_seed(cfg.seed)
         self.training_images = training_images if mask is None else int(mask.sum())
         self.teacher, self.distill_weight, self.distill_temperature = teacher, distill_weight, distill_temperature
         self.swa: torch.optim.swa_utils.AveragedModel | None = None
@@ -212,6 +223,12 @@ class _Variant:
     def eval_model(self) -> nn.Module:
         return self.swa.module if self.swa is not None else self.model
 
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch training: one random ``patch_size`` square per image (the whole image when 0)."""
+        if not self.patch_size or self.patch_size >= min(x.shape[-2:]):
+            return x
+        return random_patches(x, self.patch_size, self.patch_gen)
+
     def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype, teacher_logit: torch.Tensor | None = None) -> None:
         y = smooth_labels(y, self.cfg.label_smoothing)
         if teacher_logit is not None and self.distill_weight > 0:
@@ -225,6 +242,22 @@ class _Variant:
         self.opt.step()
         self.loss_sum = self.loss_sum + loss.detach() * len(y)
         self.loss_n += len(y)
+
+
+def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random ``size`` x ``size`` crop of each image of a (B, C, H, W) batch, at its own
+    offset. Why: a network trained on small patches sees too little of a picture to tell
+    what it shows (a face, a painting), so it has to use how the pixels were made; served
+    on the whole image, its global average pool averages the patch evidence."""
+    b, c, h, w = x.shape
+    oy = torch.randint(0, h - size + 1, (b,), generator=generator).to(x.device)
+    ox = torch.randint(0, w - size + 1, (b,), generator=generator).to(x.device)
+    ar = torch.arange(size, device=x.device)
+    rows = (oy[:, None] + ar)[:, None, :, None].expand(b, c, size, w)
+    out = torch.gather(x, 2, rows)
+    cols = (ox[:, None] + ar)[:, None, None, :].expand(b, c, size, size)
+    out = torch.gather(out, 3, cols)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
 
 
 class Teachers:
@@ -265,18 +298,28 @@ def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dt
     return torch.cat(out).numpy()
 
 
-def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int) -> tuple[torch.Tensor, np.ndarray]:
-    """The validation split through the validator pipeline, one draw per seed, as uint8 (N, 3, 256, 256)."""
-    parts = [DetectionDataset(val_ds.items, augment=ValidatorPipeline(), seed=s, uint8=True) for s in seeds]
-    loader = DataLoader(ConcatDataset(parts), batch_size=128, shuffle=False, num_workers=workers,
-                        collate_fn=collate_skip_none, worker_init_fn=worker_init)
-    xs, ys = [], []
-    for batch in loader:
-        if batch is None:
+def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The validation split through the validator pipeline, one draw per seed, as uint8
+    (N, 3, 256, 256), with labels and source names. Items of sources that already are
+    challenges (``AsIs``) are taken once, as they are: re-drawing them changes nothing."""
+    ready = [k for k in range(len(val_ds)) if isinstance(val_ds.augment_of(k), AsIs)]
+    redraw = [val_ds.items[k] for k in range(len(val_ds)) if not isinstance(val_ds.augment_of(k), AsIs)]
+    parts = [DetectionDataset(redraw, augment=ValidatorPipeline(), seed=s, uint8=True) for s in seeds]
+    if ready:
+        parts.append(DetectionDataset([val_ds.items[k] for k in ready], augment=AsIs(), seed=seeds[0], uint8=True))
+    xs, ys, names = [], [], []
+    for part in parts:
+        if not len(part):
             continue
-        xs.append(batch[0])
-        ys.append(batch[1].numpy())
-    return torch.cat(xs), np.concatenate(ys)
+        loader = DataLoader(part, batch_size=128, shuffle=False, num_workers=workers,
+                            collate_fn=collate_skip_none, worker_init_fn=worker_init)
+        for batch in loader:
+            if batch is None:
+                continue
+            xs.append(batch[0])
+            ys.append(batch[1].numpy())
+            names += [part.items[int(k)][0].source_name(part.items[int(k)][1]) for k in batch[2]]
+    return torch.cat(xs), np.concatenate(ys), np.asarray(names)
 
 
 def ensemble_report(logits: dict[str, np.ndarray], labels: np.ndarray, max_members: int = 3) -> list[dict]:
@@ -344,7 +387,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     train_ds, val_ds, counts = build_datasets(base)
     print("training set:\n" + train_ds.summary(), flush=True)
     t0 = time.time()
-    val_x, val_y = load_val_challenges(val_ds, spec.val_seeds, base.workers)
+    val_x, val_y, val_sources = load_val_challenges(val_ds, spec.val_seeds, base.workers)
     print(f"validation: {len(val_y)} challenges ({len(val_ds)} images x seeds {spec.val_seeds}) in {time.time() - t0:.1f}s", flush=True)
     if device.type == "cuda":
         val_x = val_x.to(device)
@@ -354,7 +397,9 @@ def run_sweep(spec: SweepSpec) -> dict:
     variants = []
     for name in spec.variants:
         extras = spec.variant_extras(name)
-        mask = None
+        mask, val_mask = None, None
+        if extras["exclude_sources"]:  # held-out sources never decide this variant's epoch or calibration
+            val_mask = ~np.isin(val_sources, extras["exclude_sources"])
         if extras["train_fraction"] < 1.0 or extras["exclude_sources"]:
             excluded = set(extras["exclude_sources"])
             unknown = excluded - set(sources)
@@ -365,13 +410,14 @@ def run_sweep(spec: SweepSpec) -> dict:
                                  for st, so in zip(stems, sources)], dtype=torch.bool)
         variants.append(_Variant(name, spec.variant_config(name), device, mask=mask, swa_start=extras["swa_start"],
                                  teacher=extras["distill_from"], distill_weight=extras["distill_weight"],
-                                 distill_temperature=extras["distill_temperature"], training_images=len(stems)))
+                                 distill_temperature=extras["distill_temperature"], training_images=len(stems),
+                                 patch_size=extras["patch_size"], val_mask=val_mask))
     teacher_paths = [v.teacher for v in variants if v.teacher]
     teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
     for v in variants:
         n_params = sum(p.numel() for p in v.model.parameters())
         print(f"variant {v.name}: {n_params:,} parameters, {v.training_images} training images, options {spec.variants[v.name]}", flush=True)
-    sampler = balanced_sampler(train_ds.labels(), seed=base.seed) if base.balance == "sampler" else None
+    sampler = train_sampler(base, train_ds)
     loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
                         drop_last=len(train_ds) >= base.batch_size, **loader_kwargs(base, device))
     t_start, images_seen = time.time(), 0
@@ -388,19 +434,22 @@ def run_sweep(spec: SweepSpec) -> dict:
             for v in variants:
                 part = v.select(x, y, k, teacher_logits.get(v.teacher))
                 if part is not None:
-                    v.step(*part[:2], amp_dtype, teacher_logit=part[2])
-                    v.remember(part[0])
+                    xv = v.crop(part[0])
+                    v.step(xv, part[1], amp_dtype, teacher_logit=part[2])
+                    v.remember(xv)
             images_seen += len(y)
         for v in variants:
             v.end_epoch(epoch)
         epoch_s = time.time() - t_epoch
-        if epoch < spec.val_from and epoch < base.epochs - 1:
+        skip_val = epoch < spec.val_from or (epoch - spec.val_from) % spec.val_every != 0
+        if skip_val and epoch < base.epochs - 1:
             print(f"epoch {epoch} ({epoch_s:.1f}s) " + " | ".join(f"{v.name} loss={v.mean_loss:.3f}" for v in variants), flush=True)
             continue
         line = [f"epoch {epoch} ({epoch_s:.1f}s)"]
         for v in variants:
             logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
-            m = compute_metrics(val_y, apply_calibration(logits))
+            sel = v.val_mask if v.val_mask is not None else slice(None)
+            m = compute_metrics(val_y[sel], apply_calibration(logits[sel]))
             rec = {"epoch": epoch, "train_loss": v.mean_loss, "lr": lrs[v.name],
                    "val_acc": m["accuracy"], "val_ap": m["ap"], "val_real_acc": m["real_accuracy"],
                    "val_fake_acc": m["fake_accuracy"], "val_brier": m["brier"], "epoch_seconds": epoch_s,
@@ -414,6 +463,8 @@ def run_sweep(spec: SweepSpec) -> dict:
                                   train_options={**v.cfg.to_dict(), **spec.variant_extras(v.name), "sweep": str(out_dir)})
                 save_checkpoint(v.eval_model, v.run_dir / "model_epoch_best.pth", meta)
                 np.save(v.run_dir / "val_logits_best.npy", np.stack([logits, val_y]))
+                if v.val_mask is not None:
+                    np.save(v.run_dir / "val_mask.npy", v.val_mask)
             line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")
         print(" | ".join(line), flush=True)
         for v in variants:
@@ -425,7 +476,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     for v in variants:
         _plot_curves(v.history, v.run_dir / "curves.png")
         v.writer.close()
-        calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy")
+        calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy", v.val_mask)
         best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]
         results[v.name] = {"options": spec.variants[v.name], "best": v.best, "calibration": calib,
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
@@ -438,7 +489,8 @@ def run_sweep(spec: SweepSpec) -> dict:
     print("\nvariant                best-epoch  val-acc  val-AP  real-acc  fake-acc")
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["best"]["accuracy"]):
         b = r["best"]
-        print(f"{name:<22} {b['epoch']:>10}  {b['accuracy']:.4f}  {b['ap']:.4f}  {b['real_accuracy']:.4f}    {b['fake_accuracy']:.4f}")
+        f = lambda key: "   -  " if b.get(key) is None else f"{b[key]:.4f}"  # noqa: E731 - one class absent
+        print(f"{name:<22} {b['epoch']:>10}  {f('accuracy')}  {f('ap')}  {f('real_accuracy')}    {f('fake_accuracy')}")
     for e in summary["ensembles"]:
         print(f"ensemble of {len(e['members'])}: acc {e['accuracy']:.4f} AP {e['ap']:.4f} real {e['real_accuracy']:.4f}  {e['members']}")
     print(f"sweep: {len(variants)} variants x {base.epochs} epochs in {seconds:.0f}s ({summary['images_per_second']:.0f} img/s shared)")

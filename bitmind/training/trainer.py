@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
-from bitmind.data import DetectionDataset, balanced_sampler, class_pos_weight, collate_skip_none, open_source, split_indices
+from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, aligned_partners, balanced_sampler,
+                          class_pos_weight, collate_skip_none, open_source, split_indices)
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.metrics import compute_metrics
@@ -69,14 +70,23 @@ def seed_everything(seed: int) -> None:
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset, dict]:
+    """Training and validation sets of ``cfg``: every root of ``data`` and ``challenge_data``
+    split by stem; ``train_data`` adds its train split only.
+
+    Augmentation is per source: crop pools get the training augmentation (and the
+    validator pipeline for validation); ``challenge_data`` roots, which already are what a
+    validator sends, get flips only in training and are validated as they are."""
     fractions = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
     train_parts, val_parts, counts = [], [], {}
-    for spec in cfg.data:
+    train_aug_for, val_aug_for = {}, {}
+    for spec in list(cfg.data) + list(cfg.challenge_data):
         src = open_source(spec)
         idx = split_indices(src, cfg.split_seed, fractions)
         train_parts.append((src, idx["train"]))
         val_parts.append((src, idx["val"]))
         counts[spec] = {k: len(v) for k, v in idx.items()}
+        if spec in cfg.challenge_data:
+            train_aug_for[src], val_aug_for[src] = FlipOnly(), AsIs()
     for spec in cfg.train_data:
         src = open_source(spec)
         idx = split_indices(src, cfg.split_seed, fractions)  # same stems -> same split: no leakage
@@ -84,12 +94,32 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
         counts[spec] = {"train": len(idx["train"]), "dropped_val_test": len(idx["val"]) + len(idx["test"])}
     if not train_parts:
         raise ValueError("no training data: pass --data DIR (a CLASS/SOURCE/*.jpg folder or hf:NAME:role)")
-    train = DetectionDataset.from_sources(train_parts, augment=TrainAugment(cfg.aug_config()), seed=cfg.seed, uint8=cfg.uint8_loading)
+    train = DetectionDataset.from_sources(train_parts, augment=TrainAugment(cfg.aug_config()), seed=cfg.seed,
+                                          uint8=cfg.uint8_loading, augment_for=train_aug_for)
     # Validation challenges: one fixed RNG per image (epoch stays 0), the same ones that
     # ``python -m bitmind.eval --split val --challenge --seed <seed>`` draws.
     val = DetectionDataset.from_sources(val_parts, augment=ValidatorPipeline() if cfg.val_challenge else None,
-                                        seed=cfg.seed, uint8=cfg.uint8_loading)
+                                        seed=cfg.seed, uint8=cfg.uint8_loading, augment_for=val_aug_for)
     return train, val, counts
+
+
+def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
+    """The training sampler ``cfg.balance`` asks for (single process): class-balanced,
+    family-balanced (optionally with aligned pairs), or None (shuffle)."""
+    if cfg.balance == "sampler":
+        return balanced_sampler(train_ds.labels(), seed=cfg.seed)
+    if cfg.balance == "family":
+        if cfg.pair_aligned and cfg.batch_size % 2:
+            raise ValueError("pair_aligned needs an even batch_size (a pair must not straddle two batches)")
+        partners = aligned_partners(train_ds) if cfg.pair_aligned else None
+        if partners is not None:
+            train_ds.pair_with(partners)
+            logger.info("aligned pairs: %d round trips paired with their real photo", sum(p >= 0 for p in partners))
+        return FamilySampler(train_ds.labels(), train_ds.source_names(), seed=cfg.seed,
+                             num_samples=cfg.samples_per_epoch or len(train_ds), partners=partners)
+    if cfg.pair_aligned:
+        raise ValueError("pair_aligned needs balance=family")
+    return None
 
 
 def to_model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -245,10 +275,8 @@ def train(cfg: TrainConfig) -> dict:
     labels = train_ds.labels()
     if world > 1:
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    elif cfg.balance == "sampler":
-        sampler = balanced_sampler(labels, seed=cfg.seed)
     else:
-        sampler = None
+        sampler = train_sampler(cfg, train_ds)
     loader_kw = loader_kwargs(cfg, device)
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, shuffle=sampler is None,
                               drop_last=len(train_ds) >= cfg.batch_size * world, **loader_kw)
@@ -259,7 +287,7 @@ def train(cfg: TrainConfig) -> dict:
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
     # Under DDP the DistributedSampler shards the data, so class balance comes from the loss instead.
-    weight_loss = cfg.balance == "weight" or (cfg.balance == "sampler" and world > 1)
+    weight_loss = cfg.balance == "weight" or (cfg.balance in ("sampler", "family") and world > 1)
     pos_weight = torch.tensor(class_pos_weight(labels), device=device) if weight_loss else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -373,12 +401,16 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def calibrate_checkpoint(ckpt: Path, logits_file: Path) -> dict:
-    """Fit Platt scaling (temperature and bias) on validation logits; store it in the checkpoint."""
+def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None) -> dict:
+    """Fit Platt scaling (temperature and bias) on validation logits (those under ``mask``
+    only, if given: a leave-one-out model is calibrated without its held-out sources);
+    store it in the checkpoint."""
     from bitmind.calibration import fit_platt
     from bitmind.checkpoint import read_checkpoint
 
     logits, labels = np.load(logits_file)
+    if mask is not None:
+        logits, labels = logits[mask], labels[mask]
     t, b = fit_platt(logits, labels)
     before = compute_metrics(labels, apply_calibration(logits))
     after = compute_metrics(labels, apply_calibration(logits, t, b))

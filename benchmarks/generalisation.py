@@ -1,0 +1,179 @@
+"""Leave-one-family-out generalisation benchmark (see ``bitmind/training/logo.py`` and docs/Generalisation.md).
+
+    # everything (GPU: a few minutes per 10 variants x epoch budget; CPU works on tiny data)
+    python benchmarks/generalisation.py all --spec base_miner/NPR/sweeps/logo.json \\
+        --data ../shared/data/sn34-mini ../shared/data/sn34-wide --challenge_data ../shared/data/sn34-validator \\
+        --baseline shipped=mining_models/base.pth:fake/sd1x --name logo
+
+    # or step by step: train (the sweep), score (every checkpoint on both regimes), analyse (CPU)
+    python benchmarks/generalisation.py train   --spec ... --data ... --challenge_data ... --name logo
+    python benchmarks/generalisation.py score   --sweep base_miner/checkpoints/logo --data ... --challenge_data ...
+    python benchmarks/generalisation.py analyse --sweep base_miner/checkpoints/logo
+
+``analyse`` writes ``benchmarks/results/generalisation.json`` (per regime, per fold, per
+source; a top-level ``summary`` per recipe with ``mean_heldout_detection``,
+``worst_heldout_detection`` and ``real_accuracy``) and ``docs/figures/generalisation.png``
+(held-out detection per family and recipe, both regimes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from bitmind.training.logo import REGIMES, analyse, load_spec, logo_sweep_spec, score_models, sources_in
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """``name=path[:fake/src,fake/src]`` -> ({name: path}, {name: trained fake sources})."""
+    paths, trained = {}, {}
+    for it in items or []:
+        name, _, rest = it.partition("=")
+        path, _, srcs = rest.partition(":")
+        if not name or not path:
+            raise SystemExit(f"--baseline wants NAME=PATH[:fake/src,...], got {it!r}")
+        paths[name], trained[name] = path, [s for s in srcs.split(",") if s]
+    return paths, trained
+
+
+def cmd_train(args) -> Path:
+    from bitmind.training.sweep import SweepSpec, run_sweep
+
+    logo = json.loads(Path(args.spec).read_text())
+    base = dict(logo.get("base", {}))
+    for key in ("data", "challenge_data", "train_data"):
+        if getattr(args, key):
+            base[key] = getattr(args, key)
+    for key in ("epochs", "device", "workers", "checkpoints_dir", "max_steps_per_epoch", "samples_per_epoch"):
+        if getattr(args, key, None) is not None:
+            base[key] = getattr(args, key)
+    base["name"] = args.name
+    logo["base"] = base
+    roots = base.get("data", []) + base.get("challenge_data", []) + base.get("train_data", [])
+    sweep = logo_sweep_spec(logo, sources_in(roots))
+    spec = SweepSpec.from_dict(sweep)
+    run_dir = spec.base.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
+    print(f"LOGO sweep: {len(sweep['variants'])} variants, folds {sweep['logo']['folds']}", flush=True)
+    run_sweep(spec)
+    return run_dir
+
+
+def cmd_score(args) -> Path:
+    sweep_dir = Path(args.sweep)
+    spec = json.loads((sweep_dir / "logo_spec.json").read_text()) if (sweep_dir / "logo_spec.json").exists() else load_spec(sweep_dir)
+    models = {v: str(sweep_dir / v / "model_epoch_best.pth") for v in spec["variants"]
+              if (sweep_dir / v / "model_epoch_best.pth").exists()}
+    paths, _ = _baselines(args.baseline)
+    models.update(paths)
+    base = spec.get("base", {})
+    regimes = {"validator": args.challenge_data or base.get("challenge_data", []),
+               "crops": args.data or base.get("data", [])}
+    out = Path(args.scores or sweep_dir / "logo_scores.npz")
+    return score_models(models, regimes, out, device=args.device or "auto", seed=args.seed, workers=args.workers or 4)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = [r for r in REGIMES if r in result["regimes"]]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(6.5 * len(regimes), 4.8), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        reg = result["regimes"][regime]
+        arms = {**reg["folds"], **{f"baseline:{k}": v for k, v in reg["baselines"].items()}}
+        fams = sorted({f for per in arms.values() for f in per})
+        cols = list(arms)
+        m = np.full((len(fams), len(cols)), np.nan)
+        for j, arm in enumerate(cols):
+            for i, fam in enumerate(fams):
+                r = arms[arm].get(fam)
+                if r and r["heldout_detection"] is not None:
+                    m[i, j] = r["heldout_detection"]
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        for i in range(len(fams)):
+            for j in range(len(cols)):
+                if not np.isnan(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8)
+        real = [result["summary"].get(arm, {}).get(regime, {}).get("real_accuracy") for arm in cols]
+        ax.set_xticks(range(len(cols)), [f"{c}\nreal {r:.2f}" if r is not None else c for c, r in zip(cols, real)],
+                      rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(fams)), fams, fontsize=9)
+        ax.set_title(f"held-out family detection ({regime})", fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_analyse(args) -> dict:
+    sweep_dir = Path(args.sweep)
+    spec = json.loads((sweep_dir / "logo_spec.json").read_text())
+    _, trained = _baselines(args.baseline)
+    result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained)
+    result["spec"] = {"folds": spec["logo"]["folds"], "recipes": spec["logo"]["recipes"], "controls": spec["logo"]["controls"],
+                      "epochs": spec["base"].get("epochs"), "variants": {k: v for k, v in spec["variants"].items()}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result, Path(args.figure))
+    print(f"{'arm':<40} {'regime':<10} {'mean det':>8} {'worst':>6} {'det@r90':>7} {'AUC':>5} {'real':>5} {'worst real':>10}")
+    for arm, per in result["summary"].items():
+        for regime, s in per.items():
+            f = lambda v: "  -  " if v is None else f"{v:.3f}"  # noqa: E731
+            print(f"{arm:<40} {regime:<10} {f(s['mean_heldout_detection']):>8} {f(s['worst_heldout_detection']):>6} "
+                  f"{f(s['mean_heldout_detection_at_real90']):>7} {f(s['mean_heldout_auc']):>5} {f(s['real_accuracy']):>5} "
+                  f"{f(s['worst_real_kind']):>10}")
+    print(f"wrote {out} and {args.figure}")
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["train", "score", "analyse", "all"])
+    p.add_argument("--spec", help="LOGO spec JSON (train, all)")
+    p.add_argument("--data", nargs="+", help="crop pools (CLASS/SOURCE/*.jpg), aligned round trips included")
+    p.add_argument("--challenge_data", nargs="+", help="ready-made validator challenges (sn34-validator)")
+    p.add_argument("--train_data", nargs="+", help="extra training-only roots")
+    p.add_argument("--name", default="logo")
+    p.add_argument("--checkpoints_dir", default=None)
+    p.add_argument("--sweep", help="the LOGO sweep folder (score, analyse); default <checkpoints_dir>/<name>")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--samples_per_epoch", type=int, default=None)
+    p.add_argument("--max_steps_per_epoch", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
+    p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
+                   help="extra models scored per family, e.g. shipped=mining_models/base.pth:fake/sd1x (its training fakes)")
+    p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
+    p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "generalisation.png"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in ("train", "all"):
+        if not args.spec:
+            p.error("--spec is required for train/all")
+        run_dir = cmd_train(args)
+        args.sweep = args.sweep or str(run_dir)
+    if not args.sweep:
+        from bitmind.training.config import DEFAULT_CHECKPOINTS_DIR
+
+        args.sweep = str(Path(args.checkpoints_dir or DEFAULT_CHECKPOINTS_DIR) / args.name)
+    if args.command in ("score", "all"):
+        cmd_score(args)
+    if args.command in ("analyse", "all"):
+        return cmd_analyse(args)
+
+
+if __name__ == "__main__":
+    main()

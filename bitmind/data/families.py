@@ -1,0 +1,90 @@
+"""Source families: which sources of the pools come from the same kind of generator (or camera).
+
+Why: two SD 1.x folders are not two generators, and neither are FLUX.1 [dev] and
+[schnell]. Leave-one-family-out folds hold out a whole family (so a fold tests a
+generator the model has never seen anything like), and the family-balanced sampler
+gives each family, not each folder, its share of an epoch (so SDXL's 1,139 crops do not
+drown the 16 BigGAN ones, and no single big source decides what "fake" means).
+
+Sources are named ``CLASS/NAME`` (``fake/sdxl``, ``real/faces``), as every data source
+of the project names them. Aligned round trips (``fake/aligned-<decoder>``) form one
+family per decoder design: ``aligned-taef2``, ``aligned-zoo-nearest8-c16`` ->
+``aligned-nearest``, and so on.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from typing import Iterable, Sequence
+
+#: Generator families of the SN34 pools (sn34-mini, sn34-wide, sn34-validator), by source folder.
+GENERATOR_FAMILIES: dict[str, tuple[str, ...]] = {
+    "sd1-2": ("sd1x", "sd15", "sd2"),
+    "sdxl": ("sdxl",),
+    "flux1": ("flux1-dev", "flux1-schnell"),
+    "sd3.5": ("sd35",),
+    "midjourney": ("midjourney-v3",),
+    "gans": ("stylegan-family", "biggan-progan", "pix2pixhd-spade", "vqgan"),
+}
+_BY_FOLDER = {folder: fam for fam, folders in GENERATOR_FAMILIES.items() for folder in folders}
+#: Up-sampling designs of the decoder zoo (``bitmind.training.decoder_zoo``), as they appear in decoder names.
+_ZOO_DESIGNS = ("nearest", "convt", "transposed", "shuffle", "pixelshuffle", "bilinear")
+
+
+def family_of(source: str) -> str:
+    """``fake/sd15`` -> ``sd1-2``; ``fake/aligned-zoo-shuffle8-c16`` -> ``aligned-shuffle``;
+    ``real/faces`` -> ``real/faces`` (each real kind is its own family); an unknown fake
+    folder is its own family."""
+    cls, _, name = source.partition("/")
+    if cls != "fake":
+        return source
+    if name.startswith("aligned-"):
+        rest = name[len("aligned-"):]
+        if rest.startswith("zoo-"):
+            design = rest[len("zoo-"):]
+            for d in _ZOO_DESIGNS:
+                if design.startswith(d):
+                    return "aligned-" + ("convt" if d == "transposed" else "shuffle" if d == "pixelshuffle" else d)
+            return "aligned-" + re.split(r"[-_\d]", design, maxsplit=1)[0]
+        return "aligned-" + rest
+    return _BY_FOLDER.get(name, name)
+
+
+def is_aligned(source: str) -> bool:
+    """A round trip of a real photo through a decoder (``fake/aligned-*``)."""
+    return source.startswith("fake/aligned-")
+
+
+def sources_of_family(family: str, sources: Iterable[str]) -> list[str]:
+    """The sources among ``sources`` that belong to ``family`` (``aligned`` alone matches every aligned family)."""
+    if family == "aligned":
+        return sorted({s for s in sources if is_aligned(s)})
+    return sorted({s for s in sources if family_of(s) == family})
+
+
+def sampling_family(source: str) -> str:
+    """The family a source is sampled as: ``family_of``, except that all aligned round
+    trips count as ONE family (``aligned``), whatever their decoder: they are training
+    material for traces, not generators the miner is challenged with, and must not
+    outweigh the real generators."""
+    return "aligned" if is_aligned(source) else family_of(source)
+
+
+def family_weights(labels: Sequence[int], sources: Sequence[str]) -> list[float]:
+    """Per-item sampling weights: each class gets half the draws; within a class each
+    family (``sampling_family``) an equal share; within a family each source an equal
+    share; within a source each item an equal share. The weights sum to 1 over all items."""
+    if len(labels) != len(sources):
+        raise ValueError("labels and sources differ in length")
+    count = Counter(sources)
+    fams_of_class: dict[int, set[str]] = defaultdict(set)
+    srcs_of_fam: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for y, s in zip(labels, sources):
+        fams_of_class[y].add(sampling_family(s))
+        srcs_of_fam[(y, sampling_family(s))].add(s)
+    n_classes = len(fams_of_class)
+    out = []
+    for y, s in zip(labels, sources):
+        f = sampling_family(s)
+        out.append(1.0 / n_classes / len(fams_of_class[y]) / len(srcs_of_fam[(y, f)]) / count[s])
+    return out

@@ -1,0 +1,265 @@
+"""Leave-one-family-out (LOGO): how well a training recipe detects generators it never saw.
+
+Why: the miner is scored on generators and cameras absent from every training pool, so
+the number that matters is detection of a family the model was NOT trained on, at a
+real-photo accuracy that does not give the reward away. In-pool validation rewards
+memorising the pool and cannot see that.
+
+Three steps, so the GPU does only what needs a GPU:
+
+1. ``logo_sweep_spec``: one sweep (``bitmind.training.sweep``, one shared data stream)
+   whose variants are, for each recipe, the model trained on everything plus one model
+   per held-out family (``exclude_sources`` = every source of that family, in every
+   root). A held-out family never decides a fold's epoch or calibration either (the
+   sweep validates each variant on the others only), so its 0.5 threshold is fixed on
+   the validation split of the other families.
+2. ``score_models``: every checkpoint's calibrated P(AI) for every picture of the
+   evaluation regimes, saved in one ``.npz`` (per item: source, split, label):
+   ``validator`` = ready-made validator challenges (``sn34-validator``) as they are;
+   ``crops`` = the crop pools through the validator pipeline (seeded, ``--challenge``).
+3. ``analyse``: per fold, the held-out family's detection rate (all its pictures: none
+   was trained on), its ROC AUC against the real test photos, and real-photo accuracy
+   per real kind on the test split; also the detection at the threshold that keeps 90 %
+   of validation real photos. ``summary`` gives each recipe's mean and worst held-out
+   detection and real accuracy. Baseline models (e.g. the shipped one) are scored per
+   family without folds: every family they never trained on is held out for them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from bitmind.data import open_source, split_of, sources_of_family
+from bitmind.data.families import GENERATOR_FAMILIES, family_of, is_aligned
+
+logger = logging.getLogger(__name__)
+
+FOLD_SEP = ".minus-"
+REGIMES = ("validator", "crops")
+
+
+# ---------------------------------------------------------------------------- 1. the sweep
+def sources_in(roots) -> list[str]:
+    """Every ``CLASS/NAME`` source of the given roots (a directory listing, no decoding)."""
+    names = set()
+    for root in roots:
+        src = open_source(root)
+        names.update(src.source_name(i) for i in range(len(src)))
+    return sorted(names)
+
+
+def default_folds(sources) -> list[str]:
+    """The generator families present in ``sources``, then ``aligned`` if round trips are."""
+    fams = [f for f in GENERATOR_FAMILIES if sources_of_family(f, sources)]
+    return fams + (["aligned"] if any(is_aligned(s) for s in sources) else [])
+
+
+def _control_excludes(control: dict, sources) -> list[str]:
+    """Sources a control variant drops: every source of its ``exclude`` families except
+    those of its ``keep`` families (e.g. exclude ``aligned``, keep ``aligned-taef2``)."""
+    drop = {s for fam in control.get("exclude", []) for s in sources_of_family(fam, sources)}
+    keep = {s for fam in control.get("keep", []) for s in sources_of_family(fam, sources)}
+    return sorted(drop - keep)
+
+
+def logo_sweep_spec(logo: dict, sources) -> dict:
+    """A sweep spec (see ``bitmind.training.sweep``) from a LOGO spec::
+
+        {"base": {...}, "val_seeds": [...], "val_every": 2,
+         "recipes": {"<recipe>": {<variant overrides>}},
+         "folds": ["sdxl", ...],                  # default: every family present
+         "fold_recipes": ["<recipe>", ...],       # recipes that get every fold (default: all)
+         "controls": {"<name>": {"exclude": ["aligned"], "keep": []}},
+         "control_folds": true}                   # controls get every fold too
+
+    Variant names: ``<recipe>``, ``<recipe>.minus-<family>``, ``<recipe>.<control>`` and
+    ``<recipe>.<control>.minus-<family>``."""
+    recipes = logo.get("recipes") or {}
+    if not recipes:
+        raise ValueError("a LOGO spec needs at least one recipe")
+    folds = logo.get("folds") or default_folds(sources)
+    fold_recipes = logo.get("fold_recipes") or list(recipes)
+    controls = logo.get("controls") or {}
+    variants = {}
+    for r, ov in recipes.items():
+        if FOLD_SEP in r or "." in r:
+            raise ValueError(f"recipe name {r!r} must not contain '.'")
+        arms = [(r, [])] + [(f"{r}.{c}", _control_excludes(cdef, sources)) for c, cdef in controls.items()]
+        for name, excl in arms:
+            variants[name] = {**ov, "exclude_sources": sorted(set(ov.get("exclude_sources", [])) | set(excl))}
+            if r not in fold_recipes or (name != r and not logo.get("control_folds", True)):
+                continue
+            for fam in folds:
+                held = sources_of_family(fam, sources)
+                if not held:
+                    logger.warning("fold %s: no source of that family in the data; skipped", fam)
+                    continue
+                variants[f"{name}{FOLD_SEP}{fam}"] = {**ov, "exclude_sources": sorted(set(excl) | set(held) |
+                                                                                     set(ov.get("exclude_sources", [])))}
+    out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every")}
+    out["variants"] = variants
+    out["logo"] = {"folds": folds, "recipes": list(recipes), "controls": list(controls)}
+    return out
+
+
+# ---------------------------------------------------------------------------- 2. scoring
+def _items(roots, regime: str, splits_for_aligned=("test",), split_seed: int = 0):
+    """(source object, index, source name, split, label) of every picture of ``roots``;
+    aligned round trips only in ``splits_for_aligned`` (their family has thousands)."""
+    out = []
+    for root in roots:
+        src = open_source(root)
+        for i in range(len(src)):
+            name, split = src.source_name(i), split_of(src.stem(i), split_seed)
+            if is_aligned(name) and split not in splits_for_aligned:
+                continue
+            out.append((src, i, name, split, src.label(i)))
+    return out
+
+
+def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str | Path, device: str = "auto",
+                 seed: int = 0, workers: int = 4, batch_size: int = 256) -> Path:
+    """Calibrated P(AI) of each model (name -> checkpoint) for every picture of each regime
+    (``validator``: files as they are; ``crops``: through the validator pipeline, seeded),
+    into one ``.npz``: ``<regime>/source``, ``/split``, ``/label``, ``/<model>``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from bitmind.checkpoint import load_model
+    from bitmind.data import AsIs, DetectionDataset, collate_skip_none
+    from bitmind.data.dataset import worker_init
+    from bitmind.image_transforms import ValidatorPipeline
+    from bitmind.training.trainer import resolve_amp, resolve_device, to_model_input
+
+    dev = resolve_device(device)
+    amp = resolve_amp("auto", dev)
+    nets = {}
+    for name, path in models.items():
+        lm = load_model(path)
+        nets[name] = (lm.model.to(dev).eval(), lm.temperature, lm.logit_bias)
+    arrays = {}
+    for regime, roots in regimes.items():
+        if not roots:
+            continue
+        items = _items(roots, regime)
+        ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
+                              seed=seed, uint8=True)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=collate_skip_none, worker_init_fn=worker_init)
+        probs = {n: np.full(len(items), np.nan, dtype=np.float32) for n in nets}
+        with torch.no_grad():
+            for batch in loader:
+                if batch is None:
+                    continue
+                x, _, k, _ = batch
+                x = to_model_input(x, dev)
+                for n, (net, t, b) in nets.items():
+                    with torch.autocast(dev.type, dtype=amp) if amp else torch.autocast("cpu", enabled=False):
+                        z = net(x).float().reshape(-1)
+                    probs[n][k.numpy()] = torch.sigmoid(z / t + b).cpu().numpy()
+        arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
+        arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
+        arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)
+        for n, p in probs.items():
+            arrays[f"{regime}/{n}"] = p
+        print(f"scored {len(items)} {regime} pictures with {len(nets)} models", flush=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    return out
+
+
+# ---------------------------------------------------------------------------- 3. analysis
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    if not len(pos) or not len(neg):
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+
+def _rate(x: np.ndarray) -> float | None:
+    return float(np.mean(x)) if len(x) else None
+
+
+def score_fold(probs: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels: np.ndarray, held_out: list[str],
+               excluded: list[str]) -> dict:
+    """One model in one regime: detection of the held-out sources (all splits), AUC of
+    them vs the real test photos, real accuracy per real kind (test split), in-pool test
+    accuracy per trained fake source, and detection at the validation threshold that
+    keeps 90 % of real photos."""
+    ok = ~np.isnan(probs)
+    held = ok & np.isin(sources, held_out)
+    real_test = ok & (labels == 0) & (splits == "test") & ~np.isin(sources, excluded)
+    real_val = ok & (labels == 0) & (splits == "val") & ~np.isin(sources, excluded)
+    thr90 = float(np.quantile(probs[real_val], 0.90)) if real_val.any() else 0.5
+    per_real = {s: _rate(probs[real_test & (sources == s)] <= 0.5) for s in sorted(set(sources[real_test]))}
+    per_held = {s: _rate(probs[held & (sources == s)] > 0.5) for s in sorted(set(sources[held]))}
+    seen_fake = ok & (labels == 1) & (splits == "test") & ~np.isin(sources, excluded)
+    per_seen = {s: _rate(probs[seen_fake & (sources == s)] > 0.5) for s in sorted(set(sources[seen_fake]))}
+    return {"heldout_detection": _rate(probs[held] > 0.5), "heldout_n": int(held.sum()),
+            "heldout_auc": _auc(probs[held], probs[real_test]),
+            "heldout_detection_at_real90": _rate(probs[held] > thr90), "threshold_real90": thr90,
+            "real_accuracy": _rate(probs[real_test] <= 0.5), "real_n": int(real_test.sum()),
+            "worst_real_kind": min((v for v in per_real.values() if v is not None), default=None),
+            "per_heldout_source": per_held, "per_real_kind": per_real, "per_seen_fake_source": per_seen}
+
+
+def _fold_of(variant: str) -> tuple[str, str | None]:
+    return tuple(variant.split(FOLD_SEP, 1)) if FOLD_SEP in variant else (variant, None)  # type: ignore[return-value]
+
+
+def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None = None) -> dict:
+    """Per-fold and summary figures from ``score_models``' file and the sweep's spec
+    (``spec.json``: each variant's ``exclude_sources``). ``baselines``: model name ->
+    the fake sources it was trained on (every other family is held out for it)."""
+    data = np.load(npz)
+    variants = spec["variants"]
+    folds = spec.get("logo", {}).get("folds") or []
+    out: dict = {"regimes": {}, "summary": {}}
+    for regime in REGIMES:
+        if f"{regime}/source" not in data:
+            continue
+        sources, splits, labels = (data[f"{regime}/{k}"] for k in ("source", "split", "label"))
+        all_sources = sorted(set(sources))
+        reg: dict = {"folds": {}, "baselines": {}, "in_pool": {}}
+        for v, ov in variants.items():
+            if f"{regime}/{v}" not in data:
+                continue
+            arm, fam = _fold_of(v)
+            excluded = list(ov.get("exclude_sources", []))
+            if fam is None:  # the model trained on everything of its arm: in-pool test figures
+                reg["in_pool"][arm] = score_fold(data[f"{regime}/{v}"], sources, splits, labels, [], excluded)
+                continue
+            held = sources_of_family(fam, all_sources)
+            reg["folds"].setdefault(arm, {})[fam] = score_fold(data[f"{regime}/{v}"], sources, splits, labels, held, excluded)
+        for name, trained in (baselines or {}).items():
+            if f"{regime}/{name}" not in data:
+                continue
+            trained_fams = {family_of(s) for s in trained}
+            reg["baselines"][name] = {
+                fam: score_fold(data[f"{regime}/{name}"], sources, splits, labels, sources_of_family(fam, all_sources), [])
+                for fam in folds if fam not in trained_fams and sources_of_family(fam, all_sources)}
+        out["regimes"][regime] = reg
+        for arm, per_fam in list(reg["folds"].items()) + [(f"baseline:{n}", f) for n, f in reg["baselines"].items()]:
+            det = [r["heldout_detection"] for r in per_fam.values() if r["heldout_detection"] is not None]
+            det90 = [r["heldout_detection_at_real90"] for r in per_fam.values() if r["heldout_detection_at_real90"] is not None]
+            real = [r["real_accuracy"] for r in per_fam.values() if r["real_accuracy"] is not None]
+            gen = {f: r for f, r in per_fam.items() if not f.startswith("aligned")}
+            out["summary"].setdefault(arm, {})[regime] = {
+                "mean_heldout_detection": float(np.mean(det)) if det else None,
+                "worst_heldout_detection": float(np.min(det)) if det else None,
+                "mean_heldout_detection_generators": float(np.mean([r["heldout_detection"] for r in gen.values()])) if gen else None,
+                "mean_heldout_detection_at_real90": float(np.mean(det90)) if det90 else None,
+                "mean_heldout_auc": float(np.mean([r["heldout_auc"] for r in per_fam.values() if r["heldout_auc"] is not None] or [np.nan])),
+                "real_accuracy": float(np.mean(real)) if real else None,
+                "worst_real_kind": min((r["worst_real_kind"] for r in per_fam.values() if r["worst_real_kind"] is not None), default=None),
+                "folds": len(per_fam)}
+    return out
+
+
+def load_spec(sweep_dir: str | Path) -> dict:
+    return json.loads((Path(sweep_dir) / "spec.json").read_text())

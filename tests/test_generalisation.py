@@ -1,0 +1,177 @@
+"""Source families, the family-balanced sampler with aligned pairs, augmentation per
+source, patch training, and the leave-one-family-out benchmark end to end (tiny, CPU)."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, LocalFolderSource, aligned_partners, family_of,
+                          family_weights, sources_of_family)
+from bitmind.training import TrainConfig
+from bitmind.training.logo import analyse, logo_sweep_spec, score_fold
+from bitmind.training.sweep import random_patches
+from bitmind.training.trainer import build_datasets, train_sampler
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"layers": [1, 1], "width": 8}
+
+
+def _img(seed: int, size: int = 64, smooth: bool = False) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (size // 8 if smooth else size, size // 8 if smooth else size, 3), dtype=np.uint8)
+    im = Image.fromarray(a, "RGB")
+    return im.resize((size, size), Image.NEAREST) if smooth else im
+
+
+def make_pools(root: Path) -> dict[str, Path]:
+    """A crop pool, a ready-made challenge pool and an aligned pool with shared stems.
+    Fakes are blocky (8x nearest up-sampled), reals are noise: learnable in a few steps."""
+    crops, chal, aligned = root / "crops", root / "chal", root / "aligned"
+    n = 0
+    for cls, srcs in (("real", ["faces", "coco"]), ("fake", ["sdxl", "flux1-dev", "flux1-schnell", "stylegan-family"])):
+        for s in srcs:
+            for d, suffix in ((crops, "_0"), (chal, "_90")):
+                (d / cls / s).mkdir(parents=True, exist_ok=True)
+                for i in range(8):
+                    n += 1
+                    size = 256 if d is chal else 64  # challenges are what a validator sends: 256 px
+                    _img(n, size, smooth=cls == "fake").save(d / cls / s / f"{s}{i}{suffix}.jpg", quality=90)
+    (aligned / "fake" / "aligned-taef2").mkdir(parents=True)
+    for f in sorted((crops / "real").rglob("*.jpg")):
+        Image.open(f).resize((8, 8)).resize((64, 64), Image.NEAREST).save(aligned / "fake" / "aligned-taef2" / f.name, quality=90)
+    return {"crops": crops, "chal": chal, "aligned": aligned}
+
+
+def test_family_of_groups_generators_and_decoders():
+    assert family_of("fake/sd15") == family_of("fake/sd2") == family_of("fake/sd1x") == "sd1-2"
+    assert family_of("fake/flux1-schnell") == "flux1"
+    assert family_of("fake/vqgan") == "gans"
+    assert family_of("real/faces") == "real/faces"
+    assert family_of("fake/aligned-taef2") == "aligned-taef2"
+    assert family_of("fake/aligned-zoo-shuffle8-c16") == "aligned-shuffle"
+    assert family_of("fake/aligned-zoo-bilinear4-c4") == "aligned-bilinear"
+    assert family_of("fake/brand-new") == "brand-new"
+    srcs = ["fake/sdxl", "fake/aligned-taef2", "fake/aligned-zoo-convt8-c4", "real/coco"]
+    assert sources_of_family("aligned", srcs) == ["fake/aligned-taef2", "fake/aligned-zoo-convt8-c4"]
+    assert sources_of_family("aligned-convt", srcs) == ["fake/aligned-zoo-convt8-c4"]
+
+
+def test_family_weights_give_each_family_its_share():
+    sources = ["real/a"] * 90 + ["real/b"] * 10 + ["fake/sdxl"] * 70 + ["fake/flux1-dev"] * 5 + ["fake/flux1-schnell"] * 25
+    labels = [0] * 100 + [1] * 100
+    w = np.asarray(family_weights(labels, sources))
+    share = lambda pred: w[[pred(s) for s in sources]].sum()  # noqa: E731
+    assert w.sum() == pytest.approx(1.0)
+    assert share(lambda s: s.startswith("real")) == pytest.approx(0.5)
+    assert share(lambda s: s == "real/b") == pytest.approx(0.25)
+    assert share(lambda s: s == "fake/sdxl") == pytest.approx(0.25)  # one family of two
+    assert share(lambda s: s == "fake/flux1-dev") == pytest.approx(0.125)  # half of the flux1 family
+    sampler = FamilySampler(labels, sources, seed=0, num_samples=4000)
+    drawn = Counter(sources[i] for i in sampler)
+    assert abs(drawn["fake/flux1-dev"] / 4000 - 0.125) < 0.03 and abs(drawn["real/b"] / 4000 - 0.25) < 0.03
+
+
+def test_aligned_pairs_share_a_batch_and_their_augmentation(tmp_path):
+    pools = make_pools(tmp_path)
+    cfg = TrainConfig(data=[str(pools["crops"]), str(pools["aligned"])], challenge_data=[str(pools["chal"])], balance="family",
+                      pair_aligned=True, batch_size=8, samples_per_epoch=400, aug_validator_prob=1.0,
+                      aug_jpeg_quality=[60, 95], val_fraction=0.25, test_fraction=0.25)
+    train, val, _ = build_datasets(cfg)
+    partners = aligned_partners(train)
+    names = train.source_names()
+    paired = [k for k, p in enumerate(partners) if p >= 0]
+    assert paired and all(names[k] == "fake/aligned-taef2" and names[partners[k]].startswith("real/") for k in paired)
+    sampler = train_sampler(cfg, train)
+    order = list(sampler)
+    assert len(order) == 400
+    for pos, k in enumerate(order):
+        if partners[k] >= 0 and pos + 1 < len(order):  # the round trip is followed by its photo, in the same batch
+            assert pos % 2 == 0 and order[pos + 1] == partners[k]
+    k = paired[0]  # same augmentation draws: the pair differs only by the decoder
+    assert train.rng_for(k).random() == train.rng_for(partners[k]).random()
+    # augmentation per source: challenges get flips only in training and are validated as they are
+    chal_k = next(i for i, (src, _) in enumerate(train.items) if str(src.root) == str(pools["chal"]))
+    assert isinstance(train.augment_of(chal_k), FlipOnly)
+    chal_v = next(i for i, (src, _) in enumerate(val.items) if str(src.root) == str(pools["chal"]))
+    assert isinstance(val.augment_of(chal_v), AsIs)
+    src, i = val.items[chal_v]
+    assert np.array_equal(np.asarray(val.transform(src.load(i), chal_v)), np.asarray(src.load(i)))
+    with pytest.raises(ValueError, match="even batch_size"):
+        train_sampler(TrainConfig(balance="family", pair_aligned=True, batch_size=7), train)
+
+
+def test_random_patches_crop_each_image_at_its_own_offset():
+    x = torch.arange(2 * 1 * 10 * 10, dtype=torch.float32).reshape(2, 1, 10, 10)
+    g = torch.Generator().manual_seed(0)
+    p = random_patches(x, 4, g)
+    assert p.shape == (2, 1, 4, 4)
+    for b in range(2):  # every patch is a contiguous window of its own image
+        top, left = divmod(int(p[b, 0, 0, 0].item()) - b * 100, 10)
+        assert torch.equal(p[b, 0], x[b, 0, top:top + 4, left:left + 4])
+
+
+def test_logo_spec_holds_out_whole_families():
+    sources = ["real/coco", "fake/sdxl", "fake/flux1-dev", "fake/flux1-schnell", "fake/aligned-taef2", "fake/aligned-zoo-convt8-c4"]
+    spec = logo_sweep_spec({"base": {}, "recipes": {"p": {"input": "npr_hp", "patch_size": 64}},
+                            "controls": {"taef2only": {"exclude": ["aligned"], "keep": ["aligned-taef2"]}}}, sources)
+    v = spec["variants"]
+    assert spec["logo"]["folds"] == ["sdxl", "flux1", "aligned"]
+    assert v["p"]["exclude_sources"] == [] and v["p"]["patch_size"] == 64
+    assert v["p.minus-flux1"]["exclude_sources"] == ["fake/flux1-dev", "fake/flux1-schnell"]
+    assert v["p.taef2only"]["exclude_sources"] == ["fake/aligned-zoo-convt8-c4"]
+    assert set(v["p.taef2only.minus-sdxl"]["exclude_sources"]) == {"fake/aligned-zoo-convt8-c4", "fake/sdxl"}
+    with pytest.raises(ValueError, match="recipe"):
+        logo_sweep_spec({"recipes": {}}, sources)
+
+
+def test_score_fold_counts_heldout_and_reals():
+    sources = np.array(["fake/sdxl"] * 4 + ["real/a"] * 4 + ["fake/flux1-dev"] * 2)
+    splits = np.array(["train", "val", "test", "test", "val", "val", "test", "test", "test", "test"])
+    labels = np.array([1] * 4 + [0] * 4 + [1] * 2)
+    probs = np.array([0.9, 0.2, 0.7, 0.6, 0.1, 0.3, 0.4, 0.8, 0.9, 0.1])
+    r = score_fold(probs, sources, splits, labels, ["fake/sdxl"], ["fake/sdxl"])
+    assert r["heldout_detection"] == 0.75 and r["heldout_n"] == 4  # all splits of the held-out family
+    assert r["real_accuracy"] == 0.5 and r["per_real_kind"] == {"real/a": 0.5}  # test split only
+    assert r["per_seen_fake_source"] == {"fake/flux1-dev": 0.5}
+    assert r["heldout_auc"] == pytest.approx(0.5)  # 4 of the 8 (held-out, real) pairs ordered right
+
+
+def test_generalisation_benchmark_end_to_end(tmp_path):
+    pools = make_pools(tmp_path)
+    spec = {"base": {"batch_size": 8, "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25,
+                     "test_fraction": 0.25, "balance": "family", "pair_aligned": True, "samples_per_epoch": 64,
+                     "aug_validator_prob": 0.0, "aug_jpeg_prob": 0.0, "lr": 1e-3},
+            "val_seeds": [0], "folds": ["flux1", "aligned"],
+            "recipes": {"patch": {**TINY, "input": "npr", "patch_size": 32}},
+            "controls": {"noaligned": {"exclude": ["aligned"]}}, "control_folds": False}
+    (tmp_path / "logo.json").write_text(json.dumps(spec))
+    out, fig = tmp_path / "gen.json", tmp_path / "gen.png"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "generalisation.py"), "all", "--spec", str(tmp_path / "logo.json"),
+           "--data", str(pools["crops"]), str(pools["aligned"]), "--challenge_data", str(pools["chal"]),
+           "--checkpoints_dir", str(tmp_path / "ck"), "--name", "logo", "--epochs", "2", "--workers", "0",
+           "--baseline", f"tiny={REPO / 'mining_models' / 'npr_f2.pth'}:fake/sd1x", "--out", str(out), "--figure", str(fig)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert fig.stat().st_size > 1000
+    folds = result["regimes"]["validator"]["folds"]["patch"]
+    assert set(folds) == {"flux1", "aligned"}
+    assert folds["flux1"]["heldout_n"] == 16 and set(folds["flux1"]["per_heldout_source"]) == {"fake/flux1-dev", "fake/flux1-schnell"}
+    # the fold never trained on flux1, and flux1 never decided its epoch: its spec says so
+    excl = result["spec"]["variants"]["patch.minus-flux1"]["exclude_sources"]
+    assert excl == ["fake/flux1-dev", "fake/flux1-schnell"]
+    assert "fake/aligned-taef2" in result["spec"]["variants"]["patch.noaligned"]["exclude_sources"]
+    s = result["summary"]["patch"]["validator"]
+    assert s["folds"] == 2 and 0.0 <= s["mean_heldout_detection"] <= 1.0 and s["worst_heldout_detection"] <= s["mean_heldout_detection"]
+    assert set(result["summary"]["baseline:tiny"]["crops"]) >= {"mean_heldout_detection", "real_accuracy"}
+    # the in-pool figures of the model trained on everything
+    assert "patch" in result["regimes"]["crops"]["in_pool"] and "patch.noaligned" in result["regimes"]["crops"]["in_pool"]
