@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast does the miner answer, and how much of that is the model?
 
-    python benchmarks/serve_bench.py [--data /work/shared/data/sn34-mini] [--device cpu|cuda]
+    python benchmarks/serve_bench.py [--data ../shared/data/sn34-mini] [--device cpu|cuda]
         [--model mining_models/base.pth] [--requests 200] [--clients 1,4,16] [--json OUT] [--no-axon]
 
 Everything below is measured in one run, on the same machine, with the same challenges

@@ -11,7 +11,7 @@ Network (testnet shown; mainnet is --netuid 34 without --subtensor.network):
 Local, without any network (mock chain under ~/.bitmind/local_chain; start local
 miners with ``python neurons/miner.py --mock ...`` against the same --local.root):
 
-    python neurons/validator.py --mock --neuron.data /work/shared/data/sn34-mini
+    python neurons/validator.py --mock --neuron.data ../shared/data/sn34-mini
 
 Each round draws one challenge (real or fake with probability 0.5), sends it to
 --neuron.sample_size miners with a --neuron.timeout time-out, rewards correct answers
