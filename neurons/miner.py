@@ -7,6 +7,10 @@ Network (testnet shown; mainnet is --netuid 34 without --subtensor.network):
         --neuron.model_path ./mining_models/base.pth --netuid 168 --subtensor.network test \\
         --wallet.name default --wallet.hotkey default --axon.port 8091
 
+or the same with the options kept in ecosystem.config.js (repository root):
+
+    pm2 start ecosystem.config.js
+
 Local, without any network (mock chain under ~/.bitmind/local_chain, 127.0.0.1):
 
     python neurons/miner.py --mock --axon.port 8091
