@@ -64,7 +64,10 @@ module.exports = {
     //   interpreter: "python3",
     //   cwd: __dirname,
     //   autorestart: true,
+    //   stop_exit_codes: [2, 3],     // 2: challenge data unreadable, 3: hotkey not registered
     //   exp_backoff_restart_delay: 1000,
+    //   min_uptime: "60s",
+    //   max_restarts: 10,
     //   kill_timeout: 30000,
     //   out_file: path.join(__dirname, "logs", "validator.out.log"),
     //   error_file: path.join(__dirname, "logs", "validator.err.log"),
