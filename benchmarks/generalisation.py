@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.training.logo import REGIMES, analyse, load_spec, logo_sweep_spec, score_models, sources_in
+from bitmind.training.logo import REGIMES, analyse, load_spec, logo_sweep_spec, score_models, select_recipe, sources_in
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def plot(result: dict, path: Path) -> None:
             for j in range(len(cols)):
                 if not np.isnan(m[i, j]):
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8)
-        real = [result["summary"].get(arm, {}).get(regime, {}).get("real_accuracy") for arm in cols]
+        real = [result["summary"]["arms"].get(arm, {}).get(regime, {}).get("real_accuracy") for arm in cols]
         ax.set_xticks(range(len(cols)), [f"{c}\nreal {r:.2f}" if r is not None else c for c, r in zip(cols, real)],
                       rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(fams)), fams, fontsize=9)
@@ -120,6 +120,10 @@ def cmd_analyse(args) -> dict:
     spec = json.loads((sweep_dir / "logo_spec.json").read_text())
     _, trained = _baselines(args.baseline)
     result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained)
+    arms = result.pop("summary")
+    chosen = select_recipe(arms) if not args.recipe else {"recipe": args.recipe, "regime": "validator",
+                                                           "rule": "named with --recipe", **arms[args.recipe]["validator"]}
+    result["summary"] = {**chosen, "arms": arms}
     result["spec"] = {"folds": spec["logo"]["folds"], "recipes": spec["logo"]["recipes"], "controls": spec["logo"]["controls"],
                       "epochs": spec["base"].get("epochs"), "variants": {k: v for k, v in spec["variants"].items()}}
     out = Path(args.out)
@@ -127,12 +131,13 @@ def cmd_analyse(args) -> dict:
     out.write_text(json.dumps(result, indent=2))
     plot(result, Path(args.figure))
     print(f"{'arm':<40} {'regime':<10} {'mean det':>8} {'worst':>6} {'det@r90':>7} {'AUC':>5} {'real':>5} {'worst real':>10}")
-    for arm, per in result["summary"].items():
+    for arm, per in result["summary"]["arms"].items():
         for regime, s in per.items():
             f = lambda v: "  -  " if v is None else f"{v:.3f}"  # noqa: E731
             print(f"{arm:<40} {regime:<10} {f(s['mean_heldout_detection']):>8} {f(s['worst_heldout_detection']):>6} "
                   f"{f(s['mean_heldout_detection_at_real90']):>7} {f(s['mean_heldout_auc']):>5} {f(s['real_accuracy']):>5} "
                   f"{f(s['worst_real_kind']):>10}")
+    print(f"selected recipe: {result['summary']['recipe']} ({result['summary']['rule']})")
     print(f"wrote {out} and {args.figure}")
     return result
 
@@ -155,6 +160,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
     p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
                    help="extra models scored per family, e.g. shipped=mining_models/base.pth:fake/sd1x (its training fakes)")
+    p.add_argument("--recipe", default=None, help="the recipe the top-level summary describes (default: chosen by LOGO)")
     p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
     p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "generalisation.png"))

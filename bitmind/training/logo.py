@@ -72,8 +72,8 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
          "recipes": {"<recipe>": {<variant overrides>}},
          "folds": ["sdxl", ...],                  # default: every family present
          "fold_recipes": ["<recipe>", ...],       # recipes that get every fold (default: all)
-         "controls": {"<name>": {"exclude": ["aligned"], "keep": []}},
-         "control_folds": true}                   # controls get every fold too
+         "controls": {"<name>": {"exclude": ["aligned"], "keep": [], "folds": true, "recipes": [...]}},
+         "control_folds": true}                   # default of each control's "folds"
 
     Variant names: ``<recipe>``, ``<recipe>.minus-<family>``, ``<recipe>.<control>`` and
     ``<recipe>.<control>.minus-<family>``."""
@@ -87,19 +87,22 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
     for r, ov in recipes.items():
         if FOLD_SEP in r or "." in r:
             raise ValueError(f"recipe name {r!r} must not contain '.'")
-        arms = [(r, [])] + [(f"{r}.{c}", _control_excludes(cdef, sources)) for c, cdef in controls.items()]
-        for name, excl in arms:
+        arms = [(r, [], True)] + [(f"{r}.{c}", _control_excludes(cdef, sources), cdef.get("folds", logo.get("control_folds", True)))
+                                  for c, cdef in controls.items() if r in cdef.get("recipes", [r])]
+        for name, excl, with_folds in arms:
             variants[name] = {**ov, "exclude_sources": sorted(set(ov.get("exclude_sources", [])) | set(excl))}
-            if r not in fold_recipes or (name != r and not logo.get("control_folds", True)):
+            if r not in fold_recipes or not with_folds:
                 continue
             for fam in folds:
                 held = sources_of_family(fam, sources)
                 if not held:
                     logger.warning("fold %s: no source of that family in the data; skipped", fam)
                     continue
+                if set(held) <= set(excl):  # the arm never trains on that family anyway
+                    continue
                 variants[f"{name}{FOLD_SEP}{fam}"] = {**ov, "exclude_sources": sorted(set(excl) | set(held) |
                                                                                      set(ov.get("exclude_sources", [])))}
-    out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every")}
+    out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "ensemble_members")}
     out["variants"] = variants
     out["logo"] = {"folds": folds, "recipes": list(recipes), "controls": list(controls)}
     return out
@@ -200,10 +203,14 @@ def score_fold(probs: np.ndarray, sources: np.ndarray, splits: np.ndarray, label
     per_held = {s: _rate(probs[held & (sources == s)] > 0.5) for s in sorted(set(sources[held]))}
     seen_fake = ok & (labels == 1) & (splits == "test") & ~np.isin(sources, excluded)
     per_seen = {s: _rate(probs[seen_fake & (sources == s)] > 0.5) for s in sorted(set(sources[seen_fake]))}
-    return {"heldout_detection": _rate(probs[held] > 0.5), "heldout_n": int(held.sum()),
+    fake_det = _rate(probs[seen_fake] > 0.5)
+    real_acc = _rate(probs[real_test] <= 0.5)
+    return {"test_fake_detection": fake_det, "test_auc": _auc(probs[seen_fake], probs[real_test]),
+            "test_balanced_accuracy": (fake_det + real_acc) / 2 if fake_det is not None and real_acc is not None else None,
+            "heldout_detection": _rate(probs[held] > 0.5), "heldout_n": int(held.sum()),
             "heldout_auc": _auc(probs[held], probs[real_test]),
             "heldout_detection_at_real90": _rate(probs[held] > thr90), "threshold_real90": thr90,
-            "real_accuracy": _rate(probs[real_test] <= 0.5), "real_n": int(real_test.sum()),
+            "real_accuracy": real_acc, "real_n": int(real_test.sum()),
             "worst_real_kind": min((v for v in per_real.values() if v is not None), default=None),
             "per_heldout_source": per_held, "per_real_kind": per_real, "per_seen_fake_source": per_seen}
 
@@ -263,3 +270,22 @@ def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None 
 
 def load_spec(sweep_dir: str | Path) -> dict:
     return json.loads((Path(sweep_dir) / "spec.json").read_text())
+
+
+def select_recipe(summary: dict, regime: str = "validator", min_real: float = 0.90) -> dict:
+    """The recipe (arm) to ship, by LOGO: the best mean held-out GENERATOR detection among
+    arms whose fold models keep ``min_real`` of real photos; if none does, the best mean of
+    the two (a detector that calls everything fake is no answer). Baselines are not candidates."""
+    rows = []
+    for arm, per in summary.items():
+        s = per.get(regime)
+        if arm.startswith("baseline:") or not s or s.get("mean_heldout_detection_generators") is None:
+            continue
+        rows.append((arm, s["mean_heldout_detection_generators"], s["real_accuracy"] or 0.0))
+    if not rows:
+        raise ValueError(f"no recipe has LOGO folds in regime {regime!r}")
+    ok = [r for r in rows if r[2] >= min_real]
+    arm, det, real = max(ok, key=lambda r: r[1]) if ok else max(rows, key=lambda r: (r[1] + r[2]) / 2)
+    rule = (f"best mean held-out generator detection with real accuracy >= {min_real}" if ok
+            else f"no arm keeps {min_real} of real photos: best mean of held-out detection and real accuracy")
+    return {"recipe": arm, "regime": regime, "rule": rule, **summary[arm][regime]}

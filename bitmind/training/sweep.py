@@ -101,6 +101,8 @@ class SweepSpec:
     val_seeds: list[int]
     val_from: int = 0
     val_every: int = 1
+    time_budget_s: float = 0.0  # 0 = off; else fewer epochs so the sweep ends within this many seconds
+    ensemble_members: int = 3  # largest ensemble of variants the final report tries (0 or 1: none)
     base_size: int = 256  # the side of the images the data stream yields
 
     @classmethod
@@ -120,7 +122,8 @@ class SweepSpec:
                 raise ValueError(f"variant {name!r} sets {sorted(bad)}, which all variants share (set them in 'base')")
         return cls(base=TrainConfig(**base), variants={k: dict(v) for k, v in variants.items()},
                    val_seeds=[int(s) for s in d.get("val_seeds", [0])], val_from=int(d.get("val_from", 0)),
-                   val_every=max(int(d.get("val_every", 1)), 1))
+                   val_every=max(int(d.get("val_every", 1)), 1), time_budget_s=float(d.get("time_budget_s", 0) or 0),
+                   ensemble_members=int(d.get("ensemble_members", 3)))
 
     def variant_config(self, name: str) -> TrainConfig:
         cfg = dataclasses.replace(self.base, **{k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS})
@@ -148,7 +151,8 @@ class SweepSpec:
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds, "val_from": self.val_from,
-                "val_every": self.val_every}
+                "val_every": self.val_every, "time_budget_s": self.time_budget_s,
+                "ensemble_members": self.ensemble_members}
 
 
 class _Variant:
@@ -242,6 +246,19 @@ class _Variant:
         self.opt.step()
         self.loss_sum = self.loss_sum + loss.detach() * len(y)
         self.loss_n += len(y)
+
+
+def fit_epochs(spec: SweepSpec, variants: list, epoch_seconds: float) -> None:
+    """Shorten the sweep so it ends within ``spec.time_budget_s`` at the measured epoch time
+    (training and validation together); every variant's schedule (cosine, warm-up) is
+    re-planned for the new length, so a budgeted run still anneals to its end."""
+    fit = max(int(spec.time_budget_s / max(epoch_seconds, 1e-6)), 3)
+    if fit < spec.base.epochs:
+        print(f"time budget {spec.time_budget_s:.0f}s at {epoch_seconds:.1f}s/epoch: {fit} epochs instead of {spec.base.epochs}",
+              flush=True)
+        spec.base.epochs = fit
+        for v in variants:
+            v.cfg.epochs = fit
 
 
 def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -419,9 +436,13 @@ def run_sweep(spec: SweepSpec) -> dict:
         print(f"variant {v.name}: {n_params:,} parameters, {v.training_images} training images, options {spec.variants[v.name]}", flush=True)
     sampler = train_sampler(base, train_ds)
     loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
-                        drop_last=len(train_ds) >= base.batch_size, **loader_kwargs(base, device))
+                        drop_last=len(sampler if sampler is not None else train_ds) >= base.batch_size, **loader_kwargs(base, device))
     t_start, images_seen = time.time(), 0
-    for epoch in range(base.epochs):
+    epoch = -1
+    while epoch + 1 < base.epochs:
+        epoch += 1
+        if spec.time_budget_s and epoch == 2:
+            fit_epochs(spec, variants, (time.time() - t_start) / 2)
         train_ds.set_epoch(epoch)
         lrs = {v.name: v.set_epoch(epoch) for v in variants}
         t_epoch = time.time()
@@ -482,7 +503,8 @@ def run_sweep(spec: SweepSpec) -> dict:
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
                            "parameters": sum(p.numel() for p in v.model.parameters()),
                            "training_images": v.training_images}
-    summary = {"variants": results, "ensembles": ensemble_report(best_logits, val_y)[:20] if len(variants) > 1 else [],
+    summary = {"variants": results, "ensembles": (ensemble_report(best_logits, val_y, spec.ensemble_members)[:20]
+                                if len(variants) > 1 and spec.ensemble_members > 1 else []),
                "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
