@@ -89,17 +89,16 @@ def random_crops(images: torch.Tensor, batch_size: int, crop: int, gen: torch.Ge
     one advanced-indexing gather on the images' device, no per-sample Python work."""
     n, _, h, w = images.shape
     crop = min(crop, h, w)
-    dev = images.device
-    idx = torch.randint(n, (batch_size,), generator=gen)
-    oy = torch.randint(h - crop + 1, (batch_size,), generator=gen)
-    ox = torch.randint(w - crop + 1, (batch_size,), generator=gen)
-    flip = torch.rand(batch_size, generator=gen) < 0.5
-    r = torch.arange(crop)
+    dev = images.device  # ``gen`` lives there too: no host-device copy, so no sync per step
+    idx = torch.randint(n, (batch_size,), generator=gen, device=dev)
+    oy = torch.randint(h - crop + 1, (batch_size,), generator=gen, device=dev)
+    ox = torch.randint(w - crop + 1, (batch_size,), generator=gen, device=dev)
+    flip = torch.rand(batch_size, generator=gen, device=dev) < 0.5
+    r = torch.arange(crop, device=dev)
     rows = oy[:, None] + r
     cols = torch.where(flip[:, None], ox[:, None] + crop - 1 - r, ox[:, None] + r)
-    ch = torch.arange(3)
-    x = images[idx.to(dev)[:, None, None, None], ch.to(dev)[None, :, None, None],
-               rows.to(dev)[:, None, :, None], cols.to(dev)[:, None, None, :]]
+    ch = torch.arange(3, device=dev)
+    x = images[idx[:, None, None, None], ch[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
     return x.float().div_(255)
 
 
@@ -128,7 +127,7 @@ def train_zoo(specs: list[ZooSpec], images: torch.Tensor, steps: int, batch_size
     opts = [torch.optim.Adam(m.parameters(), lr=lr, betas=(0.9, 0.99), **({"fused": True} if cuda else {}))
             for m in models]
     images = images.to(device)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=images.device).manual_seed(seed)
     sums = [torch.zeros(2, device=device) for _ in models]  # loss, mse since the last log
     t0, step, last_log = time.perf_counter(), 0, 0
     while True:
@@ -208,7 +207,7 @@ def cmd_train(a: argparse.Namespace) -> dict:
     logger.info("%d training crops %s, %d held-out (%s) crops; loaded in %.1f s", len(train), tuple(train.shape[1:]),
                 len(held), a.eval_split, time.perf_counter() - t0)
     models, run = train_zoo(specs, train, a.steps, a.batch_size, a.crop, a.lr, a.device, a.seed, a.time_budget_s,
-                            a.grad_weight, log_every=a.log_every)
+                            a.grad_weight, warmup=a.warmup, log_every=a.log_every)
     members = []
     for spec, model in zip(specs, models):
         path = save_zoo_file(model, out / f"{spec.name}.safetensors", {"steps": run["steps"], "seed": a.seed})
@@ -239,11 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--designs", nargs="+", default=list(DEFAULT_ZOO),
                    help=f"decoders as DESIGN-FACTORx-cLATENT (default: {' '.join(DEFAULT_ZOO)})")
     t.add_argument("--width", type=int, default=64, help="channels below full resolution (32 at full resolution)")
-    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--steps", type=int, default=6000, help="steps (each one batch through every decoder)")
     t.add_argument("--time_budget_s", type=float, default=0.0, help="stop (on a finished LR schedule) after this long")
     t.add_argument("--batch_size", type=int, default=32)
     t.add_argument("--crop", type=int, default=128)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
     t.add_argument("--grad_weight", type=float, default=0.5, help="weight of the pixel-difference L1 (sharpness)")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--seed", type=int, default=0)

@@ -45,19 +45,19 @@ def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5):
     """Structural similarity (Wang et al. 2004): Gaussian 11x11 window, sigma 1.5,
-    K1 0.01, K2 0.03, computed per channel over the valid region, then averaged."""
+    K1 0.01, K2 0.03, computed per channel over the valid region (in float64), then averaged."""
     a, single = _batch(a)
     b, _ = _batch(b)
-    a, b = a.float(), b.float()
+    a, b = a.double(), b.double()  # E[x^2] - E[x]^2 cancels badly in float32
     c = a.shape[1]
-    w = _gauss_window(window, sigma).to(a.device).expand(c, 1, window, window)
+    w = _gauss_window(window, sigma).to(a.device, torch.float64).expand(c, 1, window, window)
     mu_a, mu_b = F.conv2d(a, w, groups=c), F.conv2d(b, w, groups=c)
     var_a = F.conv2d(a * a, w, groups=c) - mu_a**2
     var_b = F.conv2d(b * b, w, groups=c) - mu_b**2
     cov = F.conv2d(a * b, w, groups=c) - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return _out(s.flatten(1).mean(1), single)
+    return _out(s.flatten(1).mean(1).float(), single)
 
 
 def high_frequency_energy(x: torch.Tensor) -> torch.Tensor:

@@ -84,11 +84,10 @@ class TinyAutoencoder(nn.Module):
     def __init__(self, weights_dir: str | Path, prefix: str = "taef2"):
         super().__init__()
         d = Path(weights_dir)
+        enc, dec = _load_state(d / f"{prefix}_encoder.pth"), _load_state(d / f"{prefix}_decoder.pth")
         try:
-            self.encoder = build_from_state_dict(_load_state(d / f"{prefix}_encoder.pth"), decoder=False)
-            self.decoder = build_from_state_dict(_load_state(d / f"{prefix}_decoder.pth"), decoder=True)
-        except DecoderLoadError:
-            raise
+            self.encoder = build_from_state_dict(enc, decoder=False)
+            self.decoder = build_from_state_dict(dec, decoder=True)
         except Exception as e:  # readable file, but not TAESD-layout weights
             raise DecoderLoadError(f"{d}: not TAESD-layout {prefix} weights ({type(e).__name__}: {e})") from e
         # Spatial compression: one 2x up-sampling per parameter-free Upsample gap.

@@ -115,6 +115,20 @@ class ZooAutoencoder(nn.Module):
                 dec.append(ResBlock(w[i - 1]))
         dec.append(_conv(w[0], 3))
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+        self._init()
+
+    def _init(self) -> None:
+        """He-normal convolutions and zero-initialised residual branches, so a deep stack
+        without normalisation starts near identity-plus-signal instead of shrinking its
+        input at every layer (PyTorch's default init does, and training then crawls)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            if isinstance(m, ResBlock):
+                nn.init.zeros_(m.body[-1].weight)
+        for last in (self.encoder[-1], self.decoder[-1]):  # linear outputs: unit gain, not ReLU gain
+            nn.init.kaiming_normal_(last.weight, nonlinearity="linear")
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable round trip of RGB in [0, 1] (unclamped, for training)."""
