@@ -189,7 +189,7 @@ def tiny_zoo(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         index = decoder_zoo.main(["train", "--data", str(pool), "--out", str(zoo), "--designs", *DESIGN_NAMES,
-                                  "--steps", "120", *TINY, "--min_psnr", "0", "--min_hf_ratio", "0"])
+                                  "--steps", "120", *TINY, "--min_psnr", "0", "--min_hf_ratio", "0", "--max_hf_ratio", "1e9"])
     finally:
         torch.set_num_threads(n)
     return pool, zoo, index
@@ -220,6 +220,7 @@ def test_zoo_rejects_decoders_below_the_bars(tiny_zoo, tmp_path, capsys):
     assert not d["accepted"] and "PSNR" in d["reason"]
     assert decoder_zoo.verdict({"psnr": 30, "hf_ratio": 0.4}, 28, 0.8) == (False, "high-frequency ratio 0.400 < 0.8 (blurry)")
     assert decoder_zoo.verdict({"psnr": 30, "hf_ratio": 0.9}, 28, 0.8) == (True, "ok")
+    assert decoder_zoo.verdict({"psnr": 30, "hf_ratio": 1.5}, 28, 0.8, 1.3) == (False, "high-frequency ratio 1.500 > 1.3 (adds noise)")
     err = _cli_error(["--data", str(pool), "--out", str(tmp_path / "o"), "--decoders", f"zoo={zoo}"], capsys)
     assert "no accepted decoder" in err
 

@@ -180,13 +180,16 @@ def measure(model: torch.nn.Module, images: torch.Tensor, device: str = "cpu", b
                                                                         "images": len(images)}
 
 
-def verdict(m: dict, min_psnr: float, min_hf_ratio: float) -> tuple[bool, str]:
-    """Accept a decoder whose round trips a person would take for the photo and that are not blurry."""
+def verdict(m: dict, min_psnr: float, min_hf_ratio: float, max_hf_ratio: float = math.inf) -> tuple[bool, str]:
+    """Accept a decoder whose round trips a person would take for the photo and that are
+    neither blurry (a detector would learn "blurry = fake") nor noisier than the photo."""
     why = []
     if m["psnr"] < min_psnr:
         why.append(f"PSNR {m['psnr']:.2f} dB < {min_psnr}")
     if m["hf_ratio"] < min_hf_ratio:
         why.append(f"high-frequency ratio {m['hf_ratio']:.3f} < {min_hf_ratio} (blurry)")
+    if m["hf_ratio"] > max_hf_ratio:
+        why.append(f"high-frequency ratio {m['hf_ratio']:.3f} > {max_hf_ratio} (adds noise)")
     return (not why), ("; ".join(why) or "ok")
 
 
@@ -212,7 +215,7 @@ def cmd_train(a: argparse.Namespace) -> dict:
     for spec, model in zip(specs, models):
         path = save_zoo_file(model, out / f"{spec.name}.safetensors", {"steps": run["steps"], "seed": a.seed})
         m = measure(load_zoo_file(path), held, a.device)  # the saved (fp16) weights, as aligned_fakes will use them
-        ok, reason = verdict(m, a.min_psnr, a.min_hf_ratio)
+        ok, reason = verdict(m, a.min_psnr, a.min_hf_ratio, a.max_hf_ratio)
         members.append({"name": spec.name, "design": spec.design, "factor": spec.factor, "latent_channels": spec.latent,
                         "width": spec.width, "params_decoder": count_params(model.decoder),
                         "params_encoder": count_params(model.encoder), "file": path.name,
@@ -254,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min_psnr", type=float, default=28.0)
     t.add_argument("--min_hf_ratio", type=float, default=0.8,
                    help="accept only if high-frequency energy keeps this share (TAEF2: 0.91-0.97 here)")
+    t.add_argument("--max_hf_ratio", type=float, default=1.3, help="reject round trips that add this much high-frequency energy")
     t.add_argument("--log_every", type=int, default=100)
     t.set_defaults(func=cmd_train)
     return p

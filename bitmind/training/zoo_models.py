@@ -119,16 +119,17 @@ class ZooAutoencoder(nn.Module):
 
     def _init(self) -> None:
         """He-normal convolutions and zero-initialised residual branches, so a deep stack
-        without normalisation starts near identity-plus-signal instead of shrinking its
-        input at every layer (PyTorch's default init does, and training then crawls)."""
+        without normalisation passes its signal on instead of shrinking it at every layer
+        (PyTorch's default init does, and training then crawls); the output layer starts
+        at zero, so training starts from grey rather than from amplified noise."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
             if isinstance(m, ResBlock):
                 nn.init.zeros_(m.body[-1].weight)
-        for last in (self.encoder[-1], self.decoder[-1]):  # linear outputs: unit gain, not ReLU gain
-            nn.init.kaiming_normal_(last.weight, nonlinearity="linear")
+        nn.init.kaiming_normal_(self.encoder[-1].weight, nonlinearity="linear")  # the latent: unit gain
+        nn.init.zeros_(self.decoder[-1].weight)  # the first round trip is flat grey, not loud noise
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable round trip of RGB in [0, 1] (unclamped, for training)."""
