@@ -19,7 +19,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bitmind.training.decoder_zoo import load_real_images, measure

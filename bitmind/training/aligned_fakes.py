@@ -39,14 +39,12 @@ import torch
 import torchvision.transforms.functional as TF
 
 from bitmind.training.decoders import Decoder, load_decoders, round_trip
-from bitmind.training.taesd import DecoderLoadError, TinyAutoencoder, build_from_state_dict  # noqa: F401 (public API)
+from bitmind.training.image_quality import psnr
+from bitmind.training.taesd import DecoderLoadError, TinyAutoencoder, build_from_state_dict
 
+__all__ = ["DecoderLoadError", "TinyAutoencoder", "build_from_state_dict", "make_aligned_fakes", "make_aligned_pool",
+           "real_inputs", "main"]
 logger = logging.getLogger(__name__)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item()
 
 
 def make_aligned_fakes(real_root: str | Path, out_root: str | Path, weights_dir: str | Path, prefix: str = "taef2_",
