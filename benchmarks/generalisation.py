@@ -5,6 +5,11 @@
         --data ../shared/data/sn34-mini ../shared/data/sn34-wide --challenge_data ../shared/data/sn34-validator \\
         --baseline shipped=mining_models/base.pth:fake/sd1x --name logo
 
+    # the committed figures, from the committed scores of the last GPU run (CPU, seconds):
+    python benchmarks/generalisation.py analyse --sweep . --logo_spec benchmarks/results/generalisation_spec.json \
+        --scores benchmarks/results/generalisation_scores.npz --recipe patch96 \
+        --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x
+
     # or step by step: train (the sweep), score (every checkpoint on both regimes), analyse (CPU)
     python benchmarks/generalisation.py train   --spec ... --data ... --challenge_data ... --name logo
     python benchmarks/generalisation.py score   --sweep base_miner/checkpoints/logo --data ... --challenge_data ...
@@ -117,7 +122,7 @@ def plot(result: dict, path: Path) -> None:
 
 def cmd_analyse(args) -> dict:
     sweep_dir = Path(args.sweep)
-    spec = json.loads((sweep_dir / "logo_spec.json").read_text())
+    spec = json.loads(Path(args.logo_spec or sweep_dir / "logo_spec.json").read_text())
     _, trained = _baselines(args.baseline)
     result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained)
     arms = result.pop("summary")
@@ -161,6 +166,7 @@ def main(argv=None):
     p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
                    help="extra models scored per family, e.g. shipped=mining_models/base.pth:fake/sd1x (its training fakes)")
     p.add_argument("--recipe", default=None, help="the recipe the top-level summary describes (default: chosen by LOGO)")
+    p.add_argument("--logo_spec", default=None, help="analyse: the sweep's logo_spec.json (default <sweep>/logo_spec.json)")
     p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
     p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "generalisation.png"))

@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from bitmind.calibration import apply_calibration, fit_platt
+from bitmind.calibration import apply_calibration, balanced_brier, fit_platt
 from bitmind.checkpoint import load_model, read_checkpoint, save_checkpoint
 from bitmind.eval import add_data_argument, build_dataset, collect_predictions
 from bitmind.metrics import compute_metrics
@@ -39,15 +39,20 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     z, y = np.concatenate(logits), np.concatenate(labels)
     t, b = fit_platt(z, y)
     before, after = compute_metrics(y, apply_calibration(z)), compute_metrics(y, apply_calibration(z, t, b))
-    kept = after["brier"] <= before["brier"]
+    bb_before, bb_after = balanced_brier(y, apply_calibration(z)), balanced_brier(y, apply_calibration(z, t, b))
+    kept = bb_after <= bb_before
+    if kept:
+        before["balanced_brier"], after["balanced_brier"] = bb_before, bb_after
+    else:
+        before["balanced_brier"] = after["balanced_brier"] = bb_before
     if not kept:
         t, b, after = 1.0, 0.0, before
     state, meta = read_checkpoint(model_path)
     meta["temperature"], meta["logit_bias"] = t, b
     record = {"temperature": t, "logit_bias": b, "split": split, "split_seed": split_seed, "challenge": challenge,
               "seeds": list(seeds), "n": int(len(y)), "kept": kept,
-              **{f"{k}_before": before[k] for k in ("brier", "accuracy", "real_accuracy", "fake_accuracy", "ece")},
-              **{f"{k}_after": after[k] for k in ("brier", "accuracy", "real_accuracy", "fake_accuracy", "ece")}}
+              **{f"{k}_before": before[k] for k in ("brier", "balanced_brier", "accuracy", "real_accuracy", "fake_accuracy", "ece")},
+              **{f"{k}_after": after[k] for k in ("brier", "balanced_brier", "accuracy", "real_accuracy", "fake_accuracy", "ece")}}
     meta.setdefault("metrics", {})["calibration"] = record
     save_checkpoint(state, out_path or model_path, meta)
     return record

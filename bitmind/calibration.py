@@ -13,12 +13,18 @@ import numpy as np
 import torch
 
 
-def fit_platt(logits, labels, fit_bias: bool = True, steps: int = 200) -> tuple[float, float]:
-    """Return ``(temperature, bias)`` minimising binary NLL of ``sigmoid(logit / T + b)``."""
+def fit_platt(logits, labels, fit_bias: bool = True, steps: int = 200, class_balanced: bool = True) -> tuple[float, float]:
+    """Return ``(temperature, bias)`` minimising binary NLL of ``sigmoid(logit / T + b)``.
+
+    ``class_balanced`` (default) weighs both classes equally, whatever their counts: SN34
+    validators send real and generated pictures about equally often, so the prior the
+    0.5 threshold must assume is 50/50, not the validation pool's (sn34-wide's has 2.7
+    fakes per real photo; an unweighted fit would learn "say fake" from that alone)."""
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64)).reshape(-1)
     y = torch.as_tensor(np.asarray(labels, dtype=np.float64)).reshape(-1)
     if len(z) == 0 or y.min() == y.max():
         return 1.0, 0.0  # nothing to calibrate against
+    w = torch.where(y > 0.5, 0.5 / y.mean(), 0.5 / (1.0 - y.mean())) if class_balanced else torch.ones_like(y)
     log_inv_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # 1/T = exp(.)
     b = torch.zeros(1, dtype=torch.float64, requires_grad=fit_bias)
     params = [log_inv_t] + ([b] if fit_bias else [])
@@ -26,7 +32,7 @@ def fit_platt(logits, labels, fit_bias: bool = True, steps: int = 200) -> tuple[
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z * log_inv_t.exp() + b, y)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z * log_inv_t.exp() + b, y, weight=w)
         loss.backward()
         return loss
 
@@ -44,3 +50,13 @@ def apply_calibration(logits, temperature: float = 1.0, bias: float = 0.0):
         return torch.sigmoid(logits / temperature + bias)
     z = np.asarray(logits, dtype=np.float64) / temperature + bias
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow for large |z|
+
+
+def balanced_brier(labels, probs) -> float:
+    """The Brier score with both classes weighed equally (the mean of the per-class
+    scores): what ``fit_platt``'s class-balanced fit improves, and so what decides
+    whether a fitted calibration is kept."""
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    per = [np.mean((p[y == c] - c) ** 2) for c in (0.0, 1.0) if np.any(y == c)]
+    return float(np.mean(per)) if per else float("nan")

@@ -122,3 +122,19 @@ def test_binary_nll_matches_torch():
     ref = torch.nn.functional.binary_cross_entropy_with_logits(z / 2.0, y).item()
     assert binary_nll(z, y, 2.0) == pytest.approx(ref, rel=1e-6)
     assert math.isnan(binary_nll([], []))
+
+
+def test_class_balanced_platt_ignores_the_validation_pools_class_ratio():
+    # 9 fakes per real photo, logits symmetric around 0: the unweighted fit learns the
+    # pool's prior (a bias towards "fake"); the class-balanced one, what validators send (50/50)
+    import numpy as np
+
+    from bitmind.calibration import balanced_brier, fit_platt
+
+    rng = np.random.default_rng(0)
+    z = np.r_[rng.normal(1.0, 1.0, 9000), rng.normal(-1.0, 1.0, 1000)]
+    y = np.r_[np.ones(9000), np.zeros(1000)]
+    _, b_plain = fit_platt(z, y, class_balanced=False)
+    _, b_bal = fit_platt(z, y)
+    assert b_plain > 1.5 and abs(b_bal) < 0.15  # log(9) = 2.2; the balanced optimum is 0
+    assert balanced_brier([0, 0, 1], [0.0, 0.2, 0.5]) == pytest.approx(0.5 * (0.02 + 0.25))

@@ -31,11 +31,15 @@ def test_shipped_checkpoints_load_with_the_extended_npr():
     # the earlier single model (written before input/stem_pool existed) still loads as plain NPR
     lm = load_model(REPO / "mining_models" / "npr_f2.pth")
     assert lm.model.config["input"] == "npr" and lm.model.config["stem_pool"] is True
-    # the shipped model is a self-describing ensemble of a residual model and a raw-pixel one
+    # the shipped model: one residual network (NPR + high-pass), class-balanced calibration in the file
     lm = load_model(REPO / "mining_models" / "base.pth")
+    assert lm.arch == "npr" and lm.model.config["input"] == "npr_hp"
+    assert lm.temperature != 1.0 and lm.meta["metrics"]["calibration"]["method"] == "class-balanced Platt scaling"
+    assert lm.meta["train_options"]["patch_size"] == 96 and lm.meta["train_options"]["balance"] == "family"
+    # the previous (SD v1.x only) ensemble is kept beside it
+    lm = load_model(REPO / "mining_models" / "base_sd1x.pth")
     assert lm.arch == "ensemble"
     assert sorted(m["config"]["input"] for m in lm.model.config["members"]) == ["npr_hp", "rgb"]
-    assert lm.temperature != 1.0 and "calibration" in lm.meta["metrics"]
 
 
 @pytest.mark.parametrize("mode,channels", [("npr", 3), ("hp", 3), ("npr_hp", 6), ("rgb", 3), ("rgb_npr_hp", 9)])

@@ -18,6 +18,7 @@ DATA=${1:?usage: run_generalisation.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: run_generalisation.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 WORK=${3:?usage: run_generalisation.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 ZOO_BUDGET=${ZOO_BUDGET:-180}
+ZOO=${ZOO:-1}  # ZOO=0: TAEF2 round trips only
 cd "$(dirname "$0")/../.."
 mkdir -p "$WORK"
 PY=${PYTHON:-python3}
@@ -27,10 +28,10 @@ CHALLENGES=("$DATA/sn34-validator")
 # A failed zoo or round-trip step is reported and the run goes on without it: the sweep
 # then has fewer (or no) aligned sources, and the LOGO spec drops what it lacks.
 echo "== 1. decoder zoo ($(date +%T))"
-[ -f "$WORK/zoo/zoo.json" ] || $PY -m bitmind.training.decoder_zoo train --data "${CROPS[@]}" --out "$WORK/zoo" \
+[ "$ZOO" = 0 ] || [ -f "$WORK/zoo/zoo.json" ] || $PY -m bitmind.training.decoder_zoo train --data "${CROPS[@]}" --out "$WORK/zoo" \
   --time_budget_s "$ZOO_BUDGET" || echo "!! decoder zoo failed; going on with TAEF2 alone"
 DECODERS=("taef2=$MODELS/taef2")
-[ -f "$WORK/zoo/zoo.json" ] && DECODERS+=("zoo=$WORK/zoo")
+[ "$ZOO" != 0 ] && [ -f "$WORK/zoo/zoo.json" ] && DECODERS+=("zoo=$WORK/zoo")
 
 echo "== 2. aligned round trips ($(date +%T))"
 [ -d "$WORK/aligned/fake" ] || $PY -m bitmind.training.aligned_fakes --data "${CROPS[@]}" "${CHALLENGES[@]}" \
@@ -39,14 +40,14 @@ ALIGNED=()
 [ -d "$WORK/aligned/fake" ] && ALIGNED=("$WORK/aligned")
 
 echo "== 3. leave-one-family-out sweep and scores ($(date +%T))"
-$PY benchmarks/generalisation.py train --spec base_miner/NPR/sweeps/logo.json \
+$PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweeps/logo.json}" \
   --data "${CROPS[@]}" "${ALIGNED[@]}" --challenge_data "${CHALLENGES[@]}" \
   --checkpoints_dir "$WORK/checkpoints" --name logo
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/logo" \
-  --baseline shipped=mining_models/base.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x
+  --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x
 
 echo "== 4. analysis ($(date +%T))"
 $PY benchmarks/generalisation.py analyse --sweep "$WORK/checkpoints/logo" \
-  --baseline shipped=mining_models/base.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x \
+  --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x \
   --out "$WORK/generalisation.json" --figure "$WORK/generalisation.png"
 echo "== done ($(date +%T))"

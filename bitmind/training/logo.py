@@ -125,9 +125,11 @@ def _items(roots, regime: str, splits_for_aligned=("test",), split_seed: int = 0
 
 def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str | Path, device: str = "auto",
                  seed: int = 0, workers: int = 4, batch_size: int = 256) -> Path:
-    """Calibrated P(AI) of each model (name -> checkpoint) for every picture of each regime
+    """Raw logits of each model (name -> checkpoint) for every picture of each regime
     (``validator``: files as they are; ``crops``: through the validator pipeline, seeded),
-    into one ``.npz``: ``<regime>/source``, ``/split``, ``/label``, ``/<model>``."""
+    into one ``.npz``: ``<regime>/source``, ``/split``, ``/label``, ``/<model>``, and each
+    model's own calibration as ``calibration/<model>`` = (T, b). Raw logits, so that
+    ``analyse`` can fix every fold's threshold the same way, on CPU."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -162,13 +164,15 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                 for n, (net, t, b) in nets.items():
                     with torch.autocast(dev.type, dtype=amp) if amp else torch.autocast("cpu", enabled=False):
                         z = net(x).float().reshape(-1)
-                    probs[n][k.numpy()] = torch.sigmoid(z / t + b).cpu().numpy()
+                    probs[n][k.numpy()] = z.cpu().numpy()
         arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
         arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
         arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)
         for n, p in probs.items():
             arrays[f"{regime}/{n}"] = p
         print(f"scored {len(items)} {regime} pictures with {len(nets)} models", flush=True)
+    for n, (_, t, b) in nets.items():
+        arrays[f"calibration/{n}"] = np.asarray([t, b], dtype=np.float64)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
@@ -215,6 +219,30 @@ def score_fold(probs: np.ndarray, sources: np.ndarray, splits: np.ndarray, label
             "per_heldout_source": per_held, "per_real_kind": per_real, "per_seen_fake_source": per_seen}
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+def model_probabilities(data, name: str, excluded: list[str] | None, regimes=REGIMES) -> dict[str, np.ndarray]:
+    """P(AI) of one model in each regime. A sweep model (``excluded`` given) gets its
+    threshold fixed here, all folds alike: a class-balanced Platt fit on the validation
+    pictures of every regime, its held-out sources left out. A baseline (``excluded`` is
+    None) keeps the calibration stored in its own file: it is scored as it is served."""
+    from bitmind.calibration import fit_platt
+
+    present = [r for r in regimes if f"{r}/{name}" in data]
+    if excluded is None:
+        t, b = data[f"calibration/{name}"] if f"calibration/{name}" in data else (1.0, 0.0)
+    else:
+        zs, ys = [], []
+        for r in present:
+            val = (data[f"{r}/split"] == "val") & ~np.isin(data[f"{r}/source"], excluded) & ~np.isnan(data[f"{r}/{name}"])
+            zs.append(data[f"{r}/{name}"][val])
+            ys.append(data[f"{r}/label"][val])
+        t, b = fit_platt(np.concatenate(zs), np.concatenate(ys), class_balanced=True)
+    return {r: _sigmoid(data[f"{r}/{name}"] / t + b) for r in present}
+
+
 def _fold_of(variant: str) -> tuple[str, str | None]:
     return tuple(variant.split(FOLD_SEP, 1)) if FOLD_SEP in variant else (variant, None)  # type: ignore[return-value]
 
@@ -227,6 +255,9 @@ def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None 
     variants = spec["variants"]
     folds = spec.get("logo", {}).get("folds") or []
     out: dict = {"regimes": {}, "summary": {}}
+    probs = {v: model_probabilities(data, v, list(ov.get("exclude_sources", []))) for v, ov in variants.items()
+             if any(f"{r}/{v}" in data for r in REGIMES)}
+    probs.update({n: model_probabilities(data, n, None) for n in (baselines or {})})
     for regime in REGIMES:
         if f"{regime}/source" not in data:
             continue
@@ -239,16 +270,17 @@ def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None 
             arm, fam = _fold_of(v)
             excluded = list(ov.get("exclude_sources", []))
             if fam is None:  # the model trained on everything of its arm: in-pool test figures
-                reg["in_pool"][arm] = score_fold(data[f"{regime}/{v}"], sources, splits, labels, [], excluded)
+                reg["in_pool"][arm] = score_fold(probs[v][regime], sources, splits, labels, [], excluded)
                 continue
             held = sources_of_family(fam, all_sources)
-            reg["folds"].setdefault(arm, {})[fam] = score_fold(data[f"{regime}/{v}"], sources, splits, labels, held, excluded)
+            reg["folds"].setdefault(arm, {})[fam] = score_fold(probs[v][regime], sources, splits, labels, held, excluded)
         for name, trained in (baselines or {}).items():
             if f"{regime}/{name}" not in data:
                 continue
             trained_fams = {family_of(s) for s in trained}
+            reg["in_pool"][f"baseline:{name}"] = score_fold(probs[name][regime], sources, splits, labels, [], [])
             reg["baselines"][name] = {
-                fam: score_fold(data[f"{regime}/{name}"], sources, splits, labels, sources_of_family(fam, all_sources), [])
+                fam: score_fold(probs[name][regime], sources, splits, labels, sources_of_family(fam, all_sources), [])
                 for fam in folds if fam not in trained_fams and sources_of_family(fam, all_sources)}
         out["regimes"][regime] = reg
         for arm, per_fam in list(reg["folds"].items()) + [(f"baseline:{n}", f) for n, f in reg["baselines"].items()]:

@@ -248,6 +248,15 @@ class _Variant:
         self.loss_n += len(y)
 
 
+def selection_score(m: dict) -> float:
+    """What picks a variant's best epoch: balanced accuracy (the mean of real and fake
+    accuracy) when both classes are present, so a validation set with more fakes than
+    reals cannot crown a model that calls everything fake; plain accuracy otherwise."""
+    if m.get("real_accuracy") is not None and m.get("fake_accuracy") is not None:
+        return 0.5 * (m["real_accuracy"] + m["fake_accuracy"])
+    return m["accuracy"]
+
+
 def fit_epochs(spec: SweepSpec, variants: list, epoch_seconds: float) -> None:
     """Shorten the sweep so it ends within ``spec.time_budget_s`` at the measured epoch time
     (training and validation together); every variant's schedule (cosine, warm-up) is
@@ -477,8 +486,9 @@ def run_sweep(spec: SweepSpec) -> dict:
                    "averaged": v.swa is not None}
             v.history.append(rec)
             log_epoch(v.writer, rec)
-            if m["accuracy"] > v.best_acc:
-                v.best_acc = m["accuracy"]
+            score = selection_score(m)
+            if score > v.best_acc:
+                v.best_acc = score
                 v.best = {"epoch": epoch, **{k: val for k, val in m.items() if k != "per_source"}}
                 meta = model_meta(v.eval_model, v.cfg.arch, metrics={"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
                                   train_options={**v.cfg.to_dict(), **spec.variant_extras(v.name), "sweep": str(out_dir)})

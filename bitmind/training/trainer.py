@@ -405,7 +405,7 @@ def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None 
     """Fit Platt scaling (temperature and bias) on validation logits (those under ``mask``
     only, if given: a leave-one-out model is calibrated without its held-out sources);
     store it in the checkpoint."""
-    from bitmind.calibration import fit_platt
+    from bitmind.calibration import balanced_brier, fit_platt
     from bitmind.checkpoint import read_checkpoint
 
     logits, labels = np.load(logits_file)
@@ -414,13 +414,15 @@ def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None 
     t, b = fit_platt(logits, labels)
     before = compute_metrics(labels, apply_calibration(logits))
     after = compute_metrics(labels, apply_calibration(logits, t, b))
-    if after["brier"] > before["brier"]:  # tiny or separable validation sets: keep the identity map
-        t, b, after = 1.0, 0.0, before
+    bb_before, bb_after = balanced_brier(labels, apply_calibration(logits)), balanced_brier(labels, apply_calibration(logits, t, b))
+    if bb_after > bb_before:  # tiny or separable validation sets: keep the identity map
+        t, b, after, bb_after = 1.0, 0.0, before, bb_before
     state, meta = read_checkpoint(ckpt)
     meta["temperature"], meta["logit_bias"] = t, b
     meta.setdefault("metrics", {})["calibration"] = {
         "temperature": t, "logit_bias": b, "split": "val",
-        "val_brier_before": before["brier"], "val_brier_after": after["brier"],
+        "val_brier_before": before["brier"], "val_brier_after": after["brier"], "class_balanced": True,
+        "val_balanced_brier_before": bb_before, "val_balanced_brier_after": bb_after,
         "val_acc_before": before["accuracy"], "val_acc_after": after["accuracy"],
         "val_real_acc_before": before["real_accuracy"], "val_real_acc_after": after["real_accuracy"]}
     save_checkpoint(state, ckpt, meta)
