@@ -120,6 +120,46 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _f(v, pct: bool = False) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def markdown_tables(result: dict) -> str:
+    """The tables docs/Generalisation.md and docs/Model.md quote, from the analysis JSON."""
+    lines = []
+    for regime in REGIMES:
+        reg = result["regimes"].get(regime)
+        if not reg:
+            continue
+        arms = {**reg["folds"], **{f"baseline:{k}": v for k, v in reg["baselines"].items()}}
+        fams = sorted({f for per in arms.values() for f in per})
+        lines += [f"### Held-out family detection, {regime} regime", "",
+                  "| held-out family | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+        for fam in fams:
+            cells = []
+            for per in arms.values():
+                r = per.get(fam)
+                cells.append("–" if not r else f"{_f(r['heldout_detection'])} (AUC {_f(r['heldout_auc'])}, real {_f(r['real_accuracy'])})")
+            lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+        summ = result["summary"]["arms"]
+        lines.append("| **mean / worst detection, real acc.** | " + " | ".join(
+            f"**{_f(summ[a][regime]['mean_heldout_detection'])} / {_f(summ[a][regime]['worst_heldout_detection'])}, "
+            f"{_f(summ[a][regime]['real_accuracy'])}**" for a in arms) + " |")
+        lines.append("")
+        pool = reg["in_pool"]
+        lines += [f"### Test split, {regime} regime (models trained on every family; per source)", "",
+                  "| source | " + " | ".join(pool) + " |", "|---|" + "---|" * len(pool)]
+        srcs = sorted({s for r in pool.values() for s in list(r["per_real_kind"]) + list(r["per_seen_fake_source"])})
+        for src in srcs:
+            cells = [_f(r["per_real_kind"].get(src, r["per_seen_fake_source"].get(src))) for r in pool.values()]
+            lines.append(f"| {src} | " + " | ".join(cells) + " |")
+        for key, label in (("real_accuracy", "real photos"), ("test_fake_detection", "fakes"),
+                           ("test_balanced_accuracy", "balanced"), ("test_auc", "ROC AUC")):
+            lines.append(f"| **{label}** | " + " | ".join(f"**{_f(r[key])}**" for r in pool.values()) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def cmd_analyse(args) -> dict:
     sweep_dir = Path(args.sweep)
     spec = json.loads(Path(args.logo_spec or sweep_dir / "logo_spec.json").read_text())
@@ -135,6 +175,8 @@ def cmd_analyse(args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     plot(result, Path(args.figure))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_tables(result) + "\n")
     print(f"{'arm':<40} {'regime':<10} {'mean det':>8} {'worst':>6} {'det@r90':>7} {'AUC':>5} {'real':>5} {'worst real':>10}")
     for arm, per in result["summary"]["arms"].items():
         for regime, s in per.items():
@@ -167,6 +209,7 @@ def main(argv=None):
                    help="extra models scored per family, e.g. shipped=mining_models/base.pth:fake/sd1x (its training fakes)")
     p.add_argument("--recipe", default=None, help="the recipe the top-level summary describes (default: chosen by LOGO)")
     p.add_argument("--logo_spec", default=None, help="analyse: the sweep's logo_spec.json (default <sweep>/logo_spec.json)")
+    p.add_argument("--markdown", default=None, help="analyse: also write the per-fold and per-source tables as Markdown")
     p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
     p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "generalisation.png"))
