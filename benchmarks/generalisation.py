@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.training.logo import REGIMES, analyse, load_spec, logo_sweep_spec, score_models, select_recipe, sources_in
+from bitmind.training.logo import REGIMES, analyse, load_spec, logo_sweep_spec, score_models, select_recipe, ship, sources_in
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,9 +189,21 @@ def cmd_analyse(args) -> dict:
     return result
 
 
+def cmd_ship(args) -> dict:
+    """The variant trained on everything, calibrated class-balanced on the validation pictures of both regimes."""
+    if not args.variant or not args.ship_out:
+        raise SystemExit("ship needs --variant NAME and --ship_out PATH")
+    ckpt = args.checkpoint or str(Path(args.sweep) / args.variant / "model_epoch_best.pth")
+    rec = ship(args.scores or Path(args.sweep) / "logo_scores.npz", args.variant, ckpt, args.ship_out, args.description or "")
+    print(f"wrote {args.ship_out}: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f} on {rec['n']} validation pictures "
+          f"({', '.join(rec['regimes'])}); real {rec['val_real_accuracy_before']:.3f} -> {rec['val_real_accuracy_after']:.3f}, "
+          f"fake {rec['val_fake_accuracy_before']:.3f} -> {rec['val_fake_accuracy_after']:.3f}")
+    return rec
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["train", "score", "analyse", "all"])
+    p.add_argument("command", choices=["train", "score", "analyse", "all", "ship"])
     p.add_argument("--spec", help="LOGO spec JSON (train, all)")
     p.add_argument("--data", nargs="+", help="crop pools (CLASS/SOURCE/*.jpg), aligned round trips included")
     p.add_argument("--challenge_data", nargs="+", help="ready-made validator challenges (sn34-validator)")
@@ -209,6 +221,10 @@ def main(argv=None):
                    help="extra models scored per family, e.g. shipped=mining_models/base.pth:fake/sd1x (its training fakes)")
     p.add_argument("--recipe", default=None, help="the recipe the top-level summary describes (default: chosen by LOGO)")
     p.add_argument("--logo_spec", default=None, help="analyse: the sweep's logo_spec.json (default <sweep>/logo_spec.json)")
+    p.add_argument("--variant", default=None, help="ship: the sweep variant to ship (trained on everything)")
+    p.add_argument("--checkpoint", default=None, help="ship: its checkpoint (default <sweep>/<variant>/model_epoch_best.pth)")
+    p.add_argument("--ship_out", default=None, help="ship: where the calibrated model goes (e.g. mining_models/base.pth)")
+    p.add_argument("--description", default=None, help="ship: a sentence stored in the model file")
     p.add_argument("--markdown", default=None, help="analyse: also write the per-fold and per-source tables as Markdown")
     p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
@@ -224,6 +240,8 @@ def main(argv=None):
         from bitmind.training.config import DEFAULT_CHECKPOINTS_DIR
 
         args.sweep = str(Path(args.checkpoints_dir or DEFAULT_CHECKPOINTS_DIR) / args.name)
+    if args.command == "ship":
+        return cmd_ship(args)
     if args.command in ("score", "all"):
         cmd_score(args)
     if args.command in ("analyse", "all"):

@@ -176,3 +176,14 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     assert set(result["summary"]["arms"]["baseline:tiny"]["crops"]) >= {"mean_heldout_detection", "real_accuracy"}
     # the in-pool figures of the model trained on everything
     assert "patch" in result["regimes"]["crops"]["in_pool"] and "patch.noaligned" in result["regimes"]["crops"]["in_pool"]
+    # ship: the variant trained on everything, with the class-balanced calibration the analysis uses
+    shipped = tmp_path / "base.pth"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generalisation.py"), "ship", "--sweep", str(tmp_path / "ck" / "logo"),
+                          "--variant", "patch", "--ship_out", str(shipped)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from bitmind.checkpoint import load_model
+    lm = load_model(shipped)
+    cal = lm.meta["metrics"]["calibration"]
+    assert cal["method"] == "class-balanced Platt scaling" and set(cal["regimes"]) == {"validator", "crops"}
+    assert (lm.temperature, lm.logit_bias) == (cal["temperature"], cal["logit_bias"]) and cal["n"] > 0
+    assert lm.meta["train_options"]["patch_size"] == 32

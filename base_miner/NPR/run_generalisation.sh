@@ -10,6 +10,10 @@
 #
 #   bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
 #
+# The shipped mining_models/base.pth came from (recipe patch96, docs/Model.md):
+#   LOGO_SPEC=base_miner/NPR/sweeps/logo_quick.json ZOO=0 SHIP_VARIANT=patch96 \
+#     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
+#
 # On one H200 about 20 minutes: zoo ~3 min, round trips ~2 min, sweep ~11 min (the
 # spec's time_budget_s fits the epochs to it), scoring ~1 min. Needs a GPU in practice;
 # the same code runs on CPU (tests use tiny data).
@@ -50,4 +54,8 @@ echo "== 4. analysis ($(date +%T))"
 $PY benchmarks/generalisation.py analyse --sweep "$WORK/checkpoints/logo" \
   --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x \
   --out "$WORK/generalisation.json" --figure "$WORK/generalisation.png"
+if [ -n "${SHIP_VARIANT:-}" ]; then
+  echo "== 5. ship $SHIP_VARIANT -> $WORK/base.pth ($(date +%T))"
+  $PY benchmarks/generalisation.py ship --sweep "$WORK/checkpoints/logo" --variant "$SHIP_VARIANT" --ship_out "$WORK/base.pth"
+fi
 echo "== done ($(date +%T))"

@@ -321,3 +321,41 @@ def select_recipe(summary: dict, regime: str = "validator", min_real: float = 0.
     rule = (f"best mean held-out generator detection with real accuracy >= {min_real}" if ok
             else f"no arm keeps {min_real} of real photos: best mean of held-out detection and real accuracy")
     return {"recipe": arm, "regime": regime, "rule": rule, **summary[arm][regime]}
+
+
+def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path, description: str = "") -> dict:
+    """Write ``checkpoint`` (the sweep variant trained on everything) to ``out`` with the
+    calibration the analysis uses: a class-balanced Platt fit on the validation pictures of
+    every regime in the scores file (ready-made challenges as sent, crop pools through the
+    validator pipeline). Returns the calibration record stored in the file."""
+    from bitmind.calibration import apply_calibration, balanced_brier, fit_platt
+    from bitmind.checkpoint import read_checkpoint, save_checkpoint
+    from bitmind.metrics import compute_metrics
+
+    data = np.load(npz)
+    zs, ys, used = [], [], []
+    for r in REGIMES:
+        if f"{r}/{variant}" not in data:
+            continue
+        val = (data[f"{r}/split"] == "val") & ~np.isnan(data[f"{r}/{variant}"])
+        zs.append(data[f"{r}/{variant}"][val].astype(np.float64))
+        ys.append(data[f"{r}/label"][val])
+        used.append(r)
+    if not zs:
+        raise KeyError(f"{variant!r} has no scores in {npz}")
+    z, y = np.concatenate(zs), np.concatenate(ys)
+    t, b = fit_platt(z, y, class_balanced=True)
+    before, after = compute_metrics(y, apply_calibration(z)), compute_metrics(y, apply_calibration(z, t, b))
+    state, meta = read_checkpoint(checkpoint)
+    meta["temperature"], meta["logit_bias"] = t, b
+    record = {"temperature": t, "logit_bias": b, "method": "class-balanced Platt scaling", "split": "val",
+              "regimes": used, "n": int(len(y)),
+              "val_balanced_brier_before": balanced_brier(y, apply_calibration(z)),
+              "val_balanced_brier_after": balanced_brier(y, apply_calibration(z, t, b)),
+              **{f"val_{k}_{when}": m[k] for when, m in (("before", before), ("after", after))
+                 for k in ("brier", "ece", "real_accuracy", "fake_accuracy")}}
+    meta.setdefault("metrics", {})["calibration"] = record
+    if description:
+        meta["description"] = description
+    save_checkpoint(state, out, meta)
+    return record
