@@ -42,6 +42,10 @@ def test_cli_defaults_follow_the_guide():
     assert Path(cfg.checkpoints_dir) == REPO / "base_miner" / "checkpoints"
     cfg = parse_config(["--data", "a", "b", "--layers", "2", "2", "--channels_last", "false", "--aug_jpeg_quality", "30", "100"])
     assert cfg.data == ["a", "b"] and cfg.layers == [2, 2] and cfg.channels_last is False and cfg.aug_jpeg_quality == [30, 100]
+    # data roots add up when the flag is repeated (as in bitmind.eval); other lists are replaced
+    cfg = parse_config(["--data", "a", "--data", "b", "c", "--challenge_data", "v", "--aug_jpeg_quality", "60", "90"])
+    assert cfg.data == ["a", "b", "c"] and cfg.challenge_data == ["v"] and cfg.aug_jpeg_quality == [60, 90]
+    assert parse_config([]).data == []
 
 
 def test_cpu_run_writes_checkpoints_tensorboard_and_options(synth_data, tmp_path):

@@ -112,6 +112,10 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
 
+#: List options that name data roots: repeating the flag adds roots instead of replacing them.
+_ROOT_LISTS = ("data", "train_data", "challenge_data")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the NPR AI-generated image detector.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -121,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         flag = f"--{f.name}"
         if isinstance(default, bool):
             p.add_argument(flag, type=_bool, nargs="?", const=True, default=default, help=f"{f.name} (true/false)")
+        elif f.name in _ROOT_LISTS:  # --data A B, or --data A --data B: every root counts
+            p.add_argument(flag, type=str, nargs="+", action="extend", default=[], help=f.name)
         elif isinstance(default, list):
             typ = float if (default and isinstance(default[0], float)) else (int if default else str)
             p.add_argument(flag, type=typ, nargs="+", default=default, help=f.name)
