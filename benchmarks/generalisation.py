@@ -3,7 +3,7 @@
     # everything (GPU: a few minutes per 10 variants x epoch budget; CPU works on tiny data)
     python benchmarks/generalisation.py all --spec base_miner/NPR/sweeps/logo.json \\
         --data ../shared/data/sn34-mini ../shared/data/sn34-wide --challenge_data ../shared/data/sn34-validator \\
-        --baseline shipped=mining_models/base.pth:fake/sd1x --name logo
+        --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x --name logo
 
     # the committed figures, from the committed scores of the last GPU run (CPU, seconds):
     python benchmarks/generalisation.py analyse --sweep . --logo_spec benchmarks/results/generalisation_spec.json \
@@ -218,7 +218,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
     p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
-                   help="extra models scored per family, e.g. shipped=mining_models/base.pth:fake/sd1x (its training fakes)")
+                   help="extra models scored per family, e.g. base_sd1x=mining_models/base_sd1x.pth:fake/sd1x (its training fakes)")
     p.add_argument("--recipe", default=None, help="the recipe the top-level summary describes (default: chosen by LOGO)")
     p.add_argument("--logo_spec", default=None, help="analyse: the sweep's logo_spec.json (default <sweep>/logo_spec.json)")
     p.add_argument("--variant", default=None, help="ship: the sweep variant to ship (trained on everything)")

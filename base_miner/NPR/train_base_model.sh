@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The exact recipe of the shipped mining_models/base.pth (see docs/Model.md):
+# The exact recipe of the previous shipped model, now mining_models/base_sd1x.pth (see the history in docs/Model.md):
 # a two-member ensemble (an NPR+high-pass residual model and a raw-pixel model), chosen
 # on the validation split from one sweep that trains five variants on one data stream.
 #   bash base_miner/NPR/train_base_model.sh ../shared/data/sn34-mini
