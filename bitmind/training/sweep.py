@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
