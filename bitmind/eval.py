@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from bitmind.checkpoint import LoadedModel, load_model
+from bitmind.common import resolve_device
 from bitmind.data import DetectionDataset, ImageSource, collate_skip_none, open_source, split_indices
 from bitmind.data.splits import SPLITS
 from bitmind.image_transforms import ValidatorPipeline
@@ -132,12 +133,6 @@ class Predictions:
         return order[:k].tolist() if k is not None else order.tolist()
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.inference_mode()
 def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: DetectionDataset, batch_size: int = 32,
                         device: str | torch.device | None = "cpu", workers: int = 0, temperature: float | None = None,
@@ -162,7 +157,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     logit_bias = float(logit_bias or 0.0)
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     net = net.to(dev).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_none, pin_memory=dev.type == "cuda")
@@ -198,7 +193,7 @@ def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = Fal
                       json_path: str | os.PathLike | None = None,
                       plots_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], Predictions, DetectionDataset]:
     """``evaluate`` that also returns the per-image predictions and the dataset."""
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     loaded = load_model(model_path, device=dev)
     data = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     pipeline = ValidatorPipeline() if challenge else None

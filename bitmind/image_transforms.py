@@ -18,6 +18,7 @@ independent of worker processes or global RNG state.
 """
 from __future__ import annotations
 
+from bitmind.common import PLAIN_SHARE
 import io
 import math
 import random
@@ -160,7 +161,7 @@ class ValidatorPipeline:
     then (if ``jpeg_quality`` is set) a JPEG round trip at that quality.
     """
 
-    plain_share: float = 0.2
+    plain_share: float = PLAIN_SHARE
     jpeg_quality: int | None = VALIDATOR_JPEG_QUALITY
     size: int = TARGET_SIZE
 
@@ -190,7 +191,7 @@ class AugConfig:
     """
 
     validator_prob: float = 1.0
-    plain_share: float = 0.2
+    plain_share: float = PLAIN_SHARE
     jpeg_prob: float = 1.0
     jpeg_quality: tuple[int, int] = (75, 75)
     blur_prob: float = 0.0

@@ -49,6 +49,7 @@ import torch.nn as nn
 from PIL import Image
 
 from bitmind.checkpoint import CheckpointError, LoadedModel, load_model
+from bitmind.common import resolve_amp, resolve_device
 from bitmind.image_io import DecodeLimits, decode_image
 from bitmind.image_transforms import TARGET_SIZE, base_transforms
 
@@ -80,7 +81,7 @@ def auto_workers(device: torch.device, threads: int) -> int:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -288,9 +289,7 @@ class Predictor:
         self.check_interval = check_interval
         self.max_batch, self.batch_window = int(max_batch) or auto_max_batch(self.device), batch_window_ms / 1000.0
         self.limits = limits
-        if amp == "auto":
-            amp = "bf16" if self.device.type == "cuda" else None
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None}[amp]
+        self.amp_dtype = resolve_amp(amp, self.device)
         # Prepare a faster copy for CPU serving ("auto": on CPU only; False: always eager).
         self.optimize = self.device.type == "cpu" if optimize == "auto" else bool(optimize)
         # Forward workers and their shared intra-op thread budget (see _threads_for).

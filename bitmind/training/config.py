@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bitmind.image_transforms import AugConfig
+from bitmind.common import PLAIN_SHARE, parse_bool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINTS_DIR = REPO_ROOT / "base_miner" / "checkpoints"
@@ -55,7 +56,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # augmentation (applied to both classes alike)
     aug_validator_prob: float = 1.0  # random aug / plain, as validators do
-    aug_plain_share: float = 0.2
+    aug_plain_share: float = PLAIN_SHARE
     aug_jpeg_prob: float = 1.0
     aug_jpeg_quality: list[int] = field(default_factory=lambda: [75, 75])
     aug_blur_prob: float = 0.0
@@ -102,16 +103,6 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2))
 
 
-def _bool(s: str) -> bool:
-    if isinstance(s, bool):
-        return s
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
-
-
 #: List options that name data roots: repeating the flag adds roots instead of replacing them.
 _ROOT_LISTS = ("data", "train_data", "challenge_data")
 
@@ -124,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, f.name)
         flag = f"--{f.name}"
         if isinstance(default, bool):
-            p.add_argument(flag, type=_bool, nargs="?", const=True, default=default, help=f"{f.name} (true/false)")
+            p.add_argument(flag, type=parse_bool, nargs="?", const=True, default=default, help=f"{f.name} (true/false)")
         elif f.name in _ROOT_LISTS:  # --data A B, or --data A --data B: every root counts
             p.add_argument(flag, type=str, nargs="+", action="extend", default=[], help=f.name)
         elif isinstance(default, list):

@@ -137,7 +137,8 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     from bitmind.data import AsIs, DetectionDataset, collate_skip_none
     from bitmind.data.dataset import worker_init
     from bitmind.image_transforms import ValidatorPipeline
-    from bitmind.training.trainer import resolve_amp, resolve_device, to_model_input
+    from bitmind.common import resolve_amp, resolve_device
+    from bitmind.training.trainer import to_model_input
 
     dev = resolve_device(device)
     amp = resolve_amp("auto", dev)

@@ -67,10 +67,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
+from bitmind.common import parse_bool, resolve_amp
 from bitmind.data import AsIs, DetectionDataset, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import ValidatorPipeline
@@ -78,7 +79,7 @@ from bitmind.metrics import compute_metrics
 from bitmind.training.config import TrainConfig
 from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, build_training_model,
                                       calibrate_checkpoint, epoch_batches, loader_kwargs, log_epoch, prepare_device,
-                                      resolve_amp, seed_everything, smooth_labels, to_model_input, train_sampler)
+                                      seed_everything, smooth_labels, to_model_input, train_sampler)
 
 logger = logging.getLogger(__name__)
 
@@ -544,7 +545,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap batches per epoch (quick tests)")
-    p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    p.add_argument("--progress", type=parse_bool, default=None)
     args = p.parse_args(argv)
     if args.report:
         rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members, args.report_out,

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
+from bitmind.common import resolve_amp, resolve_device
 from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, aligned_partners, balanced_sampler,
                           class_pos_weight, collate_skip_none, open_source, split_indices)
 from bitmind.data.dataset import worker_init
@@ -42,25 +43,6 @@ def _dist_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment, or a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or name == "none":
-        return None
-    if name in ("auto", "bf16"):
-        return torch.bfloat16
-    if name == "fp16":
-        return torch.float16
-    raise ValueError(f"unknown amp mode {name!r}")
 
 
 def seed_everything(seed: int) -> None:

@@ -19,6 +19,7 @@ challenge sequence (useful for comparing miners or models on identical challenge
 """
 from __future__ import annotations
 
+from bitmind.common import PLAIN_SHARE
 import logging
 import random
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class ChallengeGenerator:
     """Draws challenges from ``sources`` with a seeded RNG."""
 
     sources: Sequence[ImageSource]
-    plain_share: float = 0.2
+    plain_share: float = PLAIN_SHARE
     fake_prob: float = 0.5
     jpeg_quality: int = VALIDATOR_JPEG_QUALITY
     seed: int | None = None

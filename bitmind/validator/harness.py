@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import bittensor as bt
 
 from bitmind import local_chain as lc
+from bitmind.common import PLAIN_SHARE, atomic_write_text
+
 from bitmind.data import SPLITS
 from bitmind.validator.chain import ChainView
 from bitmind.validator.challenges import ChallengeGenerator
@@ -153,7 +155,7 @@ def _unique_names(paths: Sequence[str]) -> list[str]:
 
 
 def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], challenges: int = 100, seed: int = 0,
-                timeout: float = DEFAULT_TIMEOUT, plain_share: float = 0.2, device: str = "cpu",
+                timeout: float = DEFAULT_TIMEOUT, plain_share: float = PLAIN_SHARE, device: str = "cpu",
                 json_out: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
                 split: str | None = None, split_seed: int = 0, progress: bool = False) -> dict:
     """Serve each model file as a local miner, send ``challenges`` challenges from ``data``
@@ -206,11 +208,7 @@ def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], 
     }
     result["table"] = format_table(rows)
     if json_out:
-        out = Path(json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(f".{out.name}.tmp")
-        tmp_out.write_text(json.dumps(result, indent=2))
-        os.replace(tmp_out, out)
+        atomic_write_text(json_out, json.dumps(result, indent=2))
     return result
 
 
@@ -222,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--challenges", type=int, default=100, help="Number of challenges (each goes to every miner).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the challenge sequence (same seed, same challenges).")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
-    p.add_argument("--plain-share", type=float, default=0.2, help="Share of challenges without random augmentation.")
+    p.add_argument("--plain_share", "--plain-share", type=float, default=PLAIN_SHARE, help="Share of challenges without random augmentation.")
     p.add_argument("--split", choices=SPLITS, default=None,
                    help="Challenge only with this split of the data (by picture stem, as the trainer splits); "
                         "default: all images. Use 'test' to compare models on pictures they never trained on.")
