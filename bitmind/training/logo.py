@@ -329,9 +329,7 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
     calibration the analysis uses: a class-balanced Platt fit on the validation pictures of
     every regime in the scores file (ready-made challenges as sent, crop pools through the
     validator pipeline). Returns the calibration record stored in the file."""
-    from bitmind.calibration import apply_calibration, balanced_brier, fit_platt
-    from bitmind.checkpoint import read_checkpoint, save_checkpoint
-    from bitmind.metrics import compute_metrics
+    from bitmind.calibration import calibrate_logits, store_calibration
 
     data = np.load(npz)
     zs, ys, used = [], [], []
@@ -344,19 +342,5 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
         used.append(r)
     if not zs:
         raise KeyError(f"{variant!r} has no scores in {npz}")
-    z, y = np.concatenate(zs), np.concatenate(ys)
-    t, b = fit_platt(z, y, class_balanced=True)
-    before, after = compute_metrics(y, apply_calibration(z)), compute_metrics(y, apply_calibration(z, t, b))
-    state, meta = read_checkpoint(checkpoint)
-    meta["temperature"], meta["logit_bias"] = t, b
-    record = {"temperature": t, "logit_bias": b, "method": "class-balanced Platt scaling", "split": "val",
-              "regimes": used, "n": int(len(y)),
-              "val_balanced_brier_before": balanced_brier(y, apply_calibration(z)),
-              "val_balanced_brier_after": balanced_brier(y, apply_calibration(z, t, b)),
-              **{f"val_{k}_{when}": m[k] for when, m in (("before", before), ("after", after))
-                 for k in ("brier", "ece", "real_accuracy", "fake_accuracy")}}
-    meta.setdefault("metrics", {})["calibration"] = record
-    if description:
-        meta["description"] = description
-    save_checkpoint(state, out, meta)
-    return record
+    record = calibrate_logits(np.concatenate(zs), np.concatenate(ys), keep_if_better=False, split="val", regimes=used)
+    return store_calibration(checkpoint, record, out, **({"description": description} if description else {}))

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bitmind.calibration import apply_calibration
+from bitmind.calibration import apply_calibration, calibrate_logits, store_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
 from bitmind.common import resolve_amp, resolve_device
 from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, aligned_partners, balanced_sampler,
@@ -384,30 +384,13 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None) -> dict:
-    """Fit Platt scaling (temperature and bias) on validation logits (those under ``mask``
-    only, if given: a leave-one-out model is calibrated without its held-out sources);
-    store it in the checkpoint."""
-    from bitmind.calibration import balanced_brier, fit_platt
-    from bitmind.checkpoint import read_checkpoint
-
+    """Fit the calibration on the validation logits saved beside ``ckpt`` (those under
+    ``mask`` only, if given: a leave-one-out model is calibrated without its held-out
+    sources) and store it in the checkpoint."""
     logits, labels = np.load(logits_file)
     if mask is not None:
         logits, labels = logits[mask], labels[mask]
-    t, b = fit_platt(logits, labels)
-    before = compute_metrics(labels, apply_calibration(logits))
-    after = compute_metrics(labels, apply_calibration(logits, t, b))
-    bb_before, bb_after = balanced_brier(labels, apply_calibration(logits)), balanced_brier(labels, apply_calibration(logits, t, b))
-    if bb_after > bb_before:  # tiny or separable validation sets: keep the identity map
-        t, b, after, bb_after = 1.0, 0.0, before, bb_before
-    state, meta = read_checkpoint(ckpt)
-    meta["temperature"], meta["logit_bias"] = t, b
-    meta.setdefault("metrics", {})["calibration"] = {
-        "temperature": t, "logit_bias": b, "split": "val",
-        "val_brier_before": before["brier"], "val_brier_after": after["brier"], "class_balanced": True,
-        "val_balanced_brier_before": bb_before, "val_balanced_brier_after": bb_after,
-        "val_acc_before": before["accuracy"], "val_acc_after": after["accuracy"],
-        "val_real_acc_before": before["real_accuracy"], "val_real_acc_after": after["real_accuracy"]}
-    save_checkpoint(state, ckpt, meta)
-    print(f"calibration: T={t:.3f} b={b:+.3f}; val brier {before['brier']:.4f} -> {after['brier']:.4f}, "
-          f"acc {before['accuracy']:.4f} -> {after['accuracy']:.4f}", flush=True)
-    return meta["metrics"]["calibration"]
+    rec = store_calibration(ckpt, calibrate_logits(logits, labels, split="val"))
+    print(f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f}; val brier {rec['val_brier_before']:.4f} -> "
+          f"{rec['val_brier_after']:.4f}, acc {rec['val_accuracy_before']:.4f} -> {rec['val_accuracy_after']:.4f}", flush=True)
+    return rec
