@@ -13,7 +13,9 @@ folder name, the full spec if two roots share one). ``bitmind.calibrate``,
 way (``add_data_argument``).
 
 The model is loaded with ``bitmind.checkpoint.load_model`` and scored exactly as the
-miner serves it: base transforms, one logit, ``P(fake) = sigmoid(logit / T + b)`` with
+miner serves it: base transforms, one logit through the miner's own forward
+(``bitmind.inference.serving_forward``: batch norms folded on a CPU, bf16 autocast on CUDA),
+``P(fake) = sigmoid(logit / T + b)`` with
 the checkpoint's calibration (temperature ``T``, ``logit_bias`` ``b``; 1 and 0 when absent). With ``--challenge`` every image first goes through
 the validator pipeline (random augmentation or plain resize, then a JPEG round trip at
 quality 75), driven by a per-image RNG derived from ``--seed`` and the image's index,
@@ -43,6 +45,7 @@ from bitmind.common import resolve_device
 from bitmind.data import DetectionDataset, ImageSource, collate_skip_none, open_source, split_indices
 from bitmind.data.splits import SPLITS
 from bitmind.image_transforms import ValidatorPipeline
+from bitmind.inference import forward_logits, serving_forward
 from bitmind.metrics import compute_metrics, format_metrics_table
 
 logger = logging.getLogger(__name__)
@@ -158,7 +161,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     dev = resolve_device(device)
-    net = net.to(dev).eval()
+    forward, amp_dtype, channels_last = serving_forward(net, dev)  # exactly what the miner serves
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_none, pin_memory=dev.type == "cuda")
     logits, labels, index = [], [], []
@@ -166,7 +169,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
         if batch is None:
             continue
         x, y, k, _bad = batch
-        out = net(x.to(dev, non_blocking=True)).float().reshape(len(x), -1)[:, 0]
+        out = forward_logits(forward, x, dev, amp_dtype, channels_last)
         logits.append(out.cpu().double().numpy())
         labels.append(y.numpy())
         index.append(k.numpy())

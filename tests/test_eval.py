@@ -180,3 +180,24 @@ def test_command_lines_from_repo_root_and_npr_folder(tmp_path):
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["n"] == 30 and e["options"]["challenge"] is True and e["options"]["seed"] == 4
     assert e["options"]["pipeline"] == {"plain_share": 0.2, "jpeg_quality": 75}
+
+
+def test_eval_scores_exactly_what_the_predictor_serves_on_cpu(tmp_path):
+    """bitmind.eval takes the miner's forward (batch norms folded on a CPU), so it gives the
+    predictor's probabilities for the same images, not those of another (fp32 eager) path."""
+    from PIL import Image
+
+    from bitmind.miner.predict import Predictor
+
+    root = make_textured_folder(tmp_path / "data", per_class=3)
+    model = save_tiny_npr(tmp_path / "m.pth", temperature=1.7)
+    ds = build_dataset([root])
+    preds = collect_predictions(load_model(model), ds, batch_size=4, device="cpu", progress=False)
+    predictor = Predictor(str(model), device="cpu", workers=1)
+    try:
+        assert predictor.status()["optimized"]  # the prepared forward serves on a CPU
+        served = [predictor.predict_image(Image.open(p)) for p in preds.paths]
+    finally:
+        predictor.close()
+    assert len(served) == len(preds) == 6
+    np.testing.assert_allclose(preds.probs, served, rtol=0, atol=1e-6)

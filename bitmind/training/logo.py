@@ -138,7 +138,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     from bitmind.data.dataset import worker_init
     from bitmind.image_transforms import ValidatorPipeline
     from bitmind.common import resolve_amp, resolve_device
-    from bitmind.training.trainer import to_model_input
+    from bitmind.inference import forward_logits, to_model_input
 
     dev = resolve_device(device)
     amp = resolve_amp("auto", dev)
@@ -163,9 +163,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                 x, _, k, _ = batch
                 x = to_model_input(x, dev)
                 for n, (net, t, b) in nets.items():
-                    with torch.autocast(dev.type, dtype=amp) if amp else torch.autocast("cpu", enabled=False):
-                        z = net(x).float().reshape(-1)
-                    probs[n][k.numpy()] = z.cpu().numpy()
+                    probs[n][k.numpy()] = forward_logits(net, x, dev, amp, channels_last=False).cpu().numpy()
         arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
         arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
         arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)

@@ -60,7 +60,6 @@ import dataclasses
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,11 +74,12 @@ from bitmind.common import parse_bool, resolve_amp
 from bitmind.data import AsIs, DetectionDataset, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import ValidatorPipeline
+from bitmind.inference import forward_logits, to_model_input
 from bitmind.metrics import compute_metrics
 from bitmind.training.config import TrainConfig
 from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, build_training_model,
                                       calibrate_checkpoint, epoch_batches, loader_kwargs, log_epoch, prepare_device,
-                                      seed_everything, smooth_labels, to_model_input, train_sampler)
+                                      seed_everything, smooth_labels, train_sampler)
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +239,8 @@ class _Variant:
         if teacher_logit is not None and self.distill_weight > 0:
             soft = torch.sigmoid(teacher_logit / self.distill_temperature)
             y = self.distill_weight * soft + (1.0 - self.distill_weight) * y
-        with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            logits = self.model(x).reshape(-1)
-        loss = self.criterion(logits.float(), y)
+        logits = forward_logits(self.model, x, x.device, amp_dtype, channels_last=False)  # x is prepared already
+        loss = self.criterion(logits, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -306,9 +305,7 @@ class Teachers:
     def logits(self, x: torch.Tensor, amp_dtype) -> dict[str, torch.Tensor]:
         out = {}
         for p, (net, t, b) in self.models.items():
-            with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                z = net(x).float().reshape(-1)
-            out[p] = z / t + b
+            out[p] = forward_logits(net, x, x.device, amp_dtype, channels_last=False) / t + b
         return out
 
 
@@ -317,11 +314,8 @@ def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dt
     model.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = to_model_input(images[i:i + batch], device)
-        if device.type == "cuda" and channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            out.append(model(x).float().reshape(-1).cpu())
+        out.append(forward_logits(model, images[i:i + batch], device, amp_dtype,
+                                  channels_last=device.type == "cuda" and channels_last).cpu())
     return torch.cat(out).numpy()
 
 

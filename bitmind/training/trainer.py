@@ -15,7 +15,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, align
                           class_pos_weight, collate_skip_none, open_source, split_indices)
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
+from bitmind.inference import forward_logits
 from bitmind.metrics import compute_metrics
 from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
@@ -104,12 +104,6 @@ def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
     return None
 
 
-def to_model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Batch from the loader (uint8 or float) -> float in [0, 1] on ``device``."""
-    x = x.to(device, non_blocking=True)
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def collect_logits(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,12 +113,7 @@ def collect_logits(model: nn.Module, loader: DataLoader, device: torch.device, a
         if batch is None:
             continue
         x, y, k, _ = batch
-        x = to_model_input(x, device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            out = model(x)
-        logits.append(out.float().reshape(-1).cpu())
+        logits.append(forward_logits(model, x, device, amp_dtype).cpu())
         labels.append(y)
         keys.append(k)
     if not logits:
@@ -302,14 +291,9 @@ def train(cfg: TrainConfig) -> dict:
         for batch in epoch_batches(train_loader, cfg, epoch, show=is_main):
             x, y, _, bad = batch
             skipped += bad
-            x = to_model_input(x, device)
-            y = y.to(device, non_blocking=True)
-            if device.type == "cuda" and cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = smooth_labels(y, cfg.label_smoothing)
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                logits = net(x).reshape(-1)
-            loss = criterion(logits.float(), y)
+            y = smooth_labels(y.to(device, non_blocking=True), cfg.label_smoothing)
+            logits = forward_logits(net, x, device, amp_dtype, channels_last=device.type == "cuda" and cfg.channels_last)
+            loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
