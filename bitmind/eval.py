@@ -42,7 +42,13 @@ import torch
 
 from bitmind.checkpoint import LoadedModel, load_model
 from bitmind.common import resolve_device
-from bitmind.data import DetectionDataset, ImageSource, collate_skip_none, open_source, split_indices
+from bitmind.data import (
+    DetectionDataset,
+    ImageSource,
+    collate_skip_none,
+    open_source,
+    split_indices,
+)
 from bitmind.data.splits import SPLITS
 from bitmind.image_transforms import ValidatorPipeline
 from bitmind.inference import forward_logits, serving_forward
@@ -270,7 +276,8 @@ def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = 
     ap.add_argument("--model", required=True, help="model file (.pth or .safetensors written by bitmind, or a bare NPR state dict)")
     add_data_argument(ap)
     ap.add_argument("--split", choices=SPLITS, default=split_default,
-                    help="evaluate only this split (by picture stem, as the trainer splits)" + (f"; default {split_default}" if split_default else "; default: all images"))
+                    help="evaluate only this split (by picture stem, as the trainer splits)"
+                    + (f"; default {split_default}" if split_default else "; default: all images"))
     ap.add_argument("--split_seed", type=int, default=0, help="seed of the split (the trainer's --split_seed)")
     ap.add_argument("--challenge", action="store_true", help="pass images through the validator pipeline (aug + JPEG 75) first")
     ap.add_argument("--seed", type=int, default=0, help="seed of the challenge transformations")

@@ -18,7 +18,6 @@ independent of worker processes or global RNG state.
 """
 from __future__ import annotations
 
-from bitmind.common import PLAIN_SHARE
 import io
 import math
 import random
@@ -29,6 +28,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
+from bitmind.common import PLAIN_SHARE
 from bitmind.image_io import _to_rgb
 
 TARGET_SIZE = 256

@@ -48,13 +48,13 @@ def test_eval_json_matches_hand_computation(solid_folder, tmp_path, capsys):
     assert r["roc_auc"] == pytest.approx(6 / 9)
     assert r["ap"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
     assert r["mcc"] == pytest.approx(1 / 3)
-    assert r["brier"] == pytest.approx(np.mean([(probs[l] - labels[l]) ** 2 for l in probs]), rel=1e-5)
+    assert r["brier"] == pytest.approx(np.mean([(probs[lv] - labels[lv]) ** 2 for lv in probs]), rel=1e-5)
     ps = r["per_source"]
     assert set(ps) == {"real/a", "real/b", "fake/x"}
     assert ps["real/a"]["n"] == 2 and ps["real/a"]["accuracy"] == 1.0
     assert ps["real/b"]["accuracy"] == 0.0 and ps["fake/x"]["accuracy"] == pytest.approx(2 / 3)
     assert ps["fake/x"]["ap"] is None and ps["fake/x"]["brier"] == pytest.approx(
-        np.mean([(1 - probs[l]) ** 2 for l in (90, 180, 220)]), rel=1e-5)
+        np.mean([(1 - probs[lv]) ** 2 for lv in (90, 180, 220)]), rel=1e-5)
     assert r["model"]["sha256"] == file_sha256(model) and r["model"]["arch"] == "test_brightness"
     assert r["model"]["temperature"] == 2.0 and r["model"]["logit_bias"] == 0.3 and r["model"]["path"] == str(model)
     assert r["options"]["challenge"] is False and r["options"]["split"] is None and r["data"] == [str(solid_folder)]

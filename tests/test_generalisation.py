@@ -3,7 +3,6 @@ source, patch training, and the leave-one-family-out benchmark end to end (tiny,
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from collections import Counter
@@ -14,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, LocalFolderSource, aligned_partners, family_of,
+from bitmind.data import (AsIs, FamilySampler, FlipOnly, aligned_partners, family_of,
                           family_weights, sources_of_family)
 from bitmind.training import TrainConfig
-from bitmind.training.logo import analyse, logo_sweep_spec, score_fold
+from bitmind.training.logo import logo_sweep_spec, score_fold
 from bitmind.training.sweep import random_patches
 from bitmind.training.trainer import build_datasets, train_sampler
 

@@ -121,6 +121,8 @@ def test_validator_pipeline_output_is_what_validators_send(synth_data):
         assert out.size == (256, 256) and out.mode == "RGB"
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_torchrun_gloo_two_processes(synth_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

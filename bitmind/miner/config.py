@@ -14,8 +14,8 @@ from pathlib import Path
 import bittensor as bt
 from bittensor.core.config import DefaultMunch
 
-from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS
 from bitmind.common import SN34_NETUID, parse_bool
+from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS
 
 DEFAULT_MODEL_PATH = "./mining_models/base.pth"
 DEFAULT_NETUID = SN34_NETUID

@@ -49,9 +49,14 @@ from PIL import Image
 
 from bitmind.checkpoint import CheckpointError, LoadedModel, load_model
 from bitmind.common import resolve_amp, resolve_device
-from bitmind.inference import fold_batch_norms, forward_logits, optimize_for_cpu, prepare_for_serving  # noqa: F401
 from bitmind.image_io import DecodeLimits, decode_image
 from bitmind.image_transforms import TARGET_SIZE, base_transforms
+from bitmind.inference import (  # noqa: F401
+    fold_batch_norms,
+    forward_logits,
+    optimize_for_cpu,
+    prepare_for_serving,
+)
 
 logger = logging.getLogger(__name__)
 

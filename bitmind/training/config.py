@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitmind.image_transforms import AugConfig
 from bitmind.common import PLAIN_SHARE, parse_bool
+from bitmind.image_transforms import AugConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINTS_DIR = REPO_ROOT / "base_miner" / "checkpoints"

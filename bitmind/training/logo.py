@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.data import open_source, split_of, sources_of_family
+from bitmind.data import open_source, sources_of_family, split_of
 from bitmind.data.families import GENERATOR_FAMILIES, family_of, is_aligned
 
 logger = logging.getLogger(__name__)
@@ -134,10 +134,10 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     from torch.utils.data import DataLoader
 
     from bitmind.checkpoint import load_model
+    from bitmind.common import resolve_amp, resolve_device
     from bitmind.data import AsIs, DetectionDataset, collate_skip_none
     from bitmind.data.dataset import worker_init
     from bitmind.image_transforms import ValidatorPipeline
-    from bitmind.common import resolve_amp, resolve_device
     from bitmind.inference import forward_logits, to_model_input
 
     dev = resolve_device(device)

@@ -77,9 +77,21 @@ from bitmind.image_transforms import ValidatorPipeline
 from bitmind.inference import forward_logits, to_model_input
 from bitmind.metrics import compute_metrics
 from bitmind.training.config import TrainConfig
-from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, build_training_model,
-                                      calibrate_checkpoint, epoch_batches, loader_kwargs, log_epoch, prepare_device,
-                                      seed_everything, smooth_labels, train_sampler)
+from bitmind.training.trainer import (
+    _lr_at,
+    _make_writer,
+    _plot_curves,
+    build_datasets,
+    build_training_model,
+    calibrate_checkpoint,
+    epoch_batches,
+    loader_kwargs,
+    log_epoch,
+    prepare_device,
+    seed_everything,
+    smooth_labels,
+    train_sampler,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 from bitmind.calibration import apply_calibration, calibrate_logits, store_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
 from bitmind.common import resolve_amp, resolve_device
-from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, aligned_partners, balanced_sampler,
-                          class_pos_weight, collate_skip_none, open_source, split_indices)
+from bitmind.data import (
+    AsIs,
+    DetectionDataset,
+    FamilySampler,
+    FlipOnly,
+    aligned_partners,
+    balanced_sampler,
+    class_pos_weight,
+    collate_skip_none,
+    open_source,
+    split_indices,
+)
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.inference import forward_logits

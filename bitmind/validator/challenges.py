@@ -19,12 +19,12 @@ challenge sequence (useful for comparing miners or models on identical challenge
 """
 from __future__ import annotations
 
-from bitmind.common import PLAIN_SHARE
 import logging
 import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from bitmind.common import PLAIN_SHARE
 from bitmind.data import SPLITS, ImageSource, open_source, split_indices
 from bitmind.image_transforms import VALIDATOR_JPEG_QUALITY, ValidatorPipeline
 from bitmind.protocol import ImageSynapse, prepare_image_synapse

@@ -10,8 +10,8 @@ import argparse
 
 import bittensor as bt
 
-from bitmind.data import SPLITS
 from bitmind.common import PLAIN_SHARE, SN34_NETUID
+from bitmind.data import SPLITS
 from bitmind.miner.config import nest_namespace
 from bitmind.validator.core import ValidatorConfig
 from bitmind.validator.query import DEFAULT_TIMEOUT
