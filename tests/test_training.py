@@ -67,11 +67,35 @@ def test_cpu_run_writes_checkpoints_tensorboard_and_options(synth_data, tmp_path
     assert 0.0 <= p <= 1.0
 
 
-def test_resume_continues_from_saved_epoch(synth_data, tmp_path):
+def test_resume_continues_from_saved_epoch(synth_data, tmp_path, monkeypatch):
+    import copy
+
+    from bitmind.training.loop import Learner
+
     torch.set_num_threads(1)
     train(_cfg(synth_data, tmp_path, epochs=1, calibrate=False))
+    saved = torch.load(tmp_path / "t" / "state_last.pt", map_location="cpu", weights_only=True)
+    assert saved["optimizer"]["state"], "the optimiser state (Adam moments) is saved"
+    seen = {}
+    begin = Learner.begin_epoch
+
+    def spy(self, epoch):  # what the resumed run starts its first epoch from
+        if not seen:
+            seen.update(epoch=epoch, model={k: v.clone() for k, v in self.model.state_dict().items()},
+                        optimizer=copy.deepcopy(self.opt.state_dict()))
+        return begin(self, epoch)
+
+    monkeypatch.setattr(Learner, "begin_epoch", spy)
     s = train(_cfg(synth_data, tmp_path, epochs=2, resume=True, calibrate=False))
     assert [h["epoch"] for h in s["history"]] == [0, 1]  # epoch 0 restored, only epoch 1 trained
+    assert seen["epoch"] == 1
+    for k, v in saved["model"].items():  # the weights are the saved ones, not a fresh initialisation
+        assert torch.equal(seen["model"][k], v), k
+    got, want = seen["optimizer"]["state"], saved["optimizer"]["state"]
+    assert got.keys() == want.keys()
+    for i in want:  # Adam's step count and moments carried over
+        for name, t in want[i].items():
+            assert torch.equal(torch.as_tensor(got[i][name]), torch.as_tensor(t)), (i, name)
 
 
 def test_train_only_sources_never_leak_val_or_test_stems(synth_data, tmp_path):
