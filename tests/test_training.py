@@ -139,10 +139,47 @@ def test_augmentation_is_reproducible_by_seed(synth_data):
 
 
 def test_validator_pipeline_output_is_what_validators_send(synth_data):
-    img = Image.open(next((synth_data / "real" / "synth").iterdir())).resize((300, 200))
-    for seed in range(6):
-        out = ValidatorPipeline()(img, random.Random(seed))
+    """The challenge pipeline itself: 20% plain, else rotation within +-20 degrees, a square
+    random resized crop of 20-100% of the (centre-cropped) picture, independent horizontal
+    and vertical flips; then a JPEG round trip at quality 75, of exactly that picture."""
+    import numpy as np
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    from bitmind.image_transforms import CenterCropShortSide, RandomAugment, base_pil, jpeg_roundtrip
+
+    img = Image.open(next((synth_data / "real" / "synth").iterdir())).convert("RGB").resize((300, 200))
+    # the random parameters: their ranges and rates
+    draws = [RandomAugment().sample(200, 200, random.Random(seed)) for seed in range(400)]
+    angles = [d["angle"] for d in draws]
+    assert all(-20 <= a <= 20 for a in angles) and min(angles) < -15 and max(angles) > 15
+    scales = []
+    for d in draws:
+        top, left, ch, cw = d["crop"]
+        assert ch == cw and 0 <= top <= 200 - ch and 0 <= left <= 200 - cw  # square, inside the picture
+        scales.append(ch * cw / 200 ** 2)
+    assert min(scales) >= 0.2 - 0.01 and max(scales) <= 1.0 and min(scales) < 0.3 and max(scales) > 0.85
+    for key in ("hflip", "vflip"):
+        assert 0.4 < np.mean([d[key] for d in draws]) < 0.6
+    # the pipeline: replaying its RNG rebuilds each challenge exactly, JPEG 75 included
+    pipe, plain, seeds = ValidatorPipeline(), 0, range(60)
+    for seed in seeds:
+        out = pipe(img, random.Random(seed))
         assert out.size == (256, 256) and out.mode == "RGB"
+        r = random.Random(seed)
+        if r.random() < 0.2:
+            plain += 1
+            expected = base_pil(img, 256)
+        else:
+            square = CenterCropShortSide()(img)
+            d = RandomAugment().sample(square.width, square.height, r)
+            expected = TF.rotate(square, d["angle"], interpolation=T.InterpolationMode.NEAREST)
+            expected = TF.resized_crop(expected, *d["crop"], [256, 256], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+            expected = TF.vflip(expected) if d["vflip"] else expected
+            expected = TF.hflip(expected) if d["hflip"] else expected
+        assert np.array_equal(np.asarray(out), np.asarray(jpeg_roundtrip(expected, 75))), seed
+        assert not np.array_equal(np.asarray(out), np.asarray(expected))  # the JPEG round trip did happen
+    assert 0.08 < plain / len(seeds) < 0.35
 
 
 @pytest.mark.slow
