@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -42,24 +41,10 @@ from bitmind.validator.report import format_table
 logger = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((lc.LOCAL_IP, 0))
-        return s.getsockname()[1]
-
-
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    """Block until something accepts connections on 127.0.0.1:``port`` (the axon's server thread is up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((lc.LOCAL_IP, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {lc.LOCAL_IP}:{port} after {timeout:.0f}s")
-            time.sleep(0.05)
+    """Block until the axon on 127.0.0.1:``port`` accepts connections (its server thread is up)."""
+    if not lc.wait_for_port(port, timeout=timeout):
+        raise TimeoutError(f"nothing listening on {lc.LOCAL_IP}:{port} after {timeout:.0f}s")
 
 
 class LocalNetwork:
@@ -84,7 +69,7 @@ class LocalNetwork:
         from bitmind.miner.config import miner_config
         from bitmind.miner.neuron import MinerNeuron
 
-        port = free_port()
+        port = lc.free_port()
         cfg = miner_config(["--mock", "--local.root", str(self.root), "--netuid", str(self.netuid),
                             "--wallet.name", name, "--axon.port", str(port), "--neuron.model_path", str(model_path),
                             "--neuron.device", device])
@@ -99,7 +84,7 @@ class LocalNetwork:
         """Register a hotkey and serve a bare ``bt.Axon`` with ``forward_fn`` (for misbehaving test miners)."""
         wallet = lc.local_wallet(self.root, name)
         uid = self.chain.register(wallet, self.netuid)
-        port = free_port()
+        port = lc.free_port()
         axon = bt.Axon(wallet=wallet, port=port, ip=lc.LOCAL_IP, external_ip=lc.LOCAL_IP)
         axon.attach(forward_fn=forward_fn, **attach_kw)
         axon.serve(netuid=self.netuid, subtensor=self.chain)
@@ -113,7 +98,7 @@ class LocalNetwork:
         """A registered miner whose published axon has nothing listening (a miner that is down)."""
         wallet = lc.local_wallet(self.root, name)
         uid = self.chain.register(wallet, self.netuid)
-        axon = bt.Axon(wallet=wallet, port=free_port(), ip=lc.LOCAL_IP, external_ip=lc.LOCAL_IP)
+        axon = bt.Axon(wallet=wallet, port=lc.free_port(), ip=lc.LOCAL_IP, external_ip=lc.LOCAL_IP)
         axon.serve(netuid=self.netuid, subtensor=self.chain)  # published, never started
         self.names[uid] = name
         return uid
