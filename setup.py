@@ -3,7 +3,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
-requirements = [l.strip() for l in (here / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 setup(
     name="bitmind",

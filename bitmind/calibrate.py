@@ -19,16 +19,17 @@ import logging
 
 import numpy as np
 
-from bitmind.calibration import apply_calibration, balanced_brier, fit_platt
-from bitmind.checkpoint import load_model, read_checkpoint, save_checkpoint
+from bitmind.calibration import calibrate_logits, store_calibration
+from bitmind.checkpoint import load_model
 from bitmind.eval import add_data_argument, build_dataset, collect_predictions
-from bitmind.metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
 
 
 def calibrate(model_path: str, data: list[str], out_path: str | None = None, split: str | None = "val", split_seed: int = 0,
-              challenge: bool = True, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0) -> dict:
+              challenge: bool = False, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0) -> dict:
+    """Fit the checkpoint's calibration on ``split`` of ``data`` (validator challenges of
+    every seed in ``seeds`` if ``challenge``) and store it; returns the record."""
     lm = load_model(model_path)
     logits, labels = [], []
     for seed in seeds:
@@ -36,26 +37,9 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
         pred = collect_predictions(lm, ds, batch_size=batch_size, device=device, workers=workers, temperature=1.0, logit_bias=0.0)
         logits.append(pred.logits)
         labels.append(pred.labels)
-    z, y = np.concatenate(logits), np.concatenate(labels)
-    t, b = fit_platt(z, y)
-    before, after = compute_metrics(y, apply_calibration(z)), compute_metrics(y, apply_calibration(z, t, b))
-    bb_before, bb_after = balanced_brier(y, apply_calibration(z)), balanced_brier(y, apply_calibration(z, t, b))
-    kept = bb_after <= bb_before
-    if kept:
-        before["balanced_brier"], after["balanced_brier"] = bb_before, bb_after
-    else:
-        before["balanced_brier"] = after["balanced_brier"] = bb_before
-    if not kept:
-        t, b, after = 1.0, 0.0, before
-    state, meta = read_checkpoint(model_path)
-    meta["temperature"], meta["logit_bias"] = t, b
-    record = {"temperature": t, "logit_bias": b, "split": split, "split_seed": split_seed, "challenge": challenge,
-              "seeds": list(seeds), "n": int(len(y)), "kept": kept,
-              **{f"{k}_before": before[k] for k in ("brier", "balanced_brier", "accuracy", "real_accuracy", "fake_accuracy", "ece")},
-              **{f"{k}_after": after[k] for k in ("brier", "balanced_brier", "accuracy", "real_accuracy", "fake_accuracy", "ece")}}
-    meta.setdefault("metrics", {})["calibration"] = record
-    save_checkpoint(state, out_path or model_path, meta)
-    return record
+    record = calibrate_logits(np.concatenate(logits), np.concatenate(labels), split=split, split_seed=split_seed,
+                              challenge=challenge, seeds=list(seeds))
+    return store_calibration(model_path, record, out_path)
 
 
 def main(argv=None) -> int:
@@ -67,7 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split_seed", type=int, default=0)
     ap.add_argument("--challenge", action="store_true", help="fit on validator challenges (random aug / plain + JPEG 75)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="challenge draws to pool")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0)
     a = ap.parse_args(argv)

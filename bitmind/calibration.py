@@ -60,3 +60,47 @@ def balanced_brier(labels, probs) -> float:
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     per = [np.mean((p[y == c] - c) ** 2) for c in (0.0, 1.0) if np.any(y == c)]
     return float(np.mean(per)) if per else float("nan")
+
+
+#: Metrics recorded before and after a fit, as ``val_<key>_before`` / ``val_<key>_after``.
+RECORD_METRICS = ("brier", "balanced_brier", "ece", "accuracy", "real_accuracy", "fake_accuracy")
+METHOD = "class-balanced Platt scaling"
+
+
+def calibrate_logits(logits, labels, keep_if_better: bool = True, **context) -> dict:
+    """Fit class-balanced Platt scaling on held-out ``logits``; the calibration record that
+    the trainer, the sweep, ``bitmind.calibrate`` and the leave-one-out ship all store
+    (one schema): ``temperature``, ``logit_bias``, ``method``, ``kept``, ``n``, the
+    ``context`` given (split, seeds, regimes ...) and ``val_<metric>_before/after``.
+
+    With ``keep_if_better`` the fit is kept only if it lowers the class-balanced Brier
+    score (tiny or separable validation sets: the identity map is kept instead)."""
+    from bitmind.metrics import compute_metrics
+
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    t, b = fit_platt(z, y, class_balanced=True)
+
+    def scores(temperature, bias):
+        p = apply_calibration(z, temperature, bias)
+        return {**compute_metrics(y, p), "balanced_brier": balanced_brier(y, p)}
+
+    before, after = scores(1.0, 0.0), scores(t, b)
+    kept = not keep_if_better or after["balanced_brier"] <= before["balanced_brier"]
+    if not kept:
+        t, b, after = 1.0, 0.0, before
+    return {"temperature": t, "logit_bias": b, "method": METHOD, "class_balanced": True, "kept": kept, "n": int(len(y)),
+            **context, **{f"val_{k}_{when}": m[k] for when, m in (("before", before), ("after", after)) for k in RECORD_METRICS}}
+
+
+def store_calibration(checkpoint, record: dict, out=None, **meta_updates) -> dict:
+    """Write ``record``'s temperature and bias (and the record, under ``metrics.calibration``)
+    into the metadata of ``checkpoint``, saved to ``out`` (default: over ``checkpoint``)."""
+    from bitmind.checkpoint import read_checkpoint, save_checkpoint
+
+    state, meta = read_checkpoint(checkpoint)
+    meta["temperature"], meta["logit_bias"] = record["temperature"], record["logit_bias"]
+    meta.setdefault("metrics", {})["calibration"] = record
+    meta.update(meta_updates)
+    save_checkpoint(state, out or checkpoint, meta)
+    return record

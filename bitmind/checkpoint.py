@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bitmind.common import atomic_write
 from bitmind.models import build_model
 
 logger = logging.getLogger(__name__)
@@ -85,19 +85,6 @@ def model_meta(model: nn.Module, arch: str = DEFAULT_ARCH, **extra: Any) -> dict
     return meta
 
 
-def _atomic_write(path: Path, writer) -> None:
-    """Write via a temp file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(model_or_state: nn.Module | dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Save weights and metadata atomically; format chosen by suffix (.pth or .safetensors)."""
     path = Path(path)
@@ -111,9 +98,9 @@ def save_checkpoint(model_or_state: nn.Module | dict, path: str | os.PathLike, m
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        _atomic_write(path, lambda p: save_file(state, p, metadata={_META_KEY: json.dumps(meta)}))
+        atomic_write(path, lambda p: save_file(state, p, metadata={_META_KEY: json.dumps(meta)}))
     else:
-        _atomic_write(path, lambda p: torch.save({"model": state, "meta": _jsonable(meta)}, p))
+        atomic_write(path, lambda p: torch.save({"model": state, "meta": _jsonable(meta)}, p))
     return path
 
 

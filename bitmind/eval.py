@@ -13,7 +13,9 @@ folder name, the full spec if two roots share one). ``bitmind.calibrate``,
 way (``add_data_argument``).
 
 The model is loaded with ``bitmind.checkpoint.load_model`` and scored exactly as the
-miner serves it: base transforms, one logit, ``P(fake) = sigmoid(logit / T + b)`` with
+miner serves it: base transforms, one logit through the miner's own forward
+(``bitmind.inference.serving_forward``: batch norms folded on a CPU, bf16 autocast on CUDA),
+``P(fake) = sigmoid(logit / T + b)`` with
 the checkpoint's calibration (temperature ``T``, ``logit_bias`` ``b``; 1 and 0 when absent). With ``--challenge`` every image first goes through
 the validator pipeline (random augmentation or plain resize, then a JPEG round trip at
 quality 75), driven by a per-image RNG derived from ``--seed`` and the image's index,
@@ -39,9 +41,17 @@ import numpy as np
 import torch
 
 from bitmind.checkpoint import LoadedModel, load_model
-from bitmind.data import DetectionDataset, ImageSource, collate_skip_none, open_source, split_indices
+from bitmind.common import resolve_device
+from bitmind.data import (
+    DetectionDataset,
+    ImageSource,
+    collate_skip_none,
+    open_source,
+    split_indices,
+)
 from bitmind.data.splits import SPLITS
 from bitmind.image_transforms import ValidatorPipeline
+from bitmind.inference import forward_logits, serving_forward
 from bitmind.metrics import compute_metrics, format_metrics_table
 
 logger = logging.getLogger(__name__)
@@ -132,12 +142,6 @@ class Predictions:
         return order[:k].tolist() if k is not None else order.tolist()
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.inference_mode()
 def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: DetectionDataset, batch_size: int = 32,
                         device: str | torch.device | None = "cpu", workers: int = 0, temperature: float | None = None,
@@ -162,8 +166,8 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     logit_bias = float(logit_bias or 0.0)
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    dev = _resolve_device(device)
-    net = net.to(dev).eval()
+    dev = resolve_device(device)
+    forward, amp_dtype, channels_last = serving_forward(net, dev)  # exactly what the miner serves
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_none, pin_memory=dev.type == "cuda")
     logits, labels, index = [], [], []
@@ -171,7 +175,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
         if batch is None:
             continue
         x, y, k, _bad = batch
-        out = net(x.to(dev, non_blocking=True)).float().reshape(len(x), -1)[:, 0]
+        out = forward_logits(forward, x, dev, amp_dtype, channels_last)
         logits.append(out.cpu().double().numpy())
         labels.append(y.numpy())
         index.append(k.numpy())
@@ -198,7 +202,7 @@ def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = Fal
                       json_path: str | os.PathLike | None = None,
                       plots_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], Predictions, DetectionDataset]:
     """``evaluate`` that also returns the per-image predictions and the dataset."""
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     loaded = load_model(model_path, device=dev)
     data = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     pipeline = ValidatorPipeline() if challenge else None
@@ -272,7 +276,8 @@ def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = 
     ap.add_argument("--model", required=True, help="model file (.pth or .safetensors written by bitmind, or a bare NPR state dict)")
     add_data_argument(ap)
     ap.add_argument("--split", choices=SPLITS, default=split_default,
-                    help="evaluate only this split (by picture stem, as the trainer splits)" + (f"; default {split_default}" if split_default else "; default: all images"))
+                    help="evaluate only this split (by picture stem, as the trainer splits)"
+                    + (f"; default {split_default}" if split_default else "; default: all images"))
     ap.add_argument("--split_seed", type=int, default=0, help="seed of the split (the trainer's --split_seed)")
     ap.add_argument("--challenge", action="store_true", help="pass images through the validator pipeline (aug + JPEG 75) first")
     ap.add_argument("--seed", type=int, default=0, help="seed of the challenge transformations")

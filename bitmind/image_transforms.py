@@ -28,6 +28,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
+from bitmind.common import PLAIN_SHARE
 from bitmind.image_io import _to_rgb
 
 TARGET_SIZE = 256
@@ -160,7 +161,7 @@ class ValidatorPipeline:
     then (if ``jpeg_quality`` is set) a JPEG round trip at that quality.
     """
 
-    plain_share: float = 0.2
+    plain_share: float = PLAIN_SHARE
     jpeg_quality: int | None = VALIDATOR_JPEG_QUALITY
     size: int = TARGET_SIZE
 
@@ -190,7 +191,7 @@ class AugConfig:
     """
 
     validator_prob: float = 1.0
-    plain_share: float = 0.2
+    plain_share: float = PLAIN_SHARE
     jpeg_prob: float = 1.0
     jpeg_quality: tuple[int, int] = (75, 75)
     blur_prob: float = 0.0

@@ -31,13 +31,13 @@ API (everything a local miner/validator/test needs)::
     from bitmind import local_chain as lc
 
     lc.patch_external_ip()                       # bt.Dendrite()/bt.Axon() never look up an IP online
-    chain = lc.open_local_chain("/tmp/chain", netuid=1)   # LocalSubtensor; creates the subnet
+    chain = lc.open_local_chain("/tmp/chain", netuid=34)   # LocalSubtensor; creates the subnet
     miner_w = lc.local_wallet("/tmp/chain", "miner")       # bt.Wallet under <root>/wallets, no password
     vali_w = lc.local_wallet("/tmp/chain", "validator")
     chain.register(miner_w)                               # uid 0, no stake, no permit
     chain.register(vali_w, stake=1000.0, validator=True)  # uid 1, stake in TAO, validator permit
     axon = bt.Axon(wallet=miner_w, ip="127.0.0.1", external_ip="127.0.0.1", port=port)
-    chain.serve_axon(netuid=1, axon=axon)                 # (or axon.serve(netuid=1, subtensor=chain))
+    chain.serve_axon(netuid=34, axon=axon)                # (or axon.serve(netuid=34, subtensor=chain))
     mg = chain.metagraph(1)                               # hotkeys, S (stake), validator_permit, axons
 
 Helpers: ``free_port()``, ``wait_for_port(port)`` (``Axon.start`` returns before it
@@ -67,7 +67,6 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import time
 import types
 from pathlib import Path
@@ -81,10 +80,12 @@ from bittensor.utils import networking
 from bittensor.utils.balance import Balance
 from bittensor.utils.mock.subtensor_mock import MockSubtensor
 
+from bitmind.common import SN34_NETUID, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 LOCAL_IP = "127.0.0.1"
-DEFAULT_NETUID = 1
+DEFAULT_NETUID = SN34_NETUID  # the same subnet as the neurons' default --netuid
 DEFAULT_BLOCK_TIME = 12.0
 CHAIN_FILE = "chain.json"
 U16_MAX = 65535
@@ -195,10 +196,7 @@ def _read_spec(path: Path) -> dict:
 
 
 def _write_spec(path: Path, spec: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".chain.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(spec, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(spec, indent=1, sort_keys=True))
 
 
 # --------------------------------------------------------------------------- subtensor
@@ -586,7 +584,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("setup", help="create wallets and register them on the local chain under ROOT (idempotent)")
     s.add_argument("root", metavar="ROOT", help="chain folder (chain.json, wallets/); the miner's --local.root")
-    s.add_argument("--netuid", type=int, default=34, help="subnet to create (default 34, the miner's default --netuid)")
+    s.add_argument("--netuid", type=int, default=DEFAULT_NETUID, help="subnet to create (default 34, the miner's default --netuid)")
     s.add_argument("--miners", nargs="*", default=["miner"], metavar="NAME",
                    help="wallet names to register as miners, no stake or permit (default: miner)")
     s.add_argument("--validators", nargs="*", default=["validator"], metavar="NAME",

@@ -1,4 +1,4 @@
-"""Detection metrics and calibration, shared by the trainer, ``bitmind.eval`` and
+"""Detection metrics, shared by the trainer, ``bitmind.eval`` and
 ``base_miner/NPR/validate.py`` so that every number the project reports is computed
 by the same code.
 
@@ -109,55 +109,6 @@ def compute_metrics(labels, probs, sources: Sequence[str] | None = None, thresho
             raise ValueError(f"sources ({src.size}) and labels ({y.size}) differ in length")
         out["per_source"] = {str(name): _core_metrics(y[src == name], p[src == name], threshold) for name in sorted(set(src.tolist()))}
     return out
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def binary_nll(logits, labels, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood of ``sigmoid(logit / T)`` (binary cross-entropy)."""
-    z, y = _as_array(logits), _as_array(labels)
-    if z.size == 0:
-        return float("nan")
-    s = z / float(temperature)
-    # log(1 + e^-s) for y=1, log(1 + e^s) for y=0, written stably.
-    return float(np.mean(np.logaddexp(0.0, -s) * y + np.logaddexp(0.0, s) * (1 - y)))
-
-
-def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """Temperature ``T`` minimising the NLL of ``sigmoid(logit / T)`` on held-out data.
-
-    NLL is convex in ``a = 1/T`` (a one-feature logistic regression without bias), so
-    a bounded 1-D search finds the global optimum; ``T`` is clipped to ``bounds``
-    (a separable or single-class set would otherwise push T towards 0). Dividing by T
-    keeps the sign of each logit, so accuracy at 0.5 is unchanged: only confidences
-    move. Returns 1.0 for empty input.
-    """
-    z, y = _as_array(logits), _as_array(labels)
-    if z.size == 0:
-        return 1.0
-    if z.shape != y.shape:
-        raise ValueError(f"logits ({z.size}) and labels ({y.size}) differ in length")
-    from scipy.optimize import minimize_scalar
-
-    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]
-
-    def nll_a(a: float) -> float:
-        return binary_nll(z * a, y)
-
-    res = minimize_scalar(nll_a, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
-    a = float(res.x)
-    # The bounded search never evaluates the end points exactly; prefer one if better.
-    a = min((lo, a, hi), key=nll_a)
-    return float(1.0 / a)
-
-
-def apply_temperature(logits, temperature: float = 1.0) -> np.ndarray:
-    """Probabilities ``sigmoid(logit / T)``: ``bitmind.calibration.apply_calibration``
-    without a bias (the one mapping the miner, eval and trainer serve with)."""
-    from bitmind.calibration import apply_calibration
-
-    return apply_calibration(_as_array(logits), float(temperature))
 
 
 def format_metrics_table(metrics: dict[str, Any], title: str | None = None) -> str:

@@ -20,12 +20,13 @@ is answered by the new model (a broken file is refused; the old model keeps serv
 All the wiring lives in ``bitmind.miner.neuron``; this file parses the command line,
 runs the sync/status loop and handles signals.
 """
-import logging
 import sys
 import time
 from pathlib import Path
 
 import bittensor as bt
+
+from bitmind.common import route_library_logs
 
 from bitmind.checkpoint import CheckpointError
 from bitmind.miner.config import miner_config, resolve_model_path
@@ -36,26 +37,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RELOAD_CHECK_INTERVAL = 5.0
 
 
-def _route_library_logs() -> None:
-    """The bitmind package logs with the standard ``logging`` module; show it on the console."""
-    lib = logging.getLogger("bitmind")
-    if not lib.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-8s | %(name)s | %(message)s"))
-        lib.addHandler(handler)
-    lib.setLevel(logging.INFO)
-    lib.propagate = False
-    # bt.logging sets every known logger to INFO; torch's then print compile statistics at exit.
-    for name in list(logging.root.manager.loggerDict):
-        if name == "torch" or name.startswith("torch."):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
 
 def main(argv=None) -> int:
     config = miner_config(sys.argv[1:] if argv is None else argv)
     bt.logging(config=config, logging_dir=config.logging.logging_dir)
     bt.logging.set_info(True)
-    _route_library_logs()
+    route_library_logs()
 
     model_path = resolve_model_path(config.neuron.model_path, REPO_ROOT)
     if not model_path.is_file():

@@ -21,31 +21,19 @@ scores and saves them (so a restart, even after kill -9, resumes them). Every
 is in ``bitmind.validator``; this file parses the command line, wires the chain and
 handles signals.
 """
-import logging
 import os
 import sys
 from pathlib import Path
 
 import bittensor as bt
 
+from bitmind.common import route_library_logs
+
 from bitmind.shutdown import stop_event_on_signals
 from bitmind.validator.chain import ChainView
 from bitmind.validator.config import DEFAULT_STATE_DIR, challenge_generator, loop_config, validator_config
 from bitmind.validator.core import Validator
 
-
-def _route_library_logs(debug: bool = False) -> None:
-    """The bitmind package logs with the standard ``logging`` module; show it on the console."""
-    lib = logging.getLogger("bitmind")
-    if not lib.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-8s | %(name)s | %(message)s"))
-        lib.addHandler(handler)
-    lib.setLevel(logging.DEBUG if debug else logging.INFO)
-    lib.propagate = False
-    for name in list(logging.root.manager.loggerDict):  # bt.logging raises every logger to INFO
-        if name == "torch" or name.startswith("torch."):
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _setup_chain(config):
@@ -73,7 +61,7 @@ def main(argv=None) -> int:
     config = validator_config(sys.argv[1:] if argv is None else argv)
     bt.logging(config=config, logging_dir=config.logging.logging_dir)
     bt.logging.set_info(True)
-    _route_library_logs(debug=bool(config.logging.debug or config.logging.trace))
+    route_library_logs(debug=bool(config.logging.debug or config.logging.trace))
 
     try:
         generator = challenge_generator(config)

@@ -15,6 +15,12 @@ import pytest
 from PIL import Image
 
 NETUID = 34
+
+
+def pytest_configure(config):
+    """Test tiers: ``bash scripts/run_tests.sh -m "not slow"`` is the fast inner loop; CI runs everything."""
+    config.addinivalue_line("markers", "slow: takes seconds to minutes (notebooks, torchrun, subprocess miners, hot swap under load)")
+    config.addinivalue_line("markers", "process: starts other processes (torchrun, miners, validators, pm2)")
 VALIDATOR_STAKE = 1000.0
 MEMBER_STAKE = 5.0
 

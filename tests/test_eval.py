@@ -48,13 +48,13 @@ def test_eval_json_matches_hand_computation(solid_folder, tmp_path, capsys):
     assert r["roc_auc"] == pytest.approx(6 / 9)
     assert r["ap"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
     assert r["mcc"] == pytest.approx(1 / 3)
-    assert r["brier"] == pytest.approx(np.mean([(probs[l] - labels[l]) ** 2 for l in probs]), rel=1e-5)
+    assert r["brier"] == pytest.approx(np.mean([(probs[lv] - labels[lv]) ** 2 for lv in probs]), rel=1e-5)
     ps = r["per_source"]
     assert set(ps) == {"real/a", "real/b", "fake/x"}
     assert ps["real/a"]["n"] == 2 and ps["real/a"]["accuracy"] == 1.0
     assert ps["real/b"]["accuracy"] == 0.0 and ps["fake/x"]["accuracy"] == pytest.approx(2 / 3)
     assert ps["fake/x"]["ap"] is None and ps["fake/x"]["brier"] == pytest.approx(
-        np.mean([(1 - probs[l]) ** 2 for l in (90, 180, 220)]), rel=1e-5)
+        np.mean([(1 - probs[lv]) ** 2 for lv in (90, 180, 220)]), rel=1e-5)
     assert r["model"]["sha256"] == file_sha256(model) and r["model"]["arch"] == "test_brightness"
     assert r["model"]["temperature"] == 2.0 and r["model"]["logit_bias"] == 0.3 and r["model"]["path"] == str(model)
     assert r["options"]["challenge"] is False and r["options"]["split"] is None and r["data"] == [str(solid_folder)]
@@ -180,3 +180,24 @@ def test_command_lines_from_repo_root_and_npr_folder(tmp_path):
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["n"] == 30 and e["options"]["challenge"] is True and e["options"]["seed"] == 4
     assert e["options"]["pipeline"] == {"plain_share": 0.2, "jpeg_quality": 75}
+
+
+def test_eval_scores_exactly_what_the_predictor_serves_on_cpu(tmp_path):
+    """bitmind.eval takes the miner's forward (batch norms folded on a CPU), so it gives the
+    predictor's probabilities for the same images, not those of another (fp32 eager) path."""
+    from PIL import Image
+
+    from bitmind.miner.predict import Predictor
+
+    root = make_textured_folder(tmp_path / "data", per_class=3)
+    model = save_tiny_npr(tmp_path / "m.pth", temperature=1.7)
+    ds = build_dataset([root])
+    preds = collect_predictions(load_model(model), ds, batch_size=4, device="cpu", progress=False)
+    predictor = Predictor(str(model), device="cpu", workers=1)
+    try:
+        assert predictor.status()["optimized"]  # the prepared forward serves on a CPU
+        served = [predictor.predict_image(Image.open(p)) for p in preds.paths]
+    finally:
+        predictor.close()
+    assert len(served) == len(preds) == 6
+    np.testing.assert_allclose(preds.probs, served, rtol=0, atol=1e-6)

@@ -1,11 +1,10 @@
 """bitmind.metrics: known values, degenerate inputs, temperature fitting."""
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from bitmind.metrics import apply_temperature, binary_nll, compute_metrics, expected_calibration_error, fit_temperature, format_metrics_table
+from bitmind.metrics import compute_metrics, expected_calibration_error, format_metrics_table
 
 # Six images: real scored 0.1, 0.4, 0.8 (the last one wrong), fake 0.3 (wrong), 0.7, 0.9.
 LABELS = [0, 0, 0, 1, 1, 1]
@@ -94,34 +93,45 @@ def test_ece():
     assert expected_calibration_error([1, 0], [0.9, 0.9]) == pytest.approx(0.4)
 
 
-def test_fit_temperature_recovers_known_scale():
+def test_platt_temperature_recovers_known_scale():
+    from bitmind.calibration import apply_calibration, fit_platt
+
     rng = np.random.default_rng(0)
     z = rng.normal(0, 2, 20000)
     y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)  # labels drawn from sigmoid(z): calibrated at T=1
-    t = fit_temperature(3.0 * z, y)  # an overconfident model: logits 3x too large
-    assert t == pytest.approx(3.0, rel=0.05)
+    t, b = fit_platt(3.0 * z, y, fit_bias=False, class_balanced=False)  # an overconfident model: logits 3x too large
+    assert t == pytest.approx(3.0, rel=0.05) and b == 0.0
+
+    def nll(temp):
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(3.0 * z / temp), torch.tensor(y, dtype=torch.float64)))
+
     # It is the minimum of the NLL.
-    best = binary_nll(3.0 * z, y, t)
-    assert best <= binary_nll(3.0 * z, y, t * 1.1) and best <= binary_nll(3.0 * z, y, t / 1.1)
-    assert best < binary_nll(3.0 * z, y, 1.0)
+    assert nll(t) <= nll(t * 1.1) and nll(t) <= nll(t / 1.1) and nll(t) < nll(1.0)
     # Dividing by T keeps the decision of every image.
-    assert ((apply_temperature(3 * z, t) > 0.5) == (3 * z > 0)).all()
+    assert ((apply_calibration(3 * z, t) > 0.5) == (3 * z > 0)).all()
 
 
-def test_fit_temperature_bounds_and_empty():
-    assert fit_temperature([], []) == 1.0
-    # Perfectly separated: the NLL keeps falling as T -> 0, so T stops at the lower bound.
-    assert fit_temperature([-2.0, 3.0], [0, 1], bounds=(0.1, 10.0)) == pytest.approx(0.1, rel=1e-3)
-    # Anti-correlated logits: as close to "no information" as allowed, the upper bound.
-    assert fit_temperature([2.0, -3.0], [0, 1], bounds=(0.1, 10.0)) == pytest.approx(10.0, rel=1e-3)
+def test_platt_bounds_and_degenerate_input():
+    from bitmind.calibration import fit_platt
+
+    assert fit_platt([], []) == (1.0, 0.0)
+    assert fit_platt([1.0, 2.0], [1, 1]) == (1.0, 0.0)  # one class: nothing to calibrate against
+    # Perfectly separated: the NLL keeps falling as T -> 0 (clamped at 0.05): very sharp.
+    t, _ = fit_platt([-2.0, 3.0], [0, 1], fit_bias=False)
+    assert 0.05 <= t < 0.2
 
 
-def test_binary_nll_matches_torch():
-    z = torch.tensor([-3.0, -0.5, 0.2, 4.0])
-    y = torch.tensor([0.0, 1.0, 1.0, 0.0])
-    ref = torch.nn.functional.binary_cross_entropy_with_logits(z / 2.0, y).item()
-    assert binary_nll(z, y, 2.0) == pytest.approx(ref, rel=1e-6)
-    assert math.isnan(binary_nll([], []))
+def test_calibration_record_schema_and_keep_rule():
+    from bitmind.calibration import RECORD_METRICS, calibrate_logits
+
+    rng = np.random.default_rng(1)
+    z = np.r_[rng.normal(3.0, 1.0, 500), rng.normal(1.0, 1.0, 500)]  # shifted: reals mostly called fake
+    y = np.r_[np.ones(500), np.zeros(500)]
+    rec = calibrate_logits(z, y, split="val", seeds=[0])
+    assert rec["kept"] and rec["method"] == "class-balanced Platt scaling" and rec["n"] == 1000 and rec["split"] == "val"
+    assert {f"val_{k}_{w}" for k in RECORD_METRICS for w in ("before", "after")} <= set(rec)
+    assert rec["val_balanced_brier_after"] < rec["val_balanced_brier_before"] and rec["logit_bias"] < -1.0
+    assert rec["val_real_accuracy_after"] > rec["val_real_accuracy_before"]
 
 
 def test_class_balanced_platt_ignores_the_validation_pools_class_ratio():

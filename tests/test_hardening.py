@@ -389,7 +389,7 @@ def test_model_that_cannot_be_prepared_is_served_eager(tmp_path, caplog):
     with pytest.raises(RuntimeError, match="differs from eager"):  # the wrong fold is caught...
         optimize_for_cpu(model)
     path = save_checkpoint(model, tmp_path / "shared.pth", meta=model_meta(model, "hardening-test-shared-conv"))
-    caplog.set_level(logging.WARNING, logger="bitmind.miner.predict")
+    caplog.set_level(logging.WARNING, logger="bitmind.inference")
     predictor = Predictor(str(path), device="cpu")  # ...and the model still serves, eager
     x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
     try:

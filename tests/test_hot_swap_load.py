@@ -18,12 +18,15 @@ import time
 import pytest
 import torch
 
+
 from bitmind.checkpoint import save_checkpoint
 from bitmind.image_io import encode_image
 from bitmind.miner.handlers import MinerHandlers
 from bitmind.miner.predict import Predictor
 from bitmind.models import build_model
 from bitmind.protocol import ImageSynapse
+
+pytestmark = [pytest.mark.slow]
 
 CLIENTS = 4
 SWAPS = 10

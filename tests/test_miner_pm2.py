@@ -23,7 +23,10 @@ from pathlib import Path
 
 import pytest
 
+
 from bitmind import demo, local_chain
+
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 REPO = Path(__file__).resolve().parents[1]
 ECOSYSTEM = REPO / "ecosystem.config.js"
@@ -217,7 +220,7 @@ def test_miner_under_pm2_answers_restarts_and_is_deleted(tmp_path, tiny_model, i
     except BaseException:
         for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
             print(f"--- {path.name} ---\n" + path.read_text(errors="replace")[-4000:])
-        print(f"--- pm2 daemon log ---\n" + ((home / "pm2.log").read_text(errors="replace")[-4000:]
+        print("--- pm2 daemon log ---\n" + ((home / "pm2.log").read_text(errors="replace")[-4000:]
                                              if (home / "pm2.log").exists() else "(none)"))
         raise
     finally:

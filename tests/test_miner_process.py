@@ -3,11 +3,15 @@ chain, a validator-signed bt.Dendrite query gets the same answer as the model lo
 and SIGTERM stops the miner cleanly."""
 import re
 
+import pytest
+
 from PIL import Image
 
 from bitmind import demo
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_demo_runs_miner_process_and_gets_an_answer(tmp_path, tiny_model, image_factory, capsys,
                                                     reopen_session_chain):
     image = tmp_path / "challenge.png"

@@ -18,6 +18,9 @@ from bitmind.eval import evaluate_detailed
 
 from eval_helpers import make_textured_folder, save_tiny_npr, textured_image
 
+pytestmark = [pytest.mark.slow]
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

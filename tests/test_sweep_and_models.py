@@ -14,7 +14,7 @@ from bitmind.models import build_model
 from bitmind.models.npr import highpass_residual, input_features, npr_residual
 from bitmind.training import TrainConfig
 from bitmind.training.sweep import SweepSpec, ensemble_report, run_sweep
-from bitmind.training.trainer import _lr_at
+from bitmind.training.loop import lr_at
 from validator_synth import make_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,12 +98,12 @@ def test_ensemble_is_the_mean_of_its_members_and_round_trips(tmp_path):
 
 def test_cosine_schedule_warms_up_then_decays():
     cfg = TrainConfig(lr=1e-3, epochs=10, lr_schedule="cosine", warmup_epochs=2)
-    lrs = [_lr_at(cfg, e) for e in range(10)]
+    lrs = [lr_at(cfg, e) for e in range(10)]
     assert lrs[0] < lrs[1] == pytest.approx(1e-3)
     assert all(x > y for x, y in zip(lrs[2:], lrs[3:]))
     assert lrs[-1] >= 1e-5
     with pytest.raises(ValueError):
-        _lr_at(TrainConfig(lr_schedule="nope"), 3)
+        lr_at(TrainConfig(lr_schedule="nope"), 3)
 
 
 def test_spec_refuses_shared_options_in_a_variant():

@@ -67,11 +67,35 @@ def test_cpu_run_writes_checkpoints_tensorboard_and_options(synth_data, tmp_path
     assert 0.0 <= p <= 1.0
 
 
-def test_resume_continues_from_saved_epoch(synth_data, tmp_path):
+def test_resume_continues_from_saved_epoch(synth_data, tmp_path, monkeypatch):
+    import copy
+
+    from bitmind.training.loop import Learner
+
     torch.set_num_threads(1)
     train(_cfg(synth_data, tmp_path, epochs=1, calibrate=False))
+    saved = torch.load(tmp_path / "t" / "state_last.pt", map_location="cpu", weights_only=True)
+    assert saved["optimizer"]["state"], "the optimiser state (Adam moments) is saved"
+    seen = {}
+    begin = Learner.begin_epoch
+
+    def spy(self, epoch):  # what the resumed run starts its first epoch from
+        if not seen:
+            seen.update(epoch=epoch, model={k: v.clone() for k, v in self.model.state_dict().items()},
+                        optimizer=copy.deepcopy(self.opt.state_dict()))
+        return begin(self, epoch)
+
+    monkeypatch.setattr(Learner, "begin_epoch", spy)
     s = train(_cfg(synth_data, tmp_path, epochs=2, resume=True, calibrate=False))
     assert [h["epoch"] for h in s["history"]] == [0, 1]  # epoch 0 restored, only epoch 1 trained
+    assert seen["epoch"] == 1
+    for k, v in saved["model"].items():  # the weights are the saved ones, not a fresh initialisation
+        assert torch.equal(seen["model"][k], v), k
+    got, want = seen["optimizer"]["state"], saved["optimizer"]["state"]
+    assert got.keys() == want.keys()
+    for i in want:  # Adam's step count and moments carried over
+        for name, t in want[i].items():
+            assert torch.equal(torch.as_tensor(got[i][name]), torch.as_tensor(t)), (i, name)
 
 
 def test_train_only_sources_never_leak_val_or_test_stems(synth_data, tmp_path):
@@ -115,12 +139,51 @@ def test_augmentation_is_reproducible_by_seed(synth_data):
 
 
 def test_validator_pipeline_output_is_what_validators_send(synth_data):
-    img = Image.open(next((synth_data / "real" / "synth").iterdir())).resize((300, 200))
-    for seed in range(6):
-        out = ValidatorPipeline()(img, random.Random(seed))
+    """The challenge pipeline itself: 20% plain, else rotation within +-20 degrees, a square
+    random resized crop of 20-100% of the (centre-cropped) picture, independent horizontal
+    and vertical flips; then a JPEG round trip at quality 75, of exactly that picture."""
+    import numpy as np
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    from bitmind.image_transforms import CenterCropShortSide, RandomAugment, base_pil, jpeg_roundtrip
+
+    img = Image.open(next((synth_data / "real" / "synth").iterdir())).convert("RGB").resize((300, 200))
+    # the random parameters: their ranges and rates
+    draws = [RandomAugment().sample(200, 200, random.Random(seed)) for seed in range(400)]
+    angles = [d["angle"] for d in draws]
+    assert all(-20 <= a <= 20 for a in angles) and min(angles) < -15 and max(angles) > 15
+    scales = []
+    for d in draws:
+        top, left, ch, cw = d["crop"]
+        assert ch == cw and 0 <= top <= 200 - ch and 0 <= left <= 200 - cw  # square, inside the picture
+        scales.append(ch * cw / 200 ** 2)
+    assert min(scales) >= 0.2 - 0.01 and max(scales) <= 1.0 and min(scales) < 0.3 and max(scales) > 0.85
+    for key in ("hflip", "vflip"):
+        assert 0.4 < np.mean([d[key] for d in draws]) < 0.6
+    # the pipeline: replaying its RNG rebuilds each challenge exactly, JPEG 75 included
+    pipe, plain, seeds = ValidatorPipeline(), 0, range(60)
+    for seed in seeds:
+        out = pipe(img, random.Random(seed))
         assert out.size == (256, 256) and out.mode == "RGB"
+        r = random.Random(seed)
+        if r.random() < 0.2:
+            plain += 1
+            expected = base_pil(img, 256)
+        else:
+            square = CenterCropShortSide()(img)
+            d = RandomAugment().sample(square.width, square.height, r)
+            expected = TF.rotate(square, d["angle"], interpolation=T.InterpolationMode.NEAREST)
+            expected = TF.resized_crop(expected, *d["crop"], [256, 256], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+            expected = TF.vflip(expected) if d["vflip"] else expected
+            expected = TF.hflip(expected) if d["hflip"] else expected
+        assert np.array_equal(np.asarray(out), np.asarray(jpeg_roundtrip(expected, 75))), seed
+        assert not np.array_equal(np.asarray(out), np.asarray(expected))  # the JPEG round trip did happen
+    assert 0.08 < plain / len(seeds) < 0.35
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_torchrun_gloo_two_processes(synth_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -17,7 +17,7 @@ from validator_synth import constant_npr, make_folder, train_tiny_npr
 
 # These tests open their own local chains; MockSubtensor keeps one chain per process, so
 # put the session chain of the other test modules back afterwards (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("reopen_session_chain")
+pytestmark = [pytest.mark.usefixtures("reopen_session_chain"), pytest.mark.slow, pytest.mark.process]
 
 NEURON = Path(__file__).resolve().parents[1] / "neurons" / "validator.py"
 

@@ -14,23 +14,12 @@ from pathlib import Path
 import bittensor as bt
 from bittensor.core.config import DefaultMunch
 
+from bitmind.common import SN34_NETUID, parse_bool
 from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS
 
 DEFAULT_MODEL_PATH = "./mining_models/base.pth"
-DEFAULT_NETUID = 34
+DEFAULT_NETUID = SN34_NETUID
 DEFAULT_LOCAL_ROOT = "~/.bitmind/local_chain"
-
-
-def str2bool(value) -> bool:
-    """argparse type for ``--flag true|false|1|0|yes|no`` (a bare ``--flag`` means true)."""
-    if isinstance(value, bool):
-        return value
-    v = str(value).strip().lower()
-    if v in ("1", "true", "t", "yes", "y", "on"):
-        return True
-    if v in ("0", "false", "f", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
 def positive_int(value) -> int:
@@ -65,12 +54,12 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--neuron.max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="Largest image accepted, in pixels (width x height, read from the header before any "
                              "decoding); also sets Pillow's Image.MAX_IMAGE_PIXELS.")
-    parser.add_argument("--neuron.allow_arch_change", type=str2bool, nargs="?", const=True, default=False,
+    parser.add_argument("--neuron.allow_arch_change", type=parse_bool, nargs="?", const=True, default=False,
                         help="Let a hot reload swap in a model of another architecture or config (default: refuse "
                              "it and keep serving; restart the miner to change architecture).")
-    parser.add_argument("--blacklist.allow_non_registered", type=str2bool, nargs="?", const=True, default=False,
+    parser.add_argument("--blacklist.allow_non_registered", type=parse_bool, nargs="?", const=True, default=False,
                         help="Serve hotkeys that are not registered on the subnet (default: refuse).")
-    parser.add_argument("--blacklist.force_validator_permit", type=str2bool, nargs="?", const=True, default=True,
+    parser.add_argument("--blacklist.force_validator_permit", type=parse_bool, nargs="?", const=True, default=True,
                         help="Refuse callers without a validator permit (default: true; "
                              "'--blacklist.force_validator_permit false' turns it off).")
     parser.add_argument("--mock", "--local", dest="mock", action="store_true",

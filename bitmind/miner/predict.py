@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import os
 import queue
@@ -49,8 +48,15 @@ import torch.nn as nn
 from PIL import Image
 
 from bitmind.checkpoint import CheckpointError, LoadedModel, load_model
+from bitmind.common import resolve_amp, resolve_device
 from bitmind.image_io import DecodeLimits, decode_image
 from bitmind.image_transforms import TARGET_SIZE, base_transforms
+from bitmind.inference import (  # noqa: F401
+    fold_batch_norms,
+    forward_logits,
+    optimize_for_cpu,
+    prepare_for_serving,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +86,7 @@ def auto_workers(device: torch.device, threads: int) -> int:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -99,16 +105,8 @@ def image_to_tensor(image) -> torch.Tensor:
 
 @torch.inference_mode()
 def logits_of(model: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    device = next(model.parameters()).device
-    batch = batch.to(device, non_blocking=True)
-    if device.type == "cuda":
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    if amp_dtype is not None and device.type == "cuda":
-        with torch.autocast("cuda", dtype=amp_dtype):
-            out = model(batch)
-    else:
-        out = model(batch)
-    return out.float().reshape(out.shape[0], -1)[:, 0].cpu()
+    """The eager serving forward (channels-last, autocast on CUDA): (B,) logits on the CPU."""
+    return forward_logits(model, batch, amp_dtype=amp_dtype).cpu()
 
 
 def predict(model: nn.Module | LoadedModel, image) -> float:
@@ -144,74 +142,6 @@ def single_threaded(enabled: bool = True):
         torch.set_num_threads(prev)
 
 
-def fold_batch_norms(model: nn.Module) -> int:
-    """Fold each ``BatchNorm2d`` that directly consumes a ``Conv2d``'s output into that
-    convolution (in eval mode, BN is an affine map per channel), in place; returns how
-    many were folded.
-
-    Pairs are found by running a probe through forward hooks of ``model`` itself (not by
-    ``torch.fx``, whose tracing patches ``nn.Module.__call__`` process-wide and breaks
-    forwards running in other threads meanwhile). A pair whose convolution output is also
-    used elsewhere would be folded wrongly: callers must compare outputs (as
-    ``optimize_for_cpu`` does)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    names = {m: n for n, m in model.named_modules()}
-    produced: dict[tuple, nn.Module] = {}
-    pairs: list[tuple[nn.Module, nn.Module]] = []
-
-    def key(t: torch.Tensor) -> tuple:
-        return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-
-    def after_conv(mod, args, out):
-        produced[key(out)] = mod
-
-    def before_bn(mod, args):
-        conv = produced.get(key(args[0]))
-        if conv is not None:
-            pairs.append((conv, mod))
-
-    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    hooks += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    try:
-        with torch.inference_mode():
-            model.eval()(torch.zeros(1, 3, TARGET_SIZE, TARGET_SIZE))
-    finally:
-        for h in hooks:
-            h.remove()
-    convs, bns = [c for c, _ in pairs], [b for _, b in pairs]
-    folded = 0
-    for conv, bn in pairs:
-        if convs.count(conv) > 1 or bns.count(bn) > 1 or names.get(bn, "") == "":
-            continue  # a module used twice: leave it alone
-        fused = fuse_conv_bn_eval(conv, bn)
-        conv.weight, conv.bias = fused.weight, fused.bias
-        parent_name, _, attr = names[bn].rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, nn.Identity())
-        folded += 1
-    return folded
-
-
-def optimize_for_cpu(model: nn.Module, probe_batch: int = 2) -> nn.Module:
-    """A faster inference-only copy of ``model`` for CPU serving: convolution + batch norm
-    pairs folded into one convolution, weights in channels-last layout (see the module
-    docstring). Feed it channels-last input. Raises if the copy disagrees with ``model``.
-
-    Why not TorchScript (``optimize_for_inference``, as fast when warm)? Its profiling
-    executor re-specialises per input shape and thread at unpredictable times (we measured
-    25 ms and 67 ms per image for a model that runs 20 ms), and it is deprecated."""
-    fast = copy.deepcopy(model).eval()
-    fold_batch_norms(fast)
-    fast = fast.to(memory_format=torch.channels_last)
-    probe = torch.rand(probe_batch, 3, TARGET_SIZE, TARGET_SIZE, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        ref = model.eval()(probe).float()
-        got = fast(probe.contiguous(memory_format=torch.channels_last)).float()
-    if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-3, atol=1e-3):
-        raise RuntimeError(f"prepared forward differs from eager by {(got - ref).abs().max().item():.3g}")
-    return fast
-
-
 @dataclass(frozen=True)
 class _Serving:
     """What answers requests: the loaded model and the forward used for it (eager or
@@ -224,8 +154,7 @@ class _Serving:
         if self.forward is None:
             return logits_of(self.lm.model, batch, amp_dtype)
         with torch.inference_mode():
-            out = self.forward(batch.contiguous(memory_format=torch.channels_last))
-        return out.float().reshape(out.shape[0], -1)[:, 0]
+            return forward_logits(self.forward, batch, channels_last=True)
 
 
 def structure_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -288,9 +217,7 @@ class Predictor:
         self.check_interval = check_interval
         self.max_batch, self.batch_window = int(max_batch) or auto_max_batch(self.device), batch_window_ms / 1000.0
         self.limits = limits
-        if amp == "auto":
-            amp = "bf16" if self.device.type == "cuda" else None
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None}[amp]
+        self.amp_dtype = resolve_amp(amp, self.device)
         # Prepare a faster copy for CPU serving ("auto": on CPU only; False: always eager).
         self.optimize = self.device.type == "cpu" if optimize == "auto" else bool(optimize)
         # Forward workers and their shared intra-op thread budget (see _threads_for).
@@ -391,13 +318,8 @@ class Predictor:
         """The CPU-prepared forward for ``lm``, or None (eager) if disabled or it failed."""
         if not self.optimize:
             return None
-        try:
-            with single_threaded():
-                return optimize_for_cpu(lm.model)
-        except Exception as e:  # eager still works: serve it
-            logger.warning("could not prepare model sha256=%s for CPU serving, serving it eager: %s",
-                           lm.sha256[:12], e)
-            return None
+        with single_threaded():
+            return prepare_for_serving(lm.model, name=f"model sha256={lm.sha256[:12]}")
 
     def _upgrade(self, lm: LoadedModel) -> None:
         with self._prepare_lock:  # one at a time; skip models already replaced

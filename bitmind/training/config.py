@@ -12,73 +12,79 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bitmind.common import PLAIN_SHARE, parse_bool
 from bitmind.image_transforms import AugConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINTS_DIR = REPO_ROOT / "base_miner" / "checkpoints"
 
 
+def opt(default, help: str):
+    """A ``TrainConfig`` field with its ``--help`` text (lists get a fresh copy per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # data
-    data: list[str] = field(default_factory=list)  # sources split train/val/test by stem
-    train_data: list[str] = field(default_factory=list)  # extra sources used for training only (their train split)
-    # roots whose files already ARE validator challenges (sn34-validator): split by stem like
-    # the rest; trained on with flips only and validated as they are, never sent through the
-    # validator augmentation a second time
-    challenge_data: list[str] = field(default_factory=list)
-    split_seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    balance: str = "sampler"  # sampler (classes) | family (classes, then source families) | weight | none
-    samples_per_epoch: int = 0  # draws per epoch with balance=family (0 = the training set's size)
-    pair_aligned: bool = False  # balance=family: put each aligned round trip and its real photo in one batch
+    data: list[str] = opt([], "data roots (DIR/{real,fake}/SOURCE/*.jpg or hf:NAME[:role]) split train/val/test by picture stem")
+    train_data: list[str] = opt([], "extra roots used for training only (their train split)")
+    challenge_data: list[str] = opt([], "roots whose files already ARE validator challenges (sn34-validator): split by stem, "
+                                        "trained on with flips only and validated as they are")
+    split_seed: int = opt(0, "seed of the split by picture stem")
+    val_fraction: float = opt(0.1, "share of each root's stems in the validation split")
+    test_fraction: float = opt(0.1, "share of each root's stems in the test split")
+    balance: str = opt("sampler", "sampler (classes) | family (classes, then source families) | weight (loss) | none")
+    samples_per_epoch: int = opt(0, "draws per epoch with balance=family (0 = the training set's size)")
+    pair_aligned: bool = opt(False, "balance=family: put each aligned round trip and its real photo in one batch")
     # model
-    arch: str = "npr"
-    layers: list[int] = field(default_factory=lambda: [3, 4])  # 2 entries, or 3 to add layer3
-    width: int = 64
-    dropout: float = 0.0
-    input: str = "npr"  # npr | hp | npr_hp | rgb (see bitmind/models/npr.py)
-    stem_pool: bool = True
-    init_from: str = ""  # start from these weights (fine-tuning)
+    arch: str = opt("npr", "architecture (bitmind.models registry)")
+    layers: list[int] = opt([3, 4], "residual blocks per stage: 2 entries, or 3 to add layer3")
+    width: int = opt(64, "channels of the first stage")
+    dropout: float = opt(0.0, "dropout before the classifier")
+    input: str = opt("npr", "npr | hp | npr_hp | rgb (see bitmind/models/npr.py)")
+    stem_pool: bool = opt(True, "max-pool after the stem")
+    init_from: str = opt("", "start from these weights (fine-tuning)")
     # optimisation (NPR paper defaults)
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "step"  # step (x lr_decay every lr_decay_every epochs) | cosine (to 1% of lr)
-    lr_decay: float = 0.9
-    lr_decay_every: int = 2  # epochs
-    warmup_epochs: int = 0
-    early_stop_patience: int = 10  # epochs without val-acc improvement; 0 disables
-    label_smoothing: float = 0.0
+    epochs: int = opt(30, "training epochs")
+    batch_size: int = opt(64, "images per training batch")
+    lr: float = opt(2e-4, "Adam learning rate")
+    beta1: float = opt(0.9, "Adam beta1")
+    weight_decay: float = opt(0.0, "Adam weight decay")
+    lr_schedule: str = opt("step", "step (x lr_decay every lr_decay_every epochs) | cosine (to 1%% of lr)")
+    lr_decay: float = opt(0.9, "step schedule: factor per lr_decay_every epochs")
+    lr_decay_every: int = opt(2, "step schedule: epochs between decays")
+    warmup_epochs: int = opt(0, "linear warm-up epochs")
+    early_stop_patience: int = opt(10, "epochs without val-acc improvement before stopping; 0 disables")
+    label_smoothing: float = opt(0.0, "binary label smoothing (targets move towards 0.5)")
     # augmentation (applied to both classes alike)
-    aug_validator_prob: float = 1.0  # random aug / plain, as validators do
-    aug_plain_share: float = 0.2
-    aug_jpeg_prob: float = 1.0
-    aug_jpeg_quality: list[int] = field(default_factory=lambda: [75, 75])
-    aug_blur_prob: float = 0.0
-    aug_blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    aug_color_jitter_prob: float = 0.0
-    aug_color_jitter: float = 0.2
-    val_challenge: bool = True  # validate through the validator pipeline (seeded), as miners are scored
-    calibrate: bool = True  # fit a temperature on the validation split and store it in the best checkpoint
+    aug_validator_prob: float = opt(1.0, "probability of the validator's random augmentation / plain draw")
+    aug_plain_share: float = opt(PLAIN_SHARE, "share of validator draws without random augmentation")
+    aug_jpeg_prob: float = opt(1.0, "probability of JPEG re-encoding")
+    aug_jpeg_quality: list[int] = opt([75, 75], "JPEG quality range (min max)")
+    aug_blur_prob: float = opt(0.0, "probability of Gaussian blur")
+    aug_blur_sigma: list[float] = opt([0.1, 2.0], "blur sigma range (min max)")
+    aug_color_jitter_prob: float = opt(0.0, "probability of colour jitter")
+    aug_color_jitter: float = opt(0.2, "colour jitter strength (brightness/contrast/saturation; hue a quarter)")
+    val_challenge: bool = opt(True, "validate through the validator pipeline (seeded), as miners are scored")
+    calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
     # run
-    name: str = "npr_experiment"
-    checkpoints_dir: str = str(DEFAULT_CHECKPOINTS_DIR)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on GPU) | bf16 | fp16 | none
-    channels_last: bool = True
-    cudnn_benchmark: bool = True
-    uint8_loading: bool = True  # workers hand over uint8 images, scaled to float on the device
-    workers: int = 4
-    pin_memory: bool = True
-    seed: int = 0
-    resume: bool = False
-    max_steps_per_epoch: int = 0  # 0 = full epoch (a cap is useful for quick tests)
-    log_every: int = 20
-    progress: bool = True
+    name: str = opt("npr_experiment", "run name: the output folder under checkpoints_dir")
+    checkpoints_dir: str = opt(str(DEFAULT_CHECKPOINTS_DIR), "where run folders go")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    amp: str = opt("auto", "auto (bf16 on GPU) | bf16 | fp16 (with a gradient scaler) | none")
+    channels_last: bool = opt(True, "channels-last tensors on CUDA")
+    cudnn_benchmark: bool = opt(True, "cudnn autotuning on CUDA")
+    uint8_loading: bool = opt(True, "workers hand over uint8 images, scaled to float on the device")
+    workers: int = opt(4, "data loader worker processes")
+    pin_memory: bool = opt(True, "pinned host memory for CUDA transfers")
+    seed: int = opt(0, "seed of weights, sampling and augmentation")
+    resume: bool = opt(False, "resume from <run_dir>/state_last.pt")
+    max_steps_per_epoch: int = opt(0, "cap on batches per epoch; 0 = full epoch (a cap is useful for quick tests)")
+    log_every: int = opt(20, "steps between TensorBoard loss points")
+    progress: bool = opt(True, "tqdm progress bars")
 
     def aug_config(self) -> AugConfig:
         return AugConfig(
@@ -102,16 +108,6 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2))
 
 
-def _bool(s: str) -> bool:
-    if isinstance(s, bool):
-        return s
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
-
-
 #: List options that name data roots: repeating the flag adds roots instead of replacing them.
 _ROOT_LISTS = ("data", "train_data", "challenge_data")
 
@@ -123,15 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         default = getattr(defaults, f.name)
         flag = f"--{f.name}"
+        help = f.metadata.get("help", f.name)
         if isinstance(default, bool):
-            p.add_argument(flag, type=_bool, nargs="?", const=True, default=default, help=f"{f.name} (true/false)")
+            p.add_argument(flag, type=parse_bool, nargs="?", const=True, default=default, help=help + " (true/false)")
         elif f.name in _ROOT_LISTS:  # --data A B, or --data A --data B: every root counts
-            p.add_argument(flag, type=str, nargs="+", action="extend", default=[], help=f.name)
+            p.add_argument(flag, type=str, nargs="+", action="extend", default=[], help=help)
         elif isinstance(default, list):
             typ = float if (default and isinstance(default[0], float)) else (int if default else str)
-            p.add_argument(flag, type=typ, nargs="+", default=default, help=f.name)
+            p.add_argument(flag, type=typ, nargs="+", default=default, help=help)
         else:
-            p.add_argument(flag, type=type(default), default=default, help=f.name)
+            p.add_argument(flag, type=type(default), default=default, help=help)
     return p
 
 

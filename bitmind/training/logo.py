@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.data import open_source, split_of, sources_of_family
+from bitmind.data import open_source, sources_of_family, split_of
 from bitmind.data.families import GENERATOR_FAMILIES, family_of, is_aligned
 
 logger = logging.getLogger(__name__)
@@ -134,10 +134,11 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     from torch.utils.data import DataLoader
 
     from bitmind.checkpoint import load_model
+    from bitmind.common import resolve_amp, resolve_device
     from bitmind.data import AsIs, DetectionDataset, collate_skip_none
     from bitmind.data.dataset import worker_init
     from bitmind.image_transforms import ValidatorPipeline
-    from bitmind.training.trainer import resolve_amp, resolve_device, to_model_input
+    from bitmind.inference import forward_logits, to_model_input
 
     dev = resolve_device(device)
     amp = resolve_amp("auto", dev)
@@ -162,9 +163,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                 x, _, k, _ = batch
                 x = to_model_input(x, dev)
                 for n, (net, t, b) in nets.items():
-                    with torch.autocast(dev.type, dtype=amp) if amp else torch.autocast("cpu", enabled=False):
-                        z = net(x).float().reshape(-1)
-                    probs[n][k.numpy()] = z.cpu().numpy()
+                    probs[n][k.numpy()] = forward_logits(net, x, dev, amp, channels_last=False).cpu().numpy()
         arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
         arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
         arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)
@@ -328,9 +327,7 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
     calibration the analysis uses: a class-balanced Platt fit on the validation pictures of
     every regime in the scores file (ready-made challenges as sent, crop pools through the
     validator pipeline). Returns the calibration record stored in the file."""
-    from bitmind.calibration import apply_calibration, balanced_brier, fit_platt
-    from bitmind.checkpoint import read_checkpoint, save_checkpoint
-    from bitmind.metrics import compute_metrics
+    from bitmind.calibration import calibrate_logits, store_calibration
 
     data = np.load(npz)
     zs, ys, used = [], [], []
@@ -343,19 +340,5 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
         used.append(r)
     if not zs:
         raise KeyError(f"{variant!r} has no scores in {npz}")
-    z, y = np.concatenate(zs), np.concatenate(ys)
-    t, b = fit_platt(z, y, class_balanced=True)
-    before, after = compute_metrics(y, apply_calibration(z)), compute_metrics(y, apply_calibration(z, t, b))
-    state, meta = read_checkpoint(checkpoint)
-    meta["temperature"], meta["logit_bias"] = t, b
-    record = {"temperature": t, "logit_bias": b, "method": "class-balanced Platt scaling", "split": "val",
-              "regimes": used, "n": int(len(y)),
-              "val_balanced_brier_before": balanced_brier(y, apply_calibration(z)),
-              "val_balanced_brier_after": balanced_brier(y, apply_calibration(z, t, b)),
-              **{f"val_{k}_{when}": m[k] for when, m in (("before", before), ("after", after))
-                 for k in ("brier", "ece", "real_accuracy", "fake_accuracy")}}
-    meta.setdefault("metrics", {})["calibration"] = record
-    if description:
-        meta["description"] = description
-    save_checkpoint(state, out, meta)
-    return record
+    record = calibrate_logits(np.concatenate(zs), np.concatenate(ys), keep_if_better=False, split="val", regimes=used)
+    return store_calibration(checkpoint, record, out, **({"description": description} if description else {}))

@@ -60,7 +60,6 @@ import dataclasses
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,15 +69,35 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from bitmind.calibration import apply_calibration
-from bitmind.checkpoint import model_meta, save_checkpoint
+from bitmind.common import parse_bool, resolve_amp
 from bitmind.data import AsIs, DetectionDataset, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import ValidatorPipeline
+from bitmind.inference import forward_logits
 from bitmind.metrics import compute_metrics
 from bitmind.training.config import TrainConfig
-from bitmind.training.trainer import (_lr_at, _make_writer, _plot_curves, build_datasets, build_training_model,
-                                      calibrate_checkpoint, epoch_batches, loader_kwargs, log_epoch, prepare_device,
-                                      resolve_amp, seed_everything, smooth_labels, to_model_input, train_sampler)
+from bitmind.training.loop import (
+    Best,
+    Learner,
+    epoch_record,
+    log_epoch,
+    make_writer,
+    plot_curves,
+    save_if_best,
+    smooth_labels,
+    train_one_epoch,
+    val_metrics,
+    validate,
+)
+from bitmind.training.trainer import (
+    build_datasets,
+    build_training_model,
+    calibrate_checkpoint,
+    loader_kwargs,
+    prepare_device,
+    seed_everything,
+    train_sampler,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +174,15 @@ class SweepSpec:
                 "ensemble_members": self.ensemble_members}
 
 
-class _Variant:
-    """One model of the sweep with its optimiser, history and best epoch; optionally a
-    training subset (``mask`` over the training set) and a weight average (``swa``)."""
+class _Variant(Learner):
+    """One model of the sweep (a ``Learner``) with its history and best epoch; optionally a
+    training subset (``mask`` over the training set), a weight average (``swa``), patch
+    training and a distillation teacher."""
 
-    def __init__(self, name: str, cfg: TrainConfig, device: torch.device, mask: torch.Tensor | None = None,
-                 swa_start: int = 0, teacher: str | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0,
-                 training_images: int = 0, patch_size: int = 0, val_mask: np.ndarray | None = None):
-        self.name, self.cfg, self.mask, self.swa_start = name, cfg, mask, swa_start
+    def __init__(self, name: str, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None = None,
+                 mask: torch.Tensor | None = None, swa_start: int = 0, teacher: str | None = None, distill_weight: float = 0.0,
+                 distill_temperature: float = 1.0, training_images: int = 0, patch_size: int = 0, val_mask: np.ndarray | None = None):
+        self.name, self.mask, self.swa_start = name, mask, swa_start
         self.patch_size = patch_size
         self.val_mask = val_mask  # validation challenges this variant is selected on (None = all)
         self.patch_gen = torch.Generator().manual_seed(cfg.seed)
@@ -171,29 +191,12 @@ class _Variant:
         self.swa: torch.optim.swa_utils.AveragedModel | None = None
         self.bn_batches: list[torch.Tensor] = []
         torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
-        self.model = build_training_model(cfg, device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
-        self.criterion = nn.BCEWithLogitsLoss()
+        super().__init__(build_training_model(cfg, device), cfg, amp_dtype)
         self.history: list[dict] = []
-        self.best: dict = {}
-        self.best_acc = -1.0
+        self.best = Best()
         self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = _make_writer(self.run_dir)
-        self.loss_sum: torch.Tensor | float = 0.0  # summed on the device: no host sync per step
-        self.loss_n = 0
-
-    @property
-    def mean_loss(self) -> float:
-        return float(self.loss_sum) / max(self.loss_n, 1)
-
-    def set_epoch(self, epoch: int) -> float:
-        lr = _lr_at(self.cfg, epoch)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.model.train()
-        self.loss_sum, self.loss_n = 0.0, 0
-        return lr
+        self.writer = make_writer(self.run_dir)
 
     def select(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
                teacher_logit: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
@@ -233,19 +236,21 @@ class _Variant:
             return x
         return random_patches(x, self.patch_size, self.patch_gen)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, amp_dtype, teacher_logit: torch.Tensor | None = None) -> None:
+    def target(self, y: torch.Tensor, teacher_logit: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss target: the smoothed label, mixed with the teacher's P(AI) when distilling."""
         y = smooth_labels(y, self.cfg.label_smoothing)
         if teacher_logit is not None and self.distill_weight > 0:
             soft = torch.sigmoid(teacher_logit / self.distill_temperature)
             y = self.distill_weight * soft + (1.0 - self.distill_weight) * y
-        with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            logits = self.model(x).reshape(-1)
-        loss = self.criterion(logits.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.loss_sum = self.loss_sum + loss.detach() * len(y)
-        self.loss_n += len(y)
+        return y
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
+        part = self.select(x, y, k, context.get(self.teacher))
+        if part is None:
+            return
+        xv = self.crop(part[0])
+        self.step(xv, part[1], target=self.target(part[1], part[2]))
+        self.remember(xv)
 
 
 def selection_score(m: dict) -> float:
@@ -305,23 +310,14 @@ class Teachers:
     def logits(self, x: torch.Tensor, amp_dtype) -> dict[str, torch.Tensor]:
         out = {}
         for p, (net, t, b) in self.models.items():
-            with torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                z = net(x).float().reshape(-1)
-            out[p] = z / t + b
+            out[p] = forward_logits(net, x, x.device, amp_dtype, channels_last=False) / t + b
         return out
 
 
-@torch.no_grad()
 def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dtype, channels_last: bool, batch: int = 256) -> np.ndarray:
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch):
-        x = to_model_input(images[i:i + batch], device)
-        if device.type == "cuda" and channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            out.append(model(x).float().reshape(-1).cpu())
-    return torch.cat(out).numpy()
+    """Logits of pre-drawn validation challenges (uint8, on any device), through ``validate``."""
+    batches = ((images[i:i + batch], torch.zeros(0), torch.zeros(0, dtype=torch.long), 0) for i in range(0, len(images), batch))
+    return validate(model, batches, device, amp_dtype, channels_last=channels_last)[0]
 
 
 def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -434,7 +430,7 @@ def run_sweep(spec: SweepSpec) -> dict:
                                name, sorted(unknown))
             mask = torch.tensor([in_subset(st, extras["train_fraction"], base.split_seed) and so not in excluded
                                  for st, so in zip(stems, sources)], dtype=torch.bool)
-        variants.append(_Variant(name, spec.variant_config(name), device, mask=mask, swa_start=extras["swa_start"],
+        variants.append(_Variant(name, spec.variant_config(name), device, amp_dtype, mask=mask, swa_start=extras["swa_start"],
                                  teacher=extras["distill_from"], distill_weight=extras["distill_weight"],
                                  distill_temperature=extras["distill_temperature"], training_images=len(stems),
                                  patch_size=extras["patch_size"], val_mask=val_mask))
@@ -453,21 +449,11 @@ def run_sweep(spec: SweepSpec) -> dict:
         if spec.time_budget_s and epoch == 2:
             fit_epochs(spec, variants, (time.time() - t_start) / 2)
         train_ds.set_epoch(epoch)
-        lrs = {v.name: v.set_epoch(epoch) for v in variants}
+        lrs = {v.name: v.begin_epoch(epoch) for v in variants}
         t_epoch = time.time()
-        for x, y, k, _ in epoch_batches(loader, base, epoch):
-            x = to_model_input(x, device)
-            y = y.to(device, non_blocking=True)
-            if device.type == "cuda" and base.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            teacher_logits = teachers.logits(x, amp_dtype) if teachers else {}
-            for v in variants:
-                part = v.select(x, y, k, teacher_logits.get(v.teacher))
-                if part is not None:
-                    xv = v.crop(part[0])
-                    v.step(xv, part[1], amp_dtype, teacher_logit=part[2])
-                    v.remember(xv)
-            images_seen += len(y)
+        done = train_one_epoch(variants, loader, base, epoch, device,
+                               context=(lambda x: teachers.logits(x, amp_dtype)) if teachers else None)
+        images_seen += done["images"]
         for v in variants:
             v.end_epoch(epoch)
         epoch_s = time.time() - t_epoch
@@ -479,23 +465,14 @@ def run_sweep(spec: SweepSpec) -> dict:
         for v in variants:
             logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
             sel = v.val_mask if v.val_mask is not None else slice(None)
-            m = compute_metrics(val_y[sel], apply_calibration(logits[sel]))
-            rec = {"epoch": epoch, "train_loss": v.mean_loss, "lr": lrs[v.name],
-                   "val_acc": m["accuracy"], "val_ap": m["ap"], "val_real_acc": m["real_accuracy"],
-                   "val_fake_acc": m["fake_accuracy"], "val_brier": m["brier"], "epoch_seconds": epoch_s,
-                   "averaged": v.swa is not None}
+            m = val_metrics(logits[sel], val_y[sel])
+            rec = epoch_record(epoch, v.mean_loss, lrs[v.name], m, epoch_s, averaged=v.swa is not None)
             v.history.append(rec)
             log_epoch(v.writer, rec)
-            score = selection_score(m)
-            if score > v.best_acc:
-                v.best_acc = score
-                v.best = {"epoch": epoch, **{k: val for k, val in m.items() if k != "per_source"}}
-                meta = model_meta(v.eval_model, v.cfg.arch, metrics={"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
-                                  train_options={**v.cfg.to_dict(), **spec.variant_extras(v.name), "sweep": str(out_dir)})
-                save_checkpoint(v.eval_model, v.run_dir / "model_epoch_best.pth", meta)
-                np.save(v.run_dir / "val_logits_best.npy", np.stack([logits, val_y]))
-                if v.val_mask is not None:
-                    np.save(v.run_dir / "val_mask.npy", v.val_mask)
+            meta_extra = {"metrics": {"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
+                          "train_options": {**v.cfg.to_dict(), **spec.variant_extras(v.name), "sweep": str(out_dir)}}
+            save_if_best(v.best, selection_score(m), epoch, m, v.eval_model, v.cfg.arch, v.run_dir, meta_extra, logits, val_y,
+                         val_mask=v.val_mask)
             line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")
         print(" | ".join(line), flush=True)
         for v in variants:
@@ -505,11 +482,11 @@ def run_sweep(spec: SweepSpec) -> dict:
 
     results, best_logits = {}, {}
     for v in variants:
-        _plot_curves(v.history, v.run_dir / "curves.png")
+        plot_curves(v.history, v.run_dir / "curves.png")
         v.writer.close()
         calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy", v.val_mask)
         best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]
-        results[v.name] = {"options": spec.variants[v.name], "best": v.best, "calibration": calib,
+        results[v.name] = {"options": spec.variants[v.name], "best": v.best.record, "calibration": calib,
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
                            "parameters": sum(p.numel() for p in v.model.parameters()),
                            "training_images": v.training_images}
@@ -544,7 +521,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap batches per epoch (quick tests)")
-    p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    p.add_argument("--progress", type=parse_bool, default=None)
     args = p.parse_args(argv)
     if args.report:
         rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members, args.report_out,

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +22,37 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bitmind.calibration import apply_calibration
+from bitmind.calibration import calibrate_logits, store_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
-from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, aligned_partners, balanced_sampler,
-                          class_pos_weight, collate_skip_none, open_source, split_indices)
+from bitmind.common import atomic_write, resolve_amp, resolve_device
+from bitmind.data import (
+    AsIs,
+    DetectionDataset,
+    FamilySampler,
+    FlipOnly,
+    aligned_partners,
+    balanced_sampler,
+    class_pos_weight,
+    collate_skip_none,
+    open_source,
+    split_indices,
+)
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
-from bitmind.metrics import compute_metrics
 from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
+from bitmind.training.loop import (
+    Best,
+    Learner,
+    epoch_record,
+    log_epoch,
+    make_writer,
+    plot_curves,
+    save_if_best,
+    train_one_epoch,
+    val_metrics,
+    validate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,25 +62,6 @@ def _dist_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment, or a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or name == "none":
-        return None
-    if name in ("auto", "bf16"):
-        return torch.bfloat16
-    if name == "fp16":
-        return torch.float16
-    raise ValueError(f"unknown amp mode {name!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -122,34 +123,7 @@ def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
     return None
 
 
-def to_model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Batch from the loader (uint8 or float) -> float in [0, 1] on ``device``."""
-    x = x.to(device, non_blocking=True)
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
 # ---------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def collect_logits(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    model.eval()
-    logits, labels, keys = [], [], []
-    for batch in loader:
-        if batch is None:
-            continue
-        x, y, k, _ = batch
-        x = to_model_input(x, device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            out = model(x)
-        logits.append(out.float().reshape(-1).cpu())
-        labels.append(y)
-        keys.append(k)
-    if not logits:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=int)
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(keys).numpy()
-
-
 def _gather_np(arr: np.ndarray, world: int) -> np.ndarray:
     if world == 1:
         return arr
@@ -159,35 +133,6 @@ def _gather_np(arr: np.ndarray, world: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- training
-def _make_writer(run_dir: Path):
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:  # pragma: no cover - the GPU image ships torch's writer only
-        from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(logdir=str(run_dir)) if "tensorboardX" in SummaryWriter.__module__ else SummaryWriter(log_dir=str(run_dir))
-
-
-def _lr_at(cfg: TrainConfig, epoch: int) -> float:
-    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
-        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
-    if cfg.lr_schedule == "cosine":
-        span = max(cfg.epochs - cfg.warmup_epochs, 1)
-        t = min(max(epoch - cfg.warmup_epochs, 0) / span, 1.0)
-        return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
-    if cfg.lr_schedule != "step":
-        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} (step | cosine)")
-    return cfg.lr * (cfg.lr_decay ** (epoch // max(cfg.lr_decay_every, 1)))
-
-
-def _plot_curves(history: list[dict], path: Path) -> None:
-    """curves.png beside the checkpoints (pyplot-free: never touches a notebook's backend)."""
-    try:
-        from bitmind.plots import plot_training_curves
-    except ImportError:  # pragma: no cover - matplotlib missing
-        return
-    plot_training_curves(history).savefig(path, dpi=100)
-
-
 def prepare_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     """The training device, with cudnn autotuning and TF32 matmuls switched on for CUDA."""
     device = resolve_device(cfg.device, local_rank)
@@ -220,34 +165,6 @@ def loader_kwargs(cfg: TrainConfig, device: torch.device) -> dict:
     if cfg.workers > 0:
         kw["prefetch_factor"] = 4
     return kw
-
-
-def smooth_labels(y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Binary label smoothing: targets move towards 0.5 by ``label_smoothing``."""
-    return y * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else y
-
-
-def log_epoch(writer, rec: dict) -> None:
-    """One epoch record as TensorBoard scalars (``val_*`` under ``val/``, the rest under ``train/``)."""
-    for k, v in rec.items():
-        if k != "epoch" and v is not None:
-            writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k.removeprefix("val_"), v, rec["epoch"])
-
-
-def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool = True):
-    """The batches of one epoch: a tqdm bar when ``cfg.progress`` (and ``show``), capped at
-    ``cfg.max_steps_per_epoch``, all-unreadable batches (None) skipped."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    n_batches = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
-    it = tqdm(loader, total=n_batches, desc=f"epoch {epoch}", disable=not (show and cfg.progress), leave=False) if tqdm else loader
-    for bi, batch in enumerate(it):
-        if cfg.max_steps_per_epoch and bi >= cfg.max_steps_per_epoch:
-            break
-        if batch is not None:
-            yield batch
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -285,77 +202,56 @@ def train(cfg: TrainConfig) -> dict:
 
     model = build_training_model(cfg, device)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
     # Under DDP the DistributedSampler shards the data, so class balance comes from the loss instead.
     weight_loss = cfg.balance == "weight" or (cfg.balance in ("sampler", "family") and world > 1)
     pos_weight = torch.tensor(class_pos_weight(labels), device=device) if weight_loss else None
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    learner = Learner(model, cfg, amp_dtype, criterion=nn.BCEWithLogitsLoss(pos_weight=pos_weight), net=net)
 
-    start_epoch, best_acc, best, history, bad_epochs = 0, -1.0, {}, [], 0
+    start_epoch, best, history = 0, Best(), []
     state_path = run_dir / "state_last.pt"
     if cfg.resume and state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        start_epoch, best_acc, bad_epochs = st["epoch"] + 1, st["best_acc"], st.get("bad_epochs", 0)
+        learner.opt.load_state_dict(st["optimizer"])
+        start_epoch, best.score, best.bad_epochs = st["epoch"] + 1, st["best_acc"], st.get("bad_epochs", 0)
         history = json.loads(st.get("history", "[]"))
-        best = json.loads(st.get("best", "{}"))
+        best.record = json.loads(st.get("best", "{}"))
         if is_main:
-            logger.info("resumed from %s at epoch %d (best val acc %.4f)", state_path, start_epoch, best_acc)
+            logger.info("resumed from %s at epoch %d (best val acc %.4f)", state_path, start_epoch, best.score)
 
-    writer = _make_writer(run_dir) if is_main else None
+    writer = make_writer(run_dir) if is_main else None
     step = start_epoch * len(train_loader)
     t_start = time.time()
     images_seen = 0
+
+    def log_step() -> None:
+        nonlocal step
+        step += 1
+        if writer is not None and step % cfg.log_every == 0:
+            writer.add_scalar("train/loss", learner.last_loss.item(), step)
+            writer.add_scalar("train/lr", lr, step)
+
     for epoch in range(start_epoch, cfg.epochs):
-        net.train()
         train_ds.set_epoch(epoch)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
-        lr = _lr_at(cfg, epoch)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        loss_sum, loss_n, skipped, t_epoch = 0.0, 0, 0, time.time()
-        for batch in epoch_batches(train_loader, cfg, epoch, show=is_main):
-            x, y, _, bad = batch
-            skipped += bad
-            x = to_model_input(x, device)
-            y = y.to(device, non_blocking=True)
-            if device.type == "cuda" and cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = smooth_labels(y, cfg.label_smoothing)
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                logits = net(x).reshape(-1)
-            loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.item() * len(y)
-            loss_n += len(y)
-            images_seen += len(y) * world
-            step += 1
-            if writer is not None and step % cfg.log_every == 0:
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/lr", lr, step)
-        train_time = time.time() - t_epoch
+        lr = learner.begin_epoch(epoch)
+        done = train_one_epoch([learner], train_loader, cfg, epoch, device, show=is_main, on_step=log_step)
+        images_seen += done["images"] * world
+        train_time = done["seconds"]
         # ---- validation (all ranks compute their shard, rank 0 gathers)
-        logits, vlabels, vkeys = collect_logits(model, val_loader, device, amp_dtype)
+        logits, vlabels, vkeys = validate(model, val_loader, device, amp_dtype)
         logits, vlabels, vkeys = _gather_np(logits, world), _gather_np(vlabels, world), _gather_np(vkeys, world)
         if world > 1:  # DistributedSampler pads with repeats: keep each validation image once
             _, first = np.unique(vkeys, return_index=True)
             logits, vlabels, vkeys = logits[first], vlabels[first], vkeys[first]
-        if skipped:
-            logger.warning("epoch %d: skipped %d unreadable training images", epoch, skipped)
+        if done["skipped"]:
+            logger.warning("epoch %d: skipped %d unreadable training images", epoch, done["skipped"])
         stop = torch.zeros(1)
         if is_main:
-            probs = apply_calibration(logits)
-            m = compute_metrics(vlabels, probs) if len(vlabels) else {}
-            rec = {"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), "lr": lr,
-                   "val_acc": m.get("accuracy"), "val_ap": m.get("ap"), "val_real_acc": m.get("real_accuracy"),
-                   "val_fake_acc": m.get("fake_accuracy"), "val_brier": m.get("brier"),
-                   "epoch_seconds": train_time, "images_per_second": loss_n * world / max(train_time, 1e-9)}
+            m = val_metrics(logits, vlabels)
+            rec = epoch_record(epoch, learner.mean_loss, lr, m, train_time,
+                               images_per_second=learner.loss_n * world / max(train_time, 1e-9))
             history.append(rec)
             log_epoch(writer, rec)
             writer.flush()
@@ -363,32 +259,23 @@ def train(cfg: TrainConfig) -> dict:
             print(msg, flush=True)
             logger.info(msg)
             meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": cfg.to_dict()}
-            acc = m.get("accuracy", 0.0) or 0.0
-            if acc > best_acc:
-                best_acc, bad_epochs = acc, 0
-                best = {"epoch": epoch, **{k: v for k, v in m.items() if k != "per_source"}}
-                save_checkpoint(model, run_dir / "model_epoch_best.pth", model_meta(model, cfg.arch, **meta_extra))
-                np.save(run_dir / "val_logits_best.npy", np.stack([logits, vlabels]))
-            else:
-                bad_epochs += 1
+            save_if_best(best, m.get("accuracy", 0.0) or 0.0, epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
             save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
-            state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict(),
-                     "epoch": epoch, "best_acc": best_acc, "bad_epochs": bad_epochs,
-                     "history": json.dumps(history), "best": json.dumps(best)}
-            tmp = state_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, state_path)
+            state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
+                     "epoch": epoch, "best_acc": best.score, "bad_epochs": best.bad_epochs,
+                     "history": json.dumps(history), "best": json.dumps(best.record)}
+            atomic_write(state_path, lambda tmp: torch.save(state, tmp))
             (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-            _plot_curves(history, run_dir / "curves.png")
-            if cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
-                print(f"early stopping: no val-acc improvement for {bad_epochs} epochs", flush=True)
+            plot_curves(history, run_dir / "curves.png")
+            if cfg.early_stop_patience and best.bad_epochs >= cfg.early_stop_patience:
+                print(f"early stopping: no val-acc improvement for {best.bad_epochs} epochs", flush=True)
                 stop[0] = 1
         if world > 1:
             dist.broadcast(stop, 0)
         if stop.item():
             break
 
-    summary = {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "model_epoch_best.pth"), "best": best,
+    summary = {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "model_epoch_best.pth"), "best": best.record,
                "history": history, "seconds": time.time() - t_start, "images_seen": images_seen}
     if is_main:
         if cfg.calibrate and (run_dir / "val_logits_best.npy").exists():
@@ -402,30 +289,13 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None) -> dict:
-    """Fit Platt scaling (temperature and bias) on validation logits (those under ``mask``
-    only, if given: a leave-one-out model is calibrated without its held-out sources);
-    store it in the checkpoint."""
-    from bitmind.calibration import balanced_brier, fit_platt
-    from bitmind.checkpoint import read_checkpoint
-
+    """Fit the calibration on the validation logits saved beside ``ckpt`` (those under
+    ``mask`` only, if given: a leave-one-out model is calibrated without its held-out
+    sources) and store it in the checkpoint."""
     logits, labels = np.load(logits_file)
     if mask is not None:
         logits, labels = logits[mask], labels[mask]
-    t, b = fit_platt(logits, labels)
-    before = compute_metrics(labels, apply_calibration(logits))
-    after = compute_metrics(labels, apply_calibration(logits, t, b))
-    bb_before, bb_after = balanced_brier(labels, apply_calibration(logits)), balanced_brier(labels, apply_calibration(logits, t, b))
-    if bb_after > bb_before:  # tiny or separable validation sets: keep the identity map
-        t, b, after, bb_after = 1.0, 0.0, before, bb_before
-    state, meta = read_checkpoint(ckpt)
-    meta["temperature"], meta["logit_bias"] = t, b
-    meta.setdefault("metrics", {})["calibration"] = {
-        "temperature": t, "logit_bias": b, "split": "val",
-        "val_brier_before": before["brier"], "val_brier_after": after["brier"], "class_balanced": True,
-        "val_balanced_brier_before": bb_before, "val_balanced_brier_after": bb_after,
-        "val_acc_before": before["accuracy"], "val_acc_after": after["accuracy"],
-        "val_real_acc_before": before["real_accuracy"], "val_real_acc_after": after["real_accuracy"]}
-    save_checkpoint(state, ckpt, meta)
-    print(f"calibration: T={t:.3f} b={b:+.3f}; val brier {before['brier']:.4f} -> {after['brier']:.4f}, "
-          f"acc {before['accuracy']:.4f} -> {after['accuracy']:.4f}", flush=True)
-    return meta["metrics"]["calibration"]
+    rec = store_calibration(ckpt, calibrate_logits(logits, labels, split="val"))
+    print(f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f}; val brier {rec['val_brier_before']:.4f} -> "
+          f"{rec['val_brier_after']:.4f}, acc {rec['val_accuracy_before']:.4f} -> {rec['val_accuracy_after']:.4f}", flush=True)
+    return rec

@@ -24,6 +24,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from bitmind.common import PLAIN_SHARE
 from bitmind.data import SPLITS, ImageSource, open_source, split_indices
 from bitmind.image_transforms import VALIDATOR_JPEG_QUALITY, ValidatorPipeline
 from bitmind.protocol import ImageSynapse, prepare_image_synapse
@@ -54,7 +55,7 @@ class ChallengeGenerator:
     """Draws challenges from ``sources`` with a seeded RNG."""
 
     sources: Sequence[ImageSource]
-    plain_share: float = 0.2
+    plain_share: float = PLAIN_SHARE
     fake_prob: float = 0.5
     jpeg_quality: int = VALIDATOR_JPEG_QUALITY
     seed: int | None = None

@@ -10,13 +10,14 @@ import argparse
 
 import bittensor as bt
 
+from bitmind.common import PLAIN_SHARE, SN34_NETUID
 from bitmind.data import SPLITS
 from bitmind.miner.config import nest_namespace
 from bitmind.validator.core import ValidatorConfig
 from bitmind.validator.query import DEFAULT_TIMEOUT
 from bitmind.validator.scores import DEFAULT_ALPHA
 
-DEFAULT_NETUID = 34
+DEFAULT_NETUID = SN34_NETUID
 DEFAULT_LOCAL_ROOT = "~/.bitmind/local_chain"
 DEFAULT_STATE_DIR = "~/.bitmind/validator"
 
@@ -32,7 +33,7 @@ def add_validator_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--neuron.split_seed", type=int, default=0, help="Seed of that split (the trainer's --split_seed).")
     parser.add_argument("--neuron.sample_size", type=int, default=50, help="Miners challenged per round.")
     parser.add_argument("--neuron.timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
-    parser.add_argument("--neuron.plain_share", type=float, default=0.2,
+    parser.add_argument("--neuron.plain_share", type=float, default=PLAIN_SHARE,
                         help="Share of challenges sent with base transforms only (the rest get random augmentation).")
     parser.add_argument("--neuron.alpha", type=float, default=DEFAULT_ALPHA, help="Moving-average factor of scores.")
     parser.add_argument("--neuron.epoch_length", type=int, default=20,

@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ from typing import Callable, Sequence
 import bittensor as bt
 
 from bitmind import local_chain as lc
+from bitmind.common import PLAIN_SHARE, atomic_write_text
+
 from bitmind.data import SPLITS
 from bitmind.validator.chain import ChainView
 from bitmind.validator.challenges import ChallengeGenerator
@@ -40,24 +41,10 @@ from bitmind.validator.report import format_table
 logger = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((lc.LOCAL_IP, 0))
-        return s.getsockname()[1]
-
-
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    """Block until something accepts connections on 127.0.0.1:``port`` (the axon's server thread is up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((lc.LOCAL_IP, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {lc.LOCAL_IP}:{port} after {timeout:.0f}s")
-            time.sleep(0.05)
+    """Block until the axon on 127.0.0.1:``port`` accepts connections (its server thread is up)."""
+    if not lc.wait_for_port(port, timeout=timeout):
+        raise TimeoutError(f"nothing listening on {lc.LOCAL_IP}:{port} after {timeout:.0f}s")
 
 
 class LocalNetwork:
@@ -82,7 +69,7 @@ class LocalNetwork:
         from bitmind.miner.config import miner_config
         from bitmind.miner.neuron import MinerNeuron
 
-        port = free_port()
+        port = lc.free_port()
         cfg = miner_config(["--mock", "--local.root", str(self.root), "--netuid", str(self.netuid),
                             "--wallet.name", name, "--axon.port", str(port), "--neuron.model_path", str(model_path),
                             "--neuron.device", device])
@@ -97,7 +84,7 @@ class LocalNetwork:
         """Register a hotkey and serve a bare ``bt.Axon`` with ``forward_fn`` (for misbehaving test miners)."""
         wallet = lc.local_wallet(self.root, name)
         uid = self.chain.register(wallet, self.netuid)
-        port = free_port()
+        port = lc.free_port()
         axon = bt.Axon(wallet=wallet, port=port, ip=lc.LOCAL_IP, external_ip=lc.LOCAL_IP)
         axon.attach(forward_fn=forward_fn, **attach_kw)
         axon.serve(netuid=self.netuid, subtensor=self.chain)
@@ -111,7 +98,7 @@ class LocalNetwork:
         """A registered miner whose published axon has nothing listening (a miner that is down)."""
         wallet = lc.local_wallet(self.root, name)
         uid = self.chain.register(wallet, self.netuid)
-        axon = bt.Axon(wallet=wallet, port=free_port(), ip=lc.LOCAL_IP, external_ip=lc.LOCAL_IP)
+        axon = bt.Axon(wallet=wallet, port=lc.free_port(), ip=lc.LOCAL_IP, external_ip=lc.LOCAL_IP)
         axon.serve(netuid=self.netuid, subtensor=self.chain)  # published, never started
         self.names[uid] = name
         return uid
@@ -153,7 +140,7 @@ def _unique_names(paths: Sequence[str]) -> list[str]:
 
 
 def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], challenges: int = 100, seed: int = 0,
-                timeout: float = DEFAULT_TIMEOUT, plain_share: float = 0.2, device: str = "cpu",
+                timeout: float = DEFAULT_TIMEOUT, plain_share: float = PLAIN_SHARE, device: str = "cpu",
                 json_out: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
                 split: str | None = None, split_seed: int = 0, progress: bool = False) -> dict:
     """Serve each model file as a local miner, send ``challenges`` challenges from ``data``
@@ -206,11 +193,7 @@ def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], 
     }
     result["table"] = format_table(rows)
     if json_out:
-        out = Path(json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(f".{out.name}.tmp")
-        tmp_out.write_text(json.dumps(result, indent=2))
-        os.replace(tmp_out, out)
+        atomic_write_text(json_out, json.dumps(result, indent=2))
     return result
 
 
@@ -222,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--challenges", type=int, default=100, help="Number of challenges (each goes to every miner).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the challenge sequence (same seed, same challenges).")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
-    p.add_argument("--plain-share", type=float, default=0.2, help="Share of challenges without random augmentation.")
+    p.add_argument("--plain_share", "--plain-share", type=float, default=PLAIN_SHARE, help="Share of challenges without random augmentation.")
     p.add_argument("--split", choices=SPLITS, default=None,
                    help="Challenge only with this split of the data (by picture stem, as the trainer splits); "
                         "default: all images. Use 'test' to compare models on pictures they never trained on.")

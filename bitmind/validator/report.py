@@ -16,7 +16,10 @@ from bitmind.validator.rewards import valid_prediction
 
 
 @dataclass
-class MinerStats:
+class MinerTally:
+    """What one miner answered during a validator run (the miner side keeps its own serving
+    counters in ``bitmind.miner.handlers.MinerStats``)."""
+
     uid: int
     name: str = ""
     n: int = 0
@@ -72,12 +75,12 @@ class MinerStats:
 
 
 class RunStats:
-    """MinerStats for every miner queried in a run."""
+    """MinerTally for every miner queried in a run."""
 
     def __init__(self, names: dict[int, str] | None = None):
         # Shared, not copied: the validator refreshes names (hotkey prefixes) on metagraph syncs.
         self.names = names if names is not None else {}
-        self.miners: dict[int, MinerStats] = {}
+        self.miners: dict[int, MinerTally] = {}
         self.challenges = 0
         self.labels = {0: 0, 1: 0}
 
@@ -87,7 +90,7 @@ class RunStats:
         for resp, r in zip(responses, rewards):
             st = self.miners.get(resp.uid)
             if st is None:
-                st = self.miners[resp.uid] = MinerStats(resp.uid, self.names.get(resp.uid, ""))
+                st = self.miners[resp.uid] = MinerTally(resp.uid, self.names.get(resp.uid, ""))
             st.add(resp, label, float(r))
 
     def summaries(self, scores=None) -> list[dict]:
@@ -110,7 +113,7 @@ def _fmt(v, pct: bool = False, digits: int = 1) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Plain-text table of ``MinerStats.summary`` rows (plus ``score`` if present)."""
+    """Plain-text table of ``MinerTally.summary`` rows (plus ``score`` if present)."""
     head = ["uid", "miner", "n", "acc", "real acc", "fake acc", "mean ms", "p95 ms", "fail", "score"]
     body = [[str(r["uid"]), r.get("name") or "-", str(r["challenges"]), _fmt(r["accuracy"], True),
              _fmt(r["real_accuracy"], True), _fmt(r["fake_accuracy"], True), _fmt(r["latency_mean_ms"]),

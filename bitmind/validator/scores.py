@@ -17,11 +17,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from bitmind.common import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -114,29 +115,7 @@ class ScoreBook:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: a crash leaves the old file or the new one, never a mix."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(self.to_dict()).encode()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        try:  # make the rename itself durable
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict()), durable=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike, alpha: float = DEFAULT_ALPHA) -> "ScoreBook":

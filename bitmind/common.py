@@ -1,0 +1,109 @@
+"""Pieces shared by the command lines, the trainer, the miner and the validator: subnet
+constants, boolean flags, device and AMP resolution, atomic file writes, and routing the
+package's log records to the console of a neuron."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+#: Subnet 34 (BitMind) on finney; its testnet twin is 168.
+SN34_NETUID = 34
+TESTNET_NETUID = 168
+#: Share of validator challenges sent without random augmentation (JPEG only).
+PLAIN_SHARE = 0.2
+
+_TRUE = ("1", "true", "t", "yes", "y", "on")
+_FALSE = ("0", "false", "f", "no", "n", "off")
+
+
+def parse_bool(value) -> bool:
+    """argparse type for ``--flag true|false|1|0|yes|no|on|off``."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``/None -> CUDA (``cuda:<local_rank>``) if available, else CPU; a bare ``cuda``
+    gets ``local_rank`` as its index."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def resolve_amp(name: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an AMP mode (``auto``/``bf16``/``fp16``/``none``) on ``device``:
+    None (fp32) off CUDA, bf16 for ``auto``."""
+    if device.type != "cuda" or name in (None, "none"):
+        return None
+    if name in ("auto", "bf16"):
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    raise ValueError(f"unknown amp mode {name!r}")
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], durable: bool = False) -> Path:
+    """Write ``path`` all at once: ``writer(tmp)`` fills a temporary file in the same folder
+    (created if missing), which then replaces ``path``, so readers and crashes see the whole
+    old or the whole new file. ``durable`` also fsyncs the file and the rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if durable:
+        try:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=durable)
+
+
+def route_library_logs(debug: bool = False) -> None:
+    """Show the package's ``logging`` records on stdout (a neuron's console) and keep torch's
+    loggers at WARNING (``bt.logging`` raises every known logger to INFO; torch's then print
+    compile statistics at exit)."""
+    lib = logging.getLogger("bitmind")
+    if not lib.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-8s | %(name)s | %(message)s"))
+        lib.addHandler(handler)
+    lib.setLevel(logging.DEBUG if debug else logging.INFO)
+    lib.propagate = False
+    for name in list(logging.root.manager.loggerDict):
+        if name == "torch" or name.startswith("torch."):
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,229 @@
+"""The training loop's building blocks, shared by a single run (``trainer.train``) and a
+many-variant sweep (``sweep.run_sweep``), in the spirit of torchvision's references:
+
+- ``Learner``: a model with its optimiser, loss, gradient scaler (fp16 AMP) and running
+  loss; ``step`` is one optimisation step on a prepared batch.
+- ``train_one_epoch``: one pass over a loader, each batch prepared once (device, uint8
+  to float, channels-last) and given to every learner.
+- ``validate``: logits, labels and keys of a model over validation batches (the one
+  forward, ``bitmind.inference.forward_logits``).
+- ``epoch_record`` and ``save_if_best``: the per-epoch history line and the best-epoch
+  checkpoint with its validation logits.
+- ``lr_at``, ``make_writer``, ``plot_curves``, ``log_epoch``: schedule and reporting.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from bitmind.calibration import apply_calibration
+from bitmind.checkpoint import model_meta, save_checkpoint
+from bitmind.inference import forward_logits, to_model_input
+from bitmind.metrics import compute_metrics
+from bitmind.training.config import TrainConfig
+
+
+# ---------------------------------------------------------------------------- schedule and reporting
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch``: linear warm-up, then step decay or cosine (to 1% of lr)."""
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1)
+        t = min(max(epoch - cfg.warmup_epochs, 0) / span, 1.0)
+        return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+    if cfg.lr_schedule != "step":
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} (step | cosine)")
+    return cfg.lr * (cfg.lr_decay ** (epoch // max(cfg.lr_decay_every, 1)))
+
+
+def make_writer(run_dir: Path):
+    """A TensorBoard writer for ``run_dir`` (tensorboardX, else torch's)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # pragma: no cover - the GPU image ships torch's writer only
+        from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(logdir=str(run_dir)) if "tensorboardX" in SummaryWriter.__module__ else SummaryWriter(log_dir=str(run_dir))
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """curves.png beside the checkpoints (pyplot-free: never touches a notebook's backend)."""
+    try:
+        from bitmind.plots import plot_training_curves
+    except ImportError:  # pragma: no cover - matplotlib missing
+        return
+    plot_training_curves(history).savefig(path, dpi=100)
+
+
+def log_epoch(writer, rec: dict) -> None:
+    """One epoch record as TensorBoard scalars (``val_*`` under ``val/``, the rest under ``train/``)."""
+    for k, v in rec.items():
+        if k != "epoch" and v is not None:
+            writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k.removeprefix("val_"), v, rec["epoch"])
+
+
+def smooth_labels(y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Binary label smoothing: targets move towards 0.5 by ``label_smoothing``."""
+    return y * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else y
+
+
+def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool = True):
+    """The batches of one epoch: a tqdm bar when ``cfg.progress`` (and ``show``), capped at
+    ``cfg.max_steps_per_epoch``, all-unreadable batches (None) skipped."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    n_batches = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
+    it = tqdm(loader, total=n_batches, desc=f"epoch {epoch}", disable=not (show and cfg.progress), leave=False) if tqdm else loader
+    for bi, batch in enumerate(it):
+        if cfg.max_steps_per_epoch and bi >= cfg.max_steps_per_epoch:
+            break
+        if batch is not None:
+            yield batch
+
+
+# ---------------------------------------------------------------------------- training
+class Learner:
+    """A model being trained: optimiser (Adam per ``cfg``), loss, gradient scaler (enabled
+    for fp16 autocast, which underflows without one) and the running loss of the epoch.
+
+    ``net`` is what runs forward (a DDP wrapper of ``model``, or ``model`` itself)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, amp_dtype: torch.dtype | None,
+                 criterion: nn.Module | None = None, net: nn.Module | None = None):
+        self.model, self.net, self.cfg, self.amp_dtype = model, net if net is not None else model, cfg, amp_dtype
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
+        self.criterion = criterion if criterion is not None else nn.BCEWithLogitsLoss()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.loss_sum: torch.Tensor | float = 0.0  # summed on the device: no host sync per step
+        self.loss_n = 0
+        self.last_loss: torch.Tensor | None = None
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / max(self.loss_n, 1)
+
+    def begin_epoch(self, epoch: int) -> float:
+        """Set the epoch's learning rate, switch to training mode, reset the running loss."""
+        lr = lr_at(self.cfg, epoch)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.net.train()
+        self.loss_sum, self.loss_n = 0.0, 0
+        return lr
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimisation step on a prepared batch (``x`` on the device, float, laid out as
+        it should run); ``target`` replaces the smoothed labels as the loss target if given."""
+        if target is None:
+            target = smooth_labels(y, self.cfg.label_smoothing)
+        logits = forward_logits(self.net, x, x.device, self.amp_dtype, channels_last=False)
+        loss = self.criterion(logits, target)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        loss = loss.detach()
+        self.loss_sum = self.loss_sum + loss * len(y)
+        self.loss_n += len(y)
+        self.last_loss = loss
+        return loss
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
+        """Train on one shared batch (sweep variants override this to take their part of it)."""
+        self.step(x, y)
+
+
+def prepare_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch on ``device``: float images in [0, 1] (channels-last if asked), float labels."""
+    x = to_model_input(x, device)
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def train_one_epoch(learners: Sequence[Learner], loader: DataLoader, cfg: TrainConfig, epoch: int, device: torch.device,
+                    show: bool = True, context: Callable[[torch.Tensor], dict] | None = None,
+                    on_step: Callable[[], None] | None = None) -> dict:
+    """One epoch over ``loader``: each batch is prepared once and given to every learner
+    (``Learner.train_batch``). ``context(x)`` computes what all learners share for a batch
+    (distillation teachers' logits); ``on_step`` runs after each batch. Returns the
+    images and unreadable images seen and the seconds taken."""
+    t0, images, skipped = time.time(), 0, 0
+    for x, y, k, bad in epoch_batches(loader, cfg, epoch, show=show):
+        skipped += bad
+        x, y = prepare_batch(x, y, device, cfg.channels_last)
+        ctx = context(x) if context is not None else {}
+        for learner in learners:
+            learner.train_batch(x, y, k, ctx)
+        images += len(y)
+        if on_step is not None:
+            on_step()
+    return {"images": images, "skipped": skipped, "seconds": time.time() - t0}
+
+
+# ---------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: nn.Module, batches: Iterable, device: torch.device, amp_dtype: torch.dtype | None,
+             channels_last: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, labels and keys of ``model`` (in eval mode) over ``batches`` of
+    ``(x, y, keys, n_bad)`` (a validation loader, or pre-drawn challenges); None batches skipped."""
+    model.eval()
+    logits, labels, keys = [], [], []
+    for batch in batches:
+        if batch is None:
+            continue
+        x, y, k, _ = batch
+        logits.append(forward_logits(model, x, device, amp_dtype, channels_last=channels_last and device.type == "cuda").cpu())
+        labels.append(torch.as_tensor(y))
+        keys.append(torch.as_tensor(k))
+    if not logits:
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=int)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(keys).numpy()
+
+
+def epoch_record(epoch: int, train_loss: float, lr: float, m: dict, epoch_seconds: float, **extra) -> dict:
+    """One line of ``history.json``: training loss and the validation metrics ``m``."""
+    return {"epoch": epoch, "train_loss": train_loss, "lr": lr, "val_acc": m.get("accuracy"), "val_ap": m.get("ap"),
+            "val_real_acc": m.get("real_accuracy"), "val_fake_acc": m.get("fake_accuracy"), "val_brier": m.get("brier"),
+            "epoch_seconds": epoch_seconds, **extra}
+
+
+def val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Metrics of uncalibrated validation logits (empty without images)."""
+    return compute_metrics(labels, apply_calibration(logits)) if len(labels) else {}
+
+
+@dataclass
+class Best:
+    """The best epoch so far: its selection score, record and the epochs since it."""
+
+    score: float = -1.0
+    record: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+
+
+def save_if_best(best: Best, score: float, epoch: int, m: dict, model: nn.Module, arch: str, run_dir: Path, meta_extra: dict,
+                 logits: np.ndarray, labels: np.ndarray, val_mask: np.ndarray | None = None) -> bool:
+    """If ``score`` beats ``best``, make this epoch the best: ``model_epoch_best.pth`` (with
+    ``meta_extra`` in its metadata), ``val_logits_best.npy`` (logits and labels, what the
+    calibration is fitted on) and ``val_mask.npy`` if given. Returns whether it did."""
+    if score <= best.score:
+        best.bad_epochs += 1
+        return False
+    best.score, best.bad_epochs = score, 0
+    best.record = {"epoch": epoch, **{k: v for k, v in m.items() if k != "per_source"}}
+    save_checkpoint(model, run_dir / "model_epoch_best.pth", model_meta(model, arch, **meta_extra))
+    np.save(run_dir / "val_logits_best.npy", np.stack([logits, labels]))
+    if val_mask is not None:
+        np.save(run_dir / "val_mask.npy", val_mask)
+    return True
