@@ -30,8 +30,14 @@ server CPU time per request are recorded too. The axon parts need bittensor; wit
 (or with ``--no-axon``) only the floor, predictor and in-process baseline run, which is
 what the GPU machine (torch only) runs. On CUDA the forward uses bf16 autocast.
 
+``--compare-model B`` also measures the floor of a second checkpoint B (e.g. the single
+network ``mining_models/npr_f2.pth``) in the same run: both floors are timed in alternating
+rounds (A, B, A, B, ...) on the same challenges, so that drift of this machine's speed hits
+both alike; ``compare`` in the JSON holds B's floor and the ratio of the two p50s.
+
 Targets checked at the end: miner p50 <= 1.5 x floor + axon overhead; throughput with 16
-clients >= 2 x with 1; >= 2x faster per request than the baseline.
+clients >= 2 x with 1; >= 2x faster per request than the baseline; with ``--compare-model``,
+floor p50 <= ``--compare-max-ratio`` (default 2) x the compared model's floor p50.
 """
 from __future__ import annotations
 
@@ -191,15 +197,16 @@ class InstantPredictor:
 
 
 # ----------------------------------------------------------------------------- in-process parts
-def measure_floor(predictor: Predictor, payloads: list[str], reps: int) -> dict:
-    """decode + transform + forward per image on the predictor's own model, sequentially."""
+def time_floor(predictor: Predictor, payloads: list[str], reps: int, start: int = 0,
+               into: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Time ``reps`` lone requests (decode + transform + forward, ms) on the predictor's own
+    serving forward, payloads from position ``start``; appends to ``into`` if given."""
     dev, forward = predictor.device, predictor.logits  # the forward the predictor serves with
     torch.set_num_threads(predictor.threads)  # as the predictor's worker 0 for a lone request
     for b in payloads[:5]:
         forward(base_transforms(decode_image(b)).unsqueeze(0))
-    total, dec, tr, fwd = [], [], [], []
-    watch = ForeignLoad()
-    for i in range(reps):
+    t = into if into is not None else {"total": [], "decode": [], "transform": [], "forward": []}
+    for i in range(start, start + reps):
         b = payloads[i % len(payloads)]
         t0 = time.perf_counter()
         img = decode_image(b)
@@ -209,20 +216,61 @@ def measure_floor(predictor: Predictor, payloads: list[str], reps: int) -> dict:
         forward(x)
         sync(dev)
         t3 = time.perf_counter()
-        total.append((t3 - t0) * 1000)
-        dec.append((t1 - t0) * 1000)
-        tr.append((t2 - t1) * 1000)
-        fwd.append((t3 - t2) * 1000)
+        t["total"].append((t3 - t0) * 1000)
+        t["decode"].append((t1 - t0) * 1000)
+        t["transform"].append((t2 - t1) * 1000)
+        t["forward"].append((t3 - t2) * 1000)
+    return t
+
+
+def measure_floor(predictor: Predictor, payloads: list[str], reps: int) -> dict:
+    """decode + transform + forward per image on the predictor's own model, sequentially."""
+    watch = ForeignLoad()
+    timed = time_floor(predictor, payloads, reps)
+    return floor_summary(predictor, payloads, reps, timed, watch.cores())
+
+
+def measure_floors_paired(a: Predictor, b: Predictor, payloads: list[str], reps: int, rounds: int = 4) -> tuple[dict, dict]:
+    """The floors of two predictors, ``reps`` requests each, timed in ``rounds`` alternating
+    rounds (a, b, a, b, ...) over the same payloads: slow drift of the machine's speed (a
+    shared VM) then falls on both alike. Each summary also lists its rounds' p50s."""
+    rounds = max(1, min(rounds, reps))
+    timed = {id(p): {"total": [], "decode": [], "transform": [], "forward": []} for p in (a, b)}
+    per_round: dict[int, list[float]] = {id(a): [], id(b): []}
+    watch = ForeignLoad()
+    done = 0
+    for r in range(rounds):
+        n = reps * (r + 1) // rounds - done
+        for p in (a, b):
+            before = len(timed[id(p)]["total"])
+            time_floor(p, payloads, n, start=done, into=timed[id(p)])
+            per_round[id(p)].append(round(statistics.median(timed[id(p)]["total"][before:]), 2))
+        done += n
+    load = watch.cores()
+    out = []
+    for p in (a, b):
+        s = floor_summary(p, payloads, reps, timed[id(p)], load)
+        s["rounds_p50_ms"] = per_round[id(p)]
+        out.append(s)
+    return out[0], out[1]
+
+
+def floor_summary(predictor: Predictor, payloads: list[str], reps: int, t: dict[str, list[float]],
+                  foreign_load: float | None) -> dict:
+    """Summary of timed lone requests, plus the eager forward and the batched forward's cost
+    per image (both timed here, after the lone requests)."""
+    dev, forward = predictor.device, predictor.logits
+    torch.set_num_threads(predictor.threads)
     eager = []  # the plain eager module, for reference (the predictor serves a prepared copy on CPU)
     x = base_transforms(decode_image(payloads[0])).unsqueeze(0)
     for i in range(min(reps, 30)):
         t0 = time.perf_counter()
         logits_of(predictor.current.model, x, predictor.amp_dtype)
         eager.append((time.perf_counter() - t0) * 1000)
-    out = {"total": summarize(total), "decode_p50_ms": summarize(dec)["p50_ms"],
-           "transform_p50_ms": summarize(tr)["p50_ms"], "forward_p50_ms": summarize(fwd)["p50_ms"],
+    out = {"total": summarize(t["total"]), "decode_p50_ms": summarize(t["decode"])["p50_ms"],
+           "transform_p50_ms": summarize(t["transform"])["p50_ms"], "forward_p50_ms": summarize(t["forward"])["p50_ms"],
            "optimized": predictor.status()["optimized"], "eager_forward_p50_ms": summarize(eager[3:])["p50_ms"],
-           "foreign_load_cores": watch.cores()}
+           "foreign_load_cores": foreign_load}
     # Batched forward cost per image (what micro-batching can win or lose on this device).
     per_image = {}
     x1 = torch.stack([base_transforms(decode_image(b)) for b in payloads[:1]])
@@ -426,6 +474,12 @@ def targets(res: dict) -> dict:
     """The three targets, from the measurements (None where a part did not run)."""
     out = {}
     floor = res["floor"]["total"]["p50_ms"]
+    cmp_ = res.get("compare")
+    if cmp_:
+        other = cmp_["floor"]["total"]["p50_ms"]
+        out["floor_vs_compare"] = {"floor_p50_ms": floor, "compare_floor_p50_ms": other,
+                                   "compare_model": cmp_["model"], "ratio": ratio(floor, other),
+                                   "max_ratio": cmp_["max_ratio"], "met": floor <= cmp_["max_ratio"] * other}
     ax = res.get("axon")
     if ax:
         overhead = ax["instant"]["1"]["latency"]["p50_ms"]
@@ -459,6 +513,9 @@ def targets(res: dict) -> dict:
 
 def print_table(res: dict) -> None:
     rows = [("floor (decode+transform+forward)", res["floor"]["total"], None)]
+    if res.get("compare"):
+        rows.append((f"floor of --compare-model {Path(res['compare']['model']).name}",
+                     res["compare"]["floor"]["total"], None))
     for name, part in (("predictor in-process", res.get("predictor")), ("baseline in-process", res.get("baseline_inproc"))):
         for c, r in (part or {}).items():
             rows.append((f"{name}, {c} clients", r["latency"], r["throughput_rps"]))
@@ -479,6 +536,13 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--model", default="mining_models/base.pth",
                     help="checkpoint to serve (default mining_models/base.pth; an untrained default NPR if missing)")
+    ap.add_argument("--compare-model", "--compare_model", dest="compare_model", default=None,
+                    help="a second checkpoint whose floor is measured in the same run, in rounds alternating "
+                    "with --model's (e.g. mining_models/npr_f2.pth); only the floor, not the serving parts")
+    ap.add_argument("--compare-max-ratio", type=float, default=2.0,
+                    help="target: floor p50 of --model <= this x floor p50 of --compare-model")
+    ap.add_argument("--floor-rounds", type=int, default=4,
+                    help="alternating rounds of the two floors with --compare-model")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
     ap.add_argument("--data", default=None, help="image folder in CLASS/SOURCE layout for the challenges")
     ap.add_argument("--requests", type=int, default=200, help="requests per measurement")
@@ -525,6 +589,11 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bitmind-serve-bench-"))
     with single_threaded():  # no torch work with a thread team in this (main) thread: see measure_floor
         model, note = resolve_model(args.model, tmp)
+        compare = None
+        if args.compare_model:
+            compare, cnote = resolve_model(args.compare_model, tmp)
+            if cnote:
+                sys.exit(f"--compare-model {args.compare_model}: no such file")
     payloads, data_note = make_challenges(args.data, 64)
     max_batch = args.max_batch or auto_max_batch(device)  # 0: the miner's auto choice
 
@@ -547,10 +616,25 @@ def main(argv=None) -> int:
 
     print(f"model {model} ({res['model_parameters']} parameters) on {device}; {data_note}", flush=True)
     print("floor: decode + transform + forward, one image at a time", flush=True)
-    res["floor"] = in_thread(measure_floor, predictor, payloads, args.requests)
-    f = res["floor"]
-    print(f"    p50 {f['total']['p50_ms']} ms (decode {f['decode_p50_ms']}, transform {f['transform_p50_ms']}, "
-          f"forward {f['forward_p50_ms']}); batched forward ms/image {f['batched_forward_ms_per_image']}", flush=True)
+    if compare:
+        other = Predictor(str(compare), device=device, max_batch=max_batch, batch_window_ms=args.batch_window_ms,
+                          decode_workers=args.decode_workers or None, workers=args.workers)
+        print(f"  in {args.floor_rounds} rounds alternating with --compare-model {compare} "
+              f"({sum(p.numel() for p in other.current.model.parameters())} parameters)", flush=True)
+        res["floor"], cfloor = in_thread(measure_floors_paired, predictor, other, payloads, args.requests,
+                                         args.floor_rounds)
+        res["compare"] = {"model": str(compare), "model_sha256": other.status()["sha256"],
+                          "model_parameters": sum(p.numel() for p in other.current.model.parameters()),
+                          "rounds": args.floor_rounds, "max_ratio": args.compare_max_ratio, "floor": cfloor,
+                          "floor_p50_ratio": ratio(res["floor"]["total"]["p50_ms"], cfloor["total"]["p50_ms"])}
+        other.close()
+    else:
+        res["floor"] = in_thread(measure_floor, predictor, payloads, args.requests)
+    for name, f in (("", res["floor"]), ("compare ", (res.get("compare") or {}).get("floor"))):
+        if f:
+            print(f"    {name}p50 {f['total']['p50_ms']} ms (decode {f['decode_p50_ms']}, transform "
+                  f"{f['transform_p50_ms']}, forward {f['forward_p50_ms']}); rounds {f.get('rounds_p50_ms')}; "
+                  f"batched forward ms/image {f['batched_forward_ms_per_image']}", flush=True)
     if not args.no_inproc:
         print("predictor in process (decode thread + micro-batching worker):", flush=True)
         res["predictor"] = drive_inproc(predictor.predict_b64_async, payloads, client_counts, args.requests)
