@@ -1,0 +1,89 @@
+"""benchmarks/accuracy.py: ``--as_sent`` scores files that already are validator challenges
+as they are (never through the challenge pipeline), and every run reports per-source
+accuracy with its worst real and worst fake source."""
+import importlib.util
+import json
+from pathlib import Path
+
+from bitmind.data import split_of
+
+from eval_helpers import save_brightness_model, solid_image
+
+REPO = Path(__file__).resolve().parents[1]
+DARK, BRIGHT = 20, 235  # the brightness model calls dark images real, bright ones fake
+SOURCES = {"real/ok": DARK, "real/bad": BRIGHT, "fake/ok": BRIGHT, "fake/bad": DARK}
+STEMS = [f"p{k}" for k in range(60)]
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("accuracy_bench_under_test", REPO / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _root(tmp_path):
+    root = tmp_path / "pool"
+    for src, level in SOURCES.items():
+        for stem in STEMS:
+            solid_image(root / src / f"{stem}.png", level)
+    return root
+
+
+def test_as_sent_scores_files_as_they_are_with_worst_sources(tmp_path, monkeypatch):
+    bench = _load_bench()
+    root, model = _root(tmp_path), save_brightness_model(tmp_path / "m.pth")
+    calls = []
+    real_evaluate = bench.evaluate
+
+    def spy(*args, **kw):
+        calls.append(kw.get("challenge"))
+        return real_evaluate(*args, **kw)
+
+    monkeypatch.setattr(bench, "evaluate", spy)
+    out = tmp_path / "res" / "v.json"
+    summary = bench.main(["--model", str(model), "--data", str(root), "--as_sent", "--plots", "none",
+                          "--device", "cpu", "--out", str(out)])
+    assert calls == [False, False]  # calibrated and uncalibrated, neither as a challenge
+    assert not (out.parent / "accuracy_plots").exists()
+    saved = json.loads(out.read_text())
+    assert saved["mode"] == "as_sent" and saved["headline"] == "as sent" and saved["seeds"] is None
+    assert set(saved["results"]) == {"as sent", "as sent, uncalibrated"}
+    n_test = sum(split_of(s, 0) == "test" for s in STEMS)
+    assert n_test > 0 and saved["results"]["as sent"]["n"] == 4 * n_test
+    acc = {k: v["accuracy"] for k, v in saved["per_source_clean"].items()}
+    assert acc == {"fake/bad": 0.0, "fake/ok": 1.0, "real/bad": 0.0, "real/ok": 1.0}
+    assert saved["worst"] == {"real": {"source": "real/bad", "accuracy": 0.0, "n": n_test},
+                              "fake": {"source": "fake/bad", "accuracy": 0.0, "n": n_test}}
+    assert saved["worst_of_min_n"] == saved["worst"]  # every source has n_test >= 10 images
+    assert "per_source_challenge_seed0" not in saved
+
+
+def test_challenge_mode_averages_sources_over_draws(tmp_path):
+    bench = _load_bench()
+    root, model = _root(tmp_path), save_brightness_model(tmp_path / "m.pth")
+    summary = bench.main(["--model", str(model), "--data", str(root), "--seeds", "0", "1", "--plots",
+                          str(tmp_path / "plots"), "--device", "cpu", "--out", str(tmp_path / "c.json")])
+    assert summary["mode"] == "challenge" and summary["headline"] == "challenge (mean of 2)"
+    assert (tmp_path / "plots").is_dir()
+    per = summary["per_source_challenge_mean"]
+    assert set(per) == set(SOURCES)
+    for name, row in per.items():
+        seeds = [summary["results"][f"challenge seed {s}"]["per_source"][name]["accuracy"] for s in (0, 1)]
+        assert row["accuracy_per_seed"] == seeds and row["accuracy"] == sum(seeds) / 2
+    assert summary["worst"]["real"]["source"] == min(
+        (r["accuracy"], -r["n"], k) for k, r in per.items() if k.startswith("real"))[2]
+    assert summary["worst"]["fake"]["source"].startswith("fake/")
+
+
+def test_worst_sources_can_skip_tiny_sources():
+    bench = _load_bench()
+    per = {"real/tiny": {"n": 2, "n_real": 2, "n_fake": 0, "accuracy": 0.0},
+           "real/big": {"n": 50, "n_real": 50, "n_fake": 0, "accuracy": 0.6},
+           "real/big2": {"n": 80, "n_real": 80, "n_fake": 0, "accuracy": 0.6},
+           "fake/big": {"n": 40, "n_real": 0, "n_fake": 40, "accuracy": 0.9}}
+    assert bench.worst_sources(per)["real"]["source"] == "real/tiny"
+    w = bench.worst_sources(per, min_n=10)
+    assert w["real"] == {"source": "real/big2", "accuracy": 0.6, "n": 80}  # tie: the larger source
+    assert w["fake"]["source"] == "fake/big"
+    assert bench.worst_sources(per, min_n=100) == {}
