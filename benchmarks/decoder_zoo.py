@@ -19,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bitmind.training.decoder_zoo import load_real_images, measure
@@ -35,13 +36,11 @@ def zoo_members(zoo: Path) -> list[tuple[str, torch.nn.Module, dict]]:
 
 def figure(x: torch.Tensor, outputs: list[tuple[str, torch.Tensor, str]], path: Path, amplify: float) -> None:
     """Columns: the original, then one per decoder; rows: image, amplified difference, 4x zoom of it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from bitmind.plots import new_figure
 
     n = 1 + len(outputs)
-    fig, axes = plt.subplots(3, n, figsize=(2.2 * n, 6.9), squeeze=False)
+    fig, flat = new_figure(ncols=n, nrows=3, size=(2.2, 2.3))
+    axes = np.asarray(flat, dtype=object).reshape(3, n)
     h, w = x.shape[-2:]
     z = min(h, w) // 4  # zoom window side
     y0, x0 = (h - z) // 2, (w - z) // 2
@@ -59,10 +58,8 @@ def figure(x: torch.Tensor, outputs: list[tuple[str, torch.Tensor, str]], path: 
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:

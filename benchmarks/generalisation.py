@@ -85,14 +85,11 @@ def cmd_score(args) -> Path:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from bitmind.plots import new_figure
 
     regimes = [r for r in REGIMES if r in result["regimes"]]
-    fig, axes = plt.subplots(1, len(regimes), figsize=(6.5 * len(regimes), 4.8), squeeze=False)
-    for ax, regime in zip(axes[0], regimes):
+    fig, axes = new_figure(ncols=len(regimes), size=(6.5, 4.8))
+    for ax, regime in zip(axes, regimes):
         reg = result["regimes"][regime]
         arms = {**reg["folds"], **{f"baseline:{k}": v for k, v in reg["baselines"].items()}}
         fams = sorted({f for per in arms.values() for f in per})
@@ -114,10 +111,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_yticks(range(len(fams)), fams, fontsize=9)
         ax.set_title(f"held-out family detection ({regime})", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _f(v, pct: bool = False) -> str:

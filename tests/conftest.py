@@ -143,3 +143,15 @@ def serve():
 @pytest.fixture(scope="session")
 def send():
     return query
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one intra-op thread; several fight over CI's 2 cores
+    (60x slower measured). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

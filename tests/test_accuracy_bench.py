@@ -42,8 +42,8 @@ def test_as_sent_scores_files_as_they_are_with_worst_sources(tmp_path, monkeypat
 
     monkeypatch.setattr(bench, "evaluate", spy)
     out = tmp_path / "res" / "v.json"
-    summary = bench.main(["--model", str(model), "--data", str(root), "--as_sent", "--plots", "none",
-                          "--device", "cpu", "--out", str(out)])
+    bench.main(["--model", str(model), "--data", str(root), "--as_sent", "--plots", "none",
+               "--device", "cpu", "--out", str(out)])
     assert calls == [False, False]  # calibrated and uncalibrated, neither as a challenge
     assert not (out.parent / "accuracy_plots").exists()
     saved = json.loads(out.read_text())

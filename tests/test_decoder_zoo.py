@@ -22,6 +22,8 @@ from bitmind.training.image_quality import high_frequency_energy, high_frequency
 from bitmind.training.taesd import DecoderLoadError
 from bitmind.training.zoo_models import DESIGNS, ZooAutoencoder, ZooSpec, load_zoo_file, save_zoo_file
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # every test here: tiny convolutions
+
 REPO = Path(__file__).resolve().parents[1]
 DESIGN_NAMES = ["nearest-2x-c4", "transposed-2x-c8"]
 TINY = ["--width", "8", "--batch_size", "8", "--crop", "32", "--warmup", "1", "--lr", "5e-3", "--log_every", "10",
@@ -171,27 +173,13 @@ def test_missing_or_corrupt_decoder_gives_a_clear_error(tmp_path, capsys):
 
 # --- end to end: a tiny zoo, then aligned fakes -----------------------------------------------
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny convolutions run fastest on one thread; several fight over CI's 2 cores (60x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
+def tiny_zoo(tmp_path_factory, one_torch_thread):
     tmp = tmp_path_factory.mktemp("zoo")
     pool = make_pool(tmp / "pool")
     zoo = tmp / "zoo"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        index = decoder_zoo.main(["train", "--data", str(pool), "--out", str(zoo), "--designs", *DESIGN_NAMES,
-                                  "--steps", "120", *TINY, "--min_psnr", "0", "--min_hf_ratio", "0", "--max_hf_ratio", "1e9"])
-    finally:
-        torch.set_num_threads(n)
+    index = decoder_zoo.main(["train", "--data", str(pool), "--out", str(zoo), "--designs", *DESIGN_NAMES,
+                              "--steps", "120", *TINY, "--min_psnr", "0", "--min_hf_ratio", "0", "--max_hf_ratio", "1e9"])
     return pool, zoo, index
 
 

@@ -18,18 +18,7 @@ from validator_synth import constant_npr, make_folder, train_tiny_npr
 
 # These tests open their own local chains; MockSubtensor keeps one chain per process, so
 # put the session chain of the other test modules back afterwards (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("reopen_session_chain")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: one intra-op thread per forward avoids oversubscribing a busy 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("reopen_session_chain", "one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from torch.utils.data._utils.collate import default_collate
 
@@ -42,7 +43,7 @@ class FlipOnly:
 
     def __call__(self, img, rng: random.Random):
         img = base_pil(img)
-        return img.transpose(0) if rng.random() < 0.5 else img  # 0 = Image.FLIP_LEFT_RIGHT
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
     def __repr__(self) -> str:
         return "FlipOnly()"

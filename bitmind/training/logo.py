@@ -233,13 +233,26 @@ def model_probabilities(data, name: str, excluded: list[str] | None, regimes=REG
     if excluded is None:
         t, b = data[f"calibration/{name}"] if f"calibration/{name}" in data else (1.0, 0.0)
     else:
-        zs, ys = [], []
-        for r in present:
-            val = (data[f"{r}/split"] == "val") & ~np.isin(data[f"{r}/source"], excluded) & ~np.isnan(data[f"{r}/{name}"])
-            zs.append(data[f"{r}/{name}"][val])
-            ys.append(data[f"{r}/label"][val])
-        t, b = fit_platt(np.concatenate(zs), np.concatenate(ys), class_balanced=True)
+        z, y, _ = validation_logits(data, name, excluded, regimes)
+        t, b = fit_platt(z, y, class_balanced=True)
     return {r: _sigmoid(data[f"{r}/{name}"] / t + b) for r in present}
+
+
+def validation_logits(data, name: str, excluded=(), regimes=REGIMES) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One model's raw logits and labels on the validation pictures of every regime it was
+    scored on (``excluded`` sources left out), and those regimes: what every calibration
+    of the protocol is fitted on, for the folds and for the shipped model alike."""
+    zs, ys, used = [], [], []
+    for r in regimes:
+        if f"{r}/{name}" not in data:
+            continue
+        val = (data[f"{r}/split"] == "val") & ~np.isin(data[f"{r}/source"], list(excluded)) & ~np.isnan(data[f"{r}/{name}"])
+        zs.append(data[f"{r}/{name}"][val].astype(np.float64))
+        ys.append(data[f"{r}/label"][val])
+        used.append(r)
+    if not zs:
+        raise KeyError(f"{name!r} has no scores")
+    return np.concatenate(zs), np.concatenate(ys), used
 
 
 def _fold_of(variant: str) -> tuple[str, str | None]:
@@ -329,16 +342,9 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
     validator pipeline). Returns the calibration record stored in the file."""
     from bitmind.calibration import calibrate_logits, store_calibration
 
-    data = np.load(npz)
-    zs, ys, used = [], [], []
-    for r in REGIMES:
-        if f"{r}/{variant}" not in data:
-            continue
-        val = (data[f"{r}/split"] == "val") & ~np.isnan(data[f"{r}/{variant}"])
-        zs.append(data[f"{r}/{variant}"][val].astype(np.float64))
-        ys.append(data[f"{r}/label"][val])
-        used.append(r)
-    if not zs:
-        raise KeyError(f"{variant!r} has no scores in {npz}")
-    record = calibrate_logits(np.concatenate(zs), np.concatenate(ys), keep_if_better=False, split="val", regimes=used)
+    try:
+        z, y, used = validation_logits(np.load(npz), variant)
+    except KeyError:
+        raise KeyError(f"{variant!r} has no scores in {npz}") from None
+    record = calibrate_logits(z, y, keep_if_better=False, split="val", regimes=used)
     return store_calibration(checkpoint, record, out, **({"description": description} if description else {}))
