@@ -48,7 +48,7 @@ $PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweep
   --data "${CROPS[@]}" "${ALIGNED[@]}" --challenge_data "${CHALLENGES[@]}" \
   --checkpoints_dir "$WORK/checkpoints" --name logo
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/logo" \
-  --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x
+  --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x ${WORKERS:+--workers $WORKERS}
 
 echo "== 4. analysis ($(date +%T))"
 $PY benchmarks/generalisation.py analyse --sweep "$WORK/checkpoints/logo" \
