@@ -159,7 +159,13 @@ def cmd_analyse(args) -> dict:
     sweep_dir = Path(args.sweep)
     spec = json.loads(Path(args.logo_spec or sweep_dir / "logo_spec.json").read_text())
     _, trained = _baselines(args.baseline)
-    result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained)
+    ensembles = {}
+    for it in args.ensemble:
+        name, _, members = it.partition("=")
+        if not name or "+" not in members:
+            raise SystemExit(f"--ensemble wants NAME=ARM+ARM[+...], got {it!r}")
+        ensembles[name] = members.split("+")
+    result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained, ensembles)
     arms = result.pop("summary")
     chosen = select_recipe(arms) if not args.recipe else {"recipe": args.recipe, "regime": "validator",
                                                            "rule": "named with --recipe", **arms[args.recipe]["validator"]}
@@ -214,6 +220,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
     p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
                    help="extra models scored per family, e.g. base_sd1x=mining_models/base_sd1x.pth:fake/sd1x (its training fakes)")
+    p.add_argument("--ensemble", nargs="*", default=[], metavar="NAME=ARM+ARM",
+                   help="analyse: also score the mean logit of these arms, fold by fold (no training)")
     p.add_argument("--recipe", default=None, help="the recipe the top-level summary describes (default: chosen by LOGO)")
     p.add_argument("--logo_spec", default=None, help="analyse: the sweep's logo_spec.json (default <sweep>/logo_spec.json)")
     p.add_argument("--variant", default=None, help="ship: the sweep variant to ship (trained on everything)")

@@ -16,7 +16,7 @@ from PIL import Image
 from bitmind.data import (AsIs, FamilySampler, FlipOnly, aligned_partners, family_of,
                           family_weights, sources_of_family)
 from bitmind.training import TrainConfig
-from bitmind.training.logo import logo_sweep_spec, score_fold
+from bitmind.training.logo import add_ensembles, logo_sweep_spec, score_fold
 from bitmind.training.sweep import random_patches
 from bitmind.training.trainer import build_datasets, train_sampler
 
@@ -132,6 +132,27 @@ def test_logo_spec_holds_out_whole_families():
         logo_sweep_spec({"recipes": {}}, sources)
 
 
+def test_logo_spec_empty_fold_recipes_trains_only_on_everything():
+    spec = logo_sweep_spec({"recipes": {"a": {}, "b": {"patch_size": 96}}, "fold_recipes": []}, ["real/coco", "fake/sdxl"])
+    assert sorted(spec["variants"]) == ["a", "b"]
+
+
+def test_ensembles_average_member_logits_fold_by_fold():
+    variants = {"a": {"exclude_sources": []}, "a.minus-sdxl": {"exclude_sources": ["fake/sdxl"]},
+                "b": {"exclude_sources": []}, "b.minus-sdxl": {"exclude_sources": ["fake/sdxl"]},
+                "a.minus-gans": {"exclude_sources": ["fake/vqgan"]}}  # b has no gans fold: no ensemble fold
+    data = {"validator/a": np.array([1.0, -2.0]), "validator/b": np.array([3.0, 0.0]),
+            "validator/a.minus-sdxl": np.array([0.0, 4.0]), "validator/b.minus-sdxl": np.array([2.0, 0.0]),
+            "validator/a.minus-gans": np.array([9.0, 9.0])}
+    data2, v2 = add_ensembles(data, variants, {"ab": ["a", "b"]})
+    assert set(v2) - set(variants) == {"ab", "ab.minus-sdxl"}
+    np.testing.assert_allclose(data2["validator/ab"], [2.0, -1.0])
+    np.testing.assert_allclose(data2["validator/ab.minus-sdxl"], [1.0, 2.0])
+    assert v2["ab.minus-sdxl"]["exclude_sources"] == ["fake/sdxl"] and "validator/ab" not in data
+    with pytest.raises(ValueError, match="members"):
+        add_ensembles(data, variants, {"solo": ["a"]})
+
+
 def test_score_fold_counts_heldout_and_reals():
     sources = np.array(["fake/sdxl"] * 4 + ["real/a"] * 4 + ["fake/flux1-dev"] * 2)
     splits = np.array(["train", "val", "test", "test", "val", "val", "test", "test", "test", "test"])
@@ -157,7 +178,8 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "generalisation.py"), "all", "--spec", str(tmp_path / "logo.json"),
            "--data", str(pools["crops"]), str(pools["aligned"]), "--challenge_data", str(pools["chal"]),
            "--checkpoints_dir", str(tmp_path / "ck"), "--name", "logo", "--epochs", "2", "--workers", "0",
-           "--baseline", f"tiny={REPO / 'mining_models' / 'npr_f2.pth'}:fake/sd1x", "--out", str(out), "--figure", str(fig)]
+           "--baseline", f"tiny={REPO / 'mining_models' / 'npr_f2.pth'}:fake/sd1x", "--out", str(out), "--figure", str(fig),
+           "--ensemble", "both=patch+patch.noaligned"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -172,6 +194,7 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     assert result["summary"]["recipe"] in ("patch", "patch.noaligned") and "mean_heldout_detection" in result["summary"]
     s = result["summary"]["arms"]["patch"]["validator"]
     assert s["folds"] == 2 and 0.0 <= s["mean_heldout_detection"] <= 1.0 and s["worst_heldout_detection"] <= s["mean_heldout_detection"]
+    assert "both" in result["regimes"]["validator"]["in_pool"]  # the ensemble of the two arms, scored without training
     assert set(result["summary"]["arms"]["baseline:tiny"]["crops"]) >= {"mean_heldout_detection", "real_accuracy"}
     # the in-pool figures of the model trained on everything
     assert "patch" in result["regimes"]["crops"]["in_pool"] and "patch.noaligned" in result["regimes"]["crops"]["in_pool"]

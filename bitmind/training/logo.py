@@ -81,7 +81,7 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
     if not recipes:
         raise ValueError("a LOGO spec needs at least one recipe")
     folds = logo.get("folds") or default_folds(sources)
-    fold_recipes = logo.get("fold_recipes") or list(recipes)
+    fold_recipes = logo.get("fold_recipes", list(recipes))  # [] = no folds (a ship run)
     controls = logo.get("controls") or {}
     variants = {}
     for r, ov in recipes.items():
@@ -259,12 +259,37 @@ def _fold_of(variant: str) -> tuple[str, str | None]:
     return tuple(variant.split(FOLD_SEP, 1)) if FOLD_SEP in variant else (variant, None)  # type: ignore[return-value]
 
 
-def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None = None) -> dict:
+def add_ensembles(data, variants: dict, ensembles: dict[str, list[str]]) -> tuple[dict, dict]:
+    """Score ensembles of recipes without training anything: for each ``name -> [arm, ...]``
+    and each fold (and the everything model) that every member has, the mean of the
+    members' raw logits becomes a variant ``<name>[.minus-<family>]`` with the members'
+    exclusions, calibrated and analysed like any other. LOGO then says whether an ensemble
+    generalises better than its members before one is ever served (it costs CPU time)."""
+    data, variants = dict(data), dict(variants)
+    for name, members in ensembles.items():
+        if len(members) < 2 or FOLD_SEP in name or "." in name:
+            raise ValueError(f"ensemble {name!r} needs a name without '.' and >= 2 members, got {members}")
+        folds = [None] + sorted({_fold_of(v)[1] for v in variants if _fold_of(v)[1]})
+        for fam in folds:
+            parts = [m if fam is None else f"{m}{FOLD_SEP}{fam}" for m in members]
+            if not all(p in variants for p in parts):
+                continue
+            vname = name if fam is None else f"{name}{FOLD_SEP}{fam}"
+            excl = sorted({s for p in parts for s in variants[p].get("exclude_sources", [])})
+            variants[vname] = {"exclude_sources": excl, "members": parts}
+            for r in REGIMES:
+                if all(f"{r}/{p}" in data for p in parts):
+                    data[f"{r}/{vname}"] = np.mean([data[f"{r}/{p}"] for p in parts], axis=0)
+    return data, variants
+
+
+def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None = None,
+            ensembles: dict[str, list[str]] | None = None) -> dict:
     """Per-fold and summary figures from ``score_models``' file and the sweep's spec
     (``spec.json``: each variant's ``exclude_sources``). ``baselines``: model name ->
-    the fake sources it was trained on (every other family is held out for it)."""
-    data = np.load(npz)
-    variants = spec["variants"]
+    the fake sources it was trained on (every other family is held out for it);
+    ``ensembles``: see ``add_ensembles``."""
+    data, variants = add_ensembles(np.load(npz), spec["variants"], ensembles or {})
     folds = spec.get("logo", {}).get("folds") or []
     out: dict = {"regimes": {}, "summary": {}}
     probs = {v: model_probabilities(data, v, list(ov.get("exclude_sources", []))) for v, ov in variants.items()
