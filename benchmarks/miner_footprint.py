@@ -97,7 +97,8 @@ def in_process(model: Path, payloads: list[str]) -> dict:
 
 def miner_process(model: Path, payloads: list[str], threads: int | None) -> dict:
     from bitmind import local_chain
-    from bitmind.demo import stop_process, wait_for_axon
+    from bitmind.local_chain import wait_for_axon
+    from bitmind.shutdown import stop_process
     from bitmind.local_chain import query_axon
     from bitmind.protocol import ImageSynapse
 

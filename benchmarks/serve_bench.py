@@ -390,7 +390,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, chain, hotkey: str, timeout: float = 240.0):
-        from bitmind.demo import wait_for_axon
+        from bitmind.local_chain import wait_for_axon
 
         try:
             return wait_for_axon(chain, NETUID, hotkey, self.port, self.proc, timeout)
@@ -400,7 +400,7 @@ class Server:
             raise
 
     def stop(self) -> None:
-        from bitmind.demo import stop_process
+        from bitmind.shutdown import stop_process
 
         if self.proc.stdin and not self.proc.stdin.closed:
             self.proc.stdin.close()

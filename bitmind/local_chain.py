@@ -41,7 +41,8 @@ API (everything a local miner/validator/test needs)::
     mg = chain.metagraph(1)                               # hotkeys, S (stake), validator_permit, axons
 
 Helpers: ``free_port()``, ``wait_for_port(port)`` (``Axon.start`` returns before it
-listens). ``open_local_chain`` resets the process-wide MockSubtensor state when it opens a
+listens), ``wait_for_axon(...)`` (a miner process published its axon and listens).
+``open_local_chain`` resets the process-wide MockSubtensor state when it opens a
 different root (MockSubtensor keeps *one* chain per process; so does this module).
 ``local_setup(root, ...)`` does all of the above for the usual pair of neurons.
 
@@ -154,6 +155,23 @@ def wait_for_port(port: int, host: str = LOCAL_IP, timeout: float = 30.0) -> boo
             return True
         time.sleep(0.05)
     return False
+
+
+def wait_for_axon(chain, netuid: int, hotkey: str, port: int, proc, timeout: float):
+    """Wait until the miner process ``proc`` (a ``subprocess.Popen``) published ``127.0.0.1:port``
+    on the chain and listens there; returns its axon."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"miner exited early with status {proc.returncode}")
+        mg = chain.metagraph(netuid)
+        hotkeys = list(mg.hotkeys)
+        if hotkey in hotkeys:
+            axon = mg.axons[hotkeys.index(hotkey)]
+            if axon.port == port and axon.ip == "127.0.0.1" and wait_for_port(port, timeout=0.5):
+                return axon
+        time.sleep(0.25)
+    raise TimeoutError(f"miner did not serve on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
 # --------------------------------------------------------------------------- wallets
