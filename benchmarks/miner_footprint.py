@@ -66,7 +66,8 @@ def challenges(n: int) -> list[str]:
 def in_process(model: Path, payloads: list[str]) -> dict:
     import torch
 
-    from bitmind.miner.predict import Predictor, logits_of
+    from bitmind.miner.cpu import logits_of
+    from bitmind.miner.predict import Predictor
 
     pred = Predictor(str(model), device="cpu")
     for p in payloads[:3]:
