@@ -130,14 +130,6 @@ def patch_external_ip(ip: str = LOCAL_IP) -> None:
                 setattr(mod, "get_external_ip", _local_ip)
 
 
-def unpatch_external_ip() -> None:
-    """Undo ``patch_external_ip`` (for tests that check the patch)."""
-    for mod in list(sys.modules.values()):
-        if _is_local(_module_attr(mod)):
-            with contextlib.suppress(Exception):
-                setattr(mod, "get_external_ip", _original_get_external_ip)
-
-
 # --------------------------------------------------------------------------- ports
 def free_port(host: str = LOCAL_IP) -> int:
     """A TCP port that is free right now on ``host`` (for tests and local runs)."""
@@ -479,12 +471,18 @@ def open_local_chain(root: str | os.PathLike, netuid: int = DEFAULT_NETUID,
     """
     root = Path(root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
+    current = _attached(root, block_time)
+    current.create_subnet(netuid)
+    return current
+
+
+def _attached(root: Path, block_time: float) -> LocalSubtensor:
+    """This process's chain, attached to ``root`` (MockSubtensor's state reset if another root was open)."""
     current = LocalSubtensor()
     if getattr(current, "local_root", None) != root:
         MockSubtensor.reset()
         current = LocalSubtensor()
         current._attach(root, block_time)
-    current.create_subnet(netuid)
     return current
 
 
@@ -523,11 +521,7 @@ def describe_chain(root: str | os.PathLike, netuid: Optional[int] = None) -> dic
     if not spec:
         raise FileNotFoundError(f"no local chain at {root} (no {CHAIN_FILE}); create one with "
                                 f"'python -m bitmind.local_chain setup {root}'")
-    current = LocalSubtensor()
-    if getattr(current, "local_root", None) != root:  # attach without creating anything
-        MockSubtensor.reset()
-        current = LocalSubtensor()
-        current._attach(root, float(spec.get("block_time", DEFAULT_BLOCK_TIME)))
+    current = _attached(root, float(spec.get("block_time", DEFAULT_BLOCK_TIME)))  # creates nothing
     netuids = sorted(int(k) for k in spec.get("subnets", {}))
     if netuid is not None:
         if netuid not in netuids:
