@@ -30,7 +30,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bitmind.eval import add_data_argument, evaluate
+from bitmind.cli.eval import add_data_argument
+from bitmind.evaluation import evaluate
 
 HERE = Path(__file__).resolve().parent
 ROWS = (("accuracy", "accuracy"), ("ap", "AP"), ("roc_auc", "ROC AUC"), ("real_accuracy", "real-photo accuracy"),

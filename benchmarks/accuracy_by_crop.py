@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bitmind.checkpoint import load_model
-from bitmind.eval import build_dataset, collect_predictions
+from bitmind.evaluation import build_dataset, collect_predictions
 from bitmind.image_transforms import CenterCropShortSide, RandomAugment, ValidatorPipeline
 
 HERE = Path(__file__).resolve().parent

@@ -143,7 +143,7 @@ def axon_caller(model_path: Path, payload: str, root: Path):
     import bittensor as bt
 
     from bitmind import local_chain
-    from bitmind.demo import wait_for_axon
+    from bitmind.local_chain import wait_for_axon
     from bitmind.protocol import ImageSynapse
 
     chain, wallets = local_chain.local_setup(root, NETUID, miners=("miner",), validators=("validator",), block_time=0)
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         load.stop.set()
         load.thread.join(timeout=60)
         if server is not None:
-            from bitmind.demo import stop_process
+            from bitmind.shutdown import stop_process
 
             stop_process(server[0])
             server[1].close()

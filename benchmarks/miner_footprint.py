@@ -66,7 +66,8 @@ def challenges(n: int) -> list[str]:
 def in_process(model: Path, payloads: list[str]) -> dict:
     import torch
 
-    from bitmind.miner.predict import Predictor, logits_of
+    from bitmind.miner.cpu import logits_of
+    from bitmind.miner.predict import Predictor
 
     pred = Predictor(str(model), device="cpu")
     for p in payloads[:3]:
@@ -97,7 +98,8 @@ def in_process(model: Path, payloads: list[str]) -> dict:
 
 def miner_process(model: Path, payloads: list[str], threads: int | None) -> dict:
     from bitmind import local_chain
-    from bitmind.demo import stop_process, wait_for_axon
+    from bitmind.local_chain import wait_for_axon
+    from bitmind.shutdown import stop_process
     from bitmind.local_chain import query_axon
     from bitmind.protocol import ImageSynapse
 

@@ -63,7 +63,9 @@ try:
 
     from bitmind.image_io import decode_image, encode_image, load_image_file
     from bitmind.image_transforms import base_pil, base_transforms
-    from bitmind.miner.predict import Predictor, auto_max_batch, logits_of, single_threaded
+    from bitmind.miner.batching import auto_max_batch
+    from bitmind.miner.cpu import logits_of, single_threaded
+    from bitmind.miner.predict import Predictor
     from bitmind.models import build_model
 except ImportError as _e:  # pragma: no cover - a clear message on a machine without the package installed
     sys.exit(f"cannot import the bitmind package ({_e}); run from the repository root with PYTHONPATH=. "
@@ -291,7 +293,7 @@ def floor_summary(predictor: Predictor, payloads: list[str], reps: int, t: dict[
 def in_thread(fn, *args):
     """Run ``fn`` in a thread of its own, as the predictor's workers run the model: a thread
     that runs multi-threaded torch ops keeps an OpenMP team alive, which slows other
-    threads' multi-threaded forwards (bitmind.miner.predict.single_threaded)."""
+    threads' multi-threaded forwards (bitmind.miner.cpu.single_threaded)."""
     out: list = []
     t = threading.Thread(target=lambda: out.append(fn(*args)))
     t.start()
@@ -390,7 +392,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, chain, hotkey: str, timeout: float = 240.0):
-        from bitmind.demo import wait_for_axon
+        from bitmind.local_chain import wait_for_axon
 
         try:
             return wait_for_axon(chain, NETUID, hotkey, self.port, self.proc, timeout)
@@ -400,7 +402,7 @@ class Server:
             raise
 
     def stop(self) -> None:
-        from bitmind.demo import stop_process
+        from bitmind.shutdown import stop_process
 
         if self.proc.stdin and not self.proc.stdin.closed:
             self.proc.stdin.close()

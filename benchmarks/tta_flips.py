@@ -25,7 +25,7 @@ import torch
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import load_model
 from bitmind.data import collate_skip_none
-from bitmind.eval import build_dataset
+from bitmind.evaluation import build_dataset
 from bitmind.metrics import compute_metrics
 
 HERE = Path(__file__).resolve().parent

@@ -31,7 +31,7 @@ import torch
 
 from bitmind.checkpoint import load_model
 from bitmind.data import LocalFolderSource, split_indices
-from bitmind.eval import build_dataset, collect_predictions
+from bitmind.evaluation import build_dataset, collect_predictions
 from bitmind.training.aligned_fakes import make_aligned_fakes
 
 HERE = Path(__file__).resolve().parent

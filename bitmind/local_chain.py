@@ -41,7 +41,8 @@ API (everything a local miner/validator/test needs)::
     mg = chain.metagraph(1)                               # hotkeys, S (stake), validator_permit, axons
 
 Helpers: ``free_port()``, ``wait_for_port(port)`` (``Axon.start`` returns before it
-listens). ``open_local_chain`` resets the process-wide MockSubtensor state when it opens a
+listens), ``wait_for_axon(...)`` (a miner process published its axon and listens).
+``open_local_chain`` resets the process-wide MockSubtensor state when it opens a
 different root (MockSubtensor keeps *one* chain per process; so does this module).
 ``local_setup(root, ...)`` does all of the above for the usual pair of neurons.
 
@@ -129,14 +130,6 @@ def patch_external_ip(ip: str = LOCAL_IP) -> None:
                 setattr(mod, "get_external_ip", _local_ip)
 
 
-def unpatch_external_ip() -> None:
-    """Undo ``patch_external_ip`` (for tests that check the patch)."""
-    for mod in list(sys.modules.values()):
-        if _is_local(_module_attr(mod)):
-            with contextlib.suppress(Exception):
-                setattr(mod, "get_external_ip", _original_get_external_ip)
-
-
 # --------------------------------------------------------------------------- ports
 def free_port(host: str = LOCAL_IP) -> int:
     """A TCP port that is free right now on ``host`` (for tests and local runs)."""
@@ -154,6 +147,23 @@ def wait_for_port(port: int, host: str = LOCAL_IP, timeout: float = 30.0) -> boo
             return True
         time.sleep(0.05)
     return False
+
+
+def wait_for_axon(chain, netuid: int, hotkey: str, port: int, proc, timeout: float):
+    """Wait until the miner process ``proc`` (a ``subprocess.Popen``) published ``127.0.0.1:port``
+    on the chain and listens there; returns its axon."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"miner exited early with status {proc.returncode}")
+        mg = chain.metagraph(netuid)
+        hotkeys = list(mg.hotkeys)
+        if hotkey in hotkeys:
+            axon = mg.axons[hotkeys.index(hotkey)]
+            if axon.port == port and axon.ip == "127.0.0.1" and wait_for_port(port, timeout=0.5):
+                return axon
+        time.sleep(0.25)
+    raise TimeoutError(f"miner did not serve on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
 # --------------------------------------------------------------------------- wallets
@@ -461,12 +471,18 @@ def open_local_chain(root: str | os.PathLike, netuid: int = DEFAULT_NETUID,
     """
     root = Path(root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
+    current = _attached(root, block_time)
+    current.create_subnet(netuid)
+    return current
+
+
+def _attached(root: Path, block_time: float) -> LocalSubtensor:
+    """This process's chain, attached to ``root`` (MockSubtensor's state reset if another root was open)."""
     current = LocalSubtensor()
     if getattr(current, "local_root", None) != root:
         MockSubtensor.reset()
         current = LocalSubtensor()
         current._attach(root, block_time)
-    current.create_subnet(netuid)
     return current
 
 
@@ -505,11 +521,7 @@ def describe_chain(root: str | os.PathLike, netuid: Optional[int] = None) -> dic
     if not spec:
         raise FileNotFoundError(f"no local chain at {root} (no {CHAIN_FILE}); create one with "
                                 f"'python -m bitmind.local_chain setup {root}'")
-    current = LocalSubtensor()
-    if getattr(current, "local_root", None) != root:  # attach without creating anything
-        MockSubtensor.reset()
-        current = LocalSubtensor()
-        current._attach(root, float(spec.get("block_time", DEFAULT_BLOCK_TIME)))
+    current = _attached(root, float(spec.get("block_time", DEFAULT_BLOCK_TIME)))  # creates nothing
     netuids = sorted(int(k) for k in spec.get("subnets", {}))
     if netuid is not None:
         if netuid not in netuids:

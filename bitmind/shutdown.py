@@ -4,6 +4,7 @@ flight finishes and state is saved before the process exits."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 from typing import Callable
 
@@ -21,3 +22,14 @@ def stop_event_on_signals(on_signal: Callable[[int], None] | None = None) -> thr
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     return stop
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM ``proc`` (a graceful stop, as pm2 does), then kill it after ``timeout`` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -17,25 +17,21 @@ Local, without any network (mock chain under ~/.bitmind/local_chain, 127.0.0.1):
 
 The model file is hot reloaded: copy a new checkpoint over it and the next request
 is answered by the new model (a broken file is refused; the old model keeps serving).
-All the wiring lives in ``bitmind.miner.neuron``; this file parses the command line,
-runs the sync/status loop and handles signals.
+All the wiring and the sync/status loop live in ``bitmind.miner.neuron``; this file
+parses the command line, sets up logging and handles signals.
 """
 import sys
-import time
 from pathlib import Path
 
 import bittensor as bt
 
-from bitmind.common import route_library_logs
-
 from bitmind.checkpoint import CheckpointError
+from bitmind.common import route_library_logs
 from bitmind.miner.config import miner_config, resolve_model_path
 from bitmind.miner.neuron import MinerNeuron, NotRegisteredError, PortInUseError
 from bitmind.shutdown import stop_event_on_signals
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RELOAD_CHECK_INTERVAL = 5.0
-
 
 
 def main(argv=None) -> int:
@@ -73,28 +69,8 @@ def main(argv=None) -> int:
         bt.logging.error(str(e))
         miner.stop()
         return 1
-    bt.logging.info(miner.status_line())
-    status_interval = float(config.neuron.status_interval)
-    last_status = last_reload_check = time.monotonic()
-    code = 0
     try:
-        while not stop.wait(1.0):
-            now = time.monotonic()
-            try:
-                miner.maybe_sync()
-            except NotRegisteredError as e:
-                bt.logging.error(f"{e}; stopping")
-                code = 3
-                break
-            except Exception as e:  # keep serving on a flaky chain connection
-                bt.logging.warning(f"metagraph sync failed: {type(e).__name__}: {e}")
-                miner.last_sync = now
-            if now - last_reload_check >= RELOAD_CHECK_INTERVAL:
-                miner.predictor.check_reload()  # so a new model is loaded (and logged) even without traffic
-                last_reload_check = now
-            if now - last_status >= status_interval:
-                bt.logging.info(miner.status_line())
-                last_status = now
+        code = miner.run(stop)
     finally:
         miner.stop()
         bt.logging.info("miner stopped")

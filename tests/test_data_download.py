@@ -1,4 +1,4 @@
-"""bitmind.download_data: retries with backoff, per-dataset errors, local sources;
+"""bitmind.download_data (bitmind.cli.download_data): retries with backoff, per-dataset errors, local sources;
 bitmind.data.catalog; HFDatasetSource on a dataset saved to disk here. No network."""
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import bitmind.download_data as dd
+import bitmind.cli.download_data as dd
 from bitmind.data import HFDatasetSource, open_source
 from bitmind.data.catalog import CATALOG, catalog_entries, find_entry
 

@@ -11,7 +11,8 @@ import torch
 
 from bitmind.checkpoint import file_sha256, load_model
 from bitmind.data import LocalFolderSource, split_indices, split_of
-from bitmind.eval import build_dataset, collect_predictions, evaluate, evaluate_detailed, main
+from bitmind.cli.eval import main
+from bitmind.evaluation import build_dataset, collect_predictions, evaluate, evaluate_detailed
 from bitmind.image_transforms import ValidatorPipeline, to_tensor
 
 from eval_helpers import brightness_prob, make_textured_folder, save_brightness_model, save_tiny_npr, solid_image

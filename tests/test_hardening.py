@@ -383,7 +383,7 @@ def test_prepared_cpu_model_answers_like_the_eager_one(tmp_path, checkpoint_fact
 def test_model_that_cannot_be_prepared_is_served_eager(tmp_path, caplog):
     import logging
 
-    from bitmind.miner.predict import optimize_for_cpu
+    from bitmind.inference import optimize_for_cpu
 
     model = SharedConvOutput().eval()
     with pytest.raises(RuntimeError, match="differs from eager"):  # the wrong fold is caught...

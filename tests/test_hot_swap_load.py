@@ -187,7 +187,7 @@ def test_half_written_file_is_refused_then_completed_file_served(tmp_path):
 def test_file_changing_during_the_read_is_retried_not_loaded(tmp_path, method, monkeypatch):
     """A writer lands between the predictor's stat and its read: those bytes are not trusted
     (not loaded, and the file is not blamed as bad); the next check loads the final file."""
-    import bitmind.miner.predict as predict_module
+    import bitmind.miner.reload as reload_module
 
     first, middle, final = (constant_model_bytes(tmp_path, k) for k in (1, 3, 2))
     path = tmp_path / "base.pth"
@@ -205,8 +205,8 @@ def test_file_changing_during_the_read_is_retried_not_loaded(tmp_path, method, m
 
     try:
         write_by_rename(path, middle)  # a change the predictor will notice and start reading
-        monkeypatch.setattr(predict_module, "open", open_then_overwrite, raising=False)
-        assert predict_module.read_stable(str(path)) is None  # the torn read is detected...
+        monkeypatch.setattr(reload_module, "open", open_then_overwrite, raising=False)
+        assert reload_module.read_stable(str(path)) is None  # the torn read is detected...
         opened.clear()
         write_by_rename(path, middle)
         assert predictor.predict_tensors(x)[0] == pytest.approx(prob_of(1), abs=1e-6)  # ...so the old model serves

@@ -14,7 +14,8 @@ from PIL import Image
 
 from bitmind.image_io import DecodeLimits
 from bitmind.miner.handlers import MinerHandlers
-from bitmind.miner.predict import Overloaded, Predictor
+from bitmind.miner.batching import Overloaded
+from bitmind.miner.predict import Predictor
 from bitmind.protocol import ImageSynapse, prepare_image_synapse
 
 pytestmark = pytest.mark.usefixtures("session_chain")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 
-from bitmind import demo, local_chain
+from bitmind import local_chain
 
 pytestmark = [pytest.mark.slow, pytest.mark.process]
 
@@ -92,7 +92,7 @@ class Pm2:
 
 
 class Pm2Process:
-    """The ``poll()``/``returncode`` of ``subprocess.Popen`` that ``demo.wait_for_axon`` checks,
+    """The ``poll()``/``returncode`` of ``subprocess.Popen`` that ``local_chain.wait_for_axon`` checks,
     answered from pm2: still running while pm2 says online/launching without restarting
     it more often than ``restarts``."""
 
@@ -160,7 +160,7 @@ def test_miner_under_pm2_answers_restarts_and_is_deleted(tmp_path, tiny_model, i
 
     def serving_pid(restarts: int) -> int:
         """Wait for the pm2 app to serve, query it as the validator; its pid."""
-        axon = demo.wait_for_axon(chain, NETUID, miner_hotkey, port, Pm2Process(pm2, name, restarts), SERVE_TIMEOUT)
+        axon = local_chain.wait_for_axon(chain, NETUID, miner_hotkey, port, Pm2Process(pm2, name, restarts), SERVE_TIMEOUT)
         assert (axon.ip, axon.port) == ("127.0.0.1", port)
         app = pm2.app(name)
         assert app["pm2_env"]["status"] == "online" and app["pm2_env"]["restart_time"] == restarts

@@ -7,7 +7,7 @@ import pytest
 
 from PIL import Image
 
-from bitmind import demo
+from bitmind.cli import demo
 
 
 @pytest.mark.slow

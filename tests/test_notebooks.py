@@ -14,7 +14,7 @@ nbclient = pytest.importorskip("nbclient")
 
 from bitmind.checkpoint import load_model
 from bitmind.data import LocalFolderSource, split_indices
-from bitmind.eval import evaluate_detailed
+from bitmind.evaluation import evaluate_detailed
 
 from eval_helpers import make_textured_folder, save_tiny_npr, textured_image
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bitmind import calibrate, eval as bm_eval
+from bitmind import evaluation
+from bitmind.cli import calibrate
+from bitmind.cli import eval as bm_eval
 from bitmind.data import split_of
 from bitmind.training import parse_config
 
@@ -117,7 +119,7 @@ def test_eval_and_trainer_split_a_root_alike(roots):
     one, two = roots
     cfg = parse_config(["--data", str(one), str(two)])
     assert cfg.data == [str(one), str(two)]
-    ds = bm_eval.build_dataset(cfg.data, split="val", split_seed=cfg.split_seed)
+    ds = evaluation.build_dataset(cfg.data, split="val", split_seed=cfg.split_seed)
     from bitmind.training.trainer import build_datasets
 
     _, val, _ = build_datasets(cfg)

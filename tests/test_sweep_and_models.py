@@ -230,7 +230,7 @@ def test_sweep_subset_and_weight_averaging_variants(tmp_path):
 
 
 def test_ensemble_cli_combines_member_checkpoints(tmp_path):
-    from bitmind.ensemble import build_ensemble_checkpoint, main
+    from bitmind.cli.ensemble import build_ensemble_checkpoint, main
 
     torch.manual_seed(1)
     a, b = build_model("npr", **TINY).eval(), build_model("npr", input="rgb", **TINY).eval()
@@ -250,7 +250,7 @@ def test_ensemble_cli_combines_member_checkpoints(tmp_path):
 
 
 def test_predictor_serves_an_ensemble_with_cpu_folding(tmp_path):
-    from bitmind.ensemble import build_ensemble_checkpoint
+    from bitmind.cli.ensemble import build_ensemble_checkpoint
     from bitmind.miner.predict import Predictor
     from PIL import Image
 
@@ -326,7 +326,7 @@ def test_distillation_pulls_the_student_towards_its_teacher(tmp_path):
 def test_unseen_generator_benchmark_scores_models_and_members(tmp_path):
     import importlib.util
 
-    from bitmind.ensemble import main as ensemble_main
+    from bitmind.cli.ensemble import main as ensemble_main
     from validator_synth import tiny_taesd_weights
 
     spec = importlib.util.spec_from_file_location("unseen_generator", REPO / "benchmarks" / "unseen_generator.py")

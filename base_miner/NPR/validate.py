@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bitmind.eval import EPILOG, add_eval_arguments, run_from_args
+from bitmind.cli.eval import EPILOG, add_eval_arguments, run_from_args
 
 
 def main(argv: list[str] | None = None) -> int:

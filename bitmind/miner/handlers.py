@@ -30,7 +30,7 @@ import time
 from typing import Any, Optional, Tuple
 
 from bitmind.image_io import ImageDecodeError
-from bitmind.miner.predict import Overloaded
+from bitmind.miner.batching import Overloaded
 from bitmind.protocol import ImageSynapse
 
 logger = logging.getLogger(__name__)

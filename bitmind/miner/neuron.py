@@ -1,4 +1,5 @@
-"""The miner neuron's wiring: chain, wallet, metagraph, predictor, axon.
+"""The miner neuron: chain, wallet, metagraph, predictor, axon, and its run loop
+(``MinerNeuron.run``, as ``bitmind.validator.core.Validator.run`` is the validator's).
 
 ``neurons/miner.py`` is the thin command-line entry point; this class does the work
 so that tests and the demo can run the very same miner in-process.
@@ -13,29 +14,23 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import bittensor as bt
-import torch
 
 from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS, DecodeLimits, apply_pil_limit
 from bitmind.miner.handlers import MinerHandlers
-from bitmind.miner.predict import Predictor, default_device
-from bitmind.miner.predict import auto_max_batch as predict_auto_max_batch
+from bitmind.miner.predict import Predictor, PredictorConfig
 
 logger = logging.getLogger(__name__)
 
 #: In local mode the chain file is cheap to re-read, so sync often.
 LOCAL_SYNC_INTERVAL = 5.0
-
-
-def auto_max_batch(device: torch.device) -> int:
-    """Micro-batch bound when ``--neuron.max_batch`` is 0: 32 on CUDA, 1 on CPU (where
-    concurrent requests go to several forward workers instead; see
-    ``bitmind.miner.predict.auto_max_batch`` and docs/Performance.md)."""
-    return predict_auto_max_batch(device)
+#: Seconds between looks at the model file when no request comes (so a new model is loaded, and logged, anyway).
+RELOAD_CHECK_INTERVAL = 5.0
 
 
 class PortInUseError(RuntimeError):
@@ -61,16 +56,13 @@ class MinerNeuron:
         self._setup_chain(subtensor, wallet)
         self.uid = self.check_registered()
         self.metagraph = self.subtensor.metagraph(self.netuid)
-        device = config.neuron.device
-        device = default_device() if device in (None, "", "auto") else torch.device(device)
         limits = DecodeLimits(max_b64_chars=int(config.neuron.max_payload_chars or DEFAULT_MAX_B64_CHARS),
                               max_pixels=int(config.neuron.max_image_pixels or DEFAULT_MAX_PIXELS))
         apply_pil_limit(limits)
-        self.predictor = Predictor(self.model_path, device=device,
-                                   max_batch=int(config.neuron.max_batch) or auto_max_batch(device),
-                                   batch_window_ms=float(config.neuron.batch_window_ms),
-                                   max_queue=int(config.neuron.max_queue), limits=limits,
-                                   allow_arch_change=bool(config.neuron.allow_arch_change))
+        self.predictor = Predictor(self.model_path, PredictorConfig(
+            device=None if config.neuron.device in (None, "", "auto") else config.neuron.device, max_batch=int(config.neuron.max_batch),
+            batch_window_ms=float(config.neuron.batch_window_ms), max_queue=int(config.neuron.max_queue), limits=limits,
+            allow_arch_change=bool(config.neuron.allow_arch_change)))
         self.handlers = MinerHandlers(self.predictor, self.metagraph,
                                       allow_non_registered=bool(config.blacklist.allow_non_registered),
                                       force_validator_permit=bool(config.blacklist.force_validator_permit))
@@ -176,6 +168,30 @@ class MinerNeuron:
         return (f"block {s['block']} | uid {s['uid']} | stake {s['stake']:.3f} | model {s['model_sha256'][:12]} "
                 f"(reloads {s['reloads']}) | requests {s['requests']} served {s['served']} bad {s['bad_input']} "
                 f"overloaded {s['overloaded']} errors {s['errors']} blacklisted {s['blacklisted']}")
+
+    def run(self, stop: threading.Event) -> int:
+        """Serve until ``stop`` is set: sync the metagraph, look at the model file and log a
+        status line now and then. Returns the exit status (3: the hotkey was deregistered)."""
+        logger.info(self.status_line())
+        status_interval = float(self.config.neuron.status_interval)
+        last_status = last_reload_check = time.monotonic()
+        while not stop.wait(1.0):
+            now = time.monotonic()
+            try:
+                self.maybe_sync()
+            except NotRegisteredError as e:
+                logger.error("%s; stopping", e)
+                return 3
+            except Exception as e:  # keep serving on a flaky chain connection
+                logger.warning("metagraph sync failed: %s: %s", type(e).__name__, e)
+                self.last_sync = now
+            if now - last_reload_check >= RELOAD_CHECK_INTERVAL:
+                self.predictor.check_reload()
+                last_reload_check = now
+            if now - last_status >= status_interval:
+                logger.info(self.status_line())
+                last_status = now
+        return 0
 
     def stop(self) -> None:
         self.axon.stop()

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bitmind.models.registry import build_model, register_model
+from bitmind.models.registry import register_model
 
 
 class Bottleneck(nn.Module):
@@ -83,6 +83,7 @@ def input_features(x: torch.Tensor, mode: str = "npr") -> torch.Tensor:
     raise ValueError(f"unknown input mode {mode!r}; one of {INPUT_MODES}")
 
 
+@register_model("npr")
 class NPR(nn.Module):
     """ResNet-50 truncated after layer2 (or layer3), on the NPR residual. Output: one logit."""
 
@@ -135,32 +136,3 @@ class NPR(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc1(self.dropout(x))
-
-
-@register_model("npr")
-def build_npr(**config) -> NPR:
-    return NPR(**config)
-
-
-class Ensemble(nn.Module):
-    """Several detectors in one file: the logit is the mean of the members' logits.
-
-    ``members`` is a list of ``{"arch": name, "config": {...}}``; the state dict holds
-    each member's weights under ``members.<i>.``. Served like any single model (one
-    input batch, one logit per image), so the predictor, hot reload and CPU batch-norm
-    folding need nothing special."""
-
-    def __init__(self, members: list[dict]):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.config = {"members": [{"arch": m["arch"], "config": dict(m.get("config", {}))} for m in members]}
-        self.members = nn.ModuleList(build_model(m["arch"], **m.get("config", {})) for m in members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members], dim=0).mean(dim=0)
-
-
-@register_model("ensemble")
-def build_ensemble(**config) -> Ensemble:
-    return Ensemble(**config)

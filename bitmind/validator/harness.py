@@ -41,12 +41,6 @@ from bitmind.validator.report import format_table
 logger = logging.getLogger(__name__)
 
 
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    """Block until the axon on 127.0.0.1:``port`` accepts connections (its server thread is up)."""
-    if not lc.wait_for_port(port, timeout=timeout):
-        raise TimeoutError(f"nothing listening on {lc.LOCAL_IP}:{port} after {timeout:.0f}s")
-
-
 class LocalNetwork:
     """A local chain with a registered validator wallet and miners served on loopback.
 
@@ -76,9 +70,7 @@ class LocalNetwork:
         neuron = MinerNeuron(cfg, model_path, subtensor=self.chain, wallet=lc.local_wallet(self.root, name))
         neuron.start()
         self.miners.append(neuron)
-        wait_for_port(port)
-        self.names[neuron.uid] = name
-        return neuron.uid
+        return self._listening(neuron.uid, name, port)
 
     def add_axon_miner(self, name: str, forward_fn: Callable, **attach_kw) -> int:
         """Register a hotkey and serve a bare ``bt.Axon`` with ``forward_fn`` (for misbehaving test miners)."""
@@ -90,7 +82,12 @@ class LocalNetwork:
         axon.serve(netuid=self.netuid, subtensor=self.chain)
         axon.start()
         self.axons.append(axon)
-        wait_for_port(port)
+        return self._listening(uid, name, port)
+
+    def _listening(self, uid: int, name: str, port: int, timeout: float = 15.0) -> int:
+        """Name ``uid`` once its axon on 127.0.0.1:``port`` accepts connections (its server thread is up)."""
+        if not lc.wait_for_port(port, timeout=timeout):
+            raise TimeoutError(f"nothing listening on {lc.LOCAL_IP}:{port} after {timeout:.0f}s")
         self.names[uid] = name
         return uid
 

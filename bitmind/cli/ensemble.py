@@ -1,0 +1,53 @@
+"""Combine trained detectors into one ensemble checkpoint.
+
+    python -m bitmind.ensemble --members a.pth b.pth --out mining_models/ensemble.pth
+
+The result is an ordinary self-describing model file (arch ``ensemble``; its config lists
+each member's arch and config; the weights sit under ``members.<i>.``): the miner serves
+it, hot-reloads it and ``bitmind.eval`` measures it like any single model. The ensemble's
+logit is the mean of its members' raw logits. Members' own calibrations do not carry
+over; fit one for the ensemble with ``python -m bitmind.calibrate`` on the validation split.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from bitmind.checkpoint import file_sha256, model_meta, read_checkpoint, save_checkpoint
+from bitmind.models import build_model
+
+
+def build_ensemble_checkpoint(members: list[str | Path], out: str | Path) -> Path:
+    """Write an ensemble of the checkpoints ``members`` to ``out``; returns ``out``."""
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two member checkpoints")
+    specs, states, provenance = [], [], []
+    for path in members:
+        state, meta = read_checkpoint(path)
+        if meta.get("arch") == "ensemble":
+            raise ValueError(f"{path} is already an ensemble; list its members instead")
+        specs.append({"arch": meta.get("arch", "npr"), "config": meta.get("config", {})})
+        states.append(state)
+        provenance.append({"file": Path(path).name, "sha256": file_sha256(path), "val": meta.get("metrics", {}).get("val"),
+                           "epoch": meta.get("metrics", {}).get("epoch"), "train_options": meta.get("train_options")})
+    model = build_model("ensemble", members=specs)
+    for sub, state in zip(model.members, states):
+        sub.load_state_dict(state, strict=True)
+    meta = model_meta(model, "ensemble", members=provenance)
+    return save_checkpoint(model, out, meta)
+
+
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--members", nargs="+", required=True, help="member checkpoints (.pth or .safetensors)")
+    p.add_argument("--out", required=True, help="the ensemble checkpoint to write")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = build_ensemble_checkpoint(args.members, args.out)
+    print(f"wrote {out} ({len(args.members)} members)")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Evaluate a detector file on local data, as plain images or as validator challenges.
+
+    python -m bitmind.eval --model mining_models/base.pth --data DIR [DIR2 ...]
+                           [--split test --split_seed 0] [--challenge --seed 0]
+                           [--json OUT.json] [--plots OUT_DIR]
+
+``--data`` takes one or more data roots, as the trainer's does (``--data A B C``;
+``--data A --data B`` works too), each split by picture stem with the trainer's rule
+(``bitmind.evaluation``). ``bitmind.calibrate``, ``base_miner/NPR/validate.py`` and
+``benchmarks/accuracy.py`` take ``--data`` the same way (``add_data_argument``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bitmind.data.splits import SPLITS
+from bitmind.evaluation import evaluate
+from bitmind.metrics import format_metrics_table
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The short table ``python -m bitmind.eval`` prints."""
+    opts = report.get("options", {})
+    mode = "validator challenges (seed %s)" % opts.get("seed") if opts.get("challenge") else "plain images"
+    where = f"split {opts['split']!r} (seed {opts['split_seed']})" if opts.get("split") else "all images"
+    title = (f"model {report['model']['path']} ({report['model']['arch']}, T={report['model']['temperature']:.3g}, "
+             f"b={report['model']['logit_bias']:+.3g}) "
+             f"on {', '.join(report['data'])}: {where}, {mode}")
+    text = format_metrics_table(report, title=title)
+    if report.get("skipped"):
+        text += f"\nskipped {report['skipped']} unreadable file(s)"
+    return text
+
+
+DATA_HELP = ("one or more data roots, each a folder DIR/{real,fake}/SOURCE/*.jpg or hf:NAME[:real|fake] "
+             "(--data A B C, or --data A --data B). Every root is split by picture stem as the trainer splits; "
+             "with several roots, per-source figures are keyed ROOT:CLASS/SOURCE")
+
+
+def add_data_argument(ap: argparse.ArgumentParser, required: bool = True, help: str = DATA_HELP) -> argparse.ArgumentParser:
+    """``--data`` as every evaluation command line takes it: one or more roots after one
+    flag (``--data A B C``, like the trainer), and the flag may be repeated (the lists
+    are joined). The value is a list of specs, or None when absent and not required."""
+    ap.add_argument("--data", nargs="+", action="extend", required=required, metavar="DIR", help=help)
+    return ap
+
+
+def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``bitmind.eval``, shared with ``base_miner/NPR/validate.py``."""
+    ap.add_argument("--model", required=True, help="model file (.pth or .safetensors written by bitmind, or a bare NPR state dict)")
+    add_data_argument(ap)
+    ap.add_argument("--split", choices=SPLITS, default=split_default,
+                    help="evaluate only this split (by picture stem, as the trainer splits)"
+                    + (f"; default {split_default}" if split_default else "; default: all images"))
+    ap.add_argument("--split_seed", type=int, default=0, help="seed of the split (the trainer's --split_seed)")
+    ap.add_argument("--challenge", action="store_true", help="pass images through the validator pipeline (aug + JPEG 75) first")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the challenge transformations")
+    ap.add_argument("--uncalibrated", action="store_true",
+                    help="score raw sigmoid(logit), ignoring the checkpoint's temperature and logit bias")
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    ap.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
+    ap.add_argument("--plots", metavar="OUT_DIR", help="write roc.png, scores.png, confusion.png")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+EPILOG = """several data roots:
+  %(prog)s --model M.pth --data ../shared/data/sn34-mini ../shared/data/sn34-wide --split test
+  Each root is split by picture stem with the trainer's rule (--split_seed); the report's
+  per-source figures are keyed ROOT:CLASS/SOURCE (e.g. sn34-wide:fake/sdxl), and "data"
+  lists the roots."""
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run an evaluation from parsed ``add_eval_arguments`` options; print the table."""
+    from bitmind.checkpoint import CheckpointError
+
+    try:
+        report = evaluate(args.model, args.data, challenge=args.challenge, seed=args.seed, split=args.split,
+                          split_seed=args.split_seed, batch_size=args.batch_size, device=args.device, workers=args.workers,
+                          temperature=1.0 if args.uncalibrated else None, logit_bias=0.0 if args.uncalibrated else None,
+                          progress=not args.quiet, json_path=args.json, plots_dir=args.plots)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json:
+        print(f"report: {args.json}")
+    if args.plots:
+        print(f"plots: {', '.join(report['plots'].values())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bitmind.eval", description=__doc__.split("\n\n")[0],
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_arguments(ap)
+    return run_from_args(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Evaluate a detector file on local data, as plain images or as validator challenges
+(the command line is ``python -m bitmind.eval``, in ``bitmind.cli.eval``).
+
+Every data root is split by picture stem with the trainer's rule, so a picture is in the
+same split whichever root holds it; with several roots, per-source figures are keyed
+``ROOT:CLASS/SOURCE`` (``ROOT`` is the folder name, the full spec if two roots share one).
+
+The model is loaded with ``bitmind.checkpoint.load_model`` and scored exactly as the
+miner serves it: base transforms, one logit through the miner's own forward
+(``bitmind.inference.serving_forward``: batch norms folded on a CPU, bf16 autocast on CUDA),
+``P(fake) = sigmoid(logit / T + b)`` with
+the checkpoint's calibration (temperature ``T``, ``logit_bias`` ``b``; 1 and 0 when absent). With ``--challenge`` every image first goes through
+the validator pipeline (random augmentation or plain resize, then a JPEG round trip at
+quality 75), driven by a per-image RNG derived from ``--seed`` and the image's index,
+so a run is reproducible whatever the batch size or number of workers.
+
+Metrics (``bitmind.metrics.compute_metrics``) are reported overall and per source
+folder. The functions here (``build_dataset``, ``collect_predictions``, ``evaluate``)
+are what notebooks, ``base_miner/NPR/validate.py`` and benchmarks reuse.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bitmind.checkpoint import LoadedModel, load_model
+from bitmind.common import resolve_device
+from bitmind.data import (
+    DetectionDataset,
+    ImageSource,
+    collate_skip_none,
+    open_source,
+    split_indices,
+)
+from bitmind.data.splits import SPLITS
+from bitmind.image_transforms import ValidatorPipeline
+from bitmind.inference import forward_logits, serving_forward
+from bitmind.metrics import compute_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class _NamedSource:
+    """A source whose per-image source names carry a prefix (to tell apart several --data);
+    everything else is the inner source's."""
+
+    def __init__(self, inner: ImageSource, prefix: str):
+        self.inner, self.prefix, self.name = inner, prefix, inner.name
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getattr__(self, attr):  # label, stem, load, describe, path ...
+        if attr == "inner":  # not set yet (unpickling)
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
+
+    def source_name(self, i):
+        return f"{self.prefix}:{self.inner.source_name(i)}"
+
+
+def open_sources(data: Sequence[str | os.PathLike]) -> list[ImageSource]:
+    """Open each data spec (folder or ``hf:NAME[:role]``); with several, source names get
+    the folder name as prefix (the full spec if two folders share a name)."""
+    sources = [open_source(str(d)) for d in data]
+    if len(sources) <= 1:
+        return sources
+    names = [s.name for s in sources]
+    prefixes = [n if names.count(n) == 1 else str(d) for n, d in zip(names, data)]
+    return [_NamedSource(s, p) for s, p in zip(sources, prefixes)]
+
+
+def build_dataset(data: Sequence[str | os.PathLike] | str | os.PathLike, split: str | None = None, split_seed: int = 0,
+                  challenge: bool = False, seed: int = 0, pipeline: ValidatorPipeline | None = None) -> DetectionDataset:
+    """The images to evaluate: all of ``data``, or one split of it (by picture stem).
+
+    ``challenge`` applies ``pipeline`` (default ``ValidatorPipeline()``: random aug or
+    plain, JPEG 75) with the RNG of ``DetectionDataset.rng_for(k)``, i.e. derived from
+    ``(seed, 0, k)``: image ``k`` always gets the same transformation for a given seed.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    items = []
+    for src in open_sources(data):
+        idx = split_indices(src, seed=split_seed)[split] if split else range(len(src))
+        items.extend((src, i) for i in idx)
+    if not items:
+        raise ValueError(f"no images to evaluate in {list(map(str, data))}" + (f" (split {split!r})" if split else ""))
+    augment = (pipeline or ValidatorPipeline()) if challenge else None
+    return DetectionDataset(items, augment=augment, seed=seed)
+
+
+@dataclass
+class Predictions:
+    """Per-image results, aligned: ``index`` is the position in the evaluated dataset."""
+
+    probs: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray
+    sources: list[str]
+    paths: list[str]
+    index: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+    temperature: float = 1.0
+    logit_bias: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.probs.size)
+
+    def metrics(self, threshold: float = 0.5) -> dict[str, Any]:
+        return compute_metrics(self.labels, self.probs, self.sources, threshold=threshold)
+
+    def mistakes(self, k: int | None = None, threshold: float = 0.5) -> list[int]:
+        """Positions of misclassified images, most confident first."""
+        wrong = np.flatnonzero((self.probs > threshold) != (self.labels == 1))
+        order = wrong[np.argsort(-np.abs(self.probs[wrong] - 0.5), kind="stable")]
+        return order[:k].tolist() if k is not None else order.tolist()
+
+
+@torch.inference_mode()
+def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: DetectionDataset, batch_size: int = 32,
+                        device: str | torch.device | None = "cpu", workers: int = 0, temperature: float | None = None,
+                        logit_bias: float | None = None, progress: bool = True) -> Predictions:
+    """Score every image of ``dataset``; unreadable ones are skipped and listed.
+
+    ``P(fake) = sigmoid(logit / temperature + logit_bias)``; both default to the
+    checkpoint's calibration (1 and 0 for a bare module).
+    """
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from bitmind.calibration import apply_calibration
+
+    if isinstance(model, LoadedModel):
+        temperature = model.temperature if temperature is None else temperature
+        logit_bias = model.logit_bias if logit_bias is None else logit_bias
+        net = model.model
+    else:
+        net = model
+    temperature = float(1.0 if temperature is None else temperature)
+    logit_bias = float(logit_bias or 0.0)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    dev = resolve_device(device)
+    forward, amp_dtype, channels_last = serving_forward(net, dev)  # exactly what the miner serves
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_skip_none, pin_memory=dev.type == "cuda")
+    logits, labels, index = [], [], []
+    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, file=sys.stderr):
+        if batch is None:
+            continue
+        x, y, k, _bad = batch
+        out = forward_logits(forward, x, dev, amp_dtype, channels_last)
+        logits.append(out.cpu().double().numpy())
+        labels.append(y.numpy())
+        index.append(k.numpy())
+    lg = np.concatenate(logits) if logits else np.zeros(0)
+    idx = np.concatenate(index).astype(int) if index else np.zeros(0, dtype=int)
+    seen = set(idx.tolist())
+    skipped = [dataset.describe(k) for k in range(len(dataset)) if k not in seen]
+    return Predictions(
+        probs=apply_calibration(lg, temperature, logit_bias),
+        logits=lg,
+        labels=(np.concatenate(labels) if labels else np.zeros(0)).astype(int),
+        sources=[dataset.items[k][0].source_name(dataset.items[k][1]) for k in idx],
+        paths=[dataset.describe(k) for k in idx],
+        index=idx,
+        skipped=skipped,
+        temperature=temperature,
+        logit_bias=logit_bias,
+    )
+
+
+def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = False, seed: int = 0, split: str | None = None,
+                      split_seed: int = 0, batch_size: int = 32, device: str | None = "auto", workers: int = 0,
+                      temperature: float | None = None, logit_bias: float | None = None, progress: bool = True,
+                      json_path: str | os.PathLike | None = None,
+                      plots_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], Predictions, DetectionDataset]:
+    """``evaluate`` that also returns the per-image predictions and the dataset."""
+    dev = resolve_device(device)
+    loaded = load_model(model_path, device=dev)
+    data = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    pipeline = ValidatorPipeline() if challenge else None
+    dataset = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, pipeline=pipeline)
+    preds = collect_predictions(loaded, dataset, batch_size=batch_size, device=dev, workers=workers,
+                                temperature=temperature, logit_bias=logit_bias, progress=progress)
+    report: dict[str, Any] = preds.metrics()
+    report["skipped"] = len(preds.skipped)
+    report["model"] = {"path": str(model_path), "sha256": loaded.sha256, "arch": loaded.arch,
+                       "config": loaded.meta.get("config", {}), "temperature": preds.temperature,
+                       "logit_bias": preds.logit_bias, "checkpoint_calibration": {"temperature": loaded.temperature,
+                                                                                  "logit_bias": loaded.logit_bias}}
+    report["data"] = [str(d) for d in data]
+    report["options"] = {"challenge": challenge, "seed": seed, "split": split, "split_seed": split_seed if split else None,
+                         "batch_size": batch_size, "device": str(dev), "workers": workers,
+                         "pipeline": {"plain_share": pipeline.plain_share, "jpeg_quality": pipeline.jpeg_quality} if pipeline else None}
+    if preds.skipped:
+        report["skipped_files"] = preds.skipped[:100]
+    if plots_dir is not None:
+        from bitmind.plots import save_eval_plots
+
+        title = f"{Path(model_path).name} on {', '.join(Path(str(d)).name for d in data)}" + (" (challenge)" if challenge else "")
+        report["plots"] = save_eval_plots(preds.labels, preds.probs, plots_dir, title=title)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report, preds, dataset
+
+
+def evaluate(model_path: str | os.PathLike, data, challenge: bool = False, seed: int = 0, **kw) -> dict[str, Any]:
+    """Evaluate a model file on local data; returns the report (metrics overall and
+    ``per_source``, ``skipped``, ``model`` path/sha256/arch, ``data``, ``options``).
+
+    Keyword arguments: ``split``, ``split_seed``, ``batch_size``, ``device``, ``workers``,
+    ``temperature`` and ``logit_bias`` (override the checkpoint's calibration), ``progress``,
+    ``json_path``, ``plots_dir``.
+    """
+    report, _, _ = evaluate_detailed(model_path, data, challenge=challenge, seed=seed, **kw)
+    return report

@@ -1,0 +1,161 @@
+"""Micro-batching: one queue of requests, forward workers that batch what is queued.
+
+Micro-batching: concurrent requests are queued to one worker thread, which runs one
+batched forward over what is queued (up to ``max_batch``). It waits for more (at most
+``batch_window_ms``) only while other requests are still being decoded, so a lone
+request never pays the window. The asyncio event loop only awaits a future; the queue
+is bounded so overload gives a fast ``Overloaded`` error instead of unbounded memory.
+
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """The request queue is full: refuse fast rather than queue without bound."""
+
+
+def auto_max_batch(device: torch.device) -> int:
+    """Micro-batch bound by default. On a GPU batching is nearly free. On a CPU it is not:
+    one thread's time per image grows with the batch (NPR on 2 cores, measured: 46 ms at
+    1, 57 at 4, 68 at 8), so CPU workers take one request at a time and concurrency
+    comes from several workers instead (``auto_workers``)."""
+    return 32 if device.type == "cuda" else 1
+
+
+def auto_workers(device: torch.device, threads: int) -> int:
+    """Forward workers by default: one on a GPU (it batches); on a CPU one per core of the
+    thread budget, up to 4, since batching does not pay there (see docs/Performance.md)."""
+    return 1 if device.type != "cpu" else max(1, min(4, threads))
+
+
+class MicroBatcher:
+    """The batching half of ``Predictor``: queue, forward workers and their thread budget."""
+
+    def _ensure_worker(self) -> None:
+        if len(self._workers) == self.workers and all(w.is_alive() for w in self._workers):
+            return
+        with self._busy_lock:
+            self._stop.clear()
+            self._workers = [w for w in self._workers if w.is_alive()]
+            while len(self._workers) < self.workers:
+                w = threading.Thread(target=self._run_worker, args=(len(self._workers),),
+                                     name=f"bitmind-predictor-{len(self._workers)}", daemon=True)
+                w.start()
+                self._workers.append(w)
+
+    def submit(self, tensor: torch.Tensor) -> Future:
+        """Queue one (3,256,256) tensor; the returned future resolves to a probability."""
+        self._ensure_worker()
+        fut: Future = Future()
+        try:
+            self._queue.put_nowait((tensor, fut))
+        except queue.Full:
+            raise Overloaded(f"prediction queue full ({self._queue.maxsize})") from None
+        if self.workers > 1:
+            with self._helpers:
+                self._helpers.notify()
+        return fut
+
+    def _first_item(self, index: int):
+        """The next queued item for worker ``index`` (raises ``queue.Empty`` after a while).
+        Worker 0 takes whatever comes; the other workers only help with what is queued
+        while worker 0 is busy, so a lone request always gets worker 0 and every core."""
+        if index == 0:
+            return self._queue.get(timeout=0.2)
+        with self._helpers:
+            self._helpers.wait_for(lambda: self._stop.is_set() or (self._primary_busy and self._queue.qsize() > 0),
+                                   timeout=0.2)
+        return self._queue.get_nowait()
+
+    def _threads_for(self, index: int, busy: int) -> int:
+        """Intra-op threads for worker ``index``'s next forward while ``busy`` workers (itself
+        included) run one. Only worker 0 ever runs several (see ``single_threaded``: one live
+        OpenMP team at a time): alone, it gets the whole budget (lowest latency); with
+        company, one thread like the others, so the cores are shared, not oversubscribed
+        (an OpenMP team whose threads wait for a descheduled sibling runs many times slower)."""
+        if self.device.type != "cpu":
+            return self.threads
+        return max(1, self.threads // max(1, busy)) if index == 0 else 1
+
+    def _run_worker(self, index: int = 0) -> None:
+        my_threads = 0
+        while not self._stop.is_set():
+            try:
+                first = self._first_item(index)
+            except queue.Empty:
+                continue
+            if index == 0 and self.workers > 1:
+                with self._helpers:
+                    self._primary_busy = True
+                    self._helpers.notify_all()
+            items = [first]
+            deadline = time.monotonic() + self.batch_window
+            while len(items) < self.max_batch:
+                try:
+                    items.append(self._queue.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if self._inflight <= 0 or remaining <= 0:
+                    break  # nobody else is on the way: do not make this batch wait
+                try:
+                    items.append(self._queue.get(timeout=remaining))
+                except queue.Empty:
+                    break
+            with self._busy_lock:
+                self._busy += 1
+                busy = self._busy
+            try:
+                n = self._threads_for(index, busy)
+                if n != my_threads:  # a per-thread setting: it sizes this worker's OpenMP team
+                    torch.set_num_threads(n)
+                    my_threads = n
+                probs = self.predict_tensors(torch.stack([t for t, _ in items]))
+                for (_, fut), p in zip(items, probs):
+                    fut.set_result(p)
+            except Exception as e:  # never kill the worker; fail just these requests
+                logger.exception("batched forward failed")
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+                if index == 0:
+                    self._primary_busy = False
+
+    async def predict_b64_async(self, b64: str) -> float:
+        """Decode in a thread, predict on the batching worker; the event loop only awaits."""
+        loop = asyncio.get_running_loop()
+        self._add_inflight(1)
+        try:
+            tensor = await loop.run_in_executor(self._decode_pool, self.preprocess_b64, b64)
+            fut = self.submit(tensor)
+        finally:
+            self._add_inflight(-1)
+        return await asyncio.wrap_future(fut)
+
+    def _add_inflight(self, n: int) -> None:
+        with self._inflight_lock:
+            self._inflight += n
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._helpers:
+            self._helpers.notify_all()
+        for w in self._workers:
+            w.join(timeout=2)
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False)
