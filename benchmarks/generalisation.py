@@ -7,7 +7,9 @@
 
     # the committed figures, from the committed scores of the last GPU run (CPU, seconds):
     python benchmarks/generalisation.py analyse --sweep . --logo_spec benchmarks/results/generalisation_spec.json \
-        --scores benchmarks/results/generalisation_scores.npz --recipe patch96 \
+        --scores benchmarks/results/generalisation_scores.npz --recipe patch96nopool \
+        --ensemble ens3=patch96+full256+patch96nopool ens2=full256+patch96nopool \
+        --markdown benchmarks/results/generalisation_tables.md \
         --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x
 
     # or step by step: train (the sweep), score (every checkpoint on both regimes), analyse (CPU)

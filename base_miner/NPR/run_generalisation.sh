@@ -10,9 +10,11 @@
 #
 #   bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
 #
-# The shipped mining_models/base.pth came from (recipe patch96, docs/Model.md):
-#   LOGO_SPEC=base_miner/NPR/sweeps/logo_quick.json ZOO=0 SHIP_VARIANT=patch96 \
+# The shipped mining_models/base.pth: its recipe (patch96nopool) was chosen by
+#   LOGO_SPEC=base_miner/NPR/sweeps/logo_compare.json ZOO=0 WORKERS=14 \
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
+# and trained longer with base_miner/NPR/sweeps/ship_long.json (docs/Model.md, "Recipe").
+# WORKERS: data-loader processes for scoring (default 4).
 #
 # On one H200 about 20 minutes: zoo ~3 min, round trips ~2 min, sweep ~11 min (the
 # spec's time_budget_s fits the epochs to it), scoring ~1 min. Needs a GPU in practice;
