@@ -74,3 +74,30 @@ def test_new_model_file_changes_next_answer(local_net, reloading_miner, tmp_path
         final = send(validator, axon, synapse).prediction
         assert final == pytest.approx(predict(load_model(path), image), abs=1e-5)
         assert predictor.status()["reloads"] == 2
+
+
+def test_stem_pool_change_swaps_in_place_and_serves_the_new_config(tmp_path, image_factory):
+    """base_fast.pth -> base.pth in a running miner: the two differ only in ``stem_pool``
+    (no parameter changes), so the swap is accepted as the same structure, and the network
+    that serves is rebuilt from the NEW file's config (no max-pool), not the old one's."""
+    from bitmind.checkpoint import save_checkpoint
+    from bitmind.models import build_model
+
+    def tiny(stem_pool: bool):
+        torch.manual_seed(0)
+        return build_model("npr", layers=[1, 1], width=8, stem_pool=stem_pool)
+
+    path = tmp_path / "base.pth"
+    save_checkpoint(tiny(True), path)
+    image = image_factory(seed=2)
+    predictor = Predictor(str(path), device="cpu", check_interval=0.0)
+    try:
+        pooled = predictor.predict_image(image)
+        replace_file(path, lambda p: save_checkpoint(tiny(False), p))
+        unpooled = predictor.predict_image(image)
+        assert predictor.status()["reloads"] == 1
+        assert load_model(path).meta["config"]["stem_pool"] is False
+        assert unpooled == pytest.approx(predict(load_model(path), image), abs=1e-5)
+        assert unpooled != pytest.approx(pooled, abs=1e-6)  # same weights, other network: other answer
+    finally:
+        predictor.close()
