@@ -130,6 +130,10 @@ def test_logo_spec_holds_out_whole_families():
     assert set(v["p.taef2only.minus-sdxl"]["exclude_sources"]) == {"fake/aligned-zoo-convt8-c4", "fake/sdxl"}
     with pytest.raises(ValueError, match="recipe"):
         logo_sweep_spec({"recipes": {}}, sources)
+    nochal = logo_sweep_spec({"recipes": {"p": {}}, "folds": ["sdxl"],
+                              "controls": {"nochal": {"exclude_roots": ["sn34-validator"]}}}, sources)["variants"]
+    assert nochal["p.nochal"]["exclude_roots"] == nochal["p.nochal.minus-sdxl"]["exclude_roots"] == ["sn34-validator"]
+    assert "exclude_roots" not in nochal["p"] and nochal["p.nochal.minus-sdxl"]["exclude_sources"] == ["fake/sdxl"]
 
 
 def test_logo_spec_empty_fold_recipes_trains_only_on_everything():
@@ -172,7 +176,7 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
                      "aug_validator_prob": 0.0, "aug_jpeg_prob": 0.0, "lr": 1e-3},
             "val_seeds": [0], "folds": ["flux1", "aligned"],
             "recipes": {"patch": {**TINY, "input": "npr", "patch_size": 32}},
-            "controls": {"noaligned": {"exclude": ["aligned"]}}, "control_folds": False}
+            "controls": {"noaligned": {"exclude": ["aligned"]}, "nochal": {"exclude_roots": ["chal"]}}, "control_folds": False}
     (tmp_path / "logo.json").write_text(json.dumps(spec))
     out, fig = tmp_path / "gen.json", tmp_path / "gen.png"
     cmd = [sys.executable, str(REPO / "benchmarks" / "generalisation.py"), "all", "--spec", str(tmp_path / "logo.json"),
@@ -191,6 +195,11 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     excl = result["spec"]["variants"]["patch.minus-flux1"]["exclude_sources"]
     assert excl == ["fake/flux1-dev", "fake/flux1-schnell"]
     assert "fake/aligned-taef2" in result["spec"]["variants"]["patch.noaligned"]["exclude_sources"]
+    # a control without the ready-made challenges trains on everything but that root
+    sweep = json.loads((tmp_path / "ck" / "logo" / "sweep.json").read_text())
+    n_chal = sweep["splits"][str(pools["chal"])]["train"]
+    assert n_chal > 0 and result["spec"]["variants"]["patch.nochal"]["exclude_roots"] == ["chal"]
+    assert sweep["variants"]["patch.nochal"]["training_images"] == sweep["variants"]["patch"]["training_images"] - n_chal
     assert result["summary"]["recipe"] in ("patch", "patch.noaligned") and "mean_heldout_detection" in result["summary"]
     s = result["summary"]["arms"]["patch"]["validator"]
     assert s["folds"] == 2 and 0.0 <= s["mean_heldout_detection"] <= 1.0 and s["worst_heldout_detection"] <= s["mean_heldout_detection"]

@@ -72,7 +72,8 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
          "recipes": {"<recipe>": {<variant overrides>}},
          "folds": ["sdxl", ...],                  # default: every family present
          "fold_recipes": ["<recipe>", ...],       # recipes that get every fold (default: all)
-         "controls": {"<name>": {"exclude": ["aligned"], "keep": [], "folds": true, "recipes": [...]}},
+         "controls": {"<name>": {"exclude": ["aligned"], "keep": [], "exclude_roots": [], "folds": true,
+                                 "recipes": [...]}},
          "control_folds": true}                   # default of each control's "folds"
 
     Variant names: ``<recipe>``, ``<recipe>.minus-<family>``, ``<recipe>.<control>`` and
@@ -87,10 +88,12 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
     for r, ov in recipes.items():
         if FOLD_SEP in r or "." in r:
             raise ValueError(f"recipe name {r!r} must not contain '.'")
-        arms = [(r, [], True)] + [(f"{r}.{c}", _control_excludes(cdef, sources), cdef.get("folds", logo.get("control_folds", True)))
-                                  for c, cdef in controls.items() if r in cdef.get("recipes", [r])]
-        for name, excl, with_folds in arms:
-            variants[name] = {**ov, "exclude_sources": sorted(set(ov.get("exclude_sources", [])) | set(excl))}
+        arms = [(r, [], True, {})] + [(f"{r}.{c}", _control_excludes(cdef, sources), cdef.get("folds", logo.get("control_folds", True)),
+                                       {"exclude_roots": cdef["exclude_roots"]} if cdef.get("exclude_roots") else {})
+                                      for c, cdef in controls.items() if r in cdef.get("recipes", [r])]
+        for name, excl, with_folds, roots in arms:
+            ov_arm = {**ov, **roots}
+            variants[name] = {**ov_arm, "exclude_sources": sorted(set(ov.get("exclude_sources", [])) | set(excl))}
             if r not in fold_recipes or not with_folds:
                 continue
             for fam in folds:
@@ -100,7 +103,7 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
                     continue
                 if set(held) <= set(excl):  # the arm never trains on that family anyway
                     continue
-                variants[f"{name}{FOLD_SEP}{fam}"] = {**ov, "exclude_sources": sorted(set(excl) | set(held) |
+                variants[f"{name}{FOLD_SEP}{fam}"] = {**ov_arm, "exclude_sources": sorted(set(excl) | set(held) |
                                                                                      set(ov.get("exclude_sources", [])))}
     out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "ensemble_members")}
     out["variants"] = variants

@@ -33,6 +33,9 @@ and ``seed`` (weight initialisation). These variant options exist only in sweeps
   trains on images of those sources. With extra training sources (``train_data``), this
   compares "with" and "without" on one stream, or trains on one generator to test
   transfer to another.
+- ``exclude_roots`` (list of data-folder names such as ``"sn34-validator"``): the variant
+  never trains on the pictures of those roots (all their sources); validation is not
+  affected. "With and without the ready-made validator challenges" on one stream.
 - ``swa_start`` (epoch, 0 = off): from that epoch on, the variant also keeps the plain
   average of its end-of-epoch weights (stochastic weight averaging). Batch-norm
   statistics of the average are re-estimated on recent training batches of the
@@ -105,10 +108,10 @@ logger = logging.getLogger(__name__)
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule",
                           "lr_decay", "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing",
                           "seed", "train_fraction", "swa_start", "distill_from", "distill_weight",
-                          "distill_temperature", "exclude_sources", "patch_size"})
+                          "distill_temperature", "exclude_sources", "exclude_roots", "patch_size"})
 #: Variant options handled by the sweep itself (not ``TrainConfig`` fields).
 SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature", "exclude_sources",
-                   "patch_size")
+                   "exclude_roots", "patch_size")
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
 
@@ -166,7 +169,8 @@ class SweepSpec:
             raise ValueError(f"variant {name!r}: patch_size must be 0 (whole image) or in [16, {self.base_size}], got {patch}")
         return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0), "patch_size": patch,
                 "distill_from": ov.get("distill_from") or None, "distill_weight": weight if ov.get("distill_from") else 0.0,
-                "distill_temperature": temp, "exclude_sources": sorted(ov.get("exclude_sources") or [])}
+                "distill_temperature": temp, "exclude_sources": sorted(ov.get("exclude_sources") or []),
+                "exclude_roots": sorted(ov.get("exclude_roots") or [])}
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds, "val_from": self.val_from,
@@ -416,20 +420,20 @@ def run_sweep(spec: SweepSpec) -> dict:
 
     stems = [src.stem(i) for src, i in train_ds.items]
     sources = [src.source_name(i) for src, i in train_ds.items]
+    roots = [getattr(src, "name", "") for src, _ in train_ds.items]
     variants = []
     for name in spec.variants:
         extras = spec.variant_extras(name)
         mask, val_mask = None, None
         if extras["exclude_sources"]:  # held-out sources never decide this variant's epoch or calibration
             val_mask = ~np.isin(val_sources, extras["exclude_sources"])
-        if extras["train_fraction"] < 1.0 or extras["exclude_sources"]:
-            excluded = set(extras["exclude_sources"])
-            unknown = excluded - set(sources)
-            if unknown:
-                logger.warning("variant %s excludes %s, which the training data does not have (sources are CLASS/NAME)",
-                               name, sorted(unknown))
-            mask = torch.tensor([in_subset(st, extras["train_fraction"], base.split_seed) and so not in excluded
-                                 for st, so in zip(stems, sources)], dtype=torch.bool)
+        if extras["train_fraction"] < 1.0 or extras["exclude_sources"] or extras["exclude_roots"]:
+            excluded, excluded_roots = set(extras["exclude_sources"]), set(extras["exclude_roots"])
+            for kind, unknown in (("sources (CLASS/NAME)", excluded - set(sources)), ("roots (folder names)", excluded_roots - set(roots))):
+                if unknown:
+                    logger.warning("variant %s excludes %s, which the training data does not have as %s", name, sorted(unknown), kind)
+            mask = torch.tensor([in_subset(st, extras["train_fraction"], base.split_seed) and so not in excluded and r not in excluded_roots
+                                 for st, so, r in zip(stems, sources, roots)], dtype=torch.bool)
         variants.append(_Variant(name, spec.variant_config(name), device, amp_dtype, mask=mask, swa_start=extras["swa_start"],
                                  teacher=extras["distill_from"], distill_weight=extras["distill_weight"],
                                  distill_temperature=extras["distill_temperature"], training_images=len(stems),
