@@ -105,14 +105,11 @@ def doublings_to(target: float, rows: list[dict], key=lambda r: r.get("ensemble"
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from bitmind.plots import new_figure
 
     rows = result["rows"]
     x = [r["training_images"] or r["fraction"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (ax,) = new_figure(size=(6.4, 4.2))
     fams = sorted({f for r in rows for f in r["members"]})
     for fam in fams:
         ax.plot(x, [r["members"].get(fam, {}).get("accuracy", np.nan) for r in rows], "o--", label=f"{fam} (one network)")
@@ -126,10 +123,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"Learning curve ({result['val_challenges']} validation challenges)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
