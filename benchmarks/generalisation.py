@@ -48,6 +48,17 @@ def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
     return paths, trained
 
 
+def _ensembles(items) -> dict[str, list[str]]:
+    """``--ensemble NAME=ARM+ARM[+...]`` -> name -> member arms."""
+    out = {}
+    for it in items or []:
+        name, _, members = it.partition("=")
+        if not name or "+" not in members:
+            raise SystemExit(f"--ensemble wants NAME=ARM+ARM[+...], got {it!r}")
+        out[name] = members.split("+")
+    return out
+
+
 def cmd_train(args) -> Path:
     from bitmind.training.sweep import SweepSpec, run_sweep
 
@@ -161,13 +172,7 @@ def cmd_analyse(args) -> dict:
     sweep_dir = Path(args.sweep)
     spec = json.loads(Path(args.logo_spec or sweep_dir / "logo_spec.json").read_text())
     _, trained = _baselines(args.baseline)
-    ensembles = {}
-    for it in args.ensemble:
-        name, _, members = it.partition("=")
-        if not name or "+" not in members:
-            raise SystemExit(f"--ensemble wants NAME=ARM+ARM[+...], got {it!r}")
-        ensembles[name] = members.split("+")
-    result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained, ensembles)
+    result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained, _ensembles(args.ensemble))
     arms = result.pop("summary")
     chosen = select_recipe(arms) if not args.recipe else {"recipe": args.recipe, "regime": "validator",
                                                            "rule": "named with --recipe", **arms[args.recipe]["validator"]}

@@ -12,7 +12,8 @@ carrying each of their traces.
 All decoders train in one process and one loop: each step draws one batch of random
 crops (uint8 images held on the device, cropped and flipped by one indexing op) and feeds
 it to every decoder. Loss: L1 plus L1 of the horizontal/vertical pixel differences, which
-keeps edges sharp, and optionally (``--fft_weight``) L1 between log amplitude spectra. The learning rate follows a cosine over ``max(step / steps, elapsed /
+keeps edges sharp, plus L1 between log amplitude spectra (``--fft_weight``), which charges
+missing fine detail. The learning rate follows a cosine over ``max(step / steps, elapsed /
 time_budget_s)``, so a time budget ends the run on a finished schedule, not mid-way.
 
 Afterwards each decoder is saved (fp16 safetensors with its spec), re-loaded from that
@@ -123,7 +124,7 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, grad_weight: float, ff
 def train_zoo(specs: list[ZooSpec], images: torch.Tensor, steps: int, batch_size: int = 32, crop: int = 128,
               lr: float = 2e-3, device: str = "cpu", seed: int = 0, time_budget_s: float = 0.0,
               grad_weight: float = 0.5, warmup: int = 100, log_every: int = 100,
-              fft_weight: float = 0.0) -> tuple[list[ZooAutoencoder], dict]:
+              fft_weight: float = 0.5) -> tuple[list[ZooAutoencoder], dict]:
     """Train one autoencoder per spec on random crops of ``images`` (uint8, any device)."""
     torch.manual_seed(seed)
     cuda = str(device).startswith("cuda")

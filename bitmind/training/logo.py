@@ -88,12 +88,14 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
     for r, ov in recipes.items():
         if FOLD_SEP in r or "." in r:
             raise ValueError(f"recipe name {r!r} must not contain '.'")
-        arms = [(r, [], True, {})] + [(f"{r}.{c}", _control_excludes(cdef, sources), cdef.get("folds", logo.get("control_folds", True)),
-                                       {"exclude_roots": cdef["exclude_roots"]} if cdef.get("exclude_roots") else {})
-                                      for c, cdef in controls.items() if r in cdef.get("recipes", [r])]
-        for name, excl, with_folds, roots in arms:
-            ov_arm = {**ov, **roots}
-            variants[name] = {**ov_arm, "exclude_sources": sorted(set(ov.get("exclude_sources", [])) | set(excl))}
+        arms = [(r, ov, set(), True)]  # (name, overrides, excluded sources, with folds)
+        for c, cdef in controls.items():
+            if r in cdef.get("recipes", [r]):
+                ov_c = {**ov, "exclude_roots": cdef["exclude_roots"]} if cdef.get("exclude_roots") else ov
+                arms.append((f"{r}.{c}", ov_c, set(_control_excludes(cdef, sources)), cdef.get("folds", logo.get("control_folds", True))))
+        for name, ov_arm, excl, with_folds in arms:
+            excl = excl | set(ov.get("exclude_sources", []))
+            variants[name] = {**ov_arm, "exclude_sources": sorted(excl)}
             if r not in fold_recipes or not with_folds:
                 continue
             for fam in folds:
@@ -101,10 +103,9 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
                 if not held:
                     logger.warning("fold %s: no source of that family in the data; skipped", fam)
                     continue
-                if set(held) <= set(excl):  # the arm never trains on that family anyway
+                if set(held) <= excl:  # the arm never trains on that family anyway
                     continue
-                variants[f"{name}{FOLD_SEP}{fam}"] = {**ov_arm, "exclude_sources": sorted(set(excl) | set(held) |
-                                                                                     set(ov.get("exclude_sources", [])))}
+                variants[f"{name}{FOLD_SEP}{fam}"] = {**ov_arm, "exclude_sources": sorted(excl | set(held))}
     out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "ensemble_members")}
     out["variants"] = variants
     out["logo"] = {"folds": folds, "recipes": list(recipes), "controls": list(controls)}
@@ -269,10 +270,10 @@ def add_ensembles(data, variants: dict, ensembles: dict[str, list[str]]) -> tupl
     exclusions, calibrated and analysed like any other. LOGO then says whether an ensemble
     generalises better than its members before one is ever served (it costs CPU time)."""
     data, variants = dict(data), dict(variants)
+    folds = [None] + sorted({fam for _, fam in map(_fold_of, variants) if fam})
     for name, members in ensembles.items():
         if len(members) < 2 or FOLD_SEP in name or "." in name:
             raise ValueError(f"ensemble {name!r} needs a name without '.' and >= 2 members, got {members}")
-        folds = [None] + sorted({_fold_of(v)[1] for v in variants if _fold_of(v)[1]})
         for fam in folds:
             parts = [m if fam is None else f"{m}{FOLD_SEP}{fam}" for m in members]
             if not all(p in variants for p in parts):
