@@ -50,12 +50,6 @@ class RoundResult:
     elapsed: float
     weights_set: bool | None = None  # None: no weight setting this round
 
-    def to_dict(self) -> dict:
-        c = self.challenge
-        return {"index": c.index, "label": c.label, "source": c.source, "item": c.item, "plain": c.plain,
-                "responses": [r.to_dict() for r in self.responses], "rewards": self.rewards.tolist(),
-                "elapsed": self.elapsed}
-
 
 class Validator:
     """Challenge rounds, scoring, persistence and weight setting over a ``ChainView``."""
