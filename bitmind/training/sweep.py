@@ -317,7 +317,7 @@ class Teachers:
 def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dtype, channels_last: bool, batch: int = 256) -> np.ndarray:
     """Logits of pre-drawn validation challenges (uint8, on any device), through ``validate``."""
     batches = ((images[i:i + batch], torch.zeros(0), torch.zeros(0, dtype=torch.long), 0) for i in range(0, len(images), batch))
-    return validate(model, batches, device, amp_dtype, channels_last=channels_last)[0]
+    return validate(model, batches, device, amp_dtype, channels_last=channels_last and device.type == "cuda")[0]
 
 
 def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
