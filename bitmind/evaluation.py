@@ -43,7 +43,7 @@ from bitmind.data import (
 )
 from bitmind.data.splits import SPLITS
 from bitmind.image_transforms import ValidatorPipeline
-from bitmind.inference import forward_logits, serving_forward
+from bitmind.inference import serving_forward
 from bitmind.metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     from tqdm import tqdm
 
     from bitmind.calibration import apply_calibration
+    from bitmind.training.loop import validate
 
     if isinstance(model, LoadedModel):
         temperature = model.temperature if temperature is None else temperature
@@ -156,23 +157,15 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     forward, amp_dtype, channels_last = serving_forward(net, dev)  # exactly what the miner serves
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_none, pin_memory=dev.type == "cuda")
-    logits, labels, index = [], [], []
-    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, file=sys.stderr):
-        if batch is None:
-            continue
-        x, y, k, _bad = batch
-        out = forward_logits(forward, x, dev, amp_dtype, channels_last)
-        logits.append(out.cpu().double().numpy())
-        labels.append(y.numpy())
-        index.append(k.numpy())
-    lg = np.concatenate(logits) if logits else np.zeros(0)
-    idx = np.concatenate(index).astype(int) if index else np.zeros(0, dtype=int)
+    batches = tqdm(loader, desc="evaluating", unit="batch", disable=not progress, file=sys.stderr)
+    lg, labels, idx = validate(forward, batches, dev, amp_dtype, channels_last)  # the trainer's validation pass
+    lg, idx = lg.astype(np.float64), idx.astype(int)
     seen = set(idx.tolist())
     skipped = [dataset.describe(k) for k in range(len(dataset)) if k not in seen]
     return Predictions(
         probs=apply_calibration(lg, temperature, logit_bias),
         logits=lg,
-        labels=(np.concatenate(labels) if labels else np.zeros(0)).astype(int),
+        labels=labels.astype(int),
         sources=[dataset.items[k][0].source_name(dataset.items[k][1]) for k in idx],
         paths=[dataset.describe(k) for k in idx],
         index=idx,

@@ -4,7 +4,7 @@
   resize to 256x256, to tensor in [0, 1]. Used identically by the trainer's
   validation, ``bitmind.eval`` and the miner, so that what the model sees when it
   serves is what it saw when it was measured.
-* ``random_aug_transforms``: the validator-side augmentation of SN34 challenges
+* ``RandomAugment``: the validator-side augmentation of SN34 challenges
   (rotation up to 20 degrees, random resized crop to 256 with scale 0.2-1.0 and a
   square ratio, horizontal and vertical flips).
 * ``ValidatorPipeline``: what a validator does to a challenge before sending it
@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torchvision.transforms as T
@@ -110,9 +110,8 @@ class RandomAugment:
     horizontal flip (p=0.5), vertical flip (p=0.5).
     """
 
-    def __init__(self, size: int = TARGET_SIZE, degrees: float = 20.0, scale=(0.2, 1.0), rng: random.Random | None = None):
+    def __init__(self, size: int = TARGET_SIZE, degrees: float = 20.0, scale=(0.2, 1.0)):
         self.size, self.degrees, self.scale = size, degrees, tuple(scale)
-        self.rng = rng
 
     def sample(self, width: int, height: int, rng) -> dict:
         """Draw this augmentation's random parameters for a (centre-cropped) image of that
@@ -122,8 +121,7 @@ class RandomAugment:
         crop = _sample_resized_crop(width, height, rng, self.scale)
         return {"angle": angle, "crop": crop, "hflip": rng.random() < 0.5, "vflip": rng.random() < 0.5}
 
-    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> Image.Image:
-        rng = rng or self.rng or random
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         img = CenterCropShortSide()(_to_rgb(img))
         p = self.sample(img.width, img.height, rng)  # rotation keeps the size (no expand)
         img = TF.rotate(img, p["angle"], interpolation=T.InterpolationMode.NEAREST)
@@ -137,10 +135,6 @@ class RandomAugment:
 
     def __repr__(self) -> str:
         return f"RandomAugment(size={self.size}, degrees={self.degrees}, scale={self.scale})"
-
-
-#: Validator-side augmentation, PIL image -> tensor (3, 256, 256). Uses Python's global RNG.
-random_aug_transforms = T.Compose([ConvertToRGB(), RandomAugment(), T.ToTensor()])
 
 
 def jpeg_roundtrip(img: Image.Image, quality: int = VALIDATOR_JPEG_QUALITY) -> Image.Image:
@@ -198,18 +192,6 @@ class AugConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     color_jitter_prob: float = 0.0
     color_jitter: float = 0.2  # brightness/contrast/saturation strength; hue is a quarter of it
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AugConfig":
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**kw)
-
-    @classmethod
-    def none(cls) -> "AugConfig":
-        return cls(validator_prob=0.0, jpeg_prob=0.0)
 
 
 class TrainAugment:

@@ -69,7 +69,6 @@ import os
 import socket
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any, Optional
 
@@ -91,43 +90,18 @@ DEFAULT_BLOCK_TIME = 12.0
 CHAIN_FILE = "chain.json"
 U16_MAX = 65535
 
-_original_get_external_ip = networking.get_external_ip
-
 
 # --------------------------------------------------------------------------- external IP
-def _module_attr(mod):
-    """``mod.get_external_ip`` or None (some modules, e.g. torch._classes, raise on getattr)."""
-    try:
-        return getattr(mod, "get_external_ip", None)
-    except Exception:
-        return None
-
-
-def _is_local(fn) -> bool:
-    return isinstance(fn, types.FunctionType) and getattr(fn, "_bitmind_local", False)
-
-
 def patch_external_ip(ip: str = LOCAL_IP) -> None:
     """Make every bittensor external-IP lookup return ``ip`` (idempotent).
 
     ``bt.Dendrite()`` (and ``bt.Axon()`` without ``external_ip``) call
     ``bittensor.utils.networking.get_external_ip``, which asks web services and raises
-    ``ExternalIPNotFound`` offline. In bittensor 10.5.0 the callers (core.axon,
-    core.dendrite, the serving extrinsics) use it as an attribute of the module, so
-    patching the module is enough; any module that imported the function *by name*
-    is patched too, by scanning ``sys.modules`` for the original function object.
+    ``ExternalIPNotFound`` offline. In bittensor 10.5.0 (the pinned version) every caller
+    (core.axon, core.dendrite, the serving extrinsics) uses it as an attribute of that
+    module, none imports it by name, so patching the module is enough.
     """
-
-    def _local_ip() -> str:
-        return ip
-
-    _local_ip._bitmind_local = True  # type: ignore[attr-defined]
-    networking.get_external_ip = _local_ip
-    for mod in list(sys.modules.values()):
-        current = _module_attr(mod)
-        if current is _original_get_external_ip or _is_local(current):
-            with contextlib.suppress(Exception):
-                setattr(mod, "get_external_ip", _local_ip)
+    networking.get_external_ip = lambda: ip
 
 
 # --------------------------------------------------------------------------- ports
@@ -387,27 +361,6 @@ class LocalSubtensor(MockSubtensor):
     def get_uid_for_hotkey_on_subnet(self, hotkey_ss58: str, netuid: int, block: Optional[int] = None) -> Optional[int]:
         self._sync_from_file()
         return self._uid_in_state(hotkey_ss58, netuid, block)
-
-    def get_netuids_for_hotkey(self, hotkey_ss58: str, block: Optional[int] = None) -> list[int]:
-        self._sync_from_file()
-        return [n for n in self.chain_state["SubtensorModule"]["Uids"] if self._uid_in_state(hotkey_ss58, n) is not None]
-
-    def subnet_exists(self, netuid: int, block: Optional[int] = None) -> bool:
-        self._sync_from_file()
-        return netuid in self.chain_state["SubtensorModule"]["NetworksAdded"]
-
-    def tempo(self, netuid: int, block: Optional[int] = None) -> Optional[int]:
-        return self._get_most_recent_storage(self.chain_state["SubtensorModule"]["Tempo"].get(netuid, {}))
-
-    def weights_rate_limit(self, netuid: int, block: Optional[int] = None) -> int:
-        return 0
-
-    def blocks_since_last_update(self, netuid: int, uid: int, block: Optional[int] = None) -> Optional[int]:
-        block = block or self.get_current_block()
-        last = self.chain_state["SubtensorModule"]["LastUpdate"].get(netuid, {}).get(uid)
-        if last is None:
-            return None
-        return block - int(self._get_most_recent_storage(last, block) or 0)
 
     def neurons(self, netuid: int, block: Optional[int] = None):
         self._sync_from_file()

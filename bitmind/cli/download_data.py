@@ -44,7 +44,7 @@ class DownloadError(RuntimeError):
     """A dataset could not be had; the message names it and says why."""
 
     def __init__(self, name: str, attempts: int, cause: BaseException):
-        self.name, self.attempts, self.cause = name, attempts, cause
+        self.name, self.attempts = name, attempts
         why = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ''}"
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         super().__init__(f"could not download {name}{tries}: {why}")
@@ -157,10 +157,6 @@ class Target:
     role: str | None
     local: bool
     entry: CatalogEntry | None = None
-
-    @property
-    def display(self) -> str:
-        return self.path + (f" [{self.role}]" if self.role else "")
 
 
 def parse_target(spec: str) -> Target:

@@ -3,11 +3,11 @@ from bitmind.data.dataset import (AsIs, DetectionDataset, FamilySampler, FlipOnl
                                   class_pos_weight, collate_skip_none)
 from bitmind.data.families import GENERATOR_FAMILIES, family_of, family_weights, is_aligned, sources_of_family
 from bitmind.data.sources import CLASSES, HFDatasetSource, ImageSource, LocalFolderSource, open_source, stem_of
-from bitmind.data.splits import SPLITS, count_by_source, in_subset, split_indices, split_of
+from bitmind.data.splits import SPLITS, in_subset, split_indices, split_of
 
 __all__ = [
     "AsIs", "CLASSES", "DetectionDataset", "FamilySampler", "FlipOnly", "GENERATOR_FAMILIES", "aligned_partners",
     "family_of", "family_weights", "is_aligned", "sources_of_family", "HFDatasetSource", "ImageSource", "LocalFolderSource", "SPLITS",
-    "balanced_sampler", "class_pos_weight", "collate_skip_none", "count_by_source", "open_source",
+    "balanced_sampler", "class_pos_weight", "collate_skip_none", "open_source",
     "in_subset", "split_indices", "split_of", "stem_of",
 ]

@@ -1,7 +1,7 @@
 """The Hugging Face datasets configured for SN34, each with its role, in one place.
 
-``bitmind.download_data`` fills the cache from this list, and training or evaluation
-code can open any entry as an ``HFDatasetSource`` with the right label.
+``bitmind.download_data`` fills the cache from this list; training and evaluation
+read an entry from that cache as ``--data hf:<path>:<role>``.
 
 The names are those the BitMind SN34 subnet used for validator challenges and miner
 training: its ``DATASET_META`` listed open-images-v7, ffhq-256 and celeb-a-hq as real
@@ -37,17 +37,6 @@ class CatalogEntry:
     def short_name(self) -> str:
         return self.path.rstrip("/").split("/")[-1]
 
-    @property
-    def label(self) -> int:
-        return CLASSES[self.role]
-
-    def open(self, cache_dir: str | None = None):
-        """This dataset as an ``HFDatasetSource`` (from the cache; see ``download_data``)."""
-        from bitmind.data.sources import HFDatasetSource
-
-        return HFDatasetSource(self.path, role=self.role, split=self.split, image_column=self.image_column,
-                               cache_dir=cache_dir, name=self.short_name)
-
 
 CATALOG: tuple[CatalogEntry, ...] = (
     # real photographs
@@ -62,13 +51,6 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("bitmind/JourneyDB", "fake", notes="Midjourney"),
     CatalogEntry("bitmind/GenImage_MidJourney", "fake", notes="GenImage, Midjourney subset"),
 )
-
-
-def catalog_entries(role: str | None = None) -> list[CatalogEntry]:
-    """All entries, or those of one role."""
-    if role is not None and role not in CLASSES:
-        raise ValueError(f"role must be one of {list(CLASSES)}, got {role!r}")
-    return [e for e in CATALOG if role is None or e.role == role]
 
 
 def find_entry(name: str) -> CatalogEntry | None:

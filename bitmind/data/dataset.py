@@ -12,8 +12,8 @@ import random
 from collections import Counter
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from torch.utils.data._utils.collate import default_collate
@@ -104,7 +104,7 @@ class DetectionDataset(Dataset):
             return None
         try:
             img = self.transform(src.load(i), k)
-            x = pil_to_uint8_tensor(img) if self.uint8 else to_tensor(img)
+            x = TF.pil_to_tensor(img) if self.uint8 else to_tensor(img)
             return x, src.label(i), k
         except Exception as e:  # unreadable / corrupt file: skip, never crash the epoch
             self.bad.add(k)
@@ -126,11 +126,6 @@ class DetectionDataset(Dataset):
         lines = [f"  {name:<32} {n:>7}" for name, n in sorted(c.items())]
         lines.append(f"  {'total':<32} {len(self):>7}  (real {lab.get(0, 0)}, fake {lab.get(1, 0)})")
         return "\n".join(lines)
-
-
-def pil_to_uint8_tensor(img) -> torch.Tensor:
-    """RGB PIL -> uint8 tensor (3, H, W) without a float copy."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def worker_init(_worker_id: int) -> None:

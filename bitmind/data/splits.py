@@ -7,7 +7,6 @@ photo) always land together, so nothing of a test picture is ever trained on.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 
 from bitmind.data.sources import ImageSource
 
@@ -34,10 +33,6 @@ def split_indices(source: ImageSource, seed: int = 0, fractions=DEFAULT_FRACTION
     for i in range(len(source)):
         out[split_of(source.stem(i), seed, fractions)].append(i)
     return out
-
-
-def count_by_source(source: ImageSource, indices) -> Counter:
-    return Counter(source.source_name(i) for i in indices)
 
 
 def in_subset(stem: str, fraction: float, seed: int = 0) -> bool:

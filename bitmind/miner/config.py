@@ -34,8 +34,7 @@ def positive_int(value) -> int:
 
 
 def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The miner's own options (bittensor's are added by ``build_parser``)."""
-    parser.add_argument("--netuid", type=int, default=DEFAULT_NETUID, help="Subnet UID (34 on finney, 168 on testnet).")
+    """The miner's own options (``neuron_config`` adds ``--netuid`` and bittensor's)."""
     parser.add_argument("--neuron.model_path", type=str, default=DEFAULT_MODEL_PATH,
                         help="Model file to serve (hot reloaded when it changes). A relative path is looked up "
                              "from the current folder, then from the repository root.")
@@ -70,31 +69,31 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="bitmind miner: answers ImageSynapse challenges with P(AI-generated).")
-    add_miner_args(parser)
-    bt.Wallet.add_args(parser)
-    bt.Subtensor.add_args(parser)
-    bt.Axon.add_args(parser)
-    bt.logging.add_args(parser)
-    return parser
-
-
-def miner_config(args: list[str]) -> "bt.Config":
-    """Parse ``args`` (e.g. ``sys.argv[1:]``) into a nested ``bt.Config``; exits with usage on errors.
+def neuron_config(args: list[str], description: str, add_own_args, bittensor_parts) -> "bt.Config":
+    """Parse ``args`` (e.g. ``sys.argv[1:]``) with ``--netuid``, the neuron's own options
+    (``add_own_args(parser)``) and those of ``bittensor_parts`` (``bt.Wallet``, ``bt.Axon`` ...)
+    into a nested ``bt.Config``; exits with usage on errors. Shared by the miner and validator.
 
     We parse with argparse ourselves: bittensor 10's ``bt.Config(parser)`` ignores the
     parser unless ``BT_NO_PARSE_CLI_ARGS=false`` is set, falls back to ``sys.argv`` for an
     empty list, and ignores unknown options.
     """
-    return nest_namespace(build_parser().parse_args(list(args)))
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--netuid", type=int, default=DEFAULT_NETUID, help="Subnet UID (34 on finney, 168 on testnet).")
+    add_own_args(parser)
+    for part in bittensor_parts:
+        part.add_args(parser)
+    return nest_namespace(parser.parse_args(list(args)))
+
+
+def miner_config(args: list[str]) -> "bt.Config":
+    """The miner's command line (``neurons/miner.py``) as a nested ``bt.Config``."""
+    return neuron_config(args, "bitmind miner: answers ImageSynapse challenges with P(AI-generated).", add_miner_args,
+                         (bt.Wallet, bt.Subtensor, bt.Axon, bt.logging))
 
 
 def nest_namespace(ns) -> "bt.Config":
-    """Flat ``a.b`` argparse names -> a nested ``bt.Config`` on top of bittensor's defaults.
-
-    Shared by the miner and validator command lines.
-    """
+    """Flat ``a.b`` argparse names -> a nested ``bt.Config`` on top of bittensor's defaults."""
     config = bt.Config()  # bittensor's defaults, overridden below by every parsed option
     for key, value in vars(ns).items():
         node = config

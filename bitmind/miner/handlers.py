@@ -26,7 +26,6 @@ handlers' signatures with real classes (``ImageSynapse``, ``Tuple[bool, str]``).
 import logging
 import math
 import threading
-import time
 from typing import Any, Optional, Tuple
 
 from bitmind.image_io import ImageDecodeError
@@ -46,7 +45,6 @@ class MinerStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts = {k: 0 for k in self.FIELDS}
-        self.started = time.time()
 
     def inc(self, key: str) -> None:
         with self._lock:

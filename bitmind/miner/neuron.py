@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import bittensor as bt
 
+from bitmind.common import TESTNET_NETUID
 from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS, DecodeLimits, apply_pil_limit
 from bitmind.miner.handlers import MinerHandlers
 from bitmind.miner.predict import Predictor, PredictorConfig
@@ -101,7 +102,7 @@ class MinerNeuron:
                 f"netuid {self.netuid} of the {network}. Register it first, e.g.\n"
                 f"  btcli s register --netuid {self.netuid} --wallet.name {self.config.wallet.name} "
                 f"--wallet.hotkey {self.config.wallet.hotkey}"
-                + ("" if self.netuid != 168 else " --subtensor.network test"))
+                + ("" if self.netuid != TESTNET_NETUID else " --subtensor.network test"))
         return int(uid)
 
     # ------------------------------------------------------------------ running

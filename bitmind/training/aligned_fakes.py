@@ -54,47 +54,13 @@ def make_aligned_fakes(real_root: str | Path, out_root: str | Path, weights_dir:
 
     Round-trip every ``real_root/real/SOURCE/*`` image into ``out_root/fake/<prefix>SOURCE/``
     (only those of one ``split``, by picture stem, if given: e.g. the test split's photos as
-    fakes of a generator that no training image came from)."""
-    from tqdm.auto import tqdm
-
-    from bitmind.data import LocalFolderSource, split_indices
-    from bitmind.image_io import _to_rgb
-
-    src = LocalFolderSource(real_root)
-    pool = split_indices(src, seed=split_seed)[split] if split else range(len(src))
-    idx = [i for i in pool if src.label(i) == 0]
-    if limit:
-        idx = idx[:limit]
-    tae = TinyAutoencoder(weights_dir).to(device)
-    out_root = Path(out_root)
-    psnrs, written = [], 0
-
-    def flush(batch: list[tuple[int, torch.Tensor]]) -> None:
-        nonlocal written
-        x = torch.stack([t for _, t in batch]).to(device)
-        y = tae(x).cpu()
-        for (i, a), b in zip(batch, y):
-            psnrs.append(psnr(a, b))
-            source = src.source_name(i).split("/", 1)[1]
-            dst = (out_root / "fake" / f"{prefix}{source}" / Path(src.path(i)).name).with_suffix(".jpg")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            TF.to_pil_image(b).save(dst, quality=quality)
-            written += 1
-
-    pending: list[tuple[int, torch.Tensor]] = []
-    for i in tqdm(idx, desc="aligned fakes"):
-        img = _to_rgb(src.load(i))
-        w, h = img.width // 8 * 8, img.height // 8 * 8  # no resizing: crop to the autoencoder's 8-pixel grid
-        if w == 0 or h == 0:
-            continue
-        t = TF.to_tensor(img.crop((0, 0, w, h)))
-        if pending and (len(pending) >= batch_size or pending[0][1].shape != t.shape):
-            flush(pending)
-            pending = []
-        pending.append((i, t))
-    if pending:
-        flush(pending)
-    stats = {"written": written, "psnr_mean": sum(psnrs) / max(len(psnrs), 1)}
+    fakes of a generator that no training image came from). ``make_aligned_pool`` with one
+    decoder and the older folder layout; returns the images written and their mean PSNR."""
+    decoder = Decoder(prefix.rstrip("_"), TinyAutoencoder(weights_dir), Path(weights_dir))  # one folder per source, below
+    summary = make_aligned_pool([real_root], out_root, [decoder], device=device, batch_size=batch_size, split=split,
+                                split_seed=split_seed, limit=limit, quality=quality,
+                                dest=lambda d, rel: f"{prefix}{rel.split('/')[1]}/{Path(rel).name}")
+    stats = {"written": summary["written"], "psnr_mean": summary["decoders"][decoder.source]["psnr_mean"]}
     logger.info("aligned fakes: %s", stats)
     return stats
 
@@ -127,24 +93,25 @@ def real_inputs(roots: list[str | Path], split: str | None, split_seed: int = 0,
 
 def make_aligned_pool(roots: list[str | Path], out_root: str | Path, decoders: list[Decoder], device: str = "cpu",
                       batch_size: int = 32, split: str | None = None, split_seed: int = 0, limit: int = 0,
-                      quality: int = 90, workers: int = 0) -> dict:
+                      quality: int = 90, workers: int = 0, dest=None) -> dict:
     """Round-trip the real photos of ``roots`` through every decoder into a pool at ``out_root``.
 
     Each input is read once and sent through all decoders in batches of one image size
     (GPU or CPU, fp32); sides not divisible by a decoder's factor are padded and the
     output cropped back, so a round trip has its original's exact size. Reading and JPEG
-    writing run on ``workers`` threads (PIL releases the GIL), the networks on ``device``."""
+    writing run on ``workers`` threads (PIL releases the GIL), the networks on ``device``.
+    A round trip goes to ``out_root/fake/<dest(decoder, rel)>``, by default
+    ``<decoder.source>/<rel>`` with ``rel`` = ``<root name>/<source>/<file>.jpg``."""
     from bitmind.image_io import load_image_file, _to_rgb
 
     items = real_inputs(roots, split, split_seed, limit)
     if not items:
         raise ValueError(f"no real photos in split {split or 'all'} of {[str(r) for r in roots]}")
     out_root = Path(out_root)
+    dest = dest or (lambda d, rel: f"{d.source}/{rel}")
     models = [d.model.to(device).eval() for d in decoders]
     workers = workers or min(32, os.cpu_count() or 1)
     stats = {d.source: {"written": 0, "psnr_sum": 0.0} for d in decoders}
-    for d in decoders:
-        (out_root / "fake" / d.source).mkdir(parents=True, exist_ok=True)
 
     def read(item: tuple[str, Path]) -> torch.Tensor | None:
         try:
@@ -167,11 +134,10 @@ def make_aligned_pool(roots: list[str | Path], out_root: str | Path, decoders: l
             x = torch.stack([t for _, t in batch]).to(device, non_blocking=True).float().div_(255)
             for d, m in zip(decoders, models):
                 y8 = (round_trip(m, x) * 255).round_()
-                err = ((y8 / 255 - x) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-                stats[d.source]["psnr_sum"] += float((10 * torch.log10(1 / err)).sum())
+                stats[d.source]["psnr_sum"] += float(psnr(y8 / 255, x).sum())
                 arrs = y8.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 for (rel, _), a in zip(batch, arrs):
-                    writes.append(pool.submit(save, a, out_root / "fake" / d.source / rel))
+                    writes.append(pool.submit(save, a, out_root / "fake" / dest(d, rel)))
                 stats[d.source]["written"] += len(batch)
 
         pending: list[tuple[str, torch.Tensor]] = []

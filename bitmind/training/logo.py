@@ -113,15 +113,15 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
 
 
 # ---------------------------------------------------------------------------- 2. scoring
-def _items(roots, regime: str, splits_for_aligned=("test",), split_seed: int = 0):
+def _items(roots):
     """(source object, index, source name, split, label) of every picture of ``roots``;
-    aligned round trips only in ``splits_for_aligned`` (their family has thousands)."""
+    aligned round trips only in the test split (their family has thousands)."""
     out = []
     for root in roots:
         src = open_source(root)
         for i in range(len(src)):
-            name, split = src.source_name(i), split_of(src.stem(i), split_seed)
-            if is_aligned(name) and split not in splits_for_aligned:
+            name, split = src.source_name(i), split_of(src.stem(i))
+            if is_aligned(name) and split != "test":
                 continue
             out.append((src, i, name, split, src.label(i)))
     return out
@@ -154,7 +154,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     for regime, roots in regimes.items():
         if not roots:
             continue
-        items = _items(roots, regime)
+        items = _items(roots)
         ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
                               seed=seed, uint8=True)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -222,16 +222,12 @@ def score_fold(probs: np.ndarray, sources: np.ndarray, splits: np.ndarray, label
             "per_heldout_source": per_held, "per_real_kind": per_real, "per_seen_fake_source": per_seen}
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
-
-
 def model_probabilities(data, name: str, excluded: list[str] | None, regimes=REGIMES) -> dict[str, np.ndarray]:
     """P(AI) of one model in each regime. A sweep model (``excluded`` given) gets its
     threshold fixed here, all folds alike: a class-balanced Platt fit on the validation
     pictures of every regime, its held-out sources left out. A baseline (``excluded`` is
     None) keeps the calibration stored in its own file: it is scored as it is served."""
-    from bitmind.calibration import fit_platt
+    from bitmind.calibration import apply_calibration, fit_platt
 
     present = [r for r in regimes if f"{r}/{name}" in data]
     if excluded is None:
@@ -239,7 +235,7 @@ def model_probabilities(data, name: str, excluded: list[str] | None, regimes=REG
     else:
         z, y, _ = validation_logits(data, name, excluded, regimes)
         t, b = fit_platt(z, y, class_balanced=True)
-    return {r: _sigmoid(data[f"{r}/{name}"] / t + b) for r in present}
+    return {r: apply_calibration(data[f"{r}/{name}"], t, b) for r in present}
 
 
 def validation_logits(data, name: str, excluded=(), regimes=REGIMES) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -174,16 +174,17 @@ def train_one_epoch(learners: Sequence[Learner], loader: DataLoader, cfg: TrainC
 # ---------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model: nn.Module, batches: Iterable, device: torch.device, amp_dtype: torch.dtype | None,
-             channels_last: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             channels_last: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits, labels and keys of ``model`` (in eval mode) over ``batches`` of
-    ``(x, y, keys, n_bad)`` (a validation loader, or pre-drawn challenges); None batches skipped."""
+    ``(x, y, keys, n_bad)`` (a validation loader, pre-drawn challenges, or what ``bitmind.eval``
+    scores); None batches skipped. ``channels_last`` as ``forward_logits`` takes it (None: on CUDA)."""
     model.eval()
     logits, labels, keys = [], [], []
     for batch in batches:
         if batch is None:
             continue
         x, y, k, _ = batch
-        logits.append(forward_logits(model, x, device, amp_dtype, channels_last=channels_last and device.type == "cuda").cpu())
+        logits.append(forward_logits(model, x, device, amp_dtype, channels_last=channels_last).cpu())
         labels.append(torch.as_tensor(y))
         keys.append(torch.as_tensor(k))
     if not logits:

@@ -104,14 +104,12 @@ from bitmind.training.trainer import (
 
 logger = logging.getLogger(__name__)
 
-#: What a variant may change; everything else is shared by the whole sweep.
-VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule",
-                          "lr_decay", "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing",
-                          "seed", "train_fraction", "swa_start", "distill_from", "distill_weight",
-                          "distill_temperature", "exclude_sources", "exclude_roots", "patch_size"})
 #: Variant options handled by the sweep itself (not ``TrainConfig`` fields).
 SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature", "exclude_sources",
                    "exclude_roots", "patch_size")
+#: What a variant may change; everything else is shared by the whole sweep.
+VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule", "lr_decay",
+                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "seed", *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
 
@@ -173,9 +171,7 @@ class SweepSpec:
                 "exclude_roots": sorted(ov.get("exclude_roots") or [])}
 
     def to_dict(self) -> dict:
-        return {"base": self.base.to_dict(), "variants": self.variants, "val_seeds": self.val_seeds, "val_from": self.val_from,
-                "val_every": self.val_every, "time_budget_s": self.time_budget_s,
-                "ensemble_members": self.ensemble_members}
+        return dataclasses.asdict(self)
 
 
 class _Variant(Learner):
@@ -183,15 +179,15 @@ class _Variant(Learner):
     training subset (``mask`` over the training set), a weight average (``swa``), patch
     training and a distillation teacher."""
 
-    def __init__(self, name: str, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None = None,
-                 mask: torch.Tensor | None = None, swa_start: int = 0, teacher: str | None = None, distill_weight: float = 0.0,
-                 distill_temperature: float = 1.0, training_images: int = 0, patch_size: int = 0, val_mask: np.ndarray | None = None):
-        self.name, self.mask, self.swa_start = name, mask, swa_start
-        self.patch_size = patch_size
+    def __init__(self, name: str, cfg: TrainConfig, extras: dict, device: torch.device, amp_dtype: torch.dtype | None = None,
+                 mask: torch.Tensor | None = None, training_images: int = 0, val_mask: np.ndarray | None = None):
+        """``extras``: the variant's sweep-only options (``SweepSpec.variant_extras``)."""
+        self.name, self.mask, self.swa_start, self.patch_size = name, mask, extras["swa_start"], extras["patch_size"]
         self.val_mask = val_mask  # validation challenges this variant is selected on (None = all)
         self.patch_gen = torch.Generator().manual_seed(cfg.seed)
         self.training_images = training_images if mask is None else int(mask.sum())
-        self.teacher, self.distill_weight, self.distill_temperature = teacher, distill_weight, distill_temperature
+        self.teacher, self.distill_weight = extras["distill_from"], extras["distill_weight"]
+        self.distill_temperature = extras["distill_temperature"]
         self.swa: torch.optim.swa_utils.AveragedModel | None = None
         self.bn_batches: list[torch.Tensor] = []
         torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
@@ -321,7 +317,7 @@ class Teachers:
 def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dtype, channels_last: bool, batch: int = 256) -> np.ndarray:
     """Logits of pre-drawn validation challenges (uint8, on any device), through ``validate``."""
     batches = ((images[i:i + batch], torch.zeros(0), torch.zeros(0, dtype=torch.long), 0) for i in range(0, len(images), batch))
-    return validate(model, batches, device, amp_dtype, channels_last=channels_last)[0]
+    return validate(model, batches, device, amp_dtype, channels_last=channels_last and device.type == "cuda")[0]
 
 
 def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -434,10 +430,8 @@ def run_sweep(spec: SweepSpec) -> dict:
                     logger.warning("variant %s excludes %s, which the training data does not have as %s", name, sorted(unknown), kind)
             mask = torch.tensor([in_subset(st, extras["train_fraction"], base.split_seed) and so not in excluded and r not in excluded_roots
                                  for st, so, r in zip(stems, sources, roots)], dtype=torch.bool)
-        variants.append(_Variant(name, spec.variant_config(name), device, amp_dtype, mask=mask, swa_start=extras["swa_start"],
-                                 teacher=extras["distill_from"], distill_weight=extras["distill_weight"],
-                                 distill_temperature=extras["distill_temperature"], training_images=len(stems),
-                                 patch_size=extras["patch_size"], val_mask=val_mask))
+        variants.append(_Variant(name, spec.variant_config(name), extras, device, amp_dtype, mask=mask,
+                                 training_images=len(stems), val_mask=val_mask))
     teacher_paths = [v.teacher for v in variants if v.teacher]
     teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
     for v in variants:

@@ -45,10 +45,6 @@ class Challenge:
     plain: bool  # True: base transforms only; False: random augmentation
     index: int = 0  # position in the challenge sequence
 
-    def fresh_synapse(self) -> ImageSynapse:
-        """A new synapse carrying the same image (a synapse is filled in by each query)."""
-        return ImageSynapse(image=self.synapse.image)
-
 
 @dataclass
 class ChallengeGenerator:
@@ -136,10 +132,6 @@ class ChallengeGenerator:
         raise RuntimeError(f"no readable image after {self.max_retries} tries (pool left: "
                            f"{sum(len(v) for g in self.by_label.values() for v in g.values())}); "
                            f"last unreadable: {last_error}")
-
-    def __iter__(self):
-        while True:
-            yield self.next()
 
     def take(self, k: int) -> list[Challenge]:
         return [self.next() for _ in range(k)]

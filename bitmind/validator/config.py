@@ -10,20 +10,17 @@ import argparse
 
 import bittensor as bt
 
-from bitmind.common import PLAIN_SHARE, SN34_NETUID
+from bitmind.common import PLAIN_SHARE
 from bitmind.data import SPLITS
-from bitmind.miner.config import nest_namespace
+from bitmind.miner.config import DEFAULT_LOCAL_ROOT, neuron_config
 from bitmind.validator.core import ValidatorConfig
 from bitmind.validator.query import DEFAULT_TIMEOUT
 from bitmind.validator.scores import DEFAULT_ALPHA
 
-DEFAULT_NETUID = SN34_NETUID
-DEFAULT_LOCAL_ROOT = "~/.bitmind/local_chain"
 DEFAULT_STATE_DIR = "~/.bitmind/validator"
 
 
 def add_validator_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--netuid", type=int, default=DEFAULT_NETUID, help="Subnet UID (34 on finney, 168 on testnet).")
     parser.add_argument("--neuron.data", type=str, nargs="+", required=True,
                         help="One or more challenge sources: a folder in the CLASS/SOURCE/* layout "
                              "(CLASS = real|fake), or hf:NAME_OR_PATH[:real|fake] for a Hugging Face dataset.")
@@ -54,18 +51,10 @@ def add_validator_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="bitmind validator: challenges miners with real/fake images and sets weights.")
-    add_validator_args(parser)
-    bt.Wallet.add_args(parser)
-    bt.Subtensor.add_args(parser)
-    bt.logging.add_args(parser)
-    return parser
-
-
 def validator_config(args: list[str]) -> "bt.Config":
-    """Parse ``args`` (e.g. ``sys.argv[1:]``); exits with usage on errors."""
-    return nest_namespace(build_parser().parse_args(list(args)))
+    """The validator's command line (``neurons/validator.py``) as a nested ``bt.Config``."""
+    return neuron_config(args, "bitmind validator: challenges miners with real/fake images and sets weights.",
+                         add_validator_args, (bt.Wallet, bt.Subtensor, bt.logging))
 
 
 def loop_config(config: "bt.Config", state_path: str | None) -> ValidatorConfig:

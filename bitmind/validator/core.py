@@ -50,12 +50,6 @@ class RoundResult:
     elapsed: float
     weights_set: bool | None = None  # None: no weight setting this round
 
-    def to_dict(self) -> dict:
-        c = self.challenge
-        return {"index": c.index, "label": c.label, "source": c.source, "item": c.item, "plain": c.plain,
-                "responses": [r.to_dict() for r in self.responses], "rewards": self.rewards.tolist(),
-                "elapsed": self.elapsed}
-
 
 class Validator:
     """Challenge rounds, scoring, persistence and weight setting over a ``ChainView``."""
@@ -147,18 +141,16 @@ class Validator:
 
     def run(self, rounds: int | None = None, stop: threading.Event | None = None) -> None:
         """Run ``rounds`` rounds (forever if None) or until ``stop`` is set."""
+        stop = stop or threading.Event()  # never set: just the pause between rounds
         done = 0
-        while (rounds is None or done < rounds) and not (stop is not None and stop.is_set()):
+        while (rounds is None or done < rounds) and not stop.is_set():
             try:
                 self.run_round()
             except Exception:  # e.g. every image unreadable: log and carry on
                 logger.exception("round %d failed", self.round + 1)
             done += 1
             if self.config.round_interval > 0 and (rounds is None or done < rounds):
-                if stop is not None:
-                    stop.wait(self.config.round_interval)
-                else:
-                    time.sleep(self.config.round_interval)
+                stop.wait(self.config.round_interval)
 
     def _await(self, coro):
         """Run ``coro`` on the validator's loop and wait for its result."""

@@ -108,16 +108,11 @@ class LocalNetwork:
         return Validator(chain, bt.Dendrite(wallet=self.validator_wallet), generator, config, names=dict(self.names))
 
     def close(self) -> None:
-        for m in self.miners:
+        for served in self.miners + self.axons:  # MinerNeuron.stop stops its axon and predictor
             try:
-                m.stop()
+                served.stop()
             except Exception as e:
-                logger.warning("stopping miner: %s", e)
-        for a in self.axons:
-            try:
-                a.stop()
-            except Exception as e:
-                logger.warning("stopping axon: %s", e)
+                logger.warning("stopping %s: %s", type(served).__name__, e)
         self.miners, self.axons = [], []
 
     def __enter__(self) -> "LocalNetwork":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -32,15 +31,6 @@ class MinerResponse:
     latency: float | None  # seconds from send to answer; None if the miner never answered
     status_code: int | None
     status_message: str | None = None
-
-    @property
-    def answered(self) -> bool:
-        return self.prediction is not None
-
-    def to_dict(self) -> dict:
-        p = self.prediction
-        return {"uid": self.uid, "prediction": p if p is None or math.isfinite(p) else str(p), "latency": self.latency,
-                "status_code": self.status_code, "status_message": self.status_message}
 
 
 def _response_of(uid: int, synapse: ImageSynapse | None, elapsed: float, error: Exception | None = None) -> MinerResponse:

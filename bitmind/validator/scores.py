@@ -52,13 +52,9 @@ class ScoreBook:
 
         Returns the UIDs that were reset (new or replaced miners).
         """
-        n = len(hotkeys)
-        if n > len(self.scores):
-            self.scores = np.concatenate([self.scores, np.zeros(n - len(self.scores))])
-            self.hotkeys += [None] * (n - len(self.hotkeys))
-        elif n < len(self.scores):
-            self.scores = self.scores[:n].copy()
-            self.hotkeys = self.hotkeys[:n]
+        n = len(hotkeys)  # grow with zeros and no hotkey, or shrink
+        self.scores = np.concatenate([self.scores[:n], np.zeros(max(n - len(self.scores), 0))])
+        self.hotkeys = (self.hotkeys + [None] * n)[:n]
         reset = []
         for uid, hk in enumerate(hotkeys):
             if self.hotkeys[uid] != hk:
