@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Is the served threshold right for generators the model has never seen?
+
+The shipped model's threshold comes from a class-balanced Platt fit on the validation
+split (docs/Model.md). That split holds only known sources; a miner is paid on unknown
+ones too. The leave-one-family-out folds answer the question without the hidden set:
+each fold model gets the same calibration the protocol gives it (class-balanced Platt on
+its validation pictures, the held-out family left out), then its decision boundary is
+moved by ``delta`` logits (positive: more "AI-generated" answers), and the held-out
+family's detection and the real test photos' accuracy are read at every shift. Their
+mean over the folds, and their average (balanced accuracy on unseen generators), say
+where the boundary should be. The model trained on everything gives the in-pool curve
+beside it.
+
+    python benchmarks/threshold_logo.py --scores benchmarks/results/generalisation_controls_scores.npz \\
+        --logo_spec benchmarks/results/generalisation_controls_spec.json --arm patch96nopool rgbpatch96
+
+Writes ``benchmarks/results/threshold_logo.json`` and ``docs/figures/threshold_logo.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bitmind.calibration import fit_platt
+from bitmind.training.logo import FOLD_SEP, REGIMES, validation_logits
+
+HERE = Path(__file__).resolve().parent
+
+
+def calibrated_logits(data, name: str, excluded: list[str], regime: str) -> np.ndarray:
+    """The protocol's calibration of one model (class-balanced Platt on its validation
+    pictures of every regime), applied to its raw logits in ``regime``; NaN where unscored."""
+    z, y, _ = validation_logits(data, name, excluded)
+    t, b = fit_platt(z, y, class_balanced=True)
+    return data[f"{regime}/{name}"].astype(np.float64) / t + b
+
+
+def shift_curves(z: np.ndarray, fake: np.ndarray, real: np.ndarray, deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Detection of the ``fake`` pictures and accuracy on the ``real`` ones when the
+    boundary (calibrated logit 0) moves by each delta (answer AI when z + delta > 0)."""
+    det = np.array([(z[fake] + d > 0).mean() if fake.any() else np.nan for d in deltas])
+    real_acc = np.array([(z[real] + d <= 0).mean() if real.any() else np.nan for d in deltas])
+    return det, real_acc
+
+
+def arm_curves(data, spec: dict, arm: str, regime: str, deltas: np.ndarray) -> dict:
+    """Held-out curves (mean over the arm's folds) and in-pool curves (its everything model)."""
+    variants = spec["variants"]
+    own = set(variants[arm].get("exclude_sources", []))
+    source, split, label = data[f"{regime}/source"], data[f"{regime}/split"], data[f"{regime}/label"]
+    dets, reals, folds = [], [], []
+    for name, v in variants.items():
+        if not name.startswith(arm + FOLD_SEP) or f"{regime}/{name}" not in data:
+            continue
+        excluded = list(v.get("exclude_sources", []))
+        held_out = sorted(set(excluded) - own)
+        z = calibrated_logits(data, name, excluded, regime)
+        ok = ~np.isnan(z)
+        det, real_acc = shift_curves(z, ok & np.isin(source, held_out),
+                                     ok & (label == 0) & (split == "test") & ~np.isin(source, excluded), deltas)
+        dets.append(det)
+        reals.append(real_acc)
+        folds.append(name.split(FOLD_SEP, 1)[1])
+    if not folds:
+        raise KeyError(f"{arm!r} has no folds scored in the {regime} regime")
+    z = calibrated_logits(data, arm, sorted(own), regime)
+    ok = ~np.isnan(z) & (split == "test") & ~np.isin(source, sorted(own))
+    in_det, in_real = shift_curves(z, ok & (label == 1), ok & (label == 0), deltas)
+    det, real_acc = np.nanmean(dets, axis=0), np.nanmean(reals, axis=0)
+    bal, in_bal = (det + real_acc) / 2, (in_det + in_real) / 2
+    best, in_best = int(np.nanargmax(bal)), int(np.nanargmax(in_bal))
+    r3 = lambda a: [round(float(x), 4) for x in a]  # noqa: E731
+    return {"folds": folds,
+            "heldout": {"detection": r3(det), "real_accuracy": r3(real_acc), "balanced": r3(bal),
+                        "best_delta": float(deltas[best]), "best_balanced": round(float(bal[best]), 4)},
+            "in_pool": {"detection": r3(in_det), "real_accuracy": r3(in_real), "balanced": r3(in_bal),
+                        "best_delta": float(deltas[in_best]), "best_balanced": round(float(in_bal[in_best]), 4)}}
+
+
+def figure(result: dict, path: Path) -> None:
+    from bitmind.plots import new_figure
+
+    deltas = np.array(result["deltas"])
+    arms = list(result["arms"])
+    fig, axes = new_figure(ncols=len(REGIMES), size=(5.2, 4.0))
+    for ax, regime in zip(axes, REGIMES):
+        for i, arm in enumerate(arms):
+            r = result["arms"][arm].get(regime)
+            if not r:
+                continue
+            c = f"C{i}"
+            ax.plot(deltas, r["heldout"]["balanced"], color=c, lw=2, label=f"{arm}: held-out families")
+            ax.plot(deltas, r["in_pool"]["balanced"], color=c, lw=1, ls="--", label=f"{arm}: in-pool test")
+        ax.axvline(0, color="k", lw=0.8, ls=":")
+        ax.set_title(f"{regime} regime")
+        ax.set_xlabel("boundary shift (logits; > 0: more 'AI' answers)")
+        ax.set_ylabel("balanced accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scores", required=True, help="LOGO scores (.npz written by generalisation.py score)")
+    p.add_argument("--logo_spec", required=True, help="the sweep spec of those scores (its variants' exclusions)")
+    p.add_argument("--arm", nargs="+", required=True, help="recipes with folds, e.g. patch96nopool")
+    p.add_argument("--delta_range", type=float, nargs=3, default=(-2.0, 1.5, 0.125), metavar=("FROM", "TO", "STEP"))
+    p.add_argument("--out", default=str(HERE / "results" / "threshold_logo.json"))
+    p.add_argument("--figure", default=str(HERE.parent / "docs" / "figures" / "threshold_logo.png"))
+    a = p.parse_args(argv)
+    lo, hi, step = a.delta_range
+    deltas = np.round(np.arange(lo, hi + step / 2, step), 6)
+    data = np.load(a.scores, allow_pickle=False)
+    spec = json.loads(Path(a.logo_spec).read_text())
+    result = {"scores": str(a.scores), "logo_spec": str(a.logo_spec), "deltas": deltas.tolist(),
+              "arms": {arm: {r: arm_curves(data, spec, arm, r, deltas) for r in REGIMES if f"{r}/{arm}" in data}
+                       for arm in a.arm}}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    if a.figure:
+        figure(result, Path(a.figure))
+    i0 = int(np.argmin(np.abs(deltas)))
+    for arm, regimes in result["arms"].items():
+        for r, c in regimes.items():
+            h, ip = c["heldout"], c["in_pool"]
+            print(f"{arm:16s} {r:9s} held-out balanced {h['balanced'][i0]:.3f} at 0 (det {h['detection'][i0]:.3f}, "
+                  f"real {h['real_accuracy'][i0]:.3f}); best {h['best_balanced']:.3f} at {h['best_delta']:+.3f} | "
+                  f"in-pool {ip['balanced'][i0]:.3f} at 0, best {ip['best_balanced']:.3f} at {ip['best_delta']:+.3f}")
+    print(f"wrote {a.out}" + (f" and {a.figure}" if a.figure else ""))
+    return result
+
+
+if __name__ == "__main__":
+    main()
