@@ -1,5 +1,6 @@
-"""benchmarks/threshold_logo.py: the boundary shift that is best for held-out families is
-found where it really is, on synthetic LOGO scores with a known answer."""
+"""The LOGO read-outs in benchmarks/: threshold_logo.py finds the boundary shift that is
+best for held-out families where it really is (synthetic scores with a known answer), and
+aligned_effect.py puts each arm's folds from its own run side by side."""
 from __future__ import annotations
 
 import importlib.util
@@ -65,3 +66,23 @@ def test_best_shift_for_heldout_families_is_found(tmp_path):
     direct = [np.mean(bench.calibrated_logits(data, f"m.minus-{h}", [f"fake/{h}"], "validator")[src == f"fake/{h}"] > 0)
               for h in ("x", "y")]
     assert abs(np.mean(direct) - c["heldout"]["detection"][i0]) < 1e-3
+
+
+def test_aligned_effect_tables_read_each_arm_from_its_own_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("aligned_effect_under_test", REPO / "benchmarks" / "aligned_effect.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def run(path, arm, det):
+        folds = {fam: {"heldout_detection": d, "per_real_kind": {"real/a": d / 2, "real/b": None}} for fam, d in det.items()}
+        path.write_text(json.dumps({"regimes": {"validator": {"folds": {arm: folds}}}}))
+
+    run(tmp_path / "one.json", "m", {"x": 0.2, "y": 0.6})
+    run(tmp_path / "two.json", "m", {"x": 0.8})
+    md = bench.main([f"first={tmp_path / 'one.json'}:m", f"second={tmp_path / 'two.json'}:m", "--out", str(tmp_path / "t.md")])
+    lines = md.splitlines()
+    assert "| x | 0.200 | 0.800 |" in lines
+    assert "| y | 0.600 | – |" in lines
+    assert "| **mean** | **0.400** | **0.800** |" in lines          # families
+    assert "| a | 0.200 | 0.400 |" in lines                        # real kind: mean over folds, None skipped
+    assert (tmp_path / "t.md").read_text() == md
