@@ -4,6 +4,7 @@ package's log records to the console of a neuron."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -77,15 +78,13 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], durable
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    if durable:
-        try:
+    if durable:  # the rename too (a folder that cannot be opened or fsynced is skipped)
+        with contextlib.suppress(OSError):
             dfd = os.open(path.parent, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-        except OSError:
-            pass
     return path
 
 

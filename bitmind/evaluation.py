@@ -143,14 +143,10 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     from bitmind.calibration import apply_calibration
     from bitmind.training.loop import validate
 
-    if isinstance(model, LoadedModel):
-        temperature = model.temperature if temperature is None else temperature
-        logit_bias = model.logit_bias if logit_bias is None else logit_bias
-        net = model.model
-    else:
-        net = model
-    temperature = float(1.0 if temperature is None else temperature)
-    logit_bias = float(logit_bias or 0.0)
+    loaded = isinstance(model, LoadedModel)
+    net = model.model if loaded else model
+    temperature = float(temperature if temperature is not None else model.temperature if loaded else 1.0)
+    logit_bias = float(logit_bias if logit_bias is not None else model.logit_bias if loaded else 0.0)
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     dev = resolve_device(device)

@@ -23,7 +23,6 @@ import math
 import random
 from dataclasses import dataclass
 
-import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
@@ -36,16 +35,17 @@ TARGET_SIZE = 256
 VALIDATOR_JPEG_QUALITY = 75
 
 
+# The steps of ``base_transforms`` are dataclasses for their repr ("ConvertToRGB()"), which
+# checkpoints store to say how their inputs were prepared (``describe_eval_transform``).
+@dataclass(frozen=True)
 class ConvertToRGB:
     """Any PIL mode (L, P, CMYK, RGBA, I;16 ...) to 8-bit RGB."""
 
     def __call__(self, img: Image.Image) -> Image.Image:
         return _to_rgb(img)
 
-    def __repr__(self) -> str:
-        return "ConvertToRGB()"
 
-
+@dataclass(frozen=True)
 class CenterCropShortSide:
     """Centre-crop to a square whose side is the image's short side."""
 
@@ -55,9 +55,6 @@ class CenterCropShortSide:
         if w == h:
             return img
         return TF.center_crop(img, [s, s])
-
-    def __repr__(self) -> str:
-        return "CenterCropShortSide()"
 
 
 def _resize_square(img: Image.Image, size: int = TARGET_SIZE) -> Image.Image:
@@ -142,9 +139,7 @@ def jpeg_roundtrip(img: Image.Image, quality: int = VALIDATOR_JPEG_QUALITY) -> I
     buf = io.BytesIO()
     _to_rgb(img).save(buf, format="JPEG", quality=int(quality))
     buf.seek(0)
-    out = Image.open(buf)
-    out.load()
-    return out.convert("RGB")
+    return Image.open(buf).convert("RGB")  # convert decodes the whole image
 
 
 @dataclass
@@ -161,11 +156,7 @@ class ValidatorPipeline:
 
     def apply(self, img: Image.Image, rng: random.Random) -> Image.Image:
         """PIL in -> 256x256 PIL as the validator would produce it, before encoding."""
-        if rng.random() < self.plain_share:
-            out = base_pil(img, self.size)
-        else:
-            out = RandomAugment(self.size)(img, rng)
-        return out
+        return base_pil(img, self.size) if rng.random() < self.plain_share else RandomAugment(self.size)(img, rng)
 
     def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         out = self.apply(img, rng)
@@ -220,8 +211,7 @@ class TrainAugment:
         return img
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    return TF.to_tensor(img)
+to_tensor = TF.to_tensor  # PIL -> float (3, H, W) in [0, 1]
 
 
 def describe_eval_transform() -> dict:

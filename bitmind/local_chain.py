@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -164,12 +165,9 @@ def local_wallet(root: str | os.PathLike, name: str, hotkey: str = "default") ->
 def _locked(path: Path):
     """Exclusive lock for read-modify-write of the chain file across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a+") as lockf:
+    with open(path.with_suffix(".lock"), "a+") as lockf:  # closing the file releases the lock
         fcntl.flock(lockf, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lockf, fcntl.LOCK_UN)
+        yield
 
 
 def _read_spec(path: Path) -> dict:
@@ -371,16 +369,12 @@ class LocalSubtensor(MockSubtensor):
         return super().neurons_lite(netuid, block)
 
     def neuron_for_uid_lite(self, uid: int, netuid: int, block: Optional[int] = None) -> Optional[NeuronInfoLite]:
+        """The full neuron cut down to ``NeuronInfoLite``'s fields (the mock's own lite path
+        reads a ``rank`` that 10.5.0's NeuronInfo no longer has)."""
         n = self.neuron_for_uid(uid, netuid, block)
         if n is None:
             return None
-        return NeuronInfoLite(
-            hotkey=n.hotkey, coldkey=n.coldkey, uid=n.uid, netuid=n.netuid, active=n.active, stake=n.stake,
-            stake_dict=n.stake_dict, total_stake=n.total_stake, emission=n.emission, incentive=n.incentive,
-            consensus=n.consensus, validator_trust=n.validator_trust, dividends=n.dividends,
-            last_update=n.last_update, validator_permit=n.validator_permit, prometheus_info=n.prometheus_info,
-            axon_info=n.axon_info, is_null=n.is_null,
-        )
+        return NeuronInfoLite(**{f.name: getattr(n, f.name) for f in dataclasses.fields(NeuronInfoLite)})
 
     def query_runtime_api(self, runtime_api: str, method: str, params=None, block: Optional[int] = None):
         """Answer ``get_subnet_state`` (the metagraph's stake source) from the mock state."""

@@ -117,9 +117,6 @@ def format_metrics_table(metrics: dict[str, Any], title: str | None = None) -> s
     head = f"{'source':<{width}} " + " ".join(f"{c:>9}" for c, _, _ in cols)
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for name, m in rows:
-        cells = []
-        for _, key, fmt in cols:
-            v = m.get(key)
-            cells.append(f"{'-' if v is None else fmt.format(v):>9}")
+        cells = [f"{'-' if m.get(key) is None else fmt.format(m[key]):>9}" for _, key, fmt in cols]
         lines.append(f"{name:<{width}} " + " ".join(cells))
     return "\n".join(lines)

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: HTTP statuses worth another try: rate limit, request timeout and gateway/server errors.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_TRANSIENT_NAMES = frozenset({
-    "ReadTimeout", "ConnectTimeout", "Timeout", "ReadTimeoutError", "ConnectTimeoutError", "ProtocolError",
+_TRANSIENT_NAMES = frozenset({  # matched along each exception's class hierarchy (builtins included)
+    "TimeoutError", "ReadTimeout", "ConnectTimeout", "Timeout", "ReadTimeoutError", "ConnectTimeoutError", "ProtocolError",
     "ChunkedEncodingError", "IncompleteRead", "RemoteDisconnected", "ProxyError", "SSLError", "TimeoutException",
     "ConnectionError", "ConnectError", "NetworkError", "ReadError", "RemoteProtocolError", "WriteTimeout", "PoolTimeout",
 })
@@ -96,8 +96,6 @@ def is_transient(exc: BaseException) -> bool:
         code = _status_code(e)
         if code is not None:
             return code in TRANSIENT_STATUS
-        if isinstance(e, (ConnectionError, TimeoutError)):
-            return True
         if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(e).__mro__):
             return True
         if type(e).__name__ in ("DatasetNotFoundError", "FileNotFoundError", "PermissionError", "GatedRepoError",
@@ -108,14 +106,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    for e in _exception_chain(exc):
-        headers = getattr(getattr(e, "response", None), "headers", None) or {}
-        try:
-            value = headers.get("Retry-After") or headers.get("retry-after")
-            return float(value) if value is not None else None
-        except (TypeError, ValueError, AttributeError):
-            return None
-    return None
+    """The server's ``Retry-After`` seconds on the failed response, if it sent one."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        return float(headers.get("Retry-After") or headers.get("retry-after"))
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def call_with_retries(fn: Callable[[], Any], name: str, policy: RetryPolicy = RetryPolicy(),
@@ -218,18 +214,6 @@ def download_one(target: Target, cache_dir: str | None = None, download_mode: st
     return out
 
 
-def _verify_sample(source, indices, verify: int) -> tuple[int, list[str]]:
-    """Decode up to ``verify`` items (all if negative); return (#checked, unreadable descriptions)."""
-    chosen = list(indices) if verify < 0 else list(indices)[:verify]
-    bad = []
-    for i in chosen:
-        try:
-            source.load(i)
-        except Exception as e:  # any decoding problem is what we are looking for
-            bad.append(f"{source.describe(i)}: {type(e).__name__}: {e}")
-    return len(chosen), bad
-
-
 def _looks_like_hf_data(p: Path) -> bool:
     if p.is_file():
         return p.suffix in (".parquet", ".arrow")
@@ -272,10 +256,13 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8) -> Ou
     by_source: dict[str, list[int]] = {}
     for i in range(len(src)):
         by_source.setdefault(src.source_name(i), []).append(i)
-    checked, bad = 0, []
-    for idx in by_source.values():
-        c, b = _verify_sample(src, idx, verify)
-        checked, bad = checked + c, bad + b
+    chosen = [i for idx in by_source.values() for i in (idx if verify < 0 else idx[:verify])]
+    checked, bad = len(chosen), []
+    for i in chosen:
+        try:
+            src.load(i)
+        except Exception as e:  # any decoding problem is what we are looking for
+            bad.append(f"{src.describe(i)}: {type(e).__name__}: {e}")
     labels = [src.label(i) for i in range(len(src))]
     out.summary.update(n=len(src), n_real=labels.count(0), n_fake=labels.count(1),
                        per_source={k: len(v) for k, v in sorted(by_source.items())}, checked=checked, unreadable=len(bad))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -25,6 +26,7 @@ from bitmind.image_transforms import base_pil, to_tensor
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class AsIs:
     """The augmentation for images that already are what a validator sends (e.g. the
     ``sn34-validator`` challenges): base transforms only (a no-op on 256 px files), so a
@@ -33,10 +35,8 @@ class AsIs:
     def __call__(self, img, rng: random.Random):
         return base_pil(img)
 
-    def __repr__(self) -> str:
-        return "AsIs()"
 
-
+@dataclass(frozen=True)
 class FlipOnly:
     """Light training augmentation for ready-made challenges: a random horizontal flip
     (validators flip too), nothing that re-samples or re-encodes the pixels."""
@@ -44,9 +44,6 @@ class FlipOnly:
     def __call__(self, img, rng: random.Random):
         img = base_pil(img)
         return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
-
-    def __repr__(self) -> str:
-        return "FlipOnly()"
 
 
 class DetectionDataset(Dataset):

@@ -191,7 +191,8 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
     return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
-def _rate(x: np.ndarray) -> float | None:
+def _rate(x) -> float | None:
+    """The mean of ``x`` (a share, when ``x`` is booleans), or None for no values."""
     return float(np.mean(x)) if len(x) else None
 
 
@@ -321,20 +322,23 @@ def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None 
                 for fam in folds if fam not in trained_fams and sources_of_family(fam, all_sources)}
         out["regimes"][regime] = reg
         for arm, per_fam in list(reg["folds"].items()) + [(f"baseline:{n}", f) for n, f in reg["baselines"].items()]:
-            det = [r["heldout_detection"] for r in per_fam.values() if r["heldout_detection"] is not None]
-            det90 = [r["heldout_detection_at_real90"] for r in per_fam.values() if r["heldout_detection_at_real90"] is not None]
-            real = [r["real_accuracy"] for r in per_fam.values() if r["real_accuracy"] is not None]
-            gen = {f: r for f, r in per_fam.items() if not f.startswith("aligned")}
-            out["summary"].setdefault(arm, {})[regime] = {
-                "mean_heldout_detection": float(np.mean(det)) if det else None,
-                "worst_heldout_detection": float(np.min(det)) if det else None,
-                "mean_heldout_detection_generators": float(np.mean([r["heldout_detection"] for r in gen.values()])) if gen else None,
-                "mean_heldout_detection_at_real90": float(np.mean(det90)) if det90 else None,
-                "mean_heldout_auc": float(np.mean([r["heldout_auc"] for r in per_fam.values() if r["heldout_auc"] is not None] or [np.nan])),
-                "real_accuracy": float(np.mean(real)) if real else None,
-                "worst_real_kind": min((r["worst_real_kind"] for r in per_fam.values() if r["worst_real_kind"] is not None), default=None),
-                "folds": len(per_fam)}
+            out["summary"].setdefault(arm, {})[regime] = _summarise(per_fam)
     return out
+
+
+def _summarise(per_fam: dict) -> dict:
+    """One arm's folds in one regime: mean (and worst) held-out detection and real accuracy."""
+    def known(key):
+        return [r[key] for r in per_fam.values() if r[key] is not None]
+
+    det = known("heldout_detection")
+    generators = [r["heldout_detection"] for f, r in per_fam.items() if not f.startswith("aligned")]
+    return {"mean_heldout_detection": _rate(det), "worst_heldout_detection": float(np.min(det)) if det else None,
+            "mean_heldout_detection_generators": _rate(generators),
+            "mean_heldout_detection_at_real90": _rate(known("heldout_detection_at_real90")),
+            "mean_heldout_auc": float(np.mean(known("heldout_auc") or [np.nan])),
+            "real_accuracy": _rate(known("real_accuracy")),
+            "worst_real_kind": min(known("worst_real_kind"), default=None), "folds": len(per_fam)}
 
 
 def load_spec(sweep_dir: str | Path) -> dict:

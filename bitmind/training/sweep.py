@@ -308,10 +308,8 @@ class Teachers:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, amp_dtype) -> dict[str, torch.Tensor]:
-        out = {}
-        for p, (net, t, b) in self.models.items():
-            out[p] = forward_logits(net, x, x.device, amp_dtype, channels_last=False) / t + b
-        return out
+        return {p: forward_logits(net, x, x.device, amp_dtype, channels_last=False) / t + b
+                for p, (net, t, b) in self.models.items()}
 
 
 def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dtype, channels_last: bool, batch: int = 256) -> np.ndarray:
@@ -533,9 +531,8 @@ def main(argv=None) -> dict:
         p.error("--spec is required (or --report SWEEP_DIR)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec_dict = json.loads(Path(args.spec).read_text())
-    spec = SweepSpec.from_dict(spec_dict, data=args.data, name=args.name, checkpoints_dir=args.checkpoints_dir,
-                               epochs=args.epochs, workers=args.workers, device=args.device,
-                               max_steps_per_epoch=args.max_steps_per_epoch, progress=args.progress)
+    overrides = ("data", "name", "checkpoints_dir", "epochs", "workers", "device", "max_steps_per_epoch", "progress")
+    spec = SweepSpec.from_dict(spec_dict, **{k: getattr(args, k) for k in overrides})
     return run_sweep(spec)
 
 

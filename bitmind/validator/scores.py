@@ -13,6 +13,7 @@ the previous or the new file, never half of one, so at most the current round is
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -128,10 +129,8 @@ class ScoreBook:
         except (OSError, ValueError, KeyError, TypeError) as e:
             aside = path.with_name(path.name + ".corrupt")
             logger.error("cannot read score file %s (%s); starting from zero, old file kept as %s", path, e, aside)
-            try:
+            with contextlib.suppress(OSError):
                 os.replace(path, aside)
-            except OSError:
-                pass
             return cls(0, alpha=alpha)
         logger.info("restored scores for %d uids (step %d) from %s", len(book), book.step, path)
         return book
