@@ -11,7 +11,7 @@ What it does, all on 127.0.0.1 with no network:
    exist yet, an untrained interim model is made so the plumbing can still be shown);
 3. waits for the miner's axon to appear on the chain, then sends images (``--image``, or
    the four shipped samples in ``tests/data/samples``: two real photos, two Stable
-   Diffusion images; a generated picture if they are missing) through a real
+   Diffusion images) through a real
    ``bt.Dendrite`` signed by the validator, JPEG q75 as validators send them;
 4. prints each answer next to the true class and the same model's local prediction,
    and stops the miner.
@@ -28,26 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MINER_SCRIPT = REPO_ROOT / "neurons" / "miner.py"
 SAMPLES_DIR = REPO_ROOT / "tests" / "data" / "samples"  # 2 real photos + 2 SD images, CLASS/SOURCE layout
 DEFAULT_MODEL = "mining_models/base.pth"
-NETUID = 34
-
-
-def sample_image(size: int = 320) -> Image.Image:
-    """A deterministic synthetic picture (sky, sun, hills) for when no --image is given."""
-    img = Image.new("RGB", (size, size), (120, 170, 230))
-    d = ImageDraw.Draw(img)
-    for y in range(size // 2):
-        d.line([(0, y), (size, y)], fill=(110 + y // 4, 160 + y // 6, 235))
-    d.ellipse([size * 0.65, size * 0.1, size * 0.85, size * 0.3], fill=(255, 230, 120))
-    d.polygon([(0, size * 0.7), (size * 0.35, size * 0.45), (size * 0.7, size * 0.72), (0, size)], fill=(60, 130, 70))
-    d.polygon([(size * 0.3, size), (size * 0.75, size * 0.5), (size, size * 0.68), (size, size)], fill=(40, 105, 55))
-    d.rectangle([size * 0.15, size * 0.75, size * 0.3, size * 0.9], fill=(150, 90, 60))
-    return img
 
 
 def interim_model(path: Path) -> Path:
@@ -79,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from bitmind import local_chain
+    from bitmind.common import SN34_NETUID as NETUID
     from bitmind.shutdown import stop_process
     from bitmind.image_io import decode_image, encode_image, load_image_file
     from bitmind.miner.config import resolve_model_path
     from bitmind.miner.predict import Predictor
     from bitmind.protocol import ImageSynapse
 
-    if not MINER_SCRIPT.is_file():
-        print(f"error: {MINER_SCRIPT} not found; run the demo from a checkout of the repository", file=sys.stderr)
+    if not MINER_SCRIPT.is_file() or not (args.image or SAMPLES_DIR.is_dir()):
+        print(f"error: {MINER_SCRIPT} or {SAMPLES_DIR} not found; run the demo from a checkout of the repository",
+              file=sys.stderr)
         return 2
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bitmind-demo-"))
     port = args.port or local_chain.free_port()
@@ -114,13 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"miner is serving at {axon.ip}:{axon.port} (hotkey {axon.hotkey})")
         if args.image:
             todo = [(load_image_file(args.image), args.image, None)]
-        elif SAMPLES_DIR.is_dir():
+        else:
             from bitmind.data import LocalFolderSource
 
             src = LocalFolderSource(SAMPLES_DIR)
             todo = [(src.load(i), Path(src.path(i)).relative_to(REPO_ROOT).as_posix(), src.label(i)) for i in range(len(src))]
-        else:
-            todo = [(sample_image(), "generated sample image (pass --image PATH to send your own)", None)]
         local_pred = Predictor(str(model), device="cpu")
         answered = 0
         for image, label, truth in todo:
