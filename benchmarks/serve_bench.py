@@ -204,7 +204,7 @@ def time_floor(predictor: Predictor, payloads: list[str], reps: int, start: int 
     """Time ``reps`` lone requests (decode + transform + forward, ms) on the predictor's own
     serving forward, payloads from position ``start``; appends to ``into`` if given."""
     dev, forward = predictor.device, predictor.logits  # the forward the predictor serves with
-    torch.set_num_threads(predictor.threads)  # as the predictor's worker 0 for a lone request
+    torch.set_num_threads(predictor.batcher.threads)  # as the predictor's worker 0 for a lone request
     for b in payloads[:5]:
         forward(base_transforms(decode_image(b)).unsqueeze(0))
     t = into if into is not None else {"total": [], "decode": [], "transform": [], "forward": []}
@@ -262,7 +262,7 @@ def floor_summary(predictor: Predictor, payloads: list[str], reps: int, t: dict[
     """Summary of timed lone requests, plus the eager forward and the batched forward's cost
     per image (both timed here, after the lone requests)."""
     dev, forward = predictor.device, predictor.logits
-    torch.set_num_threads(predictor.threads)
+    torch.set_num_threads(predictor.batcher.threads)
     eager = []  # the plain eager module, for reference (the predictor serves a prepared copy on CPU)
     x = base_transforms(decode_image(payloads[0])).unsqueeze(0)
     for i in range(min(reps, 30)):
@@ -612,7 +612,7 @@ def main(argv=None) -> int:
     }
     predictor = Predictor(str(model), device=device, max_batch=max_batch, batch_window_ms=args.batch_window_ms,
                           decode_workers=args.decode_workers or None, workers=args.workers)
-    res["settings"]["workers"] = predictor.workers
+    res["settings"]["workers"] = predictor.batcher.workers
     res["model_sha256"] = predictor.status()["sha256"]
     res["model_parameters"] = sum(p.numel() for p in predictor.current.model.parameters())
 

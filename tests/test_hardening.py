@@ -370,7 +370,7 @@ def test_prepared_cpu_model_answers_like_the_eager_one(tmp_path, checkpoint_fact
     x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(2))
     try:
         assert prepared.status()["optimized"] and not eager.status()["optimized"]
-        assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared._serving.forward.modules())  # all folded
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.slot.serving.forward.modules())  # all folded
         assert prepared.predict_tensors(x) == pytest.approx(eager.predict_tensors(x), abs=1e-5)
         with torch.inference_mode():
             reference = torch.sigmoid(load_model(path).model(x)[:, 0]).tolist()

@@ -158,7 +158,7 @@ def test_overload_through_real_predictor(tiny_model, image_factory):
     """A full queue refuses at once (-1.0) instead of queueing without bound."""
     p = Predictor(str(tiny_model), device="cpu", max_queue=1)
     try:
-        p._ensure_worker = lambda: None  # no worker: the one queue slot stays taken
+        p.batcher._ensure_worker = lambda: None  # no worker: the one queue slot stays taken
         p.submit(p.preprocess_b64(prepare_image_synapse(image_factory()).image))
         h = MinerHandlers(p, metagraph=None)
         out = asyncio.run(h.forward(prepare_image_synapse(image_factory(seed=1))))

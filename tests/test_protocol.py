@@ -65,7 +65,7 @@ def test_status_line_reports_model_and_requests(miner):
     status = miner.status()
     assert status["model_sha256"] == miner.predictor.status()["sha256"] and len(status["model_sha256"]) == 64
     assert status["block"] == 0 and status["uid"] == miner.uid
-    assert miner.predictor.max_batch == 1  # --neuron.max_batch 0 (auto) on CPU: one at a time per worker
+    assert miner.predictor.batcher.max_batch == 1  # --neuron.max_batch 0 (auto) on CPU: one at a time per worker
     line = miner.status_line()
     assert status["model_sha256"][:12] in line and f"served {status['served']}" in line
 

@@ -5,15 +5,15 @@ batched forward over what is queued (up to ``max_batch``). It waits for more (at
 ``batch_window_ms``) only while other requests are still being decoded, so a lone
 request never pays the window. The asyncio event loop only awaits a future; the queue
 is bounded so overload gives a fast ``Overloaded`` error instead of unbounded memory.
-
 """
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import torch
@@ -40,7 +40,45 @@ def auto_workers(device: torch.device, threads: int) -> int:
 
 
 class MicroBatcher:
-    """The batching half of ``Predictor``: queue, forward workers and their thread budget."""
+    """A bounded request queue and the forward workers that drain it in micro-batches.
+
+    ``forward`` maps a (B,3,H,W) batch to B probabilities (the predictor's
+    ``predict_tensors``); workers start on the first ``submit``. ``threads`` is the
+    intra-op thread budget the workers share (see ``_threads_for``)."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], list[float]], device: torch.device, max_batch: int = 1,
+                 batch_window: float = 0.002, max_queue: int = 256, workers: int = 1, threads: int = 1):
+        self.forward, self.device = forward, device
+        self.max_batch, self.batch_window, self.workers, self.threads = max_batch, batch_window, workers, threads
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._workers: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._busy = 0  # workers running a forward right now
+        self._busy_lock = threading.Lock()
+        self._primary_busy = False
+        self._helpers = threading.Condition()  # wakes helper workers when worker 0 is busy and work waits
+        self._inflight = 0  # requests being decoded that will be submitted soon (a forming batch waits for them)
+        self._inflight_lock = threading.Lock()
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @contextlib.contextmanager
+    def incoming(self):
+        """Count one request as on its way (being decoded) while inside, so a batch being
+        formed waits for it (at most ``batch_window``) instead of leaving without it."""
+        with self._inflight_lock:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
 
     def _ensure_worker(self) -> None:
         if len(self._workers) == self.workers and all(w.is_alive() for w in self._workers):
@@ -122,7 +160,7 @@ class MicroBatcher:
                 if n != my_threads:  # a per-thread setting: it sizes this worker's OpenMP team
                     torch.set_num_threads(n)
                     my_threads = n
-                probs = self.predict_tensors(torch.stack([t for t, _ in items]))
+                probs = self.forward(torch.stack([t for t, _ in items]))
                 for (_, fut), p in zip(items, probs):
                     fut.set_result(p)
             except Exception as e:  # never kill the worker; fail just these requests
@@ -136,26 +174,9 @@ class MicroBatcher:
                 if index == 0:
                     self._primary_busy = False
 
-    async def predict_b64_async(self, b64: str) -> float:
-        """Decode in a thread, predict on the batching worker; the event loop only awaits."""
-        loop = asyncio.get_running_loop()
-        self._add_inflight(1)
-        try:
-            tensor = await loop.run_in_executor(self._decode_pool, self.preprocess_b64, b64)
-            fut = self.submit(tensor)
-        finally:
-            self._add_inflight(-1)
-        return await asyncio.wrap_future(fut)
-
-    def _add_inflight(self, n: int) -> None:
-        with self._inflight_lock:
-            self._inflight += n
-
     def close(self) -> None:
         self._stop.set()
         with self._helpers:
             self._helpers.notify_all()
         for w in self._workers:
             w.join(timeout=2)
-        if self._decode_pool is not None:
-            self._decode_pool.shutdown(wait=False)

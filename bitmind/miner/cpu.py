@@ -6,7 +6,7 @@ architecture) and weights in channels-last layout, which oneDNN runs fastest: ab
 eager for NPR on 2 cores. The prepared forward must match the eager one on a random
 probe, else the eager model serves. On a hot reload the new model serves eager at once
 and its prepared forward is swapped in by a background thread when ready, so preparing
-never delays the swap. On CUDA the eager model runs in channels-last with bf16 autocast.
+never delays the swap (``bitmind.miner.reload.ModelSlot`` does both). On CUDA the eager model runs in channels-last with bf16 autocast.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from bitmind.checkpoint import LoadedModel
-from bitmind.inference import forward_logits, prepare_for_serving
+from bitmind.inference import forward_logits
 
 
 @contextlib.contextmanager
@@ -60,25 +60,3 @@ class Serving:
             return logits_of(self.lm.model, batch, amp_dtype)
         with torch.inference_mode():
             return forward_logits(self.forward, batch, channels_last=True)
-
-
-class CpuPreparation:
-    """The preparing half of ``Predictor``: a faster copy of each model for CPU serving."""
-
-    def _prepared(self, lm: LoadedModel):
-        """The CPU-prepared forward for ``lm``, or None (eager) if disabled or it failed."""
-        if not self.optimize:
-            return None
-        with single_threaded():
-            return prepare_for_serving(lm.model, name=f"model sha256={lm.sha256[:12]}")
-
-    def _upgrade(self, lm: LoadedModel) -> None:
-        with self._prepare_lock:  # one at a time; skip models already replaced
-            if self._serving.lm is not lm:
-                return
-            fast = self._prepared(lm)
-        if fast is None:
-            return
-        with self._reload_lock:
-            if self._serving.lm is lm:  # not replaced meanwhile
-                self._serving = Serving(lm, fast)

@@ -1,29 +1,28 @@
 """Prediction for the miner: ``predict`` and the hot-reloading, micro-batching ``Predictor``.
 
-A ``Predictor`` is three parts, a module each: ``bitmind.miner.reload`` (hot swap of the
-model file), ``bitmind.miner.cpu`` (CPU preparation, and which threads run torch) and
-``bitmind.miner.batching`` (the request queue and the forward workers). Its options are
-one ``PredictorConfig``.
+A ``Predictor`` wires two parts, each owning its own state: a ``ModelSlot``
+(``bitmind.miner.reload``: the model file, validation, hot swap and the CPU-prepared copy)
+and a ``MicroBatcher`` (``bitmind.miner.batching``: the request queue and the forward
+workers, which call the predictor's ``predict_tensors``); ``bitmind.miner.cpu`` holds what
+both use (the forward, which threads run torch). Its options are one ``PredictorConfig``.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import queue
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
 from PIL import Image
 
-from bitmind.checkpoint import CheckpointError, LoadedModel
+from bitmind.checkpoint import LoadedModel
 from bitmind.common import resolve_amp, resolve_device
 from bitmind.image_io import DecodeLimits, decode_image
 from bitmind.image_transforms import TARGET_SIZE, base_transforms
 from bitmind.miner.batching import MicroBatcher, auto_max_batch, auto_workers
-from bitmind.miner.cpu import CpuPreparation, Serving, logits_of, single_threaded
-from bitmind.miner.reload import HotReload, read_stable
+from bitmind.miner.cpu import logits_of, single_threaded
+from bitmind.miner.reload import ModelSlot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,78 +70,57 @@ def predict(model: nn.Module | LoadedModel, image) -> float:
     return float(torch.sigmoid(logits_of(model, x))[0])
 
 
-class Predictor(HotReload, CpuPreparation, MicroBatcher):
-    """Owns the serving model, its device, hot reload and the micro-batching workers.
+class Predictor:
+    """Owns the serving model (``slot``), its device, and the micro-batching workers (``batcher``).
 
     ``Predictor(path, config)``, or ``Predictor(path, device="cpu", ...)`` with any
     ``PredictorConfig`` field as a keyword (overriding ``config``)."""
 
     def __init__(self, model_path: str, config: PredictorConfig = PredictorConfig(), **options):
         cfg = self.config = dataclasses.replace(config, **options)
-        self.model_path = str(model_path)
         self.device = torch.device(cfg.device) if cfg.device else resolve_device("auto")
-        self.arch, self.allow_arch_change, self.check_interval = cfg.arch, cfg.allow_arch_change, cfg.check_interval
-        self.max_batch, self.batch_window = int(cfg.max_batch) or auto_max_batch(self.device), cfg.batch_window_ms / 1000.0
         self.limits = cfg.limits
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         # Prepare a faster copy for CPU serving ("auto": on CPU only; False: always eager).
-        self.optimize = self.device.type == "cpu" if cfg.optimize == "auto" else bool(cfg.optimize)
+        optimize = self.device.type == "cpu" if cfg.optimize == "auto" else bool(cfg.optimize)
+        self.slot = ModelSlot(model_path, self.device, cfg.arch, cfg.allow_arch_change, cfg.check_interval,
+                              self.amp_dtype, optimize)
         # Forward workers and their shared intra-op thread budget (see MicroBatcher._threads_for).
-        self.threads = int(cfg.threads) or torch.get_num_threads()
-        self.workers = int(cfg.workers) or auto_workers(self.device, self.threads)
-        self._busy = 0
-        self._busy_lock = threading.Lock()
-        self._primary_busy = False
-        self._helpers = threading.Condition()  # wakes helper workers when worker 0 is busy and work waits
-        self._reload_lock = threading.Lock()
-        self._prepare_lock = threading.Lock()
-        self._inflight_lock = threading.Lock()
-        self._inflight = 0  # requests being decoded that will be submitted soon (the worker waits for them)
+        threads = int(cfg.threads) or torch.get_num_threads()
+        self.batcher = MicroBatcher(self.predict_tensors, self.device, int(cfg.max_batch) or auto_max_batch(self.device),
+                                    cfg.batch_window_ms / 1000.0, cfg.max_queue,
+                                    int(cfg.workers) or auto_workers(self.device, threads), threads)
         # Own decode pool if asked (bounds decode threads vs torch threads); else the loop's default executor.
         self._decode_pool = (ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="bitmind-decode")
                              if cfg.decode_workers else None)
-        self._last_check = 0.0
-        self._bad = set()
-        self.reloads = 0
-        self.loaded_at = 0.0
-        snap = None
-        for _ in range(50):  # the file may be being written right now: wait for a stable read
-            snap = read_stable(self.model_path)
-            if snap is not None:
-                break
-            time.sleep(0.1)
-        if snap is None:
-            raise CheckpointError(f"model file {self.model_path} is missing or kept changing while being read")
-        lm = self._load_validated(snap[0])  # first load must succeed
-        self._serving = Serving(lm, self._prepared(lm))  # at start-up, prepare before serving
-        self._sig = snap[1]
-        self._queue: queue.Queue = queue.Queue(maxsize=cfg.max_queue)
-        self._workers: list[threading.Thread] = []
-        self._stop = threading.Event()
+
+    def check_reload(self, force: bool = False) -> bool:
+        """Swap in the model file if it changed (``ModelSlot.check``)."""
+        return self.slot.check(force)
 
     @property
     def current(self) -> LoadedModel:
-        self.check_reload()
-        return self._serving.lm
+        self.slot.check()
+        return self.slot.serving.lm
 
     def status(self) -> dict:
-        serving = self._serving
+        serving, slot = self.slot.serving, self.slot
         lm = serving.lm
-        return {"model_path": self.model_path, "arch": lm.arch, "sha256": lm.sha256, "device": str(self.device),
-                "optimized": serving.forward is not None, "workers": self.workers, "threads": self.threads,
-                "reloads": self.reloads, "bad_versions": len(self._bad),
-                "queue": self._queue.qsize(), "inflight": self._inflight, "loaded_at": self.loaded_at}
+        return {"model_path": slot.path, "arch": lm.arch, "sha256": lm.sha256, "device": str(self.device),
+                "optimized": serving.forward is not None, "workers": self.batcher.workers, "threads": self.batcher.threads,
+                "reloads": slot.reloads, "bad_versions": slot.bad_versions,
+                "queue": self.batcher.queued, "inflight": self.batcher.inflight, "loaded_at": slot.loaded_at}
 
     # ---------------------------------------------------------------- synchronous API
     def predict_tensors(self, batch: torch.Tensor) -> list[float]:
-        self.check_reload()
-        serving = self._serving  # one reference for the whole batch: never a mix of models
+        self.slot.check()
+        serving = self.slot.serving  # one reference for the whole batch: never a mix of models
         return [float(p) for p in serving.lm.probabilities(serving.logits(batch, self.amp_dtype))]
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw logits of ``batch`` through the serving forward (prepared or eager), without a
         reload check or calibration: what benchmarks time as the model's own cost."""
-        return self._serving.logits(batch, self.amp_dtype)
+        return self.slot.serving.logits(batch, self.amp_dtype)
 
     def predict_image(self, image) -> float:
         return self.predict_tensors(image_to_tensor(image).unsqueeze(0))[0]
@@ -154,3 +132,22 @@ class Predictor(HotReload, CpuPreparation, MicroBatcher):
 
     def predict_b64(self, b64: str) -> float:
         return self.predict_tensors(self.preprocess_b64(b64).unsqueeze(0))[0]
+
+    # ---------------------------------------------------------------- serving API
+    def submit(self, tensor: torch.Tensor) -> Future:
+        """Queue one (3,256,256) tensor for the workers; the future resolves to a probability
+        (raises ``Overloaded`` at once when the queue is full)."""
+        return self.batcher.submit(tensor)
+
+    async def predict_b64_async(self, b64: str) -> float:
+        """Decode in a thread, predict on the batching workers; the event loop only awaits."""
+        loop = asyncio.get_running_loop()
+        with self.batcher.incoming():
+            tensor = await loop.run_in_executor(self._decode_pool, self.preprocess_b64, b64)
+            fut = self.submit(tensor)
+        return await asyncio.wrap_future(fut)
+
+    def close(self) -> None:
+        self.batcher.close()
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False)

@@ -1,6 +1,7 @@
 """Hot reload: swap in the model file when it changes, never serving a broken one.
 
-Before serving, the predictor ``stat``s the model file (cheap; rate-limited
+``ModelSlot`` owns the model file and what serves from it. Before serving, the predictor
+asks it to ``check()``: it ``stat``s the model file (cheap; rate-limited
 by ``check_interval``). When its signature (inode, size, mtime) changes, it reads the
 file's bytes once, and only if the file did not change during that read (an operator's
 ``cp`` over the file in place is caught half-written; such a read is simply retried at
@@ -30,6 +31,7 @@ import torch.nn as nn
 
 from bitmind.checkpoint import CheckpointError, LoadedModel, load_model
 from bitmind.image_transforms import TARGET_SIZE
+from bitmind.inference import prepare_for_serving
 from bitmind.miner.cpu import Serving, logits_of, single_threaded
 
 logger = logging.getLogger(__name__)
@@ -85,17 +87,49 @@ def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
     return data, before
 
 
-class HotReload:
-    """The model-file half of ``Predictor``: the first load, validation, and the swap on change."""
+class ModelSlot:
+    """The model file and what serves from it: the first load, validation, the swap on
+    change and, when ``optimize``, the CPU-prepared copy swapped in once ready.
+
+    ``serving`` (a ``Serving``: loaded model + forward) is replaced as one reference, so a
+    reader that takes it once per batch never mixes two models. ``check()`` is cheap when
+    nothing changed (one ``stat`` at most every ``check_interval`` seconds) and safe from any
+    thread."""
+
+    def __init__(self, path: str, device: torch.device, arch: str | None = None, allow_arch_change: bool = False,
+                 check_interval: float = 0.05, amp_dtype: torch.dtype | None = None, optimize: bool = False):
+        self.path, self.device, self.arch = str(path), device, arch
+        self.allow_arch_change, self.check_interval = allow_arch_change, check_interval
+        self.amp_dtype, self.optimize = amp_dtype, optimize
+        self.reloads, self.loaded_at = 0, 0.0
+        self._bad: set[FileSignature] = set()  # versions that failed: not retried until the file changes
+        self._last_check = 0.0
+        self._reload_lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
+        snap = None
+        for _ in range(50):  # the file may be being written right now: wait for a stable read
+            snap = read_stable(self.path)
+            if snap is not None:
+                break
+            time.sleep(0.1)
+        if snap is None:
+            raise CheckpointError(f"model file {self.path} is missing or kept changing while being read")
+        lm = self._load_validated(snap[0])  # first load must succeed
+        self.serving = Serving(lm, self._prepared(lm))  # at start-up, prepare before serving
+        self._sig = snap[1]
+
+    @property
+    def bad_versions(self) -> int:
+        return len(self._bad)
 
     def _load_validated(self, data: bytes, expected: LoadedModel | None = None) -> LoadedModel:
         """Load the model file's ``data`` and check it can serve; with ``expected``, also that it
         has the same architecture and parameter shapes (checked before the swap, so a refused
         file never serves)."""
-        path = self.model_path
+        path = self.path
         with single_threaded(self.device.type == "cpu"):  # building and loading run torch ops too
             lm = load_model(path, data=data, arch=self.arch, device=self.device,
-                                  expected_arch=expected.arch if expected is not None else None)
+                            expected_arch=expected.arch if expected is not None else None)
         if expected is not None and structure_of(lm.model) != structure_of(expected.model):
             raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
                                   f"the serving model's ({expected.meta.get('config')}); restart the miner "
@@ -111,24 +145,24 @@ class HotReload:
         logger.info("serving model %s (arch=%s, sha256=%s) on %s", path, lm.arch, lm.sha256[:12], self.device)
         return lm
 
-    def check_reload(self, force: bool = False) -> bool:
+    def check(self, force: bool = False) -> bool:
         """Swap in the model file if it changed. Returns True if a new model was loaded."""
         now = time.monotonic()
         if not force and now - self._last_check < self.check_interval:
             return False
         self._last_check = now
-        sig = FileSignature.of(self.model_path)
+        sig = FileSignature.of(self.path)
         if sig is None or sig == self._sig or sig in self._bad:
             return False
         with self._reload_lock:
-            snap = read_stable(self.model_path)
+            snap = read_stable(self.path)
             if snap is None:  # being written (or gone): keep serving, look again at the next check
-                logger.debug("model file %s changed while being read; will re-check", self.model_path)
+                logger.debug("model file %s changed while being read; will re-check", self.path)
                 return False
             data, sig = snap
             if sig == self._sig or sig in self._bad:  # another thread just did it
                 return False
-            expected = None if self.allow_arch_change else self._serving.lm
+            expected = None if self.allow_arch_change else self.serving.lm
             try:
                 lm = self._load_validated(data, expected=expected)
             except Exception as e:  # keep serving the last good model
@@ -137,13 +171,31 @@ class HotReload:
                 if age < RECENT_WRITE_S:  # most likely a copy in progress, caught between two writes
                     logger.warning("model file %s (size %d, written %.2f s ago) does not load yet; still serving "
                                    "sha256=%s; if it is being copied, the complete file will be loaded: %s",
-                                   self.model_path, sig.size, age, self._serving.lm.sha256[:12], e)
+                                   self.path, sig.size, age, self.serving.lm.sha256[:12], e)
                 else:
                     logger.error("model file %s (size %d) failed to load; still serving sha256=%s: %s",
-                                 self.model_path, sig.size, self._serving.lm.sha256[:12], e)
+                                 self.path, sig.size, self.serving.lm.sha256[:12], e)
                 return False
-            self._serving, self._sig = Serving(lm), sig  # eager at once...
+            self.serving, self._sig = Serving(lm), sig  # eager at once...
             self.reloads += 1
         if self.optimize:  # ...prepared as soon as it is ready
             threading.Thread(target=self._upgrade, args=(lm,), name="bitmind-prepare", daemon=True).start()
         return True
+
+    def _prepared(self, lm: LoadedModel) -> nn.Module | None:
+        """The CPU-prepared forward for ``lm``, or None (eager) if disabled or it failed."""
+        if not self.optimize:
+            return None
+        with single_threaded():
+            return prepare_for_serving(lm.model, name=f"model sha256={lm.sha256[:12]}")
+
+    def _upgrade(self, lm: LoadedModel) -> None:
+        with self._prepare_lock:  # one at a time; skip models already replaced
+            if self.serving.lm is not lm:
+                return
+            fast = self._prepared(lm)
+        if fast is None:
+            return
+        with self._reload_lock:
+            if self.serving.lm is lm:  # not replaced meanwhile
+                self.serving = Serving(lm, fast)

@@ -1,0 +1,100 @@
+"""The predictor's two parts on their own: ``MicroBatcher`` with a stand-in forward (no
+model at all), and ``ModelSlot`` with model files and no batching."""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+import torch
+
+from bitmind.checkpoint import CheckpointError
+from bitmind.miner.batching import MicroBatcher, Overloaded
+from bitmind.miner.reload import ModelSlot
+
+from conftest import make_checkpoint
+
+
+def test_batcher_batches_what_is_queued_and_answers_each_request():
+    sizes, entered, gate = [], threading.Event(), threading.Event()
+
+    def forward(batch: torch.Tensor) -> list[float]:
+        entered.set()
+        gate.wait(5)  # hold the first batch so the others queue up behind it
+        sizes.append(len(batch))
+        return [float(x[0, 0, 0]) for x in batch]
+
+    b = MicroBatcher(forward, torch.device("cpu"), max_batch=8, workers=1, threads=1)
+    try:
+        futs = [b.submit(torch.full((3, 4, 4), 0.0))]
+        assert entered.wait(5)
+        futs += [b.submit(torch.full((3, 4, 4), float(i))) for i in range(1, 5)]
+        gate.set()
+        assert [f.result(5) for f in futs] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert sizes[0] == 1 and sum(sizes) == 5 and max(sizes) == 4  # the 4 that waited went as one batch
+    finally:
+        b.close()
+
+
+def test_batcher_refuses_when_full_and_fails_only_the_batch_that_raised():
+    b = MicroBatcher(lambda batch: [0.5] * len(batch), torch.device("cpu"), max_queue=1)
+    b._ensure_worker = lambda: None  # no worker: the one slot stays taken
+    b.submit(torch.zeros(3, 4, 4))
+    with pytest.raises(Overloaded):
+        b.submit(torch.zeros(3, 4, 4))
+
+    calls = []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return [0.25] * len(batch)
+
+    b2 = MicroBatcher(flaky, torch.device("cpu"))
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            b2.submit(torch.zeros(3, 4, 4)).result(5)
+        assert b2.submit(torch.zeros(3, 4, 4)).result(5) == 0.25  # the worker survived
+    finally:
+        b2.close()
+
+
+def test_batcher_counts_requests_on_their_way():
+    b = MicroBatcher(lambda batch: [0.0] * len(batch), torch.device("cpu"))
+    with b.incoming():
+        with b.incoming():
+            assert b.inflight == 2
+    assert b.inflight == 0
+
+
+def test_slot_swaps_in_a_new_file_and_keeps_serving_through_a_broken_one(tmp_path):
+    path = tmp_path / "model.pth"
+    shutil.copy(make_checkpoint(tmp_path / "a.pth", seed=0), path)
+    slot = ModelSlot(str(path), torch.device("cpu"), check_interval=0.0)
+    first = slot.serving.lm.sha256
+    x = torch.rand(1, 3, 256, 256)
+    before = slot.serving.logits(x, None)
+
+    make_checkpoint(tmp_path / "b.pth", seed=3)
+    os.replace(tmp_path / "b.pth", path)
+    assert slot.check() and slot.reloads == 1 and slot.serving.lm.sha256 != first
+    assert not torch.allclose(slot.serving.logits(x, None), before)
+
+    good = slot.serving.lm.sha256
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    os.replace(tmp_path / "bad.pth", path)
+    assert not slot.check() and slot.bad_versions == 1 and slot.serving.lm.sha256 == good
+    assert not slot.check(force=True) and slot.bad_versions == 1  # a failed version is not retried
+
+
+def test_slot_prepares_a_cpu_copy_and_refuses_a_missing_file(tmp_path):
+    slot = ModelSlot(str(make_checkpoint(tmp_path / "m.pth")), torch.device("cpu"), optimize=True)
+    assert slot.serving.forward is not None  # the prepared copy serves from the start
+    x = torch.rand(2, 3, 256, 256)
+    eager = ModelSlot(str(tmp_path / "m.pth"), torch.device("cpu"), optimize=False)
+    assert eager.serving.forward is None
+    assert torch.allclose(slot.serving.logits(x, None), eager.serving.logits(x, None), atol=1e-4)
+    with pytest.raises(CheckpointError, match="missing"):
+        ModelSlot(str(tmp_path / "none.pth"), torch.device("cpu"))
