@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.training.logo import REGIMES, analyse, load_spec, logo_sweep_spec, score_models, select_recipe, ship, sources_in
+from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_sweep_spec, score_models,
+                                  select_recipe, ship, sources_in)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,8 +112,8 @@ def plot(result: dict, path: Path) -> None:
         for j, arm in enumerate(cols):
             for i, fam in enumerate(fams):
                 r = arms[arm].get(fam)
-                if r and r["heldout_detection"] is not None:
-                    m[i, j] = r["heldout_detection"]
+                if r and _heldout_right(r) is not None:
+                    m[i, j] = _heldout_right(r)
         im = ax.imshow(m, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         for i in range(len(fams)):
             for j in range(len(cols)):
@@ -121,7 +122,8 @@ def plot(result: dict, path: Path) -> None:
         real = [result["summary"]["arms"].get(arm, {}).get(regime, {}).get("real_accuracy") for arm in cols]
         ax.set_xticks(range(len(cols)), [f"{c}\nreal {r:.2f}" if r is not None else c for c, r in zip(cols, real)],
                       rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(fams)), fams, fontsize=9)
+        ax.set_yticks(range(len(fams)), [f"{f} (kept real)" if f.startswith(REAL_FOLD_PREFIX) else f for f in fams],
+                      fontsize=9)
         ax.set_title(f"held-out family detection ({regime})", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.04)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,12 @@ def plot(result: dict, path: Path) -> None:
 
 def _f(v, pct: bool = False) -> str:
     return "–" if v is None else f"{v:.3f}"
+
+
+def _heldout_right(r: dict) -> float | None:
+    """The share of a fold's held-out pictures answered right: fakes detected, or for a
+    ``real-<kind>`` fold, photos of the unseen kind called real."""
+    return r["heldout_detection"] if r.get("heldout_real_accuracy") is None else r["heldout_real_accuracy"]
 
 
 def markdown_tables(result: dict) -> str:
@@ -147,12 +155,16 @@ def markdown_tables(result: dict) -> str:
             cells = []
             for per in arms.values():
                 r = per.get(fam)
-                cells.append("–" if not r else f"{_f(r['heldout_detection'])} (AUC {_f(r['heldout_auc'])}, real {_f(r['real_accuracy'])})")
-            lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+                cells.append("–" if not r else f"{_f(_heldout_right(r))} (AUC {_f(r['heldout_auc'])}, real {_f(r['real_accuracy'])})")
+            lines.append(f"| {fam}{' (share kept real)' if fam.startswith(REAL_FOLD_PREFIX) else ''} | " + " | ".join(cells) + " |")
         summ = result["summary"]["arms"]
         lines.append("| **mean / worst detection, real acc.** | " + " | ".join(
             f"**{_f(summ[a][regime]['mean_heldout_detection'])} / {_f(summ[a][regime]['worst_heldout_detection'])}, "
             f"{_f(summ[a][regime]['real_accuracy'])}**" for a in arms) + " |")
+        if any("mean_unseen_real_accuracy" in summ[a][regime] for a in arms):
+            lines.append("| **unseen real kinds: mean / worst kept real** | " + " | ".join(
+                f"**{_f(summ[a][regime].get('mean_unseen_real_accuracy'))} / "
+                f"{_f(summ[a][regime].get('worst_unseen_real_accuracy'))}**" for a in arms) + " |")
         lines.append("")
         pool = reg["in_pool"]
         lines += [f"### Test split, {regime} regime (models trained on every family; per source)", "",
@@ -191,7 +203,9 @@ def cmd_analyse(args) -> dict:
             f = lambda v: "  -  " if v is None else f"{v:.3f}"  # noqa: E731
             print(f"{arm:<40} {regime:<10} {f(s['mean_heldout_detection']):>8} {f(s['worst_heldout_detection']):>6} "
                   f"{f(s['mean_heldout_detection_at_real90']):>7} {f(s['mean_heldout_auc']):>5} {f(s['real_accuracy']):>5} "
-                  f"{f(s['worst_real_kind']):>10}")
+                  f"{f(s['worst_real_kind']):>10}"
+                  + (f"  unseen real kinds kept {f(s['mean_unseen_real_accuracy'])} (worst {f(s['worst_unseen_real_accuracy'])})"
+                     if "mean_unseen_real_accuracy" in s else ""))
     print(f"selected recipe: {result['summary']['recipe']} ({result['summary']['rule']})")
     print(f"wrote {out} and {args.figure}")
     return result

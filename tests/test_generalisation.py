@@ -218,3 +218,49 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     assert cal["method"] == "class-balanced Platt scaling" and set(cal["regimes"]) == {"validator", "crops"}
     assert (lm.temperature, lm.logit_bias) == (cal["temperature"], cal["logit_bias"]) and cal["n"] > 0
     assert lm.meta["train_options"]["patch_size"] == 32
+
+
+def test_real_kind_folds_hold_out_a_camera_and_report_how_much_of_it_is_kept_real(tmp_path):
+    """A ``real-<kind>`` fold trains without that kind of photo and reports the share of it
+    called real (and the AUC of known fakes against it), apart from the generator folds."""
+    from bitmind.training.logo import analyse, held_out_sources
+
+    sources_all = ["fake/sdxl", "real/a", "real/b"]
+    assert held_out_sources("real-b", sources_all) == ["real/b"] and held_out_sources("sdxl", sources_all) == ["fake/sdxl"]
+    spec = logo_sweep_spec({"recipes": {"m": {}}, "folds": ["sdxl", "real-b"]}, sources_all)
+    assert spec["variants"]["m.minus-real-b"]["exclude_sources"] == ["real/b"]
+
+    rng = np.random.default_rng(0)
+    n = 200
+    source = np.array(["real/a"] * n + ["real/b"] * n + ["fake/sdxl"] * n)
+    label = (source == "fake/sdxl").astype(np.int64)
+    split = np.array(["val", "test"] * (3 * n // 2))
+    z = np.where(label == 1, 2.0, -2.0) + rng.normal(0, 0.5, 3 * n)
+    unseen = z.copy()
+    unseen[source == "real/b"] = 1.0  # the model that never saw kind b takes it for fake
+    data = {}
+    for regime in ("validator", "crops"):
+        data.update({f"{regime}/source": source, f"{regime}/split": split, f"{regime}/label": label,
+                     f"{regime}/m": z, f"{regime}/m.minus-sdxl": z, f"{regime}/m.minus-real-b": unseen})
+    np.savez(tmp_path / "s.npz", **data)
+    out = analyse(tmp_path / "s.npz", spec)
+    fold = out["regimes"]["validator"]["folds"]["m"]["real-b"]
+    assert fold["heldout_detection"] is None and fold["heldout_real_accuracy"] < 0.1
+    assert fold["per_heldout_source"] == {"real/b": fold["heldout_real_accuracy"]}
+    assert fold["heldout_auc"] is not None and fold["heldout_auc"] > 0.5  # known fakes still above kind b
+    gen = out["regimes"]["validator"]["folds"]["m"]["sdxl"]
+    assert gen["heldout_real_accuracy"] is None and gen["heldout_detection"] > 0.9
+    s = out["summary"]["m"]["validator"]
+    assert s["folds"] == 1 and s["real_folds"] == 1
+    assert s["mean_heldout_detection"] == gen["heldout_detection"]  # the real fold does not dilute detection
+    assert s["mean_unseen_real_accuracy"] == s["worst_unseen_real_accuracy"] == fold["heldout_real_accuracy"]
+    import importlib.util
+
+    bench_spec = importlib.util.spec_from_file_location("generalisation_bench", REPO / "benchmarks" / "generalisation.py")
+    bench = importlib.util.module_from_spec(bench_spec)
+    bench_spec.loader.exec_module(bench)
+    md = bench.markdown_tables({"regimes": out["regimes"], "summary": {"arms": out["summary"]}})
+    assert f"| real-b (share kept real) | {fold['heldout_real_accuracy']:.3f} (AUC" in md
+    assert "| **unseen real kinds: mean / worst kept real** |" in md
+    bench.plot({"regimes": out["regimes"], "summary": {"arms": out["summary"]}}, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 0

@@ -21,7 +21,8 @@ Three steps, so the GPU does only what needs a GPU:
    was trained on), its ROC AUC against the real test photos, and real-photo accuracy
    per real kind on the test split; also the detection at the threshold that keeps 90 %
    of validation real photos. ``summary`` gives each recipe's mean and worst held-out
-   detection and real accuracy. Baseline models (e.g. the shipped one) are scored per
+   detection and real accuracy. A ``real-<kind>`` fold holds out a kind of real photo
+   instead (an unseen camera): its figure is the share of those photos called real. Baseline models (e.g. the shipped one) are scored per
    family without folds: every family they never trained on is held out for them.
 """
 from __future__ import annotations
@@ -39,6 +40,17 @@ logger = logging.getLogger(__name__)
 
 FOLD_SEP = ".minus-"
 REGIMES = ("validator", "crops")
+#: A fold named ``real-<kind>`` holds out the real photos ``real/<kind>`` (an unseen camera
+#: or kind of photo) instead of a generator family; the name stays a valid folder name.
+REAL_FOLD_PREFIX = "real-"
+
+
+def held_out_sources(fold: str, sources) -> list[str]:
+    """The sources a fold holds out: every source of a generator (or aligned) family, or
+    for ``real-<kind>`` the real photos ``real/<kind>``."""
+    if fold.startswith(REAL_FOLD_PREFIX):
+        return sources_of_family("real/" + fold[len(REAL_FOLD_PREFIX):], sources)
+    return sources_of_family(fold, sources)
 
 
 # ---------------------------------------------------------------------------- 1. the sweep
@@ -70,14 +82,15 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
 
         {"base": {...}, "val_seeds": [...], "val_every": 2,
          "recipes": {"<recipe>": {<variant overrides>}},
-         "folds": ["sdxl", ...],                  # default: every family present
+         "folds": ["sdxl", "real-faces", ...],   # default: every generator family present
          "fold_recipes": ["<recipe>", ...],       # recipes that get every fold (default: all)
          "controls": {"<name>": {"exclude": ["aligned"], "keep": [], "exclude_roots": [], "folds": true,
                                  "recipes": [...]}},
          "control_folds": true}                   # default of each control's "folds"
 
     Variant names: ``<recipe>``, ``<recipe>.minus-<family>``, ``<recipe>.<control>`` and
-    ``<recipe>.<control>.minus-<family>``."""
+    ``<recipe>.<control>.minus-<family>``. A fold ``real-<kind>`` holds out the real photos
+    ``real/<kind>`` (``held_out_sources``): how the recipe treats a camera it never saw."""
     recipes = logo.get("recipes") or {}
     if not recipes:
         raise ValueError("a LOGO spec needs at least one recipe")
@@ -99,7 +112,7 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
             if r not in fold_recipes or not with_folds:
                 continue
             for fam in folds:
-                held = sources_of_family(fam, sources)
+                held = held_out_sources(fam, sources)
                 if not held:
                     logger.warning("fold %s: no source of that family in the data; skipped", fam)
                     continue
@@ -201,23 +214,30 @@ def score_fold(probs: np.ndarray, sources: np.ndarray, splits: np.ndarray, label
     """One model in one regime: detection of the held-out sources (all splits), AUC of
     them vs the real test photos, real accuracy per real kind (test split), in-pool test
     accuracy per trained fake source, and detection at the validation threshold that
-    keeps 90 % of real photos."""
+    keeps 90 % of real photos. When the held-out sources are real photos (a ``real-<kind>``
+    fold), ``heldout_real_accuracy`` is the share of them called real and ``heldout_auc``
+    separates the trained fakes' test pictures from them; the detection fields are None."""
     ok = ~np.isnan(probs)
     held = ok & np.isin(sources, held_out)
+    held_real = held & (labels == 0)
+    held_fake = held & (labels == 1)
     real_test = ok & (labels == 0) & (splits == "test") & ~np.isin(sources, excluded)
     real_val = ok & (labels == 0) & (splits == "val") & ~np.isin(sources, excluded)
     thr90 = float(np.quantile(probs[real_val], 0.90)) if real_val.any() else 0.5
     per_real = {s: _rate(probs[real_test & (sources == s)] <= 0.5) for s in sorted(set(sources[real_test]))}
-    per_held = {s: _rate(probs[held & (sources == s)] > 0.5) for s in sorted(set(sources[held]))}
+    per_held = {s: _rate(probs[held_fake & (sources == s)] > 0.5) for s in sorted(set(sources[held_fake]))}
+    per_held.update({s: _rate(probs[held_real & (sources == s)] <= 0.5) for s in sorted(set(sources[held_real]))})
     seen_fake = ok & (labels == 1) & (splits == "test") & ~np.isin(sources, excluded)
     per_seen = {s: _rate(probs[seen_fake & (sources == s)] > 0.5) for s in sorted(set(sources[seen_fake]))}
     fake_det = _rate(probs[seen_fake] > 0.5)
     real_acc = _rate(probs[real_test] <= 0.5)
+    real_fold = bool(held_real.any()) and not held_fake.any()
     return {"test_fake_detection": fake_det, "test_auc": _auc(probs[seen_fake], probs[real_test]),
             "test_balanced_accuracy": (fake_det + real_acc) / 2 if fake_det is not None and real_acc is not None else None,
-            "heldout_detection": _rate(probs[held] > 0.5), "heldout_n": int(held.sum()),
-            "heldout_auc": _auc(probs[held], probs[real_test]),
-            "heldout_detection_at_real90": _rate(probs[held] > thr90), "threshold_real90": thr90,
+            "heldout_detection": None if real_fold else _rate(probs[held_fake] > 0.5), "heldout_n": int(held.sum()),
+            "heldout_auc": _auc(probs[seen_fake], probs[held_real]) if real_fold else _auc(probs[held_fake], probs[real_test]),
+            "heldout_detection_at_real90": None if real_fold else _rate(probs[held_fake] > thr90), "threshold_real90": thr90,
+            "heldout_real_accuracy": _rate(probs[held_real] <= 0.5) if real_fold else None,
             "real_accuracy": real_acc, "real_n": int(real_test.sum()),
             "worst_real_kind": min((v for v in per_real.values() if v is not None), default=None),
             "per_heldout_source": per_held, "per_real_kind": per_real, "per_seen_fake_source": per_seen}
@@ -310,7 +330,7 @@ def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None 
             if fam is None:  # the model trained on everything of its arm: in-pool test figures
                 reg["in_pool"][arm] = score_fold(probs[v][regime], sources, splits, labels, [], excluded)
                 continue
-            held = sources_of_family(fam, all_sources)
+            held = held_out_sources(fam, all_sources)
             reg["folds"].setdefault(arm, {})[fam] = score_fold(probs[v][regime], sources, splits, labels, held, excluded)
         for name, trained in (baselines or {}).items():
             if f"{regime}/{name}" not in data:
@@ -327,18 +347,27 @@ def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None 
 
 
 def _summarise(per_fam: dict) -> dict:
-    """One arm's folds in one regime: mean (and worst) held-out detection and real accuracy."""
-    def known(key):
-        return [r[key] for r in per_fam.values() if r[key] is not None]
+    """One arm's folds in one regime: mean (and worst) held-out detection and real accuracy
+    over its generator folds; over its ``real-<kind>`` folds, if any, the mean (and worst)
+    share of the unseen kind's photos called real."""
+    gen = {f: r for f, r in per_fam.items() if r["heldout_real_accuracy"] is None}
+
+    def known(key, rows=gen):
+        return [r[key] for r in rows.values() if r[key] is not None]
 
     det = known("heldout_detection")
-    generators = [r["heldout_detection"] for f, r in per_fam.items() if not f.startswith("aligned")]
-    return {"mean_heldout_detection": _rate(det), "worst_heldout_detection": float(np.min(det)) if det else None,
-            "mean_heldout_detection_generators": _rate(generators),
-            "mean_heldout_detection_at_real90": _rate(known("heldout_detection_at_real90")),
-            "mean_heldout_auc": float(np.mean(known("heldout_auc") or [np.nan])),
-            "real_accuracy": _rate(known("real_accuracy")),
-            "worst_real_kind": min(known("worst_real_kind"), default=None), "folds": len(per_fam)}
+    generators = [r["heldout_detection"] for f, r in gen.items() if not f.startswith("aligned") and r["heldout_detection"] is not None]
+    unseen_real = known("heldout_real_accuracy", per_fam)
+    out = {"mean_heldout_detection": _rate(det), "worst_heldout_detection": float(np.min(det)) if det else None,
+           "mean_heldout_detection_generators": _rate(generators),
+           "mean_heldout_detection_at_real90": _rate(known("heldout_detection_at_real90")),
+           "mean_heldout_auc": float(np.mean(known("heldout_auc") or [np.nan])),
+           "real_accuracy": _rate(known("real_accuracy")),
+           "worst_real_kind": min(known("worst_real_kind"), default=None), "folds": len(gen)}
+    if unseen_real:
+        out.update({"mean_unseen_real_accuracy": _rate(unseen_real), "worst_unseen_real_accuracy": float(np.min(unseen_real)),
+                    "real_folds": len(unseen_real)})
+    return out
 
 
 def load_spec(sweep_dir: str | Path) -> dict:
