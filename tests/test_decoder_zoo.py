@@ -276,3 +276,21 @@ def test_spectral_loss_charges_blur_more_than_noise_of_the_same_pixel_error():
     assert loss(blurred, x, 0.0) == pytest.approx(loss(noisy, x, 0.0).item(), rel=1e-5)
     assert loss(blurred, x, 0.0, fft_weight=1.0) > loss(noisy, x, 0.0, fft_weight=1.0) * 1.05
     assert loss(x, x, 0.5, fft_weight=1.0).item() == 0.0
+
+
+def test_committed_zoo_member_loads_and_round_trips_sharply():
+    """The accepted decoder kept in base_miner/NPR/decoder_zoo loads through the zoo index
+    (rejected members are listed there but absent) and gives a near-lossless round trip."""
+    from PIL import Image
+
+    from bitmind.training.decoders import load_decoders, round_trip
+    from bitmind.training.image_quality import psnr
+
+    zoo = Path(__file__).resolve().parents[1] / "base_miner" / "NPR" / "decoder_zoo"
+    (dec,) = load_decoders([f"zoo={zoo}"])
+    assert dec.source == "aligned-zoo-transposed-4x-c16" and dec.factor == 4
+    photo = next((Path(__file__).resolve().parent / "data" / "samples" / "real").rglob("*.jpg"))
+    x = torch.from_numpy(np.asarray(Image.open(photo).convert("RGB").resize((128, 128)))).permute(2, 0, 1)[None] / 255.0
+    with torch.inference_mode():
+        y = round_trip(dec.model, x)
+    assert y.shape == x.shape and float(psnr(y, x)) > 30.0
