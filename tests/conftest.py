@@ -7,6 +7,7 @@ costs milliseconds on a CPU.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "process: starts other processes (torchrun, miners, validators, pm2)")
 VALIDATOR_STAKE = 1000.0
 MEMBER_STAKE = 5.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relpath: str):
+    """A script of the repository (``benchmarks/accuracy.py``, ...) imported as a module, so a
+    test can call its functions; scripts are not part of the package."""
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_checkpoint(path: str | Path, seed: int = 0) -> Path:

@@ -1,25 +1,16 @@
 """benchmarks/accuracy.py: ``--as_sent`` scores files that already are validator challenges
 as they are (never through the challenge pipeline), and every run reports per-source
 accuracy with its worst real and worst fake source."""
-import importlib.util
 import json
-from pathlib import Path
 
 from bitmind.data import split_of
 
+from conftest import load_script
 from eval_helpers import save_brightness_model, solid_image
 
-REPO = Path(__file__).resolve().parents[1]
 DARK, BRIGHT = 20, 235  # the brightness model calls dark images real, bright ones fake
 SOURCES = {"real/ok": DARK, "real/bad": BRIGHT, "fake/ok": BRIGHT, "fake/bad": DARK}
 STEMS = [f"p{k}" for k in range(60)]
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("accuracy_bench_under_test", REPO / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _root(tmp_path):
@@ -31,7 +22,7 @@ def _root(tmp_path):
 
 
 def test_as_sent_scores_files_as_they_are_with_worst_sources(tmp_path, monkeypatch):
-    bench = _load_bench()
+    bench = load_script("benchmarks/accuracy.py")
     root, model = _root(tmp_path), save_brightness_model(tmp_path / "m.pth")
     calls = []
     real_evaluate = bench.evaluate
@@ -60,7 +51,7 @@ def test_as_sent_scores_files_as_they_are_with_worst_sources(tmp_path, monkeypat
 
 
 def test_challenge_mode_averages_sources_over_draws(tmp_path):
-    bench = _load_bench()
+    bench = load_script("benchmarks/accuracy.py")
     root, model = _root(tmp_path), save_brightness_model(tmp_path / "m.pth")
     summary = bench.main(["--model", str(model), "--data", str(root), "--seeds", "0", "1", "--plots",
                           str(tmp_path / "plots"), "--device", "cpu", "--out", str(tmp_path / "c.json")])
@@ -77,7 +68,7 @@ def test_challenge_mode_averages_sources_over_draws(tmp_path):
 
 
 def test_worst_sources_can_skip_tiny_sources():
-    bench = _load_bench()
+    bench = load_script("benchmarks/accuracy.py")
     per = {"real/tiny": {"n": 2, "n_real": 2, "n_fake": 0, "accuracy": 0.0},
            "real/big": {"n": 50, "n_real": 50, "n_fake": 0, "accuracy": 0.6},
            "real/big2": {"n": 80, "n_real": 80, "n_fake": 0, "accuracy": 0.6},

@@ -254,11 +254,9 @@ def test_real_kind_folds_hold_out_a_camera_and_report_how_much_of_it_is_kept_rea
     assert s["folds"] == 1 and s["real_folds"] == 1
     assert s["mean_heldout_detection"] == gen["heldout_detection"]  # the real fold does not dilute detection
     assert s["mean_unseen_real_accuracy"] == s["worst_unseen_real_accuracy"] == fold["heldout_real_accuracy"]
-    import importlib.util
+    from conftest import load_script
 
-    bench_spec = importlib.util.spec_from_file_location("generalisation_bench", REPO / "benchmarks" / "generalisation.py")
-    bench = importlib.util.module_from_spec(bench_spec)
-    bench_spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/generalisation.py")
     md = bench.markdown_tables({"regimes": out["regimes"], "summary": {"arms": out["summary"]}})
     assert f"| real-b (share kept real) | {fold['heldout_real_accuracy']:.3f} (AUC" in md
     assert "| **unseen real kinds: mean / worst kept real** |" in md

@@ -3,20 +3,13 @@ best for held-out families where it really is (synthetic scores with a known ans
 aligned_effect.py puts each arm's folds from its own run side by side."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("threshold_logo_under_test", REPO / "benchmarks" / "threshold_logo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _scores(tmp_path: Path) -> tuple[Path, Path]:
@@ -47,7 +40,7 @@ def _scores(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_best_shift_for_heldout_families_is_found(tmp_path):
-    bench = _load()
+    bench = load_script("benchmarks/threshold_logo.py")
     npz, spec = _scores(tmp_path)
     out = tmp_path / "t.json"
     r = bench.main(["--scores", str(npz), "--logo_spec", str(spec), "--arm", "m", "--delta_range", "-8", "8", "0.25",
@@ -69,9 +62,7 @@ def test_best_shift_for_heldout_families_is_found(tmp_path):
 
 
 def test_aligned_effect_tables_read_each_arm_from_its_own_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("aligned_effect_under_test", REPO / "benchmarks" / "aligned_effect.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/aligned_effect.py")
 
     def run(path, arm, det):
         folds = {fam: {"heldout_detection": d, "per_real_kind": {"real/a": d / 2, "real/b": None}} for fam, d in det.items()}

@@ -1,23 +1,15 @@
 """benchmarks/serve_bench.py --compare-model: one run times the floor of two checkpoints in
 alternating rounds, and checks the ratio target from the two p50s."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("serve_bench_under_test", REPO / "benchmarks" / "serve_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_compare_model_floors_in_one_run(tmp_path, checkpoint_factory):
-    bench = _load_bench()
+    bench = load_script("benchmarks/serve_bench.py")
     a = checkpoint_factory(tmp_path / "a.pth", seed=0)
     b = checkpoint_factory(tmp_path / "b.pth", seed=1)
     out = tmp_path / "bench.json"
@@ -38,7 +30,7 @@ def test_compare_model_floors_in_one_run(tmp_path, checkpoint_factory):
 
 def test_paired_floors_alternate_rounds(monkeypatch):
     """Rounds go a, b, a, b, ... over the same payload positions, ``reps`` requests each."""
-    bench = _load_bench()
+    bench = load_script("benchmarks/serve_bench.py")
     calls = []
 
     def fake_time_floor(predictor, payloads, reps, start=0, into=None):
@@ -56,7 +48,7 @@ def test_paired_floors_alternate_rounds(monkeypatch):
 
 
 def test_compare_model_must_exist(tmp_path, checkpoint_factory):
-    bench = _load_bench()
+    bench = load_script("benchmarks/serve_bench.py")
     a = checkpoint_factory(tmp_path / "a.pth", seed=0)
     with pytest.raises(SystemExit, match="no such file"):
         bench.main(["--model", str(a), "--compare-model", str(tmp_path / "missing.pth"), "--no-axon",

@@ -2,7 +2,6 @@
 (``--data A B``, or the flag repeated), splits each root by picture stem with the
 trainer's rule, and keys per-source figures ``ROOT:CLASS/SOURCE``: ``bitmind.eval``,
 ``base_miner/NPR/validate.py``, ``bitmind.calibrate`` and ``benchmarks/accuracy.py``."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,15 +15,10 @@ from bitmind.training import parse_config
 
 from eval_helpers import save_brightness_model, solid_image
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 N_PICTURES = 40
-
-
-def _load_script(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture()
@@ -75,7 +69,7 @@ def test_eval_help_documents_several_roots(capsys):
 def test_validate_script_takes_several_roots(roots, tmp_path):
     one, two = roots
     model = save_brightness_model(tmp_path / "m.pth")
-    validate = _load_script("npr_validate", REPO / "base_miner" / "NPR" / "validate.py")
+    validate = load_script("base_miner/NPR/validate.py")
     out = tmp_path / "v.json"
     # validate.py's default split is the held-out test split.
     assert validate.main(["--model", str(model), "--data", str(one), str(two), "--device", "cpu", "--quiet",
@@ -103,7 +97,7 @@ def test_calibrate_pools_the_split_of_every_root(roots, tmp_path):
 def test_accuracy_benchmark_takes_several_roots(roots, tmp_path):
     one, two = roots
     model = save_brightness_model(tmp_path / "m.pth")
-    accuracy = _load_script("accuracy_bench", REPO / "benchmarks" / "accuracy.py")
+    accuracy = load_script("benchmarks/accuracy.py")
     out = tmp_path / "res" / "acc.json"
     summary = accuracy.main(["--model", str(model), "--data", str(one), str(two), "--seeds", "0",
                              "--device", "cpu", "--out", str(out)])

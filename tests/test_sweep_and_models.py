@@ -17,6 +17,8 @@ from bitmind.training.sweep import SweepSpec, ensemble_report, run_sweep
 from bitmind.training.loop import lr_at
 from validator_synth import make_folder
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"layers": [1, 1], "width": 8}
 
@@ -276,11 +278,7 @@ def test_predictor_serves_an_ensemble_with_cpu_folding(tmp_path):
 
 
 def test_learning_curve_benchmark_reads_a_sweep_folder(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
-    lc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lc)
+    lc = load_script("benchmarks/learning_curve.py")
     rng = np.random.default_rng(0)
     y = np.repeat([0.0, 1.0], 200)
     variants = {}
@@ -324,14 +322,11 @@ def test_distillation_pulls_the_student_towards_its_teacher(tmp_path):
 
 
 def test_unseen_generator_benchmark_scores_models_and_members(tmp_path):
-    import importlib.util
 
     from bitmind.cli.ensemble import main as ensemble_main
     from validator_synth import tiny_taesd_weights
 
-    spec = importlib.util.spec_from_file_location("unseen_generator", REPO / "benchmarks" / "unseen_generator.py")
-    ug = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ug)
+    ug = load_script("benchmarks/unseen_generator.py")
     torch.set_num_threads(1)
     data = make_folder(tmp_path / "data", n_per_class=30, seed=8, size=64)
     torch.manual_seed(2)
