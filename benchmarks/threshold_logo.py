@@ -25,17 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.calibration import fit_platt
-from bitmind.training.logo import FOLD_SEP, REGIMES, validation_logits
+from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, REGIMES, fold_calibration, held_out_sources
 
 HERE = Path(__file__).resolve().parent
 
 
 def calibrated_logits(data, name: str, excluded: list[str], regime: str) -> np.ndarray:
-    """The protocol's calibration of one model (class-balanced Platt on its validation
-    pictures of every regime), applied to its raw logits in ``regime``; NaN where unscored."""
-    z, y, _ = validation_logits(data, name, excluded)
-    t, b = fit_platt(z, y, class_balanced=True)
+    """The protocol's calibration of one model (``logo.fold_calibration``), applied to its raw
+    logits in ``regime``; NaN where unscored."""
+    t, b = fold_calibration(data, name, excluded)
     return data[f"{regime}/{name}"].astype(np.float64) / t + b
 
 
@@ -52,19 +50,20 @@ def arm_curves(data, spec: dict, arm: str, regime: str, deltas: np.ndarray) -> d
     variants = spec["variants"]
     own = set(variants[arm].get("exclude_sources", []))
     source, split, label = data[f"{regime}/source"], data[f"{regime}/split"], data[f"{regime}/label"]
+    all_sources = sorted(set(source))
     dets, reals, folds = [], [], []
     for name, v in variants.items():
-        if not name.startswith(arm + FOLD_SEP) or f"{regime}/{name}" not in data:
-            continue
+        fold = name[len(arm + FOLD_SEP):]
+        if not name.startswith(arm + FOLD_SEP) or fold.startswith(REAL_FOLD_PREFIX) or f"{regime}/{name}" not in data:
+            continue  # generator folds only: a real-<kind> fold has no held-out fakes to detect
         excluded = list(v.get("exclude_sources", []))
-        held_out = sorted(set(excluded) - own)
         z = calibrated_logits(data, name, excluded, regime)
         ok = ~np.isnan(z)
-        det, real_acc = shift_curves(z, ok & np.isin(source, held_out),
+        det, real_acc = shift_curves(z, ok & (label == 1) & np.isin(source, held_out_sources(fold, all_sources)),
                                      ok & (label == 0) & (split == "test") & ~np.isin(source, excluded), deltas)
         dets.append(det)
         reals.append(real_acc)
-        folds.append(name.split(FOLD_SEP, 1)[1])
+        folds.append(fold)
     if not folds:
         raise KeyError(f"{arm!r} has no folds scored in the {regime} regime")
     z = calibrated_logits(data, arm, sorted(own), regime)

@@ -30,10 +30,12 @@ def _scores(tmp_path: Path) -> tuple[Path, Path]:
             z = base.copy()
             z[source == f"fake/{held}"] -= 3.0
             data[f"{regime}/m.minus-{held}"] = z.astype(np.float32)
+        data[f"{regime}/m.minus-real-a"] = base.astype(np.float32)  # an unseen-camera fold: no fakes held out
     npz = tmp_path / "scores.npz"
     np.savez(npz, **data)
     spec = {"variants": {"m": {"exclude_sources": []}, "m.minus-x": {"exclude_sources": ["fake/x"]},
-                         "m.minus-y": {"exclude_sources": ["fake/y"]}}}
+                         "m.minus-y": {"exclude_sources": ["fake/y"]},
+                         "m.minus-real-a": {"exclude_sources": ["real/a"]}}}
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     return npz, spec_path
@@ -48,7 +50,7 @@ def test_best_shift_for_heldout_families_is_found(tmp_path):
     assert json.loads(out.read_text())["arms"]["m"]["validator"]["heldout"]["best_delta"] == r["arms"]["m"]["validator"]["heldout"]["best_delta"]
     assert (tmp_path / "t.png").stat().st_size > 0
     c = r["arms"]["m"]["validator"]
-    assert sorted(c["folds"]) == ["x", "y"]
+    assert sorted(c["folds"]) == ["x", "y"]  # the real-a fold is not a generator fold
     assert c["heldout"]["best_delta"] > 2.0          # move towards 'AI' for unseen families
     assert abs(c["in_pool"]["best_delta"]) <= 1.0    # the calibrated boundary suits the known ones
     i0 = r["deltas"].index(0.0)

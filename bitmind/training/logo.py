@@ -22,8 +22,9 @@ Three steps, so the GPU does only what needs a GPU:
    per real kind on the test split; also the detection at the threshold that keeps 90 %
    of validation real photos. ``summary`` gives each recipe's mean and worst held-out
    detection and real accuracy. A ``real-<kind>`` fold holds out a kind of real photo
-   instead (an unseen camera): its figure is the share of those photos called real. Baseline models (e.g. the shipped one) are scored per
-   family without folds: every family they never trained on is held out for them.
+   instead (an unseen camera): its figure is the share of those photos called real.
+   Baseline models (e.g. the shipped one) are scored per family without folds: every
+   family they never trained on is held out for them.
 """
 from __future__ import annotations
 
@@ -248,15 +249,23 @@ def model_probabilities(data, name: str, excluded: list[str] | None, regimes=REG
     threshold fixed here, all folds alike: a class-balanced Platt fit on the validation
     pictures of every regime, its held-out sources left out. A baseline (``excluded`` is
     None) keeps the calibration stored in its own file: it is scored as it is served."""
-    from bitmind.calibration import apply_calibration, fit_platt
+    from bitmind.calibration import apply_calibration
 
     present = [r for r in regimes if f"{r}/{name}" in data]
     if excluded is None:
         t, b = data[f"calibration/{name}"] if f"calibration/{name}" in data else (1.0, 0.0)
     else:
-        z, y, _ = validation_logits(data, name, excluded, regimes)
-        t, b = fit_platt(z, y, class_balanced=True)
+        t, b = fold_calibration(data, name, excluded, regimes)
     return {r: apply_calibration(data[f"{r}/{name}"], t, b) for r in present}
+
+
+def fold_calibration(data, name: str, excluded, regimes=REGIMES) -> tuple[float, float]:
+    """``(temperature, bias)`` the protocol gives a sweep model: a class-balanced Platt fit
+    on its validation pictures of every regime, its ``excluded`` sources left out."""
+    from bitmind.calibration import fit_platt
+
+    z, y, _ = validation_logits(data, name, excluded, regimes)
+    return fit_platt(z, y, class_balanced=True)
 
 
 def validation_logits(data, name: str, excluded=(), regimes=REGIMES) -> tuple[np.ndarray, np.ndarray, list[str]]:
