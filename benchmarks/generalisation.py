@@ -216,7 +216,8 @@ def cmd_ship(args) -> dict:
     if not args.variant or not args.ship_out:
         raise SystemExit("ship needs --variant NAME and --ship_out PATH")
     ckpt = args.checkpoint or str(Path(args.sweep) / args.variant / "model_epoch_best.pth")
-    rec = ship(args.scores or Path(args.sweep) / "logo_scores.npz", args.variant, ckpt, args.ship_out, args.description or "")
+    rec = ship(args.scores or Path(args.sweep) / "logo_scores.npz", args.variant, ckpt, args.ship_out, args.description or "",
+               real_target=args.real_target or None)
     print(f"wrote {args.ship_out}: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f} on {rec['n']} validation pictures "
           f"({', '.join(rec['regimes'])}); real {rec['val_real_accuracy_before']:.3f} -> {rec['val_real_accuracy_after']:.3f}, "
           f"fake {rec['val_fake_accuracy_before']:.3f} -> {rec['val_fake_accuracy_after']:.3f}")
@@ -249,6 +250,9 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=None, help="ship: its checkpoint (default <sweep>/<variant>/model_epoch_best.pth)")
     p.add_argument("--ship_out", default=None, help="ship: where the calibrated model goes (e.g. mining_models/base.pth)")
     p.add_argument("--description", default=None, help="ship: a sentence stored in the model file")
+    p.add_argument("--real_target", type=float, default=0.85,
+                   help="ship: put the boundary where this share of the validation real photos is called real "
+                        "(the shipped rule, docs/Generalisation.md); 0: the class-balanced Platt boundary")
     p.add_argument("--markdown", default=None, help="analyse: also write the per-fold and per-source tables as Markdown")
     p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))

@@ -134,6 +134,32 @@ def test_calibration_record_schema_and_keep_rule():
     assert rec["val_real_accuracy_after"] > rec["val_real_accuracy_before"]
 
 
+def test_real_target_puts_the_boundary_at_that_share_of_validation_real_photos():
+    """The shipped rule: the Platt temperature stays, the bias moves so that ``real_target``
+    of the validation real photos are called real (a real photo of an unseen camera is
+    called real less often than a known one: docs/Generalisation.md)."""
+    import pytest
+
+    from bitmind.calibration import apply_calibration, calibrate_logits, real_target_bias
+
+    rng = np.random.default_rng(2)
+    z = np.r_[rng.normal(2.0, 1.5, 600), rng.normal(-2.0, 1.5, 400)]
+    y = np.r_[np.ones(600), np.zeros(400)]
+    platt = calibrate_logits(z, y, keep_if_better=False)
+    rec = calibrate_logits(z, y, keep_if_better=False, real_target=0.95)
+    assert rec["temperature"] == platt["temperature"] and rec["platt_bias"] == platt["logit_bias"]
+    assert rec["real_target"] == 0.95 and rec["method"].startswith(platt["method"]) and "0.95" in rec["method"]
+    p_real = apply_calibration(z[y == 0], rec["temperature"], rec["logit_bias"])
+    assert abs(np.mean(p_real <= 0.5) - 0.95) <= 1 / 400 + 1e-9
+    assert abs(rec["val_real_accuracy_after"] - 0.95) <= 1 / 400 + 1e-9
+    assert rec["logit_bias"] < platt["logit_bias"]  # Platt called fewer than 0.95 of these reals real
+    assert rec["val_fake_accuracy_after"] < platt["val_fake_accuracy_after"]
+    with pytest.raises(ValueError):
+        real_target_bias(z, y, 1.0, 1.0)
+    with pytest.raises(ValueError):
+        real_target_bias(z[y == 1], y[y == 1], 1.0, 0.9)
+
+
 def test_class_balanced_platt_ignores_the_validation_pools_class_ratio():
     # 9 fakes per real photo, logits symmetric around 0: the unweighted fit learns the
     # pool's prior (a bias towards "fake"); the class-balanced one, what validators send (50/50)

@@ -18,10 +18,10 @@ def _scores(tmp_path: Path) -> tuple[Path, Path]:
     -2 and -1, well on the 'more AI answers' side of the calibrated one."""
     rng = np.random.default_rng(0)
     n = 400
-    source = np.array(["real/a"] * n + ["fake/x"] * n + ["fake/y"] * n)
-    label = (source != "real/a").astype(np.int64)
-    split = np.array((["val", "test"] * (n // 2)) * 3)
-    base = np.where(label == 1, 2.0, -2.0) + rng.normal(0, 1, 3 * n)
+    source = np.array(["real/a"] * n + ["real/b"] * n + ["fake/x"] * n + ["fake/y"] * n)
+    label = np.char.startswith(source, "fake/").astype(np.int64)
+    split = np.array((["val", "test"] * (n // 2)) * 4)
+    base = np.where(label == 1, 2.0, -2.0) + rng.normal(0, 1, 4 * n)
     data = {}
     for regime in ("validator", "crops"):
         data[f"{regime}/source"], data[f"{regime}/split"], data[f"{regime}/label"] = source, split, label
@@ -30,7 +30,9 @@ def _scores(tmp_path: Path) -> tuple[Path, Path]:
             z = base.copy()
             z[source == f"fake/{held}"] -= 3.0
             data[f"{regime}/m.minus-{held}"] = z.astype(np.float32)
-        data[f"{regime}/m.minus-real-a"] = base.astype(np.float32)  # an unseen-camera fold: no fakes held out
+        z = base.copy()
+        z[source == "real/a"] += 2.0  # an unseen-camera fold: its unseen kind looks half fake
+        data[f"{regime}/m.minus-real-a"] = z.astype(np.float32)
     npz = tmp_path / "scores.npz"
     np.savez(npz, **data)
     spec = {"variants": {"m": {"exclude_sources": []}, "m.minus-x": {"exclude_sources": ["fake/x"]},
@@ -61,6 +63,17 @@ def test_best_shift_for_heldout_families_is_found(tmp_path):
     direct = [np.mean(bench.calibrated_logits(data, f"m.minus-{h}", [f"fake/{h}"], "validator")[src == f"fake/{h}"] > 0)
               for h in ("x", "y")]
     assert abs(np.mean(direct) - c["heldout"]["detection"][i0]) < 1e-3
+    # the unseen-camera fold: its kind is called real about half the time at the calibrated boundary
+    assert c["unseen_real"]["folds"] == ["real-a"] and 0.3 < c["unseen_real"]["real_accuracy"][i0] < 0.7
+    both = (np.array(c["heldout"]["detection"]) + np.array(c["unseen_real"]["real_accuracy"])) / 2
+    assert c["both_unseen"]["best_balanced"] == round(float(both.max()), 4)
+    # the boundary rules: a higher share of known real photos passing keeps more unseen ones real
+    rules = c["boundary_rules"]
+    assert list(rules) == ["0", "0.85", "0.9", "0.95"]
+    unseen = [rules[k]["unseen_real_accuracy"] for k in ("0.85", "0.9", "0.95")]
+    assert unseen == sorted(unseen) and unseen[-1] > unseen[0] + 0.05
+    assert abs(rules["0.9"]["known_real_accuracy"] - 0.9) < 0.05  # test photos follow the validation quantile
+    assert rules["0"]["heldout_detection"] == c["heldout"]["detection"][i0]
 
 
 def test_aligned_effect_tables_read_each_arm_from_its_own_run(tmp_path):

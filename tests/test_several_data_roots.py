@@ -92,6 +92,14 @@ def test_calibrate_pools_the_split_of_every_root(roots, tmp_path):
     record = read_checkpoint(out)[1]["metrics"]["calibration"]
     val = _expected("val")
     assert record["n"] == sum(val.values()) > single["n"] == sum(n for k, n in val.items() if k.startswith("one:"))
+    # --real_target: the same fit, its boundary where that share of the split's real photos pass
+    shifted = tmp_path / "cal85.pth"
+    assert calibrate.main(["--model", str(model), "--data", str(one), str(two), "--split", "val",
+                           "--device", "cpu", "--out", str(shifted), "--real_target", "0.85"]) == 0
+    rec85 = read_checkpoint(shifted)[1]["metrics"]["calibration"]
+    assert rec85["real_target"] == 0.85 and rec85["temperature"] == record["temperature"]
+    n_real = sum(n for k, n in val.items() if ":real/" in k)
+    assert rec85["logit_bias"] != record["logit_bias"] and abs(rec85["val_real_accuracy_after"] - 0.85) <= 1 / n_real
 
 
 def test_accuracy_benchmark_takes_several_roots(roots, tmp_path):

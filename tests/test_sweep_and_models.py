@@ -36,7 +36,9 @@ def test_shipped_checkpoints_load_with_the_extended_npr():
     # the shipped model: one residual network (NPR + high-pass), class-balanced calibration in the file
     lm = load_model(REPO / "mining_models" / "base.pth")
     assert lm.arch == "npr" and lm.model.config["input"] == "npr_hp"
-    assert lm.temperature != 1.0 and lm.meta["metrics"]["calibration"]["method"] == "class-balanced Platt scaling"
+    cal = lm.meta["metrics"]["calibration"]
+    assert lm.temperature != 1.0 and cal["method"].startswith("class-balanced Platt scaling")
+    assert cal["real_target"] == 0.85 and lm.logit_bias == cal["logit_bias"] < cal["platt_bias"]  # the boundary rule
     assert lm.meta["train_options"]["patch_size"] == 96 and lm.meta["train_options"]["balance"] == "family"
     # the previous (SD v1.x only) ensemble is kept beside it
     lm = load_model(REPO / "mining_models" / "base_sd1x.pth")

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 def calibrate(model_path: str, data: list[str], out_path: str | None = None, split: str | None = "val", split_seed: int = 0,
-              challenge: bool = False, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0) -> dict:
+              challenge: bool = False, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0,
+              real_target: float | None = None) -> dict:
     """Fit the checkpoint's calibration on ``split`` of ``data`` (validator challenges of
     every seed in ``seeds`` if ``challenge``) and store it; returns the record."""
     lm = load_model(model_path)
@@ -38,7 +39,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
         pred = collect_predictions(lm, ds, batch_size=batch_size, device=device, workers=workers, temperature=1.0, logit_bias=0.0)
         logits.append(pred.logits)
         labels.append(pred.labels)
-    record = calibrate_logits(np.concatenate(logits), np.concatenate(labels), split=split, split_seed=split_seed,
+    record = calibrate_logits(np.concatenate(logits), np.concatenate(labels), real_target=real_target, split=split, split_seed=split_seed,
                               challenge=challenge, seeds=list(seeds))
     return store_calibration(model_path, record, out_path)
 
@@ -55,10 +56,13 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--real_target", type=float, default=None,
+                    help="then move the boundary so this share of the split's real photos is called real "
+                         "(0.85 for the shipped model: docs/Generalisation.md); default: the Platt boundary")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     rec = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
-                    a.device, a.batch_size, a.workers)
+                    a.device, a.batch_size, a.workers, a.real_target)
     print(json.dumps(rec, indent=2))
     return 0
 

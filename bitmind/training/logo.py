@@ -259,13 +259,16 @@ def model_probabilities(data, name: str, excluded: list[str] | None, regimes=REG
     return {r: apply_calibration(data[f"{r}/{name}"], t, b) for r in present}
 
 
-def fold_calibration(data, name: str, excluded, regimes=REGIMES) -> tuple[float, float]:
+def fold_calibration(data, name: str, excluded, regimes=REGIMES, real_target: float | None = None) -> tuple[float, float]:
     """``(temperature, bias)`` the protocol gives a sweep model: a class-balanced Platt fit
-    on its validation pictures of every regime, its ``excluded`` sources left out."""
-    from bitmind.calibration import fit_platt
+    on its validation pictures of every regime, its ``excluded`` sources left out; with
+    ``real_target`` the boundary calls that share of those real pictures real
+    (``bitmind.calibration.real_target_bias``)."""
+    from bitmind.calibration import fit_platt, real_target_bias
 
     z, y, _ = validation_logits(data, name, excluded, regimes)
-    return fit_platt(z, y, class_balanced=True)
+    t, b = fit_platt(z, y, class_balanced=True)
+    return (t, real_target_bias(z, y, t, real_target)) if real_target else (t, b)
 
 
 def validation_logits(data, name: str, excluded=(), regimes=REGIMES) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -370,7 +373,7 @@ def _summarise(per_fam: dict) -> dict:
     out = {"mean_heldout_detection": _rate(det), "worst_heldout_detection": float(np.min(det)) if det else None,
            "mean_heldout_detection_generators": _rate(generators),
            "mean_heldout_detection_at_real90": _rate(known("heldout_detection_at_real90")),
-           "mean_heldout_auc": float(np.mean(known("heldout_auc") or [np.nan])),
+           "mean_heldout_auc": _rate(known("heldout_auc")),
            "real_accuracy": _rate(known("real_accuracy")),
            "worst_real_kind": min(known("worst_real_kind"), default=None), "folds": len(gen)}
     if unseen_real:
@@ -386,7 +389,8 @@ def load_spec(sweep_dir: str | Path) -> dict:
 def select_recipe(summary: dict, regime: str = "validator", min_real: float = 0.90) -> dict:
     """The recipe (arm) to ship, by LOGO: the best mean held-out GENERATOR detection among
     arms whose fold models keep ``min_real`` of real photos; if none does, the best mean of
-    the two (a detector that calls everything fake is no answer). Baselines are not candidates."""
+    the two (a detector that calls everything fake is no answer). Baselines are not candidates.
+    A run with ``real-<kind>`` folds only has nothing to select by: ``recipe`` is then None."""
     rows = []
     for arm, per in summary.items():
         s = per.get(regime)
@@ -394,7 +398,7 @@ def select_recipe(summary: dict, regime: str = "validator", min_real: float = 0.
             continue
         rows.append((arm, s["mean_heldout_detection_generators"], s["real_accuracy"] or 0.0))
     if not rows:
-        raise ValueError(f"no recipe has LOGO folds in regime {regime!r}")
+        return {"recipe": None, "regime": regime, "rule": "no arm has generator folds: nothing to select by"}
     ok = [r for r in rows if r[2] >= min_real]
     arm, det, real = max(ok, key=lambda r: r[1]) if ok else max(rows, key=lambda r: (r[1] + r[2]) / 2)
     rule = (f"best mean held-out generator detection with real accuracy >= {min_real}" if ok
@@ -402,16 +406,18 @@ def select_recipe(summary: dict, regime: str = "validator", min_real: float = 0.
     return {"recipe": arm, "regime": regime, "rule": rule, **summary[arm][regime]}
 
 
-def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path, description: str = "") -> dict:
+def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path, description: str = "",
+         real_target: float | None = None) -> dict:
     """Write ``checkpoint`` (the sweep variant trained on everything) to ``out`` with the
     calibration the analysis uses: a class-balanced Platt fit on the validation pictures of
     every regime in the scores file (ready-made challenges as sent, crop pools through the
-    validator pipeline). Returns the calibration record stored in the file."""
+    validator pipeline), its boundary moved to ``real_target`` of the validation real
+    photos if given. Returns the calibration record stored in the file."""
     from bitmind.calibration import calibrate_logits, store_calibration
 
     try:
         z, y, used = validation_logits(np.load(npz), variant)
     except KeyError:
         raise KeyError(f"{variant!r} has no scores in {npz}") from None
-    record = calibrate_logits(z, y, keep_if_better=False, split="val", regimes=used)
+    record = calibrate_logits(z, y, keep_if_better=False, real_target=real_target, split="val", regimes=used)
     return store_calibration(checkpoint, record, out, **({"description": description} if description else {}))
