@@ -11,7 +11,8 @@
   (random aug or, for a share of challenges, base transforms only; then a JPEG
   round trip at quality 75). Seedable, so evaluation ``--challenge`` is reproducible.
 * ``TrainAugment``: the validator pipeline plus optional robustness augmentations
-  (Gaussian blur, JPEG at a random quality, colour jitter), applied to both classes.
+  (Gaussian blur, colour jitter, camera-like sensor noise, JPEG at a random quality),
+  applied to both classes.
 
 All random choices take an explicit ``random.Random`` so that a seed fixes them,
 independent of worker processes or global RNG state.
@@ -183,6 +184,24 @@ class AugConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     color_jitter_prob: float = 0.0
     color_jitter: float = 0.2  # brightness/contrast/saturation strength; hue is a quarter of it
+    noise_prob: float = 0.0
+    noise_sigma: tuple[float, float] = (1.0, 6.0)  # in 8-bit levels, at mid grey
+
+
+def sensor_noise(img: Image.Image, rng: random.Random, sigma: float) -> Image.Image:
+    """Camera-like noise on an RGB picture: signal-dependent (shot) plus constant (read)
+    noise, ``sigma`` 8-bit levels at mid grey, part shared by the three channels (luma) and
+    part per channel (chroma). Why: a kind of real photo the model never saw is called fake
+    far more often than known ones, noisy low-light photos most (docs/Generalisation.md,
+    "Unseen cameras"); noise on BOTH classes teaches that noise is not a generator's trace."""
+    import numpy as np
+
+    a = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    g = np.random.default_rng(rng.getrandbits(32))
+    std = (sigma / 255.0) * np.sqrt(0.3 + 1.4 * a)  # variance grows with intensity (photon noise)
+    n = 0.6 * g.standard_normal(a.shape[:2])[..., None] + 0.8 * g.standard_normal(a.shape)
+    out = np.clip(a + std * n, 0.0, 1.0)
+    return Image.fromarray((out * 255.0 + 0.5).astype(np.uint8))
 
 
 class TrainAugment:
@@ -206,6 +225,8 @@ class TrainAugment:
             img = TF.adjust_contrast(img, rng.uniform(1 - s, 1 + s))
             img = TF.adjust_saturation(img, rng.uniform(1 - s, 1 + s))
             img = TF.adjust_hue(img, rng.uniform(-s / 4, s / 4))
+        if c.noise_prob > 0 and rng.random() < c.noise_prob:
+            img = sensor_noise(img, rng, rng.uniform(*c.noise_sigma))
         if c.jpeg_prob > 0 and rng.random() < c.jpeg_prob:
             img = jpeg_roundtrip(img, rng.randint(int(c.jpeg_quality[0]), int(c.jpeg_quality[1])))
         return img

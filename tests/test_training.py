@@ -138,6 +138,33 @@ def test_augmentation_is_reproducible_by_seed(synth_data):
     assert not all(torch.equal(a[k][0], b[k][0]) for k in range(4))  # a new epoch draws new augmentations
 
 
+def test_sensor_noise_is_camera_like_seeded_and_reachable_from_the_config():
+    """Shot + read noise: ``sigma`` levels at mid grey, more in highlights than in shadows,
+    the same for the same seed; ``--aug_noise_prob`` switches it on in training."""
+    import numpy as np
+
+    from bitmind.image_transforms import sensor_noise
+    from bitmind.training.config import TrainConfig
+
+    def std_at(level, sigma=4.0, seed=0):
+        img = Image.new("RGB", (128, 128), (level,) * 3)
+        out = np.asarray(sensor_noise(img, random.Random(seed), sigma), dtype=np.float64)
+        return out.std(), out
+
+    mid, a = std_at(128)
+    assert 3.4 < mid < 4.6  # sigma at mid grey (rounding to 8 bits adds little)
+    assert std_at(40)[0] < mid < std_at(200)[0]  # photon noise grows with the signal
+    assert np.array_equal(a, std_at(128)[1]) and not np.array_equal(a, std_at(128, seed=1)[1])
+    chans = a.reshape(-1, 3) - 128.0
+    assert 0.2 < np.corrcoef(chans.T)[0, 1] < 0.6  # partly shared by the channels (luma), partly not
+    cfg = TrainConfig(aug_noise_prob=0.5, aug_noise_sigma=[2.0, 3.0]).aug_config()
+    assert cfg.noise_prob == 0.5 and cfg.noise_sigma == (2.0, 3.0)
+    aug = TrainAugment(AugConfig(validator_prob=0.0, jpeg_prob=0.0, noise_prob=1.0, noise_sigma=(5.0, 5.0)))
+    flat = Image.new("RGB", (256, 256), (128, 128, 128))
+    assert 4.0 < np.asarray(aug(flat, random.Random(0)), dtype=np.float64).std() < 6.0
+    assert np.asarray(TrainAugment(AugConfig(validator_prob=0.0, jpeg_prob=0.0))(flat, random.Random(0))).std() == 0
+
+
 def test_validator_pipeline_output_is_what_validators_send(synth_data):
     """The challenge pipeline itself: 20% plain, else rotation within +-20 degrees, a square
     random resized crop of 20-100% of the (centre-cropped) picture, independent horizontal

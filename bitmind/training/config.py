@@ -68,6 +68,8 @@ class TrainConfig:
     aug_blur_sigma: list[float] = opt([0.1, 2.0], "blur sigma range (min max)")
     aug_color_jitter_prob: float = opt(0.0, "probability of colour jitter")
     aug_color_jitter: float = opt(0.2, "colour jitter strength (brightness/contrast/saturation; hue a quarter)")
+    aug_noise_prob: float = opt(0.0, "probability of camera-like sensor noise (shot + read, luma + chroma)")
+    aug_noise_sigma: list[float] = opt([1.0, 6.0], "sensor noise strength range in 8-bit levels at mid grey (min max)")
     val_challenge: bool = opt(True, "validate through the validator pipeline (seeded), as miners are scored")
     calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
     # run
@@ -91,6 +93,7 @@ class TrainConfig:
             validator_prob=self.aug_validator_prob, plain_share=self.aug_plain_share, jpeg_prob=self.aug_jpeg_prob,
             jpeg_quality=tuple(self.aug_jpeg_quality), blur_prob=self.aug_blur_prob, blur_sigma=tuple(self.aug_blur_sigma),
             color_jitter_prob=self.aug_color_jitter_prob, color_jitter=self.aug_color_jitter,
+            noise_prob=self.aug_noise_prob, noise_sigma=tuple(self.aug_noise_sigma),
         )
 
     @property
