@@ -50,7 +50,7 @@ def test_cli_defaults_follow_the_guide():
 
 def test_cpu_run_writes_checkpoints_tensorboard_and_options(synth_data, tmp_path):
     torch.set_num_threads(1)
-    summary = train(_cfg(synth_data, tmp_path, calibrate=True))
+    summary = train(_cfg(synth_data, tmp_path, calibrate=True, calibration_real_target=0.75))
     run = tmp_path / "t"
     for name in ("model_epoch_best.pth", "model_last.pth", "state_last.pt", "opt.json", "history.json", "summary.json", "curves.png"):
         assert (run / name).is_file(), name
@@ -60,7 +60,9 @@ def test_cpu_run_writes_checkpoints_tensorboard_and_options(synth_data, tmp_path
     # The best checkpoint describes itself and carries its calibration.
     state, meta = read_checkpoint(run / "model_epoch_best.pth")
     assert meta["arch"] == "npr" and meta["config"]["layers"] == [1, 1]
-    assert "temperature" in meta and "logit_bias" in meta and meta["metrics"]["calibration"]["split"] == "val"
+    cal = meta["metrics"]["calibration"]
+    assert "temperature" in meta and "logit_bias" in meta and cal["split"] == "val"
+    assert cal["real_target"] == 0.75 and meta["logit_bias"] == cal["logit_bias"] and "platt_bias" in cal  # the boundary rule
     # ...and the miner's predictor serves it as is.
     pred = Predictor(str(run / "model_epoch_best.pth"), device="cpu")
     p = pred.predict_image(Image.open(next((synth_data / "fake" / "synth").iterdir())))

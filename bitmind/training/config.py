@@ -72,6 +72,8 @@ class TrainConfig:
     aug_noise_sigma: list[float] = opt([1.0, 6.0], "sensor noise strength range in 8-bit levels at mid grey (min max)")
     val_challenge: bool = opt(True, "validate through the validator pipeline (seeded), as miners are scored")
     calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
+    calibration_real_target: float = opt(0.0, "then put the boundary where this share of the validation real photos "
+                                              "pass (0: the Platt boundary; the shipped model uses 0.85, docs/Generalisation.md)")
     # run
     name: str = opt("npr_experiment", "run name: the output folder under checkpoints_dir")
     checkpoints_dir: str = opt(str(DEFAULT_CHECKPOINTS_DIR), "where run folders go")

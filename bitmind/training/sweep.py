@@ -480,7 +480,8 @@ def run_sweep(spec: SweepSpec) -> dict:
     for v in variants:
         plot_curves(v.history, v.run_dir / "curves.png")
         v.writer.close()
-        calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy", v.val_mask)
+        calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy", v.val_mask,
+                                     real_target=base.calibration_real_target)
         best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]
         results[v.name] = {"options": spec.variants[v.name], "best": v.best.record, "calibration": calib,
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),

@@ -279,7 +279,8 @@ def train(cfg: TrainConfig) -> dict:
                "history": history, "seconds": time.time() - t_start, "images_seen": images_seen}
     if is_main:
         if cfg.calibrate and (run_dir / "val_logits_best.npy").exists():
-            summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy")
+            summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy",
+                                                          real_target=cfg.calibration_real_target)
         writer.close()
         (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     if world > 1:
@@ -288,14 +289,15 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None) -> dict:
+def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None, real_target: float = 0.0) -> dict:
     """Fit the calibration on the validation logits saved beside ``ckpt`` (those under
     ``mask`` only, if given: a leave-one-out model is calibrated without its held-out
-    sources) and store it in the checkpoint."""
+    sources), its boundary at ``real_target`` of the real ones if set, and store it in
+    the checkpoint."""
     logits, labels = np.load(logits_file)
     if mask is not None:
         logits, labels = logits[mask], labels[mask]
-    rec = store_calibration(ckpt, calibrate_logits(logits, labels, split="val"))
+    rec = store_calibration(ckpt, calibrate_logits(logits, labels, real_target=real_target or None, split="val"))
     print(f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f}; val brier {rec['val_brier_before']:.4f} -> "
           f"{rec['val_brier_after']:.4f}, acc {rec['val_accuracy_before']:.4f} -> {rec['val_accuracy_after']:.4f}", flush=True)
     return rec
