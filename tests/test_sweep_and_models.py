@@ -39,6 +39,8 @@ def test_shipped_checkpoints_load_with_the_extended_npr():
     cal = lm.meta["metrics"]["calibration"]
     assert lm.temperature != 1.0 and cal["method"].startswith("class-balanced Platt scaling")
     assert cal["real_target"] == 0.85 and lm.logit_bias == cal["logit_bias"] < cal["platt_bias"]  # the boundary rule
+    fast = load_model(REPO / "mining_models" / "base_fast.pth")
+    assert fast.meta["metrics"]["calibration"]["real_target"] == 0.85 and fast.model.config["stem_pool"] is True
     assert lm.meta["train_options"]["patch_size"] == 96 and lm.meta["train_options"]["balance"] == "family"
     # the previous (SD v1.x only) ensemble is kept beside it
     lm = load_model(REPO / "mining_models" / "base_sd1x.pth")
