@@ -217,7 +217,7 @@ def cmd_ship(args) -> dict:
         raise SystemExit("ship needs --variant NAME and --ship_out PATH")
     ckpt = args.checkpoint or str(Path(args.sweep) / args.variant / "model_epoch_best.pth")
     rec = ship(args.scores or Path(args.sweep) / "logo_scores.npz", args.variant, ckpt, args.ship_out, args.description or "",
-               real_target=args.real_target or None)
+               real_target=args.real_target)
     print(f"wrote {args.ship_out}: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f} on {rec['n']} validation pictures "
           f"({', '.join(rec['regimes'])}); real {rec['val_real_accuracy_before']:.3f} -> {rec['val_real_accuracy_after']:.3f}, "
           f"fake {rec['val_fake_accuracy_before']:.3f} -> {rec['val_fake_accuracy_after']:.3f}")

@@ -46,18 +46,23 @@ def shift_curves(z: np.ndarray, fake: np.ndarray, real: np.ndarray, deltas: np.n
     return det, real_acc
 
 
+def fold_models(data, spec: dict, arm: str, regime: str, real_kinds: bool):
+    """The arm's fold models scored in ``regime``, as (variant, fold, excluded sources): its
+    generator folds, or with ``real_kinds`` its ``real-<kind>`` (unseen camera) folds."""
+    prefix = arm + FOLD_SEP
+    for name, v in spec["variants"].items():
+        fold = name[len(prefix):]
+        if name.startswith(prefix) and fold.startswith(REAL_FOLD_PREFIX) == real_kinds and f"{regime}/{name}" in data:
+            yield name, fold, list(v.get("exclude_sources", []))
+
+
 def arm_curves(data, spec: dict, arm: str, regime: str, deltas: np.ndarray, real_target: float | None = None) -> dict:
     """Held-out curves (mean over the arm's folds) and in-pool curves (its everything model)."""
-    variants = spec["variants"]
-    own = set(variants[arm].get("exclude_sources", []))
+    own = set(spec["variants"][arm].get("exclude_sources", []))
     source, split, label = data[f"{regime}/source"], data[f"{regime}/split"], data[f"{regime}/label"]
     all_sources = sorted(set(source))
     dets, reals, folds = [], [], []
-    for name, v in variants.items():
-        fold = name[len(arm + FOLD_SEP):]
-        if not name.startswith(arm + FOLD_SEP) or fold.startswith(REAL_FOLD_PREFIX) or f"{regime}/{name}" not in data:
-            continue  # generator folds only: a real-<kind> fold has no held-out fakes to detect
-        excluded = list(v.get("exclude_sources", []))
+    for name, fold, excluded in fold_models(data, spec, arm, regime, real_kinds=False):  # no fakes held out in a real-<kind> fold
         z = calibrated_logits(data, name, excluded, regime, real_target)
         ok = ~np.isnan(z)
         det, real_acc = shift_curves(z, ok & (label == 1) & np.isin(source, held_out_sources(fold, all_sources)),
@@ -88,11 +93,8 @@ def unseen_real_curve(data, spec: dict, arm: str, regime: str, deltas: np.ndarra
     source = data[f"{regime}/source"]
     all_sources = sorted(set(source))
     curves, folds = [], []
-    for name, v in spec["variants"].items():
-        fold = name[len(arm + FOLD_SEP):]
-        if not name.startswith(arm + FOLD_SEP) or not fold.startswith(REAL_FOLD_PREFIX) or f"{regime}/{name}" not in data:
-            continue
-        z = calibrated_logits(data, name, list(v.get("exclude_sources", [])), regime, real_target)
+    for name, fold, excluded in fold_models(data, spec, arm, regime, real_kinds=True):
+        z = calibrated_logits(data, name, excluded, regime, real_target)
         unseen = ~np.isnan(z) & np.isin(source, held_out_sources(fold, all_sources))
         curves.append(shift_curves(z, np.zeros_like(unseen), unseen, deltas)[1])
         folds.append(fold)
@@ -119,8 +121,8 @@ def boundary_rules(data, spec: dict, cam_data, cam_spec: dict, arm: str, regime:
     zero = np.zeros(1)
     rows = {}
     for target in targets:
-        c = arm_curves(data, spec, arm, regime, zero, target or None)
-        cams = unseen_real_curve(cam_data, cam_spec, arm, regime, zero, target or None)
+        c = arm_curves(data, spec, arm, regime, zero, target)
+        cams = unseen_real_curve(cam_data, cam_spec, arm, regime, zero, target)
         det, real = c["heldout"]["detection"][0], c["heldout"]["real_accuracy"][0]
         unseen = cams["real_accuracy"][0] if cams else None
         rows[f"{target:g}"] = {"heldout_detection": det, "known_real_accuracy": real, "unseen_real_accuracy": unseen,

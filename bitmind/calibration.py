@@ -97,7 +97,7 @@ def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: f
     score (tiny or separable validation sets: the identity map is kept instead). With
     ``real_target`` the fitted temperature stays and the bias is replaced by the one that
     calls that share of the validation real photos real (``real_target_bias``; the Platt
-    bias is kept in the record as ``platt_bias``)."""
+    bias is kept in the record as ``platt_bias``); 0 or None keeps the Platt boundary."""
     from bitmind.metrics import compute_metrics
 
     z = np.asarray(logits, dtype=np.float64).reshape(-1)

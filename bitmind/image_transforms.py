@@ -24,6 +24,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
@@ -194,8 +195,6 @@ def sensor_noise(img: Image.Image, rng: random.Random, sigma: float) -> Image.Im
     part per channel (chroma). Why: a kind of real photo the model never saw is called fake
     far more often than known ones, noisy low-light photos most (docs/Generalisation.md,
     "Unseen cameras"); noise on BOTH classes teaches that noise is not a generator's trace."""
-    import numpy as np
-
     a = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     g = np.random.default_rng(rng.getrandbits(32))
     std = (sigma / 255.0) * np.sqrt(0.3 + 1.4 * a)  # variance grows with intensity (photon noise)

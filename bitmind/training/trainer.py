@@ -297,7 +297,7 @@ def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None 
     logits, labels = np.load(logits_file)
     if mask is not None:
         logits, labels = logits[mask], labels[mask]
-    rec = store_calibration(ckpt, calibrate_logits(logits, labels, real_target=real_target or None, split="val"))
+    rec = store_calibration(ckpt, calibrate_logits(logits, labels, real_target=real_target, split="val"))
     print(f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f}; val brier {rec['val_brier_before']:.4f} -> "
           f"{rec['val_brier_after']:.4f}, acc {rec['val_accuracy_before']:.4f} -> {rec['val_accuracy_after']:.4f}", flush=True)
     return rec
