@@ -17,6 +17,11 @@
     python benchmarks/generalisation.py score   --sweep base_miner/checkpoints/logo --data ... --challenge_data ...
     python benchmarks/generalisation.py analyse --sweep base_miner/checkpoints/logo
 
+    # several runs of one recipe (seeds, augmentations: each its own data stream) as arms
+    # of one scores file, then analysed (and read by threshold_logo.py) like one run:
+    python benchmarks/generalisation.py merge --runs plain_s0=RUN_A:patch96nopool noise_s0=RUN_B:patch96nopool \
+        --scores merged_scores.npz --logo_spec merged_spec.json
+
 ``analyse`` writes ``benchmarks/results/generalisation.json`` (per regime, per fold, per
 source; a top-level ``summary`` per recipe with ``mean_heldout_detection``,
 ``worst_heldout_detection`` and ``real_accuracy``) and ``docs/figures/generalisation.png``
@@ -31,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_sweep_spec, score_models,
-                                  select_recipe, ship, sources_in)
+from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_sweep_spec, parse_ensembles,
+                                  score_models, select_recipe, ship, sources_in)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,17 +54,6 @@ def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
     return paths, trained
 
 
-def _ensembles(items) -> dict[str, list[str]]:
-    """``--ensemble NAME=ARM+ARM[+...]`` -> name -> member arms."""
-    out = {}
-    for it in items or []:
-        name, _, members = it.partition("=")
-        if not name or "+" not in members:
-            raise SystemExit(f"--ensemble wants NAME=ARM+ARM[+...], got {it!r}")
-        out[name] = members.split("+")
-    return out
-
-
 def cmd_train(args) -> Path:
     from bitmind.training.sweep import SweepSpec, run_sweep
 
@@ -71,6 +65,8 @@ def cmd_train(args) -> Path:
     for key in ("epochs", "device", "workers", "checkpoints_dir", "max_steps_per_epoch", "samples_per_epoch"):
         if getattr(args, key, None) is not None:
             base[key] = getattr(args, key)
+    if args.train_seed is not None:
+        base["seed"] = args.train_seed
     base["name"] = args.name
     logo["base"] = base
     roots = base.get("data", []) + base.get("challenge_data", []) + base.get("train_data", [])
@@ -184,7 +180,7 @@ def cmd_analyse(args) -> dict:
     sweep_dir = Path(args.sweep)
     spec = json.loads(Path(args.logo_spec or sweep_dir / "logo_spec.json").read_text())
     _, trained = _baselines(args.baseline)
-    result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained, _ensembles(args.ensemble))
+    result = analyse(args.scores or sweep_dir / "logo_scores.npz", spec, trained, args.ensembles)
     arms = result.pop("summary")
     chosen = select_recipe(arms) if not args.recipe else {"recipe": args.recipe, "regime": "validator",
                                                            "rule": "named with --recipe", **arms[args.recipe]["validator"]}
@@ -211,6 +207,55 @@ def cmd_analyse(args) -> dict:
     return result
 
 
+def merge_runs(runs: dict[str, tuple[Path, str]]) -> tuple[dict, dict]:
+    """``{arm: (sweep_dir, recipe)}`` -> (scores, spec) with each run's recipe and its folds
+    renamed to ``arm``: runs that cannot share one data stream (another seed, another
+    augmentation) become arms of one analysis. The runs must have scored the same pictures
+    in the same order (same data, same split); anything else is refused, not misaligned."""
+    data: dict[str, np.ndarray] = {}
+    variants: dict[str, dict] = {}
+    origin: dict[str, dict] = {}  # each arm's own run: its recipe and training options (seed, augmentation)
+    spec: dict | None = None
+    for arm, (sweep_dir, recipe) in runs.items():
+        if "." in arm:
+            raise SystemExit(f"an arm name may not contain '.', got {arm!r}")
+        run_spec = json.loads((Path(sweep_dir) / "logo_spec.json").read_text())
+        mine = {v: d for v, d in run_spec["variants"].items() if v == recipe or v.startswith(recipe + ".minus-")}
+        if recipe not in mine:
+            raise SystemExit(f"{sweep_dir} has no variant {recipe!r} (it has {sorted(run_spec['variants'])})")
+        spec = spec or run_spec
+        with np.load(Path(sweep_dir) / "logo_scores.npz", allow_pickle=False) as z:
+            for key in z.files:
+                section, _, name = key.partition("/")
+                if name in ("source", "split", "label"):
+                    if key in data and not np.array_equal(data[key], z[key]):
+                        raise SystemExit(f"{sweep_dir} scored other pictures than the runs before it ({key} differs)")
+                    data[key] = z[key]
+                elif name in mine:
+                    data[f"{section}/{arm}{name[len(recipe):]}"] = z[key]
+        variants.update({f"{arm}{v[len(recipe):]}": d for v, d in mine.items()})
+        origin[arm] = {"recipe": recipe, "base": run_spec.get("base", {})}
+    assert spec is not None, "no runs"
+    logo = {**spec["logo"], "recipes": list(runs), "controls": []}
+    return data, {**spec, "variants": variants, "logo": logo, "merged_runs": origin}
+
+
+def cmd_merge(args) -> None:
+    runs = {}
+    for it in args.runs or []:
+        arm, _, rest = it.partition("=")
+        sweep_dir, _, recipe = rest.rpartition(":")
+        if not arm or not sweep_dir or not recipe:
+            raise SystemExit(f"--runs wants ARM=SWEEP_DIR:RECIPE, got {it!r}")
+        runs[arm] = (sweep_dir, recipe)
+    if len(runs) < 2 or not args.scores or not args.logo_spec:
+        raise SystemExit("merge needs two or more --runs ARM=SWEEP_DIR:RECIPE, --scores OUT.npz and --logo_spec OUT.json")
+    data, spec = merge_runs(runs)
+    np.savez_compressed(args.scores, **data)
+    Path(args.logo_spec).write_text(json.dumps(spec, indent=2))
+    print(f"wrote {args.scores} ({len(spec['variants'])} models) and {args.logo_spec}")
+
+
 def cmd_ship(args) -> dict:
     """The variant trained on everything, calibrated class-balanced on the validation pictures of both regimes."""
     if not args.variant or not args.ship_out:
@@ -226,8 +271,10 @@ def cmd_ship(args) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["train", "score", "analyse", "all", "ship"])
+    p.add_argument("command", choices=["train", "score", "analyse", "all", "ship", "merge"])
     p.add_argument("--spec", help="LOGO spec JSON (train, all)")
+    p.add_argument("--runs", nargs="+", metavar="ARM=SWEEP_DIR:RECIPE",
+                   help="merge: scored LOGO runs whose RECIPE (and its folds) become arm ARM of one scores file")
     p.add_argument("--data", nargs="+", help="crop pools (CLASS/SOURCE/*.jpg), aligned round trips included")
     p.add_argument("--challenge_data", nargs="+", help="ready-made validator challenges (sn34-validator)")
     p.add_argument("--train_data", nargs="+", help="extra training-only roots")
@@ -240,12 +287,14 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
+    p.add_argument("--train_seed", type=int, default=None,
+                   help="train: seed of weights, sampling and augmentation (default: the spec's); a replicate of a run")
     p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
                    help="extra models scored per family, e.g. base_sd1x=mining_models/base_sd1x.pth:fake/sd1x (its training fakes)")
     p.add_argument("--ensemble", nargs="*", default=[], metavar="NAME=ARM+ARM",
                    help="analyse: also score the mean logit of these arms, fold by fold (no training)")
     p.add_argument("--recipe", default=None, help="the recipe the top-level summary describes (default: chosen by LOGO)")
-    p.add_argument("--logo_spec", default=None, help="analyse: the sweep's logo_spec.json (default <sweep>/logo_spec.json)")
+    p.add_argument("--logo_spec", default=None, help="analyse: the sweep's logo_spec.json (default <sweep>/logo_spec.json); merge: where the merged spec goes")
     p.add_argument("--variant", default=None, help="ship: the sweep variant to ship (trained on everything)")
     p.add_argument("--checkpoint", default=None, help="ship: its checkpoint (default <sweep>/<variant>/model_epoch_best.pth)")
     p.add_argument("--ship_out", default=None, help="ship: where the calibrated model goes (e.g. mining_models/base.pth)")
@@ -254,11 +303,17 @@ def main(argv=None):
                    help="ship: put the boundary where this share of the validation real photos is called real "
                         "(the shipped rule, docs/Generalisation.md); 0: the class-balanced Platt boundary")
     p.add_argument("--markdown", default=None, help="analyse: also write the per-fold and per-source tables as Markdown")
-    p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz)")
+    p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz); merge: where the merged scores go")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
     p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "generalisation.png"))
     args = p.parse_args(argv)
+    try:
+        args.ensembles = parse_ensembles(args.ensemble)
+    except ValueError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "merge":
+        return cmd_merge(args)
     if args.command in ("train", "all"):
         if not args.spec:
             p.error("--spec is required for train/all")

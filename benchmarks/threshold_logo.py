@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, REGIMES, fold_calibration, held_out_sources
+from bitmind.training.logo import (FOLD_SEP, REAL_FOLD_PREFIX, REGIMES, add_ensembles, fold_calibration, held_out_sources,
+                                  parse_ensembles)
 
 HERE = Path(__file__).resolve().parent
 
@@ -163,6 +164,8 @@ def main(argv=None) -> dict:
     p.add_argument("--scores", required=True, help="LOGO scores (.npz written by generalisation.py score)")
     p.add_argument("--logo_spec", required=True, help="the sweep spec of those scores (its variants' exclusions)")
     p.add_argument("--arm", nargs="+", required=True, help="recipes with folds, e.g. patch96nopool")
+    p.add_argument("--ensemble", nargs="*", default=[], metavar="NAME=ARM+ARM",
+                   help="mean-logit ensembles of arms, fold by fold (as generalisation.py analyse); name them in --arm too")
     p.add_argument("--cameras", nargs=2, metavar=("SCORES", "SPEC"), default=None,
                    help="scores and spec of a run with real-<kind> folds for the same arms (logo_cameras.json), "
                         "when they are not in --scores: adds unseen-real accuracy and the both-unseen curve")
@@ -175,13 +178,25 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     lo, hi, step = a.delta_range
     deltas = np.round(np.arange(lo, hi + step / 2, step), 6)
-    data = np.load(a.scores, allow_pickle=False)
-    spec = json.loads(Path(a.logo_spec).read_text())
+    try:
+        ensembles = parse_ensembles(a.ensemble)
+    except ValueError as e:
+        p.error(str(e))
+
+    def load(scores, spec_path) -> tuple[dict, dict]:
+        spec = json.loads(Path(spec_path).read_text())
+        data, variants = add_ensembles(np.load(scores, allow_pickle=False), spec["variants"], ensembles)
+        return data, {**spec, "variants": variants}
+
+    data, spec = load(a.scores, a.logo_spec)
+    variants = spec["variants"]
+    unknown = [arm for arm in a.arm if not any(f"{r}/{arm}" in data for r in REGIMES)]
+    if unknown:
+        p.error(f"no scores for arm(s) {unknown}; the scores hold {sorted(v for v in variants if FOLD_SEP not in v)}")
     result = {"scores": str(a.scores), "logo_spec": str(a.logo_spec), "deltas": deltas.tolist(),
               "arms": {arm: {r: arm_curves(data, spec, arm, r, deltas) for r in REGIMES if f"{r}/{arm}" in data}
                        for arm in a.arm}}
-    cam_data, cam_spec = ((np.load(a.cameras[0], allow_pickle=False), json.loads(Path(a.cameras[1]).read_text()))
-                          if a.cameras else (data, spec))
+    cam_data, cam_spec = load(*a.cameras) if a.cameras else (data, spec)
     if a.cameras:
         result["cameras"] = {"scores": a.cameras[0], "logo_spec": a.cameras[1]}
     for arm, regimes in result["arms"].items():

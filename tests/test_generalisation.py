@@ -183,7 +183,7 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
            "--data", str(pools["crops"]), str(pools["aligned"]), "--challenge_data", str(pools["chal"]),
            "--checkpoints_dir", str(tmp_path / "ck"), "--name", "logo", "--epochs", "2", "--workers", "0",
            "--baseline", f"tiny={REPO / 'mining_models' / 'npr_f2.pth'}:fake/sd1x", "--out", str(out), "--figure", str(fig),
-           "--ensemble", "both=patch+patch.noaligned"]
+           "--ensemble", "both=patch+patch.noaligned", "--train_seed", "3"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -195,6 +195,7 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     excl = result["spec"]["variants"]["patch.minus-flux1"]["exclude_sources"]
     assert excl == ["fake/flux1-dev", "fake/flux1-schnell"]
     assert "fake/aligned-taef2" in result["spec"]["variants"]["patch.noaligned"]["exclude_sources"]
+    assert json.loads((tmp_path / "ck" / "logo" / "logo_spec.json").read_text())["base"]["seed"] == 3  # --train_seed
     # a control without the ready-made challenges trains on everything but that root
     sweep = json.loads((tmp_path / "ck" / "logo" / "sweep.json").read_text())
     n_chal = sweep["splits"][str(pools["chal"])]["train"]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import load_script
 
@@ -92,3 +93,48 @@ def test_aligned_effect_tables_read_each_arm_from_its_own_run(tmp_path):
     assert "| **mean** | **0.400** | **0.800** |" in lines          # families
     assert "| a | 0.200 | 0.400 |" in lines                        # real kind: mean over folds, None skipped
     assert (tmp_path / "t.md").read_text() == md
+
+
+def test_merged_runs_become_arms_and_ensembles_are_read_fold_by_fold(tmp_path):
+    """Two runs of one recipe (say, two seeds) merged into one scores file: each run's recipe
+    and folds become an arm with its own name, threshold_logo reads the arms and their
+    mean-logit ensemble; runs that scored other pictures, or lack the recipe, are refused."""
+    gen = load_script("benchmarks/generalisation.py")
+    bench = load_script("benchmarks/threshold_logo.py")
+    npz, spec_path = _scores(tmp_path)
+    runs = {}
+    for k, shift in (("one", 0.0), ("two", 1.0)):
+        d = tmp_path / k
+        d.mkdir()
+        z = dict(np.load(npz))
+        for key in list(z):
+            if key.endswith("/m") or "/m.minus-" in key:
+                z[key] = z[key] + shift  # the second run calls everything a little more 'AI'
+        np.savez(d / "logo_scores.npz", **z)
+        spec = json.loads(spec_path.read_text())
+        spec.update(logo={"folds": ["x", "y", "real-a"], "recipes": ["m"], "controls": []}, base={"seed": len(runs)})
+        (d / "logo_spec.json").write_text(json.dumps(spec))
+        runs[k] = d
+    out_npz, out_spec = tmp_path / "merged.npz", tmp_path / "merged.json"
+    gen.main(["merge", "--runs", f"a={runs['one']}:m", f"b={runs['two']}:m", "--scores", str(out_npz), "--logo_spec", str(out_spec)])
+    merged, mspec = np.load(out_npz), json.loads(out_spec.read_text())
+    assert set(mspec["variants"]) == {f"{arm}{fold}" for arm in "ab" for fold in ("", ".minus-x", ".minus-y", ".minus-real-a")}
+    assert mspec["variants"]["b.minus-x"]["exclude_sources"] == ["fake/x"] and mspec["logo"]["recipes"] == ["a", "b"]
+    assert mspec["merged_runs"]["b"] == {"recipe": "m", "base": {"seed": 1}}
+    assert np.allclose(merged["validator/b.minus-y"], np.load(npz)["validator/m.minus-y"] + 1.0)
+    r = bench.main(["--scores", str(out_npz), "--logo_spec", str(out_spec), "--arm", "a", "b", "ab", "--ensemble", "ab=a+b",
+                    "--real_targets", "--out", str(tmp_path / "t.json"), "--figure", ""])
+    i0 = r["deltas"].index(0.0)
+    det = {arm: r["arms"][arm]["validator"]["heldout"]["detection"][i0] for arm in ("a", "b", "ab")}
+    assert det["a"] == det["b"]  # a constant logit shift is undone by each fold's own calibration
+    assert r["arms"]["ab"]["validator"]["folds"] == ["x", "y"] and abs(det["ab"] - det["a"]) < 0.02
+    with pytest.raises(SystemExit):  # an arm the scores do not hold is an error, not an empty read-out
+        bench.main(["--scores", str(out_npz), "--logo_spec", str(out_spec), "--arm", "c", "--out", str(tmp_path / "u.json"),
+                    "--figure", ""])
+    z = dict(np.load(runs["two"] / "logo_scores.npz"))
+    z["validator/label"] = 1 - z["validator/label"]
+    np.savez(runs["two"] / "logo_scores.npz", **z)
+    with pytest.raises(SystemExit, match="other pictures"):
+        gen.merge_runs({"a": (runs["one"], "m"), "b": (runs["two"], "m")})
+    with pytest.raises(SystemExit, match="no variant"):
+        gen.merge_runs({"a": (runs["one"], "zz"), "b": (runs["two"], "m")})

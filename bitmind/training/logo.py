@@ -292,6 +292,17 @@ def _fold_of(variant: str) -> tuple[str, str | None]:
     return tuple(variant.split(FOLD_SEP, 1)) if FOLD_SEP in variant else (variant, None)  # type: ignore[return-value]
 
 
+def parse_ensembles(items) -> dict[str, list[str]]:
+    """``--ensemble NAME=ARM+ARM[+...]`` -> name -> member arms."""
+    out = {}
+    for it in items or []:
+        name, _, members = it.partition("=")
+        if not name or "+" not in members:
+            raise ValueError(f"--ensemble wants NAME=ARM+ARM[+...], got {it!r}")
+        out[name] = members.split("+")
+    return out
+
+
 def add_ensembles(data, variants: dict, ensembles: dict[str, list[str]]) -> tuple[dict, dict]:
     """Score ensembles of recipes without training anything: for each ``name -> [arm, ...]``
     and each fold (and the everything model) that every member has, the mean of the
