@@ -346,3 +346,39 @@ def test_unseen_generator_benchmark_scores_models_and_members(tmp_path):
     for row in res["models"].values():
         assert set(row) == {"clean", "challenge"} and 0.0 <= row["clean"]["fake_detection"] <= 1.0
     assert json.loads((tmp_path / "u.json").read_text())["pool"] == res["pool"]
+
+
+def test_every_committed_sweep_spec_is_one_the_code_accepts():
+    """A typo in a committed spec would surface only on a GPU machine, after the data upload:
+    every spec in base_miner/NPR/sweeps/ must expand (LOGO specs over the pools' sources),
+    give each variant a training configuration and sweep options, and build its network."""
+    import dataclasses
+
+    from bitmind.models.registry import build_model
+    from bitmind.training.logo import logo_sweep_spec
+    from bitmind.training.sweep import SweepSpec
+
+    fakes = ["sd1x", "sd15", "sd2", "sdxl", "flux1-dev", "flux1-schnell", "sd35", "midjourney-v3", "stylegan-family",
+             "biggan-progan", "pix2pixhd-spade", "vqgan", "aligned-taef2"]
+    reals = ["imagenet", "faces", "celebahq", "urban100", "lowlight", "photostyle", "mmpose_misc", "coco", "bsd100"]
+    sources = [f"fake/{s}" for s in fakes] + [f"real/{s}" for s in reals]
+    specs = sorted((REPO / "base_miner" / "NPR" / "sweeps").glob("*.json"))
+    assert len(specs) >= 20
+    built = set()
+    for path in specs:
+        d = json.loads(path.read_text())
+        sweep = d if "variants" in d else logo_sweep_spec(d, sources)
+        spec = SweepSpec.from_dict(sweep)
+        for name in spec.variants:
+            cfg = spec.variant_config(name)
+            spec.variant_extras(name)
+            key = json.dumps([cfg.arch, cfg.model_config()], sort_keys=True)
+            if key not in built:
+                build_model(cfg.arch, **cfg.model_config())
+                built.add(key)
+        assert dataclasses.asdict(spec.base), path.name
+    # and a typo is caught, not ignored
+    bad = json.loads(specs[0].read_text())
+    bad["base"]["epochz"] = 3
+    with pytest.raises(ValueError, match="epochz"):
+        SweepSpec.from_dict(bad if "variants" in bad else logo_sweep_spec(bad, sources))
