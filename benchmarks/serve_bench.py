@@ -271,7 +271,8 @@ def floor_summary(predictor: Predictor, payloads: list[str], reps: int, t: dict[
         eager.append((time.perf_counter() - t0) * 1000)
     out = {"total": summarize(t["total"]), "decode_p50_ms": summarize(t["decode"])["p50_ms"],
            "transform_p50_ms": summarize(t["transform"])["p50_ms"], "forward_p50_ms": summarize(t["forward"])["p50_ms"],
-           "optimized": predictor.status()["optimized"], "eager_forward_p50_ms": summarize(eager[3:])["p50_ms"],
+           "optimized": predictor.status()["optimized"], "cpu_bf16": predictor.status()["cpu_bf16"],
+           "eager_forward_p50_ms": summarize(eager[3:])["p50_ms"],
            "foreign_load_cores": foreign_load}
     # Batched forward cost per image (what micro-batching can win or lose on this device).
     per_image = {}

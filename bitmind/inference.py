@@ -1,12 +1,14 @@
 """The one forward pass of the project: ``forward_logits`` runs a model on a batch for the
 trainer, the sweep, the miner and ``bitmind.eval`` alike, and ``prepare_for_serving``
 makes the CPU-prepared copy the miner serves (batch norms folded into convolutions,
-channels-last weights), so evaluation scores what the miner serves.
+channels-last weights; bf16 autocast where the CPU runs bf16 natively), so evaluation
+scores what the miner serves.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import os
 
 import torch
 import torch.nn as nn
@@ -89,10 +91,52 @@ def fold_batch_norms(model: nn.Module) -> int:
     return folded
 
 
-def optimize_for_cpu(model: nn.Module, probe_batch: int = 2) -> nn.Module:
+def cpu_runs_bf16() -> bool:
+    """Does this CPU compute in bf16 natively (AMX tiles or AVX512-BF16), as torch reports
+    it? There bf16 autocast makes the NPR forward about 2.2x faster (docs/Performance.md);
+    elsewhere bf16 is emulated and slower than fp32, so it is never used there. The
+    environment variable ``BITMIND_CPU_BF16`` (``1`` or ``0``) overrides the answer, for a
+    CPU that torch misjudges (and for tests that need the same answer on every machine)."""
+    forced = os.environ.get("BITMIND_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        try:
+            if getattr(torch.cpu, probe)():
+                return True
+        except Exception:  # an older torch without the probe, or a platform that cannot say
+            continue
+    return False
+
+
+def cpu_bf16_wanted(amp: str | None) -> bool:
+    """Whether a CPU serves in bf16 for an AMP mode: ``auto`` where the CPU runs bf16
+    natively, ``bf16`` always, ``none`` (or None) never. ``fp16`` is a CUDA mode: fp32 here."""
+    if amp not in (None, "none", "auto", "bf16", "fp16"):
+        raise ValueError(f"unknown amp mode {amp!r}")
+    return amp == "bf16" or (amp == "auto" and cpu_runs_bf16())
+
+
+class CpuBf16(nn.Module):
+    """``inner`` under bf16 autocast on the CPU, float32 out. Autocast (not bf16 weights)
+    keeps the input residuals (NPR, high-pass: differences of about 1/255) in fp32 and
+    casts only the matrix work: on the sn34-validator test split the served probabilities
+    move by 0.015 at most (median 0.0014), one decision in 387 (benchmarks/cpu_bf16.py)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.inner(x).float()
+
+
+def optimize_for_cpu(model: nn.Module, probe_batch: int = 2, bf16: bool = False) -> nn.Module:
     """A faster inference-only copy of ``model`` for CPU serving: convolution + batch norm
     pairs folded into one convolution, weights in channels-last layout (see the module
-    docstring). Feed it channels-last input. Raises if the copy disagrees with ``model``.
+    docstring), run under bf16 autocast if ``bf16`` (``CpuBf16``). Feed it channels-last
+    input. Raises if the copy disagrees with ``model`` (fp32: 1e-3; bf16: 2 % + 0.05 logits).
 
     Why not TorchScript (``optimize_for_inference``, as fast when warm)? Its profiling
     executor re-specialises per input shape and thread at unpredictable times (we measured
@@ -104,13 +148,24 @@ def optimize_for_cpu(model: nn.Module, probe_batch: int = 2) -> nn.Module:
     with torch.inference_mode():
         ref = model.eval()(probe).float()
         got = fast(probe.contiguous(memory_format=torch.channels_last)).float()
+        if bf16:
+            fast = CpuBf16(fast)
+            low = fast(probe.contiguous(memory_format=torch.channels_last)).float()
     if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-3, atol=1e-3):
         raise RuntimeError(f"prepared forward differs from eager by {(got - ref).abs().max().item():.3g}")
+    if bf16 and not torch.allclose(low, ref, rtol=0.02, atol=0.05):
+        raise RuntimeError(f"bf16 forward differs from fp32 by {(low - ref).abs().max().item():.3g}")
     return fast
 
 
-def prepare_for_serving(model: nn.Module, name: str = "model") -> nn.Module | None:
-    """``optimize_for_cpu(model)``, or None (serve eager) if preparing fails."""
+def prepare_for_serving(model: nn.Module, name: str = "model", bf16: bool = False) -> nn.Module | None:
+    """``optimize_for_cpu(model, bf16=bf16)``; if bf16 disagrees, the fp32 copy; None (serve
+    eager) if preparing fails."""
+    if bf16:
+        try:
+            return optimize_for_cpu(model, bf16=True)
+        except Exception as e:
+            logger.warning("could not prepare %s for bf16 CPU serving, trying fp32: %s", name, e)
     try:
         return optimize_for_cpu(model)
     except Exception as e:  # eager still works: serve it
@@ -122,15 +177,15 @@ def serving_forward(model: nn.Module, device: torch.device, amp: str | None = "a
                     optimize: bool | str = "auto") -> tuple[nn.Module, torch.dtype | None, bool]:
     """What the miner's ``Predictor`` runs for ``model`` on ``device``, as
     ``(module, amp_dtype, channels_last)`` for ``forward_logits``: on a CPU the prepared copy
-    (``optimize`` "auto"; eager if preparing fails), on CUDA the eager model in channels-last
-    with bf16 autocast (``amp`` "auto")."""
+    (``optimize`` "auto"; eager if preparing fails; bf16 as ``cpu_bf16_wanted(amp)`` says),
+    on CUDA the eager model in channels-last with bf16 autocast (``amp`` "auto")."""
     from bitmind.common import resolve_amp
 
     model = model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if (device.type == "cpu") if optimize == "auto" else bool(optimize):
-        fast = prepare_for_serving(model)
+        fast = prepare_for_serving(model, bf16=device.type == "cpu" and cpu_bf16_wanted(amp))
         if fast is not None:
             return fast, None, True
     return model, resolve_amp(amp, device), device.type == "cuda"

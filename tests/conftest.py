@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,13 @@ def pytest_configure(config):
     """Test tiers: ``bash scripts/run_tests.sh -m "not slow"`` is the fast inner loop; CI runs everything."""
     config.addinivalue_line("markers", "slow: takes seconds to minutes (notebooks, torchrun, subprocess miners, hot swap under load)")
     config.addinivalue_line("markers", "process: starts other processes (torchrun, miners, validators, pm2)")
+
+
+# Serve fp32 on a CPU in tests (and in the miners, validators and notebook kernels they
+# start) whatever the CPU can do, so expected probabilities do not depend on the machine CI
+# happens to get; the bf16 path is tested by asking for it (amp="bf16").
+os.environ["BITMIND_CPU_BF16"] = "0"
+
 VALIDATOR_STAKE = 1000.0
 MEMBER_STAKE = 5.0
 REPO = Path(__file__).resolve().parents[1]

@@ -78,3 +78,25 @@ def test_worst_sources_can_skip_tiny_sources():
     assert w["real"] == {"source": "real/big2", "accuracy": 0.6, "n": 80}  # tie: the larger source
     assert w["fake"]["source"] == "fake/big"
     assert bench.worst_sources(per, min_n=100) == {}
+
+
+def test_cpu_bf16_bench_compares_the_two_served_forwards_on_the_same_pictures(tmp_path):
+    """benchmarks/cpu_bf16.py scores one split through the fp32 and the bf16 CPU forward and
+    reports how far the served probabilities move, which decisions flip, and both timings;
+    it leaves the BITMIND_CPU_BF16 setting as it found it."""
+    import os
+
+    from conftest import make_checkpoint
+    from eval_helpers import make_textured_folder
+
+    bench = load_script("benchmarks/cpu_bf16.py")
+    root = make_textured_folder(tmp_path / "data", per_class=6)
+    out = tmp_path / "bf16.json"
+    r = bench.main(["--model", str(make_checkpoint(tmp_path / "m.pth")), "--data", str(root), "--split", "all",
+                    "--rounds", "1", "--per_round", "2", "--json", str(out)])
+    assert json.loads(out.read_text()) == r and r["n"] == 12 and r["bf16_forward_served"] is True
+    change = r["probability_change"]
+    assert 0 < change["max"] < 0.05 and change["median"] <= change["p99"] <= change["max"]
+    assert r["decisions_flipped"] == len(r["flipped"]) <= r["n"]
+    assert set(r["metrics"]) == {"fp32", "bf16"} and all(v > 0 for v in r["forward_p50_ms"].values())
+    assert os.environ["BITMIND_CPU_BF16"] == "0"  # conftest's setting, restored

@@ -31,6 +31,7 @@ def test_readme_and_docs_show_the_same_pm2_command():
 def test_defaults_and_switches():
     c = miner_config([])
     assert c.netuid == 34 and c.neuron.model_path == DEFAULT_MODEL_PATH and c.neuron.device == "auto"
+    assert c.neuron.amp == "auto" and miner_config(["--neuron.amp", "none"]).neuron.amp == "none"
     c = miner_config(["--blacklist.force_validator_permit", "false", "--blacklist.allow_non_registered", "--mock"])
     assert c.blacklist.force_validator_permit is False and c.blacklist.allow_non_registered is True and c.mock
     c = miner_config(["--local", "--blacklist.force_validator_permit"])
@@ -38,7 +39,7 @@ def test_defaults_and_switches():
 
 
 @pytest.mark.parametrize("bad", [["--neuron.modelpath", "x"], ["--blacklist.force_validator_permit", "maybe"],
-                                 ["--netuid", "thirty-four"]])
+                                 ["--netuid", "thirty-four"], ["--neuron.amp", "fp8"]])
 def test_bad_arguments_are_errors(bad):
     with pytest.raises(SystemExit):
         miner_config(bad)

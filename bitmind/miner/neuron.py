@@ -63,6 +63,7 @@ class MinerNeuron:
         self.predictor = Predictor(self.model_path, PredictorConfig(
             device=None if config.neuron.device in (None, "", "auto") else config.neuron.device, max_batch=int(config.neuron.max_batch),
             batch_window_ms=float(config.neuron.batch_window_ms), max_queue=int(config.neuron.max_queue), limits=limits,
+            amp=config.neuron.amp,
             allow_arch_change=bool(config.neuron.allow_arch_change)))
         self.handlers = MinerHandlers(self.predictor, self.metagraph,
                                       allow_non_registered=bool(config.blacklist.allow_non_registered),

@@ -20,6 +20,7 @@ from bitmind.checkpoint import LoadedModel
 from bitmind.common import resolve_amp, resolve_device
 from bitmind.image_io import DecodeLimits, decode_image
 from bitmind.image_transforms import TARGET_SIZE, base_transforms
+from bitmind.inference import CpuBf16, cpu_bf16_wanted
 from bitmind.miner.batching import MicroBatcher, auto_max_batch, auto_workers
 from bitmind.miner.cpu import logits_of, single_threaded
 from bitmind.miner.reload import ModelSlot
@@ -36,7 +37,7 @@ class PredictorConfig:
     max_batch: int = 0  # largest micro-batch; 0: auto_max_batch
     batch_window_ms: float = 2.0  # how long a batch waits for requests still being decoded
     max_queue: int = 256  # queued images beyond which requests are refused (Overloaded)
-    amp: str | None = "auto"  # autocast dtype on CUDA ("auto": bf16)
+    amp: str | None = "auto"  # "auto": bf16 autocast on CUDA, and on a CPU that runs bf16 natively; "none": fp32
     limits: DecodeLimits = DecodeLimits()  # payload and image size limits
     decode_workers: int | None = None  # own decode thread pool of this size (None: the event loop's)
     optimize: bool | str = "auto"  # serve a CPU-prepared copy ("auto": on a CPU)
@@ -84,7 +85,7 @@ class Predictor:
         # Prepare a faster copy for CPU serving ("auto": on CPU only; False: always eager).
         optimize = self.device.type == "cpu" if cfg.optimize == "auto" else bool(cfg.optimize)
         self.slot = ModelSlot(model_path, self.device, cfg.arch, cfg.allow_arch_change, cfg.check_interval,
-                              self.amp_dtype, optimize)
+                              self.amp_dtype, optimize, cpu_bf16=self.device.type == "cpu" and cpu_bf16_wanted(cfg.amp))
         # Forward workers and their shared intra-op thread budget (see MicroBatcher._threads_for).
         threads = int(cfg.threads) or torch.get_num_threads()
         self.batcher = MicroBatcher(self.predict_tensors, self.device, int(cfg.max_batch) or auto_max_batch(self.device),
@@ -107,7 +108,8 @@ class Predictor:
         serving, slot = self.slot.serving, self.slot
         lm = serving.lm
         return {"model_path": slot.path, "arch": lm.arch, "sha256": lm.sha256, "device": str(self.device),
-                "optimized": serving.forward is not None, "workers": self.batcher.workers, "threads": self.batcher.threads,
+                "optimized": serving.forward is not None, "cpu_bf16": isinstance(serving.forward, CpuBf16),
+                "workers": self.batcher.workers, "threads": self.batcher.threads,
                 "reloads": slot.reloads, "bad_versions": slot.bad_versions,
                 "queue": self.batcher.queued, "inflight": self.batcher.inflight, "loaded_at": slot.loaded_at}
 

@@ -89,7 +89,8 @@ def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
 
 class ModelSlot:
     """The model file and what serves from it: the first load, validation, the swap on
-    change and, when ``optimize``, the CPU-prepared copy swapped in once ready.
+    change and, when ``optimize``, the CPU-prepared copy swapped in once ready (in bf16
+    autocast when ``cpu_bf16``).
 
     ``serving`` (a ``Serving``: loaded model + forward) is replaced as one reference, so a
     reader that takes it once per batch never mixes two models. ``check()`` is cheap when
@@ -97,10 +98,11 @@ class ModelSlot:
     thread."""
 
     def __init__(self, path: str, device: torch.device, arch: str | None = None, allow_arch_change: bool = False,
-                 check_interval: float = 0.05, amp_dtype: torch.dtype | None = None, optimize: bool = False):
+                 check_interval: float = 0.05, amp_dtype: torch.dtype | None = None, optimize: bool = False,
+                 cpu_bf16: bool = False):
         self.path, self.device, self.arch = str(path), device, arch
         self.allow_arch_change, self.check_interval = allow_arch_change, check_interval
-        self.amp_dtype, self.optimize = amp_dtype, optimize
+        self.amp_dtype, self.optimize, self.cpu_bf16 = amp_dtype, optimize, cpu_bf16
         self.reloads, self.loaded_at = 0, 0.0
         self._bad: set[FileSignature] = set()  # versions that failed: not retried until the file changes
         self._last_check = 0.0
@@ -187,7 +189,7 @@ class ModelSlot:
         if not self.optimize:
             return None
         with single_threaded():
-            return prepare_for_serving(lm.model, name=f"model sha256={lm.sha256[:12]}")
+            return prepare_for_serving(lm.model, name=f"model sha256={lm.sha256[:12]}", bf16=self.cpu_bf16)
 
     def _upgrade(self, lm: LoadedModel) -> None:
         with self._prepare_lock:  # one at a time; skip models already replaced
