@@ -126,6 +126,10 @@ class MinerNeuron:
         self.axon.start()
         logger.info("axon serving on %s:%d (external %s:%d), netuid %d, uid %d", self.axon.ip, self.axon.port,
                     self.axon.external_ip, self.axon.external_port, self.netuid, self.uid)
+        st, amp = self.predictor.status(), self.predictor.amp_dtype
+        precision = ("bf16 autocast" if st["cpu_bf16"] else f"{str(amp).removeprefix('torch.')} autocast" if amp is not None
+                     else "fp32")
+        logger.info("model on %s, %s%s", st["device"], "CPU-prepared, " if st["optimized"] else "", precision)
         return self
 
     def sync(self) -> None:
