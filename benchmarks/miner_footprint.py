@@ -66,7 +66,6 @@ def challenges(n: int) -> list[str]:
 def in_process(model: Path, payloads: list[str]) -> dict:
     import torch
 
-    from bitmind.miner.cpu import logits_of
     from bitmind.miner.predict import Predictor
 
     pred = Predictor(str(model), device="cpu")
@@ -79,19 +78,20 @@ def in_process(model: Path, payloads: list[str]) -> dict:
         full.append((time.perf_counter() - t0) * 1000)
         x = pred.preprocess_b64(p).unsqueeze(0)
         t0 = time.perf_counter()
-        logits_of(pred.current.model, x)
+        pred.logits(x)  # the serving forward (CPU-prepared, bf16 where the CPU computes it), as in predict_b64
         fwd.append((time.perf_counter() - t0) * 1000)
     batch = torch.stack([pred.preprocess_b64(p) for p in payloads[:16]])
-    logits_of(pred.current.model, batch)  # warm-up
+    pred.logits(batch)  # warm-up
     runs = []
     for _ in range(3):
         t0 = time.perf_counter()
-        logits_of(pred.current.model, batch)
+        pred.logits(batch)
         runs.append((time.perf_counter() - t0) * 1000)
     batch_ms = min(runs)
     params = sum(p.numel() for p in pred.current.model.parameters())
+    bf16 = pred.status()["cpu_bf16"]
     pred.close()
-    return {"decode_transform_forward": summarize(full), "forward_only": summarize(fwd),
+    return {"decode_transform_forward": summarize(full), "forward_only": summarize(fwd), "cpu_bf16": bf16,
             "batch16_forward_ms_per_image": round(batch_ms / 16, 2), "model_parameters": params,
             "torch_threads": torch.get_num_threads()}
 
