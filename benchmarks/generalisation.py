@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bitmind.models.npr import top_fraction
 from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_sweep_spec, parse_ensembles,
-                                  score_models, select_recipe, ship, sources_in)
+                                  pooled_name, score_models, select_recipe, ship, sources_in)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,16 @@ def cmd_score(args) -> Path:
     regimes = {"validator": args.challenge_data or base.get("challenge_data", []),
                "crops": args.data or base.get("data", [])}
     out = Path(args.scores or sweep_dir / "logo_scores.npz")
-    return score_models(models, regimes, out, device=args.device or "auto", seed=args.seed, workers=args.workers or 4)
+    path = score_models(models, regimes, out, device=args.device or "auto", seed=args.seed, workers=args.workers or 4,
+                        pools=args.pools)
+    if args.pools and (sweep_dir / "logo_spec.json").exists():  # the pooled arms join the run's spec, folds and all
+        trained = {v: d for v, d in spec["variants"].items() if v in models}
+        for pool in args.pools:
+            spec["variants"].update({pooled_name(v, pool): dict(d) for v, d in trained.items()})
+        recipes = spec["logo"]["recipes"]
+        spec["logo"]["recipes"] = list(dict.fromkeys(recipes + [f"{r}_{p}" for p in args.pools for r in recipes if r in trained]))
+        (sweep_dir / "logo_spec.json").write_text(json.dumps(spec, indent=2))
+    return path
 
 
 def plot(result: dict, path: Path) -> None:
@@ -260,9 +270,14 @@ def cmd_ship(args) -> dict:
     """The variant trained on everything, calibrated class-balanced on the validation pictures of both regimes."""
     if not args.variant or not args.ship_out:
         raise SystemExit("ship needs --variant NAME and --ship_out PATH")
-    ckpt = args.checkpoint or str(Path(args.sweep) / args.variant / "model_epoch_best.pth")
+    trained, pool = args.variant, None
+    recipe, sep, fold = args.variant.partition(".minus-")
+    if not (Path(args.sweep) / args.variant).is_dir() and "_top" in recipe:  # a pooled arm (score --pools): its model
+        base, _, pool = recipe.rpartition("_")
+        trained = f"{base}{sep}{fold}"
+    ckpt = args.checkpoint or str(Path(args.sweep) / trained / "model_epoch_best.pth")
     rec = ship(args.scores or Path(args.sweep) / "logo_scores.npz", args.variant, ckpt, args.ship_out, args.description or "",
-               real_target=args.real_target)
+               real_target=args.real_target, pool=pool)
     print(f"wrote {args.ship_out}: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f} on {rec['n']} validation pictures "
           f"({', '.join(rec['regimes'])}); real {rec['val_real_accuracy_before']:.3f} -> {rec['val_real_accuracy_after']:.3f}, "
           f"fake {rec['val_fake_accuracy_before']:.3f} -> {rec['val_fake_accuracy_after']:.3f}")
@@ -287,6 +302,9 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
+    p.add_argument("--pools", nargs="*", default=[], metavar="topNN",
+                   help="score: also score every NPR with these pools (mean of the NN %% highest location logits), "
+                        "as arms <recipe>_topNN with the same folds, without training (bitmind.models.npr)")
     p.add_argument("--train_seed", type=int, default=None,
                    help="train: seed of weights, sampling and augmentation (default: the spec's); a replicate of a run")
     p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
@@ -309,6 +327,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         args.ensembles = parse_ensembles(args.ensemble)
+        if any(top_fraction(pool) == 1.0 and pool != "top100" for pool in args.pools):
+            raise ValueError("--pools takes topNN pools; 'mean' is what every model is scored with anyway")
     except ValueError as e:
         p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

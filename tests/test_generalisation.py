@@ -183,7 +183,7 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
            "--data", str(pools["crops"]), str(pools["aligned"]), "--challenge_data", str(pools["chal"]),
            "--checkpoints_dir", str(tmp_path / "ck"), "--name", "logo", "--epochs", "2", "--workers", "0",
            "--baseline", f"tiny={REPO / 'mining_models' / 'npr_f2.pth'}:fake/sd1x", "--out", str(out), "--figure", str(fig),
-           "--ensemble", "both=patch+patch.noaligned", "--train_seed", "3"]
+           "--ensemble", "both=patch+patch.noaligned", "--train_seed", "3", "--pools", "top25"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -196,6 +196,12 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     assert excl == ["fake/flux1-dev", "fake/flux1-schnell"]
     assert "fake/aligned-taef2" in result["spec"]["variants"]["patch.noaligned"]["exclude_sources"]
     assert json.loads((tmp_path / "ck" / "logo" / "logo_spec.json").read_text())["base"]["seed"] == 3  # --train_seed
+    # --pools: every NPR also scored as the mean of its top 25 % location logits, an arm with the same folds
+    assert set(result["regimes"]["validator"]["folds"]["patch_top25"]) == {"flux1", "aligned"}
+    assert result["spec"]["variants"]["patch_top25.minus-flux1"]["exclude_sources"] == excl
+    scores = np.load(tmp_path / "ck" / "logo" / "logo_scores.npz")
+    top, mean = scores["validator/patch_top25.minus-flux1"], scores["validator/patch.minus-flux1"]
+    assert top.shape == mean.shape and np.all(top >= mean - 1e-2) and np.any(top > mean + 1e-3)
     # a control without the ready-made challenges trains on everything but that root
     sweep = json.loads((tmp_path / "ck" / "logo" / "sweep.json").read_text())
     n_chal = sweep["splits"][str(pools["chal"])]["train"]
@@ -225,6 +231,13 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     assert abs(cal["val_real_accuracy_after"] - 0.85) <= 1 / max((y_val == 0).sum(), 1) + 1e-9
     assert (lm.temperature, lm.logit_bias) == (cal["temperature"], cal["logit_bias"]) and cal["n"] > 0
     assert lm.meta["train_options"]["patch_size"] == 32
+    # a pooled arm ships its trained model with the pool in its config, calibrated on its own scores
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generalisation.py"), "ship", "--sweep", str(tmp_path / "ck" / "logo"),
+                          "--variant", "patch_top25", "--ship_out", str(tmp_path / "top.pth")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    top = load_model(tmp_path / "top.pth")
+    assert top.model.pool == "top25" and top.meta["config"]["pool"] == "top25" and top.logit_bias != lm.logit_bias
+    assert torch.equal(top.model.fc1.weight, lm.model.fc1.weight)  # the same trained weights
 
 
 def test_real_kind_folds_hold_out_a_camera_and_report_how_much_of_it_is_kept_real(tmp_path):

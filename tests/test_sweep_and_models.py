@@ -382,3 +382,33 @@ def test_every_committed_sweep_spec_is_one_the_code_accepts():
     bad["base"]["epochz"] = 3
     with pytest.raises(ValueError, match="epochz"):
         SweepSpec.from_dict(bad if "variants" in bad else logo_sweep_spec(bad, sources))
+
+
+def test_npr_top_pool_reads_the_strongest_locations_and_describes_itself(tmp_path):
+    """``pool="topNN"``: the image logit is the mean of the NN % highest location logits of
+    ``logit_map`` (whose plain mean is the paper's global-average-pool logit); the config
+    carries it (and only then), so a checkpoint loads back with the same pooling."""
+    from bitmind.checkpoint import load_model, save_checkpoint
+    from bitmind.models import build_model
+    from bitmind.models.npr import pool_logit_map, top_fraction
+
+    torch.manual_seed(0)
+    mean = build_model("npr", layers=[1, 1], width=8, input="npr_hp", stem_pool=False).eval()
+    top = build_model("npr", layers=[1, 1], width=8, input="npr_hp", stem_pool=False, pool="top10").eval()
+    top.load_state_dict(mean.state_dict())
+    x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        m = mean.logit_map(x)
+        assert m.shape == (3, 64, 64)
+        assert torch.allclose(mean(x)[:, 0], m.mean((1, 2)), atol=1e-5)  # the paper's pool is the map's mean
+        k = round(0.10 * 64 * 64)
+        assert torch.allclose(top(x)[:, 0], m.flatten(1).sort(1, descending=True).values[:, :k].mean(1), atol=1e-5)
+        assert torch.all(top(x) > mean(x))
+    assert "pool" not in mean.config and top.config["pool"] == "top10"
+    path = save_checkpoint(top, tmp_path / "top.pth")
+    with torch.no_grad():
+        assert torch.allclose(load_model(path).model.eval()(x), top(x))
+    assert top_fraction("top100") == 1.0 and pool_logit_map(m, "top100").allclose(m.mean((1, 2)))
+    for bad in ("max", "top0", "top101", "topx"):
+        with pytest.raises(ValueError, match="pool"):
+            build_model("npr", layers=[1, 1], width=8, pool=bad)

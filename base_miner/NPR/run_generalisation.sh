@@ -14,7 +14,8 @@
 #   LOGO_SPEC=base_miner/NPR/sweeps/logo_compare.json ZOO=0 WORKERS=14 \
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
 # and trained longer with base_miner/NPR/sweeps/ship_long.json (docs/Model.md, "Recipe").
-# WORKERS: data-loader processes for scoring (default 4).
+# WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25": also score every
+# NPR with those top-k pools, as arms <recipe>_topNN (no training; bitmind.models.npr).
 #
 # On one H200 about 25 minutes: zoo ~7 min, round trips ~2 min, sweep ~11 min (the
 # spec's time_budget_s fits the epochs to it), scoring ~1 min. Needs a GPU in practice;
@@ -50,7 +51,8 @@ $PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweep
   --data "${CROPS[@]}" "${ALIGNED[@]}" --challenge_data "${CHALLENGES[@]}" \
   --checkpoints_dir "$WORK/checkpoints" --name logo
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/logo" \
-  --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x ${WORKERS:+--workers $WORKERS}
+  --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x ${WORKERS:+--workers $WORKERS} \
+  ${POOLS:+--pools $POOLS}
 
 echo "== 4. analysis ($(date +%T))"
 $PY benchmarks/generalisation.py analyse --sweep "$WORK/checkpoints/logo" \

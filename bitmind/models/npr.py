@@ -18,6 +18,12 @@ load unchanged):
 * ``stem_pool``: the max-pool after the stem (off keeps 2x more resolution per side,
   at about 4x the compute).
 * ``layers``: 2 entries (layer1, layer2) or 3 (adds ResNet layer3 at 1/16 resolution).
+* ``pool``: how the image score comes from the last feature map. ``mean`` (the paper's
+  global average pool; the linear head makes it the mean of the per-location logits) or
+  ``topNN``: the mean of the NN % highest per-location logits (``logit_map``), so a few
+  locations with a generator's trace can decide. Stored in the config only when not
+  ``mean``. LOGO scores every trained NPR both ways without training
+  (``generalisation.py score --pools``).
 """
 from __future__ import annotations
 
@@ -88,15 +94,18 @@ class NPR(nn.Module):
     """ResNet-50 truncated after layer2 (or layer3), on the NPR residual. Output: one logit."""
 
     def __init__(self, layers=(3, 4), width: int = 64, num_classes: int = 1, dropout: float = 0.0,
-                 input: str = "npr", stem_pool: bool = True):
+                 input: str = "npr", stem_pool: bool = True, pool: str = "mean"):
         super().__init__()
         if input not in INPUT_MODES:
             raise ValueError(f"unknown input mode {input!r}; one of {INPUT_MODES}")
         if len(layers) not in (2, 3):
             raise ValueError(f"layers must have 2 or 3 entries, got {list(layers)}")
+        top_fraction(pool)  # validates
+        if pool != "mean" and num_classes != 1:
+            raise ValueError(f"pool {pool!r} needs num_classes 1, got {num_classes}")
         self.config = {"layers": list(layers), "width": width, "num_classes": num_classes, "dropout": dropout,
-                       "input": input, "stem_pool": stem_pool}
-        self.input_mode = input
+                       "input": input, "stem_pool": stem_pool, **({"pool": pool} if pool != "mean" else {})}
+        self.input_mode, self.pool = input, pool
         self.inplanes = width
         self.conv1 = nn.Conv2d(_CHANNELS[input], width, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -130,9 +139,36 @@ class NPR(nn.Module):
         layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, (B, C, H', W')."""
         x = input_features(x, self.input_mode)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = torch.flatten(self.avgpool(x), 1)
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def logit_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H', W') logits of each location of the last feature map (the head applied
+        before pooling; dropout is off in eval, so their mean is the ``mean`` pool's logit)."""
+        f = self.features(x)
+        return torch.einsum("bchw,c->bhw", f, self.fc1.weight[0].to(f.dtype)) + self.fc1.bias[0].to(f.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool != "mean":
+            return pool_logit_map(self.logit_map(x), self.pool)[:, None]
+        x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.fc1(self.dropout(x))
+
+
+def top_fraction(pool: str) -> float:
+    """``mean`` -> 1.0; ``topNN`` -> NN / 100 (1 <= NN <= 100); anything else is an error."""
+    if pool == "mean":
+        return 1.0
+    if pool.startswith("top") and pool[3:].isdigit() and 1 <= int(pool[3:]) <= 100:
+        return int(pool[3:]) / 100
+    raise ValueError(f"unknown pool {pool!r}: 'mean' or 'topNN' (the mean of the NN % highest location logits)")
+
+
+def pool_logit_map(m: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, H, W) location logits -> (B,) image logits by ``pool`` (see ``top_fraction``)."""
+    flat = m.flatten(1)
+    k = max(1, round(top_fraction(pool) * flat.shape[1]))
+    return flat.mean(1) if k == flat.shape[1] else flat.topk(k, dim=1).values.mean(1)

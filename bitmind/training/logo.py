@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -141,13 +142,22 @@ def _items(roots):
     return out
 
 
+def pooled_name(variant: str, pool: str) -> str:
+    """The arm an NPR scored with another ``pool`` becomes: ``patch96nopool.minus-gans``
+    with ``top25`` -> ``patch96nopool_top25.minus-gans`` (a recipe with the same folds)."""
+    recipe, sep, fold = variant.partition(FOLD_SEP)
+    return f"{recipe}_{pool}{sep}{fold}"
+
+
 def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str | Path, device: str = "auto",
-                 seed: int = 0, workers: int = 4, batch_size: int = 256) -> Path:
+                 seed: int = 0, workers: int = 4, batch_size: int = 256, pools: Sequence[str] = ()) -> Path:
     """Raw logits of each model (name -> checkpoint) for every picture of each regime
     (``validator``: files as they are; ``crops``: through the validator pipeline, seeded),
     into one ``.npz``: ``<regime>/source``, ``/split``, ``/label``, ``/<model>``, and each
     model's own calibration as ``calibration/<model>`` = (T, b). Raw logits, so that
-    ``analyse`` can fix every fold's threshold the same way, on CPU."""
+    ``analyse`` can fix every fold's threshold the same way, on CPU. Each NPR (a model with
+    ``logit_map``) is also scored with every pool of ``pools`` (``topNN``: see
+    ``bitmind.models.npr``) as ``pooled_name(model, pool)``, with the same calibration."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -157,6 +167,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     from bitmind.data.dataset import worker_init
     from bitmind.image_transforms import ValidatorPipeline
     from bitmind.inference import forward_logits, to_model_input
+    from bitmind.models.npr import pool_logit_map
 
     dev = resolve_device(device)
     amp = resolve_amp("auto", dev)
@@ -164,6 +175,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     for name, path in models.items():
         lm = load_model(path)
         nets[name] = (lm.model.to(dev).eval(), lm.temperature, lm.logit_bias)
+    pooled = {pooled_name(n, p): (n, p) for n, (net, _, _) in nets.items() if hasattr(net, "logit_map") for p in pools}
     arrays = {}
     for regime, roots in regimes.items():
         if not roots:
@@ -173,7 +185,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                               seed=seed, uint8=True)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                             collate_fn=collate_skip_none, worker_init_fn=worker_init)
-        probs = {n: np.full(len(items), np.nan, dtype=np.float32) for n in nets}
+        probs = {n: np.full(len(items), np.nan, dtype=np.float32) for n in [*nets, *pooled]}
         with torch.no_grad():
             for batch in loader:
                 if batch is None:
@@ -182,6 +194,12 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                 x = to_model_input(x, dev)
                 for n, (net, t, b) in nets.items():
                     probs[n][k.numpy()] = forward_logits(net, x, dev, amp, channels_last=False).cpu().numpy()
+                    mine = [(d, p) for d, (m, p) in pooled.items() if m == n]
+                    if mine:
+                        with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                            lmap = net.logit_map(x).float()
+                        for d, p in mine:
+                            probs[d][k.numpy()] = pool_logit_map(lmap, p).cpu().numpy()
         arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
         arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
         arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)
@@ -190,6 +208,8 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
         print(f"scored {len(items)} {regime} pictures with {len(nets)} models", flush=True)
     for n, (_, t, b) in nets.items():
         arrays[f"calibration/{n}"] = np.asarray([t, b], dtype=np.float64)
+    for d, (n, _) in pooled.items():
+        arrays[f"calibration/{d}"] = arrays[f"calibration/{n}"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
@@ -418,17 +438,22 @@ def select_recipe(summary: dict, regime: str = "validator", min_real: float = 0.
 
 
 def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path, description: str = "",
-         real_target: float | None = None) -> dict:
+         real_target: float | None = None, pool: str | None = None) -> dict:
     """Write ``checkpoint`` (the sweep variant trained on everything) to ``out`` with the
     calibration the analysis uses: a class-balanced Platt fit on the validation pictures of
     every regime in the scores file (ready-made challenges as sent, crop pools through the
     validator pipeline), its boundary moved to ``real_target`` of the validation real
-    photos if given. Returns the calibration record stored in the file."""
+    photos if given. ``pool`` (a ``pooled_name`` arm: ``variant`` is then that arm) goes into
+    the model's config, so it serves as it was scored. Returns the calibration record."""
     from bitmind.calibration import calibrate_logits, store_calibration
+    from bitmind.checkpoint import read_checkpoint
 
     try:
         z, y, used = validation_logits(np.load(npz), variant)
     except KeyError:
         raise KeyError(f"{variant!r} has no scores in {npz}") from None
     record = calibrate_logits(z, y, keep_if_better=False, real_target=real_target, split="val", regimes=used)
-    return store_calibration(checkpoint, record, out, **({"description": description} if description else {}))
+    updates = {"description": description} if description else {}
+    if pool:
+        updates["config"] = {**read_checkpoint(checkpoint)[1].get("config", {}), "pool": pool}
+    return store_calibration(checkpoint, record, out, **updates)
