@@ -49,8 +49,10 @@ def fit_platt(logits, labels, fit_bias: bool = True, steps: int = 200, class_bal
     t = float(1.0 / log_inv_t.exp().item())
     if not np.isfinite(t) or not np.isfinite(b.item()):
         return 1.0, 0.0
-    # Separable data drives the optimum to infinity; keep the map sane.
-    return min(max(t, 0.05), 20.0), min(max(float(b.item()), -10.0), 10.0)
+    # Separable data drives the optimum to infinity; keep the map sane. The bias bound is
+    # wide: logits on another scale (a top-k pooled arm sits several logits higher) need a
+    # bias of -offset / T, beyond 10 at a sharp temperature.
+    return min(max(t, 0.05), 20.0), min(max(float(b.item()), -100.0), 100.0)
 
 
 def apply_calibration(logits, temperature: float = 1.0, bias: float = 0.0):

@@ -282,3 +282,29 @@ def test_real_kind_folds_hold_out_a_camera_and_report_how_much_of_it_is_kept_rea
     assert "| **unseen real kinds: mean / worst kept real** |" in md
     bench.plot({"regimes": out["regimes"], "summary": {"arms": out["summary"]}}, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_a_pooled_baseline_without_stored_calibration_is_fitted_on_what_it_knows():
+    """A baseline keeps the calibration stored in its file; its pooled arm (score --pools)
+    has none and its logits sit on another scale, so analyse fits one on the validation
+    pictures of the reals and the fakes the baseline was trained on, as for a fold."""
+    from bitmind.training.logo import analyse
+
+    rng = np.random.default_rng(0)
+    n = 300
+    source = np.array(["real/a"] * n + ["fake/sd1x"] * n + ["fake/sdxl"] * n)
+    label = np.char.startswith(source, "fake/").astype(np.int8)
+    split = np.array(["val", "test"] * (3 * n // 2))
+    z = np.where(label == 1, 2.0, -2.0) + rng.normal(0, 1, 3 * n)
+    data = {"validator/source": source, "validator/split": split, "validator/label": label,
+            "validator/b": z.astype(np.float32), "calibration/b": np.array([1.0, 0.0]),
+            "validator/b_top5": (z + 6.0).astype(np.float32)}  # the same ranking, every logit 6 higher
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **data)
+    buf.seek(0)
+    spec = {"variants": {}, "logo": {"folds": ["sdxl"], "recipes": [], "controls": []}}
+    out = analyse(buf, spec, baselines={"b": ["fake/sd1x"], "b_top5": ["fake/sd1x"]})
+    plain, pooled = (out["summary"][f"baseline:{k}"]["validator"] for k in ("b", "b_top5"))
+    assert plain["real_accuracy"] > 0.9 and abs(pooled["real_accuracy"] - plain["real_accuracy"]) < 0.05
+    assert pooled["mean_heldout_auc"] == pytest.approx(plain["mean_heldout_auc"])

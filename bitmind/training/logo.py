@@ -157,7 +157,8 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     model's own calibration as ``calibration/<model>`` = (T, b). Raw logits, so that
     ``analyse`` can fix every fold's threshold the same way, on CPU. Each NPR (a model with
     ``logit_map``) is also scored with every pool of ``pools`` (``topNN``: see
-    ``bitmind.models.npr``) as ``pooled_name(model, pool)``, with the same calibration."""
+    ``bitmind.models.npr``) as ``pooled_name(model, pool)``; it has no stored calibration
+    (its logits are on another scale), so ``analyse`` fits one as for a fold."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -208,8 +209,6 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
         print(f"scored {len(items)} {regime} pictures with {len(nets)} models", flush=True)
     for n, (_, t, b) in nets.items():
         arrays[f"calibration/{n}"] = np.asarray([t, b], dtype=np.float64)
-    for d, (n, _) in pooled.items():
-        arrays[f"calibration/{d}"] = arrays[f"calibration/{n}"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
@@ -268,7 +267,8 @@ def model_probabilities(data, name: str, excluded: list[str] | None, regimes=REG
     """P(AI) of one model in each regime. A sweep model (``excluded`` given) gets its
     threshold fixed here, all folds alike: a class-balanced Platt fit on the validation
     pictures of every regime, its held-out sources left out. A baseline (``excluded`` is
-    None) keeps the calibration stored in its own file: it is scored as it is served."""
+    None) keeps the calibration stored in its own file: it is scored as it is served (a
+    pooled baseline has none: ``analyse`` passes the fakes it never saw as ``excluded``)."""
     from bitmind.calibration import apply_calibration
 
     present = [r for r in regimes if f"{r}/{name}" in data]
@@ -358,7 +358,10 @@ def analyse(npz: str | Path, spec: dict, baselines: dict[str, list[str]] | None 
     out: dict = {"regimes": {}, "summary": {}}
     probs = {v: model_probabilities(data, v, list(ov.get("exclude_sources", []))) for v, ov in variants.items()
              if any(f"{r}/{v}" in data for r in REGIMES)}
-    probs.update({n: model_probabilities(data, n, None) for n in (baselines or {})})
+    for n, trained in (baselines or {}).items():  # stored calibration; else (a pooled arm) fitted on what it knows
+        unknown = sorted({s for r in REGIMES if f"{r}/source" in data for s in set(data[f"{r}/source"].tolist())
+                          if s.startswith("fake/") and s not in trained})
+        probs[n] = model_probabilities(data, n, None if f"calibration/{n}" in data else unknown)
     for regime in REGIMES:
         if f"{regime}/source" not in data:
             continue
