@@ -38,7 +38,7 @@ import numpy as np
 
 from bitmind.models.npr import top_fraction
 from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_sweep_spec, parse_ensembles,
-                                  pooled_name, score_models, select_recipe, ship, sources_in)
+                                  pooled_name, score_models, select_recipe, ship, sources_in, unpooled)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -270,11 +270,9 @@ def cmd_ship(args) -> dict:
     """The variant trained on everything, calibrated class-balanced on the validation pictures of both regimes."""
     if not args.variant or not args.ship_out:
         raise SystemExit("ship needs --variant NAME and --ship_out PATH")
-    trained, pool = args.variant, None
-    recipe, sep, fold = args.variant.partition(".minus-")
-    if not (Path(args.sweep) / args.variant).is_dir() and "_top" in recipe:  # a pooled arm (score --pools): its model
-        base, _, pool = recipe.rpartition("_")
-        trained = f"{base}{sep}{fold}"
+    trained, pool = unpooled(args.variant)  # a pooled arm (score --pools) ships its trained model with that pool
+    if (Path(args.sweep) / args.variant).is_dir():  # a trained variant whose name only looks pooled
+        trained, pool = args.variant, None
     ckpt = args.checkpoint or str(Path(args.sweep) / trained / "model_epoch_best.pth")
     rec = ship(args.scores or Path(args.sweep) / "logo_scores.npz", args.variant, ckpt, args.ship_out, args.description or "",
                real_target=args.real_target, pool=pool)

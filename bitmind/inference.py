@@ -135,8 +135,9 @@ class CpuBf16(nn.Module):
 def optimize_for_cpu(model: nn.Module, probe_batch: int = 2, bf16: bool = False) -> nn.Module:
     """A faster inference-only copy of ``model`` for CPU serving: convolution + batch norm
     pairs folded into one convolution, weights in channels-last layout (see the module
-    docstring), run under bf16 autocast if ``bf16`` (``CpuBf16``). Feed it channels-last
-    input. Raises if the copy disagrees with ``model`` (fp32: 1e-3; bf16: 2 % + 0.05 logits).
+    docstring), run under bf16 autocast if ``bf16`` (``CpuBf16``) and that agrees with fp32
+    within 2 % + 0.05 logits, else the fp32 copy. Feed it channels-last input. Raises if the
+    fp32 copy disagrees with ``model`` (1e-3).
 
     Why not TorchScript (``optimize_for_inference``, as fast when warm)? Its profiling
     executor re-specialises per input shape and thread at unpredictable times (we measured
@@ -148,26 +149,21 @@ def optimize_for_cpu(model: nn.Module, probe_batch: int = 2, bf16: bool = False)
     with torch.inference_mode():
         ref = model.eval()(probe).float()
         got = fast(probe.contiguous(memory_format=torch.channels_last)).float()
-        if bf16:
-            fast = CpuBf16(fast)
-            low = fast(probe.contiguous(memory_format=torch.channels_last)).float()
+        low = CpuBf16(fast)(probe.contiguous(memory_format=torch.channels_last)).float() if bf16 else None
     if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-3, atol=1e-3):
         raise RuntimeError(f"prepared forward differs from eager by {(got - ref).abs().max().item():.3g}")
-    if bf16 and not torch.allclose(low, ref, rtol=0.02, atol=0.05):
-        raise RuntimeError(f"bf16 forward differs from fp32 by {(low - ref).abs().max().item():.3g}")
-    return fast
+    if low is None:
+        return fast
+    if not torch.allclose(low, ref, rtol=0.02, atol=0.05):
+        logger.warning("bf16 forward differs from fp32 by %.3g: serving fp32", (low - ref).abs().max().item())
+        return fast
+    return CpuBf16(fast)
 
 
 def prepare_for_serving(model: nn.Module, name: str = "model", bf16: bool = False) -> nn.Module | None:
-    """``optimize_for_cpu(model, bf16=bf16)``; if bf16 disagrees, the fp32 copy; None (serve
-    eager) if preparing fails."""
-    if bf16:
-        try:
-            return optimize_for_cpu(model, bf16=True)
-        except Exception as e:
-            logger.warning("could not prepare %s for bf16 CPU serving, trying fp32: %s", name, e)
+    """``optimize_for_cpu(model, bf16=bf16)``, or None (serve eager) if preparing fails."""
     try:
-        return optimize_for_cpu(model)
+        return optimize_for_cpu(model, bf16=bf16)
     except Exception as e:  # eager still works: serve it
         logger.warning("could not prepare %s for CPU serving, serving it eager: %s", name, e)
         return None

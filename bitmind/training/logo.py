@@ -149,6 +149,16 @@ def pooled_name(variant: str, pool: str) -> str:
     return f"{recipe}_{pool}{sep}{fold}"
 
 
+def unpooled(variant: str) -> tuple[str, str | None]:
+    """``pooled_name`` undone: ``patch96nopool_top25.minus-gans`` -> (``patch96nopool.minus-gans``,
+    ``top25``); a variant that is no pooled arm -> (itself, None)."""
+    recipe, sep, fold = variant.partition(FOLD_SEP)
+    base, _, pool = recipe.rpartition("_")
+    if not base or not pool.startswith("top") or not pool[3:].isdigit():
+        return variant, None
+    return f"{base}{sep}{fold}", pool
+
+
 def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str | Path, device: str = "auto",
                  seed: int = 0, workers: int = 4, batch_size: int = 256, pools: Sequence[str] = ()) -> Path:
     """Raw logits of each model (name -> checkpoint) for every picture of each regime
@@ -176,7 +186,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     for name, path in models.items():
         lm = load_model(path)
         nets[name] = (lm.model.to(dev).eval(), lm.temperature, lm.logit_bias)
-    pooled = {pooled_name(n, p): (n, p) for n, (net, _, _) in nets.items() if hasattr(net, "logit_map") for p in pools}
+    pooled = {n: [(pooled_name(n, p), p) for p in pools] for n, (net, _, _) in nets.items() if pools and hasattr(net, "logit_map")}
     arrays = {}
     for regime, roots in regimes.items():
         if not roots:
@@ -186,7 +196,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                               seed=seed, uint8=True)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                             collate_fn=collate_skip_none, worker_init_fn=worker_init)
-        probs = {n: np.full(len(items), np.nan, dtype=np.float32) for n in [*nets, *pooled]}
+        probs = {n: np.full(len(items), np.nan, dtype=np.float32) for n in [*nets, *(d for arms in pooled.values() for d, _ in arms)]}
         with torch.no_grad():
             for batch in loader:
                 if batch is None:
@@ -195,11 +205,10 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                 x = to_model_input(x, dev)
                 for n, (net, t, b) in nets.items():
                     probs[n][k.numpy()] = forward_logits(net, x, dev, amp, channels_last=False).cpu().numpy()
-                    mine = [(d, p) for d, (m, p) in pooled.items() if m == n]
-                    if mine:
+                    if n in pooled:
                         with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                             lmap = net.logit_map(x).float()
-                        for d, p in mine:
+                        for d, p in pooled[n]:
                             probs[d][k.numpy()] = pool_logit_map(lmap, p).cpu().numpy()
         arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
         arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
