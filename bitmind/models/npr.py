@@ -23,7 +23,9 @@ load unchanged):
   ``topNN``: the mean of the NN % highest per-location logits (``logit_map``), so a few
   locations with a generator's trace can decide. Stored in the config only when not
   ``mean``. LOGO scores every trained NPR both ways without training
-  (``generalisation.py score --pools``).
+  (``generalisation.py score --pools``); a model can also be trained with a top-k pool
+  (``TrainConfig.pool``, multiple-instance style: a fake needs only some locations with a
+  trace, a real needs none).
 """
 from __future__ import annotations
 
@@ -147,8 +149,10 @@ class NPR(nn.Module):
 
     def logit_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H', W') logits of each location of the last feature map (the head applied
-        before pooling; dropout is off in eval, so their mean is the ``mean`` pool's logit)."""
-        f = self.features(x)
+        before pooling; dropout is off in eval, so their mean is the ``mean`` pool's logit).
+        In training the features pass the same dropout as the ``mean`` pool's vector, so a
+        model trained with a top-k pool is regularised alike."""
+        f = self.dropout(self.features(x))
         return torch.einsum("bchw,c->bhw", f, self.fc1.weight[0].to(f.dtype)) + self.fc1.bias[0].to(f.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

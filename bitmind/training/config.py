@@ -46,6 +46,8 @@ class TrainConfig:
     dropout: float = opt(0.0, "dropout before the classifier")
     input: str = opt("npr", "npr | hp | npr_hp | rgb (see bitmind/models/npr.py)")
     stem_pool: bool = opt(True, "max-pool after the stem")
+    pool: str = opt("mean", "image logit from the location logits: mean | topNN (mean of the NN %% highest; "
+                            "trained and served alike, bitmind/models/npr.py)")
     init_from: str = opt("", "start from these weights (fine-tuning)")
     # optimisation (NPR paper defaults)
     epochs: int = opt(30, "training epochs")
@@ -104,7 +106,7 @@ class TrainConfig:
 
     def model_config(self) -> dict:
         return {"layers": list(self.layers), "width": self.width, "dropout": self.dropout,
-                "input": self.input, "stem_pool": self.stem_pool}
+                "input": self.input, "stem_pool": self.stem_pool, **({"pool": self.pool} if self.pool != "mean" else {})}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

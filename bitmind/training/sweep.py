@@ -108,7 +108,7 @@ logger = logging.getLogger(__name__)
 SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature", "exclude_sources",
                    "exclude_roots", "patch_size")
 #: What a variant may change; everything else is shared by the whole sweep.
-VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "init_from", "lr", "lr_schedule", "lr_decay",
+VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
                           "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "seed", *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
