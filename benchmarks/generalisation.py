@@ -200,7 +200,8 @@ def cmd_analyse(args) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    plot(result, Path(args.figure))
+    if args.figure:  # "" (as threshold_logo.py takes it): no figure
+        plot(result, Path(args.figure))
     if args.markdown:
         Path(args.markdown).write_text(markdown_tables(result) + "\n")
     print(f"{'arm':<40} {'regime':<10} {'mean det':>8} {'worst':>6} {'det@r90':>7} {'AUC':>5} {'real':>5} {'worst real':>10}")
@@ -213,7 +214,7 @@ def cmd_analyse(args) -> dict:
                   + (f"  unseen real kinds kept {f(s['mean_unseen_real_accuracy'])} (worst {f(s['worst_unseen_real_accuracy'])})"
                      if "mean_unseen_real_accuracy" in s else ""))
     print(f"selected recipe: {result['summary']['recipe']} ({result['summary']['rule']})")
-    print(f"wrote {out} and {args.figure}")
+    print(f"wrote {out}" + (f" and {args.figure}" if args.figure else ""))
     return result
 
 
@@ -321,7 +322,7 @@ def main(argv=None):
     p.add_argument("--markdown", default=None, help="analyse: also write the per-fold and per-source tables as Markdown")
     p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz); merge: where the merged scores go")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
-    p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "generalisation.png"))
+    p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "generalisation.png"), help="analyse: the heat map (\"\" for none)")
     args = p.parse_args(argv)
     try:
         args.ensembles = parse_ensembles(args.ensemble)
