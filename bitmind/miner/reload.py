@@ -138,9 +138,8 @@ class ModelSlot:
                                   "(or allow architecture changes) to serve it")
         if self.device.type == "cuda":
             lm.model = lm.model.to(memory_format=torch.channels_last)
-        probe = torch.zeros(2, 3, TARGET_SIZE, TARGET_SIZE)
-        with single_threaded(self.device.type == "cpu"):
-            out = logits_of(lm.model, probe, self.amp_dtype)
+        with single_threaded(self.device.type == "cpu"):  # the probe too: filling it is a parallel op
+            out = logits_of(lm.model, torch.zeros(2, 3, TARGET_SIZE, TARGET_SIZE), self.amp_dtype)
         if out.shape != (2,) or not torch.isfinite(out).all():
             raise CheckpointError(f"{path}: test forward gave {tuple(out.shape)} / non-finite output")
         self.loaded_at = time.time()
