@@ -132,3 +132,31 @@ def test_cpu_bf16_serving_is_chosen_checked_against_fp32_and_falls_back(tmp_path
     monkeypatch.setattr(CpuBf16, "forward", lambda self, x: self.inner(x) + 1.0)
     fast = prepare_for_serving(load_model(path).model, bf16=True)
     assert fast is not None and not isinstance(fast, CpuBf16)
+
+
+def test_building_the_serving_model_runs_no_parallel_op_on_the_calling_thread(tmp_path, monkeypatch):
+    """The miner builds its ``Predictor`` on the main thread. A multi-threaded torch op there
+    (even filling a probe tensor) leaves an OpenMP team alive in that thread, which slowed
+    every forward worker by about 35 % (docs/Performance.md, "A correction"). So every tensor
+    the slot creates while loading, checking and preparing is made under ``single_threaded``."""
+    from bitmind.miner.predict import Predictor
+
+    path = str(make_checkpoint(tmp_path / "m.pth"))
+    made_with: list[int] = []
+    real_zeros, real_rand = torch.zeros, torch.rand
+
+    def spy(real):
+        def make(*a, **k):
+            made_with.append(torch.get_num_threads())
+            return real(*a, **k)
+        return make
+
+    monkeypatch.setattr(torch, "zeros", spy(real_zeros))
+    monkeypatch.setattr(torch, "rand", spy(real_rand))
+    torch.set_num_threads(2)
+    p = Predictor(path, device="cpu")
+    try:
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+        assert made_with and set(made_with) == {1}, made_with  # the probes were made, each on one thread
+    finally:
+        p.close()

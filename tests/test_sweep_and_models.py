@@ -2,6 +2,7 @@
 schedule and the multi-variant sweep (one data stream, several models)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -412,3 +413,33 @@ def test_npr_top_pool_reads_the_strongest_locations_and_describes_itself(tmp_pat
     for bad in ("max", "top0", "top101", "topx"):
         with pytest.raises(ValueError, match="pool"):
             build_model("npr", layers=[1, 1], width=8, pool=bad)
+
+
+def test_a_sweep_variant_trains_with_a_top_pool_and_its_checkpoint_serves_it(tmp_path):
+    """``"pool": "top25"`` in a variant (``TrainConfig.pool``): the network is trained with that
+    pool (multiple-instance style), its checkpoint's config says so, and loading it back gives
+    a model whose image logit is the top-25 % mean of its location logits, not their mean.
+    Dropout reaches the location features in training only: in eval ``logit_map``'s mean is
+    still the mean pool's logit."""
+    from bitmind.models.npr import pool_logit_map
+
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=8, seed=3, size=64)
+    spec = SweepSpec.from_dict({
+        "base": {**tiny_sweep_base(tmp_path, data, "p", epochs=1), "dropout": 0.5},
+        "val_seeds": [0],
+        "variants": {"mil": {"pool": "top25", "input": "npr_hp", "stem_pool": False}},
+    })
+    assert spec.variant_config("mil").model_config()["pool"] == "top25"
+    assert "pool" not in dataclasses.replace(spec.variant_config("mil"), pool="mean").model_config()
+    run_sweep(spec)
+    lm = load_model(tmp_path / "ck" / "p" / "mil" / "model_epoch_best.pth")
+    assert lm.meta["config"]["pool"] == "top25" and lm.model.pool == "top25"
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    net = lm.model.eval()
+    with torch.no_grad():
+        m = net.logit_map(x)
+        assert torch.allclose(net(x)[:, 0], pool_logit_map(m, "top25"), atol=1e-5)
+        assert not torch.allclose(net(x)[:, 0], m.mean((1, 2)), atol=1e-4)
+        net.train()
+        assert not torch.equal(net.logit_map(x), net.logit_map(x))  # dropout on the features in training
