@@ -153,6 +153,7 @@ def test_building_the_serving_model_runs_no_parallel_op_on_the_calling_thread(tm
 
     monkeypatch.setattr(torch, "zeros", spy(real_zeros))
     monkeypatch.setattr(torch, "rand", spy(real_rand))
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     p = Predictor(path, device="cpu")
     try:
@@ -160,3 +161,4 @@ def test_building_the_serving_model_runs_no_parallel_op_on_the_calling_thread(tm
         assert made_with and set(made_with) == {1}, made_with  # the probes were made, each on one thread
     finally:
         p.close()
+        torch.set_num_threads(before)
