@@ -160,6 +160,16 @@ class ValidatorPipeline:
         """PIL in -> 256x256 PIL as the validator would produce it, before encoding."""
         return base_pil(img, self.size) if rng.random() < self.plain_share else RandomAugment(self.size)(img, rng)
 
+    def resize_factor(self, width: int, height: int, rng: random.Random) -> float:
+        """How much ``apply`` with this ``rng`` scales a ``width`` x ``height`` picture (its
+        draws replayed, no pixels touched): size / short side when plain, size / crop side
+        when augmented; above 1 up-scales. Read-outs split scores by it
+        (benchmarks/logo_by_resize.py)."""
+        side = min(width, height)
+        if rng.random() < self.plain_share:
+            return self.size / side
+        return self.size / RandomAugment(self.size).sample(side, side, rng)["crop"][2]
+
     def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         out = self.apply(img, rng)
         if self.jpeg_quality is not None:

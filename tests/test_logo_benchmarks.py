@@ -138,3 +138,38 @@ def test_merged_runs_become_arms_and_ensembles_are_read_fold_by_fold(tmp_path):
         gen.merge_runs({"a": (runs["one"], "m"), "b": (runs["two"], "m")})
     with pytest.raises(SystemExit, match="no variant"):
         gen.merge_runs({"a": (runs["one"], "zz"), "b": (runs["two"], "m")})
+
+
+def test_held_out_auc_is_split_by_the_validator_resize_each_crop_got(tmp_path):
+    """logo_by_resize.py replays each crop's validator draws (as scored) and reads the held-out
+    AUC per resize bin: a fold that catches its held-out family only when the crop was not
+    resized reads 1.0 there and 0.0 in the resized bins; --data that is not what was scored
+    is refused."""
+    from validator_synth import make_folder
+
+    bench = load_script("benchmarks/logo_by_resize.py")
+    data = make_folder(tmp_path / "d", n_per_class=30, seed=1, size=256)
+    factors, names = bench.resize_factors([str(data)])
+    source = np.array(names)
+    label = np.char.startswith(source, "fake/").astype(np.int64)
+    plain = np.isclose(factors, 1.0)
+    assert 0.05 < plain.mean() < 0.5 and factors.max() > 1.4  # 20 % plain draws; the rest up-scaled
+    fold = np.where(label == 1, np.where(plain, 2.0, -2.0), 0.0).astype(np.float32)
+    npz = tmp_path / "s.npz"
+    np.savez(npz, **{"crops/source": source, "crops/split": np.array(["test"] * len(source)), "crops/label": label,
+                     "crops/m": fold, "crops/m.minus-x": fold, "crops/m.minus-real-a": fold})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"variants": {"m": {"exclude_sources": []}, "m.minus-x": {"exclude_sources": ["fake/synth"]},
+                                             "m.minus-real-a": {"exclude_sources": ["real/synth"]}}}))
+    out = tmp_path / "r.json"
+    r = bench.main(["--scores", str(npz), "--logo_spec", str(spec), "--data", str(data), "--arm", "m", "--out", str(out)])
+    bins = r["arms"]["m"]
+    assert list(bins) == ["x1 (not resized)", "x1-1.4", "x1.4-inf"]
+    assert bins["x1 (not resized)"]["per_family"] == {"x": 1.0}  # the camera fold is no generator fold
+    assert bins["x1.4-inf"]["mean_heldout_auc"] == 0.0
+    assert sum(b["n"] for b in bins.values()) == len(source)
+    assert json.loads(out.read_text())["arms"] == r["arms"]
+    other = make_folder(tmp_path / "o", n_per_class=3, seed=2, size=256)
+    with pytest.raises(SystemExit, match="order"):
+        bench.main(["--scores", str(npz), "--logo_spec", str(spec), "--data", str(other), str(data), "--arm", "m",
+                    "--out", str(out)])

@@ -198,16 +198,23 @@ def test_validator_pipeline_output_is_what_validators_send(synth_data):
         r = random.Random(seed)
         if r.random() < 0.2:
             plain += 1
-            expected = base_pil(img, 256)
+            expected, factor = base_pil(img, 256), 256 / 200
         else:
             square = CenterCropShortSide()(img)
             d = RandomAugment().sample(square.width, square.height, r)
+            factor = 256 / d["crop"][2]
             expected = TF.rotate(square, d["angle"], interpolation=T.InterpolationMode.NEAREST)
             expected = TF.resized_crop(expected, *d["crop"], [256, 256], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
             expected = TF.vflip(expected) if d["vflip"] else expected
             expected = TF.hflip(expected) if d["hflip"] else expected
         assert np.array_equal(np.asarray(out), np.asarray(jpeg_roundtrip(expected, 75))), seed
         assert not np.array_equal(np.asarray(out), np.asarray(expected))  # the JPEG round trip did happen
+        # resize_factor replays the same draws without pixels: 256 / short side when plain,
+        # 256 / crop side otherwise, and leaves the RNG where apply leaves it
+        r1, r2 = random.Random(seed), random.Random(seed)
+        assert pipe.resize_factor(*img.size, r1) == pytest.approx(factor)
+        pipe.apply(img, r2)
+        assert r1.getstate() == r2.getstate()
     assert 0.08 < plain / len(seeds) < 0.35
 
 
