@@ -34,9 +34,9 @@ def resize_factors(roots: list[str], seed: int = 0) -> tuple[np.ndarray, list[st
     items, same per-picture RNG), and the pictures' source names in that order."""
     from bitmind.data import DetectionDataset
     from bitmind.image_transforms import ValidatorPipeline
-    from bitmind.training.logo import _items
+    from bitmind.training.logo import scored_items
 
-    items = _items(roots)
+    items = scored_items(roots)
     ds = DetectionDataset([(s, i) for s, i, *_ in items], seed=seed)
     pipe = ValidatorPipeline()
     factors = np.array([pipe.resize_factor(*src.load(i).size, ds.rng_for(k)) for k, (src, i, *_) in enumerate(items)])

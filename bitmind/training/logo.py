@@ -128,9 +128,10 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
 
 
 # ---------------------------------------------------------------------------- 2. scoring
-def _items(roots):
-    """(source object, index, source name, split, label) of every picture of ``roots``;
-    aligned round trips only in the test split (their family has thousands)."""
+def scored_items(roots):
+    """(source object, index, source name, split, label) of every picture of ``roots`` that
+    ``score_models`` scores, in its order; aligned round trips only in the test split (their
+    family has thousands)."""
     out = []
     for root in roots:
         src = open_source(root)
@@ -191,7 +192,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     for regime, roots in regimes.items():
         if not roots:
             continue
-        items = _items(roots)
+        items = scored_items(roots)
         ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
                               seed=seed, uint8=True)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
