@@ -43,14 +43,6 @@ def resize_factors(roots: list[str], seed: int = 0) -> tuple[np.ndarray, list[st
     return factors, [name for _, _, name, *_ in items]
 
 
-def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    if len(pos) < 2 or len(neg) < 2:
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
-
-
 def by_resize(z, spec: dict, factors: np.ndarray, arms: list[str], edges: list[float], regime: str = "crops") -> dict:
     """``{arm: {bin: {"mean_heldout_auc", "per_family", "n"}}}`` over the generator folds
     (``<arm>.minus-<family>``, real-kind folds left out) of ``arms``."""
@@ -60,6 +52,8 @@ def by_resize(z, spec: dict, factors: np.ndarray, arms: list[str], edges: list[f
     for hi in [*edges, np.inf]:  # (lo, hi]; a first edge of 1.0 makes the unresized crops a bin of their own
         bins["x1 (not resized)" if hi == 1.0 and lo == 0.0 else f"x{lo:g}-{hi:g}"] = (factors > lo) & (factors <= hi)
         lo = hi
+    from bitmind.training.logo import pos_neg_auc
+
     out: dict = {}
     for arm in arms:
         folds = [v for v in spec["variants"] if v.startswith(f"{arm}.minus-") and ".minus-real-" not in v
@@ -72,7 +66,7 @@ def by_resize(z, spec: dict, factors: np.ndarray, arms: list[str], edges: list[f
             for v in folds:
                 logit = z[f"{regime}/{v}"][:n]
                 held = np.isin(source, spec["variants"][v]["exclude_sources"])
-                fams[v.split(".minus-", 1)[1]] = auc(logit[sel & held], logit[sel & (label == 0) & (split == "test")])
+                fams[v.split(".minus-", 1)[1]] = pos_neg_auc(logit[sel & held], logit[sel & (label == 0) & (split == "test")])
             got = [a for a in fams.values() if a is not None]
             out[arm][name] = {"mean_heldout_auc": float(np.mean(got)) if got else None, "per_family": fams,
                               "n": int(sel.sum())}

@@ -129,16 +129,17 @@ class ModelSlot:
         has the same architecture and parameter shapes (checked before the swap, so a refused
         file never serves)."""
         path = self.path
-        with single_threaded(self.device.type == "cpu"):  # building and loading run torch ops too
+        # Every torch op of loading and checking on one thread: building, loading and even
+        # filling the probe are parallel ops (see ``single_threaded``).
+        with single_threaded(self.device.type == "cpu"):
             lm = load_model(path, data=data, arch=self.arch, device=self.device,
                             expected_arch=expected.arch if expected is not None else None)
-        if expected is not None and structure_of(lm.model) != structure_of(expected.model):
-            raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
-                                  f"the serving model's ({expected.meta.get('config')}); restart the miner "
-                                  "(or allow architecture changes) to serve it")
-        if self.device.type == "cuda":
-            lm.model = lm.model.to(memory_format=torch.channels_last)
-        with single_threaded(self.device.type == "cpu"):  # the probe too: filling it is a parallel op
+            if expected is not None and structure_of(lm.model) != structure_of(expected.model):
+                raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
+                                      f"the serving model's ({expected.meta.get('config')}); restart the miner "
+                                      "(or allow architecture changes) to serve it")
+            if self.device.type == "cuda":
+                lm.model = lm.model.to(memory_format=torch.channels_last)
             out = logits_of(lm.model, torch.zeros(2, 3, TARGET_SIZE, TARGET_SIZE), self.amp_dtype)
         if out.shape != (2,) or not torch.isfinite(out).all():
             raise CheckpointError(f"{path}: test forward gave {tuple(out.shape)} / non-finite output")

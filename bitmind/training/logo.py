@@ -226,7 +226,8 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
 
 
 # ---------------------------------------------------------------------------- 3. analysis
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+def pos_neg_auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """ROC AUC of scores ``pos`` (should be higher) against ``neg``; None if either is empty."""
     if not len(pos) or not len(neg):
         return None
     from sklearn.metrics import roc_auc_score
@@ -262,10 +263,10 @@ def score_fold(probs: np.ndarray, sources: np.ndarray, splits: np.ndarray, label
     fake_det = _rate(probs[seen_fake] > 0.5)
     real_acc = _rate(probs[real_test] <= 0.5)
     real_fold = bool(held_real.any()) and not held_fake.any()
-    return {"test_fake_detection": fake_det, "test_auc": _auc(probs[seen_fake], probs[real_test]),
+    return {"test_fake_detection": fake_det, "test_auc": pos_neg_auc(probs[seen_fake], probs[real_test]),
             "test_balanced_accuracy": (fake_det + real_acc) / 2 if fake_det is not None and real_acc is not None else None,
             "heldout_detection": None if real_fold else _rate(probs[held_fake] > 0.5), "heldout_n": int(held.sum()),
-            "heldout_auc": _auc(probs[seen_fake], probs[held_real]) if real_fold else _auc(probs[held_fake], probs[real_test]),
+            "heldout_auc": pos_neg_auc(probs[seen_fake], probs[held_real]) if real_fold else pos_neg_auc(probs[held_fake], probs[real_test]),
             "heldout_detection_at_real90": None if real_fold else _rate(probs[held_fake] > thr90), "threshold_real90": thr90,
             "heldout_real_accuracy": _rate(probs[held_real] <= 0.5) if real_fold else None,
             "real_accuracy": real_acc, "real_n": int(real_test.sum()),
