@@ -49,7 +49,8 @@ def test_shipped_checkpoints_load_with_the_extended_npr():
     assert sorted(m["config"]["input"] for m in lm.model.config["members"]) == ["npr_hp", "rgb"]
 
 
-@pytest.mark.parametrize("mode,channels", [("npr", 3), ("hp", 3), ("npr_hp", 6), ("rgb", 3), ("rgb_npr_hp", 9)])
+@pytest.mark.parametrize("mode,channels", [("npr", 3), ("hp", 3), ("npr_hp", 6), ("rgb", 3), ("rgb_npr_hp", 9),
+                                          ("npr_hp_norm", 6)])
 def test_input_modes(mode, channels):
     x = torch.rand(2, 3, 32, 32)
     assert input_features(x, mode).shape == (2, channels, 32, 32)
@@ -64,6 +65,23 @@ def test_residuals_ignore_flat_content():
     # a pixel-level checkerboard is all detail
     board = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2
     assert highpass_residual(board.float().expand(1, 3, 16, 16)).abs().mean() > 0.3
+
+
+def test_normalised_residuals_ignore_detail_strength():
+    """npr_hp_norm keeps the pattern of the fine detail and drops its strength: halving the
+    contrast of a textured picture halves npr_hp but leaves npr_hp_norm (almost) unchanged,
+    while a flat region stays near zero instead of being blown up."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32)
+    soft = 0.25 + 0.5 * x
+    plain, plain_soft = input_features(x, "npr_hp"), input_features(soft, "npr_hp")
+    assert torch.allclose(plain_soft, plain * 0.5, atol=1e-5)
+    norm, norm_soft = input_features(x, "npr_hp_norm"), input_features(soft, "npr_hp_norm")
+    assert (norm_soft - norm).abs().max() < 0.01 * norm.abs().max()
+    assert norm.pow(2).mean().sqrt() == pytest.approx(1.0, abs=0.1)
+    flat = torch.full((1, 3, 32, 32), 0.4)
+    flat[..., :16] += 0.001 * torch.randn(1, 3, 32, 16)  # sensor-level noise under eps
+    assert input_features(flat, "npr_hp_norm")[..., 2:14].pow(2).mean().sqrt() < 0.3
 
 
 def test_bad_options_are_refused():

@@ -14,7 +14,11 @@ load unchanged):
   high-pass residual ``x - box_blur(x)``, which survives re-sampling better than the
   2x2 grid that NPR reads), ``npr_hp`` (both, 6 channels), ``rgb`` (raw pixels) or
   ``rgb_npr_hp`` (all three, 9 channels: one network sees what an rgb + npr_hp
-  ensemble sees).
+  ensemble sees), or ``npr_hp_norm``: ``npr_hp`` with each residual divided by its local
+  RMS (about 8 x 8 pixels, ``local_normalise``), so the network sees how neighbouring
+  pixels co-vary, not how strong the detail is: texture, sharpness and a camera's noise
+  level are what a picture shows or how it was taken, and low-light photos (noisy, so
+  strong residuals) are the unseen camera kind most often called fake.
 * ``stem_pool``: the max-pool after the stem (off keeps 2x more resolution per side,
   at about 4x the compute).
 * ``layers``: 2 entries (layer1, layer2) or 3 (adds ResNet layer3 at 1/16 resolution).
@@ -71,8 +75,18 @@ def highpass_residual(x: torch.Tensor) -> torch.Tensor:
     return x - blurred
 
 
+def local_normalise(r: torch.Tensor, block: int = 8, eps: float = 0.005) -> torch.Tensor:
+    """``r`` divided by its local RMS: the mean square over channels and ``block`` x
+    ``block`` cells, bilinearly interpolated back to full size (so the gain has no steps).
+    ``eps`` (in residual units; textured 256 px pictures have cell RMS 0.01-0.08) keeps
+    flat, JPEG-smoothed regions from being blown up to full strength."""
+    energy = F.avg_pool2d(r.pow(2).mean(1, keepdim=True), block, block, ceil_mode=True)
+    energy = F.interpolate(energy, size=r.shape[-2:], mode="bilinear", align_corners=False)
+    return r * torch.rsqrt(energy + eps * eps)
+
+
 #: Input mode -> channels the first convolution receives.
-_CHANNELS = {"npr": 3, "hp": 3, "npr_hp": 6, "rgb": 3, "rgb_npr_hp": 9}
+_CHANNELS = {"npr": 3, "hp": 3, "npr_hp": 6, "rgb": 3, "rgb_npr_hp": 9, "npr_hp_norm": 6}
 INPUT_MODES = tuple(_CHANNELS)
 
 
@@ -86,6 +100,8 @@ def input_features(x: torch.Tensor, mode: str = "npr") -> torch.Tensor:
         return torch.cat([npr_residual(x) * (2.0 / 3.0), highpass_residual(x) * 2.0], dim=1)
     if mode == "rgb":
         return x - 0.5
+    if mode == "npr_hp_norm":
+        return torch.cat([local_normalise(npr_residual(x)), local_normalise(highpass_residual(x))], dim=1)
     if mode == "rgb_npr_hp":
         return torch.cat([x - 0.5, npr_residual(x) * (2.0 / 3.0), highpass_residual(x) * 2.0], dim=1)
     raise ValueError(f"unknown input mode {mode!r}; one of {INPUT_MODES}")
