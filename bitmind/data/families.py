@@ -27,7 +27,8 @@ GENERATOR_FAMILIES: dict[str, tuple[str, ...]] = {
     "gans": ("stylegan-family", "biggan-progan", "pix2pixhd-spade", "vqgan"),
 }
 _BY_FOLDER = {folder: fam for fam, folders in GENERATOR_FAMILIES.items() for folder in folders}
-#: Up-sampling designs of the decoder zoo (``bitmind.training.decoder_zoo``), as they appear in decoder names.
+#: Up-sampling designs in the decoder names of the removed decoder zoo (``aligned-zoo-<design>...``):
+#: committed LOGO scores hold such sources, and their families must read as they did.
 _ZOO_DESIGNS = ("nearest", "convt", "transposed", "shuffle", "pixelshuffle", "bilinear")
 
 

@@ -1,18 +1,18 @@
-"""Make "aligned" fakes: real photos passed through autoencoders (TAEF2, the decoder zoo).
+"""Make "aligned" fakes: real photos passed through autoencoders (TAEF2 and its kin).
 
 Latent-diffusion generators (SD, SDXL, SD3, Flux) produce every pixel through a learned
 VAE decoder that up-samples; that decoder leaves the up-sampling trace NPR looks for.
 A real photo encoded and decoded by such an autoencoder looks the same (~28-35 dB PSNR)
 but now carries the trace, so (real, round trip) pairs differ ONLY by the decoder: no
-content or format shortcut for the detector to learn. One decoder teaches one trace,
-hence several (``bitmind.training.decoder_zoo`` trains a zoo of up-sampling designs):
+content or format shortcut for the detector to learn. One decoder teaches one trace, so
+any number of TAESD-family decoders can be given, each its own source:
 
     python -m bitmind.training.aligned_fakes --data ROOT [ROOT ...] \
-        --decoders taef2=../shared/models/taef2 zoo=ZOO_DIR --out OUT
+        --decoders taef2=../shared/models/taef2 [NAME=TAESD_DIR ...] --out OUT
 
 writes a pool root: ``OUT/fake/aligned-<decoder>/<root>/<source>/<file>.jpg``, JPEG
 quality 90 like the crop pools, one folder per decoder (``aligned-taef2``,
-``aligned-zoo-nearest-8x-c16``, ...). File names are kept, so each round trip has its
+``aligned-NAME``, ...). File names are kept, so each round trip has its
 original's picture stem and lands in the same train/val/test split; the ``<root>/<source>``
 sub-folders only keep apart pictures that share a file name in two sources (the
 LocalFolderSource reads them recursively, so the source stays ``fake/aligned-<decoder>``).
@@ -38,8 +38,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from bitmind.training.decoders import Decoder, load_decoders, round_trip
-from bitmind.training.image_quality import psnr
+from bitmind.training.decoders import Decoder, load_decoders, psnr, round_trip
 from bitmind.training.taesd import DecoderLoadError, TinyAutoencoder, build_from_state_dict
 
 __all__ = ["DecoderLoadError", "TinyAutoencoder", "build_from_state_dict", "make_aligned_fakes", "make_aligned_pool",
@@ -175,8 +174,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bitmind.training.aligned_fakes",
                                 description="Round-trip real photos through autoencoders to make aligned fake training images.")
     p.add_argument("--data", nargs="+", help="pool roots in the CLASS/SOURCE layout (their real/ photos are used)")
-    p.add_argument("--decoders", nargs="+", help="NAME=PATH: a TAESD folder (taef2=../shared/models/taef2), "
-                                                 "a decoder-zoo folder, or one zoo .safetensors file")
+    p.add_argument("--decoders", nargs="+", help="NAME=PATH: a TAESD-family folder holding one "
+                                                 "<prefix>_encoder.pth / <prefix>_decoder.pth pair (taef2=../shared/models/taef2)")
     p.add_argument("--real", help="(older form) one root; with --weights, writes OUT/fake/taef2_SOURCE/")
     p.add_argument("--weights", help="(older form) folder holding taef2_encoder.pth and taef2_decoder.pth")
     p.add_argument("--out", required=True, help="output pool root")

@@ -1,21 +1,15 @@
 """Decoders for aligned fakes, named on the command line as ``NAME=PATH``.
 
-``PATH`` may be
-
-* a TAESD-family folder (``taef2_encoder.pth`` + ``taef2_decoder.pth``): one decoder,
-  source ``aligned-NAME``;
-* a decoder-zoo folder (``zoo.json`` + one safetensors file per decoder, written by
-  ``python -m bitmind.training.decoder_zoo train``): one decoder per ACCEPTED zoo member,
-  source ``aligned-NAME-<member>``; rejected members (blurry or low PSNR) are skipped;
-* one zoo ``.safetensors`` file: source ``aligned-NAME``.
+``PATH`` is a TAESD-family folder (one ``<prefix>_encoder.pth`` + ``<prefix>_decoder.pth``
+pair, as ``../shared/models/taef2`` holds): one decoder, source ``aligned-NAME``.
+(The decoder zoo that trained its own decoders was removed: its one sharp decoder made
+held-out detection worse, docs/Training.md "Aligned fakes".)
 
 Any missing or unreadable file raises ``DecoderLoadError`` naming the file, so a command
 line tool can print one clear line instead of a traceback.
 """
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bitmind.training.taesd import DecoderLoadError, TinyAutoencoder
-from bitmind.training.zoo_models import load_zoo_file
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Decoder:
-    source: str  # output folder under fake/, e.g. aligned-zoo-nearest-8x-c16
+    source: str  # output folder under fake/, e.g. aligned-taef2
     model: nn.Module  # RGB [0, 1] -> round trip [0, 1], sides divisible by ``model.factor``
     path: Path
 
@@ -49,40 +40,19 @@ def parse_decoder_arg(arg: str) -> tuple[str, Path]:
     return name, Path(path).expanduser()
 
 
-def load_zoo_dir(name: str, d: Path) -> list[Decoder]:
-    try:
-        index = json.loads((d / "zoo.json").read_text())
-        members = index["decoders"]
-    except Exception as e:
-        raise DecoderLoadError(f"cannot read zoo index {d / 'zoo.json'}: {type(e).__name__}: {e}") from e
-    out = []
-    for m in members:
-        if not m.get("accepted"):
-            logger.info("zoo %s: skipping %s (%s)", d, m.get("name"), m.get("reason"))
-            continue
-        out.append(Decoder(f"aligned-{name}-{m['name']}", load_zoo_file(d / m["file"]), d / m["file"]))
-    if not out:
-        raise DecoderLoadError(f"zoo {d} has no accepted decoder (see {d / 'zoo.json'})")
-    return out
-
-
 def load_decoders(args: list[str]) -> list[Decoder]:
-    """``["taef2=../shared/models/taef2", "zoo=zoo_dir"]`` -> decoders, in order."""
+    """``["taef2=../shared/models/taef2", "other=DIR"]`` -> decoders, in order."""
     out: list[Decoder] = []
     for arg in args:
         name, path = parse_decoder_arg(arg)
-        if path.is_dir() and (path / "zoo.json").exists():
-            out += load_zoo_dir(name, path)
-        elif path.is_dir():
-            prefixes = sorted(p.name[: -len("_encoder.pth")] for p in path.glob("*_encoder.pth"))
-            if len(prefixes) != 1:
-                raise DecoderLoadError(f"{path}: expected zoo.json or one <prefix>_encoder.pth/_decoder.pth pair, "
-                                       f"found encoders {prefixes or 'none'}")
-            out.append(Decoder(f"aligned-{name}", TinyAutoencoder(path, prefixes[0]), path))
-        elif path.suffix == ".safetensors" or path.is_file():
-            out.append(Decoder(f"aligned-{name}", load_zoo_file(path), path))
-        else:
-            raise DecoderLoadError(f"decoder path not found: {path}")
+        if not path.is_dir():
+            raise DecoderLoadError(f"decoder folder not found: {path}" if not path.exists() else
+                                   f"{path}: a decoder is a folder with one <prefix>_encoder.pth/_decoder.pth pair")
+        prefixes = sorted(p.name[: -len("_encoder.pth")] for p in path.glob("*_encoder.pth"))
+        if len(prefixes) != 1:
+            raise DecoderLoadError(f"{path}: expected one <prefix>_encoder.pth/_decoder.pth pair, "
+                                   f"found encoders {prefixes or 'none'}")
+        out.append(Decoder(f"aligned-{name}", TinyAutoencoder(path, prefixes[0]), path))
     sources = [d.source for d in out]
     if len(set(sources)) != len(sources):
         raise DecoderLoadError(f"two decoders would write to the same folder: {sources}")
@@ -99,3 +69,10 @@ def round_trip(model: nn.Module, x: torch.Tensor, factor: int | None = None) -> 
     ph, pw = -h % f, -w % f
     xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
     return model(xp)[..., :h, :w].clamp(0, 1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of each image of two (N, 3, H, W) batches in [0, 1]:
+    10 log10(1 / MSE). How faithful a round trip is (TAEF2: about 31 dB on the pools)."""
+    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(eps))
