@@ -559,6 +559,8 @@ def parse_args(argv):
     ap.add_argument("--max-batch", type=int, default=0, help="Predictor max_batch (0: the miner's auto choice)")
     ap.add_argument("--workers", type=int, default=0, help="in-process Predictor forward workers (0: auto; the "
                     "miner process always uses auto)")
+    ap.add_argument("--compile", action="store_true", help="serve compiled (TorchInductor) on CPU: the predictors and "
+                    "the miner process with --neuron.compile (the floor of --compare-model too)")
     ap.add_argument("--batch-window-ms", type=float, default=2.0)
     ap.add_argument("--decode-workers", type=int, default=0, help="Predictor decode threads (0: the event loop's pool)")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout through the axon (s)")
@@ -609,10 +611,11 @@ def main(argv=None) -> int:
                     "loadavg_start": loadavg()},
         "settings": {"requests": args.requests, "baseline_requests": base_requests, "clients": client_counts,
                      "torch_threads": torch.get_num_threads(), "max_batch": max_batch,
-                     "batch_window_ms": args.batch_window_ms, "decode_workers": args.decode_workers or None},
+                     "batch_window_ms": args.batch_window_ms, "decode_workers": args.decode_workers or None,
+                     "compile": args.compile},
     }
     predictor = Predictor(str(model), device=device, max_batch=max_batch, batch_window_ms=args.batch_window_ms,
-                          decode_workers=args.decode_workers or None, workers=args.workers)
+                          decode_workers=args.decode_workers or None, workers=args.workers, compile=args.compile)
     res["settings"]["workers"] = predictor.batcher.workers
     res["model_sha256"] = predictor.status()["sha256"]
     res["model_parameters"] = sum(p.numel() for p in predictor.current.model.parameters())
@@ -621,7 +624,7 @@ def main(argv=None) -> int:
     print("floor: decode + transform + forward, one image at a time", flush=True)
     if compare:
         other = Predictor(str(compare), device=device, max_batch=max_batch, batch_window_ms=args.batch_window_ms,
-                          decode_workers=args.decode_workers or None, workers=args.workers)
+                          decode_workers=args.decode_workers or None, workers=args.workers, compile=args.compile)
         print(f"  in {args.floor_rounds} rounds alternating with --compare-model {compare} "
               f"({sum(p.numel() for p in other.current.model.parameters())} parameters)", flush=True)
         res["floor"], cfloor = in_thread(measure_floors_paired, predictor, other, payloads, args.requests,
@@ -629,6 +632,7 @@ def main(argv=None) -> int:
         res["compare"] = {"model": str(compare), "model_sha256": other.status()["sha256"],
                           "model_parameters": sum(p.numel() for p in other.current.model.parameters()),
                           "rounds": args.floor_rounds, "max_ratio": args.compare_max_ratio, "floor": cfloor,
+                          "compiled": other.status()["compiled"],
                           "floor_p50_ratio": ratio(res["floor"]["total"]["p50_ms"], cfloor["total"]["p50_ms"])}
         other.close()
     else:
@@ -676,7 +680,8 @@ def run_axon_parts(args, model: Path, payloads: list[str], client_counts: list[i
                                              block_time=0)
     hotkey, validator = wallets["miner"].hotkey.ss58_address, wallets["validator"]
     env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
-    flags = ["--neuron.max_batch", str(args.max_batch), "--neuron.batch_window_ms", str(args.batch_window_ms)]
+    flags = ["--neuron.max_batch", str(args.max_batch), "--neuron.batch_window_ms", str(args.batch_window_ms),
+             *(["--neuron.compile"] if args.compile else [])]
     out: dict = {}
     plan = [("instant", "empty", True), ("instant", "instant", False), ("miner", "miner", False)]
     if not args.no_baseline:

@@ -32,6 +32,7 @@ def test_defaults_and_switches():
     c = miner_config([])
     assert c.netuid == 34 and c.neuron.model_path == DEFAULT_MODEL_PATH and c.neuron.device == "auto"
     assert c.neuron.amp == "auto" and miner_config(["--neuron.amp", "none"]).neuron.amp == "none"
+    assert c.neuron.compile is False and miner_config(["--neuron.compile"]).neuron.compile is True
     c = miner_config(["--blacklist.force_validator_permit", "false", "--blacklist.allow_non_registered", "--mock"])
     assert c.blacklist.force_validator_permit is False and c.blacklist.allow_non_registered is True and c.mock
     c = miner_config(["--local", "--blacklist.force_validator_permit"])

@@ -162,3 +162,63 @@ def test_building_the_serving_model_runs_no_parallel_op_on_the_calling_thread(tm
     finally:
         p.close()
         torch.set_num_threads(before)
+
+
+def test_compile_thread_counts_cover_every_worker_forward():
+    """A compiled model serves only at the thread counts it was compiled for (inductor
+    specialises per count); ``thread_counts`` must list every count ``_threads_for`` gives."""
+    cpu = torch.device("cpu")
+    for threads in (1, 2, 5, 16):
+        for workers in (1, 2, 4):
+            b = MicroBatcher(lambda x: [0.0] * len(x), cpu, workers=workers, threads=threads)
+            counts = MicroBatcher.thread_counts(cpu, threads, workers)
+            given = {b._threads_for(i, busy) for busy in range(1, workers + 1) for i in range(workers)}
+            assert given <= set(counts), (threads, workers, given, counts)
+    assert MicroBatcher.thread_counts(cpu, 2, 2) == (1, 2)
+
+
+def test_slot_compiles_before_serving_and_serves_the_same_answers(tmp_path, monkeypatch):
+    """``compile_threads``: the prepared copy is compiled (TorchInductor) before it serves and
+    gives the same logits; serving never traces (an input it was not compiled for runs
+    eagerly, with no new graph); a hot reload serves the new model prepared, uncompiled; a
+    failed compile leaves the prepared copy serving."""
+    import torch._dynamo
+    from torch.profiler import ProfilerActivity, profile
+
+    import bitmind.inference as inference
+    from bitmind.inference import CompiledCpu
+
+    path = str(make_checkpoint(tmp_path / "m.pth"))
+    cpu = torch.device("cpu")
+    slot = ModelSlot(path, cpu, optimize=True, compile_threads=(1,))
+    compiled = slot.serving.forward
+    assert isinstance(compiled, CompiledCpu) and not compiled.bf16 and compiled.thread_counts == (1,)
+    eager = ModelSlot(path, cpu, optimize=False)
+
+    def served(x):  # the serving forward's logits, and whether the compiled code ran them
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = slot.serving.logits(x, None)
+        return out, any(e.name.startswith("Torch-Compiled Region") for e in prof.events())
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+        out, ran_compiled = served(x)  # as the workers serve: a (1, 3, 256, 256) batch, inference mode
+        assert ran_compiled and torch.allclose(out, eager.serving.logits(x, None), atol=1e-4)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        batch = torch.rand(3, 3, 256, 256)  # not the compiled shape: eager, not a recompile
+        out, ran_compiled = served(batch)
+        assert not ran_compiled and torch.allclose(out, eager.serving.logits(batch, None), atol=1e-4)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+        torch.set_num_threads(2)  # a thread count it was not compiled for: eager too
+        assert not served(x)[1]
+    finally:
+        torch.set_num_threads(prev)
+    shutil.copy(path, tmp_path / "new.pth")
+    os.replace(tmp_path / "new.pth", path)
+    assert slot.check(force=True) and not isinstance(slot.serving.forward, CompiledCpu)
+    # a compile that fails (no C++ compiler, say) keeps the prepared copy serving
+    monkeypatch.setattr(inference.torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no compiler")))
+    failed = ModelSlot(path, cpu, optimize=True, compile_threads=(1,))
+    assert failed.serving.forward is not None and not isinstance(failed.serving.forward, CompiledCpu)

@@ -116,6 +116,14 @@ class MicroBatcher:
                                    timeout=0.2)
         return self._queue.get_nowait()
 
+    @staticmethod
+    def thread_counts(device: torch.device, threads: int, workers: int) -> tuple[int, ...]:
+        """Every intra-op thread count ``_threads_for`` can give a forward (what a compiled
+        model must be compiled for)."""
+        if device.type != "cpu":
+            return (threads,)
+        return tuple(sorted({max(1, threads // busy) for busy in range(1, workers + 1)} | {1}))
+
     def _threads_for(self, index: int, busy: int) -> int:
         """Intra-op threads for worker ``index``'s next forward while ``busy`` workers (itself
         included) run one. Only worker 0 ever runs several (see ``single_threaded``: one live

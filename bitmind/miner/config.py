@@ -44,6 +44,11 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "natively (AMX or AVX512-BF16: about 2.2x faster there; served probabilities move by "
                              "0.015 at most, docs/Performance.md); 'bf16' = also on other CPUs (slower there); 'none' = "
                              "fp32 everywhere.")
+    parser.add_argument("--neuron.compile", type=parse_bool, nargs="?", const=True, default=False,
+                        help="On a CPU, also compile the prepared model with TorchInductor (needs a C++ compiler; "
+                             "20-60 s per model in the background while the uncompiled model serves, again after each "
+                             "hot reload): about 2x faster forwards (docs/Performance.md). Off by default; any failure "
+                             "keeps the uncompiled model serving.")
     parser.add_argument("--neuron.sync_interval", type=float, default=300.0, help="Seconds between metagraph syncs.")
     parser.add_argument("--neuron.status_interval", type=float, default=60.0, help="Seconds between status lines.")
     parser.add_argument("--neuron.max_batch", type=int, default=0,

@@ -63,7 +63,7 @@ class MinerNeuron:
         self.predictor = Predictor(self.model_path, PredictorConfig(
             device=None if config.neuron.device in (None, "", "auto") else config.neuron.device, max_batch=int(config.neuron.max_batch),
             batch_window_ms=float(config.neuron.batch_window_ms), max_queue=int(config.neuron.max_queue), limits=limits,
-            amp=config.neuron.amp,
+            amp=config.neuron.amp, compile=bool(config.neuron.compile),
             allow_arch_change=bool(config.neuron.allow_arch_change)))
         self.handlers = MinerHandlers(self.predictor, self.metagraph,
                                       allow_non_registered=bool(config.blacklist.allow_non_registered),
@@ -129,7 +129,8 @@ class MinerNeuron:
         st, amp = self.predictor.status(), self.predictor.amp_dtype
         precision = ("bf16 autocast" if st["cpu_bf16"] else f"{str(amp).removeprefix('torch.')} autocast" if amp is not None
                      else "fp32")
-        logger.info("model on %s, %s%s", st["device"], "CPU-prepared, " if st["optimized"] else "", precision)
+        logger.info("model on %s, %s%s%s", st["device"], "CPU-prepared, " if st["optimized"] else "", precision,
+                    ", compiled" if st["compiled"] else "")
         return self
 
     def sync(self) -> None:

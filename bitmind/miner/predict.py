@@ -20,7 +20,7 @@ from bitmind.checkpoint import LoadedModel
 from bitmind.common import resolve_amp, resolve_device
 from bitmind.image_io import DecodeLimits, decode_image
 from bitmind.image_transforms import TARGET_SIZE, base_transforms
-from bitmind.inference import CpuBf16, cpu_bf16_wanted
+from bitmind.inference import CompiledCpu, CpuBf16, cpu_bf16_wanted
 from bitmind.miner.batching import MicroBatcher, auto_max_batch, auto_workers
 from bitmind.miner.cpu import logits_of, single_threaded
 from bitmind.miner.reload import ModelSlot
@@ -41,6 +41,7 @@ class PredictorConfig:
     limits: DecodeLimits = DecodeLimits()  # payload and image size limits
     decode_workers: int | None = None  # own decode thread pool of this size (None: the event loop's)
     optimize: bool | str = "auto"  # serve a CPU-prepared copy ("auto": on a CPU)
+    compile: bool = False  # then compile that copy in the background (TorchInductor) and serve it once ready
     workers: int = 0  # forward workers; 0: auto_workers
     threads: int = 0  # intra-op thread budget of the workers; 0: torch's
 
@@ -84,13 +85,17 @@ class Predictor:
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         # Prepare a faster copy for CPU serving ("auto": on CPU only; False: always eager).
         optimize = self.device.type == "cpu" if cfg.optimize == "auto" else bool(cfg.optimize)
-        self.slot = ModelSlot(model_path, self.device, cfg.arch, cfg.allow_arch_change, cfg.check_interval,
-                              self.amp_dtype, optimize, cpu_bf16=self.device.type == "cpu" and cpu_bf16_wanted(cfg.amp))
         # Forward workers and their shared intra-op thread budget (see MicroBatcher._threads_for).
         threads = int(cfg.threads) or torch.get_num_threads()
-        self.batcher = MicroBatcher(self.predict_tensors, self.device, int(cfg.max_batch) or auto_max_batch(self.device),
-                                    cfg.batch_window_ms / 1000.0, cfg.max_queue,
-                                    int(cfg.workers) or auto_workers(self.device, threads), threads)
+        workers = int(cfg.workers) or auto_workers(self.device, threads)
+        max_batch = int(cfg.max_batch) or auto_max_batch(self.device)
+        compile_threads = (MicroBatcher.thread_counts(self.device, threads, workers)
+                           if cfg.compile and self.device.type == "cpu" and max_batch == 1 else ())
+        self.slot = ModelSlot(model_path, self.device, cfg.arch, cfg.allow_arch_change, cfg.check_interval,
+                              self.amp_dtype, optimize, cpu_bf16=self.device.type == "cpu" and cpu_bf16_wanted(cfg.amp),
+                              compile_threads=compile_threads)
+        self.batcher = MicroBatcher(self.predict_tensors, self.device, max_batch, cfg.batch_window_ms / 1000.0,
+                                    cfg.max_queue, workers, threads)
         # Own decode pool if asked (bounds decode threads vs torch threads); else the loop's default executor.
         self._decode_pool = (ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="bitmind-decode")
                              if cfg.decode_workers else None)
@@ -108,7 +113,9 @@ class Predictor:
         serving, slot = self.slot.serving, self.slot
         lm = serving.lm
         return {"model_path": slot.path, "arch": lm.arch, "sha256": lm.sha256, "device": str(self.device),
-                "optimized": serving.forward is not None, "cpu_bf16": isinstance(serving.forward, CpuBf16),
+                "optimized": serving.forward is not None,
+                "cpu_bf16": isinstance(serving.forward, CpuBf16) or getattr(serving.forward, "bf16", False),
+                "compiled": isinstance(serving.forward, CompiledCpu),
                 "workers": self.batcher.workers, "threads": self.batcher.threads,
                 "reloads": slot.reloads, "bad_versions": slot.bad_versions,
                 "queue": self.batcher.queued, "inflight": self.batcher.inflight, "loaded_at": slot.loaded_at}

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from bitmind.checkpoint import CheckpointError, LoadedModel, load_model
 from bitmind.image_transforms import TARGET_SIZE
-from bitmind.inference import prepare_for_serving
+from bitmind.inference import compile_for_cpu, prepare_for_serving
 from bitmind.miner.cpu import Serving, logits_of, single_threaded
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
 class ModelSlot:
     """The model file and what serves from it: the first load, validation, the swap on
     change and, when ``optimize``, the CPU-prepared copy swapped in once ready (in bf16
-    autocast when ``cpu_bf16``).
+    autocast when ``cpu_bf16``). With ``compile_threads``, the first model's prepared copy is
+    compiled for those intra-op thread counts (``compile_for_cpu``) before it serves; a
+    hot-reloaded model serves prepared, uncompiled, until the next start.
 
     ``serving`` (a ``Serving``: loaded model + forward) is replaced as one reference, so a
     reader that takes it once per batch never mixes two models. ``check()`` is cheap when
@@ -99,10 +101,11 @@ class ModelSlot:
 
     def __init__(self, path: str, device: torch.device, arch: str | None = None, allow_arch_change: bool = False,
                  check_interval: float = 0.05, amp_dtype: torch.dtype | None = None, optimize: bool = False,
-                 cpu_bf16: bool = False):
+                 cpu_bf16: bool = False, compile_threads: tuple[int, ...] = ()):
         self.path, self.device, self.arch = str(path), device, arch
         self.allow_arch_change, self.check_interval = allow_arch_change, check_interval
         self.amp_dtype, self.optimize, self.cpu_bf16 = amp_dtype, optimize, cpu_bf16
+        self.compile_threads = tuple(compile_threads) if optimize else ()
         self.reloads, self.loaded_at = 0, 0.0
         self._bad: set[FileSignature] = set()  # versions that failed: not retried until the file changes
         self._last_check = 0.0
@@ -119,6 +122,8 @@ class ModelSlot:
         lm = self._load_validated(snap[0])  # first load must succeed
         self.serving = Serving(lm, self._prepared(lm))  # at start-up, prepare before serving
         self._sig = snap[1]
+        if self.compile_threads and self.serving.forward is not None:
+            self._compile_before_serving(lm)
 
     @property
     def bad_versions(self) -> int:
@@ -198,6 +203,30 @@ class ModelSlot:
             fast = self._prepared(lm)
         if fast is None:
             return
+        self._swap_forward(lm, fast)
+        if self.compile_threads:  # compiling needs the forwards to stand still: only at start-up
+            logger.info("model sha256=%s serves prepared, not compiled: restart the miner to compile it", lm.sha256[:12])
+
+    def _compile_before_serving(self, lm: LoadedModel) -> None:
+        """Compile the prepared copy (``compile_for_cpu``) before anything serves: Dynamo must
+        not trace while other threads run forwards. On its own thread, so the caller's thread
+        never runs the multi-threaded probes (see ``single_threaded``); on failure the
+        prepared copy serves."""
+        t0 = time.perf_counter()
+        result: list = []
+        worker = threading.Thread(target=lambda: result.append(compile_for_cpu(
+            self.serving.forward, thread_counts=self.compile_threads, name=f"model sha256={lm.sha256[:12]}")),
+            name="bitmind-compile", daemon=True)
+        worker.start()
+        worker.join()
+        if result and result[0] is not None:
+            self.serving = Serving(lm, result[0])
+            logger.info("model sha256=%s compiled for %s intra-op threads in %.1f s", lm.sha256[:12],
+                        "/".join(map(str, sorted(set(self.compile_threads)))), time.perf_counter() - t0)
+
+    def _swap_forward(self, lm: LoadedModel, forward: nn.Module) -> bool:
         with self._reload_lock:
             if self.serving.lm is lm:  # not replaced meanwhile
-                self.serving = Serving(lm, fast)
+                self.serving = Serving(lm, forward)
+                return True
+        return False
