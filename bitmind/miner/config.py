@@ -45,10 +45,10 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "0.015 at most, docs/Performance.md); 'bf16' = also on other CPUs (slower there); 'none' = "
                              "fp32 everywhere.")
     parser.add_argument("--neuron.compile", type=parse_bool, nargs="?", const=True, default=False,
-                        help="On a CPU, also compile the prepared model with TorchInductor (needs a C++ compiler; "
-                             "20-60 s per model in the background while the uncompiled model serves, again after each "
-                             "hot reload): about 2x faster forwards (docs/Performance.md). Off by default; any failure "
-                             "keeps the uncompiled model serving.")
+                        help="On a CPU, compile the prepared model with TorchInductor before serving (needs a C++ "
+                             "compiler; 5-60 s more at start-up, cached after the first): about 1.4x faster forwards "
+                             "(docs/Performance.md). A hot-reloaded model serves uncompiled until the next restart; any "
+                             "failure serves the uncompiled model. Off by default.")
     parser.add_argument("--neuron.sync_interval", type=float, default=300.0, help="Seconds between metagraph syncs.")
     parser.add_argument("--neuron.status_interval", type=float, default=60.0, help="Seconds between status lines.")
     parser.add_argument("--neuron.max_batch", type=int, default=0,

@@ -41,7 +41,7 @@ class PredictorConfig:
     limits: DecodeLimits = DecodeLimits()  # payload and image size limits
     decode_workers: int | None = None  # own decode thread pool of this size (None: the event loop's)
     optimize: bool | str = "auto"  # serve a CPU-prepared copy ("auto": on a CPU)
-    compile: bool = False  # then compile that copy in the background (TorchInductor) and serve it once ready
+    compile: bool = False  # on a CPU with max_batch 1, compile that copy (TorchInductor) before serving
     workers: int = 0  # forward workers; 0: auto_workers
     threads: int = 0  # intra-op thread budget of the workers; 0: torch's
 

@@ -224,9 +224,7 @@ class ModelSlot:
             logger.info("model sha256=%s compiled for %s intra-op threads in %.1f s", lm.sha256[:12],
                         "/".join(map(str, sorted(set(self.compile_threads)))), time.perf_counter() - t0)
 
-    def _swap_forward(self, lm: LoadedModel, forward: nn.Module) -> bool:
+    def _swap_forward(self, lm: LoadedModel, forward: nn.Module) -> None:
         with self._reload_lock:
             if self.serving.lm is lm:  # not replaced meanwhile
                 self.serving = Serving(lm, forward)
-                return True
-        return False
