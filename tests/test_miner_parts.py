@@ -177,15 +177,14 @@ def test_compile_thread_counts_cover_every_worker_forward():
     assert MicroBatcher.thread_counts(cpu, 2, 2) == (1, 2)
 
 
-def test_slot_compiles_before_serving_and_serves_the_same_answers(tmp_path, monkeypatch):
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="TorchInductor needs a C++ compiler")
+def test_slot_compiles_before_serving_and_serves_the_same_answers(tmp_path):
     """``compile_threads``: the prepared copy is compiled (TorchInductor) before it serves and
     gives the same logits; serving never traces (an input it was not compiled for runs
-    eagerly, with no new graph); a hot reload serves the new model prepared, uncompiled; a
-    failed compile leaves the prepared copy serving."""
+    eagerly, with no new graph); a hot reload serves the new model prepared, uncompiled."""
     import torch._dynamo
     from torch.profiler import ProfilerActivity, profile
 
-    import bitmind.inference as inference
     from bitmind.inference import CompiledCpu
 
     path = str(make_checkpoint(tmp_path / "m.pth"))
@@ -218,7 +217,15 @@ def test_slot_compiles_before_serving_and_serves_the_same_answers(tmp_path, monk
     shutil.copy(path, tmp_path / "new.pth")
     os.replace(tmp_path / "new.pth", path)
     assert slot.check(force=True) and not isinstance(slot.serving.forward, CompiledCpu)
-    # a compile that fails (no C++ compiler, say) keeps the prepared copy serving
+
+
+def test_a_failed_compile_serves_the_prepared_copy(tmp_path, monkeypatch):
+    """A compile that fails (no C++ compiler, say) keeps the prepared copy serving."""
+    import bitmind.inference as inference
+    from bitmind.inference import CompiledCpu
+
+    path = str(make_checkpoint(tmp_path / "m.pth"))
+    cpu = torch.device("cpu")
     monkeypatch.setattr(inference.torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no compiler")))
     failed = ModelSlot(path, cpu, optimize=True, compile_threads=(1,))
     assert failed.serving.forward is not None and not isinstance(failed.serving.forward, CompiledCpu)
