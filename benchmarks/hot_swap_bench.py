@@ -118,12 +118,12 @@ class Load:
             await close()
 
 
-def inproc_caller(model_path: Path, payload: str):
+def inproc_caller(model_path: Path, payload: str, compile: bool = False):
     from bitmind.miner.handlers import MinerHandlers
     from bitmind.miner.predict import Predictor
     from bitmind.protocol import ImageSynapse
 
-    predictor = Predictor(str(model_path), device="cpu")
+    predictor = Predictor(str(model_path), device="cpu", compile=compile)
     handlers = MinerHandlers(predictor, metagraph=None)
 
     async def make(clients):
@@ -139,7 +139,7 @@ def inproc_caller(model_path: Path, payload: str):
     return make, None
 
 
-def axon_caller(model_path: Path, payload: str, root: Path):
+def axon_caller(model_path: Path, payload: str, root: Path, compile: bool = False):
     import bittensor as bt
 
     from bitmind import local_chain
@@ -151,7 +151,8 @@ def axon_caller(model_path: Path, payload: str, root: Path):
     log = open(root / "miner.log", "w")
     proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "neurons" / "miner.py"), "--mock", "--local.root", str(root),
                              "--netuid", str(NETUID), "--wallet.name", "miner", "--axon.port", str(port),
-                             "--neuron.model_path", str(model_path), "--neuron.device", "cpu"],
+                             "--neuron.model_path", str(model_path), "--neuron.device", "cpu",
+                             *(["--neuron.compile"] if compile else [])],
                             stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
     axon = wait_for_axon(chain, NETUID, wallets["miner"].hotkey.ss58_address, port, proc, 240)
@@ -181,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--interval", type=float, default=1.5, help="seconds between replacements")
     ap.add_argument("--no-axon", action="store_true", help="drive the handlers in process (no bittensor transport)")
+    ap.add_argument("--compile", action="store_true", help="the miner serves compiled (--neuron.compile): the first "
+                    "model compiled, each replacement prepared and uncompiled")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -196,9 +199,9 @@ def main(argv=None) -> int:
     path.write_bytes(blobs[0])
     payload = encode_image(base_pil(Image.effect_mandelbrot((300, 300), (-2, -1.2, 0.8, 1.2), 60).convert("RGB")))
     if args.no_axon:
-        make, server = inproc_caller(path, payload)
+        make, server = inproc_caller(path, payload, args.compile)
     else:
-        make, server = axon_caller(path, payload, tmp / "chain")
+        make, server = axon_caller(path, payload, tmp / "chain", args.compile)
     load = Load(args.clients, make)
     load.thread.start()
     swaps = []
