@@ -123,6 +123,8 @@ class CpuBf16(nn.Module):
     casts only the matrix work: on the sn34-validator test split the served probabilities
     move by 0.015 at most (median 0.0014), one decision in 387 (benchmarks/cpu_bf16.py)."""
 
+    bf16 = True  # what the miner's status reports (``CompiledCpu`` says the same of itself)
+
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
@@ -162,16 +164,16 @@ def optimize_for_cpu(model: nn.Module, probe_batch: int = 2, bf16: bool = False)
 
 class CompiledCpu(nn.Module):
     """``fast`` (an ``optimize_for_cpu`` copy) compiled by TorchInductor. Built by
-    ``compile_for_cpu``, which traces and compiles it for one input (``shape``, float32,
-    channels-last, under ``inference_mode``) at each of ``thread_counts`` intra-op threads
+    ``compile_for_cpu``, which traces and compiles it for one input (its probe's shape,
+    float32, channels-last, under ``inference_mode``) at each of ``thread_counts`` intra-op threads
     (inductor specialises its code per count). Serving then runs it *without* ever tracing
     (``torch._dynamo.run``): an input the compiled code does not fit runs eagerly instead of
     recompiling, because a recompile takes seconds and Dynamo tracing while other threads
     run forwards was seen to deadlock."""
 
-    def __init__(self, fast: nn.Module, shape: tuple[int, ...], thread_counts: tuple[int, ...] = ()):
+    def __init__(self, fast: nn.Module, thread_counts: tuple[int, ...] = ()):
         super().__init__()
-        self.fast, self.shape, self.thread_counts = fast, tuple(shape), tuple(sorted(set(thread_counts)))
+        self.fast, self.thread_counts = fast, tuple(sorted(set(thread_counts)))
         self.bf16 = isinstance(fast, CpuBf16)
         self.inner = fast.inner if self.bf16 else fast
         # freezing: weights become constants, pre-packed once for oneDNN (eager re-packs per call)
@@ -205,7 +207,7 @@ def compile_for_cpu(fast: nn.Module, batch: int = 1, thread_counts: tuple[int, .
     forward (``ModelSlot`` compiles before the miner serves)."""
     prev = torch.get_num_threads()
     try:
-        compiled = CompiledCpu(fast, (batch, 3, TARGET_SIZE, TARGET_SIZE), thread_counts)
+        compiled = CompiledCpu(fast, thread_counts)
         tol = dict(rtol=0.02, atol=0.05) if compiled.bf16 else dict(rtol=1e-3, atol=1e-3)
         with torch.inference_mode():  # the probe is an inference tensor, as served inputs are
             probe = torch.rand(batch, 3, TARGET_SIZE, TARGET_SIZE, generator=torch.Generator().manual_seed(1))

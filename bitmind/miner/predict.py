@@ -20,7 +20,7 @@ from bitmind.checkpoint import LoadedModel
 from bitmind.common import resolve_amp, resolve_device
 from bitmind.image_io import DecodeLimits, decode_image
 from bitmind.image_transforms import TARGET_SIZE, base_transforms
-from bitmind.inference import CompiledCpu, CpuBf16, cpu_bf16_wanted
+from bitmind.inference import CompiledCpu, cpu_bf16_wanted
 from bitmind.miner.batching import MicroBatcher, auto_max_batch, auto_workers
 from bitmind.miner.cpu import logits_of, single_threaded
 from bitmind.miner.reload import ModelSlot
@@ -114,7 +114,7 @@ class Predictor:
         lm = serving.lm
         return {"model_path": slot.path, "arch": lm.arch, "sha256": lm.sha256, "device": str(self.device),
                 "optimized": serving.forward is not None,
-                "cpu_bf16": isinstance(serving.forward, CpuBf16) or getattr(serving.forward, "bf16", False),
+                "cpu_bf16": bool(getattr(serving.forward, "bf16", False)),
                 "compiled": isinstance(serving.forward, CompiledCpu),
                 "workers": self.batcher.workers, "threads": self.batcher.threads,
                 "reloads": slot.reloads, "bad_versions": slot.bad_versions,

@@ -222,7 +222,7 @@ class ModelSlot:
         if result and result[0] is not None:
             self.serving = Serving(lm, result[0])
             logger.info("model sha256=%s compiled for %s intra-op threads in %.1f s", lm.sha256[:12],
-                        "/".join(map(str, sorted(set(self.compile_threads)))), time.perf_counter() - t0)
+                        "/".join(map(str, result[0].thread_counts)), time.perf_counter() - t0)
 
     def _swap_forward(self, lm: LoadedModel, forward: nn.Module) -> None:
         with self._reload_lock:
