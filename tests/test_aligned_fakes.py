@@ -1,6 +1,7 @@
 """Aligned fakes (issue #13): round trips through TAESD-family decoders keep each picture's
 stem, size and split, several decoders write one source each, PSNR is right, and bad
-decoder folders give one clear line instead of a traceback."""
+decoder folders give one clear line instead of a traceback. Synthetic up-sampling traces
+are faint, periodic, keep the photo's colour and are reproducible by seed."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from bitmind.data import LocalFolderSource, split_of
 from bitmind.training.aligned_fakes import main as aligned_main
 from bitmind.training.decoders import load_decoders, psnr, round_trip
 from bitmind.training.taesd import DecoderLoadError
+from bitmind.training.upsampling_traces import UpsamplingTrace
 from validator_synth import tiny_taesd_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # every test here: tiny convolutions
@@ -127,3 +129,44 @@ def test_aligned_pool_keeps_stems_sizes_and_splits(tmp_path):
     stems = {p.stem.rsplit("_", 1)[0] for p in out_test.rglob("*.jpg")}
     expected = {f"pic{k}" for k in range(16) if split_of(f"pic{k}") == "test"}
     assert stems == expected and expected  # the synthetic stems put at least one picture in test
+
+
+def _photo(size: int = 64, seed: int = 3) -> torch.Tensor:
+    return torch.from_numpy(_textured(size, seed)).permute(2, 0, 1)[None].float() / 255
+
+
+def test_upsampling_trace_is_faint_keeps_colour_and_is_reproducible():
+    x = torch.cat([_photo(64, k) for k in range(6)])
+    y = UpsamplingTrace(seed=1)(x)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    p = psnr(y, x)
+    assert bool(((p > 30) & (p < 50)).all()), p  # 1.5-6 levels RMS: a trace, not a different picture
+    assert float((y - x).mean((2, 3)).abs().max()) < 0.5 / 255  # no colour cast: only detail within one period
+    assert torch.equal(UpsamplingTrace(seed=1)(x), y)  # the same seed, the same fakes
+    assert not torch.equal(UpsamplingTrace(seed=2)(x), y)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        UpsamplingTrace()(x[..., :60])
+    with pytest.raises(ValueError, match="factors"):
+        UpsamplingTrace(factors=(3,))
+
+
+def test_transposed_stage_is_periodic_only_through_its_phase_gains():
+    flat = torch.full((1, 3, 16, 16), 0.5)
+    exact = UpsamplingTrace(seed=0, phase_gain=0.0)._transposed(flat)[..., 2:-2, 2:-2]  # away from the border taps
+    assert torch.allclose(exact, torch.full_like(exact, 0.5), atol=1e-6)  # taps of each phase sum to 1: flat stays flat
+    up = UpsamplingTrace(seed=0, phase_gain=0.05)._transposed(flat)[..., 2:-2, 2:-2]
+    phases = torch.stack([up[..., i::2, j::2] for i in (0, 1) for j in (0, 1)])  # (4, 1, 3, h, w)
+    assert float(phases.std((0,)).max()) > 1e-3  # the four output phases differ...
+    assert float(phases.std((3, 4)).max()) < 1e-6  # ...but each is constant: a pattern with period 2
+
+
+def test_synthetic_fakes_from_the_command_line(tmp_path):
+    pool = make_pool(tmp_path / "pool", pictures=6, size=40)
+    out = tmp_path / "synthetic"
+    stats = aligned_main(["--data", str(pool), "--synthetic", "--out", str(out), "--device", "cpu", "--workers", "2"])
+    made = LocalFolderSource(out)
+    assert {made.source_name(i) for i in range(len(made))} == {"fake/aligned-synth-upsampling"}
+    assert len(made) == stats["photos"] == 12
+    assert 30 < stats["decoders"]["aligned-synth-upsampling"]["psnr_mean"] < 50
+    for i in range(len(made)):
+        assert Image.open(made.path(i)).size == (40, 40)  # padded to the factor and cropped back

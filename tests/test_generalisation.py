@@ -74,6 +74,12 @@ def test_family_weights_give_each_family_its_share():
     assert share(lambda s: s == "real/b") == pytest.approx(0.25)
     assert share(lambda s: s == "fake/sdxl") == pytest.approx(0.25)  # one family of two
     assert share(lambda s: s == "fake/flux1-dev") == pytest.approx(0.125)  # half of the flux1 family
+    # aligned round trips share one family; synthetic up-sampling traces are a family of their own
+    with_aligned = sources + ["fake/aligned-taef2"] * 40 + ["fake/aligned-other"] * 10 + ["fake/aligned-synth-upsampling"] * 50
+    wa = np.asarray(family_weights(labels + [1] * 100, with_aligned))
+    share_a = lambda name: wa[[s == name for s in with_aligned]].sum()  # noqa: E731
+    assert share_a("fake/aligned-taef2") == pytest.approx(share_a("fake/aligned-other")) == pytest.approx(0.5 / 4 / 2)
+    assert share_a("fake/aligned-synth-upsampling") == pytest.approx(share_a("fake/sdxl")) == pytest.approx(0.5 / 4)
     sampler = FamilySampler(labels, sources, seed=0, num_samples=4000)
     drawn = Counter(sources[i] for i in sampler)
     assert abs(drawn["fake/flux1-dev"] / 4000 - 0.125) < 0.03 and abs(drawn["real/b"] / 4000 - 0.25) < 0.03

@@ -15,6 +15,8 @@
 # and trained longer with base_miner/NPR/sweeps/ship_long.json (docs/Model.md, "Recipe").
 # WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25": also score every
 # NPR with those top-k pools, as arms <recipe>_topNN (no training; bitmind.models.npr).
+# SYNTHETIC=1: step 1 also writes synthetic up-sampling fakes of every real photo
+# (aligned_fakes --synthetic, source fake/aligned-synth-upsampling; logo_synth.json compares with and without).
 # (ZOO=0, in older commands, is accepted and changes nothing: the decoder zoo was removed.)
 #
 # On one H200 about 15 minutes: round trips under a minute, sweep ~11 min (the spec's
@@ -34,7 +36,8 @@ CHALLENGES=("$DATA/sn34-validator")
 # no aligned sources, and the LOGO spec drops what it lacks.
 echo "== 1. aligned round trips ($(date +%T))"
 [ -d "$WORK/aligned/fake" ] || $PY -m bitmind.training.aligned_fakes --data "${CROPS[@]}" "${CHALLENGES[@]}" \
-  --decoders "taef2=$MODELS/taef2" --out "$WORK/aligned" --batch_size 128 || echo "!! round trips failed"
+  --decoders "taef2=$MODELS/taef2" ${SYNTHETIC:+$( [ "$SYNTHETIC" = 1 ] && echo --synthetic)} \
+  --out "$WORK/aligned" --batch_size 128 || echo "!! round trips failed"
 ALIGNED=()
 [ -d "$WORK/aligned/fake" ] && ALIGNED=("$WORK/aligned")
 

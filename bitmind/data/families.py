@@ -63,11 +63,20 @@ def sources_of_family(family: str, sources: Iterable[str]) -> list[str]:
     return sorted({s for s in sources if family_of(s) == family})
 
 
+#: Synthetic fakes (a random up-sampler's trace added to a photo, ``bitmind.training.upsampling_traces``):
+#: aligned with their photo like a round trip, but sampled as a family of their own.
+SYNTHETIC_PREFIX = "fake/aligned-synth"
+
+
 def sampling_family(source: str) -> str:
     """The family a source is sampled as: ``family_of``, except that all aligned round
     trips count as ONE family (``aligned``), whatever their decoder: they are training
     material for traces, not generators the miner is challenged with, and must not
-    outweigh the real generators."""
+    outweigh the real generators. Synthetic up-sampling traces (``fake/aligned-synth*``)
+    are one more such family (``synthetic``): one decoder's round trips and many random
+    up-samplers are different lessons, and neither should take the other's share."""
+    if source.startswith(SYNTHETIC_PREFIX):
+        return "synthetic"
     return "aligned" if is_aligned(source) else family_of(source)
 
 

@@ -19,6 +19,10 @@ LocalFolderSource reads them recursively, so the source stays ``fake/aligned-<de
 Give the sn34-validator root too, and its real challenges get round trips with the same
 stems: aligned pairs in the validator-realistic regime.
 
+``--synthetic`` adds (or, without ``--decoders``, makes only) synthetic fakes: each photo
+with the trace of a randomly drawn generator-like up-sampler added
+(``bitmind.training.upsampling_traces``), source ``fake/aligned-synth-upsampling``.
+
 The older form ``--real DIR --weights TAEF2_DIR`` (one root, TAEF2 only, output
 ``OUT/fake/taef2_<source>/``) still works. The weights are training-data tooling, never
 shipped with the miner.
@@ -40,6 +44,7 @@ import torchvision.transforms.functional as TF
 
 from bitmind.training.decoders import Decoder, load_decoders, psnr, round_trip
 from bitmind.training.taesd import DecoderLoadError, TinyAutoencoder, build_from_state_dict
+from bitmind.training.upsampling_traces import SYNTHETIC_SOURCE, UpsamplingTrace
 
 __all__ = ["DecoderLoadError", "TinyAutoencoder", "build_from_state_dict", "make_aligned_fakes", "make_aligned_pool",
            "real_inputs", "main"]
@@ -176,6 +181,9 @@ def main(argv=None) -> dict:
     p.add_argument("--data", nargs="+", help="pool roots in the CLASS/SOURCE layout (their real/ photos are used)")
     p.add_argument("--decoders", nargs="+", help="NAME=PATH: a TAESD-family folder holding one "
                                                  "<prefix>_encoder.pth / <prefix>_decoder.pth pair (taef2=../shared/models/taef2)")
+    p.add_argument("--synthetic", action="store_true",
+                   help=f"also write synthetic fakes: each photo plus a random up-sampler's trace (fake/{SYNTHETIC_SOURCE})")
+    p.add_argument("--synthetic_seed", type=int, default=0, help="seed of the random up-samplers")
     p.add_argument("--real", help="(older form) one root; with --weights, writes OUT/fake/taef2_SOURCE/")
     p.add_argument("--weights", help="(older form) folder holding taef2_encoder.pth and taef2_decoder.pth")
     p.add_argument("--out", required=True, help="output pool root")
@@ -191,15 +199,18 @@ def main(argv=None) -> dict:
     split = None if a.split == "all" else a.split
     try:
         if a.real or a.weights:
-            if not (a.real and a.weights) or a.data or a.decoders:
-                p.error("the older form takes --real and --weights together, without --data/--decoders")
+            if not (a.real and a.weights) or a.data or a.decoders or a.synthetic:
+                p.error("the older form takes --real and --weights together, without --data/--decoders/--synthetic")
             TinyAutoencoder(a.weights)  # a clear error for missing or corrupt weights before any work
             stats = make_aligned_fakes(a.real, a.out, a.weights, device=a.device, batch_size=a.batch_size,
                                        limit=a.limit, split=split, split_seed=a.split_seed)
         else:
-            if not (a.data and a.decoders):
-                p.error("give --data ROOT ... and --decoders NAME=PATH ... (or the older --real/--weights)")
-            stats = make_aligned_pool(a.data, a.out, load_decoders(a.decoders), device=a.device,
+            if not (a.data and (a.decoders or a.synthetic)):
+                p.error("give --data ROOT ... and --decoders NAME=PATH ... and/or --synthetic (or the older --real/--weights)")
+            decoders = load_decoders(a.decoders or [])
+            if a.synthetic:
+                decoders.append(Decoder(SYNTHETIC_SOURCE, UpsamplingTrace(seed=a.synthetic_seed), Path("synthetic")))
+            stats = make_aligned_pool(a.data, a.out, decoders, device=a.device,
                                       batch_size=a.batch_size, split=split, split_seed=a.split_seed, limit=a.limit,
                                       workers=a.workers)
     except (DecoderLoadError, FileNotFoundError, ValueError) as e:
