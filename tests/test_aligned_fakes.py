@@ -170,3 +170,17 @@ def test_synthetic_fakes_from_the_command_line(tmp_path):
     assert 30 < stats["decoders"]["aligned-synth-upsampling"]["psnr_mean"] < 50
     for i in range(len(made)):
         assert Image.open(made.path(i)).size == (40, 40)  # padded to the factor and cropped back
+
+
+def test_synthetic_trace_strength_is_an_option(tmp_path, capsys):
+    pool = make_pool(tmp_path / "pool", pictures=4, size=40)
+    psnr = {}
+    for lo, hi in ((2.0, 2.0), (16.0, 16.0)):
+        out = tmp_path / f"synthetic{lo:g}"
+        stats = aligned_main(["--data", str(pool), "--synthetic", "--synthetic_rms", str(lo), str(hi),
+                              "--out", str(out), "--device", "cpu", "--workers", "2"])
+        psnr[lo] = stats["decoders"]["aligned-synth-upsampling"]["psnr_mean"]
+    assert psnr[2.0] > psnr[16.0] + 12  # 8x the RMS is 18 dB less PSNR (less the JPEG and clipping it shares)
+    with pytest.raises(SystemExit):
+        aligned_main(["--data", str(pool), "--synthetic", "--synthetic_rms", "6", "2", "--out", str(tmp_path / "bad")])
+    assert "0 < LO <= HI" in capsys.readouterr().err

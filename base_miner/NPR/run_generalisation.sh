@@ -17,6 +17,10 @@
 # NPR with those top-k pools, as arms <recipe>_topNN (no training; bitmind.models.npr).
 # SYNTHETIC=1: step 1 also writes synthetic up-sampling fakes of every real photo
 # (aligned_fakes --synthetic, source fake/aligned-synth-upsampling; logo_synth.json compares with and without).
+# SYNTHETIC=crops: the synthetic fakes of the crop pools' photos only (WORK/synthetic), not of the
+# validator challenges, whose photos were already down-scaled by the validator: there a trace at the
+# native pixel period is one no validator-sent fake carries (docs/Generalisation.md).
+# SYNTHETIC_RMS="LO HI": their strength in 8-bit levels (aligned_fakes --synthetic_rms; default 1.5 6).
 # (ZOO=0, in older commands, is accepted and changes nothing: the decoder zoo was removed.)
 #
 # On one H200 about 15 minutes: round trips under a minute, sweep ~11 min (the spec's
@@ -35,11 +39,19 @@ CHALLENGES=("$DATA/sn34-validator")
 # A failed round-trip step is reported and the run goes on without it: the sweep then has
 # no aligned sources, and the LOGO spec drops what it lacks.
 echo "== 1. aligned round trips ($(date +%T))"
+SYN=()
+[ "${SYNTHETIC:-0}" = 1 ] && SYN=(--synthetic)
+[ -n "${SYNTHETIC_RMS:-}" ] && SYN_RMS=(--synthetic_rms $SYNTHETIC_RMS) || SYN_RMS=()
 [ -d "$WORK/aligned/fake" ] || $PY -m bitmind.training.aligned_fakes --data "${CROPS[@]}" "${CHALLENGES[@]}" \
-  --decoders "taef2=$MODELS/taef2" ${SYNTHETIC:+$( [ "$SYNTHETIC" = 1 ] && echo --synthetic)} \
+  --decoders "taef2=$MODELS/taef2" ${SYN[@]+"${SYN[@]}" ${SYN_RMS[@]+"${SYN_RMS[@]}"}} \
   --out "$WORK/aligned" --batch_size 128 || echo "!! round trips failed"
+if [ "${SYNTHETIC:-0}" = crops ] && [ ! -d "$WORK/synthetic/fake" ]; then
+  $PY -m bitmind.training.aligned_fakes --data "${CROPS[@]}" --synthetic ${SYN_RMS[@]+"${SYN_RMS[@]}"} \
+    --out "$WORK/synthetic" --batch_size 128 || echo "!! synthetic fakes failed"
+fi
 ALIGNED=()
 [ -d "$WORK/aligned/fake" ] && ALIGNED=("$WORK/aligned")
+[ -d "$WORK/synthetic/fake" ] && ALIGNED+=("$WORK/synthetic")
 
 echo "== 2. leave-one-family-out sweep and scores ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweeps/logo.json}" \
