@@ -26,21 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bitmind.training.logo import scored_resize_factors as resize_factors
+
 HERE = Path(__file__).resolve().parent
-
-
-def resize_factors(roots: list[str], seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """The validator pipeline's resize factor of every crop of ``roots`` as scored (same
-    items, same per-picture RNG), and the pictures' source names in that order."""
-    from bitmind.data import DetectionDataset
-    from bitmind.image_transforms import ValidatorPipeline
-    from bitmind.training.logo import scored_items
-
-    items = scored_items(roots)
-    ds = DetectionDataset([(s, i) for s, i, *_ in items], seed=seed)
-    pipe = ValidatorPipeline()
-    factors = np.array([pipe.resize_factor(*src.load(i).size, ds.rng_for(k)) for k, (src, i, *_) in enumerate(items)])
-    return factors, [name for _, _, name, *_ in items]
 
 
 def by_resize(z, spec: dict, factors: np.ndarray, arms: list[str], edges: list[float], regime: str = "crops") -> dict:

@@ -173,3 +173,43 @@ def test_held_out_auc_is_split_by_the_validator_resize_each_crop_got(tmp_path):
     with pytest.raises(SystemExit, match="order"):
         bench.main(["--scores", str(npz), "--logo_spec", str(spec), "--data", str(other), str(data), "--arm", "m",
                     "--out", str(out)])
+
+
+def test_synthetic_fakes_are_read_per_root_and_per_resize(tmp_path):
+    """synthetic_learnability.py reads each synthetic root's test fakes against the test real
+    photos, split by the validator resize each crop got as scored: an arm that catches them
+    only when not resized reads 1.0 there and 0.0 in the resized bins; the generator fakes are
+    a group of their own; --data that is not what was scored is refused."""
+    from bitmind.training.aligned_fakes import main as aligned_main
+    from validator_synth import make_folder
+
+    bench = load_script("benchmarks/synthetic_learnability.py")
+    data = make_folder(tmp_path / "d", n_per_class=40, seed=1, size=256)
+    synth = tmp_path / "synth_a"
+    aligned_main(["--data", str(data), "--synthetic", "--split", "test", "--out", str(synth), "--device", "cpu"])
+    roots = [str(data), str(synth)]
+    factors, names = bench.scored_resize_factors(roots)
+    source = np.array(names)
+    items = bench.scored_items(roots)
+    label = np.array([lab for *_, lab in items], dtype=np.int64)
+    split = np.array([sp for _, _, _, sp, _ in items])
+    is_synth = source == bench.SYNTHETIC
+    assert is_synth.any() and (split[is_synth] == "test").all()
+    plain = np.isclose(factors, 1.0)
+    logit = np.where(is_synth, np.where(plain, 2.0, -2.0), np.where(label == 1, 1.0, 0.0)).astype(np.float32)
+    npz = tmp_path / "s.npz"
+    np.savez(npz, **{"crops/source": source, "crops/split": split, "crops/label": label, "crops/m": logit})
+    out = tmp_path / "r.json"
+    r = bench.main(["--scores", str(npz), "--data", *roots, "--out", str(out)])
+    m = r["arms"]["m"]
+    assert set(m) == {"synth_a", "generators"}
+    assert list(m["synth_a"]) == ["all", "x1 (not resized)", "x1-1.4", "x1.4-inf"]
+    assert m["synth_a"]["x1 (not resized)"]["n"] and m["synth_a"]["x1 (not resized)"]["auc"] == 1.0
+    resized = [v for b, v in m["synth_a"].items() if b not in ("all", "x1 (not resized)") and v["n"]]
+    assert resized and all(v["auc"] == 0.0 for v in resized)
+    assert m["synth_a"]["all"]["n"] == int(is_synth.sum())
+    assert m["generators"]["all"]["auc"] == 1.0
+    assert json.loads(out.read_text())["arms"] == r["arms"]
+    with pytest.raises(SystemExit, match="order"):
+        bench.main(["--scores", str(npz), "--data", str(data), "--out", str(out)])
+

@@ -143,6 +143,22 @@ def scored_items(roots):
     return out
 
 
+def scored_resize_factors(roots, seed: int = 0):
+    """How much the validator pipeline resized every picture of ``roots`` as ``score_models``
+    scored them (same items, same per-picture RNG, ``ValidatorPipeline.resize_factor``; no
+    pixels, no model), and the pictures' source names in that order: 1.0 for a plain crop.
+    What the benchmarks that split a regime by resize (``benchmarks/logo_by_resize.py``,
+    ``benchmarks/synthetic_learnability.py``) replay."""
+    from bitmind.data import DetectionDataset
+    from bitmind.image_transforms import ValidatorPipeline
+
+    items = scored_items(roots)
+    ds = DetectionDataset([(s, i) for s, i, *_ in items], seed=seed)
+    pipe = ValidatorPipeline()
+    factors = np.array([pipe.resize_factor(*src.load(i).size, ds.rng_for(k)) for k, (src, i, *_) in enumerate(items)])
+    return factors, [name for _, _, name, *_ in items]
+
+
 def pooled_name(variant: str, pool: str) -> str:
     """The arm an NPR scored with another ``pool`` becomes: ``patch96nopool.minus-gans``
     with ``top25`` -> ``patch96nopool_top25.minus-gans`` (a recipe with the same folds)."""
