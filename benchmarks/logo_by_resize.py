@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.training.logo import scored_resize_factors as resize_factors
+from bitmind.training.logo import resize_bins
+from bitmind.training.logo import scored_resize_factors as resize_factors  # the name its tests and callers use
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,10 +37,7 @@ def by_resize(z, spec: dict, factors: np.ndarray, arms: list[str], edges: list[f
     (``<arm>.minus-<family>``, real-kind folds left out) of ``arms``."""
     n = len(factors)
     source, split, label = z[f"{regime}/source"][:n], z[f"{regime}/split"][:n], z[f"{regime}/label"][:n]
-    bins, lo = {}, 0.0
-    for hi in [*edges, np.inf]:  # (lo, hi]; a first edge of 1.0 makes the unresized crops a bin of their own
-        bins["x1 (not resized)" if hi == 1.0 and lo == 0.0 else f"x{lo:g}-{hi:g}"] = (factors > lo) & (factors <= hi)
-        lo = hi
+    bins = resize_bins(factors, edges)
     from bitmind.training.logo import pos_neg_auc
 
     out: dict = {}

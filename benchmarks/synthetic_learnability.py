@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.training.logo import pos_neg_auc, scored_items, scored_resize_factors
+from bitmind.training.logo import pos_neg_auc, resize_bins, scored_items, scored_resize_factors
+from bitmind.training.upsampling_traces import SYNTHETIC_SOURCE
 
 HERE = Path(__file__).resolve().parent
-SYNTHETIC = "fake/aligned-synth-upsampling"
+SYNTHETIC = f"fake/{SYNTHETIC_SOURCE}"
 
 
 def root_of_each(roots: list[str]) -> np.ndarray:
@@ -46,10 +47,7 @@ def learnability(z, roots: list[str], factors: np.ndarray, arms: list[str], edge
     groups = {g: m for g, m in groups.items() if m.any()}
     groups["generators"] = test & (label == 1) & (source != SYNTHETIC)
     real = test & (label == 0)
-    bins, lo = {"all": np.ones(len(source), bool)}, 0.0
-    for hi in [*edges, np.inf]:
-        bins["x1 (not resized)" if hi == 1.0 and lo == 0.0 else f"x{lo:g}-{hi:g}"] = (factors > lo) & (factors <= hi)
-        lo = hi
+    bins = {"all": np.ones(len(source), bool), **resize_bins(factors, edges)}
     out: dict = {}
     for arm in arms:
         logit = z[f"crops/{arm}"]

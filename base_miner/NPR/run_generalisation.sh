@@ -39,14 +39,15 @@ CHALLENGES=("$DATA/sn34-validator")
 # A failed round-trip step is reported and the run goes on without it: the sweep then has
 # no aligned sources, and the LOGO spec drops what it lacks.
 echo "== 1. aligned round trips ($(date +%T))"
-SYN=()
-[ "${SYNTHETIC:-0}" = 1 ] && SYN=(--synthetic)
-[ -n "${SYNTHETIC_RMS:-}" ] && SYN_RMS=(--synthetic_rms $SYNTHETIC_RMS) || SYN_RMS=()
+SYN=(--synthetic)  # with SYNTHETIC_RMS="LO HI": --synthetic --synthetic_rms LO HI
+[ -n "${SYNTHETIC_RMS:-}" ] && SYN+=(--synthetic_rms $SYNTHETIC_RMS)
+WITH_ROUND_TRIPS=()
+[ "${SYNTHETIC:-0}" = 1 ] && WITH_ROUND_TRIPS=("${SYN[@]}")
 [ -d "$WORK/aligned/fake" ] || $PY -m bitmind.training.aligned_fakes --data "${CROPS[@]}" "${CHALLENGES[@]}" \
-  --decoders "taef2=$MODELS/taef2" ${SYN[@]+"${SYN[@]}" ${SYN_RMS[@]+"${SYN_RMS[@]}"}} \
+  --decoders "taef2=$MODELS/taef2" "${WITH_ROUND_TRIPS[@]}" \
   --out "$WORK/aligned" --batch_size 128 || echo "!! round trips failed"
 if [ "${SYNTHETIC:-0}" = crops ] && [ ! -d "$WORK/synthetic/fake" ]; then
-  $PY -m bitmind.training.aligned_fakes --data "${CROPS[@]}" --synthetic ${SYN_RMS[@]+"${SYN_RMS[@]}"} \
+  $PY -m bitmind.training.aligned_fakes --data "${CROPS[@]}" "${SYN[@]}" \
     --out "$WORK/synthetic" --batch_size 128 || echo "!! synthetic fakes failed"
 fi
 ALIGNED=()

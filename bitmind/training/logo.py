@@ -159,6 +159,17 @@ def scored_resize_factors(roots, seed: int = 0):
     return factors, [name for _, _, name, *_ in items]
 
 
+def resize_bins(factors: np.ndarray, edges) -> dict[str, np.ndarray]:
+    """``{name: mask}`` of the pictures whose ``scored_resize_factors`` fall in each bin
+    ``(lo, hi]`` of ``edges`` (then ``(last, inf)``); a first edge of 1.0 makes the crops sent
+    at their native size a bin of their own, ``"x1 (not resized)"``."""
+    bins, lo = {}, 0.0
+    for hi in [*edges, np.inf]:
+        bins["x1 (not resized)" if hi == 1.0 and lo == 0.0 else f"x{lo:g}-{hi:g}"] = (factors > lo) & (factors <= hi)
+        lo = hi
+    return bins
+
+
 def pooled_name(variant: str, pool: str) -> str:
     """The arm an NPR scored with another ``pool`` becomes: ``patch96nopool.minus-gans``
     with ``top25`` -> ``patch96nopool_top25.minus-gans`` (a recipe with the same folds)."""
