@@ -77,7 +77,10 @@ def cmd_train(args) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
     print(f"LOGO sweep: {len(sweep['variants'])} variants, folds {sweep['logo']['folds']}", flush=True)
-    run_sweep(spec)
+    summary = run_sweep(spec)
+    # what actually ran (a time budget can cut the epochs) goes beside what was asked for
+    sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds") if k in summary}
+    (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
     return run_dir
 
 
@@ -225,7 +228,7 @@ def merge_runs(runs: dict[str, tuple[Path, str]]) -> tuple[dict, dict]:
     in the same order (same data, same split); anything else is refused, not misaligned."""
     data: dict[str, np.ndarray] = {}
     variants: dict[str, dict] = {}
-    origin: dict[str, dict] = {}  # each arm's own run: its recipe and training options (seed, augmentation)
+    origin: dict[str, dict] = {}  # each arm's own run: recipe, training options (seed, augmentation), epochs run
     spec: dict | None = None
     for arm, (sweep_dir, recipe) in runs.items():
         if "." in arm:
@@ -246,6 +249,10 @@ def merge_runs(runs: dict[str, tuple[Path, str]]) -> tuple[dict, dict]:
                     data[f"{section}/{arm}{name[len(recipe):]}"] = z[key]
         variants.update({f"{arm}{v[len(recipe):]}": d for v, d in mine.items()})
         origin[arm] = {"recipe": recipe, "base": run_spec.get("base", {})}
+        sweep_json = Path(sweep_dir) / "sweep.json"  # what actually ran: a time budget can cut the epochs
+        if sweep_json.is_file():
+            ran = json.loads(sweep_json.read_text())
+            origin[arm].update({k: ran[k] for k in ("epochs", "seconds") if k in ran})
     assert spec is not None, "no runs"
     logo = {**spec["logo"], "recipes": list(runs), "controls": []}
     return data, {**spec, "variants": variants, "logo": logo, "merged_runs": origin}

@@ -114,13 +114,16 @@ def test_merged_runs_become_arms_and_ensembles_are_read_fold_by_fold(tmp_path):
         spec = json.loads(spec_path.read_text())
         spec.update(logo={"folds": ["x", "y", "real-a"], "recipes": ["m"], "controls": []}, base={"seed": len(runs)})
         (d / "logo_spec.json").write_text(json.dumps(spec))
+        if k == "two":  # its time budget cut the spec's epochs: the merged spec says what ran
+            (d / "sweep.json").write_text(json.dumps({"epochs": 7, "seconds": 12.5, "variants": {}}))
         runs[k] = d
     out_npz, out_spec = tmp_path / "merged.npz", tmp_path / "merged.json"
     gen.main(["merge", "--runs", f"a={runs['one']}:m", f"b={runs['two']}:m", "--scores", str(out_npz), "--logo_spec", str(out_spec)])
     merged, mspec = np.load(out_npz), json.loads(out_spec.read_text())
     assert set(mspec["variants"]) == {f"{arm}{fold}" for arm in "ab" for fold in ("", ".minus-x", ".minus-y", ".minus-real-a")}
     assert mspec["variants"]["b.minus-x"]["exclude_sources"] == ["fake/x"] and mspec["logo"]["recipes"] == ["a", "b"]
-    assert mspec["merged_runs"]["b"] == {"recipe": "m", "base": {"seed": 1}}
+    assert mspec["merged_runs"]["a"] == {"recipe": "m", "base": {"seed": 0}}
+    assert mspec["merged_runs"]["b"] == {"recipe": "m", "base": {"seed": 1}, "epochs": 7, "seconds": 12.5}
     assert np.allclose(merged["validator/b.minus-y"], np.load(npz)["validator/m.minus-y"] + 1.0)
     r = bench.main(["--scores", str(out_npz), "--logo_spec", str(out_spec), "--arm", "a", "b", "ab", "--ensemble", "ab=a+b",
                     "--real_targets", "--out", str(tmp_path / "t.json"), "--figure", ""])
@@ -213,3 +216,36 @@ def test_synthetic_fakes_are_read_per_root_and_per_resize(tmp_path):
     with pytest.raises(SystemExit, match="order"):
         bench.main(["--scores", str(npz), "--data", str(data), "--out", str(out)])
 
+
+
+def test_logo_by_length_reads_the_epochs_each_run_actually_trained(tmp_path):
+    """Each arm's epochs come from what its run recorded (a merged arm's, a budgeted run's
+    "ran"), from fixed epochs when no budget could cut them, or from --ran; a budgeted run
+    that says nothing reads '?', never its asked-for epochs. Short and long runs are grouped
+    with their range."""
+    bench = load_script("benchmarks/logo_by_length.py")
+
+    def run(stem: str, arms: dict[str, float], spec: dict) -> Path:
+        summary = {"arms": {arm: {regime: {"folds": 6, "mean_heldout_detection_generators": v,
+                                          "mean_heldout_detection_at_real90": v / 2, "mean_heldout_auc": 0.7,
+                                          "worst_heldout_detection": 0.1, "real_accuracy": 0.8}
+                                  for regime in ("validator", "crops")} for arm, v in arms.items()}}
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"summary": summary}))
+        (tmp_path / f"{stem}_spec.json").write_text(json.dumps(spec))
+        return tmp_path / f"{stem}.json"
+
+    merged = run("merged", {"a": 0.50, "b": 0.52}, {"base": {"epochs": 99}, "time_budget_s": 0, "merged_runs": {
+        "a": {"recipe": "r", "base": {"epochs": 12}}, "b": {"recipe": "r", "base": {"epochs": 48}, "epochs": 43}}})
+    budgeted = run("budgeted", {"r": 0.54}, {"base": {"epochs": 48}, "time_budget_s": 900, "ran": {"epochs": 40}})
+    silent = run("silent", {"r": 0.56}, {"base": {"epochs": 15}, "time_budget_s": 600})
+    arms = [f"r={merged}:a", f"r={merged}:b", f"r={budgeted}:r", f"r={silent}:r"]
+    res = bench.main(arms + ["--out", str(tmp_path / "len.json")])
+    assert [r["epochs"] for r in res["rows"]] == [12, 43, 40, None]
+    assert "| ? |" in (tmp_path / "len.md").read_text()
+    short, long = res["groups"]
+    assert (short["length"], short["runs"], long["length"], long["runs"]) == ("short", 1, "long", 2)
+    assert long["validator"]["mean_heldout_detection_generators"] == pytest.approx({"mean": 0.53, "min": 0.52, "max": 0.54})
+    res = bench.main(arms + ["--ran", "silent=15"])
+    assert res["rows"][-1]["epochs"] == 15 and res["groups"][0]["runs"] == 2
+    with pytest.raises(SystemExit, match="no arm"):
+        bench.main([f"r={merged}:zz"])

@@ -461,3 +461,30 @@ def test_a_sweep_variant_trains_with_a_top_pool_and_its_checkpoint_serves_it(tmp
         assert not torch.allclose(net(x)[:, 0], m.mean((1, 2)), atol=1e-4)
         net.train()
         assert not torch.equal(net.logit_map(x), net.logit_map(x))  # dropout on the features in training
+
+
+def test_time_budget_refit_gives_back_the_epochs_the_start_up_took():
+    """The cautious fit after epochs 0-1 (worker start-up, cuDNN, first validation) and the
+    steady-state refit after it, with the numbers of a real H200 run: 250 s budget, 12.6 s per
+    epoch measured over epochs 0-1, 8.5 s per epoch from then on."""
+    from bitmind.training.sweep import budget_epochs
+    first = budget_epochs(250, 25.2, 2, 12.6, planned=43)
+    assert first == 19
+    assert budget_epochs(250, 25.2 + 2 * 8.5, 4, 8.5, planned=43) == 28  # the refit runs longer
+    assert budget_epochs(10_000, 30.0, 4, 8.5, planned=43) == 43  # never past the planned length
+    assert budget_epochs(250, 400.0, 6, 8.5, planned=43) == 6  # over budget: stop where it is
+    assert budget_epochs(5, 4.0, 2, 2.0, planned=43) == 3  # at least three epochs
+
+
+@pytest.mark.parametrize("budget_s, epochs", [(1e-3, 3), (1e6, 6)])
+def test_a_time_budget_shortens_a_sweep_but_never_lengthens_it(tmp_path, budget_s, epochs):
+    """Both fits run inside a real sweep: an exhausted budget stops at the three-epoch floor
+    (history and sweep.json say so), an ample one keeps the planned six through the refit."""
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=6, seed=3, size=64)
+    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "b", epochs=6), "time_budget_s": budget_s,
+                                "variants": {"plain": {}}})
+    run_sweep(spec)
+    out = tmp_path / "ck" / "b"
+    assert json.loads((out / "sweep.json").read_text())["epochs"] == epochs
+    assert len(json.loads((out / "plain" / "history.json").read_text())) == epochs

@@ -262,17 +262,23 @@ def selection_score(m: dict) -> float:
     return m["accuracy"]
 
 
-def fit_epochs(spec: SweepSpec, variants: list, epoch_seconds: float) -> None:
-    """Shorten the sweep so it ends within ``spec.time_budget_s`` at the measured epoch time
-    (training and validation together); every variant's schedule (cosine, warm-up) is
-    re-planned for the new length, so a budgeted run still anneals to its end."""
-    fit = max(int(spec.time_budget_s / max(epoch_seconds, 1e-6)), 3)
-    if fit < spec.base.epochs:
-        print(f"time budget {spec.time_budget_s:.0f}s at {epoch_seconds:.1f}s/epoch: {fit} epochs instead of {spec.base.epochs}",
-              flush=True)
-        spec.base.epochs = fit
+def budget_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: float, planned: int) -> int:
+    """How many epochs fit in ``budget_s``: the ``epochs_done`` already run (in ``elapsed_s``)
+    plus as many more as the remaining time allows at ``epoch_s`` each (training and its share
+    of validation), never more than ``planned`` nor fewer than ``max(epochs_done, 3)``."""
+    more = int(max(budget_s - elapsed_s, 0.0) / max(epoch_s, 1e-6))
+    return max(min(epochs_done + more, planned), epochs_done, 3)
+
+
+def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str) -> None:
+    """Re-plan the sweep to ``epochs`` epochs so it ends within ``spec.time_budget_s``; every
+    variant's schedule (cosine, warm-up) is re-planned for the new length, so a budgeted run
+    still anneals to its end."""
+    if epochs != spec.base.epochs:
+        print(f"time budget {spec.time_budget_s:.0f}s ({why}): {epochs} epochs instead of {spec.base.epochs}", flush=True)
+        spec.base.epochs = epochs
         for v in variants:
-            v.cfg.epochs = fit
+            v.cfg.epochs = epochs
 
 
 def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -439,11 +445,22 @@ def run_sweep(spec: SweepSpec) -> dict:
     loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
                         drop_last=len(sampler if sampler is not None else train_ds) >= base.batch_size, **loader_kwargs(base, device))
     t_start, images_seen = time.time(), 0
+    # The time budget is fitted twice: after epochs 0-1 (a cautious guess: they carry the
+    # start-up of the workers, cuDNN and the first validation), then on a steady window of
+    # epochs that holds its share of validations, which may give back the epochs the guess took.
+    planned, window = base.epochs, max(spec.val_every, 2)
+    t_window = None
     epoch = -1
     while epoch + 1 < base.epochs:
         epoch += 1
         if spec.time_budget_s and epoch == 2:
-            fit_epochs(spec, variants, (time.time() - t_start) / 2)
+            t_window, elapsed = time.time(), time.time() - t_start
+            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, elapsed, 2, elapsed / 2, planned),
+                       f"{elapsed / 2:.1f}s per epoch over epochs 0-1")
+        elif spec.time_budget_s and t_window is not None and epoch == 2 + window:
+            steady = (time.time() - t_window) / window
+            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, planned),
+                       f"{steady:.1f}s per epoch over epochs 2-{epoch - 1}")
         train_ds.set_epoch(epoch)
         lrs = {v.name: v.begin_epoch(epoch) for v in variants}
         t_epoch = time.time()
