@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bitmind.checkpoint import load_model, read_checkpoint, save_checkpoint, model_meta
 from bitmind.models import build_model
@@ -50,7 +51,7 @@ def test_shipped_checkpoints_load_with_the_extended_npr():
 
 
 @pytest.mark.parametrize("mode,channels", [("npr", 3), ("hp", 3), ("npr_hp", 6), ("rgb", 3), ("rgb_npr_hp", 9),
-                                          ("npr_hp_norm", 6)])
+                                          ("npr_hp_norm", 6), ("npr_hp_periodic", 20)])
 def test_input_modes(mode, channels):
     x = torch.rand(2, 3, 32, 32)
     assert input_features(x, mode).shape == (2, channels, 32, 32)
@@ -82,6 +83,59 @@ def test_normalised_residuals_ignore_detail_strength():
     flat = torch.full((1, 3, 32, 32), 0.4)
     flat[..., :16] += 0.001 * torch.randn(1, 3, 32, 16)  # sensor-level noise under eps
     assert input_features(flat, "npr_hp_norm")[..., 2:14].pow(2).mean().sqrt() < 0.3
+
+
+def _stripes(period: float, size: int = 64, horizontal: bool = True, phase: float = 0.0) -> torch.Tensor:
+    """A grey picture whose brightness repeats every ``period`` pixels along rows (or columns)."""
+    t = 0.5 + 0.2 * torch.cos(2 * torch.pi * (torch.arange(size, dtype=torch.float32) + phase) / period)
+    img = t[None, :].expand(size, size) if horizontal else t[:, None].expand(size, size)
+    return img.expand(1, 3, size, size).clone()
+
+
+def test_periodic_energy_peaks_at_the_period_of_a_pattern_wherever_its_phase():
+    """The local spectrum channels of npr_hp_periodic: a pattern that repeats every 4 pixels
+    along rows peaks at 1/4 cycle per pixel in the row channels, whatever its phase; the same
+    pattern along columns peaks in the column channels instead; a period-8 pattern shrunk
+    2.7x (a validator's down-scaling, antialiased) peaks near its new frequency 0.34; a
+    flat picture reads 0 everywhere; bf16 autocast gives the float32 answer."""
+    from bitmind.models.npr import PERIODIC_FREQUENCIES, periodic_energy
+    k, inner = len(PERIODIC_FREQUENCIES), (slice(None), slice(None), slice(16, 48), slice(16, 48))
+    freqs = torch.tensor(PERIODIC_FREQUENCIES)
+    for phase in (0.0, 1.0, 2.5):
+        e = periodic_energy(_stripes(4, phase=phase))[inner].mean((0, 2, 3))
+        assert freqs[e[:k].argmax()] == 0.25
+    e = periodic_energy(_stripes(4, horizontal=False))[inner].mean((0, 2, 3))
+    assert freqs[e[k:].argmax()] == 0.25 and min(e[k + 2] - e[k + 1], e[k + 2] - e[k + 3]) > 1  # a peak
+    assert e[2] < e[1] < e[0]  # along rows it is constant: only the window's leak from zero frequency
+    small = F.interpolate(_stripes(8, size=256), scale_factor=1 / 2.7, mode="bilinear", antialias=True)
+    e = periodic_energy(small)[..., 16:-16, 16:-16].mean((0, 2, 3))
+    assert freqs[e[:k].argmax()] in (0.3125, 0.375)
+    assert periodic_energy(torch.full((1, 3, 32, 32), 0.3)).abs().max() < 1e-4
+    x = torch.rand(2, 3, 48, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = periodic_energy(x)
+    assert torch.allclose(half.float(), periodic_energy(x), atol=0.05)
+
+
+def test_a_periodic_input_model_is_served_like_any_other(tmp_path):
+    """npr_hp_periodic goes through the predictor's CPU preparation (batch norms folded,
+    channels-last) and answers what the eager model answers."""
+    from bitmind.image_transforms import base_transforms
+    from bitmind.miner.predict import Predictor
+    from PIL import Image
+
+    torch.manual_seed(4)
+    m = build_model("npr", input="npr_hp_periodic", stem_pool=False, **TINY).eval()
+    path = save_checkpoint(m, tmp_path / "p.pth", model_meta(m, "npr"))
+    pred = Predictor(str(path), device="cpu", amp="none")
+    try:
+        img = Image.fromarray((np.random.default_rng(1).random((260, 300, 3)) * 255).astype("uint8"))
+        ref = load_model(path)
+        with torch.no_grad():
+            expect = float(ref.probabilities(ref.model(base_transforms(img)[None]).reshape(-1))[0])
+        assert abs(pred.predict_image(img) - expect) < 1e-3
+    finally:
+        pred.close()
 
 
 def test_bad_options_are_refused():

@@ -18,7 +18,14 @@ load unchanged):
   RMS (about 8 x 8 pixels, ``local_normalise``), so the network sees how neighbouring
   pixels co-vary, not how strong the detail is: texture, sharpness and a camera's noise
   level are what a picture shows or how it was taken, and low-light photos (noisy, so
-  strong residuals) are the unseen camera kind most often called fake.
+  strong residuals) are the unseen camera kind most often called fake. Or
+  ``npr_hp_periodic``: ``npr_hp`` plus 14 channels of local periodicity
+  (``periodic_energy``): the spectrum of the grey high-pass residual along rows and along
+  columns, in a 16-pixel window, at 7 frequencies from 1/8 to 1/2 cycle per pixel, each as
+  its log-energy relative to the mean over the 7. An up-sampler repeats its pattern every 2-8
+  pixels, and a validator's down-scaling moves that period to a non-integer one: a 3x3
+  first convolution cannot see a period of 3-8 pixels, these channels show it at every
+  location whatever its phase.
 * ``stem_pool``: the max-pool after the stem (off keeps 2x more resolution per side,
   at about 4x the compute).
 * ``layers``: 2 entries (layer1, layer2) or 3 (adds ResNet layer3 at 1/16 resolution).
@@ -85,8 +92,53 @@ def local_normalise(r: torch.Tensor, block: int = 8, eps: float = 0.005) -> torc
     return r * torch.rsqrt(energy + eps * eps)
 
 
+#: Frequencies (cycles per pixel) of ``periodic_energy``: periods 8, 5.3, 4, 3.2, 2.7, 2.3, 2.
+PERIODIC_FREQUENCIES = (0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5)
+
+
+def periodic_energy(x: torch.Tensor, frequencies=PERIODIC_FREQUENCIES, window: int = 16,
+                    eps: float = 1e-8) -> torch.Tensor:
+    """Local periodicity of the fine detail: (B, 2F, H, W), for each of F ``frequencies``
+    the energy of the grey high-pass residual at that frequency along rows (first F
+    channels) and along columns (last F), measured in a Hann-weighted ``window`` of
+    pixels (a cosine and a sine, so the phase does not matter) and averaged over
+    ``window`` pixels across, as ``log(E_f + eps)`` minus its mean over the F frequencies.
+    Why relative: how strong the detail is belongs to the ``npr_hp`` channels; here only
+    the shape of the local spectrum counts, so a repeated pattern stands out as a peak at
+    its frequency, and a flat region (no detail) reads 0 everywhere. Computed in float32
+    whatever the autocast, edges reflected."""
+    with torch.autocast(x.device.type, enabled=False):
+        r = highpass_residual(x.float()).mean(1, keepdim=True)
+        n = torch.arange(window, dtype=torch.float32, device=x.device) - (window - 1) / 2
+        f = torch.tensor(frequencies, dtype=torch.float32, device=x.device)[:, None]
+        hann = torch.hann_window(window + 2, periodic=False, dtype=torch.float32, device=x.device)[1:-1]
+        bank = torch.cat([torch.cos(2 * torch.pi * f * n), torch.sin(2 * torch.pi * f * n)]) * hann
+        bank = bank / hann.pow(2).sum().sqrt()  # white noise: the same expected energy at every frequency
+        k, lo, hi = len(frequencies), window // 2, window - 1 - window // 2
+        out = []
+        for horizontal in (True, False):
+            kernel = bank[:, None, None, :] if horizontal else bank[:, None, :, None]
+            pad = (lo, hi, 0, 0) if horizontal else (0, 0, lo, hi)
+            c = F.conv2d(F.pad(r, pad, mode="reflect"), kernel)
+            e = c[:, :k].pow(2) + c[:, k:].pow(2)
+            e = _box_mean(e, window, dim=2 if horizontal else 3)  # average across the direction measured
+            log_e = torch.log(e + eps)
+            out.append(log_e - log_e.mean(1, keepdim=True))
+        return torch.cat(out, dim=1).to(x.dtype)
+
+
+def _box_mean(t: torch.Tensor, window: int, dim: int) -> torch.Tensor:
+    """Mean over ``window`` neighbours along ``dim`` (2 or 3) of a (B, C, H, W) map, edges
+    reflected. A strided window view (``unfold``) summed directly: exact, unlike a running
+    sum, and several times faster on a CPU than a 16 x 1 pooling kernel."""
+    lo, hi = window // 2, window - 1 - window // 2
+    padded = F.pad(t, (0, 0, lo, hi) if dim == 2 else (lo, hi, 0, 0), mode="reflect")
+    return padded.unfold(dim, window, 1).mean(-1)
+
+
 #: Input mode -> channels the first convolution receives.
-_CHANNELS = {"npr": 3, "hp": 3, "npr_hp": 6, "rgb": 3, "rgb_npr_hp": 9, "npr_hp_norm": 6}
+_CHANNELS = {"npr": 3, "hp": 3, "npr_hp": 6, "rgb": 3, "rgb_npr_hp": 9, "npr_hp_norm": 6,
+             "npr_hp_periodic": 6 + 2 * len(PERIODIC_FREQUENCIES)}
 INPUT_MODES = tuple(_CHANNELS)
 
 
@@ -102,6 +154,8 @@ def input_features(x: torch.Tensor, mode: str = "npr") -> torch.Tensor:
         return x - 0.5
     if mode == "npr_hp_norm":
         return torch.cat([local_normalise(npr_residual(x)), local_normalise(highpass_residual(x))], dim=1)
+    if mode == "npr_hp_periodic":
+        return torch.cat([npr_residual(x) * (2.0 / 3.0), highpass_residual(x) * 2.0, periodic_energy(x) * 0.25], dim=1)
     if mode == "rgb_npr_hp":
         return torch.cat([x - 0.5, npr_residual(x) * (2.0 / 3.0), highpass_residual(x) * 2.0], dim=1)
     raise ValueError(f"unknown input mode {mode!r}; one of {INPUT_MODES}")

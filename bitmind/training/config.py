@@ -44,7 +44,8 @@ class TrainConfig:
     layers: list[int] = opt([3, 4], "residual blocks per stage: 2 entries, or 3 to add layer3")
     width: int = opt(64, "channels of the first stage")
     dropout: float = opt(0.0, "dropout before the classifier")
-    input: str = opt("npr", "npr | hp | npr_hp | rgb (see bitmind/models/npr.py)")
+    input: str = opt("npr", "npr | hp | npr_hp | rgb | rgb_npr_hp | npr_hp_norm | npr_hp_periodic "
+                                "(see bitmind/models/npr.py)")
     stem_pool: bool = opt(True, "max-pool after the stem")
     pool: str = opt("mean", "image logit from the location logits: mean | topNN (mean of the NN %% highest; "
                             "trained and served alike, bitmind/models/npr.py)")
