@@ -17,8 +17,9 @@ the held-out family from real photos. Three feature sets, per picture:
 For each generator family: fit on the training split of every other source, put the
 boundary where 90 % of the validation real photos pass, and report the held-out family's
 detection there and its ROC AUC against the test real photos (all its pictures count: none
-was fitted on). Regime ``validator``: the ``sn34-validator`` pictures as they are, what a
-validator sends. A linear read-out of 4-32 numbers is a floor for what a network can learn
+was fitted on). Regime ``validator`` (default): the ``sn34-validator`` pictures as they are,
+what a validator sends; ``crops``: the 256 px crops through the seeded validator pipeline,
+as LOGO's crops regime scores them (``--regime crops --data sn34-mini sn34-wide``). A linear read-out of 4-32 numbers is a floor for what a network can learn
 from the same input, not an estimate of it.
 
     python benchmarks/periodic_probe.py --data ../shared/data/sn34-validator \\
@@ -55,17 +56,22 @@ def picture_features(x) -> tuple[np.ndarray, np.ndarray]:
     return torch.stack(level, 1).numpy(), periodic.numpy()
 
 
-def extract(roots, workers: int = 2, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Features, source, split and label of every picture ``score_models`` would score in the
-    validator regime (files as they are, base transforms only)."""
+def extract(roots, workers: int = 2, batch_size: int = 64, regime: str = "validator") -> dict[str, np.ndarray]:
+    """Features, source, split and label of every picture ``score_models`` would score in
+    ``regime``: ``validator`` (files as they are, base transforms only) or ``crops`` (through
+    the validator pipeline, seed 0, the same draw per picture as LOGO's scores)."""
     from torch.utils.data import DataLoader
 
     from bitmind.data import AsIs, DetectionDataset, collate_skip_none
     from bitmind.data.dataset import worker_init
+    from bitmind.image_transforms import ValidatorPipeline
     from bitmind.training.logo import scored_items
 
+    if regime not in ("validator", "crops"):
+        raise ValueError(f"regime is validator or crops, got {regime!r}")
     items = scored_items(roots)
-    ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs(), seed=0)
+    ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
+                          seed=0)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_none, worker_init_fn=worker_init)
     level = np.full((len(items), 4), np.nan, dtype=np.float32)
@@ -124,9 +130,9 @@ def probe(feats: dict[str, np.ndarray], folds: list[str] | None = None, real_tar
 
 
 def stacked(feats: dict[str, np.ndarray], scores: dict[str, np.ndarray], arm: str, folds: list[str],
-            real_target: float = 0.90) -> dict:
+            real_target: float = 0.90, regime: str = "validator") -> dict:
     """The probe as a second opinion beside a trained detector: per generator fold, the fold
-    model's validator-regime logit (``<arm>.minus-<fold>`` in a LOGO scores file, same
+    model's logit in ``regime`` (``<arm>.minus-<fold>`` in a LOGO scores file, same
     pictures in the same order) and the ``periodic`` read-out of the same fold, combined by a
     two-weight logistic regression fitted on the validation split of the other sources.
     Held-out AUC and detection at ``real_target`` of validation real photos, for the model
@@ -138,18 +144,19 @@ def stacked(feats: dict[str, np.ndarray], scores: dict[str, np.ndarray], arm: st
     from bitmind.training.logo import held_out_sources, pos_neg_auc
 
     source, split, label = feats["source"], feats["split"], feats["label"]
+    n = len(source)  # the scores may go on past the features (a scored aligned root after the crop roots)
     for key in ("source", "split"):
-        if not np.array_equal(scores[f"validator/{key}"], feats[key]):
+        if f"{regime}/{key}" not in scores or not np.array_equal(scores[f"{regime}/{key}"][:n], feats[key]):
             raise SystemExit(f"the scores file scored other pictures than the features ({key} differs)")
     X, sources = feats["periodic"], sorted(set(source.tolist()))
     ok = ~np.isnan(X).any(1)
     out: dict = {}
     for fold in folds:
-        key = f"validator/{arm}.minus-{fold}"
+        key = f"{regime}/{arm}.minus-{fold}"
         held = np.isin(source, held_out_sources(fold, sources))
         if key not in scores or not held.any():
             continue
-        net = scores[key].astype(np.float64)
+        net = scores[key][:n].astype(np.float64)
         ok_f = ok & ~np.isnan(net)
         probe_clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
         fit = ok_f & ~held & (split == "train")
@@ -196,12 +203,14 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", nargs="+", required=True, help="validator-regime roots (sn34-validator), scored as they are")
+    p.add_argument("--data", nargs="+", required=True, help="the regime's roots, in LOGO's order: sn34-validator "
+                   "(validator), or sn34-mini sn34-wide (crops)")
+    p.add_argument("--regime", default="validator", choices=("validator", "crops"))
     p.add_argument("--folds", nargs="*", default=None, help="generator families to hold out (default: every one present)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--features", default="", help="cache of the per-picture features (.npz): read if it exists, else written")
-    p.add_argument("--scores", default="", help="a LOGO scores file (generalisation*_scores.npz) of the same validator "
-                   "pictures: also stack the periodic read-out onto its fold models (stacked)")
+    p.add_argument("--scores", default="", help="a LOGO scores file (generalisation*_scores.npz) that scored the same "
+                   "pictures (first): also stack the periodic read-out onto its fold models (stacked)")
     p.add_argument("--arm", default="patch96nopool", help="the arm of --scores whose folds are stacked")
     p.add_argument("--out", default="", help="JSON of the probe; the markdown table goes beside it (.md)")
     a = p.parse_args(argv)
@@ -209,17 +218,17 @@ def main(argv=None) -> dict:
         with np.load(a.features, allow_pickle=False) as z:
             feats = {k: z[k] for k in z.files}
     else:
-        feats = extract(a.data, workers=a.workers)
+        feats = extract(a.data, workers=a.workers, regime=a.regime)
         if a.features:
             np.savez_compressed(a.features, **feats)
     result = probe(feats, a.folds)
     md = markdown(result)
-    out = {"data": a.data, "regime": "validator", "probe": result}
+    out = {"data": a.data, "regime": a.regime, "probe": result}
     if a.scores:
         with np.load(a.scores, allow_pickle=False) as z:
-            scores = {k: z[k] for k in z.files if k.startswith("validator/")}
+            scores = {k: z[k] for k in z.files if k.startswith(f"{a.regime}/")}
         folds = [k for k in result["periodic"] if k != "_mean"]
-        out["stacked"] = {"scores": a.scores, "arm": a.arm, "folds": stacked(feats, scores, a.arm, folds)}
+        out["stacked"] = {"scores": a.scores, "arm": a.arm, "folds": stacked(feats, scores, a.arm, folds, regime=a.regime)}
         md += "\n" + stacked_markdown(out["stacked"]["folds"], a.arm)
     print(md)
     if a.out:
