@@ -290,6 +290,8 @@ def test_periodic_probe_reads_held_out_families_and_stacks_onto_a_model():
     st = bench.stacked(feats, scores, "m", ["sdxl", "flux1", "gans"])
     assert abs(st["flux1"]["model"]["heldout_auc"] - 0.5) < 0.15 and st["flux1"]["stacked"]["heldout_auc"] > 0.85
     assert st["_mean"]["stacked"]["in_pool_test_auc"] > st["_mean"]["model"]["in_pool_test_auc"] + 0.2
+    longer = {k: np.r_[v, v[:5]] for k, v in scores.items()}  # a scored root after the features' roots
+    assert bench.stacked(feats, longer, "m", ["flux1"])["flux1"] == st["flux1"]
     scores["validator/split"] = np.roll(scores["validator/split"], 1)
     with pytest.raises(SystemExit, match="other pictures"):
         bench.stacked(feats, scores, "m", ["sdxl"])
@@ -314,5 +316,9 @@ def test_periodic_probe_features_of_real_files(tmp_path):
     assert feats["level"].shape == (6, 4) and feats["periodic"].shape == (6, 28) and not np.isnan(feats["periodic"]).any()
     fake = feats["label"] == 1
     assert np.all(feats["periodic"][fake, :7].argmax(1) == 2)  # 0.25 cycle per pixel
+    crops = bench.extract([str(root)], workers=0, batch_size=4, regime="crops")  # through the validator pipeline
+    assert crops["periodic"].shape == (6, 28) and not np.array_equal(crops["periodic"], feats["periodic"])
+    with pytest.raises(ValueError, match="regime"):
+        bench.extract([str(root)], regime="native")
     lv, pe = bench.picture_features(torch.full((1, 3, 64, 64), 0.5))
     assert np.abs(pe).max() < 1e-4  # a flat picture has no spectrum shape
