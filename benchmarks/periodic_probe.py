@@ -17,7 +17,9 @@ the held-out family from real photos. Three feature sets, per picture:
 For each generator family: fit on the training split of every other source, put the
 boundary where 90 % of the validation real photos pass, and report the held-out family's
 detection there and its ROC AUC against the test real photos (all its pictures count: none
-was fitted on). Regime ``validator`` (default): the ``sn34-validator`` pictures as they are,
+was fitted on). Also, per feature set, a one-class read-out that sees no fake at all: the
+Mahalanobis distance from the training real photos (``oneclass_auc``), which would flag a
+family that differs from photos in either direction. Regime ``validator`` (default): the ``sn34-validator`` pictures as they are,
 what a validator sends; ``crops``: the 256 px crops through the seeded validator pipeline,
 as LOGO's crops regime scores them (``--regime crops --data sn34-mini sn34-wide``). A linear read-out of 4-32 numbers is a floor for what a network can learn
 from the same input, not an estimate of it.
@@ -91,7 +93,9 @@ def extract(roots, workers: int = 2, batch_size: int = 64, regime: str = "valida
 
 
 def probe(feats: dict[str, np.ndarray], folds: list[str] | None = None, real_target: float = 0.90) -> dict:
-    """Leave-one-family-out logistic regression per feature set (see the module docstring)."""
+    """Leave-one-family-out logistic regression per feature set, and the one-class read-out
+    (see the module docstring)."""
+    from sklearn.covariance import LedoitWolf
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -104,8 +108,13 @@ def probe(feats: dict[str, np.ndarray], folds: list[str] | None = None, real_tar
     folds = folds or [f for f in default_folds(sources) if f != "aligned"]
     sets = {"level": feats["level"], "periodic": feats["periodic"], "both": np.hstack([feats["level"], feats["periodic"]])}
     out: dict = {}
+    test_real = ok & (split == "test") & (label == 0)
     for name, X in sets.items():
         out[name] = {}
+        # one-class: how far a picture lies from the training real photos (Mahalanobis,
+        # shrunk covariance), fitted on no fake at all, so every family is unseen to it and
+        # a family that differs from photos in either direction would stand out
+        distance = LedoitWolf().fit(X[ok & (split == "train") & (label == 0)]).mahalanobis(np.nan_to_num(X))
         for fold in folds:
             held = np.isin(source, held_out_sources(fold, sources))
             if not held.any():
@@ -116,17 +125,20 @@ def probe(feats: dict[str, np.ndarray], folds: list[str] | None = None, real_tar
             s = clf.decision_function(X)
             val_real = s[ok & ~held & (split == "val") & (label == 0)]
             thr = float(np.quantile(val_real, real_target)) if len(val_real) else 0.0
-            test_real = ok & (split == "test") & (label == 0)
             out[name][fold] = {"heldout_auc": pos_neg_auc(s[ok & held], s[test_real]),
+                               "oneclass_auc": pos_neg_auc(distance[ok & held], distance[test_real]),
                                "heldout_detection_at_real90": float(np.mean(s[ok & held] > thr)),
                                "test_real_kept": float(np.mean(s[test_real] <= thr)),
                                "heldout_n": int((ok & held).sum()),
                                "in_pool_test_auc": pos_neg_auc(s[ok & ~held & (split == "test") & (label == 1)], s[test_real])}
-        aucs = [f["heldout_auc"] for f in out[name].values() if f["heldout_auc"] is not None]
-        dets = [f["heldout_detection_at_real90"] for f in out[name].values()]
-        out[name]["_mean"] = {"heldout_auc": float(np.mean(aucs)) if aucs else None,
-                              "heldout_detection_at_real90": float(np.mean(dets)) if dets else None}
+        out[name]["_mean"] = {m: _mean([f[m] for f in out[name].values()])
+                              for m in ("heldout_auc", "heldout_detection_at_real90", "oneclass_auc")}
     return out
+
+
+def _mean(values) -> float | None:
+    got = [v for v in values if v is not None]
+    return float(np.mean(got)) if got else None
 
 
 def stacked(feats: dict[str, np.ndarray], scores: dict[str, np.ndarray], arm: str, folds: list[str],
@@ -198,6 +210,8 @@ def markdown(result: dict) -> str:
     for fold in folds + ["_mean"]:
         cells = [f"{f(result[s][fold]['heldout_auc'])} / {f(result[s][fold]['heldout_detection_at_real90'])}" for s in result]
         lines.append(f"| {'**mean**' if fold == '_mean' else fold} | " + " | ".join(cells) + " |")
+    lines.append("| one-class (distance from the real photos): mean AUC | "
+                 + " | ".join(f(result[s]["_mean"]["oneclass_auc"]) for s in result) + " |")
     return "\n".join(lines) + "\n"
 
 

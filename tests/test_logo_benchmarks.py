@@ -270,7 +270,8 @@ def _probe_features(seed: int = 0) -> dict:
 
 def test_periodic_probe_reads_held_out_families_and_stacks_onto_a_model():
     """periodic_probe.py: fitted without a family, the periodic read-out still separates a
-    held-out diffusion family from real photos, ranks the inverted GANs below them, and the
+    held-out diffusion family from real photos, ranks the inverted GANs below them (while
+    the one-class distance from the photos, which saw no fake, flags both), and the
     level features (noise here) stay near chance; stacked onto a fold model that knows
     nothing (noise logits), the read-out lifts its held-out AUC. Scores of other pictures
     are refused."""
@@ -280,6 +281,9 @@ def test_periodic_probe_reads_held_out_families_and_stacks_onto_a_model():
     assert set(res["periodic"]) == {"sdxl", "flux1", "gans", "_mean"}
     assert res["periodic"]["flux1"]["heldout_auc"] > 0.8 and res["periodic"]["sdxl"]["heldout_auc"] > 0.8
     assert res["periodic"]["gans"]["heldout_auc"] < 0.2
+    # the one-class read-out saw no fake: GANs, far from the photos the other way, stand out to it
+    assert res["periodic"]["gans"]["oneclass_auc"] > 0.9 and res["periodic"]["flux1"]["oneclass_auc"] > 0.7
+    assert abs(res["level"]["gans"]["oneclass_auc"] - 0.5) < 0.15
     assert all(abs(res["level"][f]["heldout_auc"] - 0.5) < 0.15 for f in ("sdxl", "flux1"))
     assert 0.8 < res["periodic"]["flux1"]["test_real_kept"] <= 1.0  # the boundary keeps about 90 % of real photos
     assert "| **mean** |" in bench.markdown(res)
