@@ -37,9 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURE_SETS = ("level", "periodic", "both")
-
-
 def picture_features(x) -> tuple[np.ndarray, np.ndarray]:
     """(level, periodic) features of a (B, 3, H, W) [0, 1] batch: (B, 4) and (B, 28)."""
     import torch
@@ -92,13 +89,40 @@ def extract(roots, workers: int = 2, batch_size: int = 64, regime: str = "valida
             "split": np.asarray([it[3] for it in items]), "label": np.asarray([it[4] for it in items], dtype=np.int8)}
 
 
+def _readout(X: np.ndarray, label: np.ndarray, fit: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Scores of a class-balanced logistic regression on standardised ``X``, fitted on the
+    pictures of ``fit``; pictures whose features are missing (``~ok``: they failed to
+    load) score 0 instead of stopping the probe."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
+    clf.fit(X[fit], label[fit])
+    return np.where(ok, clf.decision_function(np.nan_to_num(X)), 0.0)
+
+
+def _fold_metrics(s: np.ndarray, ok: np.ndarray, held: np.ndarray, split: np.ndarray, label: np.ndarray,
+                  real_target: float) -> dict:
+    """One fold's read-out of scores ``s`` over the pictures of ``ok``: the held-out family's
+    AUC against the test real photos and its detection at the boundary that passes
+    ``real_target`` of the other sources' validation real photos, the test real photos kept
+    there, and the in-pool test AUC (the fakes the fold knows against the test reals)."""
+    from bitmind.training.logo import pos_neg_auc
+
+    val_real = s[ok & ~held & (split == "val") & (label == 0)]
+    thr = float(np.quantile(val_real, real_target)) if len(val_real) else 0.0
+    test_real = ok & (split == "test") & (label == 0)
+    return {"heldout_auc": pos_neg_auc(s[ok & held], s[test_real]),
+            "heldout_detection_at_real90": float(np.mean(s[ok & held] > thr)),
+            "test_real_kept": float(np.mean(s[test_real] <= thr)),
+            "in_pool_test_auc": pos_neg_auc(s[ok & ~held & (split == "test") & (label == 1)], s[test_real])}
+
+
 def probe(feats: dict[str, np.ndarray], folds: list[str] | None = None, real_target: float = 0.90) -> dict:
     """Leave-one-family-out logistic regression per feature set, and the one-class read-out
     (see the module docstring)."""
     from sklearn.covariance import LedoitWolf
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from bitmind.training.logo import default_folds, held_out_sources, pos_neg_auc
 
@@ -119,18 +143,10 @@ def probe(feats: dict[str, np.ndarray], folds: list[str] | None = None, real_tar
             held = np.isin(source, held_out_sources(fold, sources))
             if not held.any():
                 continue
-            fit = ok & ~held & (split == "train")
-            clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
-            clf.fit(X[fit], label[fit])
-            s = clf.decision_function(X)
-            val_real = s[ok & ~held & (split == "val") & (label == 0)]
-            thr = float(np.quantile(val_real, real_target)) if len(val_real) else 0.0
-            out[name][fold] = {"heldout_auc": pos_neg_auc(s[ok & held], s[test_real]),
+            sc = _readout(X, label, ok & ~held & (split == "train"), ok)
+            out[name][fold] = {**_fold_metrics(sc, ok, held, split, label, real_target),
                                "oneclass_auc": pos_neg_auc(distance[ok & held], distance[test_real]),
-                               "heldout_detection_at_real90": float(np.mean(s[ok & held] > thr)),
-                               "test_real_kept": float(np.mean(s[test_real] <= thr)),
-                               "heldout_n": int((ok & held).sum()),
-                               "in_pool_test_auc": pos_neg_auc(s[ok & ~held & (split == "test") & (label == 1)], s[test_real])}
+                               "heldout_n": int((ok & held).sum())}
         out[name]["_mean"] = {m: _mean([f[m] for f in out[name].values()])
                               for m in ("heldout_auc", "heldout_detection_at_real90", "oneclass_auc")}
     return out
@@ -150,10 +166,8 @@ def stacked(feats: dict[str, np.ndarray], scores: dict[str, np.ndarray], arm: st
     Held-out AUC and detection at ``real_target`` of validation real photos, for the model
     alone and stacked, plus the in-pool test AUC (fakes the fold knows against test reals)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from bitmind.training.logo import held_out_sources, pos_neg_auc
+    from bitmind.training.logo import held_out_sources
 
     source, split, label = feats["source"], feats["split"], feats["label"]
     n = len(source)  # the scores may go on past the features (a scored aligned root after the crop roots)
@@ -170,22 +184,14 @@ def stacked(feats: dict[str, np.ndarray], scores: dict[str, np.ndarray], arm: st
             continue
         net = scores[key][:n].astype(np.float64)
         ok_f = ok & ~np.isnan(net)
-        probe_clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
-        fit = ok_f & ~held & (split == "train")
-        probe_clf.fit(X[fit], label[fit])
-        both = np.c_[net, np.where(ok, probe_clf.decision_function(np.nan_to_num(X)), 0.0)]
+        both = np.c_[net, _readout(X, label, ok_f & ~held & (split == "train"), ok)]
         val = ok_f & ~held & (split == "val")
         comb = LogisticRegression(class_weight="balanced").fit(both[val], label[val])
-        test_real = ok_f & (split == "test") & (label == 0)
         out[fold] = {"weights": comb.coef_[0].tolist()}
         for name, sc in (("model", net), ("stacked", comb.decision_function(both))):
-            thr = float(np.quantile(sc[val & (label == 0)], real_target))
-            out[fold][name] = {"heldout_auc": pos_neg_auc(sc[ok_f & held], sc[test_real]),
-                               "heldout_detection_at_real90": float(np.mean(sc[ok_f & held] > thr)),
-                               "test_real_kept": float(np.mean(sc[test_real] <= thr)),
-                               "in_pool_test_auc": pos_neg_auc(sc[ok_f & ~held & (split == "test") & (label == 1)], sc[test_real])}
+            out[fold][name] = _fold_metrics(sc, ok_f, held, split, label, real_target)
     if out:
-        out["_mean"] = {name: {m: float(np.mean([f[name][m] for f in out.values() if f[name][m] is not None]))
+        out["_mean"] = {name: {m: _mean([f[name][m] for f in out.values()])
                                for m in ("heldout_auc", "heldout_detection_at_real90", "test_real_kept", "in_pool_test_auc")}
                         for name in ("model", "stacked")}
     return out

@@ -454,7 +454,8 @@ def run_sweep(spec: SweepSpec) -> dict:
     while epoch + 1 < base.epochs:
         epoch += 1
         if spec.time_budget_s and epoch == 2:
-            t_window, elapsed = time.time(), time.time() - t_start
+            t_window = time.time()
+            elapsed = t_window - t_start
             fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, elapsed, 2, elapsed / 2, planned),
                        f"{elapsed / 2:.1f}s per epoch over epochs 0-1")
         elif spec.time_budget_s and t_window is not None and epoch == 2 + window:
