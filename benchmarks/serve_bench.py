@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -589,9 +590,18 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda but torch sees no CUDA device")
+    tmp = Path(tempfile.mkdtemp(prefix="bitmind-serve-bench-"))
+    try:  # the untrained stand-in model and the local chain live here: leave nothing behind
+        return bench(args, device, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench(args, device: torch.device, tmp: Path) -> int:
+    """The whole measurement (floor, in-process predictor, axon parts), its JSON written;
+    every temporary file goes under ``tmp``."""
     client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
     base_requests = args.baseline_requests or max(8, args.requests // 2)
-    tmp = Path(tempfile.mkdtemp(prefix="bitmind-serve-bench-"))
     with single_threaded():  # no torch work with a thread team in this (main) thread: see measure_floor
         model, note = resolve_model(args.model, tmp)
         compare = None

@@ -53,3 +53,28 @@ def test_compare_model_must_exist(tmp_path, checkpoint_factory):
     with pytest.raises(SystemExit, match="no such file"):
         bench.main(["--model", str(a), "--compare-model", str(tmp_path / "missing.pth"), "--no-axon",
                     "--json", str(tmp_path / "x.json")])
+
+
+def test_leaves_no_temporary_files(tmp_path, monkeypatch):
+    """A run without a model file measures an untrained stand-in written to a temporary
+    folder; the folder is gone afterwards, also when the run stops on an error."""
+    import tempfile
+
+    bench = load_script("benchmarks/serve_bench.py")
+    made = []
+
+    def mkdtemp(prefix=""):
+        d = tmp_path / f"{prefix}{len(made)}"
+        d.mkdir()
+        made.append(d)
+        return str(d)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model", str(tmp_path / "absent.pth"), "--requests", "4", "--no-axon", "--no-inproc",
+                       "--torch-threads", "1", "--json", str(out)]) == 0
+    assert "untrained" in json.loads(out.read_text())["note"]
+    with pytest.raises(SystemExit, match="no such file"):
+        bench.main(["--model", str(tmp_path / "absent.pth"), "--compare-model", str(tmp_path / "missing.pth"),
+                    "--no-axon", "--json", str(tmp_path / "x.json")])
+    assert len(made) == 2 and not any(d.exists() for d in made)
