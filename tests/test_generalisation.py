@@ -17,7 +17,7 @@ from bitmind.data import (AsIs, FamilySampler, FlipOnly, aligned_partners, famil
                           family_weights, sources_of_family)
 from bitmind.training import TrainConfig
 from bitmind.training.logo import add_ensembles, logo_sweep_spec, score_fold
-from bitmind.training.sweep import random_patches
+from bitmind.training.loop import random_patches
 from bitmind.training.trainer import build_datasets, train_sampler
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,3 +33,15 @@ def build_model(name: str, **config) -> nn.Module:
     except KeyError:
         raise KeyError(f"unknown architecture {name!r}; registered: {available_models()}") from None
     return builder(**config)
+
+
+def config_defaults(name: str) -> dict:
+    """The keyword defaults of a registered architecture's constructor: what a checkpoint
+    config that leaves a key out was built with (older files record fewer keys)."""
+    import inspect
+
+    builder = _REGISTRY.get(name)
+    if builder is None:
+        raise KeyError(f"unknown architecture {name!r}; registered: {available_models()}")
+    return {k: p.default for k, p in inspect.signature(builder).parameters.items()
+            if p.default is not inspect.Parameter.empty}

@@ -49,7 +49,8 @@ class TrainConfig:
     stem_pool: bool = opt(True, "max-pool after the stem")
     pool: str = opt("mean", "image logit from the location logits: mean | topNN (mean of the NN %% highest; "
                             "trained and served alike, bitmind/models/npr.py)")
-    init_from: str = opt("", "start from these weights (fine-tuning)")
+    init_from: str = opt("", "start from these weights (fine-tuning); the architecture options and patch_size "
+                             "not given on the command line are read from the checkpoint")
     # optimisation (NPR paper defaults)
     epochs: int = opt(30, "training epochs")
     batch_size: int = opt(64, "images per training batch")
@@ -62,6 +63,8 @@ class TrainConfig:
     warmup_epochs: int = opt(0, "linear warm-up epochs")
     early_stop_patience: int = opt(10, "epochs without val-acc improvement before stopping; 0 disables")
     label_smoothing: float = opt(0.0, "binary label smoothing (targets move towards 0.5)")
+    patch_size: int = opt(0, "train on one random square of this side per image (0: the whole image); the model is "
+                             "served on the whole picture, its global pool averaging the patches (shipped recipe: 96)")
     # augmentation (applied to both classes alike)
     aug_validator_prob: float = opt(1.0, "probability of the validator's random augmentation / plain draw")
     aug_plain_share: float = opt(PLAIN_SHARE, "share of validator draws without random augmentation")
@@ -140,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def explicit_options(argv=None) -> set[str]:
+    """The names of the options the command line ``argv`` sets (defaults left out)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
 def parse_config(argv=None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
-    return TrainConfig(**vars(args))
+    """The options of a command line; with ``--init_from``, the network options and the
+    patch size it leaves out come from that checkpoint (``bitmind.training.init_from``)."""
+    cfg = TrainConfig(**vars(build_parser().parse_args(argv)))
+    if cfg.init_from:
+        from bitmind.training.init_from import adopt_checkpoint_options
+
+        cfg = adopt_checkpoint_options(cfg, explicit_options(argv))
+    return cfg

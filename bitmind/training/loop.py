@@ -2,7 +2,8 @@
 many-variant sweep (``sweep.run_sweep``), in the spirit of torchvision's references:
 
 - ``Learner``: a model with its optimiser, loss, gradient scaler (fp16 AMP) and running
-  loss; ``step`` is one optimisation step on a prepared batch.
+  loss; ``step`` is one optimisation step on a prepared batch; ``crop`` the patch
+  training of ``--patch_size`` (``random_patches``).
 - ``train_one_epoch``: one pass over a loader, each batch prepared once (device, uint8
   to float, channels-last) and given to every learner.
 - ``validate``: logits, labels and keys of a model over validation batches (the one
@@ -107,6 +108,8 @@ class Learner:
         self.loss_sum: torch.Tensor | float = 0.0  # summed on the device: no host sync per step
         self.loss_n = 0
         self.last_loss: torch.Tensor | None = None
+        self.patch_size = check_patch_size(cfg.patch_size)
+        self.patch_gen = torch.Generator().manual_seed(cfg.seed)  # patch offsets: their own stream
 
     @property
     def mean_loss(self) -> float:
@@ -138,9 +141,45 @@ class Learner:
         self.last_loss = loss
         return loss
 
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch training: one random ``patch_size`` square per image (the whole image when 0
+        or when the images are not larger)."""
+        if not self.patch_size or self.patch_size >= min(x.shape[-2:]):
+            return x
+        return random_patches(x, self.patch_size, self.patch_gen)
+
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
         """Train on one shared batch (sweep variants override this to take their part of it)."""
-        self.step(x, y)
+        self.step(self.crop(x), y)
+
+
+#: The smallest training patch: below it the network's stride-8 layers see a 2x2 map.
+MIN_PATCH = 16
+
+
+def check_patch_size(size: int, image_size: int | None = None) -> int:
+    """``size`` if it is a usable patch side (0 = the whole image), else a ValueError."""
+    size = int(size or 0)
+    top = image_size if image_size else float("inf")
+    if size and not MIN_PATCH <= size <= top:
+        raise ValueError(f"patch_size must be 0 (whole image) or in [{MIN_PATCH}, {image_size or 'the image side'}], got {size}")
+    return size
+
+
+def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random ``size`` x ``size`` crop of each image of a (B, C, H, W) batch, at its own
+    offset. Why: a network trained on small patches sees too little of a picture to tell
+    what it shows (a face, a painting), so it has to use how the pixels were made; served
+    on the whole image, its global average pool averages the patch evidence."""
+    b, c, h, w = x.shape
+    oy = torch.randint(0, h - size + 1, (b,), generator=generator).to(x.device)
+    ox = torch.randint(0, w - size + 1, (b,), generator=generator).to(x.device)
+    ar = torch.arange(size, device=x.device)
+    rows = (oy[:, None] + ar)[:, None, :, None].expand(b, c, size, w)
+    out = torch.gather(x, 2, rows)
+    cols = (ox[:, None] + ar)[:, None, None, :].expand(b, c, size, size)
+    out = torch.gather(out, 3, cols)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
 
 
 def prepare_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,6 +82,7 @@ from bitmind.training.config import TrainConfig
 from bitmind.training.loop import (
     Best,
     Learner,
+    check_patch_size,
     epoch_record,
     log_epoch,
     make_writer,
@@ -106,10 +107,11 @@ logger = logging.getLogger(__name__)
 
 #: Variant options handled by the sweep itself (not ``TrainConfig`` fields).
 SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature", "exclude_sources",
-                   "exclude_roots", "patch_size")
+                   "exclude_roots")
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
-                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "seed", *SWEEP_ONLY_KEYS})
+                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "seed", "patch_size",
+                          *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
 
@@ -162,10 +164,11 @@ class SweepSpec:
         temp = float(ov.get("distill_temperature", 1.0))
         if not temp > 0:
             raise ValueError(f"variant {name!r}: distill_temperature must be positive, got {temp}")
-        patch = int(ov.get("patch_size", 0) or 0)
-        if patch and not 16 <= patch <= self.base_size:
-            raise ValueError(f"variant {name!r}: patch_size must be 0 (whole image) or in [16, {self.base_size}], got {patch}")
-        return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0), "patch_size": patch,
+        try:
+            check_patch_size(ov.get("patch_size", self.base.patch_size), self.base_size)
+        except ValueError as e:
+            raise ValueError(f"variant {name!r}: {e}") from None
+        return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0),
                 "distill_from": ov.get("distill_from") or None, "distill_weight": weight if ov.get("distill_from") else 0.0,
                 "distill_temperature": temp, "exclude_sources": sorted(ov.get("exclude_sources") or []),
                 "exclude_roots": sorted(ov.get("exclude_roots") or [])}
@@ -182,9 +185,8 @@ class _Variant(Learner):
     def __init__(self, name: str, cfg: TrainConfig, extras: dict, device: torch.device, amp_dtype: torch.dtype | None = None,
                  mask: torch.Tensor | None = None, training_images: int = 0, val_mask: np.ndarray | None = None):
         """``extras``: the variant's sweep-only options (``SweepSpec.variant_extras``)."""
-        self.name, self.mask, self.swa_start, self.patch_size = name, mask, extras["swa_start"], extras["patch_size"]
+        self.name, self.mask, self.swa_start = name, mask, extras["swa_start"]
         self.val_mask = val_mask  # validation challenges this variant is selected on (None = all)
-        self.patch_gen = torch.Generator().manual_seed(cfg.seed)
         self.training_images = training_images if mask is None else int(mask.sum())
         self.teacher, self.distill_weight = extras["distill_from"], extras["distill_weight"]
         self.distill_temperature = extras["distill_temperature"]
@@ -230,12 +232,6 @@ class _Variant(Learner):
     def eval_model(self) -> nn.Module:
         return self.swa.module if self.swa is not None else self.model
 
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch training: one random ``patch_size`` square per image (the whole image when 0)."""
-        if not self.patch_size or self.patch_size >= min(x.shape[-2:]):
-            return x
-        return random_patches(x, self.patch_size, self.patch_gen)
-
     def target(self, y: torch.Tensor, teacher_logit: torch.Tensor | None = None) -> torch.Tensor:
         """The loss target: the smoothed label, mixed with the teacher's P(AI) when distilling."""
         y = smooth_labels(y, self.cfg.label_smoothing)
@@ -279,22 +275,6 @@ def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str) -> None:
         spec.base.epochs = epochs
         for v in variants:
             v.cfg.epochs = epochs
-
-
-def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One random ``size`` x ``size`` crop of each image of a (B, C, H, W) batch, at its own
-    offset. Why: a network trained on small patches sees too little of a picture to tell
-    what it shows (a face, a painting), so it has to use how the pixels were made; served
-    on the whole image, its global average pool averages the patch evidence."""
-    b, c, h, w = x.shape
-    oy = torch.randint(0, h - size + 1, (b,), generator=generator).to(x.device)
-    ox = torch.randint(0, w - size + 1, (b,), generator=generator).to(x.device)
-    ar = torch.arange(size, device=x.device)
-    rows = (oy[:, None] + ar)[:, None, :, None].expand(b, c, size, w)
-    out = torch.gather(x, 2, rows)
-    cols = (ox[:, None] + ar)[:, None, None, :].expand(b, c, size, size)
-    out = torch.gather(out, 3, cols)
-    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
 
 
 class Teachers:

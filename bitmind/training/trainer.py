@@ -149,7 +149,9 @@ def build_training_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
     model = build_model(cfg.arch, **cfg.model_config())
     if cfg.init_from:
         from bitmind.checkpoint import read_checkpoint
+        from bitmind.training.init_from import check_matches_checkpoint
 
+        check_matches_checkpoint(cfg)
         state, _ = read_checkpoint(cfg.init_from)
         model.load_state_dict(state, strict=True)
     model.to(device)

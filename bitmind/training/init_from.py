@@ -1,0 +1,87 @@
+"""Fine-tuning from a checkpoint (``--init_from``): the network options it was built with.
+
+Why: a checkpoint's weights fit only a network built like it, and some options change
+the computation without changing a single weight's shape (``stem_pool``, ``pool``,
+``input`` modes of equal width), so a strict ``load_state_dict`` alone would accept the
+shipped ``base.pth`` (no stem pool) into a network with the pool and fine-tune something
+else than was asked. Checkpoints describe themselves, so a fine-tune takes its network
+options, and the patch size it was trained with, from the file unless they are given
+explicitly; an explicit option that contradicts the file's network is an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from bitmind.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+#: ``TrainConfig`` options that decide how the network computes: a checkpoint's weights
+#: only mean what they meant with the values it was built with.
+STRUCTURE_KEYS = ("arch", "layers", "width", "input", "stem_pool", "pool")
+#: Options taken from the checkpoint when not given: the structure, plus dropout (part of
+#: the model config) and the training patch size (part of the recipe).
+ADOPTED_KEYS = (*STRUCTURE_KEYS, "dropout", "patch_size")
+
+
+def checkpoint_options(path: str | Path) -> dict:
+    """The ``TrainConfig`` values of ``ADOPTED_KEYS`` that the checkpoint at ``path`` was
+    built and trained with (keys its config leaves out read as the constructor's
+    defaults; ``patch_size`` only when its training options record one)."""
+    from bitmind.checkpoint import read_checkpoint
+    from bitmind.models import config_defaults
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--init_from {path}: no such file")
+    _, meta = read_checkpoint(path)
+    arch = meta.get("arch")
+    if arch == "ensemble":
+        raise ValueError(f"--init_from {path}: an ensemble file; fine-tune one of its member networks instead")
+    config = {**config_defaults(arch), **(meta.get("config") or {})}
+    out = {"arch": arch, **{k: config[k] for k in ADOPTED_KEYS if k in config}}
+    if "layers" in out:
+        out["layers"] = list(out["layers"])
+    patch = (meta.get("train_options") or {}).get("patch_size")
+    if patch is not None:
+        out["patch_size"] = int(patch)
+    return out
+
+
+def _differences(cfg: TrainConfig, want: dict, keys) -> dict:
+    return {k: (getattr(cfg, k), want[k]) for k in keys if k in want and _same(getattr(cfg, k)) != _same(want[k])}
+
+
+def _same(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def adopt_checkpoint_options(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """``cfg`` with the ``--init_from`` checkpoint's options wherever the command line did
+    not set them (``explicit``: the option names it did set). An explicit structural option
+    that differs from the checkpoint's is a ValueError: those weights cannot mean it."""
+    if not cfg.init_from:
+        return cfg
+    want = checkpoint_options(cfg.init_from)
+    clash = _differences(cfg, want, [k for k in STRUCTURE_KEYS if k in explicit])
+    if clash:
+        raise ValueError(f"--init_from {cfg.init_from} was built with "
+                         + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + "; the command line asks for "
+                         + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items())
+                         + ": leave those options out (they are read from the checkpoint)")
+    adopted = {k: v for k, v in want.items() if k not in explicit and _same(getattr(cfg, k)) != _same(v)}
+    if adopted:
+        logger.info("--init_from %s: options read from the checkpoint: %s", cfg.init_from,
+                    ", ".join(f"{k}={v!r}" for k, v in adopted.items()))
+    return dataclasses.replace(cfg, **adopted)
+
+
+def check_matches_checkpoint(cfg: TrainConfig) -> None:
+    """A ValueError unless ``cfg`` builds the network the ``--init_from`` checkpoint was
+    built as (for configs made in code or in sweep specs, which bypass the command line)."""
+    clash = _differences(cfg, checkpoint_options(cfg.init_from), STRUCTURE_KEYS)
+    if clash:
+        raise ValueError(f"--init_from {cfg.init_from}: the checkpoint was built with "
+                         + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "
+                         + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()))

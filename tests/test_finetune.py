@@ -1,0 +1,104 @@
+"""Fine-tuning (``--init_from``): the network comes from the checkpoint, and patch
+training (``--patch_size``) works in a single run as in a sweep."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bitmind.checkpoint import model_meta, read_checkpoint, save_checkpoint
+from bitmind.models import build_model
+from bitmind.training import TrainConfig, parse_config, train
+from bitmind.training.init_from import checkpoint_options
+from bitmind.training.loop import Learner, check_patch_size
+from bitmind.training.trainer import build_training_model
+from validator_synth import make_folder
+
+NET = dict(layers=[1, 1], width=8, dropout=0.25, input="npr_hp", stem_pool=False)
+
+
+@pytest.fixture(scope="module")
+def nopool_ckpt(tmp_path_factory):
+    """A tiny network like the shipped one: npr_hp input, no stem pool, trained on 32 px patches."""
+    torch.manual_seed(0)
+    model = build_model("npr", **NET)
+    path = tmp_path_factory.mktemp("ck") / "nopool.pth"
+    return save_checkpoint(model, path, model_meta(model, train_options={"patch_size": 32, "lr": 1e-3}))
+
+
+def test_checkpoint_options_read_network_and_patch_size(nopool_ckpt, tmp_path):
+    opts = checkpoint_options(nopool_ckpt)
+    assert opts == {"arch": "npr", "layers": [1, 1], "width": 8, "input": "npr_hp", "stem_pool": False,
+                    "pool": "mean", "dropout": 0.25, "patch_size": 32}
+    # an older file that records fewer keys reads as the constructor's defaults
+    torch.manual_seed(0)
+    old = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "old.pth")
+    o = checkpoint_options(old)
+    assert o["input"] == "npr" and o["stem_pool"] is True and "patch_size" not in o
+
+
+def test_command_line_takes_what_it_leaves_out_from_the_checkpoint(nopool_ckpt):
+    cfg = parse_config(["--init_from", str(nopool_ckpt), "--data", "d"])
+    assert (cfg.input, cfg.stem_pool, cfg.layers, cfg.width, cfg.dropout, cfg.patch_size) == \
+        ("npr_hp", False, [1, 1], 8, 0.25, 32)
+    # training options given explicitly stay as given, even when they equal the defaults
+    cfg = parse_config(["--init_from", str(nopool_ckpt), "--patch_size", "0", "--dropout", "0"])
+    assert cfg.patch_size == 0 and cfg.dropout == 0.0 and cfg.stem_pool is False
+    # a structural option that repeats the checkpoint's value is fine; one that contradicts it is not
+    assert parse_config(["--init_from", str(nopool_ckpt), "--stem_pool", "false"]).stem_pool is False
+    with pytest.raises(ValueError, match="stem_pool=False.*stem_pool=True"):
+        parse_config(["--init_from", str(nopool_ckpt), "--stem_pool", "true"])
+    with pytest.raises(ValueError, match="input='npr_hp'.*input='npr'"):
+        parse_config(["--init_from", str(nopool_ckpt), "--input", "npr"])
+    # without --init_from nothing is read
+    assert parse_config(["--data", "d"]).stem_pool is True
+
+
+def test_ensembles_and_missing_files_are_refused(tmp_path, checkpoint_factory):
+    from bitmind.cli.ensemble import build_ensemble_checkpoint
+
+    members = [checkpoint_factory(tmp_path / f"m{i}.pth", seed=i) for i in range(2)]
+    ens = build_ensemble_checkpoint(members, tmp_path / "ens.pth")
+    with pytest.raises(ValueError, match="ensemble"):
+        parse_config(["--init_from", str(ens)])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        parse_config(["--init_from", str(tmp_path / "absent.pth")])
+
+
+def test_a_config_made_in_code_cannot_load_weights_into_another_network(nopool_ckpt):
+    """The silent case: stem_pool has no weights, so a strict load alone would accept the file."""
+    ok = TrainConfig(init_from=str(nopool_ckpt), **NET)
+    model = build_training_model(ok, torch.device("cpu"))
+    want, _ = read_checkpoint(nopool_ckpt)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in want.items())
+    with pytest.raises(ValueError, match="stem_pool=False.*stem_pool=True"):
+        build_training_model(TrainConfig(init_from=str(nopool_ckpt), **{**NET, "stem_pool": True}), torch.device("cpu"))
+
+
+def test_learner_trains_on_patches_of_the_asked_size():
+    model = build_model("npr", layers=[1, 1], width=8)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    x, y = torch.rand(4, 3, 64, 64), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    Learner(model, TrainConfig(patch_size=32), None).train_batch(x, y, torch.arange(4), {})
+    Learner(model, TrainConfig(patch_size=0), None).train_batch(x, y, torch.arange(4), {})
+    Learner(model, TrainConfig(patch_size=96), None).train_batch(x, y, torch.arange(4), {})  # larger than the image
+    assert seen == [(32, 32), (64, 64), (64, 64)]
+    with pytest.raises(ValueError, match="patch_size"):
+        check_patch_size(8)
+    with pytest.raises(ValueError, match="patch_size"):
+        Learner(model, TrainConfig(patch_size=4), None)
+
+
+def test_fine_tune_run_keeps_the_network_and_records_the_recipe(nopool_ckpt, tmp_path):
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=10, seed=5, size=64)
+    cfg = parse_config(["--init_from", str(nopool_ckpt), "--data", str(data), "--checkpoints_dir", str(tmp_path / "ck"),
+                        "--name", "ft", "--epochs", "1", "--batch_size", "8", "--workers", "0", "--progress", "false",
+                        "--device", "cpu", "--val_fraction", "0.25", "--test_fraction", "0.15"])
+    summary = train(cfg)
+    _, meta = read_checkpoint(summary["best_checkpoint"])
+    assert meta["config"]["stem_pool"] is False and meta["config"]["input"] == "npr_hp"
+    assert meta["train_options"]["patch_size"] == 32 and meta["train_options"]["init_from"] == str(nopool_ckpt)
+    assert json.loads((tmp_path / "ck" / "ft" / "opt.json").read_text())["patch_size"] == 32
