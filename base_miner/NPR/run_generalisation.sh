@@ -12,7 +12,8 @@
 # The shipped mining_models/base.pth: its recipe (patch96nopool) was chosen by
 #   LOGO_SPEC=base_miner/NPR/sweeps/logo_compare.json WORKERS=14 \
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
-# and trained longer with base_miner/NPR/sweeps/ship_long.json (docs/Model.md, "Recipe").
+# and trained longer with base_miner/NPR/sweeps/ship_long.json (docs/Model.md, "Recipe"; the same recipe at a
+# fixed length, calibrated and scored, is one command: base_miner/NPR/train_base_model.sh).
 # WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25": also score every
 # NPR with those top-k pools, as arms <recipe>_topNN (no training; bitmind.models.npr).
 # SYNTHETIC=1: step 1 also writes synthetic up-sampling fakes of every real photo

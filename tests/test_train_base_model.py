@@ -1,0 +1,81 @@
+"""base_miner/NPR/train_base_model.sh: the shipped model's recipe as one command. Its spec
+must be the recipe the shipped file records, and the script must run end to end (tiny
+pools and a tiny network on the CPU; the real TAEF2 round trips)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitmind.checkpoint import load_model, read_checkpoint
+from test_generalisation import TINY, _img, make_pools
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "base_miner" / "NPR" / "train_base_model.sh"
+SHARED_MODELS = REPO.parent / "shared" / "models"
+RECIPE_KEYS = ("epochs", "batch_size", "samples_per_epoch", "balance", "pair_aligned", "lr", "lr_schedule",
+               "warmup_epochs", "dropout", "weight_decay", "label_smoothing", "aug_validator_prob", "aug_plain_share",
+               "aug_jpeg_prob", "aug_jpeg_quality", "aug_blur_prob", "aug_color_jitter_prob", "early_stop_patience")
+
+
+def test_ship_spec_is_the_recipe_the_shipped_file_records():
+    spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "ship_base.json").read_text())
+    _, meta = read_checkpoint(REPO / "mining_models" / "base.pth")
+    shipped = meta["train_options"]
+    assert list(spec["recipes"]) == ["patch96nopool"] and spec["fold_recipes"] == [] and spec["time_budget_s"] == 0
+    for k in RECIPE_KEYS:
+        assert spec["base"][k] == shipped[k], k
+    for k, v in spec["recipes"]["patch96nopool"].items():
+        assert shipped[k] == v, k
+
+
+def _pools(root: Path) -> Path:
+    """DATA_ROOT with the three pools the script expects, tiny."""
+    p = make_pools(root / "made")
+    data = root / "data"
+    data.mkdir()
+    shutil.copytree(p["crops"], data / "sn34-mini")
+    shutil.copytree(p["chal"], data / "sn34-validator")
+    n = 1000
+    for cls, src in (("real", "lowlight"), ("fake", "midjourney-v3")):
+        (data / "sn34-wide" / cls / src).mkdir(parents=True)
+        for i in range(8):
+            n += 1
+            _img(n, 64, smooth=cls == "fake").save(data / "sn34-wide" / cls / src / f"w{src}{i}_0.jpg", quality=90)
+    return data
+
+
+@pytest.mark.skipif(not (SHARED_MODELS / "taef2").is_dir(), reason="needs ../shared/models/taef2")
+def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
+    data = _pools(tmp_path)
+    spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "ship_base.json").read_text())
+    spec["base"].update({"batch_size": 8, "samples_per_epoch": 32, "progress": False, "val_fraction": 0.25,
+                         "test_fraction": 0.25, "lr": 1e-3})
+    spec["val_seeds"] = [0]
+    spec["recipes"]["patch96nopool"].update({**TINY, "patch_size": 32})
+    (tmp_path / "tiny.json").write_text(json.dumps(spec))
+    work = tmp_path / "work"
+    env = {**os.environ, "SPEC": str(tmp_path / "tiny.json"), "EPOCHS": "1", "WORKERS": "0", "DEVICE": "cpu",
+           "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(SCRIPT), str(data), str(SHARED_MODELS), str(work)], capture_output=True,
+                         text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    made = list((work / "aligned" / "fake" / "aligned-taef2").rglob("*.*"))
+    assert len(made) == 16 + 8 + 16  # a round trip of every real photo: crops of both pools, and the challenges
+    lm = load_model(work / "base.pth")
+    assert lm.meta["config"]["stem_pool"] is False and lm.meta["config"]["input"] == "npr_hp"
+    assert lm.meta["train_options"]["patch_size"] == 32 and lm.meta["metrics"]["calibration"]["real_target"] == 0.85
+    acc = json.loads((work / "accuracy_validator.json").read_text())
+    assert str(data / "sn34-validator") in json.dumps(acc) and "roc_auc" in json.dumps(acc)
+
+
+def test_script_names_what_is_missing(tmp_path):
+    (tmp_path / "data" / "sn34-mini").mkdir(parents=True)
+    res = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "data"), str(tmp_path / "models"), str(tmp_path / "w")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "sn34-wide not found" in res.stderr and not (tmp_path / "w").exists()
