@@ -1,0 +1,114 @@
+"""What a model file is, before you serve it.
+
+    python -m bitmind.model_info mining_models/base.pth my_run/model_epoch_best.pth
+    python -m bitmind.model_info mining_models/base.pth --json
+
+For each file: its hash and size; the architecture, its config and parameter count (the
+network is built and the weights loaded strictly, as the miner would); the eval
+transform; the calibration the miner applies (``P(AI) = sigmoid(logit / T + b)``) and the
+rule that placed the boundary; how it was trained (data roots, epochs, patch size, where
+it was fine-tuned from) and its validation figures; for an ensemble, its members. Why:
+the miner hot-swaps whatever file lands at its model path, and a checkpoint describes
+itself, so an operator can see what is about to be served, and that it loads, first.
+A file that does not load is reported with the reason and the exit status is 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bitmind.checkpoint import CheckpointError, file_sha256, load_model
+
+#: Training options worth a line (the rest are in ``--json``).
+TRAIN_KEYS = ("epochs", "patch_size", "batch_size", "lr", "lr_schedule", "balance", "seed", "init_from")
+#: Validation figures worth a line.
+VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
+
+
+def describe(path: str | Path) -> dict:
+    """Everything ``model_info`` reports about one file; ``error`` is set when it does not load."""
+    path = Path(path)
+    out: dict = {"path": str(path)}
+    try:
+        lm = load_model(path)
+    except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+        return out
+    meta = lm.meta
+    cal = (meta.get("metrics") or {}).get("calibration") or {}
+    train = meta.get("train_options") or {}
+    out.update({
+        "sha256": file_sha256(path), "bytes": path.stat().st_size,
+        "arch": lm.arch, "config": meta.get("config") or {},
+        "parameters": sum(p.numel() for p in lm.model.parameters()),
+        "transform": meta.get("transform"),
+        "temperature": lm.temperature, "logit_bias": lm.logit_bias,
+        "calibration": {k: cal.get(k) for k in ("method", "real_target", "split", "regimes", "n",
+                                                 "val_real_accuracy_after", "val_fake_accuracy_after") if k in cal},
+        "training": {k: train.get(k) for k in TRAIN_KEYS if train.get(k) not in (None, "", 0) or k == "epochs"},
+        "data": [Path(d).name for d in (train.get("data") or [])] + [f"{Path(d).name} (as sent)" for d in (train.get("challenge_data") or [])],
+        "validation": {k: (meta.get("metrics") or {}).get("val", {}).get(k) for k in VAL_KEYS},
+        "best_epoch": (meta.get("metrics") or {}).get("epoch"),
+        "description": meta.get("description"),
+    })
+    if lm.arch == "ensemble":
+        out["members"] = [{"file": m.get("file"), "arch": spec.get("arch"), "input": (spec.get("config") or {}).get("input")}
+                          for m, spec in zip(meta.get("members") or [], (meta.get("config") or {}).get("members") or [])]
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) and abs(v) < 0.01 else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def render(info: dict) -> str:
+    """``describe``'s dict as a few readable lines."""
+    lines = [info["path"]]
+    if "error" in info:
+        return "\n".join(lines + [f"  does not load: {info['error']}"])
+    cfg = ", ".join(f"{k}={v}" for k, v in info["config"].items() if k != "members")
+    if "members" in info:
+        cfg = f"{len(info['members'])} members, mean logit"
+    lines.append(f"  {info['arch']} ({cfg}), {info['parameters']:,} parameters, {info['bytes'] / 1e6:.1f} MB, "
+                 f"sha256 {info['sha256'][:16]}")
+    t = info.get("transform") or {}
+    if t:
+        lines.append(f"  input: {t.get('name')} {t.get('size')} px ({', '.join(t.get('steps') or [])})")
+    cal = info["calibration"]
+    rule = cal.get("method") or ("none stored" if (info["temperature"], info["logit_bias"]) == (1.0, 0.0) else "stored")
+    lines.append(f"  P(AI) = sigmoid(logit / {info['temperature']:.3f} {info['logit_bias']:+.3f}): {rule}")
+    if "val_real_accuracy_after" in cal:
+        lines.append(f"    on validation, calibrated: real photos {cal['val_real_accuracy_after']:.3f} called real, "
+                     f"fakes {cal['val_fake_accuracy_after']:.3f} caught")
+    if any(v is not None for v in info["training"].values()) or info["data"]:
+        tr = ", ".join(f"{k} {_fmt(v)}" for k, v in info["training"].items() if v is not None)
+        lines.append(f"  trained: {tr}" + (f"; data {', '.join(info['data'])}" if info["data"] else ""))
+    val = {k: v for k, v in info["validation"].items() if v is not None}
+    if val:
+        lines.append("  validation" + (f" (epoch {info['best_epoch']}" if info.get("best_epoch") is not None else " (")
+                     + ", before calibration)"
+                     + ": " + ", ".join(f"{k} {_fmt(v)}" for k, v in val.items()))
+    for m in info.get("members") or []:
+        lines.append(f"  member: {m['file']} ({m['arch']}, input {m['input']})")
+    if info.get("description"):
+        lines.append(f"  about: {info['description']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="model files (.pth or .safetensors)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object per file instead (every field)")
+    args = ap.parse_args(argv)
+    infos = [describe(p) for p in args.models]
+    if args.json:
+        print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
+    else:
+        print("\n\n".join(render(i) for i in infos))
+    return 1 if any("error" in i for i in infos) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""python -m bitmind.model_info: what a model file is and whether it loads, before serving it."""
+from __future__ import annotations
+
+import json
+
+from bitmind.checkpoint import file_sha256, model_meta, save_checkpoint
+from bitmind.cli.ensemble import build_ensemble_checkpoint
+from bitmind.cli.model_info import describe, main
+from bitmind.models import build_model
+
+
+def _calibrated(path):
+    model = build_model("npr", layers=[1, 1], width=8, input="npr_hp", stem_pool=False)
+    cal = {"method": "class-balanced Platt scaling, boundary at 0.85 of validation real photos", "real_target": 0.85,
+           "val_real_accuracy_after": 0.85, "val_fake_accuracy_after": 0.6}
+    meta = model_meta(model, temperature=0.5, logit_bias=-0.2, description="a tiny test model",
+                      metrics={"val": {"n": 10, "roc_auc": 0.75}, "epoch": 3, "calibration": cal},
+                      train_options={"epochs": 4, "patch_size": 32, "data": ["/x/sn34-mini"], "challenge_data": ["/x/sn34-validator"]})
+    return save_checkpoint(model, path, meta)
+
+
+def test_describes_a_calibrated_model(tmp_path, capsys):
+    path = _calibrated(tmp_path / "m.pth")
+    info = describe(path)
+    assert info["arch"] == "npr" and info["config"]["stem_pool"] is False and info["sha256"] == file_sha256(path)
+    assert info["parameters"] == sum(p.numel() for p in build_model("npr", layers=[1, 1], width=8, input="npr_hp").parameters())
+    assert (info["temperature"], info["logit_bias"]) == (0.5, -0.2) and info["calibration"]["real_target"] == 0.85
+    assert info["training"]["patch_size"] == 32 and info["data"] == ["sn34-mini", "sn34-validator (as sent)"]
+    assert main([str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "P(AI) = sigmoid(logit / 0.500 -0.200): class-balanced Platt" in text
+    assert "epoch 3, before calibration" in text and "roc_auc 0.750" in text and "about: a tiny test model" in text
+
+
+def test_ensembles_list_their_members(tmp_path, checkpoint_factory):
+    ens = build_ensemble_checkpoint([checkpoint_factory(tmp_path / f"m{i}.pth", seed=i) for i in range(2)], tmp_path / "e.pth")
+    info = describe(ens)
+    assert info["arch"] == "ensemble" and [m["file"] for m in info["members"]] == ["m0.pth", "m1.pth"]
+
+
+def test_files_that_do_not_load_are_reported_not_raised(tmp_path, capsys):
+    good = _calibrated(tmp_path / "good.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    assert main([str(tmp_path / "junk.pth"), str(tmp_path / "absent.pth"), str(good)]) == 1
+    text = capsys.readouterr().out
+    assert text.count("does not load") == 2 and "not found" in text and "good.pth\n  npr" in text
+    assert main([str(good), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == str(good)  # one file: one object
