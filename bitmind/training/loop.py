@@ -153,7 +153,7 @@ class Learner:
         self.step(self.crop(x), y)
 
 
-#: The smallest training patch: below it the network's stride-8 layers see a 2x2 map.
+#: The smallest training patch: with the stem pool, 16 px reach the last layer as a 2x2 map.
 MIN_PATCH = 16
 
 
