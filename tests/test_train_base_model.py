@@ -1,6 +1,6 @@
 """base_miner/NPR/train_base_model.sh: the shipped model's recipe as one command. Its spec
 must be the recipe the shipped file records, and the script must run end to end (tiny
-pools and a tiny network on the CPU; the real TAEF2 round trips)."""
+pools, a tiny network and a tiny random decoder in the TAEF2 layout, on the CPU)."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bitmind.checkpoint import load_model, read_checkpoint
 from test_generalisation import TINY, _img, make_pools
+from validator_synth import tiny_taesd_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "base_miner" / "NPR" / "train_base_model.sh"
-SHARED_MODELS = REPO.parent / "shared" / "models"
 RECIPE_KEYS = ("epochs", "batch_size", "samples_per_epoch", "balance", "pair_aligned", "lr", "lr_schedule",
                "warmup_epochs", "dropout", "weight_decay", "label_smoothing", "aug_validator_prob", "aug_plain_share",
                "aug_jpeg_prob", "aug_jpeg_quality", "aug_blur_prob", "aug_color_jitter_prob", "early_stop_patience")
@@ -50,9 +48,10 @@ def _pools(root: Path) -> Path:
     return data
 
 
-@pytest.mark.skipif(not (SHARED_MODELS / "taef2").is_dir(), reason="needs ../shared/models/taef2")
 def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
     data = _pools(tmp_path)
+    models = tmp_path / "models"
+    tiny_taesd_weights(models / "taef2")
     spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "ship_base.json").read_text())
     spec["base"].update({"batch_size": 8, "samples_per_epoch": 32, "progress": False, "val_fraction": 0.25,
                          "test_fraction": 0.25, "lr": 1e-3})
@@ -62,7 +61,7 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
     work = tmp_path / "work"
     env = {**os.environ, "SPEC": str(tmp_path / "tiny.json"), "EPOCHS": "1", "WORKERS": "0", "DEVICE": "cpu",
            "PYTHON": sys.executable}
-    res = subprocess.run(["bash", str(SCRIPT), str(data), str(SHARED_MODELS), str(work)], capture_output=True,
+    res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(work)], capture_output=True,
                          text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     made = list((work / "aligned" / "fake" / "aligned-taef2").rglob("*.*"))
