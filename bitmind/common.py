@@ -71,6 +71,9 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], durable
     os.close(fd)
     try:
         writer(tmp)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have
+        # (0666 less the umask), so a model file written here is readable like any other.
+        os.chmod(tmp, 0o666 & ~_umask())
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -86,6 +89,18 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], durable
             finally:
                 os.close(dfd)
     return path
+
+
+def _umask() -> int:
+    """The process umask: from /proc on Linux (no side effect), else by setting it and
+    putting it back (there is no getter; the moment between is a few instructions)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = False) -> Path:

@@ -90,3 +90,19 @@ def test_registry_accepts_new_architectures_and_rejects_duplicates():
         register_model("test_const")(lambda: None)
     with pytest.raises(KeyError):
         build_model("no_such_model")
+
+
+def test_saved_files_get_the_mode_of_an_ordinary_file(tmp_path):
+    """Written through a private temporary file, a checkpoint still ends up 0666 less the
+    umask (0644 under the usual 022), like ``open()`` would make it, not 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        path = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "m.pth")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+    path = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "n.pth")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~old
