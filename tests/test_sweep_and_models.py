@@ -117,15 +117,16 @@ def test_periodic_energy_peaks_at_the_period_of_a_pattern_wherever_its_phase():
     assert torch.allclose(half.float(), periodic_energy(x), atol=0.05)
 
 
-def test_a_periodic_input_model_is_served_like_any_other(tmp_path):
-    """npr_hp_periodic goes through the predictor's CPU preparation (batch norms folded,
-    channels-last) and answers what the eager model answers."""
+@pytest.mark.parametrize("opts", [{"input": "npr_hp_periodic"}, {"input": "npr_hp", "center_crop": 160}])
+def test_periodic_input_and_center_crop_models_are_served_like_any_other(tmp_path, opts):
+    """npr_hp_periodic and center_crop go through the predictor's CPU preparation (batch
+    norms folded, channels-last) and answer what the eager model answers."""
     from bitmind.image_transforms import base_transforms
     from bitmind.miner.predict import Predictor
     from PIL import Image
 
     torch.manual_seed(4)
-    m = build_model("npr", input="npr_hp_periodic", stem_pool=False, **TINY).eval()
+    m = build_model("npr", stem_pool=False, **opts, **TINY).eval()
     path = save_checkpoint(m, tmp_path / "p.pth", model_meta(m, "npr"))
     pred = Predictor(str(path), device="cpu", amp="none")
     try:
@@ -542,3 +543,27 @@ def test_a_time_budget_shortens_a_sweep_but_never_lengthens_it(tmp_path, budget_
     out = tmp_path / "ck" / "b"
     assert json.loads((out / "sweep.json").read_text())["epochs"] == epochs
     assert len(json.loads((out / "plain" / "history.json").read_text())) == epochs
+
+
+def test_center_crop_looks_at_the_central_square_with_the_npr_grid_kept(tmp_path):
+    """``center_crop`` in the config: the same weights on the central N x N of the input
+    (even offset, so NPR's 2x2 blocks stay where they were); served from the file alone."""
+    from bitmind.models.npr import center_square
+
+    x = torch.rand(2, 3, 64, 64)
+    assert center_square(x, 0) is x and center_square(x, 64) is x and center_square(x, 80) is x
+    c = center_square(torch.arange(64.0).expand(1, 1, 64, 64), 30)  # (64 - 30) / 2 = 17 -> 16: even
+    assert c.shape[-2:] == (30, 30) and c[0, 0, 0, 0] == 16
+    torch.manual_seed(0)
+    full = build_model("npr", input="npr_hp", stem_pool=False, **TINY).eval()
+    torch.manual_seed(0)
+    crop = build_model("npr", input="npr_hp", stem_pool=False, center_crop=32, **TINY).eval()
+    crop.load_state_dict(full.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(crop(x), full(x[..., 16:48, 16:48]), atol=1e-6)
+        assert not torch.allclose(crop(x), full(x), atol=1e-4)
+    assert crop.config["center_crop"] == 32 and "center_crop" not in full.config
+    lm = load_model(save_checkpoint(crop, tmp_path / "c.pth"))
+    assert lm.model.center_crop == 32
+    with pytest.raises(ValueError, match="center_crop"):
+        build_model("npr", center_crop=8, **TINY)

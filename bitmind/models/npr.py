@@ -37,6 +37,10 @@ load unchanged):
   (``generalisation.py score --pools``); a model can also be trained with a top-k pool
   (``TrainConfig.pool``, multiple-instance style: a fake needs only some locations with a
   trace, a real needs none).
+* ``center_crop``: look only at the central N x N of the input (``center_square``; 0, the
+  default, looks at all of it). A serve-time option for the same weights: a network
+  trained on 96 px patches needs less than the 256 px picture, and the cost follows the
+  area. Stored in the config only when set.
 """
 from __future__ import annotations
 
@@ -166,8 +170,10 @@ class NPR(nn.Module):
     """ResNet-50 truncated after layer2 (or layer3), on the NPR residual. Output: one logit."""
 
     def __init__(self, layers=(3, 4), width: int = 64, num_classes: int = 1, dropout: float = 0.0,
-                 input: str = "npr", stem_pool: bool = True, pool: str = "mean"):
+                 input: str = "npr", stem_pool: bool = True, pool: str = "mean", center_crop: int = 0):
         super().__init__()
+        if center_crop and center_crop < 16:
+            raise ValueError(f"center_crop must be 0 (the whole input) or at least 16, got {center_crop}")
         if input not in INPUT_MODES:
             raise ValueError(f"unknown input mode {input!r}; one of {INPUT_MODES}")
         if len(layers) not in (2, 3):
@@ -176,8 +182,9 @@ class NPR(nn.Module):
         if pool != "mean" and num_classes != 1:
             raise ValueError(f"pool {pool!r} needs num_classes 1, got {num_classes}")
         self.config = {"layers": list(layers), "width": width, "num_classes": num_classes, "dropout": dropout,
-                       "input": input, "stem_pool": stem_pool, **({"pool": pool} if pool != "mean" else {})}
-        self.input_mode, self.pool = input, pool
+                       "input": input, "stem_pool": stem_pool, **({"pool": pool} if pool != "mean" else {}),
+                       **({"center_crop": center_crop} if center_crop else {})}
+        self.input_mode, self.pool, self.center_crop = input, pool, center_crop
         self.inplanes = width
         self.conv1 = nn.Conv2d(_CHANNELS[input], width, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -213,6 +220,7 @@ class NPR(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, (B, C, H', W')."""
+        x = center_square(x, self.center_crop)
         x = input_features(x, self.input_mode)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer3(self.layer2(self.layer1(x)))
@@ -230,6 +238,21 @@ class NPR(nn.Module):
             return pool_logit_map(self.logit_map(x), self.pool)[:, None]
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.fc1(self.dropout(x))
+
+
+def center_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` square of a (B, C, H, W) batch (all of it when ``size``
+    is 0 or not smaller). Its offset is kept even, so the 2x2 blocks of the NPR residual
+    fall where they fall on the whole picture. Why: a network trained on small patches
+    needs less of a picture than the 256 px it is given, and its cost grows with the area
+    (``center_crop`` in the config: a cheaper CPU serve of the same weights,
+    docs/Performance.md)."""
+    h, w = x.shape[-2:]
+    if not size or (size >= h and size >= w):
+        return x
+    sh, sw = min(size, h), min(size, w)
+    top, left = ((h - sh) // 2) & ~1, ((w - sw) // 2) & ~1
+    return x[..., top:top + sh, left:left + sw]
 
 
 def top_fraction(pool: str) -> float:
