@@ -38,7 +38,7 @@ import numpy as np
 
 from bitmind.models.npr import top_fraction
 from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_sweep_spec, parse_ensembles,
-                                  pooled_name, score_models, select_recipe, ship, sources_in, unpooled)
+                                  pooled_name, score_models, select_recipe, ship, sources_in, unpooled, view_of)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -308,9 +308,10 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
-    p.add_argument("--pools", nargs="*", default=[], metavar="topNN",
-                   help="score: also score every NPR with these pools (mean of the NN %% highest location logits), "
-                        "as arms <recipe>_topNN with the same folds, without training (bitmind.models.npr)")
+    p.add_argument("--pools", nargs="*", default=[], metavar="topNN|cropNNN",
+                   help="score: also score every NPR with these views, as arms <recipe>_<view> with the same folds, "
+                        "without training: topNN pools (mean of the NN %% highest location logits) and cropNNN "
+                        "(the central NNN px only, as center_crop serves it; bitmind.models.npr)")
     p.add_argument("--train_seed", type=int, default=None,
                    help="train: seed of weights, sampling and augmentation (default: the spec's); a replicate of a run")
     p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
@@ -333,8 +334,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         args.ensembles = parse_ensembles(args.ensemble)
-        if any(top_fraction(pool) == 1.0 and pool != "top100" for pool in args.pools):
-            raise ValueError("--pools takes topNN pools; 'mean' is what every model is scored with anyway")
+        for pool in args.pools:
+            view = view_of(pool)
+            if view is None or (view[0] == "pool" and top_fraction(pool) == 1.0 and pool != "top100"):
+                raise ValueError(f"--pools takes topNN pools and cropNNN centre crops, not {pool!r} "
+                                 "('mean' of the whole picture is what every model is scored with anyway)")
+            if view[0] == "center_crop" and view[1] < 16:
+                raise ValueError(f"--pools {pool}: a centre crop needs at least 16 px")
     except ValueError as e:
         p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -189,7 +189,7 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
            "--data", str(pools["crops"]), str(pools["aligned"]), "--challenge_data", str(pools["chal"]),
            "--checkpoints_dir", str(tmp_path / "ck"), "--name", "logo", "--epochs", "2", "--workers", "0",
            "--baseline", f"tiny={REPO / 'mining_models' / 'npr_f2.pth'}:fake/sd1x", "--out", str(out), "--figure", str(fig),
-           "--ensemble", "both=patch+patch.noaligned", "--train_seed", "3", "--pools", "top25"]
+           "--ensemble", "both=patch+patch.noaligned", "--train_seed", "3", "--pools", "top25", "crop96"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -210,6 +210,10 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     scores = np.load(tmp_path / "ck" / "logo" / "logo_scores.npz")
     top, mean = scores["validator/patch_top25.minus-flux1"], scores["validator/patch.minus-flux1"]
     assert top.shape == mean.shape and np.all(top >= mean - 1e-2) and np.any(top > mean + 1e-3)
+    # --pools crop96: the same folds scored on the central 96 px only (how center_crop serves)
+    assert set(result["regimes"]["validator"]["folds"]["patch_crop96"]) == {"flux1", "aligned"}
+    crop = scores["validator/patch_crop96.minus-flux1"]
+    assert crop.shape == mean.shape and not np.allclose(crop, mean, atol=1e-3)
     # a control without the ready-made challenges trains on everything but that root
     sweep = json.loads((tmp_path / "ck" / "logo" / "sweep.json").read_text())
     n_chal = sweep["splits"][str(pools["chal"])]["train"]
@@ -246,6 +250,11 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     top = load_model(tmp_path / "top.pth")
     assert top.model.pool == "top25" and top.meta["config"]["pool"] == "top25" and top.logit_bias != lm.logit_bias
     assert torch.equal(top.model.fc1.weight, lm.model.fc1.weight)  # the same trained weights
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generalisation.py"), "ship", "--sweep", str(tmp_path / "ck" / "logo"),
+                          "--variant", "patch_crop96", "--ship_out", str(tmp_path / "crop.pth")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    crop_model = load_model(tmp_path / "crop.pth")
+    assert crop_model.model.center_crop == 96 and crop_model.meta["config"]["center_crop"] == 96 and crop_model.model.pool == "mean"
 
 
 def test_real_kind_folds_hold_out_a_camera_and_report_how_much_of_it_is_kept_real(tmp_path):
@@ -316,3 +325,20 @@ def test_a_pooled_baseline_without_stored_calibration_is_fitted_on_what_it_knows
     plain, pooled = (out["summary"][f"baseline:{k}"]["validator"] for k in ("b", "b_top5"))
     assert plain["real_accuracy"] > 0.9 and abs(pooled["real_accuracy"] - plain["real_accuracy"]) < 0.05
     assert pooled["mean_heldout_auc"] == pytest.approx(plain["mean_heldout_auc"])
+
+
+def test_views_name_their_arms_and_are_undone():
+    from bitmind.training.logo import pooled_name, unpooled, view_of
+
+    assert view_of("top25") == ("pool", "top25") and view_of("crop192") == ("center_crop", 192)
+    assert view_of("mean") is None and view_of("cropped") is None
+    assert pooled_name("patch96nopool.minus-gans", "crop192") == "patch96nopool_crop192.minus-gans"
+    assert unpooled("patch96nopool_crop192.minus-gans") == ("patch96nopool.minus-gans", "crop192")
+    assert unpooled("patch96nopool_top5") == ("patch96nopool", "top5")
+    assert unpooled("patch96_nopool") == ("patch96_nopool", None)
+    from conftest import load_script
+
+    gen = load_script("benchmarks/generalisation.py")
+    for bad in ("mean", "crop8", "top0"):
+        with pytest.raises(SystemExit):
+            gen.main(["score", "--pools", bad])

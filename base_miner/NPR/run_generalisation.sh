@@ -14,8 +14,9 @@
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
 # and trained longer with base_miner/NPR/sweeps/ship_long.json (docs/Model.md, "Recipe"; the same recipe at a
 # fixed length, calibrated and scored, is one command: base_miner/NPR/train_base_model.sh).
-# WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25": also score every
-# NPR with those top-k pools, as arms <recipe>_topNN (no training; bitmind.models.npr).
+# WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25 crop192": also score every
+# NPR with those top-k pools and centre crops, as arms <recipe>_topNN / <recipe>_cropNNN (no training;
+# bitmind.models.npr; crop192 is how mining_models/base_crop192.pth serves).
 # SYNTHETIC=1: step 1 also writes synthetic up-sampling fakes of every real photo
 # (aligned_fakes --synthetic, source fake/aligned-synth-upsampling; logo_synth.json compares with and without).
 # SYNTHETIC=crops: the synthetic fakes of the crop pools' photos only (WORK/synthetic), not of the

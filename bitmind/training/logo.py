@@ -179,12 +179,22 @@ def pooled_name(variant: str, pool: str) -> str:
 
 def unpooled(variant: str) -> tuple[str, str | None]:
     """``pooled_name`` undone: ``patch96nopool_top25.minus-gans`` -> (``patch96nopool.minus-gans``,
-    ``top25``); a variant that is no pooled arm -> (itself, None)."""
+    ``top25``), likewise ``_crop192``; a variant that is no such arm -> (itself, None)."""
     recipe, sep, fold = variant.partition(FOLD_SEP)
     base, _, pool = recipe.rpartition("_")
-    if not base or not pool.startswith("top") or not pool[3:].isdigit():
+    if not base or view_of(pool) is None:
         return variant, None
     return f"{base}{sep}{fold}", pool
+
+
+def view_of(name: str) -> tuple[str, object] | None:
+    """How an arm of ``score --pools`` looks at a trained NPR without training it again:
+    ``topNN`` -> ("pool", "topNN") (the mean of the NN % highest location logits);
+    ``cropNNN`` -> ("center_crop", NNN) (the central NNN px only, ``center_square``); else None."""
+    for prefix, key in (("top", "pool"), ("crop", "center_crop")):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return (key, name) if key == "pool" else (key, int(name[len(prefix):]))
+    return None
 
 
 def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str | Path, device: str = "auto",
@@ -194,9 +204,10 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     into one ``.npz``: ``<regime>/source``, ``/split``, ``/label``, ``/<model>``, and each
     model's own calibration as ``calibration/<model>`` = (T, b). Raw logits, so that
     ``analyse`` can fix every fold's threshold the same way, on CPU. Each NPR (a model with
-    ``logit_map``) is also scored with every pool of ``pools`` (``topNN``: see
-    ``bitmind.models.npr``) as ``pooled_name(model, pool)``; it has no stored calibration
-    (its logits are on another scale), so ``analyse`` fits one as for a fold."""
+    ``logit_map``) is also scored with every view of ``pools`` (``topNN`` pools and
+    ``cropNNN`` centre crops: ``view_of``, ``bitmind.models.npr``) as ``pooled_name(model,
+    view)``; it has no stored calibration (its logits are on another scale), so ``analyse``
+    fits one as for a fold."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -206,7 +217,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     from bitmind.data.dataset import worker_init
     from bitmind.image_transforms import ValidatorPipeline
     from bitmind.inference import forward_logits, to_model_input
-    from bitmind.models.npr import pool_logit_map
+    from bitmind.models.npr import center_square, pool_logit_map
 
     dev = resolve_device(device)
     amp = resolve_amp("auto", dev)
@@ -234,10 +245,17 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                 for n, (net, t, b) in nets.items():
                     probs[n][k.numpy()] = forward_logits(net, x, dev, amp, channels_last=False).cpu().numpy()
                     if n in pooled:
-                        with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                            lmap = net.logit_map(x).float()
+                        lmap = None
                         for d, p in pooled[n]:
-                            probs[d][k.numpy()] = pool_logit_map(lmap, p).cpu().numpy()
+                            key, value = view_of(p)
+                            if key == "center_crop":
+                                z = forward_logits(net, center_square(x, value), dev, amp, channels_last=False)
+                            else:
+                                if lmap is None:
+                                    with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                                        lmap = net.logit_map(x).float()
+                                z = pool_logit_map(lmap, p)
+                            probs[d][k.numpy()] = z.cpu().numpy()
         arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
         arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
         arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)
@@ -484,8 +502,9 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
     calibration the analysis uses: a class-balanced Platt fit on the validation pictures of
     every regime in the scores file (ready-made challenges as sent, crop pools through the
     validator pipeline), its boundary moved to ``real_target`` of the validation real
-    photos if given. ``pool`` (a ``pooled_name`` arm: ``variant`` is then that arm) goes into
-    the model's config, so it serves as it was scored. Returns the calibration record."""
+    photos if given. ``pool`` (the view of a ``pooled_name`` arm, ``topNN`` or ``cropNNN``:
+    ``variant`` is then that arm) goes into the model's config (``pool`` or ``center_crop``),
+    so it serves as it was scored. Returns the calibration record."""
     from bitmind.calibration import calibrate_logits, store_calibration
     from bitmind.checkpoint import read_checkpoint
 
@@ -496,5 +515,6 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
     record = calibrate_logits(z, y, keep_if_better=False, real_target=real_target, split="val", regimes=used)
     updates = {"description": description} if description else {}
     if pool:
-        updates["config"] = {**read_checkpoint(checkpoint)[1].get("config", {}), "pool": pool}
+        key, value = view_of(pool) or ("pool", pool)
+        updates["config"] = {**read_checkpoint(checkpoint)[1].get("config", {}), key: value}
     return store_calibration(checkpoint, record, out, **updates)
