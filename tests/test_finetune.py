@@ -36,6 +36,9 @@ def test_checkpoint_options_read_network_and_patch_size(nopool_ckpt, tmp_path):
     old = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "old.pth")
     o = checkpoint_options(old)
     assert o["input"] == "npr" and o["stem_pool"] is True and "patch_size" not in o
+    # a bare state dict (no metadata at all, as reference weights come) reads as the default NPR
+    torch.save(build_model("npr").state_dict(), tmp_path / "bare.pth")
+    assert checkpoint_options(tmp_path / "bare.pth")["arch"] == "npr"
 
 
 def test_command_line_takes_what_it_leaves_out_from_the_checkpoint(nopool_ckpt):

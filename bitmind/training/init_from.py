@@ -30,13 +30,13 @@ def checkpoint_options(path: str | Path) -> dict:
     """The ``TrainConfig`` values of ``ADOPTED_KEYS`` that the checkpoint at ``path`` was
     built and trained with (keys its config leaves out read as the constructor's
     defaults; ``patch_size`` only when its training options record one)."""
-    from bitmind.checkpoint import read_checkpoint
+    from bitmind.checkpoint import DEFAULT_ARCH, read_checkpoint
     from bitmind.models import config_defaults
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--init_from {path}: no such file")
     _, meta = read_checkpoint(path)
-    arch = meta.get("arch")
+    arch = meta.get("arch") or DEFAULT_ARCH  # a bare state dict: the reference NPR, as load_model reads it
     if arch == "ensemble":
         raise ValueError(f"--init_from {path}: an ensemble file; fine-tune one of its member networks instead")
     config = {**config_defaults(arch), **(meta.get("config") or {})}
