@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.models.npr import top_fraction
+from bitmind.models.npr import check_center_crop, top_fraction
 from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_sweep_spec, parse_ensembles,
                                   pooled_name, score_models, select_recipe, ship, sources_in, unpooled, view_of)
 
@@ -339,8 +339,8 @@ def main(argv=None):
             if view is None or (view[0] == "pool" and top_fraction(pool) == 1.0 and pool != "top100"):
                 raise ValueError(f"--pools takes topNN pools and cropNNN centre crops, not {pool!r} "
                                  "('mean' of the whole picture is what every model is scored with anyway)")
-            if view[0] == "center_crop" and view[1] < 16:
-                raise ValueError(f"--pools {pool}: a centre crop needs at least 16 px")
+            if view[0] == "center_crop":
+                check_center_crop(view[1])
     except ValueError as e:
         p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

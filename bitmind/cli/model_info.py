@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from bitmind.checkpoint import CheckpointError, file_sha256, load_model
+from bitmind.checkpoint import CheckpointError, load_model
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "batch_size", "lr", "lr_schedule", "balance", "seed", "init_from")
@@ -40,7 +40,7 @@ def describe(path: str | Path) -> dict:
     cal = (meta.get("metrics") or {}).get("calibration") or {}
     train = meta.get("train_options") or {}
     out.update({
-        "sha256": file_sha256(path), "bytes": path.stat().st_size,
+        "sha256": lm.sha256, "bytes": path.stat().st_size,
         "arch": lm.arch, "config": meta.get("config") or {},
         "parameters": sum(p.numel() for p in lm.model.parameters()),
         "transform": meta.get("transform"),

@@ -172,8 +172,7 @@ class NPR(nn.Module):
     def __init__(self, layers=(3, 4), width: int = 64, num_classes: int = 1, dropout: float = 0.0,
                  input: str = "npr", stem_pool: bool = True, pool: str = "mean", center_crop: int = 0):
         super().__init__()
-        if center_crop and center_crop < 16:
-            raise ValueError(f"center_crop must be 0 (the whole input) or at least 16, got {center_crop}")
+        check_center_crop(center_crop)
         if input not in INPUT_MODES:
             raise ValueError(f"unknown input mode {input!r}; one of {INPUT_MODES}")
         if len(layers) not in (2, 3):
@@ -238,6 +237,17 @@ class NPR(nn.Module):
             return pool_logit_map(self.logit_map(x), self.pool)[:, None]
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.fc1(self.dropout(x))
+
+
+#: The smallest centre crop: 16 px reach the last layer of the pooled network as a 2x2 map.
+MIN_CENTER_CROP = 16
+
+
+def check_center_crop(size: int) -> int:
+    """``size`` if it is a usable ``center_crop`` (0 = the whole input), else a ValueError."""
+    if size and size < MIN_CENTER_CROP:
+        raise ValueError(f"center_crop must be 0 (the whole input) or at least {MIN_CENTER_CROP}, got {size}")
+    return size
 
 
 def center_square(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -26,16 +26,18 @@ STRUCTURE_KEYS = ("arch", "layers", "width", "input", "stem_pool", "pool")
 ADOPTED_KEYS = (*STRUCTURE_KEYS, "dropout", "patch_size")
 
 
-def checkpoint_options(path: str | Path) -> dict:
+def checkpoint_options(path: str | Path, meta: dict | None = None) -> dict:
     """The ``TrainConfig`` values of ``ADOPTED_KEYS`` that the checkpoint at ``path`` was
     built and trained with (keys its config leaves out read as the constructor's
-    defaults; ``patch_size`` only when its training options record one)."""
+    defaults; ``patch_size`` only when its training options record one). ``meta``: the
+    file's metadata when the caller has already read it."""
     from bitmind.checkpoint import DEFAULT_ARCH, read_checkpoint
     from bitmind.models import config_defaults
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--init_from {path}: no such file")
-    _, meta = read_checkpoint(path)
+    if meta is None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--init_from {path}: no such file")
+        _, meta = read_checkpoint(path)
     arch = meta.get("arch") or DEFAULT_ARCH  # a bare state dict: the reference NPR, as load_model reads it
     if arch == "ensemble":
         raise ValueError(f"--init_from {path}: an ensemble file; fine-tune one of its member networks instead")
@@ -77,10 +79,11 @@ def adopt_checkpoint_options(cfg: TrainConfig, explicit: set[str]) -> TrainConfi
     return dataclasses.replace(cfg, **adopted)
 
 
-def check_matches_checkpoint(cfg: TrainConfig) -> None:
-    """A ValueError unless ``cfg`` builds the network the ``--init_from`` checkpoint was
-    built as (for configs made in code or in sweep specs, which bypass the command line)."""
-    clash = _differences(cfg, checkpoint_options(cfg.init_from), STRUCTURE_KEYS)
+def check_matches_checkpoint(cfg: TrainConfig, meta: dict) -> None:
+    """A ValueError unless ``cfg`` builds the network the ``--init_from`` checkpoint (whose
+    metadata is ``meta``) was built as (for configs made in code or in sweep specs, which
+    bypass the command line)."""
+    clash = _differences(cfg, checkpoint_options(cfg.init_from, meta), STRUCTURE_KEYS)
     if clash:
         raise ValueError(f"--init_from {cfg.init_from}: the checkpoint was built with "
                          + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "

@@ -151,8 +151,8 @@ def build_training_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
         from bitmind.checkpoint import read_checkpoint
         from bitmind.training.init_from import check_matches_checkpoint
 
-        check_matches_checkpoint(cfg)
-        state, _ = read_checkpoint(cfg.init_from)
+        state, meta = read_checkpoint(cfg.init_from)
+        check_matches_checkpoint(cfg, meta)
         model.load_state_dict(state, strict=True)
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
