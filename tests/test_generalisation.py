@@ -17,7 +17,7 @@ from bitmind.data import (AsIs, FamilySampler, FlipOnly, aligned_partners, famil
                           family_weights, sources_of_family)
 from bitmind.training import TrainConfig
 from bitmind.training.logo import add_ensembles, logo_sweep_spec, score_fold
-from bitmind.training.loop import random_patches
+from bitmind.training.loop import Learner, check_tile_shuffle, random_patches, shuffle_tiles
 from bitmind.training.trainer import build_datasets, train_sampler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +124,38 @@ def test_random_patches_crop_each_image_at_its_own_offset():
         assert torch.equal(p[b, 0], x[b, 0, top:top + 4, left:left + 4])
 
 
+def test_shuffle_tiles_moves_whole_tiles_within_each_image():
+    x = torch.arange(2 * 3 * 8 * 12, dtype=torch.float32).reshape(2, 3, 8, 12)
+    out = shuffle_tiles(x, 4, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.equal(out, x)
+
+    def tiles(t):
+        return [t[:, r:r + 4, c:c + 4] for r in range(0, 8, 4) for c in range(0, 12, 4)]
+    for b in range(2):  # the same six tiles (all channels together), each once, none from the other image
+        before, after = tiles(x[b]), tiles(out[b])
+        assert sorted(int(t[0, 0, 0]) for t in after) == sorted(int(t[0, 0, 0]) for t in before)
+        assert all(any(torch.equal(a, t) for t in before) for a in after)
+    again = shuffle_tiles(x, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # the order comes from the generator only
+
+
+def test_tile_shuffle_options_are_checked_and_used_by_the_learner():
+    assert check_tile_shuffle(0, 96) == 0 and check_tile_shuffle(32, 96) == 32
+    for bad, side in ((7, 96), (6, 96), (32, 80), (96, 96), (4, 96)):
+        with pytest.raises(ValueError, match="tile_shuffle"):
+            check_tile_shuffle(bad, side)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    lr = Learner(model, TrainConfig(patch_size=32, tile_shuffle=16, seed=3), None)
+    x = torch.rand(4, 3, 64, 64)
+    p = lr.crop(x)
+    assert p.shape == (4, 3, 32, 32)
+    plain = Learner(model, TrainConfig(patch_size=32, seed=3), None).crop(x)
+    assert not torch.equal(p, plain)  # the same patches (their own stream), tiles moved
+    assert sorted(p.flatten().tolist()) == pytest.approx(sorted(plain.flatten().tolist()))
+    with pytest.raises(ValueError, match="tile_shuffle"):
+        Learner(model, TrainConfig(patch_size=96, tile_shuffle=64), None)
+
+
 def test_logo_spec_holds_out_whole_families():
     sources = ["real/coco", "fake/sdxl", "fake/flux1-dev", "fake/flux1-schnell", "fake/aligned-taef2", "fake/aligned-zoo-convt8-c4"]
     spec = logo_sweep_spec({"base": {}, "recipes": {"p": {"input": "npr_hp", "patch_size": 64}},
@@ -145,6 +177,19 @@ def test_logo_spec_holds_out_whole_families():
 def test_logo_spec_empty_fold_recipes_trains_only_on_everything():
     spec = logo_sweep_spec({"recipes": {"a": {}, "b": {"patch_size": 96}}, "fold_recipes": []}, ["real/coco", "fake/sdxl"])
     assert sorted(spec["variants"]) == ["a", "b"]
+
+
+def test_logo_spec_folds_per_recipe():
+    sources = ["real/coco", "real/faces", "fake/sdxl", "fake/flux1-dev"]
+    spec = logo_sweep_spec({"recipes": {"a": {}, "b": {"tile_shuffle": 32}, "c": {}}, "folds": ["sdxl", "flux1"],
+                            "fold_recipes": {"a": ["sdxl", "flux1", "real-faces"], "b": None}}, sources)
+    assert sorted(spec["variants"]) == ["a", "a.minus-flux1", "a.minus-real-faces", "a.minus-sdxl",
+                                        "b", "b.minus-flux1", "b.minus-sdxl", "c"]
+    assert spec["variants"]["a.minus-real-faces"]["exclude_sources"] == ["real/faces"]
+    assert spec["logo"]["folds"] == ["sdxl", "flux1", "real-faces"]
+    assert sorted(logo_sweep_spec({"recipes": {"a": {}}, "fold_recipes": {"a": []}}, sources)["variants"]) == ["a"]
+    with pytest.raises(ValueError, match="fold_recipes"):
+        logo_sweep_spec({"recipes": {"a": {}}, "fold_recipes": {"z": None}}, sources)
 
 
 def test_ensembles_average_member_logits_fold_by_fold():

@@ -191,6 +191,11 @@ def test_spec_refuses_shared_options_in_a_variant():
         SweepSpec.from_dict({"variants": {"a": {"epochs": 3}}})
     with pytest.raises(ValueError, match="at least one"):
         SweepSpec.from_dict({"variants": {}})
+    tiles = SweepSpec.from_dict({"variants": {"ok": {"patch_size": 96, "tile_shuffle": 32},
+                                              "bad": {"patch_size": 96, "tile_shuffle": 40}}})
+    assert tiles.variant_config("ok").tile_shuffle == 32 and tiles.variant_extras("ok")
+    with pytest.raises(ValueError, match="variant 'bad': tile_shuffle"):
+        tiles.variant_extras("bad")
 
 
 def test_ensemble_report_tries_every_combination_best_first():
@@ -210,7 +215,7 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
     spec = SweepSpec.from_dict({
         "base": tiny_sweep_base(tmp_path, data, "s", epochs=2),
         "val_seeds": [0, 1],
-        "variants": {"plain": {}, "hp_seed1": {"input": "hp", "seed": 1}},
+        "variants": {"plain": {}, "hp_seed1": {"input": "hp", "seed": 1, "tile_shuffle": 16}},
     })
     summary = run_sweep(spec)
     out = tmp_path / "ck" / "s"
@@ -227,6 +232,7 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
         assert np.load(run / "val_logits_best.npy").shape == (2, n_val)
     _, meta = read_checkpoint(out / "hp_seed1" / "model_epoch_best.pth")
     assert meta["config"]["input"] == "hp" and meta["train_options"]["seed"] == 1
+    assert meta["train_options"]["tile_shuffle"] == 16 and "tile_shuffle" not in meta["config"]  # training only
     # two draws of the same validation images
     assert n_val % 2 == 0 and n_val > 0
     from bitmind.training.sweep import main

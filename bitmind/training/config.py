@@ -65,6 +65,9 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "binary label smoothing (targets move towards 0.5)")
     patch_size: int = opt(0, "train on one random square of this side per image (0: the whole image); the model is "
                              "served on the whole picture, its global pool averaging the patches (shipped recipe: 96)")
+    tile_shuffle: int = opt(0, "cut each training image (after --patch_size) into tiles of this side and put them back in a "
+                               "random order (0: off; even, dividing the patch): the model keeps the local traces and "
+                               "loses the layout of what the picture shows. Training only")
     # augmentation (applied to both classes alike)
     aug_validator_prob: float = opt(1.0, "probability of the validator's random augmentation / plain draw")
     aug_plain_share: float = opt(PLAIN_SHARE, "share of validator draws without random augmentation")

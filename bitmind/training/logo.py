@@ -86,6 +86,8 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
          "recipes": {"<recipe>": {<variant overrides>}},
          "folds": ["sdxl", "real-faces", ...],   # default: every generator family present
          "fold_recipes": ["<recipe>", ...],       # recipes that get every fold (default: all)
+                                                  # or {"<recipe>": ["sdxl", ...] | null}: folds per recipe
+                                                  # (null: the spec's "folds")
          "controls": {"<name>": {"exclude": ["aligned"], "keep": [], "exclude_roots": [], "folds": true,
                                  "recipes": [...]}},
          "control_folds": true}                   # default of each control's "folds"
@@ -98,6 +100,12 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
         raise ValueError("a LOGO spec needs at least one recipe")
     folds = logo.get("folds") or default_folds(sources)
     fold_recipes = logo.get("fold_recipes", list(recipes))  # [] = no folds (a ship run)
+    if not isinstance(fold_recipes, dict):
+        fold_recipes = {r: None for r in fold_recipes}
+    unknown = set(fold_recipes) - set(recipes)
+    if unknown:
+        raise ValueError(f"fold_recipes names recipes the spec does not have: {sorted(unknown)}")
+    fold_recipes = {r: folds if f is None else list(f) for r, f in fold_recipes.items()}
     controls = logo.get("controls") or {}
     variants = {}
     for r, ov in recipes.items():
@@ -113,7 +121,7 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
             variants[name] = {**ov_arm, "exclude_sources": sorted(excl)}
             if r not in fold_recipes or not with_folds:
                 continue
-            for fam in folds:
+            for fam in fold_recipes[r]:
                 held = held_out_sources(fam, sources)
                 if not held:
                     logger.warning("fold %s: no source of that family in the data; skipped", fam)
@@ -123,7 +131,8 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
                 variants[f"{name}{FOLD_SEP}{fam}"] = {**ov_arm, "exclude_sources": sorted(excl | set(held))}
     out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "ensemble_members")}
     out["variants"] = variants
-    out["logo"] = {"folds": folds, "recipes": list(recipes), "controls": list(controls)}
+    every_fold = list(dict.fromkeys([*folds, *(f for fs in fold_recipes.values() for f in fs)]))
+    out["logo"] = {"folds": every_fold, "recipes": list(recipes), "controls": list(controls)}
     return out
 
 

@@ -3,7 +3,7 @@ many-variant sweep (``sweep.run_sweep``), in the spirit of torchvision's referen
 
 - ``Learner``: a model with its optimiser, loss, gradient scaler (fp16 AMP) and running
   loss; ``step`` is one optimisation step on a prepared batch; ``crop`` the patch
-  training of ``--patch_size`` (``random_patches``).
+  training of ``--patch_size`` (``random_patches``) and ``--tile_shuffle`` (``shuffle_tiles``).
 - ``train_one_epoch``: one pass over a loader, each batch prepared once (device, uint8
   to float, channels-last) and given to every learner.
 - ``validate``: logits, labels and keys of a model over validation batches (the one
@@ -109,7 +109,9 @@ class Learner:
         self.loss_n = 0
         self.last_loss: torch.Tensor | None = None
         self.patch_size = check_patch_size(cfg.patch_size)
+        self.tile = check_tile_shuffle(cfg.tile_shuffle, self.patch_size or None)
         self.patch_gen = torch.Generator().manual_seed(cfg.seed)  # patch offsets: their own stream
+        self.tile_gen = torch.Generator().manual_seed(cfg.seed + 1)  # tile orders: another (patches stay as without)
 
     @property
     def mean_loss(self) -> float:
@@ -143,10 +145,12 @@ class Learner:
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """Patch training: one random ``patch_size`` square per image (the whole image when 0
-        or when the images are not larger)."""
-        if not self.patch_size or self.patch_size >= min(x.shape[-2:]):
-            return x
-        return random_patches(x, self.patch_size, self.patch_gen)
+        or when the images are not larger), its tiles shuffled if ``tile_shuffle``."""
+        if self.patch_size and self.patch_size < min(x.shape[-2:]):
+            x = random_patches(x, self.patch_size, self.patch_gen)
+        if self.tile:
+            x = shuffle_tiles(x, check_tile_shuffle(self.tile, *x.shape[-2:]), self.tile_gen)
+        return x
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
         """Train on one shared batch (sweep variants override this to take their part of it)."""
@@ -180,6 +184,40 @@ def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None
     cols = (ox[:, None] + ar)[:, None, None, :].expand(b, c, size, size)
     out = torch.gather(out, 3, cols)
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
+
+
+#: The smallest shuffled tile: smaller ones are mostly seams.
+MIN_TILE = 8
+
+
+def check_tile_shuffle(tile: int, *sides: int | None) -> int:
+    """``tile`` if it is a usable ``tile_shuffle`` (0 = off) for images of these sides (None:
+    not known yet), else a ValueError. Even, so every tile starts on the NPR's 2 x 2 grid and
+    the residual of a tile is the residual of those pixels in the original."""
+    tile = int(tile or 0)
+    if not tile:
+        return 0
+    if tile < MIN_TILE or tile % 2:
+        raise ValueError(f"tile_shuffle must be 0 (off) or an even side >= {MIN_TILE}, got {tile}")
+    for side in sides:
+        if side is not None and (side % tile or side == tile):
+            raise ValueError(f"tile_shuffle {tile} must divide the training image side {side} into two or more tiles")
+    return tile
+
+
+def shuffle_tiles(x: torch.Tensor, tile: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image of a (B, C, H, W) batch cut into ``tile`` x ``tile`` squares put back in
+    its own random order. Why: what a picture shows lives in how its parts are laid out (a
+    face, a street, a composition), how it was made lives in every small part (up-sampling,
+    decoder and sensor traces); shuffled, only the second still tells the classes apart.
+    ``tile`` must divide H and W (``check_tile_shuffle``)."""
+    b, c, h, w = x.shape
+    nh, nw = h // tile, w // tile
+    tiles = x.reshape(b, c, nh, tile, nw, tile).permute(0, 2, 4, 1, 3, 5).reshape(b, nh * nw, c, tile, tile)
+    order = torch.argsort(torch.rand(b, nh * nw, generator=generator), dim=1).to(x.device)
+    tiles = torch.gather(tiles, 1, order[:, :, None, None, None].expand_as(tiles))
+    out = tiles.reshape(b, nh, nw, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out.contiguous()
 
 
 def prepare_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:

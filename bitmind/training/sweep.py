@@ -83,6 +83,7 @@ from bitmind.training.loop import (
     Best,
     Learner,
     check_patch_size,
+    check_tile_shuffle,
     epoch_record,
     log_epoch,
     make_writer,
@@ -111,6 +112,7 @@ SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weigh
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
                           "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "seed", "patch_size",
+                          "tile_shuffle",
                           *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
@@ -165,7 +167,8 @@ class SweepSpec:
         if not temp > 0:
             raise ValueError(f"variant {name!r}: distill_temperature must be positive, got {temp}")
         try:
-            check_patch_size(ov.get("patch_size", self.base.patch_size), self.base_size)
+            patch = check_patch_size(ov.get("patch_size", self.base.patch_size), self.base_size)
+            check_tile_shuffle(ov.get("tile_shuffle", self.base.tile_shuffle), patch or self.base_size)
         except ValueError as e:
             raise ValueError(f"variant {name!r}: {e}") from None
         return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0),
