@@ -75,20 +75,24 @@ def test_resume_continues_from_saved_epoch(synth_data, tmp_path, monkeypatch):
     from bitmind.training.loop import Learner
 
     torch.set_num_threads(1)
-    train(_cfg(synth_data, tmp_path, epochs=1, calibrate=False))
+    opts = dict(calibrate=False, patch_size=32, tile_shuffle=16)
+    train(_cfg(synth_data, tmp_path, epochs=1, **opts))
     saved = torch.load(tmp_path / "t" / "state_last.pt", map_location="cpu", weights_only=True)
     assert saved["optimizer"]["state"], "the optimiser state (Adam moments) is saved"
+    fresh = Learner(torch.nn.Linear(1, 1), TrainConfig(seed=0), None)
+    for k, gen in (("patch_rng", fresh.patch_gen), ("tile_rng", fresh.tile_gen)):  # epoch 0 drew from both
+        assert not torch.equal(saved[k], gen.get_state()), k
     seen = {}
     begin = Learner.begin_epoch
 
     def spy(self, epoch):  # what the resumed run starts its first epoch from
         if not seen:
             seen.update(epoch=epoch, model={k: v.clone() for k, v in self.model.state_dict().items()},
-                        optimizer=copy.deepcopy(self.opt.state_dict()))
+                        optimizer=copy.deepcopy(self.opt.state_dict()), rng=self.rng_state())
         return begin(self, epoch)
 
     monkeypatch.setattr(Learner, "begin_epoch", spy)
-    s = train(_cfg(synth_data, tmp_path, epochs=2, resume=True, calibrate=False))
+    s = train(_cfg(synth_data, tmp_path, epochs=2, resume=True, **opts))
     assert [h["epoch"] for h in s["history"]] == [0, 1]  # epoch 0 restored, only epoch 1 trained
     assert seen["epoch"] == 1
     for k, v in saved["model"].items():  # the weights are the saved ones, not a fresh initialisation
@@ -98,6 +102,8 @@ def test_resume_continues_from_saved_epoch(synth_data, tmp_path, monkeypatch):
     for i in want:  # Adam's step count and moments carried over
         for name, t in want[i].items():
             assert torch.equal(torch.as_tensor(got[i][name]), torch.as_tensor(t)), (i, name)
+    for k in ("patch_rng", "tile_rng"):  # the patch offsets and tile orders go on where they were
+        assert torch.equal(seen["rng"][k], saved[k]), k
 
 
 def test_train_only_sources_never_leak_val_or_test_stems(synth_data, tmp_path):

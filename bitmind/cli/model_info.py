@@ -6,7 +6,7 @@
 For each file: its hash and size; the architecture, its config and parameter count (the
 network is built and the weights loaded strictly, as the miner would); the eval
 transform; the calibration the miner applies (``P(AI) = sigmoid(logit / T + b)``) and the
-rule that placed the boundary; how it was trained (data roots, epochs, patch size, where
+rule that placed the boundary; how it was trained (data roots, epochs, patch size and tile shuffle, where
 it was fine-tuned from) and its validation figures; for an ensemble, its members. Why:
 the miner hot-swaps whatever file lands at its model path, and a checkpoint describes
 itself, so an operator can see what is about to be served, and that it loads, first.
@@ -22,7 +22,7 @@ from pathlib import Path
 from bitmind.checkpoint import CheckpointError, load_model
 
 #: Training options worth a line (the rest are in ``--json``).
-TRAIN_KEYS = ("epochs", "patch_size", "batch_size", "lr", "lr_schedule", "balance", "seed", "init_from")
+TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "batch_size", "lr", "lr_schedule", "balance", "seed", "init_from")
 #: Validation figures worth a line.
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 

@@ -143,6 +143,18 @@ class Learner:
         self.last_loss = loss
         return loss
 
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """Where the patch-offset and tile-order streams are: saved with a resumable state,
+        so a resumed run draws what an uninterrupted one would have."""
+        return {"patch_rng": self.patch_gen.get_state(), "tile_rng": self.tile_gen.get_state()}
+
+    def load_rng_state(self, state: dict) -> None:
+        """Restore ``rng_state`` (a state saved before it existed keeps the seeded streams)."""
+        if "patch_rng" in state:
+            self.patch_gen.set_state(state["patch_rng"])
+        if "tile_rng" in state:
+            self.tile_gen.set_state(state["tile_rng"])
+
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """Patch training: one random ``patch_size`` square per image (the whole image when 0
         or when the images are not larger), its tiles shuffled if ``tile_shuffle``."""

@@ -2,7 +2,7 @@
 
 Writes to ``<checkpoints_dir>/<name>/``:
   ``model_epoch_best.pth`` (best validation accuracy; loadable by the miner as is),
-  ``model_last.pth``, ``state_last.pt`` (resumable: weights, optimiser, scheduler, epoch),
+  ``model_last.pth``, ``state_last.pt`` (resumable: weights, optimiser, scheduler, epoch, patch and tile streams),
   ``opt.json`` (resolved options), ``history.json`` (per-epoch metrics),
   ``curves.png`` and TensorBoard event files (tensorboardX).
 Only rank 0 logs and writes.
@@ -215,6 +215,7 @@ def train(cfg: TrainConfig) -> dict:
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
         learner.opt.load_state_dict(st["optimizer"])
+        learner.load_rng_state(st)
         start_epoch, best.score, best.bad_epochs = st["epoch"] + 1, st["best_acc"], st.get("bad_epochs", 0)
         history = json.loads(st.get("history", "[]"))
         best.record = json.loads(st.get("best", "{}"))
@@ -265,7 +266,7 @@ def train(cfg: TrainConfig) -> dict:
             save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
             state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
                      "epoch": epoch, "best_acc": best.score, "bad_epochs": best.bad_epochs,
-                     "history": json.dumps(history), "best": json.dumps(best.record)}
+                     "history": json.dumps(history), "best": json.dumps(best.record), **learner.rng_state()}
             atomic_write(state_path, lambda tmp: torch.save(state, tmp))
             (run_dir / "history.json").write_text(json.dumps(history, indent=1))
             plot_curves(history, run_dir / "curves.png")
