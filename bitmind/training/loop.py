@@ -145,7 +145,7 @@ class Learner:
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Where the patch-offset and tile-order streams are: saved with a resumable state,
-        so a resumed run draws what an uninterrupted one would have."""
+        so a resumed run goes on with new patches instead of repeating the first epochs' draws."""
         return {"patch_rng": self.patch_gen.get_state(), "tile_rng": self.tile_gen.get_state()}
 
     def load_rng_state(self, state: dict) -> None:
