@@ -3,6 +3,7 @@ training (``--patch_size``) works in a single run as in a sweep."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -41,7 +42,15 @@ def test_checkpoint_options_read_network_and_patch_size(nopool_ckpt, tmp_path):
     assert checkpoint_options(tmp_path / "bare.pth")["arch"] == "npr"
 
 
-def test_command_line_takes_what_it_leaves_out_from_the_checkpoint(nopool_ckpt):
+def usage_error(capsys, argv) -> str:
+    """What ``parse_config`` says when it refuses ``argv``: an argparse usage error (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        parse_config(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_command_line_takes_what_it_leaves_out_from_the_checkpoint(nopool_ckpt, capsys):
     cfg = parse_config(["--init_from", str(nopool_ckpt), "--data", "d"])
     assert (cfg.input, cfg.stem_pool, cfg.layers, cfg.width, cfg.dropout, cfg.patch_size) == \
         ("npr_hp", False, [1, 1], 8, 0.25, 32)
@@ -50,23 +59,50 @@ def test_command_line_takes_what_it_leaves_out_from_the_checkpoint(nopool_ckpt):
     assert cfg.patch_size == 0 and cfg.dropout == 0.0 and cfg.stem_pool is False
     # a structural option that repeats the checkpoint's value is fine; one that contradicts it is not
     assert parse_config(["--init_from", str(nopool_ckpt), "--stem_pool", "false"]).stem_pool is False
-    with pytest.raises(ValueError, match="stem_pool=False.*stem_pool=True"):
-        parse_config(["--init_from", str(nopool_ckpt), "--stem_pool", "true"])
-    with pytest.raises(ValueError, match="input='npr_hp'.*input='npr'"):
-        parse_config(["--init_from", str(nopool_ckpt), "--input", "npr"])
+    assert re.search("stem_pool=False.*stem_pool=True", usage_error(capsys, ["--init_from", str(nopool_ckpt), "--stem_pool", "true"]))
+    assert re.search("input='npr_hp'.*input='npr'", usage_error(capsys, ["--init_from", str(nopool_ckpt), "--input", "npr"]))
     # without --init_from nothing is read
     assert parse_config(["--data", "d"]).stem_pool is True
 
 
-def test_ensembles_and_missing_files_are_refused(tmp_path, checkpoint_factory):
+def test_ensembles_and_missing_files_are_refused(tmp_path, checkpoint_factory, capsys):
     from bitmind.cli.ensemble import build_ensemble_checkpoint
 
     members = [checkpoint_factory(tmp_path / f"m{i}.pth", seed=i) for i in range(2)]
     ens = build_ensemble_checkpoint(members, tmp_path / "ens.pth")
-    with pytest.raises(ValueError, match="ensemble"):
-        parse_config(["--init_from", str(ens)])
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        parse_config(["--init_from", str(tmp_path / "absent.pth")])
+    assert "an ensemble file" in usage_error(capsys, ["--init_from", str(ens)])
+    assert "no such file" in usage_error(capsys, ["--init_from", str(tmp_path / "absent.pth")])
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--balance", "famly"], "--balance 'famly': one of sampler, family, weight, none"),
+    (["--lr_schedule", "linear"], "--lr_schedule"),
+    (["--input", "nrp"], "--input"),
+    (["--pool", "top0"], "unknown pool"),
+    (["--layers", "3"], "--layers"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--aug_jpeg_prob", "1.5"], "--aug_jpeg_prob is a probability"),
+    (["--label_smoothing", "1"], "--label_smoothing must be in [0, 1)"),
+    (["--val_fraction", "0.6", "--test_fraction", "0.5"], "nothing to train on"),
+    (["--aug_jpeg_quality", "90", "60"], "--aug_jpeg_quality takes two values, min max"),
+    (["--aug_jpeg_quality", "0", "60"], "within 1-100"),
+    (["--pair_aligned", "true"], "--pair_aligned needs --balance family"),
+    (["--pair_aligned", "true", "--balance", "family", "--batch_size", "7"], "even --batch_size"),
+    (["--patch_size", "7"], "patch_size must be"),
+    (["--patch_size", "96", "--tile_shuffle", "40"], "tile_shuffle 40 must divide"),
+])
+def test_unusable_options_are_usage_errors_before_any_data_is_read(argv, says, capsys):
+    assert says in usage_error(capsys, ["--data", "/nonexistent", *argv])
+
+
+def test_the_defaults_and_the_shipped_recipe_pass_the_checks():
+    assert parse_config([]) == TrainConfig()
+    assert parse_config(["--balance", "family", "--pair_aligned", "true", "--batch_size", "256", "--patch_size", "96",
+                         "--tile_shuffle", "32", "--lr_schedule", "cosine", "--input", "npr_hp", "--pool", "top5",
+                         "--layers", "3", "4", "2"]).tile_shuffle == 32
+    with pytest.raises(ValueError, match="--balance"):  # configs made in code are checked when they train
+        train(TrainConfig(balance="famly", data=["/nonexistent"]))
 
 
 def test_a_config_made_in_code_cannot_load_weights_into_another_network(nopool_ckpt):

@@ -107,6 +107,55 @@ class TrainConfig:
             noise_prob=self.aug_noise_prob, noise_sigma=tuple(self.aug_noise_sigma),
         )
 
+    def check(self) -> "TrainConfig":
+        """This config if every option value is usable, else a ValueError naming the option.
+        Why: a typo in ``--balance`` or an odd ``--tile_shuffle`` should stop the run before
+        the data is read and the workers start, not minutes later in a worker's traceback.
+        What needs the data or a checkpoint (the roots, ``--init_from``) is checked where it is read."""
+        from bitmind.models import available_models
+        from bitmind.models.npr import INPUT_MODES, top_fraction
+        from bitmind.training.loop import check_patch_size, check_tile_shuffle
+
+        def one_of(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} {getattr(self, name)!r}: one of {', '.join(allowed)}")
+
+        one_of("balance", ("sampler", "family", "weight", "none"))
+        one_of("lr_schedule", ("step", "cosine"))
+        one_of("amp", ("auto", "bf16", "fp16", "none"))
+        one_of("arch", tuple(available_models()))
+        if self.arch == "npr":
+            one_of("input", INPUT_MODES)
+            top_fraction(self.pool)
+            if len(self.layers) not in (2, 3) or min(self.layers) < 1:
+                raise ValueError(f"--layers {self.layers}: 2 or 3 stages of at least one block")
+        for name in ("epochs", "batch_size", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        for name in ("aug_validator_prob", "aug_plain_share", "aug_jpeg_prob", "aug_blur_prob", "aug_color_jitter_prob",
+                     "aug_noise_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("dropout", "label_smoothing", "calibration_real_target", "val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("--val_fraction and --test_fraction leave nothing to train on")
+        for name in ("aug_jpeg_quality", "aug_blur_sigma", "aug_noise_sigma"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1] or lo_hi[0] < 0:
+                raise ValueError(f"--{name} takes two values, min max, got {lo_hi}")
+        if not 1 <= self.aug_jpeg_quality[0] <= self.aug_jpeg_quality[1] <= 100:
+            raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
+        if self.pair_aligned and self.balance != "family":
+            raise ValueError("--pair_aligned needs --balance family")
+        if self.pair_aligned and self.batch_size % 2:
+            raise ValueError("--pair_aligned needs an even --batch_size (a pair must not straddle two batches)")
+        check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.checkpoints_dir) / self.name
@@ -156,10 +205,16 @@ def explicit_options(argv=None) -> set[str]:
 
 def parse_config(argv=None) -> TrainConfig:
     """The options of a command line; with ``--init_from``, the network options and the
-    patch size it leaves out come from that checkpoint (``bitmind.training.init_from``)."""
-    cfg = TrainConfig(**vars(build_parser().parse_args(argv)))
-    if cfg.init_from:
-        from bitmind.training.init_from import adopt_checkpoint_options
+    patch size it leaves out come from that checkpoint (``bitmind.training.init_from``).
+    A value no run can use (``TrainConfig.check``) or a checkpoint that contradicts the
+    options is reported as a usage error, before any data is read."""
+    parser = build_parser()
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    try:
+        if cfg.init_from:
+            from bitmind.training.init_from import adopt_checkpoint_options
 
-        cfg = adopt_checkpoint_options(cfg, explicit_options(argv))
-    return cfg
+            cfg = adopt_checkpoint_options(cfg, explicit_options(argv))
+        return cfg.check()
+    except (ValueError, OSError) as e:  # a bad option or file is a usage error (message, exit 2), not a traceback
+        parser.error(str(e))

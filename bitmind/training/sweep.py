@@ -152,7 +152,10 @@ class SweepSpec:
     def variant_config(self, name: str) -> TrainConfig:
         cfg = dataclasses.replace(self.base, **{k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS})
         cfg.name = f"{self.base.name}/{name}"
-        return cfg
+        try:
+            return cfg.check()
+        except ValueError as e:
+            raise ValueError(f"variant {name!r}: {e}") from None
 
     def variant_extras(self, name: str) -> dict:
         """The sweep-only options of a variant, with their defaults."""

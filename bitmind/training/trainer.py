@@ -171,6 +171,7 @@ def loader_kwargs(cfg: TrainConfig, device: torch.device) -> dict:
 
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns a summary (best checkpoint path, best metrics, history)."""
+    cfg.check()  # a bad option stops here, before the data and the workers
     rank, world, local_rank = _dist_info()
     device = prepare_device(cfg, local_rank)
     if world > 1 and not dist.is_initialized():
