@@ -198,6 +198,14 @@ def test_spec_refuses_shared_options_in_a_variant():
         tiles.variant_extras("bad")
 
 
+def test_a_sweep_with_an_unusable_variant_stops_before_reading_data(tmp_path):
+    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, tmp_path / "no-such-data", "bad", epochs=1),
+                                "variants": {"fine": {}, "typo": {"input": "nrp"}}})
+    with pytest.raises(ValueError, match="variant 'typo': --input 'nrp'"):
+        run_sweep(spec)
+    assert not (tmp_path / "ck" / "bad").exists()  # nothing written either
+
+
 def test_ensemble_report_tries_every_combination_best_first():
     labels = np.array([0, 0, 1, 1])
     # a and b each err on a different image; together they are right everywhere

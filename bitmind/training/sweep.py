@@ -388,7 +388,9 @@ def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: st
 
 
 def run_sweep(spec: SweepSpec) -> dict:
-    base = spec.base
+    base = spec.base.check()
+    for name in spec.variants:  # every variant's options, before the data is read
+        spec.variant_config(name), spec.variant_extras(name)
     device = prepare_device(base)
     seed_everything(base.seed)
     amp_dtype = resolve_amp(base.amp, device)
