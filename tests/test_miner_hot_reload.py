@@ -101,3 +101,28 @@ def test_stem_pool_change_swaps_in_place_and_serves_the_new_config(tmp_path, ima
         assert unpooled != pytest.approx(pooled, abs=1e-6)  # same weights, other network: other answer
     finally:
         predictor.close()
+
+
+def test_centre_crop_change_swaps_in_place(tmp_path, image_factory):
+    """base.pth -> base_crop192.pth in a running miner: the same weights with ``center_crop``
+    in the config are the same structure, so the copy swaps in place and the crop serves."""
+    from bitmind.checkpoint import save_checkpoint
+    from bitmind.models import build_model
+
+    def tiny(**config):
+        torch.manual_seed(0)
+        return build_model("npr", layers=[1, 1], width=8, **config)
+
+    path = tmp_path / "base.pth"
+    save_checkpoint(tiny(), path)
+    image = image_factory(seed=3)
+    predictor = Predictor(str(path), device="cpu", check_interval=0.0)
+    try:
+        whole = predictor.predict_image(image)
+        replace_file(path, lambda p: save_checkpoint(tiny(center_crop=96), p))
+        cropped = predictor.predict_image(image)
+        assert predictor.status()["reloads"] == 1 and load_model(path).meta["config"]["center_crop"] == 96
+        assert cropped == pytest.approx(predict(load_model(path), image), abs=1e-5)
+        assert cropped != pytest.approx(whole, abs=1e-6)  # same weights, less of the picture: another answer
+    finally:
+        predictor.close()
