@@ -165,6 +165,18 @@ def send():
     return query
 
 
+@pytest.fixture
+def usage_error(capsys):
+    """``usage_error(main, argv)``: ``main(argv)`` must refuse ``argv`` as argparse does
+    (exit status 2); returns what it printed to stderr."""
+    def run(main, argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        return capsys.readouterr().err
+    return run
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one intra-op thread; several fight over CI's 2 cores

@@ -62,35 +62,28 @@ def test_round_trip_pads_to_the_factor_and_crops_back():
     assert torch.equal(round_trip(Probe(), x), x)  # pixels line up with their inputs
 
 
-def _cli_error(args, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        aligned_main(args)
-    assert e.value.code == 2
-    return capsys.readouterr().err
-
-
-def test_missing_or_corrupt_decoder_gives_a_clear_error(tmp_path, capsys):
+def test_missing_or_corrupt_decoder_gives_a_clear_error(tmp_path, usage_error):
     pool = make_pool(tmp_path / "pool", pictures=2)
     base = ["--data", str(pool), "--out", str(tmp_path / "out"), "--device", "cpu", "--decoders"]
-    err = _cli_error(base + [f"x={tmp_path / 'nowhere'}"], capsys)
+    err = usage_error(aligned_main, base + [f"x={tmp_path / 'nowhere'}"])
     assert "not found" in err and "nowhere" in err and "Traceback" not in err
     a_file = tmp_path / "weights.safetensors"
     a_file.write_bytes(b"\0" * 16)
-    assert "folder with one" in _cli_error(base + [f"x={a_file}"], capsys)
-    assert "found encoders none" in _cli_error(base + [f"x={tmp_path / 'pool'}"], capsys)
+    assert "folder with one" in usage_error(aligned_main, base + [f"x={a_file}"])
+    assert "found encoders none" in usage_error(aligned_main, base + [f"x={tmp_path / 'pool'}"])
     taef2 = tmp_path / "taef2"
     taef2.mkdir()
     (taef2 / "taef2_encoder.pth").write_bytes(b"not a torch file")
     (taef2 / "taef2_decoder.pth").write_bytes(b"not a torch file")
-    err = _cli_error(base + [f"taef2={taef2}"], capsys)
+    err = usage_error(aligned_main, base + [f"taef2={taef2}"])
     assert "taef2_encoder.pth" in err
     good = tiny_taesd_weights(tmp_path / "good")
     (taef2 / "taef2_decoder.pth").unlink()
     (taef2 / "taef2_encoder.pth").write_bytes((good / "taef2_encoder.pth").read_bytes())
-    assert "taef2_decoder.pth" in _cli_error(base + [f"taef2={taef2}"], capsys)  # missing half
-    assert "NAME=PATH" in _cli_error(base + [str(taef2)], capsys)
+    assert "taef2_decoder.pth" in usage_error(aligned_main, base + [f"taef2={taef2}"])  # missing half
+    assert "NAME=PATH" in usage_error(aligned_main, base + [str(taef2)])
     # the older --real/--weights form reports missing weights the same way
-    err = _cli_error(["--real", str(pool), "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "o")], capsys)
+    err = usage_error(aligned_main, ["--real", str(pool), "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     assert "not found" in err
 
 
@@ -172,7 +165,7 @@ def test_synthetic_fakes_from_the_command_line(tmp_path):
         assert Image.open(made.path(i)).size == (40, 40)  # padded to the factor and cropped back
 
 
-def test_synthetic_trace_strength_is_an_option(tmp_path, capsys):
+def test_synthetic_trace_strength_is_an_option(tmp_path, usage_error):
     pool = make_pool(tmp_path / "pool", pictures=4, size=40)
     psnr = {}
     for lo, hi in ((2.0, 2.0), (16.0, 16.0)):
@@ -181,6 +174,5 @@ def test_synthetic_trace_strength_is_an_option(tmp_path, capsys):
                               "--out", str(out), "--device", "cpu", "--workers", "2"])
         psnr[lo] = stats["decoders"]["aligned-synth-upsampling"]["psnr_mean"]
     assert psnr[2.0] > psnr[16.0] + 12  # 8x the RMS is 18 dB less PSNR (less the JPEG and clipping it shares)
-    with pytest.raises(SystemExit):
-        aligned_main(["--data", str(pool), "--synthetic", "--synthetic_rms", "6", "2", "--out", str(tmp_path / "bad")])
-    assert "0 < LO <= HI" in capsys.readouterr().err
+    assert "0 < LO <= HI" in usage_error(aligned_main, ["--data", str(pool), "--synthetic", "--synthetic_rms", "6", "2",
+                                                       "--out", str(tmp_path / "bad")])

@@ -42,15 +42,7 @@ def test_checkpoint_options_read_network_and_patch_size(nopool_ckpt, tmp_path):
     assert checkpoint_options(tmp_path / "bare.pth")["arch"] == "npr"
 
 
-def usage_error(capsys, argv) -> str:
-    """What ``parse_config`` says when it refuses ``argv``: an argparse usage error (exit 2)."""
-    with pytest.raises(SystemExit) as e:
-        parse_config(argv)
-    assert e.value.code == 2
-    return capsys.readouterr().err
-
-
-def test_command_line_takes_what_it_leaves_out_from_the_checkpoint(nopool_ckpt, capsys):
+def test_command_line_takes_what_it_leaves_out_from_the_checkpoint(nopool_ckpt, usage_error):
     cfg = parse_config(["--init_from", str(nopool_ckpt), "--data", "d"])
     assert (cfg.input, cfg.stem_pool, cfg.layers, cfg.width, cfg.dropout, cfg.patch_size) == \
         ("npr_hp", False, [1, 1], 8, 0.25, 32)
@@ -59,19 +51,19 @@ def test_command_line_takes_what_it_leaves_out_from_the_checkpoint(nopool_ckpt, 
     assert cfg.patch_size == 0 and cfg.dropout == 0.0 and cfg.stem_pool is False
     # a structural option that repeats the checkpoint's value is fine; one that contradicts it is not
     assert parse_config(["--init_from", str(nopool_ckpt), "--stem_pool", "false"]).stem_pool is False
-    assert re.search("stem_pool=False.*stem_pool=True", usage_error(capsys, ["--init_from", str(nopool_ckpt), "--stem_pool", "true"]))
-    assert re.search("input='npr_hp'.*input='npr'", usage_error(capsys, ["--init_from", str(nopool_ckpt), "--input", "npr"]))
+    assert re.search("stem_pool=False.*stem_pool=True", usage_error(parse_config, ["--init_from", str(nopool_ckpt), "--stem_pool", "true"]))
+    assert re.search("input='npr_hp'.*input='npr'", usage_error(parse_config, ["--init_from", str(nopool_ckpt), "--input", "npr"]))
     # without --init_from nothing is read
     assert parse_config(["--data", "d"]).stem_pool is True
 
 
-def test_ensembles_and_missing_files_are_refused(tmp_path, checkpoint_factory, capsys):
+def test_ensembles_and_missing_files_are_refused(tmp_path, checkpoint_factory, usage_error):
     from bitmind.cli.ensemble import build_ensemble_checkpoint
 
     members = [checkpoint_factory(tmp_path / f"m{i}.pth", seed=i) for i in range(2)]
     ens = build_ensemble_checkpoint(members, tmp_path / "ens.pth")
-    assert "an ensemble file" in usage_error(capsys, ["--init_from", str(ens)])
-    assert "no such file" in usage_error(capsys, ["--init_from", str(tmp_path / "absent.pth")])
+    assert "an ensemble file" in usage_error(parse_config, ["--init_from", str(ens)])
+    assert "no such file" in usage_error(parse_config, ["--init_from", str(tmp_path / "absent.pth")])
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -92,8 +84,8 @@ def test_ensembles_and_missing_files_are_refused(tmp_path, checkpoint_factory, c
     (["--patch_size", "7"], "patch_size must be"),
     (["--patch_size", "96", "--tile_shuffle", "40"], "tile_shuffle 40 must divide"),
 ])
-def test_unusable_options_are_usage_errors_before_any_data_is_read(argv, says, capsys):
-    assert says in usage_error(capsys, ["--data", "/nonexistent", *argv])
+def test_unusable_options_are_usage_errors_before_any_data_is_read(argv, says, usage_error):
+    assert says in usage_error(parse_config, ["--data", "/nonexistent", *argv])
 
 
 def test_the_defaults_and_the_shipped_recipe_pass_the_checks():
