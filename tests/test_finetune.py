@@ -81,6 +81,7 @@ def test_ensembles_and_missing_files_are_refused(tmp_path, checkpoint_factory, u
     (["--aug_jpeg_quality", "0", "60"], "within 1-100"),
     (["--pair_aligned", "true"], "--pair_aligned needs --balance family"),
     (["--pair_aligned", "true", "--balance", "family", "--batch_size", "7"], "even --batch_size"),
+    (["--pair_patches", "true"], "--pair_patches needs --pair_aligned"),
     (["--patch_size", "7"], "patch_size must be"),
     (["--patch_size", "96", "--tile_shuffle", "40"], "tile_shuffle 40 must divide"),
 ])

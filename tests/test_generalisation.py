@@ -2,6 +2,7 @@
 source, patch training, and the leave-one-family-out benchmark end to end (tiny, CPU)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -112,6 +113,16 @@ def test_aligned_pairs_share_a_batch_and_their_augmentation(tmp_path):
     assert np.array_equal(np.asarray(val.transform(src.load(i), chal_v)), np.asarray(src.load(i)))
     with pytest.raises(ValueError, match="even batch_size"):
         train_sampler(TrainConfig(balance="family", pair_aligned=True, batch_size=7), train)
+    # pair_patches: in a batch as the sampler orders it, exactly the photos right after their round trip follow it
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    learner = Learner(model, dataclasses.replace(cfg, pair_patches=True, patch_size=32), None)
+    learner.align_pairs(train.partner)
+    batch = torch.tensor(order[:64])
+    follow = learner.follows_partner(batch)
+    assert follow is not None and follow.tolist() == [pos > 0 and partners[order[pos - 1]] == order[pos] for pos in range(64)]
+    plain = Learner(model, dataclasses.replace(cfg, patch_size=32), None)
+    plain.align_pairs(train.partner)
+    assert plain.follows_partner(batch) is None  # off unless asked: base.pth was trained with a patch of its own per image
 
 
 def test_random_patches_crop_each_image_at_its_own_offset():
@@ -137,6 +148,24 @@ def test_shuffle_tiles_moves_whole_tiles_within_each_image():
         assert all(any(torch.equal(a, t) for t in before) for a in after)
     again = shuffle_tiles(x, 4, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)  # the order comes from the generator only
+
+
+def test_paired_rows_get_the_patch_and_tile_order_of_the_row_before():
+    x = torch.arange(4 * 1 * 16 * 16, dtype=torch.float32).reshape(4, 1, 16, 16) % 256
+    x[1] = x[0]  # a round trip and its photo, as far as where they are cropped is concerned
+    follow = torch.tensor([False, True, False, False])
+    same = random_patches(x, 8, torch.Generator().manual_seed(1), follow)
+    apart = random_patches(x, 8, torch.Generator().manual_seed(1))
+    assert torch.equal(same[1], same[0]) and torch.equal(same[0], apart[0]) and torch.equal(same[2:], apart[2:])
+    tiles = shuffle_tiles(x, 4, torch.Generator().manual_seed(2), follow)
+    assert torch.equal(tiles[1], tiles[0]) and torch.equal(tiles[2:], shuffle_tiles(x, 4, torch.Generator().manual_seed(2))[2:])
+    lr = Learner(torch.nn.Linear(1, 1), TrainConfig(balance="family", pair_aligned=True, pair_patches=True, patch_size=16,
+                                                   tile_shuffle=8), None)
+    lr.align_pairs({11: 12})  # item 11 is a round trip of item 12
+    x = torch.rand(4, 3, 32, 32)
+    x[1] = x[0]
+    out = lr.crop(x, torch.tensor([11, 12, 12, 11]))  # rows 0-1 a pair; row 3 is a round trip after its photo: not
+    assert torch.equal(out[1], out[0]) and lr.follows_partner(torch.tensor([11, 12, 12, 11])).tolist() == [False, True, False, False]
 
 
 def test_tile_shuffle_options_are_checked_and_used_by_the_learner():

@@ -182,7 +182,8 @@ class FamilySampler(Sampler):
     With ``partners`` (see ``aligned_partners``), every drawn aligned round trip is
     followed by its real photo, and other draws come in twos: every pair sits at an even
     position, so with an even batch size a real photo and its round trip always share a
-    batch and the only difference inside the pair is the decoder."""
+    batch and the only difference inside the pair is the decoder (up to the training patch:
+    ``pair_patches`` crops them alike, ``bitmind.training.loop.Learner.crop``)."""
 
     def __init__(self, labels: Sequence[int], sources: Sequence[str], seed: int = 0, num_samples: int | None = None,
                  partners: Sequence[int] | None = None):

@@ -39,6 +39,9 @@ class TrainConfig:
     balance: str = opt("sampler", "sampler (classes) | family (classes, then source families) | weight (loss) | none")
     samples_per_epoch: int = opt(0, "draws per epoch with balance=family (0 = the training set's size)")
     pair_aligned: bool = opt(False, "balance=family: put each aligned round trip and its real photo in one batch")
+    pair_patches: bool = opt(False, "pair_aligned: crop a round trip and its real photo at the same place (--patch_size) "
+                                    "and shuffle their tiles alike (--tile_shuffle), so the decoder stays their only "
+                                    "difference (off: each its own patch, as base.pth was trained)")
     # model
     arch: str = opt("npr", "architecture (bitmind.models registry)")
     layers: list[int] = opt([3, 4], "residual blocks per stage: 2 entries, or 3 to add layer3")
@@ -151,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         if self.pair_aligned and self.balance != "family":
             raise ValueError("--pair_aligned needs --balance family")
+        if self.pair_patches and not self.pair_aligned:
+            raise ValueError("--pair_patches needs --pair_aligned")
         if self.pair_aligned and self.batch_size % 2:
             raise ValueError("--pair_aligned needs an even --batch_size (a pair must not straddle two batches)")
         check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)

@@ -112,6 +112,7 @@ class Learner:
         self.tile = check_tile_shuffle(cfg.tile_shuffle, self.patch_size or None)
         self.patch_gen = torch.Generator().manual_seed(cfg.seed)  # patch offsets: their own stream
         self.tile_gen = torch.Generator().manual_seed(cfg.seed + 1)  # tile orders: another (patches stay as without)
+        self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
 
     @property
     def mean_loss(self) -> float:
@@ -155,18 +156,35 @@ class Learner:
         if "tile_rng" in state:
             self.tile_gen.set_state(state["tile_rng"])
 
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
+    def align_pairs(self, partner: dict[int, int]) -> None:
+        """``pair_patches``: crop an aligned round trip and its real photo (``partner``: the
+        dataset's item -> partner map, ``DetectionDataset.pair_with``) at the same place."""
+        self.partner = dict(partner) if self.cfg.pair_patches else None
+
+    def follows_partner(self, k: torch.Tensor | None) -> torch.Tensor | None:
+        """Which rows of a batch with item keys ``k`` are the real partner of the row before
+        them (the sampler puts a round trip's photo right after it); None if none is."""
+        if not self.partner or k is None or len(k) < 2:
+            return None
+        ks = k.tolist()
+        follow = [False] + [self.partner.get(a) == b for a, b in zip(ks, ks[1:])]
+        return torch.tensor(follow) if any(follow) else None
+
+    def crop(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         """Patch training: one random ``patch_size`` square per image (the whole image when 0
-        or when the images are not larger), its tiles shuffled if ``tile_shuffle``."""
+        or when the images are not larger), its tiles shuffled if ``tile_shuffle``; with
+        ``pair_patches`` and the batch's keys ``k``, a real photo right after its round trip
+        gets the round trip's square and tile order."""
+        follow = self.follows_partner(k)
         if self.patch_size and self.patch_size < min(x.shape[-2:]):
-            x = random_patches(x, self.patch_size, self.patch_gen)
+            x = random_patches(x, self.patch_size, self.patch_gen, follow)
         if self.tile:
-            x = shuffle_tiles(x, check_tile_shuffle(self.tile, *x.shape[-2:]), self.tile_gen)
+            x = shuffle_tiles(x, check_tile_shuffle(self.tile, *x.shape[-2:]), self.tile_gen, follow)
         return x
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
         """Train on one shared batch (sweep variants override this to take their part of it)."""
-        self.step(self.crop(x), y)
+        self.step(self.crop(x, k), y)
 
 
 #: The smallest training patch: with the stem pool, 16 px reach the last layer as a 2x2 map.
@@ -182,14 +200,25 @@ def check_patch_size(size: int, image_size: int | None = None) -> int:
     return size
 
 
-def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def _from_previous(follow: torch.Tensor | None, b: int) -> torch.Tensor | None:
+    """Row indices where each row marked in ``follow`` takes the row before it (None: none)."""
+    return None if follow is None else torch.arange(b) - follow.long()
+
+
+def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None = None,
+                   follow: torch.Tensor | None = None) -> torch.Tensor:
     """One random ``size`` x ``size`` crop of each image of a (B, C, H, W) batch, at its own
-    offset. Why: a network trained on small patches sees too little of a picture to tell
-    what it shows (a face, a painting), so it has to use how the pixels were made; served
-    on the whole image, its global average pool averages the patch evidence."""
+    offset (rows marked in ``follow``: at the offset of the row before them). Why: a network
+    trained on small patches sees too little of a picture to tell what it shows (a face, a
+    painting), so it has to use how the pixels were made; served on the whole image, its
+    global average pool averages the patch evidence."""
     b, c, h, w = x.shape
-    oy = torch.randint(0, h - size + 1, (b,), generator=generator).to(x.device)
-    ox = torch.randint(0, w - size + 1, (b,), generator=generator).to(x.device)
+    oy = torch.randint(0, h - size + 1, (b,), generator=generator)
+    ox = torch.randint(0, w - size + 1, (b,), generator=generator)
+    idx = _from_previous(follow, b)
+    if idx is not None:
+        oy, ox = oy[idx], ox[idx]
+    oy, ox = oy.to(x.device), ox.to(x.device)
     ar = torch.arange(size, device=x.device)
     rows = (oy[:, None] + ar)[:, None, :, None].expand(b, c, size, w)
     out = torch.gather(x, 2, rows)
@@ -217,16 +246,19 @@ def check_tile_shuffle(tile: int, *sides: int | None) -> int:
     return tile
 
 
-def shuffle_tiles(x: torch.Tensor, tile: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def shuffle_tiles(x: torch.Tensor, tile: int, generator: torch.Generator | None = None,
+                  follow: torch.Tensor | None = None) -> torch.Tensor:
     """Each image of a (B, C, H, W) batch cut into ``tile`` x ``tile`` squares put back in
-    its own random order. Why: what a picture shows lives in how its parts are laid out (a
+    its own random order (rows marked in ``follow``: in the order of the row before them). Why: what a picture shows lives in how its parts are laid out (a
     face, a street, a composition), how it was made lives in every small part (up-sampling,
     decoder and sensor traces); shuffled, only the second still tells the classes apart.
     ``tile`` must divide H and W (``check_tile_shuffle``)."""
     b, c, h, w = x.shape
     nh, nw = h // tile, w // tile
     tiles = x.reshape(b, c, nh, tile, nw, tile).permute(0, 2, 4, 1, 3, 5).reshape(b, nh * nw, c, tile, tile)
-    order = torch.argsort(torch.rand(b, nh * nw, generator=generator), dim=1).to(x.device)
+    order = torch.argsort(torch.rand(b, nh * nw, generator=generator), dim=1)
+    idx = _from_previous(follow, b)
+    order = (order if idx is None else order[idx]).to(x.device)
     tiles = torch.gather(tiles, 1, order[:, :, None, None, None].expand_as(tiles))
     out = tiles.reshape(b, nh, nw, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out.contiguous()

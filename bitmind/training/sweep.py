@@ -112,7 +112,7 @@ SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weigh
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
                           "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "seed", "patch_size",
-                          "tile_shuffle",
+                          "tile_shuffle", "pair_patches",
                           *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
@@ -207,15 +207,17 @@ class _Variant(Learner):
         self.writer = make_writer(self.run_dir)
 
     def select(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
-               teacher_logit: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-        """The part of a shared batch in this variant's subset (None if under 2 images)."""
+               teacher_logit: torch.Tensor | None = None) -> tuple[torch.Tensor, ...] | None:
+        """The part of a shared batch in this variant's subset: images, labels, teacher logits
+        (or None) and item keys (None if under 2 images)."""
         if self.mask is None:
-            return x, y, teacher_logit
+            return x, y, teacher_logit, k
         keep = self.mask[k]
         if int(keep.sum()) < 2:
             return None
+        k = k[keep]
         keep = keep.to(x.device)
-        return x[keep], y[keep], (teacher_logit[keep] if teacher_logit is not None else None)
+        return x[keep], y[keep], (teacher_logit[keep] if teacher_logit is not None else None), k
 
     def remember(self, x: torch.Tensor) -> None:
         """Keep the latest training batches (of this variant's subset) for batch-norm re-estimation."""
@@ -250,7 +252,7 @@ class _Variant(Learner):
         part = self.select(x, y, k, context.get(self.teacher))
         if part is None:
             return
-        xv = self.crop(part[0])
+        xv = self.crop(part[0], part[3])
         self.step(xv, part[1], target=self.target(part[1], part[2]))
         self.remember(xv)
 
@@ -430,6 +432,8 @@ def run_sweep(spec: SweepSpec) -> dict:
         n_params = sum(p.numel() for p in v.model.parameters())
         print(f"variant {v.name}: {n_params:,} parameters, {v.training_images} training images, options {spec.variants[v.name]}", flush=True)
     sampler = train_sampler(base, train_ds)
+    for v in variants:  # pair_patches variants crop each round trip and its photo alike
+        v.align_pairs(train_ds.partner)
     loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
                         drop_last=len(sampler if sampler is not None else train_ds) >= base.batch_size, **loader_kwargs(base, device))
     t_start, images_seen = time.time(), 0

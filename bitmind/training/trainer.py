@@ -209,6 +209,7 @@ def train(cfg: TrainConfig) -> dict:
     weight_loss = cfg.balance == "weight" or (cfg.balance in ("sampler", "family") and world > 1)
     pos_weight = torch.tensor(class_pos_weight(labels), device=device) if weight_loss else None
     learner = Learner(model, cfg, amp_dtype, criterion=nn.BCEWithLogitsLoss(pos_weight=pos_weight), net=net)
+    learner.align_pairs(train_ds.partner)  # pair_patches: a round trip and its photo cropped alike
 
     start_epoch, best, history = 0, Best(), []
     state_path = run_dir / "state_last.pt"
