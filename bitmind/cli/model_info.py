@@ -22,7 +22,7 @@ from pathlib import Path
 from bitmind.checkpoint import CheckpointError, load_model
 
 #: Training options worth a line (the rest are in ``--json``).
-TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "batch_size", "lr", "lr_schedule", "balance", "seed", "init_from")
+TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patches", "batch_size", "lr", "lr_schedule", "balance", "seed", "init_from")
 #: Validation figures worth a line.
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 
