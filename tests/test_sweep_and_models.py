@@ -198,6 +198,26 @@ def test_spec_refuses_shared_options_in_a_variant():
         tiles.variant_extras("bad")
 
 
+def test_a_sweep_variant_crops_its_pairs_alike_in_its_part_of_the_batch(tmp_path):
+    from bitmind.training.sweep import _Variant
+
+    spec = SweepSpec.from_dict({"base": {"checkpoints_dir": str(tmp_path), "name": "s", "balance": "family", "pair_aligned": True,
+                                         "batch_size": 8, "patch_size": 32, "device": "cpu", **TINY},
+                                "variants": {"paired": {"pair_patches": True}, "plain": {}}})
+    seen = {}
+    for name in ("paired", "plain"):
+        mask = torch.tensor([k != 3 for k in range(20)])  # the variant's subset drops item 3
+        v = _Variant(name, spec.variant_config(name), spec.variant_extras(name), torch.device("cpu"), mask=mask)
+        v.align_pairs({11: 12, 5: 6})  # round trip -> its real photo
+        v.step = lambda x, y, target=None, name=name: seen.setdefault(name, x)
+        x = torch.rand(6, 3, 64, 64)
+        x[3] = x[1]  # round trip 11 and its photo 12; with item 3 dropped they are rows 1-2 of the part
+        v.train_batch(x, torch.zeros(6), torch.tensor([0, 11, 3, 12, 5, 7]), {})
+    part = seen["paired"]
+    assert part.shape == (5, 3, 32, 32) and torch.equal(part[1], part[2])  # same place in the same picture
+    assert not torch.equal(seen["plain"][1], seen["plain"][2])  # each its own patch, as base.pth was trained
+
+
 def test_a_sweep_with_an_unusable_variant_stops_before_reading_data(tmp_path):
     spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, tmp_path / "no-such-data", "bad", epochs=1),
                                 "variants": {"fine": {}, "typo": {"input": "nrp"}}})
