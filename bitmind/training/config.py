@@ -152,14 +152,20 @@ class TrainConfig:
                 raise ValueError(f"--{name} takes two values, min max, got {lo_hi}")
         if not 1 <= self.aug_jpeg_quality[0] <= self.aug_jpeg_quality[1] <= 100:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
+        self.check_pairing()
+        check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
+        return self
+
+    def check_pairing(self) -> None:
+        """A ValueError unless the aligned-pair options fit together (``check`` and the
+        training sampler, which pairs the round trips, both ask)."""
         if self.pair_aligned and self.balance != "family":
             raise ValueError("--pair_aligned needs --balance family")
         if self.pair_patches and not self.pair_aligned:
             raise ValueError("--pair_patches needs --pair_aligned")
         if self.pair_aligned and self.batch_size % 2:
-            raise ValueError("--pair_aligned needs an even --batch_size (a pair must not straddle two batches)")
-        check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
-        return self
+            raise ValueError(f"--pair_aligned needs an even --batch_size, got {self.batch_size} "
+                             "(with an even batch_size no pair straddles two batches)")
 
     @property
     def run_dir(self) -> Path:

@@ -391,8 +391,8 @@ def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: st
 
 def run_sweep(spec: SweepSpec) -> dict:
     base = spec.base.check()
-    for name in spec.variants:  # every variant's options, before the data is read
-        spec.variant_config(name), spec.variant_extras(name)
+    # every variant's options, checked before the data is read
+    options = {name: (spec.variant_config(name), spec.variant_extras(name)) for name in spec.variants}
     device = prepare_device(base)
     seed_everything(base.seed)
     amp_dtype = resolve_amp(base.amp, device)
@@ -412,8 +412,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     sources = [src.source_name(i) for src, i in train_ds.items]
     roots = [getattr(src, "name", "") for src, _ in train_ds.items]
     variants = []
-    for name in spec.variants:
-        extras = spec.variant_extras(name)
+    for name, (cfg, extras) in options.items():
         mask, val_mask = None, None
         if extras["exclude_sources"]:  # held-out sources never decide this variant's epoch or calibration
             val_mask = ~np.isin(val_sources, extras["exclude_sources"])
@@ -424,7 +423,7 @@ def run_sweep(spec: SweepSpec) -> dict:
                     logger.warning("variant %s excludes %s, which the training data does not have as %s", name, sorted(unknown), kind)
             mask = torch.tensor([in_subset(st, extras["train_fraction"], base.split_seed) and so not in excluded and r not in excluded_roots
                                  for st, so, r in zip(stems, sources, roots)], dtype=torch.bool)
-        variants.append(_Variant(name, spec.variant_config(name), extras, device, amp_dtype, mask=mask,
+        variants.append(_Variant(name, cfg, extras, device, amp_dtype, mask=mask,
                                  training_images=len(stems), val_mask=val_mask))
     teacher_paths = [v.teacher for v in variants if v.teacher]
     teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
@@ -476,7 +475,7 @@ def run_sweep(spec: SweepSpec) -> dict:
             v.history.append(rec)
             log_epoch(v.writer, rec)
             meta_extra = {"metrics": {"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
-                          "train_options": {**v.cfg.to_dict(), **spec.variant_extras(v.name), "sweep": str(out_dir)}}
+                          "train_options": {**v.cfg.to_dict(), **options[v.name][1], "sweep": str(out_dir)}}
             save_if_best(v.best, selection_score(m), epoch, m, v.eval_model, v.cfg.arch, v.run_dir, meta_extra, logits, val_y,
                          val_mask=v.val_mask)
             line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")

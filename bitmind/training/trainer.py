@@ -107,19 +107,16 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
 def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
     """The training sampler ``cfg.balance`` asks for (single process): class-balanced,
     family-balanced (optionally with aligned pairs), or None (shuffle)."""
+    cfg.check_pairing()
     if cfg.balance == "sampler":
         return balanced_sampler(train_ds.labels(), seed=cfg.seed)
     if cfg.balance == "family":
-        if cfg.pair_aligned and cfg.batch_size % 2:
-            raise ValueError("pair_aligned needs an even batch_size (a pair must not straddle two batches)")
         partners = aligned_partners(train_ds) if cfg.pair_aligned else None
         if partners is not None:
             train_ds.pair_with(partners)
             logger.info("aligned pairs: %d round trips paired with their real photo", sum(p >= 0 for p in partners))
         return FamilySampler(train_ds.labels(), train_ds.source_names(), seed=cfg.seed,
                              num_samples=cfg.samples_per_epoch or len(train_ds), partners=partners)
-    if cfg.pair_aligned:
-        raise ValueError("pair_aligned needs balance=family")
     return None
 
 
