@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Does training longer help unseen generators? One recipe's LOGO runs side by side, by length.
 
-Every LOGO run so far trained its folds 10-15 epochs (one session's device time holds many
-folds only if each is short); the shipped model trains 48. This table puts the runs of one
-recipe next to each other with the number of epochs each actually ran, so the seed-to-seed
-spread of the short runs is visible beside the long one. Each arm is ``LABEL=JSON:ARM``, a
+Most LOGO runs trained their folds 10-15 epochs (one session's device time holds many
+folds only if each is short); the shipped model trains far longer. This table puts the runs
+of one recipe next to each other with the number of epochs each actually ran, so the
+seed-to-seed spread of the short runs is visible beside the long ones (``--long_from``,
+and ``--longer_from`` for a third group). Each arm is ``LABEL=JSON:ARM``, a
 ``generalisation*.json`` (``benchmarks/generalisation.py analyse``) and an arm with
 generator folds in it. The epochs come from the run's spec beside the JSON
 (``<stem>_spec.json``): the epochs a merged arm or a budgeted run recorded as run, else the
@@ -59,12 +60,21 @@ def row(label: str, path: str, arm: str, ran: dict[str, int]) -> dict:
     return out
 
 
-def groups(rows: list[dict], long_from: int) -> list[dict]:
-    """Per label: the short runs (fewer than ``long_from`` epochs) and the long ones, mean and range."""
+def length_name(epochs: int | None, long_from: int, longer_from: int | None) -> str | None:
+    """'short' below ``long_from`` epochs, 'long' from there, 'longer' from ``longer_from`` (if set)."""
+    if epochs is None:
+        return None
+    if epochs < long_from:
+        return "short"
+    return "longer" if longer_from is not None and epochs >= longer_from else "long"
+
+
+def groups(rows: list[dict], long_from: int, longer_from: int | None = None) -> list[dict]:
+    """Per label and length (``length_name``): the runs, their mean and range."""
     out = []
     for label in dict.fromkeys(r["label"] for r in rows):
-        for name, keep in (("short", lambda e: e is not None and e < long_from), ("long", lambda e: e is not None and e >= long_from)):
-            sel = [r for r in rows if r["label"] == label and keep(r["epochs"])]
+        for name in ("short", "long", "longer"):
+            sel = [r for r in rows if r["label"] == label and length_name(r["epochs"], long_from, longer_from) == name]
             if not sel:
                 continue
             g = {"label": label, "length": name, "runs": len(sel), "epochs": sorted({r["epochs"] for r in sel})}
@@ -104,8 +114,12 @@ def main(argv=None) -> dict:
     p.add_argument("--ran", nargs="*", default=[], metavar="STEM=N",
                    help="epochs an older budgeted run trained, where its spec does not say (e.g. generalisation_capacity=10)")
     p.add_argument("--long_from", type=int, default=30, help="runs of at least this many epochs are 'long'")
+    p.add_argument("--longer_from", type=int, default=None,
+                   help="runs of at least this many epochs are 'longer' (default: no third group)")
     p.add_argument("--out", default="", help="JSON of the rows and groups; the markdown goes beside it (.md)")
     a = p.parse_args(argv)
+    if a.longer_from is not None and a.longer_from <= a.long_from:
+        p.error(f"--longer_from ({a.longer_from}) must be above --long_from ({a.long_from})")
     ran = {}
     for item in a.ran:
         stem, _, n = item.partition("=")
@@ -119,10 +133,10 @@ def main(argv=None) -> dict:
         if not (label and path and arm):
             p.error(f"expected LABEL=JSON:ARM, got {item!r}")
         rows.append(row(label, path, arm, ran))
-    grouped = groups(rows, a.long_from)
+    grouped = groups(rows, a.long_from, a.longer_from)
     md = markdown(rows, grouped)
     print(md)
-    result = {"rows": rows, "groups": grouped, "long_from": a.long_from}
+    result = {"rows": rows, "groups": grouped, "long_from": a.long_from, "longer_from": a.longer_from}
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2))
         Path(a.out).with_suffix(".md").write_text(md)
