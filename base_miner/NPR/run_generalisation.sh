@@ -12,8 +12,15 @@
 # The shipped mining_models/base.pth: its recipe (patch96nopool) was chosen by
 #   LOGO_SPEC=base_miner/NPR/sweeps/logo_compare.json WORKERS=14 \
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
-# and trained longer with base_miner/NPR/sweeps/ship_long.json (docs/Model.md, "Recipe"; the same recipe at a
-# fixed length, calibrated and scored, is one command: base_miner/NPR/train_base_model.sh).
+# and its length (78 epochs) by logo_longer.json, whose model trained on everything is the shipped file:
+#   LOGO_SPEC=base_miner/NPR/sweeps/logo_longer.json POOLS=crop192 WORKERS=14 SHIP_VARIANT=patch96nopool \
+#     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
+# (docs/Model.md, "Recipe"; the same recipe at a fixed length, calibrated and scored, is one command:
+# base_miner/NPR/train_base_model.sh).
+# TRAIN_SEED: the training seed of every model (default: the spec's; a second seed of the same run).
+# EPOCHS, DEVICE: override the spec's epochs and device (tiny runs, tests).
+# SHIP_VARIANT: also write WORK_DIR/base.pth from that variant (the one trained on everything),
+# calibrated with the shipped rule (boundary at 0.85 of validation real photos).
 # WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25 crop192": also score every
 # NPR with those top-k pools and centre crops, as arms <recipe>_topNN / <recipe>_cropNNN (no training;
 # bitmind.models.npr; crop192 is how mining_models/base_crop192.pth serves).
@@ -59,10 +66,11 @@ ALIGNED=()
 echo "== 2. leave-one-family-out sweep and scores ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweeps/logo.json}" \
   --data "${CROPS[@]}" "${ALIGNED[@]}" --challenge_data "${CHALLENGES[@]}" \
-  --checkpoints_dir "$WORK/checkpoints" --name logo
+  --checkpoints_dir "$WORK/checkpoints" --name logo \
+  ${TRAIN_SEED:+--train_seed "$TRAIN_SEED"} ${EPOCHS:+--epochs "$EPOCHS"} ${DEVICE:+--device "$DEVICE"}
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/logo" \
   --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x ${WORKERS:+--workers $WORKERS} \
-  ${POOLS:+--pools $POOLS}
+  ${POOLS:+--pools $POOLS} ${DEVICE:+--device "$DEVICE"}
 
 echo "== 3. analysis ($(date +%T))"
 $PY benchmarks/generalisation.py analyse --sweep "$WORK/checkpoints/logo" \

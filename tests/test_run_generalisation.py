@@ -1,0 +1,48 @@
+"""base_miner/NPR/run_generalisation.sh: the LOGO run as one command (round trips, sweep,
+scores, analysis and, with SHIP_VARIANT, the calibrated everything model). The shipped
+base.pth came out of this path (logo_longer.json), so it must run end to end: tiny pools,
+a tiny network and a tiny random decoder in the TAEF2 layout, on the CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bitmind.checkpoint import load_model
+from test_generalisation import TINY
+from test_train_base_model import _pools
+from validator_synth import tiny_taesd_weights
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "base_miner" / "NPR" / "run_generalisation.sh"
+
+
+def test_script_runs_logo_with_a_seed_and_ships_the_everything_model(tmp_path):
+    data = _pools(tmp_path)
+    models = tmp_path / "models"
+    tiny_taesd_weights(models / "taef2")
+    spec = {"base": {"batch_size": 8, "workers": 0, "progress": False, "val_fraction": 0.25, "test_fraction": 0.25,
+                     "balance": "family", "pair_aligned": True, "samples_per_epoch": 32, "aug_validator_prob": 0.0,
+                     "aug_jpeg_prob": 0.0, "lr": 1e-3, "epochs": 5},
+            "val_seeds": [0], "folds": ["sdxl", "midjourney"], "controls": {}, "ensemble_members": 0,
+            "recipes": {"tiny": {**TINY, "input": "npr_hp", "stem_pool": False, "patch_size": 32}}}
+    (tmp_path / "logo.json").write_text(json.dumps(spec))
+    work = tmp_path / "work"
+    env = {**os.environ, "LOGO_SPEC": str(tmp_path / "logo.json"), "TRAIN_SEED": "7", "EPOCHS": "1", "DEVICE": "cpu",
+           "WORKERS": "0", "POOLS": "crop32", "SHIP_VARIANT": "tiny", "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(work)], capture_output=True, text=True,
+                         timeout=900, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run = work / "checkpoints" / "logo"
+    logo_spec = json.loads((run / "logo_spec.json").read_text())
+    assert logo_spec["base"]["seed"] == 7 and logo_spec["ran"]["epochs"] == 1  # TRAIN_SEED, EPOCHS
+    assert set(logo_spec["variants"]) >= {"tiny", "tiny.minus-sdxl", "tiny.minus-midjourney", "tiny_crop32"}
+    result = json.loads((work / "generalisation.json").read_text())
+    assert set(result["regimes"]["validator"]["folds"]["tiny"]) == {"sdxl", "midjourney"}
+    assert set(result["regimes"]["validator"]["folds"]["tiny_crop32"]) == {"sdxl", "midjourney"}  # POOLS
+    assert (work / "generalisation.png").stat().st_size > 1000
+    shipped = load_model(work / "base.pth")  # SHIP_VARIANT, with the shipped boundary rule
+    assert shipped.meta["metrics"]["calibration"]["real_target"] == 0.85
+    assert shipped.meta["train_options"]["seed"] == 7 and shipped.meta["config"]["stem_pool"] is False
