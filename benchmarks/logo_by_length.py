@@ -108,6 +108,39 @@ def markdown(rows: list[dict], grouped: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PANELS = (("validator", "mean_heldout_detection_at_real90", "held-out detection at real 0.90\n(validator regime)"),
+          ("crops", "mean_heldout_detection_at_real90", "held-out detection at real 0.90\n(crops regime)"),
+          ("validator", "mean_heldout_auc", "held-out ROC AUC\n(validator regime)"))
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    """Each run as a point at the epochs it trained, one colour per recipe, a line through the
+    recipe's per-length means: what training longer does to unseen generators at a glance."""
+    from bitmind.plots import new_figure
+
+    fig, axes = new_figure(ncols=len(PANELS), size=(4.2, 3.6))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    for ax, (regime, metric, title) in zip(axes, PANELS):
+        for i, label in enumerate(labels):
+            pts = sorted((r["epochs"], r[regime][metric]) for r in rows
+                         if r["label"] == label and r["epochs"] is not None and r[regime][metric] is not None)
+            if not pts:
+                continue
+            ax.scatter([e for e, _ in pts], [v for _, v in pts], color=f"C{i}", s=18, alpha=0.7, label=label)
+            by_epoch: dict[int, list[float]] = {}
+            for e, v in pts:
+                by_epoch.setdefault(e, []).append(v)
+            if len(by_epoch) > 1:
+                es = sorted(by_epoch)
+                ax.plot(es, [sum(by_epoch[e]) / len(by_epoch[e]) for e in es], color=f"C{i}", lw=1, alpha=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epochs the folds trained")
+        ax.grid(alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("arms", nargs="+", help="LABEL=JSON:ARM (a generalisation*.json and an arm with generator folds)")
@@ -117,6 +150,7 @@ def main(argv=None) -> dict:
     p.add_argument("--longer_from", type=int, default=None,
                    help="runs of at least this many epochs are 'longer' (default: no third group)")
     p.add_argument("--out", default="", help="JSON of the rows and groups; the markdown goes beside it (.md)")
+    p.add_argument("--figure", default="", help="PNG: every run by the epochs it trained, per recipe")
     a = p.parse_args(argv)
     if a.longer_from is not None and a.longer_from <= a.long_from:
         p.error(f"--longer_from ({a.longer_from}) must be above --long_from ({a.long_from})")
@@ -140,6 +174,8 @@ def main(argv=None) -> dict:
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2))
         Path(a.out).with_suffix(".md").write_text(md)
+    if a.figure:
+        figure(rows, Path(a.figure))
     return result
 
 

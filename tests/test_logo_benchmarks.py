@@ -247,8 +247,9 @@ def test_logo_by_length_reads_the_epochs_each_run_actually_trained(tmp_path):
     assert long["validator"]["mean_heldout_detection_generators"] == pytest.approx({"mean": 0.53, "min": 0.52, "max": 0.54})
     res = bench.main(arms + ["--ran", "silent=15"])
     assert res["rows"][-1]["epochs"] == 15 and res["groups"][0]["runs"] == 2
-    res = bench.main(arms + ["--longer_from", "42"])  # 43 epochs now longer, 40 stays long
+    res = bench.main(arms + ["--longer_from", "42", "--figure", str(tmp_path / "len.png")])  # 43 now longer, 40 long
     assert [(g["length"], g["epochs"]) for g in res["groups"]] == [("short", [12]), ("long", [40]), ("longer", [43])]
+    assert (tmp_path / "len.png").stat().st_size > 1000  # the runs with known epochs, by length
     with pytest.raises(SystemExit):
         bench.main(arms + ["--longer_from", "30"])  # not above --long_from
     with pytest.raises(SystemExit, match="no arm"):
