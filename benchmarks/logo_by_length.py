@@ -115,7 +115,7 @@ PANELS = (("validator", "mean_heldout_detection_at_real90", "held-out detection 
 
 def figure(rows: list[dict], path: Path) -> None:
     """Each run as a point at the epochs it trained, one colour per recipe, a line through the
-    recipe's per-length means: what training longer does to unseen generators at a glance."""
+    recipe's mean at each epoch count: what training longer does to unseen generators at a glance."""
     from bitmind.plots import new_figure
 
     fig, axes = new_figure(ncols=len(PANELS), size=(4.2, 3.6))
