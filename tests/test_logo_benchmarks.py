@@ -4,6 +4,7 @@ aligned_effect.py puts each arm's folds from its own run side by side."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,21 @@ def test_periodic_probe_features_of_real_files(tmp_path):
         bench.extract([str(root)], regime="native")
     lv, pe = bench.picture_features(torch.full((1, 3, 64, 64), 0.5))
     assert np.abs(pe).max() < 1e-4  # a flat picture has no spectrum shape
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="TorchInductor needs a C++ compiler")
+def test_train_speed_measures_the_compiled_trainer_beside_the_fast_one(tmp_path, monkeypatch):
+    """``--compile`` adds a run of the fast settings with ``TrainConfig.compile`` and its ratio
+    to the fast run; ``--shipped_recipe`` trains the shipped network's options (here at a tiny
+    width, so the CPU compiles it in seconds)."""
+    from validator_synth import make_folder
+
+    bench = load_script("benchmarks/train_speed.py")
+    monkeypatch.setattr(bench, "SHIPPED_RECIPE", {**bench.SHIPPED_RECIPE, "layers": [1, 1], "width": 8, "patch_size": 32})
+    data = make_folder(tmp_path / "data", n_per_class=24, size=64)
+    out = bench.main(["--data", str(data), "--device", "cpu", "--steps", "2", "--epochs", "2", "--batch_size", "4",
+                      "--workers", "0", "--shipped_recipe", "--compile", "--json", str(tmp_path / "speed.json")])
+    assert out["compiled"]["settings"]["compile"] is True and out["fast"]["settings"]["compile"] is False
+    assert out["fast"]["settings"]["stem_pool"] is False and out["fast"]["settings"]["patch_size"] == 32
+    assert out["compile_speedup"] == pytest.approx(out["compiled"]["images_per_second"] / out["fast"]["images_per_second"])
+    assert json.loads((tmp_path / "speed.json").read_text())["compile_speedup"] == out["compile_speedup"]

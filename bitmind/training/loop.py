@@ -97,11 +97,17 @@ class Learner:
     """A model being trained: optimiser (Adam per ``cfg``), loss, gradient scaler (enabled
     for fp16 autocast, which underflows without one) and the running loss of the epoch.
 
-    ``net`` is what runs forward (a DDP wrapper of ``model``, or ``model`` itself)."""
+    ``net`` is what runs forward (a DDP wrapper of ``model``, or ``model`` itself), compiled
+    with ``cfg.compile``: it shares ``model``'s parameters, so the optimiser, validation,
+    weight averages and checkpoints keep working on the plain ``model`` (no compiled-module
+    key prefixes in saved files, no recompiling for validation's picture size)."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, amp_dtype: torch.dtype | None,
                  criterion: nn.Module | None = None, net: nn.Module | None = None):
-        self.model, self.net, self.cfg, self.amp_dtype = model, net if net is not None else model, cfg, amp_dtype
+        net = net if net is not None else model
+        if cfg.compile:
+            net = torch.compile(net)
+        self.model, self.net, self.cfg, self.amp_dtype = model, net, cfg, amp_dtype
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
         self.criterion = criterion if criterion is not None else nn.BCEWithLogitsLoss()
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
