@@ -164,3 +164,13 @@ def test_compiled_learner_takes_the_same_steps_and_keeps_the_plain_model(tmp_pat
     gap = max(float((comp_p[k] - eager_p[k]).abs().max()) for k in eager_p)
     moved = max(float((comp_p[k] - init[k]).abs().max()) for k in init)
     assert gap <= 3 * 2 * lr and moved >= 0.9 * lr
+
+
+def test_compile_on_a_cpu_without_a_compiler_is_refused_before_training(monkeypatch):
+    monkeypatch.setattr("bitmind.training.config.shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match="--compile on a CPU needs a C\\+\\+ compiler"):
+        TrainConfig(device="cpu", compile=True).check()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--compile on a CPU"):
+            TrainConfig(device="auto", compile=True).check()  # auto without a GPU is the CPU
+    TrainConfig(device="cpu").check()  # without --compile nothing is needed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +158,19 @@ class TrainConfig:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         self.check_pairing()
         check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
+        if self.compile and not (shutil.which("g++") or shutil.which("clang++")) and self._device_type() == "cpu":
+            raise ValueError("--compile on a CPU needs a C++ compiler (g++ or clang++) for TorchInductor; "
+                             "install one or leave --compile off")
         return self
+
+    def _device_type(self) -> str:
+        """``cpu`` or ``cuda``, as the trainer will resolve ``device`` (``auto`` without a GPU: the CPU)."""
+        from bitmind.common import resolve_device
+
+        try:
+            return resolve_device(self.device).type
+        except RuntimeError as e:
+            raise ValueError(f"--device {self.device!r}: {e}") from None
 
     def check_pairing(self) -> None:
         """A ValueError unless the aligned-pair options fit together (``check`` and the
