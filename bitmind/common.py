@@ -36,6 +36,13 @@ def parse_bool(value) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+def has_cxx_compiler() -> bool:
+    """Whether TorchInductor can compile for the CPU here: it needs a C++ compiler."""
+    import shutil
+
+    return bool(shutil.which("g++") or shutil.which("clang++"))
+
+
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
     """``auto``/None -> CUDA (``cuda:<local_rank>``) if available, else CPU; a bare ``cuda``
     gets ``local_rank`` as its index."""

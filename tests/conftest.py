@@ -16,6 +16,11 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from bitmind.common import has_cxx_compiler
+
+#: A test that compiles with TorchInductor on the CPU (it needs a C++ compiler).
+needs_cxx = pytest.mark.skipif(not has_cxx_compiler(), reason="TorchInductor needs a C++ compiler")
+
 NETUID = 34
 
 

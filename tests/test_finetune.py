@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from bitmind.training import TrainConfig, parse_config, train
 from bitmind.training.init_from import checkpoint_options
 from bitmind.training.loop import Learner, check_patch_size
 from bitmind.training.trainer import build_training_model
+from conftest import needs_cxx
 from validator_synth import make_folder
 
 NET = dict(layers=[1, 1], width=8, dropout=0.25, input="npr_hp", stem_pool=False)
@@ -137,7 +137,7 @@ def test_fine_tune_run_keeps_the_network_and_records_the_recipe(nopool_ckpt, tmp
     assert json.loads((tmp_path / "ck" / "ft" / "opt.json").read_text())["patch_size"] == 32
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="TorchInductor needs a C++ compiler")
+@needs_cxx
 def test_compiled_learner_takes_the_same_steps_and_keeps_the_plain_model(tmp_path):
     """``compile``: the step runs a compiled network that shares the plain model's parameters,
     so the optimiser moves ``model`` itself (what validation, weight averages and checkpoints
@@ -167,7 +167,7 @@ def test_compiled_learner_takes_the_same_steps_and_keeps_the_plain_model(tmp_pat
 
 
 def test_compile_on_a_cpu_without_a_compiler_is_refused_before_training(monkeypatch):
-    monkeypatch.setattr("bitmind.training.config.shutil.which", lambda name: None)
+    monkeypatch.setattr("bitmind.training.config.has_cxx_compiler", lambda: False)
     with pytest.raises(ValueError, match="--compile on a CPU needs a C\\+\\+ compiler"):
         TrainConfig(device="cpu", compile=True).check()
     if not torch.cuda.is_available():

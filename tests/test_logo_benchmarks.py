@@ -4,13 +4,12 @@ aligned_effect.py puts each arm's folds from its own run side by side."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import load_script
+from conftest import load_script, needs_cxx
 
 
 
@@ -334,7 +333,7 @@ def test_periodic_probe_features_of_real_files(tmp_path):
     assert np.abs(pe).max() < 1e-4  # a flat picture has no spectrum shape
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="TorchInductor needs a C++ compiler")
+@needs_cxx
 def test_train_speed_measures_the_compiled_trainer_beside_the_fast_one(tmp_path, monkeypatch):
     """``--compile`` adds a run of the fast settings with ``TrainConfig.compile`` and its ratio
     to the fast run; ``--shipped_recipe`` trains the shipped network's options (here at a tiny

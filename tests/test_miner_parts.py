@@ -13,7 +13,7 @@ from bitmind.checkpoint import CheckpointError
 from bitmind.miner.batching import MicroBatcher, Overloaded
 from bitmind.miner.reload import ModelSlot
 
-from conftest import make_checkpoint
+from conftest import make_checkpoint, needs_cxx
 
 
 def test_batcher_batches_what_is_queued_and_answers_each_request():
@@ -177,7 +177,7 @@ def test_compile_thread_counts_cover_every_worker_forward():
     assert MicroBatcher.thread_counts(cpu, 2, 2) == (1, 2)
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="TorchInductor needs a C++ compiler")
+@needs_cxx
 def test_slot_compiles_before_serving_and_serves_the_same_answers(tmp_path):
     """``compile_threads``: the prepared copy is compiled (TorchInductor) before it serves and
     gives the same logits; serving never traces (an input it was not compiled for runs

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitmind.common import PLAIN_SHARE, parse_bool
+from bitmind.common import PLAIN_SHARE, has_cxx_compiler, parse_bool
 from bitmind.image_transforms import AugConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +157,7 @@ class TrainConfig:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         self.check_pairing()
         check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
-        if self.compile and not (shutil.which("g++") or shutil.which("clang++")) and self._device_type() == "cpu":
+        if self.compile and not has_cxx_compiler() and self._device_type() == "cpu":
             raise ValueError("--compile on a CPU needs a C++ compiler (g++ or clang++) for TorchInductor; "
                              "install one or leave --compile off")
         return self
