@@ -146,6 +146,34 @@ def test_augmentation_is_reproducible_by_seed(synth_data):
     assert not all(torch.equal(a[k][0], b[k][0]) for k in range(4))  # a new epoch draws new augmentations
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_each_epoch_reaches_persistent_workers(synth_data, context):
+    """The training loader keeps its workers from one epoch to the next (``persistent_workers``),
+    so ``set_epoch`` must reach them: before it did, every epoch repeated the first epoch's
+    augmentation of each picture. What the workers draw for an epoch is what the process
+    itself draws for it."""
+    from torch.utils.data import DataLoader
+
+    from bitmind.training.trainer import loader_kwargs
+
+    src = LocalFolderSource(synth_data)
+    aug = TrainAugment(AugConfig(blur_prob=0.5, color_jitter_prob=0.5, jpeg_quality=(30, 100)))
+    items = [(src, i) for i in range(4)]
+    ds = DetectionDataset(items, augment=aug, seed=1)
+    kw = loader_kwargs(TrainConfig(workers=2), torch.device("cpu"))
+    assert kw["persistent_workers"]
+    loader = DataLoader(ds, batch_size=2, shuffle=False, multiprocessing_context=context, **kw)
+    reference = DetectionDataset(items, augment=aug, seed=1)
+    drawn = []
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        x = torch.cat([batch[0] for batch in loader])
+        reference.set_epoch(epoch)
+        assert torch.equal(x, torch.stack([reference[k][0] for k in range(4)]))
+        drawn.append(x)
+    assert not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
+
+
 def test_sensor_noise_is_camera_like_seeded_and_reachable_from_the_config():
     """Shot + read noise: ``sigma`` levels at mid grey, more in highlights than in shadows,
     the same for the same seed; ``--aug_noise_prob`` switches it on in training."""

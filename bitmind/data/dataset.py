@@ -3,7 +3,10 @@
 Each item is ``(tensor, label, index)``; an unreadable file gives ``None`` and is
 dropped by ``collate_skip_none`` (and counted), so one bad file never stops an epoch.
 Augmentation randomness is derived from ``(seed, epoch, index)``: identical whatever the
-number of workers, and reproducible by seed.
+number of workers, and reproducible by seed. The epoch lives in shared memory, so that
+``set_epoch`` in the training loop reaches DataLoader workers that outlive an epoch
+(``persistent_workers``): with a plain attribute they kept their copy's epoch 0 and drew
+every picture's augmentation of the first epoch again in every epoch.
 """
 from __future__ import annotations
 
@@ -61,7 +64,8 @@ class DetectionDataset(Dataset):
         self.augment_for = dict(augment_for or {})
         self.partner: dict[int, int] = {}  # item -> the item whose random draws and augmentation it shares
         self.seed = seed
-        self.epoch = 0
+        # shared with the DataLoader's worker processes (forked or spawned): see the module docstring
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.bad: set[int] = set()  # items that failed to load (per process): skipped without re-reading
 
     @classmethod
@@ -69,8 +73,14 @@ class DetectionDataset(Dataset):
         items = [(src, i) for src, idx in sources_and_indices for i in idx]
         return cls(items, **kw)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """The epoch the next items are drawn for; seen by running workers too (shared memory).
+        Call it before iterating the loader: workers prefetch once the iteration starts."""
+        self._epoch[0] = int(epoch)
 
     def __len__(self):
         return len(self.items)
