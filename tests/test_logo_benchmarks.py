@@ -349,3 +349,39 @@ def test_train_speed_measures_the_compiled_trainer_beside_the_fast_one(tmp_path,
     assert out["fast"]["settings"]["stem_pool"] is False and out["fast"]["settings"]["patch_size"] == 32
     assert out["compile_speedup"] == pytest.approx(out["compiled"]["images_per_second"] / out["fast"]["images_per_second"])
     assert json.loads((tmp_path / "speed.json").read_text())["compile_speedup"] == out["compile_speedup"]
+
+
+def test_augmentation_memory_scores_the_very_draws_a_checkpoint_trained_on(tmp_path):
+    """The probe rebuilds the training set from a checkpoint's recorded options with only its
+    leading crop roots: each crop's epoch-0 version must be the one the full training set drew
+    (indices, hence draws, do not depend on the roots after them); other roots are refused."""
+    import torch
+    from test_generalisation import TINY, make_pools
+
+    from bitmind.checkpoint import model_meta, save_checkpoint
+    from bitmind.models import build_model
+    from bitmind.training import TrainConfig
+    from bitmind.training.trainer import build_datasets
+
+    bench = load_script("benchmarks/augmentation_memory.py")
+    pools = make_pools(tmp_path)
+    cfg = TrainConfig(data=[str(pools["crops"]), str(pools["aligned"])], challenge_data=[str(pools["chal"])],
+                      aug_validator_prob=1.0, aug_jpeg_quality=[60, 95], aug_color_jitter_prob=0.5, seed=3,
+                      val_fraction=0.25, test_fraction=0.25)
+    model = build_model("npr", **TINY)
+    ckpt = save_checkpoint(model, tmp_path / "m.pth", model_meta(model, "npr", config=TINY, train_options=cfg.to_dict()))
+    local = bench.training_config(bench.load_model(ckpt).meta, [str(pools["crops"])])
+    assert local.seed == 3 and local.data == [str(pools["crops"])] and local.challenge_data == []
+    full, _, _ = build_datasets(cfg)
+    part, _, _ = build_datasets(local)
+    assert 0 < len(part) < len(full)
+    for k in range(len(part)):
+        assert part.items[k][0].describe(part.items[k][1]) == full.items[k][0].describe(full.items[k][1])
+        assert torch.equal(part[k][0], full[k][0])
+    with pytest.raises(SystemExit, match="first data roots"):
+        bench.training_config(bench.load_model(ckpt).meta, [str(pools["aligned"])])
+    out = bench.probe(str(ckpt), [str(pools["crops"])], per_class=3, fresh_epochs=(1, 2))
+    for name in ("train", "val"):
+        s = out["sets"][name]
+        assert s["pictures"] == 6 and len(s["fresh"]) == 2 and np.isfinite(s["margin_gain_epoch0_over_fresh"])
+    assert set(out["memorisation"]) == {"margin_gain_train_minus_val", "stderr", "auc_gain_train", "auc_gain_val"}
