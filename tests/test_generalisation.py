@@ -86,6 +86,63 @@ def test_family_weights_give_each_family_its_share():
     assert abs(drawn["fake/flux1-dev"] / 4000 - 0.125) < 0.03 and abs(drawn["real/b"] / 4000 - 0.25) < 0.03
 
 
+def test_photos_drawn_with_their_round_trips_count_against_their_own_share():
+    """With pairs, the photo that follows each round trip is part of the real half and of its
+    kind's share: a big kind (many photos, so many round trips) must not crowd out a small one."""
+    sources = ["real/big"] * 100 + ["real/small"] * 10 + ["fake/sdxl"] * 50 + ["fake/aligned-taef2"] * 110
+    labels = [0] * 110 + [1] * 160
+    partners = [-1] * 160 + list(range(110))  # a round trip of every photo
+    n = 40000
+    drawn = Counter(sources[i] for i in FamilySampler(labels, sources, seed=0, num_samples=n, partners=partners))
+    real = drawn["real/big"] + drawn["real/small"]
+    assert abs(real / n - 0.5) < 0.02  # before: 0.60, the photos came on top of the real half
+    assert abs(drawn["real/big"] / real - 0.5) < 0.03  # before: 0.64
+    assert abs(drawn["fake/aligned-taef2"] / n - 0.25) < 0.02 and abs(drawn["fake/sdxl"] / n - 0.25) < 0.02
+    # a photo whose round trips alone exceed its share is never drawn on its own, and counted
+    heavy = FamilySampler([0, 0, 1, 1], ["real/a", "real/b", "fake/aligned-taef2", "fake/aligned-taef2"],
+                          partners=[-1, -1, 0, 0], num_samples=100)
+    assert heavy.overdrawn == 1 and heavy.weights[0] == 0
+
+
+def test_folds_drop_the_round_trips_of_held_out_photos_from_training_and_selection(tmp_path):
+    """A fold holding out a kind of real photo must not train on those photos through a
+    decoder (labelled fake) nor be selected on them; generator folds keep every round trip.
+    Round trips of ready-made challenges are validated as they are, like their photo."""
+    from bitmind.training.sweep import load_val_challenges, variant_masks
+
+    pools = make_pools(tmp_path)
+    for f in sorted((pools["chal"] / "real").rglob("*.jpg")):  # round trips of the challenge photos too
+        Image.open(f).resize((32, 32)).resize((256, 256), Image.NEAREST).save(pools["aligned"] / "fake" / "aligned-taef2" / f.name)
+    cfg = TrainConfig(data=[str(pools["crops"]), str(pools["aligned"])], challenge_data=[str(pools["chal"])], balance="family",
+                      pair_aligned=True, val_fraction=0.25, test_fraction=0.25)
+    train, val, _ = build_datasets(cfg)
+    partner = aligned_partners(train)
+    names = train.source_names()
+    val_x, val_y, val_sources, val_photo = load_val_challenges(val, [0, 1], workers=0)
+    assert len(val_x) == len(val_y) == len(val_sources) == len(val_photo)
+    trips = val_sources == "fake/aligned-taef2"
+    assert set(val_photo[trips]) == {"real/faces", "real/coco"} and set(val_photo[~trips]) == {""}
+    # a round trip of a challenge photo takes its photo's augmentation: as it is, drawn once (not once per seed)
+    chal_trip = [k for k, p in val.partner.items() if val.items[p][0].name == "chal"]
+    assert chal_trip and all(isinstance(val.augment_of(k), AsIs) for k in chal_trip)
+    crop_trips = sum(1 for k, (src, i) in enumerate(val.items) if src.source_name(i) == "fake/aligned-taef2") - len(chal_trip)
+    assert int(trips.sum()) == len(chal_trip) + 2 * crop_trips
+    extras = {"exclude_sources": ["real/faces"], "exclude_roots": [], "train_fraction": 1.0}
+    mask, val_mask = variant_masks("m.minus-real-faces", extras, train, partner, val_sources, val_photo, cfg.split_seed)
+    kept = [names[k] for k in range(len(names)) if mask[k]]
+    assert "real/faces" not in kept and "real/coco" in kept
+    faces_trips = [k for k, p in enumerate(partner) if p >= 0 and names[p] == "real/faces"]
+    assert faces_trips and not any(mask[k] for k in faces_trips)  # before: all of them trained, as fakes
+    assert all(mask[k] for k, p in enumerate(partner) if p >= 0 and names[p] == "real/coco")
+    assert not val_mask[(val_sources == "real/faces") | (val_photo == "real/faces")].any()
+    assert val_mask[trips & (val_photo == "real/coco")].all()
+    gen = {"exclude_sources": ["fake/sdxl"], "exclude_roots": [], "train_fraction": 1.0}
+    mask, _ = variant_masks("m.minus-sdxl", gen, train, partner, val_sources, val_photo, cfg.split_seed)
+    assert all(mask[k] for k, p in enumerate(partner) if p >= 0) and not any(mask[k] for k in range(len(names)) if names[k] == "fake/sdxl")
+    assert variant_masks("m", {"exclude_sources": [], "exclude_roots": [], "train_fraction": 1.0}, train, partner,
+                         val_sources, val_photo, cfg.split_seed) == (None, None)
+
+
 def test_aligned_pairs_share_a_batch_and_their_augmentation(tmp_path):
     pools = make_pools(tmp_path)
     cfg = TrainConfig(data=[str(pools["crops"]), str(pools["aligned"])], challenge_data=[str(pools["chal"])], balance="family",

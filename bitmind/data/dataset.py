@@ -193,11 +193,26 @@ class FamilySampler(Sampler):
     followed by its real photo, and other draws come in twos: every pair sits at an even
     position, so with an even batch size a real photo and its round trip always share a
     batch and the only difference inside the pair is the decoder (up to the training patch:
-    ``pair_patches`` crops them alike, ``bitmind.training.loop.Learner.crop``)."""
+    ``pair_patches`` crops them alike, ``bitmind.training.loop.Learner.crop``). The photos
+    that come with their round trips count against their own share: each photo is drawn
+    directly with its family weight less the weights of its round trips, so the shares
+    above hold for what the model sees (a photo whose round trips alone exceed its share is
+    never drawn directly; ``overdrawn`` counts them)."""
 
     def __init__(self, labels: Sequence[int], sources: Sequence[str], seed: int = 0, num_samples: int | None = None,
                  partners: Sequence[int] | None = None):
-        self.weights = torch.tensor(family_weights(labels, sources), dtype=torch.double)
+        weights = torch.tensor(family_weights(labels, sources), dtype=torch.double)
+        self.overdrawn = 0
+        if partners is not None:
+            direct = weights.clone()
+            for k, p in enumerate(partners):
+                if p >= 0:
+                    direct[p] -= weights[k]
+            self.overdrawn = int((direct < 0).sum())
+            if self.overdrawn:
+                logger.warning("%d real photos come with their round trips more often than their family share", self.overdrawn)
+            weights = direct.clamp_(min=0.0)
+        self.weights = weights
         self.num_samples = int(num_samples or len(labels))
         self.partners = list(partners) if partners is not None else None
         self.generator = torch.Generator().manual_seed(seed)

@@ -30,12 +30,13 @@ and ``seed`` (weight initialisation). These variant options exist only in sweeps
   the same stream and takes the same number of steps, on the part of each batch that
   is in its subset. Variants at 1/4, 1/2 and 1 of the data form a learning curve.
 - ``exclude_sources`` (list of source names such as ``"fake/sd1x"``): the variant never
-  trains on images of those sources. With extra training sources (``train_data``), this
+  trains on images of those sources, nor on the aligned round trips of their photos, and
+  is not selected on them. With extra training sources (``train_data``), this
   compares "with" and "without" on one stream, or trains on one generator to test
   transfer to another.
 - ``exclude_roots`` (list of data-folder names such as ``"sn34-validator"``): the variant
-  never trains on the pictures of those roots (all their sources); validation is not
-  affected. "With and without the ready-made validator challenges" on one stream.
+  never trains on the pictures of those roots (all their sources, and the round trips
+  of their photos); validation is not affected. "With and without the ready-made validator challenges" on one stream.
 - ``swa_start`` (epoch, 0 = off): from that epoch on, the variant also keeps the plain
   average of its end-of-epoch weights (stochastic weight averaging). Batch-norm
   statistics of the average are re-estimated on recent training batches of the
@@ -73,7 +74,7 @@ from torch.utils.data import DataLoader
 
 from bitmind.calibration import apply_calibration
 from bitmind.common import parse_bool, resolve_amp
-from bitmind.data import AsIs, DetectionDataset, collate_skip_none, in_subset
+from bitmind.data import AsIs, DetectionDataset, aligned_partners, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
 from bitmind.image_transforms import ValidatorPipeline
 from bitmind.inference import forward_logits
@@ -312,17 +313,22 @@ def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dt
     return validate(model, batches, device, amp_dtype, channels_last=channels_last and device.type == "cuda")[0]
 
 
-def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def load_val_challenges(val_ds: DetectionDataset, seeds: list[int],
+                        workers: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
     """The validation split through the validator pipeline, one draw per seed, as uint8
-    (N, 3, 256, 256), with labels and source names. Items of sources that already are
-    challenges (``AsIs``) are taken once, as they are: re-drawing them changes nothing."""
+    (N, 3, 256, 256), with labels, source names and, for aligned round trips, the source
+    of the photo they were made from ("" for other pictures). Items that already are
+    challenges (``AsIs``, including round trips paired with a challenge photo) are taken
+    once, as they are: re-drawing them changes nothing."""
+    partner = aligned_partners(val_ds)
     ready = [k for k in range(len(val_ds)) if isinstance(val_ds.augment_of(k), AsIs)]
-    redraw = [val_ds.items[k] for k in range(len(val_ds)) if not isinstance(val_ds.augment_of(k), AsIs)]
-    parts = [DetectionDataset(redraw, augment=ValidatorPipeline(), seed=s, uint8=True) for s in seeds]
+    redraw = [k for k in range(len(val_ds)) if not isinstance(val_ds.augment_of(k), AsIs)]
+    parts = [(DetectionDataset([val_ds.items[k] for k in redraw], augment=ValidatorPipeline(), seed=s, uint8=True), redraw)
+             for s in seeds]
     if ready:
-        parts.append(DetectionDataset([val_ds.items[k] for k in ready], augment=AsIs(), seed=seeds[0], uint8=True))
-    xs, ys, names = [], [], []
-    for part in parts:
+        parts.append((DetectionDataset([val_ds.items[k] for k in ready], augment=AsIs(), seed=seeds[0], uint8=True), ready))
+    xs, ys, names, photo_names = [], [], [], []
+    for part, where in parts:
         if not len(part):
             continue
         loader = DataLoader(part, batch_size=128, shuffle=False, num_workers=workers,
@@ -332,8 +338,36 @@ def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int
                 continue
             xs.append(batch[0])
             ys.append(batch[1].numpy())
-            names += [part.items[int(k)][0].source_name(part.items[int(k)][1]) for k in batch[2]]
-    return torch.cat(xs), np.concatenate(ys), np.asarray(names)
+            for k in batch[2].tolist():
+                names.append(part.items[k][0].source_name(part.items[k][1]))
+                p = partner[where[k]]
+                photo_names.append(val_ds.items[p][0].source_name(val_ds.items[p][1]) if p >= 0 else "")
+    return torch.cat(xs), np.concatenate(ys), np.asarray(names), np.asarray(photo_names)
+
+
+def variant_masks(name: str, extras: dict, train_ds: DetectionDataset, partner: list[int], val_sources: np.ndarray,
+                  val_photo_sources: np.ndarray, split_seed: int) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    """A variant's training items (``train_fraction``, ``exclude_sources``,
+    ``exclude_roots``; None = all) and the validation challenges it is selected and
+    calibrated on (None = all). A round trip goes where its photo goes (``partner``, from
+    ``aligned_partners``): a fold that holds out a kind of real photo neither trains on
+    those photos through a decoder, labelled fake, nor is selected on them."""
+    excluded, excluded_roots = set(extras["exclude_sources"]), set(extras["exclude_roots"])
+    val_mask = None
+    if excluded:
+        val_mask = ~(np.isin(val_sources, sorted(excluded)) | np.isin(val_photo_sources, sorted(excluded)))
+    if extras["train_fraction"] >= 1.0 and not excluded and not excluded_roots:
+        return None, val_mask
+    stems = [src.stem(i) for src, i in train_ds.items]
+    sources = [src.source_name(i) for src, i in train_ds.items]
+    roots = [getattr(src, "name", "") for src, _ in train_ds.items]
+    for kind, unknown in (("sources (CLASS/NAME)", excluded - set(sources)), ("roots (folder names)", excluded_roots - set(roots))):
+        if unknown:
+            logger.warning("variant %s excludes %s, which the training data does not have as %s", name, sorted(unknown), kind)
+    out = [so in excluded or r in excluded_roots for so, r in zip(sources, roots)]
+    out = [o or (p >= 0 and out[p]) for o, p in zip(out, partner)]
+    mask = torch.tensor([in_subset(st, extras["train_fraction"], split_seed) and not o for st, o in zip(stems, out)], dtype=torch.bool)
+    return mask, val_mask
 
 
 def ensemble_report(logits: dict[str, np.ndarray], labels: np.ndarray, max_members: int = 3) -> list[dict]:
@@ -403,28 +437,18 @@ def run_sweep(spec: SweepSpec) -> dict:
     train_ds, val_ds, counts = build_datasets(base)
     print("training set:\n" + train_ds.summary(), flush=True)
     t0 = time.time()
-    val_x, val_y, val_sources = load_val_challenges(val_ds, spec.val_seeds, base.workers)
+    val_x, val_y, val_sources, val_photo_sources = load_val_challenges(val_ds, spec.val_seeds, base.workers)
     print(f"validation: {len(val_y)} challenges ({len(val_ds)} images x seeds {spec.val_seeds}) in {time.time() - t0:.1f}s", flush=True)
     if device.type == "cuda":
         val_x = val_x.to(device)
 
-    stems = [src.stem(i) for src, i in train_ds.items]
-    sources = [src.source_name(i) for src, i in train_ds.items]
-    roots = [getattr(src, "name", "") for src, _ in train_ds.items]
+    partner = aligned_partners(train_ds)
     variants = []
     for name, (cfg, extras) in options.items():
-        mask, val_mask = None, None
-        if extras["exclude_sources"]:  # held-out sources never decide this variant's epoch or calibration
-            val_mask = ~np.isin(val_sources, extras["exclude_sources"])
-        if extras["train_fraction"] < 1.0 or extras["exclude_sources"] or extras["exclude_roots"]:
-            excluded, excluded_roots = set(extras["exclude_sources"]), set(extras["exclude_roots"])
-            for kind, unknown in (("sources (CLASS/NAME)", excluded - set(sources)), ("roots (folder names)", excluded_roots - set(roots))):
-                if unknown:
-                    logger.warning("variant %s excludes %s, which the training data does not have as %s", name, sorted(unknown), kind)
-            mask = torch.tensor([in_subset(st, extras["train_fraction"], base.split_seed) and so not in excluded and r not in excluded_roots
-                                 for st, so, r in zip(stems, sources, roots)], dtype=torch.bool)
+        # held-out sources never decide this variant's epoch or calibration
+        mask, val_mask = variant_masks(name, extras, train_ds, partner, val_sources, val_photo_sources, base.split_seed)
         variants.append(_Variant(name, cfg, extras, device, amp_dtype, mask=mask,
-                                 training_images=len(stems), val_mask=val_mask))
+                                 training_images=len(train_ds), val_mask=val_mask))
     teacher_paths = [v.teacher for v in variants if v.teacher]
     teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
     for v in variants:

@@ -76,7 +76,9 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
 
     Augmentation is per source: crop pools get the training augmentation (and the
     validator pipeline for validation); ``challenge_data`` roots, which already are what a
-    validator sends, get flips only in training and are validated as they are."""
+    validator sends, get flips only in training and are validated as they are. With
+    ``pair_aligned`` a round trip takes its photo's augmentation and draws in validation as
+    the sampler makes it do in training."""
     fractions = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
     train_parts, val_parts, counts = [], [], {}
     train_aug_for, val_aug_for = {}, {}
@@ -101,6 +103,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     # ``python -m bitmind.eval --split val --challenge --seed <seed>`` draws.
     val = DetectionDataset.from_sources(val_parts, augment=ValidatorPipeline() if cfg.val_challenge else None,
                                         seed=cfg.seed, uint8=cfg.uint8_loading, augment_for=val_aug_for)
+    if cfg.pair_aligned:  # a round trip is validated like its photo: one of a challenge is not re-sent through the pipeline
+        val.pair_with(aligned_partners(val))
     return train, val, counts
 
 
@@ -191,6 +195,9 @@ def train(cfg: TrainConfig) -> dict:
 
     labels = train_ds.labels()
     if world > 1:
+        if is_main and cfg.balance == "family":
+            logger.warning("balance family with %d processes: each process shards the data (DistributedSampler), so "
+                           "families and aligned pairs are not kept; the loss weights the two classes instead", world)
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     else:
         sampler = train_sampler(cfg, train_ds)
