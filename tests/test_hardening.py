@@ -399,3 +399,21 @@ def test_model_that_cannot_be_prepared_is_served_eager(tmp_path, caplog):
         assert predictor.predict_tensors(x) == pytest.approx(reference, abs=1e-6)
     finally:
         predictor.close()
+
+
+@pytest.mark.parametrize("size", [256, 200])
+def test_integer_tensors_mean_the_same_picture_as_float_ones(size):
+    """``predict`` takes a picture as PIL, a float tensor in [0, 1] or an integer tensor
+    0-255 (what ``torchvision.io.decode_image`` gives): the same picture, the same answer.
+    An integer tensor used to go through unscaled (256 px) or clamped to 0/1 (other sizes)."""
+    from bitmind.miner.predict import image_to_tensor, predict
+
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+    as_float = pixels.float() / 255.0
+    a, b = image_to_tensor(pixels), image_to_tensor(as_float)
+    assert a.dtype == torch.float32 and a.shape == (3, 256, 256) and 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    assert torch.allclose(a, b, atol=1e-6)
+    model = build_model("npr", layers=[1, 1], width=8).eval()
+    assert predict(model, pixels) == pytest.approx(predict(model, as_float), abs=1e-6)
+    assert predict(model, pixels[None]) == pytest.approx(predict(model, pixels), abs=1e-6)

@@ -47,11 +47,15 @@ class PredictorConfig:
 
 
 def image_to_tensor(image) -> torch.Tensor:
-    """PIL image or tensor (3,H,W)/(1,3,H,W) -> (3,256,256) float tensor via base_transforms."""
+    """PIL image or tensor (3,H,W)/(1,3,H,W) -> (3,256,256) float tensor via base_transforms.
+    A float tensor holds values in [0, 1]; an integer one (``torchvision.io.decode_image``)
+    0-255, scaled here, so both mean the same picture."""
     if isinstance(image, Image.Image):
         return base_transforms(image)
     if isinstance(image, torch.Tensor):
         t = image[0] if image.dim() == 4 else image
+        if not t.is_floating_point():
+            t = t.float().div(255.0)
         if t.shape[-2:] != (TARGET_SIZE, TARGET_SIZE):
             from torchvision.transforms.functional import to_pil_image
 
