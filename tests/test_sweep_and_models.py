@@ -179,7 +179,7 @@ def test_ensemble_is_the_mean_of_its_members_and_round_trips(tmp_path):
 def test_cosine_schedule_warms_up_then_decays():
     cfg = TrainConfig(lr=1e-3, epochs=10, lr_schedule="cosine", warmup_epochs=2)
     lrs = [lr_at(cfg, e) for e in range(10)]
-    assert lrs[0] < lrs[1] == pytest.approx(1e-3)
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-3)  # two warm-up epochs below lr, full lr at epoch 2
     assert all(x > y for x, y in zip(lrs[2:], lrs[3:]))
     assert lrs[-1] >= 1e-5
     with pytest.raises(ValueError):

@@ -34,9 +34,14 @@ from bitmind.training.config import TrainConfig
 
 # ---------------------------------------------------------------------------- schedule and reporting
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of ``epoch``: linear warm-up, then step decay or cosine (to 1% of lr)."""
+    """The learning rate of ``epoch``: linear warm-up, then step decay or cosine (to 1% of lr).
+
+    ``warmup_epochs`` W means W epochs below the full lr, rising linearly: epoch e < W runs
+    at ``lr * (e + 1) / (W + 1)`` and the full lr comes at epoch W, where the decay starts.
+    Why not ``(e + 1) / W``: with the recipes' ``warmup_epochs: 1`` that put epoch 0 at the
+    full lr already, so there was no warm-up at all."""
     if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
-        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+        return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
     if cfg.lr_schedule == "cosine":
         span = max(cfg.epochs - cfg.warmup_epochs, 1)
         t = min(max(epoch - cfg.warmup_epochs, 0) / span, 1.0)
@@ -177,10 +182,11 @@ class Learner:
         return torch.tensor(follow) if any(follow) else None
 
     def crop(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch training: one random ``patch_size`` square per image (the whole image when 0
-        or when the images are not larger), its tiles shuffled if ``tile_shuffle``; with
-        ``pair_patches`` and the batch's keys ``k``, a real photo right after its round trip
-        gets the round trip's square and tile order."""
+        """Patch training: one random ``patch_size`` square per image at an even offset (on the
+        NPR's 2 x 2 grid, ``random_patches``; the whole image when 0 or when the images are
+        not larger), its tiles shuffled if ``tile_shuffle``; with ``pair_patches`` and the
+        batch's keys ``k``, a real photo right after its round trip gets the round trip's
+        square and tile order."""
         follow = self.follows_partner(k)
         if self.patch_size and self.patch_size < min(x.shape[-2:]):
             x = random_patches(x, self.patch_size, self.patch_gen, follow)
@@ -217,10 +223,16 @@ def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None
     offset (rows marked in ``follow``: at the offset of the row before them). Why: a network
     trained on small patches sees too little of a picture to tell what it shows (a face, a
     painting), so it has to use how the pixels were made; served on the whole image, its
-    global average pool averages the patch evidence."""
+    global average pool averages the patch evidence.
+
+    Offsets are even (any even one that fits, ``H - size`` odd or not): the NPR residual
+    works on a fixed 2 x 2 grid, and served pictures are seen from offset 0, so a patch
+    from an even offset has the residual of those pixels in the whole picture, while one
+    from an odd offset would teach the network blocks that straddle the served grid (as
+    ``center_square`` and ``check_tile_shuffle``, which keep to the grid too)."""
     b, c, h, w = x.shape
-    oy = torch.randint(0, h - size + 1, (b,), generator=generator)
-    ox = torch.randint(0, w - size + 1, (b,), generator=generator)
+    oy = 2 * torch.randint(0, (h - size) // 2 + 1, (b,), generator=generator)
+    ox = 2 * torch.randint(0, (w - size) // 2 + 1, (b,), generator=generator)
     idx = _from_previous(follow, b)
     if idx is not None:
         oy, ox = oy[idx], ox[idx]

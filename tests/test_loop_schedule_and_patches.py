@@ -1,0 +1,119 @@
+"""The learning-rate warm-up of ``lr_at`` and the even patch offsets of ``random_patches``
+(bitmind.training.loop): two silent bugs, one warm-up epoch that was no warm-up at all and
+training patches whose 2 x 2 NPR grid did not match the served picture's."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bitmind.models.npr import npr_residual
+from bitmind.training import TrainConfig
+from bitmind.training.loop import Learner, lr_at, random_patches
+
+LR = 4e-4
+
+
+# ---------------------------------------------------------------------------- lr_at
+def _after_warmup(cfg: TrainConfig, e: int) -> float:
+    """The decay after warm-up, written out (it must not move with the warm-up fix)."""
+    if cfg.lr_schedule == "cosine":
+        t = min(max(e - cfg.warmup_epochs, 0) / max(cfg.epochs - cfg.warmup_epochs, 1), 1.0)
+        return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+    return cfg.lr * cfg.lr_decay ** (e // max(cfg.lr_decay_every, 1))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_warmup_epochs_are_below_the_full_lr_and_rise_to_it(schedule):
+    def lrs(w):
+        cfg = TrainConfig(lr=LR, epochs=10, lr_schedule=schedule, warmup_epochs=w, lr_decay_every=5)
+        return [lr_at(cfg, e) for e in range(10)]
+    assert lrs(0)[0] == pytest.approx(LR)  # no warm-up: full lr from the start
+    one = lrs(1)
+    assert one[0] < LR  # the recipes' warmup_epochs: 1 is a real warm-up epoch
+    assert one[:2] == pytest.approx([LR / 2, LR])
+    assert lrs(2)[:3] == pytest.approx([LR / 3, 2 * LR / 3, LR])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+@pytest.mark.parametrize("w", [0, 1, 2, 3])
+def test_schedule_after_warmup_is_unchanged(schedule, w):
+    cfg = TrainConfig(lr=LR, epochs=12, lr_schedule=schedule, warmup_epochs=w, lr_decay=0.5, lr_decay_every=4)
+    after = [lr_at(cfg, e) for e in range(w, cfg.epochs)]
+    assert after == pytest.approx([_after_warmup(cfg, e) for e in range(w, cfg.epochs)])
+    ramp = [lr_at(cfg, e) for e in range(w + 1)]
+    assert all(a < b for a, b in zip(ramp, ramp[1:])) and ramp[-1] == pytest.approx(LR)  # rising to full lr at epoch w
+    if schedule == "cosine":
+        assert after[0] == pytest.approx(LR)
+        assert all(a >= b for a, b in zip(after, after[1:]))  # non-increasing once warm
+        assert after[-1] > 0.01 * LR  # ends where it ended: just short of the 1 % floor
+
+
+# ---------------------------------------------------------------------------- random_patches
+def _index_images(b: int, h: int, w: int) -> torch.Tensor:
+    """A (b, 1, h, w) batch whose pixel holds its own row * w + column (exact in float32)."""
+    return torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w).repeat(b, 1, 1, 1)
+
+
+def _offsets(p: torch.Tensor, w: int) -> list[tuple[int, int]]:
+    """(top, left) of each patch cut from ``_index_images``."""
+    return [divmod(int(v), w) for v in p[:, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("h,w,size", [(257, 256, 64), (256, 256, 95), (257, 257, 95), (64, 64, 16), (17, 18, 16)])
+def test_patch_offsets_are_even_and_in_bounds(h, w, size):
+    x = _index_images(64, h, w)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        p = random_patches(x, size, g)
+        assert p.shape == (64, 1, size, size)
+        for b, (top, left) in enumerate(_offsets(p, w)):
+            assert top % 2 == 0 and left % 2 == 0
+            assert 0 <= top <= h - size and 0 <= left <= w - size
+            assert torch.equal(p[b, 0], x[b, 0, top:top + size, left:left + size])
+
+
+def test_patch_offsets_reach_every_even_place_and_follow_the_generator():
+    x = _index_images(256, 25, 24)  # H - size = 9 (odd): tops 0..8, lefts 0..8, even ones only
+    p = random_patches(x, 16, torch.Generator().manual_seed(3))
+    offs = _offsets(p, 24)
+    assert {t for t, _ in offs} == {0, 2, 4, 6, 8} and {left for _, left in offs} == {0, 2, 4, 6, 8}
+    assert torch.equal(p, random_patches(x, 16, torch.Generator().manual_seed(3)))  # the generator's draws only
+    assert not torch.equal(p, random_patches(x, 16, torch.Generator().manual_seed(4)))
+    assert len(set(offs)) > 10  # each image its own offset
+
+
+def test_patch_residual_is_the_residual_of_the_whole_picture_there():
+    """The reason offsets are even: the NPR residual of a patch equals the residual the served
+    (whole, offset-0) picture has at those pixels; from an odd offset it does not."""
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 64, 64)
+    g_seed, size = 5, 32
+    p = random_patches(x, size, torch.Generator().manual_seed(g_seed))
+    offs = _offsets(random_patches(_index_images(8, 64, 64), size, torch.Generator().manual_seed(g_seed)), 64)
+    whole = npr_residual(x)
+    for b, (top, left) in enumerate(offs):
+        assert torch.equal(p[b], x[b, :, top:top + size, left:left + size])
+        assert torch.allclose(npr_residual(p[b:b + 1])[0], whole[b, :, top:top + size, left:left + size])
+        odd = x[b:b + 1, :, top + 1:top + 1 + size, left + 1:left + 1 + size]  # one pixel off the grid
+        assert not torch.allclose(npr_residual(odd)[0], whole[b, :, top + 1:top + 1 + size, left + 1:left + 1 + size])
+
+
+def test_paired_rows_keep_the_even_offset_of_the_row_before():
+    x = _index_images(6, 40, 40)
+    follow = torch.tensor([False, True, False, True, False, False])
+    same = random_patches(x, 16, torch.Generator().manual_seed(1), follow)
+    apart = random_patches(x, 16, torch.Generator().manual_seed(1))
+    offs = _offsets(same, 40)
+    assert offs[1] == offs[0] and offs[3] == offs[2]
+    assert all(t % 2 == 0 and left % 2 == 0 for t, left in offs)
+    for b in (0, 2, 4, 5):  # unmarked rows: the draws they had without pairing
+        assert torch.equal(same[b], apart[b])
+
+
+def test_learner_crops_on_the_grid():
+    lr = Learner(torch.nn.Linear(1, 1), TrainConfig(patch_size=16, seed=7), None)
+    x = _index_images(32, 41, 41)
+    for _ in range(5):
+        assert all(t % 2 == 0 and left % 2 == 0 for t, left in _offsets(lr.crop(x), 41))
