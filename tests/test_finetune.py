@@ -84,6 +84,7 @@ def test_ensembles_and_missing_files_are_refused(tmp_path, checkpoint_factory, u
     (["--pair_aligned", "true", "--balance", "family", "--batch_size", "7"], "even --batch_size"),
     (["--pair_patches", "true"], "--pair_patches needs --pair_aligned"),
     (["--patch_size", "7"], "patch_size must be"),
+    (["--patch_size", "95"], "patch_size must be even"),
     (["--patch_size", "96", "--tile_shuffle", "40"], "tile_shuffle 40 must divide"),
 ])
 def test_unusable_options_are_usage_errors_before_any_data_is_read(argv, says, usage_error):

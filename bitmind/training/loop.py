@@ -209,6 +209,8 @@ def check_patch_size(size: int, image_size: int | None = None) -> int:
     top = image_size if image_size else float("inf")
     if size and not MIN_PATCH <= size <= top:
         raise ValueError(f"patch_size must be 0 (whole image) or in [{MIN_PATCH}, {image_size or 'the image side'}], got {size}")
+    if size % 2:  # an odd side puts the patch's own 2 x 2 residual grid off the served picture's
+        raise ValueError(f"patch_size must be even (the NPR residual's 2 x 2 grid), got {size}")
     return size
 
 
