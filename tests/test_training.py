@@ -104,6 +104,13 @@ def test_resume_continues_from_saved_epoch(synth_data, tmp_path, monkeypatch):
             assert torch.equal(torch.as_tensor(got[i][name]), torch.as_tensor(t)), (i, name)
     for k in ("patch_rng", "tile_rng"):  # the patch offsets and tile orders go on where they were
         assert torch.equal(seen["rng"][k], saved[k]), k
+    # so do the sampler's draws: epoch 1 of the resumed run draws the pictures an uninterrupted run draws
+    assert "sampler_rng" in saved
+    first = torch.load(tmp_path / "t" / "state_last.pt", map_location="cpu", weights_only=True)
+    straight = tmp_path / "straight"
+    train(_cfg(synth_data, straight, epochs=2, **opts))
+    both = torch.load(straight / "t" / "state_last.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(first["sampler_rng"], both["sampler_rng"]) and not torch.equal(saved["sampler_rng"], both["sampler_rng"])
 
 
 def test_train_only_sources_never_leak_val_or_test_stems(synth_data, tmp_path):

@@ -2,7 +2,7 @@
 
 Writes to ``<checkpoints_dir>/<name>/``:
   ``model_epoch_best.pth`` (best validation accuracy; loadable by the miner as is),
-  ``model_last.pth``, ``state_last.pt`` (resumable: weights, optimiser, scheduler, epoch, patch and tile streams),
+  ``model_last.pth``, ``state_last.pt`` (resumable: weights, optimiser, scheduler, epoch, sampler, patch and tile streams),
   ``opt.json`` (resolved options), ``history.json`` (per-epoch metrics),
   ``curves.png`` and TensorBoard event files (tensorboardX).
 Only rank 0 logs and writes.
@@ -217,11 +217,14 @@ def train(cfg: TrainConfig) -> dict:
 
     start_epoch, best, history = 0, Best(), []
     state_path = run_dir / "state_last.pt"
+    sampler_gen = getattr(sampler, "generator", None)  # family / class-balanced samplers draw from their own stream
     if cfg.resume and state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
         learner.opt.load_state_dict(st["optimizer"])
         learner.load_rng_state(st)
+        if sampler_gen is not None and "sampler_rng" in st:
+            sampler_gen.set_state(st["sampler_rng"])
         start_epoch, best.score, best.bad_epochs = st["epoch"] + 1, st["best_acc"], st.get("bad_epochs", 0)
         history = json.loads(st.get("history", "[]"))
         best.record = json.loads(st.get("best", "{}"))
@@ -273,6 +276,8 @@ def train(cfg: TrainConfig) -> dict:
             state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
                      "epoch": epoch, "best_acc": best.score, "bad_epochs": best.bad_epochs,
                      "history": json.dumps(history), "best": json.dumps(best.record), **learner.rng_state()}
+            if sampler_gen is not None:  # the sampler's stream goes on where it was, not from epoch 0's draws
+                state["sampler_rng"] = sampler_gen.get_state()
             atomic_write(state_path, lambda tmp: torch.save(state, tmp))
             (run_dir / "history.json").write_text(json.dumps(history, indent=1))
             plot_curves(history, run_dir / "curves.png")
