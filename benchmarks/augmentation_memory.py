@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import load_model
 from bitmind.data import DetectionDataset
 from bitmind.inference import forward_logits, serving_forward
@@ -73,10 +74,11 @@ def sample(ds: DetectionDataset, per_class: int, seed: int) -> list[int]:
 
 
 @torch.inference_mode()
-def score(model, ds: DetectionDataset, items: list[int], epoch: int, batch: int = 32) -> np.ndarray:
-    """Raw logits of ``items`` of ``ds`` in their epoch-``epoch`` augmentation, as the miner serves."""
+def score(served: tuple, ds: DetectionDataset, items: list[int], epoch: int, batch: int = 32) -> np.ndarray:
+    """Raw logits of ``items`` of ``ds`` in their epoch-``epoch`` augmentation, through
+    ``served`` (what ``serving_forward`` returns: the model as the miner serves it)."""
+    forward, amp_dtype, channels_last = served
     ds.set_epoch(epoch)
-    forward, amp_dtype, channels_last = serving_forward(model, torch.device("cpu"))
     out = []
     for i in range(0, len(items), batch):
         x = torch.stack([ds[k][0] for k in items[i:i + batch]])
@@ -85,7 +87,7 @@ def score(model, ds: DetectionDataset, items: list[int], epoch: int, batch: int 
 
 
 def summarise(logits: np.ndarray, labels: np.ndarray, temperature: float, bias: float) -> dict:
-    probs = 1.0 / (1.0 + np.exp(-(logits / temperature + bias)))
+    probs = apply_calibration(logits, temperature, bias)
     m = compute_metrics(labels, probs)
     sign = 2.0 * labels - 1.0
     return {"roc_auc": m["roc_auc"], "balanced_accuracy": m["balanced_accuracy"],
@@ -100,14 +102,15 @@ def probe(model_path: str, data: list[str], per_class: int = 300, fresh_epochs=(
     # the control: validation crops through the training augmentation (not the validator pipeline)
     control = DetectionDataset(val_ds.items, augment=train_ds.augment, seed=cfg.seed, augment_for=train_ds.augment_for)
     temperature, bias = loaded.temperature, loaded.logit_bias
+    served = serving_forward(loaded.model, torch.device("cpu"))  # prepared once for every draw of both sets
     out = {"model": str(model_path), "data": list(data), "seed": cfg.seed, "per_class": per_class,
            "fresh_epochs": list(fresh_epochs), "sets": {}}
     for name, ds in (("train", train_ds), ("val", control)):
         items = sample(ds, per_class, seed)
         labels = np.asarray([ds.items[k][0].label(ds.items[k][1]) for k in items], dtype=np.float64)
         t = time.time()
-        frozen = score(loaded.model, ds, items, 0)
-        fresh = np.stack([score(loaded.model, ds, items, e) for e in fresh_epochs])
+        frozen = score(served, ds, items, 0)
+        fresh = np.stack([score(served, ds, items, e) for e in fresh_epochs])
         sign = 2.0 * labels - 1.0
         gain = sign * (frozen - fresh.mean(axis=0))
         fresh_spread = sign * (fresh[0] - fresh[1]) if len(fresh) > 1 else None

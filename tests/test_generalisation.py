@@ -108,7 +108,7 @@ def test_folds_drop_the_round_trips_of_held_out_photos_from_training_and_selecti
     """A fold holding out a kind of real photo must not train on those photos through a
     decoder (labelled fake) nor be selected on them; generator folds keep every round trip.
     Round trips of ready-made challenges are validated as they are, like their photo."""
-    from bitmind.training.sweep import load_val_challenges, variant_masks
+    from bitmind.training.sweep import TrainItems, load_val_challenges, variant_masks
 
     pools = make_pools(tmp_path)
     for f in sorted((pools["chal"] / "real").rglob("*.jpg")):  # round trips of the challenge photos too
@@ -128,7 +128,9 @@ def test_folds_drop_the_round_trips_of_held_out_photos_from_training_and_selecti
     crop_trips = sum(1 for k, (src, i) in enumerate(val.items) if src.source_name(i) == "fake/aligned-taef2") - len(chal_trip)
     assert int(trips.sum()) == len(chal_trip) + 2 * crop_trips
     extras = {"exclude_sources": ["real/faces"], "exclude_roots": [], "train_fraction": 1.0}
-    mask, val_mask = variant_masks("m.minus-real-faces", extras, train, partner, val_sources, val_photo, cfg.split_seed)
+    items = TrainItems.of(train)
+    assert items.partner == partner
+    mask, val_mask = variant_masks("m.minus-real-faces", extras, items, val_sources, val_photo, cfg.split_seed)
     kept = [names[k] for k in range(len(names)) if mask[k]]
     assert "real/faces" not in kept and "real/coco" in kept
     faces_trips = [k for k, p in enumerate(partner) if p >= 0 and names[p] == "real/faces"]
@@ -137,9 +139,9 @@ def test_folds_drop_the_round_trips_of_held_out_photos_from_training_and_selecti
     assert not val_mask[(val_sources == "real/faces") | (val_photo == "real/faces")].any()
     assert val_mask[trips & (val_photo == "real/coco")].all()
     gen = {"exclude_sources": ["fake/sdxl"], "exclude_roots": [], "train_fraction": 1.0}
-    mask, _ = variant_masks("m.minus-sdxl", gen, train, partner, val_sources, val_photo, cfg.split_seed)
+    mask, _ = variant_masks("m.minus-sdxl", gen, items, val_sources, val_photo, cfg.split_seed)
     assert all(mask[k] for k, p in enumerate(partner) if p >= 0) and not any(mask[k] for k in range(len(names)) if names[k] == "fake/sdxl")
-    assert variant_masks("m", {"exclude_sources": [], "exclude_roots": [], "train_fraction": 1.0}, train, partner,
+    assert variant_masks("m", {"exclude_sources": [], "exclude_roots": [], "train_fraction": 1.0}, items,
                          val_sources, val_photo, cfg.split_seed) == (None, None)
 
 

@@ -345,28 +345,41 @@ def load_val_challenges(val_ds: DetectionDataset, seeds: list[int],
     return torch.cat(xs), np.concatenate(ys), np.asarray(names), np.asarray(photo_names)
 
 
-def variant_masks(name: str, extras: dict, train_ds: DetectionDataset, partner: list[int], val_sources: np.ndarray,
-                  val_photo_sources: np.ndarray, split_seed: int) -> tuple[torch.Tensor | None, np.ndarray | None]:
+@dataclass(frozen=True)
+class TrainItems:
+    """What the variants' masks read of each training item, read once for every variant:
+    stem, source name, root folder name and aligned partner (``aligned_partners``, -1: none)."""
+    stems: list[str]
+    sources: list[str]
+    roots: list[str]
+    partner: list[int]
+
+    @classmethod
+    def of(cls, ds: DetectionDataset) -> "TrainItems":
+        return cls(stems=[src.stem(i) for src, i in ds.items], sources=[src.source_name(i) for src, i in ds.items],
+                   roots=[getattr(src, "name", "") for src, _ in ds.items], partner=aligned_partners(ds))
+
+
+def variant_masks(name: str, extras: dict, items: TrainItems, val_sources: np.ndarray, val_photo_sources: np.ndarray,
+                  split_seed: int) -> tuple[torch.Tensor | None, np.ndarray | None]:
     """A variant's training items (``train_fraction``, ``exclude_sources``,
     ``exclude_roots``; None = all) and the validation challenges it is selected and
-    calibrated on (None = all). A round trip goes where its photo goes (``partner``, from
-    ``aligned_partners``): a fold that holds out a kind of real photo neither trains on
-    those photos through a decoder, labelled fake, nor is selected on them."""
+    calibrated on (None = all). A round trip goes where its photo goes (``items.partner``):
+    a fold that holds out a kind of real photo neither trains on those photos through a
+    decoder, labelled fake, nor is selected on them."""
     excluded, excluded_roots = set(extras["exclude_sources"]), set(extras["exclude_roots"])
     val_mask = None
     if excluded:
         val_mask = ~(np.isin(val_sources, sorted(excluded)) | np.isin(val_photo_sources, sorted(excluded)))
     if extras["train_fraction"] >= 1.0 and not excluded and not excluded_roots:
         return None, val_mask
-    stems = [src.stem(i) for src, i in train_ds.items]
-    sources = [src.source_name(i) for src, i in train_ds.items]
-    roots = [getattr(src, "name", "") for src, _ in train_ds.items]
-    for kind, unknown in (("sources (CLASS/NAME)", excluded - set(sources)), ("roots (folder names)", excluded_roots - set(roots))):
+    for kind, unknown in (("sources (CLASS/NAME)", excluded - set(items.sources)), ("roots (folder names)", excluded_roots - set(items.roots))):
         if unknown:
             logger.warning("variant %s excludes %s, which the training data does not have as %s", name, sorted(unknown), kind)
-    out = [so in excluded or r in excluded_roots for so, r in zip(sources, roots)]
-    out = [o or (p >= 0 and out[p]) for o, p in zip(out, partner)]
-    mask = torch.tensor([in_subset(st, extras["train_fraction"], split_seed) and not o for st, o in zip(stems, out)], dtype=torch.bool)
+    out = [so in excluded or r in excluded_roots for so, r in zip(items.sources, items.roots)]
+    out = [o or (p >= 0 and out[p]) for o, p in zip(out, items.partner)]
+    mask = torch.tensor([in_subset(st, extras["train_fraction"], split_seed) and not o for st, o in zip(items.stems, out)],
+                        dtype=torch.bool)
     return mask, val_mask
 
 
@@ -442,11 +455,11 @@ def run_sweep(spec: SweepSpec) -> dict:
     if device.type == "cuda":
         val_x = val_x.to(device)
 
-    partner = aligned_partners(train_ds)
+    items = TrainItems.of(train_ds)
     variants = []
     for name, (cfg, extras) in options.items():
         # held-out sources never decide this variant's epoch or calibration
-        mask, val_mask = variant_masks(name, extras, train_ds, partner, val_sources, val_photo_sources, base.split_seed)
+        mask, val_mask = variant_masks(name, extras, items, val_sources, val_photo_sources, base.split_seed)
         variants.append(_Variant(name, cfg, extras, device, amp_dtype, mask=mask,
                                  training_images=len(train_ds), val_mask=val_mask))
     teacher_paths = [v.teacher for v in variants if v.teacher]
