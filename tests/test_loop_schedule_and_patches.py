@@ -17,11 +17,11 @@ LR = 4e-4
 
 # ---------------------------------------------------------------------------- lr_at
 def _after_warmup(cfg: TrainConfig, e: int) -> float:
-    """The decay after warm-up, written out (it must not move with the warm-up fix)."""
+    """The decay after warm-up, written out: both count their epochs from the end of the warm-up."""
     if cfg.lr_schedule == "cosine":
         t = min(max(e - cfg.warmup_epochs, 0) / max(cfg.epochs - cfg.warmup_epochs, 1), 1.0)
         return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
-    return cfg.lr * cfg.lr_decay ** (e // max(cfg.lr_decay_every, 1))
+    return cfg.lr * cfg.lr_decay ** ((e - cfg.warmup_epochs) // max(cfg.lr_decay_every, 1))
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
@@ -37,15 +37,17 @@ def test_warmup_epochs_are_below_the_full_lr_and_rise_to_it(schedule):
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
-@pytest.mark.parametrize("w", [0, 1, 2, 3])
-def test_schedule_after_warmup_is_unchanged(schedule, w):
+@pytest.mark.parametrize("w", [0, 1, 2, 3, 4, 6])
+def test_schedule_after_warmup_counts_from_its_end(schedule, w):
     cfg = TrainConfig(lr=LR, epochs=12, lr_schedule=schedule, warmup_epochs=w, lr_decay=0.5, lr_decay_every=4)
     after = [lr_at(cfg, e) for e in range(w, cfg.epochs)]
     assert after == pytest.approx([_after_warmup(cfg, e) for e in range(w, cfg.epochs)])
     ramp = [lr_at(cfg, e) for e in range(w + 1)]
     assert all(a < b for a, b in zip(ramp, ramp[1:])) and ramp[-1] == pytest.approx(LR)  # rising to full lr at epoch w
+    assert after[0] == pytest.approx(LR)  # full lr once warm, also where the warm-up outlasts a decay step (w >= 4)
+    if schedule == "step":
+        assert after[4] == pytest.approx(LR * 0.5)  # the first step comes lr_decay_every epochs after the warm-up
     if schedule == "cosine":
-        assert after[0] == pytest.approx(LR)
         assert all(a >= b for a, b in zip(after, after[1:]))  # non-increasing once warm
         assert after[-1] > 0.01 * LR  # ends where it ended: just short of the 1 % floor
 

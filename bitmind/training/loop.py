@@ -39,7 +39,9 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     ``warmup_epochs`` W means W epochs below the full lr, rising linearly: epoch e < W runs
     at ``lr * (e + 1) / (W + 1)`` and the full lr comes at epoch W, where the decay starts.
     Why not ``(e + 1) / W``: with the recipes' ``warmup_epochs: 1`` that put epoch 0 at the
-    full lr already, so there was no warm-up at all."""
+    full lr already, so there was no warm-up at all. Both decays count their epochs from the
+    end of the warm-up (a step decay counted from epoch 0 would cut the lr before it had
+    ever reached full where ``warmup_epochs >= lr_decay_every``)."""
     if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
         return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
     if cfg.lr_schedule == "cosine":
@@ -48,7 +50,7 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
         return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
     if cfg.lr_schedule != "step":
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} (step | cosine)")
-    return cfg.lr * (cfg.lr_decay ** (epoch // max(cfg.lr_decay_every, 1)))
+    return cfg.lr * (cfg.lr_decay ** (max(epoch - cfg.warmup_epochs, 0) // max(cfg.lr_decay_every, 1)))
 
 
 def make_writer(run_dir: Path):
