@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bitmind.data import (AsIs, FamilySampler, FlipOnly, aligned_partners, family_of,
+from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, aligned_partners, family_of,
                           family_weights, sources_of_family)
 from bitmind.training import TrainConfig
 from bitmind.training.logo import add_ensembles, logo_sweep_spec, score_fold
@@ -102,6 +102,28 @@ def test_photos_drawn_with_their_round_trips_count_against_their_own_share():
     heavy = FamilySampler([0, 0, 1, 1], ["real/a", "real/b", "fake/aligned-taef2", "fake/aligned-taef2"],
                           partners=[-1, -1, 0, 0], num_samples=100)
     assert heavy.overdrawn == 1 and heavy.weights[0] == 0
+
+
+def test_sweep_validation_honours_val_challenge(tmp_path):
+    """``val_challenge: false`` validates a single run on plain pictures; the sweep's
+    validation must do the same instead of drawing validator challenges per seed."""
+    from bitmind.training.sweep import load_val_challenges
+
+    pools = make_pools(tmp_path)
+    cfg = TrainConfig(data=[str(pools["crops"])], challenge_data=[str(pools["chal"])], val_fraction=0.25, test_fraction=0.25)
+    _, val, _ = build_datasets(cfg)
+    ready = sum(isinstance(val.augment_of(k), AsIs) for k in range(len(val)))
+    assert 0 < ready < len(val)
+    drawn_x, drawn_y, _, _ = load_val_challenges(val, [0, 1], workers=0)
+    assert len(drawn_y) == ready + 2 * (len(val) - ready)  # crops once per seed, challenges once
+    plain_x, plain_y, plain_src, _ = load_val_challenges(val, [0, 1], workers=0, challenge=False)
+    assert len(plain_y) == len(val)  # every picture once
+    again_x, _, _, _ = load_val_challenges(val, [5], workers=0, challenge=False)
+    assert torch.equal(plain_x, again_x)  # plain: no seed-dependent draw
+    crops = [k for k in range(len(val)) if not isinstance(val.augment_of(k), AsIs)]
+    first = DetectionDataset([val.items[crops[0]]], augment=None, uint8=True)[0][0]
+    assert torch.equal(plain_x[0], first)  # the plain resize, not a challenge
+    assert not torch.equal(drawn_x[0], first)
 
 
 def test_folds_drop_the_round_trips_of_held_out_photos_from_training_and_selection(tmp_path):

@@ -313,18 +313,23 @@ def _logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dt
     return validate(model, batches, device, amp_dtype, channels_last=channels_last and device.type == "cuda")[0]
 
 
-def load_val_challenges(val_ds: DetectionDataset, seeds: list[int],
-                        workers: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int,
+                        challenge: bool = True) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
     """The validation split through the validator pipeline, one draw per seed, as uint8
     (N, 3, 256, 256), with labels, source names and, for aligned round trips, the source
     of the photo they were made from ("" for other pictures). Items that already are
     challenges (``AsIs``, including round trips paired with a challenge photo) are taken
-    once, as they are: re-drawing them changes nothing."""
+    once, as they are: re-drawing them changes nothing. ``challenge=False`` (the option
+    ``val_challenge: false``, as in a single run) takes every picture once, plainly resized,
+    whatever the seeds."""
     partner = aligned_partners(val_ds)
     ready = [k for k in range(len(val_ds)) if isinstance(val_ds.augment_of(k), AsIs)]
     redraw = [k for k in range(len(val_ds)) if not isinstance(val_ds.augment_of(k), AsIs)]
-    parts = [(DetectionDataset([val_ds.items[k] for k in redraw], augment=ValidatorPipeline(), seed=s, uint8=True), redraw)
-             for s in seeds]
+    if challenge:
+        parts = [(DetectionDataset([val_ds.items[k] for k in redraw], augment=ValidatorPipeline(), seed=s, uint8=True), redraw)
+                 for s in seeds]
+    else:
+        parts = [(DetectionDataset([val_ds.items[k] for k in redraw], augment=None, seed=seeds[0], uint8=True), redraw)]
     if ready:
         parts.append((DetectionDataset([val_ds.items[k] for k in ready], augment=AsIs(), seed=seeds[0], uint8=True), ready))
     xs, ys, names, photo_names = [], [], [], []
@@ -450,8 +455,10 @@ def run_sweep(spec: SweepSpec) -> dict:
     train_ds, val_ds, counts = build_datasets(base)
     print("training set:\n" + train_ds.summary(), flush=True)
     t0 = time.time()
-    val_x, val_y, val_sources, val_photo_sources = load_val_challenges(val_ds, spec.val_seeds, base.workers)
-    print(f"validation: {len(val_y)} challenges ({len(val_ds)} images x seeds {spec.val_seeds}) in {time.time() - t0:.1f}s", flush=True)
+    val_x, val_y, val_sources, val_photo_sources = load_val_challenges(val_ds, spec.val_seeds, base.workers,
+                                                                       challenge=base.val_challenge)
+    drawn = f"seeds {spec.val_seeds}" if base.val_challenge else "once, plain (val_challenge false)"
+    print(f"validation: {len(val_y)} pictures ({len(val_ds)} images, {drawn}) in {time.time() - t0:.1f}s", flush=True)
     if device.type == "cuda":
         val_x = val_x.to(device)
 
