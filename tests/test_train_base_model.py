@@ -69,6 +69,7 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
     lm = load_model(work / "base.pth")
     assert lm.meta["config"]["stem_pool"] is False and lm.meta["config"]["input"] == "npr_hp"
     assert lm.meta["train_options"]["patch_size"] == 32 and lm.meta["metrics"]["calibration"]["real_target"] == 0.85
+    assert lm.meta["train_options"]["seed"] == 1  # the shipped file's training seed, by default
     acc = json.loads((work / "accuracy_validator.json").read_text())
     assert str(data / "sn34-validator") in json.dumps(acc) and "roc_auc" in json.dumps(acc)
 

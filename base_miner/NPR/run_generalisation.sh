@@ -12,8 +12,9 @@
 # The shipped mining_models/base.pth: its recipe (patch96nopool) was chosen by
 #   LOGO_SPEC=base_miner/NPR/sweeps/logo_compare.json WORKERS=14 \
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
-# and its length (78 epochs) by logo_longer.json, whose model trained on everything is the shipped file:
-#   LOGO_SPEC=base_miner/NPR/sweeps/logo_longer.json POOLS=crop192 WORKERS=14 SHIP_VARIANT=patch96nopool \
+# its length (78 epochs) by logo_longer.json; the shipped file is the model trained on everything of
+# the same length with the training pipeline fixed, on training seed 1 with camera folds:
+#   LOGO_SPEC=base_miner/NPR/sweeps/logo_longer_s1.json TRAIN_SEED=1 POOLS=crop192 WORKERS=14 SHIP_VARIANT=patch96nopool \
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
 # (docs/Model.md, "Recipe"; the same recipe at a fixed length, calibrated and scored, is one command:
 # base_miner/NPR/train_base_model.sh).

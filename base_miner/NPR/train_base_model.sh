@@ -17,10 +17,11 @@
 # H200 about 8 minutes: timed with EPOCHS=6 in 100 s (round trips 23 s, 4.4 s per epoch, scores,
 # calibration and test split 30 s), extrapolated to the spec's 78 epochs. The result
 # is not copied over mining_models/base.pth: compare WORK_DIR/accuracy_validator.json with
-# benchmarks/results/accuracy_v10_validator.json first, then copy it (the miner hot-reloads).
+# benchmarks/results/accuracy_v11_validator.json first, then copy it (the miner hot-reloads).
 # GPU kernels are not bit-deterministic: a re-run gives a close model, not the same bytes.
 # Env: PYTHON (default python3), WORKERS (data-loader processes; the spec says 14), SPEC (another
-# ship spec, e.g. a tiny one in tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda).
+# ship spec, e.g. a tiny one in tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda),
+# TRAIN_SEED (the training seed; default 1, the shipped file's).
 set -euo pipefail
 DATA=${1:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
@@ -44,7 +45,7 @@ echo "== 1. aligned round trips ($(date +%T))"
 echo "== 2. training ($SPEC) ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "$SPEC" --data "${CROPS[@]}" "$WORK/aligned" \
   --challenge_data "${CHALLENGES[@]}" --checkpoints_dir "$WORK/checkpoints" --name ship \
-  ${EPOCHS:+--epochs "$EPOCHS"} "${OPTS[@]}"
+  --train_seed "${TRAIN_SEED:-1}" ${EPOCHS:+--epochs "$EPOCHS"} "${OPTS[@]}"
 
 echo "== 3. scores on both regimes ($(date +%T))"
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/ship" "${OPTS[@]}"
