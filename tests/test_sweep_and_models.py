@@ -44,6 +44,12 @@ def test_shipped_checkpoints_load_with_the_extended_npr():
     fast = load_model(REPO / "mining_models" / "base_fast.pth")
     assert fast.meta["metrics"]["calibration"]["real_target"] == 0.85 and fast.model.config["stem_pool"] is True
     assert lm.meta["train_options"]["patch_size"] == 96 and lm.meta["train_options"]["balance"] == "family"
+    # the cheaper serve beside it is the same file on the central 192 px: same weights and calibration
+    crop = load_model(REPO / "mining_models" / "base_crop192.pth")
+    assert crop.model.config == {**lm.model.config, "center_crop": 192}
+    assert (crop.temperature, crop.logit_bias) == (lm.temperature, lm.logit_bias)
+    for key, value in lm.model.state_dict().items():
+        assert torch.equal(crop.model.state_dict()[key], value), key
     # the previous (SD v1.x only) ensemble is kept beside it
     lm = load_model(REPO / "mining_models" / "base_sd1x.pth")
     assert lm.arch == "ensemble"
