@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 
 import torch
 import torch.nn as nn
@@ -117,6 +118,38 @@ def cpu_bf16_wanted(amp: str | None) -> bool:
     return amp == "bf16" or (amp == "auto" and cpu_runs_bf16())
 
 
+def cpu_bf16_setting(amp: str | None) -> bool | str:
+    """What the miner asks of ``optimize_for_cpu`` for an AMP mode: ``True`` (bf16, as asked:
+    ``bf16``, or ``BITMIND_CPU_BF16=1``), ``False`` (fp32), or ``"if_faster"`` (``auto`` on a
+    CPU that runs bf16 natively: bf16 only where it is measured faster). Why measure: native
+    bf16 is not always faster. On one Xeon with AMX it made the NPR forward 2.2x faster, on a
+    Xeon with AVX512-BF16 and no AMX it made it 1.7x slower (docs/Performance.md)."""
+    if not cpu_bf16_wanted(amp):
+        return False
+    if amp == "bf16" or os.environ.get("BITMIND_CPU_BF16", "").strip() == "1":
+        return True
+    return "if_faster"
+
+
+def bf16_is_faster(fast: nn.Module, probe: torch.Tensor, rounds: int = 5, margin: float = 0.9) -> bool:
+    """Does ``CpuBf16(fast)`` run ``probe`` (one picture) in under ``margin`` of the fp32 time?
+    The fastest of ``rounds`` alternating forwards of each, after one warm-up each: the
+    minimum is what the CPU can do, least moved by other work on the machine."""
+    low = CpuBf16(fast)
+    times = {"fp32": [], "bf16": []}
+    with torch.inference_mode():
+        fast(probe), low(probe)  # warm-up: first calls set up kernels
+        for _ in range(rounds):
+            for name, m in (("fp32", fast), ("bf16", low)):
+                t0 = time.perf_counter()
+                m(probe)
+                times[name].append(time.perf_counter() - t0)
+    fp32, bf16 = min(times["fp32"]), min(times["bf16"])
+    logger.info("CPU forward: fp32 %.1f ms, bf16 %.1f ms: serving %s", fp32 * 1e3, bf16 * 1e3,
+                "bf16" if bf16 < margin * fp32 else "fp32")
+    return bf16 < margin * fp32
+
+
 class CpuBf16(nn.Module):
     """``inner`` under bf16 autocast on the CPU, float32 out. Autocast (not bf16 weights)
     keeps the input residuals (NPR, high-pass: differences of about 1/255) in fp32 and
@@ -134,12 +167,13 @@ class CpuBf16(nn.Module):
             return self.inner(x).float()
 
 
-def optimize_for_cpu(model: nn.Module, probe_batch: int = 2, bf16: bool = False) -> nn.Module:
+def optimize_for_cpu(model: nn.Module, probe_batch: int = 2, bf16: bool | str = False) -> nn.Module:
     """A faster inference-only copy of ``model`` for CPU serving: convolution + batch norm
     pairs folded into one convolution, weights in channels-last layout (see the module
     docstring), run under bf16 autocast if ``bf16`` (``CpuBf16``) and that agrees with fp32
-    within 2 % + 0.05 logits, else the fp32 copy. Feed it channels-last input. Raises if the
-    fp32 copy disagrees with ``model`` (1e-3).
+    within 2 % + 0.05 logits, else the fp32 copy; with ``bf16="if_faster"`` only if bf16 is
+    also measured faster on one picture (``bf16_is_faster``). Feed it channels-last input.
+    Raises if the fp32 copy disagrees with ``model`` (1e-3).
 
     Why not TorchScript (``optimize_for_inference``, as fast when warm)? Its profiling
     executor re-specialises per input shape and thread at unpredictable times (we measured
@@ -158,6 +192,8 @@ def optimize_for_cpu(model: nn.Module, probe_batch: int = 2, bf16: bool = False)
         return fast
     if not torch.allclose(low, ref, rtol=0.02, atol=0.05):
         logger.warning("bf16 forward differs from fp32 by %.3g: serving fp32", (low - ref).abs().max().item())
+        return fast
+    if bf16 == "if_faster" and not bf16_is_faster(fast, probe[:1].contiguous(memory_format=torch.channels_last)):
         return fast
     return CpuBf16(fast)
 
@@ -229,7 +265,7 @@ def compile_for_cpu(fast: nn.Module, batch: int = 1, thread_counts: tuple[int, .
         torch.set_num_threads(prev)
 
 
-def prepare_for_serving(model: nn.Module, name: str = "model", bf16: bool = False) -> nn.Module | None:
+def prepare_for_serving(model: nn.Module, name: str = "model", bf16: bool | str = False) -> nn.Module | None:
     """``optimize_for_cpu(model, bf16=bf16)``, or None (serve eager) if preparing fails."""
     try:
         return optimize_for_cpu(model, bf16=bf16)
@@ -242,7 +278,7 @@ def serving_forward(model: nn.Module, device: torch.device, amp: str | None = "a
                     optimize: bool | str = "auto") -> tuple[nn.Module, torch.dtype | None, bool]:
     """What the miner's ``Predictor`` runs for ``model`` on ``device``, as
     ``(module, amp_dtype, channels_last)`` for ``forward_logits``: on a CPU the prepared copy
-    (``optimize`` "auto"; eager if preparing fails; bf16 as ``cpu_bf16_wanted(amp)`` says),
+    (``optimize`` "auto"; eager if preparing fails; bf16 as ``cpu_bf16_setting(amp)`` says),
     on CUDA the eager model in channels-last with bf16 autocast (``amp`` "auto")."""
     from bitmind.common import resolve_amp
 
@@ -250,7 +286,7 @@ def serving_forward(model: nn.Module, device: torch.device, amp: str | None = "a
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if (device.type == "cpu") if optimize == "auto" else bool(optimize):
-        fast = prepare_for_serving(model, bf16=device.type == "cpu" and cpu_bf16_wanted(amp))
+        fast = prepare_for_serving(model, bf16=device.type == "cpu" and cpu_bf16_setting(amp))
         if fast is not None:
             return fast, None, True
     return model, resolve_amp(amp, device), device.type == "cuda"

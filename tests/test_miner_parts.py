@@ -134,6 +134,44 @@ def test_cpu_bf16_serving_is_chosen_checked_against_fp32_and_falls_back(tmp_path
     assert fast is not None and not isinstance(fast, CpuBf16)
 
 
+def test_auto_serves_cpu_bf16_only_where_it_is_measured_faster(tmp_path, monkeypatch):
+    """Native bf16 is not always faster: on a Xeon with AVX512-BF16 and no AMX the shipped
+    model's forward took 123 ms in bf16 against 74 ms in fp32 (benchmarks/results/cpu_bf16_v11.json).
+    So ``auto`` times both on one picture and keeps bf16 only where it wins; ``bf16`` (or
+    BITMIND_CPU_BF16=1) still forces it."""
+    import bitmind.inference as inference
+    from bitmind.checkpoint import load_model
+    from bitmind.inference import CpuBf16, bf16_is_faster, cpu_bf16_setting, optimize_for_cpu
+    from bitmind.miner.predict import Predictor
+
+    monkeypatch.delenv("BITMIND_CPU_BF16", raising=False)
+    monkeypatch.setattr(inference, "cpu_runs_bf16", lambda: True)
+    assert cpu_bf16_setting("auto") == "if_faster" and cpu_bf16_setting("bf16") is True
+    assert cpu_bf16_setting("none") is False and cpu_bf16_setting(None) is False
+    monkeypatch.setenv("BITMIND_CPU_BF16", "1")
+    assert cpu_bf16_setting("auto") is True
+    monkeypatch.delenv("BITMIND_CPU_BF16")
+    monkeypatch.setattr(inference, "cpu_runs_bf16", lambda: False)
+    assert cpu_bf16_setting("auto") is False
+
+    path = make_checkpoint(tmp_path / "m.pth")
+    model = load_model(path).model
+    probe = torch.rand(1, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+    assert bf16_is_faster(optimize_for_cpu(model), probe, rounds=2) in (True, False)  # it runs both
+    for faster in (False, True):
+        monkeypatch.setattr(inference, "bf16_is_faster", lambda fast, probe, faster=faster: faster)
+        assert isinstance(optimize_for_cpu(model, bf16="if_faster"), CpuBf16) is faster
+        assert isinstance(optimize_for_cpu(model, bf16=True), CpuBf16)  # forced: not measured
+    # the miner's "auto" on a CPU that runs bf16 natively but slower: fp32 serves, and says so
+    monkeypatch.setattr(inference, "cpu_runs_bf16", lambda: True)
+    monkeypatch.setattr(inference, "bf16_is_faster", lambda fast, probe: False)
+    p = Predictor(str(path), device="cpu", amp="auto")
+    try:
+        assert p.status()["cpu_bf16"] is False
+    finally:
+        p.close()
+
+
 def test_building_the_serving_model_runs_no_parallel_op_on_the_calling_thread(tmp_path, monkeypatch):
     """The miner builds its ``Predictor`` on the main thread. A multi-threaded torch op there
     (even filling a probe tensor) leaves an OpenMP team alive in that thread, which slowed

@@ -20,7 +20,7 @@ from bitmind.checkpoint import LoadedModel
 from bitmind.common import resolve_amp, resolve_device
 from bitmind.image_io import DecodeLimits, decode_image
 from bitmind.image_transforms import TARGET_SIZE, base_transforms
-from bitmind.inference import CompiledCpu, cpu_bf16_wanted
+from bitmind.inference import CompiledCpu, cpu_bf16_setting
 from bitmind.miner.batching import MicroBatcher, auto_max_batch, auto_workers
 from bitmind.miner.cpu import logits_of, single_threaded
 from bitmind.miner.reload import ModelSlot
@@ -96,7 +96,7 @@ class Predictor:
         compile_threads = (MicroBatcher.thread_counts(self.device, threads, workers)
                            if cfg.compile and self.device.type == "cpu" and max_batch == 1 else ())
         self.slot = ModelSlot(model_path, self.device, cfg.arch, cfg.allow_arch_change, cfg.check_interval,
-                              self.amp_dtype, optimize, cpu_bf16=self.device.type == "cpu" and cpu_bf16_wanted(cfg.amp),
+                              self.amp_dtype, optimize, cpu_bf16=self.device.type == "cpu" and cpu_bf16_setting(cfg.amp),
                               compile_threads=compile_threads)
         self.batcher = MicroBatcher(self.predict_tensors, self.device, max_batch, cfg.batch_window_ms / 1000.0,
                                     cfg.max_queue, workers, threads)

@@ -90,7 +90,7 @@ def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
 class ModelSlot:
     """The model file and what serves from it: the first load, validation, the swap on
     change and, when ``optimize``, the CPU-prepared copy swapped in once ready (in bf16
-    autocast when ``cpu_bf16``). With ``compile_threads``, the first model's prepared copy is
+    autocast when ``cpu_bf16``; ``"if_faster"``: where measured faster). With ``compile_threads``, the first model's prepared copy is
     compiled for those intra-op thread counts (``compile_for_cpu``) before it serves; a
     hot-reloaded model serves prepared, uncompiled, until the next start.
 
@@ -101,7 +101,7 @@ class ModelSlot:
 
     def __init__(self, path: str, device: torch.device, arch: str | None = None, allow_arch_change: bool = False,
                  check_interval: float = 0.05, amp_dtype: torch.dtype | None = None, optimize: bool = False,
-                 cpu_bf16: bool = False, compile_threads: tuple[int, ...] = ()):
+                 cpu_bf16: bool | str = False, compile_threads: tuple[int, ...] = ()):
         self.path, self.device, self.arch = str(path), device, arch
         self.allow_arch_change, self.check_interval = allow_arch_change, check_interval
         self.amp_dtype, self.optimize, self.cpu_bf16 = amp_dtype, optimize, cpu_bf16
