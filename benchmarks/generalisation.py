@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from bitmind.models.npr import check_center_crop, top_fraction
-from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_sweep_spec, parse_ensembles,
-                                  pooled_name, score_models, select_recipe, ship, sources_in, unpooled, view_of)
+from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_run_spec, parse_ensembles,
+                                  pooled_name, score_models, select_recipe, ship, unpooled, view_of)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,19 +59,9 @@ def cmd_train(args) -> Path:
     from bitmind.training.sweep import SweepSpec, run_sweep
 
     logo = json.loads(Path(args.spec).read_text())
-    base = dict(logo.get("base", {}))
-    for key in ("data", "challenge_data", "train_data"):
-        if getattr(args, key):
-            base[key] = getattr(args, key)
-    for key in ("epochs", "device", "workers", "checkpoints_dir", "max_steps_per_epoch", "samples_per_epoch"):
-        if getattr(args, key, None) is not None:
-            base[key] = getattr(args, key)
-    if args.train_seed is not None:
-        base["seed"] = args.train_seed
-    base["name"] = args.name
-    logo["base"] = base
-    roots = base.get("data", []) + base.get("challenge_data", []) + base.get("train_data", [])
-    sweep = logo_sweep_spec(logo, sources_in(roots))
+    keys = ("data", "challenge_data", "train_data", "epochs", "device", "workers", "checkpoints_dir",
+            "max_steps_per_epoch", "samples_per_epoch")
+    sweep = logo_run_spec(logo, args.name, seed=args.train_seed, **{k: getattr(args, k, None) for k in keys})
     spec = SweepSpec.from_dict(sweep)
     run_dir = spec.base.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -81,10 +81,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from bitmind.data import collate_skip_none
-from bitmind.training.logo import logo_sweep_spec, sources_in
+from bitmind.training.logo import logo_run_spec
 from bitmind.training.loop import prepare_batch
-from bitmind.training.sweep import SweepSpec
-from bitmind.training.trainer import build_datasets, loader_kwargs, prepare_device, seed_everything, train_sampler
+from bitmind.training.sweep import SweepSpec, sweep_train_loader
+from bitmind.training.trainer import build_datasets, prepare_device, seed_everything, train_sampler
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("loader", "to_device", "unpinned")
@@ -98,31 +98,22 @@ def sweep_base(args) -> tuple:
     command line's overrides, as ``generalisation.py train`` builds it (a LOGO spec) or
     ``bitmind.training.sweep`` reads it (a sweep spec, with ``variants``)."""
     raw = json.loads(Path(args.spec).read_text())
-    base = dict(raw.get("base", {}))
-    for key in ("data", "challenge_data", "train_data"):
-        if getattr(args, key):
-            base[key] = getattr(args, key)
-    for key in ("batch_size", "samples_per_epoch"):
-        if getattr(args, key) is not None:
-            base[key] = getattr(args, key)
-    if args.train_seed is not None:
-        base["seed"] = args.train_seed
-    base["device"] = args.device
-    base["name"] = "loader_speed"
-    raw = {**raw, "base": base}
-    if not raw.get("variants"):  # a LOGO spec: its sweep spec (checks the recipes and folds as a run would)
-        roots = base.get("data", []) + base.get("challenge_data", []) + base.get("train_data", [])
-        raw = logo_sweep_spec(raw, sources_in(roots))
+    overrides = {k: getattr(args, k) for k in ("data", "challenge_data", "train_data", "batch_size", "samples_per_epoch")}
+    overrides["device"] = args.device
+    if raw.get("variants"):  # a sweep spec: its base, overridden alike
+        base = {**raw.get("base", {}), **{k: v for k, v in overrides.items() if v is not None}, "name": "loader_speed"}
+        if args.train_seed is not None:
+            base["seed"] = args.train_seed
+        raw = {**raw, "base": base}
+    else:  # a LOGO spec: its sweep spec as generalisation.py train makes it (checks the recipes and folds as a run would)
+        raw = logo_run_spec(raw, "loader_speed", seed=args.train_seed, **overrides)
     spec = SweepSpec.from_dict(raw)
     return spec.base.check(), spec
 
 
 def sweep_loader(base, train_ds, device: torch.device) -> DataLoader:
     """The training DataLoader of ``run_sweep`` for ``base`` (its own sampler, as a sweep makes one)."""
-    sampler = train_sampler(base, train_ds)
-    return DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
-                      drop_last=len(sampler if sampler is not None else train_ds) >= base.batch_size,
-                      **loader_kwargs(base, device))
+    return sweep_train_loader(base, train_ds, train_sampler(base, train_ds), device)
 
 
 # ---------------------------------------------------------------------------- CPU accounting

@@ -137,6 +137,20 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
 
 
 # ---------------------------------------------------------------------------- 2. scoring
+def logo_run_spec(logo: dict, name: str, seed: int | None = None, **overrides) -> dict:
+    """The sweep spec a LOGO spec runs as once a command line has overridden its ``base``:
+    each ``overrides`` value that is not None (data roots, epochs, device, ...) replaces the
+    spec's, ``seed`` (``--train_seed``) the training seed, ``name`` the run's name; the folds
+    are made from the sources found in the roots (``logo_sweep_spec``). One function for
+    ``generalisation.py train`` and the benchmarks that must build the same sweep."""
+    base = {**logo.get("base", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    if seed is not None:
+        base["seed"] = seed
+    base["name"] = name
+    roots = base.get("data", []) + base.get("challenge_data", []) + base.get("train_data", [])
+    return logo_sweep_spec({**logo, "base": base}, sources_in(roots))
+
+
 def scored_items(roots):
     """(source object, index, source name, split, label) of every picture of ``roots`` that
     ``score_models`` scores, in its order; aligned round trips only in the test split (their

@@ -350,6 +350,15 @@ def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int
     return torch.cat(xs), np.concatenate(ys), np.asarray(names), np.asarray(photo_names)
 
 
+def sweep_train_loader(base: TrainConfig, train_ds: DetectionDataset, sampler, device: torch.device) -> DataLoader:
+    """The one training DataLoader every variant of a sweep shares (``benchmarks/loader_speed.py``
+    times the same one): ``base``'s batch size and loader options, ``sampler`` (or shuffling),
+    the last short batch dropped where a whole one exists."""
+    return DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
+                      drop_last=len(sampler if sampler is not None else train_ds) >= base.batch_size,
+                      **loader_kwargs(base, device))
+
+
 @dataclass(frozen=True)
 class TrainItems:
     """What the variants' masks read of each training item, read once for every variant:
@@ -477,8 +486,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     sampler = train_sampler(base, train_ds)
     for v in variants:  # pair_patches variants crop each round trip and its photo alike
         v.align_pairs(train_ds.partner)
-    loader = DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
-                        drop_last=len(sampler if sampler is not None else train_ds) >= base.batch_size, **loader_kwargs(base, device))
+    loader = sweep_train_loader(base, train_ds, sampler, device)
     t_start, images_seen = time.time(), 0
     # The time budget is fitted twice: after epochs 0-1 (a cautious guess: they carry the
     # start-up of the workers, cuDNN and the first validation), then on a steady window of
