@@ -41,9 +41,9 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--neuron.device", type=str, default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--neuron.amp", type=str, default="auto", choices=["auto", "bf16", "none"],
                         help="Precision of the forward: 'auto' = bf16 autocast on CUDA, and on a CPU that computes bf16 "
-                             "natively (AMX or AVX512-BF16: about 2.2x faster there; served probabilities move by "
-                             "0.015 at most, docs/Performance.md); 'bf16' = also on other CPUs (slower there); 'none' = "
-                             "fp32 everywhere.")
+                             "natively (AMX or AVX512-BF16) where it is also measured faster at model load (about 2.2x "
+                             "faster with AMX, slower on some CPUs without; served probabilities move by 0.015 at most, "
+                             "docs/Performance.md); 'bf16' = always, without the timing; 'none' = fp32 everywhere.")
     parser.add_argument("--neuron.compile", type=parse_bool, nargs="?", const=True, default=False,
                         help="On a CPU, compile the prepared model with TorchInductor before serving (needs a C++ "
                              "compiler; 5-60 s more at start-up, cached after the first): about 1.4x faster forwards "

@@ -37,7 +37,7 @@ class PredictorConfig:
     max_batch: int = 0  # largest micro-batch; 0: auto_max_batch
     batch_window_ms: float = 2.0  # how long a batch waits for requests still being decoded
     max_queue: int = 256  # queued images beyond which requests are refused (Overloaded)
-    amp: str | None = "auto"  # "auto": bf16 autocast on CUDA, and on a CPU that runs bf16 natively; "none": fp32
+    amp: str | None = "auto"  # "auto": bf16 autocast on CUDA, and on a CPU that runs bf16 natively and faster; "none": fp32
     limits: DecodeLimits = DecodeLimits()  # payload and image size limits
     decode_workers: int | None = None  # own decode thread pool of this size (None: the event loop's)
     optimize: bool | str = "auto"  # serve a CPU-prepared copy ("auto": on a CPU)
