@@ -216,6 +216,18 @@ def check_patch_size(size: int, image_size: int | None = None) -> int:
     return size
 
 
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (patch offsets, tile orders, row indices) on ``device`` without
+    waiting for the device: a plain ``.to("cuda")`` of pageable memory synchronises the
+    stream, so every call in a training step drained the GPU's queue and left it idle while
+    Python issued the next kernels (several times per model and batch in a sweep). Pinned
+    and copied non-blocking, the copy is queued behind the work already issued; the values
+    are the same."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _from_previous(follow: torch.Tensor | None, b: int) -> torch.Tensor | None:
     """Row indices where each row marked in ``follow`` takes the row before it (None: none)."""
     return None if follow is None else torch.arange(b) - follow.long()
@@ -240,7 +252,7 @@ def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None
     idx = _from_previous(follow, b)
     if idx is not None:
         oy, ox = oy[idx], ox[idx]
-    oy, ox = oy.to(x.device), ox.to(x.device)
+    oy, ox = to_device_async(oy, x.device), to_device_async(ox, x.device)
     ar = torch.arange(size, device=x.device)
     rows = (oy[:, None] + ar)[:, None, :, None].expand(b, c, size, w)
     out = torch.gather(x, 2, rows)
@@ -280,7 +292,7 @@ def shuffle_tiles(x: torch.Tensor, tile: int, generator: torch.Generator | None 
     tiles = x.reshape(b, c, nh, tile, nw, tile).permute(0, 2, 4, 1, 3, 5).reshape(b, nh * nw, c, tile, tile)
     order = torch.argsort(torch.rand(b, nh * nw, generator=generator), dim=1)
     idx = _from_previous(follow, b)
-    order = (order if idx is None else order[idx]).to(x.device)
+    order = to_device_async(order if idx is None else order[idx], x.device)
     tiles = torch.gather(tiles, 1, order[:, :, None, None, None].expand_as(tiles))
     out = tiles.reshape(b, nh, nw, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out.contiguous()

@@ -91,6 +91,7 @@ from bitmind.training.loop import (
     plot_curves,
     save_if_best,
     smooth_labels,
+    to_device_async,
     train_one_epoch,
     val_metrics,
     validate,
@@ -213,12 +214,15 @@ class _Variant(Learner):
         (or None) and item keys (None if under 2 images)."""
         if self.mask is None:
             return x, y, teacher_logit, k
-        keep = self.mask[k]
-        if int(keep.sum()) < 2:
+        rows = self.mask[k].nonzero().squeeze(1)  # on the CPU, as the mask and the keys: no device sync
+        if len(rows) < 2:
             return None
-        k = k[keep]
-        keep = keep.to(x.device)
-        return x[keep], y[keep], (teacher_logit[keep] if teacher_logit is not None else None), k
+        k = k[rows]
+        # rows as indices, copied without a sync: a boolean index on the device (x[keep]) waits
+        # for the GPU to finish all it was given to count the rows, once per variant and batch
+        rows = to_device_async(rows, x.device)
+        return (x.index_select(0, rows), y.index_select(0, rows),
+                (teacher_logit.index_select(0, rows) if teacher_logit is not None else None), k)
 
     def remember(self, x: torch.Tensor) -> None:
         """Keep the latest training batches (of this variant's subset) for batch-norm re-estimation."""
