@@ -11,6 +11,12 @@ builds it, to say where the time goes: worker scaling, the main process (collate
 pinning, the copy to the device), the per-epoch restart of the persistent workers, the
 sampler, or the items themselves.
 
+Answer on the H200 (fifteenth session, ``benchmarks/results/loader_speed_cuda.json``): the
+stream scales with the workers (896 / 1,795 / 3,225 images/s with 4 / 8 / 14), about four
+times what the sweeps train at, so the data does not limit them; the models' steps do
+(``benchmarks/step_speed.py``). Each epoch does start with a ~1.1 s wait: a worker builds a
+whole batch before the first one arrives.
+
 What it builds, as ``generalisation.py train`` and ``run_sweep`` do: the spec's ``base``
 (a LOGO spec is turned into its sweep spec first) with ``--data``/``--challenge_data``/
 ``--train_data``/``--train_seed`` overrides, ``build_datasets``, ``train_sampler`` (family
@@ -18,7 +24,8 @@ sampler with aligned pairs) and the DataLoader of ``run_sweep`` (batch size, sam
 ``drop_last``, ``collate_skip_none``, ``worker_init``, persistent workers, prefetch 4,
 pinned memory on CUDA: ``loader_kwargs``). The stream runs epoch after epoch with
 ``train_ds.set_epoch`` as in the sweep, so timings that cover more than one epoch
-(``--batches`` above the spec's batches per epoch: 32 for 8192 samples of 256) include the
+(``--batches``, counted in loader batches: parts of a training batch, ``TrainConfig.loader_parts``,
+above the loader batches per epoch: 128 for 8192 samples of 256 in 4 parts) include the
 stall of each epoch's restart.
 
 Per worker count (``--workers``) and mode, after ``--warmup`` batches, ``--batches`` batches:
@@ -214,7 +221,7 @@ def time_stream(loader: DataLoader, train_ds, base, device: torch.device, mode: 
         out["workers_busy"] = (wcpu1 - wcpu0) / max(seconds, 1e-9) / len(pids)  # mean fraction of a core per worker
     if mode == "busy":
         out["busy_ms"] = busy_ms
-        out["ceiling_images_per_second"] = base.batch_size / (busy_ms / 1000.0)
+        out["ceiling_images_per_second"] = loader.batch_size / (busy_ms / 1000.0)
     return out
 
 
@@ -382,6 +389,7 @@ def main(argv=None) -> dict:
         "config": {"spec": str(a.spec), "data": list(base.data), "challenge_data": list(base.challenge_data),
                    "train_data": list(base.train_data), "variants_in_spec": len(spec.variants), "seed": base.seed,
                    "batch_size": base.batch_size, "samples_per_epoch": base.samples_per_epoch, "batches_per_epoch": batches_per_epoch,
+                   "loader_parts": base.loader_parts,
                    "training_images": len(train_ds), "balance": base.balance, "pair_aligned": base.pair_aligned,
                    "sampler": type(sampler).__name__ if sampler is not None else None,
                    "uint8_loading": base.uint8_loading, "channels_last": base.channels_last,
@@ -405,6 +413,7 @@ def main(argv=None) -> dict:
             logger.info("workers %d, %s: %d + %d batches", w, mode, a.warmup, a.batches)
             per[mode] = time_stream(loader, train_ds, base, device, mode, a.warmup, a.batches, a.busy_ms, counter)
             per[mode]["pin_memory"] = bool(pin and device.type == "cuda")
+            per[mode]["loader_batch"] = loader.batch_size  # a part of a training batch (TrainConfig.loader_parts)
             logger.info("workers %d, %s: %.0f images/s", w, mode, per[mode]["images_per_second"])
         for loader, _ in loaders.values():
             _shutdown(loader)

@@ -12,7 +12,8 @@ from test_generalisation import make_pools
 def test_loader_speed_times_every_worker_count_and_mode(tmp_path):
     pools = make_pools(tmp_path / "pools")
     spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "logo_longer_s1.json").read_text())
-    spec["base"].update({"batch_size": 4, "samples_per_epoch": 8})  # 2 batches per epoch: the timing crosses epochs
+    # 2 whole batches per epoch (no parts: TrainConfig.loader_parts): the timing crosses epochs
+    spec["base"].update({"batch_size": 4, "samples_per_epoch": 8, "loader_parts": 1})
     (tmp_path / "tiny.json").write_text(json.dumps(spec))
     out = tmp_path / "speed.json"
     batches, bs = 3, 4
@@ -32,7 +33,8 @@ def test_loader_speed_times_every_worker_count_and_mode(tmp_path):
         assert set(modes) == {"loader", "to_device", "unpinned", "busy"}
         for mode, r in modes.items():
             assert r["images_per_second"] > 0 and r["seconds"] > 0, (w, mode)
-            assert r["images"] == batches * bs and r["batches"] == batches
+            assert r["loader_batch"] == bs
+            assert r["images"] == batches * r["loader_batch"] and r["batches"] == batches
             assert r["first_batch_s"] > 0 and r["batch_wait_ms"]["max"] >= r["batch_wait_ms"]["median"] > 0
             assert r["epochs_crossed"] >= 1  # 1 + 3 batches of a 2-batch epoch
             assert r["workers"] == int(w) and r["main_cpu_per_wall"] >= 0

@@ -83,20 +83,54 @@ def smooth_labels(y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     return y * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else y
 
 
+def _groups(loader, parts: int, complete_only: bool):
+    """Consecutive loader batches, ``parts`` at a time (a shorter last group unless ``complete_only``)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == parts:
+            yield group
+            group = []
+    if group and not complete_only:
+        yield group
+
+
 def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool = True):
-    """The batches of one epoch: a tqdm bar when ``cfg.progress`` (and ``show``), capped at
-    ``cfg.max_steps_per_epoch``, all-unreadable batches (None) skipped."""
+    """The training batches of one epoch, each as the list of loader batches that make it
+    (``cfg.loader_batch``: several parts built by different workers, or one; all-unreadable
+    parts, None, left out; ``join_batches`` makes one batch of them): a tqdm bar when
+    ``cfg.progress`` (and ``show``), capped at ``cfg.max_steps_per_epoch``. With the loader's
+    ``drop_last`` a last group short of parts is dropped too, as a short last batch would be."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    n_batches = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
-    it = tqdm(loader, total=n_batches, desc=f"epoch {epoch}", disable=not (show and cfg.progress), leave=False) if tqdm else loader
-    for bi, batch in enumerate(it):
+    parts = cfg.loader_batch()[1]
+    n_batches = len(loader) // parts if loader.drop_last else -(-len(loader) // parts)
+    if cfg.max_steps_per_epoch:
+        n_batches = min(n_batches, cfg.max_steps_per_epoch)
+    groups = _groups(loader, parts, complete_only=bool(loader.drop_last))
+    it = tqdm(groups, total=n_batches, desc=f"epoch {epoch}", disable=not (show and cfg.progress), leave=False) if tqdm else groups
+    for bi, group in enumerate(it):
         if cfg.max_steps_per_epoch and bi >= cfg.max_steps_per_epoch:
             break
-        if batch is not None:
-            yield batch
+        group = [b for b in group if b is not None]
+        if group:
+            yield group
+
+
+def join_batches(group: list, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One training batch from its loader parts (``epoch_batches``): images and labels on
+    ``device`` (``prepare_batch``, each part copied from its pinned memory, joined there),
+    item keys and the count of unreadable items. One part is passed through as it is."""
+    prepared = [prepare_batch(x, y, device, channels_last) for x, y, _k, _bad in group]
+    keys, bad = [g[2] for g in group], sum(int(g[3]) for g in group)
+    if len(group) == 1:
+        return prepared[0][0], prepared[0][1], keys[0], bad
+    x = torch.cat([p[0] for p in prepared])
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.cat([p[1] for p in prepared]), torch.cat(keys), bad
 
 
 # ---------------------------------------------------------------------------- training
@@ -314,9 +348,9 @@ def train_one_epoch(learners: Sequence[Learner], loader: DataLoader, cfg: TrainC
     (distillation teachers' logits); ``on_step`` runs after each batch. Returns the
     images and unreadable images seen and the seconds taken."""
     t0, images, skipped = time.time(), 0, 0
-    for x, y, k, bad in epoch_batches(loader, cfg, epoch, show=show):
+    for group in epoch_batches(loader, cfg, epoch, show=show):
+        x, y, k, bad = join_batches(group, device, cfg.channels_last)
         skipped += bad
-        x, y = prepare_batch(x, y, device, cfg.channels_last)
         ctx = context(x) if context is not None else {}
         for learner in learners:
             learner.train_batch(x, y, k, ctx)

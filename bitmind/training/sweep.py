@@ -356,9 +356,10 @@ def load_val_challenges(val_ds: DetectionDataset, seeds: list[int], workers: int
 
 def sweep_train_loader(base: TrainConfig, train_ds: DetectionDataset, sampler, device: torch.device) -> DataLoader:
     """The one training DataLoader every variant of a sweep shares (``benchmarks/loader_speed.py``
-    times the same one): ``base``'s batch size and loader options, ``sampler`` (or shuffling),
+    times the same one): ``base``'s batch size in its loader parts (``TrainConfig.loader_batch``,
+    joined again by ``train_one_epoch``) and loader options, ``sampler`` (or shuffling),
     the last short batch dropped where a whole one exists."""
-    return DataLoader(train_ds, batch_size=base.batch_size, sampler=sampler, shuffle=sampler is None,
+    return DataLoader(train_ds, batch_size=base.loader_batch()[0], sampler=sampler, shuffle=sampler is None,
                       drop_last=len(sampler if sampler is not None else train_ds) >= base.batch_size,
                       **loader_kwargs(base, device))
 

@@ -202,7 +202,7 @@ def train(cfg: TrainConfig) -> dict:
     else:
         sampler = train_sampler(cfg, train_ds)
     loader_kw = loader_kwargs(cfg, device)
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, shuffle=sampler is None,
+    train_loader = DataLoader(train_ds, batch_size=cfg.loader_batch()[0], sampler=sampler, shuffle=sampler is None,
                               drop_last=len(train_ds if sampler is None or world > 1 else sampler) >= cfg.batch_size * world, **loader_kw)
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, sampler=val_sampler, shuffle=False, **loader_kw)
