@@ -46,7 +46,12 @@ Settings (``--settings``; by default those that apply to the device):
 * ``fixed_shapes``: every variant trains on the whole batch (no masks), autotuning on
   (CUDA): the cost of ``select``'s shapes, an upper bound of what fixed shapes could give;
 * ``fp32``: autocast off, otherwise as ``spec`` (CUDA only: a CPU already runs fp32);
-* ``one_model``: the first variant alone: the cost of one model's step.
+* ``one_model``: the first variant alone: the cost of one model's step;
+* ``fused_adam``: ``TrainConfig.fused_adam`` (CUDA): one optimiser kernel per step;
+* ``nchw``: models and batches not channels-last (CUDA): batch norm, half the kernel time
+  in the fifteenth session, runs other kernels;
+* ``compile``: ``TrainConfig.compile`` (CUDA; at least 15 warm-up batches, which compile):
+  fused kernels and fewer launches, the batch sizes from ``select`` made dynamic on the way.
 
 Each builds fresh variants (same seeds), runs ``--warmup`` batches (default 5, 10 where
 autotuning is on) and ``--steps`` timed batches, giving: ms per batch (all variants, wall
@@ -72,6 +77,7 @@ Writes ``benchmarks/results/step_speed_<device>.json`` (``--json``) and prints a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -90,8 +96,10 @@ from bitmind.training.sweep import SweepSpec, _Variant
 from bitmind.training.trainer import prepare_device, seed_everything
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SETTINGS = ("spec", "cudnn_benchmark", "fixed_shapes", "fp32", "one_model")
-CUDA_ONLY = ("cudnn_benchmark", "fp32")
+SETTINGS = ("spec", "cudnn_benchmark", "fixed_shapes", "fp32", "one_model", "fused_adam", "nchw", "compile")
+CUDA_ONLY = ("cudnn_benchmark", "fp32", "fused_adam", "nchw", "compile")
+#: warm-up batches where the first ones also compile (variable batch sizes recompile once more)
+COMPILE_WARMUP = 15
 PROFILE_BATCHES = 3
 
 logger = logging.getLogger("step_speed")
@@ -275,24 +283,31 @@ def profile_steps(variants, batches: Batches, device, channels_last: bool, start
 def run_setting(setting: str, spec: SweepSpec, names: list[str], masks: dict, base, device, batches: Batches,
                 warmup: int, steps: int, split_steps: int) -> dict:
     """Fresh variants for ``setting``, ``warmup`` batches, ``steps`` timed, ``split_steps`` split."""
-    bench = base.cudnn_benchmark if setting in ("spec", "fp32", "one_model") else True
+    bench = True if setting in ("cudnn_benchmark", "fixed_shapes") else base.cudnn_benchmark
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bench
     amp_dtype = None if setting == "fp32" else resolve_amp(base.amp, device)
     names = names[:1] if setting == "one_model" else names
     masks = {} if setting == "fixed_shapes" else masks
+    if setting in ("nchw", "compile", "fused_adam"):  # the learners differ: build them from a changed base
+        change = {"nchw": {"channels_last": False}, "compile": {"compile": True}, "fused_adam": {"fused_adam": True}}[setting]
+        spec = dataclasses.replace(spec, base=dataclasses.replace(spec.base, **change))
+        if setting == "compile":
+            warmup = max(warmup, COMPILE_WARMUP)
+    channels_last = spec.base.channels_last
     seed_everything(base.seed)
     variants = build_variants(spec, names, masks, device, amp_dtype)
     t = time.perf_counter()
     for i in range(warmup):
-        train_step(variants, batches(i), device, base.channels_last)
+        train_step(variants, batches(i), device, channels_last)
     _sync(device)
     warmup_s = time.perf_counter() - t
-    res = time_steps(variants, batches, device, base.channels_last, warmup, steps)
+    res = time_steps(variants, batches, device, channels_last, warmup, steps)
     res.update(variants=len(variants), warmup=warmup, steps=steps, warmup_s=warmup_s,
                cudnn_benchmark=bool(bench and device.type == "cuda"), amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
                masked_variants=sum(masks.get(n) is not None for n in names))
-    res["split"] = time_split(variants, batches, device, base.channels_last, warmup + steps, split_steps) if split_steps else None
+    res["channels_last"], res["compile"], res["fused_adam"] = channels_last, spec.base.compile, spec.base.fused_adam
+    res["split"] = time_split(variants, batches, device, channels_last, warmup + steps, split_steps) if split_steps else None
     res["_variants"] = variants  # kept for --profile; popped by main
     return res
 

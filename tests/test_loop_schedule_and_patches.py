@@ -119,3 +119,14 @@ def test_learner_crops_on_the_grid():
     x = _index_images(32, 41, 41)
     for _ in range(5):
         assert all(t % 2 == 0 and left % 2 == 0 for t, left in _offsets(lr.crop(x), 41))
+
+
+def test_fused_adam_only_where_the_parameters_are_on_cuda():
+    """``fused_adam`` asks for torch's fused kernel on CUDA; a CPU model keeps the default Adam
+    (the option is documented as ignored there), and the option off never fuses."""
+    on_cpu = Learner(torch.nn.Linear(2, 1), TrainConfig(fused_adam=True), None)
+    assert not on_cpu.opt.defaults.get("fused")
+    assert on_cpu.opt.param_groups[0]["lr"] == TrainConfig().lr
+    if torch.cuda.is_available():  # pragma: no cover - CI has no GPU
+        assert Learner(torch.nn.Linear(2, 1).cuda(), TrainConfig(fused_adam=True), None).opt.defaults["fused"] is True
+        assert not Learner(torch.nn.Linear(2, 1).cuda(), TrainConfig(), None).opt.defaults.get("fused")

@@ -96,6 +96,8 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the training step's network (TorchInductor; needs a C++ compiler on a "
                                "CPU): fewer, fused kernels per step after a compile at the first batches; "
                                "validation and checkpoints use the plain model")
+    fused_adam: bool = opt(False, "Adam as one fused kernel per step on CUDA (torch's fused=True; ignored on a CPU): "
+                                  "fewer launches where they limit a step (many small models, benchmarks/step_speed.py)")
     uint8_loading: bool = opt(True, "workers hand over uint8 images, scaled to float on the device")
     workers: int = opt(4, "data loader worker processes")
     pin_memory: bool = opt(True, "pinned host memory for CUDA transfers")

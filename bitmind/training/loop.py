@@ -149,7 +149,10 @@ class Learner:
         if cfg.compile:
             net = torch.compile(net)
         self.model, self.net, self.cfg, self.amp_dtype = model, net, cfg, amp_dtype
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
+        params = list(self.net.parameters())
+        fused = bool(cfg.fused_adam) and bool(params) and all(p.is_cuda for p in params)
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay,
+                                    **({"fused": True} if fused else {}))
         self.criterion = criterion if criterion is not None else nn.BCEWithLogitsLoss()
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.loss_sum: torch.Tensor | float = 0.0  # summed on the device: no host sync per step
