@@ -88,7 +88,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bitmind.data import collate_skip_none
-from bitmind.training.logo import logo_run_spec
+from bitmind.training.logo import spec_with_overrides
 from bitmind.training.loop import prepare_batch
 from bitmind.training.sweep import SweepSpec, sweep_train_loader
 from bitmind.training.trainer import build_datasets, prepare_device, seed_everything, train_sampler
@@ -106,14 +106,7 @@ def sweep_base(args) -> tuple:
     ``bitmind.training.sweep`` reads it (a sweep spec, with ``variants``)."""
     raw = json.loads(Path(args.spec).read_text())
     overrides = {k: getattr(args, k) for k in ("data", "challenge_data", "train_data", "batch_size", "samples_per_epoch")}
-    overrides["device"] = args.device
-    if raw.get("variants"):  # a sweep spec: its base, overridden alike
-        base = {**raw.get("base", {}), **{k: v for k, v in overrides.items() if v is not None}, "name": "loader_speed"}
-        if args.train_seed is not None:
-            base["seed"] = args.train_seed
-        raw = {**raw, "base": base}
-    else:  # a LOGO spec: its sweep spec as generalisation.py train makes it (checks the recipes and folds as a run would)
-        raw = logo_run_spec(raw, "loader_speed", seed=args.train_seed, **overrides)
+    raw = spec_with_overrides(raw, "loader_speed", seed=args.train_seed, device=args.device, **overrides)
     spec = SweepSpec.from_dict(raw)
     return spec.base.check(), spec
 

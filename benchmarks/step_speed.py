@@ -90,7 +90,7 @@ from pathlib import Path
 import torch
 
 from bitmind.common import resolve_amp
-from bitmind.training.logo import logo_run_spec
+from bitmind.training.logo import spec_with_overrides
 from bitmind.training.loop import prepare_batch
 from bitmind.training.sweep import SweepSpec, _Variant
 from bitmind.training.trainer import prepare_device, seed_everything
@@ -114,13 +114,7 @@ def sweep_base(args, checkpoints_dir: str) -> tuple:
     raw = json.loads(Path(args.spec).read_text())
     overrides = {k: getattr(args, k) for k in ("data", "challenge_data", "train_data", "batch_size")}
     overrides.update(device=args.device, checkpoints_dir=checkpoints_dir)
-    if raw.get("variants"):  # a sweep spec: its base, overridden alike
-        base = {**raw.get("base", {}), **{k: v for k, v in overrides.items() if v is not None}, "name": "step_speed"}
-        if args.train_seed is not None:
-            base["seed"] = args.train_seed
-        raw = {**raw, "base": base}
-    else:  # a LOGO spec: its sweep spec as generalisation.py train makes it (the roots decide the folds)
-        raw = logo_run_spec(raw, "step_speed", seed=args.train_seed, **overrides)
+    raw = spec_with_overrides(raw, "step_speed", seed=args.train_seed, **overrides)
     spec = SweepSpec.from_dict(raw)
     return spec.base.check(), spec
 

@@ -497,3 +497,23 @@ def test_views_name_their_arms_and_are_undone():
     for bad in ("mean", "crop8", "top0"):
         with pytest.raises(SystemExit):
             gen.main(["score", "--pools", bad])
+
+
+def test_spec_with_overrides_builds_the_sweep_a_run_would(tmp_path):
+    """A LOGO spec becomes its sweep (folds from the roots' sources, overrides and seed in
+    the base); a sweep spec keeps its variants and gets the same overrides; None overrides
+    leave the spec's values."""
+    from bitmind.training.logo import spec_with_overrides
+
+    pools = make_pools(tmp_path)
+    logo = json.loads((Path(__file__).resolve().parents[1] / "base_miner" / "NPR" / "sweeps" / "logo_fixed_s0_78.json").read_text())
+    roots = [str(pools["crops"]), str(pools["aligned"])]
+    sweep = spec_with_overrides(logo, "run", seed=5, data=roots, challenge_data=[str(pools["chal"])], batch_size=None)
+    assert sweep["base"]["seed"] == 5 and sweep["base"]["data"] == roots and sweep["base"]["name"] == "run"
+    assert sweep["base"]["batch_size"] == logo["base"]["batch_size"]  # None leaves it
+    assert "patch96nopool" in sweep["variants"] and "patch96nopool.minus-sdxl" in sweep["variants"]
+    assert "patch96nopool.minus-midjourney" not in sweep["variants"]  # no Midjourney in the roots: no fold
+    plain = {"base": {"epochs": 3, "seed": 1}, "variants": {"a": {}, "b": {"width": 32}}}
+    again = spec_with_overrides(plain, "bench", data=roots, epochs=None)
+    assert again["variants"] == plain["variants"] and again["base"] == {"epochs": 3, "seed": 1, "data": roots, "name": "bench"}
+    assert spec_with_overrides(plain, "bench", seed=7)["base"]["seed"] == 7 and plain["base"]["seed"] == 1

@@ -151,6 +151,20 @@ def logo_run_spec(logo: dict, name: str, seed: int | None = None, **overrides) -
     return logo_sweep_spec({**logo, "base": base}, sources_in(roots))
 
 
+def spec_with_overrides(raw: dict, name: str, seed: int | None = None, **overrides) -> dict:
+    """The sweep spec a command builds from a spec file's JSON ``raw`` with its command
+    line's overrides: a sweep spec (it has ``variants``) gets its ``base`` overridden alike
+    (values that are not None, ``seed`` as the training seed, ``name``); a LOGO spec becomes
+    the sweep spec ``generalisation.py train`` runs (``logo_run_spec``: the roots decide the
+    folds). One function for the benchmarks that must build the sweep a run would."""
+    if not raw.get("variants"):
+        return logo_run_spec(raw, name, seed=seed, **overrides)
+    base = {**raw.get("base", {}), **{k: v for k, v in overrides.items() if v is not None}, "name": name}
+    if seed is not None:
+        base["seed"] = seed
+    return {**raw, "base": base}
+
+
 def scored_items(roots):
     """(source object, index, source name, split, label) of every picture of ``roots`` that
     ``score_models`` scores, in its order; aligned round trips only in the test split (their
