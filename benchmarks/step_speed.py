@@ -45,6 +45,8 @@ Settings (``--settings``; by default those that apply to the device):
 * ``cudnn_benchmark``: autotuning on (CUDA only): what it costs with the varying shapes;
 * ``fixed_shapes``: every variant trains on the whole batch (no masks), autotuning on
   (CUDA): the cost of ``select``'s shapes, an upper bound of what fixed shapes could give;
+* ``bucketed``: autotuning on, each fold's share cut to a multiple of 8 rows
+  (``TrainConfig.share_multiple``, CUDA): what few shapes give back of ``fixed_shapes``;
 * ``fp32``: autocast off, otherwise as ``spec`` (CUDA only: a CPU already runs fp32);
 * ``one_model``: the first variant alone: the cost of one model's step;
 * ``fused_adam``: ``TrainConfig.fused_adam`` (CUDA): one optimiser kernel per step;
@@ -96,8 +98,10 @@ from bitmind.training.sweep import SweepSpec, _Variant
 from bitmind.training.trainer import prepare_device, seed_everything
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SETTINGS = ("spec", "cudnn_benchmark", "fixed_shapes", "fp32", "one_model", "fused_adam", "nchw", "compile")
-CUDA_ONLY = ("cudnn_benchmark", "fp32", "fused_adam", "nchw", "compile")
+SETTINGS = ("spec", "cudnn_benchmark", "fixed_shapes", "bucketed", "fp32", "one_model", "fused_adam", "nchw", "compile")
+CUDA_ONLY = ("cudnn_benchmark", "bucketed", "fp32", "fused_adam", "nchw", "compile")
+#: ``bucketed``: the folds' shares cut to multiples of this (TrainConfig.share_multiple)
+BUCKET = 8
 #: warm-up batches where the first ones also compile (variable batch sizes recompile once more)
 COMPILE_WARMUP = 15
 PROFILE_BATCHES = 3
@@ -277,14 +281,15 @@ def profile_steps(variants, batches: Batches, device, channels_last: bool, start
 def run_setting(setting: str, spec: SweepSpec, names: list[str], masks: dict, base, device, batches: Batches,
                 warmup: int, steps: int, split_steps: int) -> dict:
     """Fresh variants for ``setting``, ``warmup`` batches, ``steps`` timed, ``split_steps`` split."""
-    bench = True if setting in ("cudnn_benchmark", "fixed_shapes") else base.cudnn_benchmark
+    bench = True if setting in ("cudnn_benchmark", "fixed_shapes", "bucketed") else base.cudnn_benchmark
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bench
     amp_dtype = None if setting == "fp32" else resolve_amp(base.amp, device)
     names = names[:1] if setting == "one_model" else names
     masks = {} if setting == "fixed_shapes" else masks
-    if setting in ("nchw", "compile", "fused_adam"):  # the learners differ: build them from a changed base
-        change = {"nchw": {"channels_last": False}, "compile": {"compile": True}, "fused_adam": {"fused_adam": True}}[setting]
+    if setting in ("nchw", "compile", "fused_adam", "bucketed"):  # the learners differ: build them from a changed base
+        change = {"nchw": {"channels_last": False}, "compile": {"compile": True}, "fused_adam": {"fused_adam": True},
+                  "bucketed": {"share_multiple": BUCKET}}[setting]
         spec = dataclasses.replace(spec, base=dataclasses.replace(spec.base, **change))
         if setting == "compile":
             warmup = max(warmup, COMPILE_WARMUP)
@@ -301,6 +306,7 @@ def run_setting(setting: str, spec: SweepSpec, names: list[str], masks: dict, ba
                cudnn_benchmark=bool(bench and device.type == "cuda"), amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
                masked_variants=sum(masks.get(n) is not None for n in names))
     res["channels_last"], res["compile"], res["fused_adam"] = channels_last, spec.base.compile, spec.base.fused_adam
+    res["share_multiple"] = spec.base.share_multiple
     res["split"] = time_split(variants, batches, device, channels_last, warmup + steps, split_steps) if split_steps else None
     res["_variants"] = variants  # kept for --profile; popped by main
     return res
@@ -428,7 +434,7 @@ def main(argv=None) -> dict:
         }
         try:
             for s in settings:
-                bench = s in ("cudnn_benchmark", "fixed_shapes") or base.cudnn_benchmark
+                bench = s in ("cudnn_benchmark", "fixed_shapes", "bucketed") or base.cudnn_benchmark
                 warmup = a.warmup if a.warmup is not None else (10 if bench and device.type == "cuda" else 5)
                 logger.info("%s: %d + %d batches", s, warmup, a.steps)
                 r = run_setting(s, spec, names, masks, base, device, batches, warmup, a.steps, a.split_steps)

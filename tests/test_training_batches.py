@@ -28,24 +28,29 @@ def _batch(b: int = 12, n_items: int = 40, seed: int = 0):
     return x, y, k, t
 
 
+def _owner(mask, share_multiple: int = 1):
+    """What ``_Variant.select`` reads of its variant: the mask and the config."""
+    return SimpleNamespace(mask=mask, cfg=TrainConfig(share_multiple=share_multiple))
+
+
 def test_select_takes_the_rows_of_the_variants_subset_in_batch_order():
     x, y, k, t = _batch()
     mask = torch.zeros(40, dtype=torch.bool)
     mask[::3] = True
     mask[k[:4]] = True  # at least four rows of this batch are in the subset
     keep = mask[k]
-    got_x, got_y, got_t, got_k = _Variant.select(SimpleNamespace(mask=mask), x, y, k, t)
+    got_x, got_y, got_t, got_k = _Variant.select(_owner(mask), x, y, k, t)
     assert torch.equal(got_x, x[keep]) and torch.equal(got_y, y[keep]) and torch.equal(got_t, t[keep])
     assert torch.equal(got_k, k[keep]) and bool(mask[got_k].all()) and len(got_k) == int(keep.sum()) < len(k)
-    assert _Variant.select(SimpleNamespace(mask=mask), x, y, k, None)[2] is None
+    assert _Variant.select(_owner(mask), x, y, k, None)[2] is None
 
 
 def test_select_skips_a_batch_with_under_two_rows_and_keeps_all_without_a_mask():
     x, y, k, t = _batch()
     one = torch.zeros(40, dtype=torch.bool)
     one[k[5]] = True
-    assert _Variant.select(SimpleNamespace(mask=one), x, y, k, t) is None
-    whole = _Variant.select(SimpleNamespace(mask=None), x, y, k, t)
+    assert _Variant.select(_owner(one), x, y, k, t) is None
+    whole = _Variant.select(_owner(None), x, y, k, t)
     assert whole[0] is x and whole[3] is k
 
 
@@ -55,6 +60,23 @@ def test_to_device_async_gives_the_same_values():
     assert torch.equal(out, t) and out.device.type == "cpu"
     if torch.cuda.is_available():  # pragma: no cover - CI has no GPU
         assert torch.equal(to_device_async(t, torch.device("cuda")).cpu(), t)
+
+
+def test_select_cuts_the_share_to_a_multiple_for_few_shapes():
+    """``share_multiple``: the first rows of the share, in a multiple of m (cuDNN autotuning then
+    meets few batch sizes); a share smaller than m is kept whole."""
+    x, y, k, t = _batch(b=40, n_items=40)
+    mask = torch.ones(40, dtype=torch.bool)
+    mask[k[:5]] = False  # 35 of the batch's 40 rows
+    full = _Variant.select(_owner(mask), x, y, k, t)
+    cut = _Variant.select(_owner(mask, 8), x, y, k, t)
+    assert len(full[3]) == 35 and len(cut[3]) == 32
+    assert all(torch.equal(c, f[:32]) for c, f in zip(cut, full))
+    few = torch.zeros(40, dtype=torch.bool)
+    few[k[:5]] = True
+    assert len(_Variant.select(_owner(few, 8), x, y, k, t)[3]) == 5
+    with pytest.raises(ValueError, match="share_multiple"):
+        TrainConfig(share_multiple=0).check()
 
 
 # ---------------------------------------------------------------------------- loader parts

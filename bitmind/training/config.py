@@ -93,6 +93,9 @@ class TrainConfig:
     amp: str = opt("auto", "auto (bf16 on GPU) | bf16 | fp16 (with a gradient scaler) | none")
     channels_last: bool = opt(True, "channels-last tensors on CUDA")
     cudnn_benchmark: bool = opt(True, "cudnn autotuning on CUDA")
+    share_multiple: int = opt(1, "sweeps: a variant trained on part of each shared batch (a fold) takes a multiple of "
+                                 "this many of its rows (the last few dropped), so cudnn autotuning meets a few batch "
+                                 "sizes, not a new one almost every step; 1 = all its rows")
     compile: bool = opt(False, "torch.compile the training step's network (TorchInductor; needs a C++ compiler on a "
                                "CPU): fewer, fused kernels per step after a compile at the first batches; "
                                "validation and checkpoints use the plain model")
@@ -141,7 +144,7 @@ class TrainConfig:
             top_fraction(self.pool)
             if len(self.layers) not in (2, 3) or min(self.layers) < 1:
                 raise ValueError(f"--layers {self.layers}: 2 or 3 stages of at least one block")
-        for name in ("epochs", "batch_size", "width", "loader_parts"):
+        for name in ("epochs", "batch_size", "width", "loader_parts", "share_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -211,10 +211,14 @@ class _Variant(Learner):
     def select(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
                teacher_logit: torch.Tensor | None = None) -> tuple[torch.Tensor, ...] | None:
         """The part of a shared batch in this variant's subset: images, labels, teacher logits
-        (or None) and item keys (None if under 2 images)."""
+        (or None) and item keys (None if under 2 images); with ``cfg.share_multiple`` m > 1, its
+        first rows in a multiple of m (all of them when fewer than m)."""
         if self.mask is None:
             return x, y, teacher_logit, k
         rows = self.mask[k].nonzero().squeeze(1)  # on the CPU, as the mask and the keys: no device sync
+        m = self.cfg.share_multiple
+        if m > 1 and len(rows) >= m:
+            rows = rows[: len(rows) - len(rows) % m]
         if len(rows) < 2:
             return None
         k = k[rows]
