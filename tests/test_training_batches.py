@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bitmind.training import TrainConfig
-from bitmind.training.loop import epoch_batches, join_batches, to_device_async
+from bitmind.training.loop import batches_per_epoch, epoch_batches, join_batches, to_device_async
 from bitmind.training.sweep import _Variant, sweep_train_loader
 from bitmind.training.trainer import build_datasets, train_sampler
 from test_generalisation import make_pools
@@ -123,6 +123,8 @@ def test_epoch_batches_leave_out_unreadable_parts_and_cap_the_steps():
     class Loader(list):
         drop_last = True
 
+    assert batches_per_epoch(Loader(batches), cfg) == 2  # capped
+    assert batches_per_epoch(Loader(batches), dataclasses.replace(cfg, max_steps_per_epoch=0)) == 3  # 7 parts, pairs
     groups = list(epoch_batches(Loader(batches), cfg, 0))
     assert len(groups) == 2 and len(groups[0]) == 1 and len(groups[1]) == 2  # [1, None] -> [1]; [2, 3]; capped at 2
     x, y, k, bad = join_batches(groups[1], torch.device("cpu"), False)

@@ -95,6 +95,15 @@ def _groups(loader, parts: int, complete_only: bool):
         yield group
 
 
+def batches_per_epoch(loader: DataLoader, cfg: TrainConfig) -> int:
+    """Training batches an epoch of ``loader`` gives (``epoch_batches``): its loader batches
+    in groups of ``cfg.loader_batch`` parts (a short last group kept unless ``drop_last``),
+    capped at ``cfg.max_steps_per_epoch``."""
+    parts = cfg.loader_batch()[1]
+    n = len(loader) // parts if loader.drop_last else -(-len(loader) // parts)
+    return min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
+
+
 def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool = True):
     """The training batches of one epoch, each as the list of loader batches that make it
     (``cfg.loader_batch``: several parts built by different workers, or one; all-unreadable
@@ -105,11 +114,8 @@ def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool =
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    parts = cfg.loader_batch()[1]
-    n_batches = len(loader) // parts if loader.drop_last else -(-len(loader) // parts)
-    if cfg.max_steps_per_epoch:
-        n_batches = min(n_batches, cfg.max_steps_per_epoch)
-    groups = _groups(loader, parts, complete_only=bool(loader.drop_last))
+    n_batches = batches_per_epoch(loader, cfg)
+    groups = _groups(loader, cfg.loader_batch()[1], complete_only=bool(loader.drop_last))
     it = tqdm(groups, total=n_batches, desc=f"epoch {epoch}", disable=not (show and cfg.progress), leave=False) if tqdm else groups
     for bi, group in enumerate(it):
         if cfg.max_steps_per_epoch and bi >= cfg.max_steps_per_epoch:

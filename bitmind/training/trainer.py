@@ -44,6 +44,7 @@ from bitmind.training.config import TrainConfig
 from bitmind.training.loop import (
     Best,
     Learner,
+    batches_per_epoch,
     epoch_record,
     log_epoch,
     make_writer,
@@ -232,7 +233,7 @@ def train(cfg: TrainConfig) -> dict:
             logger.info("resumed from %s at epoch %d (best val acc %.4f)", state_path, start_epoch, best.score)
 
     writer = make_writer(run_dir) if is_main else None
-    step = start_epoch * len(train_loader)
+    step = start_epoch * batches_per_epoch(train_loader, cfg)  # TensorBoard's step goes on where it stopped
     t_start = time.time()
     images_seen = 0
 
