@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Is one LOGO run really better than another, or inside the noise of the pictures?
+
+Why: two LOGO runs of the same spec (a fix against no fix, 150 epochs against 78) are
+compared by their mean held-out AUC and detection at the threshold that keeps 90 % of the
+validation real photos. Folds hold 97-612 held-out pictures and a few hundred real photos,
+so a difference of 0.01 may be luck. Both runs were scored on the same pictures, so the
+comparison can be paired: resample the pictures (with replacement, within each source and
+split, so every fold keeps its size), recompute both runs' metrics on the same resample,
+and look at the spread of their difference. Only calibration-free metrics are used (AUC,
+and detection at each fold's own real-0.90 threshold, from its validation real photos), so
+nothing depends on how either run was calibrated. (The real-0.90 threshold is interpolated
+between raw logits here, between calibrated probabilities in ``generalisation.py analyse``,
+so detection there can differ by a picture or so.) The interval covers the pictures' noise,
+not the training seed's: two seeds are two such comparisons.
+
+For each regime (``validator``: what validators send; ``crops``: the crop pools) and each
+generator fold the two runs share (``ARM.minus-FAMILY``; ``--real_folds`` for the unseen
+camera folds instead, where AUC separates the trained fakes' test pictures from the held-out
+photos and detection is replaced by the share of those photos kept real at the threshold):
+the point values of both runs, their difference (B - A), its 95 % bootstrap interval and
+the share of resamples where B is not better (a one-sided p-value). The same for the mean
+over folds, which is what the docs compare.
+
+    python benchmarks/logo_paired.py --a benchmarks/results/generalisation_longer_scores.npz \\
+        --b benchmarks/results/generalisation_fixed_s0_78_scores.npz \\
+        --spec benchmarks/results/generalisation_fixed_s0_78_spec.json --out benchmarks/results/logo_paired_fixes_s0.json
+
+Writes the JSON (``--out``) and a markdown table beside it (``.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, REGIMES
+
+METRICS = ("auc", "at_real90")
+
+
+def fold_sets(spec: dict, arm: str, real_folds: bool) -> dict[str, list[str]]:
+    """Fold name -> its held-out sources, for ``arm``'s generator folds (or camera folds)."""
+    prefix = arm + FOLD_SEP
+    out = {}
+    for name, v in spec["variants"].items():
+        fold = name[len(prefix):]
+        if name.startswith(prefix) and fold.startswith(REAL_FOLD_PREFIX) == real_folds:
+            out[fold] = list(v.get("exclude_sources", []))
+    return out
+
+
+def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels: np.ndarray, held_out: list[str]) -> dict:
+    """AUC and detection at real 0.90 of one fold model on (resampled) pictures, as
+    ``logo.score_fold`` defines them; for a camera fold, AUC of the trained fakes' test
+    pictures against the held-out photos and the share of those photos kept real."""
+    ok = ~np.isnan(z)
+    held = ok & np.isin(sources, held_out)
+    real_val = ok & (labels == 0) & (splits == "val") & ~held
+    thr = float(np.quantile(z[real_val], 0.90)) if real_val.any() else 0.0
+    held_fake, held_real = held & (labels == 1), held & (labels == 0)
+    if held_fake.any():
+        pos, neg = z[held_fake], z[ok & (labels == 0) & (splits == "test") & ~held]
+        at90 = float((pos > thr).mean())
+    else:  # a camera fold: trained fakes' test pictures against the unseen photos
+        pos, neg = z[ok & (labels == 1) & (splits == "test") & ~np.isin(sources, held_out)], z[held_real]
+        at90 = float((neg <= thr).mean()) if len(neg) else np.nan
+    if not len(pos) or not len(neg):
+        return {"auc": np.nan, "at_real90": at90}
+    auc = float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+    return {"auc": auc, "at_real90": at90}
+
+
+def strata(sources: np.ndarray, splits: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """Picture indices grouped by (source, split, label): resampled within each group."""
+    keys = np.char.add(np.char.add(sources.astype(str), "|"), np.char.add(splits.astype(str), labels.astype(str)))
+    return [np.flatnonzero(keys == k) for k in np.unique(keys)]
+
+
+def resample(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+
+
+def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_boot: int, seed: int) -> dict | None:
+    """Point values, differences and paired bootstrap of one regime, per fold and mean."""
+    key = f"{regime}/source"
+    if key not in a or key not in b:
+        return None
+    sources, splits, labels = a[key], a[f"{regime}/split"], a[f"{regime}/label"]
+    if not (np.array_equal(sources, b[key]) and np.array_equal(splits, b[f"{regime}/split"])
+            and np.array_equal(labels, b[f"{regime}/label"])):
+        raise ValueError(f"{regime}: the two score files hold different pictures; a paired comparison needs the same")
+    names = {f: f"{regime}/{arm}{FOLD_SEP}{f}" for f in folds}
+    names = {f: n for f, n in names.items() if n in a and n in b}
+    if not names:
+        return None
+    za = {f: a[n].astype(np.float64) for f, n in names.items()}
+    zb = {f: b[n].astype(np.float64) for f, n in names.items()}
+
+    def metrics(idx: np.ndarray | None) -> dict:
+        s, sp, lb = (sources, splits, labels) if idx is None else (sources[idx], splits[idx], labels[idx])
+        out = {}
+        for f in names:
+            ma = fold_metrics(za[f] if idx is None else za[f][idx], s, sp, lb, folds[f])
+            mb = fold_metrics(zb[f] if idx is None else zb[f][idx], s, sp, lb, folds[f])
+            out[f] = {m: (ma[m], mb[m]) for m in METRICS}
+        return out
+
+    point = metrics(None)
+    groups, rng = strata(sources, splits, labels), np.random.default_rng(seed)
+    diffs = {f: {m: [] for m in METRICS} for f in [*names, "mean"]}
+    for _ in range(n_boot):
+        r = metrics(resample(groups, rng))
+        for m in METRICS:
+            per = [r[f][m][1] - r[f][m][0] for f in names]
+            for f, d in zip(names, per):
+                diffs[f][m].append(d)
+            diffs["mean"][m].append(float(np.nanmean(per)))
+
+    def summary(a_val: float, b_val: float, boot: list[float]) -> dict:
+        boot = np.asarray(boot, dtype=np.float64)
+        boot = boot[~np.isnan(boot)]
+        lo, hi = (np.quantile(boot, [0.025, 0.975]) if len(boot) else (np.nan, np.nan))
+        return {"a": a_val, "b": b_val, "diff": b_val - a_val, "ci95": [float(lo), float(hi)],
+                "p_b_not_better": float((boot <= 0).mean()) if len(boot) else None}
+
+    res = {"folds": {}, "mean": {}}
+    for f in names:
+        res["folds"][f] = {m: summary(*point[f][m], diffs[f][m]) for m in METRICS}
+    for m in METRICS:
+        res["mean"][m] = summary(float(np.nanmean([point[f][m][0] for f in names])),
+                                 float(np.nanmean([point[f][m][1] for f in names])), diffs["mean"][m])
+    res["pictures"] = int(len(sources))
+    return res
+
+
+def markdown(result: dict) -> str:
+    lines = [f"A = `{result['a']}`, B = `{result['b']}`, arm `{result['arm']}`, "
+             f"{'camera' if result['real_folds'] else 'generator'} folds, {result['n_boot']} paired resamples", ""]
+    head = "| regime | fold | AUC A | AUC B | diff [95 % CI] | p(B not better) | at real 0.90 A | B | diff [95 % CI] | p |"
+    lines += [head, "|" + "---|" * 10]
+    for regime, r in result["regimes"].items():
+        for f, m in [*r["folds"].items(), ("**mean**", r["mean"])]:
+            cells = []
+            for k in METRICS:
+                s = m[k]
+                cells += [f"{s['a']:.3f}", f"{s['b']:.3f}", f"{s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]",
+                          f"{s['p_b_not_better']:.3f}" if s["p_b_not_better"] is not None else "-"]
+            lines.append(f"| {regime} | {f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a", required=True, help="scores .npz of run A (the reference)")
+    p.add_argument("--b", required=True, help="scores .npz of run B (the candidate), on the same pictures")
+    p.add_argument("--spec", required=True, help="a LOGO spec JSON of the runs (its variants' exclude_sources)")
+    p.add_argument("--arm", default="patch96nopool")
+    p.add_argument("--real_folds", action="store_true", help="the unseen camera folds instead of the generator folds")
+    p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+    p.add_argument("--n_boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSON; the markdown table goes beside it (.md)")
+    a = p.parse_args(argv)
+    if a.n_boot < 1:
+        p.error("--n_boot must be at least 1")
+    folds = fold_sets(json.loads(Path(a.spec).read_text()), a.arm, a.real_folds)
+    if not folds:
+        p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}")
+    da, db = np.load(a.a, allow_pickle=False), np.load(a.b, allow_pickle=False)
+    result = {"a": a.a, "b": a.b, "spec": a.spec, "arm": a.arm, "real_folds": a.real_folds, "n_boot": a.n_boot,
+              "seed": a.seed, "regimes": {}}
+    for regime in a.regimes:
+        r = compare_regime(da, db, regime, folds, a.arm, a.n_boot, a.seed)
+        if r is not None:
+            result["regimes"][regime] = r
+    if not result["regimes"]:
+        p.error("no fold model of the arm is scored in both files")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""benchmarks/logo_paired.py: a paired bootstrap of two LOGO runs' held-out metrics."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import load_script
+
+SPEC = {"variants": {"m": {}, "m.minus-sdxl": {"exclude_sources": ["fake/sdxl"]},
+                     "m.minus-flux1": {"exclude_sources": ["fake/flux1-dev"]},
+                     "m.minus-real-coco": {"exclude_sources": ["real/coco"]}}}
+
+
+def _scores(path, shift: float = 0.0, seed: int = 0, n: int = 60):
+    """A tiny scores file: two fake and two real sources in val/test splits; each fold
+    model's held-out fakes get ``shift`` more logit (a better run)."""
+    rng = np.random.default_rng(seed)
+    src = np.array(["fake/sdxl"] * n + ["fake/flux1-dev"] * n + ["real/imagenet"] * n + ["real/coco"] * n)
+    label = np.r_[np.ones(2 * n), np.zeros(2 * n)].astype(np.int64)
+    split = np.array(["val", "test"] * (2 * n))
+    arrays = {"validator/source": src, "validator/split": split, "validator/label": label}
+    base = np.where(label == 1, 0.6, -0.6) + np.random.default_rng(1).normal(0, 1, len(src))
+    for name, v in SPEC["variants"].items():
+        z = base + rng.normal(0, 0.05, len(src))
+        held = np.isin(src, v.get("exclude_sources", []))
+        z[held & (label == 1)] += shift - 0.5  # unseen fakes look less fake, less so in the better run
+        arrays[f"validator/{name}"] = z.astype(np.float32)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_better_run_is_found_better_and_an_equal_one_is_not(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    a, b = _scores(tmp_path / "a.npz"), _scores(tmp_path / "b.npz", shift=1.0, seed=1)
+    mod = load_script("benchmarks/logo_paired.py")
+    res = mod.main(["--a", str(a), "--b", str(b), "--spec", str(spec), "--arm", "m", "--n_boot", "200",
+                    "--regimes", "validator", "--out", str(tmp_path / "cmp.json")])
+    r = res["regimes"]["validator"]
+    assert set(r["folds"]) == {"sdxl", "flux1"}  # generator folds only; the camera fold with --real_folds
+    m = r["mean"]["auc"]
+    assert m["diff"] > 0.1 and m["ci95"][0] > 0 and m["p_b_not_better"] < 0.05
+    assert m["diff"] == pytest.approx(m["b"] - m["a"])
+    assert (tmp_path / "cmp.md").read_text().count("| validator |") == 3
+    same = mod.main(["--a", str(a), "--b", str(_scores(tmp_path / "c.npz", seed=2)), "--spec", str(spec), "--arm", "m",
+                     "--n_boot", "200", "--regimes", "validator", "--out", str(tmp_path / "same.json")])["regimes"]["validator"]
+    lo, hi = same["mean"]["auc"]["ci95"]
+    assert lo < 0 < hi and abs(same["mean"]["auc"]["diff"]) < 0.05
+    cams = mod.main(["--a", str(a), "--b", str(b), "--spec", str(spec), "--arm", "m", "--n_boot", "50", "--real_folds",
+                     "--regimes", "validator", "--out", str(tmp_path / "cams.json")])["regimes"]["validator"]
+    assert set(cams["folds"]) == {"real-coco"}
+
+
+def test_different_pictures_are_refused(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    a, b = _scores(tmp_path / "a.npz"), _scores(tmp_path / "b.npz", n=50)
+    with pytest.raises(ValueError, match="different pictures"):
+        load_script("benchmarks/logo_paired.py").main(["--a", str(a), "--b", str(b), "--spec", str(spec), "--arm", "m",
+                                                       "--n_boot", "5", "--out", str(tmp_path / "x.json")])
