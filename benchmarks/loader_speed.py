@@ -76,7 +76,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -87,6 +86,7 @@ import PIL
 import torch
 from torch.utils.data import DataLoader
 
+from bitmind.common import machine_info
 from bitmind.data import collate_skip_none
 from bitmind.training.logo import spec_with_overrides
 from bitmind.training.loop import prepare_batch
@@ -294,20 +294,15 @@ def time_sampler(sampler, epochs: int = 3) -> float | None:
 
 
 def machine(device: torch.device) -> dict:
-    m = {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor(),
-         "cpu_count": os.cpu_count(), "torch": torch.__version__, "pillow": PIL.__version__,
-         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "device": str(device)}
+    """``machine_info`` and what matters to a loader: Pillow, inter-op threads, OMP_NUM_THREADS,
+    usable CPUs and the load when it started (a shared box slows workers)."""
+    m = machine_info(device)
+    m.update(pillow=PIL.__version__, torch_interop_threads=torch.get_num_interop_threads(),
+             omp_num_threads_env=os.environ.get("OMP_NUM_THREADS"))
     if hasattr(os, "sched_getaffinity"):
         m["cpus_usable"] = len(os.sched_getaffinity(0))
     if hasattr(os, "getloadavg"):
         m["load_average_at_start"] = list(os.getloadavg())
-    try:
-        m["cpu_model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                              if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    m["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else m.get("cpu_model", platform.processor())
     return m
 
 

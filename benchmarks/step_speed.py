@@ -83,15 +83,13 @@ import dataclasses
 import gc
 import json
 import logging
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bitmind.common import resolve_amp
+from bitmind.common import machine_info, resolve_amp
 from bitmind.training.logo import spec_with_overrides
 from bitmind.training.loop import prepare_batch
 from bitmind.training.sweep import SweepSpec, _Variant
@@ -313,20 +311,6 @@ def run_setting(setting: str, spec: SweepSpec, names: list[str], masks: dict, ba
 
 
 # ---------------------------------------------------------------------------- report
-def machine(device: torch.device) -> dict:
-    m = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device)}
-    try:
-        m["cpu_model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                              if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    m["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else m.get("cpu_model", platform.processor())
-    if device.type == "cuda":
-        m["cuda"], m["cudnn"] = torch.version.cuda, torch.backends.cudnn.version()
-    return m
-
-
 def verdict(settings: dict, device: torch.device, profile: dict | None = None) -> str:
     """A line from the numbers: the fastest setting that trains every model against ``spec``,
     the per-model cost against one model alone, and (CUDA) whether ``spec`` is host- or device-bound."""
@@ -422,7 +406,7 @@ def main(argv=None) -> dict:
         masks = synthetic_masks(spec, names, a.n_items, a.keep, base.seed)
         batches = Batches(base.batch_size, a.image_size, a.n_items, base.seed, a.distinct, pin=device.type == "cuda")
         res = {
-            "machine": machine(device),
+            "machine": machine_info(device),
             "config": {"spec": str(a.spec), "data": list(base.data), "challenge_data": list(base.challenge_data),
                        "train_data": list(base.train_data), "variants_in_spec": len(spec.variants), "variants": len(names),
                        "variant_names": names, "masked": [n for n in names if masks[n] is not None],

@@ -68,6 +68,28 @@ def resolve_amp(name: str | None, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"unknown amp mode {name!r}")
 
 
+def machine_info(device: torch.device | None = None) -> dict:
+    """What a benchmark's result should say about the machine it ran on: platform, Python,
+    torch, CPU count and model (``/proc/cpuinfo`` where readable), torch threads and, for a
+    CUDA ``device``, its name and the CUDA / cuDNN versions (``device_name`` is the CPU model
+    otherwise). Figures from a lent machine mean little without it."""
+    import platform
+
+    m = {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor(),
+         "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+         "device": str(device) if device is not None else "cpu"}
+    try:
+        m["cpu_model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                              if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cuda = device is not None and torch.device(device).type == "cuda"
+    m["device_name"] = torch.cuda.get_device_name(device) if cuda else m.get("cpu_model", platform.processor())
+    if cuda:
+        m["cuda"], m["cudnn"] = torch.version.cuda, torch.backends.cudnn.version()
+    return m
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], durable: bool = False) -> Path:
     """Write ``path`` all at once: ``writer(tmp)`` fills a temporary file in the same folder
     (created if missing), which then replaces ``path``, so readers and crashes see the whole

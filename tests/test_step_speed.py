@@ -66,3 +66,17 @@ def test_step_speed_refuses_cuda_only_settings_on_a_cpu(tmp_path):
             "--spec", str(REPO / "base_miner" / "NPR" / "sweeps" / "logo_fixed_s0_78.json"),
             "--data", str(pools["crops"]), "--device", "cpu", "--settings", "cudnn_benchmark",
             "--json", str(tmp_path / "x.json")])
+
+
+def test_machine_info_names_the_cpu_and_leaves_cuda_out_on_a_cpu():
+    """What the speed benchmarks record about their machine (bitmind.common.machine_info)."""
+    import os
+
+    import torch
+
+    from bitmind.common import machine_info
+
+    m = machine_info(torch.device("cpu"))
+    assert m["cpu_count"] == os.cpu_count() and m["torch"] == torch.__version__ and m["device"] == "cpu"
+    assert m["device_name"] == m.get("cpu_model", m["processor"]) and "cuda" not in m
+    assert machine_info()["device"] == "cpu"
