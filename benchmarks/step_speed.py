@@ -68,6 +68,9 @@ the split: ``prepare_batch``, ``select``, ``crop``, ``step`` (summed over the va
 per variant), and each variant's mean rows per step. ``--profile`` adds a ``torch.profiler``
 run of 3 batches of ``spec`` (top 15 ops by self CUDA time, self CPU time on a CPU).
 Writes ``benchmarks/results/step_speed_<device>.json`` (``--json``) and prints a table.
+``--tune_out PATH`` also writes the spec with the options of the settings that measured at
+least ``--tune_min_gain`` faster turned on (``fused_adam``; ``bucketed``: autotuning and
+``share_multiple``; ``compile``), one by one measured: the spec to run next on that machine.
 
     D=../shared/data
     python benchmarks/step_speed.py --spec base_miner/NPR/sweeps/logo_fixed_s0_78.json \\
@@ -339,6 +342,37 @@ def verdict(settings: dict, device: torch.device, profile: dict | None = None) -
     return "; ".join(parts)
 
 
+#: what each tunable setting changes in a spec's ``base`` (the others only measure)
+TUNABLE = {"fused_adam": {"fused_adam": True}, "bucketed": {"cudnn_benchmark": True, "share_multiple": BUCKET},
+           "compile": {"compile": True}}
+
+
+def tuned_spec(raw: dict, settings: dict, min_gain: float) -> tuple[dict, dict]:
+    """``raw`` (the spec file's JSON) with the base options of every tunable setting that
+    measured at least ``min_gain`` times faster than ``spec`` turned on, and what was
+    decided (setting -> its measured ratio and whether it was taken). The gains were
+    measured one by one: together they are not measured, and the run's epoch times say
+    what they gave. Options that change what is trained on (``share_multiple`` drops a
+    fold's last few rows per batch) are named in the note the spec carries."""
+    sp = settings.get("spec")
+    if sp is None:
+        raise ValueError("tuning needs the 'spec' setting measured as the reference")
+    out, decided = json.loads(json.dumps(raw)), {}
+    for name, change in TUNABLE.items():
+        r = settings.get(name)
+        if r is None:
+            continue
+        gain = sp["ms_per_batch"] / r["ms_per_batch"]
+        take = gain >= min_gain
+        decided[name] = {"gain": round(gain, 3), "taken": take, "options": change}
+        if take:
+            out.setdefault("base", {}).update(change)
+    taken = [f"{k} ({v['gain']:.2f}x)" for k, v in decided.items() if v["taken"]]
+    out["_tuned"] = (f"benchmarks/step_speed.py turned on {', '.join(taken) if taken else 'nothing'} "
+                     f"(each measured alone against the spec's step, at least {min_gain:.2f}x to be taken)")
+    return out, decided
+
+
 def print_table(res: dict) -> None:
     m, c = res["machine"], res["config"]
     print(f"\n{m['device_name']} ({m['cpu_count']} CPUs, torch {m['torch']}); {c['variants']} of {c['variants_in_spec']} "
@@ -381,6 +415,10 @@ def main(argv=None) -> dict:
     p.add_argument("--distinct", type=int, default=4, help="distinct synthetic image tensors, cycled")
     p.add_argument("--profile", action="store_true", help=f"torch.profiler over {PROFILE_BATCHES} batches of the spec setting")
     p.add_argument("--json", default=None, help="default benchmarks/results/step_speed_<device>.json")
+    p.add_argument("--tune_out", default=None,
+                   help="also write --spec with the options of the settings that measured faster (fused_adam, bucketed, "
+                        "compile) turned on: the spec to run next on this machine")
+    p.add_argument("--tune_min_gain", type=float, default=1.08, help="a setting is taken from this speed-up over spec on")
     a = p.parse_args(argv)
     if a.steps < 1 or (a.warmup is not None and a.warmup < 0) or a.split_steps < 0:
         p.error("--steps must be at least 1, --warmup and --split_steps at least 0")
@@ -434,6 +472,10 @@ def main(argv=None) -> dict:
         finally:
             torch.backends.cudnn.benchmark = bench_before
     res["verdict"] = verdict(res["settings"], device, res.get("profile"))
+    if a.tune_out:
+        tuned, res["tuning"] = tuned_spec(json.loads(Path(a.spec).read_text()), res["settings"], a.tune_min_gain)
+        Path(a.tune_out).write_text(json.dumps(tuned, indent=2) + "\n")
+        logger.info("wrote %s: %s", a.tune_out, tuned["_tuned"])
 
     out = Path(a.json) if a.json else RESULTS / f"step_speed_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

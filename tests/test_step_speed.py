@@ -22,8 +22,11 @@ def test_step_speed_times_each_setting_without_writing_in_the_repo(tmp_path):
         "--data", str(pools["crops"]), str(pools["aligned"]), "--challenge_data", str(pools["chal"]),
         "--device", "cpu", "--batch_size", str(bs), "--image_size", "112", "--steps", str(steps), "--warmup", "1",
         "--split_steps", str(split), "--variants", "2", "--keep", "0.5",
-        "--settings", "spec", "fixed_shapes", "one_model", "--json", str(out)])
+        "--settings", "spec", "fixed_shapes", "one_model", "--json", str(out), "--tune_out", str(tmp_path / "tuned.json")])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    tuned = json.loads((tmp_path / "tuned.json").read_text())  # no tunable setting ran: the spec as it was
+    assert "turned on nothing" in tuned["_tuned"] and res["tuning"] == {}
+    assert tuned["base"] == json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "logo_fixed_s0_78.json").read_text())["base"]
     cfg = res["config"]
     assert res["machine"]["device"] == "cpu" and res["machine"]["cpu_count"] >= 1
     assert cfg["variants_in_spec"] > 2 and cfg["variants"] == 2 and cfg["batch_size"] == bs
@@ -80,3 +83,25 @@ def test_machine_info_names_the_cpu_and_leaves_cuda_out_on_a_cpu():
     assert m["cpu_count"] == os.cpu_count() and m["torch"] == torch.__version__ and m["device"] == "cpu"
     assert m["device_name"] == m.get("cpu_model", m["processor"]) and "cuda" not in m
     assert machine_info()["device"] == "cpu"
+
+
+def test_tuned_spec_takes_the_settings_that_measured_faster(tmp_path):
+    """``--tune_out``: the options of each setting at least ``min_gain`` faster than ``spec``,
+    in the spec's base; the rest left as they were; the result still builds its sweep."""
+    from bitmind.training.logo import spec_with_overrides
+    from bitmind.training.sweep import SweepSpec
+
+    mod = load_script("benchmarks/step_speed.py")
+    raw = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "logo_fixed_s0_78.json").read_text())
+    settings = {"spec": {"ms_per_batch": 100.0}, "fused_adam": {"ms_per_batch": 90.0}, "bucketed": {"ms_per_batch": 97.0},
+                "fp32": {"ms_per_batch": 50.0}}  # fp32 is only measured, never tuned in
+    tuned, decided = mod.tuned_spec(raw, settings, min_gain=1.08)
+    assert tuned["base"]["fused_adam"] is True and "share_multiple" not in tuned["base"]
+    assert tuned["base"]["cudnn_benchmark"] is False and "amp" not in tuned["base"]
+    assert decided["fused_adam"]["taken"] and not decided["bucketed"]["taken"] and set(decided) == {"fused_adam", "bucketed"}
+    assert "fused_adam (1.11x)" in tuned["_tuned"] and "fused_adam" not in raw["base"]  # the input is not changed
+    pools = make_pools(tmp_path / "pools")
+    sweep = SweepSpec.from_dict(spec_with_overrides(tuned, "t", data=[str(pools["crops"])], device="cpu"))
+    assert sweep.base.fused_adam and sweep.variant_config(next(iter(sweep.variants))).fused_adam
+    with pytest.raises(ValueError, match="reference"):
+        mod.tuned_spec(raw, {"fused_adam": {"ms_per_batch": 1.0}}, 1.08)
