@@ -137,16 +137,22 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
 
 
 # ---------------------------------------------------------------------------- 2. scoring
+def _overridden_base(base: dict, name: str, seed: int | None, overrides: dict) -> dict:
+    """A spec's ``base`` with each override that is not None, ``seed`` as the training seed
+    (if given) and ``name`` as the run's name."""
+    base = {**base, **{k: v for k, v in overrides.items() if v is not None}, "name": name}
+    if seed is not None:
+        base["seed"] = seed
+    return base
+
+
 def logo_run_spec(logo: dict, name: str, seed: int | None = None, **overrides) -> dict:
     """The sweep spec a LOGO spec runs as once a command line has overridden its ``base``:
     each ``overrides`` value that is not None (data roots, epochs, device, ...) replaces the
     spec's, ``seed`` (``--train_seed``) the training seed, ``name`` the run's name; the folds
     are made from the sources found in the roots (``logo_sweep_spec``). One function for
     ``generalisation.py train`` and the benchmarks that must build the same sweep."""
-    base = {**logo.get("base", {}), **{k: v for k, v in overrides.items() if v is not None}}
-    if seed is not None:
-        base["seed"] = seed
-    base["name"] = name
+    base = _overridden_base(logo.get("base", {}), name, seed, overrides)
     roots = base.get("data", []) + base.get("challenge_data", []) + base.get("train_data", [])
     return logo_sweep_spec({**logo, "base": base}, sources_in(roots))
 
@@ -159,10 +165,7 @@ def spec_with_overrides(raw: dict, name: str, seed: int | None = None, **overrid
     folds). One function for the benchmarks that must build the sweep a run would."""
     if not raw.get("variants"):
         return logo_run_spec(raw, name, seed=seed, **overrides)
-    base = {**raw.get("base", {}), **{k: v for k, v in overrides.items() if v is not None}, "name": name}
-    if seed is not None:
-        base["seed"] = seed
-    return {**raw, "base": base}
+    return {**raw, "base": _overridden_base(raw.get("base", {}), name, seed, overrides)}
 
 
 def scored_items(roots):
