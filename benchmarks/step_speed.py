@@ -103,6 +103,11 @@ SETTINGS = ("spec", "cudnn_benchmark", "fixed_shapes", "bucketed", "fp32", "one_
 CUDA_ONLY = ("cudnn_benchmark", "bucketed", "fp32", "fused_adam", "nchw", "compile")
 #: ``bucketed``: the folds' shares cut to multiples of this (TrainConfig.share_multiple)
 BUCKET = 8
+#: what a setting changes in the spec's ``base`` (TrainConfig options); the settings that
+#: change the learners this way are also the ones ``--tune_out`` can turn on (``TUNABLE``)
+BASE_CHANGES = {"cudnn_benchmark": {"cudnn_benchmark": True}, "fixed_shapes": {"cudnn_benchmark": True},
+                "bucketed": {"cudnn_benchmark": True, "share_multiple": BUCKET}, "nchw": {"channels_last": False},
+                "fused_adam": {"fused_adam": True}, "compile": {"compile": True}}
 #: warm-up batches where the first ones also compile (variable batch sizes recompile once more)
 COMPILE_WARMUP = 15
 PROFILE_BATCHES = 3
@@ -279,21 +284,23 @@ def profile_steps(variants, batches: Batches, device, channels_last: bool, start
     return res
 
 
+def setting_base(setting: str, base):
+    """``base`` as ``setting`` runs it (``BASE_CHANGES``)."""
+    return dataclasses.replace(base, **BASE_CHANGES.get(setting, {}))
+
+
 def run_setting(setting: str, spec: SweepSpec, names: list[str], masks: dict, base, device, batches: Batches,
                 warmup: int, steps: int, split_steps: int) -> dict:
     """Fresh variants for ``setting``, ``warmup`` batches, ``steps`` timed, ``split_steps`` split."""
-    bench = True if setting in ("cudnn_benchmark", "fixed_shapes", "bucketed") else base.cudnn_benchmark
+    spec = dataclasses.replace(spec, base=setting_base(setting, spec.base))  # the learners are built from it
+    bench = spec.base.cudnn_benchmark
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bench
     amp_dtype = None if setting == "fp32" else resolve_amp(base.amp, device)
     names = names[:1] if setting == "one_model" else names
     masks = {} if setting == "fixed_shapes" else masks
-    if setting in ("nchw", "compile", "fused_adam", "bucketed"):  # the learners differ: build them from a changed base
-        change = {"nchw": {"channels_last": False}, "compile": {"compile": True}, "fused_adam": {"fused_adam": True},
-                  "bucketed": {"share_multiple": BUCKET}}[setting]
-        spec = dataclasses.replace(spec, base=dataclasses.replace(spec.base, **change))
-        if setting == "compile":
-            warmup = max(warmup, COMPILE_WARMUP)
+    if setting == "compile":
+        warmup = max(warmup, COMPILE_WARMUP)
     channels_last = spec.base.channels_last
     seed_everything(base.seed)
     variants = build_variants(spec, names, masks, device, amp_dtype)
@@ -343,8 +350,7 @@ def verdict(settings: dict, device: torch.device, profile: dict | None = None) -
 
 
 #: what each tunable setting changes in a spec's ``base`` (the others only measure)
-TUNABLE = {"fused_adam": {"fused_adam": True}, "bucketed": {"cudnn_benchmark": True, "share_multiple": BUCKET},
-           "compile": {"compile": True}}
+TUNABLE = {name: BASE_CHANGES[name] for name in ("fused_adam", "bucketed", "compile")}
 
 
 def tuned_spec(raw: dict, settings: dict, min_gain: float) -> tuple[dict, dict]:
@@ -456,7 +462,7 @@ def main(argv=None) -> dict:
         }
         try:
             for s in settings:
-                bench = s in ("cudnn_benchmark", "fixed_shapes", "bucketed") or base.cudnn_benchmark
+                bench = setting_base(s, base).cudnn_benchmark
                 warmup = a.warmup if a.warmup is not None else (10 if bench and device.type == "cuda" else 5)
                 logger.info("%s: %d + %d batches", s, warmup, a.steps)
                 r = run_setting(s, spec, names, masks, base, device, batches, warmup, a.steps, a.split_steps)
