@@ -42,6 +42,15 @@ def solid_image(path: Path, level: int, size: int = 32) -> Path:
     return path
 
 
+def solid_pool(root: Path, levels: dict[str, int], stems: list[str]) -> Path:
+    """root/CLASS/SOURCE/STEM.png, one solid picture per stem at the source's grey level: with
+    the brightness model, a source's level decides whether it is scored right or wrong."""
+    for src, level in levels.items():
+        for stem in stems:
+            solid_image(root / src / f"{stem}.png", level)
+    return root
+
+
 def textured_image(path: Path, seed: int, size: int = 48) -> Path:
     """A seeded colourful image with structure, so geometry changes change model outputs."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import json
 from bitmind.data import split_of
 
 from conftest import load_script
-from eval_helpers import save_brightness_model, solid_image
+from eval_helpers import save_brightness_model, solid_pool
 
 DARK, BRIGHT = 20, 235  # the brightness model calls dark images real, bright ones fake
 SOURCES = {"real/ok": DARK, "real/bad": BRIGHT, "fake/ok": BRIGHT, "fake/bad": DARK}
@@ -14,11 +14,7 @@ STEMS = [f"p{k}" for k in range(60)]
 
 
 def _root(tmp_path):
-    root = tmp_path / "pool"
-    for src, level in SOURCES.items():
-        for stem in STEMS:
-            solid_image(root / src / f"{stem}.png", level)
-    return root
+    return solid_pool(tmp_path / "pool", SOURCES, STEMS)
 
 
 def test_as_sent_scores_files_as_they_are_with_worst_sources(tmp_path, monkeypatch):

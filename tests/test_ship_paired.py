@@ -12,7 +12,7 @@ import pytest
 from bitmind.data import split_of
 
 from conftest import load_script
-from eval_helpers import save_brightness_model, solid_image
+from eval_helpers import save_brightness_model, solid_pool
 
 DARK, BRIGHT = 20, 235  # the brightness model calls dark images real, bright ones fake
 SOURCES = {"real/ok": DARK, "real/bad": BRIGHT, "fake/ok": BRIGHT, "fake/bad": DARK}
@@ -27,11 +27,7 @@ def bench():
 
 
 def _root(tmp_path):
-    root = tmp_path / "pool"
-    for src, level in SOURCES.items():
-        for stem in STEMS:
-            solid_image(root / src / f"{stem}.png", level)
-    return root
+    return solid_pool(tmp_path / "pool", SOURCES, STEMS)
 
 
 def test_the_same_checkpoint_as_a_and_b_differs_by_nothing(tmp_path, bench):
