@@ -3,7 +3,7 @@
 #   1. TAEF2 round trips of every real photo of the crop pools and of the validator challenges
 #      (aligned fakes: a photo and its round trip differ only by the decoder's trace);
 #   2. patch96nopool on everything (base_miner/NPR/sweeps/ship_base.json: npr_hp input, no stem
-#      pool, one random 96 px patch per picture, 78 epochs, family-balanced sampling);
+#      pool, one random 96 px patch per picture, 135 epochs, family-balanced sampling);
 #   3. its checkpoint scored on both regimes (validator challenges as sent, crops through the
 #      seeded validator pipeline);
 #   4. class-balanced Platt calibration on the validation split of both regimes, the boundary
@@ -14,10 +14,12 @@
 #   bash base_miner/NPR/train_base_model.sh ../shared/data ../shared/models WORK_DIR
 #
 # DATA_ROOT holds sn34-mini, sn34-wide and sn34-validator; MODELS_ROOT holds taef2. On one
-# H200 about 8 minutes: timed with EPOCHS=6 in 100 s (round trips 23 s, 4.4 s per epoch, scores,
-# calibration and test split 30 s), extrapolated to the spec's 78 epochs. The result
-# is not copied over mining_models/base.pth: compare WORK_DIR/accuracy_validator.json with
-# benchmarks/results/accuracy_v11_validator.json first, then copy it (the miner hot-reloads).
+# H200 about 11 minutes: timed with EPOCHS=6 in 100 s (round trips 23 s, 4.4 s per epoch, scores,
+# calibration and test split 30 s), extrapolated to the spec's 135 epochs. The result
+# is not copied over mining_models/base.pth: compare it with the shipped file first
+# (benchmarks/ship_paired.py --a mining_models/base.pth --b WORK_DIR/base.pth --data
+# DATA_ROOT/sn34-validator --as_sent, or WORK_DIR/accuracy_validator.json against
+# benchmarks/results/accuracy_v12_validator.json), then copy it (the miner hot-reloads).
 # GPU kernels are not bit-deterministic: a re-run gives a close model, not the same bytes.
 # Env: PYTHON (default python3), WORKERS (data-loader processes; the spec says 14), SPEC (another
 # ship spec, e.g. a tiny one in tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda),
