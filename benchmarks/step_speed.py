@@ -24,6 +24,10 @@ ms) while kernels are busy 160.5 ms: launch-bound, about a fifth of the GPU idle
 quarter, Adam ~2.5 ms per model step. Autotuning on: 1.11x; fixed shapes with it: 1.08x;
 fp32: 0.84x. Where more could come from: fewer launches (fused Adam, ``torch.compile``, which
 would also fuse the batch norms' memory-bound passes), autotuning with fewer distinct shapes.
+Measured in the sixteenth session, each alone against the spec's step in the same run
+(``step_speed_cuda_tuned.json``, ``step_speed_cuda_compile.json``): ``fused_adam`` 1.14x and
+1.06x (two runs), ``bucketed`` 1.15x, ``compile`` 1.18x (51 s to compile); ``--tune_out``
+turned on the first two for that session's LOGO run (5.6 s per epoch against 6.0 s).
 
 What it builds, as ``generalisation.py train`` and ``run_sweep`` do: the spec's ``base`` (a
 LOGO spec is turned into its sweep spec first, ``logo_run_spec``: the data roots decide the
