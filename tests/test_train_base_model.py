@@ -72,6 +72,12 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
     assert lm.meta["train_options"]["seed"] == 1  # the shipped file's training seed, by default
     acc = json.loads((work / "accuracy_validator.json").read_text())
     assert str(data / "sn34-validator") in json.dumps(acc) and "roc_auc" in json.dumps(acc)
+    # and the shipped file scored on the same pictures beside it, paired (step 6)
+    paired = json.loads((work / "ship_paired.json").read_text())
+    assert paired["a"] == "mining_models/base.pth" and paired["b"] == str(work / "base.pth")
+    assert paired["pictures"] == acc["results"]["as sent"]["n"] and (work / "ship_paired.md").is_file()
+    assert paired["models"]["a"]["sha256"] != paired["models"]["b"]["sha256"]
+    assert paired["metrics"]["balanced_accuracy"]["ci95"] is not None
 
 
 def test_script_names_what_is_missing(tmp_path):

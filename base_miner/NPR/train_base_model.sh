@@ -9,21 +9,23 @@
 #   4. class-balanced Platt calibration on the validation split of both regimes, the boundary
 #      where 0.85 of the validation real photos pass (the rule for unseen sources,
 #      docs/Generalisation.md), written to WORK_DIR/base.pth;
-#   5. the sn34-validator test split as sent (WORK_DIR/accuracy_validator.json).
+#   5. the sn34-validator test split as sent (WORK_DIR/accuracy_validator.json);
+#   6. the same pictures scored by the shipped file too, with a paired bootstrap of the
+#      difference (benchmarks/ship_paired.py: WORK_DIR/ship_paired.{json,md}).
 #
 #   bash base_miner/NPR/train_base_model.sh ../shared/data ../shared/models WORK_DIR
 #
 # DATA_ROOT holds sn34-mini, sn34-wide and sn34-validator; MODELS_ROOT holds taef2. On one
 # H200 about 11 minutes: timed with EPOCHS=6 in 100 s (round trips 23 s, 4.4 s per epoch, scores,
 # calibration and test split 30 s), extrapolated to the spec's 135 epochs. The result
-# is not copied over mining_models/base.pth: compare it with the shipped file first
-# (benchmarks/ship_paired.py --a mining_models/base.pth --b WORK_DIR/base.pth --data
-# DATA_ROOT/sn34-validator --as_sent, or WORK_DIR/accuracy_validator.json against
-# benchmarks/results/accuracy_v12_validator.json), then copy it (the miner hot-reloads).
+# is not copied over mining_models/base.pth: read WORK_DIR/ship_paired.md first (is the new
+# file better than the shipped one by more than the split's noise?), then copy it (the
+# miner hot-reloads).
 # GPU kernels are not bit-deterministic: a re-run gives a close model, not the same bytes.
 # Env: PYTHON (default python3), WORKERS (data-loader processes; the spec says 14), SPEC (another
 # ship spec, e.g. a tiny one in tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda),
-# TRAIN_SEED (the training seed; default 1, the shipped file's).
+# TRAIN_SEED (the training seed; default 1, the shipped file's), COMPARE_WITH (the file step 6
+# compares with; default mining_models/base.pth, empty to skip).
 set -euo pipefail
 DATA=${1:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
@@ -31,6 +33,7 @@ WORK=${3:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 SPEC=${SPEC:-base_miner/NPR/sweeps/ship_base.json}
+COMPARE_WITH=${COMPARE_WITH-mining_models/base.pth}
 CROPS=("$DATA/sn34-mini" "$DATA/sn34-wide")
 CHALLENGES=("$DATA/sn34-validator")
 for d in "${CROPS[@]}" "${CHALLENGES[@]}" "$MODELS/taef2"; do
@@ -59,4 +62,9 @@ $PY benchmarks/generalisation.py ship --sweep "$WORK/checkpoints/ship" --variant
 echo "== 5. sn34-validator test split as sent ($(date +%T))"
 $PY benchmarks/accuracy.py --model "$WORK/base.pth" --data "${CHALLENGES[@]}" --as_sent --plots none \
   --out "$WORK/accuracy_validator.json" ${DEVICE:+--device "$DEVICE"}
+if [ -n "$COMPARE_WITH" ] && [ -f "$COMPARE_WITH" ]; then
+  echo "== 6. against $COMPARE_WITH on the same pictures, paired ($(date +%T))"
+  $PY benchmarks/ship_paired.py --a "$COMPARE_WITH" --b "$WORK/base.pth" --data "${CHALLENGES[@]}" --as_sent \
+    --out "$WORK/ship_paired.json" ${DEVICE:+--device "$DEVICE"}
+fi
 echo "== done ($(date +%T)): $WORK/base.pth"
