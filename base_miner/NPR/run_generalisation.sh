@@ -12,9 +12,10 @@
 # The shipped mining_models/base.pth: its recipe (patch96nopool) was chosen by
 #   LOGO_SPEC=base_miner/NPR/sweeps/logo_compare.json WORKERS=14 \
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
-# its length (78 epochs) by logo_longer.json; the shipped file is the model trained on everything of
-# the same length with the training pipeline fixed, on training seed 1 with camera folds:
-#   LOGO_SPEC=base_miner/NPR/sweeps/logo_longer_s1.json TRAIN_SEED=1 POOLS=crop192 WORKERS=14 SHIP_VARIANT=patch96nopool \
+# its length by logo_longer.json (78 epochs) and logo_fixed_s1_150.json (135 epochs tied 78 by LOGO
+# and fitted the pools better); the shipped file is the model trained on everything of that run, with
+# the training pipeline fixed, training seed 1 (its 900 s guard stopped it at 135 epochs):
+#   LOGO_SPEC=base_miner/NPR/sweeps/logo_fixed_s1_150.json POOLS=crop192 WORKERS=14 SHIP_VARIANT=patch96nopool \
 #     bash base_miner/NPR/run_generalisation.sh ../shared/data ../shared/models WORK_DIR
 # (docs/Model.md, "Recipe"; the same recipe at a fixed length, calibrated and scored, is one command:
 # base_miner/NPR/train_base_model.sh).
