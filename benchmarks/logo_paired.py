@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from bitmind.metrics import bootstrap_resample, bootstrap_strata
 from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, REGIMES
 
 METRICS = ("auc", "at_real90")
@@ -74,16 +75,6 @@ def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels:
     return {"auc": auc, "at_real90": at90}
 
 
-def strata(sources: np.ndarray, splits: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-    """Picture indices grouped by (source, split, label): resampled within each group."""
-    keys = np.char.add(np.char.add(sources.astype(str), "|"), np.char.add(splits.astype(str), labels.astype(str)))
-    return [np.flatnonzero(keys == k) for k in np.unique(keys)]
-
-
-def resample(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
-
-
 def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_boot: int, seed: int) -> dict | None:
     """Point values, differences and paired bootstrap of one regime, per fold and mean."""
     key = f"{regime}/source"
@@ -110,10 +101,10 @@ def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_b
         return out
 
     point = metrics(None)
-    groups, rng = strata(sources, splits, labels), np.random.default_rng(seed)
+    groups, rng = bootstrap_strata(sources, splits, labels), np.random.default_rng(seed)
     diffs = {f: {m: [] for m in METRICS} for f in [*names, "mean"]}
     for _ in range(n_boot):
-        r = metrics(resample(groups, rng))
+        r = metrics(bootstrap_resample(groups, rng))
         for m in METRICS:
             per = [r[f][m][1] - r[f][m][0] for f in names]
             for f, d in zip(names, per):

@@ -39,7 +39,7 @@ import numpy as np
 
 from bitmind.cli.eval import add_data_argument
 from bitmind.evaluation import evaluate_detailed
-from bitmind.metrics import DEFAULT_THRESHOLD, compute_metrics
+from bitmind.metrics import DEFAULT_THRESHOLD, bootstrap_resample, bootstrap_strata, compute_metrics
 
 logger = logging.getLogger(__name__)
 #: (key in compute_metrics, name, lower is better)
@@ -65,18 +65,6 @@ def check_same_pictures(a, b, what: str = "A and B") -> None:
                              f"at {k} ({x[k]!r} against {y[k]!r}); a paired comparison needs the same in the same order")
 
 
-def strata(sources: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-    """Picture indices grouped by (source, label): resampled within each group, so every
-    source keeps its size and both classes stay present (AUC stays defined)."""
-    keys = np.char.add(np.char.add(np.asarray(sources).astype(str), "|"), np.asarray(labels).astype(str))
-    return [np.flatnonzero(keys == k) for k in np.unique(keys)]
-
-
-def resample(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """One bootstrap draw of picture indices, with replacement inside each group."""
-    return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
-
-
 def paired_bootstrap(labels, sources, pa, pb, n_boot: int = 1000, seed: int = 0) -> dict:
     """Both models' metrics, B - A, its 95 % interval and p(B not better), on the same resamples.
 
@@ -93,10 +81,10 @@ def paired_bootstrap(labels, sources, pa, pb, n_boot: int = 1000, seed: int = 0)
         return {k: (ma[k], mb[k]) for k, _, _ in METRICS}
 
     point = both(np.arange(len(labels)))
-    groups, rng = strata(sources, labels), np.random.default_rng(seed)
+    groups, rng = bootstrap_strata(sources, labels), np.random.default_rng(seed)  # every source keeps its size
     diffs = {k: [] for k, _, _ in METRICS}
     for _ in range(n_boot):
-        for k, (va, vb) in both(resample(groups, rng)).items():
+        for k, (va, vb) in both(bootstrap_resample(groups, rng)).items():
             if va is not None and vb is not None:
                 diffs[k].append(vb - va)
     out = {}

@@ -107,6 +107,22 @@ def compute_metrics(labels, probs, sources: Sequence[str] | None = None, thresho
     return out
 
 
+def bootstrap_strata(*columns) -> list[np.ndarray]:
+    """Indices of the rows grouped by their values in ``columns`` (e.g. source and label),
+    groups in sorted order of the joined values: a paired bootstrap resamples within each
+    group (``bootstrap_resample``), so every source keeps its size and both classes stay
+    present (AUC stays defined)."""
+    keys = np.asarray(columns[0]).astype(str)
+    for col in columns[1:]:
+        keys = np.char.add(np.char.add(keys, "|"), np.asarray(col).astype(str))
+    return [np.flatnonzero(keys == k) for k in np.unique(keys)]
+
+
+def bootstrap_resample(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap draw of row indices, with replacement inside each group of ``bootstrap_strata``."""
+    return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+
+
 def format_metrics_table(metrics: dict[str, Any], title: str | None = None) -> str:
     """A short fixed-width table: the overall line, then one per source."""
     cols = [("n", "n", "{:d}"), ("acc", "accuracy", "{:.4f}"), ("bal_acc", "balanced_accuracy", "{:.4f}"),

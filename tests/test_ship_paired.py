@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bitmind.data import split_of
+from bitmind.metrics import bootstrap_resample, bootstrap_strata
 
 from conftest import load_script
 from eval_helpers import save_brightness_model, solid_pool
@@ -85,9 +86,9 @@ def test_bootstrap_finds_a_better_candidate_and_keeps_source_sizes(bench):
     twice = bench.paired_bootstrap(labels, sources, np.stack([pa, pa]), np.stack([pb, pb]), 200, 1)
     for k, m in r.items():
         assert twice[k]["diff"] == pytest.approx(m["diff"]) and twice[k]["ci95"] == pytest.approx(m["ci95"]), k
-    groups, gen = bench.strata(sources, labels), np.random.default_rng(2)
+    groups, gen = bootstrap_strata(sources, labels), np.random.default_rng(2)
     for _ in range(5):
-        idx = bench.resample(groups, gen)
+        idx = bootstrap_resample(groups, gen)
         assert Counter(sources[idx].tolist()) == Counter(sources.tolist()) and len(set(idx.tolist())) < len(idx)
 
 
