@@ -145,9 +145,9 @@ def bf16_is_faster(fast: nn.Module, probe: torch.Tensor, rounds: int = 5, margin
                 m(probe)
                 times[name].append(time.perf_counter() - t0)
     fp32, bf16 = min(times["fp32"]), min(times["bf16"])
-    logger.info("CPU forward: fp32 %.1f ms, bf16 %.1f ms: serving %s", fp32 * 1e3, bf16 * 1e3,
-                "bf16" if bf16 < margin * fp32 else "fp32")
-    return bf16 < margin * fp32
+    faster = bf16 < margin * fp32
+    logger.info("CPU forward: fp32 %.1f ms, bf16 %.1f ms: serving %s", fp32 * 1e3, bf16 * 1e3, "bf16" if faster else "fp32")
+    return faster
 
 
 class CpuBf16(nn.Module):
