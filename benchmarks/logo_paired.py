@@ -26,6 +26,9 @@ over folds, which is what the docs compare.
         --b benchmarks/results/generalisation_fixed_s0_78_scores.npz \\
         --spec benchmarks/results/generalisation_fixed_s0_78_spec.json --out benchmarks/results/logo_paired_fixes_s0.json
 
+``--arm_b`` names run B's arm when it differs from A's, so two arms of one scores file can
+be compared (a stack against the NPR folds it was stacked on: ``benchmarks/residual_logo.py``).
+
 Writes the JSON (``--out``) and a markdown table beside it (``.md``).
 """
 from __future__ import annotations
@@ -75,8 +78,10 @@ def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels:
     return {"auc": auc, "at_real90": at90}
 
 
-def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_boot: int, seed: int) -> dict | None:
-    """Point values, differences and paired bootstrap of one regime, per fold and mean."""
+def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_boot: int, seed: int,
+                   arm_b: str | None = None) -> dict | None:
+    """Point values, differences and paired bootstrap of one regime, per fold and mean
+    (``arm`` in ``a`` against ``arm_b``, default the same arm, in ``b``)."""
     key = f"{regime}/source"
     if key not in a or key not in b:
         return None
@@ -84,12 +89,12 @@ def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_b
     if not (np.array_equal(sources, b[key]) and np.array_equal(splits, b[f"{regime}/split"])
             and np.array_equal(labels, b[f"{regime}/label"])):
         raise ValueError(f"{regime}: the two score files hold different pictures; a paired comparison needs the same")
-    names = {f: f"{regime}/{arm}{FOLD_SEP}{f}" for f in folds}
-    names = {f: n for f, n in names.items() if n in a and n in b}
+    names = {f: (f"{regime}/{arm}{FOLD_SEP}{f}", f"{regime}/{arm_b or arm}{FOLD_SEP}{f}") for f in folds}
+    names = {f: (na, nb) for f, (na, nb) in names.items() if na in a and nb in b}
     if not names:
         return None
-    za = {f: a[n].astype(np.float64) for f, n in names.items()}
-    zb = {f: b[n].astype(np.float64) for f, n in names.items()}
+    za = {f: a[na].astype(np.float64) for f, (na, _) in names.items()}
+    zb = {f: b[nb].astype(np.float64) for f, (_, nb) in names.items()}
 
     def metrics(idx: np.ndarray | None) -> dict:
         s, sp, lb = (sources, splits, labels) if idx is None else (sources[idx], splits[idx], labels[idx])
@@ -129,7 +134,9 @@ def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_b
 
 
 def markdown(result: dict) -> str:
-    lines = [f"A = `{result['a']}`, B = `{result['b']}`, arm `{result['arm']}`, "
+    arms = f"arm `{result['arm']}`" if result.get("arm_b", result["arm"]) == result["arm"] else \
+        f"arms `{result['arm']}` (A) and `{result['arm_b']}` (B)"
+    lines = [f"A = `{result['a']}`, B = `{result['b']}`, {arms}, "
              f"{'camera' if result['real_folds'] else 'generator'} folds, {result['n_boot']} paired resamples", ""]
     head = "| regime | fold | AUC A | AUC B | diff [95 % CI] | p(B not better) | at real 0.90 A | B | diff [95 % CI] | p |"
     lines += [head, "|" + "---|" * 10]
@@ -150,6 +157,7 @@ def main(argv=None) -> dict:
     p.add_argument("--b", required=True, help="scores .npz of run B (the candidate), on the same pictures")
     p.add_argument("--spec", required=True, help="a LOGO spec JSON of the runs (its variants' exclude_sources)")
     p.add_argument("--arm", default="patch96nopool")
+    p.add_argument("--arm_b", default=None, help="run B's arm, when it differs from A's (two arms of one scores file)")
     p.add_argument("--real_folds", action="store_true", help="the unseen camera folds instead of the generator folds")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     p.add_argument("--n_boot", type=int, default=1000)
@@ -162,10 +170,10 @@ def main(argv=None) -> dict:
     if not folds:
         p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}")
     da, db = np.load(a.a, allow_pickle=False), np.load(a.b, allow_pickle=False)
-    result = {"a": a.a, "b": a.b, "spec": a.spec, "arm": a.arm, "real_folds": a.real_folds, "n_boot": a.n_boot,
+    result = {"a": a.a, "b": a.b, "spec": a.spec, "arm": a.arm, "arm_b": a.arm_b or a.arm, "real_folds": a.real_folds, "n_boot": a.n_boot,
               "seed": a.seed, "regimes": {}}
     for regime in a.regimes:
-        r = compare_regime(da, db, regime, folds, a.arm, a.n_boot, a.seed)
+        r = compare_regime(da, db, regime, folds, a.arm, a.n_boot, a.seed, a.arm_b)
         if r is not None:
             result["regimes"][regime] = r
     if not result["regimes"]:

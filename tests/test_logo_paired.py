@@ -60,3 +60,23 @@ def test_different_pictures_are_refused(tmp_path):
     with pytest.raises(ValueError, match="different pictures"):
         load_script("benchmarks/logo_paired.py").main(["--a", str(a), "--b", str(b), "--spec", str(spec), "--arm", "m",
                                                        "--n_boot", "5", "--out", str(tmp_path / "x.json")])
+
+
+def test_two_arms_of_one_scores_file_are_compared_with_arm_b(tmp_path):
+    """``--arm_b``: run B is another arm of the same file (a stack written beside the NPR
+    it was stacked on), so A's arm ``m`` is compared with B's arm ``n`` picture for picture."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    worse, better = np.load(_scores(tmp_path / "a.npz")), np.load(_scores(tmp_path / "b.npz", shift=1.0, seed=1))
+    both = {k: worse[k] for k in worse.files}
+    both.update({k.replace("validator/m", "validator/n"): better[k] for k in better.files if k.startswith("validator/m")})
+    np.savez(tmp_path / "both.npz", **both)
+    mod = load_script("benchmarks/logo_paired.py")
+    args = ["--a", str(tmp_path / "both.npz"), "--b", str(tmp_path / "both.npz"), "--spec", str(spec), "--arm", "m",
+            "--n_boot", "200", "--regimes", "validator"]
+    res = mod.main([*args, "--arm_b", "n", "--out", str(tmp_path / "mn.json")])
+    m = res["regimes"]["validator"]["mean"]["auc"]
+    assert res["arm_b"] == "n" and m["diff"] > 0.1 and m["ci95"][0] > 0
+    assert "arms `m` (A) and `n` (B)" in (tmp_path / "mn.md").read_text()
+    self_cmp = mod.main([*args, "--out", str(tmp_path / "mm.json")])["regimes"]["validator"]["mean"]["auc"]
+    assert self_cmp["diff"] == 0.0

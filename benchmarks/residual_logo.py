@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Residual statistics by leave-one-family-out, on CPU: alone, and stacked on the NPR folds.
+
+Every recipe measured so far learned its filters from the pools, and by LOGO it reads
+unseen families at AUC ~0.76 and unseen GANs at chance. ``bitmind.residual_features``
+computes fixed, content-blind statistics (co-occurrences of quantised residuals, the
+residual's radial spectrum); a linear model over them fits in seconds, so its LOGO needs no
+GPU. Two steps:
+
+    # 1. features of every picture a LOGO run scores, in ``score_models``' order (same
+    #    seeded challenges for the crops); ~10 minutes on 2 cores
+    python benchmarks/residual_logo.py extract --challenge_data ../shared/data/sn34-validator \\
+        --data ../shared/data/sn34-mini ../shared/data/sn34-wide --features /tmp/residual_features.npz
+
+    # 2. per fold of a committed LOGO run: fit on the fold's training pictures (train split,
+    #    both regimes, its held-out and excluded sources left out), then stack with that
+    #    fold's NPR (a 2-weight logistic fit on the fold's validation pictures); write a scores
+    #    file + spec that ``generalisation.py analyse`` reads like any run's
+    python benchmarks/residual_logo.py logo --features /tmp/residual_features.npz \\
+        --scores benchmarks/results/generalisation_fixed_s1_scores.npz \\
+        --spec benchmarks/results/generalisation_fixed_s1_spec.json --recipe patch96nopool \\
+        --out_scores /tmp/residual_s1_scores.npz --out_spec /tmp/residual_s1_spec.json
+
+Arms written: ``residual.<fold>`` (the linear model alone), ``stack.<fold>`` (NPR + residual,
+or with ``--stack spectrum`` the NPR's boundary moved by the residual's spectrum)
+and the NPR recipe itself, copied, so one ``analyse`` compares the three on the same pictures.
+The crops regime's aligned round trips (made on the GPU for each run, not in the pools) have
+no features: NaN in every arm, the NPR's copy included (``analyse`` leaves NaN out), so the
+three arms are scored on the same pictures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bitmind.residual_features import SPECTRUM_BINS
+
+FOLD_SEP = ".minus-"
+
+
+def cmd_extract(args) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from bitmind.data import AsIs, DetectionDataset, collate_skip_none
+    from bitmind.data.dataset import worker_init
+    from bitmind.image_transforms import ValidatorPipeline
+    from bitmind.inference import to_model_input
+    from bitmind.residual_features import FEATURE_DIM, residual_features
+    from bitmind.training.logo import scored_items
+
+    torch.set_num_threads(max(1, args.threads))
+    arrays = {}
+    for regime, roots in (("validator", args.challenge_data), ("crops", args.data)):
+        if not roots:
+            continue
+        items = scored_items(roots)
+        ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
+                              seed=args.seed, uint8=True)
+        loader = DataLoader(ds, batch_size=64, shuffle=False, num_workers=args.workers,
+                            collate_fn=collate_skip_none, worker_init_fn=worker_init)
+        feats = np.full((len(items), FEATURE_DIM), np.nan, dtype=np.float32)
+        t0, done = time.time(), 0
+        with torch.no_grad():
+            for batch in loader:
+                if batch is None:
+                    continue
+                x, _, k, _ = batch
+                feats[k.numpy()] = residual_features(to_model_input(x, torch.device("cpu"))).numpy()
+                done += len(k)
+                print(f"\r{regime}: {done}/{len(items)} pictures, {done / (time.time() - t0):.0f}/s", end="", flush=True)
+        print()
+        arrays[f"{regime}/features"] = feats
+        arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
+        arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
+        arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)
+    Path(args.features).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.features, **arrays)
+    print(f"wrote {args.features}")
+
+
+def align(feat: dict, scores, regime: str) -> np.ndarray:
+    """(n_scores, D) features in the scores file's picture order: the two lists agree
+    picture for picture, except pictures the scores have and the features lack (the
+    aligned round trips at the end of the crops regime), which get NaN rows."""
+    src, n = scores[f"{regime}/source"], len(scores[f"{regime}/source"])
+    f_src = feat[f"{regime}/source"]
+    m = len(f_src)
+    if m > n or not np.array_equal(src[:m], f_src) or not np.array_equal(scores[f"{regime}/split"][:m], feat[f"{regime}/split"]):
+        raise SystemExit(f"{regime}: the features were not extracted from the pictures the scores file scored")
+    out = np.full((n, feat[f"{regime}/features"].shape[1]), np.nan, dtype=np.float32)
+    out[:m] = feat[f"{regime}/features"]
+    return out
+
+
+def source_weights(sources: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each class weighs the same, and each source the same within its class (as training
+    balances families): a big source (ImageNet, SDXL) does not set the boundary alone."""
+    w = np.zeros(len(sources))
+    for c in (0, 1):
+        in_c = labels == c
+        names = np.unique(sources[in_c])
+        for s in names:
+            m = in_c & (sources == s)
+            w[m] = 1.0 / (m.sum() * len(names))
+    return w * len(w) / w.sum()
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float):
+    """Standardise, then an L2 logistic regression; returns (mean, scale, coef, intercept)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    clf = LogisticRegression(C=c, max_iter=3000)
+    clf.fit((x - mean) / scale, y, sample_weight=w)
+    return mean, scale, clf.coef_[0], float(clf.intercept_[0])
+
+
+def linear_logits(x: np.ndarray, model) -> np.ndarray:
+    mean, scale, coef, b = model
+    out = np.full(len(x), np.nan, dtype=np.float32)
+    ok = ~np.isnan(x).any(axis=1)
+    out[ok] = ((x[ok] - mean) / scale) @ coef + b
+    return out
+
+
+#: L2 strength of the stack's fit: the plain stack has three numbers to fit (barely any
+#: penalty); the spectrum stack has 49 and is regularised like the residual model.
+STACK_C = {"plain": 1e4, "spectrum": 0.05}
+
+
+def stack_design(npr: np.ndarray, res: np.ndarray, x: np.ndarray, kind: str) -> np.ndarray:
+    """The stack's inputs per picture. ``plain``: the fold's NPR logit and the residual
+    model's logit. ``spectrum``: the NPR logit, the residual's radial spectrum and their
+    products, so the NPR's boundary may move with how a picture was resized (the spectrum's
+    slope shows it) instead of adding a second detector."""
+    n = npr.astype(np.float32)[:, None]
+    if kind == "plain":
+        return np.c_[n, res.astype(np.float32)[:, None]]
+    spectrum = x[:, -SPECTRUM_BINS:]
+    return np.c_[n, spectrum, n * spectrum]
+
+
+def cmd_logo(args) -> None:
+    feat = dict(np.load(args.features))
+    scores = np.load(args.scores)
+    spec = json.loads(Path(args.spec).read_text())
+    regimes = [r for r in ("validator", "crops") if f"{r}/source" in scores.files and f"{r}/features" in feat]
+    x = {r: align(feat, scores, r) for r in regimes}
+    meta = {r: (scores[f"{r}/source"], scores[f"{r}/split"], scores[f"{r}/label"].astype(int)) for r in regimes}
+    variants = [v for v in spec["variants"] if v == args.recipe or v.startswith(args.recipe + FOLD_SEP)]
+    out = {k: scores[k] for k in scores.files if k.split("/")[0] in regimes and k.split("/")[1] in ("source", "split", "label")}
+    new_variants, report = {}, {}
+    for v in variants:
+        excluded = spec["variants"][v].get("exclude_sources", [])
+        fold = v[len(args.recipe):]
+        pick = lambda r, split: (meta[r][1] == split) & ~np.isin(meta[r][0], excluded) & ~np.isnan(x[r]).any(axis=1)  # noqa: E731
+        xt = np.concatenate([x[r][pick(r, "train")] for r in regimes])
+        yt = np.concatenate([meta[r][2][pick(r, "train")] for r in regimes])
+        st = np.concatenate([meta[r][0][pick(r, "train")] for r in regimes])
+        lin = fit_linear(xt, yt, source_weights(st, yt), args.c)
+        res = {r: linear_logits(x[r], lin) for r in regimes}
+        npr = {r: scores[f"{r}/{v}"].astype(np.float64) for r in regimes}
+        # the stack, fitted on the fold's validation pictures (the NPR never trained on them)
+        design = {r: stack_design(npr[r], res[r], x[r], args.stack) for r in regimes}
+        zv = np.concatenate([design[r][pick(r, "val")] for r in regimes])
+        yv = np.concatenate([meta[r][2][pick(r, "val")] for r in regimes])
+        sv = np.concatenate([meta[r][0][pick(r, "val")] for r in regimes])
+        ok = ~np.isnan(zv).any(axis=1)
+        stack = fit_linear(zv[ok], yv[ok], source_weights(sv[ok], yv[ok]), STACK_C[args.stack])
+        for r in regimes:
+            out[f"{r}/{v}"] = np.where(np.isnan(x[r]).any(axis=1), np.nan, scores[f"{r}/{v}"]).astype(np.float32)
+            out[f"{r}/residual{fold}"] = res[r]
+            out[f"{r}/stack{fold}"] = linear_logits(design[r], stack)
+        new_variants[f"residual{fold}"] = new_variants[f"stack{fold}"] = dict(spec["variants"][v])
+        new_variants[v] = spec["variants"][v]
+        report[v] = {"train_pictures": int(len(yt)), "validation_pictures": int(ok.sum())}
+        line = f"{v}: {len(yt)} training pictures"
+        if args.stack == "plain":
+            w_npr, w_res = stack[2][:2] / stack[1][:2]  # weights per raw logit unit
+            report[v].update(stack_weight_npr=float(w_npr), stack_weight_residual=float(w_res))
+            line += f"; stack = {w_npr:.2f} * NPR + {w_res:.2f} * residual"
+        print(line, flush=True)
+    np.savez_compressed(args.out_scores, **out)
+    logo = dict(spec["logo"])
+    logo["recipes"] = [args.recipe, "residual", "stack"]
+    logo["controls"] = []
+    new_spec = {**{k: spec[k] for k in spec if k not in ("variants", "logo")}, "variants": new_variants, "logo": logo,
+                "residual_logo": {"features": args.features, "c": args.c, "stack": args.stack, "from_scores": args.scores, "folds": report}}
+    Path(args.out_spec).write_text(json.dumps(new_spec, indent=2))
+    print(f"wrote {args.out_scores} and {args.out_spec}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["extract", "logo"])
+    p.add_argument("--challenge_data", nargs="*", default=[], help="extract: ready-made challenges (sn34-validator)")
+    p.add_argument("--data", nargs="*", default=[], help="extract: crop pools, sent through the seeded validator pipeline")
+    p.add_argument("--seed", type=int, default=0, help="extract: the crops' challenge draw (score_models' default)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--features", required=True, help="the features .npz (extract writes it, logo reads it)")
+    p.add_argument("--scores", help="logo: a LOGO run's scores .npz")
+    p.add_argument("--spec", help="logo: that run's logo_spec.json")
+    p.add_argument("--recipe", default="patch96nopool", help="logo: the NPR recipe whose folds are stacked on")
+    p.add_argument("--c", type=float, default=0.05, help="logo: inverse L2 strength of the residual model")
+    p.add_argument("--stack", choices=sorted(STACK_C), default="plain",
+                   help="logo: plain (NPR + residual logits) or spectrum (NPR's boundary moved by the residual spectrum)")
+    p.add_argument("--out_scores", help="logo: where the scores .npz goes")
+    p.add_argument("--out_spec", help="logo: where its spec goes")
+    args = p.parse_args(argv)
+    cmd_extract(args) if args.command == "extract" else cmd_logo(args)
+
+
+if __name__ == "__main__":
+    main()
