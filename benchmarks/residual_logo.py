@@ -21,6 +21,11 @@ GPU. Two steps:
         --spec benchmarks/results/generalisation_fixed_s1_spec.json --recipe patch96nopool \\
         --out_scores /tmp/residual_s1_scores.npz --out_spec /tmp/residual_s1_spec.json
 
+Training-only pictures (``extract --train_data ROOT``: e.g. ``bitmind.training.mini_gan``'s
+small GAN fakes, their train split through the validator pipeline) join every fold's
+training set with ``logo --use_train_data``; they are never scored, so the scores file
+holds the same pictures with and without them and ``logo_paired.py`` compares the two.
+
 Arms written: ``residual.<fold>`` (the linear model alone), ``stack.<fold>`` (NPR + residual,
 or with ``--stack spectrum`` the NPR's boundary moved by the residual's spectrum)
 and the NPR recipe itself, copied, so one ``analyse`` compares the three on the same pictures.
@@ -40,6 +45,8 @@ import numpy as np
 from bitmind.residual_features import SPECTRUM_BINS
 
 FOLD_SEP = ".minus-"
+#: The features file's group for training-only roots (``extract --train_data``): never scored.
+EXTRA = "train_only"
 
 
 def cmd_extract(args) -> None:
@@ -55,10 +62,12 @@ def cmd_extract(args) -> None:
 
     torch.set_num_threads(max(1, args.threads))
     arrays = {}
-    for regime, roots in (("validator", args.challenge_data), ("crops", args.data)):
+    for regime, roots in (("validator", args.challenge_data), ("crops", args.data), (EXTRA, args.train_data)):
         if not roots:
             continue
         items = scored_items(roots)
+        if regime == EXTRA:  # training-only roots: their train split, through the validator pipeline like the crops
+            items = [it for it in items if it[3] == "train"]
         ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
                               seed=args.seed, uint8=True)
         loader = DataLoader(ds, batch_size=64, shuffle=False, num_workers=args.workers,
@@ -78,9 +87,12 @@ def cmd_extract(args) -> None:
         arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
         arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
         arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)
-    Path(args.features).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.features, **arrays)
-    print(f"wrote {args.features}")
+    if len(args.features) != 1:
+        raise SystemExit("extract writes one features file: give --features one path")
+    out = Path(args.features[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    print(f"wrote {out}")
 
 
 def align(feat: dict, scores, regime: str) -> np.ndarray:
@@ -146,12 +158,19 @@ def stack_design(npr: np.ndarray, res: np.ndarray, x: np.ndarray, kind: str) -> 
 
 
 def cmd_logo(args) -> None:
-    feat = dict(np.load(args.features))
+    feat = {}
+    for path in args.features:  # several extracts (the pools once, training-only roots apart) read as one
+        feat.update(np.load(path))
     scores = np.load(args.scores)
     spec = json.loads(Path(args.spec).read_text())
     regimes = [r for r in ("validator", "crops") if f"{r}/source" in scores.files and f"{r}/features" in feat]
     x = {r: align(feat, scores, r) for r in regimes}
     meta = {r: (scores[f"{r}/source"], scores[f"{r}/split"], scores[f"{r}/label"].astype(int)) for r in regimes}
+    use_extra = args.use_train_data and f"{EXTRA}/features" in feat
+    if args.use_train_data and not use_extra:
+        raise SystemExit("--use_train_data: no features file holds training-only pictures (extract --train_data)")
+    extra = ((feat[f"{EXTRA}/features"], feat[f"{EXTRA}/source"], feat[f"{EXTRA}/label"].astype(int)) if use_extra
+             else (np.zeros((0, x[regimes[0]].shape[1]), np.float32), np.zeros(0, dtype=str), np.zeros(0, int)))
     variants = [v for v in spec["variants"] if v == args.recipe or v.startswith(args.recipe + FOLD_SEP)]
     out = {k: scores[k] for k in scores.files if k.split("/")[0] in regimes and k.split("/")[1] in ("source", "split", "label")}
     new_variants, report = {}, {}
@@ -159,9 +178,9 @@ def cmd_logo(args) -> None:
         excluded = spec["variants"][v].get("exclude_sources", [])
         fold = v[len(args.recipe):]
         pick = lambda r, split: (meta[r][1] == split) & ~np.isin(meta[r][0], excluded) & ~np.isnan(x[r]).any(axis=1)  # noqa: E731
-        xt = np.concatenate([x[r][pick(r, "train")] for r in regimes])
-        yt = np.concatenate([meta[r][2][pick(r, "train")] for r in regimes])
-        st = np.concatenate([meta[r][0][pick(r, "train")] for r in regimes])
+        xt = np.concatenate([x[r][pick(r, "train")] for r in regimes] + [extra[0][~np.isin(extra[1], excluded)]])
+        yt = np.concatenate([meta[r][2][pick(r, "train")] for r in regimes] + [extra[2][~np.isin(extra[1], excluded)]])
+        st = np.concatenate([meta[r][0][pick(r, "train")] for r in regimes] + [extra[1][~np.isin(extra[1], excluded)]])
         lin = fit_linear(xt, yt, source_weights(st, yt), args.c)
         res = {r: linear_logits(x[r], lin) for r in regimes}
         npr = {r: scores[f"{r}/{v}"].astype(np.float64) for r in regimes}
@@ -190,7 +209,8 @@ def cmd_logo(args) -> None:
     logo["recipes"] = [args.recipe, "residual", "stack"]
     logo["controls"] = []
     new_spec = {**{k: spec[k] for k in spec if k not in ("variants", "logo")}, "variants": new_variants, "logo": logo,
-                "residual_logo": {"features": args.features, "c": args.c, "stack": args.stack, "from_scores": args.scores, "folds": report}}
+                "residual_logo": {"features": args.features, "c": args.c, "stack": args.stack,
+                                  "train_only_pictures": int(len(extra[1])), "from_scores": args.scores, "folds": report}}
     Path(args.out_spec).write_text(json.dumps(new_spec, indent=2))
     print(f"wrote {args.out_scores} and {args.out_spec}")
 
@@ -200,16 +220,21 @@ def main(argv=None):
     p.add_argument("command", choices=["extract", "logo"])
     p.add_argument("--challenge_data", nargs="*", default=[], help="extract: ready-made challenges (sn34-validator)")
     p.add_argument("--data", nargs="*", default=[], help="extract: crop pools, sent through the seeded validator pipeline")
+    p.add_argument("--train_data", nargs="*", default=[],
+                   help="extract: training-only roots (their train split, through the validator pipeline; never scored)")
     p.add_argument("--seed", type=int, default=0, help="extract: the crops' challenge draw (score_models' default)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--features", required=True, help="the features .npz (extract writes it, logo reads it)")
+    p.add_argument("--features", nargs="+", required=True,
+                   help="the features .npz: extract writes one; logo reads one or several (e.g. the pools', then a training-only root's)")
     p.add_argument("--scores", help="logo: a LOGO run's scores .npz")
     p.add_argument("--spec", help="logo: that run's logo_spec.json")
     p.add_argument("--recipe", default="patch96nopool", help="logo: the NPR recipe whose folds are stacked on")
     p.add_argument("--c", type=float, default=0.05, help="logo: inverse L2 strength of the residual model")
     p.add_argument("--stack", choices=sorted(STACK_C), default="plain",
                    help="logo: plain (NPR + residual logits) or spectrum (NPR's boundary moved by the residual spectrum)")
+    p.add_argument("--use_train_data", action="store_true",
+                   help="logo: also fit every fold's residual model on the features file's training-only pictures")
     p.add_argument("--out_scores", help="logo: where the scores .npz goes")
     p.add_argument("--out_spec", help="logo: where its spec goes")
     args = p.parse_args(argv)

@@ -125,3 +125,41 @@ def test_features_of_other_pictures_are_refused():
     scores["validator/split"] = np.array(["train", "test", "test"])
     out = mod.align(feat, scores, "validator")
     assert out.shape == (3, 3) and np.isnan(out[2]).all() and not np.isnan(out[:2]).any()
+
+
+def test_training_only_pictures_join_each_fold_except_the_sources_it_holds_out(tmp_path):
+    """``extract --train_data`` + ``logo --use_train_data``: the extra root's train split joins
+    every fold's training set (never scored), and a fold drops those of its held-out sources."""
+    mod = load_script("benchmarks/residual_logo.py")
+    rng = np.random.default_rng(3)
+    root = _pool(tmp_path / "pool", rng, per_source=24)
+    extra = tmp_path / "extra"
+    for k in range(30):  # more gen-b pictures, in a training-only root
+        (extra / "fake" / "gen-b").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.repeat(_upsampled(rng, 48)[..., None], 3, 2).astype(np.uint8)).save(extra / "fake" / "gen-b" / f"more-{k}.png")
+    pools, more = tmp_path / "pools.npz", tmp_path / "more.npz"
+    mod.main(["extract", "--challenge_data", str(root), "--features", str(pools), "--workers", "0"])
+    mod.main(["extract", "--train_data", str(extra), "--features", str(more), "--workers", "0"])
+    m = np.load(more)
+    assert set(m["train_only/split"]) == {"train"} and 0 < len(m["train_only/source"]) < 30
+    f = np.load(pools)
+    n = len(f["validator/source"])
+    spec = {"base": {}, "variants": {"m": {}, "m.minus-gen-b": {"exclude_sources": ["fake/gen-b"]}},
+            "logo": {"folds": ["gen-b"], "recipes": ["m"], "controls": []}}
+    scores = {k: f[k] for k in ("validator/source", "validator/split", "validator/label")}
+    for v in spec["variants"]:
+        scores[f"validator/{v}"] = np.random.default_rng(4).normal(0, 1, n).astype(np.float32)
+    np.savez(tmp_path / "scores.npz", **scores)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    common = ["logo", "--scores", str(tmp_path / "scores.npz"), "--spec", str(tmp_path / "spec.json"), "--recipe", "m"]
+    mod.main([*common, "--features", str(pools), "--out_scores", str(tmp_path / "a.npz"), "--out_spec", str(tmp_path / "a.json")])
+    mod.main([*common, "--features", str(pools), str(more), "--use_train_data", "--out_scores", str(tmp_path / "b.npz"),
+              "--out_spec", str(tmp_path / "b.json")])
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert json.loads((tmp_path / "b.json").read_text())["residual_logo"]["train_only_pictures"] == len(m["train_only/source"])
+    assert np.array_equal(a["validator/residual.minus-gen-b"], b["validator/residual.minus-gen-b"])  # held out there too
+    assert not np.allclose(a["validator/residual"], b["validator/residual"])  # the everything model trained on them
+    assert np.array_equal(a["validator/source"], b["validator/source"])  # nothing more scored
+    with pytest.raises(SystemExit, match="no features file holds training-only"):
+        mod.main([*common, "--features", str(pools), "--use_train_data", "--out_scores", str(tmp_path / "c.npz"),
+                  "--out_spec", str(tmp_path / "c.json")])

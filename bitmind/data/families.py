@@ -27,6 +27,9 @@ GENERATOR_FAMILIES: dict[str, tuple[str, ...]] = {
     "gans": ("stylegan-family", "biggan-progan", "pix2pixhd-spade", "vqgan"),
 }
 _BY_FOLDER = {folder: fam for fam, folders in GENERATOR_FAMILIES.items() for folder in folders}
+#: Small GANs trained here on the pools' photos (``bitmind.training.mini_gan``): one family
+#: whatever their up-sampling design, so together they take one family's share of an epoch.
+MINIGAN_PREFIX = "minigan-"
 #: Up-sampling designs in the decoder names of the removed decoder zoo (``aligned-zoo-<design>...``):
 #: committed LOGO scores hold such sources, and their families must read as they did.
 _ZOO_DESIGNS = ("nearest", "convt", "transposed", "shuffle", "pixelshuffle", "bilinear")
@@ -34,8 +37,8 @@ _ZOO_DESIGNS = ("nearest", "convt", "transposed", "shuffle", "pixelshuffle", "bi
 
 def family_of(source: str) -> str:
     """``fake/sd15`` -> ``sd1-2``; ``fake/aligned-zoo-shuffle8-c16`` -> ``aligned-shuffle``;
-    ``real/faces`` -> ``real/faces`` (each real kind is its own family); an unknown fake
-    folder is its own family."""
+    ``real/faces`` -> ``real/faces`` (each real kind is its own family);
+    ``fake/minigan-nearest`` -> ``minigan``; an unknown fake folder is its own family."""
     cls, _, name = source.partition("/")
     if cls != "fake":
         return source
@@ -48,6 +51,8 @@ def family_of(source: str) -> str:
                     return "aligned-" + ("convt" if d == "transposed" else "shuffle" if d == "pixelshuffle" else d)
             return "aligned-" + re.split(r"[-_\d]", design, maxsplit=1)[0]
         return "aligned-" + rest
+    if name.startswith(MINIGAN_PREFIX):
+        return "minigan"
     return _BY_FOLDER.get(name, name)
 
 
