@@ -46,7 +46,7 @@ def test_training_moves_the_generator_towards_the_photos():
 
     torch.manual_seed(0)
     before = colour_error(mini_gan.Generator(16, 32, 8, "nearest"))
-    g, history = mini_gan.train_gan(crops, "nearest", steps=150, batch_size=32, z_dim=32, width=8, lr=1e-3, log_every=50)
+    g, history = mini_gan.train_gan(crops, "nearest", steps=150, batch_size=32, z_dim=32, width=8, lr=1e-3, lr_d=1e-3, log_every=50)
     assert history["step"] == [50, 100, 150] and len(history["loss_d"]) == 3
     assert colour_error(g) < 0.5 * before
 
@@ -77,6 +77,7 @@ def test_the_command_writes_a_pool_of_gan_fakes_from_training_photos_only(tmp_pa
     record = json.loads((out / "minigan.json").read_text())
     assert record["photos"] == len(train) == summary["photos"] and set(record["designs"]) == set(mini_gan.DESIGNS)
     assert record["designs"]["nearest"]["history"]["step"] == [4]
+    assert all(d["collapsed"] == (d["spread_ratio"] < mini_gan.COLLAPSED) for d in record["designs"].values())
 
 
 def test_no_readable_photo_is_a_clear_error(tmp_path):
@@ -88,3 +89,13 @@ def test_no_readable_photo_is_a_clear_error(tmp_path):
         mini_gan.load_crops(sorted(bad.iterdir()), 16, 4)
     with pytest.raises(SystemExit):
         mini_gan.main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--size", "16"])
+
+
+def test_a_collapsed_generator_is_measured_as_collapsed():
+    crops = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    g = mini_gan.Generator(16, 8, 8, "nearest").eval()
+    varied = mini_gan.spread_ratio(g, crops, n=32)
+    with torch.no_grad():
+        g.body[-1].weight.zero_()  # every picture the same (the last layer's bias only)
+    collapsed = mini_gan.spread_ratio(g, crops, n=32)
+    assert collapsed < 1e-6 < varied and collapsed < mini_gan.COLLAPSED

@@ -15,7 +15,8 @@ pools, never these).
 Two up-sampling designs, each its own source ``fake/minigan-<design>`` (one family,
 ``minigan``): ``transposed`` (DCGAN: stride-2 transposed convolutions, the last one
 straight to RGB) and ``nearest`` (nearest-neighbour doubling, then a 3x3 convolution, as
-StyleGAN-like generators do). Hinge loss, spectral normalisation in the discriminator.
+StyleGAN-like generators do). Hinge loss, spectral normalisation in the discriminator, the
+discriminator learning 4x faster than the generator.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 DESIGNS = ("transposed", "nearest")
 SOURCE_PREFIX = MINIGAN_PREFIX
+#: A ``spread_ratio`` below this is reported as a collapsed GAN.
+COLLAPSED = 0.25
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -148,15 +151,18 @@ def load_crops(files: Sequence[Path], size: int, count: int, seed: int = 0) -> t
 
 
 def train_gan(crops: torch.Tensor, design: str, steps: int, device: str | torch.device = "cpu", batch_size: int = 64,
-              z_dim: int = 128, width: int = 32, lr: float = 2e-4, seed: int = 0, log_every: int = 100) -> tuple[Generator, dict]:
+              z_dim: int = 128, width: int = 32, lr: float = 1e-4, lr_d: float | None = 4e-4, seed: int = 0,
+              log_every: int = 100) -> tuple[Generator, dict]:
     """Train one generator of ``design`` on ``crops`` (uint8, N x 3 x S x S) with the hinge
-    loss; returns the generator (eval mode) and a history of both losses."""
+    loss, the generator at ``lr`` and the discriminator at ``lr_d`` (None: ``lr``; the
+    defaults are the two time-scale rule of spectrally normalised GANs); returns the
+    generator (eval mode) and a history of both losses."""
     torch.manual_seed(seed)
     size = crops.shape[-1]
     dev = torch.device(device)
     g, d = Generator(size, z_dim, width, design).to(dev), Discriminator(size, width).to(dev)
     opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.0, 0.99))
-    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr if lr_d is None else lr_d, betas=(0.0, 0.99))
     data = crops.to(dev)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     history = {"step": [], "loss_d": [], "loss_g": []}
@@ -206,6 +212,18 @@ def write_fakes(g: Generator, out_root: str | Path, count: int, seed: int = 0, b
     return folder
 
 
+@torch.no_grad()
+def spread_ratio(g: Generator, crops: torch.Tensor, n: int = 64, seed: int = 2) -> float:
+    """How varied the generator's pictures are, against the photos it trained on: the
+    per-pixel standard deviation over ``n`` of its pictures, averaged over pixels, divided by
+    the same over ``n`` of ``crops``. Near 0: the GAN collapsed to one picture (a detector
+    would learn that picture, not a GAN's trace); about 1: as varied as the photos."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    fake = g(torch.randn(n, g.z_dim, generator=gen).to(next(g.parameters()).device)).float().cpu()
+    real = crops[torch.randperm(len(crops), generator=gen)[:n]].float().div(127.5).sub(1.0)
+    return float(fake.std(dim=0).mean() / real.std(dim=0).mean().clamp_min(1e-6))
+
+
 def sample_grid(g: Generator, path: str | Path, n: int = 16, seed: int = 1) -> Path:
     """A square grid of ``n`` pictures of ``g`` (PNG), for a person to look at."""
     with torch.no_grad():
@@ -224,23 +242,31 @@ def sample_grid(g: Generator, path: str | Path, n: int = 16, seed: int = 1) -> P
 
 def make_gan_fakes(roots: Sequence[str | Path], out: str | Path, designs: Sequence[str] = DESIGNS, size: int = 128,
                    steps: int = 3000, count: int = 1500, crops: int = 4096, width: int = 32, batch_size: int = 64,
-                   device: str = "cpu", seed: int = 0, kinds: Sequence[str] | None = None) -> dict:
+                   device: str = "cpu", seed: int = 0, kinds: Sequence[str] | None = None, lr: float = 1e-4,
+                   lr_d: float = 4e-4) -> dict:
     """Train one small GAN per design on the training-split real photos of ``roots`` and
     write ``count`` of its pictures per design under ``out`` (a pool root); also
     ``out/minigan_<design>_samples.png`` and ``out/minigan.json`` (settings, loss history,
-    seconds). Returns that summary."""
+    seconds, ``spread_ratio``: a collapsed GAN is logged as a warning and marked). Returns
+    that summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = real_files(roots, kinds)
     log.info("%d training-split real photos; loading %d crops of %d px", len(files), crops, size)
     data = load_crops(files, size, crops, seed=seed)
     summary = {"roots": [str(r) for r in roots], "photos": len(files), "crops": int(len(data)), "size": size, "steps": steps,
-               "count": count, "width": width, "batch_size": batch_size, "device": str(device), "seed": seed, "designs": {}}
+               "count": count, "width": width, "batch_size": batch_size, "lr": lr, "lr_d": lr_d, "device": str(device), "seed": seed, "designs": {}}
     for k, design in enumerate(designs):
-        g, history = train_gan(data, design, steps, device=device, batch_size=batch_size, width=width, seed=seed + k)
+        g, history = train_gan(data, design, steps, device=device, batch_size=batch_size, width=width, lr=lr, lr_d=lr_d,
+                               seed=seed + k)
+        spread = spread_ratio(g, data)
+        if spread < COLLAPSED:
+            log.warning("%s GAN looks collapsed: its pictures vary %.2f as much as the photos (train longer, or another seed)",
+                        design, spread)
         folder = write_fakes(g, out, count, seed=seed + 100 + k)
         sample_grid(g, out / f"minigan_{design}_samples.png")
-        summary["designs"][design] = {"source": f"fake/{SOURCE_PREFIX}{design}", "folder": str(folder), "history": history}
+        summary["designs"][design] = {"source": f"fake/{SOURCE_PREFIX}{design}", "folder": str(folder), "spread_ratio": spread,
+                                      "collapsed": spread < COLLAPSED, "history": history}
         log.info("%s: %d pictures in %s (%.0f s of training)", design, count, folder, history["seconds"])
     (out / "minigan.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -258,6 +284,8 @@ def main(argv=None) -> dict:
     p.add_argument("--crops", type=int, default=4096, help="real crops held in memory to train on")
     p.add_argument("--width", type=int, default=32, help="channels of the first discriminator layer (the generator's last)")
     p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4, help="generator learning rate")
+    p.add_argument("--lr_d", type=float, default=4e-4, help="discriminator learning rate")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -265,7 +293,7 @@ def main(argv=None) -> dict:
     try:
         _levels(a.size)
         return make_gan_fakes(a.data, a.out, a.designs, a.size, a.steps, a.count, a.crops, a.width, a.batch_size,
-                              a.device, a.seed, a.kinds)
+                              a.device, a.seed, a.kinds, a.lr, a.lr_d)
     except ValueError as e:
         p.error(str(e))
 
