@@ -1,5 +1,6 @@
 """base_miner/NPR/run_generalisation.sh: the LOGO run as one command (round trips, sweep,
-scores, analysis and, with SHIP_VARIANT, the calibrated everything model). The shipped
+scores, analysis and, with SHIP_VARIANT, the calibrated everything model; with MINIGAN, small
+GAN fakes as training-only data). The shipped
 base.pth came out of this path (logo_longer.json), so it must run end to end: tiny pools,
 a tiny network and a tiny random decoder in the TAEF2 layout, on the CPU."""
 from __future__ import annotations
@@ -31,13 +32,16 @@ def test_script_runs_logo_with_a_seed_and_ships_the_everything_model(tmp_path):
     (tmp_path / "logo.json").write_text(json.dumps(spec))
     work = tmp_path / "work"
     env = {**os.environ, "LOGO_SPEC": str(tmp_path / "logo.json"), "TRAIN_SEED": "7", "EPOCHS": "1", "DEVICE": "cpu",
-           "WORKERS": "0", "POOLS": "crop32", "SHIP_VARIANT": "tiny", "PYTHON": sys.executable}
+           "WORKERS": "0", "POOLS": "crop32", "SHIP_VARIANT": "tiny", "PYTHON": sys.executable,
+           "MINIGAN": "1", "MINIGAN_ARGS": "--size 16 --steps 2 --count 12 --crops 8 --width 8 --batch_size 4"}
     res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(work)], capture_output=True, text=True,
                          timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = work / "checkpoints" / "logo"
     logo_spec = json.loads((run / "logo_spec.json").read_text())
     assert logo_spec["base"]["seed"] == 7 and logo_spec["ran"]["epochs"] == 1  # TRAIN_SEED, EPOCHS
+    assert logo_spec["base"]["train_data"] == [str(work / "minigan")]  # MINIGAN: the small GANs' pictures, training only
+    assert len(list((work / "minigan" / "fake" / "minigan-nearest").glob("*.png"))) == 12
     assert set(logo_spec["variants"]) >= {"tiny", "tiny.minus-sdxl", "tiny.minus-midjourney", "tiny_crop32"}
     result = json.loads((work / "generalisation.json").read_text())
     assert set(result["regimes"]["validator"]["folds"]["tiny"]) == {"sdxl", "midjourney"}

@@ -32,6 +32,10 @@
 # validator challenges, whose photos were already down-scaled by the validator: there a trace at the
 # native pixel period is one no validator-sent fake carries (docs/Generalisation.md).
 # SYNTHETIC_RMS="LO HI": their strength in 8-bit levels (aligned_fakes --synthetic_rms; default 1.5 6).
+# MINIGAN=1: step 1 also trains two small GANs on the crop pools' training photos and writes their
+# pictures to WORK/minigan (python -m bitmind.training.mini_gan; fake/minigan-*), which every model then
+# trains on as --train_data (never scored, so the scores hold the same pictures as a run without them;
+# logo_minigan_s1.json). MINIGAN_ARGS: more options for it (default: --size 128 --steps 6000).
 # (ZOO=0, in older commands, is accepted and changes nothing: the decoder zoo was removed.)
 #
 # On one H200 about 15 minutes: round trips under a minute, sweep ~11 min (the spec's
@@ -64,11 +68,17 @@ fi
 ALIGNED=()
 [ -d "$WORK/aligned/fake" ] && ALIGNED=("$WORK/aligned")
 [ -d "$WORK/synthetic/fake" ] && ALIGNED+=("$WORK/synthetic")
+TRAIN_ONLY=()
+if [ "${MINIGAN:-0}" = 1 ]; then
+  [ -f "$WORK/minigan/minigan.json" ] || $PY -m bitmind.training.mini_gan --data "${CROPS[@]}" --out "$WORK/minigan" \
+    ${MINIGAN_ARGS:---size 128 --steps 6000} ${DEVICE:+--device "$DEVICE"} || echo "!! small GANs failed"
+  [ -f "$WORK/minigan/minigan.json" ] && TRAIN_ONLY=(--train_data "$WORK/minigan")
+fi
 
 echo "== 2. leave-one-family-out sweep and scores ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweeps/logo.json}" \
   --data "${CROPS[@]}" "${ALIGNED[@]}" --challenge_data "${CHALLENGES[@]}" \
-  --checkpoints_dir "$WORK/checkpoints" --name logo \
+  --checkpoints_dir "$WORK/checkpoints" --name logo "${TRAIN_ONLY[@]}" \
   ${TRAIN_SEED:+--train_seed "$TRAIN_SEED"} ${EPOCHS:+--epochs "$EPOCHS"} ${DEVICE:+--device "$DEVICE"}
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/logo" \
   --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x ${WORKERS:+--workers $WORKERS} \
