@@ -160,7 +160,8 @@ def stack_design(npr: np.ndarray, res: np.ndarray, x: np.ndarray, kind: str) -> 
 def cmd_logo(args) -> None:
     feat = {}
     for path in args.features:  # several extracts (the pools once, training-only roots apart) read as one
-        feat.update(np.load(path))
+        for k, v in np.load(path).items():  # training-only pictures of several files add up; the pools' are replaced
+            feat[k] = np.concatenate([feat[k], v]) if k.startswith(EXTRA + "/") and k in feat else v
     scores = np.load(args.scores)
     spec = json.loads(Path(args.spec).read_text())
     regimes = [r for r in ("validator", "crops") if f"{r}/source" in scores.files and f"{r}/features" in feat]

@@ -157,6 +157,9 @@ def test_training_only_pictures_join_each_fold_except_the_sources_it_holds_out(t
               "--out_spec", str(tmp_path / "b.json")])
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert json.loads((tmp_path / "b.json").read_text())["residual_logo"]["train_only_pictures"] == len(m["train_only/source"])
+    mod.main([*common, "--features", str(pools), str(more), str(more), "--use_train_data", "--out_scores", str(tmp_path / "d.npz"),
+              "--out_spec", str(tmp_path / "d.json")])  # two training-only files add up
+    assert json.loads((tmp_path / "d.json").read_text())["residual_logo"]["train_only_pictures"] == 2 * len(m["train_only/source"])
     assert np.array_equal(a["validator/residual.minus-gen-b"], b["validator/residual.minus-gen-b"])  # held out there too
     assert not np.allclose(a["validator/residual"], b["validator/residual"])  # the everything model trained on them
     assert np.array_equal(a["validator/source"], b["validator/source"])  # nothing more scored
