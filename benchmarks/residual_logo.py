@@ -51,14 +51,10 @@ EXTRA = "train_only"
 
 def cmd_extract(args) -> None:
     import torch
-    from torch.utils.data import DataLoader
 
-    from bitmind.data import AsIs, DetectionDataset, collate_skip_none
-    from bitmind.data.dataset import worker_init
-    from bitmind.image_transforms import ValidatorPipeline
     from bitmind.inference import to_model_input
     from bitmind.residual_features import FEATURE_DIM, residual_features
-    from bitmind.training.logo import scored_items
+    from bitmind.training.logo import regime_loader, scored_items
 
     torch.set_num_threads(max(1, args.threads))
     arrays = {}
@@ -68,10 +64,7 @@ def cmd_extract(args) -> None:
         items = scored_items(roots)
         if regime == EXTRA:  # training-only roots: their train split, through the validator pipeline like the crops
             items = [it for it in items if it[3] == "train"]
-        ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
-                              seed=args.seed, uint8=True)
-        loader = DataLoader(ds, batch_size=64, shuffle=False, num_workers=args.workers,
-                            collate_fn=collate_skip_none, worker_init_fn=worker_init)
+        loader = regime_loader(items, regime, seed=args.seed, batch_size=64, workers=args.workers)
         feats = np.full((len(items), FEATURE_DIM), np.nan, dtype=np.float32)
         t0, done = time.time(), 0
         with torch.no_grad():
@@ -110,8 +103,9 @@ def align(feat: dict, scores, regime: str) -> np.ndarray:
 
 
 def source_weights(sources: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each class weighs the same, and each source the same within its class (as training
-    balances families): a big source (ImageNet, SDXL) does not set the boundary alone."""
+    """Each class weighs the same, and each source the same within its class, so that a big
+    source (ImageNet, SDXL) does not set the boundary alone. (Training balances families
+    first, ``bitmind.data.families.family_weights``; a linear fit here balances sources.)"""
     w = np.zeros(len(sources))
     for c in (0, 1):
         in_c = labels == c
@@ -167,6 +161,7 @@ def cmd_logo(args) -> None:
     regimes = [r for r in ("validator", "crops") if f"{r}/source" in scores.files and f"{r}/features" in feat]
     x = {r: align(feat, scores, r) for r in regimes}
     meta = {r: (scores[f"{r}/source"], scores[f"{r}/split"], scores[f"{r}/label"].astype(int)) for r in regimes}
+    sources, labels = {r: meta[r][0] for r in regimes}, {r: meta[r][2] for r in regimes}
     use_extra = args.use_train_data and f"{EXTRA}/features" in feat
     if args.use_train_data and not use_extra:
         raise SystemExit("--use_train_data: no features file holds training-only pictures (extract --train_data)")
@@ -178,18 +173,23 @@ def cmd_logo(args) -> None:
     for v in variants:
         excluded = spec["variants"][v].get("exclude_sources", [])
         fold = v[len(args.recipe):]
-        pick = lambda r, split: (meta[r][1] == split) & ~np.isin(meta[r][0], excluded) & ~np.isnan(x[r]).any(axis=1)  # noqa: E731
-        xt = np.concatenate([x[r][pick(r, "train")] for r in regimes] + [extra[0][~np.isin(extra[1], excluded)]])
-        yt = np.concatenate([meta[r][2][pick(r, "train")] for r in regimes] + [extra[2][~np.isin(extra[1], excluded)]])
-        st = np.concatenate([meta[r][0][pick(r, "train")] for r in regimes] + [extra[1][~np.isin(extra[1], excluded)]])
+        usable = {r: ~np.isin(meta[r][0], excluded) & ~np.isnan(x[r]).any(axis=1) for r in regimes}
+        train = {r: usable[r] & (meta[r][1] == "train") for r in regimes}
+        val = {r: usable[r] & (meta[r][1] == "val") for r in regimes}
+        keep = ~np.isin(extra[1], excluded)
+
+        def rows(per_regime, mask, extra_part=None):
+            """The fold's rows of ``per_regime`` over both regimes, then the training-only ones."""
+            parts = [per_regime[r][mask[r]] for r in regimes]
+            return np.concatenate(parts + ([extra_part[keep]] if extra_part is not None else []))
+
+        xt, yt, st = rows(x, train, extra[0]), rows(labels, train, extra[2]), rows(sources, train, extra[1])
         lin = fit_linear(xt, yt, source_weights(st, yt), args.c)
         res = {r: linear_logits(x[r], lin) for r in regimes}
         npr = {r: scores[f"{r}/{v}"].astype(np.float64) for r in regimes}
         # the stack, fitted on the fold's validation pictures (the NPR never trained on them)
         design = {r: stack_design(npr[r], res[r], x[r], args.stack) for r in regimes}
-        zv = np.concatenate([design[r][pick(r, "val")] for r in regimes])
-        yv = np.concatenate([meta[r][2][pick(r, "val")] for r in regimes])
-        sv = np.concatenate([meta[r][0][pick(r, "val")] for r in regimes])
+        zv, yv, sv = rows(design, val), rows(labels, val), rows(sources, val)
         ok = ~np.isnan(zv).any(axis=1)
         stack = fit_linear(zv[ok], yv[ok], source_weights(sv[ok], yv[ok]), STACK_C[args.stack])
         for r in regimes:

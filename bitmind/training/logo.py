@@ -237,6 +237,23 @@ def view_of(name: str) -> tuple[str, object] | None:
     return None
 
 
+def regime_loader(items, regime: str, seed: int = 0, batch_size: int = 256, workers: int = 4):
+    """The loader ``score_models`` reads ``items`` (from ``scored_items``) of one regime with,
+    in their order, as uint8: ``validator`` files as they are; any other regime through the
+    validator pipeline, seeded per picture by ``seed`` (so anything else read through it sees
+    the same challenges the scores saw: ``benchmarks/residual_logo.py``)."""
+    from torch.utils.data import DataLoader
+
+    from bitmind.data import AsIs, DetectionDataset, collate_skip_none
+    from bitmind.data.dataset import worker_init
+    from bitmind.image_transforms import ValidatorPipeline
+
+    ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
+                          seed=seed, uint8=True)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skip_none,
+                      worker_init_fn=worker_init)
+
+
 def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str | Path, device: str = "auto",
                  seed: int = 0, workers: int = 4, batch_size: int = 256, pools: Sequence[str] = ()) -> Path:
     """Raw logits of each model (name -> checkpoint) for every picture of each regime
@@ -249,13 +266,9 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     view)``; it has no stored calibration (its logits are on another scale), so ``analyse``
     fits one as for a fold."""
     import torch
-    from torch.utils.data import DataLoader
 
     from bitmind.checkpoint import load_model
     from bitmind.common import resolve_amp, resolve_device
-    from bitmind.data import AsIs, DetectionDataset, collate_skip_none
-    from bitmind.data.dataset import worker_init
-    from bitmind.image_transforms import ValidatorPipeline
     from bitmind.inference import forward_logits, to_model_input
     from bitmind.models.npr import center_square, pool_logit_map
 
@@ -271,10 +284,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
         if not roots:
             continue
         items = scored_items(roots)
-        ds = DetectionDataset([(s, i) for s, i, *_ in items], augment=AsIs() if regime == "validator" else ValidatorPipeline(),
-                              seed=seed, uint8=True)
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=collate_skip_none, worker_init_fn=worker_init)
+        loader = regime_loader(items, regime, seed=seed, batch_size=batch_size, workers=workers)
         probs = {n: np.full(len(items), np.nan, dtype=np.float32) for n in [*nets, *(d for arms in pooled.values() for d, _ in arms)]}
         with torch.no_grad():
             for batch in loader:
