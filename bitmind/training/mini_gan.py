@@ -36,16 +36,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bitmind.data.families import MINIGAN_PREFIX
-from bitmind.data.sources import stem_of
+from bitmind.data.sources import LocalFolderSource
 from bitmind.data.splits import split_of
 
 log = logging.getLogger(__name__)
 
 DESIGNS = ("transposed", "nearest")
 SOURCE_PREFIX = MINIGAN_PREFIX
+#: Learning rates of the generator and the discriminator (the two time-scale rule).
+LR_G, LR_D = 1e-4, 4e-4
 #: A ``spread_ratio`` below this is reported as a collapsed GAN.
 COLLAPSED = 0.25
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def _levels(size: int) -> int:
@@ -107,15 +108,17 @@ class Discriminator(nn.Module):
 
 
 def real_files(roots: Sequence[str | Path], kinds: Sequence[str] | None = None, split: str | None = "train") -> list[Path]:
-    """Every picture under ``ROOT/real/KIND/`` of ``roots`` (only ``kinds`` when given) whose
-    stem falls in ``split`` (the pools' split by stem; None: all), sorted. Training split by
-    default: a GAN that saw test photos would carry them into the training fakes."""
+    """The real photos of the pools ``roots`` (``LocalFolderSource``: ``ROOT/real/KIND/``;
+    only ``kinds`` when given) whose stem falls in ``split`` (the pools' split by stem; None:
+    all), in the source's order. Training split by default: a GAN that saw test photos would
+    carry them into the training fakes."""
     files = []
     for root in roots:
-        for d in sorted((Path(root) / "real").glob("*")):
-            if d.is_dir() and (not kinds or d.name in kinds):
-                files += sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                                and (split is None or split_of(stem_of(p.name)) == split))
+        src = LocalFolderSource(root)
+        for i in range(len(src)):
+            kind = src.source_name(i).partition("/")[2]
+            if src.label(i) == 0 and (not kinds or kind in kinds) and (split is None or split_of(src.stem(i)) == split):
+                files.append(Path(src.path(i)))
     return files
 
 
@@ -151,7 +154,7 @@ def load_crops(files: Sequence[Path], size: int, count: int, seed: int = 0) -> t
 
 
 def train_gan(crops: torch.Tensor, design: str, steps: int, device: str | torch.device = "cpu", batch_size: int = 64,
-              z_dim: int = 128, width: int = 32, lr: float = 1e-4, lr_d: float | None = 4e-4, seed: int = 0,
+              z_dim: int = 128, width: int = 32, lr: float = LR_G, lr_d: float | None = LR_D, seed: int = 0,
               log_every: int = 100) -> tuple[Generator, dict]:
     """Train one generator of ``design`` on ``crops`` (uint8, N x 3 x S x S) with the hinge
     loss, the generator at ``lr`` and the discriminator at ``lr_d`` (None: ``lr``; the
@@ -169,7 +172,7 @@ def train_gan(crops: torch.Tensor, design: str, steps: int, device: str | torch.
     t0 = time.time()
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(dev)
-        real = data[idx].float().div(127.5).sub(1.0)
+        real = _from_uint8(data[idx])
         if torch.rand(1, generator=gen).item() < 0.5:
             real = real.flip(3)
         z = torch.randn(batch_size, z_dim, device=dev)
@@ -193,19 +196,32 @@ def train_gan(crops: torch.Tensor, design: str, steps: int, device: str | torch.
 
 
 @torch.no_grad()
+def _generate(g: Generator, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` pictures of ``g`` in [-1, 1], float on the CPU, from noise drawn with ``gen``."""
+    return g(torch.randn(n, g.z_dim, generator=gen).to(next(g.parameters()).device)).float().cpu()
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Pictures in [-1, 1] -> uint8 levels."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 levels -> float pictures in [-1, 1], the generator's range."""
+    return x.float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
 def write_fakes(g: Generator, out_root: str | Path, count: int, seed: int = 0, batch_size: int = 64) -> Path:
     """``count`` pictures of ``g`` as lossless PNG in ``out_root/fake/minigan-<design>/``,
     named ``minigan-<design>-NNNNN.png`` (so the pools' stem split spreads them over
     train / val / test like any source); returns that folder."""
     folder = Path(out_root) / "fake" / f"{SOURCE_PREFIX}{g.design}"
     folder.mkdir(parents=True, exist_ok=True)
-    dev = next(g.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     k = 0
     while k < count:
-        n = min(batch_size, count - k)
-        x = g(torch.randn(n, g.z_dim, generator=gen).to(dev))
-        arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        arr = _to_uint8(_generate(g, min(batch_size, count - k), gen)).permute(0, 2, 3, 1).numpy()
         for a in arr:
             Image.fromarray(a).save(folder / f"{SOURCE_PREFIX}{g.design}-{k:05d}.png")
             k += 1
@@ -219,31 +235,29 @@ def spread_ratio(g: Generator, crops: torch.Tensor, n: int = 64, seed: int = 2) 
     the same over ``n`` of ``crops``. Near 0: the GAN collapsed to one picture (a detector
     would learn that picture, not a GAN's trace); about 1: as varied as the photos."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    fake = g(torch.randn(n, g.z_dim, generator=gen).to(next(g.parameters()).device)).float().cpu()
-    real = crops[torch.randperm(len(crops), generator=gen)[:n]].float().div(127.5).sub(1.0)
+    fake = _generate(g, n, gen)
+    real = _from_uint8(crops[torch.randperm(len(crops), generator=gen)[:n]])
     return float(fake.std(dim=0).mean() / real.std(dim=0).mean().clamp_min(1e-6))
 
 
 def sample_grid(g: Generator, path: str | Path, n: int = 16, seed: int = 1) -> Path:
     """A square grid of ``n`` pictures of ``g`` (PNG), for a person to look at."""
-    with torch.no_grad():
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        x = g(torch.randn(n, g.z_dim, generator=gen).to(next(g.parameters()).device)).cpu()
+    x = _generate(g, n, torch.Generator(device="cpu").manual_seed(seed))
     side = int(math.ceil(math.sqrt(n)))
     s = x.shape[-1]
     canvas = torch.zeros(3, side * s, side * s)
     for i, im in enumerate(x):
         r, c = divmod(i, side)
         canvas[:, r * s:(r + 1) * s, c * s:(c + 1) * s] = im
-    arr = ((canvas.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = _to_uint8(canvas).permute(1, 2, 0).numpy()
     Image.fromarray(arr).save(path)
     return Path(path)
 
 
 def make_gan_fakes(roots: Sequence[str | Path], out: str | Path, designs: Sequence[str] = DESIGNS, size: int = 128,
                    steps: int = 3000, count: int = 1500, crops: int = 4096, width: int = 32, batch_size: int = 64,
-                   device: str = "cpu", seed: int = 0, kinds: Sequence[str] | None = None, lr: float = 1e-4,
-                   lr_d: float = 4e-4) -> dict:
+                   device: str = "cpu", seed: int = 0, kinds: Sequence[str] | None = None, lr: float = LR_G,
+                   lr_d: float = LR_D) -> dict:
     """Train one small GAN per design on the training-split real photos of ``roots`` and
     write ``count`` of its pictures per design under ``out`` (a pool root); also
     ``out/minigan_<design>_samples.png`` and ``out/minigan.json`` (settings, loss history,
@@ -284,8 +298,8 @@ def main(argv=None) -> dict:
     p.add_argument("--crops", type=int, default=4096, help="real crops held in memory to train on")
     p.add_argument("--width", type=int, default=32, help="channels of the first discriminator layer (the generator's last)")
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4, help="generator learning rate")
-    p.add_argument("--lr_d", type=float, default=4e-4, help="discriminator learning rate")
+    p.add_argument("--lr", type=float, default=LR_G, help="generator learning rate")
+    p.add_argument("--lr_d", type=float, default=LR_D, help="discriminator learning rate")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -294,7 +308,7 @@ def main(argv=None) -> dict:
         _levels(a.size)
         return make_gan_fakes(a.data, a.out, a.designs, a.size, a.steps, a.count, a.crops, a.width, a.batch_size,
                               a.device, a.seed, a.kinds, a.lr, a.lr_d)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # no usable photos, a missing pool
         p.error(str(e))
 
 
