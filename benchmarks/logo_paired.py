@@ -26,6 +26,10 @@ over folds, which is what the docs compare.
         --b benchmarks/results/generalisation_fixed_s0_78_scores.npz \\
         --spec benchmarks/results/generalisation_fixed_s0_78_spec.json --out benchmarks/results/logo_paired_fixes_s0.json
 
+``--by_source`` splits every fold into one row per held-out source (the fold model is the
+same; only that source's pictures are the positives, or for a camera fold the photos): a
+fold's mean can hide the source that fails, or the one that moved.
+
 ``--arm_b`` names run B's arm when it differs from A's, so two arms of one scores file can
 be compared (a stack against the NPR folds it was stacked on: ``benchmarks/residual_logo.py``).
 
@@ -57,15 +61,26 @@ def fold_sets(spec: dict, arm: str, real_folds: bool) -> dict[str, list[str]]:
     return out
 
 
-def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels: np.ndarray, held_out: list[str]) -> dict:
+def by_source(folds: dict[str, list[str]], present: np.ndarray) -> dict[str, tuple[list[str], list[str]]]:
+    """One row per held-out source of every fold that has pictures in ``present``:
+    ``FOLD:SOURCE`` -> (the fold's held-out sources, [that source])."""
+    have = set(present.tolist())
+    return {f"{f}:{src.partition('/')[2] or src}": (held, [src]) for f, held in folds.items() for src in held if src in have}
+
+
+def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels: np.ndarray, held_out: list[str],
+                 only: list[str] | None = None) -> dict:
     """AUC and detection at real 0.90 of one fold model on (resampled) pictures, as
     ``logo.score_fold`` defines them; for a camera fold, AUC of the trained fakes' test
-    pictures against the held-out photos and the share of those photos kept real."""
+    pictures against the held-out photos and the share of those photos kept real. ``only``:
+    of the held-out sources, only these count as the held-out pictures (the others are still
+    kept out of the threshold and the negatives)."""
     ok = ~np.isnan(z)
     held = ok & np.isin(sources, held_out)
     real_val = ok & (labels == 0) & (splits == "val") & ~held
     thr = float(np.quantile(z[real_val], 0.90)) if real_val.any() else 0.0
-    held_fake, held_real = held & (labels == 1), held & (labels == 0)
+    scored = held if only is None else held & np.isin(sources, only)
+    held_fake, held_real = scored & (labels == 1), scored & (labels == 0)
     if held_fake.any():
         pos, neg = z[held_fake], z[ok & (labels == 0) & (splits == "test") & ~held]
         at90 = float((pos > thr).mean())
@@ -79,9 +94,10 @@ def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels:
 
 
 def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_boot: int, seed: int,
-                   arm_b: str | None = None) -> dict | None:
-    """Point values, differences and paired bootstrap of one regime, per fold and mean
-    (``arm`` in ``a`` against ``arm_b``, default the same arm, in ``b``)."""
+                   arm_b: str | None = None, per_source: bool = False) -> dict | None:
+    """Point values, differences and paired bootstrap of one regime, per fold (or per
+    held-out source of each fold: ``per_source``) and mean (``arm`` in ``a`` against
+    ``arm_b``, default the same arm, in ``b``)."""
     key = f"{regime}/source"
     if key not in a or key not in b:
         return None
@@ -89,8 +105,10 @@ def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_b
     if not (np.array_equal(sources, b[key]) and np.array_equal(splits, b[f"{regime}/split"])
             and np.array_equal(labels, b[f"{regime}/label"])):
         raise ValueError(f"{regime}: the two score files hold different pictures; a paired comparison needs the same")
-    names = {f: (f"{regime}/{arm}{FOLD_SEP}{f}", f"{regime}/{arm_b or arm}{FOLD_SEP}{f}") for f in folds}
-    names = {f: (na, nb) for f, (na, nb) in names.items() if na in a and nb in b}
+    rows = by_source(folds, sources) if per_source else {f: (held, None) for f, held in folds.items()}
+    fold_of = {r: r.split(":")[0] for r in rows}
+    names = {r: (f"{regime}/{arm}{FOLD_SEP}{fold_of[r]}", f"{regime}/{arm_b or arm}{FOLD_SEP}{fold_of[r]}") for r in rows}
+    names = {r: (na, nb) for r, (na, nb) in names.items() if na in a and nb in b}
     if not names:
         return None
     za = {f: a[na].astype(np.float64) for f, (na, _) in names.items()}
@@ -100,8 +118,8 @@ def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_b
         s, sp, lb = (sources, splits, labels) if idx is None else (sources[idx], splits[idx], labels[idx])
         out = {}
         for f in names:
-            ma = fold_metrics(za[f] if idx is None else za[f][idx], s, sp, lb, folds[f])
-            mb = fold_metrics(zb[f] if idx is None else zb[f][idx], s, sp, lb, folds[f])
+            ma = fold_metrics(za[f] if idx is None else za[f][idx], s, sp, lb, *rows[f])
+            mb = fold_metrics(zb[f] if idx is None else zb[f][idx], s, sp, lb, *rows[f])
             out[f] = {m: (ma[m], mb[m]) for m in METRICS}
         return out
 
@@ -137,7 +155,8 @@ def markdown(result: dict) -> str:
     arms = f"arm `{result['arm']}`" if result.get("arm_b", result["arm"]) == result["arm"] else \
         f"arms `{result['arm']}` (A) and `{result['arm_b']}` (B)"
     lines = [f"A = `{result['a']}`, B = `{result['b']}`, {arms}, "
-             f"{'camera' if result['real_folds'] else 'generator'} folds, {result['n_boot']} paired resamples", ""]
+             f"{'camera' if result['real_folds'] else 'generator'} folds{', per held-out source' if result.get('by_source') else ''}, "
+             f"{result['n_boot']} paired resamples", ""]
     head = "| regime | fold | AUC A | AUC B | diff [95 % CI] | p(B not better) | at real 0.90 A | B | diff [95 % CI] | p |"
     lines += [head, "|" + "---|" * 10]
     for regime, r in result["regimes"].items():
@@ -159,6 +178,7 @@ def main(argv=None) -> dict:
     p.add_argument("--arm", default="patch96nopool")
     p.add_argument("--arm_b", default=None, help="run B's arm, when it differs from A's (two arms of one scores file)")
     p.add_argument("--real_folds", action="store_true", help="the unseen camera folds instead of the generator folds")
+    p.add_argument("--by_source", action="store_true", help="one row per held-out source of each fold")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     p.add_argument("--n_boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -170,10 +190,11 @@ def main(argv=None) -> dict:
     if not folds:
         p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}")
     da, db = np.load(a.a, allow_pickle=False), np.load(a.b, allow_pickle=False)
-    result = {"a": a.a, "b": a.b, "spec": a.spec, "arm": a.arm, "arm_b": a.arm_b or a.arm, "real_folds": a.real_folds, "n_boot": a.n_boot,
+    result = {"a": a.a, "b": a.b, "spec": a.spec, "arm": a.arm, "arm_b": a.arm_b or a.arm, "real_folds": a.real_folds, "by_source": a.by_source,
+              "n_boot": a.n_boot,
               "seed": a.seed, "regimes": {}}
     for regime in a.regimes:
-        r = compare_regime(da, db, regime, folds, a.arm, a.n_boot, a.seed, a.arm_b)
+        r = compare_regime(da, db, regime, folds, a.arm, a.n_boot, a.seed, a.arm_b, a.by_source)
         if r is not None:
             result["regimes"][regime] = r
     if not result["regimes"]:

@@ -80,3 +80,36 @@ def test_two_arms_of_one_scores_file_are_compared_with_arm_b(tmp_path):
     assert "arms `m` (A) and `n` (B)" in (tmp_path / "mn.md").read_text()
     self_cmp = mod.main([*args, "--out", str(tmp_path / "mm.json")])["regimes"]["validator"]["mean"]["auc"]
     assert self_cmp["diff"] == 0.0
+
+
+def test_by_source_splits_a_fold_and_finds_the_one_source_that_moved(tmp_path):
+    """A fold holding out two GAN sources, where run B reads only one of them better: the
+    fold's row mixes the two; ``--by_source`` gives each its own row, and only the source
+    that moved is found better."""
+    spec = {"variants": {"m": {}, "m.minus-gans": {"exclude_sources": ["fake/stylegan", "fake/vqgan"]}}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    n = 80
+    src = np.array(["fake/stylegan"] * n + ["fake/vqgan"] * n + ["fake/sdxl"] * n + ["real/imagenet"] * (2 * n))
+    label = np.r_[np.ones(3 * n), np.zeros(2 * n)].astype(np.int64)
+    split = np.array(["val", "test"] * (5 * n // 2))
+    base = np.where(label == 1, 0.3, -0.3) + np.random.default_rng(1).normal(0, 1, len(src))
+
+    def write(path, stylegan_shift):
+        z = base + np.random.default_rng(len(str(path))).normal(0, 0.02, len(src))
+        z[src == "fake/stylegan"] += stylegan_shift
+        arrays = {"validator/source": src, "validator/split": split, "validator/label": label,
+                  "validator/m": base.astype(np.float32), "validator/m.minus-gans": z.astype(np.float32)}
+        np.savez(path, **arrays)
+        return str(path)
+
+    a, b = write(tmp_path / "a.npz", 0.0), write(tmp_path / "bb.npz", 1.5)
+    mod = load_script("benchmarks/logo_paired.py")
+    args = ["--a", a, "--b", b, "--spec", str(tmp_path / "spec.json"), "--arm", "m", "--n_boot", "200", "--regimes", "validator"]
+    rows = mod.main([*args, "--by_source", "--out", str(tmp_path / "src.json")])["regimes"]["validator"]["folds"]
+    assert set(rows) == {"gans:stylegan", "gans:vqgan"}
+    assert rows["gans:stylegan"]["auc"]["ci95"][0] > 0.1
+    lo, hi = rows["gans:vqgan"]["auc"]["ci95"]
+    assert lo < 0 < hi
+    fold = mod.main([*args, "--out", str(tmp_path / "fold.json")])["regimes"]["validator"]["folds"]["gans"]["auc"]
+    assert rows["gans:vqgan"]["auc"]["diff"] < fold["diff"] < rows["gans:stylegan"]["auc"]["diff"]
+    assert "per held-out source" in (tmp_path / "src.md").read_text()

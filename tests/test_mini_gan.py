@@ -30,7 +30,7 @@ def test_bad_sizes_and_designs_are_refused():
     with pytest.raises(ValueError, match="power of two"):
         mini_gan.Generator(size=8)
     with pytest.raises(ValueError, match="design"):
-        mini_gan.Generator(size=32, design="bilinear")
+        mini_gan.Generator(size=32, design="bicubic")
 
 
 def test_training_moves_the_generator_towards_the_photos():
@@ -69,13 +69,13 @@ def test_the_command_writes_a_pool_of_gan_fakes_from_training_photos_only(tmp_pa
     out = tmp_path / "gan"
     summary = mini_gan.main(["--data", str(root), "--out", str(out), "--size", "16", "--steps", "4", "--count", "5",
                              "--crops", "8", "--width", "8", "--batch_size", "4", "--device", "cpu"])
-    for design in mini_gan.DESIGNS:
+    for design in mini_gan.DEFAULT_DESIGNS:
         files = sorted((out / "fake" / f"minigan-{design}").glob("*.png"))
         assert len(files) == 5 and Image.open(files[0]).size == (16, 16)
         assert (out / f"minigan_{design}_samples.png").exists()
         assert family_of(f"fake/minigan-{design}") == sampling_family(f"fake/minigan-{design}") == "minigan"
     record = json.loads((out / "minigan.json").read_text())
-    assert record["photos"] == len(train) == summary["photos"] and set(record["designs"]) == set(mini_gan.DESIGNS)
+    assert record["photos"] == len(train) == summary["photos"] and set(record["designs"]) == set(mini_gan.DEFAULT_DESIGNS)
     assert record["designs"]["nearest"]["history"]["step"] == [4]
     assert all(d["collapsed"] == (d["spread_ratio"] < mini_gan.COLLAPSED) for d in record["designs"].values())
 
@@ -99,3 +99,17 @@ def test_a_collapsed_generator_is_measured_as_collapsed():
         g.body[-1].weight.zero_()  # every picture the same (the last layer's bias only)
     collapsed = mini_gan.spread_ratio(g, crops, n=32)
     assert collapsed < 1e-6 < varied and collapsed < mini_gan.COLLAPSED
+
+
+def test_the_blur_design_filters_the_checkerboard_out_and_keeps_flat_colour():
+    """StyleGAN2's [1, 3, 3, 1] filter: zero gain at the highest frequency (the transposed
+    convolution's checkerboard), unit gain for a flat picture (away from the border)."""
+    blur = mini_gan.Blur()
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checker = ((yy + xx) % 2 * 2 - 1).float().expand(1, 2, 16, 16)
+    flat = torch.full((1, 2, 16, 16), 0.7)
+    out_c, out_f = blur(checker), blur(flat)
+    assert out_c.shape == checker.shape
+    assert float(out_c[..., 2:-2, 2:-2].abs().max()) < 1e-6
+    assert torch.allclose(out_f[..., 2:-2, 2:-2], flat[..., 2:-2, 2:-2])
+    assert any(isinstance(m, mini_gan.Blur) for m in mini_gan.Generator(32, 16, 8, "blur").modules())

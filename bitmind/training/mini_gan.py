@@ -12,11 +12,15 @@ so their pictures are poor; what they are for is their traces, and whether those
 detector to read unseen GANs is for LOGO to say (the GAN fold holds out every GAN of the
 pools, never these).
 
-Two up-sampling designs, each its own source ``fake/minigan-<design>`` (one family,
-``minigan``): ``transposed`` (DCGAN: stride-2 transposed convolutions, the last one
-straight to RGB) and ``nearest`` (nearest-neighbour doubling, then a 3x3 convolution, as
-StyleGAN-like generators do). Hinge loss, spectral normalisation in the discriminator, the
-discriminator learning 4x faster than the generator.
+Up-sampling designs, each its own source ``fake/minigan-<design>`` (one family,
+``minigan``); the default two: ``transposed`` (DCGAN, pix2pixHD: stride-2 transposed
+convolutions, the last one straight to RGB) and ``nearest`` (nearest-neighbour doubling,
+then a 3x3 convolution, as ProGAN, BigGAN, SPADE and VQGAN's decoder do). Three more, to
+find out which up-sampling traces transfer: ``blur`` (a transposed convolution followed by
+a fixed [1, 3, 3, 1] low-pass, as StyleGAN2 up-samples), ``bilinear`` (bilinear doubling,
+then a 3x3 convolution) and ``shuffle`` (a 3x3 convolution to four times the channels, then
+pixel shuffle: sub-pixel convolution). Hinge loss, spectral normalisation in the
+discriminator, the discriminator learning 4x faster than the generator.
 """
 from __future__ import annotations
 
@@ -41,7 +45,10 @@ from bitmind.data.splits import split_of
 
 log = logging.getLogger(__name__)
 
-DESIGNS = ("transposed", "nearest")
+#: Every up-sampling design a generator can have.
+DESIGNS = ("transposed", "nearest", "blur", "bilinear", "shuffle")
+#: The designs trained when none are named (the two measured by LOGO).
+DEFAULT_DESIGNS = ("transposed", "nearest")
 SOURCE_PREFIX = MINIGAN_PREFIX
 #: Learning rates of the generator and the discriminator (the two time-scale rule).
 LR_G, LR_D = 1e-4, 4e-4
@@ -57,8 +64,35 @@ def _levels(size: int) -> int:
     return n
 
 
+class Blur(nn.Module):
+    """A fixed separable [1, 3, 3, 1] low-pass per channel, size kept: the filter StyleGAN2
+    applies after each transposed convolution against its checkerboard."""
+
+    def __init__(self):
+        super().__init__()
+        k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+        self.register_buffer("kernel", (torch.outer(k, k) / k.sum() ** 2).view(1, 1, 4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return F.conv2d(F.pad(x, (1, 2, 1, 2)), self.kernel.expand(c, 1, 4, 4), groups=c)
+
+
+def _up(design: str, cin: int, cout: int) -> list[nn.Module]:
+    """The layers that double the side and map ``cin`` to ``cout`` channels, by design."""
+    if design == "transposed":
+        return [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)]
+    if design == "blur":
+        return [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), Blur()]
+    if design == "shuffle":
+        return [nn.Conv2d(cin, 4 * cout, 3, padding=1), nn.PixelShuffle(2)]
+    return [nn.Upsample(scale_factor=2, mode=design), nn.Conv2d(cin, cout, 3, padding=1)]  # nearest, bilinear
+
+
 class Generator(nn.Module):
-    """z (B, z_dim) -> pictures (B, 3, size, size) in [-1, 1]."""
+    """z (B, z_dim) -> pictures (B, 3, size, size) in [-1, 1]. ``transposed`` ends with its
+    last up-sampling straight to RGB (as DCGAN); every other design with a 3x3 convolution
+    to RGB after its last up-sampling."""
 
     def __init__(self, size: int = 128, z_dim: int = 128, width: int = 32, design: str = "transposed"):
         super().__init__()
@@ -69,17 +103,15 @@ class Generator(nn.Module):
         self.z_dim, self.design = z_dim, design
         self.start = nn.Sequential(nn.Linear(z_dim, chans[0] * 16), nn.Unflatten(1, (chans[0], 4, 4)),
                                    nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True))
+        straight = design == "transposed"
         layers: list[nn.Module] = []
         for i in range(n):
             last = i == n - 1
-            cout = 3 if last and design == "transposed" else chans[i + 1]
-            if design == "transposed":
-                layers.append(nn.ConvTranspose2d(chans[i], cout, 4, stride=2, padding=1))
-            else:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chans[i], cout, 3, padding=1)]
-            if not (last and design == "transposed"):
+            cout = 3 if last and straight else chans[i + 1]
+            layers += _up(design, chans[i], cout)
+            if not (last and straight):
                 layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        if design == "nearest":
+        if not straight:
             layers.append(nn.Conv2d(chans[n], 3, 3, padding=1))
         self.body = nn.Sequential(*layers)
 
@@ -254,7 +286,7 @@ def sample_grid(g: Generator, path: str | Path, n: int = 16, seed: int = 1) -> P
     return Path(path)
 
 
-def make_gan_fakes(roots: Sequence[str | Path], out: str | Path, designs: Sequence[str] = DESIGNS, size: int = 128,
+def make_gan_fakes(roots: Sequence[str | Path], out: str | Path, designs: Sequence[str] = DEFAULT_DESIGNS, size: int = 128,
                    steps: int = 3000, count: int = 1500, crops: int = 4096, width: int = 32, batch_size: int = 64,
                    device: str = "cpu", seed: int = 0, kinds: Sequence[str] | None = None, lr: float = LR_G,
                    lr_d: float = LR_D) -> dict:
@@ -290,7 +322,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bitmind.training.mini_gan", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", required=True, help="pool roots (CLASS/SOURCE layout); their real/ training photos are used")
     p.add_argument("--out", required=True, help="output pool root: OUT/fake/minigan-<design>/*.png")
-    p.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
+    p.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DEFAULT_DESIGNS),
+                   help="up-sampling designs, one GAN each (default: %(default)s)")
     p.add_argument("--kinds", nargs="*", default=None, help="only these real kinds (folder names under real/)")
     p.add_argument("--size", type=int, default=128, help="picture side, a power of two >= 16")
     p.add_argument("--steps", type=int, default=3000, help="training steps per GAN")
