@@ -113,3 +113,24 @@ def test_the_blur_design_filters_the_checkerboard_out_and_keeps_flat_colour():
     assert float(out_c[..., 2:-2, 2:-2].abs().max()) < 1e-6
     assert torch.allclose(out_f[..., 2:-2, 2:-2], flat[..., 2:-2, 2:-2])
     assert any(isinstance(m, mini_gan.Blur) for m in mini_gan.Generator(32, 16, 8, "blur").modules())
+
+
+def test_per_design_trains_several_gans_of_one_design_as_separate_sources(tmp_path):
+    """``--per_design 2``: two GANs of the nearest design, each its own source (so each is
+    weighed as one), its own seed (different pictures), the first one as a single run makes it."""
+    root = tmp_path / "pool"
+    for k in range(24):
+        _photo(root / "real" / "cams" / f"photo{k}.jpg", k)
+    args = ["--data", str(root), "--designs", "nearest", "--size", "16", "--steps", "3", "--count", "4", "--crops", "8",
+            "--width", "8", "--batch_size", "4", "--device", "cpu"]
+    two = mini_gan.main([*args, "--out", str(tmp_path / "two"), "--per_design", "2"])
+    mini_gan.main([*args, "--out", str(tmp_path / "one")])
+    assert set(two["designs"]) == {"nearest", "nearest2"} and two["designs"]["nearest2"]["design"] == "nearest"
+    first, second = (sorted((tmp_path / "two" / "fake" / f"minigan-{n}").glob("*.png")) for n in ("nearest", "nearest2"))
+    assert len(first) == len(second) == 4 and second[0].name == "minigan-nearest2-00000.png"
+    assert family_of("fake/minigan-nearest2") == "minigan" and (tmp_path / "two" / "minigan_nearest2_samples.png").exists()
+    assert not np.array_equal(np.asarray(Image.open(first[0])), np.asarray(Image.open(second[0])))
+    same = sorted((tmp_path / "one" / "fake" / "minigan-nearest").glob("*.png"))[0]
+    assert np.array_equal(np.asarray(Image.open(first[0])), np.asarray(Image.open(same)))
+    with pytest.raises(SystemExit):
+        mini_gan.main([*args, "--out", str(tmp_path / "bad"), "--per_design", "0"])

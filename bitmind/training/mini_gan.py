@@ -244,18 +244,20 @@ def _from_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def write_fakes(g: Generator, out_root: str | Path, count: int, seed: int = 0, batch_size: int = 64) -> Path:
-    """``count`` pictures of ``g`` as lossless PNG in ``out_root/fake/minigan-<design>/``,
-    named ``minigan-<design>-NNNNN.png`` (so the pools' stem split spreads them over
-    train / val / test like any source); returns that folder."""
-    folder = Path(out_root) / "fake" / f"{SOURCE_PREFIX}{g.design}"
+def write_fakes(g: Generator, out_root: str | Path, count: int, seed: int = 0, batch_size: int = 64,
+                name: str | None = None) -> Path:
+    """``count`` pictures of ``g`` as lossless PNG in ``out_root/fake/minigan-<name>/``
+    (``name``: the design by default), named ``minigan-<name>-NNNNN.png`` (so the pools'
+    stem split spreads them over train / val / test like any source); returns that folder."""
+    name = name or g.design
+    folder = Path(out_root) / "fake" / f"{SOURCE_PREFIX}{name}"
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     k = 0
     while k < count:
         arr = _to_uint8(_generate(g, min(batch_size, count - k), gen)).permute(0, 2, 3, 1).numpy()
         for a in arr:
-            Image.fromarray(a).save(folder / f"{SOURCE_PREFIX}{g.design}-{k:05d}.png")
+            Image.fromarray(a).save(folder / f"{SOURCE_PREFIX}{name}-{k:05d}.png")
             k += 1
     return folder
 
@@ -289,31 +291,39 @@ def sample_grid(g: Generator, path: str | Path, n: int = 16, seed: int = 1) -> P
 def make_gan_fakes(roots: Sequence[str | Path], out: str | Path, designs: Sequence[str] = DEFAULT_DESIGNS, size: int = 128,
                    steps: int = 3000, count: int = 1500, crops: int = 4096, width: int = 32, batch_size: int = 64,
                    device: str = "cpu", seed: int = 0, kinds: Sequence[str] | None = None, lr: float = LR_G,
-                   lr_d: float = LR_D) -> dict:
-    """Train one small GAN per design on the training-split real photos of ``roots`` and
-    write ``count`` of its pictures per design under ``out`` (a pool root); also
-    ``out/minigan_<design>_samples.png`` and ``out/minigan.json`` (settings, loss history,
-    seconds, ``spread_ratio``: a collapsed GAN is logged as a warning and marked). Returns
-    that summary."""
+                   lr_d: float = LR_D, per_design: int = 1) -> dict:
+    """Train ``per_design`` small GANs per design (each its own seed) on the training-split
+    real photos of ``roots`` and write ``count`` pictures of each under ``out`` (a pool
+    root), one source per GAN: ``fake/minigan-<design>`` for the first, ``-<design>2``,
+    ``-<design>3`` ... for the others, so that each is weighed as a source of its own (two
+    GANs of one design lift unseen GANs more than one: docs/Generalisation.md, "Per held-out
+    GAN source, and which up-sampling designs"); also ``out/minigan_<name>_samples.png`` and
+    ``out/minigan.json`` (settings, loss history, seconds, ``spread_ratio``: a collapsed GAN
+    is logged as a warning and marked), keyed by the same names. Returns that summary."""
+    if per_design < 1:
+        raise ValueError(f"per_design must be at least 1, got {per_design}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = real_files(roots, kinds)
     log.info("%d training-split real photos; loading %d crops of %d px", len(files), crops, size)
     data = load_crops(files, size, crops, seed=seed)
     summary = {"roots": [str(r) for r in roots], "photos": len(files), "crops": int(len(data)), "size": size, "steps": steps,
-               "count": count, "width": width, "batch_size": batch_size, "lr": lr, "lr_d": lr_d, "device": str(device), "seed": seed, "designs": {}}
-    for k, design in enumerate(designs):
-        g, history = train_gan(data, design, steps, device=device, batch_size=batch_size, width=width, lr=lr, lr_d=lr_d,
-                               seed=seed + k)
-        spread = spread_ratio(g, data)
-        if spread < COLLAPSED:
-            log.warning("%s GAN looks collapsed: its pictures vary %.2f as much as the photos (train longer, or another seed)",
-                        design, spread)
-        folder = write_fakes(g, out, count, seed=seed + 100 + k)
-        sample_grid(g, out / f"minigan_{design}_samples.png")
-        summary["designs"][design] = {"source": f"fake/{SOURCE_PREFIX}{design}", "folder": str(folder), "spread_ratio": spread,
-                                      "collapsed": spread < COLLAPSED, "history": history}
-        log.info("%s: %d pictures in %s (%.0f s of training)", design, count, folder, history["seconds"])
+               "count": count, "width": width, "batch_size": batch_size, "lr": lr, "lr_d": lr_d, "device": str(device), "seed": seed,
+               "per_design": per_design, "designs": {}}
+    for r in range(per_design):
+        for k, design in enumerate(designs):
+            name, offset = (design if r == 0 else f"{design}{r + 1}"), k + 1000 * r  # the first GAN's seeds as before
+            g, history = train_gan(data, design, steps, device=device, batch_size=batch_size, width=width, lr=lr, lr_d=lr_d,
+                                   seed=seed + offset)
+            spread = spread_ratio(g, data)
+            if spread < COLLAPSED:
+                log.warning("%s GAN looks collapsed: its pictures vary %.2f as much as the photos (train longer, or another seed)",
+                            name, spread)
+            folder = write_fakes(g, out, count, seed=seed + 100 + offset, name=name)
+            sample_grid(g, out / f"minigan_{name}_samples.png")
+            summary["designs"][name] = {"design": design, "source": f"fake/{SOURCE_PREFIX}{name}", "folder": str(folder),
+                                        "spread_ratio": spread, "collapsed": spread < COLLAPSED, "history": history}
+            log.info("%s: %d pictures in %s (%.0f s of training)", name, count, folder, history["seconds"])
     (out / "minigan.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -335,12 +345,14 @@ def main(argv=None) -> dict:
     p.add_argument("--lr_d", type=float, default=LR_D, help="discriminator learning rate")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per_design", type=int, default=1,
+                   help="GANs per design, each its own seed and source (minigan-<design>, minigan-<design>2, ...)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         _levels(a.size)
         return make_gan_fakes(a.data, a.out, a.designs, a.size, a.steps, a.count, a.crops, a.width, a.batch_size,
-                              a.device, a.seed, a.kinds, a.lr, a.lr_d)
+                              a.device, a.seed, a.kinds, a.lr, a.lr_d, a.per_design)
     except (ValueError, FileNotFoundError) as e:  # no usable photos, a missing pool
         p.error(str(e))
 
