@@ -61,11 +61,11 @@ def fold_sets(spec: dict, arm: str, real_folds: bool) -> dict[str, list[str]]:
     return out
 
 
-def by_source(folds: dict[str, list[str]], present: np.ndarray) -> dict[str, tuple[list[str], list[str]]]:
+def by_source(folds: dict[str, list[str]], present: np.ndarray) -> dict[str, tuple[str, list[str], list[str]]]:
     """One row per held-out source of every fold that has pictures in ``present``:
-    ``FOLD:SOURCE`` -> (the fold's held-out sources, [that source])."""
+    ``FOLD:SOURCE`` -> (the fold, its held-out sources, [that source])."""
     have = set(present.tolist())
-    return {f"{f}:{src.partition('/')[2] or src}": (held, [src]) for f, held in folds.items() for src in held if src in have}
+    return {f"{f}:{src.partition('/')[2] or src}": (f, held, [src]) for f, held in folds.items() for src in held if src in have}
 
 
 def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels: np.ndarray, held_out: list[str],
@@ -105,9 +105,8 @@ def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_b
     if not (np.array_equal(sources, b[key]) and np.array_equal(splits, b[f"{regime}/split"])
             and np.array_equal(labels, b[f"{regime}/label"])):
         raise ValueError(f"{regime}: the two score files hold different pictures; a paired comparison needs the same")
-    rows = by_source(folds, sources) if per_source else {f: (held, None) for f, held in folds.items()}
-    fold_of = {r: r.split(":")[0] for r in rows}
-    names = {r: (f"{regime}/{arm}{FOLD_SEP}{fold_of[r]}", f"{regime}/{arm_b or arm}{FOLD_SEP}{fold_of[r]}") for r in rows}
+    rows = by_source(folds, sources) if per_source else {f: (f, held, None) for f, held in folds.items()}
+    names = {r: (f"{regime}/{arm}{FOLD_SEP}{f}", f"{regime}/{arm_b or arm}{FOLD_SEP}{f}") for r, (f, *_) in rows.items()}
     names = {r: (na, nb) for r, (na, nb) in names.items() if na in a and nb in b}
     if not names:
         return None
@@ -118,8 +117,8 @@ def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_b
         s, sp, lb = (sources, splits, labels) if idx is None else (sources[idx], splits[idx], labels[idx])
         out = {}
         for f in names:
-            ma = fold_metrics(za[f] if idx is None else za[f][idx], s, sp, lb, *rows[f])
-            mb = fold_metrics(zb[f] if idx is None else zb[f][idx], s, sp, lb, *rows[f])
+            ma = fold_metrics(za[f] if idx is None else za[f][idx], s, sp, lb, *rows[f][1:])
+            mb = fold_metrics(zb[f] if idx is None else zb[f][idx], s, sp, lb, *rows[f][1:])
             out[f] = {m: (ma[m], mb[m]) for m in METRICS}
         return out
 
