@@ -31,6 +31,11 @@ import numpy as np
 GAN_FOLD = "gans"
 
 
+def _short(row: str) -> str:
+    """``FOLD:SOURCE`` (a ``logo_paired --by_source`` row) -> ``SOURCE``."""
+    return row.split(":", 1)[1]
+
+
 def load_arm(prefix: str) -> tuple[dict, dict]:
     """The per-fold and per-source comparisons of one arm (``PREFIX.json``, ``PREFIX_by_source.json``)."""
     folds = json.loads(Path(f"{prefix}.json").read_text())
@@ -63,7 +68,7 @@ def cost_sources(rows: dict[str, dict], k: int = 2) -> list[str]:
 def markdown(result: dict) -> str:
     gans, costs = result["gan_sources"], result["cost_sources"]
     regimes = result["regimes"]
-    head = ["arm", *[f"GAN fold, {r}" for r in regimes], *[g.split(":", 1)[1] for g in gans], *[c.split(":", 1)[1] for c in costs]]
+    head = ["arm", *[f"GAN fold, {r}" for r in regimes], *[_short(n) for n in [*gans, *costs]]]
     lines = [f"Held-out AUC difference against `{result['reference']}` (B - A, 95 % interval; as validators send "
              "them unless the column says otherwise). Reference levels: "
              + ", ".join(f"{k} {v:.3f}" for k, v in result["reference_levels"].items()), "",
@@ -95,7 +100,7 @@ def figure(result: dict, path: str | Path) -> Path:
         hi = np.array([m["ci95"][1] - m["diff"] if m else 0 for m in ms])
         ax.bar(x + (i - (len(arms) - 1) / 2) * width, d, width, yerr=[lo, hi], capsize=2, label=label)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(x, [c.split(":", 1)[1] for c in cols], rotation=20)
+    ax.set_xticks(x, [_short(c) for c in cols], rotation=20)
     ax.set_ylabel("held-out AUC difference (with GAN fakes - without)")
     ax.set_title("Small-GAN fakes in training, CPU proxy, per held-out source (as sent)")
     ax.legend(fontsize=7, ncol=2)
@@ -112,7 +117,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="JSON; the markdown table goes beside it (.md)")
     p.add_argument("--figure", default="", help="PNG path ('' for none)")
     a = p.parse_args(argv)
-    rows, reference, levels = {}, None, {}
+    rows, reference = {}, None
     for spec in a.arm:
         label, sep, prefix = spec.partition("=")
         if not sep or not label or not prefix:
@@ -121,17 +126,15 @@ def main(argv=None) -> dict:
             folds, sources = load_arm(prefix)
         except (OSError, ValueError) as e:
             p.error(str(e))
-        if reference is None:
-            reference = folds["a"]
-        elif folds["a"] != reference or sources["a"] != reference:
+        reference = reference or folds["a"]
+        if folds["a"] != reference or sources["a"] != reference:
             p.error(f"arm {label!r} is compared against {folds['a']}, not {reference}: the arms need one reference")
         rows[label] = arm_row(folds, sources)
     first = next(iter(rows.values()))
-    levels = {f"GAN fold {r}": m["a"] for r, m in first["gan_fold"].items()}
     gans = sorted({n for r in rows.values() for n in r["sources"] if n.startswith(GAN_FOLD + ":")})
-    levels.update({n.split(":", 1)[1]: first["sources"][n]["a"] for n in gans if n in first["sources"]})
     costs = cost_sources(rows, a.cost_sources)
-    levels.update({n.split(":", 1)[1]: first["sources"][n]["a"] for n in costs if n in first["sources"]})
+    levels = {f"GAN fold {r}": m["a"] for r, m in first["gan_fold"].items()}
+    levels.update({_short(n): first["sources"][n]["a"] for n in [*gans, *costs] if n in first["sources"]})
     regimes = sorted({r for row in rows.values() for r in row["gan_fold"]}, key=lambda r: (r != "validator", r))
     result = {"reference": reference, "reference_levels": levels, "regimes": regimes, "gan_sources": gans,
               "cost_sources": costs, "arms": rows}

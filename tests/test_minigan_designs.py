@@ -61,6 +61,11 @@ def test_arms_against_different_references_or_without_per_source_files_are_refus
     mod = load_script("benchmarks/minigan_designs.py")
     with pytest.raises(SystemExit):
         mod.main(["--arm", f"a={one}", f"b={other}", "--out", str(tmp_path / "x.json")])
+    mixed = tmp_path / "p_mixed"  # one arm whose two files were compared against different references
+    mixed.with_suffix(".json").write_text((tmp_path / "p_one.json").read_text())
+    (tmp_path / "p_mixed_by_source.json").write_text((tmp_path / "p_other_by_source.json").read_text())
+    with pytest.raises(SystemExit):
+        mod.main(["--arm", f"m={mixed}", "--out", str(tmp_path / "w.json")])
     (tmp_path / "p_one_by_source.json").write_text((tmp_path / "p_one.json").read_text())
     with pytest.raises(SystemExit):
         mod.main(["--arm", f"a={one}", "--out", str(tmp_path / "y.json")])
