@@ -59,8 +59,12 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
     spec["recipes"]["patch96nopool"].update({**TINY, "patch_size": 32})
     (tmp_path / "tiny.json").write_text(json.dumps(spec))
     work = tmp_path / "work"
+    extra = tmp_path / "minigan"  # training-only pictures (TRAIN_DATA), as mini_gan writes them
+    (extra / "fake" / "minigan-nearest").mkdir(parents=True)
+    for i in range(6):
+        _img(2000 + i, 64, smooth=True).save(extra / "fake" / "minigan-nearest" / f"g{i}.png")
     env = {**os.environ, "SPEC": str(tmp_path / "tiny.json"), "EPOCHS": "1", "WORKERS": "0", "DEVICE": "cpu",
-           "PYTHON": sys.executable}
+           "PYTHON": sys.executable, "TRAIN_DATA": str(extra)}
     res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(work)], capture_output=True,
                          text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -70,6 +74,7 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
     assert lm.meta["config"]["stem_pool"] is False and lm.meta["config"]["input"] == "npr_hp"
     assert lm.meta["train_options"]["patch_size"] == 32 and lm.meta["metrics"]["calibration"]["real_target"] == 0.85
     assert lm.meta["train_options"]["seed"] == 1  # the shipped file's training seed, by default
+    assert lm.meta["train_options"]["train_data"] == [str(extra)]  # TRAIN_DATA reached the trainer
     acc = json.loads((work / "accuracy_validator.json").read_text())
     assert str(data / "sn34-validator") in json.dumps(acc) and "roc_auc" in json.dumps(acc)
     # and the shipped file scored on the same pictures beside it, paired (step 6)
@@ -85,3 +90,14 @@ def test_script_names_what_is_missing(tmp_path):
     res = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "data"), str(tmp_path / "models"), str(tmp_path / "w")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "sn34-wide not found" in res.stderr and not (tmp_path / "w").exists()
+
+
+def test_script_names_a_missing_train_data_root(tmp_path):
+    data, models = tmp_path / "data", tmp_path / "models"
+    for d in (data / "sn34-mini", data / "sn34-wide", data / "sn34-validator", models / "taef2"):
+        d.mkdir(parents=True)
+    env = {**os.environ, "TRAIN_DATA": str(tmp_path / "nope")}
+    res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(tmp_path / "w")],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 2 and "TRAIN_DATA root" in res.stderr and "nope" in res.stderr
+    assert not (tmp_path / "w").exists()

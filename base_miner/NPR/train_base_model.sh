@@ -25,7 +25,10 @@
 # Env: PYTHON (default python3), WORKERS (data-loader processes; the spec says 14), SPEC (another
 # ship spec, e.g. a tiny one in tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda),
 # TRAIN_SEED (the training seed; default 1, the shipped file's), COMPARE_WITH (the file step 6
-# compares with; default mining_models/base.pth, empty to skip).
+# compares with; default mining_models/base.pth, empty to skip), TRAIN_DATA (extra training-only
+# roots in the CLASS/SOURCE layout, space-separated, e.g. the small GANs of
+# python -m bitmind.training.mini_gan; their train split is trained on, nothing of them is scored;
+# the shipped file uses none: docs/Generalisation.md, "Small GAN fakes on the NPR").
 set -euo pipefail
 DATA=${1:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
@@ -39,6 +42,10 @@ CHALLENGES=("$DATA/sn34-validator")
 for d in "${CROPS[@]}" "${CHALLENGES[@]}" "$MODELS/taef2"; do
   [ -d "$d" ] || { echo "error: $d not found (DATA_ROOT needs sn34-mini, sn34-wide, sn34-validator; MODELS_ROOT taef2)" >&2; exit 2; }
 done
+read -r -a EXTRA <<< "${TRAIN_DATA:-}"
+for d in "${EXTRA[@]}"; do
+  [ -d "$d" ] || { echo "error: TRAIN_DATA root $d not found" >&2; exit 2; }
+done
 mkdir -p "$WORK"
 OPTS=(${WORKERS:+--workers "$WORKERS"} ${DEVICE:+--device "$DEVICE"})
 
@@ -50,7 +57,7 @@ echo "== 1. aligned round trips ($(date +%T))"
 echo "== 2. training ($SPEC) ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "$SPEC" --data "${CROPS[@]}" "$WORK/aligned" \
   --challenge_data "${CHALLENGES[@]}" --checkpoints_dir "$WORK/checkpoints" --name ship \
-  --train_seed "${TRAIN_SEED:-1}" ${EPOCHS:+--epochs "$EPOCHS"} "${OPTS[@]}"
+  ${EXTRA[0]:+--train_data "${EXTRA[@]}"} --train_seed "${TRAIN_SEED:-1}" ${EPOCHS:+--epochs "$EPOCHS"} "${OPTS[@]}"
 
 echo "== 3. scores on both regimes ($(date +%T))"
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/ship" "${OPTS[@]}"
