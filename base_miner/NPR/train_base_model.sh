@@ -16,8 +16,9 @@
 #   bash base_miner/NPR/train_base_model.sh ../shared/data ../shared/models WORK_DIR
 #
 # DATA_ROOT holds sn34-mini, sn34-wide and sn34-validator; MODELS_ROOT holds taef2. On one
-# H200 about 11 minutes: timed with EPOCHS=6 in 100 s (round trips 23 s, 4.4 s per epoch, scores,
-# calibration and test split 30 s), extrapolated to the spec's 135 epochs. The result
+# H200 about 7 minutes: 135 epochs trained in 327 s (2.4 s per epoch; nineteenth session,
+# benchmarks/results/train_base_model_h200_minigan.log), round trips 10-23 s, scores,
+# calibration and test split about 30 s. The result
 # is not copied over mining_models/base.pth: read WORK_DIR/ship_paired.md first (is the new
 # file better than the shipped one by more than the split's noise?), then copy it (the
 # miner hot-reloads).
