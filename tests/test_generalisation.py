@@ -517,3 +517,25 @@ def test_spec_with_overrides_builds_the_sweep_a_run_would(tmp_path):
     again = spec_with_overrides(plain, "bench", data=roots, epochs=None)
     assert again["variants"] == plain["variants"] and again["base"] == {"epochs": 3, "seed": 1, "data": roots, "name": "bench"}
     assert spec_with_overrides(plain, "bench", seed=7)["base"]["seed"] == 7 and plain["base"]["seed"] == 1
+
+
+def test_logo_swa_spec_is_the_run_it_is_paired_with_plus_weight_averaging():
+    """logo_swa_s1.json is compared picture by picture with the committed 78-epoch seed-1 run
+    (generalisation_fixed_s1*): the same training options, seed and folds, and a recipe that
+    differs only by weight averaging, carried into every fold model."""
+    from bitmind.training.logo import logo_sweep_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    swa = json.loads((repo / "base_miner" / "NPR" / "sweeps" / "logo_swa_s1.json").read_text())
+    ran = json.loads((repo / "benchmarks" / "results" / "generalisation_fixed_s1_spec.json").read_text())
+    step_options = ("cudnn_benchmark", "fused_adam", "share_multiple")  # how fast, not what is learned
+    where = ("data", "challenge_data", "checkpoints_dir", "name")  # the run's paths, given on the command line
+    assert {k: v for k, v in swa["base"].items() if k not in step_options} == \
+        {k: v for k, v in ran["base"].items() if k not in step_options + where}
+    sources = sorted({s for v in ran["variants"].values() for s in v["exclude_sources"]})
+    expanded = logo_sweep_spec(swa, sources)
+    assert len(expanded["variants"]) == 7  # the everything model and the six generator folds (the run also had camera folds)
+    for name, opts in expanded["variants"].items():
+        paired = name.replace("patch96swa", "patch96nopool")
+        assert opts["swa_start"] == 39 == expanded["val_from"] < swa["base"]["epochs"]
+        assert {k: v for k, v in opts.items() if k != "swa_start"} == ran["variants"][paired], name

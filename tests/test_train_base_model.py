@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bitmind.checkpoint import load_model, read_checkpoint
 from test_generalisation import TINY, _img, make_pools
 from validator_synth import tiny_taesd_weights
@@ -32,6 +34,15 @@ def test_ship_spec_is_the_recipe_the_shipped_file_records():
         assert shipped[k] == v, k
 
 
+def test_ship_swa_spec_is_the_ship_recipe_plus_weight_averaging_only():
+    sweeps = REPO / "base_miner" / "NPR" / "sweeps"
+    base, swa = (json.loads((sweeps / f).read_text()) for f in ("ship_base.json", "ship_swa.json"))
+    assert swa["base"] == base["base"] and swa["fold_recipes"] == [] and swa["val_seeds"] == base["val_seeds"]
+    (name, recipe), = swa["recipes"].items()
+    assert {k: v for k, v in recipe.items() if k != "swa_start"} == base["recipes"]["patch96nopool"]
+    assert 0 < recipe["swa_start"] == swa["val_from"] < base["base"]["epochs"]  # only averages are selected
+
+
 def _pools(root: Path) -> Path:
     """DATA_ROOT with the three pools the script expects, tiny."""
     p = make_pools(root / "made")
@@ -48,22 +59,27 @@ def _pools(root: Path) -> Path:
     return data
 
 
-def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
+@pytest.mark.parametrize("ship_spec", ["ship_base.json", "ship_swa.json"])
+def test_script_trains_calibrates_and_scores_the_recipe(tmp_path, ship_spec):
     data = _pools(tmp_path)
     models = tmp_path / "models"
     tiny_taesd_weights(models / "taef2")
-    spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "ship_base.json").read_text())
+    spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / ship_spec).read_text())
     spec["base"].update({"batch_size": 8, "samples_per_epoch": 32, "progress": False, "val_fraction": 0.25,
                          "test_fraction": 0.25, "lr": 1e-3})
     spec["val_seeds"] = [0]
-    spec["recipes"]["patch96nopool"].update({**TINY, "patch_size": 32})
+    (variant, recipe), = spec["recipes"].items()  # the script ships the spec's one recipe, whatever its name
+    recipe.update({**TINY, "patch_size": 32})
+    epochs = "1"
+    if "swa_start" in recipe:  # average from the second of two epochs, and select only averages
+        recipe["swa_start"], spec["val_from"], epochs = 1, 1, "2"
     (tmp_path / "tiny.json").write_text(json.dumps(spec))
     work = tmp_path / "work"
     extra = tmp_path / "minigan"  # training-only pictures (TRAIN_DATA), as mini_gan writes them
     (extra / "fake" / "minigan-nearest").mkdir(parents=True)
     for i in range(6):
         _img(2000 + i, 64, smooth=True).save(extra / "fake" / "minigan-nearest" / f"g{i}.png")
-    env = {**os.environ, "SPEC": str(tmp_path / "tiny.json"), "EPOCHS": "1", "WORKERS": "0", "DEVICE": "cpu",
+    env = {**os.environ, "SPEC": str(tmp_path / "tiny.json"), "EPOCHS": epochs, "WORKERS": "0", "DEVICE": "cpu",
            "PYTHON": sys.executable, "TRAIN_DATA": str(extra)}
     res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(work)], capture_output=True,
                          text=True, timeout=900, env=env)
@@ -75,6 +91,11 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path):
     assert lm.meta["train_options"]["patch_size"] == 32 and lm.meta["metrics"]["calibration"]["real_target"] == 0.85
     assert lm.meta["train_options"]["seed"] == 1  # the shipped file's training seed, by default
     assert lm.meta["train_options"]["train_data"] == [str(extra)]  # TRAIN_DATA reached the trainer
+    hist = json.loads((work / "checkpoints" / "ship" / variant / "history.json").read_text())
+    if "swa_start" in recipe:  # the shipped file is the weight average, and says so
+        assert lm.meta["train_options"]["swa_start"] == 1 and [r["averaged"] for r in hist] == [True]
+    else:
+        assert not any(r["averaged"] for r in hist)
     acc = json.loads((work / "accuracy_validator.json").read_text())
     assert str(data / "sn34-validator") in json.dumps(acc) and "roc_auc" in json.dumps(acc)
     # and the shipped file scored on the same pictures beside it, paired (step 6)
@@ -90,6 +111,19 @@ def test_script_names_what_is_missing(tmp_path):
     res = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "data"), str(tmp_path / "models"), str(tmp_path / "w")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "sn34-wide not found" in res.stderr and not (tmp_path / "w").exists()
+
+
+def test_script_refuses_a_spec_without_exactly_one_recipe(tmp_path):
+    data, models = tmp_path / "data", tmp_path / "models"
+    for d in (data / "sn34-mini", data / "sn34-wide", data / "sn34-validator", models / "taef2"):
+        d.mkdir(parents=True)
+    spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "ship_base.json").read_text())
+    spec["recipes"]["other"] = dict(spec["recipes"]["patch96nopool"])
+    (tmp_path / "two.json").write_text(json.dumps(spec))
+    env = {**os.environ, "SPEC": str(tmp_path / "two.json"), "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(tmp_path / "w")],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 2 and "exactly one recipe" in res.stderr and not (tmp_path / "w").exists()
 
 
 def test_script_names_a_missing_train_data_root(tmp_path):

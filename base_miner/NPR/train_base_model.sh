@@ -3,7 +3,8 @@
 #   1. TAEF2 round trips of every real photo of the crop pools and of the validator challenges
 #      (aligned fakes: a photo and its round trip differ only by the decoder's trace);
 #   2. patch96nopool on everything (base_miner/NPR/sweeps/ship_base.json: npr_hp input, no stem
-#      pool, one random 96 px patch per picture, 135 epochs, family-balanced sampling);
+#      pool, one random 96 px patch per picture, 135 epochs, family-balanced sampling; SPEC=
+#      base_miner/NPR/sweeps/ship_swa.json: the same with weight averaging over the second half);
 #   3. its checkpoint scored on both regimes (validator challenges as sent, crops through the
 #      seeded validator pipeline);
 #   4. class-balanced Platt calibration on the validation split of both regimes, the boundary
@@ -24,7 +25,7 @@
 # miner hot-reloads).
 # GPU kernels are not bit-deterministic: a re-run gives a close model, not the same bytes.
 # Env: PYTHON (default python3), WORKERS (data-loader processes; the spec says 14), SPEC (another
-# ship spec, e.g. a tiny one in tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda),
+# ship spec with exactly one recipe, the model shipped; e.g. ship_swa.json, or a tiny one in tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda),
 # TRAIN_SEED (the training seed; default 1, the shipped file's), COMPARE_WITH (the file step 6
 # compares with; default mining_models/base.pth, empty to skip), TRAIN_DATA (extra training-only
 # roots in the CLASS/SOURCE layout, space-separated, e.g. the small GANs of
@@ -47,6 +48,10 @@ read -r -a EXTRA <<< "${TRAIN_DATA:-}"
 for d in "${EXTRA[@]}"; do
   [ -d "$d" ] || { echo "error: TRAIN_DATA root $d not found" >&2; exit 2; }
 done
+# the model to calibrate and ship: the spec's one recipe (patch96nopool in ship_base.json)
+VARIANT=$($PY -c 'import json, sys; r = list(json.load(open(sys.argv[1]))["recipes"]); print(r[0] if len(r) == 1 else "")' "$SPEC") \
+  || { echo "error: cannot read the recipes of $SPEC" >&2; exit 2; }
+[ -n "$VARIANT" ] || { echo "error: $SPEC must name exactly one recipe (the model to ship)" >&2; exit 2; }
 mkdir -p "$WORK"
 OPTS=(${WORKERS:+--workers "$WORKERS"} ${DEVICE:+--device "$DEVICE"})
 
@@ -64,7 +69,7 @@ echo "== 3. scores on both regimes ($(date +%T))"
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/ship" "${OPTS[@]}"
 
 echo "== 4. calibration, boundary at 0.85 of validation real -> $WORK/base.pth ($(date +%T))"
-$PY benchmarks/generalisation.py ship --sweep "$WORK/checkpoints/ship" --variant patch96nopool \
+$PY benchmarks/generalisation.py ship --sweep "$WORK/checkpoints/ship" --variant "$VARIANT" \
   --real_target 0.85 --ship_out "$WORK/base.pth"
 
 echo "== 5. sn34-validator test split as sent ($(date +%T))"
