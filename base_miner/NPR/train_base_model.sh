@@ -26,11 +26,12 @@
 # GPU kernels are not bit-deterministic: a re-run gives a close model, not the same bytes.
 # Env: PYTHON (default python3), WORKERS (data-loader processes; the spec says 14), SPEC (another
 # ship spec with exactly one recipe, the model shipped: e.g. ship_swa.json, or a tiny one in
-# tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda), TRAIN_SEED (the training seed; default 1, the shipped file's), COMPARE_WITH (the file step 6
-# compares with; default mining_models/base.pth, empty to skip), TRAIN_DATA (extra training-only
-# roots in the CLASS/SOURCE layout, space-separated, e.g. the small GANs of
-# python -m bitmind.training.mini_gan; their train split is trained on, nothing of them is scored;
-# the shipped file uses none: docs/Generalisation.md, "Small GAN fakes on the NPR").
+# tests), EPOCHS (override the spec's), DEVICE (auto | cpu | cuda), TRAIN_SEED (the training
+# seed; default 1, the shipped file's), COMPARE_WITH (the file step 6 compares with; default
+# mining_models/base.pth, empty to skip), TRAIN_DATA (extra training-only roots in the
+# CLASS/SOURCE layout, space-separated, e.g. the small GANs of python -m
+# bitmind.training.mini_gan; their train split is trained on, nothing of them is scored; the
+# shipped file uses none: docs/Generalisation.md, "Small GAN fakes on the NPR").
 set -euo pipefail
 DATA=${1:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
