@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -330,6 +331,11 @@ def test_sweep_subset_and_weight_averaging_variants(tmp_path):
     assert lm.arch == "npr" and lm.model(torch.rand(1, 3, 64, 64)).shape == (1, 1)
     with pytest.raises(ValueError):
         SweepSpec.from_dict({"base": {}, "variants": {"x": {"train_fraction": 1.5}}}).variant_extras("x")
+    # an average that would start after the last epoch is refused before any data is read
+    for start in (3, 10, -1):
+        with pytest.raises(ValueError, match="swa_start"):
+            SweepSpec.from_dict({"base": {"epochs": 3}, "variants": {"x": {"swa_start": start}}}).variant_extras("x")
+    assert SweepSpec.from_dict({"base": {"epochs": 3}, "variants": {"x": {"swa_start": 2}}}).variant_extras("x")["swa_start"] == 2
     # members of different sweeps on the same validation draws can be paired in one report
     import shutil
 
@@ -583,6 +589,22 @@ def test_a_time_budget_shortens_a_sweep_but_never_lengthens_it(tmp_path, budget_
     out = tmp_path / "ck" / "b"
     assert json.loads((out / "sweep.json").read_text())["epochs"] == epochs
     assert len(json.loads((out / "plain" / "history.json").read_text())) == epochs
+
+
+def test_a_time_budget_that_cuts_a_run_before_its_averaging_says_so(caplog):
+    from bitmind.training.sweep import fit_epochs
+
+    spec = SweepSpec.from_dict({"base": {"epochs": 78}, "time_budget_s": 100, "variants": {"plain": {}, "swa": {"swa_start": 39}}})
+    variants = [SimpleNamespace(name=n, swa_start=spec.variant_extras(n)["swa_start"], cfg=spec.variant_config(n))
+                for n in spec.variants]
+    with caplog.at_level("WARNING", logger="bitmind.training.sweep"):
+        fit_epochs(spec, variants, 50, "test")
+    assert not caplog.records and all(v.cfg.epochs == 50 for v in variants)  # averaging still starts at 39
+    with caplog.at_level("WARNING", logger="bitmind.training.sweep"):
+        fit_epochs(spec, variants, 30, "test")
+    assert [r.getMessage() for r in caplog.records] == [
+        "variant swa: the time budget ends the run at 30 epochs, before its weight averaging starts (swa_start 39): "
+        "it saves plain weights"]
 
 
 def test_center_crop_looks_at_the_central_square_with_the_npr_grid_kept(tmp_path):

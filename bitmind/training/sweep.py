@@ -171,12 +171,16 @@ class SweepSpec:
         temp = float(ov.get("distill_temperature", 1.0))
         if not temp > 0:
             raise ValueError(f"variant {name!r}: distill_temperature must be positive, got {temp}")
+        swa = int(ov.get("swa_start", 0) or 0)
+        if swa < 0 or swa >= self.base.epochs > 0:
+            raise ValueError(f"variant {name!r}: swa_start {swa} must be an epoch of the run (0 = off, else below "
+                             f"epochs = {self.base.epochs}): a later start averages nothing and ships the plain weights")
         try:
             patch = check_patch_size(ov.get("patch_size", self.base.patch_size), self.base_size)
             check_tile_shuffle(ov.get("tile_shuffle", self.base.tile_shuffle), patch or self.base_size)
         except ValueError as e:
             raise ValueError(f"variant {name!r}: {e}") from None
-        return {"train_fraction": frac, "swa_start": int(ov.get("swa_start", 0) or 0),
+        return {"train_fraction": frac, "swa_start": swa,
                 "distill_from": ov.get("distill_from") or None, "distill_weight": weight if ov.get("distill_from") else 0.0,
                 "distill_temperature": temp, "exclude_sources": sorted(ov.get("exclude_sources") or []),
                 "exclude_roots": sorted(ov.get("exclude_roots") or [])}
@@ -292,6 +296,9 @@ def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str) -> None:
         spec.base.epochs = epochs
         for v in variants:
             v.cfg.epochs = epochs
+            if v.swa_start >= epochs:
+                logger.warning("variant %s: the time budget ends the run at %d epochs, before its weight averaging "
+                               "starts (swa_start %d): it saves plain weights", v.name, epochs, v.swa_start)
 
 
 class Teachers:
