@@ -544,3 +544,40 @@ def test_logo_swa_spec_is_the_run_it_is_paired_with_plus_weight_averaging():
             assert {k: v for k, v in opts.items() if k != "swa_start"} == expanded["variants"][paired], name
         else:
             assert opts == ran["variants"][name], name
+
+
+def test_a_logo_run_with_a_weight_averaged_arm_trains_scores_and_pairs(tmp_path):
+    """The path of logo_swa_s1.json, on tiny pools: a plain and a weight-averaged recipe on one
+    stream, each with its folds; the averaged fold models validate and save averages only;
+    the scores hold both arms on the same pictures, and logo_paired.py pairs them (--arm_b)."""
+    pools = make_pools(tmp_path)
+    recipe = {**TINY, "input": "npr_hp", "patch_size": 32, "stem_pool": False}
+    spec = {"base": {"batch_size": 8, "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25,
+                     "test_fraction": 0.25, "balance": "family", "pair_aligned": True, "samples_per_epoch": 32,
+                     "aug_validator_prob": 0.0, "aug_jpeg_prob": 0.0, "lr": 1e-3},
+            "val_seeds": [0], "val_from": 1, "folds": ["flux1"],
+            "recipes": {"plain": recipe, "avg": {**recipe, "swa_start": 1}}}
+    (tmp_path / "logo.json").write_text(json.dumps(spec))
+    gen = [sys.executable, str(REPO / "benchmarks" / "generalisation.py")]
+    res = subprocess.run(gen + ["train", "--spec", str(tmp_path / "logo.json"), "--data", str(pools["crops"]), str(pools["aligned"]),
+                                "--challenge_data", str(pools["chal"]), "--checkpoints_dir", str(tmp_path / "ck"), "--name", "w",
+                                "--epochs", "3", "--workers", "0"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    sweep = tmp_path / "ck" / "w"
+    for arm in ("plain", "avg"):
+        for variant in (arm, f"{arm}.minus-flux1"):
+            hist = json.loads((sweep / variant / "history.json").read_text())
+            assert [r["epoch"] for r in hist] == [1, 2] and all(r["averaged"] == (arm == "avg") for r in hist), variant
+    res = subprocess.run(gen + ["score", "--sweep", str(sweep), "--workers", "0"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    scores = np.load(sweep / "logo_scores.npz")
+    assert not np.allclose(scores["validator/plain.minus-flux1"], scores["validator/avg.minus-flux1"])
+    out = tmp_path / "paired.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "logo_paired.py"), "--a", str(sweep / "logo_scores.npz"),
+                          "--b", str(sweep / "logo_scores.npz"), "--spec", str(sweep / "logo_spec.json"), "--arm", "plain",
+                          "--arm_b", "avg", "--n_boot", "50", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    paired = json.loads(out.read_text())
+    assert (paired["arm"], paired["arm_b"]) == ("plain", "avg") and out.with_suffix(".md").is_file()
+    auc = paired["regimes"]["validator"]["folds"]["flux1"]["auc"]
+    assert 0.0 <= auc["a"] <= 1.0 and 0.0 <= auc["b"] <= 1.0 and auc["diff"] == pytest.approx(auc["b"] - auc["a"])
