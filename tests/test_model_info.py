@@ -15,7 +15,8 @@ def _calibrated(path):
            "val_real_accuracy_after": 0.85, "val_fake_accuracy_after": 0.6}
     meta = model_meta(model, temperature=0.5, logit_bias=-0.2, description="a tiny test model",
                       metrics={"val": {"n": 10, "roc_auc": 0.75}, "epoch": 3, "calibration": cal},
-                      train_options={"epochs": 4, "patch_size": 32, "tile_shuffle": 16, "data": ["/x/sn34-mini"], "challenge_data": ["/x/sn34-validator"]})
+                      train_options={"epochs": 4, "patch_size": 32, "tile_shuffle": 16, "data": ["/x/sn34-mini"], "challenge_data": ["/x/sn34-validator"],
+                                     "train_data": ["/w/minigan"], "swa_start": 2})
     return save_checkpoint(model, path, meta)
 
 
@@ -25,10 +26,12 @@ def test_describes_a_calibrated_model(tmp_path, capsys):
     assert info["arch"] == "npr" and info["config"]["stem_pool"] is False and info["sha256"] == file_sha256(path)
     assert info["parameters"] == sum(p.numel() for p in build_model("npr", layers=[1, 1], width=8, input="npr_hp").parameters())
     assert (info["temperature"], info["logit_bias"]) == (0.5, -0.2) and info["calibration"]["real_target"] == 0.85
-    assert info["training"]["patch_size"] == 32 and info["training"]["tile_shuffle"] == 16 and info["data"] == ["sn34-mini", "sn34-validator (as sent)"]
+    assert info["training"]["patch_size"] == 32 and info["training"]["tile_shuffle"] == 16 and info["data"] == ["sn34-mini", "sn34-validator (as sent)", "minigan (training only)"]
+    assert info["training"]["swa_start"] == 2  # an averaged model says so
     assert main([str(path)]) == 0
     text = capsys.readouterr().out
     assert "P(AI) = sigmoid(logit / 0.500 -0.200): class-balanced Platt" in text
+    assert "swa_start 2" in text and "minigan (training only)" in text
     assert "epoch 3, before calibration" in text and "roc_auc 0.750" in text and "about: a tiny test model" in text
 
 

@@ -6,8 +6,9 @@
 For each file: its hash and size; the architecture, its config and parameter count (the
 network is built and the weights loaded strictly, as the miner would); the eval
 transform; the calibration the miner applies (``P(AI) = sigmoid(logit / T + b)``) and the
-rule that placed the boundary; how it was trained (data roots, epochs, patch size and tile shuffle, where
-it was fine-tuned from) and its validation figures; for an ensemble, its members. Why:
+rule that placed the boundary; how it was trained (data roots, training-only roots, epochs,
+patch size and tile shuffle, weight averaging, where it was fine-tuned from) and its
+validation figures; for an ensemble, its members. Why:
 the miner hot-swaps whatever file lands at its model path, and a checkpoint describes
 itself, so an operator can see what is about to be served, and that it loads, first.
 A file that does not load is reported with the reason and the exit status is 1.
@@ -22,7 +23,8 @@ from pathlib import Path
 from bitmind.checkpoint import CheckpointError, load_model
 
 #: Training options worth a line (the rest are in ``--json``).
-TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patches", "batch_size", "lr", "lr_schedule", "balance", "seed", "init_from")
+TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patches", "batch_size", "lr", "lr_schedule", "balance", "seed",
+              "swa_start", "init_from")
 #: Validation figures worth a line.
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 
@@ -48,7 +50,8 @@ def describe(path: str | Path) -> dict:
         "calibration": {k: cal.get(k) for k in ("method", "real_target", "split", "regimes", "n",
                                                  "val_real_accuracy_after", "val_fake_accuracy_after") if k in cal},
         "training": {k: train.get(k) for k in TRAIN_KEYS if train.get(k) not in (None, "", 0) or k == "epochs"},
-        "data": [Path(d).name for d in (train.get("data") or [])] + [f"{Path(d).name} (as sent)" for d in (train.get("challenge_data") or [])],
+        "data": [Path(d).name for d in (train.get("data") or [])] + [f"{Path(d).name} (as sent)" for d in (train.get("challenge_data") or [])]
+        + [f"{Path(d).name} (training only)" for d in (train.get("train_data") or [])],
         "validation": {k: (meta.get("metrics") or {}).get("val", {}).get(k) for k in VAL_KEYS},
         "best_epoch": (meta.get("metrics") or {}).get("epoch"),
         "description": meta.get("description"),
