@@ -23,6 +23,10 @@ from bitmind.training.trainer import build_datasets, train_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"layers": [1, 1], "width": 8}
+#: The base of a LOGO spec that trains in seconds on ``make_pools`` on a CPU.
+TINY_LOGO_BASE = {"batch_size": 8, "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25,
+                  "test_fraction": 0.25, "balance": "family", "pair_aligned": True, "samples_per_epoch": 64,
+                  "aug_validator_prob": 0.0, "aug_jpeg_prob": 0.0, "lr": 1e-3}
 
 
 def _img(seed: int, size: int = 64, smooth: bool = False) -> Image.Image:
@@ -332,9 +336,7 @@ def test_score_fold_counts_heldout_and_reals():
 
 def test_generalisation_benchmark_end_to_end(tmp_path):
     pools = make_pools(tmp_path)
-    spec = {"base": {"batch_size": 8, "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25,
-                     "test_fraction": 0.25, "balance": "family", "pair_aligned": True, "samples_per_epoch": 64,
-                     "aug_validator_prob": 0.0, "aug_jpeg_prob": 0.0, "lr": 1e-3},
+    spec = {"base": TINY_LOGO_BASE,
             "val_seeds": [0], "folds": ["flux1", "aligned"],
             "recipes": {"patch": {**TINY, "input": "npr", "patch_size": 32}},
             "controls": {"noaligned": {"exclude": ["aligned"]}, "nochal": {"exclude_roots": ["chal"]}}, "control_folds": False}
@@ -552,9 +554,7 @@ def test_a_logo_run_with_a_weight_averaged_arm_trains_scores_and_pairs(tmp_path)
     the scores hold both arms on the same pictures, and logo_paired.py pairs them (--arm_b)."""
     pools = make_pools(tmp_path)
     recipe = {**TINY, "input": "npr_hp", "patch_size": 32, "stem_pool": False}
-    spec = {"base": {"batch_size": 8, "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25,
-                     "test_fraction": 0.25, "balance": "family", "pair_aligned": True, "samples_per_epoch": 32,
-                     "aug_validator_prob": 0.0, "aug_jpeg_prob": 0.0, "lr": 1e-3},
+    spec = {"base": {**TINY_LOGO_BASE, "samples_per_epoch": 32},
             "val_seeds": [0], "val_from": 1, "folds": ["flux1"],
             "recipes": {"plain": recipe, "avg": {**recipe, "swa_start": 1}}}
     (tmp_path / "logo.json").write_text(json.dumps(spec))

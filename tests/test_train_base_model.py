@@ -113,10 +113,17 @@ def test_script_names_what_is_missing(tmp_path):
     assert res.returncode == 2 and "sn34-wide not found" in res.stderr and not (tmp_path / "w").exists()
 
 
-def test_script_refuses_a_spec_without_exactly_one_recipe(tmp_path):
+def _empty_roots(tmp_path: Path) -> tuple[Path, Path]:
+    """DATA_ROOT and MODELS_ROOT with every folder the script checks for, empty: enough to
+    reach the checks that come after that one."""
     data, models = tmp_path / "data", tmp_path / "models"
     for d in (data / "sn34-mini", data / "sn34-wide", data / "sn34-validator", models / "taef2"):
         d.mkdir(parents=True)
+    return data, models
+
+
+def test_script_refuses_a_spec_without_exactly_one_recipe(tmp_path):
+    data, models = _empty_roots(tmp_path)
     spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "ship_base.json").read_text())
     spec["recipes"]["other"] = dict(spec["recipes"]["patch96nopool"])
     (tmp_path / "two.json").write_text(json.dumps(spec))
@@ -127,9 +134,7 @@ def test_script_refuses_a_spec_without_exactly_one_recipe(tmp_path):
 
 
 def test_script_names_a_missing_train_data_root(tmp_path):
-    data, models = tmp_path / "data", tmp_path / "models"
-    for d in (data / "sn34-mini", data / "sn34-wide", data / "sn34-validator", models / "taef2"):
-        d.mkdir(parents=True)
+    data, models = _empty_roots(tmp_path)
     env = {**os.environ, "TRAIN_DATA": str(tmp_path / "nope")}
     res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(tmp_path / "w")],
                          capture_output=True, text=True, timeout=60, env=env)
