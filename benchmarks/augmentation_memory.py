@@ -1,6 +1,6 @@
 """Did a model memorise the one augmented version of each training crop it was shown?
 
-Until the persistent-workers fix (docs/Generalisation.md, "Every GPU run trained with its
+Until the persistent-workers fix (docs/Generalisation_record.md, "Every GPU run trained with its
 first epoch's augmentation") a run with loader workers drew each picture's epoch-0
 augmentation again in every epoch. This probe rebuilds a checkpoint's training set from the
 ``train_options`` it records (the crop pools only: their item indices, hence their random

@@ -10,7 +10,7 @@ applied by ``LoadedModel.probabilities`` everywhere a model is served or evaluat
 ``real_target`` moves the boundary after the fit so that that share of the validation
 real photos is called real. Why: the validation split holds only known cameras and
 generators, and the miner is paid on unknown ones too. By the leave-one-out folds
-(docs/Generalisation.md, "Where the decision boundary should be"), a real photo from a
+(docs/Generalisation_record.md, "Where the decision boundary should be"), a real photo from a
 kind of camera the model never saw is called real far less often than a known one (0.64
 against 0.80), so the balanced accuracy on unseen generators and unseen cameras together
 peaks with the boundary where about 0.85 of the KNOWN real photos pass, not at the

@@ -203,7 +203,7 @@ def sensor_noise(img: Image.Image, rng: random.Random, sigma: float) -> Image.Im
     """Camera-like noise on an RGB picture: signal-dependent (shot) plus constant (read)
     noise, ``sigma`` 8-bit levels at mid grey, part shared by the three channels (luma) and
     part per channel (chroma). Why: a kind of real photo the model never saw is called fake
-    far more often than known ones, noisy low-light photos most (docs/Generalisation.md,
+    far more often than known ones, noisy low-light photos most (docs/Generalisation_record.md,
     "Unseen cameras"); noise on BOTH classes teaches that noise is not a generator's trace."""
     a = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     g = np.random.default_rng(rng.getrandbits(32))

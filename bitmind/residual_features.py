@@ -7,7 +7,7 @@ steganalysis, which also separate GAN pictures from camera pictures) and the rad
 spectrum of a residual. They cannot read content, only how neighbouring pixels relate;
 a linear model over them has a few hundred weights, trains on CPU in seconds and can be
 measured by LOGO without a GPU (``benchmarks/residual_logo.py``). Measured: it reads
-unseen families worse than NPR and adds nothing stacked on it (docs/Generalisation.md,
+unseen families worse than NPR and adds nothing stacked on it (docs/Generalisation_record.md,
 "Fixed residual statistics, by LOGO on CPU"), so no served model uses it.
 
 Torch, batched, on the tensors the detectors see (``bitmind.inference.to_model_input``), so

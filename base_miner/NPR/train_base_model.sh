@@ -31,7 +31,7 @@
 # mining_models/base.pth, empty to skip), TRAIN_DATA (extra training-only roots in the
 # CLASS/SOURCE layout, space-separated, e.g. the small GANs of python -m
 # bitmind.training.mini_gan; their train split is trained on, nothing of them is scored; the
-# shipped file uses none: docs/Generalisation.md, "Small GAN fakes on the NPR").
+# shipped file uses none: docs/Generalisation_record.md, "Small GAN fakes on the NPR").
 set -euo pipefail
 DATA=${1:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}

@@ -296,7 +296,7 @@ def make_gan_fakes(roots: Sequence[str | Path], out: str | Path, designs: Sequen
     real photos of ``roots`` and write ``count`` pictures of each under ``out`` (a pool
     root), one source per GAN: ``fake/minigan-<design>`` for the first, ``-<design>2``,
     ``-<design>3`` ... for the others, so that each is weighed as a source of its own (two
-    GANs of one design lift unseen GANs more than one: docs/Generalisation.md, "Per held-out
+    GANs of one design lift unseen GANs more than one: docs/Generalisation_record.md, "Per held-out
     GAN source, and which up-sampling designs"); also ``out/minigan_<name>_samples.png`` and
     ``out/minigan.json`` (settings, loss history, seconds, ``spread_ratio``: a collapsed GAN
     is logged as a warning and marked), keyed by the same names. Returns that summary."""
