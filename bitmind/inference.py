@@ -30,7 +30,16 @@ def forward_logits(model: nn.Module, batch: torch.Tensor, device: torch.device |
     """(B,) float32 logits of ``model`` on ``batch`` (uint8 or float in [0, 1], any device),
     on ``device`` (default: the model's). Input is channels-last when ``channels_last``
     (default: on CUDA); ``amp_dtype`` autocasts on CUDA only. Gradients flow unless the
-    caller runs it under ``torch.no_grad``/``inference_mode``."""
+    caller runs it under ``torch.no_grad``/``inference_mode``. The detector's logit is a
+    model's first output: a model with more (an auxiliary head, ``TrainConfig.aux_weight``)
+    is served, scored and calibrated on that one alone."""
+    return forward_outputs(model, batch, device, amp_dtype, channels_last)[:, 0]
+
+
+def forward_outputs(model: nn.Module, batch: torch.Tensor, device: torch.device | None = None,
+                    amp_dtype: torch.dtype | None = None, channels_last: bool | None = None) -> torch.Tensor:
+    """(B, C) float32 outputs of ``model`` on ``batch``, every column (``forward_logits``
+    keeps the first): training with an auxiliary head reads the others."""
     if device is None:
         device = next(model.parameters()).device
     x = to_model_input(batch, device)
@@ -41,7 +50,7 @@ def forward_logits(model: nn.Module, batch: torch.Tensor, device: torch.device |
             out = model(x)
     else:
         out = model(x)
-    return out.float().reshape(out.shape[0], -1)[:, 0]
+    return out.float().reshape(out.shape[0], -1)
 
 
 def fold_batch_norms(model: nn.Module) -> int:

@@ -7,8 +7,8 @@ For each file: its hash and size; the architecture, its config and parameter cou
 network is built and the weights loaded strictly, as the miner would); the eval
 transform; the calibration the miner applies (``P(AI) = sigmoid(logit / T + b)``) and the
 rule that placed the boundary; how it was trained (data roots, training-only roots, epochs,
-patch size and tile shuffle, weight averaging, where it was fine-tuned from) and its
-validation figures; for an ensemble, its members. Why:
+patch size and tile shuffle, weight averaging, an auxiliary family head's classes, where it
+was fine-tuned from) and its validation figures; for an ensemble, its members. Why:
 the miner hot-swaps whatever file lands at its model path, and a checkpoint describes
 itself, so an operator can see what is about to be served, and that it loads, first.
 A file that does not load is reported with the reason and the exit status is 1.
@@ -24,7 +24,7 @@ from bitmind.checkpoint import CheckpointError, load_model
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patches", "batch_size", "lr", "lr_schedule", "balance", "seed",
-              "swa_start", "init_from")
+              "swa_start", "aux_weight", "init_from")
 #: Validation figures worth a line.
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 
@@ -54,6 +54,7 @@ def describe(path: str | Path) -> dict:
         + [f"{Path(d).name} (training only)" for d in (train.get("train_data") or [])],
         "validation": {k: (meta.get("metrics") or {}).get("val", {}).get(k) for k in VAL_KEYS},
         "best_epoch": (meta.get("metrics") or {}).get("epoch"),
+        "aux_classes": list(train.get("aux_classes") or []),
         "description": meta.get("description"),
     })
     if lm.arch == "ensemble":
@@ -88,6 +89,8 @@ def render(info: dict) -> str:
     if any(v is not None for v in info["training"].values()) or info["data"]:
         tr = ", ".join(f"{k} {_fmt(v)}" for k, v in info["training"].items() if v is not None)
         lines.append(f"  trained: {tr}" + (f"; data {', '.join(info['data'])}" if info["data"] else ""))
+    if info.get("aux_classes"):
+        lines.append(f"  auxiliary head (training only; the first output alone is served): {', '.join(info['aux_classes'])}")
     val = {k: v for k, v in info["validation"].items() if v is not None}
     if val:
         lines.append("  validation" + (f" (epoch {info['best_epoch']}" if info.get("best_epoch") is not None else " (")

@@ -103,3 +103,24 @@ def family_weights(labels: Sequence[int], sources: Sequence[str]) -> list[float]
         f = sampling_family(s)
         out.append(1.0 / n_classes / len(fams_of_class[y]) / len(srcs_of_fam[(y, f)]) / count[s])
     return out
+
+
+#: The auxiliary head's class of every real photo (``aux_classes``).
+AUX_REAL = "real"
+
+
+def aux_classes(sources: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The classes of an auxiliary head that tells the fake families apart, and each item's
+    class: ``["real", <fake families, sorted>]`` and, per item of ``sources``, 0 for a real
+    photo or 1 + its family's place among the fake families (``sampling_family``: all round
+    trips are one class, ``aligned``; the small GANs one, ``minigan``).
+
+    Why families and not sources: two SD 1.x folders are one generator, and a head asked to
+    tell them apart would learn their content. Why one class for all real photos: real kinds
+    differ by what they show (faces, cities, low light), the one thing the detector must not
+    learn. The head asks the network to keep apart the traces of the generators it trains
+    on, which a single real/fake logit lets it merge. A family held out of a LOGO fold has no
+    picture among that fold's training items, so its class is never that fold's target."""
+    fams = sorted({sampling_family(s) for s in sources if s.startswith("fake/")})
+    place = {f: i + 1 for i, f in enumerate(fams)}
+    return [AUX_REAL, *fams], [place[sampling_family(s)] if s.startswith("fake/") else 0 for s in sources]

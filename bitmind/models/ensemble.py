@@ -24,4 +24,5 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(build_model(m["arch"], **m.get("config", {})) for m in members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members], dim=0).mean(dim=0)
+        # each member's first output: its detector logit (a member trained with an auxiliary head has more)
+        return torch.stack([m(x)[:, :1] for m in self.members], dim=0).mean(dim=0)

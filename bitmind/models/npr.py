@@ -167,7 +167,9 @@ def input_features(x: torch.Tensor, mode: str = "npr") -> torch.Tensor:
 
 @register_model("npr")
 class NPR(nn.Module):
-    """ResNet-50 truncated after layer2 (or layer3), on the NPR residual. Output: one logit."""
+    """ResNet-50 truncated after layer2 (or layer3), on the NPR residual. Output: one logit, or
+    with ``num_classes`` > 1 the detector's logit first and an auxiliary head's after it
+    (``TrainConfig.aux_weight``); every caller reads the first (``forward_logits``)."""
 
     def __init__(self, layers=(3, 4), width: int = 64, num_classes: int = 1, dropout: float = 0.0,
                  input: str = "npr", stem_pool: bool = True, pool: str = "mean", center_crop: int = 0):
@@ -237,6 +239,30 @@ class NPR(nn.Module):
             return pool_logit_map(self.logit_map(x), self.pool)[:, None]
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.fc1(self.dropout(x))
+
+
+def with_aux_outputs(model: NPR, n: int, seed: int = 0) -> NPR:
+    """``model`` with ``n`` more outputs after its logit (an auxiliary head,
+    ``TrainConfig.aux_weight``), in place. Every existing weight stays as it was and the new
+    rows are drawn from their own generator (``seed``), not the global one: a model built
+    with the head starts exactly where the same model without it does, so a LOGO pair on one
+    stream differs by the head alone, not by a different draw of every convolution."""
+    if n < 1:
+        return model
+    if model.pool != "mean":
+        raise ValueError(f"an auxiliary head needs the mean pool, not {model.pool!r}")
+    old = model.fc1
+    fc = nn.Linear(old.in_features, old.out_features + n).to(old.weight.device, old.weight.dtype)
+    bound = 1.0 / old.in_features ** 0.5  # nn.Linear's own default range
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        fc.weight[: old.out_features] = old.weight
+        fc.bias[: old.out_features] = old.bias
+        fc.weight[old.out_features:] = (torch.rand(n, old.in_features, generator=g) * 2 - 1) * bound
+        fc.bias[old.out_features:] = (torch.rand(n, generator=g) * 2 - 1) * bound
+    model.fc1 = fc
+    model.config["num_classes"] = fc.out_features
+    return model
 
 
 #: The smallest centre crop: 16 px reach the last layer of the pooled network as a 2x2 map.

@@ -66,6 +66,10 @@ class TrainConfig:
     warmup_epochs: int = opt(0, "linear warm-up epochs")
     early_stop_patience: int = opt(10, "epochs without val-acc improvement before stopping; 0 disables")
     label_smoothing: float = opt(0.0, "binary label smoothing (targets move towards 0.5)")
+    aux_weight: float = opt(0.0, "weight of an auxiliary cross-entropy head that tells real photos and each fake "
+                                 "family of the training set apart (bitmind.data.families.aux_classes; 0: off). "
+                                 "It adds outputs after the detector's logit, which alone is served, scored and "
+                                 "calibrated; the checkpoint names the classes (train_options.aux_classes)")
     patch_size: int = opt(0, "train on one random square of this side per image (0: the whole image); the model is "
                              "served on the whole picture, its global pool averaging the patches (shipped recipe: 96)")
     tile_shuffle: int = opt(0, "cut each training image (after --patch_size) into tiles of this side and put them back in a "
@@ -153,6 +157,14 @@ class TrainConfig:
                      "aug_noise_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if self.aux_weight < 0:
+            raise ValueError(f"--aux_weight must be 0 (off) or positive, got {self.aux_weight}")
+        if self.aux_weight and (self.arch != "npr" or self.pool != "mean"):
+            raise ValueError("--aux_weight needs the npr architecture with the mean pool (a top-k pool ranks "
+                             "the locations by the detector's logit alone)")
+        if self.aux_weight and self.init_from:
+            raise ValueError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
+                             "start from; train the auxiliary head from scratch")
         for name in ("dropout", "label_smoothing", "calibration_real_target", "val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")

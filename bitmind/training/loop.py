@@ -23,11 +23,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
-from bitmind.inference import forward_logits, to_model_input
+from bitmind.inference import forward_logits, forward_outputs, to_model_input
 from bitmind.metrics import compute_metrics
 from bitmind.training.config import TrainConfig
 
@@ -169,6 +170,7 @@ class Learner:
         self.patch_gen = torch.Generator().manual_seed(cfg.seed)  # patch offsets: their own stream
         self.tile_gen = torch.Generator().manual_seed(cfg.seed + 1)  # tile orders: another (patches stay as without)
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
+        self.aux_labels: torch.Tensor | None = None  # aux_weight: each training item's class (``set_aux_labels``)
 
     @property
     def mean_loss(self) -> float:
@@ -183,13 +185,20 @@ class Learner:
         self.loss_sum, self.loss_n = 0.0, 0
         return lr
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
+             aux: torch.Tensor | None = None) -> torch.Tensor:
         """One optimisation step on a prepared batch (``x`` on the device, float, laid out as
-        it should run); ``target`` replaces the smoothed labels as the loss target if given."""
+        it should run); ``target`` replaces the smoothed labels as the loss target if given;
+        ``aux`` (each image's auxiliary class, on the device) adds ``cfg.aux_weight`` times the
+        cross-entropy of the model's other outputs."""
         if target is None:
             target = smooth_labels(y, self.cfg.label_smoothing)
-        logits = forward_logits(self.net, x, x.device, self.amp_dtype, channels_last=False)
-        loss = self.criterion(logits, target)
+        if aux is None:
+            logits = forward_logits(self.net, x, x.device, self.amp_dtype, channels_last=False)
+            loss = self.criterion(logits, target)
+        else:
+            out = forward_outputs(self.net, x, x.device, self.amp_dtype, channels_last=False)
+            loss = self.criterion(out[:, 0], target) + self.cfg.aux_weight * F.cross_entropy(out[:, 1:], aux)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -211,6 +220,17 @@ class Learner:
             self.patch_gen.set_state(state["patch_rng"])
         if "tile_rng" in state:
             self.tile_gen.set_state(state["tile_rng"])
+
+    def set_aux_labels(self, labels: Sequence[int]) -> None:
+        """``aux_weight``: the auxiliary class of every training item, by dataset index
+        (``bitmind.data.families.aux_classes``); kept on the CPU, where the batches' keys are."""
+        self.aux_labels = torch.as_tensor(labels, dtype=torch.long) if self.cfg.aux_weight else None
+
+    def aux_for(self, k: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """The auxiliary classes of the items with keys ``k``, on ``device`` (None when off)."""
+        if self.aux_labels is None or k is None:
+            return None
+        return to_device_async(self.aux_labels[k], device)
 
     def align_pairs(self, partner: dict[int, int]) -> None:
         """``pair_patches``: crop an aligned round trip and its real photo (``partner``: the
@@ -241,7 +261,7 @@ class Learner:
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
         """Train on one shared batch (sweep variants override this to take their part of it)."""
-        self.step(self.crop(x, k), y)
+        self.step(self.crop(x, k), y, aux=self.aux_for(k, x.device))
 
 
 #: The smallest training patch: with the stem pool, 16 px reach the last layer as a 2x2 map.

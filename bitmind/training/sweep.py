@@ -23,7 +23,9 @@ Shared (``base`` only): data, splits, augmentation, epochs, batch size, sampler,
 Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
 ``stem_pool``, ``init_from``), the optimiser (``lr``, ``lr_schedule``, ``lr_decay``,
 ``lr_decay_every``, ``warmup_epochs``, ``weight_decay``, ``beta1``, ``label_smoothing``),
-and ``seed`` (weight initialisation). These variant options exist only in sweeps:
+the auxiliary family head (``aux_weight``: its classes come from the whole training set, so
+every variant's head has the same outputs and a fold's held-out family is a class it never
+trains on) and ``seed`` (weight initialisation). These variant options exist only in sweeps:
 
 - ``train_fraction`` (0-1]: the variant trains on that share of the training pictures
   only (``bitmind.data.in_subset``: by stem, nested, class mix kept on average). It sees
@@ -76,6 +78,7 @@ from bitmind.calibration import apply_calibration
 from bitmind.common import parse_bool, resolve_amp
 from bitmind.data import AsIs, DetectionDataset, aligned_partners, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
+from bitmind.data.families import aux_classes
 from bitmind.image_transforms import ValidatorPipeline
 from bitmind.inference import forward_logits
 from bitmind.metrics import compute_metrics
@@ -113,7 +116,7 @@ SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weigh
                    "exclude_roots")
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
-                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "seed", "patch_size",
+                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "seed", "patch_size",
                           "tile_shuffle", "pair_patches",
                           *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
@@ -195,8 +198,11 @@ class _Variant(Learner):
     training and a distillation teacher."""
 
     def __init__(self, name: str, cfg: TrainConfig, extras: dict, device: torch.device, amp_dtype: torch.dtype | None = None,
-                 mask: torch.Tensor | None = None, training_images: int = 0, val_mask: np.ndarray | None = None):
-        """``extras``: the variant's sweep-only options (``SweepSpec.variant_extras``)."""
+                 mask: torch.Tensor | None = None, training_images: int = 0, val_mask: np.ndarray | None = None,
+                 aux: tuple[list[str], list[int]] | None = None):
+        """``extras``: the variant's sweep-only options (``SweepSpec.variant_extras``); ``aux``: the
+        auxiliary classes and each training item's class (``aux_classes``), used if ``cfg.aux_weight``."""
+        self.aux_names = list(aux[0]) if aux is not None and cfg.aux_weight else []
         self.name, self.mask, self.swa_start = name, mask, extras["swa_start"]
         self.val_mask = val_mask  # validation challenges this variant is selected on (None = all)
         self.training_images = training_images if mask is None else int(mask.sum())
@@ -205,7 +211,9 @@ class _Variant(Learner):
         self.swa: torch.optim.swa_utils.AveragedModel | None = None
         self.bn_batches: list[torch.Tensor] = []
         torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
-        super().__init__(build_training_model(cfg, device), cfg, amp_dtype)
+        super().__init__(build_training_model(cfg, device, len(self.aux_names)), cfg, amp_dtype)
+        if self.aux_names:
+            self.set_aux_labels(aux[1])
         self.history: list[dict] = []
         self.best = Best()
         self.run_dir = cfg.run_dir
@@ -266,7 +274,7 @@ class _Variant(Learner):
         if part is None:
             return
         xv = self.crop(part[0], part[3])
-        self.step(xv, part[1], target=self.target(part[1], part[2]))
+        self.step(xv, part[1], target=self.target(part[1], part[2]), aux=self.aux_for(part[3], x.device))
         self.remember(xv)
 
 
@@ -488,12 +496,13 @@ def run_sweep(spec: SweepSpec) -> dict:
         val_x = val_x.to(device)
 
     items = TrainItems.of(train_ds)
+    aux = aux_classes(items.sources) if any(cfg.aux_weight for cfg, _ in options.values()) else None
     variants = []
     for name, (cfg, extras) in options.items():
         # held-out sources never decide this variant's epoch or calibration
         mask, val_mask = variant_masks(name, extras, items, val_sources, val_photo_sources, base.split_seed)
         variants.append(_Variant(name, cfg, extras, device, amp_dtype, mask=mask,
-                                 training_images=len(train_ds), val_mask=val_mask))
+                                 training_images=len(train_ds), val_mask=val_mask, aux=aux))
     teacher_paths = [v.teacher for v in variants if v.teacher]
     teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
     for v in variants:
@@ -543,7 +552,8 @@ def run_sweep(spec: SweepSpec) -> dict:
             v.history.append(rec)
             log_epoch(v.writer, rec)
             meta_extra = {"metrics": {"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
-                          "train_options": {**v.cfg.to_dict(), **options[v.name][1], "sweep": str(out_dir)}}
+                          "train_options": {**v.cfg.to_dict(), **options[v.name][1], "sweep": str(out_dir),
+                                            **({"aux_classes": v.aux_names} if v.aux_names else {})}}
             save_if_best(v.best, selection_score(m), epoch, m, v.eval_model, v.cfg.arch, v.run_dir, meta_extra, logits, val_y,
                          val_mask=v.val_mask)
             line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")

@@ -38,6 +38,7 @@ from bitmind.data import (
     split_indices,
 )
 from bitmind.data.dataset import worker_init
+from bitmind.data.families import aux_classes
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
@@ -146,15 +147,23 @@ def prepare_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     return device
 
 
-def build_training_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """``cfg``'s architecture, with ``--init_from`` weights if set, on ``device`` (channels-last on CUDA)."""
+def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: int = 0) -> nn.Module:
+    """``cfg``'s architecture, with ``--init_from`` weights if set, on ``device`` (channels-last on
+    CUDA); with ``aux_classes`` (``aux_weight``), that many outputs after the detector's logit."""
     model = build_model(cfg.arch, **cfg.model_config())
+    if aux_classes:  # built without it first: the head changes no other initial weight
+        from bitmind.models.npr import with_aux_outputs
+
+        with_aux_outputs(model, aux_classes, seed=cfg.seed)
     if cfg.init_from:
         from bitmind.checkpoint import read_checkpoint
         from bitmind.training.init_from import check_matches_checkpoint
 
         state, meta = read_checkpoint(cfg.init_from)
         check_matches_checkpoint(cfg, meta)
+        if (meta.get("config") or {}).get("num_classes", 1) > 1:
+            # a file trained with an auxiliary head (aux_weight): fine-tuning starts from its detector
+            state = {k: v[:1] if k.startswith("fc1.") else v for k, v in state.items()}
         model.load_state_dict(state, strict=True)
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
@@ -208,12 +217,16 @@ def train(cfg: TrainConfig) -> dict:
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, sampler=val_sampler, shuffle=False, **loader_kw)
 
-    model = build_training_model(cfg, device)
+    aux_names, aux_labels = aux_classes(train_ds.source_names()) if cfg.aux_weight else ([], [])
+    model = build_training_model(cfg, device, len(aux_names))
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     # Under DDP the DistributedSampler shards the data, so class balance comes from the loss instead.
     weight_loss = cfg.balance == "weight" or (cfg.balance in ("sampler", "family") and world > 1)
     pos_weight = torch.tensor(class_pos_weight(labels), device=device) if weight_loss else None
     learner = Learner(model, cfg, amp_dtype, criterion=nn.BCEWithLogitsLoss(pos_weight=pos_weight), net=net)
+    learner.set_aux_labels(aux_labels)
+    # what the checkpoints record of the run: its options, and the auxiliary head's classes if it has one
+    train_options = {**cfg.to_dict(), **({"aux_classes": aux_names} if aux_names else {})}
     learner.align_pairs(train_ds.partner)  # pair_patches: a round trip and its photo cropped alike
 
     start_epoch, best, history = 0, Best(), []
@@ -271,7 +284,7 @@ def train(cfg: TrainConfig) -> dict:
             msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
             print(msg, flush=True)
             logger.info(msg)
-            meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": cfg.to_dict()}
+            meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": train_options}
             save_if_best(best, m.get("accuracy", 0.0) or 0.0, epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
             save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
             state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),

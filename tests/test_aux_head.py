@@ -1,0 +1,197 @@
+"""The auxiliary family head (``TrainConfig.aux_weight``): a second task that asks the network to
+tell the fake families of its training set apart, trained beside the real/fake logit and never
+served. What must hold: the classes are families (one for every real photo), the head learns,
+every consumer of a model (serving, scoring, calibration, ensembles) reads the detector's logit
+alone, and a run records the classes so that the file describes itself."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bitmind.checkpoint import load_model
+from bitmind.cli.model_info import describe, render
+from bitmind.data.families import aux_classes
+from bitmind.inference import forward_logits, forward_outputs
+from bitmind.models import build_model
+from bitmind.models.ensemble import Ensemble
+from bitmind.training.config import TrainConfig
+from bitmind.training.loop import Learner
+from test_generalisation import REPO, TINY, TINY_LOGO_BASE, make_pools
+
+TINY_POOL_CLASSES = ["real", "aligned", "flux1", "gans", "sdxl"]
+
+
+def test_aux_classes_are_families_with_one_class_for_every_real_photo():
+    sources = ["real/faces", "fake/sd15", "fake/aligned-taef2", "real/coco", "fake/sd1x", "fake/flux1-dev",
+               "fake/minigan-nearest", "fake/flux1-schnell"]
+    names, labels = aux_classes(sources)
+    assert names == ["real", "aligned", "flux1", "minigan", "sd1-2"]
+    assert [names[i] for i in labels] == ["real", "sd1-2", "aligned", "real", "sd1-2", "flux1", "minigan", "flux1"]
+    # a held-out family has no class when the classes come from a fold's own sources
+    assert "flux1" not in aux_classes([s for s in sources if "flux1" not in s])[0]
+
+
+def test_aux_weight_is_checked_before_any_data_is_read():
+    with pytest.raises(ValueError, match="aux_weight must be 0"):
+        TrainConfig(aux_weight=-0.1).check()
+    with pytest.raises(ValueError, match="mean pool"):
+        TrainConfig(aux_weight=0.5, pool="top5").check()
+    with pytest.raises(ValueError, match="init_from"):
+        TrainConfig(aux_weight=0.5, init_from="mining_models/base.pth").check()
+    assert TrainConfig(aux_weight=0.5, device="cpu").check().aux_weight == 0.5
+
+
+def test_the_aux_head_learns_and_only_the_first_output_is_the_detector():
+    torch.manual_seed(0)
+    cfg = TrainConfig(aux_weight=1.0, lr=3e-3, device="cpu", **TINY)
+    model = build_model("npr", **cfg.model_config(), num_classes=1 + 3)
+    learner = Learner(model, cfg, amp_dtype=None)
+    learner.set_aux_labels([0, 1, 2, 0, 1, 2, 0, 1])
+    # three kinds of picture: flat, blocky, noisy; the head must learn which is which
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((3, 32, 32), 0.5)
+    blocky = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=32, mode="nearest")[0]
+    x = torch.stack([flat, blocky, torch.rand(3, 32, 32, generator=g)] * 2 + [flat, blocky])
+    y = torch.tensor([0.0, 1.0, 1.0] * 2 + [0.0, 1.0])
+    k = torch.arange(8)
+    aux = learner.aux_for(k, x.device)
+    assert aux.tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+
+    def aux_loss():
+        with torch.no_grad():
+            model.eval()
+            out = forward_outputs(model, x)
+            model.train()
+        return float(torch.nn.functional.cross_entropy(out[:, 1:], aux))
+
+    before = aux_loss()
+    for _ in range(40):
+        learner.train_batch(x, y, k, {})
+    assert aux_loss() < 0.5 * before
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(forward_logits(model, x), forward_outputs(model, x)[:, 0])
+
+    # without aux labels the step trains the detector alone: the head's rows get no gradient
+    plain = Learner(model, TrainConfig(lr=1e-3, device="cpu", **TINY), amp_dtype=None)
+    plain.set_aux_labels([0] * 8)  # ignored: aux_weight 0
+    assert plain.aux_for(k, x.device) is None
+    plain.step(x, y)
+    assert model.fc1.weight.grad[1:].abs().sum() == 0 and model.fc1.weight.grad[0].abs().sum() > 0
+
+
+def test_an_ensemble_averages_its_members_detector_logits_only():
+    torch.manual_seed(0)
+    with_head = {"arch": "npr", "config": {**TINY, "num_classes": 4}}
+    plain = {"arch": "npr", "config": dict(TINY)}
+    ens = Ensemble([with_head, plain]).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = (ens.members[0](x)[:, 0] + ens.members[1](x)[:, 0]) / 2
+        assert torch.allclose(forward_logits(ens, x), want, atol=1e-6)
+
+
+def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp_path):
+    """The path of a LOGO spec with an auxiliary-head arm, on tiny pools: every variant of the
+    arm (everything and the fold) gets the same head, from the whole training set's families;
+    the files name the classes, load as the miner loads them, score, and model_info shows them."""
+    pools = make_pools(tmp_path)
+    recipe = {**TINY, "input": "npr_hp", "patch_size": 32, "stem_pool": False}
+    spec = {"base": {**TINY_LOGO_BASE, "samples_per_epoch": 32}, "val_seeds": [0], "folds": ["flux1"],
+            "recipes": {"plain": recipe, "aux": {**recipe, "aux_weight": 0.5}}}
+    (tmp_path / "logo.json").write_text(json.dumps(spec))
+    gen = [sys.executable, str(REPO / "benchmarks" / "generalisation.py")]
+    res = subprocess.run(gen + ["train", "--spec", str(tmp_path / "logo.json"), "--data", str(pools["crops"]), str(pools["aligned"]),
+                                "--challenge_data", str(pools["chal"]), "--checkpoints_dir", str(tmp_path / "ck"), "--name", "w",
+                                "--epochs", "2", "--workers", "0"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    sweep = tmp_path / "ck" / "w"
+    for variant in ("aux", "aux.minus-flux1", "plain"):
+        lm = load_model(sweep / variant / "model_epoch_best.pth")
+        classes = (lm.meta.get("train_options") or {}).get("aux_classes")
+        if variant == "plain":
+            assert classes is None and lm.model.config["num_classes"] == 1
+            continue
+        assert classes == TINY_POOL_CLASSES, variant
+        assert lm.model.config["num_classes"] == 1 + len(TINY_POOL_CLASSES)
+        with torch.no_grad():
+            assert forward_logits(lm.model, torch.rand(2, 3, 64, 64)).shape == (2,)
+    text = render(describe(sweep / "aux" / "model_epoch_best.pth"))
+    assert "auxiliary head" in text and "real, aligned, flux1, gans, sdxl" in text and "aux_weight 0.500" in text
+    res = subprocess.run(gen + ["score", "--sweep", str(sweep), "--workers", "0"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    scores = np.load(sweep / "logo_scores.npz")
+    assert scores["validator/aux.minus-flux1"].ndim == 1
+    assert not np.allclose(scores["validator/plain.minus-flux1"], scores["validator/aux.minus-flux1"])
+
+
+def test_the_trainer_trains_an_aux_head_and_records_its_classes(tmp_path):
+    pools = make_pools(tmp_path)
+    res = subprocess.run([sys.executable, str(REPO / "base_miner" / "NPR" / "train_detector.py"),
+                          "--data", str(pools["crops"]), str(pools["aligned"]), "--layers", "1", "1", "--width", "8",
+                          "--epochs", "1", "--batch_size", "8", "--workers", "0", "--device", "cpu", "--progress", "false",
+                          "--aux_weight", "0.5", "--checkpoints_dir", str(tmp_path / "ck"), "--name", "t"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    lm = load_model(tmp_path / "ck" / "t" / "model_epoch_best.pth")
+    assert lm.meta["train_options"]["aux_classes"] == TINY_POOL_CLASSES
+    assert lm.meta["train_options"]["aux_weight"] == 0.5
+    assert lm.model.config["num_classes"] == 1 + len(TINY_POOL_CLASSES)
+
+
+def test_fine_tuning_from_a_file_with_an_aux_head_starts_from_its_detector(tmp_path):
+    from bitmind.checkpoint import model_meta, save_checkpoint
+    from bitmind.training.trainer import build_training_model
+
+    torch.manual_seed(0)
+    model = build_model("npr", **TINY, num_classes=4).eval()
+    save_checkpoint(model, tmp_path / "aux.pth", model_meta(model, "npr"))
+    tuned = build_training_model(TrainConfig(init_from=str(tmp_path / "aux.pth"), device="cpu", **TINY),
+                                 torch.device("cpu")).eval()
+    assert tuned.config["num_classes"] == 1
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(forward_logits(tuned, x), forward_logits(model, x), atol=1e-6)
+
+
+def test_logo_swa_aux_spec_is_the_weight_averaging_run_plus_an_aux_arm():
+    """logo_swa_aux_s1.json is logo_swa_s1.json (itself the pair of the committed
+    generalisation_fixed_s1 run, test_generalisation.py) with a third arm on the same stream:
+    the shipped recipe plus the auxiliary head, folds and all; only the time guard grows."""
+    from bitmind.training.logo import logo_sweep_spec
+
+    sweeps = REPO / "base_miner" / "NPR" / "sweeps"
+    both = json.loads((sweeps / "logo_swa_aux_s1.json").read_text())
+    swa = json.loads((sweeps / "logo_swa_s1.json").read_text())
+    assert {k: v for k, v in both.items() if k not in ("_doc", "recipes", "time_budget_s")} == \
+        {k: v for k, v in swa.items() if k not in ("_doc", "recipes", "time_budget_s")}
+    assert both["time_budget_s"] >= swa["time_budget_s"]
+    assert {k: v for k, v in both["recipes"].items() if k != "patch96aux"} == swa["recipes"]
+    assert both["recipes"]["patch96aux"] == {**swa["recipes"]["patch96nopool"], "aux_weight": 0.3}
+    sources = ["fake/sdxl", "fake/flux1-dev", "fake/flux1-schnell", "fake/sd35", "fake/midjourney-v3", "fake/sd1x",
+               "fake/sd15", "fake/sd2", "fake/stylegan-family", "fake/biggan-progan", "fake/pix2pixhd-spade", "fake/vqgan"]
+    variants = logo_sweep_spec(both, sources)["variants"]
+    assert len(variants) == 21 and sum("aux_weight" in v for v in variants.values()) == 7
+
+
+def test_a_model_with_an_aux_head_starts_from_the_same_weights_as_one_without():
+    """A LOGO pair on one stream must differ by the head alone: building the head may not
+    change the draw of any other initial weight (the sweep seeds each variant alike)."""
+    from bitmind.training.trainer import build_training_model
+
+    cfg = TrainConfig(device="cpu", seed=3, **TINY)
+    torch.manual_seed(cfg.seed)
+    plain = build_training_model(cfg, torch.device("cpu"))
+    torch.manual_seed(cfg.seed)
+    aux = build_training_model(cfg, torch.device("cpu"), aux_classes=5)
+    assert aux.config["num_classes"] == 6 and aux.fc1.weight.shape[0] == 6
+    ps, pa = plain.state_dict(), aux.state_dict()
+    for name, value in ps.items():
+        other = pa[name][:1] if name.startswith("fc1.") else pa[name]
+        assert torch.equal(value, other), name
+    assert pa["fc1.weight"][1:].abs().sum() > 0
