@@ -43,6 +43,15 @@ def test_ship_swa_spec_is_the_ship_recipe_plus_weight_averaging_only():
     assert 0 < recipe["swa_start"] == swa["val_from"] < base["base"]["epochs"]  # only averages are selected
 
 
+def test_ship_aux_spec_is_the_ship_recipe_plus_the_aux_head_of_its_logo_arm():
+    sweeps = REPO / "base_miner" / "NPR" / "sweeps"
+    base, aux, logo = (json.loads((sweeps / f).read_text()) for f in ("ship_base.json", "ship_aux.json", "logo_swa_aux_s1.json"))
+    assert {k: v for k, v in aux.items() if k not in ("_doc", "recipes")} == {k: v for k, v in base.items() if k not in ("_doc", "recipes")}
+    (name, recipe), = aux["recipes"].items()
+    assert {k: v for k, v in recipe.items() if k != "aux_weight"} == base["recipes"]["patch96nopool"]
+    assert recipe == logo["recipes"]["patch96aux"]  # what LOGO measures is what would ship
+
+
 def _pools(root: Path) -> Path:
     """DATA_ROOT with the three pools the script expects, tiny."""
     p = make_pools(root / "made")
@@ -59,7 +68,7 @@ def _pools(root: Path) -> Path:
     return data
 
 
-@pytest.mark.parametrize("ship_spec", ["ship_base.json", "ship_swa.json"])
+@pytest.mark.parametrize("ship_spec", ["ship_base.json", "ship_swa.json", "ship_aux.json"])
 def test_script_trains_calibrates_and_scores_the_recipe(tmp_path, ship_spec):
     data = _pools(tmp_path)
     models = tmp_path / "models"
@@ -96,6 +105,10 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path, ship_spec):
         assert lm.meta["train_options"]["swa_start"] == 1 and [r["averaged"] for r in hist] == [True]
     else:
         assert not any(r["averaged"] for r in hist)
+    if "aux_weight" in recipe:  # the head's classes travel with the file; the miner serves its first output
+        assert lm.meta["train_options"]["aux_classes"][0] == "real" and lm.model.config["num_classes"] > 1
+    else:
+        assert "aux_classes" not in lm.meta["train_options"] and lm.model.config.get("num_classes", 1) == 1
     acc = json.loads((work / "accuracy_validator.json").read_text())
     assert str(data / "sn34-validator") in json.dumps(acc) and "roc_auc" in json.dumps(acc)
     # and the shipped file scored on the same pictures beside it, paired (step 6)
