@@ -237,6 +237,10 @@ def merge_runs(runs: dict[str, tuple[Path, str]]) -> tuple[dict, dict]:
                     data[key] = z[key]
                 elif name in mine:
                     data[f"{section}/{arm}{name[len(recipe):]}"] = z[key]
+                elif section == "aux":  # aux/<regime>/<variant>: an auxiliary head's class probabilities
+                    regime, _, variant = name.partition("/")
+                    if variant in mine:
+                        data[f"aux/{regime}/{arm}{variant[len(recipe):]}"] = z[key]
         variants.update({f"{arm}{v[len(recipe):]}": d for v, d in mine.items()})
         origin[arm] = {"recipe": recipe, "base": run_spec.get("base", {})}
         sweep_json = Path(sweep_dir) / "sweep.json"  # what actually ran: a time budget can cut the epochs

@@ -128,6 +128,32 @@ def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp
     scores = np.load(sweep / "logo_scores.npz")
     assert scores["validator/aux.minus-flux1"].ndim == 1
     assert not np.allclose(scores["validator/plain.minus-flux1"], scores["validator/aux.minus-flux1"])
+    # the head's class probabilities are kept for the arm with it, and only for it
+    head = scores["aux/validator/aux.minus-flux1"]
+    assert head.shape == (len(scores["validator/source"]), len(TINY_POOL_CLASSES))
+    assert np.allclose(head.astype(np.float64).sum(axis=1), 1.0, atol=1e-2)
+    assert list(scores["aux_classes/aux"]) == TINY_POOL_CLASSES and "aux/validator/plain" not in scores.files
+    # ... and read out: what the fold's head takes the FLUX.1 pictures it never saw for
+    out = tmp_path / "attribution.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "aux_attribution.py"), "--scores", str(sweep / "logo_scores.npz"),
+                          "--spec", str(sweep / "logo_spec.json"), "--arm", "aux", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    att = json.loads(out.read_text())
+    flux = att["folds"]["flux1"]["held_out"]
+    is_flux = np.char.startswith(scores["validator/source"].astype(str), "fake/flux1")
+    assert flux["n"] == int(is_flux.sum()) == 16 and sum(flux["argmax"].values()) == pytest.approx(1.0, abs=1e-3)
+    top = head[is_flux].astype(np.float64).argmax(axis=1)
+    assert flux["argmax"]["sdxl"] == pytest.approx(float(np.mean(top == TINY_POOL_CLASSES.index("sdxl"))), abs=1e-4)
+    assert set(att["everything"]) <= set(TINY_POOL_CLASSES) and "real" in att["everything"]
+    assert "| flux1: held out | 16 |" in out.with_suffix(".md").read_text()
+    # runs merged as arms keep their head's scores under the arm's name
+    merged = tmp_path / "merged.npz"
+    res = subprocess.run(gen + ["merge", "--runs", f"one={sweep}:aux", f"two={sweep}:plain", "--scores", str(merged),
+                                "--logo_spec", str(tmp_path / "merged_spec.json")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    with np.load(merged) as m:
+        assert np.array_equal(m["aux/validator/one.minus-flux1"], head) and "aux/validator/two" not in m.files
 
 
 def test_the_trainer_trains_an_aux_head_and_records_its_classes(tmp_path):

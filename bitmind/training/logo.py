@@ -264,20 +264,25 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     ``logit_map``) is also scored with every view of ``pools`` (``topNN`` pools and
     ``cropNNN`` centre crops: ``view_of``, ``bitmind.models.npr``) as ``pooled_name(model,
     view)``; it has no stored calibration (its logits are on another scale), so ``analyse``
-    fits one as for a fold."""
+    fits one as for a fold. A model trained with an auxiliary family head (``aux_weight``)
+    also gets ``aux/<regime>/<model>``, its head's class probabilities (float16, one row per
+    picture), and ``aux_classes/<model>``, the classes: which known family an unseen
+    generator's pictures are taken for (``benchmarks/aux_attribution.py``)."""
     import torch
 
     from bitmind.checkpoint import load_model
     from bitmind.common import resolve_amp, resolve_device
-    from bitmind.inference import forward_logits, to_model_input
+    from bitmind.inference import forward_logits, forward_outputs, to_model_input
     from bitmind.models.npr import center_square, pool_logit_map
 
     dev = resolve_device(device)
     amp = resolve_amp("auto", dev)
-    nets = {}
+    nets, aux_names = {}, {}
     for name, path in models.items():
         lm = load_model(path)
         nets[name] = (lm.model.to(dev).eval(), lm.temperature, lm.logit_bias)
+        if (lm.meta.get("train_options") or {}).get("aux_classes"):
+            aux_names[name] = list(lm.meta["train_options"]["aux_classes"])
     pooled = {n: [(pooled_name(n, p), p) for p in pools] for n, (net, _, _) in nets.items() if pools and hasattr(net, "logit_map")}
     arrays = {}
     for regime, roots in regimes.items():
@@ -286,6 +291,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
         items = scored_items(roots)
         loader = regime_loader(items, regime, seed=seed, batch_size=batch_size, workers=workers)
         probs = {n: np.full(len(items), np.nan, dtype=np.float32) for n in [*nets, *(d for arms in pooled.values() for d, _ in arms)]}
+        aux = {n: np.full((len(items), len(c)), np.nan, dtype=np.float16) for n, c in aux_names.items()}
         with torch.no_grad():
             for batch in loader:
                 if batch is None:
@@ -293,7 +299,10 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                 x, _, k, _ = batch
                 x = to_model_input(x, dev)
                 for n, (net, t, b) in nets.items():
-                    probs[n][k.numpy()] = forward_logits(net, x, dev, amp, channels_last=False).cpu().numpy()
+                    outputs = forward_outputs(net, x, dev, amp, channels_last=False)
+                    probs[n][k.numpy()] = outputs[:, 0].cpu().numpy()
+                    if n in aux:
+                        aux[n][k.numpy()] = torch.softmax(outputs[:, 1:], dim=1).cpu().numpy()
                     if n in pooled:
                         lmap = None
                         for d, p in pooled[n]:
@@ -311,9 +320,13 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
         arrays[f"{regime}/label"] = np.asarray([it[4] for it in items], dtype=np.int8)
         for n, p in probs.items():
             arrays[f"{regime}/{n}"] = p
+        for n, a in aux.items():
+            arrays[f"aux/{regime}/{n}"] = a
         print(f"scored {len(items)} {regime} pictures with {len(nets)} models", flush=True)
     for n, (_, t, b) in nets.items():
         arrays[f"calibration/{n}"] = np.asarray([t, b], dtype=np.float64)
+    for n, c in aux_names.items():
+        arrays[f"aux_classes/{n}"] = np.asarray(c)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)

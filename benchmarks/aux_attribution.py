@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""What does an auxiliary family head take an unseen generator for?
+
+Why: a LOGO arm trained with ``aux_weight`` (``bitmind.data.families.aux_classes``) has a
+second head that tells real photos and each known fake family apart. Its held-out AUC says
+whether the head helped the detector; this read-out says what the head learned. For each
+fold it shows how the fold model's head classes the pictures of the family it never saw
+(the share of them whose most likely class is each known class, and the mean probability
+of "real"), beside the same for the real test photos; for the everything model, how often
+the head names the right family of each known family's test pictures. A head that reads
+decoder traces should send unseen FLUX.1 pictures to its siblings (SD 3.5 shares its kind of
+VAE) rather than to "real", and know the families it trained on; one that reads content
+sends them wherever the subject matter fits.
+
+    python benchmarks/aux_attribution.py --scores benchmarks/results/generalisation_swa_aux_s1_scores.npz \\
+        --spec benchmarks/results/generalisation_swa_aux_s1_spec.json --arm patch96aux \\
+        --out benchmarks/results/aux_attribution_s1.json
+
+Reads the ``aux/<regime>/<variant>`` and ``aux_classes/<variant>`` arrays that
+``generalisation.py score`` writes for models with the head. Writes the JSON (``--out``)
+and a markdown table beside it (``.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bitmind.data.families import AUX_REAL, sampling_family
+from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX
+
+
+def attribution(probs: np.ndarray, classes: list[str], rows: np.ndarray) -> dict:
+    """Of the pictures ``rows``: the share whose most likely class is each class, and the
+    mean probability of "real"."""
+    p = probs[rows].astype(np.float64)
+    if not len(p):
+        return {"n": 0, "argmax": {}, "p_real": None}
+    top = np.bincount(p.argmax(axis=1), minlength=len(classes)) / len(p)
+    return {"n": int(len(p)), "argmax": {c: round(float(s), 4) for c, s in zip(classes, top)},
+            "p_real": round(float(p[:, classes.index(AUX_REAL)].mean()), 4)}
+
+
+def analyse(z, spec: dict, arm: str, regime: str) -> dict:
+    key = f"aux/{regime}/{arm}"
+    if key not in z.files:
+        raise SystemExit(f"no auxiliary head scores for {arm!r} in the {regime} regime (keys like {key}); "
+                         "was the arm trained with aux_weight and scored by generalisation.py score?")
+    classes = [str(c) for c in z[f"aux_classes/{arm}"]]
+    sources, splits, labels = z[f"{regime}/source"], z[f"{regime}/split"], z[f"{regime}/label"]
+    real_test = (labels == 0) & (splits == "test")
+    out = {"arm": arm, "regime": regime, "classes": classes, "folds": {}, "everything": {}}
+    prefix = arm + FOLD_SEP
+    for name, v in sorted(spec["variants"].items()):
+        fold = name[len(prefix):]
+        if not name.startswith(prefix) or fold.startswith(REAL_FOLD_PREFIX) or f"aux/{regime}/{name}" not in z.files:
+            continue
+        probs = z[f"aux/{regime}/{name}"]
+        held = np.isin(sources, list(v.get("exclude_sources", []))) & (labels == 1)
+        out["folds"][fold] = {"held_out": attribution(probs, classes, held),
+                              "real_test": attribution(probs, classes, real_test)}
+    probs = z[key]
+    fam = np.asarray([AUX_REAL if y == 0 else sampling_family(str(s)) for s, y in zip(sources, labels)])
+    for c in classes:
+        rows = (fam == c) & (splits == "test")
+        if rows.any():
+            a = attribution(probs, classes, rows)
+            out["everything"][c] = {**a, "right": a["argmax"].get(c)}
+    return out
+
+
+def markdown(res: dict) -> str:
+    classes = res["classes"]
+    head = "| | n | " + " | ".join(classes) + " | mean P(real) |"
+    rule = "|---" * (len(classes) + 3) + "|"
+    lines = [f"# Auxiliary head of `{res['arm']}` ({res['regime']} regime)", "",
+             "Share of the pictures whose most likely class is each class.", "",
+             "## Folds: the held-out family's pictures (all splits), and the real test photos", "", head, rule]
+    for fold, r in res["folds"].items():
+        for what, a in (("held out", r["held_out"]), ("real test", r["real_test"])):
+            cells = " | ".join(f"{a['argmax'].get(c, 0):.2f}" for c in classes)
+            p_real = f"{a['p_real']:.2f}" if a["p_real"] is not None else "-"
+            lines.append(f"| {fold}: {what} | {a['n']} | {cells} | {p_real} |")
+    lines += ["", "## Everything model: each known family's test pictures", "", head, rule]
+    for c, a in res["everything"].items():
+        cells = " | ".join(f"**{a['argmax'].get(k, 0):.2f}**" if k == c else f"{a['argmax'].get(k, 0):.2f}" for k in classes)
+        lines.append(f"| {c} | {a['n']} | {cells} | {a['p_real']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scores", required=True, help="a LOGO scores .npz (generalisation.py score)")
+    p.add_argument("--spec", required=True, help="its logo_spec.json")
+    p.add_argument("--arm", required=True, help="the recipe trained with aux_weight")
+    p.add_argument("--regime", default="validator", choices=("validator", "crops"))
+    p.add_argument("--out", required=True, help="JSON to write (a .md beside it)")
+    a = p.parse_args(argv)
+    with np.load(a.scores, allow_pickle=False) as z:
+        res = analyse(z, json.loads(Path(a.spec).read_text()), a.arm, a.regime)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    md = markdown(res)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return res
+
+
+if __name__ == "__main__":
+    main()
