@@ -70,9 +70,13 @@ def test_the_aux_head_learns_and_only_the_first_output_is_the_detector():
         return float(torch.nn.functional.cross_entropy(out[:, 1:], aux))
 
     before = aux_loss()
+    learner.begin_epoch(0)
     for _ in range(40):
         learner.train_batch(x, y, k, {})
     assert aux_loss() < 0.5 * before
+    # the epoch's losses come apart: the detector's (comparable with an arm without the head) and the head's
+    assert learner.mean_aux_loss is not None and learner.mean_aux_loss > 0 and 0 < learner.mean_loss < 1.0
+    assert learner.mean_aux_loss != pytest.approx(learner.mean_loss)
     model.eval()
     with torch.no_grad():
         assert torch.equal(forward_logits(model, x), forward_outputs(model, x)[:, 0])
@@ -111,6 +115,9 @@ def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp
                                 "--epochs", "2", "--workers", "0"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     sweep = tmp_path / "ck" / "w"
+    for variant in ("aux", "plain"):
+        hist = json.loads((sweep / variant / "history.json").read_text())
+        assert all(("train_aux_loss" in r) == (variant == "aux") for r in hist)
     for variant in ("aux", "aux.minus-flux1", "plain"):
         lm = load_model(sweep / variant / "model_epoch_best.pth")
         classes = (lm.meta.get("train_options") or {}).get("aux_classes")
@@ -167,6 +174,8 @@ def test_the_trainer_trains_an_aux_head_and_records_its_classes(tmp_path):
     lm = load_model(tmp_path / "ck" / "t" / "model_epoch_best.pth")
     assert lm.meta["train_options"]["aux_classes"] == TINY_POOL_CLASSES
     assert lm.meta["train_options"]["aux_weight"] == 0.5
+    hist = json.loads((tmp_path / "ck" / "t" / "history.json").read_text())
+    assert all(r["train_aux_loss"] > 0 for r in hist)  # the head's loss apart from the detector's
     assert lm.model.config["num_classes"] == 1 + len(TINY_POOL_CLASSES)
 
 

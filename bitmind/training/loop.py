@@ -164,6 +164,7 @@ class Learner:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.loss_sum: torch.Tensor | float = 0.0  # summed on the device: no host sync per step
         self.loss_n = 0
+        self.aux_loss_sum: torch.Tensor | float = 0.0  # the auxiliary head's cross-entropy, apart (``aux_weight``)
         self.last_loss: torch.Tensor | None = None
         self.patch_size = check_patch_size(cfg.patch_size)
         self.tile = check_tile_shuffle(cfg.tile_shuffle, self.patch_size or None)
@@ -174,7 +175,14 @@ class Learner:
 
     @property
     def mean_loss(self) -> float:
+        """The epoch's mean detector loss: with an auxiliary head, without its term, so that
+        arms with and without one compare on one curve."""
         return float(self.loss_sum) / max(self.loss_n, 1)
+
+    @property
+    def mean_aux_loss(self) -> float | None:
+        """The epoch's mean auxiliary cross-entropy (unweighted), or None without the head."""
+        return float(self.aux_loss_sum) / max(self.loss_n, 1) if self.aux_labels is not None else None
 
     def begin_epoch(self, epoch: int) -> float:
         """Set the epoch's learning rate, switch to training mode, reset the running loss."""
@@ -182,7 +190,7 @@ class Learner:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.net.train()
-        self.loss_sum, self.loss_n = 0.0, 0
+        self.loss_sum, self.loss_n, self.aux_loss_sum = 0.0, 0, 0.0
         return lr
 
     def step(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
@@ -195,15 +203,17 @@ class Learner:
             target = smooth_labels(y, self.cfg.label_smoothing)
         if aux is None:
             logits = forward_logits(self.net, x, x.device, self.amp_dtype, channels_last=False)
-            loss = self.criterion(logits, target)
+            loss = detector_loss = self.criterion(logits, target)
         else:
             out = forward_outputs(self.net, x, x.device, self.amp_dtype, channels_last=False)
-            loss = self.criterion(out[:, 0], target) + self.cfg.aux_weight * F.cross_entropy(out[:, 1:], aux)
+            detector_loss, aux_loss = self.criterion(out[:, 0], target), F.cross_entropy(out[:, 1:], aux)
+            loss = detector_loss + self.cfg.aux_weight * aux_loss
+            self.aux_loss_sum = self.aux_loss_sum + aux_loss.detach() * len(y)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        loss = loss.detach()
+        loss = detector_loss.detach()
         self.loss_sum = self.loss_sum + loss * len(y)
         self.loss_n += len(y)
         self.last_loss = loss

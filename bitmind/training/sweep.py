@@ -548,7 +548,8 @@ def run_sweep(spec: SweepSpec) -> dict:
             logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
             sel = v.val_mask if v.val_mask is not None else slice(None)
             m = val_metrics(logits[sel], val_y[sel])
-            rec = epoch_record(epoch, v.mean_loss, lrs[v.name], m, epoch_s, averaged=v.swa is not None)
+            rec = epoch_record(epoch, v.mean_loss, lrs[v.name], m, epoch_s, averaged=v.swa is not None,
+                               **({"train_aux_loss": v.mean_aux_loss} if v.aux_names else {}))
             v.history.append(rec)
             log_epoch(v.writer, rec)
             meta_extra = {"metrics": {"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},

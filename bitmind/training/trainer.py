@@ -277,7 +277,8 @@ def train(cfg: TrainConfig) -> dict:
         if is_main:
             m = val_metrics(logits, vlabels)
             rec = epoch_record(epoch, learner.mean_loss, lr, m, train_time,
-                               images_per_second=learner.loss_n * world / max(train_time, 1e-9))
+                               images_per_second=learner.loss_n * world / max(train_time, 1e-9),
+                               **({"train_aux_loss": learner.mean_aux_loss} if aux_names else {}))
             history.append(rec)
             log_epoch(writer, rec)
             writer.flush()
