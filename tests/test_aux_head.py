@@ -21,7 +21,7 @@ from bitmind.models import build_model
 from bitmind.models.ensemble import Ensemble
 from bitmind.training.config import TrainConfig
 from bitmind.training.loop import Learner
-from test_generalisation import REPO, TINY, TINY_LOGO_BASE, make_pools
+from test_generalisation import REPO, TINY, make_pools, train_tiny_logo
 
 TINY_POOL_CLASSES = ["real", "aligned", "flux1", "gans", "sdxl"]
 
@@ -104,17 +104,8 @@ def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp
     """The path of a LOGO spec with an auxiliary-head arm, on tiny pools: every variant of the
     arm (everything and the fold) gets the same head, from the whole training set's families;
     the files name the classes, load as the miner loads them, score, and model_info shows them."""
-    pools = make_pools(tmp_path)
-    recipe = {**TINY, "input": "npr_hp", "patch_size": 32, "stem_pool": False}
-    spec = {"base": {**TINY_LOGO_BASE, "samples_per_epoch": 32}, "val_seeds": [0], "folds": ["flux1"],
-            "recipes": {"plain": recipe, "aux": {**recipe, "aux_weight": 0.5}}}
-    (tmp_path / "logo.json").write_text(json.dumps(spec))
+    sweep = train_tiny_logo(tmp_path, {"aux": {"aux_weight": 0.5}}, epochs=2)
     gen = [sys.executable, str(REPO / "benchmarks" / "generalisation.py")]
-    res = subprocess.run(gen + ["train", "--spec", str(tmp_path / "logo.json"), "--data", str(pools["crops"]), str(pools["aligned"]),
-                                "--challenge_data", str(pools["chal"]), "--checkpoints_dir", str(tmp_path / "ck"), "--name", "w",
-                                "--epochs", "2", "--workers", "0"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    sweep = tmp_path / "ck" / "w"
     for variant in ("aux", "plain"):
         hist = json.loads((sweep / variant / "history.json").read_text())
         assert all(("train_aux_loss" in r) == (variant == "aux") for r in hist)

@@ -548,22 +548,32 @@ def test_logo_swa_spec_is_the_run_it_is_paired_with_plus_weight_averaging():
             assert opts == ran["variants"][name], name
 
 
+#: The recipe of the tiny LOGO runs below: the shipped one's options at a tiny size.
+TINY_LOGO_RECIPE = {**TINY, "input": "npr_hp", "patch_size": 32, "stem_pool": False}
+
+
+def train_tiny_logo(tmp_path: Path, arms: dict[str, dict], epochs: int, **spec_extra) -> Path:
+    """Train a tiny LOGO run on ``make_pools``: the recipe ``plain`` and one arm per ``arms``
+    entry (its options on top of the same recipe), each with the FLUX.1 fold, through
+    ``generalisation.py train`` as a GPU session runs it; returns the sweep folder."""
+    pools = make_pools(tmp_path)
+    spec = {"base": {**TINY_LOGO_BASE, "samples_per_epoch": 32}, "val_seeds": [0], "folds": ["flux1"], **spec_extra,
+            "recipes": {"plain": TINY_LOGO_RECIPE, **{name: {**TINY_LOGO_RECIPE, **opts} for name, opts in arms.items()}}}
+    (tmp_path / "logo.json").write_text(json.dumps(spec))
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generalisation.py"), "train",
+                          "--spec", str(tmp_path / "logo.json"), "--data", str(pools["crops"]), str(pools["aligned"]),
+                          "--challenge_data", str(pools["chal"]), "--checkpoints_dir", str(tmp_path / "ck"), "--name", "w",
+                          "--epochs", str(epochs), "--workers", "0"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return tmp_path / "ck" / "w"
+
+
 def test_a_logo_run_with_a_weight_averaged_arm_trains_scores_and_pairs(tmp_path):
     """The path of logo_swa_s1.json, on tiny pools: a plain and a weight-averaged recipe on one
     stream, each with its folds; the averaged fold models validate and save averages only;
     the scores hold both arms on the same pictures, and logo_paired.py pairs them (--arm_b)."""
-    pools = make_pools(tmp_path)
-    recipe = {**TINY, "input": "npr_hp", "patch_size": 32, "stem_pool": False}
-    spec = {"base": {**TINY_LOGO_BASE, "samples_per_epoch": 32},
-            "val_seeds": [0], "val_from": 1, "folds": ["flux1"],
-            "recipes": {"plain": recipe, "avg": {**recipe, "swa_start": 1}}}
-    (tmp_path / "logo.json").write_text(json.dumps(spec))
+    sweep = train_tiny_logo(tmp_path, {"avg": {"swa_start": 1}}, epochs=3, val_from=1)
     gen = [sys.executable, str(REPO / "benchmarks" / "generalisation.py")]
-    res = subprocess.run(gen + ["train", "--spec", str(tmp_path / "logo.json"), "--data", str(pools["crops"]), str(pools["aligned"]),
-                                "--challenge_data", str(pools["chal"]), "--checkpoints_dir", str(tmp_path / "ck"), "--name", "w",
-                                "--epochs", "3", "--workers", "0"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    sweep = tmp_path / "ck" / "w"
     for arm in ("plain", "avg"):
         for variant in (arm, f"{arm}.minus-flux1"):
             hist = json.loads((sweep / variant / "history.json").read_text())
