@@ -51,7 +51,7 @@ def test_the_aux_head_learns_and_only_the_first_output_is_the_detector():
     cfg = TrainConfig(aux_weight=1.0, lr=3e-3, device="cpu", **TINY)
     model = build_model("npr", **cfg.model_config(), num_classes=1 + 3)
     learner = Learner(model, cfg, amp_dtype=None)
-    learner.set_aux_labels([0, 1, 2, 0, 1, 2, 0, 1])
+    learner.set_aux(["real", "a", "b"], [0, 1, 2, 0, 1, 2, 0, 1])
     # three kinds of picture: flat, blocky, noisy; the head must learn which is which
     g = torch.Generator().manual_seed(0)
     flat = torch.full((3, 32, 32), 0.5)
@@ -83,7 +83,7 @@ def test_the_aux_head_learns_and_only_the_first_output_is_the_detector():
 
     # without aux labels the step trains the detector alone: the head's rows get no gradient
     plain = Learner(model, TrainConfig(lr=1e-3, device="cpu", **TINY), amp_dtype=None)
-    plain.set_aux_labels([0] * 8)  # ignored: aux_weight 0
+    plain.set_aux(["real"], [0] * 8)  # ignored: aux_weight 0
     assert plain.aux_for(k, x.device) is None
     plain.step(x, y)
     assert model.fc1.weight.grad[1:].abs().sum() == 0 and model.fc1.weight.grad[0].abs().sum() > 0

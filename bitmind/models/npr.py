@@ -265,6 +265,13 @@ def with_aux_outputs(model: NPR, n: int, seed: int = 0) -> NPR:
     return model
 
 
+def without_aux_outputs(state: dict) -> dict:
+    """The state dict of a model trained with an auxiliary head (``with_aux_outputs``) with
+    the head's rows dropped: the detector alone, as a model without the head loads it
+    (fine-tuning from such a file, ``--init_from``)."""
+    return {k: v[:1] if k.startswith("fc1.") else v for k, v in state.items()}
+
+
 #: The smallest centre crop: 16 px reach the last layer of the pooled network as a 2x2 map.
 MIN_CENTER_CROP = 16
 

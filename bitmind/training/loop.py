@@ -171,7 +171,8 @@ class Learner:
         self.patch_gen = torch.Generator().manual_seed(cfg.seed)  # patch offsets: their own stream
         self.tile_gen = torch.Generator().manual_seed(cfg.seed + 1)  # tile orders: another (patches stay as without)
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
-        self.aux_labels: torch.Tensor | None = None  # aux_weight: each training item's class (``set_aux_labels``)
+        self.aux_names: list[str] = []  # aux_weight: the head's classes and each training item's class (``set_aux``)
+        self.aux_labels: torch.Tensor | None = None
 
     @property
     def mean_loss(self) -> float:
@@ -182,7 +183,17 @@ class Learner:
     @property
     def mean_aux_loss(self) -> float | None:
         """The epoch's mean auxiliary cross-entropy (unweighted), or None without the head."""
-        return float(self.aux_loss_sum) / max(self.loss_n, 1) if self.aux_labels is not None else None
+        return float(self.aux_loss_sum) / max(self.loss_n, 1) if self.aux_names else None
+
+    @property
+    def aux_record(self) -> dict:
+        """What the head adds to an epoch's record: its loss, apart (nothing without a head)."""
+        return {"train_aux_loss": self.mean_aux_loss} if self.aux_names else {}
+
+    @property
+    def aux_meta(self) -> dict:
+        """What the head adds to a checkpoint's training options: its classes (nothing without a head)."""
+        return {"aux_classes": list(self.aux_names)} if self.aux_names else {}
 
     def begin_epoch(self, epoch: int) -> float:
         """Set the epoch's learning rate, switch to training mode, reset the running loss."""
@@ -231,10 +242,12 @@ class Learner:
         if "tile_rng" in state:
             self.tile_gen.set_state(state["tile_rng"])
 
-    def set_aux_labels(self, labels: Sequence[int]) -> None:
-        """``aux_weight``: the auxiliary class of every training item, by dataset index
-        (``bitmind.data.families.aux_classes``); kept on the CPU, where the batches' keys are."""
-        self.aux_labels = torch.as_tensor(labels, dtype=torch.long) if self.cfg.aux_weight else None
+    def set_aux(self, names: Sequence[str], labels: Sequence[int]) -> None:
+        """``aux_weight``: the head's classes and the class of every training item, by dataset
+        index (``bitmind.data.families.aux_classes``); the labels stay on the CPU, where the
+        batches' keys are. Ignored without ``aux_weight``."""
+        if self.cfg.aux_weight and names:
+            self.aux_names, self.aux_labels = list(names), torch.as_tensor(labels, dtype=torch.long)
 
     def aux_for(self, k: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
         """The auxiliary classes of the items with keys ``k``, on ``device`` (None when off)."""

@@ -202,7 +202,6 @@ class _Variant(Learner):
                  aux: tuple[list[str], list[int]] | None = None):
         """``extras``: the variant's sweep-only options (``SweepSpec.variant_extras``); ``aux``: the
         auxiliary classes and each training item's class (``aux_classes``), used if ``cfg.aux_weight``."""
-        self.aux_names = list(aux[0]) if aux is not None and cfg.aux_weight else []
         self.name, self.mask, self.swa_start = name, mask, extras["swa_start"]
         self.val_mask = val_mask  # validation challenges this variant is selected on (None = all)
         self.training_images = training_images if mask is None else int(mask.sum())
@@ -211,9 +210,10 @@ class _Variant(Learner):
         self.swa: torch.optim.swa_utils.AveragedModel | None = None
         self.bn_batches: list[torch.Tensor] = []
         torch.manual_seed(cfg.seed)  # each variant's initial weights depend on its own seed only
-        super().__init__(build_training_model(cfg, device, len(self.aux_names)), cfg, amp_dtype)
-        if self.aux_names:
-            self.set_aux_labels(aux[1])
+        super().__init__(build_training_model(cfg, device, len(aux[0]) if aux is not None and cfg.aux_weight else 0),
+                         cfg, amp_dtype)
+        if aux is not None:
+            self.set_aux(*aux)  # ignored without aux_weight
         self.history: list[dict] = []
         self.best = Best()
         self.run_dir = cfg.run_dir
@@ -549,12 +549,12 @@ def run_sweep(spec: SweepSpec) -> dict:
             sel = v.val_mask if v.val_mask is not None else slice(None)
             m = val_metrics(logits[sel], val_y[sel])
             rec = epoch_record(epoch, v.mean_loss, lrs[v.name], m, epoch_s, averaged=v.swa is not None,
-                               **({"train_aux_loss": v.mean_aux_loss} if v.aux_names else {}))
+                               **v.aux_record)
             v.history.append(rec)
             log_epoch(v.writer, rec)
             meta_extra = {"metrics": {"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
                           "train_options": {**v.cfg.to_dict(), **options[v.name][1], "sweep": str(out_dir),
-                                            **({"aux_classes": v.aux_names} if v.aux_names else {})}}
+                                            **v.aux_meta}}
             save_if_best(v.best, selection_score(m), epoch, m, v.eval_model, v.cfg.arch, v.run_dir, meta_extra, logits, val_y,
                          val_mask=v.val_mask)
             line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")

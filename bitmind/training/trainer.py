@@ -162,8 +162,9 @@ def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: in
         state, meta = read_checkpoint(cfg.init_from)
         check_matches_checkpoint(cfg, meta)
         if (meta.get("config") or {}).get("num_classes", 1) > 1:
-            # a file trained with an auxiliary head (aux_weight): fine-tuning starts from its detector
-            state = {k: v[:1] if k.startswith("fc1.") else v for k, v in state.items()}
+            from bitmind.models.npr import without_aux_outputs
+
+            state = without_aux_outputs(state)  # a file trained with an auxiliary head: fine-tuning starts from its detector
         model.load_state_dict(state, strict=True)
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
@@ -224,9 +225,8 @@ def train(cfg: TrainConfig) -> dict:
     weight_loss = cfg.balance == "weight" or (cfg.balance in ("sampler", "family") and world > 1)
     pos_weight = torch.tensor(class_pos_weight(labels), device=device) if weight_loss else None
     learner = Learner(model, cfg, amp_dtype, criterion=nn.BCEWithLogitsLoss(pos_weight=pos_weight), net=net)
-    learner.set_aux_labels(aux_labels)
-    # what the checkpoints record of the run: its options, and the auxiliary head's classes if it has one
-    train_options = {**cfg.to_dict(), **({"aux_classes": aux_names} if aux_names else {})}
+    learner.set_aux(aux_names, aux_labels)
+    train_options = {**cfg.to_dict(), **learner.aux_meta}  # what the checkpoints record of the run
     learner.align_pairs(train_ds.partner)  # pair_patches: a round trip and its photo cropped alike
 
     start_epoch, best, history = 0, Best(), []
@@ -278,7 +278,7 @@ def train(cfg: TrainConfig) -> dict:
             m = val_metrics(logits, vlabels)
             rec = epoch_record(epoch, learner.mean_loss, lr, m, train_time,
                                images_per_second=learner.loss_n * world / max(train_time, 1e-9),
-                               **({"train_aux_loss": learner.mean_aux_loss} if aux_names else {}))
+                               **learner.aux_record)
             history.append(rec)
             log_epoch(writer, rec)
             writer.flush()
