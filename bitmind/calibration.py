@@ -123,12 +123,15 @@ def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: f
             **boundary, **context, **{f"val_{k}_{when}": m[k] for when, m in (("before", before), ("after", after)) for k in RECORD_METRICS}}
 
 
-def store_calibration(checkpoint, record: dict, out=None, **meta_updates) -> dict:
+def store_calibration(checkpoint, record: dict, out=None, transform=None, **meta_updates) -> dict:
     """Write ``record``'s temperature and bias (and the record, under ``metrics.calibration``)
-    into the metadata of ``checkpoint``, saved to ``out`` (default: over ``checkpoint``)."""
+    into the metadata of ``checkpoint``, saved to ``out`` (default: over ``checkpoint``);
+    ``transform(state, meta) -> (state, meta)`` is applied first (e.g. dropping a head)."""
     from bitmind.checkpoint import read_checkpoint, save_checkpoint
 
     state, meta = read_checkpoint(checkpoint)
+    if transform is not None:
+        state, meta = transform(state, meta)
     meta["temperature"], meta["logit_bias"] = record["temperature"], record["logit_bias"]
     meta.setdefault("metrics", {})["calibration"] = record
     meta.update(meta_updates)

@@ -6,6 +6,8 @@ alone, and a run records the classes so that the file describes itself."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +19,7 @@ from bitmind.checkpoint import load_model
 from bitmind.cli.model_info import describe, render
 from bitmind.data.families import aux_classes
 from bitmind.inference import forward_logits, forward_outputs
+from bitmind.miner.reload import ModelSlot
 from bitmind.models import build_model
 from bitmind.models.ensemble import Ensemble
 from bitmind.training.config import TrainConfig
@@ -152,6 +155,38 @@ def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     with np.load(merged) as m:
         assert np.array_equal(m["aux/validator/one.minus-flux1"], head) and "aux/validator/two" not in m.files
+    # shipped, the everything model drops its head: the same detector, a plain base.pth's shapes,
+    # so a miner serving the plain arm's file swaps it in place (it refuses the file with the head)
+    live, shipped = tmp_path / "live" / "base.pth", tmp_path / "shipped_aux.pth"
+    for variant, out in (("plain", live), ("aux", shipped)):
+        out.parent.mkdir(exist_ok=True)
+        res = subprocess.run(gen + ["ship", "--sweep", str(sweep), "--variant", variant, "--ship_out", str(out)],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    trained, lm = load_model(sweep / "aux" / "model_epoch_best.pth"), load_model(shipped)
+    assert lm.model.config["num_classes"] == 1 and lm.meta["config"]["num_classes"] == 1
+    assert lm.meta["train_options"]["aux_classes"] == TINY_POOL_CLASSES  # what it was trained with, still said
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        assert forward_outputs(lm.model, x).shape == (3, 1)
+        assert torch.allclose(forward_logits(lm.model, x), forward_logits(trained.model, x), atol=1e-5)
+    assert "dropped when shipped" in render(describe(shipped))
+    assert "in the file" in render(describe(sweep / "aux" / "model_epoch_best.pth"))
+    slot = ModelSlot(str(live), torch.device("cpu"), check_interval=0.0, optimize=False)
+    before = slot.serving.lm.sha256
+    shutil.copy(sweep / "aux" / "model_epoch_best.pth", tmp_path / "with_head.pth")
+    os.replace(tmp_path / "with_head.pth", live)
+    assert not slot.check() and slot.serving.lm.sha256 == before  # another shape: refused, still serving
+    shutil.copy(shipped, tmp_path / "next.pth")
+    os.replace(tmp_path / "next.pth", live)
+    assert slot.check() and slot.serving.lm.sha256 == lm.sha256 and slot.reloads == 1
+    # scored again (as a baseline of a LOGO run), the shipped file has no head to read out
+    res = subprocess.run(gen + ["score", "--sweep", str(sweep), "--workers", "0", "--baseline", f"shipped={shipped}",
+                                "--scores", str(tmp_path / "again.npz")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    with np.load(tmp_path / "again.npz") as again:
+        assert "aux/validator/aux.minus-flux1" in again.files and not any(k.endswith("/shipped") for k in again.files
+                                                                        if k.startswith("aux"))
 
 
 def test_the_trainer_trains_an_aux_head_and_records_its_classes(tmp_path):

@@ -105,8 +105,10 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path, ship_spec):
         assert lm.meta["train_options"]["swa_start"] == 1 and [r["averaged"] for r in hist] == [True]
     else:
         assert not any(r["averaged"] for r in hist)
-    if "aux_weight" in recipe:  # the head's classes travel with the file; the miner serves its first output
-        assert lm.meta["train_options"]["aux_classes"][0] == "real" and lm.model.config["num_classes"] > 1
+    if "aux_weight" in recipe:  # shipped as the detector alone (a plain file's shapes), trained with the head
+        assert lm.meta["train_options"]["aux_classes"][0] == "real" and lm.model.config["num_classes"] == 1
+        trained = load_model(work / "checkpoints" / "ship" / variant / "model_epoch_best.pth")
+        assert trained.model.config["num_classes"] == 1 + len(lm.meta["train_options"]["aux_classes"])
     else:
         assert "aux_classes" not in lm.meta["train_options"] and lm.model.config.get("num_classes", 1) == 1
     acc = json.loads((work / "accuracy_validator.json").read_text())

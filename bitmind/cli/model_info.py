@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from bitmind.checkpoint import CheckpointError, load_model
+from bitmind.models.npr import has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patches", "batch_size", "lr", "lr_schedule", "balance", "seed",
@@ -55,6 +56,7 @@ def describe(path: str | Path) -> dict:
         "validation": {k: (meta.get("metrics") or {}).get("val", {}).get(k) for k in VAL_KEYS},
         "best_epoch": (meta.get("metrics") or {}).get("epoch"),
         "aux_classes": list(train.get("aux_classes") or []),
+        "aux_head_in_file": has_aux_outputs(meta),
         "description": meta.get("description"),
     })
     if lm.arch == "ensemble":
@@ -90,7 +92,9 @@ def render(info: dict) -> str:
         tr = ", ".join(f"{k} {_fmt(v)}" for k, v in info["training"].items() if v is not None)
         lines.append(f"  trained: {tr}" + (f"; data {', '.join(info['data'])}" if info["data"] else ""))
     if info.get("aux_classes"):
-        lines.append(f"  auxiliary head (training only; the first output alone is served): {', '.join(info['aux_classes'])}")
+        where = ("in the file; the first output alone is served" if info.get("aux_head_in_file")
+                 else "dropped when shipped; the file is the detector alone")
+        lines.append(f"  trained with an auxiliary head ({where}): {', '.join(info['aux_classes'])}")
     val = {k: v for k, v in info["validation"].items() if v is not None}
     if val:
         lines.append("  validation" + (f" (epoch {info['best_epoch']}" if info.get("best_epoch") is not None else " (")

@@ -272,6 +272,25 @@ def without_aux_outputs(state: dict) -> dict:
     return {k: v[:1] if k.startswith("fc1.") else v for k, v in state.items()}
 
 
+def detector_only(state: dict, meta: dict) -> tuple[dict, dict]:
+    """A checkpoint's ``(state, meta)`` with an auxiliary head dropped, the detector alone
+    (unchanged if it has none). Why: the head is a training task, the miner serves the first
+    output only, and a file with the head has other shapes than a plain ``base.pth``, so a
+    running miner refuses to hot-swap it in; without it the same detector swaps in place.
+    The training record (``train_options.aux_classes``) stays: what the file was trained with."""
+    config = dict(meta.get("config") or {})
+    if config.get("num_classes", 1) == 1:
+        return state, meta
+    config["num_classes"] = 1
+    return without_aux_outputs(state), {**meta, "config": config}
+
+
+def has_aux_outputs(meta: dict) -> bool:
+    """Whether a checkpoint's model still has auxiliary outputs after its logit (a file shipped
+    by ``detector_only`` names the classes it was trained with but has none)."""
+    return (meta.get("config") or {}).get("num_classes", 1) > 1
+
+
 #: The smallest centre crop: 16 px reach the last layer of the pooled network as a 2x2 map.
 MIN_CENTER_CROP = 16
 

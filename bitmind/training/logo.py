@@ -273,7 +273,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     from bitmind.checkpoint import load_model
     from bitmind.common import resolve_amp, resolve_device
     from bitmind.inference import forward_logits, forward_outputs, to_model_input
-    from bitmind.models.npr import center_square, pool_logit_map
+    from bitmind.models.npr import center_square, has_aux_outputs, pool_logit_map
 
     dev = resolve_device(device)
     amp = resolve_amp("auto", dev)
@@ -281,7 +281,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     for name, path in models.items():
         lm = load_model(path)
         nets[name] = (lm.model.to(dev).eval(), lm.temperature, lm.logit_bias)
-        if (lm.meta.get("train_options") or {}).get("aux_classes"):
+        if has_aux_outputs(lm.meta):  # a shipped file names the classes it was trained with, without the head
             aux_names[name] = list(lm.meta["train_options"]["aux_classes"])
     pooled = {n: [(pooled_name(n, p), p) for p in pools] for n, (net, _, _) in nets.items() if pools and hasattr(net, "logit_map")}
     arrays = {}
@@ -567,17 +567,25 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
     validator pipeline), its boundary moved to ``real_target`` of the validation real
     photos if given. ``pool`` (the view of a ``pooled_name`` arm, ``topNN`` or ``cropNNN``:
     ``variant`` is then that arm) goes into the model's config (``pool`` or ``center_crop``),
-    so it serves as it was scored. Returns the calibration record."""
+    so it serves as it was scored. A model trained with an auxiliary family head ships without
+    it (``detector_only``): the miner serves the first output alone, and the file then has a
+    plain ``base.pth``'s shapes, so a running miner swaps it in place; the sweep's checkpoint
+    keeps the head. Returns the calibration record."""
     from bitmind.calibration import calibrate_logits, store_calibration
-    from bitmind.checkpoint import read_checkpoint
+    from bitmind.models.npr import detector_only
 
     try:
         z, y, used = validation_logits(np.load(npz), variant)
     except KeyError:
         raise KeyError(f"{variant!r} has no scores in {npz}") from None
     record = calibrate_logits(z, y, keep_if_better=False, real_target=real_target, split="val", regimes=used)
+
+    def as_served(state: dict, meta: dict) -> tuple[dict, dict]:
+        state, meta = detector_only(state, meta)
+        if pool:
+            key, value = view_of(pool) or ("pool", pool)
+            meta = {**meta, "config": {**(meta.get("config") or {}), key: value}}
+        return state, meta
+
     updates = {"description": description} if description else {}
-    if pool:
-        key, value = view_of(pool) or ("pool", pool)
-        updates["config"] = {**read_checkpoint(checkpoint)[1].get("config", {}), key: value}
-    return store_calibration(checkpoint, record, out, **updates)
+    return store_calibration(checkpoint, record, out, transform=as_served, **updates)
