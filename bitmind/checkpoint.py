@@ -154,17 +154,24 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu",
-               expected_arch: str | None = None, data: bytes | None = None) -> LoadedModel:
+               expected_arch: str | None = None, data: bytes | None = None, detector_only: bool = False) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (strict).
 
     ``arch`` overrides the file's metadata (for bare state dicts of another
     architecture); ``expected_arch`` refuses a file of a different architecture;
-    ``data`` parses those bytes of ``path`` instead of reading it (``sha256`` is theirs).
+    ``data`` parses those bytes of ``path`` instead of reading it (``sha256`` is theirs);
+    ``detector_only`` leaves an auxiliary head behind (``bitmind.models.npr.detector_only``:
+    the miner serves the first output alone, so a training checkpoint with the head serves,
+    and hot-swaps, as the plain detector it contains).
     """
     state, meta = read_checkpoint(path, data)
     name = arch or meta.get("arch") or DEFAULT_ARCH
     if expected_arch is not None and name != expected_arch:
         raise CheckpointError(f"{path} is architecture {name!r}, expected {expected_arch!r}")
+    if detector_only and name == "npr":
+        from bitmind.models.npr import detector_only as drop_head
+
+        state, meta = drop_head(state, meta)
     config = meta.get("config") or {}
     try:
         model = build_model(name, **config)

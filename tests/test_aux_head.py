@@ -156,7 +156,8 @@ def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp
     with np.load(merged) as m:
         assert np.array_equal(m["aux/validator/one.minus-flux1"], head) and "aux/validator/two" not in m.files
     # shipped, the everything model drops its head: the same detector, a plain base.pth's shapes,
-    # so a miner serving the plain arm's file swaps it in place (it refuses the file with the head)
+    # so a miner serving the plain arm's file swaps it in place; the miner also serves a training
+    # checkpoint with the head as the detector it holds (the head is left behind on loading)
     live, shipped = tmp_path / "live" / "base.pth", tmp_path / "shipped_aux.pth"
     for variant, out in (("plain", live), ("aux", shipped)):
         out.parent.mkdir(exist_ok=True)
@@ -173,13 +174,14 @@ def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp
     assert "dropped when shipped" in render(describe(shipped))
     assert "in the file" in render(describe(sweep / "aux" / "model_epoch_best.pth"))
     slot = ModelSlot(str(live), torch.device("cpu"), check_interval=0.0, optimize=False)
-    before = slot.serving.lm.sha256
-    shutil.copy(sweep / "aux" / "model_epoch_best.pth", tmp_path / "with_head.pth")
-    os.replace(tmp_path / "with_head.pth", live)
-    assert not slot.check() and slot.serving.lm.sha256 == before  # another shape: refused, still serving
     shutil.copy(shipped, tmp_path / "next.pth")
     os.replace(tmp_path / "next.pth", live)
     assert slot.check() and slot.serving.lm.sha256 == lm.sha256 and slot.reloads == 1
+    served = slot.serving.logits(x, None)
+    shutil.copy(sweep / "aux" / "model_epoch_best.pth", tmp_path / "with_head.pth")
+    os.replace(tmp_path / "with_head.pth", live)
+    assert slot.check() and slot.reloads == 2 and slot.serving.lm.model.config["num_classes"] == 1
+    assert torch.allclose(slot.serving.logits(x, None), served, atol=1e-5)  # the same detector (raw logits)
     # scored again (as a baseline of a LOGO run), the shipped file has no head to read out
     res = subprocess.run(gen + ["score", "--sweep", str(sweep), "--workers", "0", "--baseline", f"shipped={shipped}",
                                 "--scores", str(tmp_path / "again.npz")], capture_output=True, text=True, timeout=600)

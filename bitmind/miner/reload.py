@@ -137,7 +137,7 @@ class ModelSlot:
         # Every torch op of loading and checking on one thread: building, loading and even
         # filling the probe are parallel ops (see ``single_threaded``).
         with single_threaded(self.device.type == "cpu"):
-            lm = load_model(path, data=data, arch=self.arch, device=self.device,
+            lm = load_model(path, data=data, arch=self.arch, device=self.device, detector_only=True,
                             expected_arch=expected.arch if expected is not None else None)
             if expected is not None and structure_of(lm.model) != structure_of(expected.model):
                 raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
