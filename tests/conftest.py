@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,8 +45,10 @@ def load_script(relpath: str):
     """A script of the repository (``benchmarks/accuracy.py``, ...) imported as a module, so a
     test can call its functions; scripts are not part of the package."""
     path = REPO / relpath
-    spec = importlib.util.spec_from_file_location(f"{path.stem}_under_test", path)
+    name = f"{path.stem}_under_test"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script is executed
     spec.loader.exec_module(module)
     return module
 
