@@ -50,6 +50,24 @@ def bin_label(lo: float, hi: float) -> str:
     return f"{lo:.2f}-{hi:.2f}x"
 
 
+def plot(report: dict, path: str | Path) -> None:
+    """The report's accuracy per challenge bin, one bar per model."""
+    from bitmind.plots import new_figure
+
+    bins, models = report["bins"], list(report["models"])
+    fig, (ax,) = new_figure(1, 1, size=(7.0, 4.0))
+    xs = np.arange(len(bins))
+    width = 0.8 / len(models)
+    for j, n in enumerate(models):
+        ax.bar(xs + j * width - 0.4 + width / 2, [b[n] for b in bins], width, label=n)
+    ax.set_xticks(xs, [f"{b['bin']}\n(n={b['n']})".replace(" (", "\n(", 1) for b in bins], fontsize=7)
+    ax.set(ylim=(0.5, 1.0), ylabel="accuracy", xlabel="random aug bins: the crop's up-sampling factor (all challenges then JPEG 75)",
+           title=f"Accuracy by challenge up-sampling ({report['split']} split, seeds {report['seeds']})")
+    ax.legend(fontsize=8, loc="lower left")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=[str(HERE.parent / "mining_models" / "base.pth")])
@@ -103,19 +121,7 @@ def main(argv=None) -> dict:
     for b in bins + [overall]:
         print(f"| {b['bin']} | {b['n']} | " + " | ".join(f"{b[n]:.3f}" for n in models) + " |")
 
-    from bitmind.plots import new_figure
-
-    fig, (ax,) = new_figure(1, 1, size=(6.5, 3.8))
-    xs = np.arange(len(bins))
-    width = 0.8 / len(models)
-    for j, n in enumerate(models):
-        ax.bar(xs + j * width - 0.4 + width / 2, [b[n] for b in bins], width, label=n)
-    ax.set_xticks(xs, [f"{b['bin']}\n(n={b['n']})" for b in bins], fontsize=7)
-    ax.set(ylim=(0.5, 1.0), ylabel="accuracy", xlabel="clean; plain challenge (JPEG 75 only); random aug by crop up-sampling factor (then JPEG 75)",
-           title=f"Accuracy by challenge up-sampling ({args.split} split, seeds {args.seeds})")
-    ax.legend(fontsize=8, loc="lower left")
-    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.figure, dpi=110)
+    plot(report, args.figure)
     print(f"wrote {args.out} and {args.figure}")
     return report
 

@@ -68,3 +68,14 @@ def test_figures_of_other_kinds_are_listed_not_redrawn(capsys):
     assert "learning_curve" in out and "run" in out and "MISSING" not in out
     with pytest.raises(SystemExit):
         figures.main(["make", "no_such_figure"])
+
+
+def test_accuracy_by_crop_draws_its_figure_from_a_report(tmp_path):
+    """The figure of kind 'data' whose scoring takes minutes: its drawing, from the committed report."""
+    import json
+
+    bench = load_script("benchmarks/accuracy_by_crop.py")
+    report = json.loads((REPO / figures.FIGURES["accuracy_by_crop"].result).read_text())
+    assert list(report["models"]) == ["base_sd1x.pth", "npr_f2.pth"]  # the files the registry's command scores
+    bench.plot(report, tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
