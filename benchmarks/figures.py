@@ -7,7 +7,8 @@ holds (the raw LOGO scores and result JSONs in ``benchmarks/results``); a few ne
 folders and model files, or the folder of a training run that is not committed. This
 registry names each figure's script and arguments, ``make`` redraws it, and ``check``
 redraws it into a scratch folder and compares the numbers written beside it with the
-committed result, so a command here is the one that made the figure, not a guess.
+committed result (and says whether the picture is pixel-identical), so a command here is
+the one that made the figure, not a guess.
 
     python benchmarks/figures.py list                  # each figure: script, kind, inputs present?
     python benchmarks/figures.py make                  # redraw every figure the repository can (into docs/figures)
@@ -181,6 +182,19 @@ def compare(fig: Figure, made: Path) -> list[str]:
     return [k for k in fig.compare if _rounded(old.get(k)) != _rounded(new.get(k))]
 
 
+def pixels_differ(committed: Path, drawn: Path) -> str:
+    """How the redrawn picture compares with the committed one, pixel by pixel. Said, not
+    judged: fonts and matplotlib versions move pixels without changing a number."""
+    import numpy as np
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in (committed, drawn))
+    if a.shape != b.shape:
+        return f"of another size ({a.shape[1]}x{a.shape[0]} committed, {b.shape[1]}x{b.shape[0]} drawn)"
+    share = float((np.abs(a - b).sum(axis=-1) > 0).mean())
+    return "identical" if share == 0 else f"{share:.1%} of pixels differ"
+
+
 def _rounded(v, digits: int = 9):
     if isinstance(v, float):
         return round(v, digits)
@@ -230,7 +244,8 @@ def main(argv=None) -> int:
                 print(f"{name}: wrote {fig_dir / (name + '.png')}")
                 continue
             diff = compare(fig, scratch / f"{name}.json")
-            print(f"{name}: " + ("matches " + fig.result if not diff else f"DIFFERS from {fig.result} on {diff}"))
+            print(f"{name}: " + ("matches " + fig.result if not diff else f"DIFFERS from {fig.result} on {diff}")
+                  + f"; picture {pixels_differ(FIGURES_DIR / f'{name}.png', fig_dir / f'{name}.png')}")
             failed += bool(diff)
     return 1 if failed else 0
 
