@@ -34,12 +34,15 @@ from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX
 
 def attribution(probs: np.ndarray, classes: list[str], rows: np.ndarray) -> dict:
     """Of the pictures ``rows``: the share whose most likely class is each class, and the
-    mean probability of "real"."""
+    mean probability of "real". Pictures the scoring could not read (NaN rows) are left out
+    and counted as ``unscored``: an argmax over NaN would call them "real"."""
     p = probs[rows].astype(np.float64)
+    scored = ~np.isnan(p).any(axis=1)
+    unscored, p = int((~scored).sum()), p[scored]
     if not len(p):
-        return {"n": 0, "argmax": {}, "p_real": None}
+        return {"n": 0, "unscored": unscored, "argmax": {}, "p_real": None}
     top = np.bincount(p.argmax(axis=1), minlength=len(classes)) / len(p)
-    return {"n": int(len(p)), "argmax": {c: round(float(s), 4) for c, s in zip(classes, top)},
+    return {"n": int(len(p)), "unscored": unscored, "argmax": {c: round(float(s), 4) for c, s in zip(classes, top)},
             "p_real": round(float(p[:, classes.index(AUX_REAL)].mean()), 4)}
 
 

@@ -197,7 +197,7 @@ def pixels_differ(committed: Path, drawn: Path) -> str:
 
 def _rounded(v, digits: int = 9):
     if isinstance(v, float):
-        return round(v, digits)
+        return "nan" if v != v else round(v, digits)  # an empty bin's NaN equals itself here
     if isinstance(v, dict):
         return {k: _rounded(x, digits) for k, x in v.items()}
     if isinstance(v, list):
@@ -213,6 +213,9 @@ def main(argv=None) -> int:
                                                    "to a scratch folder, so committed results are never overwritten")
     p.add_argument("--data_root", default=None, help="the folder holding sn34-mini etc. (figures of kind 'data')")
     args = p.parse_args(argv)
+    # the scripts run from the repository root: paths given relative to the caller's folder
+    args.out_dir = str(Path(args.out_dir).resolve()) if args.out_dir else None
+    args.data_root = str(Path(args.data_root).resolve()) if args.data_root else None
     unknown = [n for n in args.names if n not in FIGURES]
     if unknown:
         p.error(f"unknown figures {unknown}; known: {', '.join(sorted(FIGURES))}")

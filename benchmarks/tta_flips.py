@@ -26,6 +26,7 @@ from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import load_model
 from bitmind.data import collate_skip_none
 from bitmind.evaluation import build_dataset
+from bitmind.inference import forward_logits
 from bitmind.metrics import compute_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +51,7 @@ def view_logits(lm, data: list[str], split: str, seeds: list[int], workers: int)
                 continue
             x, y = batch[0], batch[1]
             for name, f in VIEWS.items():
-                z[name].append(net(f(x)).reshape(-1).double().numpy())
+                z[name].append(forward_logits(net, f(x)).cpu().double().numpy())
             labels.append(y.numpy())
     return {k: np.concatenate(v) for k, v in z.items()}, np.concatenate(labels)
 

@@ -165,6 +165,10 @@ def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp
                              capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     trained, lm = load_model(sweep / "aux" / "model_epoch_best.pth"), load_model(shipped)
+    from bitmind.checkpoint import read_checkpoint
+
+    w = read_checkpoint(shipped)[0]["fc1.weight"]  # the head's rows are not in the file either
+    assert w.shape[0] == 1 and w.untyped_storage().nbytes() == w.numel() * w.element_size()
     assert lm.model.config["num_classes"] == 1 and lm.meta["config"]["num_classes"] == 1
     assert lm.meta["train_options"]["aux_classes"] == TINY_POOL_CLASSES  # what it was trained with, still said
     x = torch.rand(3, 3, 64, 64)
@@ -205,6 +209,41 @@ def test_the_trainer_trains_an_aux_head_and_records_its_classes(tmp_path):
     hist = json.loads((tmp_path / "ck" / "t" / "history.json").read_text())
     assert all(r["train_aux_loss"] > 0 for r in hist)  # the head's loss apart from the detector's
     assert lm.model.config["num_classes"] == 1 + len(TINY_POOL_CLASSES)
+
+
+def test_a_head_is_read_only_where_the_file_names_its_classes_and_ensembles_leave_it_behind(tmp_path):
+    from bitmind.checkpoint import model_meta, read_checkpoint, save_checkpoint
+    from bitmind.cli.ensemble import build_ensemble_checkpoint
+    from bitmind.models.npr import has_aux_outputs
+
+    torch.manual_seed(0)
+    model = build_model("npr", **TINY, num_classes=4).eval()
+    meta = model_meta(model, "npr")
+    assert not has_aux_outputs(meta)  # more outputs, no class names: not read as a head
+    assert has_aux_outputs({**meta, "train_options": {"aux_classes": ["real", "a", "b"]}})
+    assert not has_aux_outputs({**meta, "config": {**meta["config"], "num_classes": 1},
+                                "train_options": {"aux_classes": ["real", "a", "b"]}})  # shipped: names, no head
+    save_checkpoint(model, tmp_path / "aux.pth", {**meta, "train_options": {"aux_classes": ["real", "a", "b"]}})
+    plain = build_model("npr", **TINY).eval()
+    save_checkpoint(plain, tmp_path / "plain.pth", model_meta(plain, "npr"))
+    build_ensemble_checkpoint([tmp_path / "aux.pth", tmp_path / "plain.pth"], tmp_path / "ens.pth")
+    state, ens_meta = read_checkpoint(tmp_path / "ens.pth")
+    assert [m["config"]["num_classes"] for m in ens_meta["config"]["members"]] == [1, 1]
+    ens = load_model(tmp_path / "ens.pth").model
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = (forward_logits(model, x) + forward_logits(plain, x)) / 2
+        assert torch.allclose(forward_logits(ens, x), want, atol=1e-5)
+
+
+def test_aux_attribution_leaves_unscored_pictures_out():
+    from conftest import load_script
+
+    bench = load_script("benchmarks/aux_attribution.py")
+    probs = np.array([[0.1, 0.9], [np.nan, np.nan], [0.8, 0.2]], dtype=np.float16)
+    got = bench.attribution(probs, ["real", "sdxl"], np.array([0, 1, 2]))
+    assert got["n"] == 2 and got["unscored"] == 1
+    assert got["argmax"] == {"real": 0.5, "sdxl": 0.5} and got["p_real"] == pytest.approx(0.45, abs=1e-3)
 
 
 def test_fine_tuning_from_a_file_with_an_aux_head_starts_from_its_detector(tmp_path):

@@ -52,6 +52,12 @@ def test_the_shipped_recipe_heat_map_redraws_with_the_committed_numbers(tmp_path
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_make_writes_where_a_relative_out_dir_points_from_the_callers_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert figures.main(["make", "threshold_logo", "--out_dir", "figs"]) == 0
+    assert (tmp_path / "figs" / "threshold_logo.png").is_file() and not (REPO / "figs").exists()
+
+
 def test_check_catches_a_command_that_did_not_make_the_figure(monkeypatch, capsys):
     good = figures.FIGURES["generalisation_fixed_s1_135"]
     wrong = dataclasses.replace(good, args=tuple("patch96nopool_crop192" if a == "patch96nopool" else a for a in good.args))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bitmind.checkpoint import file_sha256, model_meta, read_checkpoint, save_checkpoint
 from bitmind.models import build_model
+from bitmind.models.npr import detector_only
 
 
 def build_ensemble_checkpoint(members: list[str | Path], out: str | Path) -> Path:
@@ -27,6 +28,8 @@ def build_ensemble_checkpoint(members: list[str | Path], out: str | Path) -> Pat
         state, meta = read_checkpoint(path)
         if meta.get("arch") == "ensemble":
             raise ValueError(f"{path} is already an ensemble; list its members instead")
+        if meta.get("arch", "npr") == "npr":  # a member's auxiliary head is left behind, as the miner does
+            state, meta = detector_only(state, meta)
         specs.append({"arch": meta.get("arch", "npr"), "config": meta.get("config", {})})
         states.append(state)
         provenance.append({"file": Path(path).name, "sha256": file_sha256(path), "val": meta.get("metrics", {}).get("val"),

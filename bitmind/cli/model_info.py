@@ -4,7 +4,8 @@
     python -m bitmind.model_info mining_models/base.pth --json
 
 For each file: its hash and size; the architecture, its config and parameter count (the
-network is built and the weights loaded strictly, as the miner would); the eval
+network is built and the weights loaded strictly, as stored: an auxiliary head still in the
+file is counted, though the miner leaves it behind and serves the detector alone); the eval
 transform; the calibration the miner applies (``P(AI) = sigmoid(logit / T + b)``) and the
 rule that placed the boundary; how it was trained (data roots, training-only roots, epochs,
 patch size and tile shuffle, weight averaging, an auxiliary family head's classes, where it

@@ -268,16 +268,18 @@ def with_aux_outputs(model: NPR, n: int, seed: int = 0) -> NPR:
 def without_aux_outputs(state: dict) -> dict:
     """The state dict of a model trained with an auxiliary head (``with_aux_outputs``) with
     the head's rows dropped: the detector alone, as a model without the head loads it
-    (fine-tuning from such a file, ``--init_from``)."""
-    return {k: v[:1] if k.startswith("fc1.") else v for k, v in state.items()}
+    (fine-tuning from such a file, ``--init_from``). The rows are copied, not viewed: a view
+    would carry the head's storage into every file saved from it."""
+    return {k: v[:1].clone() if k.startswith("fc1.") else v for k, v in state.items()}
 
 
 def detector_only(state: dict, meta: dict) -> tuple[dict, dict]:
     """A checkpoint's ``(state, meta)`` with an auxiliary head dropped, the detector alone
-    (unchanged if it has none). Why: the head is a training task, the miner serves the first
-    output only, and a file with the head has other shapes than a plain ``base.pth``, so a
-    running miner refuses to hot-swap it in; without it the same detector swaps in place.
-    The training record (``train_options.aux_classes``) stays: what the file was trained with."""
+    (unchanged if it has none). Why: the head is a training task and the miner serves the
+    first output only; with the head the network has other shapes than a plain ``base.pth``.
+    The miner applies this when it loads a file (``load_model(..., detector_only=True)``), so
+    either file swaps in place, and ``ship`` writes the shipped file without the head. The
+    training record (``train_options.aux_classes``) stays: what the file was trained with."""
     config = dict(meta.get("config") or {})
     if config.get("num_classes", 1) == 1:
         return state, meta
@@ -286,9 +288,12 @@ def detector_only(state: dict, meta: dict) -> tuple[dict, dict]:
 
 
 def has_aux_outputs(meta: dict) -> bool:
-    """Whether a checkpoint's model still has auxiliary outputs after its logit (a file shipped
-    by ``detector_only`` names the classes it was trained with but has none)."""
-    return (meta.get("config") or {}).get("num_classes", 1) > 1
+    """Whether a checkpoint's model still has auxiliary outputs after its logit, named by its
+    training record (a file shipped by ``detector_only`` names the classes it was trained with
+    but has no head; a file with more outputs and no such names is not read as a head)."""
+    n = (meta.get("config") or {}).get("num_classes", 1)
+    classes = (meta.get("train_options") or {}).get("aux_classes") or []
+    return n > 1 and len(classes) == n - 1
 
 
 #: The smallest centre crop: 16 px reach the last layer of the pooled network as a 2x2 map.

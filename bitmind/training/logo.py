@@ -281,7 +281,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     for name, path in models.items():
         lm = load_model(path)
         nets[name] = (lm.model.to(dev).eval(), lm.temperature, lm.logit_bias)
-        if has_aux_outputs(lm.meta):  # a shipped file names the classes it was trained with, without the head
+        if has_aux_outputs(lm.meta):  # a head whose classes the file names (a shipped file has none)
             aux_names[name] = list(lm.meta["train_options"]["aux_classes"])
     pooled = {n: [(pooled_name(n, p), p) for p in pools] for n, (net, _, _) in nets.items() if pools and hasattr(net, "logit_map")}
     arrays = {}
