@@ -148,12 +148,25 @@ def synthetic_masks(spec: SweepSpec, names: list[str], n_items: int, keep: float
     return masks
 
 
-def build_variants(spec: SweepSpec, names: list[str], masks: dict, device: torch.device, amp_dtype) -> list[_Variant]:
-    """The sweep's models, as ``run_sweep`` builds them (fresh weights from each variant's seed)."""
+#: Auxiliary classes of the synthetic items (an ``aux_weight`` variant's head): as many as
+#: the pools give (``bitmind.data.families.aux_classes``: real and 7 fake families).
+SYNTHETIC_AUX_CLASSES = 8
+
+
+def synthetic_aux(n_items: int, seed: int) -> tuple[list[str], list[int]]:
+    """Class names and a random class for every item key, for variants with ``aux_weight``."""
+    labels = torch.randint(0, SYNTHETIC_AUX_CLASSES, (n_items,), generator=torch.Generator().manual_seed(seed + 77))
+    return ["real", *(f"family{i}" for i in range(1, SYNTHETIC_AUX_CLASSES))], labels.tolist()
+
+
+def build_variants(spec: SweepSpec, names: list[str], masks: dict, device: torch.device, amp_dtype,
+                   aux: tuple[list[str], list[int]] | None = None) -> list[_Variant]:
+    """The sweep's models, as ``run_sweep`` builds them (fresh weights from each variant's seed;
+    with ``aux``, a head on every variant with ``aux_weight``)."""
     out = []
     for name in names:
         v = _Variant(name, spec.variant_config(name), spec.variant_extras(name), device, amp_dtype,
-                     mask=masks.get(name), training_images=0)
+                     mask=masks.get(name), training_images=0, aux=aux)
         v.begin_epoch(0)
         out.append(v)
     return out
@@ -249,7 +262,7 @@ def time_split(variants, batches: Batches, device, channels_last: bool, start: i
             xv = v.crop(part[0], part[3])
             p["crop"] += clock(t)
             t = time.perf_counter()
-            v.step(xv, part[1], target=v.target(part[1], part[2]))
+            v.step(xv, part[1], target=v.target(part[1], part[2]), aux=v.aux_for(part[3], xv.device))
             v.remember(xv)
             p["step"] += clock(t)
     for p in per.values():
@@ -307,7 +320,7 @@ def run_setting(setting: str, spec: SweepSpec, names: list[str], masks: dict, ba
         warmup = max(warmup, COMPILE_WARMUP)
     channels_last = spec.base.channels_last
     seed_everything(base.seed)
-    variants = build_variants(spec, names, masks, device, amp_dtype)
+    variants = build_variants(spec, names, masks, device, amp_dtype, aux=synthetic_aux(batches.n_items, base.seed))
     t = time.perf_counter()
     for i in range(warmup):
         train_step(variants, batches(i), device, channels_last)

@@ -105,3 +105,25 @@ def test_tuned_spec_takes_the_settings_that_measured_faster(tmp_path):
     assert sweep.base.fused_adam and sweep.variant_config(next(iter(sweep.variants))).fused_adam
     with pytest.raises(ValueError, match="reference"):
         mod.tuned_spec(raw, {"fused_adam": {"ms_per_batch": 1.0}}, 1.08)
+
+
+def test_an_aux_arm_is_timed_with_its_head(tmp_path):
+    """A variant with ``aux_weight`` (logo_swa_aux_s1.json's patch96aux) is built and stepped
+    with its head and the head's loss, as the sweep trains it; the plain arm without."""
+    import torch
+
+    from bitmind.training.logo import spec_with_overrides
+    from bitmind.training.sweep import SweepSpec
+
+    mod = load_script("benchmarks/step_speed.py")
+    raw = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "logo_swa_aux_s1.json").read_text())
+    pools = make_pools(tmp_path / "pools")
+    sweep = SweepSpec.from_dict(spec_with_overrides(raw, "t", data=[str(pools["crops"]), str(pools["aligned"])], device="cpu",
+                                                    checkpoints_dir=str(tmp_path / "ck")))
+    batches = mod.Batches(4, 112, 64, 0, 1, pin=False)
+    aux, plain = mod.build_variants(sweep, ["patch96aux", "patch96nopool"], {}, torch.device("cpu"), None,
+                                    aux=mod.synthetic_aux(batches.n_items, 0))
+    assert aux.net.config["num_classes"] == 1 + mod.SYNTHETIC_AUX_CLASSES and plain.net.config["num_classes"] == 1
+    mod.train_step([aux, plain], batches(0), torch.device("cpu"), channels_last=False)
+    assert float(aux.aux_loss_sum) > 0 and float(plain.aux_loss_sum) == 0
+    mod.free([aux, plain], torch.device("cpu"))
