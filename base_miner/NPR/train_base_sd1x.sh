@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The exact recipe of an earlier shipped model, now mining_models/base_sd1x.pth (see the history in docs/Model.md;
+# The exact recipe of an earlier shipped model, now mining_models/base_sd1x.pth (see docs/Model_history.md;
 # the current mining_models/base.pth comes from base_miner/NPR/train_base_model.sh):
 # a two-member ensemble (an NPR+high-pass residual model and a raw-pixel model), chosen
 # on the validation split from one sweep that trains five variants on one data stream.
@@ -20,7 +20,7 @@ python -m bitmind.ensemble --members $MEMBERS --out "$OUT/ensemble.pth"
 # 4. Platt calibration on six independent validator-challenge draws of the validation split.
 python -m bitmind.calibrate --model "$OUT/ensemble.pth" --data "$DATA" \
   --split val --challenge --seeds 0 1 2 3 4 5 --out "$OUT/ensemble_calibrated.pth"
-# 5. Held-out test figures (docs/Model.md):
+# 5. Held-out test figures (docs/Model_history.md):
 python benchmarks/accuracy.py --model "$OUT/ensemble_calibrated.pth" --data "$DATA" --out "$OUT/accuracy.json"
 # The previous single NPR model (mining_models/npr_f2.pth) came from:
 #   python base_miner/NPR/train_detector.py --data "$DATA" --name base_f2 --seed 0 \
