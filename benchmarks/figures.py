@@ -29,7 +29,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ class Figure:
     compare: tuple[str, ...]
     kind: str = "results"
     note: str = ""
-    inputs: tuple[str, ...] = field(default=())
+    inputs: tuple[str, ...] = ()
 
     def committed_inputs(self) -> list[str]:
         """The repository files the command reads (every ``benchmarks/results`` or
@@ -229,8 +229,7 @@ def main(argv=None) -> int:
     failed = 0
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        fig_dir = Path(args.out_dir) if args.command == "make" and args.out_dir else (
-            FIGURES_DIR if args.command == "make" else scratch)
+        fig_dir = scratch if args.command == "check" else Path(args.out_dir or FIGURES_DIR)
         fig_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             fig = FIGURES[name]

@@ -157,14 +157,12 @@ def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: in
         with_aux_outputs(model, aux_classes, seed=cfg.seed)
     if cfg.init_from:
         from bitmind.checkpoint import read_checkpoint
+        from bitmind.models.npr import detector_only
         from bitmind.training.init_from import check_matches_checkpoint
 
         state, meta = read_checkpoint(cfg.init_from)
         check_matches_checkpoint(cfg, meta)
-        if (meta.get("config") or {}).get("num_classes", 1) > 1:
-            from bitmind.models.npr import without_aux_outputs
-
-            state = without_aux_outputs(state)  # a file trained with an auxiliary head: fine-tuning starts from its detector
+        state, _ = detector_only(state, meta)  # a file trained with an auxiliary head: fine-tuning starts from its detector
         model.load_state_dict(state, strict=True)
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
