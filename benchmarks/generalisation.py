@@ -69,7 +69,7 @@ def cmd_train(args) -> Path:
     print(f"LOGO sweep: {len(sweep['variants'])} variants, folds {sweep['logo']['folds']}", flush=True)
     summary = run_sweep(spec)
     # what actually ran (a time budget can cut the epochs) goes beside what was asked for
-    sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds") if k in summary}
+    sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds", "val_from") if k in summary}
     (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
     return run_dir
 

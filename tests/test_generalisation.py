@@ -360,7 +360,7 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     assert "fake/aligned-taef2" in result["spec"]["variants"]["patch.noaligned"]["exclude_sources"]
     logo_spec = json.loads((tmp_path / "ck" / "logo" / "logo_spec.json").read_text())
     assert logo_spec["base"]["seed"] == 3  # --train_seed
-    assert logo_spec["ran"]["epochs"] == 2 and logo_spec["ran"]["seconds"] > 0  # what ran, beside what was asked
+    assert logo_spec["ran"]["epochs"] == 2 and logo_spec["ran"]["seconds"] > 0 and logo_spec["ran"]["val_from"] == 0  # what ran, beside what was asked
     # --pools: every NPR also scored as the mean of its top 25 % location logits, an arm with the same folds
     assert set(result["regimes"]["validator"]["folds"]["patch_top25"]) == {"flux1", "aligned"}
     assert result["spec"]["variants"]["patch_top25.minus-flux1"]["exclude_sources"] == excl

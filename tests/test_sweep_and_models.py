@@ -577,34 +577,50 @@ def test_time_budget_refit_gives_back_the_epochs_the_start_up_took():
     assert budget_epochs(5, 4.0, 2, 2.0, planned=43) == 3  # at least three epochs
 
 
-@pytest.mark.parametrize("budget_s, epochs", [(1e-3, 3), (1e6, 6)])
-def test_a_time_budget_shortens_a_sweep_but_never_lengthens_it(tmp_path, budget_s, epochs):
+@pytest.mark.parametrize("budget_s, epochs, validated", [(1e-3, 3, [2]), (1e6, 6, [4, 5])])
+def test_a_time_budget_shortens_a_sweep_but_never_lengthens_it(tmp_path, budget_s, epochs, validated):
     """Both fits run inside a real sweep: an exhausted budget stops at the three-epoch floor
-    (history and sweep.json say so), an ample one keeps the planned six through the refit."""
+    (history and sweep.json say so), an ample one keeps the planned six through the refit.
+    Validation and weight averaging planned from epoch 4 of 6 move with the cut (to 2 of 3:
+    the same share of the end), and sweep.json says where they ended up."""
     torch.set_num_threads(1)
     data = make_folder(tmp_path / "data", n_per_class=6, seed=3, size=64)
     spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "b", epochs=6), "time_budget_s": budget_s,
-                                "variants": {"plain": {}}})
+                                "val_from": 4, "variants": {"plain": {}, "avg": {"swa_start": 4}}})
     run_sweep(spec)
     out = tmp_path / "ck" / "b"
-    assert json.loads((out / "sweep.json").read_text())["epochs"] == epochs
-    assert len(json.loads((out / "plain" / "history.json").read_text())) == epochs
+    report = json.loads((out / "sweep.json").read_text())
+    assert (report["epochs"], report["planned_epochs"], report["val_from"]) == (epochs, 6, validated[0])
+    assert report["variants"]["avg"]["swa_start"] == validated[0] and report["variants"]["plain"]["swa_start"] == 0
+    for name, averaged in (("plain", False), ("avg", True)):
+        history = json.loads((out / name / "history.json").read_text())
+        assert [r["epoch"] for r in history] == validated
+        assert all(bool(r.get("averaged")) is averaged for r in history)
 
 
-def test_a_time_budget_that_cuts_a_run_before_its_averaging_says_so(caplog):
-    from bitmind.training.sweep import fit_epochs
+def test_a_time_budget_keeps_the_runs_shape():
+    """A run cut from 78 to fewer epochs still averages and selects over the same share of its
+    end (before: a cut to 30 saved plain weights, averaging planned from 39 never began), the
+    moves are scaled from the plan (two re-plans do not compound), and what has passed stays."""
+    from bitmind.training.sweep import fit_epochs, planned_shape, scaled_epoch
 
-    spec = SweepSpec.from_dict({"base": {"epochs": 78}, "time_budget_s": 100, "variants": {"plain": {}, "swa": {"swa_start": 39}}})
+    spec = SweepSpec.from_dict({"base": {"epochs": 78}, "time_budget_s": 100, "val_from": 39,
+                                "variants": {"plain": {}, "swa": {"swa_start": 39}}})
     variants = [SimpleNamespace(name=n, swa_start=spec.variant_extras(n)["swa_start"], cfg=spec.variant_config(n))
                 for n in spec.variants]
-    with caplog.at_level("WARNING", logger="bitmind.training.sweep"):
-        fit_epochs(spec, variants, 50, "test")
-    assert not caplog.records and all(v.cfg.epochs == 50 for v in variants)  # averaging still starts at 39
-    with caplog.at_level("WARNING", logger="bitmind.training.sweep"):
-        fit_epochs(spec, variants, 30, "test")
-    assert [r.getMessage() for r in caplog.records] == [
-        "variant swa: the time budget ends the run at 30 epochs, before its weight averaging starts (swa_start 39): "
-        "it saves plain weights"]
+    plan = planned_shape(spec, variants)
+    fit_epochs(spec, variants, 29, "test", plan, now=2)
+    assert spec.base.epochs == 29 and all(v.cfg.epochs == 29 for v in variants)
+    assert (spec.val_from, [v.swa_start for v in variants]) == (14, [0, 14])  # round(39 * 29 / 78) = round(14.5); off stays off
+    fit_epochs(spec, variants, 52, "test", plan, now=6)
+    assert (spec.val_from, [v.swa_start for v in variants]) == (26, [0, 26])  # from the plan: not round(14 * 52 / 29) = 25
+    fit_epochs(spec, variants, 78, "test", plan, now=8)
+    assert (spec.base.epochs, spec.val_from, variants[1].swa_start) == (78, 39, 39)  # back to the plan
+    assert scaled_epoch(39, 78, 30, now=20) == 20  # not before the next epoch to run
+    assert scaled_epoch(39, 78, 10, now=9) == 9  # nor after the last
+    assert scaled_epoch(5, 78, 30, now=6) == 5  # already passed: stays
+    fit_epochs(spec, variants, 3, "test", plan, now=8)
+    assert spec.base.epochs == 9 and variants[1].swa_start == 8  # never ends before the epoch about to run
 
 
 def test_center_crop_looks_at_the_central_square_with_the_npr_grid_kept(tmp_path):

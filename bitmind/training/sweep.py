@@ -42,7 +42,9 @@ trains on) and ``seed`` (weight initialisation). These variant options exist onl
 - ``swa_start`` (epoch, 0 = off): from that epoch on, the variant also keeps the plain
   average of its end-of-epoch weights (stochastic weight averaging). Batch-norm
   statistics of the average are re-estimated on recent training batches of the
-  variant's own subset, and the average is what gets validated and saved.
+  variant's own subset, and the average is what gets validated and saved. A time budget
+  that shortens the run moves it in proportion (``fit_epochs``): the same share of the
+  end is averaged.
 - ``distill_from`` (checkpoint path), ``distill_weight`` (0-1, default 1) and
   ``distill_temperature`` (default 1): knowledge distillation. The training target
   becomes ``distill_weight`` x the teacher's P(AI) on the same augmented image, plus the
@@ -52,7 +54,8 @@ trains on) and ``seed`` (weight initialisation). These variant options exist onl
   serving cost. Each teacher is loaded once, whatever the number of variants using it.
 
 Sweep-level ``val_from`` (epoch, default 0) skips validation before that epoch, which
-saves GPU time when the best epoch is known to come late.
+saves GPU time when the best epoch is known to come late; a time budget moves it in
+proportion, as ``swa_start``. ``sweep.json`` records the epochs run and where both ended up.
 
 Writes ``<checkpoints_dir>/<name>/``: ``spec.json``; ``sweep.json`` (per variant: best
 epoch and its validation metrics, plus ensembles of the best variants); and per variant
@@ -295,18 +298,42 @@ def budget_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: 
     return max(min(epochs_done + more, planned), epochs_done, 3)
 
 
-def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str) -> None:
+def planned_shape(spec: SweepSpec, variants: list) -> dict:
+    """The epoch-indexed options of a sweep as planned, before a time budget moves them."""
+    return {"epochs": spec.base.epochs, "val_from": spec.val_from, "swa_start": {v.name: v.swa_start for v in variants}}
+
+
+def scaled_epoch(value: int, planned: int, epochs: int, now: int) -> int:
+    """An epoch index of a ``planned``-epoch run, moved in proportion to a run of ``epochs``:
+    0 (off) stays 0, an index already passed (before ``now``, the next epoch to run) stays
+    where it was, and a moved one lands no earlier than ``now`` and no later than the last
+    epoch."""
+    if not value or value < now:
+        return value
+    return max(min(round(value * epochs / planned), epochs - 1), now)
+
+
+def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str, plan: dict | None = None, now: int = 0) -> None:
     """Re-plan the sweep to ``epochs`` epochs so it ends within ``spec.time_budget_s``; every
     variant's schedule (cosine, warm-up) is re-planned for the new length, so a budgeted run
-    still anneals to its end."""
-    if epochs != spec.base.epochs:
-        print(f"time budget {spec.time_budget_s:.0f}s ({why}): {epochs} epochs instead of {spec.base.epochs}", flush=True)
-        spec.base.epochs = epochs
-        for v in variants:
-            v.cfg.epochs = epochs
-            if v.swa_start >= epochs:
-                logger.warning("variant %s: the time budget ends the run at %d epochs, before its weight averaging "
-                               "starts (swa_start %d): it saves plain weights", v.name, epochs, v.swa_start)
+    still anneals to its end; ``now`` is the next epoch to run, so it never ends before that
+    one. The run keeps its shape: ``val_from`` and each variant's ``swa_start`` not yet
+    passed move in proportion, from the ``plan``
+    (``planned_shape``, the spec's own values if None), so a run cut from 78 to 52 epochs
+    averages and selects over its second half as the 78-epoch plan did (scaled from the
+    plan, not from the previous re-plan, so two re-plans do not compound their rounding)."""
+    plan = plan or planned_shape(spec, variants)
+    epochs = max(epochs, now + 1)
+    if epochs == spec.base.epochs:
+        return
+    spec.base.epochs = epochs
+    spec.val_from = scaled_epoch(plan["val_from"], plan["epochs"], epochs, now)
+    for v in variants:
+        v.cfg.epochs = epochs
+        v.swa_start = scaled_epoch(plan["swa_start"].get(v.name, v.swa_start), plan["epochs"], epochs, now)
+    averaged = {v.name: v.swa_start for v in variants if v.swa_start}
+    print(f"time budget {spec.time_budget_s:.0f}s ({why}): {epochs} epochs instead of {plan['epochs']}, validation from "
+          f"epoch {spec.val_from}" + (f", weight averaging from {averaged}" if averaged else ""), flush=True)
 
 
 class Teachers:
@@ -517,6 +544,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     # start-up of the workers, cuDNN and the first validation), then on a steady window of
     # epochs that holds its share of validations, which may give back the epochs the guess took.
     planned, window = base.epochs, max(spec.val_every, 2)
+    plan = planned_shape(spec, variants)
     t_window = None
     epoch = -1
     while epoch + 1 < base.epochs:
@@ -525,11 +553,11 @@ def run_sweep(spec: SweepSpec) -> dict:
             t_window = time.time()
             elapsed = t_window - t_start
             fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, elapsed, 2, elapsed / 2, planned),
-                       f"{elapsed / 2:.1f}s per epoch over epochs 0-1")
+                       f"{elapsed / 2:.1f}s per epoch over epochs 0-1", plan, now=epoch)
         elif spec.time_budget_s and t_window is not None and epoch == 2 + window:
             steady = (time.time() - t_window) / window
             fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, planned),
-                       f"{steady:.1f}s per epoch over epochs 2-{epoch - 1}")
+                       f"{steady:.1f}s per epoch over epochs 2-{epoch - 1}", plan, now=epoch)
         train_ds.set_epoch(epoch)
         lrs = {v.name: v.begin_epoch(epoch) for v in variants}
         t_epoch = time.time()
@@ -574,10 +602,11 @@ def run_sweep(spec: SweepSpec) -> dict:
         results[v.name] = {"options": spec.variants[v.name], "best": v.best.record, "calibration": calib,
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
                            "parameters": sum(p.numel() for p in v.model.parameters()),
-                           "training_images": v.training_images}
+                           "training_images": v.training_images, "swa_start": v.swa_start}
     summary = {"variants": results, "ensembles": (ensemble_report(best_logits, val_y, spec.ensemble_members)[:20]
                                 if len(variants) > 1 and spec.ensemble_members > 1 else []),
                "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
+               "planned_epochs": planned, "val_from": spec.val_from,
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
     print("\nvariant                best-epoch  val-acc  val-AP  real-acc  fake-acc")
