@@ -12,6 +12,12 @@ decoder traces should send unseen FLUX.1 pictures to its siblings (SD 3.5 shares
 VAE) rather than to "real", and know the families it trained on; one that reads content
 sends them wherever the subject matter fits.
 
+Could the head itself detect the unseen family? Beside the read-out, each fold's
+held-out AUC and detection at real 0.90 (``bitmind.training.logo.score_fold``'s
+definitions, threshold-free) of its detector output and of the head's "not real" log-odds,
+log((1 - P(real)) / P(real)): a head whose "real" class were a better boundary than the
+detector's would show it here.
+
     python benchmarks/aux_attribution.py --scores benchmarks/results/generalisation_swa_aux_s1_scores.npz \\
         --spec benchmarks/results/generalisation_swa_aux_s1_spec.json --arm patch96aux \\
         --out benchmarks/results/aux_attribution_s1.json
@@ -29,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bitmind.data.families import AUX_REAL, sampling_family
-from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX
+from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, score_fold
 
 
 def attribution(probs: np.ndarray, classes: list[str], rows: np.ndarray) -> dict:
@@ -44,6 +50,18 @@ def attribution(probs: np.ndarray, classes: list[str], rows: np.ndarray) -> dict
     top = np.bincount(p.argmax(axis=1), minlength=len(classes)) / len(p)
     return {"n": int(len(p)), "unscored": unscored, "argmax": {c: round(float(s), 4) for c, s in zip(classes, top)},
             "p_real": round(float(p[:, classes.index(AUX_REAL)].mean()), 4)}
+
+
+def as_detector(scores: np.ndarray, sources, splits, labels, held_out: list[str]) -> dict:
+    """Held-out AUC and detection at real 0.90 of one score per picture (higher = AI)."""
+    r = score_fold(scores.astype(np.float64), sources, splits, labels, held_out, held_out)
+    return {"auc": r["heldout_auc"], "at_real90": r["heldout_detection_at_real90"]}
+
+
+def head_not_real(probs: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The head's log-odds of "not real" (NaN where the picture was not scored)."""
+    p = np.clip(probs[:, classes.index(AUX_REAL)].astype(np.float64), 1e-6, 1 - 1e-6)
+    return np.log1p(-p) - np.log(p)
 
 
 def analyse(z, spec: dict, arm: str, regime: str) -> dict:
@@ -61,9 +79,17 @@ def analyse(z, spec: dict, arm: str, regime: str) -> dict:
         if not name.startswith(prefix) or fold.startswith(REAL_FOLD_PREFIX) or f"aux/{regime}/{name}" not in z.files:
             continue
         probs = z[f"aux/{regime}/{name}"]
-        held = np.isin(sources, list(v.get("exclude_sources", []))) & (labels == 1)
+        excluded = list(v.get("exclude_sources", []))
+        held = np.isin(sources, excluded) & (labels == 1)
         out["folds"][fold] = {"held_out": attribution(probs, classes, held),
-                              "real_test": attribution(probs, classes, real_test)}
+                              "real_test": attribution(probs, classes, real_test),
+                              "as_detector": {"detector": as_detector(z[f"{regime}/{name}"], sources, splits, labels, excluded),
+                                              "head_not_real": as_detector(head_not_real(probs, classes), sources, splits,
+                                                                           labels, excluded)}}
+    if out["folds"]:
+        out["as_detector_mean"] = {
+            k: {m: round(float(np.mean([f["as_detector"][k][m] for f in out["folds"].values()])), 4) for m in ("auc", "at_real90")}
+            for k in ("detector", "head_not_real")}
     probs = z[key]
     fam = np.asarray([AUX_REAL if y == 0 else sampling_family(str(s)) for s, y in zip(sources, labels)])
     for c in classes:
@@ -86,6 +112,13 @@ def markdown(res: dict) -> str:
             cells = " | ".join(f"{a['argmax'].get(c, 0):.2f}" for c in classes)
             p_real = f"{a['p_real']:.2f}" if a["p_real"] is not None else "-"
             lines.append(f"| {fold}: {what} | {a['n']} | {cells} | {p_real} |")
+    if res.get("as_detector_mean"):
+        lines += ["", "## Folds as detectors of their held-out family: the detector output and the head's \"not real\"",
+                  "", "| fold | detector AUC | head AUC | detector at real 0.90 | head at real 0.90 |", "|---|---|---|---|---|"]
+        rows = [(f, r["as_detector"]) for f, r in res["folds"].items()] + [("mean", res["as_detector_mean"])]
+        for f, d in rows:
+            lines.append(f"| {f} | {d['detector']['auc']:.3f} | {d['head_not_real']['auc']:.3f} | "
+                         f"{d['detector']['at_real90']:.3f} | {d['head_not_real']['at_real90']:.3f} |")
     lines += ["", "## Everything model: each known family's test pictures", "", head, rule]
     for c, a in res["everything"].items():
         cells = " | ".join(f"**{a['argmax'].get(k, 0):.2f}**" if k == c else f"{a['argmax'].get(k, 0):.2f}" for k in classes)

@@ -148,6 +148,9 @@ def test_a_logo_run_with_an_aux_arm_records_its_classes_and_serves_one_logit(tmp
     assert flux["argmax"]["sdxl"] == pytest.approx(float(np.mean(top == TINY_POOL_CLASSES.index("sdxl"))), abs=1e-4)
     assert set(att["everything"]) <= set(TINY_POOL_CLASSES) and "real" in att["everything"]
     assert "| flux1: held out | 16 |" in out.with_suffix(".md").read_text()
+    det = att["folds"]["flux1"]["as_detector"]
+    assert set(det) == {"detector", "head_not_real"} and 0.0 <= det["head_not_real"]["auc"] <= 1.0
+    assert att["as_detector_mean"]["detector"]["auc"] == pytest.approx(det["detector"]["auc"], abs=1e-4)  # one fold
     # runs merged as arms keep their head's scores under the arm's name
     merged = tmp_path / "merged.npz"
     res = subprocess.run(gen + ["merge", "--runs", f"one={sweep}:aux", f"two={sweep}:plain", "--scores", str(merged),
@@ -244,6 +247,30 @@ def test_aux_attribution_leaves_unscored_pictures_out():
     got = bench.attribution(probs, ["real", "sdxl"], np.array([0, 1, 2]))
     assert got["n"] == 2 and got["unscored"] == 1
     assert got["argmax"] == {"real": 0.5, "sdxl": 0.5} and got["p_real"] == pytest.approx(0.45, abs=1e-3)
+
+
+def test_aux_attribution_scores_the_head_as_a_detector_of_the_unseen_family():
+    """The head's "not real" log-odds rank pictures by P(real), lowest first, and both it and
+    the detector output get the held-out AUC of ``score_fold``: the unseen family's pictures
+    against the real test photos, the held-out source kept out of the negatives."""
+    from conftest import load_script
+
+    bench = load_script("benchmarks/aux_attribution.py")
+    classes = ["real", "sdxl", "flux1"]
+    p_real = np.array([0.5, 0.8, 0.7, 0.2, 0.75, 0.1, np.nan])
+    probs = np.stack([p_real, (1 - p_real) / 2, (1 - p_real) / 2], axis=1).astype(np.float16)
+    odds = bench.head_not_real(probs, classes)
+    assert np.array_equal(np.argsort(odds[:6]), np.argsort(-p_real[:6])) and np.isnan(odds[6])
+    assert odds[3] == pytest.approx(np.log(0.8 / 0.2), abs=1e-2)
+    sources = np.array(["real/a", "real/a", "real/a", "fake/flux1-dev", "fake/flux1-dev", "fake/sdxl", "fake/flux1-dev"])
+    splits = np.array(["val", "test", "test", "train", "test", "test", "test"])
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    head = bench.as_detector(odds, sources, splits, labels, ["fake/flux1-dev"])
+    # held out: flux1 rows 3, 4 (row 6 unscored) against real test rows 1, 2: P(real) 0.2 is below both, 0.75
+    # below 0.8 only; the threshold is the real val row's odds (0), which only row 3 passes
+    assert head["auc"] == pytest.approx(0.75) and head["at_real90"] == pytest.approx(0.5)
+    detector = bench.as_detector(np.array([0.0, -1.0, -2.0, 3.0, 4.0, 9.0, np.nan]), sources, splits, labels, ["fake/flux1-dev"])
+    assert detector["auc"] == 1.0 and detector["at_real90"] == 1.0
 
 
 def test_fine_tuning_from_a_file_with_an_aux_head_starts_from_its_detector(tmp_path):
