@@ -18,8 +18,8 @@ definitions, threshold-free) of its detector output and of the head's "not real"
 log((1 - P(real)) / P(real)): a head whose "real" class were a better boundary than the
 detector's would show it here.
 
-    python benchmarks/aux_attribution.py --scores benchmarks/results/generalisation_swa_aux_s1_scores.npz \\
-        --spec benchmarks/results/generalisation_swa_aux_s1_spec.json --arm patch96aux \\
+    python benchmarks/aux_attribution.py --scores benchmarks/results/generalisation_aux_s1_scores.npz \\
+        --spec benchmarks/results/generalisation_aux_s1_spec.json --arm patch96aux \\
         --out benchmarks/results/aux_attribution_s1.json
 
 Reads the ``aux/<regime>/<variant>`` and ``aux_classes/<variant>`` arrays that
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bitmind.data.families import AUX_REAL, sampling_family
-from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, score_fold
+from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, held_out_sources, score_fold
 
 
 def attribution(probs: np.ndarray, classes: list[str], rows: np.ndarray) -> dict:
@@ -52,10 +52,19 @@ def attribution(probs: np.ndarray, classes: list[str], rows: np.ndarray) -> dict
             "p_real": round(float(p[:, classes.index(AUX_REAL)].mean()), 4)}
 
 
-def as_detector(scores: np.ndarray, sources, splits, labels, held_out: list[str]) -> dict:
-    """Held-out AUC and detection at real 0.90 of one score per picture (higher = AI)."""
-    r = score_fold(scores.astype(np.float64), sources, splits, labels, held_out, held_out)
+def as_detector(scores: np.ndarray, sources, splits, labels, held_out: list[str], excluded: list[str]) -> dict:
+    """Held-out AUC and detection at real 0.90 of one score per picture (higher = AI), as
+    ``generalisation.py analyse`` scores a fold: the fold's family ``held_out``, everything
+    the fold never trained on (``excluded``) kept out of the threshold and the negatives;
+    None where the regime has no held-out fakes or no real test photos."""
+    r = score_fold(scores.astype(np.float64), sources, splits, labels, held_out, excluded)
     return {"auc": r["heldout_auc"], "at_real90": r["heldout_detection_at_real90"]}
+
+
+def mean_of(values) -> float | None:
+    """The mean of the values that exist (None when none does)."""
+    have = [v for v in values if v is not None]
+    return round(float(np.mean(have)), 4) if have else None
 
 
 def head_not_real(probs: np.ndarray, classes: list[str]) -> np.ndarray:
@@ -79,17 +88,21 @@ def analyse(z, spec: dict, arm: str, regime: str) -> dict:
         if not name.startswith(prefix) or fold.startswith(REAL_FOLD_PREFIX) or f"aux/{regime}/{name}" not in z.files:
             continue
         probs = z[f"aux/{regime}/{name}"]
-        excluded = list(v.get("exclude_sources", []))
-        held = np.isin(sources, excluded) & (labels == 1)
+        # the fold's own family (as analyse holds it out), not every source the variant
+        # excludes: a control's or recipe's own exclusions are not the unseen family
+        held_out, excluded = held_out_sources(fold, sorted(set(sources.tolist()))), list(v.get("exclude_sources", []))
+        held = np.isin(sources, held_out) & (labels == 1)
+        # both scores on the same pictures: a row either could not score is left out of both
+        detector, head = z[f"{regime}/{name}"].astype(np.float64), head_not_real(probs, classes)
+        unscored = np.isnan(detector) | np.isnan(head)
+        detector[unscored], head[unscored] = np.nan, np.nan
         out["folds"][fold] = {"held_out": attribution(probs, classes, held),
                               "real_test": attribution(probs, classes, real_test),
-                              "as_detector": {"detector": as_detector(z[f"{regime}/{name}"], sources, splits, labels, excluded),
-                                              "head_not_real": as_detector(head_not_real(probs, classes), sources, splits,
-                                                                           labels, excluded)}}
+                              "as_detector": {"detector": as_detector(detector, sources, splits, labels, held_out, excluded),
+                                              "head_not_real": as_detector(head, sources, splits, labels, held_out, excluded)}}
     if out["folds"]:
-        out["as_detector_mean"] = {
-            k: {m: round(float(np.mean([f["as_detector"][k][m] for f in out["folds"].values()])), 4) for m in ("auc", "at_real90")}
-            for k in ("detector", "head_not_real")}
+        out["as_detector_mean"] = {k: {m: mean_of(f["as_detector"][k][m] for f in out["folds"].values())
+                                       for m in ("auc", "at_real90")} for k in ("detector", "head_not_real")}
     probs = z[key]
     fam = np.asarray([AUX_REAL if y == 0 else sampling_family(str(s)) for s, y in zip(sources, labels)])
     for c in classes:
@@ -116,9 +129,10 @@ def markdown(res: dict) -> str:
         lines += ["", "## Folds as detectors of their held-out family: the detector output and the head's \"not real\"",
                   "", "| fold | detector AUC | head AUC | detector at real 0.90 | head at real 0.90 |", "|---|---|---|---|---|"]
         rows = [(f, r["as_detector"]) for f, r in res["folds"].items()] + [("mean", res["as_detector_mean"])]
+        cell = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731 - no held-out fakes in this regime
         for f, d in rows:
-            lines.append(f"| {f} | {d['detector']['auc']:.3f} | {d['head_not_real']['auc']:.3f} | "
-                         f"{d['detector']['at_real90']:.3f} | {d['head_not_real']['at_real90']:.3f} |")
+            lines.append(f"| {f} | {cell(d['detector']['auc'])} | {cell(d['head_not_real']['auc'])} | "
+                         f"{cell(d['detector']['at_real90'])} | {cell(d['head_not_real']['at_real90'])} |")
     lines += ["", "## Everything model: each known family's test pictures", "", head, rule]
     for c, a in res["everything"].items():
         cells = " | ".join(f"**{a['argmax'].get(k, 0):.2f}**" if k == c else f"{a['argmax'].get(k, 0):.2f}" for k in classes)

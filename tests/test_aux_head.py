@@ -265,12 +265,44 @@ def test_aux_attribution_scores_the_head_as_a_detector_of_the_unseen_family():
     sources = np.array(["real/a", "real/a", "real/a", "fake/flux1-dev", "fake/flux1-dev", "fake/sdxl", "fake/flux1-dev"])
     splits = np.array(["val", "test", "test", "train", "test", "test", "test"])
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
-    head = bench.as_detector(odds, sources, splits, labels, ["fake/flux1-dev"])
+    head = bench.as_detector(odds, sources, splits, labels, ["fake/flux1-dev"], ["fake/flux1-dev"])
     # held out: flux1 rows 3, 4 (row 6 unscored) against real test rows 1, 2: P(real) 0.2 is below both, 0.75
     # below 0.8 only; the threshold is the real val row's odds (0), which only row 3 passes
     assert head["auc"] == pytest.approx(0.75) and head["at_real90"] == pytest.approx(0.5)
-    detector = bench.as_detector(np.array([0.0, -1.0, -2.0, 3.0, 4.0, 9.0, np.nan]), sources, splits, labels, ["fake/flux1-dev"])
+    detector = bench.as_detector(np.array([0.0, -1.0, -2.0, 3.0, 4.0, 9.0, np.nan]), sources, splits, labels,
+                                 ["fake/flux1-dev"], ["fake/flux1-dev"])
     assert detector["auc"] == 1.0 and detector["at_real90"] == 1.0
+
+
+def test_aux_attribution_holds_out_the_folds_family_only(tmp_path):
+    """A fold variant that also excludes another source (a control's own exclusion) still
+    reads out and scores only its own family as held out, as ``analyse`` does; a picture one
+    score could not read is left out of both; a mean skips folds without held-out fakes."""
+    from conftest import load_script
+
+    bench = load_script("benchmarks/aux_attribution.py")
+    assert bench.mean_of([0.5, None, 0.7]) == pytest.approx(0.6) and bench.mean_of([None]) is None
+    classes = ["real", "sdxl", "flux1"]
+    sources = np.array(["real/a"] * 4 + ["fake/flux1-dev"] * 3 + ["fake/sdxl"] * 2)
+    splits = np.array(["val", "val", "test", "test", "test", "test", "test", "test", "test"])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1], dtype=np.int8)
+    p_real = np.array([0.9, 0.8, 0.85, 0.7, 0.2, 0.3, 0.95, 0.4, 0.6])
+    head = np.stack([p_real, 1 - p_real, np.zeros_like(p_real)], axis=1).astype(np.float16)
+    detector = np.array([-2.0, -1.0, -1.5, -0.5, 1.0, 2.0, np.nan, 0.5, 0.0], dtype=np.float32)
+    np.savez(tmp_path / "s.npz", **{"validator/source": sources, "validator/split": splits, "validator/label": labels,
+                                    "validator/aux.minus-flux1": detector, "aux/validator/aux.minus-flux1": head,
+                                    "aux/validator/aux": head, "aux_classes/aux": np.array(classes)})
+    spec = {"variants": {"aux": {}, "aux.minus-flux1": {"exclude_sources": ["fake/flux1-dev", "fake/sdxl"]}}}
+    with np.load(tmp_path / "s.npz") as z:
+        res = bench.analyse(z, spec, "aux", "validator")
+    fold = res["folds"]["flux1"]
+    assert fold["held_out"]["n"] == 3  # the three FLUX.1 pictures, not the two SDXL ones it also excluded
+    # the detector could not score the third FLUX.1 picture (which the head takes for real): both
+    # AUCs on the other two against the real test photos, so the head's is 1.0, not 4/6
+    assert fold["as_detector"]["detector"]["auc"] == 1.0 and fold["as_detector"]["head_not_real"]["auc"] == 1.0
+    assert fold["as_detector"]["head_not_real"]["at_real90"] == pytest.approx(1.0)
+    assert res["as_detector_mean"]["detector"]["auc"] == 1.0
+    assert "| mean | 1.000 | 1.000 |" in bench.markdown(res)
 
 
 def test_fine_tuning_from_a_file_with_an_aux_head_starts_from_its_detector(tmp_path):

@@ -604,23 +604,34 @@ def test_a_time_budget_keeps_the_runs_shape():
     moves are scaled from the plan (two re-plans do not compound), and what has passed stays."""
     from bitmind.training.sweep import fit_epochs, planned_shape, scaled_epoch
 
-    spec = SweepSpec.from_dict({"base": {"epochs": 78}, "time_budget_s": 100, "val_from": 39,
-                                "variants": {"plain": {}, "swa": {"swa_start": 39}}})
-    variants = [SimpleNamespace(name=n, swa_start=spec.variant_extras(n)["swa_start"], cfg=spec.variant_config(n))
-                for n in spec.variants]
-    plan = planned_shape(spec, variants)
+    def sweep():
+        spec = SweepSpec.from_dict({"base": {"epochs": 78}, "time_budget_s": 100, "val_from": 39,
+                                    "variants": {"plain": {}, "swa": {"swa_start": 39}}})
+        variants = [SimpleNamespace(name=n, swa_start=spec.variant_extras(n)["swa_start"], cfg=spec.variant_config(n))
+                    for n in spec.variants]
+        return spec, variants, planned_shape(spec, variants)
+
+    spec, variants, plan = sweep()
     fit_epochs(spec, variants, 29, "test", plan, now=2)
     assert spec.base.epochs == 29 and all(v.cfg.epochs == 29 for v in variants)
-    assert (spec.val_from, [v.swa_start for v in variants]) == (14, [0, 14])  # round(39 * 29 / 78) = round(14.5); off stays off
+    assert (spec.val_from, [v.swa_start for v in variants]) == (15, [0, 15])  # 39 * 29 / 78 = 14.5, up; off stays off
     fit_epochs(spec, variants, 52, "test", plan, now=6)
-    assert (spec.val_from, [v.swa_start for v in variants]) == (26, [0, 26])  # from the plan: not round(14 * 52 / 29) = 25
+    assert (spec.val_from, [v.swa_start for v in variants]) == (26, [0, 26])  # from the plan: not 15 * 52 / 29 -> 27
     fit_epochs(spec, variants, 78, "test", plan, now=8)
     assert (spec.base.epochs, spec.val_from, variants[1].swa_start) == (78, 39, 39)  # back to the plan
+    fit_epochs(spec, variants, 3, "test", plan, now=8)
+    assert spec.base.epochs == 9 and variants[1].swa_start == 8  # never ends before the epoch about to run
+    # a hard first cut starts averaging and validation early; the steady re-plan leaves them
+    # there (moving them later would keep the early weights in the average, stale between)
+    spec, variants, plan = sweep()
+    fit_epochs(spec, variants, 5, "test", plan, now=2)
+    assert (spec.val_from, variants[1].swa_start) == (3, 3)
+    fit_epochs(spec, variants, 52, "test", plan, now=4)
+    assert (spec.base.epochs, spec.val_from, variants[1].swa_start) == (52, 3, 3)
     assert scaled_epoch(39, 78, 30, now=20) == 20  # not before the next epoch to run
     assert scaled_epoch(39, 78, 10, now=9) == 9  # nor after the last
     assert scaled_epoch(5, 78, 30, now=6) == 5  # already passed: stays
-    fit_epochs(spec, variants, 3, "test", plan, now=8)
-    assert spec.base.epochs == 9 and variants[1].swa_start == 8  # never ends before the epoch about to run
+    assert scaled_epoch(1, 78, 30, now=0) == 1  # a short averaging stays on
 
 
 def test_center_crop_looks_at_the_central_square_with_the_npr_grid_kept(tmp_path):

@@ -68,6 +68,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,7 +294,8 @@ def selection_score(m: dict) -> float:
 def budget_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: float, planned: int) -> int:
     """How many epochs fit in ``budget_s``: the ``epochs_done`` already run (in ``elapsed_s``)
     plus as many more as the remaining time allows at ``epoch_s`` each (training and its share
-    of validation), never more than ``planned`` nor fewer than ``max(epochs_done, 3)``."""
+    of validation), never more than ``planned`` nor fewer than ``max(epochs_done, 3)``
+    (``fit_epochs`` then keeps the epoch about to run)."""
     more = int(max(budget_s - elapsed_s, 0.0) / max(epoch_s, 1e-6))
     return max(min(epochs_done + more, planned), epochs_done, 3)
 
@@ -305,12 +307,12 @@ def planned_shape(spec: SweepSpec, variants: list) -> dict:
 
 def scaled_epoch(value: int, planned: int, epochs: int, now: int) -> int:
     """An epoch index of a ``planned``-epoch run, moved in proportion to a run of ``epochs``:
-    0 (off) stays 0, an index already passed (before ``now``, the next epoch to run) stays
-    where it was, and a moved one lands no earlier than ``now`` and no later than the last
-    epoch."""
+    0 (off) stays 0 and a moved one stays on (at least 1), an index already passed (before
+    ``now``, the next epoch to run) stays where it was, and a moved one lands no earlier than
+    ``now`` and no later than the last epoch; halves round up."""
     if not value or value < now:
         return value
-    return max(min(round(value * epochs / planned), epochs - 1), now)
+    return max(min(math.floor(value * epochs / planned + 0.5), epochs - 1), now, 1)
 
 
 def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str, plan: dict | None = None, now: int = 0) -> None:
@@ -327,10 +329,14 @@ def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str, plan: dic
     if epochs == spec.base.epochs:
         return
     spec.base.epochs = epochs
-    spec.val_from = scaled_epoch(plan["val_from"], plan["epochs"], epochs, now)
+    # an index the run has already passed (validation or averaging under way since an earlier
+    # re-plan) stays: moving it would leave early epochs in the average or among the candidates
+    if not 0 < spec.val_from < now:
+        spec.val_from = scaled_epoch(plan["val_from"], plan["epochs"], epochs, now)
     for v in variants:
         v.cfg.epochs = epochs
-        v.swa_start = scaled_epoch(plan["swa_start"].get(v.name, v.swa_start), plan["epochs"], epochs, now)
+        if not 0 < v.swa_start < now:
+            v.swa_start = scaled_epoch(plan["swa_start"].get(v.name, v.swa_start), plan["epochs"], epochs, now)
     averaged = {v.name: v.swa_start for v in variants if v.swa_start}
     print(f"time budget {spec.time_budget_s:.0f}s ({why}): {epochs} epochs instead of {plan['epochs']}, validation from "
           f"epoch {spec.val_from}" + (f", weight averaging from {averaged}" if averaged else ""), flush=True)
