@@ -302,10 +302,11 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
-    p.add_argument("--pools", nargs="*", default=[], metavar="topNN|cropNNN",
+    p.add_argument("--pools", nargs="*", default=[], metavar="topNN|cropNNN|flip",
                    help="score: also score every NPR with these views, as arms <recipe>_<view> with the same folds, "
-                        "without training: topNN pools (mean of the NN %% highest location logits) and cropNNN "
-                        "(the central NNN px only, as center_crop serves it; bitmind.models.npr)")
+                        "without training: topNN pools (mean of the NN %% highest location logits), cropNNN "
+                        "(the central NNN px only, as center_crop serves it) and flip (the mean logit of the picture "
+                        "and its mirror, as flip_mean serves it; bitmind.models.npr)")
     p.add_argument("--train_seed", type=int, default=None,
                    help="train: seed of weights, sampling and augmentation (default: the spec's); a replicate of a run")
     p.add_argument("--baseline", nargs="*", default=[], metavar="NAME=PATH[:fake/src,...]",
@@ -331,7 +332,7 @@ def main(argv=None):
         for pool in args.pools:
             view = view_of(pool)
             if view is None or (view[0] == "pool" and top_fraction(pool) == 1.0 and pool != "top100"):
-                raise ValueError(f"--pools takes topNN pools and cropNNN centre crops, not {pool!r} "
+                raise ValueError(f"--pools takes topNN pools, cropNNN centre crops and flip, not {pool!r} "
                                  "('mean' of the whole picture is what every model is scored with anyway)")
             if view[0] == "center_crop":
                 check_center_crop(view[1])

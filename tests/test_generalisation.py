@@ -346,7 +346,7 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
            "--data", str(pools["crops"]), str(pools["aligned"]), "--challenge_data", str(pools["chal"]),
            "--checkpoints_dir", str(tmp_path / "ck"), "--name", "logo", "--epochs", "2", "--workers", "0",
            "--baseline", f"tiny={REPO / 'mining_models' / 'npr_f2.pth'}:fake/sd1x", "--out", str(out), "--figure", str(fig),
-           "--ensemble", "both=patch+patch.noaligned", "--train_seed", "3", "--pools", "top25", "crop96"]
+           "--ensemble", "both=patch+patch.noaligned", "--train_seed", "3", "--pools", "top25", "crop96", "flip"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -371,6 +371,10 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     assert set(result["regimes"]["validator"]["folds"]["patch_crop96"]) == {"flux1", "aligned"}
     crop = scores["validator/patch_crop96.minus-flux1"]
     assert crop.shape == mean.shape and not np.allclose(crop, mean, atol=1e-3)
+    # --pools flip: the mean logit of each picture and its mirror (how flip_mean serves)
+    assert set(result["regimes"]["validator"]["folds"]["patch_flip"]) == {"flux1", "aligned"}
+    flip = scores["validator/patch_flip.minus-flux1"]
+    assert flip.shape == mean.shape and not np.allclose(flip, mean, atol=1e-4)
     # a control without the ready-made challenges trains on everything but that root
     sweep = json.loads((tmp_path / "ck" / "logo" / "sweep.json").read_text())
     n_chal = sweep["splits"][str(pools["chal"])]["train"]
@@ -412,6 +416,15 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     crop_model = load_model(tmp_path / "crop.pth")
     assert crop_model.model.center_crop == 96 and crop_model.meta["config"]["center_crop"] == 96 and crop_model.model.pool == "mean"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generalisation.py"), "ship", "--sweep", str(tmp_path / "ck" / "logo"),
+                          "--variant", "patch_flip", "--ship_out", str(tmp_path / "flip.pth")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    flip_model = load_model(tmp_path / "flip.pth")
+    assert flip_model.model.flip_mean and flip_model.meta["config"]["flip_mean"] is True
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():  # served as scored: the mean of the picture's and its mirror's logits
+        want = (lm.model(x) + lm.model(x.flip(-1))) / 2
+        assert torch.allclose(flip_model.model(x), want, atol=1e-5)
 
 
 def test_real_kind_folds_hold_out_a_camera_and_report_how_much_of_it_is_kept_real(tmp_path):
@@ -488,7 +501,8 @@ def test_views_name_their_arms_and_are_undone():
     from bitmind.training.logo import pooled_name, unpooled, view_of
 
     assert view_of("top25") == ("pool", "top25") and view_of("crop192") == ("center_crop", 192)
-    assert view_of("mean") is None and view_of("cropped") is None
+    assert view_of("flip") == ("flip_mean", True) and unpooled("patch96nopool_flip.minus-gans") == ("patch96nopool.minus-gans", "flip")
+    assert view_of("mean") is None and view_of("cropped") is None and view_of("flips") is None
     assert pooled_name("patch96nopool.minus-gans", "crop192") == "patch96nopool_crop192.minus-gans"
     assert unpooled("patch96nopool_crop192.minus-gans") == ("patch96nopool.minus-gans", "crop192")
     assert unpooled("patch96nopool_top5") == ("patch96nopool", "top5")

@@ -634,6 +634,35 @@ def test_a_time_budget_keeps_the_runs_shape():
     assert scaled_epoch(1, 78, 30, now=0) == 1  # a short averaging stays on
 
 
+def test_flip_mean_answers_a_picture_and_its_mirror_alike(tmp_path):
+    """``flip_mean`` in the config: the mean of the outputs for the input and its mirror, so
+    a picture and its left-right mirror get the same answer (validators mirror at random);
+    the same weights, stored in the file's config and served from it."""
+    from bitmind.checkpoint import load_model, model_meta, save_checkpoint
+
+    torch.manual_seed(0)
+    plain = build_model("npr", input="npr_hp", stem_pool=False, **TINY).eval()
+    flip = build_model("npr", input="npr_hp", stem_pool=False, flip_mean=True, **TINY).eval()
+    flip.load_state_dict(plain.state_dict())
+    assert "flip_mean" not in plain.config and flip.config["flip_mean"] is True
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), plain(x.flip(-1)), atol=1e-4)  # the plain network is not symmetric
+        assert torch.allclose(flip(x), flip(x.flip(-1)), atol=1e-5)
+        assert torch.allclose(flip(x), (plain(x) + plain(x.flip(-1))) / 2, atol=1e-5)
+    save_checkpoint(flip, tmp_path / "flip.pth", model_meta(flip, "npr"))
+    served = load_model(tmp_path / "flip.pth").model.eval()
+    with torch.no_grad():
+        assert served.flip_mean and torch.allclose(served(x), flip(x), atol=1e-6)
+    # the miner's CPU copy (batch norms folded, fp32) keeps the option
+    from bitmind.inference import forward_logits, serving_forward
+
+    module, amp, channels_last = serving_forward(served, torch.device("cpu"), amp=None)
+    got = forward_logits(module, x, torch.device("cpu"), amp, channels_last)
+    assert torch.allclose(got, flip(x)[:, 0], atol=1e-4)
+    assert torch.allclose(got, forward_logits(module, x.flip(-1), torch.device("cpu"), amp, channels_last), atol=1e-4)
+
+
 def test_center_crop_looks_at_the_central_square_with_the_npr_grid_kept(tmp_path):
     """``center_crop`` in the config: the same weights on the central N x N of the input
     (even offset, so NPR's 2x2 blocks stay where they were); served from the file alone."""

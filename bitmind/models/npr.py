@@ -41,6 +41,11 @@ load unchanged):
   default, looks at all of it). A serve-time option for the same weights: a network
   trained on 96 px patches needs less than the 256 px picture, and the cost follows the
   area. Stored in the config only when set.
+* ``flip_mean``: answer with the mean of the outputs for the input and its mirror image
+  (left-right). Validators mirror challenges at random, so a detector that gives a picture
+  and its mirror the same answer loses nothing to the draw; twice the forward cost. A
+  serve-time option for the same weights, stored in the config only when set; LOGO scores
+  it as the ``flip`` view (``generalisation.py score --pools flip``).
 """
 from __future__ import annotations
 
@@ -172,7 +177,8 @@ class NPR(nn.Module):
     (``TrainConfig.aux_weight``); every caller reads the first (``forward_logits``)."""
 
     def __init__(self, layers=(3, 4), width: int = 64, num_classes: int = 1, dropout: float = 0.0,
-                 input: str = "npr", stem_pool: bool = True, pool: str = "mean", center_crop: int = 0):
+                 input: str = "npr", stem_pool: bool = True, pool: str = "mean", center_crop: int = 0,
+                 flip_mean: bool = False):
         super().__init__()
         check_center_crop(center_crop)
         if input not in INPUT_MODES:
@@ -184,8 +190,9 @@ class NPR(nn.Module):
             raise ValueError(f"pool {pool!r} needs num_classes 1, got {num_classes}")
         self.config = {"layers": list(layers), "width": width, "num_classes": num_classes, "dropout": dropout,
                        "input": input, "stem_pool": stem_pool, **({"pool": pool} if pool != "mean" else {}),
-                       **({"center_crop": center_crop} if center_crop else {})}
-        self.input_mode, self.pool, self.center_crop = input, pool, center_crop
+                       **({"center_crop": center_crop} if center_crop else {}),
+                       **({"flip_mean": True} if flip_mean else {})}
+        self.input_mode, self.pool, self.center_crop, self.flip_mean = input, pool, center_crop, bool(flip_mean)
         self.inplanes = width
         self.conv1 = nn.Conv2d(_CHANNELS[input], width, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -235,6 +242,12 @@ class NPR(nn.Module):
         return torch.einsum("bchw,c->bhw", f, self.fc1.weight[0].to(f.dtype)) + self.fc1.bias[0].to(f.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_mean:
+            return (self.forward_view(x) + self.forward_view(x.flip(-1))) / 2
+        return self.forward_view(x)
+
+    def forward_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The outputs for ``x`` as it is (``forward`` without ``flip_mean``)."""
         if self.pool != "mean":
             return pool_logit_map(self.logit_map(x), self.pool)[:, None]
         x = torch.flatten(self.avgpool(self.features(x)), 1)

@@ -230,7 +230,10 @@ def unpooled(variant: str) -> tuple[str, str | None]:
 def view_of(name: str) -> tuple[str, object] | None:
     """How an arm of ``score --pools`` looks at a trained NPR without training it again:
     ``topNN`` -> ("pool", "topNN") (the mean of the NN % highest location logits);
-    ``cropNNN`` -> ("center_crop", NNN) (the central NNN px only, ``center_square``); else None."""
+    ``cropNNN`` -> ("center_crop", NNN) (the central NNN px only, ``center_square``);
+    ``flip`` -> ("flip_mean", True) (the mean logit of the picture and its mirror); else None."""
+    if name == "flip":
+        return ("flip_mean", True)
     for prefix, key in (("top", "pool"), ("crop", "center_crop")):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             return (key, name) if key == "pool" else (key, int(name[len(prefix):]))
@@ -261,8 +264,8 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     into one ``.npz``: ``<regime>/source``, ``/split``, ``/label``, ``/<model>``, and each
     model's own calibration as ``calibration/<model>`` = (T, b). Raw logits, so that
     ``analyse`` can fix every fold's threshold the same way, on CPU. Each NPR (a model with
-    ``logit_map``) is also scored with every view of ``pools`` (``topNN`` pools and
-    ``cropNNN`` centre crops: ``view_of``, ``bitmind.models.npr``) as ``pooled_name(model,
+    ``logit_map``) is also scored with every view of ``pools`` (``topNN`` pools,
+    ``cropNNN`` centre crops, ``flip``: ``view_of``, ``bitmind.models.npr``) as ``pooled_name(model,
     view)``; it has no stored calibration (its logits are on another scale), so ``analyse``
     fits one as for a fold. A model trained with an auxiliary family head (``aux_weight``)
     also gets ``aux/<regime>/<model>``, its head's class probabilities (float16, one row per
@@ -309,6 +312,8 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                             key, value = view_of(p)
                             if key == "center_crop":
                                 z = forward_logits(net, center_square(x, value), dev, amp, channels_last=False)
+                            elif key == "flip_mean":  # as NPR.forward with flip_mean: the mean with the mirror's
+                                z = (outputs[:, 0].float() + forward_logits(net, x.flip(-1), dev, amp, channels_last=False)) / 2
                             else:
                                 if lmap is None:
                                     with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
@@ -565,8 +570,9 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
     calibration the analysis uses: a class-balanced Platt fit on the validation pictures of
     every regime in the scores file (ready-made challenges as sent, crop pools through the
     validator pipeline), its boundary moved to ``real_target`` of the validation real
-    photos if given. ``pool`` (the view of a ``pooled_name`` arm, ``topNN`` or ``cropNNN``:
-    ``variant`` is then that arm) goes into the model's config (``pool`` or ``center_crop``),
+    photos if given. ``pool`` (the view of a ``pooled_name`` arm, ``topNN``, ``cropNNN`` or
+    ``flip``: ``variant`` is then that arm) goes into the model's config (``pool``,
+    ``center_crop`` or ``flip_mean``),
     so it serves as it was scored. A model trained with an auxiliary family head ships without
     it (``detector_only``): the miner serves the first output alone, and the file then has a
     plain ``base.pth``'s shapes, so a running miner swaps it in place; the sweep's checkpoint
