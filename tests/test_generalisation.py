@@ -515,6 +515,38 @@ def test_views_name_their_arms_and_are_undone():
             gen.main(["score", "--pools", bad])
 
 
+def test_pooled_views_of_a_flip_model_score_as_it_would_serve(tmp_path):
+    """A model that already serves ``flip_mean`` (a shipped flip file as a ``--baseline``):
+    its ``topNN`` view pools each mirror's location logits, as the file shipped with that pool
+    would serve (not the unflipped map alone), and its ``flip`` view is itself."""
+    from bitmind.checkpoint import load_model, model_meta, save_checkpoint
+    from bitmind.inference import forward_logits
+    from bitmind.models import build_model
+    from bitmind.training.logo import regime_loader, score_models, scored_items
+
+    from PIL import Image
+
+    rng = np.random.default_rng(2)  # noise: a residual that a mirror changes (flat pictures have none)
+    data = tmp_path / "data"
+    for cls in ("real", "fake"):
+        (data / cls / "noise").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / cls / "noise" / f"{cls}{i}_0.png")
+    torch.manual_seed(0)
+    net = build_model("npr", layers=[1, 1], width=8, flip_mean=True).eval()
+    save_checkpoint(net, tmp_path / "flip.pth", model_meta(net, "npr"))
+    out = score_models({"m": str(tmp_path / "flip.pth")}, {"validator": [str(data)]}, tmp_path / "s.npz", device="cpu",
+                       workers=0, pools=["top25", "flip"])
+    z = np.load(out)
+    pooled = build_model("npr", layers=[1, 1], width=8, flip_mean=True, pool="top25").eval()
+    pooled.load_state_dict(load_model(tmp_path / "flip.pth").model.state_dict())
+    x, _, k, _ = next(iter(regime_loader(scored_items([str(data)]), "validator", batch_size=64, workers=0)))
+    with torch.no_grad():
+        want = forward_logits(pooled, x).numpy()
+    assert np.allclose(z["validator/m_top25"][k.numpy()], want, atol=1e-5)
+    assert np.allclose(z["validator/m_flip"], z["validator/m"], atol=1e-5)
+
+
 def test_spec_with_overrides_builds_the_sweep_a_run_would(tmp_path):
     """A LOGO spec becomes its sweep (folds from the roots' sources, overrides and seed in
     the base); a sweep spec keeps its variants and gets the same overrides; None overrides

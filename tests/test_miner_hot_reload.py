@@ -103,9 +103,10 @@ def test_stem_pool_change_swaps_in_place_and_serves_the_new_config(tmp_path, ima
         predictor.close()
 
 
-def test_centre_crop_change_swaps_in_place(tmp_path, image_factory):
+def test_centre_crop_change_swaps_in_place(tmp_path, image_factory, caplog):
     """base.pth -> base_crop192.pth in a running miner: the same weights with ``center_crop``
-    in the config are the same structure, so the copy swaps in place and the crop serves."""
+    in the config are the same structure, so the copy swaps in place and the crop serves;
+    the log says the serve-time config changed."""
     from bitmind.checkpoint import save_checkpoint
     from bitmind.models import build_model
 
@@ -120,7 +121,10 @@ def test_centre_crop_change_swaps_in_place(tmp_path, image_factory):
     try:
         whole = predictor.predict_image(image)
         replace_file(path, lambda p: save_checkpoint(tiny(center_crop=96), p))
-        cropped = predictor.predict_image(image)
+        with caplog.at_level("INFO", logger="bitmind.miner.reload"):
+            cropped = predictor.predict_image(image)
+        assert any("serve-time config changes" in r.getMessage() and "'center_crop': 96" in r.getMessage()
+                   for r in caplog.records)
         assert predictor.status()["reloads"] == 1 and load_model(path).meta["config"]["center_crop"] == 96
         assert cropped == pytest.approx(predict(load_model(path), image), abs=1e-5)
         assert cropped != pytest.approx(whole, abs=1e-6)  # same weights, less of the picture: another answer

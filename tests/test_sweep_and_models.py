@@ -654,8 +654,13 @@ def test_flip_mean_answers_a_picture_and_its_mirror_alike(tmp_path):
     served = load_model(tmp_path / "flip.pth").model.eval()
     with torch.no_grad():
         assert served.flip_mean and torch.allclose(served(x), flip(x), atol=1e-6)
-    # the miner's CPU copy (batch norms folded, fp32) keeps the option
-    from bitmind.inference import forward_logits, serving_forward
+    # the miner's CPU copy (batch norms folded, fp32) keeps the option; both views run in one
+    # pass, so folding finds every conv once (as for the plain network)
+    import copy
+
+    from bitmind.inference import fold_batch_norms, forward_logits, serving_forward
+
+    assert fold_batch_norms(copy.deepcopy(served)) == fold_batch_norms(copy.deepcopy(plain)) > 0
 
     module, amp, channels_last = serving_forward(served, torch.device("cpu"), amp=None)
     got = forward_logits(module, x, torch.device("cpu"), amp, channels_last)

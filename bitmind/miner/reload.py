@@ -143,6 +143,11 @@ class ModelSlot:
                 raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
                                       f"the serving model's ({expected.meta.get('config')}); restart the miner "
                                       "(or allow architecture changes) to serve it")
+            if expected is not None and (lm.meta.get("config") or {}) != (expected.meta.get("config") or {}):
+                # same shapes, other serve-time options (center_crop, pool, flip_mean): it swaps in
+                # place, but what a request costs and sees may change, so say it
+                logger.info("%s: same parameter shapes, serve-time config changes from %s to %s", path,
+                            expected.meta.get("config"), lm.meta.get("config"))
             if self.device.type == "cuda":
                 lm.model = lm.model.to(memory_format=torch.channels_last)
             out = logits_of(lm.model, torch.zeros(2, 3, TARGET_SIZE, TARGET_SIZE), self.amp_dtype)

@@ -313,12 +313,13 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                             if key == "center_crop":
                                 z = forward_logits(net, center_square(x, value), dev, amp, channels_last=False)
                             elif key == "flip_mean":  # as NPR.forward with flip_mean: the mean with the mirror's
-                                z = (outputs[:, 0].float() + forward_logits(net, x.flip(-1), dev, amp, channels_last=False)) / 2
-                            else:
+                                z = (outputs[:, 0] + forward_logits(net, x.flip(-1), dev, amp, channels_last=False)) / 2
+                            else:  # a net that serves flip_mean pools each view's map, as its forward does
                                 if lmap is None:
+                                    views = (x, x.flip(-1)) if getattr(net, "flip_mean", False) else (x,)
                                     with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                                        lmap = net.logit_map(x).float()
-                                z = pool_logit_map(lmap, p)
+                                        lmap = [net.logit_map(v).float() for v in views]
+                                z = sum(pool_logit_map(m, p) for m in lmap) / len(lmap)
                             probs[d][k.numpy()] = z.cpu().numpy()
         arrays[f"{regime}/source"] = np.asarray([it[2] for it in items])
         arrays[f"{regime}/split"] = np.asarray([it[3] for it in items])
