@@ -81,6 +81,7 @@ def analyse(z, spec: dict, arm: str, regime: str) -> dict:
     classes = [str(c) for c in z[f"aux_classes/{arm}"]]
     sources, splits, labels = z[f"{regime}/source"], z[f"{regime}/split"], z[f"{regime}/label"]
     real_test = (labels == 0) & (splits == "test")
+    present = sorted(set(sources.tolist()))
     out = {"arm": arm, "regime": regime, "classes": classes, "folds": {}, "everything": {}}
     prefix = arm + FOLD_SEP
     for name, v in sorted(spec["variants"].items()):
@@ -90,7 +91,7 @@ def analyse(z, spec: dict, arm: str, regime: str) -> dict:
         probs = z[f"aux/{regime}/{name}"]
         # the fold's own family (as analyse holds it out), not every source the variant
         # excludes: a control's or recipe's own exclusions are not the unseen family
-        held_out, excluded = held_out_sources(fold, sorted(set(sources.tolist()))), list(v.get("exclude_sources", []))
+        held_out, excluded = held_out_sources(fold, present), list(v.get("exclude_sources", []))
         held = np.isin(sources, held_out) & (labels == 1)
         # both scores on the same pictures: a row either could not score is left out of both
         detector, head = z[f"{regime}/{name}"].astype(np.float64), head_not_real(probs, classes)

@@ -524,14 +524,11 @@ def test_pooled_views_of_a_flip_model_score_as_it_would_serve(tmp_path):
     from bitmind.models import build_model
     from bitmind.training.logo import regime_loader, score_models, scored_items
 
-    from PIL import Image
-
-    rng = np.random.default_rng(2)  # noise: a residual that a mirror changes (flat pictures have none)
-    data = tmp_path / "data"
-    for cls in ("real", "fake"):
+    data = tmp_path / "data"  # noise: a residual that a mirror changes (flat pictures have none)
+    for c, cls in enumerate(("real", "fake")):
         (data / cls / "noise").mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / cls / "noise" / f"{cls}{i}_0.png")
+            _img(10 * c + i).save(data / cls / "noise" / f"{cls}{i}_0.png")
     torch.manual_seed(0)
     net = build_model("npr", layers=[1, 1], width=8, flip_mean=True).eval()
     save_checkpoint(net, tmp_path / "flip.pth", model_meta(net, "npr"))

@@ -549,8 +549,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     # The time budget is fitted twice: after epochs 0-1 (a cautious guess: they carry the
     # start-up of the workers, cuDNN and the first validation), then on a steady window of
     # epochs that holds its share of validations, which may give back the epochs the guess took.
-    planned, window = base.epochs, max(spec.val_every, 2)
-    plan = planned_shape(spec, variants)
+    plan, window = planned_shape(spec, variants), max(spec.val_every, 2)
     t_window = None
     epoch = -1
     while epoch + 1 < base.epochs:
@@ -558,11 +557,11 @@ def run_sweep(spec: SweepSpec) -> dict:
         if spec.time_budget_s and epoch == 2:
             t_window = time.time()
             elapsed = t_window - t_start
-            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, elapsed, 2, elapsed / 2, planned),
+            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, elapsed, 2, elapsed / 2, plan["epochs"]),
                        f"{elapsed / 2:.1f}s per epoch over epochs 0-1", plan, now=epoch)
         elif spec.time_budget_s and t_window is not None and epoch == 2 + window:
             steady = (time.time() - t_window) / window
-            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, planned),
+            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, plan["epochs"]),
                        f"{steady:.1f}s per epoch over epochs 2-{epoch - 1}", plan, now=epoch)
         train_ds.set_epoch(epoch)
         lrs = {v.name: v.begin_epoch(epoch) for v in variants}
@@ -612,7 +611,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     summary = {"variants": results, "ensembles": (ensemble_report(best_logits, val_y, spec.ensemble_members)[:20]
                                 if len(variants) > 1 and spec.ensemble_members > 1 else []),
                "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
-               "planned_epochs": planned, "val_from": spec.val_from,
+               "planned_epochs": plan["epochs"], "val_from": spec.val_from,
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
     print("\nvariant                best-epoch  val-acc  val-AP  real-acc  fake-acc")
