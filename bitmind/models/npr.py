@@ -45,7 +45,8 @@ load unchanged):
   (left-right). Validators mirror challenges at random, so a detector that gives a picture
   and its mirror the same answer loses nothing to the draw; twice the forward cost. A
   serve-time option for the same weights, stored in the config only when set; LOGO scores
-  it as the ``flip`` view (``generalisation.py score --pools flip``).
+  it as the ``flip`` view (``generalisation.py score --pools flip``): a tie there (docs/Generalisation.md),
+  so no shipped file turns it on.
 """
 from __future__ import annotations
 
