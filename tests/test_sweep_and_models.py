@@ -598,6 +598,58 @@ def test_a_time_budget_shortens_a_sweep_but_never_lengthens_it(tmp_path, budget_
         assert all(bool(r.get("averaged")) is averaged for r in history)
 
 
+def test_validations_count_in_the_budget_once_they_have_started():
+    """The twenty-third session's H100 run: the early fits saw 12.8 s training epochs (no
+    validation before epoch 39), re-planned 77 epochs for a 1,000 s guard, and the run took
+    1,144 s. Fitted after its first validation with what an epoch (13.7 s) and a validation
+    (here 5 s) cost, it ends within the budget."""
+    from bitmind.training.sweep import epochs_within, validations_between
+
+    assert validations_between(40, 77, 39, 4) == 10  # 43, 47, ..., 75, and the last (76)
+    assert validations_between(40, 76, 39, 4) == 9  # 75 is both a periodic and the last one
+    assert validations_between(0, 10, 20, 4) == 1  # only the last
+    assert validations_between(5, 5, 0, 1) == 0  # nothing left
+    elapsed = 28.4 + 12.8 * 39 + 13.7 + 5  # epochs 0-39 and the validation of 39
+    end = epochs_within(1000, elapsed, 40, 13.7, 5.0, 39, 4, 77)
+    assert end == 70  # 30 more epochs (411 s) and 8 validations (40 s) in the 453.7 s left
+    assert elapsed + (end - 40) * 13.7 + validations_between(40, end, 39, 4) * 5.0 <= 1000
+    assert elapsed + (end + 1 - 40) * 13.7 + validations_between(40, end + 1, 39, 4) * 5.0 > 1000
+    assert epochs_within(10_000, elapsed, 40, 13.7, 5.0, 39, 4, 77) == 77  # never longer
+    assert epochs_within(500, elapsed, 40, 13.7, 5.0, 39, 4, 77) == 40  # over: stop after the epoch just run
+
+
+def test_a_sweep_whose_validations_do_not_fit_stops_within_its_budget(tmp_path, monkeypatch):
+    """A real tiny sweep on a fake clock: training epochs cost 1 s, a validation 5 s, the
+    budget 14 s, validation from epoch 5 of 8. The early fits see only 1 s epochs and keep
+    all 8; without a fit after a validation the run takes 8 + 3 x 5 = 23 s. After the
+    validation of epoch 5 (11 s spent) no further epoch and its validation fit: it stops there."""
+    import bitmind.training.sweep as sweep_mod
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(sweep_mod, "time", SimpleNamespace(time=lambda: clock.now))
+    real_epoch, real_logits = sweep_mod.train_one_epoch, sweep_mod._logits
+
+    def epoch(*a, **k):
+        clock.now += 1.0
+        return real_epoch(*a, **k)
+
+    def logits(*a, **k):
+        clock.now += 5.0
+        return real_logits(*a, **k)
+
+    monkeypatch.setattr(sweep_mod, "train_one_epoch", epoch)
+    monkeypatch.setattr(sweep_mod, "_logits", logits)
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=6, seed=3, size=64)
+    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "v", epochs=8), "time_budget_s": 14,
+                                "val_from": 5, "val_every": 1, "variants": {"plain": {}}})
+    run_sweep(spec)
+    report = json.loads((tmp_path / "ck" / "v" / "sweep.json").read_text())
+    assert (report["epochs"], report["planned_epochs"]) == (6, 8)
+    assert report["seconds"] <= 14
+    assert [r["epoch"] for r in json.loads((tmp_path / "ck" / "v" / "plain" / "history.json").read_text())] == [5]
+
+
 def test_a_time_budget_keeps_the_runs_shape():
     """A run cut from 78 to fewer epochs still averages and selects over the same share of its
     end (before: a cut to 30 saved plain weights, averaging planned from 39 never began), the

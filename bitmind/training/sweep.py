@@ -300,6 +300,28 @@ def budget_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: 
     return max(min(epochs_done + more, planned), epochs_done, 3)
 
 
+def validations_between(start: int, end: int, val_from: int, val_every: int) -> int:
+    """How many of epochs ``start`` .. ``end - 1`` a sweep validates: from ``val_from`` every
+    ``val_every`` epochs, and always the last one (``end - 1``)."""
+    n = sum(1 for e in range(max(start, val_from), end) if (e - val_from) % max(val_every, 1) == 0)
+    return n + (end - 1 >= start and not (end - 1 >= val_from and (end - 1 - val_from) % max(val_every, 1) == 0))
+
+
+def epochs_within(budget_s: float, elapsed_s: float, next_epoch: int, epoch_s: float, val_s: float,
+                  val_from: int, val_every: int, epochs: int) -> int:
+    """The longest run, at most ``epochs``, whose remaining epochs (from ``next_epoch``, at
+    ``epoch_s`` of training each) and remaining validations (``val_s`` each, counted by
+    ``validations_between``) end within ``budget_s``; at least ``next_epoch`` (stop after the
+    epoch just run). Used once validations are under way, when what one costs is measured:
+    the early fits (``budget_epochs``) see only training epochs, and a run whose validations
+    start halfway overran its guard by 14 % (1,144 s for 1,000: docs/Training.md)."""
+    left = budget_s - elapsed_s
+    for end in range(epochs, next_epoch, -1):
+        if (end - next_epoch) * epoch_s + validations_between(next_epoch, end, val_from, val_every) * val_s <= left:
+            return end
+    return next_epoch
+
+
 def planned_shape(spec: SweepSpec, variants: list) -> dict:
     """The epoch-indexed options of a sweep as planned, before a time budget moves them."""
     return {"epochs": spec.base.epochs, "val_from": spec.val_from, "swa_start": {v.name: v.swa_start for v in variants}}
@@ -546,11 +568,14 @@ def run_sweep(spec: SweepSpec) -> dict:
         v.align_pairs(train_ds.partner)
     loader = sweep_train_loader(base, train_ds, sampler, device)
     t_start, images_seen = time.time(), 0
-    # The time budget is fitted twice: after epochs 0-1 (a cautious guess: they carry the
-    # start-up of the workers, cuDNN and the first validation), then on a steady window of
-    # epochs that holds its share of validations, which may give back the epochs the guess took.
+    # The time budget is fitted twice from training epochs: after epochs 0-1 (a cautious guess:
+    # they carry the start-up of the workers and cuDNN), then on a steady window of epochs, which
+    # may give back the epochs the guess took. Validations usually start later (val_from), so
+    # after each one the run is fitted again, shorter only, with what epochs and validations
+    # now cost (epochs_within).
     plan, window = planned_shape(spec, variants), max(spec.val_every, 2)
     t_window = None
+    recent: list[float] = []  # training seconds of the latest epochs
     epoch = -1
     while epoch + 1 < base.epochs:
         epoch += 1
@@ -572,11 +597,13 @@ def run_sweep(spec: SweepSpec) -> dict:
         for v in variants:
             v.end_epoch(epoch)
         epoch_s = time.time() - t_epoch
+        recent = (recent + [epoch_s])[-window:]
         skip_val = epoch < spec.val_from or (epoch - spec.val_from) % spec.val_every != 0
         if skip_val and epoch < base.epochs - 1:
             print(f"epoch {epoch} ({epoch_s:.1f}s) " + " | ".join(f"{v.name} loss={v.mean_loss:.3f}" for v in variants), flush=True)
             continue
         line = [f"epoch {epoch} ({epoch_s:.1f}s)"]
+        t_val = time.time()
         for v in variants:
             logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
             sel = v.val_mask if v.val_mask is not None else slice(None)
@@ -595,6 +622,12 @@ def run_sweep(spec: SweepSpec) -> dict:
         for v in variants:
             v.writer.flush()
             (v.run_dir / "history.json").write_text(json.dumps(v.history, indent=1))
+        if spec.time_budget_s and t_window is not None and epoch < base.epochs - 1:
+            val_s, train_s = time.time() - t_val, sum(recent) / len(recent)
+            end = epochs_within(spec.time_budget_s, time.time() - t_start, epoch + 1, train_s, val_s,
+                                spec.val_from, spec.val_every, base.epochs)
+            if end < base.epochs:
+                fit_epochs(spec, variants, end, f"{train_s:.1f}s per epoch, {val_s:.1f}s per validation", plan, now=epoch)
     seconds = time.time() - t_start
 
     results, best_logits = {}, {}
