@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,24 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     return state, meta
 
 
+def check_calibration(meta: dict, path: str | os.PathLike = "") -> None:
+    """Refuse stored calibration that would break every answer: the served probability is
+    ``sigmoid(logit / temperature + logit_bias)``, so a temperature that is not a finite
+    positive number (NaN answers, or every decision inverted when negative) or a bias that is
+    not finite (NaN, or every answer 0 or 1) must stop the load, not reach a request: a miner
+    keeps serving its last good model instead of hot-swapping to one that answers nothing.
+    Absent, None or 0 keep their meaning (no calibration: 1 and 0)."""
+    for key, default in (("temperature", 1.0), ("logit_bias", 0.0)):
+        raw = meta.get(key, default)
+        try:
+            value = float(raw or default)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: {key} {raw!r} is not a number") from None
+        if isinstance(raw, bool) or not math.isfinite(value) or (key == "temperature" and value <= 0):
+            raise CheckpointError(f"{path}: {key} {raw!r} would break every answer "
+                                  f"(served P = sigmoid(logit / temperature + logit_bias))")
+
+
 def load_model(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu",
                expected_arch: str | None = None, data: bytes | None = None, detector_only: bool = False) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (strict).
@@ -172,6 +191,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, device: str | t
         from bitmind.models.npr import detector_only as drop_head
 
         state, meta = drop_head(state, meta)
+    check_calibration(meta, path)
     config = meta.get("config") or {}
     try:
         model = build_model(name, **config)

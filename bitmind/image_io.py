@@ -38,6 +38,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: Formats parsed by default: what validators and image datasets use (multi-picture
 #: JPEGs, MPO, are opened by the JPEG plugin).
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: Most scans (start-of-scan markers) accepted in a JPEG. Encoders write 1 (baseline) to a
+#: few dozen (progressive); libjpeg runs every scan of a progressive file over every block,
+#: repeated ones included, so 0.42 MiB of repeated tiny scans took 9.5 s to decode (16 MiB:
+#: minutes per request, holding a decode thread). libjpeg-turbo's own tools refuse over 500.
+DEFAULT_MAX_JPEG_SCANS = 100
 
 
 class ImageDecodeError(ValueError):
@@ -51,6 +56,7 @@ class DecodeLimits:
     max_b64_chars: int = DEFAULT_MAX_B64_CHARS
     max_pixels: int = DEFAULT_MAX_PIXELS
     formats: tuple[str, ...] | None = DEFAULT_FORMATS  # None: any format Pillow knows
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
 
 
 def apply_pil_limit(limits: DecodeLimits) -> None:
@@ -146,6 +152,10 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
         raise ImageDecodeError(f"image has empty size {w}x{h}")
     if w * h > limits.max_pixels:
         raise ImageDecodeError(f"image of {w}x{h} pixels exceeds limit {limits.max_pixels}")
+    # In JPEG data 0xFF is always stuffed (FF 00) or a marker, so FF DA counts the scans
+    # (an embedded EXIF thumbnail's few included) without parsing them.
+    if img.format in ("JPEG", "MPO") and (scans := raw.count(b"\xff\xda")) > limits.max_jpeg_scans:
+        raise ImageDecodeError(f"JPEG with {scans} scans exceeds limit {limits.max_jpeg_scans}")
     try:
         img.seek(0)  # animated formats: first frame only
         if img.format == "JPEG" and max(w, h) > 4096:

@@ -106,3 +106,17 @@ def test_saved_files_get_the_mode_of_an_ordinary_file(tmp_path):
         os.umask(old)
     path = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "n.pth")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~old
+
+
+def test_stored_calibration_that_would_break_every_answer_is_refused_at_load(tmp_path):
+    model = _tiny()
+    for bad in ({"temperature": float("nan")}, {"temperature": -0.5}, {"temperature": "warm"},
+                {"logit_bias": float("inf")}, {"logit_bias": [1, 2]}, {"temperature": True}):
+        save_checkpoint(model, tmp_path / "m.pth", meta=model_meta(model, **bad))
+        with pytest.raises(CheckpointError, match=next(iter(bad))):
+            load_model(tmp_path / "m.pth")
+    for fine, (t, b) in (({}, (1.0, 0.0)), ({"temperature": None, "logit_bias": None}, (1.0, 0.0)),
+                         ({"temperature": 0, "logit_bias": 0}, (1.0, 0.0)), ({"temperature": 0.8, "logit_bias": -0.2}, (0.8, -0.2))):
+        save_checkpoint(model, tmp_path / "m.pth", meta=model_meta(model, **fine))
+        lm = load_model(tmp_path / "m.pth")
+        assert (lm.temperature, lm.logit_bias) == (t, b)

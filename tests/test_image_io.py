@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -72,3 +73,50 @@ def test_encode_decode_round_trip_is_jpeg_q75():
     raw = base64.b64decode(encode_image(img))
     assert raw[:2] == b"\xff\xd8"  # JPEG
     assert decode_image(encode_image(img)).size == (64, 64)
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, bytes) of a JPEG; a start-of-scan segment includes its entropy-coded data."""
+    out, i = [(0xD8, data[:2])], 2
+    while i < len(data):
+        marker = data[i + 1]
+        if marker == 0xD9:
+            out.append((marker, data[i:i + 2]))
+            break
+        j = i + 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        if marker == 0xDA:
+            while not (data[j] == 0xFF and data[j + 1] != 0x00 and not 0xD0 <= data[j + 1] <= 0xD7):
+                j += 1
+        out.append((marker, data[i:j]))
+        i = j
+    return out
+
+
+def progressive_jpeg(size: int = 4096, extra_scans: int = 0) -> bytes:
+    """A grey progressive JPEG; with ``extra_scans``, its smallest AC scan repeated that many
+    times (libjpeg only warns about the bogus progression and runs every scan over every block)."""
+    buf = io.BytesIO()
+    Image.new("L", (size, size), 128).save(buf, "JPEG", quality=75, progressive=True)
+    segs = _jpeg_segments(buf.getvalue())
+    ac_scans = [s for m, s in segs if m == 0xDA and s[5 + 2 * s[4]] > 0]  # spectral start > 0
+    body = b"".join(s for m, s in segs if m != 0xD9)
+    return body + min(ac_scans, key=len) * extra_scans + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_decodes_and_one_of_repeated_scans_is_refused_before_decoding():
+    """1,500 repeated 33-byte scans (115 KB, under 1 % of the payload limit) took about 2 s to
+    decode (0.42 MiB: 9.5 s; at the 16 MiB limit minutes per request, holding a decode
+    thread); encoders write a few dozen scans at most, so the count is refused from the bytes."""
+    data = progressive_jpeg()
+    assert 1 < data.count(b"\xff\xda") <= 10
+    assert decode_image(base64.b64encode(data).decode()).size == (4096, 4096)
+    bomb = base64.b64encode(progressive_jpeg(extra_scans=1500)).decode()
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageDecodeError, match="scans exceeds limit 100"):
+        decode_image(bomb)
+    # the limit is an option, and a PNG whose bytes happen to hold FF DA is not a JPEG
+    assert decode_image(bomb, DecodeLimits(max_jpeg_scans=2000)).size == (4096, 4096)
+    buf = io.BytesIO()
+    Image.frombytes("L", (256, 1), bytes([0xFF, 0xDA] * 128)).save(buf, "PNG", compress_level=0)
+    assert buf.getvalue().count(b"\xff\xda") > 100
+    assert decode_image(base64.b64encode(buf.getvalue()).decode()).size == (256, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 
 import pytest
 import torch
@@ -267,3 +268,34 @@ def test_a_failed_compile_serves_the_prepared_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(inference.torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no compiler")))
     failed = ModelSlot(path, cpu, optimize=True, compile_threads=(1,))
     assert failed.serving.forward is not None and not isinstance(failed.serving.forward, CompiledCpu)
+
+
+def test_a_request_cancelled_in_the_queue_leaves_its_batch_mates_their_answers():
+    """``asyncio.wrap_future`` cancels the queued future when the awaiting request is cancelled
+    (timeout, disconnect, shutdown); setting its result then raised, and that error was set on
+    every other request of the batch (answered -1.0 although their forward had run)."""
+    gate, calls = threading.Event(), []
+
+    def forward(batch: torch.Tensor) -> list[float]:
+        calls.append(batch.shape[0])
+        if len(calls) == 1:
+            gate.wait(5)  # hold the worker so that the next two requests queue up together
+        return [0.25] * batch.shape[0]
+
+    mb = MicroBatcher(forward, torch.device("cpu"), max_batch=4, batch_window=0.01, workers=1, threads=1)
+    try:
+        x = torch.zeros(3, 8, 8)
+        first = mb.submit(x)
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        cancelled, kept = mb.submit(x), mb.submit(x)
+        assert cancelled.cancel()
+        gate.set()
+        assert first.result(5) == 0.25
+        assert kept.result(5) == 0.25
+        assert calls == [1, 1]  # the cancelled one was not computed either
+        assert not kept.cancel()  # running or done: a late cancel cannot break it
+    finally:
+        gate.set()
+        mb.close()

@@ -160,6 +160,15 @@ class MicroBatcher:
                     items.append(self._queue.get(timeout=remaining))
                 except queue.Empty:
                     break
+            # A request cancelled while queued (its caller timed out, disconnected or shut down)
+            # leaves the batch; the others become running, so they can no longer be cancelled
+            # and their answers can always be set (set_result on a cancelled future raises, and
+            # that error used to fail every request of the batch).
+            items = [item for item in items if item[1].set_running_or_notify_cancel()]
+            if not items:
+                if index == 0:
+                    self._primary_busy = False
+                continue
             with self._busy_lock:
                 self._busy += 1
                 busy = self._busy

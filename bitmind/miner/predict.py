@@ -162,5 +162,6 @@ class Predictor:
 
     def close(self) -> None:
         self.batcher.close()
+        self.slot.close()
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=False)

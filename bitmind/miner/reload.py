@@ -111,6 +111,7 @@ class ModelSlot:
         self._last_check = 0.0
         self._reload_lock = threading.Lock()
         self._prepare_lock = threading.Lock()
+        self._preparing: threading.Thread | None = None  # the latest reload's CPU preparation
         snap = None
         for _ in range(50):  # the file may be being written right now: wait for a stable read
             snap = read_stable(self.path)
@@ -191,8 +192,19 @@ class ModelSlot:
             self.serving, self._sig = Serving(lm), sig  # eager at once...
             self.reloads += 1
         if self.optimize:  # ...prepared as soon as it is ready
-            threading.Thread(target=self._upgrade, args=(lm,), name="bitmind-prepare", daemon=True).start()
+            self._preparing = threading.Thread(target=self._upgrade, args=(lm,), name="bitmind-prepare", daemon=True)
+            self._preparing.start()
         return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Wait (at most ``timeout`` s) for a reload's CPU preparation still running: a process
+        that exits under it aborts in native code ("terminate called without an active
+        exception", exit 134) instead of stopping cleanly."""
+        thread = self._preparing
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("model preparation still running after %.0f s; exiting without it", timeout)
 
     def _prepared(self, lm: LoadedModel) -> nn.Module | None:
         """The CPU-prepared forward for ``lm``, or None (eager) if disabled or it failed."""
