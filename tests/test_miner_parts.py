@@ -299,3 +299,21 @@ def test_a_request_cancelled_in_the_queue_leaves_its_batch_mates_their_answers()
     finally:
         gate.set()
         mb.close()
+
+
+def test_requests_beyond_the_queue_bound_are_refused_before_they_are_decoded():
+    """``incoming`` wraps each request's decoding; with as many requests decoding and queued
+    as the queue holds, the next is refused on entry (Overloaded, answered at once) instead
+    of waiting, payload in memory, in the decode pool's unbounded queue."""
+    mb = MicroBatcher(lambda b: [0.5] * b.shape[0], torch.device("cpu"), max_batch=1, max_queue=2, workers=1, threads=1)
+    try:
+        with mb.incoming(), mb.incoming():
+            assert mb.inflight == 2
+            with pytest.raises(Overloaded, match="reach the limit"):
+                with mb.incoming():
+                    pass
+            assert mb.inflight == 2  # the refused one was never counted
+        with mb.incoming():  # room again once those are through
+            assert mb.submit(torch.zeros(3, 8, 8)).result(5) == 0.5
+    finally:
+        mb.close()

@@ -71,8 +71,15 @@ class MicroBatcher:
     @contextlib.contextmanager
     def incoming(self):
         """Count one request as on its way (being decoded) while inside, so a batch being
-        formed waits for it (at most ``batch_window``) instead of leaving without it."""
+        formed waits for it (at most ``batch_window``) instead of leaving without it.
+        Raises ``Overloaded`` on entry, before any decoding, when the requests being decoded
+        and those queued already reach the queue's bound: a flood would otherwise pile up in
+        the decode pool's own unbounded queue (each holding its payload, up to 16 MiB) and be
+        refused only after decoding."""
         with self._inflight_lock:
+            limit, queued = self._queue.maxsize, self._queue.qsize()
+            if limit > 0 and self._inflight + queued >= limit:
+                raise Overloaded(f"{self._inflight} requests decoding and {queued} queued reach the limit ({limit})")
             self._inflight += 1
         try:
             yield
