@@ -31,7 +31,11 @@ def test_script_runs_logo_with_a_seed_and_ships_the_everything_model(tmp_path):
             "recipes": {"tiny": {**TINY, "input": "npr_hp", "stem_pool": False, "patch_size": 32}}}
     (tmp_path / "logo.json").write_text(json.dumps(spec))
     work = tmp_path / "work"
+    baselines = tmp_path / "baselines"  # npr_f2 only: base_sd1x is missing, so it is left out
+    baselines.mkdir()
+    (baselines / "npr_f2.pth").symlink_to(REPO / "mining_models" / "npr_f2.pth")
     env = {**os.environ, "LOGO_SPEC": str(tmp_path / "logo.json"), "TRAIN_SEED": "7", "EPOCHS": "1", "DEVICE": "cpu",
+           "BASELINES_DIR": str(baselines),
            "WORKERS": "0", "POOLS": "crop32", "SHIP_VARIANT": "tiny", "PYTHON": sys.executable,
            "MINIGAN": "1", "MINIGAN_ARGS": "--size 16 --steps 2 --count 12 --crops 8 --width 8 --batch_size 4"}
     res = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(work)], capture_output=True, text=True,
@@ -47,6 +51,8 @@ def test_script_runs_logo_with_a_seed_and_ships_the_everything_model(tmp_path):
     assert set(result["regimes"]["validator"]["folds"]["tiny"]) == {"sdxl", "midjourney"}
     assert set(result["regimes"]["validator"]["folds"]["tiny_crop32"]) == {"sdxl", "midjourney"}  # POOLS
     assert (work / "generalisation.png").stat().st_size > 1000
+    assert set(result["regimes"]["validator"]["baselines"]) == {"npr_f2"}  # BASELINES_DIR, the missing one skipped
+    assert "baseline base_sd1x not scored" in res.stdout
     shipped = load_model(work / "base.pth")  # SHIP_VARIANT, with the shipped boundary rule
     assert shipped.meta["metrics"]["calibration"]["real_target"] == 0.85
     assert shipped.meta["train_options"]["seed"] == 7 and shipped.meta["config"]["stem_pool"] is False

@@ -23,6 +23,8 @@
 # EPOCHS, DEVICE: override the spec's epochs and device (tiny runs, tests).
 # SHIP_VARIANT: also write WORK_DIR/base.pth from that variant (the one trained on everything),
 # calibrated with the shipped rule (boundary at 0.85 of validation real photos).
+# BASELINES_DIR: where the baselines base_sd1x.pth and npr_f2.pth are (default mining_models); a
+# missing one is not scored (a device copy of the tree may leave the model files behind).
 # WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25 crop192": also score every
 # NPR with those top-k pools and centre crops, as arms <recipe>_topNN / <recipe>_cropNNN (no training;
 # bitmind.models.npr; crop192 is how mining_models/base_crop192.pth serves).
@@ -46,6 +48,8 @@ DATA=${1:?usage: run_generalisation.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: run_generalisation.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 WORK=${3:?usage: run_generalisation.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 cd "$(dirname "$0")/../.."
+# the checkout's own package, also where it is not installed (a copy of the tree on a device machine)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$WORK"
 PY=${PYTHON:-python3}
 CROPS=("$DATA/sn34-mini" "$DATA/sn34-wide")
@@ -75,18 +79,26 @@ if [ "${MINIGAN:-0}" = 1 ]; then
   [ -f "$WORK/minigan/minigan.json" ] && TRAIN_ONLY=(--train_data "$WORK/minigan")
 fi
 
+# The committed baselines, scored beside the sweep where their files are here (a device copy
+# of the tree may leave the model files behind to make room for data).
+BASELINES=()
+for b in base_sd1x npr_f2; do
+  f="${BASELINES_DIR:-mining_models}/$b.pth"
+  if [ -f "$f" ]; then BASELINES+=("$b=$f:fake/sd1x"); else echo "(no $f: baseline $b not scored)"; fi
+done
+
 echo "== 2. leave-one-family-out sweep and scores ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweeps/logo.json}" \
   --data "${CROPS[@]}" "${ALIGNED[@]}" --challenge_data "${CHALLENGES[@]}" \
   --checkpoints_dir "$WORK/checkpoints" --name logo "${TRAIN_ONLY[@]}" \
   ${TRAIN_SEED:+--train_seed "$TRAIN_SEED"} ${EPOCHS:+--epochs "$EPOCHS"} ${DEVICE:+--device "$DEVICE"}
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/logo" \
-  --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x ${WORKERS:+--workers $WORKERS} \
+  --baseline "${BASELINES[@]}" ${WORKERS:+--workers $WORKERS} \
   ${POOLS:+--pools $POOLS} ${DEVICE:+--device "$DEVICE"}
 
 echo "== 3. analysis ($(date +%T))"
 $PY benchmarks/generalisation.py analyse --sweep "$WORK/checkpoints/logo" \
-  --baseline base_sd1x=mining_models/base_sd1x.pth:fake/sd1x npr_f2=mining_models/npr_f2.pth:fake/sd1x \
+  --baseline "${BASELINES[@]}" \
   --out "$WORK/generalisation.json" --figure "$WORK/generalisation.png"
 if [ -n "${SHIP_VARIANT:-}" ]; then
   echo "== 4. ship $SHIP_VARIANT -> $WORK/base.pth ($(date +%T))"
