@@ -56,7 +56,7 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "larger batches cost more time per image and concurrent requests go to several "
                              "forward workers instead: docs/Performance.md).")
     parser.add_argument("--neuron.batch_window_ms", type=float, default=2.0, help="How long to wait to fill a micro-batch.")
-    parser.add_argument("--neuron.max_queue", type=int, default=256, help="Images being decoded or queued beyond which requests are refused fast (before decoding).")
+    parser.add_argument("--neuron.max_queue", type=int, default=256, help="Images being decoded or queued beyond which requests are refused before decoding.")
     parser.add_argument("--neuron.max_payload_chars", type=positive_int, default=DEFAULT_MAX_B64_CHARS,
                         help="Largest base64 image payload accepted, in characters; a longer one is answered -1 "
                              "without being decoded.")
