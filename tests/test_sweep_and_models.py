@@ -618,11 +618,17 @@ def test_validations_count_in_the_budget_once_they_have_started():
     assert epochs_within(500, elapsed, 40, 13.7, 5.0, 39, 4, 77) == 40  # over: stop after the epoch just run
 
 
-def test_a_sweep_whose_validations_do_not_fit_stops_within_its_budget(tmp_path, monkeypatch):
-    """A real tiny sweep on a fake clock: training epochs cost 1 s, a validation 5 s, the
-    budget 14 s, validation from epoch 5 of 8. The early fits see only 1 s epochs and keep
-    all 8; without a fit after a validation the run takes 8 + 3 x 5 = 23 s. After the
-    validation of epoch 5 (11 s spent) no further epoch and its validation fit: it stops there."""
+@pytest.mark.parametrize("budget_s, epochs, swa_start, averaged", [(20, 6, 0, [False]), (30, 7, 6, [False, True])],
+                         ids=["stops-before-averaging", "averages-from-the-next-epoch"])
+def test_a_sweep_whose_validations_do_not_fit_stops_within_its_budget(tmp_path, monkeypatch, budget_s, epochs,
+                                                                     swa_start, averaged):
+    """A real tiny sweep on a fake clock: training epochs cost 1 s, a validation 5 s per
+    variant (two variants), validation from epoch 5 of 8, averaging planned from 7. The early
+    fits see only 1 s epochs and keep all 8; without a fit after a validation the run takes
+    8 + 3 x 10 = 38 s. After the validation of epoch 5 (16 s spent): with 20 s no further
+    epoch and its validation fit, so the run ends there and the averaging variant, which
+    never averaged, says so (swa_start 0); with 30 s one more fits, and averaging moves to
+    it, never onto the epoch already run."""
     import bitmind.training.sweep as sweep_mod
 
     clock = SimpleNamespace(now=0.0)
@@ -641,13 +647,15 @@ def test_a_sweep_whose_validations_do_not_fit_stops_within_its_budget(tmp_path, 
     monkeypatch.setattr(sweep_mod, "_logits", logits)
     torch.set_num_threads(1)
     data = make_folder(tmp_path / "data", n_per_class=6, seed=3, size=64)
-    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "v", epochs=8), "time_budget_s": 14,
-                                "val_from": 5, "val_every": 1, "variants": {"plain": {}}})
+    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "v", epochs=8), "time_budget_s": budget_s,
+                                "val_from": 5, "val_every": 1, "variants": {"plain": {}, "avg": {"swa_start": 7}}})
     run_sweep(spec)
     report = json.loads((tmp_path / "ck" / "v" / "sweep.json").read_text())
-    assert (report["epochs"], report["planned_epochs"]) == (6, 8)
-    assert report["seconds"] <= 14
-    assert [r["epoch"] for r in json.loads((tmp_path / "ck" / "v" / "plain" / "history.json").read_text())] == [5]
+    assert (report["epochs"], report["planned_epochs"]) == (epochs, 8)
+    assert report["seconds"] <= budget_s
+    assert report["variants"]["avg"]["swa_start"] == swa_start
+    history = json.loads((tmp_path / "ck" / "v" / "avg" / "history.json").read_text())
+    assert [(r["epoch"], bool(r.get("averaged"))) for r in history] == list(zip(range(5, epochs), averaged))
 
 
 def test_a_time_budget_keeps_the_runs_shape():

@@ -364,6 +364,21 @@ def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str, plan: dic
           f"epoch {spec.val_from}" + (f", weight averaging from {averaged}" if averaged else ""), flush=True)
 
 
+def stop_after(spec: SweepSpec, variants: list, epoch: int, why: str) -> None:
+    """End the sweep with ``epoch``, just run and validated (the budget holds no further epoch
+    and its validation). A variant whose weight averaging was still to begin never averaged:
+    its ``swa_start`` becomes 0 so that ``sweep.json`` says so, and a warning names it (it
+    saves plain weights, which its spec did not ask for)."""
+    spec.base.epochs = epoch + 1
+    for v in variants:
+        v.cfg.epochs = epoch + 1
+        if v.swa_start > epoch:
+            logger.warning("%s: the time budget ends the run at epoch %d, before its weight averaging (from %d) began: "
+                           "plain weights", v.name, epoch, v.swa_start)
+            v.swa_start = 0
+    print(f"time budget {spec.time_budget_s:.0f}s ({why}): the run ends with epoch {epoch}", flush=True)
+
+
 class Teachers:
     """Distillation teachers, loaded once each: the calibrated logit of a batch per checkpoint."""
 
@@ -622,12 +637,17 @@ def run_sweep(spec: SweepSpec) -> dict:
         for v in variants:
             v.writer.flush()
             (v.run_dir / "history.json").write_text(json.dumps(v.history, indent=1))
-        if spec.time_budget_s and t_window is not None and epoch < base.epochs - 1:
+        # (after the steady fit only: an earlier validation fit could be lengthened again by it,
+        # and the cosine schedule would rise and fall)
+        if spec.time_budget_s and t_window is not None and window + 2 <= epoch < base.epochs - 1:
             val_s, train_s = time.time() - t_val, sum(recent) / len(recent)
             end = epochs_within(spec.time_budget_s, time.time() - t_start, epoch + 1, train_s, val_s,
                                 spec.val_from, spec.val_every, base.epochs)
-            if end < base.epochs:
-                fit_epochs(spec, variants, end, f"{train_s:.1f}s per epoch, {val_s:.1f}s per validation", plan, now=epoch)
+            why = f"{train_s:.1f}s per epoch, {val_s:.1f}s per validation"
+            if end == epoch + 1:
+                stop_after(spec, variants, epoch, why)
+            elif end < base.epochs:
+                fit_epochs(spec, variants, end, why, plan, now=epoch + 1)
     seconds = time.time() - t_start
 
     results, best_logits = {}, {}
