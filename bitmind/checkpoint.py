@@ -160,7 +160,9 @@ def check_calibration(meta: dict, path: str | os.PathLike = "") -> None:
     positive number (NaN answers, or every decision inverted when negative) or a bias that is
     not finite (NaN, or every answer 0 or 1) must stop the load, not reach a request: a miner
     keeps serving its last good model instead of hot-swapping to one that answers nothing.
-    Absent, None or 0 keep their meaning (no calibration: 1 and 0)."""
+    Absent, None or 0 keep their meaning (no calibration: 1 and 0). Called where a file is
+    loaded to serve (``bitmind.miner.reload``), not by ``load_model``: ``bitmind.calibrate``
+    must still open such a file to fit it anew, and ``model_info`` to show it."""
     for key, default in (("temperature", 1.0), ("logit_bias", 0.0)):
         raw = meta.get(key, default)
         try:
@@ -191,7 +193,6 @@ def load_model(path: str | os.PathLike, arch: str | None = None, device: str | t
         from bitmind.models.npr import detector_only as drop_head
 
         state, meta = drop_head(state, meta)
-    check_calibration(meta, path)
     config = meta.get("config") or {}
     try:
         model = build_model(name, **config)

@@ -131,6 +131,47 @@ def _pillow_formats(formats: tuple[str, ...] | None) -> list[str] | None:
     return [f for f in formats if f in Image.OPEN]
 
 
+def jpeg_scans(raw: bytes, stop_above: int = 1 << 30) -> int:
+    """The start-of-scan segments of the first picture in JPEG bytes, found by walking its
+    marker segments (an application segment's content, e.g. an EXIF thumbnail, is skipped by
+    its length; a scan's entropy-coded data up to the next marker, where 0xFF is always
+    stuffed as FF 00 or a restart marker); stops at the end-of-image marker, so data after
+    it (a motion photo's video, MPO frames) is not counted, and as soon as the count passes
+    ``stop_above``. Malformed bytes end the walk: the decoder judges them."""
+    n, i, size = 0, 2, len(raw)
+    while i + 1 < size and n <= stop_above:
+        if raw[i] != 0xFF:
+            break
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # segments without a length
+            i += 2
+            continue
+        if i + 3 >= size:
+            break
+        i += 2 + int.from_bytes(raw[i + 2:i + 4], "big")
+        if marker != 0xDA:
+            continue
+        n += 1
+        while True:  # skip the scan's entropy-coded data
+            j = raw.find(b"\xff", i)
+            if j < 0 or j + 1 >= size:
+                return n
+            nxt = raw[j + 1]
+            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+                i = j + 2
+            elif nxt == 0xFF:
+                i = j + 1
+            else:
+                i = j
+                break
+    return n
+
+
 def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
     """Decode image bytes into an RGB image (first frame, EXIF orientation applied).
 
@@ -152,10 +193,8 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
         raise ImageDecodeError(f"image has empty size {w}x{h}")
     if w * h > limits.max_pixels:
         raise ImageDecodeError(f"image of {w}x{h} pixels exceeds limit {limits.max_pixels}")
-    # In JPEG data 0xFF is always stuffed (FF 00) or a marker, so FF DA counts the scans
-    # (an embedded EXIF thumbnail's few included) without parsing them.
-    if img.format in ("JPEG", "MPO") and (scans := raw.count(b"\xff\xda")) > limits.max_jpeg_scans:
-        raise ImageDecodeError(f"JPEG with {scans} scans exceeds limit {limits.max_jpeg_scans}")
+    if img.format in ("JPEG", "MPO") and (scans := jpeg_scans(raw, limits.max_jpeg_scans)) > limits.max_jpeg_scans:
+        raise ImageDecodeError(f"JPEG with more than {limits.max_jpeg_scans} scans ({scans} counted) exceeds the limit")
     try:
         img.seek(0)  # animated formats: first frame only
         if img.format == "JPEG" and max(w, h) > 4096:

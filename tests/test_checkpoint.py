@@ -108,15 +108,23 @@ def test_saved_files_get_the_mode_of_an_ordinary_file(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~old
 
 
-def test_stored_calibration_that_would_break_every_answer_is_refused_at_load(tmp_path):
+def test_stored_calibration_that_would_break_every_answer_is_named_but_the_file_still_opens(tmp_path):
+    """``check_calibration`` (what the miner runs before serving a file) refuses a temperature
+    or bias that would answer NaN, fail or invert every decision; ``load_model`` itself still
+    opens such a file, so that ``bitmind.calibrate`` can fit it anew and ``model_info`` show it."""
+    from bitmind.checkpoint import check_calibration
+
     model = _tiny()
     for bad in ({"temperature": float("nan")}, {"temperature": -0.5}, {"temperature": "warm"},
                 {"logit_bias": float("inf")}, {"logit_bias": [1, 2]}, {"temperature": True}):
         save_checkpoint(model, tmp_path / "m.pth", meta=model_meta(model, **bad))
+        lm = load_model(tmp_path / "m.pth")
         with pytest.raises(CheckpointError, match=next(iter(bad))):
-            load_model(tmp_path / "m.pth")
+            check_calibration(lm.meta, tmp_path / "m.pth")
     for fine, (t, b) in (({}, (1.0, 0.0)), ({"temperature": None, "logit_bias": None}, (1.0, 0.0)),
-                         ({"temperature": 0, "logit_bias": 0}, (1.0, 0.0)), ({"temperature": 0.8, "logit_bias": -0.2}, (0.8, -0.2))):
+                         ({"temperature": 0, "logit_bias": 0}, (1.0, 0.0)), ({"temperature": 0.8, "logit_bias": -0.2}, (0.8, -0.2)),
+                         ({"temperature": "0.7"}, (0.7, 0.0))):
         save_checkpoint(model, tmp_path / "m.pth", meta=model_meta(model, **fine))
         lm = load_model(tmp_path / "m.pth")
+        check_calibration(lm.meta)
         assert (lm.temperature, lm.logit_bias) == (t, b)

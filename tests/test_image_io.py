@@ -112,7 +112,7 @@ def test_a_progressive_jpeg_decodes_and_one_of_repeated_scans_is_refused_before_
     assert decode_image(base64.b64encode(data).decode()).size == (4096, 4096)
     bomb = base64.b64encode(progressive_jpeg(extra_scans=1500)).decode()
     assert len(bomb) < 200_000
-    with pytest.raises(ImageDecodeError, match="scans exceeds limit 100"):
+    with pytest.raises(ImageDecodeError, match="more than 100 scans"):
         decode_image(bomb)
     # the limit is an option, and a PNG whose bytes happen to hold FF DA is not a JPEG
     assert decode_image(bomb, DecodeLimits(max_jpeg_scans=2000)).size == (4096, 4096)
@@ -120,3 +120,24 @@ def test_a_progressive_jpeg_decodes_and_one_of_repeated_scans_is_refused_before_
     Image.frombytes("L", (256, 1), bytes([0xFF, 0xDA] * 128)).save(buf, "PNG", compress_level=0)
     assert buf.getvalue().count(b"\xff\xda") > 100
     assert decode_image(base64.b64encode(buf.getvalue()).decode()).size == (256, 1)
+
+
+def test_scans_are_counted_by_walking_the_jpeg_not_by_searching_its_bytes():
+    """Bytes after the end of the picture (a motion photo's video) or inside an application
+    segment hold FF DA by chance; they are not scans and do not count. Only the picture's own
+    start-of-scan segments do: 1 for a baseline file, a few for a progressive one."""
+    from bitmind.image_io import jpeg_scans
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(buf, "JPEG", quality=90)
+    base = buf.getvalue()
+    assert jpeg_scans(base) == 1
+    junk = bytes([0xFF, 0xDA, 0x00, 0x08]) * 50_000  # 200 KB of would-be scan markers
+    assert decode_image(base64.b64encode(base + junk).decode()).size == (64, 48)  # appended after the end
+    app = b"\xff\xe9" + (len(junk[:60_000]) + 2).to_bytes(2, "big") + junk[:60_000]  # an APP9 segment full of them
+    tucked = base[:2] + app + base[2:]
+    assert jpeg_scans(tucked) == 1 and decode_image(base64.b64encode(tucked).decode()).size == (64, 48)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(buf, "JPEG", quality=90, progressive=True)
+    assert 1 < jpeg_scans(buf.getvalue()) == buf.getvalue().count(b"\xff\xda") <= 12
+    assert jpeg_scans(progressive_jpeg(size=64, extra_scans=500), stop_above=100) == 101  # stops once past

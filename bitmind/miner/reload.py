@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from bitmind.checkpoint import CheckpointError, LoadedModel, load_model
+from bitmind.checkpoint import CheckpointError, LoadedModel, check_calibration, load_model
 from bitmind.image_transforms import TARGET_SIZE
 from bitmind.inference import compile_for_cpu, prepare_for_serving
 from bitmind.miner.cpu import Serving, logits_of, single_threaded
@@ -140,6 +140,7 @@ class ModelSlot:
         with single_threaded(self.device.type == "cpu"):
             lm = load_model(path, data=data, arch=self.arch, device=self.device, detector_only=True,
                             expected_arch=expected.arch if expected is not None else None)
+            check_calibration(lm.meta, path)
             if expected is not None and structure_of(lm.model) != structure_of(expected.model):
                 raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
                                       f"the serving model's ({expected.meta.get('config')}); restart the miner "
@@ -191,9 +192,9 @@ class ModelSlot:
                 return False
             self.serving, self._sig = Serving(lm), sig  # eager at once...
             self.reloads += 1
-        if self.optimize:  # ...prepared as soon as it is ready
-            self._preparing = threading.Thread(target=self._upgrade, args=(lm,), name="bitmind-prepare", daemon=True)
-            self._preparing.start()
+            if self.optimize:  # ...prepared as soon as it is ready (recorded under the lock: close waits for the latest)
+                self._preparing = threading.Thread(target=self._upgrade, args=(lm,), name="bitmind-prepare", daemon=True)
+                self._preparing.start()
         return True
 
     def close(self, timeout: float = 30.0) -> None:
