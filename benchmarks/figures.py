@@ -93,6 +93,8 @@ LENGTH_ARMS = tuple(f"{label}={R}/{stem}.json:{arm}" for label, stem, arm in [
     ("patch96nopool_fixedpipe", "generalisation_fixed_s1", "patch96nopool"),
     ("patch96nopool_fixedpipe", "generalisation_fixed_s0_78", "patch96nopool"),
     ("patch96nopool_fixedpipe", "generalisation_fixed_s1_135", "patch96nopool"),
+    ("patch96nopool_fixedpipe", "generalisation_aux_s1_patch96nopool", "patch96nopool"),
+    ("patch96nopool_fixedpipe", "generalisation_swa_s1_patch96nopool", "patch96nopool"),
     ("layer3", "generalisation_capacity", "layer3"), ("layer3", "generalisation_norm", "layer3_s0"),
     ("layer3", "generalisation_long", "layer3"), ("periodic", "generalisation_periodic", "periodic"),
     ("shuffle32", "generalisation_long_s1", "shuffle32"), ("patch48nopool", "generalisation_patch48", "patch48nopool"),
@@ -128,6 +130,7 @@ FIGURES: dict[str, Figure] = {
     # across runs
     "logo_by_length": Figure("benchmarks/logo_by_length.py", (
         *LENGTH_ARMS, "--ran", "generalisation=15", "generalisation_controls=15", "generalisation_capacity=10",
+        "generalisation_aux_s1_patch96nopool=52", "generalisation_swa_s1_patch96nopool=77",
         "--longer_from", "60", "--out", "{out}", "--figure", "{fig}"), f"{R}/logo_by_length.json", ("rows", "groups")),
     "threshold_logo": Figure("benchmarks/threshold_logo.py", (
         "--scores", f"{R}/generalisation_controls_scores.npz", "--logo_spec", f"{R}/generalisation_controls_spec.json",
