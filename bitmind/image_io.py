@@ -137,11 +137,14 @@ def jpeg_scans(raw: bytes, stop_above: int = 1 << 30) -> int:
     its length; a scan's entropy-coded data up to the next marker, where 0xFF is always
     stuffed as FF 00 or a restart marker); stops at the end-of-image marker, so data after
     it (a motion photo's video, MPO frames) is not counted, and as soon as the count passes
-    ``stop_above``. Malformed bytes end the walk: the decoder judges them."""
+    ``stop_above``. Stray bytes between segments are skipped to the next marker, as libjpeg
+    does, so they cannot hide the scans after them; a length past the end ends the walk."""
     n, i, size = 0, 2, len(raw)
     while i + 1 < size and n <= stop_above:
-        if raw[i] != 0xFF:
-            break
+        if raw[i] != 0xFF:  # stray bytes before a marker: libjpeg skips them (with a warning), so does this
+            i = raw.find(b"\xff", i)
+            if i < 0 or i + 1 >= size:
+                break
         marker = raw[i + 1]
         if marker == 0xFF:  # fill byte before a marker
             i += 1

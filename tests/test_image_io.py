@@ -141,3 +141,13 @@ def test_scans_are_counted_by_walking_the_jpeg_not_by_searching_its_bytes():
     Image.new("RGB", (64, 48), (10, 200, 30)).save(buf, "JPEG", quality=90, progressive=True)
     assert 1 < jpeg_scans(buf.getvalue()) == buf.getvalue().count(b"\xff\xda") <= 12
     assert jpeg_scans(progressive_jpeg(size=64, extra_scans=500), stop_above=100) == 101  # stops once past
+    # stray bytes before the repeated scans (libjpeg skips them with a warning and decodes on)
+    # do not hide them: the walk skips to the next marker too
+    segs = _jpeg_segments(progressive_jpeg(size=64))
+    first_scan = next(k for k, (m, _) in enumerate(segs) if m == 0xDA)
+    ac = min((s for m, s in segs if m == 0xDA and s[5 + 2 * s[4]] > 0), key=len)
+    comment = b"\xff\xfe\x00\x04hi"  # a segment, then stray bytes where a marker should be
+    hidden = b"".join(s for _, s in segs[:first_scan + 1]) + comment + b"junk" + ac * 300 + b"\xff\xd9"
+    assert jpeg_scans(hidden) == 301
+    with pytest.raises(ImageDecodeError, match="more than 100 scans"):
+        decode_image(base64.b64encode(hidden).decode())
