@@ -151,3 +151,12 @@ def test_scans_are_counted_by_walking_the_jpeg_not_by_searching_its_bytes():
     assert jpeg_scans(hidden) == 301
     with pytest.raises(ImageDecodeError, match="more than 100 scans"):
         decode_image(base64.b64encode(hidden).decode())
+    # a stuffed zero between segments is a stray byte to libjpeg, not a marker with a length
+    # (read as one, its next two bytes jumped over 1,500 scans that libjpeg then decoded)
+    jump = (2 + 300 * len(ac)).to_bytes(2, "big")
+    assert 0xFF not in jump
+    bomb = b"".join(s for _, s in segs[:first_scan + 1]) + comment + b"\xff\x00" + jump + ac * 300 + b"\xff\xd9"
+    assert jpeg_scans(bomb) == 301
+    # a walk of more segments than any real file has is refused, not walked
+    with pytest.raises(ImageDecodeError, match="marker segments"):
+        jpeg_scans(segs[0][1] + comment * 20_000 + b"\xff\xd9")
