@@ -618,17 +618,10 @@ def test_validations_count_in_the_budget_once_they_have_started():
     assert epochs_within(500, elapsed, 40, 13.7, 5.0, 39, 4, 77) == 40  # over: stop after the epoch just run
 
 
-@pytest.mark.parametrize("budget_s, epochs, swa_start, averaged", [(20, 6, 0, [False]), (30, 7, 6, [False, True])],
-                         ids=["stops-before-averaging", "averages-from-the-next-epoch"])
-def test_a_sweep_whose_validations_do_not_fit_stops_within_its_budget(tmp_path, monkeypatch, budget_s, epochs,
-                                                                     swa_start, averaged):
-    """A real tiny sweep on a fake clock: training epochs cost 1 s, a validation 5 s per
-    variant (two variants), validation from epoch 5 of 8, averaging planned from 7. The early
-    fits see only 1 s epochs and keep all 8; without a fit after a validation the run takes
-    8 + 3 x 10 = 38 s. After the validation of epoch 5 (16 s spent): with 20 s no further
-    epoch and its validation fit, so the run ends there and the averaging variant, which
-    never averaged, says so (swa_start 0); with 30 s one more fits, and averaging moves to
-    it, never onto the epoch already run."""
+def _fake_clock_sweep(tmp_path, monkeypatch, budget_s: float, epochs: int, val_from: int, swa_start: int):
+    """A real tiny sweep (a plain and an averaging variant, validation every epoch from
+    ``val_from``) on a fake clock: a training epoch costs 1 s, a validation 5 s per variant.
+    Returns sweep.json and the averaging variant's history."""
     import bitmind.training.sweep as sweep_mod
 
     clock = SimpleNamespace(now=0.0)
@@ -647,15 +640,39 @@ def test_a_sweep_whose_validations_do_not_fit_stops_within_its_budget(tmp_path, 
     monkeypatch.setattr(sweep_mod, "_logits", logits)
     torch.set_num_threads(1)
     data = make_folder(tmp_path / "data", n_per_class=6, seed=3, size=64)
-    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "v", epochs=8), "time_budget_s": budget_s,
-                                "val_from": 5, "val_every": 1, "variants": {"plain": {}, "avg": {"swa_start": 7}}})
+    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "v", epochs=epochs), "time_budget_s": budget_s,
+                                "val_from": val_from, "val_every": 1,
+                                "variants": {"plain": {}, "avg": {"swa_start": swa_start}}})
     run_sweep(spec)
-    report = json.loads((tmp_path / "ck" / "v" / "sweep.json").read_text())
+    out = tmp_path / "ck" / "v"
+    return json.loads((out / "sweep.json").read_text()), json.loads((out / "avg" / "history.json").read_text())
+
+
+@pytest.mark.parametrize("budget_s, epochs, swa_start, averaged", [(20, 6, 0, [False]), (30, 7, 6, [False, True])],
+                         ids=["stops-before-averaging", "averages-from-the-next-epoch"])
+def test_a_sweep_whose_validations_do_not_fit_stops_within_its_budget(tmp_path, monkeypatch, budget_s, epochs,
+                                                                     swa_start, averaged):
+    """Validation from epoch 5 of 8, averaging planned from 7, two variants (a validation
+    costs 10 s). The early fits see only 1 s epochs and keep all 8; without a fit after a
+    validation the run takes 8 + 3 x 10 = 38 s. After the validation of epoch 5 (16 s spent):
+    with 20 s no further epoch and its validation fit, so the run ends there and the
+    averaging variant, which never averaged, says so (swa_start 0); with 30 s one more fits,
+    and averaging moves to it, never onto the epoch already run."""
+    report, history = _fake_clock_sweep(tmp_path, monkeypatch, budget_s, 8, val_from=5, swa_start=7)
     assert (report["epochs"], report["planned_epochs"]) == (epochs, 8)
     assert report["seconds"] <= budget_s
     assert report["variants"]["avg"]["swa_start"] == swa_start
-    history = json.loads((tmp_path / "ck" / "v" / "avg" / "history.json").read_text())
     assert [(r["epoch"], bool(r.get("averaged"))) for r in history] == list(zip(range(5, epochs), averaged))
+
+
+def test_a_validation_before_the_steady_fit_binds_it(tmp_path, monkeypatch):
+    """Validation from epoch 3 of 10 (before the steady fit at epoch 4), budget 14 s: after
+    the validation of epoch 3 the budget is spent (4 epochs, 10 s of validation) and the run
+    stops there; before, fits after a validation waited for the steady fit, which cannot stop
+    before one more epoch and its validation: 25 s."""
+    report, history = _fake_clock_sweep(tmp_path, monkeypatch, 14, 10, val_from=3, swa_start=4)
+    assert (report["epochs"], report["seconds"]) == (4, 14)
+    assert report["variants"]["avg"]["swa_start"] == 0 and [r["epoch"] for r in history] == [3]
 
 
 def test_a_time_budget_keeps_the_runs_shape():

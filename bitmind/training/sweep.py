@@ -383,11 +383,12 @@ class Teachers:
     """Distillation teachers, loaded once each: the calibrated logit of a batch per checkpoint."""
 
     def __init__(self, paths, device: torch.device, channels_last: bool):
-        from bitmind.checkpoint import load_model
+        from bitmind.checkpoint import check_calibration, load_model
 
         self.models = {}
         for p in sorted(set(paths)):
             lm = load_model(p)
+            check_calibration(lm.meta, p)  # a NaN or negative temperature would teach NaN or inverted targets
             net = lm.model.to(device).eval()
             if device.type == "cuda" and channels_last:
                 net = net.to(memory_format=torch.channels_last)
@@ -591,6 +592,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     plan, window = planned_shape(spec, variants), max(spec.val_every, 2)
     t_window = None
     recent: list[float] = []  # training seconds of the latest epochs
+    shortened = False  # by a fit after a validation: the steady fit may not lengthen the run again
     epoch = -1
     while epoch + 1 < base.epochs:
         epoch += 1
@@ -601,7 +603,8 @@ def run_sweep(spec: SweepSpec) -> dict:
                        f"{elapsed / 2:.1f}s per epoch over epochs 0-1", plan, now=epoch)
         elif spec.time_budget_s and t_window is not None and epoch == 2 + window:
             steady = (time.time() - t_window) / window
-            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, plan["epochs"]),
+            longest = spec.base.epochs if shortened else plan["epochs"]
+            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, longest),
                        f"{steady:.1f}s per epoch over epochs 2-{epoch - 1}", plan, now=epoch)
         train_ds.set_epoch(epoch)
         lrs = {v.name: v.begin_epoch(epoch) for v in variants}
@@ -637,13 +640,14 @@ def run_sweep(spec: SweepSpec) -> dict:
         for v in variants:
             v.writer.flush()
             (v.run_dir / "history.json").write_text(json.dumps(v.history, indent=1))
-        # (after the steady fit only: an earlier validation fit could be lengthened again by it,
-        # and the cosine schedule would rise and fall)
-        if spec.time_budget_s and t_window is not None and window + 2 <= epoch < base.epochs - 1:
+        # (from epoch 2 on; one that shortens the run before the steady fit binds it: the steady
+        # fit, blind to validations, may then only shorten, so the schedule never rises and falls)
+        if spec.time_budget_s and t_window is not None and epoch < base.epochs - 1:
             val_s, train_s = time.time() - t_val, sum(recent) / len(recent)
             end = epochs_within(spec.time_budget_s, time.time() - t_start, epoch + 1, train_s, val_s,
                                 spec.val_from, spec.val_every, base.epochs)
             why = f"{train_s:.1f}s per epoch, {val_s:.1f}s per validation"
+            shortened = shortened or end < base.epochs
             if end == epoch + 1:
                 stop_after(spec, variants, epoch, why)
             elif end < base.epochs:
