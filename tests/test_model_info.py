@@ -50,3 +50,9 @@ def test_files_that_do_not_load_are_reported_not_raised(tmp_path, capsys):
     assert text.count("does not load") == 2 and "not found" in text and "good.pth\n  npr" in text
     assert main([str(good), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["path"] == str(good)  # one file: one object
+    # a file that loads but whose calibration the miner would refuse (before: a traceback for
+    # a temperature that is not a number)
+    model = build_model("npr", layers=[1, 1], width=8)
+    save_checkpoint(model, tmp_path / "bad.pth", meta=model_meta(model, temperature="warm"))
+    assert main([str(tmp_path / "bad.pth")]) == 1
+    assert "the miner would refuse it" in capsys.readouterr().out

@@ -12,7 +12,9 @@ patch size and tile shuffle, weight averaging, an auxiliary family head's classe
 was fine-tuned from) and its validation figures; for an ensemble, its members. Why:
 the miner hot-swaps whatever file lands at its model path, and a checkpoint describes
 itself, so an operator can see what is about to be served, and that it loads, first.
-A file that does not load is reported with the reason and the exit status is 1.
+A file that does not load, or whose stored calibration the miner would refuse (a
+temperature or bias that would answer NaN or invert every decision), is reported with the
+reason and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from bitmind.checkpoint import CheckpointError, load_model
+from bitmind.checkpoint import CheckpointError, check_calibration, load_model
 from bitmind.models.npr import has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
@@ -39,6 +41,11 @@ def describe(path: str | Path) -> dict:
         lm = load_model(path)
     except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as e:
         out["error"] = f"{type(e).__name__}: {e}"
+        return out
+    try:  # what the miner checks before it serves a file
+        check_calibration(lm.meta, path)
+    except CheckpointError as e:
+        out["error"] = f"the miner would refuse it: {e} (python -m bitmind.calibrate fits it anew)"
         return out
     meta = lm.meta
     cal = (meta.get("metrics") or {}).get("calibration") or {}
