@@ -53,18 +53,19 @@ def load_script(relpath: str):
     return module
 
 
-def make_checkpoint(path: str | Path, seed: int = 0) -> Path:
-    """Save a tiny NPR whose weights depend on ``seed``."""
+def make_checkpoint(path: str | Path, seed: int = 0, **meta) -> Path:
+    """Save a tiny NPR whose weights depend on ``seed``; ``meta`` (e.g. ``temperature``) is
+    stored in its metadata block."""
     import torch
 
-    from bitmind.checkpoint import save_checkpoint
+    from bitmind.checkpoint import model_meta, save_checkpoint
     from bitmind.models import build_model
 
     torch.manual_seed(seed)
     model = build_model("npr", layers=[1, 1], width=8)
     with torch.no_grad():  # make the output depend clearly on the seed
         model.fc1.bias.fill_(float(seed) * 0.5 - 0.25)
-    return save_checkpoint(model, path)
+    return save_checkpoint(model, path, meta=model_meta(model, **meta) if meta else None)
 
 
 def sample_image(size: int = 96, seed: int = 0) -> Image.Image:

@@ -6,10 +6,9 @@ import os
 import pytest
 import torch
 
-from bitmind.checkpoint import load_model, model_meta, save_checkpoint
+from bitmind.checkpoint import load_model
 from bitmind.miner.handlers import MinerHandlers
 from bitmind.miner.predict import Predictor, predict
-from bitmind.models import build_model
 from bitmind.protocol import decode_synapse_image, prepare_image_synapse
 
 pytestmark = pytest.mark.usefixtures("session_chain")
@@ -134,30 +133,25 @@ def test_centre_crop_change_swaps_in_place(tmp_path, image_factory, caplog):
         predictor.close()
 
 
-def _tiny_npr(path, **meta_extra):
-    torch.manual_seed(0)
-    model = build_model("npr", layers=[1, 1], width=8)
-    return save_checkpoint(model, path, meta=model_meta(model, **meta_extra))
-
-
 @pytest.mark.parametrize("bad", [{"temperature": math.nan}, {"logit_bias": math.nan}, {"temperature": "abc"},
                                  {"temperature": -1.0}, {"logit_bias": math.inf}],
                          ids=["temperature-nan", "bias-nan", "temperature-text", "temperature-negative", "bias-inf"])
-def test_hot_reload_keeps_serving_when_the_new_files_calibration_would_break_every_answer(tmp_path, image_factory, bad):
+def test_hot_reload_keeps_serving_when_the_new_files_calibration_would_break_every_answer(tmp_path, image_factory,
+                                                                                        checkpoint_factory, bad):
     """The new file's test forward was finite, so it was swapped in, and then every answer
     was NaN (-1.0 to the validator), an error, or (negative temperature) every decision
     inverted. Its stored calibration is now checked when it loads: the old model keeps serving."""
     path = tmp_path / "model.pth"
-    _tiny_npr(path)
+    checkpoint_factory(path)
     p = Predictor(str(path), device="cpu", check_interval=0.0)
     try:
         img = image_factory(size=64, seed=3)
         before = p.predict_image(img)
-        _tiny_npr(tmp_path / "new.pth", **bad)
+        checkpoint_factory(tmp_path / "new.pth", **bad)
         os.replace(tmp_path / "new.pth", path)
         assert p.check_reload(force=True) is False
         assert p.predict_image(img) == pytest.approx(before)
-        _tiny_npr(tmp_path / "new.pth", temperature=2.0, logit_bias=0.5)  # a good calibration still swaps in
+        checkpoint_factory(tmp_path / "new.pth", temperature=2.0, logit_bias=0.5)  # a good calibration still swaps in
         os.replace(tmp_path / "new.pth", path)
         assert p.check_reload(force=True) is True
         assert p.predict_image(img) != pytest.approx(before)

@@ -300,11 +300,15 @@ def budget_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: 
     return max(min(epochs_done + more, planned), epochs_done, 3)
 
 
+def validates(epoch: int, epochs: int, val_from: int, val_every: int) -> bool:
+    """Whether a sweep of ``epochs`` epochs validates ``epoch``: from ``val_from`` every
+    ``val_every`` epochs, and always the last one."""
+    return epoch == epochs - 1 or (epoch >= val_from and (epoch - val_from) % max(val_every, 1) == 0)
+
+
 def validations_between(start: int, end: int, val_from: int, val_every: int) -> int:
-    """How many of epochs ``start`` .. ``end - 1`` a sweep validates: from ``val_from`` every
-    ``val_every`` epochs, and always the last one (``end - 1``)."""
-    n = sum(1 for e in range(max(start, val_from), end) if (e - val_from) % max(val_every, 1) == 0)
-    return n + (end - 1 >= start and not (end - 1 >= val_from and (end - 1 - val_from) % max(val_every, 1) == 0))
+    """How many of epochs ``start`` .. ``end - 1`` a sweep ending with ``end - 1`` validates."""
+    return sum(validates(e, end, val_from, val_every) for e in range(start, end))
 
 
 def epochs_within(budget_s: float, elapsed_s: float, next_epoch: int, epoch_s: float, val_s: float,
@@ -616,8 +620,7 @@ def run_sweep(spec: SweepSpec) -> dict:
             v.end_epoch(epoch)
         epoch_s = time.time() - t_epoch
         recent = (recent + [epoch_s])[-window:]
-        skip_val = epoch < spec.val_from or (epoch - spec.val_from) % spec.val_every != 0
-        if skip_val and epoch < base.epochs - 1:
+        if not validates(epoch, base.epochs, spec.val_from, spec.val_every):
             print(f"epoch {epoch} ({epoch_s:.1f}s) " + " | ".join(f"{v.name} loss={v.mean_loss:.3f}" for v in variants), flush=True)
             continue
         line = [f"epoch {epoch} ({epoch_s:.1f}s)"]
