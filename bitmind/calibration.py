@@ -89,37 +89,62 @@ RECORD_METRICS = ("brier", "balanced_brier", "ece", "accuracy", "real_accuracy",
 METHOD = "class-balanced Platt scaling"
 
 
-def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: float | None = None, **context) -> dict:
+class CalibrationDataError(ValueError):
+    """The held-out data cannot calibrate anything: no logits, or only one class (a fit
+    needs real photos and fakes; with one class it would return the identity map and wipe
+    whatever calibration the file had). Callers that can go on without a calibration (the
+    trainer) catch this; ``bitmind.calibrate`` reports it and writes nothing."""
+
+
+def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: float | None = None,
+                     current: tuple[float, float] = (1.0, 0.0), **context) -> dict:
     """Fit class-balanced Platt scaling on held-out ``logits``; the calibration record that
     the trainer, the sweep, ``bitmind.calibrate`` and the leave-one-out ship all store
     (one schema): ``temperature``, ``logit_bias``, ``method``, ``kept``, ``n``, the
-    ``context`` given (split, seeds, regimes ...) and ``val_<metric>_before/after``.
+    ``context`` given (split, seeds, regimes ...), ``previous_temperature`` /
+    ``previous_logit_bias`` (``current``) and ``val_<metric>_before/after``.
 
-    With ``keep_if_better`` the fit is kept only if it lowers the class-balanced Brier
-    score (tiny or separable validation sets: the identity map is kept instead). With
-    ``real_target`` the fitted temperature stays and the bias is replaced by the one that
-    calls that share of the validation real photos real (``real_target_bias``; the Platt
-    bias is kept in the record as ``platt_bias``); 0 or None keeps the Platt boundary."""
+    ``current`` is the ``(temperature, bias)`` in place before this fit (the identity map
+    for a freshly trained checkpoint; the stored calibration when ``bitmind.calibrate``
+    fits a file anew), and ``val_<metric>_before`` is measured with it. With
+    ``keep_if_better`` the fit is kept only if it lowers the class-balanced Brier score
+    below ``current``'s (tiny or separable validation sets, or a stored calibration that
+    does better on these data: ``current`` is kept instead, never replaced by something
+    worse). With ``real_target`` the temperature kept stays and the bias is replaced by
+    the one that calls that share of the validation real photos real
+    (``real_target_bias``; the bias it replaces is kept in the record as ``platt_bias``);
+    0 or None keeps the Platt boundary. Raises ``CalibrationDataError`` when ``labels``
+    are empty or of one class."""
     from bitmind.metrics import compute_metrics
 
     z = np.asarray(logits, dtype=np.float64).reshape(-1)
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if len(y) == 0:
+        raise CalibrationDataError("no logits to calibrate on (no readable images?)")
+    if y.min() == y.max():
+        raise CalibrationDataError(f"calibration needs both real and fake pictures; all {len(y)} are "
+                                   f"{'fake' if y[0] > 0.5 else 'real'}")
+    if real_target and not 0.0 < real_target < 1.0:  # before the fit, not after it
+        raise ValueError(f"real_target must lie in (0, 1), got {real_target}")
+    t0, b0 = float(current[0]), float(current[1])
     t, b = fit_platt(z, y, class_balanced=True)
 
     def scores(temperature, bias):
         p = apply_calibration(z, temperature, bias)
         return {**compute_metrics(y, p), "balanced_brier": balanced_brier(y, p)}
 
-    before, after = scores(1.0, 0.0), scores(t, b)
+    before, after = scores(t0, b0), scores(t, b)
     kept = not keep_if_better or after["balanced_brier"] <= before["balanced_brier"]
     if not kept:
-        t, b, after = 1.0, 0.0, before
-    method, boundary = METHOD, {}
+        t, b, after = t0, b0, before
+    method = METHOD if kept or (t0, b0) == (1.0, 0.0) else "the calibration in place (a new Platt fit was not better)"
+    boundary = {}
     if real_target:
         boundary = {"real_target": float(real_target), "platt_bias": b}
         b = real_target_bias(z, y, t, real_target)
-        method, after = f"{METHOD}, boundary at {real_target:g} of validation real photos", scores(t, b)
+        method, after = f"{method}, boundary at {real_target:g} of validation real photos", scores(t, b)
     return {"temperature": t, "logit_bias": b, "method": method, "class_balanced": True, "kept": kept, "n": int(len(y)),
+            "previous_temperature": t0, "previous_logit_bias": b0,
             **boundary, **context, **{f"val_{k}_{when}": m[k] for when, m in (("before", before), ("after", after)) for k in RECORD_METRICS}}
 
 

@@ -4,6 +4,9 @@
 Every data root is split by picture stem with the trainer's rule, so a picture is in the
 same split whichever root holds it; with several roots, per-source figures are keyed
 ``ROOT:CLASS/SOURCE`` (``ROOT`` is the folder name, the full spec if two roots share one).
+The split seed and the train/val/test fractions are those the checkpoint's run used
+(``train_options``: ``trained_split``), so ``--split val`` is the trainer's validation split
+whatever ``--val_fraction`` / ``--test_fraction`` it was trained with.
 
 The model is loaded with ``bitmind.checkpoint.load_model`` and scored exactly as the
 miner serves it: base transforms, one logit through the miner's own forward
@@ -41,7 +44,7 @@ from bitmind.data import (
     open_source,
     split_indices,
 )
-from bitmind.data.splits import SPLITS
+from bitmind.data.splits import DEFAULT_FRACTIONS, SPLITS
 from bitmind.image_transforms import ValidatorPipeline
 from bitmind.inference import serving_forward
 from bitmind.metrics import compute_metrics
@@ -79,9 +82,46 @@ def open_sources(data: Sequence[str | os.PathLike]) -> list[ImageSource]:
     return [_NamedSource(s, p) for s, p in zip(sources, prefixes)]
 
 
+def trained_split(meta: dict, split_seed: int | None = None, val_fraction: float | None = None,
+                  test_fraction: float | None = None) -> tuple[int, tuple[float, float, float]]:
+    """``(split_seed, (train, val, test) fractions)`` of the run that wrote a checkpoint
+    (``meta``), as ``bitmind.training.trainer.build_datasets`` computes them from its
+    ``train_options``; each given argument overrides the file, and a file without them (a
+    bare state dict, an ensemble, an older checkpoint) gets the trainer's defaults (seed 0,
+    80/10/10). Why: with other fractions the default split's "val" holds pictures the model
+    was trained on (and "train" its test pictures), so an evaluation or a calibration on it
+    would measure, or fit, the wrong thing."""
+    opts = meta.get("train_options") or {}
+
+    def pick(given, key, default):
+        value = given if given is not None else opts.get(key)
+        return default if value is None else value
+
+    seed = int(pick(split_seed, "split_seed", 0))
+    val, test = float(pick(val_fraction, "val_fraction", DEFAULT_FRACTIONS[1])), float(pick(test_fraction, "test_fraction", DEFAULT_FRACTIONS[2]))
+    if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
+        raise ValueError(f"val and test fractions must be in [0, 1) and leave a training share, got {val:g} and {test:g}")
+    return seed, (1.0 - val - test, val, test)
+
+
+def check_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``resolve_device``, refusing a CUDA device this machine does not have (a ValueError
+    with one line to show, not the driver's traceback from the first tensor moved)."""
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as e:  # torch.device("gpu"): "Expected one of cpu, cuda, ..."
+        raise ValueError(f"unknown device {device!r}: {str(e).splitlines()[0]}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r}: no such CUDA device on this machine "
+                         f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); use --device cpu or auto")
+    return dev
+
+
 def build_dataset(data: Sequence[str | os.PathLike] | str | os.PathLike, split: str | None = None, split_seed: int = 0,
-                  challenge: bool = False, seed: int = 0, pipeline: ValidatorPipeline | None = None) -> DetectionDataset:
-    """The images to evaluate: all of ``data``, or one split of it (by picture stem).
+                  challenge: bool = False, seed: int = 0, pipeline: ValidatorPipeline | None = None,
+                  fractions: Sequence[float] = DEFAULT_FRACTIONS) -> DetectionDataset:
+    """The images to evaluate: all of ``data``, or one split of it (by picture stem, with
+    ``split_seed`` and the train/val/test ``fractions``: the model's are ``trained_split``'s).
 
     ``challenge`` applies ``pipeline`` (default ``ValidatorPipeline()``: random aug or
     plain, JPEG 75) with the RNG of ``DetectionDataset.rng_for(k)``, i.e. derived from
@@ -93,7 +133,7 @@ def build_dataset(data: Sequence[str | os.PathLike] | str | os.PathLike, split: 
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     items = []
     for src in open_sources(data):
-        idx = split_indices(src, seed=split_seed)[split] if split else range(len(src))
+        idx = split_indices(src, seed=split_seed, fractions=tuple(fractions))[split] if split else range(len(src))
         items.extend((src, i) for i in idx)
     if not items:
         raise ValueError(f"no images to evaluate in {list(map(str, data))}" + (f" (split {split!r})" if split else ""))
@@ -172,18 +212,27 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
 
 
 def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = False, seed: int = 0, split: str | None = None,
-                      split_seed: int = 0, batch_size: int = 32, device: str | None = "auto", workers: int = 0,
+                      split_seed: int | None = None, batch_size: int = 32, device: str | None = "auto", workers: int = 0,
                       temperature: float | None = None, logit_bias: float | None = None, progress: bool = True,
-                      json_path: str | os.PathLike | None = None,
-                      plots_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], Predictions, DetectionDataset]:
-    """``evaluate`` that also returns the per-image predictions and the dataset."""
-    dev = resolve_device(device)
+                      json_path: str | os.PathLike | None = None, plots_dir: str | os.PathLike | None = None,
+                      val_fraction: float | None = None,
+                      test_fraction: float | None = None) -> tuple[dict[str, Any], Predictions, DetectionDataset]:
+    """``evaluate`` that also returns the per-image predictions and the dataset. Raises
+    ValueError when not one image could be read (a table of n = 0 is no evaluation)."""
+    dev = check_device(device)
     loaded = load_model(model_path, device=dev)
+    split_seed, fractions = trained_split(loaded.meta, split_seed, val_fraction, test_fraction)
+    if split:
+        logger.info("split %r of seed %d, train/val/test fractions %s%s", split, split_seed, "/".join(f"{f:.3g}" for f in fractions),
+                    "" if (loaded.meta.get("train_options") or {}).get("val_fraction") is not None else " (no training options stored)")
     data = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     pipeline = ValidatorPipeline() if challenge else None
-    dataset = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, pipeline=pipeline)
+    dataset = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, pipeline=pipeline,
+                            fractions=fractions)
     preds = collect_predictions(loaded, dataset, batch_size=batch_size, device=dev, workers=workers,
                                 temperature=temperature, logit_bias=logit_bias, progress=progress)
+    if len(preds) == 0:
+        raise ValueError(f"none of the {len(dataset)} images could be read, e.g. {preds.skipped[0]}")
     report: dict[str, Any] = preds.metrics()
     report["skipped"] = len(preds.skipped)
     report["model"] = {"path": str(model_path), "sha256": loaded.sha256, "arch": loaded.arch,
@@ -192,6 +241,7 @@ def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = Fal
                                                                                   "logit_bias": loaded.logit_bias}}
     report["data"] = [str(d) for d in data]
     report["options"] = {"challenge": challenge, "seed": seed, "split": split, "split_seed": split_seed if split else None,
+                         "split_fractions": list(fractions) if split else None,
                          "batch_size": batch_size, "device": str(dev), "workers": workers,
                          "pipeline": {"plain_share": pipeline.plain_share, "jpeg_quality": pipeline.jpeg_quality} if pipeline else None}
     if preds.skipped:
@@ -211,9 +261,10 @@ def evaluate(model_path: str | os.PathLike, data, challenge: bool = False, seed:
     """Evaluate a model file on local data; returns the report (metrics overall and
     ``per_source``, ``skipped``, ``model`` path/sha256/arch, ``data``, ``options``).
 
-    Keyword arguments: ``split``, ``split_seed``, ``batch_size``, ``device``, ``workers``,
-    ``temperature`` and ``logit_bias`` (override the checkpoint's calibration), ``progress``,
-    ``json_path``, ``plots_dir``.
+    Keyword arguments: ``split``, ``split_seed``, ``val_fraction`` and ``test_fraction`` (the
+    split; default: the checkpoint's run's, ``trained_split``), ``batch_size``, ``device``,
+    ``workers``, ``temperature`` and ``logit_bias`` (override the checkpoint's calibration),
+    ``progress``, ``json_path``, ``plots_dir``.
     """
     report, _, _ = evaluate_detailed(model_path, data, challenge=challenge, seed=seed, **kw)
     return report

@@ -4,43 +4,83 @@ Fits Platt scaling (``sigmoid(logit / T + b)``, see ``bitmind.calibration``) on 
 logits of a validation split, optionally seen as several independent draws of
 validator challenges (``--challenge --seeds 0 1 2 ...``: more samples of the
 distribution the miner is scored on than one pass gives), and writes the result into
-the checkpoint's metadata. The calibration is kept only if it lowers the Brier score.
+the checkpoint's metadata. The new fit is kept only if it does better (class-balanced
+Brier score, on the same pictures) than the calibration already stored in the file:
+otherwise the stored one stays, so a re-run on little or odd data never makes a model
+worse (``--replace`` stores the fit anyway). Data that cannot calibrate (one class, or
+not one readable picture) is an error and nothing is written; so is any usage error
+(``error: ...``, exit status 2).
 
     python -m bitmind.calibrate --model M.pth --data DIR [DIR2 ...] --split val --challenge --seeds 0 1 2 3 4 5 --out M.cal.pth
 
 ``--data`` takes one or more roots, as ``bitmind.eval`` and the trainer do (each split
-by picture stem with the trainer's rule; the fit pools the chosen split of every root).
+by picture stem with the trainer's rule, at the split seed and fractions the model was
+trained with, as ``bitmind.eval`` does; the fit pools the chosen split of every root).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import sys
 
 import numpy as np
 
-from bitmind.calibration import calibrate_logits, store_calibration
-from bitmind.checkpoint import load_model
-from bitmind.cli.eval import add_data_argument
-from bitmind.evaluation import build_dataset, collect_predictions
+from bitmind.calibration import CalibrationDataError, calibrate_logits, store_calibration
+from bitmind.checkpoint import CheckpointError, check_calibration, load_model
+from bitmind.cli.eval import add_data_argument, add_split_arguments
+from bitmind.data.splits import SPLITS
+from bitmind.evaluation import build_dataset, check_device, collect_predictions, trained_split
 
 logger = logging.getLogger(__name__)
 
 
-def calibrate(model_path: str, data: list[str], out_path: str | None = None, split: str | None = "val", split_seed: int = 0,
+def stored_calibration(lm, path) -> tuple[float, float]:
+    """The ``(temperature, bias)`` the file serves with: what a new fit must beat. One the
+    miner would refuse (``check_calibration``) counts as none, the identity map."""
+    try:
+        check_calibration(lm.meta, path)
+    except CheckpointError as e:
+        logger.warning("ignoring the stored calibration: %s", e)
+        return 1.0, 0.0
+    return lm.temperature, lm.logit_bias
+
+
+def calibrate(model_path: str, data: list[str], out_path: str | None = None, split: str | None = "val", split_seed: int | None = None,
               challenge: bool = False, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0,
-              real_target: float | None = None) -> dict:
+              real_target: float | None = None, val_fraction: float | None = None, test_fraction: float | None = None,
+              keep_if_better: bool = True) -> dict:
     """Fit the checkpoint's calibration on ``split`` of ``data`` (validator challenges of
-    every seed in ``seeds`` if ``challenge``) and store it; returns the record."""
+    every seed in ``seeds`` if ``challenge``) and store it; returns the record.
+
+    The split is the one the model was trained with (``trained_split``: seed and fractions
+    from the checkpoint, each overridable). With ``keep_if_better`` the fit must beat the
+    stored calibration. Raises ``CalibrationDataError`` (nothing written) when the pictures
+    read hold one class or none; ValueError / CheckpointError / OSError on bad arguments."""
+    if real_target and not 0.0 < real_target < 1.0:  # before minutes of inference, not after
+        raise ValueError(f"--real_target must lie in (0, 1), got {real_target}")
+    dev = check_device(device)
     lm = load_model(model_path)
-    logits, labels = [], []
+    split_seed, fractions = trained_split(lm.meta, split_seed, val_fraction, test_fraction)
+    if split:
+        logger.info("fitting on split %r of seed %d, train/val/test fractions %s", split, split_seed,
+                    "/".join(f"{f:.3g}" for f in fractions))
+    logits, labels, n_images = [], [], 0
     for seed in seeds:
-        ds = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed)
-        pred = collect_predictions(lm, ds, batch_size=batch_size, device=device, workers=workers, temperature=1.0, logit_bias=0.0)
+        ds = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, fractions=fractions)
+        pred = collect_predictions(lm, ds, batch_size=batch_size, device=dev, workers=workers, temperature=1.0, logit_bias=0.0)
         logits.append(pred.logits)
         labels.append(pred.labels)
-    record = calibrate_logits(np.concatenate(logits), np.concatenate(labels), real_target=real_target, split=split, split_seed=split_seed,
-                              challenge=challenge, seeds=list(seeds))
+        n_images += len(ds)
+    if not sum(map(len, labels)):
+        raise CalibrationDataError(f"none of the {n_images} images of {', '.join(map(str, data))}"
+                                   + (f" (split {split!r})" if split else "") + " could be read")
+    record = calibrate_logits(np.concatenate(logits), np.concatenate(labels), keep_if_better=keep_if_better, real_target=real_target,
+                              current=stored_calibration(lm, model_path), split=split, split_seed=split_seed,
+                              split_fractions=list(fractions) if split else None, challenge=challenge, seeds=list(seeds))
+    previous = (lm.meta.get("metrics") or {}).get("calibration")
+    if not record["kept"] and isinstance(previous, dict):  # what placed the map still in force
+        record["stored_record"] = {k: v for k, v in previous.items() if k != "stored_record"}
     return store_calibration(model_path, record, out_path)
 
 
@@ -49,8 +89,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True)
     add_data_argument(ap)
     ap.add_argument("--out", default=None, help="write here instead of over --model")
-    ap.add_argument("--split", default="val", help="split to fit on (by picture stem); 'all' for every image")
-    ap.add_argument("--split_seed", type=int, default=0)
+    ap.add_argument("--split", default="val", choices=SPLITS + ("all",),
+                    help="split to fit on (by picture stem, as the model was trained); 'all' for every image")
+    add_split_arguments(ap)
     ap.add_argument("--challenge", action="store_true", help="fit on validator challenges (random aug / plain + JPEG 75)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="challenge draws to pool")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -59,10 +100,17 @@ def main(argv=None) -> int:
     ap.add_argument("--real_target", type=float, default=None,
                     help="then move the boundary so this share of the split's real photos is called real "
                          "(0.85 for the shipped model: docs/Generalisation.md); default: the Platt boundary")
+    ap.add_argument("--replace", action="store_true",
+                    help="store the new fit even if it does no better than the calibration stored in the file")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    rec = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
-                    a.device, a.batch_size, a.workers, a.real_target)
+    try:
+        rec = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
+                        a.device, a.batch_size, a.workers, a.real_target, a.val_fraction, a.test_fraction,
+                        keep_if_better=not a.replace)
+    except (CheckpointError, OSError, ValueError) as e:  # CalibrationDataError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(rec, indent=2))
     return 0
 

@@ -6,7 +6,9 @@
 
 ``--data`` takes one or more data roots, as the trainer's does (``--data A B C``;
 ``--data A --data B`` works too), each split by picture stem with the trainer's rule
-(``bitmind.evaluation``). ``bitmind.calibrate``, ``base_miner/NPR/validate.py`` and
+(``bitmind.evaluation``), with the split seed and fractions the model was trained with
+(its stored training options; ``--split_seed``, ``--val_fraction``, ``--test_fraction``
+override them). ``bitmind.calibrate``, ``base_miner/NPR/validate.py`` and
 ``benchmarks/accuracy.py`` take ``--data`` the same way (``add_data_argument``).
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ def format_report(report: dict[str, Any]) -> str:
     opts = report.get("options", {})
     mode = "validator challenges (seed %s)" % opts.get("seed") if opts.get("challenge") else "plain images"
     where = f"split {opts['split']!r} (seed {opts['split_seed']})" if opts.get("split") else "all images"
+    if opts.get("split") and opts.get("split_fractions"):
+        where += " of train/val/test " + "/".join(f"{f:.3g}" for f in opts["split_fractions"])
     title = (f"model {report['model']['path']} ({report['model']['arch']}, T={report['model']['temperature']:.3g}, "
              f"b={report['model']['logit_bias']:+.3g}) "
              f"on {', '.join(report['data'])}: {where}, {mode}")
@@ -47,6 +51,18 @@ def add_data_argument(ap: argparse.ArgumentParser, required: bool = True, help: 
     return ap
 
 
+def add_split_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The split options of ``bitmind.eval`` and ``bitmind.calibrate``: each defaults to what
+    the model's checkpoint stores of its training run (``bitmind.evaluation.trained_split``)."""
+    ap.add_argument("--split_seed", type=int, default=None,
+                    help="seed of the split (the trainer's --split_seed; default: the checkpoint's, else 0)")
+    ap.add_argument("--val_fraction", type=float, default=None,
+                    help="share of stems in the val split (the trainer's --val_fraction; default: the checkpoint's, else 0.1)")
+    ap.add_argument("--test_fraction", type=float, default=None,
+                    help="share of stems in the test split (the trainer's --test_fraction; default: the checkpoint's, else 0.1)")
+    return ap
+
+
 def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = None) -> argparse.ArgumentParser:
     """The options of ``bitmind.eval``, shared with ``base_miner/NPR/validate.py``."""
     ap.add_argument("--model", required=True, help="model file (.pth or .safetensors written by bitmind, or a bare NPR state dict)")
@@ -54,7 +70,7 @@ def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = 
     ap.add_argument("--split", choices=SPLITS, default=split_default,
                     help="evaluate only this split (by picture stem, as the trainer splits)"
                     + (f"; default {split_default}" if split_default else "; default: all images"))
-    ap.add_argument("--split_seed", type=int, default=0, help="seed of the split (the trainer's --split_seed)")
+    add_split_arguments(ap)
     ap.add_argument("--challenge", action="store_true", help="pass images through the validator pipeline (aug + JPEG 75) first")
     ap.add_argument("--seed", type=int, default=0, help="seed of the challenge transformations")
     ap.add_argument("--uncalibrated", action="store_true",
@@ -70,7 +86,9 @@ def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = 
 
 EPILOG = """several data roots:
   %(prog)s --model M.pth --data ../shared/data/sn34-mini ../shared/data/sn34-wide --split test
-  Each root is split by picture stem with the trainer's rule (--split_seed); the report's
+  Each root is split by picture stem with the trainer's rule, at the split seed and
+  fractions the model was trained with (stored in the checkpoint; --split_seed,
+  --val_fraction, --test_fraction override them); the report's
   per-source figures are keyed ROOT:CLASS/SOURCE (e.g. sn34-wide:fake/sdxl), and "data"
   lists the roots."""
 
@@ -81,7 +99,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate(args.model, args.data, challenge=args.challenge, seed=args.seed, split=args.split,
-                          split_seed=args.split_seed, batch_size=args.batch_size, device=args.device, workers=args.workers,
+                          split_seed=args.split_seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                          batch_size=args.batch_size, device=args.device, workers=args.workers,
                           temperature=1.0 if args.uncalibrated else None, logit_bias=0.0 if args.uncalibrated else None,
                           progress=not args.quiet, json_path=args.json, plots_dir=args.plots)
     except (CheckpointError, FileNotFoundError, ValueError) as e:

@@ -77,6 +77,12 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) and abs(v) < 0.01 else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _share(v) -> str:
+    """A stored figure as ``0.123``; ``n/a`` for one that is missing or not a number (a record
+    from data of one class has no fake accuracy; a hand-edited one may hold anything)."""
+    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
+
 def render(info: dict) -> str:
     """``describe``'s dict as a few readable lines."""
     lines = [info["path"]]
@@ -94,8 +100,8 @@ def render(info: dict) -> str:
     rule = cal.get("method") or ("none stored" if (info["temperature"], info["logit_bias"]) == (1.0, 0.0) else "stored")
     lines.append(f"  P(AI) = sigmoid(logit / {info['temperature']:.3f} {info['logit_bias']:+.3f}): {rule}")
     if "val_real_accuracy_after" in cal:
-        lines.append(f"    on validation, calibrated: real photos {cal['val_real_accuracy_after']:.3f} called real, "
-                     f"fakes {cal['val_fake_accuracy_after']:.3f} caught")
+        lines.append(f"    on validation, calibrated: real photos {_share(cal['val_real_accuracy_after'])} called real, "
+                     f"fakes {_share(cal.get('val_fake_accuracy_after'))} caught")
     if any(v is not None for v in info["training"].values()) or info["data"]:
         tr = ", ".join(f"{k} {_fmt(v)}" for k, v in info["training"].items() if v is not None)
         lines.append(f"  trained: {tr}" + (f"; data {', '.join(info['data'])}" if info["data"] else ""))
