@@ -7,19 +7,37 @@
 
 Best model: base_miner/checkpoints/<name>/model_epoch_best.pth (copy it over
 mining_models/base.pth to serve it; the miner hot-reloads). All options: --help.
+A run folder that already holds a run is refused unless ``--resume`` (continue it) or
+``--overwrite`` (replace it). Exit status: 0 done, 1 stopped on a loss that is not a
+number, 2 a usage error (options, data, run folder), 130 interrupted (resumable).
 The code lives in ``bitmind.training``; this file is only the entry point.
 """
 import logging
+import sys
 
 from bitmind.training import parse_config, train
+from bitmind.training.run_folder import RunFolderError
+from bitmind.training.trainer import TrainingDataError
+
+#: Exit status of a run that ended early, by ``summary["stopped"]``.
+EXIT_STATUS = {"non-finite": 1, "interrupted": 130}
 
 
 def main(argv=None) -> dict:
+    """Train per the command line ``argv``; returns the run's summary. A usage error (bad
+    data, a run folder that may not be used) exits 2 with one line; a run stopped early exits
+    with ``EXIT_STATUS`` after its best checkpoint is calibrated and its summary written."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_config(argv)
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except (TrainingDataError, RunFolderError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     if summary.get("best"):
         print(f"best: {summary['best']}\ncheckpoint: {summary['best_checkpoint']}", flush=True)
+    if summary.get("stopped") in EXIT_STATUS:
+        raise SystemExit(EXIT_STATUS[summary["stopped"]])
     return summary
 
 

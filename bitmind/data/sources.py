@@ -65,8 +65,16 @@ class _FileEntry:
     stem: str
 
 
+def _is_image(f: Path) -> bool:
+    """A picture file a folder source reads (by extension; hidden files left out)."""
+    return f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+
+
 class LocalFolderSource(ImageSource):
-    """``ROOT/{real,fake}/SOURCE/*`` images. SOURCE becomes ``class/source`` in reports."""
+    """``ROOT/{real,fake}/SOURCE/*`` images. SOURCE becomes ``class/source`` in reports.
+    Images right under ``ROOT/real`` or ``ROOT/fake`` (the image-folder layout many tools
+    write) are one more source, named after the root (``real/ROOT``): they used to be
+    left out without a word, so a run could train on one class believing it had both."""
 
     def __init__(self, root: str | os.PathLike, classes: dict[str, int] = CLASSES):
         self.root = Path(root).expanduser()
@@ -78,9 +86,13 @@ class LocalFolderSource(ImageSource):
             cdir = self.root / cls
             if not cdir.is_dir():
                 continue
+            loose = [f for f in sorted(cdir.iterdir()) if _is_image(f)]
+            if loose:
+                logger.info("%s: %d images right under %s/ read as source %s/%s", self.root, len(loose), cls, cls, self.name)
+                entries += [_FileEntry(str(f), label, f"{cls}/{self.name}", stem_of(f.name)) for f in loose]
             for sdir in sorted(p for p in cdir.iterdir() if p.is_dir()):
                 for f in sorted(sdir.rglob("*")):
-                    if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
+                    if _is_image(f):
                         entries.append(_FileEntry(str(f), label, f"{cls}/{sdir.name}", stem_of(f.name)))
         if not entries:
             raise ValueError(f"no images under {self.root} (expected {self.root}/{{real,fake}}/SOURCE/*.jpg)")

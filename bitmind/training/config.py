@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,10 @@ class TrainConfig:
                                "first one waits for a part per worker instead of a whole batch (~1.1 s a sweep "
                                "epoch on the H200 with 256)")
     seed: int = opt(0, "seed of weights, sampling and augmentation")
-    resume: bool = opt(False, "resume from <run_dir>/state_last.pt")
+    resume: bool = opt(False, "resume from <run_dir>/state_last.pt, with the options in its opt.json where the "
+                              "command line leaves them out (network options may not change)")
+    overwrite: bool = opt(False, "start a new run in a run folder that already holds one, removing its files "
+                                 "(without it, or --resume, such a folder is refused)")
     max_steps_per_epoch: int = opt(0, "cap on batches per epoch; 0 = full epoch (a cap is useful for quick tests)")
     log_every: int = opt(20, "steps between TensorBoard loss points")
     progress: bool = opt(True, "tqdm progress bars")
@@ -148,16 +152,27 @@ class TrainConfig:
             top_fraction(self.pool)
             if len(self.layers) not in (2, 3) or min(self.layers) < 1:
                 raise ValueError(f"--layers {self.layers}: 2 or 3 stages of at least one block")
-        for name in ("epochs", "batch_size", "width", "loader_parts", "share_multiple"):
+        for name in ("epochs", "batch_size", "width", "loader_parts", "share_multiple", "lr_decay_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+        for name in ("workers", "warmup_epochs", "early_stop_patience", "max_steps_per_epoch", "samples_per_epoch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("lr", "lr_decay"):  # inf passes "> 0" and turns every weight into NaN at the first step
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"--{name} must be positive (and finite), got {getattr(self, name)}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight_decay must be 0 or more, got {self.weight_decay}")
+        if not 0.0 <= self.beta1 < 1.0:
+            raise ValueError(f"--beta1 must be in [0, 1), got {self.beta1}")
+        if self.val_fraction <= 0:
+            raise ValueError("--val_fraction must be above 0: the validation split picks the best epoch and fits "
+                             "the calibration (a small share such as 0.05 will do)")
         for name in ("aug_validator_prob", "aug_plain_share", "aug_jpeg_prob", "aug_blur_prob", "aug_color_jitter_prob",
                      "aug_noise_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
-        if self.aux_weight < 0:
+        if not (math.isfinite(self.aux_weight) and self.aux_weight >= 0):
             raise ValueError(f"--aux_weight must be 0 (off) or positive, got {self.aux_weight}")
         if self.aux_weight and (self.arch != "npr" or self.pool != "mean"):
             raise ValueError("--aux_weight needs the npr architecture with the mean pool (a top-k pool ranks "
@@ -178,7 +193,8 @@ class TrainConfig:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         self.check_pairing()
         check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
-        if self.compile and not has_cxx_compiler() and self._device_type() == "cpu":
+        device_type = self._device_type()  # also a --device this machine lacks (cuda without a GPU), before the data
+        if self.compile and not has_cxx_compiler() and device_type == "cpu":
             raise ValueError("--compile on a CPU needs a C++ compiler (g++ or clang++) for TorchInductor; "
                              "install one or leave --compile off")
         return self
@@ -195,10 +211,19 @@ class TrainConfig:
         """``cpu`` or ``cuda``, as the trainer will resolve ``device`` (``auto`` without a GPU: the CPU)."""
         from bitmind.common import resolve_device
 
+        import torch
+
         try:
-            return resolve_device(self.device).type
+            device = resolve_device(self.device)
         except RuntimeError as e:
             raise ValueError(f"--device {self.device!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device!r}: this machine has no CUDA GPU (use cpu or auto)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {self.device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device {self.device!r}: auto, cpu, cuda or cuda:N")
+        return device.type
 
     def check_pairing(self) -> None:
         """A ValueError unless the aligned-pair options fit together (``check`` and the
@@ -263,13 +288,19 @@ def parse_config(argv=None) -> TrainConfig:
     patch size it leaves out come from that checkpoint (``bitmind.training.init_from``).
     A value no run can use (``TrainConfig.check``) or a checkpoint that contradicts the
     options is reported as a usage error, before any data is read."""
+    from bitmind.checkpoint import CheckpointError
+
     parser = build_parser()
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     try:
+        if cfg.resume:  # the run's own options, where the command line leaves them out
+            from bitmind.training.run_folder import resumed_options
+
+            cfg = resumed_options(cfg, explicit_options(argv))
         if cfg.init_from:
             from bitmind.training.init_from import adopt_checkpoint_options
 
             cfg = adopt_checkpoint_options(cfg, explicit_options(argv))
         return cfg.check()
-    except (ValueError, OSError) as e:  # a bad option or file is a usage error (message, exit 2), not a traceback
+    except (ValueError, OSError, CheckpointError) as e:  # a bad option or file is a usage error (message, exit 2), not a traceback
         parser.error(str(e))

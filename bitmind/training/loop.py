@@ -445,6 +445,15 @@ def val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     return compute_metrics(labels, apply_calibration(logits)) if len(labels) else {}
 
 
+def selection_score(m: dict) -> float:
+    """What picks a variant's best epoch: balanced accuracy (the mean of real and fake
+    accuracy) when both classes are present, so a validation set with more fakes than
+    reals cannot crown a model that calls everything fake; plain accuracy otherwise."""
+    if m.get("real_accuracy") is not None and m.get("fake_accuracy") is not None:
+        return 0.5 * (m["real_accuracy"] + m["fake_accuracy"])
+    return m["accuracy"]
+
+
 @dataclass
 class Best:
     """The best epoch so far: its selection score, record and the epochs since it."""

@@ -1,6 +1,6 @@
 """Train several detector variants on ONE shared data stream.
 
-    python -m bitmind.training.sweep --spec base_miner/NPR/sweeps/inputs.json --data ../shared/data/sn34-mini
+    python -m bitmind.training.sweep --spec base_miner/NPR/sweeps/final.json --data ../shared/data/sn34-mini
 
 Why: training NPR is bound by the CPU work of decoding and augmenting images, not by
 the GPU (the network has 1.4 M parameters). Feeding every augmented batch to N models
@@ -78,7 +78,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from bitmind.calibration import apply_calibration
+from bitmind.calibration import CalibrationDataError, apply_calibration
 from bitmind.common import parse_bool, resolve_amp
 from bitmind.data import AsIs, DetectionDataset, aligned_partners, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
@@ -97,6 +97,7 @@ from bitmind.training.loop import (
     make_writer,
     plot_curves,
     save_if_best,
+    selection_score,
     smooth_labels,
     to_device_async,
     train_one_epoch,
@@ -280,15 +281,6 @@ class _Variant(Learner):
         xv = self.crop(part[0], part[3])
         self.step(xv, part[1], target=self.target(part[1], part[2]), aux=self.aux_for(part[3], x.device))
         self.remember(xv)
-
-
-def selection_score(m: dict) -> float:
-    """What picks a variant's best epoch: balanced accuracy (the mean of real and fake
-    accuracy) when both classes are present, so a validation set with more fakes than
-    reals cannot crown a model that calls everything fake; plain accuracy otherwise."""
-    if m.get("real_accuracy") is not None and m.get("fake_accuracy") is not None:
-        return 0.5 * (m["real_accuracy"] + m["fake_accuracy"])
-    return m["accuracy"]
 
 
 def budget_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: float, planned: int) -> int:
@@ -510,7 +502,7 @@ def ensemble_report(logits: dict[str, np.ndarray], labels: np.ndarray, max_membe
         for combo in combinations(names, k):
             m = compute_metrics(labels, apply_calibration(np.mean([logits[n] for n in combo], axis=0)))
             out.append({"members": list(combo), **{key: m[key] for key in ("accuracy", "ap", "real_accuracy", "fake_accuracy", "brier")}})
-    out.sort(key=lambda r: (-r["accuracy"], -r["ap"], len(r["members"])))
+    out.sort(key=lambda r: (-r["accuracy"], -(r["ap"] if r["ap"] is not None else 0.0), len(r["members"])))  # AP: None with one class
     return out
 
 
@@ -661,8 +653,12 @@ def run_sweep(spec: SweepSpec) -> dict:
     for v in variants:
         plot_curves(v.history, v.run_dir / "curves.png")
         v.writer.close()
-        calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy", v.val_mask,
-                                     real_target=base.calibration_real_target)
+        try:
+            calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy", v.val_mask,
+                                         real_target=base.calibration_real_target)
+        except CalibrationDataError as e:  # its validation pictures hold one class: kept uncalibrated
+            logger.warning("%s: calibration not fitted: %s", v.name, e)
+            calib = None
         best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]
         results[v.name] = {"options": spec.variants[v.name], "best": v.best.record, "calibration": calib,
                            "checkpoint": str(v.run_dir / "model_epoch_best.pth"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -22,7 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bitmind.calibration import calibrate_logits, store_calibration
+from bitmind.calibration import CalibrationDataError, calibrate_logits, store_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
 from bitmind.common import atomic_write, resolve_amp, resolve_device
 from bitmind.data import (
@@ -42,6 +43,7 @@ from bitmind.data.families import aux_classes
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
+from bitmind.training.run_folder import check_resume_matches, prepare_run_folder
 from bitmind.training.loop import (
     Best,
     Learner,
@@ -51,12 +53,18 @@ from bitmind.training.loop import (
     make_writer,
     plot_curves,
     save_if_best,
+    selection_score,
     train_one_epoch,
     val_metrics,
     validate,
 )
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDataError(ValueError):
+    """Training data no run can learn from (a missing or empty root, one class only, no
+    validation pictures): a usage error, reported before the first epoch."""
 
 
 # ---------------------------------------------------------------------------- setup
@@ -85,7 +93,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     train_parts, val_parts, counts = [], [], {}
     train_aug_for, val_aug_for = {}, {}
     for spec in list(cfg.data) + list(cfg.challenge_data):
-        src = open_source(spec)
+        src = _open(spec)
         idx = split_indices(src, cfg.split_seed, fractions)
         train_parts.append((src, idx["train"]))
         val_parts.append((src, idx["val"]))
@@ -93,12 +101,12 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
         if spec in cfg.challenge_data:
             train_aug_for[src], val_aug_for[src] = FlipOnly(), AsIs()
     for spec in cfg.train_data:
-        src = open_source(spec)
+        src = _open(spec)
         idx = split_indices(src, cfg.split_seed, fractions)  # same stems -> same split: no leakage
         train_parts.append((src, idx["train"]))
         counts[spec] = {"train": len(idx["train"]), "dropped_val_test": len(idx["val"]) + len(idx["test"])}
     if not train_parts:
-        raise ValueError("no training data: pass --data DIR (a CLASS/SOURCE/*.jpg folder or hf:NAME:role)")
+        raise TrainingDataError("no training data: pass --data DIR (a CLASS/SOURCE/*.jpg folder or hf:NAME:role)")
     train = DetectionDataset.from_sources(train_parts, augment=TrainAugment(cfg.aug_config()), seed=cfg.seed,
                                           uint8=cfg.uint8_loading, augment_for=train_aug_for)
     # Validation challenges: one fixed RNG per image (epoch stays 0), the same ones that
@@ -107,7 +115,35 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
                                         seed=cfg.seed, uint8=cfg.uint8_loading, augment_for=val_aug_for)
     if cfg.pair_aligned:  # a round trip is validated like its photo: one of a challenge is not re-sent through the pipeline
         val.pair_with(aligned_partners(val))
+    check_classes(train, val)
     return train, val, counts
+
+
+def _open(spec: str):
+    """``open_source(spec)``, a ``TrainingDataError`` naming the root if it cannot be read."""
+    try:
+        return open_source(spec)
+    except (ValueError, OSError) as e:
+        raise TrainingDataError(f"--data {spec}: {e}") from None
+
+
+def check_classes(train: DetectionDataset, val: DetectionDataset) -> None:
+    """A ``TrainingDataError`` unless the training set holds both classes and the validation
+    split some pictures; a warning if the validation split has one class only (its accuracy
+    still picks the epoch, but no calibration can be fitted on it)."""
+    names = {0: "real", 1: "fake"}
+    have = set(np.unique(train.labels()).tolist()) if len(train) else set()
+    if have != {0, 1}:
+        missing = " and ".join(names[c] for c in (0, 1) if c not in have)
+        raise TrainingDataError(f"the training split has no {missing} pictures: a detector learns from both classes "
+                                "(ROOT/real/SOURCE/*.jpg and ROOT/fake/SOURCE/*.jpg)")
+    if not len(val):
+        raise TrainingDataError("the validation split is empty: raise --val_fraction or add pictures "
+                                "(the best epoch and the calibration come from it)")
+    val_have = set(np.unique(val.labels()).tolist())
+    if val_have != {0, 1}:
+        logger.warning("the validation split has only %s pictures: the calibration is not fitted (raise "
+                       "--val_fraction or add pictures)", " and ".join(names[c] for c in sorted(val_have)))
 
 
 def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
@@ -190,12 +226,15 @@ def train(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed + rank)
     amp_dtype = resolve_amp(cfg.amp, device)
     run_dir = cfg.run_dir
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "opt.json")
+    if cfg.resume:
+        check_resume_matches(cfg)
+    if is_main:  # before the data: a folder holding a run is refused (or emptied, --overwrite), never replaced silently
+        prepare_run_folder(run_dir, cfg.resume, cfg.overwrite)
 
     train_ds, val_ds, counts = build_datasets(cfg)
-    if is_main:
+    if is_main:  # only once the data has been read: a run that fails on a typo leaves the folder's record as it was
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "opt.json")
         logger.info("data splits per source: %s", json.dumps(counts))
         logger.info("training set:\n%s", train_ds.summary())
         logger.info("validation set:\n%s", val_ds.summary())
@@ -255,14 +294,36 @@ def train(cfg: TrainConfig) -> dict:
             writer.add_scalar("train/loss", learner.last_loss.item(), step)
             writer.add_scalar("train/lr", lr, step)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        train_ds.set_epoch(epoch)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        lr = learner.begin_epoch(epoch)
-        done = train_one_epoch([learner], train_loader, cfg, epoch, device, show=is_main, on_step=log_step)
+    stopped = None  # why the run ended before its last epoch, if it did for a reason a person must see
+    epochs, epoch = iter(range(start_epoch, cfg.epochs)), start_epoch
+    while True:
+        try:  # Ctrl-C: the epoch in progress is lost, every finished one kept; the best is still calibrated below
+            epoch = next(epochs, None)
+            if epoch is None:
+                break
+            train_ds.set_epoch(epoch)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            lr = learner.begin_epoch(epoch)
+            done = train_one_epoch([learner], train_loader, cfg, epoch, device, show=is_main, on_step=log_step)
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            print(f"\ninterrupted in epoch {epoch}: {run_dir} keeps every finished epoch; continue with the same "
+                  "command and --resume", flush=True)
+            break
         images_seen += done["images"] * world
         train_time = done["seconds"]
+        if not done["images"]:
+            raise TrainingDataError(f"epoch {epoch}: no training picture could be read ({done['skipped']} unreadable); "
+                                    "check the files under --data")
+        bad = non_finite(learner, model)
+        if bad:  # nothing of this epoch is saved: the checkpoints stay those of the last finite epoch
+            stopped = "non-finite"
+            msg = (f"epoch {epoch}: the training {bad} is not a finite number (lr {lr:.3g}; try a smaller --lr, or "
+                   f"--amp bf16/none): stopped; {run_dir} keeps the last finite epoch's checkpoints")
+            logger.error(msg)
+            print(msg, flush=True)
+            break
         # ---- validation (all ranks compute their shard, rank 0 gathers)
         logits, vlabels, vkeys = validate(model, val_loader, device, amp_dtype)
         logits, vlabels, vkeys = _gather_np(logits, world), _gather_np(vlabels, world), _gather_np(vkeys, world)
@@ -280,11 +341,12 @@ def train(cfg: TrainConfig) -> dict:
             history.append(rec)
             log_epoch(writer, rec)
             writer.flush()
-            msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
+            msg = " ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in rec.items())
             print(msg, flush=True)
             logger.info(msg)
             meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": train_options}
-            save_if_best(best, m.get("accuracy", 0.0) or 0.0, epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
+            save_if_best(best, selection_score(m), epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
             save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
             state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
                      "epoch": epoch, "best_acc": best.score, "bad_epochs": best.bad_epochs,
@@ -304,16 +366,33 @@ def train(cfg: TrainConfig) -> dict:
 
     summary = {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "model_epoch_best.pth"), "best": best.record,
                "history": history, "seconds": time.time() - t_start, "images_seen": images_seen}
+    if stopped:
+        summary["stopped"] = stopped
     if is_main:
         if cfg.calibrate and (run_dir / "val_logits_best.npy").exists():
-            summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy",
-                                                          real_target=cfg.calibration_real_target)
+            try:
+                summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy",
+                                                              real_target=cfg.calibration_real_target)
+            except CalibrationDataError as e:  # one class in validation: the checkpoint is kept, uncalibrated
+                logger.warning("calibration not fitted: %s", e)
         writer.close()
         (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def non_finite(learner: Learner, model: nn.Module) -> str | None:
+    """What of the epoch just trained is not finite (its mean loss, or the weights), else None.
+    Asked once per epoch (the loss is summed on the device, so a per-step check would cost a
+    host sync each step); a diverged run then stops at the epoch's end instead of saving NaN
+    weights or failing in validation with a traceback about NaN probabilities."""
+    if not math.isfinite(learner.mean_loss):
+        return "loss"
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return "weights"
+    return None
 
 
 def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None, real_target: float = 0.0) -> dict:

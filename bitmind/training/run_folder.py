@@ -1,0 +1,119 @@
+"""What a run folder (``<checkpoints_dir>/<name>/``) holds, and who may write into it.
+
+Why: every run without ``--name`` writes to the same folder, so a second run used to
+replace the first one's best model, state and history without a word (and a run that died
+on a typo in ``--data`` had already rewritten its ``opt.json``). A folder that holds a run
+is now refused unless the new run continues it (``--resume``) or is told to replace it
+(``--overwrite``). And a resumed run is the same run: the options it was started with are
+read back from its ``opt.json`` (the command line may leave them out), a network option
+that contradicts them is refused (the saved weights would not fit, or would be read as
+another input), and any other change (learning rate, schedule, data) is allowed but logged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Files a run writes into its folder; any of the first three means the folder holds a run.
+RUN_MARKERS = ("model_epoch_best.pth", "state_last.pt", "model_last.pth")
+RUN_FILES = (*RUN_MARKERS, "val_logits_best.npy", "history.json", "summary.json", "curves.png", "opt.json")
+#: Options a resumed run takes from the command line as given, never from ``opt.json``: where
+#: and how fast it runs, not what it trains.
+RUNTIME_KEYS = ("resume", "overwrite", "name", "checkpoints_dir", "device", "workers", "pin_memory", "progress",
+                "log_every", "compile", "loader_parts", "cudnn_benchmark", "channels_last", "uint8_loading")
+#: Options a resumed run must keep: its saved weights were built with them.
+FIXED_ON_RESUME = ("arch", "layers", "width", "input", "stem_pool", "pool", "dropout", "aux_weight")
+
+
+class RunFolderError(ValueError):
+    """A run folder the run may not use as asked (a usage error, not a crash)."""
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run's checkpoints or resumable state."""
+    return any((run_dir / f).exists() for f in RUN_MARKERS)
+
+
+def saved_options(run_dir: Path) -> dict:
+    """The options ``run_dir``'s run was started with (``opt.json``; {} if absent or unreadable)."""
+    try:
+        return json.loads((run_dir / "opt.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check that a run may write into ``run_dir`` (a ``RunFolderError`` if not) and, with
+    ``overwrite``, remove the earlier run's files so nothing of it is mixed into this one's
+    (its TensorBoard events included). Creates nothing: the caller makes the folder once the
+    data has been read."""
+    if resume:
+        if not (run_dir / "state_last.pt").exists():
+            raise RunFolderError(f"--resume: {run_dir} has no state_last.pt, so there is nothing to resume "
+                                 "(leave --resume out to start a new run there)")
+        return
+    if not holds_run(run_dir):
+        return
+    if not overwrite:
+        raise RunFolderError(f"{run_dir} already holds a run (its model_epoch_best.pth / state_last.pt would be "
+                             "replaced): pass --resume to continue it, --overwrite to replace it, or another --name")
+    removed = [f for f in RUN_FILES if (run_dir / f).exists()]
+    for f in removed:
+        (run_dir / f).unlink()
+    for events in run_dir.glob("events.out.tfevents.*"):
+        events.unlink()
+        removed.append(events.name)
+    for stale in ("tb", "tensorboard"):  # event folders of older layouts
+        if (run_dir / stale).is_dir():
+            shutil.rmtree(run_dir / stale)
+    logger.warning("--overwrite: removed the earlier run's files from %s: %s", run_dir, ", ".join(removed))
+
+
+def _same(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def resumed_options(cfg, explicit: set[str]):
+    """``cfg`` with the options of the run it resumes (``opt.json`` beside its state) where the
+    command line left them out; a ``RunFolderError`` if it sets a network option to another
+    value than the run was built with; other changes are logged (the run goes on with them)."""
+    import dataclasses
+
+    saved = saved_options(cfg.run_dir)
+    if not saved:
+        logger.warning("--resume: %s has no readable opt.json; the command line's options are used as given", cfg.run_dir)
+        return cfg
+    known = {f.name for f in dataclasses.fields(cfg)}
+    clash = {k: (getattr(cfg, k), saved[k]) for k in FIXED_ON_RESUME
+             if k in explicit and k in saved and _same(getattr(cfg, k)) != _same(saved[k])}
+    if clash:
+        raise RunFolderError(f"--resume {cfg.run_dir}: the run was built with "
+                             + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + "; the command line asks for "
+                             + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items())
+                             + ": leave those options out (they are read from opt.json) or start a new run")
+    changed = {k: (saved[k], getattr(cfg, k)) for k in explicit & saved.keys() - set(RUNTIME_KEYS)
+               if k in known and _same(getattr(cfg, k)) != _same(saved[k])}
+    if changed:
+        logger.warning("--resume %s: options changed from the run's opt.json: %s", cfg.run_dir,
+                       ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
+    adopted = {k: v for k, v in saved.items()
+               if k in known and k not in explicit and k not in RUNTIME_KEYS and _same(getattr(cfg, k)) != _same(v)}
+    if adopted:
+        logger.info("--resume %s: options read from opt.json: %s", cfg.run_dir, ", ".join(sorted(adopted)))
+    return dataclasses.replace(cfg, **adopted)
+
+
+def check_resume_matches(cfg) -> None:
+    """A ``RunFolderError`` if ``cfg`` resumes a run built with other network options
+    (``train`` asks, for callers that build a config without ``resumed_options``)."""
+    saved = saved_options(cfg.run_dir)
+    clash = {k: (getattr(cfg, k), saved[k]) for k in FIXED_ON_RESUME
+             if k in saved and _same(getattr(cfg, k)) != _same(saved[k])}
+    if clash:
+        raise RunFolderError(f"--resume {cfg.run_dir}: the run was built with "
+                             + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "
+                             + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()))

@@ -1,0 +1,193 @@
+"""The trainer never loses a run's work and turns bad input into a clear error: a folder that
+holds a run is not replaced silently, a resumed run keeps its options, a diverging run
+stops with its last finite checkpoints, one-class or unreadable data and impossible options
+are refused before training, and images right under ``real/`` are read."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from bitmind.checkpoint import read_checkpoint
+from bitmind.data import LocalFolderSource
+from bitmind.training import TrainConfig, parse_config, train
+from bitmind.training.run_folder import RunFolderError
+from bitmind.training.trainer import TrainingDataError
+from validator_synth import make_folder
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(REPO / "base_miner" / "NPR" / "train_detector.py")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("guards"), n_per_class=12, seed=5, size=48)
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=[str(data)], checkpoints_dir=str(out), name="t", epochs=1, batch_size=8, layers=[1, 1], width=8,
+                workers=0, progress=False, device="cpu", val_fraction=0.25, test_fraction=0.15, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _args(data: Path, out: Path, *more: str) -> list[str]:
+    return ["--data", str(data), "--checkpoints_dir", str(out), "--name", "t", "--epochs", "1", "--batch_size", "8",
+            "--layers", "1", "1", "--width", "8", "--workers", "0", "--progress", "false", "--device", "cpu",
+            "--val_fraction", "0.25", "--test_fraction", "0.15", *more]
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(data, tmp_path):
+    torch.set_num_threads(1)
+    train(_cfg(data, tmp_path))
+    run = tmp_path / "t"
+    before = {f: _digest(run / f) for f in ("model_epoch_best.pth", "state_last.pt", "opt.json")}
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(_cfg(data, tmp_path, lr=1e-3))
+    assert {f: _digest(run / f) for f in before} == before  # nothing of the first run was touched
+    # --overwrite starts over: the earlier run's files and TensorBoard events are gone, not mixed in
+    events_before = {p.name for p in run.glob("events.out.tfevents.*")}
+    summary = train(_cfg(data, tmp_path, lr=1e-3, overwrite=True))
+    assert len(summary["history"]) == 1
+    assert json.loads((run / "opt.json").read_text())["lr"] == 1e-3
+    assert not events_before & {p.name for p in run.glob("events.out.tfevents.*")}
+
+
+def test_a_run_that_fails_on_its_data_leaves_the_folder_as_it_was(data, tmp_path):
+    train(_cfg(data, tmp_path))
+    opt = (tmp_path / "t" / "opt.json").read_text()
+    with pytest.raises(TrainingDataError, match="typo"):
+        train(_cfg(tmp_path / "typo", tmp_path, name="t", resume=True, lr=0.5))
+    assert (tmp_path / "t" / "opt.json").read_text() == opt
+    with pytest.raises(TrainingDataError):  # a new run on a missing root makes no folder
+        train(_cfg(tmp_path / "typo", tmp_path, name="new"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_needs_a_state_and_keeps_the_runs_options(data, tmp_path, caplog):
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        train(_cfg(data, tmp_path, resume=True))
+    first = _args(data, tmp_path, "--lr", "0.001", "--lr_schedule", "step", "--lr_decay", "0.5", "--lr_decay_every", "1")
+    train(parse_config(first))
+    # resumed with only what says where the run is: the schedule and the network come from opt.json
+    cfg = parse_config(_args(data, tmp_path, "--resume", "--epochs", "2"))
+    assert (cfg.lr, cfg.lr_decay, cfg.lr_decay_every) == (0.001, 0.5, 1)
+    summary = train(cfg)
+    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    assert summary["history"][1]["lr"] == pytest.approx(0.0005)  # the saved step schedule, not the default's
+    # a network option that contradicts the saved weights is a usage error, not a size-mismatch traceback
+    with pytest.raises(SystemExit):
+        parse_config(_args(data, tmp_path, "--resume", "--width", "16"))
+    with pytest.raises(RunFolderError, match="input"):
+        train(_cfg(data, tmp_path, resume=True, epochs=3, input="hp"))
+    # another learning rate is allowed, and said
+    caplog.set_level("WARNING")
+    parse_config(_args(data, tmp_path, "--resume", "--lr", "0.002"))
+    assert "lr 0.001 -> 0.002" in caplog.text
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_finite_checkpoints(data, tmp_path):
+    torch.set_num_threads(1)
+    train(_cfg(data, tmp_path))
+    run = tmp_path / "t"
+    kept = {f: _digest(run / f) for f in ("model_last.pth", "state_last.pt")}
+    best_weights = read_checkpoint(run / "model_epoch_best.pth")[0]
+
+    def diverge(self, *a, **kw):  # a step that blows up, as a far too large learning rate does
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.fill_(float("nan"))
+        self.loss_sum, self.loss_n = float("nan"), 1
+        return torch.tensor(float("nan"))
+
+    from bitmind.training import loop
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(loop.Learner, "step", diverge)
+    try:
+        summary = train(_cfg(data, tmp_path, resume=True, epochs=3))
+    finally:
+        mp.undo()
+    assert summary["stopped"] == "non-finite"
+    assert len(summary["history"]) == 1  # the diverged epoch is not recorded
+    assert {f: _digest(run / f) for f in kept} == kept
+    state, meta = read_checkpoint(run / "model_epoch_best.pth")
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert all(torch.equal(state[k], v) for k, v in best_weights.items())
+    assert "calibration" in meta.get("metrics", {})  # the best is still calibrated
+
+
+def test_the_command_line_reports_bad_input_in_one_line(data, tmp_path):
+    only_real = tmp_path / "only_real"
+    shutil.copytree(data / "real", only_real / "real")
+    unreadable = tmp_path / "unreadable"
+    for cls in ("real", "fake"):
+        (unreadable / cls / "x").mkdir(parents=True)
+        for i in range(10):
+            (unreadable / cls / "x" / f"{cls}{i}.jpg").write_bytes(b"not a picture" * (i + 1))
+    cases = {
+        "missing root": (_args(tmp_path / "nope", tmp_path / "c1"), 2, "data folder not found"),
+        "one class": (_args(only_real, tmp_path / "c2"), 2, "no fake pictures"),
+        "nothing readable": (_args(unreadable, tmp_path / "c3"), 2, "no training picture could be read"),
+        "infinite lr": (_args(data, tmp_path / "c4", "--lr", "inf"), 2, "--lr must be positive"),
+        "no validation": (_args(data, tmp_path / "c5", "--val_fraction", "0"), 2, "--val_fraction must be above 0"),
+        "log_every 0": (_args(data, tmp_path / "c6", "--log_every", "0"), 2, "--log_every must be at least 1"),
+        "negative patience": (_args(data, tmp_path / "c7", "--early_stop_patience", "-1"), 2, "0 or more"),
+        "negative decay": (_args(data, tmp_path / "c8", "--lr_decay", "-1"), 2, "--lr_decay must be positive"),
+        "no GPU": (_args(data, tmp_path / "c9", "--device", "cuda:99"), 2, "--device"),
+    }
+    for name, (argv, code, text) in cases.items():
+        res = subprocess.run([*TRAIN, *argv], capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert res.returncode == code, (name, res.returncode, res.stderr[-2000:])
+        assert text in res.stderr, (name, res.stderr[-2000:])
+        assert "Traceback" not in res.stderr, (name, res.stderr[-2000:])
+
+
+def test_a_validation_split_of_one_class_trains_without_a_calibration(data, tmp_path, caplog):
+    # every real picture in the training split: a fake-only validation split (a split by stem, seeded)
+    cfg = _cfg(data, tmp_path)
+    from bitmind.data import split_indices
+
+    src = LocalFolderSource(data)
+    fractions = (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
+    val_reals = [i for i in split_indices(src, cfg.split_seed, fractions)["val"] if src.label(i) == 0]
+    moved = tmp_path / "data"
+    shutil.copytree(data, moved)
+    for i in val_reals:  # move the validation split's real photos out
+        Path(str(src.path(i)).replace(str(data), str(moved))).unlink()
+    caplog.set_level("WARNING")
+    summary = train(_cfg(moved, tmp_path, calibrate=True))
+    assert "calibration" not in summary
+    assert "only fake pictures" in caplog.text
+    meta = read_checkpoint(tmp_path / "t" / "model_epoch_best.pth")[1]
+    assert "calibration" not in meta.get("metrics", {})
+
+
+def test_images_right_under_a_class_folder_are_a_source(tmp_path):
+    for cls in ("real", "fake"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(tmp_path / "d" / cls / f"{cls}_{i}.png")
+    (tmp_path / "d" / "real" / "sub").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "d" / "real" / "sub" / "x.png")
+    src = LocalFolderSource(tmp_path / "d")
+    names = sorted({src.source_name(i) for i in range(len(src))})
+    assert names == ["fake/d", "real/d", "real/sub"]
+    assert sorted(src.label(i) for i in range(len(src))) == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_the_learning_rate_is_printed_so_a_fine_tuning_rate_shows(data, tmp_path, capsys):
+    train(_cfg(data, tmp_path, lr=2e-5))
+    out = capsys.readouterr().out
+    assert "lr=2e-05" in out  # four decimals showed 0.0000
