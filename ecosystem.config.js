@@ -36,7 +36,10 @@ module.exports = {
       stop_exit_codes: [2, 3],
       exp_backoff_restart_delay: 1000,
       min_uptime: "60s",
-      max_restarts: 10,
+      // pm2 gives up after max_restarts starts in a row that die within min_uptime; at the
+      // 15 s cap of the delay, 10 would leave the miner down for good after a chain outage
+      // of about a minute. 100000 keeps retrying for about 17 days.
+      max_restarts: 100000,
       // pm2 stop/restart send SIGINT; the miner stops its axon and exits 0 within a few
       // seconds. Give it time before pm2 falls back to SIGKILL.
       kill_timeout: 30000,
@@ -67,7 +70,7 @@ module.exports = {
     //   stop_exit_codes: [2, 3],     // 2: challenge data unreadable, 3: hotkey not registered
     //   exp_backoff_restart_delay: 1000,
     //   min_uptime: "60s",
-    //   max_restarts: 10,
+    //   max_restarts: 100000,
     //   kill_timeout: 30000,
     //   out_file: path.join(__dirname, "logs", "validator.out.log"),
     //   error_file: path.join(__dirname, "logs", "validator.err.log"),

@@ -7,21 +7,22 @@
 # On one H200: ~6.5 minutes for the sweep (96 epochs x 5 variants; the GPU, not the
 # loader, is the limit with five models), then a few CPU minutes for calibration and eval.
 set -euo pipefail
-DATA=${1:?usage: train_base_model.sh DATA_DIR}
+DATA=${1:?usage: train_base_sd1x.sh DATA_DIR}
 cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3}
 OUT=base_miner/checkpoints/sweep_final
 # 1. Five variants (raw-pixel, NPR+high-pass and high-pass inputs; two seeds), one data stream.
-python -m bitmind.training.sweep --spec base_miner/NPR/sweeps/final.json --data "$DATA"
+$PY -m bitmind.training.sweep --spec base_miner/NPR/sweeps/final.json --data "$DATA"
 # 2. Every pair on the pooled validation challenges (6 draws), best first -> sweep_report.json.
-python -m bitmind.training.sweep --report "$OUT" --max_members 2
+$PY -m bitmind.training.sweep --report "$OUT" --max_members 2
 # 3. The best pair by validation accuracy (npr_hp + rgb_seed1 in the shipped run) as one model file.
-MEMBERS=$(python -c "import json; print(' '.join('$OUT/%s/model_epoch_best.pth' % m for m in json.load(open('$OUT/sweep_report.json'))['ensembles'][0]['members']))")
-python -m bitmind.ensemble --members $MEMBERS --out "$OUT/ensemble.pth"
+MEMBERS=$($PY -c "import json; print(' '.join('$OUT/%s/model_epoch_best.pth' % m for m in json.load(open('$OUT/sweep_report.json'))['ensembles'][0]['members']))")
+$PY -m bitmind.ensemble --members $MEMBERS --out "$OUT/ensemble.pth"
 # 4. Platt calibration on six independent validator-challenge draws of the validation split.
-python -m bitmind.calibrate --model "$OUT/ensemble.pth" --data "$DATA" \
+$PY -m bitmind.calibrate --model "$OUT/ensemble.pth" --data "$DATA" \
   --split val --challenge --seeds 0 1 2 3 4 5 --out "$OUT/ensemble_calibrated.pth"
 # 5. Held-out test figures (docs/Model_history.md):
-python benchmarks/accuracy.py --model "$OUT/ensemble_calibrated.pth" --data "$DATA" --out "$OUT/accuracy.json"
+$PY benchmarks/accuracy.py --model "$OUT/ensemble_calibrated.pth" --data "$DATA" --out "$OUT/accuracy.json"
 # The previous single NPR model (mining_models/npr_f2.pth) came from:
 #   python base_miner/NPR/train_detector.py --data "$DATA" --name base_f2 --seed 0 \
 #     --epochs 100 --batch_size 64 --workers 7 --lr 2e-4 --lr_decay 0.9 --lr_decay_every 10 --early_stop_patience 40 \

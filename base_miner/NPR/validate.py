@@ -1,6 +1,6 @@
 """Validate a trained NPR detector on the held-out split of local data.
 
-    python base_miner/NPR/validate.py --model base_miner/checkpoints/best.pth --data ../shared/data/sn34-mini
+    python base_miner/NPR/validate.py --model base_miner/checkpoints/my_run/model_epoch_best.pth --data ../shared/data/sn34-mini
     python base_miner/NPR/validate.py --model ... --data ../shared/data/sn34-mini ../shared/data/sn34-wide
     cd base_miner/NPR && python validate.py --model ... --data ../../../shared/data/sn34-mini --split val --challenge
 
