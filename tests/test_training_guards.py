@@ -191,3 +191,14 @@ def test_the_learning_rate_is_printed_so_a_fine_tuning_rate_shows(data, tmp_path
     train(_cfg(data, tmp_path, lr=2e-5))
     out = capsys.readouterr().out
     assert "lr=2e-05" in out  # four decimals showed 0.0000
+
+
+def test_a_fine_tune_resumes_after_the_file_it_started_from_is_gone(data, tmp_path):
+    train(_cfg(data, tmp_path, name="base"))
+    start = tmp_path / "start.pth"
+    shutil.copy(tmp_path / "base" / "model_epoch_best.pth", start)
+    train(parse_config(_args(data, tmp_path, "--init_from", str(start), "--lr", "5e-5")))
+    start.unlink()  # moved away or replaced since: the resumed run's weights are its own state
+    summary = train(parse_config(_args(data, tmp_path, "--resume", "--epochs", "2")))
+    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    assert summary["history"][1]["lr"] <= 5e-5  # the fine-tune's rate, from opt.json

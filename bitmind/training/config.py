@@ -297,7 +297,7 @@ def parse_config(argv=None) -> TrainConfig:
             from bitmind.training.run_folder import resumed_options
 
             cfg = resumed_options(cfg, explicit_options(argv))
-        if cfg.init_from:
+        if cfg.init_from and not cfg.resume:  # a resumed run's weights come from its state, its options from opt.json
             from bitmind.training.init_from import adopt_checkpoint_options
 
             cfg = adopt_checkpoint_options(cfg, explicit_options(argv))

@@ -183,15 +183,17 @@ def prepare_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     return device
 
 
-def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: int = 0) -> nn.Module:
-    """``cfg``'s architecture, with ``--init_from`` weights if set, on ``device`` (channels-last on
-    CUDA); with ``aux_classes`` (``aux_weight``), that many outputs after the detector's logit."""
+def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: int = 0, init: bool = True) -> nn.Module:
+    """``cfg``'s architecture, with ``--init_from`` weights if set (and ``init``: a resumed run
+    loads its own state instead, so the file it started from need not be there any more), on
+    ``device`` (channels-last on CUDA); with ``aux_classes`` (``aux_weight``), that many outputs
+    after the detector's logit."""
     model = build_model(cfg.arch, **cfg.model_config())
     if aux_classes:  # built without it first: the head changes no other initial weight
         from bitmind.models.npr import with_aux_outputs
 
         with_aux_outputs(model, aux_classes, seed=cfg.seed)
-    if cfg.init_from:
+    if cfg.init_from and init:
         from bitmind.checkpoint import read_checkpoint
         from bitmind.models.npr import detector_only
         from bitmind.training.init_from import check_matches_checkpoint
@@ -256,7 +258,7 @@ def train(cfg: TrainConfig) -> dict:
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, sampler=val_sampler, shuffle=False, **loader_kw)
 
     aux_names, aux_labels = aux_classes(train_ds.source_names()) if cfg.aux_weight else ([], [])
-    model = build_training_model(cfg, device, len(aux_names))
+    model = build_training_model(cfg, device, len(aux_names), init=not cfg.resume)  # resume: weights from state_last.pt
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     # Under DDP the DistributedSampler shards the data, so class balance comes from the loss instead.
     weight_loss = cfg.balance == "weight" or (cfg.balance in ("sampler", "family") and world > 1)
