@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
     add_data_argument(p)
     p.add_argument("--as_sent", action="store_true", help="the files already are validator challenges: score them as they are")
     p.add_argument("--split", default="test")
-    p.add_argument("--split_seed", type=int, default=0)
+    p.add_argument("--split_seed", type=int, default=None, help="default: the candidate's (its train_options)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="challenge draws without --as_sent (default 0 1 2)")
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--boot_seed", type=int, default=0, help="seed of the bootstrap resamples")
@@ -154,7 +154,14 @@ def main(argv=None) -> dict:
     if a.as_sent and a.seeds is not None:
         p.error("--seeds are challenge draws; --as_sent scores the files as they are")
     seeds = None if a.as_sent else (a.seeds or [0, 1, 2])
-    kw = dict(split=a.split, split_seed=a.split_seed, device=a.device, progress=False)
+    # One split for both files: the candidate's (the pictures it was not trained on), whatever
+    # fractions the reference was trained with, so that the comparison is paired.
+    from bitmind.checkpoint import read_checkpoint
+    from bitmind.evaluation import trained_split
+
+    split_seed, fractions = trained_split(read_checkpoint(a.b)[1], a.split_seed)
+    kw = dict(split=a.split, split_seed=split_seed, val_fraction=fractions[1], test_fraction=fractions[2], device=a.device,
+              progress=False)
     reports, probs, first = {"a": [], "b": []}, {"a": [], "b": []}, None
     for s in seeds or [0]:
         for which in ("a", "b"):
@@ -167,7 +174,7 @@ def main(argv=None) -> dict:
     pa, pb = np.stack(probs["a"]), np.stack(probs["b"])
     model = lambda r: {k: r["model"][k] for k in ("path", "sha256", "arch", "temperature", "logit_bias")}
     result = {"a": a.a, "b": a.b, "models": {w: model(reports[w][0]) for w in ("a", "b")}, "data": a.data,
-              "split": a.split, "split_seed": a.split_seed, "mode": "as_sent" if a.as_sent else "challenge", "seeds": seeds,
+              "split": a.split, "split_seed": split_seed, "split_fractions": list(fractions), "mode": "as_sent" if a.as_sent else "challenge", "seeds": seeds,
               "threshold": DEFAULT_THRESHOLD, "resamples": a.resamples, "boot_seed": a.boot_seed, "pictures": len(first.labels),
               "skipped": reports["a"][0]["skipped"],
               "metrics": paired_bootstrap(first.labels, first.sources, pa, pb, a.resamples, a.boot_seed),

@@ -38,6 +38,28 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.fixture
+def listen(caplog):
+    """``listen(name)``: let ``caplog`` hear logger ``name`` directly at INFO (other tests'
+    logging setup, bittensor's included, may keep its records from the root logger); undone
+    after the test."""
+    import logging
+
+    added = []
+
+    def add(name: str) -> None:
+        log = logging.getLogger(name)
+        added.append((log, log.level))
+        log.addHandler(caplog.handler)
+        log.setLevel(logging.INFO)
+        caplog.handler.setLevel(logging.INFO)
+
+    yield add
+    for log, level in added:
+        log.removeHandler(caplog.handler)
+        log.setLevel(level)
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -75,7 +97,7 @@ def test_a_run_that_fails_on_its_data_leaves_the_folder_as_it_was(data, tmp_path
     assert not (tmp_path / "new").exists()
 
 
-def test_resume_needs_a_state_and_keeps_the_runs_options(data, tmp_path, caplog):
+def test_resume_needs_a_state_and_keeps_the_runs_options(data, tmp_path, caplog, listen):
     with pytest.raises(RunFolderError, match="nothing to resume"):
         train(_cfg(data, tmp_path, resume=True))
     first = _args(data, tmp_path, "--lr", "0.001", "--lr_schedule", "step", "--lr_decay", "0.5", "--lr_decay_every", "1")
@@ -92,7 +114,7 @@ def test_resume_needs_a_state_and_keeps_the_runs_options(data, tmp_path, caplog)
     with pytest.raises(RunFolderError, match="input"):
         train(_cfg(data, tmp_path, resume=True, epochs=3, input="hp"))
     # another learning rate is allowed, and said
-    caplog.set_level("WARNING")
+    listen("bitmind.training.run_folder")
     parse_config(_args(data, tmp_path, "--resume", "--lr", "0.002"))
     assert "lr 0.001 -> 0.002" in caplog.text
 
@@ -154,7 +176,7 @@ def test_the_command_line_reports_bad_input_in_one_line(data, tmp_path):
         assert "Traceback" not in res.stderr, (name, res.stderr[-2000:])
 
 
-def test_a_validation_split_of_one_class_trains_without_a_calibration(data, tmp_path, caplog):
+def test_a_validation_split_of_one_class_trains_without_a_calibration(data, tmp_path, caplog, listen):
     # every real picture in the training split: a fake-only validation split (a split by stem, seeded)
     cfg = _cfg(data, tmp_path)
     from bitmind.data import split_indices
@@ -166,7 +188,7 @@ def test_a_validation_split_of_one_class_trains_without_a_calibration(data, tmp_
     shutil.copytree(data, moved)
     for i in val_reals:  # move the validation split's real photos out
         Path(str(src.path(i)).replace(str(data), str(moved))).unlink()
-    caplog.set_level("WARNING")
+    listen("bitmind.training.trainer")
     summary = train(_cfg(moved, tmp_path, calibrate=True))
     assert "calibration" not in summary
     assert "only fake pictures" in caplog.text
