@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default=str(HERE.parent / "mining_models" / "base.pth"))
     add_data_argument(ap)
     ap.add_argument("--split", default="test")
-    ap.add_argument("--split_seed", type=int, default=0)
+    ap.add_argument("--split_seed", type=int, default=None, help="default: the model's own (its train_options)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="challenge draws (mean and each reported)")
     ap.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
     ap.add_argument("--device", default="auto")

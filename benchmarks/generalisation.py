@@ -56,14 +56,16 @@ def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
 
 
 def cmd_train(args) -> Path:
+    from bitmind.training.run_folder import prepare_sweep_folder
     from bitmind.training.sweep import SweepSpec, run_sweep
 
     logo = json.loads(Path(args.spec).read_text())
     keys = ("data", "challenge_data", "train_data", "epochs", "device", "workers", "checkpoints_dir",
-            "max_steps_per_epoch", "samples_per_epoch")
+            "max_steps_per_epoch", "samples_per_epoch", "overwrite")
     sweep = logo_run_spec(logo, args.name, seed=args.train_seed, **{k: getattr(args, k, None) for k in keys})
     spec = SweepSpec.from_dict(sweep)
     run_dir = spec.base.run_dir
+    prepare_sweep_folder(run_dir, spec.base.overwrite)  # before logo_spec.json replaces the earlier run's
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
     print(f"LOGO sweep: {len(sweep['variants'])} variants, folds {sweep['logo']['folds']}", flush=True)
@@ -301,6 +303,8 @@ def main(argv=None):
     p.add_argument("--max_steps_per_epoch", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="train: replace the sweep already in <checkpoints_dir>/<name> (without it such a folder is refused)")
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
     p.add_argument("--pools", nargs="*", default=[], metavar="topNN|cropNNN|flip",
                    help="score: also score every NPR with these views, as arms <recipe>_<view> with the same folds, "
@@ -344,7 +348,13 @@ def main(argv=None):
     if args.command in ("train", "all"):
         if not args.spec:
             p.error("--spec is required for train/all")
-        run_dir = cmd_train(args)
+        from bitmind.training.run_folder import RunFolderError
+        from bitmind.training.trainer import TrainingDataError
+
+        try:
+            run_dir = cmd_train(args)
+        except (RunFolderError, TrainingDataError) as e:  # a usage error (exit 2), not a traceback
+            p.error(str(e))
         args.sweep = args.sweep or str(run_dir)
     if not args.sweep:
         from bitmind.training.config import DEFAULT_CHECKPOINTS_DIR

@@ -97,7 +97,7 @@ def test_a_run_that_fails_on_its_data_leaves_the_folder_as_it_was(data, tmp_path
     assert not (tmp_path / "new").exists()
 
 
-def test_resume_needs_a_state_and_keeps_the_runs_options(data, tmp_path, caplog, listen):
+def test_resume_needs_a_state_and_keeps_the_runs_options(data, tmp_path, caplog, listen, capsys):
     with pytest.raises(RunFolderError, match="nothing to resume"):
         train(_cfg(data, tmp_path, resume=True))
     first = _args(data, tmp_path, "--lr", "0.001", "--lr_schedule", "step", "--lr_decay", "0.5", "--lr_decay_every", "1")
@@ -111,6 +111,7 @@ def test_resume_needs_a_state_and_keeps_the_runs_options(data, tmp_path, caplog,
     # a network option that contradicts the saved weights is a usage error, not a size-mismatch traceback
     with pytest.raises(SystemExit):
         parse_config(_args(data, tmp_path, "--resume", "--width", "16"))
+    assert "width=8" in capsys.readouterr().err
     with pytest.raises(RunFolderError, match="input"):
         train(_cfg(data, tmp_path, resume=True, epochs=3, input="hp"))
     # another learning rate is allowed, and said
@@ -224,3 +225,134 @@ def test_a_fine_tune_resumes_after_the_file_it_started_from_is_gone(data, tmp_pa
     summary = train(parse_config(_args(data, tmp_path, "--resume", "--epochs", "2")))
     assert [h["epoch"] for h in summary["history"]] == [0, 1]
     assert summary["history"][1]["lr"] <= 5e-5  # the fine-tune's rate, from opt.json
+
+
+def test_a_sweep_folder_holding_a_sweep_is_refused_unless_overwritten(data, tmp_path):
+    spec = {"base": {"data": [str(data)], "checkpoints_dir": str(tmp_path), "name": "s", "epochs": 1, "batch_size": 8,
+                     "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15,
+                     "layers": [1, 1], "width": 8},
+            "variants": {"a": {}}, "ensemble_members": 0}
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    sweep = [sys.executable, "-m", "bitmind.training.sweep", "--spec", str(spec_file)]
+    first = subprocess.run(sweep, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-2000:]
+    best = tmp_path / "s" / "a" / "model_epoch_best.pth"
+    kept = _digest(best)
+    again = subprocess.run(sweep, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 2 and "already holds a sweep" in again.stderr and "Traceback" not in again.stderr
+    assert _digest(best) == kept
+    # the LOGO entry point refuses it too, before its logo_spec.json replaces the earlier one
+    (tmp_path / "s" / "logo_spec.json").write_text("earlier")
+    logo_file = tmp_path / "logo.json"
+    logo_file.write_text(json.dumps({"base": spec["base"], "recipes": {"a": {}}, "folds": [], "ensemble_members": 0}))
+    logo = subprocess.run([sys.executable, "benchmarks/generalisation.py", "train", "--spec", str(logo_file),
+                           "--checkpoints_dir", str(tmp_path), "--name", "s"], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert logo.returncode == 2 and "already holds a sweep" in logo.stderr, logo.stderr[-2000:]
+    assert (tmp_path / "s" / "logo_spec.json").read_text() == "earlier"
+    replaced = subprocess.run([*sweep, "--overwrite"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert best.exists() and json.loads((tmp_path / "s" / "sweep.json").read_text())["variants"]["a"]
+
+
+def _interrupting(presses: int):
+    """A ``train_one_epoch`` that presses Ctrl-C ``presses`` times during the first epoch it trains."""
+    import os
+    import signal
+
+    from bitmind.training import trainer
+
+    real = trainer.train_one_epoch
+    state = {"pressed": False}
+
+    def epoch(*a, **kw):
+        if not state["pressed"]:
+            state["pressed"] = True
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    return epoch
+
+
+def test_ctrl_c_finishes_the_epoch_saves_and_calibrates_then_a_second_press_stops_at_once(data, tmp_path, monkeypatch):
+    import signal
+
+    from bitmind.training import trainer
+
+    monkeypatch.setattr(trainer, "train_one_epoch", _interrupting(1))
+    summary = train(_cfg(data, tmp_path, epochs=3))
+    assert summary["stopped"] == "interrupted"
+    assert [h["epoch"] for h in summary["history"]] == [0]  # the epoch in progress was finished, no more
+    run = tmp_path / "t"
+    assert (run / "state_last.pt").exists() and (run / "summary.json").exists()
+    assert "calibration" in summary  # the best is calibrated, as at a normal end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is gone after the run
+    resumed = train(_cfg(data, tmp_path, epochs=2, resume=True))  # and the run goes on from there
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1] and "stopped" not in resumed
+    # pressed twice: stop now, and Ctrl-C works as usual afterwards
+    monkeypatch.setattr(trainer, "train_one_epoch", _interrupting(2))
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(data, tmp_path, name="twice", epochs=3))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_overwrite_with_a_typo_in_the_data_keeps_the_earlier_run(data, tmp_path):
+    train(_cfg(data, tmp_path))
+    run = tmp_path / "t"
+    before = {f.name: _digest(f) for f in run.iterdir() if f.is_file()}
+    with pytest.raises(TrainingDataError):
+        train(_cfg(tmp_path / "typo", tmp_path, overwrite=True))
+    assert {f.name: _digest(f) for f in run.iterdir() if f.is_file()} == before
+
+
+def test_resume_refuses_another_split(data, tmp_path):
+    train(_cfg(data, tmp_path))
+    with pytest.raises(RunFolderError, match="val_fraction"):  # it would validate on pictures it trained on
+        train(_cfg(data, tmp_path, resume=True, epochs=2, val_fraction=0.3))
+
+
+def test_an_epoch_without_a_readable_validation_picture_is_never_the_best():
+    from bitmind.training.loop import selection_score
+
+    assert selection_score({}) == -1.0  # was a KeyError after the epoch had trained
+    assert selection_score({"accuracy": 0.5, "real_accuracy": 1.0, "fake_accuracy": 0.5}) == 0.75
+
+
+def _ddp_worker(rank: int, root: str, port: int, out: str) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    from bitmind.training import trainer
+
+    # one rank alone sees a diverged epoch (an fp16 step skipped on its shard, say)
+    trainer.epoch_failure = lambda done, learner, model: "non-finite" if rank == 1 else None
+    summary = train(_cfg(Path(root), Path(out), epochs=2, batch_size=4, balance="weight"))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"stopped": summary.get("stopped")}))
+
+
+def test_every_rank_stops_together_when_one_rank_diverges(data, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_ddp_worker, args=(r, str(data), port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, "a rank was left waiting in a collective"
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text())["stopped"] for r in range(2)] == ["non-finite"] * 2

@@ -25,6 +25,8 @@
 # calibrated with the shipped rule (boundary at 0.85 of validation real photos).
 # BASELINES_DIR: where the baselines base_sd1x.pth and npr_f2.pth are (default mining_models); a
 # missing one is not scored (a device copy of the tree may leave the model files behind).
+# OVERWRITE=1: replace the sweep an earlier run left in WORK_DIR/checkpoints/logo (without it a WORK_DIR
+# that holds one is refused before training: a finished sweep is never replaced silently).
 # WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25 crop192": also score every
 # NPR with those top-k pools and centre crops, as arms <recipe>_topNN / <recipe>_cropNNN (no training;
 # bitmind.models.npr; crop192 is how mining_models/base_crop192.pth serves).
@@ -91,7 +93,8 @@ echo "== 2. leave-one-family-out sweep and scores ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweeps/logo.json}" \
   --data "${CROPS[@]}" "${ALIGNED[@]}" --challenge_data "${CHALLENGES[@]}" \
   --checkpoints_dir "$WORK/checkpoints" --name logo "${TRAIN_ONLY[@]}" \
-  ${TRAIN_SEED:+--train_seed "$TRAIN_SEED"} ${EPOCHS:+--epochs "$EPOCHS"} ${DEVICE:+--device "$DEVICE"}
+  ${TRAIN_SEED:+--train_seed "$TRAIN_SEED"} ${EPOCHS:+--epochs "$EPOCHS"} ${DEVICE:+--device "$DEVICE"} \
+  $([ "${OVERWRITE:-0}" = 1 ] && echo --overwrite)
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/logo" \
   --baseline "${BASELINES[@]}" ${WORKERS:+--workers $WORKERS} \
   ${POOLS:+--pools $POOLS} ${DEVICE:+--device "$DEVICE"}

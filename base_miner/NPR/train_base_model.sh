@@ -31,7 +31,9 @@
 # mining_models/base.pth, empty to skip), TRAIN_DATA (extra training-only roots in the
 # CLASS/SOURCE layout, space-separated, e.g. the small GANs of python -m
 # bitmind.training.mini_gan; their train split is trained on, nothing of them is scored; the
-# shipped file uses none: docs/Generalisation_record.md, "Small GAN fakes on the NPR").
+# shipped file uses none: docs/Generalisation_record.md, "Small GAN fakes on the NPR"), OVERWRITE=1
+# (replace the training an earlier run left in WORK_DIR; without it such a WORK_DIR is refused
+# before training, so a finished run is never replaced silently).
 set -euo pipefail
 DATA=${1:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
@@ -64,7 +66,8 @@ echo "== 1. aligned round trips ($(date +%T))"
 echo "== 2. training ($SPEC) ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "$SPEC" --data "${CROPS[@]}" "$WORK/aligned" \
   --challenge_data "${CHALLENGES[@]}" --checkpoints_dir "$WORK/checkpoints" --name ship \
-  ${EXTRA[0]:+--train_data "${EXTRA[@]}"} --train_seed "${TRAIN_SEED:-1}" ${EPOCHS:+--epochs "$EPOCHS"} "${OPTS[@]}"
+  ${EXTRA[0]:+--train_data "${EXTRA[@]}"} --train_seed "${TRAIN_SEED:-1}" ${EPOCHS:+--epochs "$EPOCHS"} "${OPTS[@]}" \
+  $([ "${OVERWRITE:-0}" = 1 ] && echo --overwrite)
 
 echo "== 3. scores on both regimes ($(date +%T))"
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/ship" "${OPTS[@]}"

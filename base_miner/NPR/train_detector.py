@@ -9,7 +9,8 @@ Best model: base_miner/checkpoints/<name>/model_epoch_best.pth (copy it over
 mining_models/base.pth to serve it; the miner hot-reloads). All options: --help.
 A run folder that already holds a run is refused unless ``--resume`` (continue it) or
 ``--overwrite`` (replace it). Exit status: 0 done, 1 stopped on a loss that is not a
-number, 2 a usage error (options, data, run folder), 130 interrupted (resumable).
+number or no picture readable any more, 2 a usage error (options, data, run folder), 130
+stopped by Ctrl-C after an epoch was saved (resumable).
 The code lives in ``bitmind.training``; this file is only the entry point.
 """
 import logging
@@ -20,7 +21,7 @@ from bitmind.training.run_folder import RunFolderError
 from bitmind.training.trainer import TrainingDataError
 
 #: Exit status of a run that ended early, by ``summary["stopped"]``.
-EXIT_STATUS = {"non-finite": 1, "interrupted": 130}
+EXIT_STATUS = {"non-finite": 1, "no-images": 1, "interrupted": 130}
 
 
 def main(argv=None) -> dict:

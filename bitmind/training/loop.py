@@ -451,7 +451,7 @@ def selection_score(m: dict) -> float:
     reals cannot crown a model that calls everything fake; plain accuracy otherwise."""
     if m.get("real_accuracy") is not None and m.get("fake_accuracy") is not None:
         return 0.5 * (m["real_accuracy"] + m["fake_accuracy"])
-    return m["accuracy"]
+    return m.get("accuracy") if m.get("accuracy") is not None else -1.0  # no validation picture read: never the best
 
 
 @dataclass

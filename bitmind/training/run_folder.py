@@ -25,8 +25,11 @@ RUN_FILES = (*RUN_MARKERS, "val_logits_best.npy", "history.json", "summary.json"
 #: and how fast it runs, not what it trains.
 RUNTIME_KEYS = ("resume", "overwrite", "name", "checkpoints_dir", "device", "workers", "pin_memory", "progress",
                 "log_every", "compile", "loader_parts", "cudnn_benchmark", "channels_last", "uint8_loading")
-#: Options a resumed run must keep: its saved weights were built with them.
-FIXED_ON_RESUME = ("arch", "layers", "width", "input", "stem_pool", "pool", "dropout", "aux_weight")
+#: Options a resumed run must keep: its saved weights were built with them, and its pictures were
+#: split with them (another split would train on pictures it validated on, and the stored options
+#: would name a test split the model saw).
+FIXED_ON_RESUME = ("arch", "layers", "width", "input", "stem_pool", "pool", "dropout", "aux_weight",
+                   "split_seed", "val_fraction", "test_fraction")
 
 
 class RunFolderError(ValueError):
@@ -47,20 +50,24 @@ def saved_options(run_dir: Path) -> dict:
 
 
 def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Check that a run may write into ``run_dir`` (a ``RunFolderError`` if not) and, with
-    ``overwrite``, remove the earlier run's files so nothing of it is mixed into this one's
-    (its TensorBoard events included). Creates nothing: the caller makes the folder once the
-    data has been read."""
+    """Check that a run may write into ``run_dir`` (a ``RunFolderError`` if not). Changes
+    nothing: with ``overwrite`` the caller removes the earlier run (``remove_earlier_run``)
+    once the data has been read, so a typo in ``--data`` never costs the earlier run."""
     if resume:
         if not (run_dir / "state_last.pt").exists():
             raise RunFolderError(f"--resume: {run_dir} has no state_last.pt, so there is nothing to resume "
                                  "(leave --resume out to start a new run there)")
         return
-    if not holds_run(run_dir):
-        return
-    if not overwrite:
+    if holds_run(run_dir) and not overwrite:
         raise RunFolderError(f"{run_dir} already holds a run (its model_epoch_best.pth / state_last.pt would be "
                              "replaced): pass --resume to continue it, --overwrite to replace it, or another --name")
+
+
+def remove_earlier_run(run_dir: Path) -> None:
+    """``--overwrite``: remove the earlier run's files from ``run_dir`` so nothing of it is
+    mixed into the new one's (its TensorBoard events included)."""
+    if not holds_run(run_dir):
+        return
     removed = [f for f in RUN_FILES if (run_dir / f).exists()]
     for f in removed:
         (run_dir / f).unlink()
@@ -117,3 +124,34 @@ def check_resume_matches(cfg) -> None:
         raise RunFolderError(f"--resume {cfg.run_dir}: the run was built with "
                              + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "
                              + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()))
+
+
+def holds_sweep(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a sweep: its summary, or a variant folder with a run."""
+    return (out_dir / "sweep.json").exists() or any(holds_run(d) for d in out_dir.glob("*") if d.is_dir())
+
+
+def prepare_sweep_folder(out_dir: Path, overwrite: bool) -> None:
+    """``prepare_run_folder`` for a sweep's folder (one sub-folder per variant): one that holds
+    a sweep is refused (a ``RunFolderError``) unless ``overwrite``; the caller then removes it
+    (``remove_earlier_sweep``) once the data has been read. Why: a sweep is the longest run
+    there is (a shipped recipe: 135 epochs on a GPU), and a second one with the same name
+    replaced it variant by variant without a word."""
+    if holds_sweep(out_dir) and not overwrite:
+        raise RunFolderError(f"{out_dir} already holds a sweep (sweep.json or variant checkpoints), which this one would "
+                             "replace: pass --overwrite to replace it (OVERWRITE=1 for the scripts) or choose another "
+                             "--name / work folder")
+
+
+def remove_earlier_sweep(out_dir: Path) -> None:
+    """``--overwrite``: remove the earlier sweep's variant folders and summary from ``out_dir``."""
+    if not holds_sweep(out_dir):
+        return
+    removed = [d.name for d in sorted(out_dir.glob("*")) if d.is_dir() and holds_run(d)]
+    for name in removed:
+        shutil.rmtree(out_dir / name)
+    for f in ("sweep.json", "sweep_report.json"):
+        if (out_dir / f).exists():
+            (out_dir / f).unlink()
+            removed.append(f)
+    logger.warning("--overwrite: removed the earlier sweep's files from %s: %s", out_dir, ", ".join(removed))

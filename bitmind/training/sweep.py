@@ -104,7 +104,9 @@ from bitmind.training.loop import (
     val_metrics,
     validate,
 )
+from bitmind.training.run_folder import RunFolderError, prepare_sweep_folder, remove_earlier_sweep
 from bitmind.training.trainer import (
+    TrainingDataError,
     build_datasets,
     build_training_model,
     calibrate_checkpoint,
@@ -549,10 +551,13 @@ def run_sweep(spec: SweepSpec) -> dict:
     seed_everything(base.seed)
     amp_dtype = resolve_amp(base.amp, device)
     out_dir = base.run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+    prepare_sweep_folder(out_dir, base.overwrite)  # a folder holding a sweep is refused, never replaced silently
 
     train_ds, val_ds, counts = build_datasets(base)
+    if base.overwrite:  # only once the data has been read: a typo in --data never costs the earlier sweep
+        remove_earlier_sweep(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
     print("training set:\n" + train_ds.summary(), flush=True)
     t0 = time.time()
     val_x, val_y, val_sources, val_photo_sources = load_val_challenges(val_ds, spec.val_seeds, base.workers,
@@ -697,6 +702,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default=None)
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap batches per epoch (quick tests)")
     p.add_argument("--progress", type=parse_bool, default=None)
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the sweep already in the output folder (without it such a folder is refused)")
     args = p.parse_args(argv)
     if args.report:
         rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members, args.report_out,
@@ -710,9 +717,13 @@ def main(argv=None) -> dict:
         p.error("--spec is required (or --report SWEEP_DIR)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec_dict = json.loads(Path(args.spec).read_text())
-    overrides = ("data", "name", "checkpoints_dir", "epochs", "workers", "device", "max_steps_per_epoch", "progress")
+    overrides = ("data", "name", "checkpoints_dir", "epochs", "workers", "device", "max_steps_per_epoch", "progress",
+                 "overwrite")
     spec = SweepSpec.from_dict(spec_dict, **{k: getattr(args, k) for k in overrides})
-    return run_sweep(spec)
+    try:
+        return run_sweep(spec)
+    except (RunFolderError, TrainingDataError) as e:
+        p.error(str(e))
 
 
 if __name__ == "__main__":

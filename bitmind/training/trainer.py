@@ -43,7 +43,7 @@ from bitmind.data.families import aux_classes
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.training.config import TrainConfig
-from bitmind.training.run_folder import check_resume_matches, prepare_run_folder
+from bitmind.training.run_folder import check_resume_matches, prepare_run_folder, remove_earlier_run
 from bitmind.training.loop import (
     Best,
     Learner,
@@ -230,11 +230,13 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = cfg.run_dir
     if cfg.resume:
         check_resume_matches(cfg)
-    if is_main:  # before the data: a folder holding a run is refused (or emptied, --overwrite), never replaced silently
+    if is_main:  # before the data: a folder holding a run is refused (unless --resume / --overwrite)
         prepare_run_folder(run_dir, cfg.resume, cfg.overwrite)
 
     train_ds, val_ds, counts = build_datasets(cfg)
-    if is_main:  # only once the data has been read: a run that fails on a typo leaves the folder's record as it was
+    if is_main:  # only once the data has been read: a run that fails on a typo leaves the folder as it was
+        if cfg.overwrite and not cfg.resume:
+            remove_earlier_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "opt.json")
         logger.info("data splits per source: %s", json.dumps(counts))
@@ -296,76 +298,82 @@ def train(cfg: TrainConfig) -> dict:
             writer.add_scalar("train/loss", learner.last_loss.item(), step)
             writer.add_scalar("train/lr", lr, step)
 
+    ctrl_c = GracefulStop().install()  # first Ctrl-C: finish the epoch, save, calibrate, stop; second: now
     stopped = None  # why the run ended before its last epoch, if it did for a reason a person must see
-    epochs, epoch = iter(range(start_epoch, cfg.epochs)), start_epoch
-    while True:
-        try:  # Ctrl-C: the epoch in progress is lost, every finished one kept; the best is still calibrated below
-            epoch = next(epochs, None)
-            if epoch is None:
-                break
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
             train_ds.set_epoch(epoch)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             lr = learner.begin_epoch(epoch)
             done = train_one_epoch([learner], train_loader, cfg, epoch, device, show=is_main, on_step=log_step)
-        except KeyboardInterrupt:
-            stopped = "interrupted"
-            print(f"\ninterrupted in epoch {epoch}: {run_dir} keeps every finished epoch; continue with the same "
-                  "command and --resume", flush=True)
-            break
-        images_seen += done["images"] * world
-        train_time = done["seconds"]
-        if not done["images"]:
-            raise TrainingDataError(f"epoch {epoch}: no training picture could be read ({done['skipped']} unreadable); "
-                                    "check the files under --data")
-        bad = non_finite(learner, model)
-        if bad:  # nothing of this epoch is saved: the checkpoints stay those of the last finite epoch
-            stopped = "non-finite"
-            msg = (f"epoch {epoch}: the training {bad} is not a finite number (lr {lr:.3g}; try a smaller --lr, or "
-                   f"--amp bf16/none): stopped; {run_dir} keeps the last finite epoch's checkpoints")
-            logger.error(msg)
-            print(msg, flush=True)
-            break
-        # ---- validation (all ranks compute their shard, rank 0 gathers)
-        logits, vlabels, vkeys = validate(model, val_loader, device, amp_dtype)
-        logits, vlabels, vkeys = _gather_np(logits, world), _gather_np(vlabels, world), _gather_np(vkeys, world)
-        if world > 1:  # DistributedSampler pads with repeats: keep each validation image once
-            _, first = np.unique(vkeys, return_index=True)
-            logits, vlabels, vkeys = logits[first], vlabels[first], vkeys[first]
-        if done["skipped"]:
-            logger.warning("epoch %d: skipped %d unreadable training images", epoch, done["skipped"])
-        stop = torch.zeros(1)
-        if is_main:
-            m = val_metrics(logits, vlabels)
-            rec = epoch_record(epoch, learner.mean_loss, lr, m, train_time,
-                               images_per_second=learner.loss_n * world / max(train_time, 1e-9),
-                               **learner.aux_record)
-            history.append(rec)
-            log_epoch(writer, rec)
-            writer.flush()
-            msg = " ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in rec.items())
-            print(msg, flush=True)
-            logger.info(msg)
-            meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": train_options}
-            save_if_best(best, selection_score(m), epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
-            save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
-            state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
-                     "epoch": epoch, "best_acc": best.score, "bad_epochs": best.bad_epochs,
-                     "history": json.dumps(history), "best": json.dumps(best.record), **learner.rng_state()}
-            if sampler_gen is not None:  # the sampler's stream goes on where it was, not from epoch 0's draws
-                state["sampler_rng"] = sampler_gen.get_state()
-            atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-            (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-            plot_curves(history, run_dir / "curves.png")
-            if cfg.early_stop_patience and best.bad_epochs >= cfg.early_stop_patience:
-                print(f"early stopping: no val-acc improvement for {best.bad_epochs} epochs", flush=True)
-                stop[0] = 1
-        if world > 1:
-            dist.broadcast(stop, 0)
-        if stop.item():
-            break
-
+            images_seen += done["images"] * world
+            train_time = done["seconds"]
+            # Stop before validating and saving anything of this epoch? Every rank must agree (one
+            # that left alone would keep the others waiting in a collective until it timed out).
+            reason = agreed(STOP_REASONS.index(epoch_failure(done, learner, model)), world)
+            if reason:
+                stopped = STOP_REASONS[reason]
+                if stopped == "no-images" and epoch == 0:  # nothing ever trained: the data, not the run
+                    raise TrainingDataError(f"epoch {epoch}: no training picture could be read ({done['skipped']} "
+                                            "unreadable); check the files under --data")
+                msg = (f"epoch {epoch}: " + ("no training picture could be read" if stopped == "no-images" else
+                                             f"the training loss or weights are not finite numbers (lr {lr:.3g}; try a "
+                                             "smaller --lr, or --amp bf16/none)")
+                       + f": stopped; {run_dir} keeps the last good epoch's checkpoints")
+                logger.error(msg)
+                if is_main:
+                    print(msg, flush=True)
+                break
+            # ---- validation (all ranks compute their shard, rank 0 gathers)
+            logits, vlabels, vkeys = validate(model, val_loader, device, amp_dtype)
+            logits, vlabels, vkeys = _gather_np(logits, world), _gather_np(vlabels, world), _gather_np(vkeys, world)
+            if world > 1:  # DistributedSampler pads with repeats: keep each validation image once
+                _, first = np.unique(vkeys, return_index=True)
+                logits, vlabels, vkeys = logits[first], vlabels[first], vkeys[first]
+            if done["skipped"]:
+                logger.warning("epoch %d: skipped %d unreadable training images", epoch, done["skipped"])
+            stop = torch.zeros(1)
+            if is_main:
+                m = val_metrics(logits, vlabels)
+                if not m:
+                    logger.warning("epoch %d: no validation picture could be read, so this epoch cannot be the best", epoch)
+                rec = epoch_record(epoch, learner.mean_loss, lr, m, train_time,
+                                   images_per_second=learner.loss_n * world / max(train_time, 1e-9),
+                                   **learner.aux_record)
+                history.append(rec)
+                log_epoch(writer, rec)
+                writer.flush()
+                msg = " ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in rec.items())
+                print(msg, flush=True)
+                logger.info(msg)
+                meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": train_options}
+                save_if_best(best, selection_score(m), epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
+                save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
+                state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
+                         "epoch": epoch, "best_acc": best.score, "bad_epochs": best.bad_epochs,
+                         "history": json.dumps(history), "best": json.dumps(best.record), **learner.rng_state()}
+                if sampler_gen is not None:  # the sampler's stream goes on where it was, not from epoch 0's draws
+                    state["sampler_rng"] = sampler_gen.get_state()
+                atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+                (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+                plot_curves(history, run_dir / "curves.png")
+                if cfg.early_stop_patience and best.bad_epochs >= cfg.early_stop_patience:
+                    print(f"early stopping: no validation improvement for {best.bad_epochs} epochs", flush=True)
+                    stop[0] = 1
+            if ctrl_c.requested:  # Ctrl-C: stop now that this epoch's files are complete
+                stop[0] = 2
+            stop = torch.tensor([float(agreed(int(stop.item()), world))])
+            if stop.item() == 2:
+                stopped = "interrupted"
+                if is_main:
+                    print(f"stopped after epoch {epoch} (Ctrl-C): {run_dir} keeps every finished epoch; the same command "
+                          "with --resume goes on from there", flush=True)
+            if stop.item():
+                break
+    finally:  # also when the run fails: Ctrl-C must stop a process that is not training any more
+        ctrl_c.uninstall()
     summary = {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "model_epoch_best.pth"), "best": best.record,
                "history": history, "seconds": time.time() - t_start, "images_seen": images_seen}
     if stopped:
@@ -385,16 +393,67 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def non_finite(learner: Learner, model: nn.Module) -> str | None:
-    """What of the epoch just trained is not finite (its mean loss, or the weights), else None.
-    Asked once per epoch (the loss is summed on the device, so a per-step check would cost a
-    host sync each step); a diverged run then stops at the epoch's end instead of saving NaN
-    weights or failing in validation with a traceback about NaN probabilities."""
-    if not math.isfinite(learner.mean_loss):
-        return "loss"
+#: Why a run stops early (index 0: it does not); the agreed reason is the largest index any rank has.
+STOP_REASONS = (None, "non-finite", "no-images")
+
+
+def epoch_failure(done: dict, learner: Learner, model: nn.Module) -> str | None:
+    """Why the epoch just trained must not be validated nor saved, else None: no training
+    picture could be read (``no-images``), or its loss or weights are not finite numbers
+    (``non-finite``: a learning rate far too high). Asked once per epoch (the loss is summed on
+    the device, so a per-step check would cost a host sync each step); a diverged run then
+    stops at the epoch's end instead of saving NaN weights or failing in validation with a
+    traceback about NaN probabilities. With fp16's gradient scaler an inf loss is a step the
+    scaler skipped, so only the weights count."""
+    if not done["images"]:
+        return "no-images"
+    if not learner.scaler.is_enabled() and not math.isfinite(learner.mean_loss):
+        return "non-finite"
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        return "weights"
+        return "non-finite"
     return None
+
+
+def agreed(value: int, world: int) -> int:
+    """The largest ``value`` of all ranks (itself in a single process): what every rank then does."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+class GracefulStop:
+    """Ctrl-C while training: the first press asks the run to stop once the epoch in progress is
+    trained, validated and saved (then the best checkpoint is calibrated and the summary
+    written, as at a normal end); a second press stops at once (KeyboardInterrupt). Only in the
+    main thread (signal handlers live there); elsewhere nothing is installed."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def install(self) -> "GracefulStop":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # the second press: stop now
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this epoch is saved (press again to stop now)", flush=True)
 
 
 def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None, real_target: float = 0.0) -> dict:
