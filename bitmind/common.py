@@ -139,7 +139,10 @@ def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = False)
 def route_library_logs(debug: bool = False) -> None:
     """Show the package's ``logging`` records on stdout (a neuron's console) and keep torch's
     loggers at WARNING (``bt.logging`` raises every known logger to INFO; torch's then print
-    compile statistics at exit)."""
+    compile statistics at exit). The package's own module loggers go back to inheriting the
+    package's level: importing bittensor sets every logger that exists by then to CRITICAL,
+    so a module imported before it (a hot-reload refusal, a calibration warning) would
+    otherwise stay silent whatever the level asked for here."""
     lib = logging.getLogger("bitmind")
     if not lib.handlers:
         handler = logging.StreamHandler(sys.stdout)
@@ -150,3 +153,5 @@ def route_library_logs(debug: bool = False) -> None:
     for name in list(logging.root.manager.loggerDict):
         if name == "torch" or name.startswith("torch."):
             logging.getLogger(name).setLevel(logging.WARNING)
+        elif name.startswith("bitmind."):
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -18,6 +18,7 @@ from bitmind.data import DetectionDataset, LocalFolderSource, split_indices
 from bitmind.image_transforms import AugConfig, TrainAugment, ValidatorPipeline
 from bitmind.miner.predict import Predictor
 from bitmind.training import TrainConfig, parse_config, train
+from train_helpers import tiny_config
 from validator_synth import make_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,11 +30,7 @@ def synth_data(tmp_path_factory) -> Path:
     return make_folder(tmp_path_factory.mktemp("synth"), n_per_class=14, seed=3, size=64)
 
 
-def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=[str(data)], checkpoints_dir=str(out), name="t", epochs=2, batch_size=8, layers=[1, 1], width=8,
-                workers=0, progress=False, device="cpu", val_fraction=0.25, test_fraction=0.15, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = tiny_config
 
 
 def test_cli_defaults_follow_the_guide():

@@ -20,6 +20,7 @@ from bitmind.data import LocalFolderSource
 from bitmind.training import TrainConfig, parse_config, train
 from bitmind.training.run_folder import RunFolderError
 from bitmind.training.trainer import TrainingDataError
+from train_helpers import tiny_config
 from validator_synth import make_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,10 +33,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=[str(data)], checkpoints_dir=str(out), name="t", epochs=1, batch_size=8, layers=[1, 1], width=8,
-                workers=0, progress=False, device="cpu", val_fraction=0.25, test_fraction=0.15, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(data, out, **{"epochs": 1, **kw})
 
 
 @pytest.fixture
