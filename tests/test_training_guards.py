@@ -354,3 +354,14 @@ def test_every_rank_stops_together_when_one_rank_diverges(data, tmp_path):
         p.kill()
     assert not hung, "a rank was left waiting in a collective"
     assert [json.loads((tmp_path / f"rank{r}.json").read_text())["stopped"] for r in range(2)] == ["non-finite"] * 2
+
+
+
+def test_loader_workers_leave_ctrl_c_to_the_trainer():
+    """Ctrl-C in a terminal reaches the whole process group: a worker started by spawn (macOS,
+    Windows) would die of it mid-epoch, and one forked after the trainer's handler was installed
+    would print the trainer's message once per worker."""
+    code = ("import signal; from bitmind.data.dataset import worker_init; worker_init(0); "
+            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.stdout.strip() == "True", res.stderr[-2000:]

@@ -136,8 +136,16 @@ class DetectionDataset(Dataset):
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader workers: one torch thread each, or N workers x N threads thrash the CPU."""
+    """DataLoader workers: one torch thread each, or N workers x N threads thrash the CPU.
+    They ignore SIGINT: Ctrl-C in a terminal reaches the whole process group, and a worker
+    started by spawn (macOS, Windows) would die of it, failing the epoch the trainer was asked
+    to finish and save (``GracefulStop``), while one forked after that handler was installed
+    would run it too (its message once per worker); the main process decides, and its exit
+    ends the workers."""
+    import signal
+
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collate_skip_none(batch):
