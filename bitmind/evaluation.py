@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from bitmind.checkpoint import LoadedModel, load_model
-from bitmind.common import resolve_device
+from bitmind.common import check_device, resolve_device
 from bitmind.data import (
     DetectionDataset,
     ImageSource,
@@ -102,19 +102,6 @@ def trained_split(meta: dict, split_seed: int | None = None, val_fraction: float
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise ValueError(f"val and test fractions must be in [0, 1) and leave a training share, got {val:g} and {test:g}")
     return seed, (1.0 - val - test, val, test)
-
-
-def check_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``resolve_device``, refusing a CUDA device this machine does not have (a ValueError
-    with one line to show, not the driver's traceback from the first tensor moved)."""
-    try:
-        dev = resolve_device(device)
-    except RuntimeError as e:  # torch.device("gpu"): "Expected one of cpu, cuda, ..."
-        raise ValueError(f"unknown device {device!r}: {str(e).splitlines()[0]}") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device {device!r}: no such CUDA device on this machine "
-                         f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); use --device cpu or auto")
-    return dev
 
 
 def build_dataset(data: Sequence[str | os.PathLike] | str | os.PathLike, split: str | None = None, split_seed: int = 0,

@@ -29,8 +29,9 @@ import numpy as np
 from bitmind.calibration import CalibrationDataError, calibrate_logits, store_calibration
 from bitmind.checkpoint import CheckpointError, check_calibration, load_model
 from bitmind.cli.eval import add_data_argument, add_split_arguments
+from bitmind.common import check_device
 from bitmind.data.splits import SPLITS
-from bitmind.evaluation import build_dataset, check_device, collect_predictions, trained_split
+from bitmind.evaluation import build_dataset, collect_predictions, trained_split
 
 logger = logging.getLogger(__name__)
 

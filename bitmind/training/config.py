@@ -209,18 +209,9 @@ class TrainConfig:
 
     def _device_type(self) -> str:
         """``cpu`` or ``cuda``, as the trainer will resolve ``device`` (``auto`` without a GPU: the CPU)."""
-        from bitmind.common import resolve_device
+        from bitmind.common import check_device
 
-        import torch
-
-        try:
-            device = resolve_device(self.device)
-        except RuntimeError as e:
-            raise ValueError(f"--device {self.device!r}: {e}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device!r}: this machine has no CUDA GPU (use cpu or auto)")
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {self.device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        device = check_device(self.device)  # a device this machine lacks is a usage error, before the data
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"--device {self.device!r}: auto, cpu, cuda or cuda:N")
         return device.type

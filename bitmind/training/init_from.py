@@ -51,7 +51,10 @@ def checkpoint_options(path: str | Path, meta: dict | None = None) -> dict:
     return out
 
 
-def _differences(cfg: TrainConfig, want: dict, keys) -> dict:
+def option_differences(cfg: TrainConfig, want: dict, keys) -> dict:
+    """``{option: (cfg's value, want's value)}`` for each of ``keys`` that ``want`` sets to
+    another value (lists and tuples compare alike): what a checkpoint or a run's ``opt.json``
+    says against what a command line asks."""
     return {k: (getattr(cfg, k), want[k]) for k in keys if k in want and _same(getattr(cfg, k)) != _same(want[k])}
 
 
@@ -66,7 +69,7 @@ def adopt_checkpoint_options(cfg: TrainConfig, explicit: set[str]) -> TrainConfi
     if not cfg.init_from:
         return cfg
     want = checkpoint_options(cfg.init_from)
-    clash = _differences(cfg, want, [k for k in STRUCTURE_KEYS if k in explicit])
+    clash = option_differences(cfg, want, [k for k in STRUCTURE_KEYS if k in explicit])
     if clash:
         raise ValueError(f"--init_from {cfg.init_from} was built with "
                          + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + "; the command line asks for "
@@ -83,7 +86,7 @@ def check_matches_checkpoint(cfg: TrainConfig, meta: dict) -> None:
     """A ValueError unless ``cfg`` builds the network the ``--init_from`` checkpoint (whose
     metadata is ``meta``) was built as (for configs made in code or in sweep specs, which
     bypass the command line)."""
-    clash = _differences(cfg, checkpoint_options(cfg.init_from, meta), STRUCTURE_KEYS)
+    clash = option_differences(cfg, checkpoint_options(cfg.init_from, meta), STRUCTURE_KEYS)
     if clash:
         raise ValueError(f"--init_from {cfg.init_from}: the checkpoint was built with "
                          + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "

@@ -80,8 +80,13 @@ def remove_earlier_run(run_dir: Path) -> None:
     logger.warning("--overwrite: removed the earlier run's files from %s: %s", run_dir, ", ".join(removed))
 
 
-def _same(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
+def _refuse(cfg, clash: dict, asks: str, hint: str = "") -> None:
+    """A ``RunFolderError`` naming each option of ``clash`` (``option_differences``: this
+    run's value, the saved run's) that a resumed run may not change."""
+    if clash:
+        raise RunFolderError(f"--resume {cfg.run_dir}: the run was built with "
+                             + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + asks
+                             + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()) + hint)
 
 
 def resumed_options(cfg, explicit: set[str]):
@@ -90,40 +95,31 @@ def resumed_options(cfg, explicit: set[str]):
     value than the run was built with; other changes are logged (the run goes on with them)."""
     import dataclasses
 
+    from bitmind.training.init_from import option_differences
+
     saved = saved_options(cfg.run_dir)
     if not saved:
         logger.warning("--resume: %s has no readable opt.json; the command line's options are used as given", cfg.run_dir)
         return cfg
-    known = {f.name for f in dataclasses.fields(cfg)}
-    clash = {k: (getattr(cfg, k), saved[k]) for k in FIXED_ON_RESUME
-             if k in explicit and k in saved and _same(getattr(cfg, k)) != _same(saved[k])}
-    if clash:
-        raise RunFolderError(f"--resume {cfg.run_dir}: the run was built with "
-                             + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + "; the command line asks for "
-                             + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items())
-                             + ": leave those options out (they are read from opt.json) or start a new run")
-    changed = {k: (saved[k], getattr(cfg, k)) for k in explicit & saved.keys() - set(RUNTIME_KEYS)
-               if k in known and _same(getattr(cfg, k)) != _same(saved[k])}
+    known = {f.name for f in dataclasses.fields(cfg)} - set(RUNTIME_KEYS)
+    _refuse(cfg, option_differences(cfg, saved, [k for k in FIXED_ON_RESUME if k in explicit]),
+            "; the command line asks for ", ": leave those options out (they are read from opt.json) or start a new run")
+    changed = option_differences(cfg, saved, sorted(known & explicit))
     if changed:
         logger.warning("--resume %s: options changed from the run's opt.json: %s", cfg.run_dir,
-                       ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
-    adopted = {k: v for k, v in saved.items()
-               if k in known and k not in explicit and k not in RUNTIME_KEYS and _same(getattr(cfg, k)) != _same(v)}
+                       ", ".join(f"{k} {was!r} -> {now!r}" for k, (now, was) in changed.items()))
+    adopted = {k: was for k, (_, was) in option_differences(cfg, saved, sorted(known - explicit)).items()}
     if adopted:
         logger.info("--resume %s: options read from opt.json: %s", cfg.run_dir, ", ".join(sorted(adopted)))
     return dataclasses.replace(cfg, **adopted)
 
 
 def check_resume_matches(cfg) -> None:
-    """A ``RunFolderError`` if ``cfg`` resumes a run built with other network options
-    (``train`` asks, for callers that build a config without ``resumed_options``)."""
-    saved = saved_options(cfg.run_dir)
-    clash = {k: (getattr(cfg, k), saved[k]) for k in FIXED_ON_RESUME
-             if k in saved and _same(getattr(cfg, k)) != _same(saved[k])}
-    if clash:
-        raise RunFolderError(f"--resume {cfg.run_dir}: the run was built with "
-                             + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "
-                             + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()))
+    """A ``RunFolderError`` if ``cfg`` resumes a run built with other network options or
+    split (``train`` asks, for callers that build a config without ``resumed_options``)."""
+    from bitmind.training.init_from import option_differences
+
+    _refuse(cfg, option_differences(cfg, saved_options(cfg.run_dir), FIXED_ON_RESUME), ", this run builds ")
 
 
 def holds_sweep(out_dir: Path) -> bool:

@@ -42,6 +42,7 @@ from bitmind.data.dataset import worker_init
 from bitmind.data.families import aux_classes
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
+from bitmind.shutdown import GracefulStop
 from bitmind.training.config import TrainConfig
 from bitmind.training.run_folder import check_resume_matches, prepare_run_folder, remove_earlier_run
 from bitmind.training.loop import (
@@ -421,39 +422,6 @@ def agreed(value: int, world: int) -> int:
     t = torch.tensor([value], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
-
-
-class GracefulStop:
-    """Ctrl-C while training: the first press asks the run to stop once the epoch in progress is
-    trained, validated and saved (then the best checkpoint is calibrated and the summary
-    written, as at a normal end); a second press stops at once (KeyboardInterrupt). Only in the
-    main thread (signal handlers live there); elsewhere nothing is installed."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def install(self) -> "GracefulStop":
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def uninstall(self) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # the second press: stop now
-            self.uninstall()
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: stopping after this epoch is saved (press again to stop now)", flush=True)
 
 
 def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None, real_target: float = 0.0) -> dict:
