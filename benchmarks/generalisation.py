@@ -57,22 +57,25 @@ def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
 
 def cmd_train(args) -> Path:
     from bitmind.training.run_folder import prepare_sweep_folder
-    from bitmind.training.sweep import SweepSpec, run_sweep
+    from bitmind.training.sweep import SweepSpec, exit_if_stopped, run_sweep
 
     logo = json.loads(Path(args.spec).read_text())
     keys = ("data", "challenge_data", "train_data", "epochs", "device", "workers", "checkpoints_dir",
-            "max_steps_per_epoch", "samples_per_epoch", "overwrite")
+            "max_steps_per_epoch", "samples_per_epoch", "overwrite", "resume")
     sweep = logo_run_spec(logo, args.name, seed=args.train_seed, **{k: getattr(args, k, None) for k in keys})
     spec = SweepSpec.from_dict(sweep)
     run_dir = spec.base.run_dir
-    prepare_sweep_folder(run_dir, spec.base.overwrite)  # before logo_spec.json replaces the earlier run's
+    # before logo_spec.json replaces the earlier run's (a resumed sweep keeps it until it is checked to be the same)
+    prepare_sweep_folder(run_dir, spec.base.overwrite, spec.base.resume)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
+    if not spec.base.resume:
+        (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
     print(f"LOGO sweep: {len(sweep['variants'])} variants, folds {sweep['logo']['folds']}", flush=True)
     summary = run_sweep(spec)
     # what actually ran (a time budget can cut the epochs) goes beside what was asked for
-    sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds", "val_from") if k in summary}
+    sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds", "val_from", "stopped", "epochs_run") if k in summary}
     (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
+    exit_if_stopped(summary)  # a stopped sweep is not scored: exit 130 (Ctrl-C, resumable) or 1
     return run_dir
 
 
@@ -304,7 +307,11 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", default=None,
-                   help="train: replace the sweep already in <checkpoints_dir>/<name> (without it such a folder is refused)")
+                   help="train: replace the sweep already in <checkpoints_dir>/<name> (without it, or --resume, such a "
+                        "folder is refused)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="train: go on with the sweep in <checkpoints_dir>/<name> from its sweep_state.pt (stopped by "
+                        "Ctrl-C or lost); a sweep that ran to its end is left as it is")
     p.add_argument("--seed", type=int, default=0, help="challenge draw of the crops regime")
     p.add_argument("--pools", nargs="*", default=[], metavar="topNN|cropNNN|flip",
                    help="score: also score every NPR with these views, as arms <recipe>_<view> with the same folds, "
@@ -348,6 +355,8 @@ def main(argv=None):
     if args.command in ("train", "all"):
         if not args.spec:
             p.error("--spec is required for train/all")
+        if args.resume and args.overwrite:
+            p.error("--resume continues the sweep in the folder, --overwrite replaces it: pass one of them")
         from bitmind.training.run_folder import RunFolderError
         from bitmind.training.trainer import TrainingDataError
 

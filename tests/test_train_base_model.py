@@ -119,6 +119,15 @@ def test_script_trains_calibrates_and_scores_the_recipe(tmp_path, ship_spec):
     assert paired["pictures"] == acc["results"]["as sent"]["n"] and (work / "ship_paired.md").is_file()
     assert paired["models"]["a"]["sha256"] != paired["models"]["b"]["sha256"]
     assert paired["metrics"]["balanced_accuracy"]["ci95"] is not None
+    if ship_spec == "ship_base.json":  # RESUME=1 once the training ran to its end: kept, the later steps run again
+        best = work / "checkpoints" / "ship" / variant / "model_epoch_best.pth"
+        before = best.stat().st_mtime_ns
+        (work / "base.pth").unlink()
+        again = subprocess.run(["bash", str(SCRIPT), str(data), str(models), str(work)], capture_output=True,
+                               text=True, timeout=900, env={**env, "RESUME": "1", "COMPARE_WITH": ""})
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "already ran to its end" in again.stdout and best.stat().st_mtime_ns == before
+        assert load_model(work / "base.pth").meta["metrics"]["calibration"]["real_target"] == 0.85
 
 
 def test_script_names_what_is_missing(tmp_path):

@@ -27,6 +27,8 @@
 # missing one is not scored (a device copy of the tree may leave the model files behind).
 # OVERWRITE=1: replace the sweep an earlier run left in WORK_DIR/checkpoints/logo (without it a WORK_DIR
 # that holds one is refused before training: a finished sweep is never replaced silently).
+# RESUME=1: go on with a sweep stopped by Ctrl-C or a lost machine from its sweep_state.pt (a sweep
+# that ran to its end is kept, and the steps after it run again).
 # WORKERS: data-loader processes for scoring (default 4). POOLS="top5 top25 crop192": also score every
 # NPR with those top-k pools and centre crops, as arms <recipe>_topNN / <recipe>_cropNNN (no training;
 # bitmind.models.npr; crop192 is how mining_models/base_crop192.pth serves).
@@ -94,7 +96,7 @@ $PY benchmarks/generalisation.py train --spec "${LOGO_SPEC:-base_miner/NPR/sweep
   --data "${CROPS[@]}" "${ALIGNED[@]}" --challenge_data "${CHALLENGES[@]}" \
   --checkpoints_dir "$WORK/checkpoints" --name logo "${TRAIN_ONLY[@]}" \
   ${TRAIN_SEED:+--train_seed "$TRAIN_SEED"} ${EPOCHS:+--epochs "$EPOCHS"} ${DEVICE:+--device "$DEVICE"} \
-  $([ "${OVERWRITE:-0}" = 1 ] && echo --overwrite)
+  $([ "${OVERWRITE:-0}" = 1 ] && echo --overwrite) $([ "${RESUME:-0}" = 1 ] && echo --resume)
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/logo" \
   --baseline "${BASELINES[@]}" ${WORKERS:+--workers $WORKERS} \
   ${POOLS:+--pools $POOLS} ${DEVICE:+--device "$DEVICE"}

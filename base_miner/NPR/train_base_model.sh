@@ -33,7 +33,10 @@
 # bitmind.training.mini_gan; their train split is trained on, nothing of them is scored; the
 # shipped file uses none: docs/Generalisation_record.md, "Small GAN fakes on the NPR"), OVERWRITE=1
 # (replace the training an earlier run left in WORK_DIR; without it such a WORK_DIR is refused
-# before training, so a finished run is never replaced silently).
+# before training, so a finished run is never replaced silently), RESUME=1 (go on with a training
+# stopped by Ctrl-C or a lost machine from its last saved state, then run the later steps; a
+# training that ran to its end is kept, so RESUME=1 also re-runs only the steps after it).
+# Exit status: 130 when Ctrl-C stopped the training (its state is saved: RESUME=1 goes on).
 set -euo pipefail
 DATA=${1:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 MODELS=${2:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
@@ -67,7 +70,7 @@ echo "== 2. training ($SPEC) ($(date +%T))"
 $PY benchmarks/generalisation.py train --spec "$SPEC" --data "${CROPS[@]}" "$WORK/aligned" \
   --challenge_data "${CHALLENGES[@]}" --checkpoints_dir "$WORK/checkpoints" --name ship \
   ${EXTRA[0]:+--train_data "${EXTRA[@]}"} --train_seed "${TRAIN_SEED:-1}" ${EPOCHS:+--epochs "$EPOCHS"} "${OPTS[@]}" \
-  $([ "${OVERWRITE:-0}" = 1 ] && echo --overwrite)
+  $([ "${OVERWRITE:-0}" = 1 ] && echo --overwrite) $([ "${RESUME:-0}" = 1 ] && echo --resume)
 
 echo "== 3. scores on both regimes ($(date +%T))"
 $PY benchmarks/generalisation.py score --sweep "$WORK/checkpoints/ship" "${OPTS[@]}"

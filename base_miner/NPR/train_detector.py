@@ -18,10 +18,7 @@ import sys
 
 from bitmind.training import parse_config, train
 from bitmind.training.run_folder import RunFolderError
-from bitmind.training.trainer import TrainingDataError
-
-#: Exit status of a run that ended early, by ``summary["stopped"]``.
-EXIT_STATUS = {"non-finite": 1, "no-images": 1, "interrupted": 130}
+from bitmind.training.trainer import EXIT_STATUS, TrainingDataError
 
 
 def main(argv=None) -> dict:

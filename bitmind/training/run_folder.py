@@ -32,6 +32,10 @@ FIXED_ON_RESUME = ("arch", "layers", "width", "input", "stem_pool", "pool", "dro
                    "split_seed", "val_fraction", "test_fraction")
 
 
+#: A sweep's resumable state, in its folder (``bitmind.training.sweep_state``).
+SWEEP_STATE = "sweep_state.pt"
+
+
 class RunFolderError(ValueError):
     """A run folder the run may not use as asked (a usage error, not a crash)."""
 
@@ -123,20 +127,37 @@ def check_resume_matches(cfg) -> None:
 
 
 def holds_sweep(out_dir: Path) -> bool:
-    """Whether ``out_dir`` holds a sweep: its summary, or a variant folder with a run."""
-    return (out_dir / "sweep.json").exists() or any(holds_run(d) for d in out_dir.glob("*") if d.is_dir())
+    """Whether ``out_dir`` holds a sweep: its summary, its resumable state, or a variant folder with a run."""
+    return ((out_dir / "sweep.json").exists() or (out_dir / SWEEP_STATE).exists()
+            or any(holds_run(d) for d in out_dir.glob("*") if d.is_dir()))
 
 
-def prepare_sweep_folder(out_dir: Path, overwrite: bool) -> None:
+def finished_sweep(out_dir: Path) -> dict | None:
+    """The summary (``sweep.json``) of a sweep in ``out_dir`` that ran to its end, else None
+    (none, unreadable, or one that stopped early and left its state to resume from)."""
+    try:
+        summary = json.loads((out_dir / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if summary.get("stopped") or (out_dir / SWEEP_STATE).exists() else summary
+
+
+def prepare_sweep_folder(out_dir: Path, overwrite: bool, resume: bool = False) -> None:
     """``prepare_run_folder`` for a sweep's folder (one sub-folder per variant): one that holds
-    a sweep is refused (a ``RunFolderError``) unless ``overwrite``; the caller then removes it
-    (``remove_earlier_sweep``) once the data has been read. Why: a sweep is the longest run
-    there is (a shipped recipe: 135 epochs on a GPU), and a second one with the same name
-    replaced it variant by variant without a word."""
+    a sweep is refused (a ``RunFolderError``) unless ``resume`` (it must hold a state to go on
+    from, or a finished sweep, which a resumed run then leaves as it is) or ``overwrite``; the
+    caller then removes it (``remove_earlier_sweep``) once the data has been read. Why: a sweep
+    is the longest run there is (a shipped recipe: 135 epochs on a GPU), and a second one with
+    the same name replaced it variant by variant without a word."""
+    if resume:
+        if not (out_dir / SWEEP_STATE).exists() and finished_sweep(out_dir) is None:
+            raise RunFolderError(f"--resume: {out_dir} has no {SWEEP_STATE}, so there is no sweep to resume "
+                                 "(leave --resume out to start one there)")
+        return
     if holds_sweep(out_dir) and not overwrite:
-        raise RunFolderError(f"{out_dir} already holds a sweep (sweep.json or variant checkpoints), which this one would "
-                             "replace: pass --overwrite to replace it (OVERWRITE=1 for the scripts) or choose another "
-                             "--name / work folder")
+        raise RunFolderError(f"{out_dir} already holds a sweep (sweep.json, {SWEEP_STATE} or variant checkpoints), "
+                             "which this one would replace: pass --resume to continue a stopped one (RESUME=1 for the "
+                             "scripts), --overwrite to replace it (OVERWRITE=1) or choose another --name / work folder")
 
 
 def remove_earlier_sweep(out_dir: Path) -> None:
@@ -146,7 +167,7 @@ def remove_earlier_sweep(out_dir: Path) -> None:
     removed = [d.name for d in sorted(out_dir.glob("*")) if d.is_dir() and holds_run(d)]
     for name in removed:
         shutil.rmtree(out_dir / name)
-    for f in ("sweep.json", "sweep_report.json"):
+    for f in ("sweep.json", "sweep_report.json", SWEEP_STATE):
         if (out_dir / f).exists():
             (out_dir / f).unlink()
             removed.append(f)

@@ -60,7 +60,9 @@ proportion, as ``swa_start``. ``sweep.json`` records the epochs run and where bo
 Writes ``<checkpoints_dir>/<name>/``: ``spec.json``; ``sweep.json`` (per variant: best
 epoch and its validation metrics, plus ensembles of the best variants); and per variant
 ``<variant>/model_epoch_best.pth``, ``history.json``, ``curves.png``, TensorBoard
-scalars and ``val_logits_best.npy``.
+scalars and ``val_logits_best.npy``. While it runs, ``sweep_state.pt``
+(``bitmind.training.sweep_state``): a sweep stopped by Ctrl-C (exit status 130, after the
+epoch in progress is saved), a lost machine or a killed process goes on with ``--resume``.
 """
 from __future__ import annotations
 
@@ -104,8 +106,12 @@ from bitmind.training.loop import (
     val_metrics,
     validate,
 )
-from bitmind.training.run_folder import RunFolderError, prepare_sweep_folder, remove_earlier_sweep
+from bitmind.shutdown import GracefulStop
+from bitmind.training.run_folder import (SWEEP_STATE, RunFolderError, finished_sweep, prepare_sweep_folder,
+                                         remove_earlier_sweep)
+from bitmind.training.sweep_state import check_same_sweep, load_sweep_state, restore_variant, save_sweep_state
 from bitmind.training.trainer import (
+    EXIT_STATUS,
     TrainingDataError,
     build_datasets,
     build_training_model,
@@ -140,6 +146,7 @@ class SweepSpec:
     time_budget_s: float = 0.0  # 0 = off; else fewer epochs so the sweep ends within this many seconds
     ensemble_members: int = 3  # largest ensemble of variants the final report tries (0 or 1: none)
     base_size: int = 256  # the side of the images the data stream yields
+    state_every_s: float = 120.0  # write the resumable state at least this often (and after a new best, and on Ctrl-C)
 
     @classmethod
     def from_dict(cls, d: dict, **base_overrides) -> "SweepSpec":
@@ -159,7 +166,8 @@ class SweepSpec:
         return cls(base=TrainConfig(**base), variants={k: dict(v) for k, v in variants.items()},
                    val_seeds=[int(s) for s in d.get("val_seeds", [0])], val_from=int(d.get("val_from", 0)),
                    val_every=max(int(d.get("val_every", 1)), 1), time_budget_s=float(d.get("time_budget_s", 0) or 0),
-                   ensemble_members=int(d.get("ensemble_members", 3)))
+                   ensemble_members=int(d.get("ensemble_members", 3)),
+                   state_every_s=float(d.get("state_every_s", 120.0)))
 
     def variant_config(self, name: str) -> TrainConfig:
         cfg = dataclasses.replace(self.base, **{k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS})
@@ -223,6 +231,7 @@ class _Variant(Learner):
             self.set_aux(*aux)  # ignored without aux_weight
         self.history: list[dict] = []
         self.best = Best()
+        self.failed: str | None = None  # why this variant stopped training (its loss or weights not finite)
         self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = make_writer(self.run_dir)
@@ -247,6 +256,14 @@ class _Variant(Learner):
         return (x.index_select(0, rows), y.index_select(0, rows),
                 (teacher_logit.index_select(0, rows) if teacher_logit is not None else None), k)
 
+    def diverged(self) -> bool:
+        """Whether the epoch just trained left this variant's loss or weights not finite (one
+        host sync per variant and epoch; with fp16's scaler an inf loss is a skipped step, so
+        only the weights count)."""
+        if not self.scaler.is_enabled() and not math.isfinite(self.mean_loss):
+            return True
+        return not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+
     def remember(self, x: torch.Tensor) -> None:
         """Keep the latest training batches (of this variant's subset) for batch-norm re-estimation."""
         if self.swa_start:
@@ -256,7 +273,7 @@ class _Variant(Learner):
         """Fold this epoch's weights into the average (from ``swa_start`` on) and re-estimate
         the average's batch-norm statistics on the kept batches: averaged weights need their
         own statistics, not an average of the old ones."""
-        if not self.swa_start or epoch < self.swa_start:
+        if not self.swa_start or epoch < self.swa_start or self.failed:
             return
         if self.swa is None:
             self.swa = torch.optim.swa_utils.AveragedModel(self.model)
@@ -277,6 +294,8 @@ class _Variant(Learner):
         return y
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
+        if self.failed:  # diverged: the others go on, this one keeps its last finite best
+            return
         part = self.select(x, y, k, context.get(self.teacher))
         if part is None:
             return
@@ -544,20 +563,34 @@ def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: st
 
 
 def run_sweep(spec: SweepSpec) -> dict:
+    """Train every variant of ``spec`` on one data stream; returns the summary written to
+    ``sweep.json``. With ``base.resume`` the sweep goes on from its ``sweep_state.pt`` (a
+    finished one is left as it is and its summary returned). The first Ctrl-C stops once the
+    epoch in progress is trained, validated and its state saved (``stopped: interrupted``); a
+    variant whose loss or weights stop being finite numbers stops training and keeps its best
+    (``failed``), the others go on."""
     base = spec.base.check()
     # every variant's options, checked before the data is read
     options = {name: (spec.variant_config(name), spec.variant_extras(name)) for name in spec.variants}
+    out_dir = base.run_dir
+    # a folder holding a sweep is refused, never replaced silently (unless --resume / --overwrite)
+    prepare_sweep_folder(out_dir, base.overwrite, base.resume)
+    if base.resume:
+        done_before = finished_sweep(out_dir)
+        if done_before is not None:
+            print(f"--resume: the sweep in {out_dir} already ran to its end; nothing to train", flush=True)
+            return done_before
+        check_same_sweep(out_dir, spec.to_dict())
     device = prepare_device(base)
     seed_everything(base.seed)
     amp_dtype = resolve_amp(base.amp, device)
-    out_dir = base.run_dir
-    prepare_sweep_folder(out_dir, base.overwrite)  # a folder holding a sweep is refused, never replaced silently
 
     train_ds, val_ds, counts = build_datasets(base)
-    if base.overwrite:  # only once the data has been read: a typo in --data never costs the earlier sweep
+    if base.overwrite and not base.resume:  # only once the data has been read: a typo in --data never costs the earlier sweep
         remove_earlier_sweep(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+    if not base.resume:
+        (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
     print("training set:\n" + train_ds.summary(), flush=True)
     t0 = time.time()
     val_x, val_y, val_sources, val_photo_sources = load_val_challenges(val_ds, spec.val_seeds, base.workers,
@@ -581,108 +614,179 @@ def run_sweep(spec: SweepSpec) -> dict:
         n_params = sum(p.numel() for p in v.model.parameters())
         print(f"variant {v.name}: {n_params:,} parameters, {v.training_images} training images, options {spec.variants[v.name]}", flush=True)
     sampler = train_sampler(base, train_ds)
+    sampler_gen = getattr(sampler, "generator", None)  # family / class-balanced samplers draw from their own stream
     for v in variants:  # pair_patches variants crop each round trip and its photo alike
         v.align_pairs(train_ds.partner)
     loader = sweep_train_loader(base, train_ds, sampler, device)
-    t_start, images_seen = time.time(), 0
     # The time budget is fitted twice from training epochs: after epochs 0-1 (a cautious guess:
     # they carry the start-up of the workers and cuDNN), then on a steady window of epochs, which
     # may give back the epochs the guess took. Validations usually start later (val_from), so
     # after each one the run is fitted again, shorter only, with what epochs and validations
     # now cost (epochs_within).
     plan, window = planned_shape(spec, variants), max(spec.val_every, 2)
+    shortened = False  # by a fit after a validation: the steady fit may not lengthen the run again
+    epoch, images_seen, elapsed_before = -1, 0, 0.0
+    if base.resume:
+        state = load_sweep_state(out_dir, [v.name for v in variants])
+        for v in variants:
+            restore_variant(v, state["variants"][v.name])
+        torch.set_rng_state(state["torch_rng"])
+        if sampler_gen is not None and "sampler_rng" in state:
+            sampler_gen.set_state(state["sampler_rng"])
+        epoch, images_seen, elapsed_before = int(state["epoch"]), int(state["images_seen"]), float(state["elapsed_s"])
+        plan, shortened = state["plan"], bool(state["shortened"])
+        spec.base.epochs, spec.val_from = int(state["epochs"]), int(state["val_from"])
+        for v in variants:
+            v.cfg.epochs = spec.base.epochs
+        print(f"resumed {out_dir} after epoch {epoch} of {base.epochs} ({elapsed_before:.0f}s trained before)", flush=True)
+    t_start = time.time() - elapsed_before  # the time budget counts the time before a resume
+    # (the steady fit starts its window at the first epoch this process runs from epoch 2 on)
+    first_window = max(epoch + 1, 2)
     t_window = None
     recent: list[float] = []  # training seconds of the latest epochs
-    shortened = False  # by a fit after a validation: the steady fit may not lengthen the run again
-    epoch = -1
-    while epoch + 1 < base.epochs:
-        epoch += 1
-        if spec.time_budget_s and epoch == 2:
-            t_window = time.time()
-            elapsed = t_window - t_start
-            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, elapsed, 2, elapsed / 2, plan["epochs"]),
-                       f"{elapsed / 2:.1f}s per epoch over epochs 0-1", plan, now=epoch)
-        elif spec.time_budget_s and t_window is not None and epoch == 2 + window:
-            steady = (time.time() - t_window) / window
-            longest = spec.base.epochs if shortened else plan["epochs"]
-            fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, longest),
-                       f"{steady:.1f}s per epoch over epochs 2-{epoch - 1}", plan, now=epoch)
-        train_ds.set_epoch(epoch)
-        lrs = {v.name: v.begin_epoch(epoch) for v in variants}
-        t_epoch = time.time()
-        done = train_one_epoch(variants, loader, base, epoch, device,
-                               context=(lambda x: teachers.logits(x, amp_dtype)) if teachers else None)
-        images_seen += done["images"]
-        for v in variants:
-            v.end_epoch(epoch)
-        epoch_s = time.time() - t_epoch
-        recent = (recent + [epoch_s])[-window:]
-        if not validates(epoch, base.epochs, spec.val_from, spec.val_every):
-            print(f"epoch {epoch} ({epoch_s:.1f}s) " + " | ".join(f"{v.name} loss={v.mean_loss:.3f}" for v in variants), flush=True)
-            continue
-        line = [f"epoch {epoch} ({epoch_s:.1f}s)"]
-        t_val = time.time()
-        for v in variants:
-            logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
-            sel = v.val_mask if v.val_mask is not None else slice(None)
-            m = val_metrics(logits[sel], val_y[sel])
-            rec = epoch_record(epoch, v.mean_loss, lrs[v.name], m, epoch_s, averaged=v.swa is not None,
-                               **v.aux_record)
-            v.history.append(rec)
-            log_epoch(v.writer, rec)
-            meta_extra = {"metrics": {"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
-                          "train_options": {**v.cfg.to_dict(), **options[v.name][1], "sweep": str(out_dir),
-                                            **v.aux_meta}}
-            save_if_best(v.best, selection_score(m), epoch, m, v.eval_model, v.cfg.arch, v.run_dir, meta_extra, logits, val_y,
-                         val_mask=v.val_mask)
-            line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")
-        print(" | ".join(line), flush=True)
-        for v in variants:
-            v.writer.flush()
-            (v.run_dir / "history.json").write_text(json.dumps(v.history, indent=1))
-        # (from epoch 2 on; one that shortens the run before the steady fit binds it: the steady
-        # fit, blind to validations, may then only shorten, so the schedule never rises and falls)
-        if spec.time_budget_s and t_window is not None and epoch < base.epochs - 1:
-            val_s, train_s = time.time() - t_val, sum(recent) / len(recent)
-            end = epochs_within(spec.time_budget_s, time.time() - t_start, epoch + 1, train_s, val_s,
-                                spec.val_from, spec.val_every, base.epochs)
-            why = f"{train_s:.1f}s per epoch, {val_s:.1f}s per validation"
-            shortened = shortened or end < base.epochs
-            if end == epoch + 1:
-                stop_after(spec, variants, epoch, why)
-            elif end < base.epochs:
-                fit_epochs(spec, variants, end, why, plan, now=epoch + 1)
+    last_state = time.time()
+    stopped = None  # why the sweep ended before its last epoch, if it did
+
+    def place() -> dict:
+        return {"epochs": base.epochs, "val_from": spec.val_from, "plan": plan, "shortened": shortened,
+                "elapsed_s": time.time() - t_start, "images_seen": images_seen,
+                "sampler_rng": sampler_gen.get_state() if sampler_gen is not None else None}
+
+    ctrl_c = GracefulStop().install()  # first Ctrl-C: finish the epoch, save, calibrate, stop; second: now
+    try:
+        while epoch + 1 < base.epochs:
+            epoch += 1
+            if spec.time_budget_s and epoch == 2 and first_window == 2:
+                t_window = time.time()
+                elapsed = t_window - t_start
+                fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, elapsed, 2, elapsed / 2, plan["epochs"]),
+                           f"{elapsed / 2:.1f}s per epoch over epochs 0-1", plan, now=epoch)
+            elif spec.time_budget_s and epoch == first_window and t_window is None:  # a resumed run: no start-up guess
+                t_window = time.time()
+            elif spec.time_budget_s and t_window is not None and epoch == first_window + window:
+                steady = (time.time() - t_window) / window
+                longest = spec.base.epochs if shortened else plan["epochs"]
+                fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, longest),
+                           f"{steady:.1f}s per epoch over epochs {first_window}-{epoch - 1}", plan, now=epoch)
+            train_ds.set_epoch(epoch)
+            lrs = {v.name: v.begin_epoch(epoch) for v in variants}
+            t_epoch = time.time()
+            done = train_one_epoch(variants, loader, base, epoch, device,
+                                   context=(lambda x: teachers.logits(x, amp_dtype)) if teachers else None)
+            images_seen += done["images"]
+            if not done["images"]:
+                if epoch == 0:  # nothing ever trained: the data, not the run
+                    raise TrainingDataError(f"epoch {epoch}: no training picture could be read ({done['skipped']} "
+                                            "unreadable); check the files under --data")
+                stopped = "no-images"
+                logger.error("epoch %d: no training picture could be read: stopped; the variants keep their best "
+                             "checkpoints and %s the state after epoch %d", epoch, SWEEP_STATE, epoch - 1)
+                break
+            for v in variants:
+                if not v.failed and v.diverged():
+                    v.failed = f"non-finite at epoch {epoch} (lr {lrs[v.name]:.3g})"
+                    logger.error("%s: the training loss or weights are not finite numbers at epoch %d (lr %.3g): it "
+                                 "stops training and keeps its best checkpoint; the other variants go on",
+                                 v.name, epoch, lrs[v.name])
+            if all(v.failed for v in variants):
+                stopped = "non-finite"
+                break
+            for v in variants:
+                v.end_epoch(epoch)
+            epoch_s = time.time() - t_epoch
+            recent = (recent + [epoch_s])[-window:]
+            improved = False
+            if validates(epoch, base.epochs, spec.val_from, spec.val_every):
+                line = [f"epoch {epoch} ({epoch_s:.1f}s)"]
+                t_val = time.time()
+                for v in variants:
+                    if v.failed:
+                        continue
+                    logits = _logits(v.eval_model, val_x, device, amp_dtype, base.channels_last)
+                    sel = v.val_mask if v.val_mask is not None else slice(None)
+                    m = val_metrics(logits[sel], val_y[sel])
+                    rec = epoch_record(epoch, v.mean_loss, lrs[v.name], m, epoch_s, averaged=v.swa is not None,
+                                       **v.aux_record)
+                    v.history.append(rec)
+                    log_epoch(v.writer, rec)
+                    meta_extra = {"metrics": {"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
+                                  "train_options": {**v.cfg.to_dict(), **options[v.name][1], "sweep": str(out_dir),
+                                                    **v.aux_meta}}
+                    improved |= save_if_best(v.best, selection_score(m), epoch, m, v.eval_model, v.cfg.arch, v.run_dir,
+                                             meta_extra, logits, val_y, val_mask=v.val_mask)
+                    line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")
+                print(" | ".join(line), flush=True)
+                for v in variants:
+                    v.writer.flush()
+                    (v.run_dir / "history.json").write_text(json.dumps(v.history, indent=1))
+                # (from epoch 2 on; one that shortens the run before the steady fit binds it: the steady
+                # fit, blind to validations, may then only shorten, so the schedule never rises and falls)
+                if spec.time_budget_s and t_window is not None and epoch < base.epochs - 1:
+                    val_s, train_s = time.time() - t_val, sum(recent) / len(recent)
+                    end = epochs_within(spec.time_budget_s, time.time() - t_start, epoch + 1, train_s, val_s,
+                                        spec.val_from, spec.val_every, base.epochs)
+                    why = f"{train_s:.1f}s per epoch, {val_s:.1f}s per validation"
+                    shortened = shortened or end < base.epochs
+                    if end == epoch + 1:
+                        stop_after(spec, variants, epoch, why)
+                    elif end < base.epochs:
+                        fit_epochs(spec, variants, end, why, plan, now=epoch + 1)
+            else:
+                print(f"epoch {epoch} ({epoch_s:.1f}s) " + " | ".join(f"{v.name} loss={v.mean_loss:.3f}"
+                                                                     for v in variants if not v.failed), flush=True)
+            # the state goes with every new best (so the best files and the state agree), at least
+            # every state_every_s, and on Ctrl-C; not after the last epoch (the sweep is done)
+            if epoch < base.epochs - 1 and (improved or ctrl_c.requested or time.time() - last_state >= spec.state_every_s):
+                save_sweep_state(out_dir, epoch, variants, place())
+                last_state = time.time()
+            if ctrl_c.requested and epoch < base.epochs - 1:
+                stopped = "interrupted"
+                print(f"stopped after epoch {epoch} (Ctrl-C): {out_dir} keeps every variant's best and the state after "
+                      "this epoch; the same command with --resume (RESUME=1 for the scripts) goes on from there",
+                      flush=True)
+                break
+    finally:  # also when the sweep fails: Ctrl-C must stop a process that is not training any more
+        ctrl_c.uninstall()
     seconds = time.time() - t_start
 
     results, best_logits = {}, {}
     for v in variants:
         plot_curves(v.history, v.run_dir / "curves.png")
         v.writer.close()
-        try:
-            calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy", v.val_mask,
-                                         real_target=base.calibration_real_target)
-        except CalibrationDataError as e:  # its validation pictures hold one class: kept uncalibrated
-            logger.warning("%s: calibration not fitted: %s", v.name, e)
-            calib = None
-        best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]
+        calib = None
+        if (v.run_dir / "val_logits_best.npy").exists():
+            try:
+                calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy",
+                                             v.val_mask, real_target=base.calibration_real_target)
+            except CalibrationDataError as e:  # its validation pictures hold one class: kept uncalibrated
+                logger.warning("%s: calibration not fitted: %s", v.name, e)
+            best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]
         results[v.name] = {"options": spec.variants[v.name], "best": v.best.record, "calibration": calib,
-                           "checkpoint": str(v.run_dir / "model_epoch_best.pth"),
+                           "checkpoint": str(v.run_dir / "model_epoch_best.pth") if v.name in best_logits else None,
                            "parameters": sum(p.numel() for p in v.model.parameters()),
                            "training_images": v.training_images, "swa_start": v.swa_start}
+        if v.failed:
+            results[v.name]["failed"] = v.failed
     summary = {"variants": results, "ensembles": (ensemble_report(best_logits, val_y, spec.ensemble_members)[:20]
-                                if len(variants) > 1 and spec.ensemble_members > 1 else []),
+                                if len(best_logits) > 1 and spec.ensemble_members > 1 else []),
                "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
                "planned_epochs": plan["epochs"], "val_from": spec.val_from,
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
+    if stopped:
+        summary.update(stopped=stopped, epochs_run=epoch + (stopped == "interrupted"))
+    elif (out_dir / SWEEP_STATE).exists():  # ran to its end: nothing left to resume
+        (out_dir / SWEEP_STATE).unlink()
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
     print("\nvariant                best-epoch  val-acc  val-AP  real-acc  fake-acc")
-    for name, r in sorted(results.items(), key=lambda kv: -kv[1]["best"]["accuracy"]):
+    for name, r in sorted(results.items(), key=lambda kv: -(kv[1]["best"].get("accuracy") or 0.0)):
         b = r["best"]
         f = lambda key: "   -  " if b.get(key) is None else f"{b[key]:.4f}"  # noqa: E731 - one class absent
-        print(f"{name:<22} {b['epoch']:>10}  {f('accuracy')}  {f('ap')}  {f('real_accuracy')}    {f('fake_accuracy')}")
+        print(f"{name:<22} {b.get('epoch', '-'):>10}  {f('accuracy')}  {f('ap')}  {f('real_accuracy')}    {f('fake_accuracy')}"
+              + (f"  ({r['failed']})" if r.get("failed") else ""))
     for e in summary["ensembles"]:
         print(f"ensemble of {len(e['members'])}: acc {e['accuracy']:.4f} AP {e['ap']:.4f} real {e['real_accuracy']:.4f}  {e['members']}")
-    print(f"sweep: {len(variants)} variants x {base.epochs} epochs in {seconds:.0f}s ({summary['images_per_second']:.0f} img/s shared)")
+    print(f"sweep: {len(variants)} variants x {base.epochs} epochs in {seconds:.0f}s ({summary['images_per_second']:.0f} img/s shared)"
+          + (f"; stopped ({stopped})" if stopped else ""))
     return summary
 
 
@@ -703,8 +807,13 @@ def main(argv=None) -> dict:
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap batches per epoch (quick tests)")
     p.add_argument("--progress", type=parse_bool, default=None)
     p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace the sweep already in the output folder (without it such a folder is refused)")
+                   help="replace the sweep already in the output folder (without it, or --resume, such a folder is refused)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="go on with the sweep in the output folder from its sweep_state.pt (stopped by Ctrl-C or lost); "
+                        "the spec must be the same, only where and how fast it runs and where its data lives may change")
     args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume continues the sweep in the folder, --overwrite replaces it: pass one of them")
     if args.report:
         rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members, args.report_out,
                               args.report_top)
@@ -718,12 +827,22 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec_dict = json.loads(Path(args.spec).read_text())
     overrides = ("data", "name", "checkpoints_dir", "epochs", "workers", "device", "max_steps_per_epoch", "progress",
-                 "overwrite")
+                 "overwrite", "resume")
     spec = SweepSpec.from_dict(spec_dict, **{k: getattr(args, k) for k in overrides})
     try:
-        return run_sweep(spec)
+        summary = run_sweep(spec)
     except (RunFolderError, TrainingDataError) as e:
         p.error(str(e))
+    exit_if_stopped(summary)
+    return summary
+
+
+def exit_if_stopped(summary: dict) -> None:
+    """Exit with ``EXIT_STATUS`` if the sweep ended early (after its variants' best checkpoints
+    were calibrated and ``sweep.json`` written), so a script running it stops there instead of
+    scoring a sweep that did not run to its end."""
+    if summary.get("stopped") in EXIT_STATUS:
+        raise SystemExit(EXIT_STATUS[summary["stopped"]])
 
 
 if __name__ == "__main__":

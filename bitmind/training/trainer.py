@@ -396,6 +396,9 @@ def train(cfg: TrainConfig) -> dict:
 
 #: Why a run stops early (index 0: it does not); the agreed reason is the largest index any rank has.
 STOP_REASONS = (None, "non-finite", "no-images")
+#: Exit status of a run (or a sweep) that ended early, by its summary's ``stopped``: 1 for a
+#: failure, 130 (as a shell reports Ctrl-C) for a stop that ``--resume`` goes on from.
+EXIT_STATUS = {"non-finite": 1, "no-images": 1, "interrupted": 130}
 
 
 def epoch_failure(done: dict, learner: Learner, model: nn.Module) -> str | None:
