@@ -193,6 +193,11 @@ def main(argv=None) -> dict:
     unknown = [arm for arm in a.arm if not any(f"{r}/{arm}" in data for r in REGIMES)]
     if unknown:
         p.error(f"no scores for arm(s) {unknown}; the scores hold {sorted(v for v in variants if FOLD_SEP not in v)}")
+    no_generator_folds = [arm for arm in a.arm
+                          if not any(any(True for _ in fold_models(data, spec, arm, r, real_kinds=False)) for r in REGIMES)]
+    if no_generator_folds:  # e.g. a camera-only run (logo_cameras_s1_135.json): it belongs in --cameras
+        p.error(f"arm(s) {no_generator_folds} have no generator folds in {a.scores}; a run with only real-<kind> folds "
+                "goes in --cameras SCORES SPEC beside the scores of a run with generator folds")
     result = {"scores": str(a.scores), "logo_spec": str(a.logo_spec), "deltas": deltas.tolist(),
               "arms": {arm: {r: arm_curves(data, spec, arm, r, deltas) for r in REGIMES if f"{r}/{arm}" in data}
                        for arm in a.arm}}

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import load_script, needs_cxx
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 
 def _scores(tmp_path: Path) -> tuple[Path, Path]:
@@ -385,3 +387,22 @@ def test_augmentation_memory_scores_the_very_draws_a_checkpoint_trained_on(tmp_p
         s = out["sets"][name]
         assert s["pictures"] == 6 and len(s["fresh"]) == 2 and np.isfinite(s["margin_gain_epoch0_over_fresh"])
     assert set(out["memorisation"]) == {"margin_gain_train_minus_val", "stderr", "auc_gain_train", "auc_gain_val"}
+
+
+def test_threshold_logo_reads_camera_folds_only_beside_generator_folds(tmp_path, capsys):
+    """The committed camera-only run at the shipped length (no generator folds) is refused
+    alone with one line, and beside the generator folds of the same recipe, seed and length it
+    gives the shipped rule's unseen-camera figure the docs quote (0.733 kept real at 0.85)."""
+    bench = load_script("benchmarks/threshold_logo.py")
+    r = REPO / "benchmarks" / "results"
+    cams = [str(r / "generalisation_cameras_s1_135_scores.npz"), str(r / "generalisation_cameras_s1_135_spec.json")]
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--scores", cams[0], "--logo_spec", cams[1], "--arm", "patch96nopool", "--figure", "",
+                    "--out", str(tmp_path / "no.json")])
+    assert e.value.code == 2 and "no generator folds" in capsys.readouterr().err
+    out = bench.main(["--scores", str(r / "generalisation_fixed_s1_135_scores.npz"),
+                      "--logo_spec", str(r / "generalisation_fixed_s1_135_spec.json"), "--cameras", *cams,
+                      "--arm", "patch96nopool", "--real_targets", "0.85", "--figure", "", "--out", str(tmp_path / "t.json")])
+    rule = out["arms"]["patch96nopool"]["validator"]["boundary_rules"]["0.85"]
+    assert rule["unseen_real_accuracy"] == pytest.approx(0.733, abs=5e-4)
+    assert rule["both_unseen_balanced"] == pytest.approx(0.632, abs=5e-4)
