@@ -87,11 +87,14 @@ def trained_split(meta: dict, split_seed: int | None = None, val_fraction: float
     """``(split_seed, (train, val, test) fractions)`` of the run that wrote a checkpoint
     (``meta``), as ``bitmind.training.trainer.build_datasets`` computes them from its
     ``train_options``; each given argument overrides the file, and a file without them (a
-    bare state dict, an ensemble, an older checkpoint) gets the trainer's defaults (seed 0,
-    80/10/10). Why: with other fractions the default split's "val" holds pictures the model
-    was trained on (and "train" its test pictures), so an evaluation or a calibration on it
-    would measure, or fit, the wrong thing."""
-    opts = meta.get("train_options") or {}
+    bare state dict, an older checkpoint) gets the trainer's defaults (seed 0, 80/10/10).
+    Why: with other fractions the default split's "val" holds pictures the model was
+    trained on (and "train" its test pictures), so an evaluation or a calibration on it
+    would measure, or fit, the wrong thing. An ensemble (``bitmind.ensemble``) keeps each
+    member's training options: its split is theirs when they agree, and a ValueError when
+    they do not (no split then keeps every member off its own training pictures) unless
+    the differing options are given."""
+    opts = meta.get("train_options") or members_split(meta, given=(split_seed, val_fraction, test_fraction))
 
     def pick(given, key, default):
         value = given if given is not None else opts.get(key)
@@ -102,6 +105,26 @@ def trained_split(meta: dict, split_seed: int | None = None, val_fraction: float
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise ValueError(f"val and test fractions must be in [0, 1) and leave a training share, got {val:g} and {test:g}")
     return seed, (1.0 - val - test, val, test)
+
+
+def members_split(meta: dict, given: tuple = (None, None, None)) -> dict:
+    """The split options (``split_seed``, ``val_fraction``, ``test_fraction``) shared by an
+    ensemble's members (``meta["members"][i]["train_options"]``; {} for a file without
+    members). A ValueError when the members were trained on different splits, unless each
+    option they differ in is ``given`` (the caller's override, in that order)."""
+    keys = ("split_seed", "val_fraction", "test_fraction")
+    members = meta.get("members") or []
+    splits = [tuple((m.get("train_options") or {}).get(k) for k in keys) for m in members]
+    if not splits:
+        return {}
+    differ = [k for i, k in enumerate(keys) if given[i] is None and len({s[i] for s in splits}) > 1]
+    if differ:
+        raise ValueError("the ensemble's members were trained on different splits ("
+                         + "; ".join(f"{m.get('file', i)}: " + ", ".join(f"{k}={s[j]}" for j, k in enumerate(keys))
+                                     for i, (m, s) in enumerate(zip(members, splits)))
+                         + "), so no split keeps every member off its own training pictures: pass "
+                         + ", ".join(f"--{k}" for k in differ) + " to choose one")
+    return {k: splits[0][i] for i, k in enumerate(keys)}
 
 
 def build_dataset(data: Sequence[str | os.PathLike] | str | os.PathLike, split: str | None = None, split_seed: int = 0,

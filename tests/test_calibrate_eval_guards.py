@@ -216,3 +216,27 @@ def test_cuda_without_a_gpu_is_an_error_not_a_traceback(command, many_stems, tmp
     assert main(["--model", str(model), "--data", str(many_stems), "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "cuda" in err and "Traceback" not in err
+
+
+def test_an_ensemble_splits_as_its_members_were_trained(many_stems, tmp_path, capsys):
+    """Before: an ensemble file has no training options of its own, so eval and calibrate used
+    the default 80/10/10 split, whose "val" held pictures its members trained on."""
+    from bitmind.cli.ensemble import build_ensemble_checkpoint
+    from bitmind.evaluation import evaluate, trained_split
+
+    split = {"split_seed": 2, "val_fraction": 0.3, "test_fraction": 0.2}
+    a = _brightness(tmp_path / "a.pth", train_options=split)
+    b = _brightness(tmp_path / "b.pth", gain=10.0, train_options=split)
+    ens = build_ensemble_checkpoint([a, b], tmp_path / "ens.pth")
+    r = evaluate(ens, [many_stems], split="val", device="cpu", progress=False)
+    assert r["n"] == _counts("val", 2, 0.3, 0.2) and r["options"]["split_seed"] == 2
+    # members trained on different splits: no split is right for all, so the caller must choose
+    other = _brightness(tmp_path / "c.pth", train_options={**split, "split_seed": 5})
+    mixed = build_ensemble_checkpoint([a, other], tmp_path / "mixed.pth")
+    meta = read_checkpoint(mixed)[1]
+    with pytest.raises(ValueError, match="different splits.*--split_seed"):
+        trained_split(meta)
+    assert trained_split(meta, split_seed=5) == (5, pytest.approx((0.5, 0.3, 0.2)))
+    assert bm_eval.main(["--model", str(mixed), "--data", str(many_stems), "--split", "val", "--device", "cpu",
+                         "--quiet"]) == 2
+    assert "different splits" in capsys.readouterr().err
