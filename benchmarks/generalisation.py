@@ -56,7 +56,7 @@ def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
 
 
 def cmd_train(args) -> Path:
-    from bitmind.training.run_folder import prepare_sweep_folder
+    from bitmind.training.run_folder import finished_sweep, prepare_sweep_folder
     from bitmind.training.sweep import SweepSpec, exit_if_stopped, run_sweep
 
     logo = json.loads(Path(args.spec).read_text())
@@ -71,10 +71,12 @@ def cmd_train(args) -> Path:
     if not spec.base.resume:
         (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
     print(f"LOGO sweep: {len(sweep['variants'])} variants, folds {sweep['logo']['folds']}", flush=True)
+    finished = spec.base.resume and finished_sweep(run_dir) is not None
     summary = run_sweep(spec)
-    # what actually ran (a time budget can cut the epochs) goes beside what was asked for
-    sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds", "val_from", "stopped", "epochs_run") if k in summary}
-    (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
+    if not finished:  # (a finished sweep resumed trains nothing: its logo_spec.json stays as it ran)
+        # what actually ran (a time budget can cut the epochs) goes beside what was asked for
+        sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds", "val_from", "stopped", "epochs_run") if k in summary}
+        (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
     exit_if_stopped(summary)  # a stopped sweep is not scored: exit 130 (Ctrl-C, resumable) or 1
     return run_dir
 

@@ -28,13 +28,15 @@ def data(tmp_path_factory) -> Path:
 
 
 def _spec_dict(data: Path, out: Path, name: str = "s", epochs: int = 4, **extra) -> dict:
-    """Two variants (one with weight averaging, one on a patch of each picture), validated every
-    epoch, small enough for the CPU in seconds."""
+    """Two variants (one with weight averaging on half of the pictures, one batch of them an
+    epoch, each on a patch of its pictures), validated every epoch, small enough for the CPU in
+    seconds."""
     return {"base": {"data": [str(data)], "checkpoints_dir": str(out), "name": name, "epochs": epochs, "batch_size": 8,
                      "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15,
                      "layers": [1, 1], "width": 8, "lr_schedule": "cosine", "balance": "family"},
             "val_seeds": [0], "ensemble_members": 2,
-            "variants": {"plain": {}, "avg_patch": {"swa_start": 2, "patch_size": 32, "seed": 3}}, **extra}
+            "variants": {"plain": {}, "avg_patch": {"swa_start": 1, "patch_size": 32, "seed": 3, "train_fraction": 0.5}},
+            **extra}
 
 
 def _spec(data: Path, out: Path, resume: bool = False, **kw) -> SweepSpec:
@@ -82,6 +84,8 @@ def test_ctrl_c_saves_the_state_and_resume_ends_where_an_unstopped_sweep_ends(da
         assert [r["epoch"] for r in cut[v]] == [0, 1, 2, 3]
         assert [r["train_loss"] for r in cut[v]] == pytest.approx([r["train_loss"] for r in ref[v]], abs=1e-6)
         assert [r["val_acc"] for r in cut[v]] == pytest.approx([r["val_acc"] for r in ref[v]], abs=1e-6)
+        # (the weight average's batch-norm statistics too: from the epoch's own batches, which a resume has)
+        assert [r["val_brier"] for r in cut[v]] == pytest.approx([r["val_brier"] for r in ref[v]], abs=1e-6)
         assert [bool(r.get("averaged")) for r in cut[v]] == [bool(r.get("averaged")) for r in ref[v]]
         assert resumed["variants"][v]["best"]["epoch"] == whole["variants"][v]["best"]["epoch"]
     a = read_checkpoint(out / "avg_patch" / "model_epoch_best.pth")[0]
@@ -133,6 +137,11 @@ def test_resuming_a_finished_sweep_trains_nothing(data, tmp_path, capsys):
     assert "already ran to its end" in capsys.readouterr().out
     assert again["variants"]["plain"]["best"] == first["variants"]["plain"]["best"]
     assert best.stat().st_mtime_ns == before
+    # its results must still be the ones asked for: another spec is refused, not answered with them
+    with pytest.raises(RunFolderError, match="epochs: 3 -> 6"):
+        run_sweep(_spec(data, tmp_path, epochs=6, resume=True))
+    # how often the state is saved is not part of what a sweep trains
+    assert run_sweep(_spec(data, tmp_path, epochs=3, resume=True, state_every_s=5))["epochs"] == 3
 
 
 def test_a_diverging_variant_stops_alone_and_the_others_go_on(data, tmp_path, monkeypatch):
@@ -203,3 +212,47 @@ def test_the_command_lines_resume_and_refuse_resume_with_overwrite(data, tmp_pat
     assert first.returncode == 0, first.stderr[-2000:]
     again = subprocess.run([*logo, "--resume"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert again.returncode == 0 and "already ran to its end" in again.stdout, again.stderr[-2000:]
+    ran = (tmp_path / "logo" / "logo_spec.json").read_text()
+    other = subprocess.run([*logo, "--resume", "--epochs", "9"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert other.returncode == 2 and "epochs: 3 -> 9" in other.stderr
+    assert (tmp_path / "logo" / "logo_spec.json").read_text() == ran  # what scoring reads still names what ran
+
+
+def test_a_time_budget_sweep_resumed_keeps_the_shape_it_would_have_had(data, tmp_path, monkeypatch):
+    """On a fake clock (10 s an epoch, 20 s for epochs 0-1, 3 s a validation), a 16-epoch plan
+    with validation and averaging from epoch 8 and a 200 s budget. Stopped in epoch 3 (after
+    the start-up fit, before the steady one) and resumed, it re-plans as the sweep never
+    stopped does; before, the resumed sweep moved its steady fit, passed the start-up fit's
+    cautious validation and averaging epochs (5) and kept them, and ran 13 epochs, not 14."""
+    from types import SimpleNamespace
+
+    torch.set_num_threads(1)
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(sweep_mod, "time", SimpleNamespace(time=lambda: clock.now))
+    real_epoch, real_logits = sweep_mod.train_one_epoch, sweep_mod._logits
+
+    def epoch(learners, loader, cfg, e, *a, **kw):
+        clock.now += 20.0 if e < 2 else 10.0
+        return real_epoch(learners, loader, cfg, e, *a, **kw)
+
+    def logits(*a, **kw):
+        clock.now += 1.5
+        return real_logits(*a, **kw)
+
+    monkeypatch.setattr(sweep_mod, "_logits", logits)
+
+    def spec(out, resume=False):
+        d = _spec_dict(data, out, epochs=16, time_budget_s=200, val_from=8, val_every=1, ensemble_members=0)
+        d["variants"] = {"plain": {}, "avg": {"swa_start": 8}}
+        return SweepSpec.from_dict(d, resume=resume or None)
+
+    monkeypatch.setattr(sweep_mod, "train_one_epoch", epoch)
+    whole = run_sweep(spec(tmp_path / "whole"))
+    clock.now = 0.0
+    monkeypatch.setattr(sweep_mod, "train_one_epoch", _interrupt_during(3))  # wraps the fake clock's epoch
+    assert run_sweep(spec(tmp_path / "cut"))["stopped"] == "interrupted"
+    clock.now = 10_000.0  # time between the two processes does not count
+    monkeypatch.setattr(sweep_mod, "train_one_epoch", epoch)
+    resumed = run_sweep(spec(tmp_path / "cut", resume=True))
+    shape = lambda s: (s["epochs"], s["val_from"], s["variants"]["avg"]["swa_start"])  # noqa: E731
+    assert shape(resumed) == shape(whole) and shape(whole)[0] < 16

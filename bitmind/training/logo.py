@@ -129,7 +129,8 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
                 if set(held) <= excl:  # the arm never trains on that family anyway
                     continue
                 variants[f"{name}{FOLD_SEP}{fam}"] = {**ov_arm, "exclude_sources": sorted(excl | set(held))}
-    out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "ensemble_members")}
+    out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "ensemble_members",
+                                                  "state_every_s")}
     out["variants"] = variants
     every_fold = list(dict.fromkeys([*folds, *(f for fs in fold_recipes.values() for f in fs)]))
     out["logo"] = {"folds": every_fold, "recipes": list(recipes), "controls": list(controls)}

@@ -81,7 +81,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from bitmind.calibration import CalibrationDataError, apply_calibration
-from bitmind.common import parse_bool, resolve_amp
+from bitmind.common import atomic_write_text, parse_bool, resolve_amp
 from bitmind.data import AsIs, DetectionDataset, aligned_partners, collate_skip_none, in_subset
 from bitmind.data.dataset import worker_init
 from bitmind.data.families import aux_classes
@@ -109,7 +109,8 @@ from bitmind.training.loop import (
 from bitmind.shutdown import GracefulStop
 from bitmind.training.run_folder import (SWEEP_STATE, RunFolderError, finished_sweep, prepare_sweep_folder,
                                          remove_earlier_sweep)
-from bitmind.training.sweep_state import check_same_sweep, load_sweep_state, restore_variant, save_sweep_state
+from bitmind.training.sweep_state import (check_same_sweep, load_sweep_state, remove_partial_states, restore_variant,
+                                          save_sweep_state)
 from bitmind.training.trainer import (
     EXIT_STATUS,
     TrainingDataError,
@@ -264,8 +265,12 @@ class _Variant(Learner):
             return True
         return not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
 
+    def begin_epoch(self, epoch: int) -> float:
+        self.bn_batches = []  # the average's statistics come from this epoch's batches only (a resumed sweep has no others)
+        return super().begin_epoch(epoch)
+
     def remember(self, x: torch.Tensor) -> None:
-        """Keep the latest training batches (of this variant's subset) for batch-norm re-estimation."""
+        """Keep the latest training batches of the epoch (of this variant's subset) for batch-norm re-estimation."""
         if self.swa_start:
             self.bn_batches = (self.bn_batches + [x.detach()])[-BN_BATCHES:]
 
@@ -576,11 +581,12 @@ def run_sweep(spec: SweepSpec) -> dict:
     # a folder holding a sweep is refused, never replaced silently (unless --resume / --overwrite)
     prepare_sweep_folder(out_dir, base.overwrite, base.resume)
     if base.resume:
+        check_same_sweep(out_dir, spec.to_dict())  # a finished one too: its results must be the ones asked for
         done_before = finished_sweep(out_dir)
         if done_before is not None:
             print(f"--resume: the sweep in {out_dir} already ran to its end; nothing to train", flush=True)
             return done_before
-        check_same_sweep(out_dir, spec.to_dict())
+        remove_partial_states(out_dir)
     device = prepare_device(base)
     seed_everything(base.seed)
     amp_dtype = resolve_amp(base.amp, device)
@@ -625,7 +631,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     # now cost (epochs_within).
     plan, window = planned_shape(spec, variants), max(spec.val_every, 2)
     shortened = False  # by a fit after a validation: the steady fit may not lengthen the run again
-    epoch, images_seen, elapsed_before = -1, 0, 0.0
+    epoch, images_seen, elapsed_before, window_s = -1, 0, 0.0, None
     if base.resume:
         state = load_sweep_state(out_dir, [v.name for v in variants])
         for v in variants:
@@ -634,15 +640,14 @@ def run_sweep(spec: SweepSpec) -> dict:
         if sampler_gen is not None and "sampler_rng" in state:
             sampler_gen.set_state(state["sampler_rng"])
         epoch, images_seen, elapsed_before = int(state["epoch"]), int(state["images_seen"]), float(state["elapsed_s"])
+        window_s = float(state["window_s"]) if "window_s" in state else None
         plan, shortened = state["plan"], bool(state["shortened"])
         spec.base.epochs, spec.val_from = int(state["epochs"]), int(state["val_from"])
         for v in variants:
             v.cfg.epochs = spec.base.epochs
         print(f"resumed {out_dir} after epoch {epoch} of {base.epochs} ({elapsed_before:.0f}s trained before)", flush=True)
     t_start = time.time() - elapsed_before  # the time budget counts the time before a resume
-    # (the steady fit starts its window at the first epoch this process runs from epoch 2 on)
-    first_window = max(epoch + 1, 2)
-    t_window = None
+    t_window = None if window_s is None else t_start + window_s  # a resumed sweep fits as if never stopped
     recent: list[float] = []  # training seconds of the latest epochs
     last_state = time.time()
     stopped = None  # why the sweep ended before its last epoch, if it did
@@ -650,24 +655,23 @@ def run_sweep(spec: SweepSpec) -> dict:
     def place() -> dict:
         return {"epochs": base.epochs, "val_from": spec.val_from, "plan": plan, "shortened": shortened,
                 "elapsed_s": time.time() - t_start, "images_seen": images_seen,
+                "window_s": None if t_window is None else t_window - t_start,
                 "sampler_rng": sampler_gen.get_state() if sampler_gen is not None else None}
 
     ctrl_c = GracefulStop().install()  # first Ctrl-C: finish the epoch, save, calibrate, stop; second: now
     try:
         while epoch + 1 < base.epochs:
             epoch += 1
-            if spec.time_budget_s and epoch == 2 and first_window == 2:
+            if spec.time_budget_s and epoch == 2:
                 t_window = time.time()
                 elapsed = t_window - t_start
                 fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, elapsed, 2, elapsed / 2, plan["epochs"]),
                            f"{elapsed / 2:.1f}s per epoch over epochs 0-1", plan, now=epoch)
-            elif spec.time_budget_s and epoch == first_window and t_window is None:  # a resumed run: no start-up guess
-                t_window = time.time()
-            elif spec.time_budget_s and t_window is not None and epoch == first_window + window:
+            elif spec.time_budget_s and t_window is not None and epoch == 2 + window:
                 steady = (time.time() - t_window) / window
                 longest = spec.base.epochs if shortened else plan["epochs"]
                 fit_epochs(spec, variants, budget_epochs(spec.time_budget_s, time.time() - t_start, epoch, steady, longest),
-                           f"{steady:.1f}s per epoch over epochs {first_window}-{epoch - 1}", plan, now=epoch)
+                           f"{steady:.1f}s per epoch over epochs 2-{epoch - 1}", plan, now=epoch)
             train_ds.set_epoch(epoch)
             lrs = {v.name: v.begin_epoch(epoch) for v in variants}
             t_epoch = time.time()
@@ -774,9 +778,9 @@ def run_sweep(spec: SweepSpec) -> dict:
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
     if stopped:
         summary.update(stopped=stopped, epochs_run=epoch + (stopped == "interrupted"))
-    elif (out_dir / SWEEP_STATE).exists():  # ran to its end: nothing left to resume
+    atomic_write_text(out_dir / "sweep.json", json.dumps(summary, indent=2))
+    if not stopped and (out_dir / SWEEP_STATE).exists():  # ran to its end (and says so): nothing left to resume
         (out_dir / SWEEP_STATE).unlink()
-    (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
     print("\nvariant                best-epoch  val-acc  val-AP  real-acc  fake-acc")
     for name, r in sorted(results.items(), key=lambda kv: -(kv[1]["best"].get("accuracy") or 0.0)):
         b = r["best"]

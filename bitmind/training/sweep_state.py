@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: Base options a resumed sweep may change: where and how fast it runs, and where its data lives.
 RESUMABLE_BASE_KEYS = frozenset({*RUNTIME_KEYS, "max_steps_per_epoch", "data", "train_data", "challenge_data"})
+#: Top-level spec keys a resumed sweep may change: how often its state is saved.
+RESUMABLE_SPEC_KEYS = frozenset({"state_every_s"})
 #: Version of the state's layout; a state of another version is refused with a clear message.
 STATE_VERSION = 1
 
@@ -44,7 +46,7 @@ def check_same_sweep(out_dir: Path, spec_dict: dict) -> None:
                              "checked to be the same one; start a new sweep (another --name, or --overwrite)") from None
     diffs = []
     for key in sorted(set(saved) | set(spec_dict)):
-        if key == "base":
+        if key == "base" or key in RESUMABLE_SPEC_KEYS:
             continue
         if saved.get(key) != spec_dict.get(key):
             diffs.append(f"{key}: {saved.get(key)!r} -> {spec_dict.get(key)!r}")
@@ -94,13 +96,21 @@ def restore_variant(v, st: dict) -> None:
 def save_sweep_state(out_dir: Path, epoch: int, variants: list, place: dict) -> Path:
     """Write the state after ``epoch`` (all at once: a crash mid-write keeps the previous one).
     ``place``: the sweep's own counters (``epochs``, ``val_from``, ``plan``, ``shortened``,
-    ``elapsed_s``, ``images_seen``, ``sampler_rng``)."""
+    ``elapsed_s``, ``window_s`` (when the time budget's steady window began, in seconds of
+    the sweep, None before), ``images_seen``, ``sampler_rng``)."""
     state = {"version": STATE_VERSION, "epoch": int(epoch), "torch_rng": torch.get_rng_state(),
              **{k: (json.dumps(v) if k == "plan" else v) for k, v in place.items() if v is not None},
              "variants": {v.name: variant_state(v) for v in variants}}
     path = out_dir / SWEEP_STATE
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
+
+
+def remove_partial_states(out_dir: Path) -> None:
+    """Remove what a process killed while writing the state left behind (the temporary files
+    of ``atomic_write``; the state itself is whole, the previous one or the new one)."""
+    for tmp in out_dir.glob(f".{SWEEP_STATE}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def load_sweep_state(out_dir: Path, variant_names: list[str]) -> dict:
