@@ -256,3 +256,25 @@ def test_a_time_budget_sweep_resumed_keeps_the_shape_it_would_have_had(data, tmp
     resumed = run_sweep(spec(tmp_path / "cut", resume=True))
     shape = lambda s: (s["epochs"], s["val_from"], s["variants"]["avg"]["swa_start"])  # noqa: E731
     assert shape(resumed) == shape(whole) and shape(whole)[0] < 16
+
+
+def test_a_best_written_after_the_last_state_is_kept_on_resume(tmp_path):
+    """A sweep killed between a variant's new best file and the state after that epoch: the
+    file (a trained, validated model) stays the best, so the resumed sweep does not replace
+    it with a worse epoch; a best the state knows is left as the state says."""
+    from types import SimpleNamespace
+
+    from bitmind.checkpoint import model_meta, save_checkpoint
+    from bitmind.models import build_model
+    from bitmind.training.loop import Best
+    from bitmind.training.sweep_state import adopt_saved_best
+
+    m = build_model("npr", layers=[1, 1], width=8)
+    val = {"accuracy": 0.85, "real_accuracy": 0.9, "fake_accuracy": 0.8, "per_source": {"x": 1}}
+    save_checkpoint(m, tmp_path / "model_epoch_best.pth", model_meta(m, "npr", metrics={"val": val, "epoch": 5}))
+    v = SimpleNamespace(name="a", run_dir=tmp_path, best=Best(score=0.6, record={"epoch": 3, "accuracy": 0.6}))
+    adopt_saved_best(v)
+    assert v.best.record["epoch"] == 5 and v.best.score == pytest.approx(0.85) and "per_source" not in v.best.record
+    known = SimpleNamespace(name="a", run_dir=tmp_path, best=Best(score=0.85, record={"epoch": 5, "accuracy": 0.85}))
+    adopt_saved_best(known)
+    assert known.best.record == {"epoch": 5, "accuracy": 0.85}

@@ -91,6 +91,33 @@ def restore_variant(v, st: dict) -> None:
     v.best.record, v.best.score, v.best.bad_epochs = json.loads(st["best"]), float(st["best_score"]), int(st["bad_epochs"])
     v.failed = st.get("failed") or None
     v.load_rng_state(st)
+    adopt_saved_best(v)
+
+
+def adopt_saved_best(v) -> None:
+    """Take the variant's best from its ``model_epoch_best.pth`` when that file is of another
+    epoch than the state says: a sweep killed between writing a variant's new best and the
+    state after that epoch left a best the state does not know. That file is a trained and
+    validated model; keeping its score stops the resumed sweep from replacing it with a
+    worse epoch (on a GPU the re-run epochs do not repeat exactly)."""
+    from bitmind.checkpoint import read_checkpoint
+    from bitmind.training.loop import selection_score
+
+    path = v.run_dir / "model_epoch_best.pth"
+    if not path.exists():
+        return
+    try:
+        metrics = read_checkpoint(path)[1].get("metrics") or {}
+    except Exception as e:  # an unreadable best: the state's record stands, and a new best will replace the file
+        logger.warning("%s: cannot read %s (%s); the state's best record is kept", v.name, path, e)
+        return
+    epoch, val = metrics.get("epoch"), metrics.get("val")
+    if epoch is None or not val or epoch == v.best.record.get("epoch"):
+        return
+    logger.warning("%s: %s is epoch %s's, the state's best is epoch %s's (the sweep stopped between the two): "
+                   "the file's is kept as the best", v.name, path.name, epoch, v.best.record.get("epoch"))
+    v.best.score = selection_score(val)
+    v.best.record = {"epoch": epoch, **{k: x for k, x in val.items() if k != "per_source"}}
 
 
 def save_sweep_state(out_dir: Path, epoch: int, variants: list, place: dict) -> Path:
