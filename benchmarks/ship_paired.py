@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.cli.eval import add_data_argument
+from bitmind.cli.eval import add_data_argument, add_split_arguments
 from bitmind.evaluation import evaluate_detailed
 from bitmind.metrics import DEFAULT_THRESHOLD, bootstrap_resample, bootstrap_strata, compute_metrics
 
@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
     add_data_argument(p)
     p.add_argument("--as_sent", action="store_true", help="the files already are validator challenges: score them as they are")
     p.add_argument("--split", default="test")
-    p.add_argument("--split_seed", type=int, default=None, help="default: the candidate's (its train_options)")
+    add_split_arguments(p)  # default: the candidate's (its train_options; an ensemble's, its members')
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="challenge draws without --as_sent (default 0 1 2)")
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--boot_seed", type=int, default=0, help="seed of the bootstrap resamples")
@@ -159,7 +159,10 @@ def main(argv=None) -> dict:
     from bitmind.checkpoint import read_checkpoint
     from bitmind.evaluation import trained_split
 
-    split_seed, fractions = trained_split(read_checkpoint(a.b)[1], a.split_seed)
+    try:
+        split_seed, fractions = trained_split(read_checkpoint(a.b)[1], a.split_seed, a.val_fraction, a.test_fraction)
+    except ValueError as e:  # an ensemble of members split differently: the caller chooses the split
+        p.error(str(e))
     kw = dict(split=a.split, split_seed=split_seed, val_fraction=fractions[1], test_fraction=fractions[2], device=a.device,
               progress=False)
     reports, probs, first = {"a": [], "b": []}, {"a": [], "b": []}, None

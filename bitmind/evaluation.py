@@ -111,10 +111,13 @@ def members_split(meta: dict, given: tuple = (None, None, None)) -> dict:
     """The split options (``split_seed``, ``val_fraction``, ``test_fraction``) shared by an
     ensemble's members (``meta["members"][i]["train_options"]``; {} for a file without
     members). A ValueError when the members were trained on different splits, unless each
-    option they differ in is ``given`` (the caller's override, in that order)."""
+    option they differ in is ``given`` (the caller's override, in that order). A member that
+    stores no option was split as the trainer splits by default (seed 0, 80/10/10)."""
     keys = ("split_seed", "val_fraction", "test_fraction")
+    defaults = (0, DEFAULT_FRACTIONS[1], DEFAULT_FRACTIONS[2])
     members = meta.get("members") or []
-    splits = [tuple((m.get("train_options") or {}).get(k) for k in keys) for m in members]
+    splits = [tuple(d if (m.get("train_options") or {}).get(k) is None else (m.get("train_options") or {})[k]
+                    for k, d in zip(keys, defaults)) for m in members]
     if not splits:
         return {}
     differ = [k for i, k in enumerate(keys) if given[i] is None and len({s[i] for s in splits}) > 1]

@@ -18,6 +18,7 @@ from bitmind.cli import model_info
 from bitmind.data import LocalFolderSource, split_of
 from bitmind.models import build_model
 
+from conftest import load_script
 from eval_helpers import save_brightness_model, solid_image
 
 STORED = {"temperature": 0.7, "logit_bias": -1.0}
@@ -240,3 +241,14 @@ def test_an_ensemble_splits_as_its_members_were_trained(many_stems, tmp_path, ca
     assert bm_eval.main(["--model", str(mixed), "--data", str(many_stems), "--split", "val", "--device", "cpu",
                          "--quiet"]) == 2
     assert "different splits" in capsys.readouterr().err
+    # a member that stores no split options was split as the trainer splits by default: the same as (0, 0.1, 0.1)
+    plain = _brightness(tmp_path / "d.pth")
+    dflt = _brightness(tmp_path / "e.pth", train_options={"split_seed": 0, "val_fraction": 0.1, "test_fraction": 0.1})
+    assert trained_split(read_checkpoint(build_ensemble_checkpoint([plain, dflt], tmp_path / "pd.pth"))[1]) == (
+        0, pytest.approx((0.8, 0.1, 0.1)))
+    # ship_paired chooses the split the same way, and takes the options the error names
+    ship_paired = load_script("benchmarks/ship_paired.py")
+    with pytest.raises(SystemExit) as e:
+        ship_paired.main(["--a", str(a), "--b", str(mixed), "--data", str(many_stems), "--device", "cpu",
+                          "--out", str(tmp_path / "sp.json")])
+    assert e.value.code == 2 and "different splits" in capsys.readouterr().err

@@ -278,3 +278,18 @@ def test_a_best_written_after_the_last_state_is_kept_on_resume(tmp_path):
     known = SimpleNamespace(name="a", run_dir=tmp_path, best=Best(score=0.85, record={"epoch": 5, "accuracy": 0.85}))
     adopt_saved_best(known)
     assert known.best.record == {"epoch": 5, "accuracy": 0.85}
+
+
+def test_a_state_of_another_layout_is_refused_in_one_line(data, tmp_path, monkeypatch):
+    """A state written by another layout (version 1 had no record of the time budget's steady
+    window, so a resumed budgeted sweep made no more fits) is refused, not half-read."""
+    torch.set_num_threads(1)
+    monkeypatch.setattr(sweep_mod, "train_one_epoch", _interrupt_during(0))
+    run_sweep(_spec(data, tmp_path))
+    monkeypatch.undo()
+    path = tmp_path / "s" / SWEEP_STATE
+    state = torch.load(path, weights_only=True)
+    state["version"] = 1
+    torch.save(state, path)
+    with pytest.raises(RunFolderError, match="layout version 1"):
+        run_sweep(_spec(data, tmp_path, resume=True))

@@ -33,7 +33,7 @@ RESUMABLE_BASE_KEYS = frozenset({*RUNTIME_KEYS, "max_steps_per_epoch", "data", "
 #: Top-level spec keys a resumed sweep may change: how often its state is saved.
 RESUMABLE_SPEC_KEYS = frozenset({"state_every_s"})
 #: Version of the state's layout; a state of another version is refused with a clear message.
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the time budget's steady window (window_s)
 
 
 def check_same_sweep(out_dir: Path, spec_dict: dict) -> None:
