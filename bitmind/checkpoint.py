@@ -154,11 +154,18 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     return state, meta
 
 
+#: Stored calibration a served file may hold: ``bitmind.calibration.fit_platt`` keeps T in
+#: [0.05, 20] and the bias in [-100, 100] (the real-target rule moves it a few logits more);
+#: far outside, every answer is the same (T 1e-300: all 0; bias 1e9: all 1; T 1e300: all 0.46).
+CALIBRATION_BOUNDS = {"temperature": (1e-3, 1e3), "logit_bias": (-1e4, 1e4)}
+
+
 def check_calibration(meta: dict, path: str | os.PathLike = "") -> None:
     """Refuse stored calibration that would break every answer: the served probability is
     ``sigmoid(logit / temperature + logit_bias)``, so a temperature that is not a finite
     positive number (NaN answers, or every decision inverted when negative) or a bias that is
-    not finite (NaN, or every answer 0 or 1) must stop the load, not reach a request: a miner
+    not finite (NaN, or every answer 0 or 1), or either far beyond what a fit gives
+    (``CALIBRATION_BOUNDS``: every answer the same), must stop the load, not reach a request: a miner
     keeps serving its last good model instead of hot-swapping to one that answers nothing.
     Absent, None or 0 keep their meaning (no calibration: 1 and 0). Called where a file is
     loaded to serve (``bitmind.miner.reload``), not by ``load_model``: ``bitmind.calibrate``
@@ -167,11 +174,12 @@ def check_calibration(meta: dict, path: str | os.PathLike = "") -> None:
         raw = meta.get(key, default)
         try:
             value = float(raw or default)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
             raise CheckpointError(f"{path}: {key} {raw!r} is not a number") from None
-        if isinstance(raw, bool) or not math.isfinite(value) or (key == "temperature" and value <= 0):
-            raise CheckpointError(f"{path}: {key} {raw!r} would break every answer "
-                                  f"(served P = sigmoid(logit / temperature + logit_bias))")
+        lo, hi = CALIBRATION_BOUNDS[key]
+        if isinstance(raw, bool) or not math.isfinite(value) or not lo <= value <= hi:
+            raise CheckpointError(f"{path}: {key} {raw!r} would break every answer (served P = sigmoid(logit / "
+                                  f"temperature + logit_bias); {key} must lie in [{lo:g}, {hi:g}])")
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu",

@@ -116,7 +116,8 @@ def test_stored_calibration_that_would_break_every_answer_is_named_but_the_file_
 
     model = _tiny()
     for bad in ({"temperature": float("nan")}, {"temperature": -0.5}, {"temperature": "warm"},
-                {"logit_bias": float("inf")}, {"logit_bias": [1, 2]}, {"temperature": True}):
+                {"logit_bias": float("inf")}, {"logit_bias": [1, 2]}, {"temperature": True}, {"temperature": 10**400},
+                {"temperature": 1e-300}, {"logit_bias": 1e9}):
         save_checkpoint(model, tmp_path / "m.pth", meta=model_meta(model, **bad))
         lm = load_model(tmp_path / "m.pth")
         with pytest.raises(CheckpointError, match=next(iter(bad))):

@@ -134,8 +134,10 @@ def test_centre_crop_change_swaps_in_place(tmp_path, image_factory, caplog):
 
 
 @pytest.mark.parametrize("bad", [{"temperature": math.nan}, {"logit_bias": math.nan}, {"temperature": "abc"},
-                                 {"temperature": -1.0}, {"logit_bias": math.inf}],
-                         ids=["temperature-nan", "bias-nan", "temperature-text", "temperature-negative", "bias-inf"])
+                                 {"temperature": -1.0}, {"logit_bias": math.inf}, {"temperature": 1e-300},
+                                 {"logit_bias": 1e9}, {"temperature": 1e300}],
+                         ids=["temperature-nan", "bias-nan", "temperature-text", "temperature-negative", "bias-inf",
+                              "temperature-tiny-all-0", "bias-huge-all-1", "temperature-huge-all-same"])
 def test_hot_reload_keeps_serving_when_the_new_files_calibration_would_break_every_answer(tmp_path, image_factory,
                                                                                         checkpoint_factory, bad):
     """The new file's test forward was finite, so it was swapped in, and then every answer
@@ -155,5 +157,34 @@ def test_hot_reload_keeps_serving_when_the_new_files_calibration_would_break_eve
         os.replace(tmp_path / "new.pth", path)
         assert p.check_reload(force=True) is True
         assert p.predict_image(img) != pytest.approx(before)
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("value", [-1.48e37, 1e30], ids=["flipped-exponent-bit", "huge-finite"])
+def test_hot_reload_refuses_a_file_with_a_corrupt_weight_in_the_first_layer(tmp_path, image_factory, checkpoint_factory,
+                                                                            value):
+    """One flipped exponent bit in the first convolution (-0.0434 -> -1.48e37): the test forward
+    ran on an all-zero picture, whose NPR residual is zero, so that weight multiplied nothing;
+    the file swapped in and every answer became -1 (or, at 1e30, 1.0 for every picture). The
+    test forward now runs on seeded noise and the weights are checked: the old model keeps serving."""
+    from bitmind.checkpoint import read_checkpoint, save_checkpoint
+    from bitmind.models import build_model
+
+    path = tmp_path / "model.pth"
+    checkpoint_factory(path)
+    p = Predictor(str(path), device="cpu", check_interval=0.0)
+    try:
+        img = image_factory(size=64, seed=3)
+        before = p.predict_image(img)
+        state, meta = read_checkpoint(path)
+        first = next(k for k, v in state.items() if v.dim() == 4)  # the first convolution's weight
+        state[first].view(-1)[0] = value
+        model = build_model("npr", layers=[1, 1], width=8)
+        model.load_state_dict(state)
+        save_checkpoint(model, tmp_path / "new.pth", meta=meta)
+        os.replace(tmp_path / "new.pth", path)
+        assert p.check_reload(force=True) is False
+        assert p.predict_image(img) == pytest.approx(before)
     finally:
         p.close()

@@ -39,6 +39,30 @@ logger = logging.getLogger(__name__)
 #: A model file that fails to load within this many seconds of its last write is reported
 #: as probably still being copied (a warning), not as broken (an error).
 RECENT_WRITE_S = 2.0
+#: What a model file must satisfy before it serves: no weight beyond this magnitude (the shipped
+#: files stay below 6; one flipped exponent bit gives 1e37), and test logits on a seeded noise
+#: picture within this bound (the shipped files give 10-48; a corrupt file inf, NaN or 1e28).
+MAX_WEIGHT = 1e6
+MAX_PROBE_LOGIT = 1e4
+
+
+def probe_pictures() -> torch.Tensor:
+    """Two seeded noise pictures for the test forward: an all-zero picture has a zero NPR
+    residual, so the first layer's weights multiplied nothing and a corrupt value there
+    passed (then every answer was -1 or 1)."""
+    return torch.rand(2, 3, TARGET_SIZE, TARGET_SIZE, generator=torch.Generator().manual_seed(0))
+
+
+def check_servable(lm: LoadedModel, out: torch.Tensor, path) -> None:
+    """A ``CheckpointError`` unless the loaded weights are finite numbers of a sane magnitude
+    and the test forward ``out`` (logits of ``probe_pictures``) is two finite, bounded logits."""
+    for name, t in lm.model.state_dict().items():
+        if t.is_floating_point() and t.numel() and not (torch.isfinite(t).all() and t.abs().max() <= MAX_WEIGHT):
+            raise CheckpointError(f"{path}: weight {name} holds values that are not finite or beyond {MAX_WEIGHT:g} "
+                                  f"(largest {t.abs().max().item():.3g}): a corrupt file, not served")
+    if out.shape != (2,) or not torch.isfinite(out).all() or out.abs().max() > MAX_PROBE_LOGIT:
+        raise CheckpointError(f"{path}: test forward gave {tuple(out.shape)} / {out.tolist() if out.numel() <= 4 else ''} "
+                              f"(finite logits within {MAX_PROBE_LOGIT:g} expected): not served")
 
 
 def structure_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -152,9 +176,8 @@ class ModelSlot:
                             expected.meta.get("config"), lm.meta.get("config"))
             if self.device.type == "cuda":
                 lm.model = lm.model.to(memory_format=torch.channels_last)
-            out = logits_of(lm.model, torch.zeros(2, 3, TARGET_SIZE, TARGET_SIZE), self.amp_dtype)
-        if out.shape != (2,) or not torch.isfinite(out).all():
-            raise CheckpointError(f"{path}: test forward gave {tuple(out.shape)} / non-finite output")
+            out = logits_of(lm.model, probe_pictures(), self.amp_dtype)
+            check_servable(lm, out.float(), path)
         self.loaded_at = time.time()
         logger.info("serving model %s (arch=%s, sha256=%s) on %s", path, lm.arch, lm.sha256[:12], self.device)
         return lm
