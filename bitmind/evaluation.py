@@ -43,6 +43,7 @@ from bitmind.data import (
     collate_skip_none,
     open_source,
     split_indices,
+    unique_roots,
 )
 from bitmind.data.splits import DEFAULT_FRACTIONS, SPLITS
 from bitmind.image_transforms import ValidatorPipeline
@@ -74,6 +75,7 @@ class _NamedSource:
 def open_sources(data: Sequence[str | os.PathLike]) -> list[ImageSource]:
     """Open each data spec (folder or ``hf:NAME[:role]``); with several, source names get
     the folder name as prefix (the full spec if two folders share a name)."""
+    data = unique_roots(data)
     sources = [open_source(str(d)) for d in data]
     if len(sources) <= 1:
         return sources

@@ -126,3 +126,44 @@ def test_eval_and_trainer_split_a_root_alike(roots):
 
     _, val, _ = build_datasets(cfg)
     assert sorted(src.describe(i) for src, i in ds.items) == sorted(src.describe(i) for src, i in val.items)
+
+
+def test_a_root_given_twice_is_read_once(roots, tmp_path, caplog):
+    """``--data d d/`` counted every picture twice (n and every per-source row doubled, one
+    source listed twice); now the second is dropped with a warning, in eval and in training."""
+    one, _ = roots
+    model = save_brightness_model(tmp_path / "m.pth")
+    once = evaluation.evaluate(model, [one], device="cpu", progress=False)
+    with caplog.at_level("WARNING", logger="bitmind.data.sources"):
+        twice = evaluation.evaluate(model, [one, f"{one}/"], device="cpu", progress=False)
+    assert twice["n"] == once["n"] == N_PICTURES
+    assert any("given more than once" in r.getMessage() for r in caplog.records)
+    from bitmind.training.trainer import build_datasets
+
+    cfg = parse_config(["--data", str(one), str(one), "--val_fraction", "0.25", "--test_fraction", "0.25"])
+    train, val, counts = build_datasets(cfg)
+    assert len(counts) == 1 and len(train) + len(val) == N_PICTURES - counts[str(one)]["test"]
+
+
+def test_folders_that_are_not_read_and_numbered_names_are_warned_about(tmp_path, caplog):
+    """Two silent ways to get other data than one thinks: a class folder in another case
+    (``Fake/``: not read, so one class only), and camera-style numbered names
+    (``IMG_0001.jpg`` ... read as crops of one picture ``IMG``, so the whole source falls
+    in one split)."""
+    from bitmind.data import LocalFolderSource, split_indices
+
+    root = tmp_path / "cam"
+    for k in range(60):
+        solid_image(root / "real" / "phone" / f"IMG_{k:04d}.jpg", 40 + k)
+        solid_image(root / "Fake" / "gen" / f"g{k}.png", 100 + k)
+    with caplog.at_level("WARNING", logger="bitmind.data.sources"):
+        src = LocalFolderSource(root)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "Fake/ are not read" in text
+    assert "real/phone has 60 images but only 1 picture stem" in text
+    idx = split_indices(src, 0)
+    assert sorted(len(v) for v in idx.values()) == [0, 0, 60]  # what the warning is about
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bitmind.data.sources"):
+        LocalFolderSource(REPO / "tests" / "data" / "samples")  # a normal folder: no warning
+    assert not caplog.records

@@ -373,6 +373,14 @@ def test_ensemble_cli_combines_member_checkpoints(tmp_path):
         build_ensemble_checkpoint([out, pa], tmp_path / "x.pth")
     with pytest.raises(ValueError, match="at least two"):
         build_ensemble_checkpoint([pa], tmp_path / "x.pth")
+    # --out naming a member replaced that member's model with the ensemble (the model was lost): refused
+    kept = pa.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        main(["--members", str(pa), str(pb), "--out", str(tmp_path / "." / "a.pth")])
+    assert e.value.code == 2 and pa.read_bytes() == kept
+    with pytest.raises(SystemExit) as e:  # a missing member: one line, not a traceback
+        main(["--members", str(pa), str(tmp_path / "nope.pth"), "--out", str(tmp_path / "y.pth")])
+    assert e.value.code == 2
 
 
 def test_predictor_serves_an_ensemble_with_cpu_folding(tmp_path):

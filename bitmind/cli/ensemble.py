@@ -14,15 +14,22 @@ import argparse
 import logging
 from pathlib import Path
 
-from bitmind.checkpoint import file_sha256, model_meta, read_checkpoint, save_checkpoint
+from bitmind.checkpoint import CheckpointError, file_sha256, model_meta, read_checkpoint, save_checkpoint
 from bitmind.models import build_model
 from bitmind.models.npr import detector_only
+
+logger = logging.getLogger(__name__)
 
 
 def build_ensemble_checkpoint(members: list[str | Path], out: str | Path) -> Path:
     """Write an ensemble of the checkpoints ``members`` to ``out``; returns ``out``."""
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two member checkpoints")
+    resolved = [Path(m).resolve() for m in members]
+    if Path(out).resolve() in resolved:  # it would replace that member's file with the ensemble
+        raise ValueError(f"--out {out} is one of the members: write the ensemble to another file")
+    if len(set(resolved)) < len(resolved):
+        logger.warning("a member is listed more than once: its logit counts once per listing in the mean")
     specs, states, provenance = [], [], []
     for path in members:
         state, meta = read_checkpoint(path)
@@ -47,7 +54,10 @@ def main(argv=None) -> Path:
     p.add_argument("--out", required=True, help="the ensemble checkpoint to write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = build_ensemble_checkpoint(args.members, args.out)
+    try:
+        out = build_ensemble_checkpoint(args.members, args.out)
+    except (CheckpointError, OSError, ValueError) as e:  # one line, exit 2: a usage error, not a traceback
+        p.error(str(e))
     print(f"wrote {out} ({len(args.members)} members)")
     return out
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,43 @@ _CROP_SUFFIX = re.compile(r"_\d+$")
 def stem_of(filename: str) -> str:
     """``photo_1.jpg`` -> ``photo``: crops of one picture share their stem."""
     return _CROP_SUFFIX.sub("", Path(filename).stem)
+
+
+def unique_roots(data: Sequence[str | os.PathLike]) -> list:
+    """``data`` without a folder given twice (``d`` and ``d/``, or a relative and an absolute
+    path): each of its pictures would count twice in every figure. Warned about."""
+    seen, out = set(), []
+    for d in data:
+        key = str(Path(d).expanduser().resolve()) if not str(d).startswith("hf:") else str(d)
+        if key in seen:
+            logger.warning("data root %s is given more than once; read once", d)
+            continue
+        seen.add(key)
+        out.append(d)
+    return out
+
+
+def warn_on_numbered_names(entries, root) -> None:
+    """Warn about a source whose file names all collapse to one or two picture stems: a name
+    ending in ``_<number>`` is read as a crop of one picture (``stem_of``), and all crops of a
+    picture share a split, so camera or generator output numbered ``IMG_0001.jpg``,
+    ``IMG_0002.jpg``, ... falls into one split whole (no validation or test pictures from it)."""
+    files: dict[str, int] = {}
+    stems: dict[str, set] = {}
+    for e in entries:
+        files[e.source] = files.get(e.source, 0) + 1
+        stems.setdefault(e.source, set()).add(e.stem)
+    for source, n in files.items():
+        if n >= NUMBERED_MIN_FILES and len(stems[source]) <= max(2, n // NUMBERED_MIN_FILES):
+            logger.warning("%s: source %s has %d images but only %d picture stem(s): names ending in _<number> are "
+                           "read as crops of one picture, which share a split, so nearly all of it falls in one split; "
+                           "rename separate pictures so they do not end in _<number> (e.g. IMG-0001.jpg)",
+                           root, source, n, len(stems[source]))
+
+
+#: A source of at least this many images with at most one stem per this many images is warned
+#: about (the shipped pools: at most 14.5 images per stem, flux1-schnell's prompts).
+NUMBERED_MIN_FILES = 50
 
 
 class ImageSource:
@@ -94,9 +132,15 @@ class LocalFolderSource(ImageSource):
                 for f in sorted(sdir.rglob("*")):
                     if _is_image(f):
                         entries.append(_FileEntry(str(f), label, f"{cls}/{sdir.name}", stem_of(f.name)))
+        others = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name not in classes
+                        and not p.name.startswith("."))
+        if others:  # e.g. Fake/ or reals/: read as nothing, so a run could see one class only
+            logger.warning("%s: folder(s) %s are not read (the class folders are %s, in lower case)", self.root,
+                           ", ".join(f"{o}/" for o in others), " and ".join(f"{c}/" for c in classes))
         if not entries:
             raise ValueError(f"no images under {self.root} (expected {self.root}/{{real,fake}}/SOURCE/*.jpg)")
         self.entries = entries
+        warn_on_numbered_names(entries, self.root)
 
     def __len__(self):
         return len(self.entries)

@@ -37,6 +37,7 @@ from bitmind.data import (
     collate_skip_none,
     open_source,
     split_indices,
+    unique_roots,
 )
 from bitmind.data.dataset import worker_init
 from bitmind.data.families import aux_classes
@@ -93,7 +94,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     fractions = (1.0 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
     train_parts, val_parts, counts = [], [], {}
     train_aug_for, val_aug_for = {}, {}
-    for spec in list(cfg.data) + list(cfg.challenge_data):
+    roots = unique_roots(list(cfg.data) + list(cfg.challenge_data))  # a root given twice would count twice
+    for spec in roots:
         src = _open(spec)
         idx = split_indices(src, cfg.split_seed, fractions)
         train_parts.append((src, idx["train"]))
@@ -101,7 +103,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
         counts[spec] = {k: len(v) for k, v in idx.items()}
         if spec in cfg.challenge_data:
             train_aug_for[src], val_aug_for[src] = FlipOnly(), AsIs()
-    for spec in cfg.train_data:
+    for spec in unique_roots(roots + list(cfg.train_data))[len(roots):]:
         src = _open(spec)
         idx = split_indices(src, cfg.split_seed, fractions)  # same stems -> same split: no leakage
         train_parts.append((src, idx["train"]))
