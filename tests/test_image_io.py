@@ -160,3 +160,19 @@ def test_scans_are_counted_by_walking_the_jpeg_not_by_searching_its_bytes():
     # a walk of more segments than any real file has is refused, not walked
     with pytest.raises(ImageDecodeError, match="marker segments"):
         jpeg_scans(segs[0][1] + comment * 20_000 + b"\xff\xd9")
+
+
+def test_a_jpeg_of_endless_empty_segments_is_refused_before_pillow_parses_it(monkeypatch):
+    """3 million empty APP1 segments (16 MiB of base64): Pillow reads every marker segment in
+    Python, which held a decode thread for about 6 s and 420 MB before the segment count
+    refused the bytes; the count now runs first, so Pillow never sees them."""
+    from PIL import Image
+
+    from bitmind import image_io
+
+    raw = b"\xff\xd8" + b"\xff\xe1\x00\x02" * 20_000 + b"\xff\xd9"
+    opened = []
+    monkeypatch.setattr(image_io.Image, "open", lambda *a, **k: opened.append(1) or Image.new("RGB", (8, 8)))
+    with pytest.raises(image_io.ImageDecodeError, match="marker segments"):
+        image_io.open_image(raw)
+    assert not opened
