@@ -252,3 +252,24 @@ def test_an_ensemble_splits_as_its_members_were_trained(many_stems, tmp_path, ca
         ship_paired.main(["--a", str(a), "--b", str(mixed), "--data", str(many_stems), "--device", "cpu",
                           "--out", str(tmp_path / "sp.json")])
     assert e.value.code == 2 and "different splits" in capsys.readouterr().err
+
+
+def test_eval_refuses_an_output_path_it_cannot_write_before_evaluating(many_stems, tmp_path, capsys, monkeypatch):
+    """``--json DIR`` (IsADirectoryError), ``--json FILE/x.json`` and ``--plots FILE``
+    (FileExistsError) were tracebacks raised after the whole evaluation; now one line, before it."""
+    from bitmind import evaluation
+
+    model = _brightness(tmp_path / "m.pth")
+    afile = tmp_path / "a.txt"
+    afile.write_text("x")
+    ran = []
+    monkeypatch.setattr(bm_eval, "evaluate", lambda *a, **k: ran.append(1) or evaluation.evaluate(*a, **k))
+    for flag, bad, says in (("--json", tmp_path, "is a folder"), ("--json", afile / "x.json", "is a file"),
+                            ("--plots", afile, "is a file")):
+        assert bm_eval.main(["--model", str(model), "--data", str(many_stems), "--device", "cpu", "--quiet",
+                             flag, str(bad)]) == 2
+        assert says in capsys.readouterr().err
+    assert not ran
+    out = tmp_path / "new" / "deeper" / "r.json"  # a folder that does not exist yet is fine: it is made
+    assert bm_eval.main(["--model", str(model), "--data", str(many_stems), "--device", "cpu", "--quiet",
+                         "--json", str(out)]) == 0 and out.is_file()

@@ -14,7 +14,9 @@ override them). ``bitmind.calibrate``, ``base_miner/NPR/validate.py`` and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from bitmind.data.splits import SPLITS
@@ -93,17 +95,42 @@ EPILOG = """several data roots:
   lists the roots."""
 
 
+def output_path_problem(path, flag: str, folder: bool = False) -> str | None:
+    """Why ``path`` (an output file, or with ``folder`` an output folder) cannot be written,
+    else None: checked before the evaluation, so a typo never costs its minutes."""
+    if not path:
+        return None
+    p = Path(path)
+    if folder:
+        if p.exists() and not p.is_dir():
+            return f"{flag} {path} is a file, not a folder"
+    elif p.is_dir():
+        return f"{flag} {path} is a folder; name a file"
+    parent = (p if folder else p.parent).resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{flag} {path}: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK):
+        return f"{flag} {path}: {parent} is not writable"
+    return None
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run an evaluation from parsed ``add_eval_arguments`` options; print the table."""
     from bitmind.checkpoint import CheckpointError
 
+    problem = output_path_problem(args.json, "--json") or output_path_problem(args.plots, "--plots", folder=True)
+    if problem:  # before minutes of inference, not after
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         report = evaluate(args.model, args.data, challenge=args.challenge, seed=args.seed, split=args.split,
                           split_seed=args.split_seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           temperature=1.0 if args.uncalibrated else None, logit_bias=0.0 if args.uncalibrated else None,
                           progress=not args.quiet, json_path=args.json, plots_dir=args.plots)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, OSError, ValueError) as e:  # OSError: a file or a hub dataset that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(report))
