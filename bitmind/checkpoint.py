@@ -134,7 +134,7 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
             meta = json.loads((raw_meta or {}).get(_META_KEY, "{}"))
         except Exception as e:
             raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
-        return state, meta
+        return state, _meta_dict(meta, path)
     try:
         obj = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or pickled code (UnpicklingError)
@@ -151,7 +151,15 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not state:
         raise CheckpointError(f"{path} contains no tensors")
-    return state, meta
+    return state, _meta_dict(meta, path)
+
+
+def _meta_dict(meta, path) -> dict:
+    """The metadata block, which must be a JSON object (a list or a number there was an
+    AttributeError deep in ``load_model``)."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its metadata is a {type(meta).__name__}, not a JSON object")
+    return meta
 
 
 #: Stored calibration a served file may hold: ``bitmind.calibration.fit_platt`` keeps T in

@@ -129,3 +129,12 @@ def test_stored_calibration_that_would_break_every_answer_is_named_but_the_file_
         lm = load_model(tmp_path / "m.pth")
         check_calibration(lm.meta)
         assert (lm.temperature, lm.logit_bias) == (t, b)
+
+
+def test_metadata_that_is_not_an_object_is_a_clear_error(tmp_path):
+    """A .pth whose meta is a list (or a .safetensors whose bitmind key is '[1, 2]') was an
+    AttributeError inside load_model; now a CheckpointError naming the file."""
+    model = _tiny()
+    torch.save({"model": model.state_dict(), "meta": [1]}, tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match="metadata is a list"):
+        load_model(tmp_path / "m.pth")

@@ -167,3 +167,18 @@ def test_folders_that_are_not_read_and_numbered_names_are_warned_about(tmp_path,
     with caplog.at_level("WARNING", logger="bitmind.data.sources"):
         LocalFolderSource(REPO / "tests" / "data" / "samples")  # a normal folder: no warning
     assert not caplog.records
+
+
+def test_hidden_folders_are_not_sources(tmp_path):
+    """``real/.thumbnails/`` became a source of its own and pictures under a hidden sub-folder
+    were read (previews of the same photos, in every split)."""
+    from bitmind.data import LocalFolderSource
+
+    root = tmp_path / "d"
+    for k in range(3):
+        solid_image(root / "real" / "cam" / f"p{k}.png", 40 + k)
+        solid_image(root / "real" / "cam" / ".cache" / f"p{k}.png", 40 + k)
+        solid_image(root / "real" / ".thumbnails" / f"t{k}.png", 90 + k)
+        solid_image(root / "fake" / "gen" / f"g{k}.png", 150 + k)
+    src = LocalFolderSource(root)
+    assert len(src) == 6 and {src.source_name(i) for i in range(len(src))} == {"real/cam", "fake/gen"}

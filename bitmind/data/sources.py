@@ -128,9 +128,10 @@ class LocalFolderSource(ImageSource):
             if loose:
                 logger.info("%s: %d images right under %s/ read as source %s/%s", self.root, len(loose), cls, cls, self.name)
                 entries += [_FileEntry(str(f), label, f"{cls}/{self.name}", stem_of(f.name)) for f in loose]
-            for sdir in sorted(p for p in cdir.iterdir() if p.is_dir()):
+            for sdir in sorted(p for p in cdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 for f in sorted(sdir.rglob("*")):
-                    if _is_image(f):
+                    # hidden folders (.thumbnails/, .cache/) hold previews, not pictures of the source
+                    if _is_image(f) and not any(part.startswith(".") for part in f.relative_to(sdir).parts):
                         entries.append(_FileEntry(str(f), label, f"{cls}/{sdir.name}", stem_of(f.name)))
         others = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name not in classes
                         and not p.name.startswith("."))
