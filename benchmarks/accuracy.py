@@ -30,7 +30,9 @@ import argparse
 import json
 from pathlib import Path
 
-from bitmind.cli.eval import add_data_argument
+from bitmind.checkpoint import CheckpointError
+from bitmind.cli.eval import add_data_argument, output_path_problem
+from bitmind.data.splits import SPLITS
 from bitmind.evaluation import evaluate
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +57,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(HERE.parent / "mining_models" / "base.pth"))
     add_data_argument(ap)
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="test", choices=SPLITS)
     ap.add_argument("--split_seed", type=int, default=None, help="default: the model's own (its train_options)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="challenge draws (mean and each reported)")
     ap.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
@@ -69,6 +71,17 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     out = Path(a.out)
     plots = None if (a.plots or "").lower() == "none" else str(Path(a.plots) if a.plots else out.parent / "accuracy_plots")
+    problem = output_path_problem(a.out, "--out") or output_path_problem(plots, "--plots", folder=True)
+    if problem:  # before minutes of evaluations, not after them
+        ap.error(problem)
+    try:
+        return run(a, out, plots)
+    except (CheckpointError, OSError, ValueError) as e:  # a missing model or data folder: one line, exit 2
+        ap.error(str(e))
+
+
+def run(a: argparse.Namespace, out: Path, plots: str | None) -> dict:
+    """The evaluations ``main`` asked for, their report written to ``out``."""
     kw = dict(split=a.split, split_seed=a.split_seed, device=a.device, progress=False)
     if a.as_sent:
         clean = evaluate(a.model, a.data, challenge=False, plots_dir=plots, **kw)
@@ -93,7 +106,8 @@ def main(argv=None) -> dict:
         seeds_used = a.seeds
     head_sources = per_source.get("per_source_challenge_mean") or per_source["per_source_clean"] or {}
     summary = {"model": a.model, "sha256": first.get("model", {}).get("sha256"), "data": a.data, "split": a.split,
-               "split_seed": a.split_seed, "mode": "as_sent" if a.as_sent else "challenge", "seeds": seeds_used,
+               "split_seed": (first.get("options") or {}).get("split_seed", a.split_seed),  # the one used
+               "mode": "as_sent" if a.as_sent else "challenge", "seeds": seeds_used,
                "headline": headline, "results": results, **per_source, "worst": worst_sources(head_sources),
                "worst_min_n": a.worst_min_n, "worst_of_min_n": worst_sources(head_sources, a.worst_min_n)}
     out.parent.mkdir(parents=True, exist_ok=True)

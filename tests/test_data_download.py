@@ -152,6 +152,19 @@ def test_main_continues_after_a_failure_and_exits_nonzero(monkeypatch, capsys, t
     assert not outcomes["bitmind/celeb-a-hq"]["ok"]
 
 
+def test_an_output_path_that_cannot_be_written_stops_before_any_download(monkeypatch, capsys, tmp_path):
+    """``--json DIR`` was an IsADirectoryError after every download, ``--cache_dir FILE`` a
+    FileExistsError traceback; both are one line now, before the first download."""
+    hub = _patch_hub(monkeypatch, {})
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    assert dd.main(["--datasets", "celeb-a-hq", "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert dd.main(["--datasets", "celeb-a-hq", "--cache_dir", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert hub.calls == []
+
+
 def test_main_downloads_whole_catalog_by_default(monkeypatch):
     hub = _patch_hub(monkeypatch, {})
     assert dd.main(["--role", "real"]) == 0

@@ -182,3 +182,21 @@ def test_hidden_folders_are_not_sources(tmp_path):
         solid_image(root / "fake" / "gen" / f"g{k}.png", 150 + k)
     src = LocalFolderSource(root)
     assert len(src) == 6 and {src.source_name(i) for i in range(len(src))} == {"real/cam", "fake/gen"}
+
+
+def test_accuracy_benchmark_says_what_is_wrong_before_evaluating(roots, tmp_path, capsys):
+    """``--out DIR`` was an IsADirectoryError after every evaluation had run (minutes on real
+    data), ``--split bogus`` and a missing data folder tracebacks; the report stored
+    ``split_seed: null`` instead of the seed the split used."""
+    one, _ = roots
+    model = save_brightness_model(tmp_path / "m.pth")
+    accuracy = load_script("benchmarks/accuracy.py")
+    base = ["--model", str(model), "--seeds", "0", "--device", "cpu", "--plots", "none"]
+    for extra, says in ((["--data", str(one), "--out", str(tmp_path)], "is a folder"),
+                        (["--data", str(one), "--split", "bogus", "--out", str(tmp_path / "a.json")], "invalid choice"),
+                        (["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "a.json")], "nope")):
+        with pytest.raises(SystemExit) as e:
+            accuracy.main(base + extra)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    summary = accuracy.main(base + ["--data", str(one), "--out", str(tmp_path / "a.json")])
+    assert summary["split_seed"] == 0

@@ -362,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     if not targets:
         print("nothing to do: no dataset matches", file=sys.stderr)
         return 2
+    from bitmind.cli.eval import output_path_problem
+
+    problem = output_path_problem(args.json, "--json") or output_path_problem(args.cache_dir, "--cache_dir", folder=True)
+    if problem:  # before the downloads, not after them
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     policy = RetryPolicy(max_attempts=args.max_retries, initial_wait=args.initial_wait, max_wait=args.max_wait)
     outcomes = run(targets, args.cache_dir, args.force_redownload, args.split, policy, args.verify)
     failed = [o for o in outcomes if not o.ok]
