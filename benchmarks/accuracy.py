@@ -31,7 +31,8 @@ import json
 from pathlib import Path
 
 from bitmind.checkpoint import CheckpointError
-from bitmind.cli.eval import add_data_argument, output_path_problem
+from bitmind.cli.eval import add_data_argument
+from bitmind.common import output_path_problem
 from bitmind.data.splits import SPLITS
 from bitmind.evaluation import evaluate
 

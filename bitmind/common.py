@@ -150,6 +150,27 @@ def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = False)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=durable)
 
 
+def output_path_problem(path, flag: str, folder: bool = False) -> str | None:
+    """Why ``path`` (an output file, or with ``folder`` an output folder) cannot be written,
+    else None: checked before long work (an evaluation, downloads), so a typo never costs its minutes."""
+    if not path:
+        return None
+    p = Path(path)
+    if folder:
+        if p.exists() and not p.is_dir():
+            return f"{flag} {path} is a file, not a folder"
+    elif p.is_dir():
+        return f"{flag} {path} is a folder; name a file"
+    parent = (p if folder else p.parent).resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{flag} {path}: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK):
+        return f"{flag} {path}: {parent} is not writable"
+    return None
+
+
 def route_library_logs(debug: bool = False) -> None:
     """Show the package's ``logging`` records on stdout (a neuron's console) and keep torch's
     loggers at WARNING (``bt.logging`` raises every known logger to INFO; torch's then print

@@ -118,8 +118,8 @@ def members_split(meta: dict, given: tuple = (None, None, None)) -> dict:
     keys = ("split_seed", "val_fraction", "test_fraction")
     defaults = (0, DEFAULT_FRACTIONS[1], DEFAULT_FRACTIONS[2])
     members = meta.get("members") or []
-    splits = [tuple(d if (m.get("train_options") or {}).get(k) is None else (m.get("train_options") or {})[k]
-                    for k, d in zip(keys, defaults)) for m in members]
+    options = [m.get("train_options") or {} for m in members]
+    splits = [tuple(d if o.get(k) is None else o[k] for k, d in zip(keys, defaults)) for o in options]
     if not splits:
         return {}
     differ = [k for i, k in enumerate(keys) if given[i] is None and len({s[i] for s in splits}) > 1]

@@ -143,22 +143,37 @@ def test_hot_reload_keeps_serving_when_the_new_files_calibration_would_break_eve
     """The new file's test forward was finite, so it was swapped in, and then every answer
     was NaN (-1.0 to the validator), an error, or (negative temperature) every decision
     inverted. Its stored calibration is now checked when it loads: the old model keeps serving."""
-    path = tmp_path / "model.pth"
-    checkpoint_factory(path)
-    p = Predictor(str(path), device="cpu", check_interval=0.0)
+    path, p, img, before = _serving_a_checkpoint(tmp_path, checkpoint_factory, image_factory)
     try:
-        img = image_factory(size=64, seed=3)
-        before = p.predict_image(img)
-        checkpoint_factory(tmp_path / "new.pth", **bad)
-        os.replace(tmp_path / "new.pth", path)
-        assert p.check_reload(force=True) is False
+        assert _swap_in(p, path, lambda f: checkpoint_factory(f, **bad)) is False
         assert p.predict_image(img) == pytest.approx(before)
-        checkpoint_factory(tmp_path / "new.pth", temperature=2.0, logit_bias=0.5)  # a good calibration still swaps in
-        os.replace(tmp_path / "new.pth", path)
-        assert p.check_reload(force=True) is True
+        # a good calibration still swaps in
+        assert _swap_in(p, path, lambda f: checkpoint_factory(f, temperature=2.0, logit_bias=0.5)) is True
         assert p.predict_image(img) != pytest.approx(before)
     finally:
         p.close()
+
+
+def _serving_a_checkpoint(tmp_path, checkpoint_factory, image_factory):
+    """A predictor serving a tiny checkpoint at ``tmp_path/model.pth``, checking for a new file
+    at every request: (path, predictor, a picture, its answer)."""
+    path = tmp_path / "model.pth"
+    checkpoint_factory(path)
+    p = Predictor(str(path), device="cpu", check_interval=0.0)
+    img = image_factory(size=64, seed=3)
+    try:
+        return path, p, img, p.predict_image(img)
+    except BaseException:
+        p.close()
+        raise
+
+
+def _swap_in(p: Predictor, path, write) -> bool:
+    """Replace the served file at once with what ``write(file)`` writes; whether ``p`` took it."""
+    new = path.with_name("new.pth")
+    write(new)
+    os.replace(new, path)
+    return p.check_reload(force=True)
 
 
 @pytest.mark.parametrize("value", [-1.48e37, 1e30], ids=["flipped-exponent-bit", "huge-finite"])
@@ -171,20 +186,14 @@ def test_hot_reload_refuses_a_file_with_a_corrupt_weight_in_the_first_layer(tmp_
     from bitmind.checkpoint import read_checkpoint, save_checkpoint
     from bitmind.models import build_model
 
-    path = tmp_path / "model.pth"
-    checkpoint_factory(path)
-    p = Predictor(str(path), device="cpu", check_interval=0.0)
+    path, p, img, before = _serving_a_checkpoint(tmp_path, checkpoint_factory, image_factory)
     try:
-        img = image_factory(size=64, seed=3)
-        before = p.predict_image(img)
         state, meta = read_checkpoint(path)
         first = next(k for k, v in state.items() if v.dim() == 4)  # the first convolution's weight
         state[first].view(-1)[0] = value
         model = build_model("npr", layers=[1, 1], width=8)
         model.load_state_dict(state)
-        save_checkpoint(model, tmp_path / "new.pth", meta=meta)
-        os.replace(tmp_path / "new.pth", path)
-        assert p.check_reload(force=True) is False
+        assert _swap_in(p, path, lambda f: save_checkpoint(model, f, meta=meta)) is False
         assert p.predict_image(img) == pytest.approx(before)
     finally:
         p.close()

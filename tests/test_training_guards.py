@@ -330,7 +330,7 @@ def _ddp_worker(rank: int, root: str, port: int, out: str) -> None:
     from bitmind.training import trainer
 
     # one rank alone sees a diverged epoch (an fp16 step skipped on its shard, say)
-    trainer.epoch_failure = lambda done, learner, model: "non-finite" if rank == 1 else None
+    trainer.epoch_failure = lambda done, learner: "non-finite" if rank == 1 else None
     summary = train(_cfg(Path(root), Path(out), epochs=2, batch_size=4, balance="weight"))
     Path(out, f"rank{rank}.json").write_text(json.dumps({"stopped": summary.get("stopped")}))
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bitmind.common import output_path_problem
 from bitmind.data.catalog import CATALOG, CatalogEntry, find_entry
 from bitmind.data.sources import CLASSES
 
@@ -362,8 +363,6 @@ def main(argv: list[str] | None = None) -> int:
     if not targets:
         print("nothing to do: no dataset matches", file=sys.stderr)
         return 2
-    from bitmind.cli.eval import output_path_problem
-
     problem = output_path_problem(args.json, "--json") or output_path_problem(args.cache_dir, "--cache_dir", folder=True)
     if problem:  # before the downloads, not after them
         print(f"error: {problem}", file=sys.stderr)

@@ -14,11 +14,10 @@ override them). ``bitmind.calibrate``, ``base_miner/NPR/validate.py`` and
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from bitmind.common import output_path_problem
 from bitmind.data.splits import SPLITS
 from bitmind.evaluation import evaluate
 from bitmind.metrics import format_metrics_table
@@ -93,27 +92,6 @@ EPILOG = """several data roots:
   --val_fraction, --test_fraction override them); the report's
   per-source figures are keyed ROOT:CLASS/SOURCE (e.g. sn34-wide:fake/sdxl), and "data"
   lists the roots."""
-
-
-def output_path_problem(path, flag: str, folder: bool = False) -> str | None:
-    """Why ``path`` (an output file, or with ``folder`` an output folder) cannot be written,
-    else None: checked before the evaluation, so a typo never costs its minutes."""
-    if not path:
-        return None
-    p = Path(path)
-    if folder:
-        if p.exists() and not p.is_dir():
-            return f"{flag} {path} is a file, not a folder"
-    elif p.is_dir():
-        return f"{flag} {path} is a folder; name a file"
-    parent = (p if folder else p.parent).resolve()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{flag} {path}: {parent} is a file, not a folder"
-    if not os.access(parent, os.W_OK):
-        return f"{flag} {path}: {parent} is not writable"
-    return None
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -230,6 +230,15 @@ class Learner:
         self.last_loss = loss
         return loss
 
+    def diverged(self) -> bool:
+        """Whether the epoch just trained left the loss or the weights not finite numbers (a
+        learning rate far too high). Asked once per epoch, one host sync (the loss is summed on
+        the device, so a per-step check would cost a sync each step); with fp16's gradient
+        scaler an inf loss is a step the scaler skipped, so only the weights count."""
+        if not self.scaler.is_enabled() and not math.isfinite(self.mean_loss):
+            return True
+        return not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Where the patch-offset and tile-order streams are: saved with a resumable state,
         so a resumed run goes on with new patches instead of repeating the first epochs' draws."""

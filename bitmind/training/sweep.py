@@ -114,6 +114,7 @@ from bitmind.training.sweep_state import (check_same_sweep, load_sweep_state, re
 from bitmind.training.trainer import (
     EXIT_STATUS,
     TrainingDataError,
+    unreadable_training_data,
     build_datasets,
     build_training_model,
     calibrate_checkpoint,
@@ -256,14 +257,6 @@ class _Variant(Learner):
         rows = to_device_async(rows, x.device)
         return (x.index_select(0, rows), y.index_select(0, rows),
                 (teacher_logit.index_select(0, rows) if teacher_logit is not None else None), k)
-
-    def diverged(self) -> bool:
-        """Whether the epoch just trained left this variant's loss or weights not finite (one
-        host sync per variant and epoch; with fp16's scaler an inf loss is a skipped step, so
-        only the weights count)."""
-        if not self.scaler.is_enabled() and not math.isfinite(self.mean_loss):
-            return True
-        return not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
 
     def begin_epoch(self, epoch: int) -> float:
         self.bn_batches = []  # the average's statistics come from this epoch's batches only (a resumed sweep has no others)
@@ -680,8 +673,7 @@ def run_sweep(spec: SweepSpec) -> dict:
             images_seen += done["images"]
             if not done["images"]:
                 if epoch == 0:  # nothing ever trained: the data, not the run
-                    raise TrainingDataError(f"epoch {epoch}: no training picture could be read ({done['skipped']} "
-                                            "unreadable); check the files under --data")
+                    raise unreadable_training_data(epoch, done)
                 stopped = "no-images"
                 logger.error("epoch %d: no training picture could be read: stopped; the variants keep their best "
                              "checkpoints and %s the state after epoch %d", epoch, SWEEP_STATE, epoch - 1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -314,12 +313,11 @@ def train(cfg: TrainConfig) -> dict:
             train_time = done["seconds"]
             # Stop before validating and saving anything of this epoch? Every rank must agree (one
             # that left alone would keep the others waiting in a collective until it timed out).
-            reason = agreed(STOP_REASONS.index(epoch_failure(done, learner, model)), world)
+            reason = agreed(STOP_REASONS.index(epoch_failure(done, learner)), world)
             if reason:
                 stopped = STOP_REASONS[reason]
                 if stopped == "no-images" and epoch == 0:  # nothing ever trained: the data, not the run
-                    raise TrainingDataError(f"epoch {epoch}: no training picture could be read ({done['skipped']} "
-                                            "unreadable); check the files under --data")
+                    raise unreadable_training_data(epoch, done)
                 msg = (f"epoch {epoch}: " + ("no training picture could be read" if stopped == "no-images" else
                                              f"the training loss or weights are not finite numbers (lr {lr:.3g}; try a "
                                              "smaller --lr, or --amp bf16/none)")
@@ -403,21 +401,22 @@ STOP_REASONS = (None, "non-finite", "no-images")
 EXIT_STATUS = {"non-finite": 1, "no-images": 1, "interrupted": 130}
 
 
-def epoch_failure(done: dict, learner: Learner, model: nn.Module) -> str | None:
+def epoch_failure(done: dict, learner: Learner) -> str | None:
     """Why the epoch just trained must not be validated nor saved, else None: no training
     picture could be read (``no-images``), or its loss or weights are not finite numbers
-    (``non-finite``: a learning rate far too high). Asked once per epoch (the loss is summed on
-    the device, so a per-step check would cost a host sync each step); a diverged run then
-    stops at the epoch's end instead of saving NaN weights or failing in validation with a
-    traceback about NaN probabilities. With fp16's gradient scaler an inf loss is a step the
-    scaler skipped, so only the weights count."""
+    (``non-finite``, ``Learner.diverged``); a diverged run then stops at the epoch's end
+    instead of saving NaN weights or failing in validation with a traceback about NaN
+    probabilities."""
     if not done["images"]:
         return "no-images"
-    if not learner.scaler.is_enabled() and not math.isfinite(learner.mean_loss):
-        return "non-finite"
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        return "non-finite"
-    return None
+    return "non-finite" if learner.diverged() else None
+
+
+def unreadable_training_data(epoch: int, done: dict) -> TrainingDataError:
+    """The error of an epoch in which no training picture could be read (``done``: what
+    ``train_one_epoch`` returned); at epoch 0 it is the data, not the run, that fails."""
+    return TrainingDataError(f"epoch {epoch}: no training picture could be read ({done['skipped']} unreadable); "
+                             "check the files under --data")
 
 
 def agreed(value: int, world: int) -> int:
