@@ -77,11 +77,14 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(data, t
         train(_cfg(data, tmp_path, lr=1e-3))
     assert {f: _digest(run / f) for f in before} == before  # nothing of the first run was touched
     # --overwrite starts over: the earlier run's files and TensorBoard events are gone, not mixed in
-    events_before = {p.name for p in run.glob("events.out.tfevents.*")}
+    # (by content: an event file's name holds the second it was opened, so the new run's can
+    # carry the earlier one's name; the earlier run's records must not lead any file now)
+    events_before = [p.read_bytes() for p in run.glob("events.out.tfevents.*")]
+    assert events_before and all(events_before)
     summary = train(_cfg(data, tmp_path, lr=1e-3, overwrite=True))
     assert len(summary["history"]) == 1
     assert json.loads((run / "opt.json").read_text())["lr"] == 1e-3
-    assert not events_before & {p.name for p in run.glob("events.out.tfevents.*")}
+    assert not any(p.read_bytes().startswith(old) for p in run.glob("events.out.tfevents.*") for old in events_before)
 
 
 def test_a_run_that_fails_on_its_data_leaves_the_folder_as_it_was(data, tmp_path):
