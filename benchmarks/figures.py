@@ -124,6 +124,7 @@ FIGURES: dict[str, Figure] = {
     "generalisation_fixed_s0_78": logo_heat_map("generalisation_fixed_s0_78"),
     "generalisation_fixed_s1_135": logo_heat_map("generalisation_fixed_s1_135"),
     "generalisation_minigan_s1": logo_heat_map("generalisation_minigan_s1"),
+    "generalisation_minigan_nearest_s1": logo_heat_map("generalisation_minigan_nearest_s1"),
     "pooling_npr_f2": logo_heat_map("pooling_npr_f2", recipe=None, baselines=(
         "npr_f2=mining_models/npr_f2.pth:fake/sd1x", "npr_f2_top5=mining_models/npr_f2.pth:fake/sd1x",
         "npr_f2_top25=mining_models/npr_f2.pth:fake/sd1x")),
