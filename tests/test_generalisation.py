@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bitmind.data.families import class_family_shares, parse_family_share
 from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, aligned_partners, family_of,
                           family_weights, sources_of_family)
 from bitmind.training import TrainConfig
@@ -88,6 +89,65 @@ def test_family_weights_give_each_family_its_share():
     sampler = FamilySampler(labels, sources, seed=0, num_samples=4000)
     drawn = Counter(sources[i] for i in sampler)
     assert abs(drawn["fake/flux1-dev"] / 4000 - 0.125) < 0.03 and abs(drawn["real/b"] / 4000 - 0.25) < 0.03
+
+
+def test_family_share_scales_a_family_within_its_class_only():
+    """--family_share minigan=0.5: the small GANs get half a family's share of the fakes, the
+    other fake families split the rest equally, the real half is untouched."""
+    sources = (["real/a"] * 30 + ["real/b"] * 10 + ["fake/sdxl"] * 20 + ["fake/flux1-dev"] * 5
+               + ["fake/minigan-nearest"] * 40 + ["fake/minigan-nearest2"] * 10)
+    labels = [0] * 40 + [1] * 75
+    plain = np.asarray(family_weights(labels, sources))
+    w = np.asarray(family_weights(labels, sources, parse_family_share(["minigan=0.5"])))
+    share = lambda weights, pred: weights[[pred(s) for s in sources]].sum()  # noqa: E731
+    assert w.sum() == pytest.approx(1.0)
+    assert share(plain, lambda s: "minigan" in s) == pytest.approx(0.5 / 3)  # one family of three by default
+    assert share(w, lambda s: "minigan" in s) == pytest.approx(0.5 * 0.5 / 2.5)  # 0.5 of 1 + 1 + 0.5
+    assert share(w, lambda s: s == "fake/sdxl") == pytest.approx(0.5 / 2.5)
+    assert share(w, lambda s: s == "fake/minigan-nearest2") == pytest.approx(0.5 * 0.5 / 2.5 / 2)  # sources split their family
+    assert share(w, lambda s: s == "real/b") == share(plain, lambda s: s == "real/b") == pytest.approx(0.25)
+    # the shares a person reads in the log
+    shares = class_family_shares(labels, sources, w)
+    assert shares[1] == pytest.approx({"flux1": 0.4, "minigan": 0.2, "sdxl": 0.4}) and shares[0]["real/a"] == pytest.approx(0.5)
+    # a family named but absent (a LOGO fold's held-out family) changes nothing; weight 0 is never drawn
+    assert np.allclose(family_weights(labels, sources, {"gans": 3.0}), plain)
+    off = FamilySampler(labels, sources, seed=0, num_samples=3000, family_share={"minigan": 0.0})
+    drawn = Counter(sources[i] for i in off)
+    assert not any("minigan" in s for s in drawn) and abs(drawn["fake/sdxl"] / 3000 - 0.25) < 0.03
+    with pytest.raises(ValueError, match="never be drawn"):
+        family_weights(labels, sources, {"real/a": 0.0, "real/b": 0.0})
+
+
+@pytest.mark.parametrize("items, problem", [
+    (["minigan"], "FAMILY=WEIGHT"), (["=0.5"], "FAMILY=WEIGHT"), (["minigan=half"], "not a number"),
+    (["minigan=-1"], ">= 0"), (["minigan=nan"], ">= 0"), (["minigan=inf"], ">= 0"), (["gans=1", "gans=2"], "twice"),
+])
+def test_family_share_refuses_what_it_cannot_read(items, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_family_share(items)
+    with pytest.raises(ValueError, match=problem):
+        TrainConfig(balance="family", family_share=items, device="cpu").check()
+
+
+def test_family_share_needs_the_family_sampler_and_reaches_the_training_sampler(tmp_path, caplog):
+    with pytest.raises(ValueError, match="needs --balance family"):
+        TrainConfig(family_share=["gans=2"], device="cpu").check()
+    r = subprocess.run([sys.executable, "base_miner/NPR/train_detector.py", "--family_share", "gans=2"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 2 and "needs --balance family" in r.stderr
+    pools = make_pools(tmp_path)
+    cfg = TrainConfig(data=[str(pools["crops"])], balance="family", samples_per_epoch=4000,
+                      family_share=["gans=3", "midjourney=2"], val_fraction=0.25, test_fraction=0.25)
+    train, _, _ = build_datasets(cfg)
+    with caplog.at_level("INFO", logger="bitmind.training.trainer"):
+        sampler = train_sampler(cfg, train)
+    names = train.source_names()
+    drawn = Counter(names[i] for i in sampler)
+    fakes = sum(v for k, v in drawn.items() if k.startswith("fake/"))
+    assert abs(drawn["fake/stylegan-family"] / fakes - 3 / 5) < 0.04  # gans 3 of sdxl 1 + flux1 1 + gans 3
+    assert abs(drawn["fake/sdxl"] / fakes - 1 / 5) < 0.04
+    assert "family shares of class 1: flux1 0.200, gans 0.600, sdxl 0.200" in caplog.text
+    assert "midjourney, which the training data lacks" in caplog.text
 
 
 def test_photos_drawn_with_their_round_trips_count_against_their_own_share():

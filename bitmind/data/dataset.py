@@ -195,7 +195,7 @@ def aligned_partners(dataset: DetectionDataset) -> list[int]:
 class FamilySampler(Sampler):
     """Draws ``num_samples`` items per epoch with replacement, weighted by
     ``bitmind.data.families.family_weights``: half real, half fake; each family of a class
-    equally often, each source of a family equally often.
+    equally often (or in proportion to ``family_share``), each source of a family equally often.
 
     With ``partners`` (see ``aligned_partners``), every drawn aligned round trip is
     followed by its real photo, and other draws come in twos: every pair sits at an even
@@ -208,8 +208,8 @@ class FamilySampler(Sampler):
     never drawn directly; ``overdrawn`` counts them)."""
 
     def __init__(self, labels: Sequence[int], sources: Sequence[str], seed: int = 0, num_samples: int | None = None,
-                 partners: Sequence[int] | None = None):
-        weights = torch.tensor(family_weights(labels, sources), dtype=torch.double)
+                 partners: Sequence[int] | None = None, family_share: dict[str, float] | None = None):
+        weights = torch.tensor(family_weights(labels, sources, family_share), dtype=torch.double)
         self.overdrawn = 0
         if partners is not None:
             direct = weights.clone()

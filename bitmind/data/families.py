@@ -13,6 +13,7 @@ family per decoder design: ``aligned-taef2``, ``aligned-zoo-nearest8-c16`` ->
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
@@ -85,12 +86,47 @@ def sampling_family(source: str) -> str:
     return "aligned" if is_aligned(source) else family_of(source)
 
 
-def family_weights(labels: Sequence[int], sources: Sequence[str]) -> list[float]:
+def parse_family_share(items: Iterable[str]) -> dict[str, float]:
+    """``["minigan=0.25", "gans=2"]`` -> ``{"minigan": 0.25, "gans": 2.0}``: how much of its
+    class's draws each named sampling family gets, relative to an unnamed family (1).
+
+    Why: a family the pools lack but training adds (small GANs, synthetic traces, round
+    trips) takes a whole family's share by default, and by LOGO a whole share of small-GAN
+    pictures crowds out the diffusion traces (docs/Generalisation_record.md, "The
+    nearest-design small GANs alone"); a smaller share is the knob between none and all.
+    A ValueError names a malformed pair, a weight that is not a finite number >= 0, or a
+    family named twice."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"--family_share {item!r}: FAMILY=WEIGHT, e.g. minigan=0.25")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"--family_share {item!r}: the weight {value!r} is not a number") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"--family_share {item!r}: the weight must be a finite number >= 0")
+        if name in out:
+            raise ValueError(f"--family_share names {name!r} twice")
+        out[name] = weight
+    return out
+
+
+def family_weights(labels: Sequence[int], sources: Sequence[str],
+                   share: dict[str, float] | None = None) -> list[float]:
     """Per-item sampling weights: each class gets half the draws; within a class each
-    family (``sampling_family``) an equal share; within a family each source an equal
-    share; within a source each item an equal share. The weights sum to 1 over all items."""
+    family (``sampling_family``) an equal share, or, with ``share`` (``parse_family_share``),
+    a share in proportion to its weight there (1 for a family not named); within a family
+    each source an equal share; within a source each item an equal share. The weights sum
+    to 1 over all items.
+
+    A named family absent from the data is ignored (a LOGO fold lacks its held-out family);
+    a class whose families all weigh 0 is a ValueError (it would never be drawn)."""
     if len(labels) != len(sources):
         raise ValueError("labels and sources differ in length")
+    share = share or {}
     count = Counter(sources)
     fams_of_class: dict[int, set[str]] = defaultdict(set)
     srcs_of_fam: dict[tuple[int, str], set[str]] = defaultdict(set)
@@ -98,10 +134,28 @@ def family_weights(labels: Sequence[int], sources: Sequence[str]) -> list[float]
         fams_of_class[y].add(sampling_family(s))
         srcs_of_fam[(y, sampling_family(s))].add(s)
     n_classes = len(fams_of_class)
+    class_total = {y: sum(share.get(f, 1.0) for f in fams) for y, fams in fams_of_class.items()}
+    for y, total in class_total.items():
+        if total <= 0:
+            raise ValueError(f"--family_share gives every family of class {y} ({', '.join(sorted(fams_of_class[y]))}) "
+                             "weight 0: that class would never be drawn")
     out = []
     for y, s in zip(labels, sources):
         f = sampling_family(s)
-        out.append(1.0 / n_classes / len(fams_of_class[y]) / len(srcs_of_fam[(y, f)]) / count[s])
+        out.append(share.get(f, 1.0) / class_total[y] / n_classes / len(srcs_of_fam[(y, f)]) / count[s])
+    return out
+
+
+def class_family_shares(labels: Sequence[int], sources: Sequence[str], weights: Sequence[float]) -> dict[int, dict[str, float]]:
+    """Per class, each sampling family's share of that class's draws under ``weights``
+    (what a person checks after ``--family_share``: the log line of the training sampler)."""
+    by: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for y, s, w in zip(labels, sources, weights):
+        by[y][sampling_family(s)] += float(w)
+    out = {}
+    for y, fams in by.items():
+        total = sum(fams.values()) or 1.0
+        out[y] = {f: v / total for f, v in sorted(fams.items())}
     return out
 
 

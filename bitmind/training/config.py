@@ -39,6 +39,11 @@ class TrainConfig:
     test_fraction: float = opt(0.1, "share of each root's stems in the test split")
     balance: str = opt("sampler", "sampler (classes) | family (classes, then source families) | weight (loss) | none")
     samples_per_epoch: int = opt(0, "draws per epoch with balance=family (0 = the training set's size)")
+    family_share: list[str] = opt([], "balance=family: FAMILY=WEIGHT pairs, a sampling family's share of its class "
+                                      "relative to the others (1 each when not named), e.g. minigan=0.25 for a quarter "
+                                      "of a family's share; families as bitmind.data.families.sampling_family names "
+                                      "them (sd1-2, sdxl, flux1, sd3.5, midjourney, gans, aligned, synthetic, minigan, "
+                                      "real/<kind>, an unknown fake folder by its name); the log shows the shares")
     pair_aligned: bool = opt(False, "balance=family: put each aligned round trip and its real photo in one batch")
     pair_patches: bool = opt(False, "pair_aligned: crop a round trip and its real photo at the same place (--patch_size) "
                                     "and shuffle their tiles alike (--tile_shuffle), so the decoder stays their only "
@@ -192,6 +197,12 @@ class TrainConfig:
         if not 1 <= self.aug_jpeg_quality[0] <= self.aug_jpeg_quality[1] <= 100:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         self.check_pairing()
+        if self.family_share:
+            from bitmind.data.families import parse_family_share
+
+            parse_family_share(self.family_share)
+            if self.balance != "family":
+                raise ValueError("--family_share needs --balance family")
         check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
         device_type = self._device_type()  # also a --device this machine lacks (cuda without a GPU), before the data
         if self.compile and not has_cxx_compiler() and device_type == "cpu":

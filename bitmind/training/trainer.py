@@ -39,7 +39,7 @@ from bitmind.data import (
     unique_roots,
 )
 from bitmind.data.dataset import worker_init
-from bitmind.data.families import aux_classes
+from bitmind.data.families import aux_classes, class_family_shares, family_weights, parse_family_share, sampling_family
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop
@@ -148,6 +148,25 @@ def check_classes(train: DetectionDataset, val: DetectionDataset) -> None:
                        "--val_fraction or add pictures)", " and ".join(names[c] for c in sorted(val_have)))
 
 
+def family_share_of(cfg: TrainConfig, train_ds: DetectionDataset) -> dict[str, float]:
+    """``cfg.family_share`` as a mapping; logs each fake family's share of the fake draws
+    when it is set, and warns about a named family the training data lacks (a typo, or a
+    LOGO fold's held-out family, which is expected)."""
+    share = parse_family_share(cfg.family_share)
+    if not share:
+        return share
+    labels, sources = train_ds.labels(), train_ds.source_names()
+    present = {sampling_family(s) for s in sources}
+    missing = sorted(set(share) - present)
+    if missing:
+        logger.warning("--family_share names %s, which the training data lacks (its families: %s)",
+                       ", ".join(missing), ", ".join(sorted(present)))
+    shares = class_family_shares(labels, sources, family_weights(labels, sources, share))
+    for y, fams in sorted(shares.items()):
+        logger.info("family shares of class %d: %s", y, ", ".join(f"{f} {v:.3f}" for f, v in fams.items()))
+    return share
+
+
 def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
     """The training sampler ``cfg.balance`` asks for (single process): class-balanced,
     family-balanced (optionally with aligned pairs), or None (shuffle)."""
@@ -159,8 +178,9 @@ def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
         if partners is not None:
             train_ds.pair_with(partners)
             logger.info("aligned pairs: %d round trips paired with their real photo", sum(p >= 0 for p in partners))
+        share = family_share_of(cfg, train_ds)
         return FamilySampler(train_ds.labels(), train_ds.source_names(), seed=cfg.seed,
-                             num_samples=cfg.samples_per_epoch or len(train_ds), partners=partners)
+                             num_samples=cfg.samples_per_epoch or len(train_ds), partners=partners, family_share=share)
     return None
 
 
