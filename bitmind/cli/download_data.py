@@ -9,7 +9,10 @@ errors, time-outs) are retried with exponential backoff; a dataset that still ca
 be had is reported by name, the others go on, and the exit status is non-zero at the
 end. A ``--datasets`` entry that is a local path (a ``real/fake/SOURCE`` image folder,
 a ``save_to_disk`` folder or parquet files) is validated and summarised instead:
-the same code then reads it for training and evaluation.
+the same code then reads it for training and evaluation. Nothing is written in the
+CLASS/SOURCE layout; the class of each picture of a local Hugging Face dataset without
+a role comes from its ``label`` column (see ``resolve_labels``), and labels that cannot be
+told real or fake stop the run before anything is downloaded or written (exit status 2).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from typing import Any, Callable
 
 from bitmind.common import output_path_problem
 from bitmind.data.catalog import CATALOG, CatalogEntry, find_entry
-from bitmind.data.sources import CLASSES
+from bitmind.data.sources import CLASSES, LabelError, normalise_label, resolve_labels
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +145,60 @@ def call_with_retries(fn: Callable[[], Any], name: str, policy: RetryPolicy = Re
             sleep(wait)
 
 
+# --------------------------------------------------------------------------- labels
+
+LABEL_COLUMN = "label"
+
+
+def parse_label_map(items: list[str] | None) -> dict[str, str]:
+    """``["Real=real", "AI=fake"]`` -> ``{"real": "real", "ai": "fake"}`` (keys normalised as
+    label names are). Raises ``ValueError`` for an item that is not ``VALUE=real|fake``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        value, eq, cls = item.rpartition("=")
+        if not eq or not value.strip() or cls.strip().lower() not in CLASSES:
+            raise ValueError(f"--label_map wants VALUE=real or VALUE=fake, got {item!r}")
+        out[normalise_label(value)] = cls.strip().lower()
+    return out
+
+
+def _label_map_arg(item: str) -> str:
+    try:
+        parse_label_map([item])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return item
+
+
+def _local_hf_with_labels(target: "Target") -> bool:
+    """A local target read as a Hugging Face dataset whose classes come from a label column."""
+    p = Path(target.path)
+    return (target.local and target.role is None and p.exists() and not (p.is_dir() and any((p / c).is_dir() for c in CLASSES))
+            and _looks_like_hf_data(p))
+
+
+def label_problem(targets: list["Target"], split: str = "train", label_map: dict[str, str] | None = None) -> str | None:
+    """The first local dataset whose labels cannot be resolved, as a one-line message, else None.
+    Checked before any download or file is written; a dataset that cannot be opened at all is
+    left to ``summarise_local``, which reports it as that dataset's failure."""
+    from bitmind.data.sources import open_hf_dataset
+
+    for t in targets:
+        if not _local_hf_with_labels(t):
+            continue
+        try:
+            ds = open_hf_dataset(t.path, split=split)
+        except Exception:
+            continue
+        if LABEL_COLUMN not in ds.column_names:
+            continue
+        try:
+            resolve_labels(ds, LABEL_COLUMN, label_map, name=t.path)
+        except LabelError as e:
+            return str(e)
+    return None
+
+
 # --------------------------------------------------------------------------- what to fetch
 
 
@@ -222,12 +279,16 @@ def _looks_like_hf_data(p: Path) -> bool:
     return any((p / m).exists() for m in markers) or any(p.glob("**/*.parquet"))
 
 
-def summarise_local(target: Target, split: str = "train", verify: int = 8) -> Outcome:
+def summarise_local(target: Target, split: str = "train", verify: int = 8,
+                    label_map: dict[str, str] | None = None) -> Outcome:
     """Validate a local source and summarise it (no download).
 
     A folder with ``real/`` or ``fake/`` subfolders is read as ``LocalFolderSource``;
     anything else as a Hugging Face dataset on disk (``save_to_disk`` folder or parquet
-    files) through ``HFDatasetSource``. Up to ``verify`` images per source are decoded.
+    files) through ``HFDatasetSource``: with a role (``PATH:real``) every row has it,
+    else the ``label`` column gives each row's class (``resolve_labels``: ClassLabel names,
+    strings, 0 real / 1 fake, ``label_map``), and the mapping used is in the summary.
+    Up to ``verify`` images per source are decoded.
     """
     from bitmind.data.sources import HFDatasetSource, LocalFolderSource, open_hf_dataset
 
@@ -244,13 +305,18 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8) -> Ou
                              "nor a Hugging Face dataset on disk (save_to_disk folder, parquet or arrow files)")
         else:
             ds = open_hf_dataset(str(p), split=split)
-            label_col = "label" if target.role is None and "label" in ds.column_names else None
-            if target.role is None and label_col is None:
-                out.warnings.append("no role given (append :real or :fake) and no 'label' column; shown as fake")
-            src = HFDatasetSource(str(p), role=target.role or ("fake" if label_col is None else None), dataset=ds,
-                                  label_column=label_col)
             out.summary["format"] = "hf"
             out.summary["columns"] = list(ds.column_names)
+            if target.role is None and LABEL_COLUMN in ds.column_names:
+                src = HFDatasetSource(str(p), role=None, dataset=ds, label_column=LABEL_COLUMN, label_map=label_map)
+                out.summary["labels"] = src.label_mapping
+            else:
+                if target.role is None:
+                    out.warnings.append(f"no role given (append :real or :fake) and no {LABEL_COLUMN!r} column; shown as fake")
+                src = HFDatasetSource(str(p), role=target.role or "fake", dataset=ds)
+    except LabelError as e:
+        out.error = str(e)
+        return out
     except Exception as e:
         out.error = f"invalid local source {target.path}: {type(e).__name__}: {e}"
         return out
@@ -294,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--initial_wait", type=float, default=10.0, help="first backoff wait in seconds (doubles each retry)")
     ap.add_argument("--max_wait", type=float, default=300.0, help="longest single backoff wait in seconds")
     ap.add_argument("--verify", type=int, default=8, help="local sources: images decoded per source (-1: all)")
+    ap.add_argument("--label_map", nargs="+", metavar="VALUE=CLASS", type=_label_map_arg,
+                    help="local Hugging Face data read by its 'label' column: read these label values (or "
+                         "ClassLabel names) as real or fake, e.g. --label_map Real=real AI=fake; overrides the "
+                         "built-in names (real/authentic/human/natural/photo, fake/ai/generated/synthetic/"
+                         "ai-generated, case-insensitive) and 0 real / 1 fake")
     ap.add_argument("--json", metavar="PATH", help="also write the outcomes as JSON")
     ap.add_argument("--list", action="store_true", help="print the catalog and exit")
     return ap
@@ -323,13 +394,14 @@ def _describe(o: Outcome) -> str:
         rows = ", ".join(f"{k}={v}" for k, v in s.get("splits", {}).items())
         return f"ok      {o.name} [{o.role or '?'}] {rows}" + (f" ({o.attempts} attempts)" if o.attempts > 1 else "")
     per = ", ".join(f"{k}={v}" for k, v in s.get("per_source", {}).items())
+    labels = ", ".join(f"{k}->{v}" for k, v in s["labels"].items()) if s.get("labels") else ""
     return (f"ok      {o.name} (local {s.get('format')}) {s.get('n')} images: real {s.get('n_real')}, fake {s.get('n_fake')}; "
-            f"{per}; decoded {s.get('checked')} ({s.get('unreadable')} unreadable)")
+            f"{per}; " + (f"labels {labels}; " if labels else "") + f"decoded {s.get('checked')} ({s.get('unreadable')} unreadable)")
 
 
 def run(targets: list[Target], cache_dir: str | None = None, force_redownload: bool = False, split: str | None = None,
         policy: RetryPolicy = RetryPolicy(), verify: int = 8, sleep: Callable[[float], None] = time.sleep,
-        progress: bool = True) -> list[Outcome]:
+        progress: bool = True, label_map: dict[str, str] | None = None) -> list[Outcome]:
     """Download or validate every target in turn, never stopping at a failure."""
     from tqdm import tqdm
 
@@ -341,7 +413,7 @@ def run(targets: list[Target], cache_dir: str | None = None, force_redownload: b
     for t in bar:
         bar.set_postfix_str(t.path[-40:])
         if t.local:
-            o = summarise_local(t, split=split or "train", verify=verify)
+            o = summarise_local(t, split=split or "train", verify=verify, label_map=label_map)
         else:
             o = download_one(t, cache_dir, mode, split, policy, sleep, log=tqdm.write)
         for w in o.warnings:
@@ -367,8 +439,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem:  # before the downloads, not after them
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    label_map = parse_label_map(args.label_map)
+    problem = label_problem(targets, args.split or "train", label_map)
+    if problem:  # labels that cannot be told real or fake: before any download or file
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     policy = RetryPolicy(max_attempts=args.max_retries, initial_wait=args.initial_wait, max_wait=args.max_wait)
-    outcomes = run(targets, args.cache_dir, args.force_redownload, args.split, policy, args.verify)
+    outcomes = run(targets, args.cache_dir, args.force_redownload, args.split, policy, args.verify, label_map=label_map)
     failed = [o for o in outcomes if not o.ok]
     print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} datasets ready"
           + (f"; cache: {args.cache_dir}" if args.cache_dir else ""))

@@ -12,7 +12,9 @@ Local layout: ``ROOT/CLASS/SOURCE/*.{jpg,jpeg,png,webp,...}`` with CLASS in {rea
 from __future__ import annotations
 
 import logging
+import numbers
 import os
+import shlex
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,9 +167,91 @@ class LocalFolderSource(ImageSource):
         return self.entries[i].path
 
 
+#: Label names (ClassLabel names or string values) read as each class. Compared after
+#: ``normalise_label``: case-insensitive, surrounding blanks dropped, ``_`` and inner blanks read as ``-``.
+LABEL_NAMES = {
+    "real": frozenset({"real", "authentic", "human", "natural", "photo"}),
+    "fake": frozenset({"fake", "ai", "generated", "synthetic", "ai-generated"}),
+}
+
+
+class LabelError(ValueError):
+    """Labels of a dataset that cannot be told real or fake; the message is one line."""
+
+
+def normalise_label(value) -> str:
+    """How label names and ``--label_map`` keys are compared: ``' AI_generated'`` -> ``ai-generated``."""
+    return "-".join(str(value).strip().lower().replace("_", " ").split())
+
+
+def resolve_labels(dataset, column: str = "label", label_map: dict[str, str] | None = None,
+                   name: str = "dataset") -> tuple[list[int], dict[str, str]]:
+    """The class of every row of ``dataset`` (0 real, 1 fake, as ``bitmind.data.CLASSES``)
+    from its ``column``, and the mapping used (``{value as written: "real"|"fake"}``).
+
+    * a ``datasets.ClassLabel`` column is read by its *names*, not its indices, so
+      ``names=["fake", "real"]`` (0 = fake) comes out right;
+    * string values are read the same way;
+    * a name or string is matched case-insensitively against ``LABEL_NAMES``:
+      real / authentic / human / natural / photo -> real;
+      fake / ai / generated / synthetic / ai-generated -> fake
+      (``_`` and blanks count as ``-``: ``AI_generated``, ``ai generated``);
+    * integers (and booleans) without names keep the package's convention: 0 real, 1 fake;
+    * ``label_map`` (``parse_label_map`` of ``--label_map``) comes first and overrides all of
+      the above; its keys are label names or values as written (``0``, ``Real``), and for a
+      ClassLabel the index works too.
+
+    Any value present that none of these maps (``"unknown"``, ``2``, a missing label) raises
+    ``LabelError`` naming the values found and how to map them; nothing is guessed.
+    """
+    import datasets
+
+    label_map = label_map or {}
+    feature = getattr(dataset, "features", {}).get(column)
+    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    values = list(dataset[column])
+
+    def shown(v) -> str:  # how a value is written in the summary and in errors
+        if names is not None and isinstance(v, int) and 0 <= v < len(names):
+            return names[v]
+        return str(v)
+
+    def classify(v) -> str | None:
+        if v is None:
+            return None
+        keys = [normalise_label(shown(v))] + ([normalise_label(v)] if names is not None else [])
+        for k in keys:
+            if k in label_map:
+                return label_map[k]
+        if names is not None or isinstance(v, str):
+            text = normalise_label(shown(v))
+            return next((cls for cls, words in LABEL_NAMES.items() if text in words), None)
+        if isinstance(v, numbers.Real) and float(v).is_integer():  # ints, bools, 0.0 / 1.0
+            return {0: "real", 1: "fake"}.get(int(v))
+        return None
+
+    found: dict = {}
+    for v in values:
+        if v not in found:
+            found[v] = classify(v)
+    bad = [v for v, cls in found.items() if cls is None]
+    if bad:
+        seen = ", ".join(repr(shown(v)) if v is not None else "None" for v in found)
+        unmapped = ", ".join(repr(shown(v)) if v is not None else "None" for v in bad)
+        example = next((shown(v) for v in bad if v is not None and not shown(v).startswith("-")), None)
+        example = f" (e.g. --label_map {shlex.quote(example + '=fake')})" if example else ""
+        raise LabelError(
+            f"{name}: cannot tell real from fake for {column!r} value(s) {unmapped} (values found: {seen}); "
+            f"map them with --label_map VALUE=real|fake{example}, "
+            f"or give the whole dataset one class by appending :real or :fake to its path")
+    labels = [CLASSES[found[v]] for v in values]
+    return labels, {shown(v): cls for v, cls in found.items()}
+
+
 class HFDatasetSource(ImageSource):
     """A Hugging Face dataset (hub name, ``save_to_disk`` folder, or parquet/arrow files)
-    whose every image has one role (real or fake), or a label column.
+    whose every image has one role (real or fake), or a label column (read by
+    ``resolve_labels``: ClassLabel names, strings, 0 real / 1 fake, ``label_map``).
 
     Loaded through ``datasets`` only; nothing is downloaded unless the name is a hub id
     and the cache lacks it (``bitmind.download_data`` fills the cache ahead of time).
@@ -175,7 +259,7 @@ class HFDatasetSource(ImageSource):
 
     def __init__(self, path: str, role: str | None = "fake", split: str = "train", image_column: str = "image",
                  label_column: str | None = None, id_column: str | None = None, cache_dir: str | None = None,
-                 name: str | None = None, dataset=None):
+                 name: str | None = None, dataset=None, label_map: dict[str, str] | None = None):
         if role is not None and role not in CLASSES:
             raise ValueError(f"role must be one of {list(CLASSES)}, got {role!r}")
         if dataset is None:
@@ -187,7 +271,8 @@ class HFDatasetSource(ImageSource):
         self.name = name or str(path).rstrip("/").split("/")[-1]
         if label_column is None and role is None:
             raise ValueError("give a role (real/fake) or a label column")
-        self._labels = list(dataset[label_column]) if label_column else None
+        self._labels, self.label_mapping = (resolve_labels(dataset, label_column, label_map, name=str(path))
+                                            if label_column else (None, None))
         self._ids = [str(x) for x in dataset[id_column]] if id_column else None
 
     def __len__(self):
@@ -195,8 +280,7 @@ class HFDatasetSource(ImageSource):
 
     def label(self, i):
         if self._labels is not None:
-            v = self._labels[i]
-            return CLASSES[v] if isinstance(v, str) else int(v)
+            return self._labels[i]
         return CLASSES[self.role]
 
     def source_name(self, i):
