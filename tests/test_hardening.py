@@ -205,6 +205,37 @@ def test_model_of_another_architecture_or_config_is_refused_before_swapping(tmp_
         lenient.close()
 
 
+def test_a_fresh_whole_file_refused_for_its_contents_is_an_error_not_a_copy_in_progress(tmp_path, tiny_model, caplog):
+    """A file that fails to load within 2 s of its last write was always reported as "if it is
+    being copied, the complete file will be loaded" (a warning), also when it was whole and
+    refused for another architecture: the operator waited for a reload that never came. Only
+    a file that is not whole (a copy caught between two writes) gets that warning now."""
+    from bitmind.miner.reload import looks_complete
+
+    wider = different_model(tmp_path, "wider")
+    assert looks_complete(tiny_model.read_bytes()) and looks_complete(wider)
+    assert not looks_complete(wider[: len(wider) // 2]) and not looks_complete(b"") and not looks_complete(b"\x00" * 64)
+    st = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "m.safetensors").read_bytes()
+    assert looks_complete(st) and not looks_complete(st[:-10]) and not looks_complete(st[:20])
+    path = tmp_path / "base.pth"
+    path.write_bytes(tiny_model.read_bytes())
+    p = Predictor(str(path), device="cpu", check_interval=0.0, optimize=False)
+    try:
+        with caplog.at_level("WARNING", logger="bitmind.miner.reload"):
+            replace_with(path, wider)  # whole, just written, another config
+            assert p.check_reload(force=True) is False
+            refused = [r for r in caplog.records if r.name == "bitmind.miner.reload"]
+            assert [r.levelname for r in refused] == ["ERROR"] and "failed to load" in refused[0].getMessage()
+            assert "being copied" not in refused[0].getMessage()
+            caplog.clear()
+            replace_with(path, tiny_model.read_bytes()[:3000])  # a copy caught half-way
+            assert p.check_reload(force=True) is False
+            partial = [r for r in caplog.records if r.name == "bitmind.miner.reload"]
+            assert [r.levelname for r in partial] == ["WARNING"] and "being copied" in partial[0].getMessage()
+    finally:
+        p.close()
+
+
 def test_status_reports_sha256_of_the_serving_file(tmp_path, checkpoint_factory):
     path = checkpoint_factory(tmp_path / "base.pth", seed=3)
     predictor = Predictor(str(path), device="cpu", check_interval=0.0)

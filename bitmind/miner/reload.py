@@ -86,6 +86,31 @@ class FileSignature:
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def looks_complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole model file: a torch zip archive whose end-of-directory
+    record is at its end, or a safetensors file as long as its header says. Why: a file that
+    fails to load within seconds of its last write is reported as probably still being
+    copied, but a whole file refused for what it holds (another architecture, calibration
+    out of bounds, a corrupt weight) must be reported as refused at once, not as a copy in
+    progress the operator should wait for."""
+    import io
+    import json
+    import zipfile
+
+    if data[:4] == b"PK\x03\x04":
+        return zipfile.is_zipfile(io.BytesIO(data))
+    if len(data) >= 8:
+        n = int.from_bytes(data[:8], "little")
+        if 2 <= n <= len(data) - 8:
+            try:
+                header = json.loads(data[8:8 + n])
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                return False
+            return len(data) >= 8 + n + end
+    return False
+
+
 def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
     """The file's bytes and signature, or None if it is missing or changed while being read
     (a writer in progress: the bytes could mix two versions).
@@ -205,7 +230,7 @@ class ModelSlot:
             except Exception as e:  # keep serving the last good model
                 self._bad.add(sig)
                 age = time.time() - sig.mtime_ns / 1e9
-                if age < RECENT_WRITE_S:  # most likely a copy in progress, caught between two writes
+                if age < RECENT_WRITE_S and not looks_complete(data):  # most likely a copy in progress
                     logger.warning("model file %s (size %d, written %.2f s ago) does not load yet; still serving "
                                    "sha256=%s; if it is being copied, the complete file will be loaded: %s",
                                    self.path, sig.size, age, self.serving.lm.sha256[:12], e)
