@@ -12,6 +12,13 @@ reason, enforcing size limits *before* the pixels are decoded:
 * the declared width x height is checked from the header, before any pixel buffer is
   allocated (``max_pixels``), and Pillow's own bomb guard ``Image.MAX_IMAGE_PIXELS`` is
   set to the same limit (``apply_pil_limit``) so code paths that skip us are bounded too;
+* the container structures that Pillow parses in Python, one block at a time, are counted
+  first by cheap walks and refused above generous caps: JPEG marker segments and scans,
+  PNG chunks (``check_png_chunks``), GIF extension blocks, sub-blocks and stray bytes
+  (``check_gif_blocks``); a crafted file of a million tiny blocks would otherwise hold a
+  decode thread for seconds;
+* alpha is flattened in bands of rows (``_to_rgb``), so a large transparent picture costs
+  its decoded pixels and the RGB result, not four more full-size copies;
 * whatever a malformed file makes a decoder raise becomes ``ImageDecodeError``, so a
   hostile payload is logged as bad input, never as a crash with a traceback.
 """
@@ -23,6 +30,7 @@ import functools
 import io
 import logging
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -113,14 +121,42 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr += np.float32(0.5)
         np.clip(arr, 0, 255, out=arr)
         return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if (mode == "P" and "transparency" in img.info) or mode in _ALPHA_MODES:
+        return _flatten_alpha(img)
     return img.convert("RGB")
+
+
+#: Modes whose alpha ``_to_rgb`` composites on white (and P with a transparent colour).
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+#: Pixels flattened at a time by ``_flatten_alpha``: 256 Kpx bands cost ~5 MB of scratch,
+#: and no more time than larger ones.
+_ALPHA_BAND_PIXELS = 1 << 18
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    if img.mode == "P":  # with a transparent colour
+        img = img.convert("RGBA")
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite an image with alpha on white, to RGB, one band of rows at a time.
+
+    Done on the whole picture, compositing makes four full-size copies (RGBA copy, white
+    background, composite, RGB): a blank 40 Mpx RGBA PNG of 150 KB peaked at +770 MB with
+    its decoded pixels, +310 MB in bands. Compositing is per pixel, so bands give the same
+    bytes while the scratch stays at one band; what remains is the decoded picture and the
+    RGB result (Pillow keeps both at 4 bytes a pixel)."""
+    w, h = img.size
+    rows = max(1, _ALPHA_BAND_PIXELS // max(w, 1))
+    if rows >= h:
+        return _composite_on_white(img)
+    out = Image.new("RGB", img.size)
+    for top in range(0, h, rows):
+        out.paste(_composite_on_white(img.crop((0, top, w, min(top + rows, h)))), (0, top))
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -176,6 +212,97 @@ def jpeg_scans(raw: bytes, stop_above: int = 1 << 30) -> int:
     return n
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Most chunks other than image data (IDAT, fdAT) walked in a PNG. Pillow reads every chunk
+#: in Python, those before the image data when it opens the file, those after when it loads
+#: it: 12 MiB of empty private chunks (a million) held a decode thread ~3 s. Real files have
+#: tens (IHDR, PLTE, gAMA, cHRM, iCCP, tEXt/iTXt, eXIf, tIME, IEND ...); an animated PNG adds
+#: one fcTL a frame. 10 000 is far above any real picture and costs Pillow ~30 ms.
+MAX_PNG_CHUNKS = 10_000
+#: Image data chunks (IDAT, fdAT) are many in real files, but each carries data: encoders split
+#: the zlib stream into chunks of 8 KiB (libpng's default) to 64 KiB (Pillow) or write one.
+#: Allowed: MAX_PNG_CHUNKS plus one per this many bytes of file, so 8 KiB chunks up to the
+#: payload limit (~1 500) and even 1 KiB ones pass, while a file of empty IDATs is refused.
+PNG_BYTES_PER_DATA_CHUNK = 1024
+_PNG_CHUNK_HEADER = struct.Struct(">I4s")
+
+
+def check_png_chunks(raw: bytes) -> None:
+    """Walk the chunk list of PNG bytes (length and type of each, no data read, no CRC or
+    decompression) up to IEND; raise ``ImageDecodeError`` as soon as there are more than
+    ``MAX_PNG_CHUNKS`` chunks besides image data, or more image data chunks (IDAT, fdAT)
+    than ``MAX_PNG_CHUNKS + len(raw) // PNG_BYTES_PER_DATA_CHUNK``. A truncated or malformed
+    list just ends the walk: Pillow reports it. At most ~35 000 steps, a few milliseconds."""
+    size, i = len(raw), len(_PNG_SIGNATURE)
+    max_data = MAX_PNG_CHUNKS + size // PNG_BYTES_PER_DATA_CHUNK
+    other = data = 0
+    while i + 8 <= size:
+        length, cid = _PNG_CHUNK_HEADER.unpack_from(raw, i)
+        if cid == b"IDAT" or cid == b"fdAT":
+            data += 1
+            if data > max_data:
+                raise ImageDecodeError(f"PNG with more than {max_data} image data chunks (IDAT/fdAT) "
+                                       f"in {size} bytes exceeds the limit")
+        elif cid == b"IEND":
+            break
+        else:
+            other += 1
+            if other > MAX_PNG_CHUNKS:
+                raise ImageDecodeError(f"PNG with more than {MAX_PNG_CHUNKS} chunks besides image data "
+                                       f"(last {cid!r}) exceeds the limit")
+        i += 12 + length  # length, type, data, CRC
+
+
+#: GIF limits. Pillow parses a GIF in Python up to the image descriptor of the frame it
+#: decodes, the first (``open_image`` never seeks further; later blocks cost nothing), one
+#: extension, one sub-block, one stray byte at a time: 2.4 million comment blocks took 2 s and
+#: +450 MB (each kept as a bytes object); 6 million sub-blocks in one extension, or 12 MB of
+#: stray bytes between blocks, took 2 s too. Real GIFs have a few extensions before the first
+#: image (NETSCAPE loop, graphic control, maybe comment, XMP, ICC profile): at most 10 000.
+MAX_GIF_EXTENSIONS = 10_000
+#: Sub-blocks of those extensions: comments and ICC profiles use 255-byte sub-blocks, XMP
+#: (which uses its text bytes as lengths) ~40-byte ones: 100 000 is megabytes of metadata.
+MAX_GIF_SUB_BLOCKS = 100_000
+#: Bytes between blocks that are none of extension, image, trailer: encoders write none
+#: (Pillow skips them one by one; a stray zero after image data is the odd real case).
+MAX_GIF_STRAY_BYTES = 10_000
+_GIF_BLOCK_START = re.compile(rb"[!,;]")
+
+
+def check_gif_blocks(raw: bytes) -> None:
+    """Walk GIF bytes the way Pillow reads them to its first image: header, logical screen
+    descriptor, global colour table, then extension blocks with their sub-block chains, stray
+    bytes skipped, until an image descriptor or the trailer. Raise ``ImageDecodeError`` as
+    soon as a count passes ``MAX_GIF_EXTENSIONS``, ``MAX_GIF_SUB_BLOCKS`` or
+    ``MAX_GIF_STRAY_BYTES``; stray bytes are skipped by a C search, so the walk takes at most
+    ~110 000 steps. Truncated data just ends the walk: Pillow reports it."""
+    size = len(raw)
+    if size < 13:
+        return
+    flags = raw[10]
+    i = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    extensions = sub_blocks = stray = 0
+    while i < size:
+        if raw[i] != 0x21:  # not an extension introducer ("!")
+            m = _GIF_BLOCK_START.search(raw, i, i + MAX_GIF_STRAY_BYTES - stray + 1)
+            stray += (m.start() if m else min(size, i + MAX_GIF_STRAY_BYTES - stray + 1)) - i
+            if stray > MAX_GIF_STRAY_BYTES:
+                raise ImageDecodeError(f"GIF with more than {MAX_GIF_STRAY_BYTES} stray bytes between blocks")
+            if m is None or m.group() != b"!":
+                return  # image descriptor (",") or trailer (";"): Pillow's C decoder takes over
+            i = m.start()
+        extensions += 1
+        if extensions > MAX_GIF_EXTENSIONS:
+            raise ImageDecodeError(f"GIF with more than {MAX_GIF_EXTENSIONS} extension blocks before its first image")
+        i += 2  # introducer, label
+        while i < size and (n := raw[i]):
+            sub_blocks += 1
+            if sub_blocks > MAX_GIF_SUB_BLOCKS:
+                raise ImageDecodeError(f"GIF with more than {MAX_GIF_SUB_BLOCKS} extension sub-blocks before its first image")
+            i += n + 1
+        i += 1  # block terminator
+
+
 def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
     """Decode image bytes into an RGB image (first frame, EXIF orientation applied).
 
@@ -189,6 +316,11 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
     # for 6 s (and 420 MB) before the count refused them in milliseconds.
     if raw[:2] == b"\xff\xd8" and (scans := jpeg_scans(raw, limits.max_jpeg_scans)) > limits.max_jpeg_scans:
         raise ImageDecodeError(f"JPEG with more than {limits.max_jpeg_scans} scans ({scans} counted) exceeds the limit")
+    # PNG chunks and GIF blocks likewise: Pillow parses them one by one in Python.
+    if raw[:8] == _PNG_SIGNATURE:
+        check_png_chunks(raw)
+    elif raw[:6] in (b"GIF87a", b"GIF89a"):
+        check_gif_blocks(raw)
     try:
         img = Image.open(io.BytesIO(raw), formats=_pillow_formats(limits.formats))
     except Image.DecompressionBombError as e:  # the header declares more than twice MAX_IMAGE_PIXELS
