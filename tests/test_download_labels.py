@@ -178,3 +178,51 @@ def test_label_map_option(tmp_path, hub, capsys):
         dd.main(["--datasets", str(path), "--label_map", "edited=maybe"])
     assert e.value.code == 2 and "VALUE=real or VALUE=fake" in capsys.readouterr().err
     assert hub.calls == []
+
+
+def test_label_map_matches_floats_and_booleans_and_never_lets_an_index_override_a_name(tmp_path, hub):
+    """A float column [0.0, 1.0] with --label_map 0=fake 1=real was read 0.0 -> real (the keys
+    were "0.0" / "1.0", so the map never matched and the default applied: the reverse of what
+    was asked). A ClassLabel index key ("0") matched a class *named* "0" and another by index."""
+    import datasets
+
+    colours = [BLUE, RED, BLUE, RED]
+    floats = _save(tmp_path / "floats", [0.0, 1.0, 0.0, 1.0], colours, datasets.Value("float32"))
+    _check_counts(_summary(tmp_path, floats, "--label_map", "0=fake", "1=real"), "floats", n_real=2, n_fake=2)
+    _check_rows(floats, colours, dd.parse_label_map(["0=fake", "1=real"]))
+    bools = _save(tmp_path / "bools", [False, True, False, True], colours, datasets.Value("bool"))
+    _check_rows(bools, colours, dd.parse_label_map(["0=fake", "1=real"]))
+    _check_rows(bools, colours, dd.parse_label_map(["false=fake", "true=real"]))
+    plain = _save(tmp_path / "plain_bools", [False, True, False, True], [RED, BLUE, RED, BLUE], datasets.Value("bool"))
+    _check_rows(plain, [RED, BLUE, RED, BLUE])  # unmapped: False real, True fake
+    # names "real" and "0": the key 0 is the class named "0" (index 1), never index 0 ("real")
+    named = _save(tmp_path / "named", [0, 1, 0, 1], [RED, BLUE, RED, BLUE], datasets.ClassLabel(names=["real", "0"]))
+    _check_rows(named, [RED, BLUE, RED, BLUE], dd.parse_label_map(["0=fake"]))
+    # ClassLabel names "0" / "1" (folders named 0/ and 1/) follow the 0 real / 1 fake convention
+    digits = _save(tmp_path / "digits", [0, 1, 1, 0], [RED, BLUE, BLUE, RED], datasets.ClassLabel(names=["0", "1"]))
+    _check_rows(digits, [RED, BLUE, BLUE, RED])
+
+
+def test_missing_labels_and_many_values_give_a_short_error(tmp_path, hub, capsys):
+    """NaN never equals itself, so every NaN row was listed again (200k rows: a 2.8 MB line); a
+    1000-class label column listed every name. Now a missing label is one value (None) and at
+    most ten values are listed."""
+    import datasets
+
+    from bitmind.data.sources import LabelError, resolve_labels
+
+    nan = float("nan")
+    ds = datasets.Dataset.from_dict({"label": [0.0, nan, 1.0] + [nan] * 5000})
+    with pytest.raises(LabelError) as e:
+        resolve_labels(ds, "label", name="nans")
+    assert "value(s) None (values found: '0', None, '1')" in str(e.value) and len(str(e.value)) < 400
+    many = datasets.Dataset.from_dict({"label": list(range(1000))},
+                                      features=datasets.Features({"label": datasets.ClassLabel(names=[f"n{i:04d}" for i in range(1000)])}))
+    with pytest.raises(LabelError) as e:
+        resolve_labels(many, "label", name="imagenet-like")
+    msg = str(e.value)
+    assert "'n0009' and 990 more" in msg and "and 1000 more" not in msg and len(msg) < 600
+    assert "--label_map n0000=real or n0000=fake" in msg
+    # in row order also where the dataset is a selection of another (no Arrow shortcut there)
+    picked = datasets.Dataset.from_dict({"label": ["fake", "real", "fake"]}).select([2, 1, 0, 1])
+    assert resolve_labels(picked, "label")[0] == [1, 0, 1, 0]

@@ -20,7 +20,7 @@ from bitmind.data import (AsIs, DetectionDataset, FamilySampler, FlipOnly, align
 from bitmind.training import TrainConfig
 from bitmind.training.logo import add_ensembles, logo_sweep_spec, score_fold
 from bitmind.training.loop import Learner, check_tile_shuffle, random_patches, shuffle_tiles
-from bitmind.training.trainer import build_datasets, train_sampler
+from bitmind.training.trainer import TrainingDataError, build_datasets, train_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"layers": [1, 1], "width": 8}
@@ -137,7 +137,7 @@ def test_family_share_needs_the_family_sampler_and_reaches_the_training_sampler(
     assert r.returncode == 2 and "needs --balance family" in r.stderr
     pools = make_pools(tmp_path)
     cfg = TrainConfig(data=[str(pools["crops"])], balance="family", samples_per_epoch=4000,
-                      family_share=["gans=3", "midjourney=2"], val_fraction=0.25, test_fraction=0.25)
+                      family_share=["gans=3", "sdxl=1"], val_fraction=0.25, test_fraction=0.25)
     train, _, _ = build_datasets(cfg)
     with caplog.at_level("INFO", logger="bitmind.training.trainer"):
         sampler = train_sampler(cfg, train)
@@ -147,7 +147,21 @@ def test_family_share_needs_the_family_sampler_and_reaches_the_training_sampler(
     assert abs(drawn["fake/stylegan-family"] / fakes - 3 / 5) < 0.04  # gans 3 of sdxl 1 + flux1 1 + gans 3
     assert abs(drawn["fake/sdxl"] / fakes - 1 / 5) < 0.04
     assert "family shares of class 1: flux1 0.200, gans 0.600, sdxl 0.200" in caplog.text
-    assert "midjourney, which the training data lacks" in caplog.text
+    # a family the data lacks (a typo, small GANs never made) would silently keep the default share
+    with pytest.raises(TrainingDataError, match="names MiniGAN, midjourney, which the training data lacks"):
+        train_sampler(dataclasses.replace(cfg, family_share=["midjourney=2", "MiniGAN=0.5"]), train)
+    with pytest.raises(TrainingDataError, match="never be drawn"):
+        train_sampler(dataclasses.replace(cfg, family_share=["real/faces=0", "real/coco=0"]), train)
+    # a spec value that is not a list of strings is refused before the data is read (a bare string
+    # was read character by character: "--family_share 'm': FAMILY=WEIGHT")
+    for bad in (None, 0.25, "minigan=0.25", {"minigan": 0.25}, [0.25]):
+        with pytest.raises(ValueError, match="takes FAMILY=WEIGHT strings"):
+            TrainConfig(balance="family", family_share=bad, device="cpu").check()
+    # repeated flags add up (before: the last one replaced the others)
+    from bitmind.training.config import build_parser
+
+    args = build_parser().parse_args(["--family_share", "minigan=0.25", "--family_share", "gans=2"])
+    assert args.family_share == ["minigan=0.25", "gans=2"]
 
 
 def test_photos_drawn_with_their_round_trips_count_against_their_own_share():

@@ -214,9 +214,20 @@ def test_a_fresh_whole_file_refused_for_its_contents_is_an_error_not_a_copy_in_p
 
     wider = different_model(tmp_path, "wider")
     assert looks_complete(tiny_model.read_bytes()) and looks_complete(wider)
-    assert not looks_complete(wider[: len(wider) // 2]) and not looks_complete(b"") and not looks_complete(b"\x00" * 64)
+    assert not looks_complete(wider[: len(wider) // 2]) and not looks_complete(b"") and not looks_complete(wider[:5])
     st = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "m.safetensors").read_bytes()
     assert looks_complete(st) and not looks_complete(st[:-10]) and not looks_complete(st[:20])
+    # a cut that leaves an end-of-directory signature inside the last 64 KiB is still a cut
+    cut = wider[: len(wider) - 1000]
+    assert not looks_complete(cut + b"PK\x05\x06" + bytes(18) + b"x" * 500)
+    # an unknown format, or a header that does not parse, is whole (waiting will not make it load);
+    # hostile headers never raise (this runs while a refusal is logged)
+    assert looks_complete(b"\x00" * 64) and looks_complete(b"not a model file at all")
+    for header in (b"[" * 100_000, b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, Infinity]}}',
+                   b'{"w": {"data_offsets": "x"}}'):
+        assert looks_complete(len(header).to_bytes(8, "little") + header) is True
+    eocd = wider[-22:]
+    assert looks_complete(wider[:-22] + eocd[:4] + b"\x02\x00" + eocd[6:]) in (True, False)  # a bad record never raises
     path = tmp_path / "base.pth"
     path.write_bytes(tiny_model.read_bytes())
     p = Predictor(str(path), device="cpu", check_interval=0.0, optimize=False)
@@ -267,7 +278,7 @@ def test_limits_flags_parse_and_reject_nonsense():
             miner_config(bad)
 
 
-def test_miner_enforces_limits_from_its_command_line(local_net, tiny_model, image_factory, send):
+def test_miner_enforces_limits_from_its_command_line(local_net, tiny_model, image_factory, send, monkeypatch, caplog):
     """The real miner (MinerNeuron from the operator's flags): images over the pixel limit and
     payloads over the size limit are answered -1 without decoding; others are served; the
     status line names the serving file's sha256."""
@@ -301,6 +312,26 @@ def test_miner_enforces_limits_from_its_command_line(local_net, tiny_model, imag
         assert counts["served"] == 1 and counts["bad_input"] == 2 and counts["errors"] == 0
         sha = hashlib.sha256(Path(tiny_model).read_bytes()).hexdigest()
         assert neuron.predictor.status()["sha256"] == sha and sha[:12] in neuron.status_line()
+        # an unexpected error in the model-file check is logged and the serve loop goes on
+        # (before: it left MinerNeuron.run and the miner exited)
+        import threading
+
+        from bitmind.miner import neuron as neuron_mod
+
+        def broken_check(*a, **kw):
+            raise OSError("disk went away")
+
+        monkeypatch.setattr(neuron_mod, "RELOAD_CHECK_INTERVAL", 0.0)
+        monkeypatch.setattr(neuron.predictor, "check_reload", broken_check)
+        stop, status = threading.Event(), []
+        with caplog.at_level("ERROR", logger="bitmind.miner.neuron"):
+            loop = threading.Thread(target=lambda: status.append(neuron.run(stop)))
+            loop.start()
+            loop.join(3.5)
+            stop.set()
+            loop.join(5)
+        assert status == [0], "the serve loop left before it was stopped"
+        assert sum("disk went away" in r.getMessage() for r in caplog.records) >= 2  # logged at each check, still running
     finally:
         neuron.stop()
         apply_pil_limit(DecodeLimits())

@@ -142,6 +142,16 @@ def test_resuming_a_finished_sweep_trains_nothing(data, tmp_path, capsys):
         run_sweep(_spec(data, tmp_path, epochs=6, resume=True))
     # how often the state is saved is not part of what a sweep trains
     assert run_sweep(_spec(data, tmp_path, epochs=3, resume=True, state_every_s=5))["epochs"] == 3
+    # a sweep started before an option existed (its spec.json lacks the key) ran with the option's
+    # default: resuming it with today's code is the same sweep (before: "family_share: None -> []")
+    saved = json.loads((tmp_path / "s" / "spec.json").read_text())
+    assert saved["base"].pop("family_share") == []
+    (tmp_path / "s" / "spec.json").write_text(json.dumps(saved))
+    assert run_sweep(_spec(data, tmp_path, epochs=3, resume=True))["epochs"] == 3
+    saved["base"]["family_share"] = ["sdxl=2"]  # but a value other than the default is a change
+    (tmp_path / "s" / "spec.json").write_text(json.dumps(saved))
+    with pytest.raises(RunFolderError, match=r"family_share: \['sdxl=2'\] -> \[\]"):
+        run_sweep(_spec(data, tmp_path, epochs=3, resume=True))
 
 
 def test_a_diverging_variant_stops_alone_and_the_others_go_on(data, tmp_path, monkeypatch):

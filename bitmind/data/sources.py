@@ -196,56 +196,90 @@ def resolve_labels(dataset, column: str = "label", label_map: dict[str, str] | N
       real / authentic / human / natural / photo -> real;
       fake / ai / generated / synthetic / ai-generated -> fake
       (``_`` and blanks count as ``-``: ``AI_generated``, ``ai generated``);
-    * integers (and booleans) without names keep the package's convention: 0 real, 1 fake;
+    * integers (booleans, whole floats such as ``1.0``, and names or strings ``"0"`` / ``"1"``)
+      keep the package's convention: 0 real, 1 fake;
     * ``label_map`` (``parse_label_map`` of ``--label_map``) comes first and overrides all of
-      the above; its keys are label names or values as written (``0``, ``Real``), and for a
-      ClassLabel the index works too.
+      the above; its keys are label names or values as written (``0`` also matches ``0.0``
+      and ``False``; ``true`` / ``false`` match booleans), and for a ClassLabel the index works
+      too, unless another class is named by that number.
 
-    Any value present that none of these maps (``"unknown"``, ``2``, a missing label) raises
-    ``LabelError`` naming the values found and how to map them; nothing is guessed.
+    Any value present that none of these maps (``"unknown"``, ``2``, a missing label: None or
+    NaN) raises ``LabelError`` naming the values found (the first ten) and how to map them;
+    nothing is guessed. The column is read through Arrow where it can be (a million labels
+    in milliseconds).
     """
     import datasets
 
     label_map = label_map or {}
     feature = getattr(dataset, "features", {}).get(column)
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    values = list(dataset[column])
+    name_keys = {normalise_label(n) for n in names or ()}
 
-    def shown(v) -> str:  # how a value is written in the summary and in errors
-        if names is not None and isinstance(v, int) and 0 <= v < len(names):
-            return names[v]
-        return str(v)
-
-    def classify(v) -> str | None:
-        if v is None:
+    def key_of(v):  # one key per label value: None for a missing label (None, NaN), whole numbers as ints
+        if v is None or (isinstance(v, float) and v != v):
             return None
-        keys = [normalise_label(shown(v))] + ([normalise_label(v)] if names is not None else [])
-        for k in keys:
-            if k in label_map:
-                return label_map[k]
-        if names is not None or isinstance(v, str):
-            text = normalise_label(shown(v))
-            return next((cls for cls, words in LABEL_NAMES.items() if text in words), None)
-        if isinstance(v, numbers.Real) and float(v).is_integer():  # ints, bools, 0.0 / 1.0
-            return {0: "real", 1: "fake"}.get(int(v))
-        return None
+        if isinstance(v, bool) or (isinstance(v, numbers.Real) and not isinstance(v, int) and float(v).is_integer()):
+            return int(v)
+        try:
+            hash(v)
+        except TypeError:  # a list or dict where a label should be: shown as text, never mapped by default
+            return str(v)
+        return v
 
+    def shown(k) -> str:  # how a value is written in the summary and in errors
+        if names is not None and isinstance(k, int) and 0 <= k < len(names):
+            return names[k]
+        return "None" if k is None else str(k)
+
+    def classify(k, was_bool: bool) -> str | None:
+        if k is None:
+            return None
+        candidates = [normalise_label(shown(k))]
+        if names is not None and isinstance(k, int) and str(k) not in name_keys:
+            candidates.append(str(k))  # a ClassLabel's index, unless it reads as another class's name
+        if was_bool:
+            candidates.append("true" if k else "false")
+        for c in candidates:
+            if c in label_map:
+                return label_map[c]
+        text = normalise_label(shown(k))
+        by_name = next((cls for cls, words in LABEL_NAMES.items() if text in words), None)
+        if by_name is not None or (names is None and not isinstance(k, (int, str))):
+            return by_name
+        return {"0": "real", "1": "fake"}.get(text)  # 0 real, 1 fake: integers, and names or strings "0" / "1"
+
+    raw = _column_values(dataset, column)
+    keys = [key_of(v) for v in raw]
     found: dict = {}
-    for v in values:
-        if v not in found:
-            found[v] = classify(v)
-    bad = [v for v, cls in found.items() if cls is None]
+    for k, v in zip(keys, raw):
+        if k not in found:
+            found[k] = classify(k, isinstance(v, bool))
+    bad = [k for k, cls in found.items() if cls is None]
     if bad:
-        seen = ", ".join(repr(shown(v)) if v is not None else "None" for v in found)
-        unmapped = ", ".join(repr(shown(v)) if v is not None else "None" for v in bad)
-        example = next((shown(v) for v in bad if v is not None and not shown(v).startswith("-")), None)
-        example = f" (e.g. --label_map {shlex.quote(example + '=fake')})" if example else ""
+        def listed(ks):
+            ks = list(ks)
+            head = ", ".join(repr(shown(k)) if k is not None else "None" for k in ks[:10])
+            return head + (f" and {len(ks) - 10} more" if len(ks) > 10 else "")
+
+        example = next((shown(k) for k in bad if k is not None and shown(k) and not shown(k).startswith("-")), None)
+        example = f" (e.g. --label_map {shlex.quote(example + '=real')} or {shlex.quote(example + '=fake')})" if example else ""
         raise LabelError(
-            f"{name}: cannot tell real from fake for {column!r} value(s) {unmapped} (values found: {seen}); "
+            f"{name}: cannot tell real from fake for {column!r} value(s) {listed(bad)} (values found: {listed(found)}); "
             f"map them with --label_map VALUE=real|fake{example}, "
             f"or give the whole dataset one class by appending :real or :fake to its path")
-    labels = [CLASSES[found[v]] for v in values]
-    return labels, {shown(v): cls for v, cls in found.items()}
+    labels = [CLASSES[found[k]] for k in keys]
+    return labels, {shown(k): cls for k, cls in found.items()}
+
+
+def _column_values(dataset, column: str) -> list:
+    """A column's values in row order: through Arrow where the dataset is a plain table (~10 ms
+    for a million labels; row by row it took ~8 s), else row by row."""
+    try:
+        if getattr(dataset, "_indices", None) is None:
+            return dataset.data.column(column).to_pylist()
+    except Exception:  # noqa: BLE001 - not an Arrow-backed dataset: read it the plain way
+        pass
+    return list(dataset[column])
 
 
 class HFDatasetSource(ImageSource):

@@ -193,7 +193,11 @@ class MinerNeuron:
                 logger.warning("metagraph sync failed: %s: %s", type(e).__name__, e)
                 self.last_sync = now
             if now - last_reload_check >= RELOAD_CHECK_INTERVAL:
-                self.predictor.check_reload()
+                try:
+                    self.predictor.check_reload()
+                except Exception as e:  # noqa: BLE001 - the last good model keeps serving; never stop the miner
+                    logger.error("model reload check failed, still serving the last good model: %s: %s",
+                                 type(e).__name__, e)
                 last_reload_check = now
             if now - last_status >= status_interval:
                 logger.info(self.status_line())

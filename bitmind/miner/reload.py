@@ -86,29 +86,47 @@ class FileSignature:
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def looks_complete(data: bytes) -> bool:
-    """Whether ``data`` holds a whole model file: a torch zip archive whose end-of-directory
-    record is at its end, or a safetensors file as long as its header says. Why: a file that
-    fails to load within seconds of its last write is reported as probably still being
-    copied, but a whole file refused for what it holds (another architecture, calibration
-    out of bounds, a corrupt weight) must be reported as refused at once, not as a copy in
-    progress the operator should wait for."""
-    import io
-    import json
-    import zipfile
+#: The largest safetensors header read by ``looks_complete`` (the format's own limit).
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+_ZIP_END = b"PK\x05\x06"
 
-    if data[:4] == b"PK\x03\x04":
-        return zipfile.is_zipfile(io.BytesIO(data))
-    if len(data) >= 8:
-        n = int.from_bytes(data[:8], "little")
-        if 2 <= n <= len(data) - 8:
-            try:
-                header = json.loads(data[8:8 + n])
-                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+
+def looks_complete(data: bytes) -> bool:
+    """Whether ``data`` is a whole model file rather than one caught part-way through a copy.
+
+    Why: a file that fails to load within seconds of its last write is reported as probably
+    still being copied (a warning: the whole file will load), but a whole file refused for
+    what it holds (another architecture, calibration out of bounds, a corrupt weight) must be
+    reported as refused at once, not as a copy the operator should wait for.
+
+    A copy in progress has the whole file's first bytes and lacks its last ones, so: a torch
+    zip is whole when it ends with the end-of-directory record (torch writes no archive
+    comment) and opens as a zip; a safetensors file when it is as long as its header says;
+    any other content (an unknown format, a malformed header) is taken as whole, since waiting
+    will not make it load. Never raises: it runs where a refusal is being logged."""
+    try:
+        if data[:4] == b"PK\x03\x04":
+            import io
+            import zipfile
+
+            if data[-22:-18] != _ZIP_END:
                 return False
-            return len(data) >= 8 + n + end
-    return False
+            with zipfile.ZipFile(io.BytesIO(data)):
+                return True
+        if len(data) < 8:
+            return False  # the first bytes of something
+        n = int.from_bytes(data[:8], "little")
+        if not 2 <= n <= _MAX_SAFETENSORS_HEADER or data[8:9] != b"{":
+            return True  # not a safetensors file: an unknown format is whole
+        if len(data) < 8 + n:
+            return False
+        import json
+
+        header = json.loads(bytes(memoryview(data)[8:8 + n]))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        return len(data) >= 8 + n + end
+    except Exception:  # noqa: BLE001 - a header that does not parse is whole, and badly made
+        return True
 
 
 def read_stable(path: str) -> tuple[bytes, FileSignature] | None:

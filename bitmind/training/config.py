@@ -197,6 +197,9 @@ class TrainConfig:
         if not 1 <= self.aug_jpeg_quality[0] <= self.aug_jpeg_quality[1] <= 100:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         self.check_pairing()
+        if not isinstance(self.family_share, (list, tuple)) or not all(isinstance(x, str) for x in self.family_share):
+            raise ValueError(f"--family_share takes FAMILY=WEIGHT strings (in a spec a list: [\"minigan=0.25\"]), "
+                             f"got {self.family_share!r}")
         if self.family_share:
             from bitmind.data.families import parse_family_share
 
@@ -255,6 +258,8 @@ class TrainConfig:
 
 #: List options that name data roots: repeating the flag adds roots instead of replacing them.
 _ROOT_LISTS = ("data", "train_data", "challenge_data")
+#: List options whose repeated flags add up too (``--family_share a=1 --family_share b=2``).
+_EXTEND_LISTS = (*_ROOT_LISTS, "family_share")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         help = f.metadata.get("help", f.name)
         if isinstance(default, bool):
             p.add_argument(flag, type=parse_bool, nargs="?", const=True, default=default, help=help + " (true/false)")
-        elif f.name in _ROOT_LISTS:  # --data A B, or --data A --data B: every root counts
+        elif f.name in _EXTEND_LISTS:  # --data A B, or --data A --data B: every root counts
             p.add_argument(flag, type=str, nargs="+", action="extend", default=[], help=help)
         elif isinstance(default, list):
             typ = float if (default and isinstance(default[0], float)) else (int if default else str)

@@ -17,6 +17,7 @@ other roots may move, as they do between a laptop and a GPU machine; logged).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bitmind.common import atomic_write
+from bitmind.training.config import TrainConfig
 from bitmind.training.run_folder import RUNTIME_KEYS, SWEEP_STATE, RunFolderError
 
 logger = logging.getLogger(__name__)
@@ -51,11 +53,15 @@ def check_same_sweep(out_dir: Path, spec_dict: dict) -> None:
         if saved.get(key) != spec_dict.get(key):
             diffs.append(f"{key}: {saved.get(key)!r} -> {spec_dict.get(key)!r}")
     base_saved, base_now = saved.get("base", {}), spec_dict.get("base", {})
+    # An option added to TrainConfig after the sweep was started is missing from its spec.json:
+    # it ran with that option's default, so read it as the default (not as a change).
+    defaults = dataclasses.asdict(TrainConfig())
     moved = []
     for key in sorted(set(base_saved) | set(base_now)):
-        if base_saved.get(key) == base_now.get(key) or key in RUNTIME_KEYS:
+        was, now = base_saved.get(key, defaults.get(key)), base_now.get(key, defaults.get(key))
+        if was == now or key in RUNTIME_KEYS:
             continue
-        (moved if key in RESUMABLE_BASE_KEYS else diffs).append(f"{key}: {base_saved.get(key)!r} -> {base_now.get(key)!r}")
+        (moved if key in RESUMABLE_BASE_KEYS else diffs).append(f"{key}: {was!r} -> {now!r}")
     if diffs:
         raise RunFolderError(f"--resume {out_dir}: the spec differs from the sweep's spec.json ("
                              + "; ".join(diffs) + "): a resumed sweep must be the same sweep (only where and how fast "

@@ -149,9 +149,11 @@ def check_classes(train: DetectionDataset, val: DetectionDataset) -> None:
 
 
 def family_share_of(cfg: TrainConfig, train_ds: DetectionDataset) -> dict[str, float]:
-    """``cfg.family_share`` as a mapping; logs each fake family's share of the fake draws
-    when it is set, and warns about a named family the training data lacks (a typo, or a
-    LOGO fold's held-out family, which is expected)."""
+    """``cfg.family_share`` as a mapping; logs each family's share of its class's draws when it
+    is set. A named family the training data lacks is a ``TrainingDataError`` (a typo, or
+    small GANs that were not made: the share would silently stay the default; a LOGO sweep's
+    sampler draws from every family, its folds drop the held-out rows afterwards), as is a
+    class whose families all weigh 0."""
     share = parse_family_share(cfg.family_share)
     if not share:
         return share
@@ -159,9 +161,13 @@ def family_share_of(cfg: TrainConfig, train_ds: DetectionDataset) -> dict[str, f
     present = {sampling_family(s) for s in sources}
     missing = sorted(set(share) - present)
     if missing:
-        logger.warning("--family_share names %s, which the training data lacks (its families: %s)",
-                       ", ".join(missing), ", ".join(sorted(present)))
-    shares = class_family_shares(labels, sources, family_weights(labels, sources, share))
+        raise TrainingDataError(f"--family_share names {', '.join(missing)}, which the training data lacks "
+                                f"(its sampling families: {', '.join(sorted(present))})")
+    try:
+        weights = family_weights(labels, sources, share)
+    except ValueError as e:
+        raise TrainingDataError(str(e)) from None
+    shares = class_family_shares(labels, sources, weights)
     for y, fams in sorted(shares.items()):
         logger.info("family shares of class %d: %s", y, ", ".join(f"{f} {v:.3f}" for f, v in fams.items()))
     return share
