@@ -26,7 +26,7 @@ from pathlib import Path
 import bittensor as bt
 
 from bitmind.checkpoint import CheckpointError
-from bitmind.common import route_library_logs
+from bitmind.common import check_device, route_library_logs
 from bitmind.miner.config import miner_config, resolve_model_path
 from bitmind.miner.neuron import MinerNeuron, NotRegisteredError, PortInUseError
 from bitmind.shutdown import stop_event_on_signals
@@ -44,6 +44,11 @@ def main(argv=None) -> int:
     if not model_path.is_file():
         bt.logging.error(f"model file not found: {model_path} (from --neuron.model_path {config.neuron.model_path}). "
                          "Train one (see README, Training) or copy a checkpoint there.")
+        return 2
+    try:  # a device this machine lacks is a configuration error (exit 2: pm2 does not restart it),
+        check_device(config.neuron.device)  # not a chain outage (exit 1, restarted forever)
+    except ValueError as e:
+        bt.logging.error(f"{str(e).replace('--device', '--neuron.device', 1)}")
         return 2
     mode = f"local mock chain at {config.local.root}" if config.mock else f"network {config.subtensor.network!r}"
     bt.logging.info(f"starting miner: netuid {config.netuid} on {mode}, model {model_path}")

@@ -62,3 +62,21 @@ def test_model_path_resolution(tmp_path, monkeypatch):
     # absolute paths are kept; missing relative paths stay relative to the current folder
     assert resolve_model_path(str(repo / "x.pth"), repo) == (repo / "x.pth").resolve()
     assert resolve_model_path("nope.pth", repo) == (elsewhere / "nope.pth").resolve()
+
+
+@pytest.mark.parametrize("device", ["cdua", "cuda:7"])
+def test_a_device_the_machine_lacks_is_a_configuration_error_not_a_chain_outage(device, tiny_model, tmp_path):
+    """`--neuron.device cuda` without a GPU (or a typo) was reported as "miner setup failed on the
+    local chain (...); is the endpoint reachable?" with exit status 1, which pm2 restarts forever.
+    Now one line naming the option, exit 2 (not restarted), before any chain set-up."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "neurons/miner.py", "--mock", "--local.root", str(tmp_path / "chain"),
+                        "--neuron.model_path", str(tiny_model), "--neuron.device", device, "--logging.logging_dir",
+                        str(tmp_path / "logs")], capture_output=True, text=True, cwd=repo, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert f"--neuron.device '{device}'" in out and "endpoint reachable" not in out
+    assert not (tmp_path / "chain").exists()  # the chain was never touched
