@@ -56,3 +56,26 @@ def test_files_that_do_not_load_are_reported_not_raised(tmp_path, capsys):
     save_checkpoint(model, tmp_path / "bad.pth", meta=model_meta(model, temperature="warm"))
     assert main([str(tmp_path / "bad.pth")]) == 1
     assert "the miner would refuse it" in capsys.readouterr().out
+
+
+def test_serving_says_whether_a_file_can_hot_swap_over_the_served_one(tmp_path, capsys):
+    """README step 7 has the operator run model_info before copying a trained file over the
+    served one; a file of another network (the trainer's defaults against base.pth's npr_hp, no
+    stem pool) was then refused by the running miner with no warning beforehand."""
+    from bitmind.checkpoint import load_model
+    from bitmind.miner.reload import swap_problem
+
+    served = _calibrated(tmp_path / "served.pth")
+    same = _calibrated(tmp_path / "same.pth")
+    defaults = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "defaults.pth")
+    assert main([str(same), "--serving", str(served)]) == 0
+    assert f"hot swap over {served}: yes (same network)" in capsys.readouterr().out
+    assert main([str(defaults), str(same), "--serving", str(served), "--json"]) == 1
+    infos = json.loads(capsys.readouterr().out)
+    assert [i["hot_swap"]["ok"] for i in infos] == [False, True]
+    problem = infos[0]["hot_swap"]["problem"]
+    assert "--neuron.allow_arch_change" in problem and "--init_from" in problem
+    # the same words the running miner logs when it refuses the file
+    assert problem == swap_problem(load_model(defaults, detector_only=True), load_model(served, detector_only=True))
+    assert main([str(same), "--serving", str(tmp_path / "absent.pth")]) == 1
+    assert "the serving file" in capsys.readouterr().out

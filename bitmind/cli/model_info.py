@@ -2,6 +2,7 @@
 
     python -m bitmind.model_info mining_models/base.pth my_run/model_epoch_best.pth
     python -m bitmind.model_info mining_models/base.pth --json
+    python -m bitmind.model_info my_run/model_epoch_best.pth --serving mining_models/base.pth
 
 For each file: its hash and size; the architecture, its config and parameter count (the
 network is built and the weights loaded strictly, as stored: an auxiliary head still in the
@@ -14,7 +15,9 @@ the miner hot-swaps whatever file lands at its model path, and a checkpoint desc
 itself, so an operator can see what is about to be served, and that it loads, first.
 A file that does not load, or whose stored calibration the miner would refuse (a
 temperature or bias that would answer NaN or invert every decision), is reported with the
-reason and the exit status is 1.
+reason and the exit status is 1. With ``--serving PATH``, each file is also checked the way
+a running miner checks a replacement of PATH (the same network), and a file that could not
+hot-swap makes the exit status 1 too.
 """
 from __future__ import annotations
 
@@ -73,6 +76,23 @@ def describe(path: str | Path) -> dict:
     return out
 
 
+def hot_swap_check(serving: str | Path):
+    """A function of a model path: ``{"over": serving, "ok": bool, "problem": str | None}``, the
+    miner's own check (``bitmind.miner.reload.swap_problem``, detector-only as it loads)."""
+    from bitmind.miner.reload import swap_problem
+
+    try:
+        served = load_model(serving, detector_only=True)
+    except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as e:
+        problem = f"the serving file {serving} does not load ({type(e).__name__}: {e})"
+        return lambda path: {"over": str(serving), "ok": False, "problem": problem}
+
+    def check(path):
+        problem = swap_problem(load_model(path, detector_only=True), served)
+        return {"over": str(serving), "ok": problem is None, "problem": problem}
+    return check
+
+
 def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) and abs(v) < 0.01 else f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -118,6 +138,9 @@ def render(info: dict) -> str:
         lines.append(f"  member: {m['file']} ({m['arch']}, input {m['input']})")
     if info.get("description"):
         lines.append(f"  about: {info['description']}")
+    if info.get("hot_swap"):
+        swap = info["hot_swap"]
+        lines.append(f"  hot swap over {swap['over']}: " + ("yes (same network)" if swap["ok"] else f"no: {swap['problem']}"))
     return "\n".join(lines)
 
 
@@ -125,13 +148,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="model files (.pth or .safetensors)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per file instead (every field)")
+    ap.add_argument("--serving", metavar="PATH", help="the file a running miner serves: also say whether each model "
+                                                      "can hot-swap over it (same network), as the miner checks")
     args = ap.parse_args(argv)
     infos = [describe(p) for p in args.models]
+    if args.serving:
+        swap = hot_swap_check(args.serving)
+        for info in infos:
+            if "error" not in info:
+                info["hot_swap"] = swap(info["path"])
     if args.json:
         print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
     else:
         print("\n\n".join(render(i) for i in infos))
-    return 1 if any("error" in i for i in infos) else 0
+    return 1 if any("error" in i or not i.get("hot_swap", {"ok": True})["ok"] for i in infos) else 0
 
 
 if __name__ == "__main__":

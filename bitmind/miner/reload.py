@@ -71,6 +71,18 @@ def structure_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def swap_problem(new: LoadedModel, serving: LoadedModel) -> str | None:
+    """Why ``new`` cannot hot-swap over ``serving`` (another architecture or config: other
+    parameter names or shapes), or None. Shared by the reload and ``bitmind.model_info --serving``,
+    so an operator can ask before copying a file over the served one."""
+    if structure_of(new.model) == structure_of(serving.model):
+        return None
+    return (f"architecture {new.arch!r} with config {new.meta.get('config')} differs from the serving model's "
+            f"({serving.arch!r}, {serving.meta.get('config')}); restart the miner, or start it with "
+            "--neuron.allow_arch_change, to serve it (or train with --init_from the served file, which keeps "
+            "its network)")
+
+
 @dataclass(frozen=True)
 class FileSignature:
     ino: int
@@ -208,10 +220,8 @@ class ModelSlot:
             lm = load_model(path, data=data, arch=self.arch, device=self.device, detector_only=True,
                             expected_arch=expected.arch if expected is not None else None)
             check_calibration(lm.meta, path)
-            if expected is not None and structure_of(lm.model) != structure_of(expected.model):
-                raise CheckpointError(f"{path}: architecture {lm.arch!r} with config {lm.meta.get('config')} differs from "
-                                      f"the serving model's ({expected.meta.get('config')}); restart the miner "
-                                      "(or allow architecture changes) to serve it")
+            if expected is not None and (problem := swap_problem(lm, expected)):
+                raise CheckpointError(f"{path}: {problem}")
             if expected is not None and (lm.meta.get("config") or {}) != (expected.meta.get("config") or {}):
                 # same shapes, other serve-time options (center_crop, pool, flip_mean): it swaps in
                 # place, but what a request costs and sees may change, so say it
