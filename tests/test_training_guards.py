@@ -170,6 +170,8 @@ def test_the_command_line_reports_bad_input_in_one_line(data, tmp_path):
         "negative patience": (_args(data, tmp_path / "c7", "--early_stop_patience", "-1"), 2, "0 or more"),
         "negative decay": (_args(data, tmp_path / "c8", "--lr_decay", "-1"), 2, "--lr_decay must be positive"),
         "no GPU": (_args(data, tmp_path / "c9", "--device", "cuda:99"), 2, "--device"),
+        "checkpoints_dir a file": (_args(data, REPO / "README.md"), 2, "README.md is a file, not a folder"),
+        "checkpoints_dir under a file": (_args(data, REPO / "README.md" / "runs"), 2, "README.md is a file"),
     }
     for name, (argv, code, text) in cases.items():
         res = subprocess.run([*TRAIN, *argv], capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -368,3 +370,14 @@ def test_loader_workers_leave_ctrl_c_to_the_trainer():
             "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert res.stdout.strip() == "True", res.stderr[-2000:]
+
+
+def test_the_command_line_shows_each_epoch_once(data, tmp_path):
+    """train_detector.py configures logging, and the trainer both printed and logged the sets,
+    every epoch line and the calibration: each showed twice on the operator's console."""
+    res = subprocess.run([*TRAIN, *_args(data, tmp_path, "--epochs", "2")], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    console = res.stdout + res.stderr
+    for line in ("epoch=0 ", "epoch=1 ", "training set:", "validation set:", "calibration: T="):
+        assert console.count(line) == 1, (line, console[-3000:])

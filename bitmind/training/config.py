@@ -197,6 +197,11 @@ class TrainConfig:
         if not 1 <= self.aug_jpeg_quality[0] <= self.aug_jpeg_quality[1] <= 100:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         self.check_pairing()
+        for folder in (Path(self.checkpoints_dir), *Path(self.checkpoints_dir).parents):  # a file on the way: a
+            if folder.exists():  # NotADirectoryError traceback once the data was read
+                if not folder.is_dir():
+                    raise ValueError(f"--checkpoints_dir {self.checkpoints_dir}: {folder} is a file, not a folder")
+                break
         if not isinstance(self.family_share, (list, tuple)) or not all(isinstance(x, str) for x in self.family_share):
             raise ValueError(f"--family_share takes FAMILY=WEIGHT strings (in a spec a list: [\"minigan=0.25\"]), "
                              f"got {self.family_share!r}")

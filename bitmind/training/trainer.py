@@ -63,6 +63,16 @@ from bitmind.training.loop import (
 logger = logging.getLogger(__name__)
 
 
+def show(msg: str, level: int = logging.INFO) -> None:
+    """A line a person watches a run by (the sets, each epoch, why it stopped): logged, and
+    printed as well only where logging would not show it (no handler, or INFO off: a notebook,
+    a library call). Before, it was printed and logged both, so the command line, which
+    configures logging, showed every epoch twice."""
+    logger.log(level, msg)
+    if not (logger.isEnabledFor(level) and logger.hasHandlers()):
+        print(msg, flush=True)
+
+
 class TrainingDataError(ValueError):
     """Training data no run can learn from (a missing or empty root, one class only, no
     validation pictures): a usage error, reported before the first epoch."""
@@ -268,10 +278,8 @@ def train(cfg: TrainConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "opt.json")
         logger.info("data splits per source: %s", json.dumps(counts))
-        logger.info("training set:\n%s", train_ds.summary())
-        logger.info("validation set:\n%s", val_ds.summary())
-        print("training set:\n" + train_ds.summary(), flush=True)
-        print("validation set:\n" + val_ds.summary(), flush=True)
+        show("training set:\n" + train_ds.summary())
+        show("validation set:\n" + val_ds.summary())
 
     labels = train_ds.labels()
     if world > 1:
@@ -348,9 +356,10 @@ def train(cfg: TrainConfig) -> dict:
                                              f"the training loss or weights are not finite numbers (lr {lr:.3g}; try a "
                                              "smaller --lr, or --amp bf16/none)")
                        + f": stopped; {run_dir} keeps the last good epoch's checkpoints")
-                logger.error(msg)
                 if is_main:
-                    print(msg, flush=True)
+                    show(msg, logging.ERROR)
+                else:
+                    logger.error(msg)
                 break
             # ---- validation (all ranks compute their shard, rank 0 gathers)
             logits, vlabels, vkeys = validate(model, val_loader, device, amp_dtype)
@@ -373,8 +382,7 @@ def train(cfg: TrainConfig) -> dict:
                 writer.flush()
                 msg = " ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in rec.items())
-                print(msg, flush=True)
-                logger.info(msg)
+                show(msg)
                 meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": train_options}
                 save_if_best(best, selection_score(m), epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
                 save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
@@ -387,7 +395,7 @@ def train(cfg: TrainConfig) -> dict:
                 (run_dir / "history.json").write_text(json.dumps(history, indent=1))
                 plot_curves(history, run_dir / "curves.png")
                 if cfg.early_stop_patience and best.bad_epochs >= cfg.early_stop_patience:
-                    print(f"early stopping: no validation improvement for {best.bad_epochs} epochs", flush=True)
+                    show(f"early stopping: no validation improvement for {best.bad_epochs} epochs")
                     stop[0] = 1
             if ctrl_c.requested:  # Ctrl-C: stop now that this epoch's files are complete
                 stop[0] = 2
@@ -395,8 +403,8 @@ def train(cfg: TrainConfig) -> dict:
             if stop.item() == 2:
                 stopped = "interrupted"
                 if is_main:
-                    print(f"stopped after epoch {epoch} (Ctrl-C): {run_dir} keeps every finished epoch; the same command "
-                          "with --resume goes on from there", flush=True)
+                    show(f"stopped after epoch {epoch} (Ctrl-C): {run_dir} keeps every finished epoch; the same command "
+                         "with --resume goes on from there")
             if stop.item():
                 break
     finally:  # also when the run fails: Ctrl-C must stop a process that is not training any more
@@ -463,6 +471,6 @@ def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None 
     if mask is not None:
         logits, labels = logits[mask], labels[mask]
     rec = store_calibration(ckpt, calibrate_logits(logits, labels, real_target=real_target, split="val"))
-    print(f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f}; val brier {rec['val_brier_before']:.4f} -> "
-          f"{rec['val_brier_after']:.4f}, acc {rec['val_accuracy_before']:.4f} -> {rec['val_accuracy_after']:.4f}", flush=True)
+    show(f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f}; val brier {rec['val_brier_before']:.4f} -> "
+         f"{rec['val_brier_after']:.4f}, acc {rec['val_accuracy_before']:.4f} -> {rec['val_accuracy_after']:.4f}")
     return rec
