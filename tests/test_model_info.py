@@ -79,3 +79,15 @@ def test_serving_says_whether_a_file_can_hot_swap_over_the_served_one(tmp_path, 
     assert problem == swap_problem(load_model(defaults, detector_only=True), load_model(served, detector_only=True))
     assert main([str(same), "--serving", str(tmp_path / "absent.pth")]) == 1
     assert "the serving file" in capsys.readouterr().out
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    """`model_info FILE --json | head` was a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    path = _calibrated(tmp_path / "m.pth")
+    many = " ".join([str(path)] * 400)  # more JSON than a pipe holds, so the write meets the closed pipe
+    r = subprocess.run(f"{sys.executable} -m bitmind.model_info {many} --json | head -c 10",
+                       shell=True, capture_output=True, text=True, timeout=120)
+    assert r.stdout == '[\n {\n  "pa' and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr

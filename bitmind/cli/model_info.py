@@ -157,10 +157,15 @@ def main(argv=None) -> int:
         for info in infos:
             if "error" not in info:
                 info["hot_swap"] = swap(info["path"])
-    if args.json:
-        print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
-    else:
-        print("\n\n".join(render(i) for i in infos))
+    try:
+        if args.json:
+            print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1), flush=True)
+        else:
+            print("\n\n".join(render(i) for i in infos), flush=True)
+    except BrokenPipeError:  # `model_info ... | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 1 if any("error" in i or not i.get("hot_swap", {"ok": True})["ok"] for i in infos) else 0
 
 
