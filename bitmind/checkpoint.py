@@ -20,6 +20,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,7 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     """
     path = Path(path)
     if data is None and not path.is_file():
-        raise CheckpointError(f"model file not found: {path}")
+        raise CheckpointError(_not_a_file(path))
     if path.suffix == ".safetensors":
         try:
             from safetensors import safe_open
@@ -131,14 +133,17 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
                 state = load_safetensors_bytes(data)
                 header_len = int.from_bytes(data[:8], "little")
                 raw_meta = json.loads(data[8:8 + header_len]).get("__metadata__")
-            meta = json.loads((raw_meta or {}).get(_META_KEY, "{}"))
         except Exception as e:
-            raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+            raise CheckpointError(load_failure(path, data, e, "safetensors")) from e
+        try:
+            meta = json.loads((raw_meta or {}).get(_META_KEY, "{}"))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its {_META_KEY!r} metadata is not valid JSON ({type(e).__name__})") from e
         return state, _meta_dict(meta, path)
     try:
         obj = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, or pickled code (UnpicklingError)
-        raise CheckpointError(f"cannot read {path} safely (weights_only): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    except Exception as e:  # corrupt, truncated, not a model, or pickled code: named by load_failure
+        raise CheckpointError(load_failure(path, data, e, "torch.load")) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     meta: dict = {}
@@ -152,6 +157,203 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     if not state:
         raise CheckpointError(f"{path} contains no tensors")
     return state, _meta_dict(meta, path)
+
+
+#: Why a file did not load, in plain words (``load_failure``); the tests match these.
+NOT_A_MODEL = "not a model file (neither a torch zip nor safetensors)"
+TRUNCATED = "incomplete or truncated (a copy in progress?)"
+REFUSED = ("holds pickled objects that are not plain tensors/metadata: refused (never loaded with pickle, "
+           "which could run code)")
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_END = b"PK\x05\x06"  # end of central directory: the last record of a whole zip file
+_ZIP_END_SPAN = 22 + 0xFFFF  # that record, with the longest comment a zip may end with
+#: torch.save's pre-1.6 (non-zip) format: a pickled magic number first.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_SCAN_LIMIT = 64 << 20  # bytes read to tell why a file failed (an error path: never the whole of a huge file)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` is not a file to read: missing (``not found``: what callers and
+    operators grep for), a folder, or something else (a device, a socket)."""
+    if not path.exists():
+        return f"model file not found: {path}"
+    if path.is_dir():
+        return f"{path} is a folder, not a model file"
+    return f"{path} is not a regular file"
+
+
+class _Bytes:
+    """Random access to the bytes being diagnosed: ``data`` if given, else the file."""
+
+    def __init__(self, path: Path, data: bytes | None):
+        self.path, self.data = path, data
+        if data is not None:
+            self.size = len(data)
+        else:
+            try:
+                self.size = path.stat().st_size
+            except OSError:
+                self.size = 0
+
+    def read(self, start: int, n: int) -> bytes:
+        start, n = max(0, start), max(0, n)
+        if self.data is not None:
+            return bytes(self.data[start:start + n])
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                return f.read(n)
+        except OSError:
+            return b""
+
+
+def _zip_end_present(b: _Bytes) -> bool:
+    """Whether a zip file ends with its whole end-of-central-directory record (22 bytes and
+    the comment it announces): the last thing written, so a cut copy lacks it."""
+    tail = b.read(b.size - _ZIP_END_SPAN, _ZIP_END_SPAN)
+    at = tail.rfind(_ZIP_END)
+    while at >= 0:
+        if len(tail) - at >= 22 and len(tail) - at == 22 + int.from_bytes(tail[at + 20:at + 22], "little"):
+            return True
+        at = tail.rfind(_ZIP_END, 0, at)
+    return False
+
+
+def _safetensors_header(b: _Bytes) -> dict | None:
+    """``{"header_len", "end"}`` where the bytes start like a safetensors file (an 8-byte
+    little-endian length, then a JSON object); ``end`` (the whole file's size by its header)
+    is None where the header is not all there or does not parse. None: not safetensors."""
+    head = b.read(0, 9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return None
+    n = int.from_bytes(head[:8], "little")
+    if not 2 <= n <= 100_000_000:
+        return None
+    if b.size < 8 + n:
+        return {"header_len": n, "end": None}
+    try:
+        header = json.loads(b.read(8, n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except Exception:  # noqa: BLE001 - a header that does not parse: not a safetensors file after all
+        return None
+    return {"header_len": n, "end": 8 + n + end}
+
+
+def looks_complete(data: bytes) -> bool:
+    """Whether ``data`` is a whole model file rather than one caught part-way through a copy.
+
+    Why: the miner's hot reload reports a file that fails to load within seconds of its last
+    write as probably still being copied (a warning: the whole file will load), but a whole
+    file refused for what it holds (another architecture, calibration out of bounds) must be
+    reported as refused at once. A copy in progress has the whole file's first bytes and lacks
+    its last ones: a torch zip is whole when it ends with its end-of-directory record, a
+    safetensors file when it is as long as its header says; anything else (an unknown format,
+    a header that does not parse) is taken as whole, since waiting will not make it load.
+    Never raises: it runs where a refusal is being logged."""
+    try:
+        b = _Bytes(Path(), data)
+        if data[:4] == _ZIP_MAGIC:
+            return _zip_end_present(b)
+        if len(data) < 9:
+            return False  # the first bytes of something
+        header = _safetensors_header(b)
+        if header is None:
+            return True
+        return header["end"] is not None and len(data) >= header["end"]
+    except Exception:  # noqa: BLE001 - whatever the bytes, a log line must not fail
+        return True
+
+
+def _legacy_pickles_complete(b: _Bytes) -> bool | None:
+    """Whether the five pickles of torch's legacy format (magic, protocol, system info, the
+    object, storage keys) are all there, read with ``pickletools.genops`` (which parses and
+    never runs anything); None where the file is too large to tell."""
+    import pickletools
+
+    if b.size > _SCAN_LIMIT:
+        return None
+    f = io.BytesIO(b.read(0, b.size))
+    try:
+        for _ in range(5):
+            for _op in pickletools.genops(f):
+                pass
+    except Exception:  # noqa: BLE001 - exhausted or cut inside an opcode: not all there
+        return False
+    return True
+
+
+def _refused_global(e: BaseException) -> str:
+    """The global a weights-only load refused (``io.open``, ``argparse.Namespace`` ...), if torch named it."""
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(e)) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    return f" (the first refused: {m.group(1)})" if m else ""
+
+
+def _short_detail(e: BaseException) -> str:
+    """The exception's first line, where it is short and gives no advice (torch's long
+    messages are cut mid-sentence, and some suggest ``weights_only=False``)."""
+    line = (str(e).strip().splitlines() or [""])[0].strip()
+    if not line or len(line) > 160 or "weights_only" in line or "If you are seeing" in line:
+        return ""
+    return f": {line}"
+
+
+def load_failure(path: str | os.PathLike, data: bytes | None, e: BaseException, reader: str = "torch.load") -> str:
+    """One line saying why ``path`` (or ``data``, its bytes) did not load: a plain cause
+    told from the bytes (zip magic and end of central directory, torch's legacy magic,
+    a safetensors header) and from the exception, whose class name is kept for debugging.
+    Never torch's own text, which is long and advises a load that could run code."""
+    path = Path(path)
+    name = type(e).__name__ if type(e).__name__ != "error" else f"{type(e).__module__}.error"  # struct.error
+    tag = f"({reader}: {name}{{}})"
+    if isinstance(e, FileNotFoundError) and data is None:
+        return f"model file not found: {path} (it disappeared while being read) {tag.format('')}"
+    if isinstance(e, IsADirectoryError) and data is None:
+        return f"{path} is a folder, not a model file"
+    if isinstance(e, PermissionError) and data is None:
+        return f"cannot read {path}: permission denied {tag.format('')}"
+    b = _Bytes(path, data)
+    head = b.read(0, 16)
+
+    def say(cause: str, detail: str = "") -> str:
+        return f"cannot load {path}: {cause} {tag.format(detail)}"
+
+    if b.size == 0:
+        return say("the file is empty (0 bytes): " + TRUNCATED)
+    is_zip = head.startswith(_ZIP_MAGIC)
+    zip_whole = is_zip and _zip_end_present(b)
+    is_legacy = head.startswith(_LEGACY_MAGIC)
+    if b.size < len(_LEGACY_MAGIC) and (_LEGACY_MAGIC.startswith(head) or _ZIP_MAGIC.startswith(head)):
+        return say(TRUNCATED)  # the first bytes of a torch file, and no more
+    if reader == "safetensors":
+        if is_zip or is_legacy:
+            return say("a torch checkpoint, not safetensors: name it .pth to load it")
+        st = _safetensors_header(b)
+        if st is None:
+            return say(NOT_A_MODEL)
+        if st["end"] is None or b.size < st["end"]:
+            return say(TRUNCATED)
+        return say("a safetensors file that cannot be read (damaged?)", _short_detail(e))
+    if is_zip:
+        if not zip_whole:
+            return say(TRUNCATED)
+        if isinstance(e, pickle.UnpicklingError):
+            return say(REFUSED + _refused_global(e))
+        return say("a zip archive but not a readable torch checkpoint (damaged, or another kind of zip)", _short_detail(e))
+    if is_legacy:  # torch.save(..., _use_new_zipfile_serialization=False), as some reference weights are
+        complete = _legacy_pickles_complete(b)
+        if complete is False or isinstance(e, (EOFError, struct.error)) or "EOF" in str(e):
+            return say(TRUNCATED)
+        if isinstance(e, pickle.UnpicklingError):
+            return say(REFUSED + _refused_global(e))
+        return say("a legacy (non-zip) torch checkpoint that cannot be read (damaged?)", _short_detail(e))
+    if _safetensors_header(b) is not None:
+        return say(f"a safetensors file named {path.suffix or 'without a suffix'}: name it .safetensors to load it")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return say("a plain Python pickle, not torch.save's format: refused (never loaded with pickle, which could run code)")
+    return say(NOT_A_MODEL)
 
 
 def _meta_dict(meta, path) -> dict:

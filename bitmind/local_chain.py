@@ -81,7 +81,7 @@ from bittensor.utils import networking
 from bittensor.utils.balance import Balance
 from bittensor.utils.mock.subtensor_mock import MockSubtensor
 
-from bitmind.common import SN34_NETUID, atomic_write_text
+from bitmind.common import SN34_NETUID, atomic_write_text, output_path_problem
 
 logger = logging.getLogger(__name__)
 
@@ -504,14 +504,22 @@ def format_chain(state: dict) -> str:
 
 
 def _cli_setup(a: argparse.Namespace) -> int:
-    root = Path(a.root).expanduser().resolve()
     overlap = set(a.miners) & set(a.validators)
     if overlap:
         print(f"error: {sorted(overlap)} named as both miner and validator (a hotkey has one registration)",
               file=sys.stderr)
         return 2
-    local_setup(root, a.netuid, miners=tuple(a.miners), validators=tuple(a.validators),
-                validator_stake=a.validator_stake, block_time=a.block_time)
+    problem = output_path_problem(a.root, "ROOT", folder=True)  # a file, under a file, or not writable
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    root = Path(a.root).expanduser().resolve()
+    try:
+        local_setup(root, a.netuid, miners=tuple(a.miners), validators=tuple(a.validators),
+                    validator_stake=a.validator_stake, block_time=a.block_time)
+    except OSError as e:  # a folder the checks above cannot foresee (read-only file system, /proc)
+        print(f"error: cannot create the local chain at {a.root}: {e.strerror or e}", file=sys.stderr)
+        return 2
     state = describe_chain(root, a.netuid)
     if a.json:
         print(json.dumps(state, indent=1))
@@ -528,10 +536,17 @@ def _cli_setup(a: argparse.Namespace) -> int:
 
 
 def _cli_show(a: argparse.Namespace) -> int:
+    root = Path(a.root).expanduser()
+    if root.exists() and not root.is_dir():
+        print(f"error: ROOT {a.root} is a file, not a folder", file=sys.stderr)
+        return 2
     try:
         state = describe_chain(a.root, a.netuid)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # under a file (NotADirectoryError), unreadable (PermissionError)
+        print(f"error: cannot read the local chain at {a.root}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(json.dumps(state, indent=1) if a.json else format_chain(state))
     return 0

@@ -9,7 +9,13 @@ Brier score, on the same pictures) than the calibration already stored in the fi
 otherwise the stored one stays, so a re-run on little or odd data never makes a model
 worse (``--replace`` stores the fit anyway). Data that cannot calibrate (one class, or
 not one readable picture) is an error and nothing is written; so is any usage error
-(``error: ...``, exit status 2).
+(``error: ...``, exit status 2), an ``--out`` that cannot be written included (checked
+before any picture is read).
+
+Without ``--out`` the file given to ``--model`` is rewritten in place, whether or not the
+new fit is kept (the calibration record in its metadata is always new): a miner serving
+that file reloads it. The last line on stderr says what was written and which
+calibration the file now serves with.
 
     python -m bitmind.calibrate --model M.pth --data DIR [DIR2 ...] --split val --challenge --seeds 0 1 2 3 4 5 --out M.cal.pth
 
@@ -29,7 +35,7 @@ import numpy as np
 from bitmind.calibration import CalibrationDataError, calibrate_logits, store_calibration
 from bitmind.checkpoint import CheckpointError, check_calibration, load_model
 from bitmind.cli.eval import add_data_argument, add_split_arguments
-from bitmind.common import check_device
+from bitmind.common import check_device, output_path_problem
 from bitmind.data.splits import SPLITS
 from bitmind.evaluation import build_dataset, collect_predictions, trained_split
 
@@ -50,18 +56,30 @@ def stored_calibration(lm, path) -> tuple[float, float]:
 def calibrate(model_path: str, data: list[str], out_path: str | None = None, split: str | None = "val", split_seed: int | None = None,
               challenge: bool = False, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0,
               real_target: float | None = None, val_fraction: float | None = None, test_fraction: float | None = None,
-              keep_if_better: bool = True) -> dict:
+              keep_if_better: bool = True, before: dict | None = None) -> dict:
     """Fit the checkpoint's calibration on ``split`` of ``data`` (validator challenges of
     every seed in ``seeds`` if ``challenge``) and store it; returns the record.
 
     The split is the one the model was trained with (``trained_split``: seed and fractions
     from the checkpoint, each overridable). With ``keep_if_better`` the fit must beat the
     stored calibration. Raises ``CalibrationDataError`` (nothing written) when the pictures
-    read hold one class or none; ValueError / CheckpointError / OSError on bad arguments."""
+    read hold one class or none; ValueError / CheckpointError / OSError on bad arguments,
+    an output that cannot be written (``out_path``, else ``model_path``) among them, before
+    any picture is read. ``before``, if given, receives the ``temperature`` and
+    ``logit_bias`` the file stored before this run."""
+    if out_path:
+        problem = output_path_problem(out_path, "--out")
+    else:
+        problem = output_path_problem(model_path, "--model")
+        problem = problem and f"{problem} (without --out the calibrated model is written over --model)"
+    if problem:  # before minutes of inference, not after (it was an IsADirectoryError at the very end)
+        raise ValueError(problem)
     if real_target and not 0.0 < real_target < 1.0:  # before minutes of inference, not after
         raise ValueError(f"--real_target must lie in (0, 1), got {real_target}")
     dev = check_device(device)
     lm = load_model(model_path)
+    if before is not None:
+        before.update(temperature=lm.meta.get("temperature", 1.0), logit_bias=lm.meta.get("logit_bias", 0.0))
     split_seed, fractions = trained_split(lm.meta, split_seed, val_fraction, test_fraction)
     if split:
         logger.info("fitting on split %r of seed %d, train/val/test fractions %s", split, split_seed,
@@ -85,13 +103,58 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     return store_calibration(model_path, record, out_path)
 
 
+def _same(x, y) -> bool:
+    try:
+        return float(x) == float(y)
+    except (TypeError, ValueError, OverflowError):
+        return x == y
+
+
+def _num(x, sign: str = "") -> str:
+    """A stored figure as the line shows it (one that is not a number, as stored)."""
+    try:
+        return format(float(x), f"{sign}.4g")
+    except (TypeError, ValueError, OverflowError):
+        return repr(x)
+
+
+def outcome_line(rec: dict, model_path: str, out_path: str | None, before: dict, replace: bool = False) -> str:
+    """What the run wrote, in one line. The record's ``kept`` says only whether the new
+    Platt fit replaced the calibration in force (it did better, or ``--replace``); the file
+    is written either way (with the new record in its metadata), and what it serves with
+    may change even when the fit was not kept: ``--real_target`` moves the bias, and a
+    stored calibration the miner would refuse gives way to the identity map."""
+    t, b = rec["temperature"], rec["logit_bias"]
+    where = f"wrote {out_path}" if out_path else f"wrote {model_path} in place (a miner serving it reloads it)"
+    n = f"on {rec.get('n')} pictures"
+    target = f", bias moved so {rec['real_target']:g} of real photos are called real" if rec.get("real_target") else ""
+    t0, b0 = before.get("temperature", 1.0), before.get("logit_bias", 0.0)
+    t0, b0 = (1.0 if t0 in (None, 0) else t0), (0.0 if b0 is None else b0)  # absent/None/0: no calibration
+    if rec.get("kept"):
+        how = "stored by --replace" if replace else "better than the calibration in force"
+        return (f"{where}: calibration T={t:.4g}, bias={b:+.4g} stored, was T={_num(t0)}, bias={_num(b0, '+')} "
+                f"(the new fit, {how}{target}; class-balanced Brier {rec.get('val_balanced_brier_before', float('nan')):.4g}"
+                f" -> {rec.get('val_balanced_brier_after', float('nan')):.4g} {n})")
+    not_kept = (f"the new fit was not kept: it did no better than the calibration in force "
+                f"(class-balanced Brier {rec.get('val_balanced_brier_before', float('nan')):.4g} {n})")
+    if _same(t, t0) and _same(b, b0):
+        return (f"{where}: its stored calibration T={t:.4g}, bias={b:+.4g} is unchanged; {not_kept}; "
+                f"only the calibration record in its metadata is new")
+    refused = not (_same(rec.get("previous_temperature"), t0) and _same(rec.get("previous_logit_bias"), b0))
+    why = "the stored one is out of bounds, so the identity map was in force" if refused else ""
+    why = "; ".join(x for x in (why, target.removeprefix(", ")) if x)
+    return f"{where}: calibration T={t:.4g}, bias={b:+.4g} stored, was T={_num(t0)}, bias={_num(b0, '+')} ({why}); {not_kept}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     add_data_argument(ap)
-    ap.add_argument("--out", default=None, help="write here instead of over --model")
+    ap.add_argument("--out", default=None,
+                    help="write the calibrated model here (default: over --model, in place: a miner serving it reloads it)")
     ap.add_argument("--split", default="val", choices=SPLITS + ("all",),
-                    help="split to fit on (by picture stem, as the model was trained); 'all' for every image")
+                    help="split to fit on (by picture stem, as the model was trained); 'all' for every image "
+                         "(default: %(default)s)")
     add_split_arguments(ap)
     ap.add_argument("--challenge", action="store_true", help="fit on validator challenges (random aug / plain + JPEG 75)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="challenge draws to pool")
@@ -105,14 +168,16 @@ def main(argv=None) -> int:
                     help="store the new fit even if it does no better than the calibration stored in the file")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    before: dict = {}
     try:
         rec = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
                         a.device, a.batch_size, a.workers, a.real_target, a.val_fraction, a.test_fraction,
-                        keep_if_better=not a.replace)
+                        keep_if_better=not a.replace, before=before)
     except (CheckpointError, OSError, ValueError) as e:  # CalibrationDataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(rec, indent=2))
+    print(outcome_line(rec, a.model, a.out, before, replace=a.replace), file=sys.stderr)
     return 0
 
 

@@ -21,6 +21,7 @@ Exit status 0 only if the miner answered every image with a probability in [0, 1
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,43 @@ def _tail(path: Path, n: int = 40) -> str:
         return "(no log)"
 
 
+def image_problem(path: str):
+    """``(image, None)`` if ``path`` is an image file the miner would decode (read with
+    ``bitmind.image_io.load_image_file``, the miner's own limits), else ``(None, why)``."""
+    from bitmind.image_io import ImageDecodeError, load_image_file
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        return None, f"--image {path} not found"
+    if p.is_dir():
+        return None, f"--image {path} is a folder; name an image file"
+    try:
+        return load_image_file(p), None
+    except ImageDecodeError as e:  # Pillow names the in-memory buffer it read from: not the operator's file
+        return None, f"--image {path}: " + re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
+    except OSError as e:
+        return None, f"--image {path} cannot be read: {e.strerror or e}"
+
+
+def model_problem(given: str, path: Path) -> str | None:
+    """Why the model file ``path`` (``--model given``) cannot be served, else None: it must
+    exist and load as the miner loads it (``load_model(..., detector_only=True)`` and the
+    calibration check), or the miner would only fail after it started."""
+    if not path.exists():
+        return f"model file {path} not found"
+    if not path.is_file():
+        return f"--model {given} is not a file"
+    from bitmind.checkpoint import CheckpointError, check_calibration, load_model
+
+    try:
+        check_calibration(load_model(path, device="cpu", detector_only=True).meta, path)
+    except CheckpointError as e:
+        return str(e)
+    except OSError as e:
+        return f"model file {path} cannot be read: {e.strerror or e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", help="image file to send (default: the shipped samples in tests/data/samples)")
@@ -63,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from bitmind import local_chain
-    from bitmind.common import SN34_NETUID as NETUID
+    from bitmind.common import SN34_NETUID as NETUID, output_path_problem
     from bitmind.shutdown import stop_process
-    from bitmind.image_io import decode_image, encode_image, load_image_file
+    from bitmind.image_io import decode_image, encode_image
     from bitmind.miner.config import resolve_model_path
     from bitmind.miner.predict import Predictor
     from bitmind.protocol import ImageSynapse
@@ -74,13 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {MINER_SCRIPT} or {SAMPLES_DIR} not found; run the demo from a checkout of the repository",
               file=sys.stderr)
         return 2
+    # Everything the operator named is checked before the chain folder, the wallets and the
+    # miner process exist (starting the miner takes seconds): one line, exit status 2.
+    problem = output_path_problem(args.root, "--root", folder=True)
+    image = None
+    if not problem and args.image:
+        image, problem = image_problem(args.image)
+    model = resolve_model_path(args.model, REPO_ROOT)
+    if not problem and (model.exists() or args.model != DEFAULT_MODEL):
+        problem = model_problem(args.model, model)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bitmind-demo-"))
     port = args.port or local_chain.free_port()
-    model = resolve_model_path(args.model, REPO_ROOT)
     if not model.is_file():
-        if args.model != DEFAULT_MODEL:
-            print(f"error: model file {model} not found", file=sys.stderr)
-            return 2
         model = interim_model(root / "interim_untrained.pth")
         print(f"note: {DEFAULT_MODEL} does not exist yet; serving an UNTRAINED interim model ({model}).\n"
               "      Its answers show the plumbing only. Train a model (README, Training) for real predictions.")
@@ -99,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         axon = local_chain.wait_for_axon(chain, NETUID, miner_w.hotkey.ss58_address, port, proc, args.timeout)
         print(f"miner is serving at {axon.ip}:{axon.port} (hotkey {axon.hotkey})")
         if args.image:
-            todo = [(load_image_file(args.image), args.image, None)]
+            todo = [(image, args.image, None)]  # read and checked before the miner started
         else:
             from bitmind.data import LocalFolderSource
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from bitmind.checkpoint import CheckpointError, file_sha256, model_meta, read_checkpoint, save_checkpoint
+from bitmind.common import output_path_problem
 from bitmind.models import build_model
 from bitmind.models.npr import detector_only
 
@@ -22,7 +24,12 @@ logger = logging.getLogger(__name__)
 
 
 def build_ensemble_checkpoint(members: list[str | Path], out: str | Path) -> Path:
-    """Write an ensemble of the checkpoints ``members`` to ``out``; returns ``out``."""
+    """Write an ensemble of the checkpoints ``members`` to ``out``; returns ``out``. An
+    ``out`` that cannot be written (a folder, a read-only place) is a ValueError before
+    any member is read."""
+    problem = output_path_problem(out, "--out")
+    if problem:  # before reading every member, not an IsADirectoryError at the end
+        raise ValueError(problem)
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two member checkpoints")
     resolved = [Path(m).resolve() for m in members]
@@ -57,7 +64,8 @@ def main(argv=None) -> Path:
     try:
         out = build_ensemble_checkpoint(args.members, args.out)
     except (CheckpointError, OSError, ValueError) as e:  # one line, exit 2: a usage error, not a traceback
-        p.error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"wrote {out} ({len(args.members)} members)")
     return out
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from bitmind.checkpoint import CheckpointError, LoadedModel, check_calibration, load_model
+from bitmind.checkpoint import CheckpointError, LoadedModel, check_calibration, load_model, looks_complete
 from bitmind.image_transforms import TARGET_SIZE
 from bitmind.inference import compile_for_cpu, prepare_for_serving
 from bitmind.miner.cpu import Serving, logits_of, single_threaded
@@ -98,49 +98,6 @@ class FileSignature:
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-#: The largest safetensors header read by ``looks_complete`` (the format's own limit).
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-_ZIP_END = b"PK\x05\x06"
-
-
-def looks_complete(data: bytes) -> bool:
-    """Whether ``data`` is a whole model file rather than one caught part-way through a copy.
-
-    Why: a file that fails to load within seconds of its last write is reported as probably
-    still being copied (a warning: the whole file will load), but a whole file refused for
-    what it holds (another architecture, calibration out of bounds, a corrupt weight) must be
-    reported as refused at once, not as a copy the operator should wait for.
-
-    A copy in progress has the whole file's first bytes and lacks its last ones, so: a torch
-    zip is whole when it ends with the end-of-directory record (torch writes no archive
-    comment) and opens as a zip; a safetensors file when it is as long as its header says;
-    any other content (an unknown format, a malformed header) is taken as whole, since waiting
-    will not make it load. Never raises: it runs where a refusal is being logged."""
-    try:
-        if data[:4] == b"PK\x03\x04":
-            import io
-            import zipfile
-
-            if data[-22:-18] != _ZIP_END:
-                return False
-            with zipfile.ZipFile(io.BytesIO(data)):
-                return True
-        if len(data) < 8:
-            return False  # the first bytes of something
-        n = int.from_bytes(data[:8], "little")
-        if not 2 <= n <= _MAX_SAFETENSORS_HEADER or data[8:9] != b"{":
-            return True  # not a safetensors file: an unknown format is whole
-        if len(data) < 8 + n:
-            return False
-        import json
-
-        header = json.loads(bytes(memoryview(data)[8:8 + n]))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        return len(data) >= 8 + n + end
-    except Exception:  # noqa: BLE001 - a header that does not parse is whole, and badly made
-        return True
-
-
 def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
     """The file's bytes and signature, or None if it is missing or changed while being read
     (a writer in progress: the bytes could mix two versions).
@@ -198,7 +155,10 @@ class ModelSlot:
                 break
             time.sleep(0.1)
         if snap is None:
-            raise CheckpointError(f"model file {self.path} is missing or kept changing while being read")
+            if not os.path.exists(self.path):
+                raise CheckpointError(f"model file {self.path} not found")
+            raise CheckpointError(f"model file {self.path} kept changing while being read for 5 s (still being "
+                                  "written?); start again once the copy is complete")
         lm = self._load_validated(snap[0])  # first load must succeed
         self.serving = Serving(lm, self._prepared(lm))  # at start-up, prepare before serving
         self._sig = snap[1]

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import bittensor as bt
 
 from bitmind import local_chain as lc
-from bitmind.common import PLAIN_SHARE, atomic_write_text
+from bitmind.common import PLAIN_SHARE, atomic_write_text, output_path_problem
 
 from bitmind.data import SPLITS
 from bitmind.validator.chain import ChainView
@@ -122,6 +122,31 @@ class LocalNetwork:
         self.close()
 
 
+class HarnessInputError(ValueError):
+    """A model file, data source or output path the harness cannot use: raised before any
+    miner starts, so a typo costs no chain, no miner and no challenge."""
+
+
+def model_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be served by a local miner, else None: it must exist, be a file,
+    and load as the miner loads it (``load_model(..., detector_only=True)`` plus the
+    calibration check), so a bad file is named up front, not in a miner's start-up traceback."""
+    from bitmind.checkpoint import CheckpointError, check_calibration, load_model
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        return f"model file {path} not found"
+    if not p.is_file():
+        return f"model file {path} is not a file"
+    try:
+        check_calibration(load_model(p, device="cpu", detector_only=True).meta, p)
+    except CheckpointError as e:
+        return str(e)
+    except OSError as e:  # unreadable (permissions) while hashing
+        return f"model file {path} cannot be read: {e}"
+    return None
+
+
 def _unique_names(paths: Sequence[str]) -> list[str]:
     names, seen = [], {}
     for p in paths:
@@ -141,12 +166,28 @@ def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], 
     Returns ``{"config", "challenges", "labels", "elapsed_s", "miners": [row, ...], "table"}``;
     each row has uid, name, model, challenges, accuracy, real_accuracy, fake_accuracy,
     latency_mean_ms, latency_p95_ms, failures (timeouts/errors/invalid), score, weight.
+
+    Every input is checked before anything starts (``HarnessInputError``, a ValueError):
+    ``json_out`` and ``root`` writable, the data sources readable and holding images, each
+    model file present and loadable.
     """
     if not models:
-        raise ValueError("give at least one model file")
+        raise HarnessInputError("give at least one model file")
+    problem = output_path_problem(json_out, "json_out") or output_path_problem(root, "root", folder=True)
+    if problem:
+        raise HarnessInputError(problem)
+    missing = next((f"model file {m} not found" for m in models if not Path(m).expanduser().exists()), None)
+    if missing:  # a stat, before listing the data
+        raise HarnessInputError(missing)
     specs = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    generator = ChallengeGenerator.from_specs([str(s) for s in specs], plain_share=plain_share, seed=seed,
-                                              split=split, split_seed=split_seed)
+    try:
+        generator = ChallengeGenerator.from_specs([str(s) for s in specs], plain_share=plain_share, seed=seed,
+                                                  split=split, split_seed=split_seed)
+    except (OSError, ValueError) as e:  # no such folder, no images, a hub dataset that cannot be read
+        raise HarnessInputError(str(e)) from e
+    problem = next(filter(None, map(model_problem, models)), None)
+    if problem:
+        raise HarnessInputError(problem)
     tmp = tempfile.TemporaryDirectory(prefix="bitmind-harness-") if root is None else None
     t0 = time.perf_counter()
     try:
@@ -208,9 +249,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="Log the miners' and validator's progress.")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    res = run_harness(args.models, args.data, args.challenges, seed=args.seed, timeout=args.timeout,
-                      plain_share=args.plain_share, device=args.device, json_out=args.json_out, root=args.root,
-                      split=args.split, split_seed=args.split_seed, progress=True)
+    problem = output_path_problem(args.json_out, "--json") or output_path_problem(args.root, "--root", folder=True)
+    if problem:  # before the chain, the miners and the challenges, not after
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        res = run_harness(args.models, args.data, args.challenges, seed=args.seed, timeout=args.timeout,
+                          plain_share=args.plain_share, device=args.device, json_out=args.json_out, root=args.root,
+                          split=args.split, split_seed=args.split_seed, progress=True)
+    except HarnessInputError as e:  # raised before anything started: one line, as bitmind.eval says it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     where = f"split {args.split!r} (seed {args.split_seed})" if args.split else "all images"
     print(f"{res['challenges']} challenges ({res['labels']['real']} real, {res['labels']['fake']} fake) from {where}, "
           f"{len(res['miners'])} miners, {res['elapsed_s']:.1f}s, timeout {args.timeout}s, seed {args.seed}")
