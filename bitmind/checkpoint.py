@@ -240,6 +240,25 @@ def _safetensors_header(b: _Bytes) -> dict | None:
     return {"header_len": n, "end": 8 + n + end}
 
 
+def model_file_problem(path: str | os.PathLike) -> str | None:
+    """Why a local miner could not serve the model file ``path``, else None: it must exist, be
+    a file, and load as the miner loads it (``load_model(..., detector_only=True)`` and the
+    calibration check). Commands that start a miner (the demo, the validator harness) ask
+    first, so a bad file is one line up front, not a traceback in a miner's start-up."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return f"model file {path} not found"
+    if not p.is_file():
+        return f"model file {path} is not a file"
+    try:
+        check_calibration(load_model(p, device="cpu", detector_only=True).meta, p)
+    except CheckpointError as e:
+        return str(e)
+    except OSError as e:  # unreadable (permissions) while hashing
+        return f"model file {path} cannot be read: {e.strerror or e}"
+    return None
+
+
 def looks_complete(data: bytes) -> bool:
     """Whether ``data`` is a whole model file rather than one caught part-way through a copy.
 

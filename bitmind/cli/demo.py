@@ -71,25 +71,6 @@ def image_problem(path: str):
         return None, f"--image {path} cannot be read: {e.strerror or e}"
 
 
-def model_problem(given: str, path: Path) -> str | None:
-    """Why the model file ``path`` (``--model given``) cannot be served, else None: it must
-    exist and load as the miner loads it (``load_model(..., detector_only=True)`` and the
-    calibration check), or the miner would only fail after it started."""
-    if not path.exists():
-        return f"model file {path} not found"
-    if not path.is_file():
-        return f"--model {given} is not a file"
-    from bitmind.checkpoint import CheckpointError, check_calibration, load_model
-
-    try:
-        check_calibration(load_model(path, device="cpu", detector_only=True).meta, path)
-    except CheckpointError as e:
-        return str(e)
-    except OSError as e:
-        return f"model file {path} cannot be read: {e.strerror or e}"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", help="image file to send (default: the shipped samples in tests/data/samples)")
@@ -101,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from bitmind import local_chain
+    from bitmind.checkpoint import model_file_problem
     from bitmind.common import SN34_NETUID as NETUID, output_path_problem
     from bitmind.shutdown import stop_process
     from bitmind.image_io import decode_image, encode_image
@@ -120,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         image, problem = image_problem(args.image)
     model = resolve_model_path(args.model, REPO_ROOT)
     if not problem and (model.exists() or args.model != DEFAULT_MODEL):
-        problem = model_problem(args.model, model)
+        problem = model_file_problem(model)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

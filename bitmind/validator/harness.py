@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import bittensor as bt
 
 from bitmind import local_chain as lc
+from bitmind.checkpoint import model_file_problem
 from bitmind.common import PLAIN_SHARE, atomic_write_text, output_path_problem
 
 from bitmind.data import SPLITS
@@ -127,26 +128,6 @@ class HarnessInputError(ValueError):
     miner starts, so a typo costs no chain, no miner and no challenge."""
 
 
-def model_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be served by a local miner, else None: it must exist, be a file,
-    and load as the miner loads it (``load_model(..., detector_only=True)`` plus the
-    calibration check), so a bad file is named up front, not in a miner's start-up traceback."""
-    from bitmind.checkpoint import CheckpointError, check_calibration, load_model
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        return f"model file {path} not found"
-    if not p.is_file():
-        return f"model file {path} is not a file"
-    try:
-        check_calibration(load_model(p, device="cpu", detector_only=True).meta, p)
-    except CheckpointError as e:
-        return str(e)
-    except OSError as e:  # unreadable (permissions) while hashing
-        return f"model file {path} cannot be read: {e}"
-    return None
-
-
 def _unique_names(paths: Sequence[str]) -> list[str]:
     names, seen = [], {}
     for p in paths:
@@ -185,7 +166,7 @@ def run_harness(models: Sequence[str | os.PathLike], data: str | Sequence[str], 
                                                   split=split, split_seed=split_seed)
     except (OSError, ValueError) as e:  # no such folder, no images, a hub dataset that cannot be read
         raise HarnessInputError(str(e)) from e
-    problem = next(filter(None, map(model_problem, models)), None)
+    problem = next(filter(None, map(model_file_problem, models)), None)
     if problem:
         raise HarnessInputError(problem)
     tmp = tempfile.TemporaryDirectory(prefix="bitmind-harness-") if root is None else None
