@@ -97,7 +97,7 @@ def test_slot_prepares_a_cpu_copy_and_refuses_a_missing_file(tmp_path):
     eager = ModelSlot(str(tmp_path / "m.pth"), torch.device("cpu"), optimize=False)
     assert eager.serving.forward is None
     assert torch.allclose(slot.serving.logits(x, None), eager.serving.logits(x, None), atol=1e-4)
-    with pytest.raises(CheckpointError, match="missing"):
+    with pytest.raises(CheckpointError, match="not found"):
         ModelSlot(str(tmp_path / "none.pth"), torch.device("cpu"))
 
 
