@@ -56,17 +56,18 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0
     return dev
 
 
-def check_device(device: str | torch.device | None = "auto") -> torch.device:
+def check_device(device: str | torch.device | None = "auto", flag: str = "--device") -> torch.device:
     """``resolve_device``, refusing a device this machine does not have (a ValueError with one
     line to show, not the driver's traceback from the first tensor moved): what every command
-    line with a ``--device`` option (trainer, eval, calibrate) checks before reading data."""
+    line with a device option (trainer, eval, calibrate; the miner's ``--neuron.device``,
+    named by ``flag``) checks before reading data."""
     try:
         dev = resolve_device(device)
     except RuntimeError as e:  # torch.device("gpu"): "Expected one of cpu, cuda, ..."
-        raise ValueError(f"--device {device!r}: unknown ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"{flag} {device!r}: unknown ({str(e).splitlines()[0]})") from None
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"--device {device!r}: no such CUDA device on this machine "
-                         f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); use --device cpu or auto")
+        raise ValueError(f"{flag} {device!r}: no such CUDA device on this machine "
+                         f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); use {flag} cpu or auto")
     return dev
 
 

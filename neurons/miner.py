@@ -46,9 +46,9 @@ def main(argv=None) -> int:
                          "Train one (see README, Training) or copy a checkpoint there.")
         return 2
     try:  # a device this machine lacks is a configuration error (exit 2: pm2 does not restart it),
-        check_device(config.neuron.device)  # not a chain outage (exit 1, restarted forever)
+        check_device(config.neuron.device, flag="--neuron.device")  # not a chain outage (exit 1, restarted forever)
     except ValueError as e:
-        bt.logging.error(f"{str(e).replace('--device', '--neuron.device', 1)}")
+        bt.logging.error(str(e))
         return 2
     mode = f"local mock chain at {config.local.root}" if config.mock else f"network {config.subtensor.network!r}"
     bt.logging.info(f"starting miner: netuid {config.netuid} on {mode}, model {model_path}")

@@ -79,4 +79,5 @@ def test_a_device_the_machine_lacks_is_a_configuration_error_not_a_chain_outage(
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert f"--neuron.device '{device}'" in out and "endpoint reachable" not in out
+    assert "--device" not in out.replace("--neuron.device", "")  # the hint names the miner's own flag too
     assert not (tmp_path / "chain").exists()  # the chain was never touched

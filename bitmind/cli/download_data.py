@@ -170,11 +170,15 @@ def _label_map_arg(item: str) -> str:
     return item
 
 
+def _is_image_folder(p: Path) -> bool:
+    """A local path in the CLASS/SOURCE layout (read as ``LocalFolderSource``), not Hugging Face data."""
+    return p.is_dir() and any((p / c).is_dir() for c in CLASSES)
+
+
 def _local_hf_with_labels(target: "Target") -> bool:
     """A local target read as a Hugging Face dataset whose classes come from a label column."""
     p = Path(target.path)
-    return (target.local and target.role is None and p.exists() and not (p.is_dir() and any((p / c).is_dir() for c in CLASSES))
-            and _looks_like_hf_data(p))
+    return target.local and target.role is None and p.exists() and not _is_image_folder(p) and _looks_like_hf_data(p)
 
 
 def label_problem(targets: list["Target"], split: str = "train", label_map: dict[str, str] | None = None) -> str | None:
@@ -297,7 +301,7 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8,
     try:
         if not p.exists():
             raise FileNotFoundError(f"no such file or folder: {target.path}")
-        if p.is_dir() and any((p / c).is_dir() for c in CLASSES):
+        if _is_image_folder(p):
             src = LocalFolderSource(p)
             out.summary["format"] = "folder"
         elif not _looks_like_hf_data(p):
