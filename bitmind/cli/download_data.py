@@ -181,17 +181,19 @@ def _local_hf_with_labels(target: "Target") -> bool:
     return target.local and target.role is None and p.exists() and not _is_image_folder(p) and _looks_like_hf_data(p)
 
 
-def label_problem(targets: list["Target"], split: str = "train", label_map: dict[str, str] | None = None) -> str | None:
+def label_problem(targets: list["Target"], split: str = "train", label_map: dict[str, str] | None = None,
+                  cache_dir: str | None = None) -> str | None:
     """The first local dataset whose labels cannot be resolved, as a one-line message, else None.
-    Checked before any download or file is written; a dataset that cannot be opened at all is
-    left to ``summarise_local``, which reports it as that dataset's failure."""
+    Checked before any download; a dataset that cannot be opened at all is left to
+    ``summarise_local``, which reports it as that dataset's failure. Parquet/arrow files are
+    opened with ``cache_dir`` (see ``summarise_local``)."""
     from bitmind.data.sources import open_hf_dataset
 
     for t in targets:
         if not _local_hf_with_labels(t):
             continue
         try:
-            ds = open_hf_dataset(t.path, split=split)
+            ds = open_hf_dataset(t.path, split=split, cache_dir=cache_dir)
         except Exception:
             continue
         if LABEL_COLUMN not in ds.column_names:
@@ -284,7 +286,7 @@ def _looks_like_hf_data(p: Path) -> bool:
 
 
 def summarise_local(target: Target, split: str = "train", verify: int = 8,
-                    label_map: dict[str, str] | None = None) -> Outcome:
+                    label_map: dict[str, str] | None = None, cache_dir: str | None = None) -> Outcome:
     """Validate a local source and summarise it (no download).
 
     A folder with ``real/`` or ``fake/`` subfolders is read as ``LocalFolderSource``;
@@ -292,7 +294,10 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8,
     files) through ``HFDatasetSource``: with a role (``PATH:real``) every row has it,
     else the ``label`` column gives each row's class (``resolve_labels``: ClassLabel names,
     strings, 0 real / 1 fake, ``label_map``), and the mapping used is in the summary.
-    Up to ``verify`` images per source are decoded.
+    Up to ``verify`` images per source are decoded. Parquet/arrow files are converted to an
+    Arrow cache by ``datasets``: it goes to ``cache_dir`` (``--cache_dir``), as hub downloads do,
+    or, when None, to the library default (~/.cache/huggingface), so that an operator's
+    ``--cache_dir`` on a small system disk is honoured for local data too.
     """
     from bitmind.data.sources import HFDatasetSource, LocalFolderSource, open_hf_dataset
 
@@ -308,7 +313,7 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8,
             raise ValueError(f"{target.path} is neither an image folder in the CLASS/SOURCE layout (real/..., fake/...) "
                              "nor a Hugging Face dataset on disk (save_to_disk folder, parquet or arrow files)")
         else:
-            ds = open_hf_dataset(str(p), split=split)
+            ds = open_hf_dataset(str(p), split=split, cache_dir=cache_dir)
             out.summary["format"] = "hf"
             out.summary["columns"] = list(ds.column_names)
             if target.role is None and LABEL_COLUMN in ds.column_names:
@@ -417,7 +422,7 @@ def run(targets: list[Target], cache_dir: str | None = None, force_redownload: b
     for t in bar:
         bar.set_postfix_str(t.path[-40:])
         if t.local:
-            o = summarise_local(t, split=split or "train", verify=verify, label_map=label_map)
+            o = summarise_local(t, split=split or "train", verify=verify, label_map=label_map, cache_dir=cache_dir)
         else:
             o = download_one(t, cache_dir, mode, split, policy, sleep, log=tqdm.write)
         for w in o.warnings:
@@ -444,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     label_map = parse_label_map(args.label_map)
-    problem = label_problem(targets, args.split or "train", label_map)
+    problem = label_problem(targets, args.split or "train", label_map, args.cache_dir)
     if problem:  # labels that cannot be told real or fake: before any download or file
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -205,7 +205,8 @@ class FamilySampler(Sampler):
     that come with their round trips count against their own share: each photo is drawn
     directly with its family weight less the weights of its round trips, so the shares
     above hold for what the model sees (a photo whose round trips alone exceed its share is
-    never drawn directly; ``overdrawn`` counts them)."""
+    never drawn directly; ``overdrawn`` counts them, and ``draw_shares`` says what an epoch
+    then really holds)."""
 
     def __init__(self, labels: Sequence[int], sources: Sequence[str], seed: int = 0, num_samples: int | None = None,
                  partners: Sequence[int] | None = None, family_share: dict[str, float] | None = None):
@@ -224,6 +225,22 @@ class FamilySampler(Sampler):
         self.num_samples = int(num_samples or len(labels))
         self.partners = list(partners) if partners is not None else None
         self.generator = torch.Generator().manual_seed(seed)
+
+    def draw_shares(self) -> torch.Tensor:
+        """Each item's expected share of the items an epoch yields (sums to 1): its direct
+        draws plus, for a real photo, the draws of the round trips it follows.
+
+        Why: with pairs, ``weights`` are direct draw weights, not what the model sees, and a
+        photo whose round trips alone exceed its share (``overdrawn``) comes more often than
+        its family weight says, which shifts its class's family shares and the real/fake
+        balance. These are the shares the training log reports."""
+        shares = self.weights.clone()
+        if self.partners is not None:
+            trips = [k for k, p in enumerate(self.partners) if p >= 0]
+            if trips:
+                photos = torch.tensor([self.partners[k] for k in trips], dtype=torch.long)
+                shares.index_add_(0, photos, self.weights[torch.tensor(trips, dtype=torch.long)])
+        return shares / shares.sum()
 
     def __len__(self) -> int:
         return self.num_samples

@@ -39,7 +39,7 @@ from bitmind.data import (
     unique_roots,
 )
 from bitmind.data.dataset import worker_init
-from bitmind.data.families import aux_classes, class_family_shares, family_weights, parse_family_share, sampling_family
+from bitmind.data.families import aux_classes, class_family_shares, parse_family_share, sampling_family
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop
@@ -159,28 +159,50 @@ def check_classes(train: DetectionDataset, val: DetectionDataset) -> None:
 
 
 def family_share_of(cfg: TrainConfig, train_ds: DetectionDataset) -> dict[str, float]:
-    """``cfg.family_share`` as a mapping; logs each family's share of its class's draws when it
-    is set. A named family the training data lacks is a ``TrainingDataError`` (a typo, or
-    small GANs that were not made: the share would silently stay the default; a LOGO sweep's
-    sampler draws from every family, its folds drop the held-out rows afterwards), as is a
-    class whose families all weigh 0."""
+    """``cfg.family_share`` as a mapping. A named family the training data lacks is a
+    ``TrainingDataError`` (a typo, or small GANs that were not made: the share would silently
+    stay the default; a LOGO sweep's sampler draws from every family, its folds drop the
+    held-out rows afterwards). The weights themselves are the sampler's (``family_sampler``):
+    computed once, and logged as it draws them."""
     share = parse_family_share(cfg.family_share)
     if not share:
         return share
-    labels, sources = train_ds.labels(), train_ds.source_names()
-    present = {sampling_family(s) for s in sources}
+    present = {sampling_family(s) for s in train_ds.source_names()}
     missing = sorted(set(share) - present)
     if missing:
         raise TrainingDataError(f"--family_share names {', '.join(missing)}, which the training data lacks "
                                 f"(its sampling families: {', '.join(sorted(present))})")
+    return share
+
+
+def log_draw_shares(sampler: FamilySampler, labels: list[int], sources: list[str]) -> None:
+    """Logs each sampling family's share of its class in what ``sampler`` really yields
+    (``FamilySampler.draw_shares``: after aligned pairs, whose photos may be overdrawn by their
+    round trips), and with pairs the share of each class, which overdrawn photos shift too."""
+    shares = sampler.draw_shares().tolist()
+    for y, fams in sorted(class_family_shares(labels, sources, shares).items()):
+        logger.info("family shares of class %d: %s", y, ", ".join(f"{f} {v:.3f}" for f, v in fams.items()))
+    if sampler.partners is not None:
+        by_class: dict[int, float] = {}
+        for y, v in zip(labels, shares):
+            by_class[y] = by_class.get(y, 0.0) + v
+        logger.info("class shares with aligned pairs: %s", ", ".join(f"{y} {v:.3f}" for y, v in sorted(by_class.items())))
+
+
+def family_sampler(cfg: TrainConfig, train_ds: DetectionDataset, partners: list[int] | None) -> FamilySampler:
+    """The family-balanced sampler of ``cfg`` (``partners``: aligned pairs, or None). A class
+    whose families all weigh 0 is a ``TrainingDataError``. The family shares are logged as
+    the sampler draws them when ``--family_share`` or pairs change them from equal shares."""
+    share = family_share_of(cfg, train_ds)
+    labels, sources = train_ds.labels(), train_ds.source_names()
     try:
-        weights = family_weights(labels, sources, share)
+        sampler = FamilySampler(labels, sources, seed=cfg.seed, num_samples=cfg.samples_per_epoch or len(train_ds),
+                                partners=partners, family_share=share)
     except ValueError as e:
         raise TrainingDataError(str(e)) from None
-    shares = class_family_shares(labels, sources, weights)
-    for y, fams in sorted(shares.items()):
-        logger.info("family shares of class %d: %s", y, ", ".join(f"{f} {v:.3f}" for f, v in fams.items()))
-    return share
+    if share or partners is not None:
+        log_draw_shares(sampler, labels, sources)
+    return sampler
 
 
 def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
@@ -194,9 +216,7 @@ def train_sampler(cfg: TrainConfig, train_ds: DetectionDataset):
         if partners is not None:
             train_ds.pair_with(partners)
             logger.info("aligned pairs: %d round trips paired with their real photo", sum(p >= 0 for p in partners))
-        share = family_share_of(cfg, train_ds)
-        return FamilySampler(train_ds.labels(), train_ds.source_names(), seed=cfg.seed,
-                             num_samples=cfg.samples_per_epoch or len(train_ds), partners=partners, family_share=share)
+        return family_sampler(cfg, train_ds, partners)
     return None
 
 
