@@ -81,6 +81,42 @@ def test_serving_says_whether_a_file_can_hot_swap_over_the_served_one(tmp_path, 
     assert "the serving file" in capsys.readouterr().out
 
 
+def test_serving_loads_each_file_once(tmp_path, capsys, monkeypatch):
+    """``model_info NEW --serving base.pth`` loaded NEW twice: whole for its description, then
+    again, detector-only, for the swap check. The check now uses the model ``describe`` loaded
+    (an auxiliary head left behind as the miner leaves it), with the same answer."""
+    from bitmind.checkpoint import load_model
+    from bitmind.cli import model_info
+    from bitmind.miner.reload import swap_problem
+
+    served = _calibrated(tmp_path / "served.pth")
+    same = _calibrated(tmp_path / "same.pth")
+    defaults = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "defaults.pth")
+    # a training checkpoint with an auxiliary head: the miner serves (and swaps in) its detector
+    head = build_model("npr", layers=[1, 1], width=8, input="npr_hp", stem_pool=False, num_classes=3)
+    aux = save_checkpoint(head, tmp_path / "aux.pth", model_meta(head, train_options={"aux_classes": ["real", "gan"]}))
+    loads = []
+
+    def counting(path, *args, **kwargs):
+        loads.append(str(path))
+        return load_model(path, *args, **kwargs)
+
+    monkeypatch.setattr(model_info, "load_model", counting)
+    assert main([str(same), str(aux), "--serving", str(served)]) == 0
+    assert sorted(loads) == sorted(map(str, (same, aux, served)))
+    text = capsys.readouterr().out
+    assert text.count(f"hot swap over {served}: yes (same network)") == 2 and "auxiliary head (in the file" in text
+    loads.clear()
+    served_defaults = save_checkpoint(build_model("npr", layers=[1, 1], width=8), tmp_path / "served_defaults.pth")
+    assert main([str(defaults), str(aux), "--serving", str(served_defaults), "--json"]) == 1  # one refused: exit 1
+    assert sorted(loads) == sorted(map(str, (defaults, aux, served_defaults)))
+    infos = json.loads(capsys.readouterr().out)
+    assert [i["hot_swap"]["ok"] for i in infos] == [True, False]
+    # the miner's own words for the detector it would load from the file with the head
+    assert infos[1]["hot_swap"]["problem"] == swap_problem(load_model(aux, detector_only=True),
+                                                           load_model(served_defaults, detector_only=True))
+
+
 def test_a_reader_that_stops_early_is_no_error(tmp_path):
     """`model_info FILE --json | head` was a BrokenPipeError traceback."""
     import subprocess

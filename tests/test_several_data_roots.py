@@ -91,7 +91,7 @@ def test_calibrate_pools_the_split_of_every_root(roots, tmp_path):
 
     record = read_checkpoint(out)[1]["metrics"]["calibration"]
     val = _expected("val")
-    assert record["n"] == sum(val.values()) > single["n"] == sum(n for k, n in val.items() if k.startswith("one:"))
+    assert record["n"] == sum(val.values()) > single.record["n"] == sum(n for k, n in val.items() if k.startswith("one:"))
     # --real_target: the same fit, its boundary where that share of the split's real photos pass
     shifted = tmp_path / "cal85.pth"
     assert calibrate.main(["--model", str(model), "--data", str(one), str(two), "--split", "val",

@@ -29,6 +29,8 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +42,18 @@ from bitmind.data.splits import SPLITS
 from bitmind.evaluation import build_dataset, collect_predictions, trained_split
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What ``calibrate`` did: the calibration ``record`` it stored, and the ``temperature`` /
+    ``logit_bias`` the file stored before it was rewritten, as stored (absent: 1 and 0; a
+    hand-edited file may hold anything), which the outcome line reports as "was". Why apart
+    from the record: its ``previous_*`` hold the calibration in force instead, the identity
+    map when the stored one is refused, and the outcome line tells the two apart."""
+    record: dict
+    temperature_before: Any
+    logit_bias_before: Any
 
 
 def stored_calibration(lm, path) -> tuple[float, float]:
@@ -56,17 +70,17 @@ def stored_calibration(lm, path) -> tuple[float, float]:
 def calibrate(model_path: str, data: list[str], out_path: str | None = None, split: str | None = "val", split_seed: int | None = None,
               challenge: bool = False, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0,
               real_target: float | None = None, val_fraction: float | None = None, test_fraction: float | None = None,
-              keep_if_better: bool = True, before: dict | None = None) -> dict:
+              keep_if_better: bool = True) -> Calibrated:
     """Fit the checkpoint's calibration on ``split`` of ``data`` (validator challenges of
-    every seed in ``seeds`` if ``challenge``) and store it; returns the record.
+    every seed in ``seeds`` if ``challenge``) and store it; returns the record stored, with
+    the calibration the file stored before this run (``Calibrated``).
 
     The split is the one the model was trained with (``trained_split``: seed and fractions
     from the checkpoint, each overridable). With ``keep_if_better`` the fit must beat the
     stored calibration. Raises ``CalibrationDataError`` (nothing written) when the pictures
     read hold one class or none; ValueError / CheckpointError / OSError on bad arguments,
     an output that cannot be written (``out_path``, else ``model_path``) among them, before
-    any picture is read. ``before``, if given, receives the ``temperature`` and
-    ``logit_bias`` the file stored before this run."""
+    any picture is read."""
     if out_path:
         problem = output_path_problem(out_path, "--out")
     else:
@@ -78,8 +92,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
         raise ValueError(f"--real_target must lie in (0, 1), got {real_target}")
     dev = check_device(device)
     lm = load_model(model_path)
-    if before is not None:
-        before.update(temperature=lm.meta.get("temperature", 1.0), logit_bias=lm.meta.get("logit_bias", 0.0))
+    t_before, b_before = lm.meta.get("temperature", 1.0), lm.meta.get("logit_bias", 0.0)  # the file's, as stored
     split_seed, fractions = trained_split(lm.meta, split_seed, val_fraction, test_fraction)
     if split:
         logger.info("fitting on split %r of seed %d, train/val/test fractions %s", split, split_seed,
@@ -100,7 +113,8 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     previous = (lm.meta.get("metrics") or {}).get("calibration")
     if not record["kept"] and isinstance(previous, dict):  # what placed the map still in force
         record["stored_record"] = {k: v for k, v in previous.items() if k != "stored_record"}
-    return store_calibration(model_path, record, out_path)
+    stored = store_calibration(model_path, record, out_path)
+    return Calibrated(stored, temperature_before=t_before, logit_bias_before=b_before)
 
 
 def _same(x, y) -> bool:
@@ -118,17 +132,18 @@ def _num(x, sign: str = "") -> str:
         return repr(x)
 
 
-def outcome_line(rec: dict, model_path: str, out_path: str | None, before: dict, replace: bool = False) -> str:
+def outcome_line(run: Calibrated, model_path: str, out_path: str | None, replace: bool = False) -> str:
     """What the run wrote, in one line. The record's ``kept`` says only whether the new
     Platt fit replaced the calibration in force (it did better, or ``--replace``); the file
     is written either way (with the new record in its metadata), and what it serves with
     may change even when the fit was not kept: ``--real_target`` moves the bias, and a
     stored calibration the miner would refuse gives way to the identity map."""
+    rec = run.record
     t, b = rec["temperature"], rec["logit_bias"]
     where = f"wrote {out_path}" if out_path else f"wrote {model_path} in place (a miner serving it reloads it)"
     n = f"on {rec.get('n')} pictures"
     target = f", bias moved so {rec['real_target']:g} of real photos are called real" if rec.get("real_target") else ""
-    t0, b0 = before.get("temperature", 1.0), before.get("logit_bias", 0.0)
+    t0, b0 = run.temperature_before, run.logit_bias_before
     t0, b0 = (1.0 if t0 in (None, 0) else t0), (0.0 if b0 is None else b0)  # absent/None/0: no calibration
     if rec.get("kept"):
         how = "stored by --replace" if replace else "better than the calibration in force"
@@ -168,16 +183,15 @@ def main(argv=None) -> int:
                     help="store the new fit even if it does no better than the calibration stored in the file")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    before: dict = {}
     try:
-        rec = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
+        run = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
                         a.device, a.batch_size, a.workers, a.real_target, a.val_fraction, a.test_fraction,
-                        keep_if_better=not a.replace, before=before)
+                        keep_if_better=not a.replace)
     except (CheckpointError, OSError, ValueError) as e:  # CalibrationDataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(rec, indent=2))
-    print(outcome_line(rec, a.model, a.out, before, replace=a.replace), file=sys.stderr)
+    print(json.dumps(run.record, indent=2))
+    print(outcome_line(run, a.model, a.out, replace=a.replace), file=sys.stderr)
     return 0
 
 

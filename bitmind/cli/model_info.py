@@ -22,12 +22,14 @@ hot-swap makes the exit status 1 too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from bitmind.checkpoint import CheckpointError, check_calibration, load_model
-from bitmind.models.npr import has_aux_outputs
+from bitmind.checkpoint import CheckpointError, LoadedModel, check_calibration, load_model
+from bitmind.models import build_model
+from bitmind.models.npr import detector_only, has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patches", "batch_size", "lr", "lr_schedule", "balance", "seed",
@@ -36,8 +38,10 @@ TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patc
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 
 
-def describe(path: str | Path) -> dict:
-    """Everything ``model_info`` reports about one file; ``error`` is set when it does not load."""
+def describe(path: str | Path, swap=None) -> dict:
+    """Everything ``model_info`` reports about one file; ``error`` is set when it does not load.
+    ``swap`` (``hot_swap_check``'s function), if given, adds ``hot_swap`` for a file that loads:
+    it checks the model loaded here, so ``--serving`` reads and builds each file once."""
     path = Path(path)
     out: dict = {"path": str(path)}
     try:
@@ -73,22 +77,40 @@ def describe(path: str | Path) -> dict:
     if lm.arch == "ensemble":
         out["members"] = [{"file": m.get("file"), "arch": spec.get("arch"), "input": (spec.get("config") or {}).get("input")}
                           for m, spec in zip(meta.get("members") or [], (meta.get("config") or {}).get("members") or [])]
+    if swap is not None:
+        out["hot_swap"] = swap(lm)
     return out
 
 
+def as_the_miner_loads(lm: LoadedModel) -> LoadedModel:
+    """``lm`` (loaded whole, as ``describe`` counts it) as the miner loads its file,
+    ``load_model(..., detector_only=True)``, an auxiliary head of an npr network left behind.
+    Why: the swap check compares the detector the miner would serve, and rebuilding it from
+    the weights already loaded spares reading and building the file a second time."""
+    if lm.arch != "npr":  # load_model drops a head of npr networks only
+        return lm
+    state, meta = detector_only(lm.model.state_dict(), lm.meta)
+    if meta is lm.meta:  # no head: the miner loads the same network
+        return lm
+    model = build_model(lm.arch, **meta["config"])
+    model.load_state_dict(state, strict=True)
+    return dataclasses.replace(lm, model=model.eval(), meta=meta)
+
+
 def hot_swap_check(serving: str | Path):
-    """A function of a model path: ``{"over": serving, "ok": bool, "problem": str | None}``, the
-    miner's own check (``bitmind.miner.reload.swap_problem``, detector-only as it loads)."""
+    """A function of a model as ``describe`` loaded it: ``{"over": serving, "ok": bool, "problem":
+    str | None}``, the miner's own check (``bitmind.miner.reload.swap_problem``, detector-only
+    as it loads)."""
     from bitmind.miner.reload import swap_problem
 
     try:
         served = load_model(serving, detector_only=True)
     except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as e:
         problem = f"the serving file {serving} does not load ({type(e).__name__}: {e})"
-        return lambda path: {"over": str(serving), "ok": False, "problem": problem}
+        return lambda lm: {"over": str(serving), "ok": False, "problem": problem}
 
-    def check(path):
-        problem = swap_problem(load_model(path, detector_only=True), served)
+    def check(lm: LoadedModel):
+        problem = swap_problem(as_the_miner_loads(lm), served)
         return {"over": str(serving), "ok": problem is None, "problem": problem}
     return check
 
@@ -151,12 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--serving", metavar="PATH", help="the file a running miner serves: also say whether each model "
                                                       "can hot-swap over it (same network), as the miner checks")
     args = ap.parse_args(argv)
-    infos = [describe(p) for p in args.models]
-    if args.serving:
-        swap = hot_swap_check(args.serving)
-        for info in infos:
-            if "error" not in info:
-                info["hot_swap"] = swap(info["path"])
+    swap = hot_swap_check(args.serving) if args.serving else None
+    infos = [describe(p, swap) for p in args.models]
     try:
         if args.json:
             print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1), flush=True)
