@@ -30,6 +30,12 @@ over folds, which is what the docs compare.
 same; only that source's pictures are the positives, or for a camera fold the photos): a
 fold's mean can hide the source that fails, or the one that moved.
 
+``--noise benchmarks/results/logo_seed_noise.json`` adds each fold's seed band (twice the
+root mean square of the differences between reseeds of one recipe, ``logo_seed_noise.py``)
+beside its AUC difference: runs on different data streams (another seed, an added family, a
+changed share) differ by that much with no change at all, which the interval above does
+not cover.
+
 ``--arm_b`` names run B's arm when it differs from A's, so two arms of one scores file can
 be compared (a stack against the NPR folds it was stacked on: ``benchmarks/residual_logo.py``).
 
@@ -42,55 +48,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
-
 from bitmind.metrics import bootstrap_resample, bootstrap_strata
-from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, REGIMES
+from bitmind.training.logo import FOLD_SEP, REGIMES
+from bitmind.training.logo_metrics import METRICS, by_source, fold_metrics, fold_sets, seed_bands
 
-METRICS = ("auc", "at_real90")
-
-
-def fold_sets(spec: dict, arm: str, real_folds: bool) -> dict[str, list[str]]:
-    """Fold name -> its held-out sources, for ``arm``'s generator folds (or camera folds)."""
-    prefix = arm + FOLD_SEP
-    out = {}
-    for name, v in spec["variants"].items():
-        fold = name[len(prefix):]
-        if name.startswith(prefix) and fold.startswith(REAL_FOLD_PREFIX) == real_folds:
-            out[fold] = list(v.get("exclude_sources", []))
-    return out
-
-
-def by_source(folds: dict[str, list[str]], present: np.ndarray) -> dict[str, tuple[str, list[str], list[str]]]:
-    """One row per held-out source of every fold that has pictures in ``present``:
-    ``FOLD:SOURCE`` -> (the fold, its held-out sources, [that source])."""
-    have = set(present.tolist())
-    return {f"{f}:{src.partition('/')[2] or src}": (f, held, [src]) for f, held in folds.items() for src in held if src in have}
-
-
-def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels: np.ndarray, held_out: list[str],
-                 only: list[str] | None = None) -> dict:
-    """AUC and detection at real 0.90 of one fold model on (resampled) pictures, as
-    ``logo.score_fold`` defines them; for a camera fold, AUC of the trained fakes' test
-    pictures against the held-out photos and the share of those photos kept real. ``only``:
-    of the held-out sources, only these count as the held-out pictures (the others are still
-    kept out of the threshold and the negatives)."""
-    ok = ~np.isnan(z)
-    held = ok & np.isin(sources, held_out)
-    real_val = ok & (labels == 0) & (splits == "val") & ~held
-    thr = float(np.quantile(z[real_val], 0.90)) if real_val.any() else 0.0
-    scored = held if only is None else held & np.isin(sources, only)
-    held_fake, held_real = scored & (labels == 1), scored & (labels == 0)
-    if held_fake.any():
-        pos, neg = z[held_fake], z[ok & (labels == 0) & (splits == "test") & ~held]
-        at90 = float((pos > thr).mean())
-    else:  # a camera fold: trained fakes' test pictures against the unseen photos
-        pos, neg = z[ok & (labels == 1) & (splits == "test") & ~np.isin(sources, held_out)], z[held_real]
-        at90 = float((neg <= thr).mean()) if len(neg) else np.nan
-    if not len(pos) or not len(neg):
-        return {"auc": np.nan, "at_real90": at90}
-    auc = float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
-    return {"auc": auc, "at_real90": at90}
 
 
 def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_boot: int, seed: int,
@@ -156,8 +117,13 @@ def markdown(result: dict) -> str:
     lines = [f"A = `{result['a']}`, B = `{result['b']}`, {arms}, "
              f"{'camera' if result['real_folds'] else 'generator'} folds{', per held-out source' if result.get('by_source') else ''}, "
              f"{result['n_boot']} paired resamples", ""]
+    bands = result.get("seed_band") or {}
     head = "| regime | fold | AUC A | AUC B | diff [95 % CI] | p(B not better) | at real 0.90 A | B | diff [95 % CI] | p |"
-    lines += [head, "|" + "---|" * 10]
+    if bands:
+        head += " AUC seed band |"
+        lines[1:1] = ["", f"Seed band: twice the RMS of the AUC differences between reseeds of one recipe ({result['noise']}); "
+                      "a difference inside it is what training again with another seed gives (**beyond** marks one outside it)."]
+    lines += [head, "|" + "---|" * (10 + bool(bands))]
     for regime, r in result["regimes"].items():
         for f, m in [*r["folds"].items(), ("**mean**", r["mean"])]:
             cells = []
@@ -165,6 +131,12 @@ def markdown(result: dict) -> str:
                 s = m[k]
                 cells += [f"{s['a']:.3f}", f"{s['b']:.3f}", f"{s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]",
                           f"{s['p_b_not_better']:.3f}" if s["p_b_not_better"] is not None else "-"]
+            if bands:
+                # a fold's band; none for one held-out source of a fold (--by_source), whose spread is larger
+                # (and for their mean, over sources rather than folds)
+                band = None if result.get("by_source") else bands.get(regime, {}).get("mean" if f == "**mean**" else f)
+                beyond = band is not None and abs(m["auc"]["diff"]) > band
+                cells.append("-" if band is None else f"±{band:.3f}" + (" **beyond**" if beyond else ""))
             lines.append(f"| {regime} | {f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -181,10 +153,18 @@ def main(argv=None) -> dict:
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     p.add_argument("--n_boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", default=None, help="a logo_seed_noise.py JSON (benchmarks/results/logo_seed_noise.json): "
+                   "print each fold's seed band (twice the RMS of reseed differences) beside its AUC difference")
     p.add_argument("--out", required=True, help="JSON; the markdown table goes beside it (.md)")
     a = p.parse_args(argv)
     if a.n_boot < 1:
         p.error("--n_boot must be at least 1")
+    noise = None
+    if a.noise:
+        try:
+            noise = json.loads(Path(a.noise).read_text())
+        except (OSError, ValueError) as e:
+            p.error(f"--noise {a.noise}: {e}")
     folds = fold_sets(json.loads(Path(a.spec).read_text()), a.arm, a.real_folds)
     if not folds:
         p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}")
@@ -198,6 +178,9 @@ def main(argv=None) -> dict:
             result["regimes"][regime] = r
     if not result["regimes"]:
         p.error("no fold model of the arm is scored in both files")
+    if noise is not None:
+        result["noise"] = a.noise
+        result["seed_band"] = {regime: seed_bands(noise, regime) for regime in result["regimes"]}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
