@@ -31,8 +31,9 @@ same; only that source's pictures are the positives, or for a camera fold the ph
 fold's mean can hide the source that fails, or the one that moved.
 
 ``--noise benchmarks/results/logo_seed_noise.json`` adds each fold's seed band (twice the
-root mean square of the differences between reseeds of one recipe, ``logo_seed_noise.py``)
-beside its AUC difference: runs on different data streams (another seed, an added family, a
+root mean square of the differences between reseeds of one recipe, ``logo_seed_noise.py``;
+for the mean, of each reseed's mean over the folds compared) beside its AUC difference
+(generator folds only; not per source): runs on different data streams (another seed, an added family, a
 changed share) differ by that much with no change at all, which the interval above does
 not cover.
 
@@ -133,8 +134,10 @@ def markdown(result: dict) -> str:
                           f"{s['p_b_not_better']:.3f}" if s["p_b_not_better"] is not None else "-"]
             if bands:
                 # a fold's band; none for one held-out source of a fold (--by_source), whose spread is larger
-                # (and for their mean, over sources rather than folds)
-                band = None if result.get("by_source") else bands.get(regime, {}).get("mean" if f == "**mean**" else f)
+                # (and for their mean, over sources rather than folds); none for camera folds, which
+                # the seed pairs do not hold
+                band = None if result.get("by_source") or result.get("real_folds") else \
+                    bands.get(regime, {}).get("mean" if f == "**mean**" else f)
                 beyond = band is not None and abs(m["auc"]["diff"]) > band
                 cells.append("-" if band is None else f"±{band:.3f}" + (" **beyond**" if beyond else ""))
             lines.append(f"| {regime} | {f} | " + " | ".join(cells) + " |")
@@ -165,6 +168,8 @@ def main(argv=None) -> dict:
             noise = json.loads(Path(a.noise).read_text())
         except (OSError, ValueError) as e:
             p.error(f"--noise {a.noise}: {e}")
+        if not isinstance(noise, dict) or "summary" not in noise:
+            p.error(f"--noise {a.noise}: not a logo_seed_noise.py result (no 'summary')")
     folds = fold_sets(json.loads(Path(a.spec).read_text()), a.arm, a.real_folds)
     if not folds:
         p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}")
@@ -180,7 +185,7 @@ def main(argv=None) -> dict:
         p.error("no fold model of the arm is scored in both files")
     if noise is not None:
         result["noise"] = a.noise
-        result["seed_band"] = {regime: seed_bands(noise, regime) for regime in result["regimes"]}
+        result["seed_band"] = {regime: seed_bands(noise, regime, list(r["folds"])) for regime, r in result["regimes"].items()}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

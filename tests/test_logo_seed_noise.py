@@ -73,7 +73,8 @@ def test_seed_noise_names_missing_score_files(tmp_path, capsys):
     _scores(tmp_path / "s1_scores.npz", {})
     with pytest.raises(SystemExit) as e:
         mod.main(["--results", str(tmp_path), "--out", str(tmp_path / "n.json")])
-    assert e.value.code == 2 and "gone_scores.npz" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "gone_scores.npz" in err and "run_spec.json" in err  # neither file exists
 
 
 def test_logo_paired_marks_a_difference_beyond_the_seed_band(tmp_path, capsys):
@@ -82,8 +83,9 @@ def test_logo_paired_marks_a_difference_beyond_the_seed_band(tmp_path, capsys):
     a = _scores(tmp_path / "a.npz", {})
     b = _scores(tmp_path / "b.npz", {"sdxl": 1.5, "flux1": 0.02})
     noise = tmp_path / "noise.json"
-    noise.write_text(json.dumps({"summary": {"validator": {"sdxl": {"auc": {"rms": 0.01}}, "flux1": {"auc": {"rms": 0.2}},
-                                                           "mean": {"auc": {"rms": 0.01}}}}}))
+    pair = {"regimes": {"validator": {"folds": {"sdxl": {"auc": {"diff": 0.01}}, "flux1": {"auc": {"diff": 0.01}}}}}}
+    noise.write_text(json.dumps({"summary": {"validator": {"sdxl": {"auc": {"rms": 0.01}}, "flux1": {"auc": {"rms": 0.2}}}},
+                                 "seed": [pair]}))
     paired = load_script("benchmarks/logo_paired.py")
     res = paired.main(["--a", str(a), "--b", str(b), "--spec", str(spec), "--arm", "m", "--n_boot", "50",
                        "--regimes", "validator", "--noise", str(noise), "--out", str(tmp_path / "cmp.json")])
@@ -101,3 +103,45 @@ def test_logo_paired_marks_a_difference_beyond_the_seed_band(tmp_path, capsys):
         paired.main(["--a", str(a), "--b", str(b), "--spec", str(spec), "--arm", "m", "--noise", str(tmp_path / "none.json"),
                      "--out", str(tmp_path / "x.json")])
     assert e.value.code == 2 and "--noise" in capsys.readouterr().err
+
+
+def test_mean_band_is_that_of_the_folds_compared_and_absent_for_camera_folds(tmp_path):
+    """The mean row's band comes from each reseed's mean over the folds compared (a mean over
+    fewer folds varies more), and camera folds, which no seed pair holds, get none."""
+    noise = {"folds": ["flux1", "sdxl"], "summary": {"validator": {"flux1": {"auc": {"rms": 0.02}},
+                                                                   "sdxl": {"auc": {"rms": 0.02}},
+                                                                   "mean": {"auc": {"rms": 0.001}}}},
+             "seed": [{"regimes": {"validator": {"folds": {"flux1": {"auc": {"diff": 0.03}}, "sdxl": {"auc": {"diff": -0.01}}}}}},
+                      {"regimes": {"validator": {"folds": {"flux1": {"auc": {"diff": -0.02}}, "sdxl": {"auc": {"diff": 0.0}}}}}}]}
+    both = seed_bands(noise, "validator", ["flux1", "sdxl"])
+    assert both["mean"] == pytest.approx(2 * np.sqrt((0.01 ** 2 + 0.01 ** 2) / 2))
+    assert seed_bands(noise, "validator", ["flux1"])["mean"] == pytest.approx(2 * np.sqrt((0.03 ** 2 + 0.02 ** 2) / 2))
+    assert "mean" not in seed_bands(noise, "validator", ["flux1", "gans"])  # a fold no pair holds
+    assert seed_bands(["not", "a", "dict"], "validator", ["flux1"]) == {}
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"variants": {"m": {}, "m.minus-real-coco": {"exclude_sources": ["real/coco"]}}}))
+    rng = np.random.default_rng(0)
+    src = np.array(["fake/sdxl"] * 40 + ["real/imagenet"] * 40 + ["real/coco"] * 40)
+    label = np.r_[np.ones(40), np.zeros(80)].astype(np.int64)
+    split = np.array(["val", "test"] * 60)
+    arrays = {"validator/source": src, "validator/split": split, "validator/label": label}
+    for name in ("m", "m.minus-real-coco"):
+        arrays[f"validator/{name}"] = (label + rng.normal(0, 1, len(src))).astype(np.float32)
+    np.savez(tmp_path / "a.npz", **arrays)
+    arrays["validator/m.minus-real-coco"] = arrays["validator/m.minus-real-coco"] - 3 * (src == "real/coco")
+    np.savez(tmp_path / "b.npz", **arrays)
+    (tmp_path / "noise.json").write_text(json.dumps(noise))
+    paired = load_script("benchmarks/logo_paired.py")
+    paired.main(["--a", str(tmp_path / "a.npz"), "--b", str(tmp_path / "b.npz"), "--spec", str(spec), "--arm", "m",
+                 "--real_folds", "--n_boot", "20", "--regimes", "validator", "--noise", str(tmp_path / "noise.json"),
+                 "--out", str(tmp_path / "cam.json")])
+    mean_row = [line for line in (tmp_path / "cam.md").read_text().splitlines() if "**mean**" in line][0]
+    assert mean_row.rstrip().endswith("| - |")
+
+
+def test_seed_noise_table_survives_a_fold_without_any_auc(tmp_path):
+    mod = load_script("benchmarks/logo_seed_noise.py")
+    result = {"folds": ["gans"], "seed": [], "rerun": [],
+              "summary": {"validator": {"gans": {"at_real90": {"n": 1, "rms": 0.1, "max_abs": 0.1}}}}}
+    assert "| validator | - | - |" in mod.markdown(result)

@@ -86,10 +86,27 @@ def point_diffs(a, b, regime: str, folds: dict[str, list[str]], arm: str, arm_b:
     return out
 
 
-def seed_bands(noise: dict, regime: str, metric: str = "auc") -> dict[str, float]:
-    """Fold (and ``mean``) -> the seed band of ``noise`` (a ``logo_seed_noise.py`` JSON): twice
-    the root mean square of the differences between runs that differ only in training seed.
-    A difference between two runs on different data streams (another seed, or any change to
-    the sampled data, such as an added family) inside the band is what a reseed alone gives."""
-    rows = noise.get("summary", {}).get(regime, {})
-    return {fold: 2.0 * r[metric]["rms"] for fold, r in rows.items() if r.get(metric, {}).get("rms") is not None}
+def seed_bands(noise: dict, regime: str, folds: list[str] | None = None, metric: str = "auc") -> dict[str, float]:
+    """Fold -> the seed band of ``noise`` (a ``logo_seed_noise.py`` JSON): twice the root mean
+    square of the differences between runs that differ only in training seed. A difference
+    between two runs on different data streams (another seed, or any change to the sampled
+    data, such as an added family) inside the band is what a reseed alone gives.
+
+    ``mean``: the band of the mean over ``folds`` (the folds compared), from each seed pair's
+    mean over those folds; a mean over fewer folds varies more, so the six-fold band would be
+    too narrow for it. Left out when a fold of ``folds`` is missing from a pair (the band of a
+    mean over other folds would not be this mean's)."""
+    rows = noise.get("summary", {}).get(regime, {}) if isinstance(noise, dict) else {}
+    out = {fold: 2.0 * r[metric]["rms"] for fold, r in rows.items()
+           if fold != "mean" and isinstance(r, dict) and r.get(metric, {}).get("rms") is not None}
+    if folds:
+        means = []
+        for pair in noise.get("seed", []) if isinstance(noise, dict) else []:
+            per = pair.get("regimes", {}).get(regime, {}).get("folds", {})
+            diffs = [per.get(f, {}).get(metric, {}).get("diff") for f in folds]
+            if any(d is None or not np.isfinite(d) for d in diffs):
+                return out
+            means.append(float(np.mean(diffs)))
+        if means:
+            out["mean"] = 2.0 * float(np.sqrt(np.mean(np.square(means))))
+    return out
