@@ -9,8 +9,9 @@ Best model: base_miner/checkpoints/<name>/model_epoch_best.pth (copy it over
 mining_models/base.pth to serve it; the miner hot-reloads). All options: --help.
 A run folder that already holds a run is refused unless ``--resume`` (continue it) or
 ``--overwrite`` (replace it). Exit status: 0 done, 1 stopped on a loss that is not a
-number or no picture readable any more, 2 a usage error (options, data, run folder), 130
-stopped by Ctrl-C after an epoch was saved (resumable).
+number, no picture readable any more or a run folder that cannot be written any more (a
+full disk), 2 a usage error (options, data, run folder), 130 stopped by Ctrl-C (after an
+epoch was saved, resumable; a second Ctrl-C stops at once).
 The code lives in ``bitmind.training``; this file is only the entry point.
 """
 import logging
@@ -18,7 +19,7 @@ import sys
 
 from bitmind.training import parse_config, train
 from bitmind.training.run_folder import RunFolderError
-from bitmind.training.trainer import EXIT_STATUS, TrainingDataError
+from bitmind.training.trainer import EXIT_STATUS, RunWriteError, TrainingDataError, interrupted_message
 
 
 def main(argv=None) -> dict:
@@ -32,6 +33,12 @@ def main(argv=None) -> dict:
     except (TrainingDataError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except RunWriteError as e:  # a full disk mid-run: not a usage error
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one while the data is read
+        print(f"\n{interrupted_message(cfg)}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     if summary.get("best"):
         print(f"best: {summary['best']}\ncheckpoint: {summary['best_checkpoint']}", flush=True)
     if summary.get("stopped") in EXIT_STATUS:

@@ -197,6 +197,10 @@ class TrainConfig:
         if not 1 <= self.aug_jpeg_quality[0] <= self.aug_jpeg_quality[1] <= 100:
             raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         self.check_pairing()
+        name = Path(self.name)  # the run folder under checkpoints_dir: an absolute or '..' name wrote somewhere else
+        if not name.parts or name.is_absolute() or ".." in name.parts:
+            raise ValueError(f"--name {self.name!r}: the run folder's name under --checkpoints_dir (not empty, not an "
+                             "absolute path, no '..'); to write elsewhere, set --checkpoints_dir")
         for folder in (Path(self.checkpoints_dir), *Path(self.checkpoints_dir).parents):  # a file on the way: a
             if folder.exists():  # NotADirectoryError traceback once the data was read
                 if not folder.is_dir():
@@ -310,9 +314,9 @@ def parse_config(argv=None) -> TrainConfig:
 
             cfg = resumed_options(cfg, explicit_options(argv))
         if cfg.init_from and not cfg.resume:  # a resumed run's weights come from its state, its options from opt.json
-            from bitmind.training.init_from import adopt_checkpoint_options
+            from bitmind.training.init_from import adopt_checkpoint_options, check_init_weights
 
-            cfg = adopt_checkpoint_options(cfg, explicit_options(argv))
+            cfg = check_init_weights(adopt_checkpoint_options(cfg, explicit_options(argv)).check())
         return cfg.check()
     except (ValueError, OSError, CheckpointError) as e:  # a bad option or file is a usage error (message, exit 2), not a traceback
         parser.error(str(e))

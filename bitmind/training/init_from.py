@@ -91,3 +91,58 @@ def check_matches_checkpoint(cfg: TrainConfig, meta: dict) -> None:
         raise ValueError(f"--init_from {cfg.init_from}: the checkpoint was built with "
                          + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "
                          + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()))
+
+
+def weights_mismatch(model, state: dict) -> str:
+    """Why ``state`` does not load into ``model`` (strictly), in one line: the keys it lacks,
+    the keys it has that the network does not, and the tensors of another shape (a few of
+    each named); "" if it fits. Why: ``load_state_dict``'s own error lists every key, a
+    screenful for a file of another network."""
+    want = model.state_dict()
+
+    def few(names) -> str:
+        names = list(names)
+        return ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    shapes = [f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(want[k].shape)}" for k in want
+              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(want[k].shape)]
+    parts = [f"missing {few(missing)}" if missing else "", f"unexpected {few(extra)}" if extra else "",
+             f"other shapes: {few(shapes)}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_weights(model, state: dict, what: str) -> None:
+    """``model.load_state_dict(state, strict=True)``, a ValueError naming ``what`` (the file,
+    with its option) and the mismatch (``weights_mismatch``) in one line if the weights do
+    not fit the network, instead of torch's RuntimeError listing every key."""
+    problem = weights_mismatch(model, state)
+    if problem:
+        raise ValueError(f"{what}: its weights do not fit the network these options build ({problem})")
+    model.load_state_dict(state, strict=True)
+
+
+def init_weights(cfg: TrainConfig) -> dict:
+    """The ``--init_from`` checkpoint's detector weights (an auxiliary head dropped), after
+    checking that ``cfg`` builds the network it was built as (``check_matches_checkpoint``)."""
+    from bitmind.checkpoint import read_checkpoint
+    from bitmind.models.npr import detector_only
+
+    state, meta = read_checkpoint(cfg.init_from)
+    check_matches_checkpoint(cfg, meta)
+    return detector_only(state, meta)[0]  # a file trained with an auxiliary head: fine-tuning starts from its detector
+
+
+def check_init_weights(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` if its ``--init_from`` weights load into the network it builds, else a
+    ValueError in one line. Why: a file that says nothing of its network (a bare or foreign
+    state dict: read as the default NPR) or whose weights do not match what its metadata
+    says passed the option checks and failed with a RuntimeError listing every key once the
+    data had been read, minutes into a large run; now the command stops before the data."""
+    if not cfg.init_from:
+        return cfg
+    from bitmind.models import build_model
+
+    load_weights(build_model(cfg.arch, **cfg.model_config()), init_weights(cfg), f"--init_from {cfg.init_from}")
+    return cfg

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Check that a run may write into ``run_dir`` (a ``RunFolderError`` if not). Changes
     nothing: with ``overwrite`` the caller removes the earlier run (``remove_earlier_run``)
     once the data has been read, so a typo in ``--data`` never costs the earlier run."""
+    check_writable_folder(run_dir)
     if resume:
         if not (run_dir / "state_last.pt").exists():
             raise RunFolderError(f"--resume: {run_dir} has no state_last.pt, so there is nothing to resume "
@@ -65,6 +68,29 @@ def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if holds_run(run_dir) and not overwrite:
         raise RunFolderError(f"{run_dir} already holds a run (its model_epoch_best.pth / state_last.pt would be "
                              "replaced): pass --resume to continue it, --overwrite to replace it, or another --name")
+
+
+def check_writable_folder(folder: Path) -> None:
+    """A ``RunFolderError`` unless files can be made in ``folder`` (or, where it does not exist
+    yet, in its nearest existing parent, where it will be made): tried with a temporary file,
+    removed at once, so a read-only disk, a folder of another user or a file in the way is
+    found as the real writes would find it. Why: the run made its folder only once the data had been read and died there with
+    a traceback (``FileExistsError``, ``PermissionError``), minutes into a large run."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{folder} is a file, not a run folder: choose another --name or --checkpoints_dir")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunFolderError(f"cannot make the run folder {folder}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".write-test.")
+    except OSError as e:
+        raise RunFolderError(f"cannot write the run folder {folder}: {probe}: {e.strerror or e} "
+                             "(choose a writable --checkpoints_dir)") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def remove_earlier_run(run_dir: Path) -> None:

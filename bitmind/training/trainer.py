@@ -9,10 +9,12 @@ Only rank 0 logs and writes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -44,7 +46,8 @@ from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop
 from bitmind.training.config import TrainConfig
-from bitmind.training.run_folder import check_resume_matches, prepare_run_folder, remove_earlier_run
+from bitmind.training.init_from import init_weights, load_weights
+from bitmind.training.run_folder import RunFolderError, check_resume_matches, prepare_run_folder, remove_earlier_run
 from bitmind.training.loop import (
     Best,
     Learner,
@@ -71,6 +74,40 @@ def show(msg: str, level: int = logging.INFO) -> None:
     logger.log(level, msg)
     if not (logger.isEnabledFor(level) and logger.hasHandlers()):
         print(msg, flush=True)
+
+
+class RunWriteError(OSError):
+    """The run folder could not be written during the run (a full disk, a lost mount): not a
+    usage error (exit status 1), reported in one line (``writing``)."""
+
+
+#: Words of torch's RuntimeError when its file writer fails (a full disk): "[enforce fail at
+#: inline_container.cc:...] unexpected pos", "PytorchStreamWriter failed writing file ...".
+_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "unexpected pos", "No space left")
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, when: str):
+    """Run the block that writes ``run_dir``'s files; an ``OSError`` or torch's ``RuntimeError``
+    of a failed write becomes a ``RunWriteError`` in one line: what failed, the free space,
+    what is kept and how to go on. Why: a full disk stopped a run with torch's
+    "[enforce fail at inline_container.cc] unexpected pos" traceback, hours in, saying nothing
+    of the space or of the files (each checkpoint and the state are written whole or not at
+    all, ``atomic_write``, so the last saved epoch is intact and resumable)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not isinstance(e, OSError) and not any(w in str(e) for w in _WRITE_FAILURES):
+            raise  # a RuntimeError that is not a failed write (torch's file writer) stays what it is
+        try:
+            free = f"{shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        go_on = ("stopped; every file it holds is whole (checkpoints and state of the last epoch saved): free some "
+                 "space, then the same command with --resume goes on from there" if (run_dir / "state_last.pt").exists()
+                 else "stopped before any epoch was saved: free some space and run the command again with --overwrite")
+        raise RunWriteError(f"{when}: cannot write to {run_dir} ({type(e).__name__}: {reason}; {free}): {go_on}") from None
 
 
 class TrainingDataError(ValueError):
@@ -252,14 +289,7 @@ def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: in
 
         with_aux_outputs(model, aux_classes, seed=cfg.seed)
     if cfg.init_from and init:
-        from bitmind.checkpoint import read_checkpoint
-        from bitmind.models.npr import detector_only
-        from bitmind.training.init_from import check_matches_checkpoint
-
-        state, meta = read_checkpoint(cfg.init_from)
-        check_matches_checkpoint(cfg, meta)
-        state, _ = detector_only(state, meta)  # a file trained with an auxiliary head: fine-tuning starts from its detector
-        model.load_state_dict(state, strict=True)
+        load_weights(model, init_weights(cfg), f"--init_from {cfg.init_from}")
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -290,6 +320,8 @@ def train(cfg: TrainConfig) -> dict:
         check_resume_matches(cfg)
     if is_main:  # before the data: a folder holding a run is refused (unless --resume / --overwrite)
         prepare_run_folder(run_dir, cfg.resume, cfg.overwrite)
+    state_path = run_dir / "state_last.pt"
+    st = read_run_state(state_path) if cfg.resume and state_path.exists() else None  # a damaged state: before the data
 
     train_ds, val_ds, counts = build_datasets(cfg)
     if is_main:  # only once the data has been read: a run that fails on a typo leaves the folder as it was
@@ -327,11 +359,12 @@ def train(cfg: TrainConfig) -> dict:
     learner.align_pairs(train_ds.partner)  # pair_patches: a round trip and its photo cropped alike
 
     start_epoch, best, history = 0, Best(), []
-    state_path = run_dir / "state_last.pt"
     sampler_gen = getattr(sampler, "generator", None)  # family / class-balanced samplers draw from their own stream
-    if cfg.resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(st["model"])
+    if st is not None:
+        try:
+            load_weights(model, st["model"], f"--resume {state_path}")
+        except ValueError as e:  # a run folder without its opt.json, resumed with other network options
+            raise RunFolderError(f"{e}: give the network options the run was started with") from None
         learner.opt.load_state_dict(st["optimizer"])
         learner.load_rng_state(st)
         if sampler_gen is not None and "sampler_rng" in st:
@@ -341,6 +374,9 @@ def train(cfg: TrainConfig) -> dict:
         best.record = json.loads(st.get("best", "{}"))
         if is_main:
             logger.info("resumed from %s at epoch %d (best val acc %.4f)", state_path, start_epoch, best.score)
+            if start_epoch >= cfg.epochs:  # nothing to train: say so rather than end as if it had trained
+                show(f"--resume: the run has trained {start_epoch} epochs, --epochs is {cfg.epochs}: no epoch left "
+                     "to train (pass a larger --epochs to train on)", logging.WARNING)
 
     writer = make_writer(run_dir) if is_main else None
     step = start_epoch * batches_per_epoch(train_loader, cfg)  # TensorBoard's step goes on where it stopped
@@ -404,16 +440,17 @@ def train(cfg: TrainConfig) -> dict:
                                for k, v in rec.items())
                 show(msg)
                 meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": train_options}
-                save_if_best(best, selection_score(m), epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
-                save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
-                state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
-                         "epoch": epoch, "best_acc": best.score, "bad_epochs": best.bad_epochs,
-                         "history": json.dumps(history), "best": json.dumps(best.record), **learner.rng_state()}
-                if sampler_gen is not None:  # the sampler's stream goes on where it was, not from epoch 0's draws
-                    state["sampler_rng"] = sampler_gen.get_state()
-                atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-                (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-                plot_curves(history, run_dir / "curves.png")
+                with writing(run_dir, f"epoch {epoch}"):  # a full disk: one line, the last whole files kept
+                    save_if_best(best, selection_score(m), epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
+                    save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
+                    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
+                             "epoch": epoch, "best_acc": best.score, "bad_epochs": best.bad_epochs,
+                             "history": json.dumps(history), "best": json.dumps(best.record), **learner.rng_state()}
+                    if sampler_gen is not None:  # the sampler's stream goes on where it was, not from epoch 0's draws
+                        state["sampler_rng"] = sampler_gen.get_state()
+                    atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+                    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+                    plot_curves(history, run_dir / "curves.png")
                 if cfg.early_stop_patience and best.bad_epochs >= cfg.early_stop_patience:
                     show(f"early stopping: no validation improvement for {best.bad_epochs} epochs")
                     stop[0] = 1
@@ -434,14 +471,15 @@ def train(cfg: TrainConfig) -> dict:
     if stopped:
         summary["stopped"] = stopped
     if is_main:
-        if cfg.calibrate and (run_dir / "val_logits_best.npy").exists():
-            try:
-                summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy",
-                                                              real_target=cfg.calibration_real_target)
-            except CalibrationDataError as e:  # one class in validation: the checkpoint is kept, uncalibrated
-                logger.warning("calibration not fitted: %s", e)
-        writer.close()
-        (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+        with writing(run_dir, "the run's end (calibration, summary)"):
+            if cfg.calibrate and (run_dir / "val_logits_best.npy").exists():
+                try:
+                    summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy",
+                                                                  real_target=cfg.calibration_real_target)
+                except CalibrationDataError as e:  # one class in validation: the checkpoint is kept, uncalibrated
+                    logger.warning("calibration not fitted: %s", e)
+            writer.close()
+            (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -464,6 +502,37 @@ def epoch_failure(done: dict, learner: Learner) -> str | None:
     if not done["images"]:
         return "no-images"
     return "non-finite" if learner.diverged() else None
+
+
+#: What a resumable state must hold (``train`` writes it after every epoch).
+STATE_KEYS = ("model", "optimizer", "epoch", "best_acc")
+
+
+def read_run_state(path: Path) -> dict:
+    """The resumable state at ``path`` (``state_last.pt``), or a ``RunFolderError`` if it cannot
+    be read or lacks what a resumed run needs. Why: ``--resume`` on a damaged file (a truncated
+    copy, a full disk in an older version) read it only after the data, then stopped with a
+    traceback from ``torch.load``; now it stops at once, in one line."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - EOFError, OSError, RuntimeError, UnpicklingError: all "damaged"
+        raise RunFolderError(f"--resume: {path} cannot be read ({type(e).__name__}: {str(e)[:200] or 'empty or cut short'}): "
+                             "the run's saved state is damaged; restore it, or start again with --overwrite") from None
+    missing = [k for k in STATE_KEYS if not isinstance(st, dict) or k not in st]
+    if missing:
+        raise RunFolderError(f"--resume: {path} is not a run's saved state (it lacks {', '.join(missing)}); "
+                             "start again with --overwrite")
+    return st
+
+
+def interrupted_message(cfg: TrainConfig) -> str:
+    """The line a run stopped at once by Ctrl-C (a second press, or one before its first epoch
+    started) ends with, instead of a KeyboardInterrupt traceback: what is kept and how to go on."""
+    run_dir = cfg.run_dir
+    if (run_dir / "state_last.pt").exists():
+        return (f"stopped at once (Ctrl-C): the epoch in progress is lost; {run_dir} keeps the finished epochs (the best "
+                "checkpoint is calibrated at the run's end); the same command with --resume goes on from there")
+    return f"stopped (Ctrl-C) before any epoch was saved: {run_dir} holds nothing to resume; run the command again"
 
 
 def unreadable_training_data(epoch: int, done: dict) -> TrainingDataError:
