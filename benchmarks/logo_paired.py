@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from bitmind.metrics import bootstrap_resample, bootstrap_strata
 from bitmind.training.logo import FOLD_SEP, REGIMES
-from bitmind.training.logo_metrics import METRICS, by_source, fold_metrics, fold_sets, seed_bands
+from bitmind.training.logo_metrics import METRICS, by_source, fold_metrics, fold_sets, seed_bands, shared_pictures
 
 
 
@@ -60,13 +60,10 @@ def compare_regime(a, b, regime: str, folds: dict[str, list[str]], arm: str, n_b
     """Point values, differences and paired bootstrap of one regime, per fold (or per
     held-out source of each fold: ``per_source``) and mean (``arm`` in ``a`` against
     ``arm_b``, default the same arm, in ``b``)."""
-    key = f"{regime}/source"
-    if key not in a or key not in b:
+    shared = shared_pictures(a, b, regime)
+    if shared is None:
         return None
-    sources, splits, labels = a[key], a[f"{regime}/split"], a[f"{regime}/label"]
-    if not (np.array_equal(sources, b[key]) and np.array_equal(splits, b[f"{regime}/split"])
-            and np.array_equal(labels, b[f"{regime}/label"])):
-        raise ValueError(f"{regime}: the two score files hold different pictures; a paired comparison needs the same")
+    sources, splits, labels = shared
     rows = by_source(folds, sources) if per_source else {f: (f, held, None) for f, held in folds.items()}
     names = {r: (f"{regime}/{arm}{FOLD_SEP}{f}", f"{regime}/{arm_b or arm}{FOLD_SEP}{f}") for r, (f, *_) in rows.items()}
     names = {r: (na, nb) for r, (na, nb) in names.items() if na in a and nb in b}

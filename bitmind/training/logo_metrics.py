@@ -60,17 +60,28 @@ def fold_metrics(z: np.ndarray, sources: np.ndarray, splits: np.ndarray, labels:
     return {"auc": auc, "at_real90": at90}
 
 
-def point_diffs(a, b, regime: str, folds: dict[str, list[str]], arm: str, arm_b: str | None = None) -> dict | None:
-    """Each fold's metrics in run A (``arm``) and run B (``arm_b``, default the same) on the
-    pictures both scored, and B - A, plus the mean over the folds both hold (no resampling:
-    the point values ``logo_paired`` reports). None if the regime or no fold is in both."""
+def shared_pictures(a, b, regime: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The sources, splits and labels of ``regime``'s pictures, which two score files must
+    share for a paired comparison (a ``ValueError`` if they differ); None if either file
+    lacks the regime."""
     key = f"{regime}/source"
     if key not in a or key not in b:
         return None
     sources, splits, labels = a[key], a[f"{regime}/split"], a[f"{regime}/label"]
-    if not (np.array_equal(sources, b[key]) and np.array_equal(labels, b[f"{regime}/label"])
-            and np.array_equal(splits, b[f"{regime}/split"])):
-        raise ValueError(f"{regime}: the two score files hold different pictures")
+    if not (np.array_equal(sources, b[key]) and np.array_equal(splits, b[f"{regime}/split"])
+            and np.array_equal(labels, b[f"{regime}/label"])):
+        raise ValueError(f"{regime}: the two score files hold different pictures; a paired comparison needs the same")
+    return sources, splits, labels
+
+
+def point_diffs(a, b, regime: str, folds: dict[str, list[str]], arm: str, arm_b: str | None = None) -> dict | None:
+    """Each fold's metrics in run A (``arm``) and run B (``arm_b``, default the same) on the
+    pictures both scored, and B - A, plus the mean over the folds both hold (no resampling:
+    the point values ``logo_paired`` reports). None if the regime or no fold is in both."""
+    shared = shared_pictures(a, b, regime)
+    if shared is None:
+        return None
+    sources, splits, labels = shared
     out: dict = {"folds": {}}
     for fold, held in folds.items():
         na, nb = f"{regime}/{arm}{FOLD_SEP}{fold}", f"{regime}/{arm_b or arm}{FOLD_SEP}{fold}"
