@@ -212,11 +212,13 @@ class FamilySampler(Sampler):
                  partners: Sequence[int] | None = None, family_share: dict[str, float] | None = None):
         weights = torch.tensor(family_weights(labels, sources, family_share), dtype=torch.double)
         self.overdrawn = 0
+        self.followed = None  # per real photo, the draw weight of the round trips it follows
         if partners is not None:
-            direct = weights.clone()
+            direct, self.followed = weights.clone(), torch.zeros_like(weights)
             for k, p in enumerate(partners):
                 if p >= 0:
                     direct[p] -= weights[k]
+                    self.followed[p] += weights[k]
             self.overdrawn = int((direct < 0).sum())
             if self.overdrawn:
                 logger.warning("%d real photos come with their round trips more often than their family share", self.overdrawn)
@@ -234,12 +236,7 @@ class FamilySampler(Sampler):
         photo whose round trips alone exceed its share (``overdrawn``) comes more often than
         its family weight says, which shifts its class's family shares and the real/fake
         balance. These are the shares the training log reports."""
-        shares = self.weights.clone()
-        if self.partners is not None:
-            trips = [k for k, p in enumerate(self.partners) if p >= 0]
-            if trips:
-                photos = torch.tensor([self.partners[k] for k in trips], dtype=torch.long)
-                shares.index_add_(0, photos, self.weights[torch.tensor(trips, dtype=torch.long)])
+        shares = self.weights if self.followed is None else self.weights + self.followed
         return shares / shares.sum()
 
     def __len__(self) -> int:

@@ -314,9 +314,11 @@ def parse_config(argv=None) -> TrainConfig:
 
             cfg = resumed_options(cfg, explicit_options(argv))
         if cfg.init_from and not cfg.resume:  # a resumed run's weights come from its state, its options from opt.json
-            from bitmind.training.init_from import adopt_checkpoint_options, check_init_weights
+            from bitmind.training.init_from import adopt_checkpoint_options, check_init_weights, read_init_from
 
-            cfg = check_init_weights(adopt_checkpoint_options(cfg, explicit_options(argv)).check())
+            checkpoint = read_init_from(cfg.init_from)  # read once for the options and the weights' check
+            cfg = adopt_checkpoint_options(cfg, explicit_options(argv), checkpoint[1])
+            cfg = check_init_weights(cfg.check(), checkpoint)
         return cfg.check()
     except (ValueError, OSError, CheckpointError) as e:  # a bad option or file is a usage error (message, exit 2), not a traceback
         parser.error(str(e))

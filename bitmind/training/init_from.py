@@ -26,18 +26,25 @@ STRUCTURE_KEYS = ("arch", "layers", "width", "input", "stem_pool", "pool")
 ADOPTED_KEYS = (*STRUCTURE_KEYS, "dropout", "patch_size")
 
 
+def read_init_from(path: str | Path) -> tuple[dict, dict]:
+    """The ``--init_from`` checkpoint's ``(state, meta)``; a missing file is named as the option's."""
+    from bitmind.checkpoint import read_checkpoint
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--init_from {path}: no such file")
+    return read_checkpoint(path)
+
+
 def checkpoint_options(path: str | Path, meta: dict | None = None) -> dict:
     """The ``TrainConfig`` values of ``ADOPTED_KEYS`` that the checkpoint at ``path`` was
     built and trained with (keys its config leaves out read as the constructor's
     defaults; ``patch_size`` only when its training options record one). ``meta``: the
     file's metadata when the caller has already read it."""
-    from bitmind.checkpoint import DEFAULT_ARCH, read_checkpoint
+    from bitmind.checkpoint import DEFAULT_ARCH
     from bitmind.models import config_defaults
 
     if meta is None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--init_from {path}: no such file")
-        _, meta = read_checkpoint(path)
+        _, meta = read_init_from(path)
     arch = meta.get("arch") or DEFAULT_ARCH  # a bare state dict: the reference NPR, as load_model reads it
     if arch == "ensemble":
         raise ValueError(f"--init_from {path}: an ensemble file; fine-tune one of its member networks instead")
@@ -62,13 +69,14 @@ def _same(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def adopt_checkpoint_options(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
+def adopt_checkpoint_options(cfg: TrainConfig, explicit: set[str], meta: dict | None = None) -> TrainConfig:
     """``cfg`` with the ``--init_from`` checkpoint's options wherever the command line did
     not set them (``explicit``: the option names it did set). An explicit structural option
-    that differs from the checkpoint's is a ValueError: those weights cannot mean it."""
+    that differs from the checkpoint's is a ValueError: those weights cannot mean it.
+    ``meta``: the file's metadata when the caller has already read it."""
     if not cfg.init_from:
         return cfg
-    want = checkpoint_options(cfg.init_from)
+    want = checkpoint_options(cfg.init_from, meta)
     clash = option_differences(cfg, want, [k for k in STRUCTURE_KEYS if k in explicit])
     if clash:
         raise ValueError(f"--init_from {cfg.init_from} was built with "
@@ -123,18 +131,19 @@ def load_weights(model, state: dict, what: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def init_weights(cfg: TrainConfig) -> dict:
+def init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = None) -> dict:
     """The ``--init_from`` checkpoint's detector weights (an auxiliary head dropped), after
-    checking that ``cfg`` builds the network it was built as (``check_matches_checkpoint``)."""
+    checking that ``cfg`` builds the network it was built as (``check_matches_checkpoint``).
+    ``checkpoint``: its ``(state, meta)`` when the caller has already read it."""
     from bitmind.checkpoint import read_checkpoint
     from bitmind.models.npr import detector_only
 
-    state, meta = read_checkpoint(cfg.init_from)
+    state, meta = checkpoint or read_checkpoint(cfg.init_from)
     check_matches_checkpoint(cfg, meta)
     return detector_only(state, meta)[0]  # a file trained with an auxiliary head: fine-tuning starts from its detector
 
 
-def check_init_weights(cfg: TrainConfig) -> TrainConfig:
+def check_init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = None) -> TrainConfig:
     """``cfg`` if its ``--init_from`` weights load into the network it builds, else a
     ValueError in one line. Why: a file that says nothing of its network (a bare or foreign
     state dict: read as the default NPR) or whose weights do not match what its metadata
@@ -144,5 +153,5 @@ def check_init_weights(cfg: TrainConfig) -> TrainConfig:
         return cfg
     from bitmind.models import build_model
 
-    load_weights(build_model(cfg.arch, **cfg.model_config()), init_weights(cfg), f"--init_from {cfg.init_from}")
+    load_weights(build_model(cfg.arch, **cfg.model_config()), init_weights(cfg, checkpoint), f"--init_from {cfg.init_from}")
     return cfg
