@@ -683,7 +683,7 @@ def test_a_validation_before_the_steady_fit_binds_it(tmp_path, monkeypatch):
     assert report["variants"]["avg"]["swa_start"] == 0 and [r["epoch"] for r in history] == [3]
 
 
-def test_a_time_budget_keeps_the_runs_shape():
+def test_a_time_budget_keeps_the_runs_shape(capsys):
     """A run cut from 78 to fewer epochs still averages and selects over the same share of its
     end (before: a cut to 30 saved plain weights, averaging planned from 39 never began), the
     moves are scaled from the plan (two re-plans do not compound), and what has passed stays."""
@@ -702,8 +702,10 @@ def test_a_time_budget_keeps_the_runs_shape():
     assert (spec.val_from, [v.swa_start for v in variants]) == (15, [0, 15])  # 39 * 29 / 78 = 14.5, up; off stays off
     fit_epochs(spec, variants, 52, "test", plan, now=6)
     assert (spec.val_from, [v.swa_start for v in variants]) == (26, [0, 26])  # from the plan: not 15 * 52 / 29 -> 27
+    capsys.readouterr()
     fit_epochs(spec, variants, 78, "test", plan, now=8)
     assert (spec.base.epochs, spec.val_from, variants[1].swa_start) == (78, 39, 39)  # back to the plan
+    assert "back to the planned 78 epochs" in capsys.readouterr().out  # was "78 epochs instead of 78"
     fit_epochs(spec, variants, 3, "test", plan, now=8)
     assert spec.base.epochs == 9 and variants[1].swa_start == 8  # never ends before the epoch about to run
     # a hard first cut starts averaging and validation early; the steady re-plan leaves them

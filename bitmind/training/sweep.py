@@ -375,7 +375,8 @@ def fit_epochs(spec: SweepSpec, variants: list, epochs: int, why: str, plan: dic
         if not 0 < v.swa_start < now:
             v.swa_start = scaled_epoch(plan["swa_start"].get(v.name, v.swa_start), plan["epochs"], epochs, now)
     averaged = {v.name: v.swa_start for v in variants if v.swa_start}
-    print(f"time budget {spec.time_budget_s:.0f}s ({why}): {epochs} epochs instead of {plan['epochs']}, validation from "
+    length = f"back to the planned {epochs} epochs" if epochs == plan["epochs"] else f"{epochs} epochs instead of {plan['epochs']}"
+    print(f"time budget {spec.time_budget_s:.0f}s ({why}): {length}, validation from "
           f"epoch {spec.val_from}" + (f", weight averaging from {averaged}" if averaged else ""), flush=True)
 
 
