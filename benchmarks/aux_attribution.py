@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bitmind.data.families import AUX_REAL, sampling_family
+from bitmind.report import write_report
 from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, held_out_sources, score_fold
 
 
@@ -151,11 +152,8 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     with np.load(a.scores, allow_pickle=False) as z:
         res = analyse(z, json.loads(Path(a.spec).read_text()), a.arm, a.regime)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
     md = markdown(res)
-    out.with_suffix(".md").write_text(md)
+    write_report(a.out, res, md)
     print(md)
     return res
 

@@ -25,7 +25,10 @@
 ``analyse`` writes ``benchmarks/results/generalisation.json`` (per regime, per fold, per
 source; a top-level ``summary`` per recipe with ``mean_heldout_detection``,
 ``worst_heldout_detection`` and ``real_accuracy``) and ``docs/figures/generalisation.png``
-(held-out detection per family and recipe, both regimes).
+(held-out detection per family and recipe, both regimes). Those two defaults are the
+committed files, and only a run that names neither ``--out`` nor ``--figure`` rewrites them:
+with ``--out`` alone the figure goes beside the JSON (same stem, ``.png``); ``--figure ""``
+writes none.
 """
 from __future__ import annotations
 
@@ -41,6 +44,19 @@ from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec
                                   pooled_name, score_models, select_recipe, ship, unpooled, view_of)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def analyse_paths(out: str | None, figure: str | None) -> tuple[Path, Path | None]:
+    """Where ``analyse`` writes its JSON and its heat map (None: no figure). Left out,
+    ``--out`` is the committed ``benchmarks/results/generalisation.json``; ``--figure`` left
+    out goes beside ``--out`` (same stem, ``.png``) when ``--out`` is given, and to the committed
+    ``docs/figures/generalisation.png`` only when both are left out; ``""`` means no figure."""
+    out_path = Path(out) if out is not None else REPO / "benchmarks" / "results" / "generalisation.json"
+    if figure is None:
+        fig_path = REPO / "docs" / "figures" / "generalisation.png" if out is None else out_path.with_suffix(".png")
+    else:
+        fig_path = Path(figure) if figure else None
+    return out_path, fig_path
 
 
 def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -197,11 +213,11 @@ def cmd_analyse(args) -> dict:
     result["summary"] = {**chosen, "arms": arms}
     result["spec"] = {"folds": spec["logo"]["folds"], "recipes": spec["logo"]["recipes"], "controls": spec["logo"]["controls"],
                       "epochs": spec["base"].get("epochs"), "variants": {k: v for k, v in spec["variants"].items()}}
-    out = Path(args.out)
+    out, figure = analyse_paths(args.out, args.figure)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    if args.figure:  # "" (as threshold_logo.py takes it): no figure
-        plot(result, Path(args.figure))
+    if figure is not None:  # --figure "" (as threshold_logo.py takes it): no figure
+        plot(result, figure)
     if args.markdown:
         Path(args.markdown).write_text(markdown_tables(result) + "\n")
     print(f"{'arm':<40} {'regime':<10} {'mean det':>8} {'worst':>6} {'det@r90':>7} {'AUC':>5} {'real':>5} {'worst real':>10}")
@@ -214,7 +230,7 @@ def cmd_analyse(args) -> dict:
                   + (f"  unseen real kinds kept {f(s['mean_unseen_real_accuracy'])} (worst {f(s['worst_unseen_real_accuracy'])})"
                      if "mean_unseen_real_accuracy" in s else ""))
     print(f"selected recipe: {result['summary']['recipe']} ({result['summary']['rule']})")
-    print(f"wrote {out}" + (f" and {args.figure}" if args.figure else ""))
+    print(f"wrote {out}" + (f" and {figure}" if figure is not None else ""))
     return result
 
 
@@ -337,8 +353,11 @@ def main(argv=None):
                         "(the shipped rule, docs/Generalisation.md); 0: the class-balanced Platt boundary")
     p.add_argument("--markdown", default=None, help="analyse: also write the per-fold and per-source tables as Markdown")
     p.add_argument("--scores", default=None, help="the scores .npz (default <sweep>/logo_scores.npz); merge: where the merged scores go")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
-    p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "generalisation.png"), help="analyse: the heat map (\"\" for none)")
+    p.add_argument("--out", default=None,
+                   help="analyse: the JSON (default: the committed benchmarks/results/generalisation.json)")
+    p.add_argument("--figure", default=None,
+                   help="analyse: the heat map (\"\" for none; default: beside --out, same stem, .png, when --out is "
+                        "given, else the committed docs/figures/generalisation.png)")
     args = p.parse_args(argv)
     try:
         args.ensembles = parse_ensembles(args.ensemble)
@@ -351,6 +370,10 @@ def main(argv=None):
                 check_center_crop(view[1])
     except ValueError as e:
         p.error(str(e))
+    if args.command in ("analyse", "all"):
+        out, figure = analyse_paths(args.out, args.figure)
+        if figure is not None and figure.resolve() == out.resolve():
+            p.error(f"--out {out} would be overwritten by the figure: give --out a .json name, or --figure another path")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "merge":
         return cmd_merge(args)

@@ -23,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bitmind.report import write_report
+
 METRICS = ("mean_heldout_detection_generators", "mean_heldout_detection_at_real90", "mean_heldout_auc",
            "worst_heldout_detection", "real_accuracy")
 
@@ -172,8 +174,7 @@ def main(argv=None) -> dict:
     print(md)
     result = {"rows": rows, "groups": grouped, "long_from": a.long_from, "longer_from": a.longer_from}
     if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=2))
-        Path(a.out).with_suffix(".md").write_text(md)
+        write_report(a.out, result, md)
     if a.figure:
         figure(rows, Path(a.figure))
     return result

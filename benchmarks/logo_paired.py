@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 from bitmind.metrics import bootstrap_resample, bootstrap_strata
+from bitmind.report import write_report
 from bitmind.training.logo import FOLD_SEP, REGIMES
 from bitmind.training.logo_metrics import METRICS, by_source, fold_metrics, fold_sets, seed_bands, shared_pictures
 
@@ -183,10 +184,7 @@ def main(argv=None) -> dict:
     if noise is not None:
         result["noise"] = a.noise
         result["seed_band"] = {regime: seed_bands(noise, regime, list(r["folds"])) for regime, r in result["regimes"].items()}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
+    write_report(a.out, result, markdown(result))
     print(markdown(result))
     return result
 

@@ -31,6 +31,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from bitmind.report import write_report
 from bitmind.training.logo_metrics import seed_bands
 
 #: the metrics a logo_paired.py result holds per fold, pooled here; the band is for AUC only
@@ -136,10 +137,10 @@ def main(argv=None) -> dict:
         p.error("the pairs share no regime with a common fold")
     if noise is not None:
         result["noise"] = a.noise
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
+    try:
+        write_report(a.out, result, markdown(result))
+    except ValueError as e:
+        p.error(str(e))
     print(markdown(result))
     return result
 

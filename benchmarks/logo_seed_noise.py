@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitmind.report import write_report
 from bitmind.training.logo import REGIMES
 from bitmind.training.logo_metrics import METRICS, fold_sets, point_diffs
 
@@ -121,10 +122,7 @@ def main(argv=None) -> dict:
     rerun = [pair_diffs(results, pair) for pair in RERUN_PAIRS]
     folds = sorted({f for p_ in seed + rerun for r in p_["regimes"].values() for f in r["folds"]})
     result = {"folds": folds, "seed": seed, "rerun": rerun, "summary": summarise(seed)}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
+    write_report(a.out, result, markdown(result))
     print(markdown(result))
     return result
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bitmind.report import write_report
+
 GAN_FOLD = "gans"
 
 
@@ -138,10 +140,7 @@ def main(argv=None) -> dict:
     regimes = sorted({r for row in rows.values() for r in row["gan_fold"]}, key=lambda r: (r != "validator", r))
     result = {"reference": reference, "reference_levels": levels, "regimes": regimes, "gan_sources": gans,
               "cost_sources": costs, "arms": rows}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
+    write_report(a.out, result, markdown(result))
     if a.figure:
         result["figure"] = str(figure(result, a.figure))
     print(markdown(result))

@@ -31,11 +31,13 @@ from the same input, not an estimate of it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bitmind.report import write_report
+
 
 def picture_features(x) -> tuple[np.ndarray, np.ndarray]:
     """(level, periodic) features of a (B, 3, H, W) [0, 1] batch: (B, 4) and (B, 28)."""
@@ -252,8 +254,7 @@ def main(argv=None) -> dict:
         md += "\n" + stacked_markdown(out["stacked"]["folds"], a.arm)
     print(md)
     if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=2))
-        Path(a.out).with_suffix(".md").write_text(md)
+        write_report(a.out, out, md)
     return out
 
 

@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bitmind.report import write_report
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 HEADLINE = ("balanced_accuracy", "roc_auc", "real_accuracy", "fake_accuracy")
@@ -141,11 +143,9 @@ def main(argv=None) -> dict:
         cropped_copy(a.model, a.keep, kept)
         result["kept"] = str(kept)
         print(f"wrote {kept}")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(rows, a))
-    print(markdown(rows, a) + f"\nwrote {out} and {out.with_suffix('.md')}")
+    md = markdown(rows, a)
+    md_path = write_report(a.out, result, md, indent=1, trailing_newline=True)
+    print(md + f"\nwrote {Path(a.out)} and {md_path}")
     return result
 
 

@@ -31,15 +31,14 @@ Writes the JSON (``--out``) and a markdown table beside it (``.md``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from bitmind.cli.eval import add_data_argument, add_split_arguments
 from bitmind.evaluation import evaluate_detailed
 from bitmind.metrics import DEFAULT_THRESHOLD, bootstrap_resample, bootstrap_strata, compute_metrics
+from bitmind.report import write_report
 
 logger = logging.getLogger(__name__)
 #: (key in compute_metrics, name, lower is better)
@@ -184,10 +183,7 @@ def main(argv=None) -> dict:
               "per_source": per_source(first.labels, first.sources, pa, pb)}
     if result["models"]["a"]["sha256"] == result["models"]["b"]["sha256"]:
         logger.warning("A and B are the same checkpoint: every difference is 0")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
+    write_report(a.out, result, markdown(result))
     print(markdown(result))
     return result
 

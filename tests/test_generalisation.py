@@ -708,3 +708,57 @@ def test_a_logo_run_with_a_weight_averaged_arm_trains_scores_and_pairs(tmp_path)
     assert (paired["arm"], paired["arm_b"]) == ("plain", "avg") and out.with_suffix(".md").is_file()
     auc = paired["regimes"]["validator"]["folds"]["flux1"]["auc"]
     assert 0.0 <= auc["a"] <= 1.0 and 0.0 <= auc["b"] <= 1.0 and auc["diff"] == pytest.approx(auc["b"] - auc["a"])
+
+
+def _tiny_logo_scores(tmp_path: Path) -> tuple[Path, Path]:
+    """A LOGO scores file and spec with one recipe ``m`` and one generator fold (sdxl):
+    enough for ``generalisation.py analyse``, no training."""
+    rng = np.random.default_rng(0)
+    n = 60
+    source = np.array(["real/a"] * n + ["fake/sdxl"] * n + ["fake/flux1-dev"] * n)
+    label = np.char.startswith(source, "fake/").astype(np.int8)
+    split = np.array(["val", "test"] * (3 * n // 2))
+    base = np.where(label == 1, 2.0, -2.0) + rng.normal(0, 1, 3 * n)
+    data = {}
+    for regime in ("validator", "crops"):
+        data.update({f"{regime}/source": source, f"{regime}/split": split, f"{regime}/label": label,
+                     f"{regime}/m": base.astype(np.float32),
+                     f"{regime}/m.minus-sdxl": np.where(source == "fake/sdxl", base - 3.0, base).astype(np.float32)})
+    np.savez(tmp_path / "s_scores.npz", **data)
+    spec = {"base": {"epochs": 1}, "variants": {"m": {"exclude_sources": []}, "m.minus-sdxl": {"exclude_sources": ["fake/sdxl"]}},
+            "logo": {"folds": ["sdxl"], "recipes": ["m"], "controls": []}}
+    (tmp_path / "s_spec.json").write_text(json.dumps(spec))
+    return tmp_path / "s_scores.npz", tmp_path / "s_spec.json"
+
+
+def test_analyse_with_out_puts_its_figure_beside_it_not_over_the_committed_one(tmp_path, monkeypatch):
+    """``analyse --out X.json`` without ``--figure`` draws X.png beside the JSON and leaves the
+    committed docs/figures/generalisation.png alone; only with neither named does it write
+    the committed pair; ``--figure ""`` draws nothing."""
+    from conftest import load_script
+
+    gen = load_script("benchmarks/generalisation.py")
+    repo = tmp_path / "repo"  # stands in for the repository: where the committed defaults live
+    monkeypatch.setattr(gen, "REPO", repo)
+    committed_json, committed_fig = repo / "benchmarks" / "results" / "generalisation.json", repo / "docs" / "figures" / "generalisation.png"
+    npz, spec = _tiny_logo_scores(tmp_path)
+    args = ["analyse", "--sweep", str(tmp_path), "--scores", str(npz), "--logo_spec", str(spec), "--recipe", "m"]
+
+    out = tmp_path / "mine" / "x.json"
+    gen.main(args + ["--out", str(out)])
+    assert json.loads(out.read_text())["summary"]["recipe"] == "m"
+    assert (tmp_path / "mine" / "x.png").stat().st_size > 1000
+    assert not committed_fig.exists() and not committed_json.exists()
+
+    gen.main(args + ["--out", str(tmp_path / "none.json"), "--figure", ""])
+    assert (tmp_path / "none.json").is_file() and not (tmp_path / "none.png").exists() and not committed_fig.exists()
+
+    gen.main(args + ["--out", str(tmp_path / "y.json"), "--figure", str(tmp_path / "named.png")])
+    assert (tmp_path / "named.png").is_file() and not (tmp_path / "y.png").exists() and not committed_fig.exists()
+
+    assert gen.analyse_paths(None, None) == (committed_json, committed_fig)  # under tmp_path: the real ones stay untouched
+    gen.main(args)  # the documented regeneration of the committed pair
+    assert committed_json.is_file() and committed_fig.stat().st_size > 1000
+
+    with pytest.raises(SystemExit):  # the figure would overwrite the JSON
+        gen.main(args + ["--out", str(tmp_path / "z.png")])

@@ -1,0 +1,28 @@
+"""Write a benchmark's result: the JSON, and its markdown table beside it.
+
+Many scripts under ``benchmarks/`` end the same way: the result as JSON at ``--out`` and the
+table they print as ``<stem>.md`` next to it. The scripts are not part of the package and do
+not import each other, so the one writer they share lives here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_report(out: str | Path, result: dict, markdown: str, indent: int = 2, trailing_newline: bool = False) -> Path:
+    """Write ``result`` as JSON to ``out`` (creating its folder) and ``markdown`` to the ``.md``
+    of the same stem beside it; return the ``.md`` path.
+
+    ``indent`` is ``json.dumps``'s; ``trailing_newline`` ends the JSON with a newline. Both
+    files are UTF-8 whatever the locale (the tables hold "±" and dashes). An ``out`` ending in
+    ``.md`` is refused: its table would overwrite the JSON.
+    """
+    out = Path(out)
+    if out.suffix.lower() == ".md":
+        raise ValueError(f"{out}: the JSON's name ends in .md, where its markdown table goes; name it .json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=indent) + ("\n" if trailing_newline else ""), encoding="utf-8")
+    md_path = out.with_suffix(".md")
+    md_path.write_text(markdown, encoding="utf-8")
+    return md_path

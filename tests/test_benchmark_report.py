@@ -1,0 +1,51 @@
+"""bitmind.report.write_report: the JSON at ``out`` and the markdown table beside it, as the
+benchmark scripts (logo_paired.py, aux_attribution.py, serve_crop.py, ...) write them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bitmind.report import write_report
+
+RESULT = {"arm": "patch96aux01", "regimes": {"validator": {"auc": 0.75, "folds": ["gans", "sdxl"]}}, "n": 3, "none": None}
+MD = "| fold | AUC |\n|---|---|\n| gans | 0.750 |\n| mean | – |\n"
+
+
+def test_writes_the_json_and_the_markdown_beside_it(tmp_path):
+    out = tmp_path / "res.json"
+    md_path = write_report(out, RESULT, MD)
+    assert md_path == tmp_path / "res.md"
+    assert json.loads(out.read_text()) == RESULT
+    assert out.read_text() == json.dumps(RESULT, indent=2)  # indent 2, no trailing newline: as the scripts wrote it
+    assert md_path.read_text() == MD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json", "res.md"]
+
+
+def test_creates_the_parent_folders_and_takes_a_str(tmp_path):
+    out = tmp_path / "a" / "b" / "deeper.v2.json"
+    md_path = write_report(str(out), RESULT, MD)
+    assert out.is_file() and md_path == tmp_path / "a" / "b" / "deeper.v2.md" and md_path.read_text() == MD
+
+
+def test_indent_and_trailing_newline(tmp_path):
+    """serve_crop.py's form: indent 1 and a newline at the end."""
+    out = tmp_path / "sc.json"
+    write_report(out, RESULT, MD, indent=1, trailing_newline=True)
+    text = out.read_text()
+    assert text == json.dumps(RESULT, indent=1) + "\n"
+    assert text.endswith("}\n") and '\n "arm"' in text and json.loads(text) == RESULT
+
+
+def test_rewrites_what_is_there(tmp_path):
+    out = tmp_path / "r.json"
+    write_report(out, {"old": 1, "longer": "x" * 100}, "old table\n" * 20)
+    write_report(out, {"new": 2}, "new\n")
+    assert json.loads(out.read_text()) == {"new": 2} and (tmp_path / "r.md").read_text() == "new\n"
+
+
+def test_a_json_named_md_is_refused_before_anything_is_written(tmp_path):
+    """Its table would go to the same path and overwrite the JSON."""
+    with pytest.raises(ValueError, match=r"\.md"):
+        write_report(tmp_path / "sub" / "res.md", {"a": 1}, MD)
+    assert not (tmp_path / "sub").exists()
