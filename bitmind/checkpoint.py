@@ -411,6 +411,37 @@ def check_calibration(meta: dict, path: str | os.PathLike = "") -> None:
                                   f"temperature + logit_bias); {key} must lie in [{lo:g}, {hi:g}])")
 
 
+def build_network(arch: str, state: dict, meta: dict, *, detector_only: bool = False, built: nn.Module | None = None,
+                  path: str | os.PathLike = "") -> tuple[nn.Module, dict]:
+    """The network of architecture ``arch`` that ``meta["config"]`` describes, ``state``
+    loaded strictly, in eval mode (on the CPU), and the ``meta`` that describes it: the one
+    step from weights and metadata to a model, for ``load_model`` and for
+    ``bitmind.cli.model_info`` (which turns a model it loaded whole into the miner's form).
+
+    ``detector_only`` leaves an auxiliary head of an npr network behind
+    (``bitmind.models.npr.detector_only``; the meta returned then says ``num_classes`` 1),
+    as the miner loads a file. ``built``: a network already built from this ``state`` and
+    ``meta`` as stored, returned as it is (with ``meta`` itself) where dropping the head
+    changes nothing, rather than built again. A state that does not fit is a
+    ``CheckpointError`` naming ``path``."""
+    if detector_only and arch == "npr":
+        from bitmind.models.npr import detector_only as drop_head
+
+        state, dropped = drop_head(state, meta)
+        if dropped is meta and built is not None:  # no head: the network already built is the detector
+            return built, meta
+        meta = dropped
+    elif built is not None:
+        return built, meta
+    config = meta.get("config") or {}
+    try:
+        model = build_model(arch, **config)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} does not fit architecture {arch!r} {config}: {str(e).splitlines()[0][:300]}") from e
+    return model.eval(), meta
+
+
 def load_model(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu",
                expected_arch: str | None = None, data: bytes | None = None, detector_only: bool = False) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (strict).
@@ -426,17 +457,8 @@ def load_model(path: str | os.PathLike, arch: str | None = None, device: str | t
     name = arch or meta.get("arch") or DEFAULT_ARCH
     if expected_arch is not None and name != expected_arch:
         raise CheckpointError(f"{path} is architecture {name!r}, expected {expected_arch!r}")
-    if detector_only and name == "npr":
-        from bitmind.models.npr import detector_only as drop_head
-
-        state, meta = drop_head(state, meta)
-    config = meta.get("config") or {}
-    try:
-        model = build_model(name, **config)
-        model.load_state_dict(state, strict=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} does not fit architecture {name!r} {config}: {str(e).splitlines()[0][:300]}") from e
-    model.eval().to(device)
-    meta = {**meta, "arch": name, "config": config}
+    model, meta = build_network(name, state, meta, detector_only=detector_only, path=path)
+    model.to(device)
+    meta = {**meta, "arch": name, "config": meta.get("config") or {}}
     sha = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
     return LoadedModel(model=model, meta=meta, path=str(path), sha256=sha)

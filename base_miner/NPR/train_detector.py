@@ -11,23 +11,44 @@ A run folder that already holds a run is refused unless ``--resume`` (continue i
 ``--overwrite`` (replace it). Exit status: 0 done, 1 stopped on a loss that is not a
 number, no picture readable any more or a run folder that cannot be written any more (a
 full disk), 2 a usage error (options, data, run folder), 130 stopped by Ctrl-C (after an
-epoch was saved, resumable; a second Ctrl-C stops at once).
+epoch was saved, resumable; a second Ctrl-C, or one while it starts, stops at once with one line).
 The code lives in ``bitmind.training``; this file is only the entry point.
 """
-import logging
 import sys
 
-from bitmind.training import parse_config, train
-from bitmind.training.run_folder import RunFolderError
-from bitmind.training.trainer import EXIT_STATUS, RunWriteError, TrainingDataError, interrupted_message
+#: The line a Ctrl-C before the run began ends with (while torch and the rest import, ~2 s,
+#: or while the options and an ``--init_from`` file are read): nothing was written yet.
+STARTING_INTERRUPTED = "stopped (Ctrl-C) while starting, before the run began: nothing was written; run the command again"
+
+
+def _interrupted_while_starting():
+    """End a Ctrl-C of the start-up as a later one ends: one line and exit status 130, not a traceback."""
+    print(f"\n{STARTING_INTERRUPTED}", file=sys.stderr, flush=True)
+    raise SystemExit(130) from None
+
+
+try:  # the imports take seconds (torch): a Ctrl-C here is the start-up's
+    import logging
+
+    from bitmind.training import parse_config, train
+    from bitmind.training.run_folder import RunFolderError
+    from bitmind.training.trainer import EXIT_STATUS, RunWriteError, TrainingDataError, interrupted_message
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported (a test, a notebook): the importer's Ctrl-C
+        raise
+    _interrupted_while_starting()
 
 
 def main(argv=None) -> dict:
     """Train per the command line ``argv``; returns the run's summary. A usage error (bad
     data, a run folder that may not be used) exits 2 with one line; a run stopped early exits
-    with ``EXIT_STATUS`` after its best checkpoint is calibrated and its summary written."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(argv)
+    with ``EXIT_STATUS`` after its best checkpoint is calibrated and its summary written; a
+    Ctrl-C exits 130 with one line, whenever it comes."""
+    try:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cfg = parse_config(argv)
+    except KeyboardInterrupt:
+        _interrupted_while_starting()
     try:
         summary = train(cfg)
     except (TrainingDataError, RunFolderError) as e:

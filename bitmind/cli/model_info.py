@@ -27,9 +27,8 @@ import json
 import sys
 from pathlib import Path
 
-from bitmind.checkpoint import CheckpointError, LoadedModel, check_calibration, load_model
-from bitmind.models import build_model
-from bitmind.models.npr import detector_only, has_aux_outputs
+from bitmind.checkpoint import CheckpointError, LoadedModel, build_network, check_calibration, load_model
+from bitmind.models.npr import has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patches", "batch_size", "lr", "lr_schedule", "balance", "seed",
@@ -84,17 +83,14 @@ def describe(path: str | Path, swap=None) -> dict:
 
 def as_the_miner_loads(lm: LoadedModel) -> LoadedModel:
     """``lm`` (loaded whole, as ``describe`` counts it) as the miner loads its file,
-    ``load_model(..., detector_only=True)``, an auxiliary head of an npr network left behind.
-    Why: the swap check compares the detector the miner would serve, and rebuilding it from
-    the weights already loaded spares reading and building the file a second time."""
-    if lm.arch != "npr":  # load_model drops a head of npr networks only
+    ``load_model(..., detector_only=True)``, an auxiliary head of an npr network left behind
+    (both by ``bitmind.checkpoint.build_network``, so the two cannot drift apart). Why: the
+    swap check compares the detector the miner would serve, and rebuilding it from the
+    weights already loaded spares reading and building the file a second time."""
+    model, meta = build_network(lm.arch, lm.model.state_dict(), lm.meta, detector_only=True, built=lm.model, path=lm.path)
+    if model is lm.model:  # no head: the miner loads the same network
         return lm
-    state, meta = detector_only(lm.model.state_dict(), lm.meta)
-    if meta is lm.meta:  # no head: the miner loads the same network
-        return lm
-    model = build_model(lm.arch, **meta["config"])
-    model.load_state_dict(state, strict=True)
-    return dataclasses.replace(lm, model=model.eval(), meta=meta)
+    return dataclasses.replace(lm, model=model, meta=meta)
 
 
 def hot_swap_check(serving: str | Path):

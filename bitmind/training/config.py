@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,6 +178,9 @@ class TrainConfig:
                      "aug_noise_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
+        # above 1, factors 1 - s below 0 (a black picture); above 2, a hue shift a worker fails on; -s is s
+        if not 0.0 <= self.aug_color_jitter <= 1.0:
+            raise ValueError(f"--aug_color_jitter is a strength in [0, 1], got {self.aug_color_jitter}")
         if not (math.isfinite(self.aux_weight) and self.aux_weight >= 0):
             raise ValueError(f"--aux_weight must be 0 (off) or positive, got {self.aux_weight}")
         if self.aux_weight and (self.arch != "npr" or self.pool != "mean"):
@@ -271,9 +275,30 @@ _ROOT_LISTS = ("data", "train_data", "challenge_data")
 _EXTEND_LISTS = (*_ROOT_LISTS, "family_share")
 
 
+#: A command-line word that is a negative number, in the forms ``float`` reads: ``-2``, ``-.5``,
+#: ``-1e-3``, ``-inf`` (Python 3.11's argparse pattern, ``^-\d+$|^-\d*\.\d+$``, misses the last
+#: two; later argparse uses ``-\.?\d``, the first half of this one).
+NEGATIVE_NUMBER = re.compile(r"-\.?\d|-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that reads a negative number after an option as its value.
+    Why: Python 3.11's argparse takes ``--lr -1e-3`` for ``--lr`` with its value missing
+    (``expected one argument``), though ``-1e-3`` is a number and no option looks like one;
+    read as a value, the option's own check says what is wrong with it (a learning rate must
+    be positive), and a list option reads it as one of its values (``--aug_blur_sigma -1e-3 2``
+    parses; its check then refuses it). One place for every command built here: ``parse_config``
+    and ``explicit_options`` both read ``build_parser``'s parser. No option of ours looks like a
+    negative number, so none is mistaken for one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train the NPR AI-generated image detector.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description="Train the NPR AI-generated image detector.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         default = getattr(defaults, f.name)
