@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bitmind.data.families import AUX_REAL, sampling_family
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
 from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, held_out_sources, score_fold
 
 
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     p.add_argument("--spec", required=True, help="its logo_spec.json")
     p.add_argument("--arm", required=True, help="the recipe trained with aux_weight")
     p.add_argument("--regime", default="validator", choices=("validator", "crops"))
-    p.add_argument("--out", required=True, help="JSON to write (a .md beside it)")
+    p.add_argument("--out", type=report_path, required=True, help="JSON to write (a .md beside it)")
     a = p.parse_args(argv)
     with np.load(a.scores, allow_pickle=False) as z:
         res = analyse(z, json.loads(Path(a.spec).read_text()), a.arm, a.regime)

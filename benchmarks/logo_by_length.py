@@ -23,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
 
 METRICS = ("mean_heldout_detection_generators", "mean_heldout_detection_at_real90", "mean_heldout_auc",
            "worst_heldout_detection", "real_accuracy")
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
     p.add_argument("--long_from", type=int, default=30, help="runs of at least this many epochs are 'long'")
     p.add_argument("--longer_from", type=int, default=None,
                    help="runs of at least this many epochs are 'longer' (default: no third group)")
-    p.add_argument("--out", default="", help="JSON of the rows and groups; the markdown goes beside it (.md)")
+    p.add_argument("--out", type=report_path, default="", help="JSON of the rows and groups; the markdown goes beside it (.md)")
     p.add_argument("--figure", default="", help="PNG: every run by the epochs it trained, per recipe")
     a = p.parse_args(argv)
     if a.longer_from is not None and a.longer_from <= a.long_from:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 from bitmind.metrics import bootstrap_resample, bootstrap_strata
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
 from bitmind.training.logo import FOLD_SEP, REGIMES
 from bitmind.training.logo_metrics import METRICS, by_source, fold_metrics, fold_sets, seed_bands, shared_pictures
 
@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", default=None, help="a logo_seed_noise.py JSON (benchmarks/results/logo_seed_noise.json): "
                    "print each fold's seed band (twice the RMS of reseed differences) beside its AUC difference")
-    p.add_argument("--out", required=True, help="JSON; the markdown table goes beside it (.md)")
+    p.add_argument("--out", type=report_path, required=True, help="JSON; the markdown table goes beside it (.md)")
     a = p.parse_args(argv)
     if a.n_boot < 1:
         p.error("--n_boot must be at least 1")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
 from bitmind.training.logo import REGIMES
 from bitmind.training.logo_metrics import METRICS, fold_sets, point_diffs
 
@@ -110,7 +110,7 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=R, help="where the committed LOGO scores and specs are")
-    p.add_argument("--out", required=True, help="JSON; the markdown table goes beside it (.md)")
+    p.add_argument("--out", type=report_path, required=True, help="JSON; the markdown table goes beside it (.md)")
     a = p.parse_args(argv)
     results = Path(a.results)
     needed = {f"{n}_scores.npz" for pair in SEED_PAIRS + RERUN_PAIRS for n in (pair[1], pair[3])}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
 
 GAN_FOLD = "gans"
 
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arm", nargs="+", required=True, help="LABEL=PREFIX (PREFIX.json and PREFIX_by_source.json)")
     p.add_argument("--cost_sources", type=int, default=2, help="how many of the most-hurt other sources to show")
-    p.add_argument("--out", required=True, help="JSON; the markdown table goes beside it (.md)")
+    p.add_argument("--out", type=report_path, required=True, help="JSON; the markdown table goes beside it (.md)")
     p.add_argument("--figure", default="", help="PNG path ('' for none)")
     a = p.parse_args(argv)
     rows, reference = {}, None

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
 
 
 def picture_features(x) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +234,7 @@ def main(argv=None) -> dict:
     p.add_argument("--scores", default="", help="a LOGO scores file (generalisation*_scores.npz) that scored the same "
                    "pictures (first): also stack the periodic read-out onto its fold models (stacked)")
     p.add_argument("--arm", default="patch96nopool", help="the arm of --scores whose folds are stacked")
-    p.add_argument("--out", default="", help="JSON of the probe; the markdown table goes beside it (.md)")
+    p.add_argument("--out", type=report_path, default="", help="JSON of the probe; the markdown table goes beside it (.md)")
     a = p.parse_args(argv)
     if a.features and Path(a.features).is_file():
         with np.load(a.features, allow_pickle=False) as z:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action="store_true", help="time the torch.compile'd serve (--neuron.compile)")
     ap.add_argument("--no-latency", dest="no_latency", action="store_true", help="accuracy only")
     ap.add_argument("--keep", type=int, default=None, help="also write the copy with this center_crop beside --model")
-    ap.add_argument("--out", default=str(HERE / "results" / "serve_crop.json"))
+    ap.add_argument("--out", type=report_path, default=str(HERE / "results" / "serve_crop.json"))
     a = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bitmind-serve-crop-") as tmp:

@@ -38,7 +38,7 @@ import numpy as np
 from bitmind.cli.eval import add_data_argument, add_split_arguments
 from bitmind.evaluation import evaluate_detailed
 from bitmind.metrics import DEFAULT_THRESHOLD, bootstrap_resample, bootstrap_strata, compute_metrics
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
 
 logger = logging.getLogger(__name__)
 #: (key in compute_metrics, name, lower is better)
@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--boot_seed", type=int, default=0, help="seed of the bootstrap resamples")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="JSON; the markdown tables go beside it (.md)")
+    p.add_argument("--out", type=report_path, required=True, help="JSON; the markdown tables go beside it (.md)")
     a = p.parse_args(argv)
     if a.resamples < 1:
         p.error("--resamples must be at least 1")

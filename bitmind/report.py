@@ -6,8 +6,19 @@ not import each other, so the one writer they share lives here.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+
+def report_path(value: str) -> str:
+    """An ``argparse`` type for a script's ``--out``: refuse, as a usage error before any work,
+    a name ending in ``.md``, where the markdown table beside the JSON goes (``write_report``
+    would refuse it only once the work is done). ``""`` (no report) passes."""
+    if Path(value).suffix.lower() == ".md":
+        raise argparse.ArgumentTypeError(f"{value}: the JSON's name ends in .md, where its markdown table goes; "
+                                         "name it .json")
+    return value
 
 
 def write_report(out: str | Path, result: dict, markdown: str, indent: int = 2, trailing_newline: bool = False) -> Path:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from bitmind.report import write_report
+from bitmind.report import report_path, write_report
+from conftest import load_script
 
 RESULT = {"arm": "patch96aux01", "regimes": {"validator": {"auc": 0.75, "folds": ["gans", "sdxl"]}}, "n": 3, "none": None}
 MD = "| fold | AUC |\n|---|---|\n| gans | 0.750 |\n| mean | – |\n"
@@ -49,3 +50,16 @@ def test_a_json_named_md_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"\.md"):
         write_report(tmp_path / "sub" / "res.md", {"a": 1}, MD)
     assert not (tmp_path / "sub").exists()
+
+
+@pytest.mark.parametrize("script, args", [
+    ("benchmarks/aux_attribution.py", ["--scores", "missing.npz", "--spec", "missing.json", "--arm", "a"]),
+    ("benchmarks/logo_paired.py", ["--a", "missing.npz", "--b", "missing.npz", "--spec", "missing.json"]),
+])
+def test_a_scripts_out_named_md_is_a_usage_error_before_any_work(tmp_path, capsys, script, args):
+    """Refused while the options are read (the inputs named here do not even exist), not after
+    the work, when write_report would refuse it with a traceback."""
+    with pytest.raises(SystemExit) as e:
+        load_script(script).main([*args, "--out", str(tmp_path / "res.md")])
+    assert e.value.code == 2 and "ends in .md" in capsys.readouterr().err
+    assert report_path("") == "" and report_path("r.json") == "r.json"

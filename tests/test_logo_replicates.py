@@ -1,16 +1,21 @@
 """benchmarks/logo_replicates.py: paired LOGO comparisons on several seeds, pooled against
 the band of a mean (the seed band over sqrt(n)), with disagreeing signs never 'beyond'."""
+import itertools
 import json
 import math
 
 import pytest
+from conftest import load_script
 
-from benchmarks import logo_replicates
+logo_replicates = load_script("benchmarks/logo_replicates.py")
+RUNS = itertools.count()  # each pair's runs get names of their own
 
 
 def pair(diffs: dict[str, float], det: float = 0.01, **extra) -> dict:
     folds = {f: {"auc": {"diff": d}, "at_real90": {"diff": det}} for f, d in diffs.items()}
-    return {"arm": "plain", "arm_b": "aux", "regimes": {"validator": {"folds": folds}}, **extra}
+    k = next(RUNS)
+    run = {"a": f"plain_{k}.npz", "b": f"aux_{k}.npz"}  # runs of their own, unless given
+    return {"arm": "plain", "arm_b": "aux", **run, "regimes": {"validator": {"folds": folds}}, **extra}
 
 
 def noise(rms: dict[str, float], seed_means: list[dict[str, float]]) -> dict:
@@ -46,7 +51,7 @@ def test_the_band_of_a_mean_narrows_with_the_number_of_pairs_and_needs_agreeing_
     assert rows["gans"]["at_real90"]["mean"] == pytest.approx(0.01) and "band_of_mean" not in rows["gans"]["at_real90"]
     md = out.with_suffix(".md").read_text()
     assert "| validator | gans | +0.050, +0.040 | +0.045 | ±0.042 **beyond** |" in md
-    assert "(signs differ)" in md and json.loads(out.read_text())["n"] == 2
+    assert "(not all on one side)" in md and json.loads(out.read_text())["n"] == 2
 
 
 def test_only_folds_every_pair_holds_are_pooled(tmp_path):
@@ -78,3 +83,49 @@ def test_one_pair_or_a_wrong_file_is_a_usage_error(tmp_path, capsys):
         logo_replicates.main(["--pairs", one, write(tmp_path, "x.json", {"folds": {}}), "--out", str(tmp_path / "r.json")])
     assert "not a logo_paired.py result" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_zero_difference_is_on_neither_side(tmp_path):
+    """[0, +0.05] is not 'every seed on the same side': beyond needs each pair to move the same way."""
+    nz = noise({"gans": 0.001}, [{"gans": 0.001}])
+    files = [write(tmp_path, "a.json", pair({"gans": 0.0})), write(tmp_path, "b.json", pair({"gans": 0.05}))]
+    res = logo_replicates.main(["--pairs", *files, "--noise", write(tmp_path, "n.json", nz), "--out", str(tmp_path / "r.json")])
+    g = res["regimes"]["validator"]["rows"]["gans"]["auc"]
+    assert g["mean"] > g["band_of_mean"] and not g["same_sign"] and not g["beyond"]
+
+
+def test_a_fold_without_a_finite_difference_is_skipped_for_every_pair(tmp_path):
+    files = [write(tmp_path, "a.json", pair({"gans": float("nan"), "sdxl": 0.02})),
+             write(tmp_path, "b.json", pair({"gans": 0.05, "sdxl": 0.04}))]
+    res = logo_replicates.main(["--pairs", *files, "--out", str(tmp_path / "r.json")])
+    r = res["regimes"]["validator"]
+    assert r["folds"] == ["sdxl"] and r["skipped"] == ["gans"]
+    assert r["rows"]["mean"]["auc"]["diffs"] == pytest.approx([0.02, 0.04])  # the mean over pooled folds only
+    assert "skipped" in (tmp_path / "r.md").read_text()
+
+
+def test_detection_at_real90_gets_its_own_band(tmp_path):
+    nz = noise({"gans": 0.03}, [{"gans": 0.0}])
+    nz["summary"]["validator"]["gans"]["at_real90"] = {"rms": 0.01}
+    files = [write(tmp_path, "a.json", pair({"gans": 0.05}, det=0.03)), write(tmp_path, "b.json", pair({"gans": 0.04}, det=0.02))]
+    res = logo_replicates.main(["--pairs", *files, "--noise", write(tmp_path, "n.json", nz), "--out", str(tmp_path / "r.json")])
+    d = res["regimes"]["validator"]["rows"]["gans"]["at_real90"]
+    assert d["band_of_mean"] == pytest.approx(0.02 / math.sqrt(2)) and d["beyond"]  # 0.025 > 0.0141
+
+
+@pytest.mark.parametrize("case, message", [
+    ("twice", "given twice"),
+    ("other_arms", "different arms"),
+    ("shared_run", "share the run"),
+])
+def test_pairs_that_are_not_independent_seeds_of_one_comparison_are_refused(tmp_path, capsys, case, message):
+    first = pair({"gans": 0.05})
+    if case == "twice":
+        files = [write(tmp_path, "a.json", first)] * 2
+    elif case == "other_arms":
+        files = [write(tmp_path, "a.json", first), write(tmp_path, "b.json", pair({"gans": 0.01}, arm="x", arm_b="y"))]
+    else:  # the second pair compares against the first pair's plain run: one seed counted twice
+        files = [write(tmp_path, "a.json", first), write(tmp_path, "b.json", pair({"gans": 0.01}, a=first["a"]))]
+    with pytest.raises(SystemExit) as e:
+        logo_replicates.main(["--pairs", *files, "--out", str(tmp_path / "r.json")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
