@@ -37,11 +37,18 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
+from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
 
-from bitmind.models.npr import check_center_crop, top_fraction
-from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_run_spec, parse_ensembles,
-                                  pooled_name, score_models, select_recipe, ship, unpooled, view_of)
+try:  # the imports take seconds (torch): a Ctrl-C here is the start-up's
+    import numpy as np
+
+    from bitmind.models.npr import check_center_crop, top_fraction
+    from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_run_spec, parse_ensembles,
+                                      pooled_name, score_models, select_recipe, ship, unpooled, view_of)
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported (a test): the importer's Ctrl-C
+        raise
+    exit_interrupted_while_starting()
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -307,7 +314,19 @@ def cmd_ship(args) -> dict:
     return rec
 
 
-def main(argv=None):
+def _sweep_folder(args) -> Path:
+    """The folder ``train`` puts its sweep in, as ``cmd_train`` builds it: ``<checkpoints_dir>/<name>``,
+    the spec's ``checkpoints_dir`` unless the command line names one."""
+    from bitmind.training.config import DEFAULT_CHECKPOINTS_DIR
+
+    try:
+        base = json.loads(Path(args.spec).read_text()).get("base") or {}
+    except (OSError, ValueError, AttributeError):  # cmd_train says what is wrong with it
+        base = {}
+    return Path(args.checkpoints_dir or base.get("checkpoints_dir") or DEFAULT_CHECKPOINTS_DIR) / args.name
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["train", "score", "analyse", "all", "ship", "merge"])
     p.add_argument("--spec", help="LOGO spec JSON (train, all)")
@@ -358,48 +377,80 @@ def main(argv=None):
     p.add_argument("--figure", default=None,
                    help="analyse: the heat map (\"\" for none; default: beside --out, same stem, .png, when --out is "
                         "given, else the committed docs/figures/generalisation.png)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    """Run the command line ``argv``. A usage error exits 2 with one line; a sweep that stopped
+    early exits with its status (130 after a first Ctrl-C, its state saved) before it is
+    scored; a Ctrl-C that stops a command at once ends it with one line and exit status 130,
+    whenever it comes, saying what is kept and how to go on."""
     try:
-        args.ensembles = parse_ensembles(args.ensemble)
-        for pool in args.pools:
-            view = view_of(pool)
-            if view is None or (view[0] == "pool" and top_fraction(pool) == 1.0 and pool != "top100"):
-                raise ValueError(f"--pools takes topNN pools, cropNNN centre crops and flip, not {pool!r} "
-                                 "('mean' of the whole picture is what every model is scored with anyway)")
-            if view[0] == "center_crop":
-                check_center_crop(view[1])
-    except ValueError as e:
-        p.error(str(e))
-    if args.command in ("analyse", "all"):
-        out, figure = analyse_paths(args.out, args.figure)
-        if figure is not None and figure.resolve() == out.resolve():
-            p.error(f"--out {out} would be overwritten by the figure: give --out a .json name, or --figure another path")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "merge":
-        return cmd_merge(args)
-    if args.command in ("train", "all"):
-        if not args.spec:
-            p.error("--spec is required for train/all")
-        if args.resume and args.overwrite:
-            p.error("--resume continues the sweep in the folder, --overwrite replaces it: pass one of them")
-        from bitmind.training.run_folder import RunFolderError
-        from bitmind.training.trainer import TrainingDataError
-
+        p = build_parser()
+        args = p.parse_args(argv)
         try:
-            run_dir = cmd_train(args)
-        except (RunFolderError, TrainingDataError) as e:  # a usage error (exit 2), not a traceback
+            args.ensembles = parse_ensembles(args.ensemble)
+            for pool in args.pools:
+                view = view_of(pool)
+                if view is None or (view[0] == "pool" and top_fraction(pool) == 1.0 and pool != "top100"):
+                    raise ValueError(f"--pools takes topNN pools, cropNNN centre crops and flip, not {pool!r} "
+                                     "('mean' of the whole picture is what every model is scored with anyway)")
+                if view[0] == "center_crop":
+                    check_center_crop(view[1])
+        except ValueError as e:
             p.error(str(e))
-        args.sweep = args.sweep or str(run_dir)
-    if not args.sweep:
-        from bitmind.training.config import DEFAULT_CHECKPOINTS_DIR
+        if args.command in ("analyse", "all"):
+            out, figure = analyse_paths(args.out, args.figure)
+            if figure is not None and figure.resolve() == out.resolve():
+                p.error(f"--out {out} would be overwritten by the figure: give --out a .json name, or --figure another path")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except KeyboardInterrupt:
+        exit_interrupted_while_starting()
+    step = args.command  # what a Ctrl-C stops (train and score say more)
+    try:
+        if args.command == "merge":
+            return cmd_merge(args)
+        if args.command in ("train", "all"):
+            if not args.spec:
+                p.error("--spec is required for train/all")
+            if args.resume and args.overwrite:
+                p.error("--resume continues the sweep in the folder, --overwrite replaces it: pass one of them")
+            from bitmind.training.run_folder import RunFolderError
+            from bitmind.training.sweep import interrupted_sweep_message, sweep_marks
+            from bitmind.training.trainer import TrainingDataError
 
-        args.sweep = str(Path(args.checkpoints_dir or DEFAULT_CHECKPOINTS_DIR) / args.name)
-    if args.command == "ship":
-        return cmd_ship(args)
-    if args.command in ("score", "all"):
-        cmd_score(args)
-    if args.command in ("analyse", "all"):
-        return cmd_analyse(args)
+            sweep_dir = _sweep_folder(args)
+            before = sweep_marks(sweep_dir)
+            try:
+                run_dir = cmd_train(args)
+            except (RunFolderError, TrainingDataError) as e:  # a usage error (exit 2), not a traceback
+                p.error(str(e))
+            except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one before or after the epochs
+                exit_interrupted(interrupted_sweep_message(sweep_dir, before, bool(args.resume), bool(args.overwrite)))
+            args.sweep = args.sweep or str(run_dir)
+        if not args.sweep:
+            from bitmind.training.config import DEFAULT_CHECKPOINTS_DIR
+
+            args.sweep = str(Path(args.checkpoints_dir or DEFAULT_CHECKPOINTS_DIR) / args.name)
+        if args.command == "ship":
+            return cmd_ship(args)
+        if args.command in ("score", "all"):
+            # as cmd_score names it; written once, at the end (np.savez_compressed): a Ctrl-C before leaves it as it was
+            scores = file_marks([args.scores or Path(args.sweep) / "logo_scores.npz"])
+            try:
+                cmd_score(args)
+            except KeyboardInterrupt:
+                again = ("run score again" if args.command == "score" else
+                         "the sweep ran to its end: the same command with --resume"
+                         + (" in place of --overwrite" if args.overwrite else "") + " scores it without training it again")
+                written = written_since(scores)
+                exit_interrupted(f"stopped (Ctrl-C) while {written[0]} was written: it may be incomplete; {again}" if written
+                                 else f"stopped (Ctrl-C) while scoring: nothing of the scores was written; {again}")
+        if args.command in ("analyse", "all"):
+            step = "analyse"
+            return cmd_analyse(args)
+    except KeyboardInterrupt:
+        exit_interrupted(f"stopped (Ctrl-C) during {step}: a file it was writing may be incomplete; run {step} again")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,54 @@
 """Graceful stop for long-running processes: for neurons, SIGINT and SIGTERM (Ctrl-C,
 ``pm2 stop``) set an event that the main loop checks between steps, so a round or a request
 in flight finishes and state is saved before the process exits; for training, Ctrl-C lets
-the epoch in progress finish and be saved (``GracefulStop``)."""
+the epoch in progress finish and be saved (``GracefulStop``); a Ctrl-C that stops a command
+at once ends it with one line and exit status 130 (``exit_interrupted``), not a traceback."""
 from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable, NoReturn
+
+#: The line a Ctrl-C before a run began ends with (while torch and the rest import, ~2 s,
+#: or while the options are read): nothing was written yet.
+STARTING_INTERRUPTED = "stopped (Ctrl-C) while starting, before the run began: nothing was written; run the command again"
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """End a command that a Ctrl-C stopped at once as a first Ctrl-C ends a run: ``message``
+    (what is kept, how to go on) as one line on stderr, after the terminal's ``^C``, and exit
+    status 130; not a KeyboardInterrupt traceback."""
+    print(f"\n{message}", file=sys.stderr, flush=True)
+    raise SystemExit(130) from None
+
+
+def exit_interrupted_while_starting() -> NoReturn:
+    """``exit_interrupted`` for a Ctrl-C while a command starts (imports, options):
+    ``STARTING_INTERRUPTED``."""
+    exit_interrupted(STARTING_INTERRUPTED)
+
+
+def file_marks(paths: Iterable[Path]) -> dict[Path, tuple | None]:
+    """(inode, mtime, size) of each of ``paths`` (None: absent). Taken before a command
+    writes, and compared after a Ctrl-C (``written_since``), it tells the files the command
+    wrote from those it found, so the line it ends with says only what is true."""
+    marks = {}
+    for path in map(Path, paths):
+        try:
+            st = path.stat()
+            marks[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            marks[path] = None
+    return marks
+
+
+def written_since(marks: dict[Path, tuple | None]) -> list[Path]:
+    """Those of ``marks``' files (``file_marks``) made, replaced, changed or removed since."""
+    now = file_marks(marks)
+    return [path for path, mark in marks.items() if now[path] != mark]
 
 
 def stop_event_on_signals(on_signal: Callable[[int], None] | None = None) -> threading.Event:

@@ -16,16 +16,10 @@ The code lives in ``bitmind.training``; this file is only the entry point.
 """
 import sys
 
-#: The line a Ctrl-C before the run began ends with (while torch and the rest import, ~2 s,
-#: or while the options and an ``--init_from`` file are read): nothing was written yet.
-STARTING_INTERRUPTED = "stopped (Ctrl-C) while starting, before the run began: nothing was written; run the command again"
-
-
-def _interrupted_while_starting():
-    """End a Ctrl-C of the start-up as a later one ends: one line and exit status 130, not a traceback."""
-    print(f"\n{STARTING_INTERRUPTED}", file=sys.stderr, flush=True)
-    raise SystemExit(130) from None
-
+# light (the package root and bitmind.shutdown import nothing heavy), so it is in place before
+# the slow imports below: a Ctrl-C before the run began (torch and the rest import for ~2 s, then
+# the options and an ``--init_from`` file are read) ends with one line, nothing was written yet
+from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting
 
 try:  # the imports take seconds (torch): a Ctrl-C here is the start-up's
     import logging
@@ -36,7 +30,7 @@ try:  # the imports take seconds (torch): a Ctrl-C here is the start-up's
 except KeyboardInterrupt:
     if __name__ != "__main__":  # imported (a test, a notebook): the importer's Ctrl-C
         raise
-    _interrupted_while_starting()
+    exit_interrupted_while_starting()
 
 
 def main(argv=None) -> dict:
@@ -48,7 +42,7 @@ def main(argv=None) -> dict:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         cfg = parse_config(argv)
     except KeyboardInterrupt:
-        _interrupted_while_starting()
+        exit_interrupted_while_starting()
     try:
         summary = train(cfg)
     except (TrainingDataError, RunFolderError) as e:
@@ -58,8 +52,7 @@ def main(argv=None) -> dict:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one while the data is read
-        print(f"\n{interrupted_message(cfg)}", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        exit_interrupted(interrupted_message(cfg))
     if summary.get("best"):
         print(f"best: {summary['best']}\ncheckpoint: {summary['best_checkpoint']}", flush=True)
     if summary.get("stopped") in EXIT_STATUS:

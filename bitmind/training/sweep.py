@@ -63,66 +63,78 @@ epoch and its validation metrics, plus ensembles of the best variants); and per 
 scalars and ``val_logits_best.npy``. While it runs, ``sweep_state.pt``
 (``bitmind.training.sweep_state``): a sweep stopped by Ctrl-C (exit status 130, after the
 epoch in progress is saved), a lost machine or a killed process goes on with ``--resume``.
+The state is written after an epoch that gave a variant a new best, after the first epoch
+to end ``state_every_s`` (120 s) after the previous write, and after the epoch a first
+Ctrl-C finishes; never after the last epoch. A second Ctrl-C (or one while the data is read
+or the variants are calibrated at the end) stops at once with one line and exit status 130:
+what was trained since the state was last written is lost, and ``--resume`` goes on from that
+state (the line says when there is none).
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import logging
-import math
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from bitmind.shutdown import GracefulStop, exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
 
-import numpy as np
-import torch
-import torch.nn as nn
-from torch.utils.data import DataLoader
+try:  # the imports take seconds (torch): a Ctrl-C here is the start-up of python -m bitmind.training.sweep
+    import argparse
+    import dataclasses
+    import json
+    import logging
+    import math
+    import time
+    from dataclasses import dataclass
+    from pathlib import Path
 
-from bitmind.calibration import CalibrationDataError, apply_calibration
-from bitmind.common import atomic_write_text, parse_bool, resolve_amp
-from bitmind.data import AsIs, DetectionDataset, aligned_partners, collate_skip_none, in_subset
-from bitmind.data.dataset import worker_init
-from bitmind.data.families import aux_classes
-from bitmind.image_transforms import ValidatorPipeline
-from bitmind.inference import forward_logits
-from bitmind.metrics import compute_metrics
-from bitmind.training.config import TrainConfig
-from bitmind.training.loop import (
-    Best,
-    Learner,
-    check_patch_size,
-    check_tile_shuffle,
-    epoch_record,
-    log_epoch,
-    make_writer,
-    plot_curves,
-    save_if_best,
-    selection_score,
-    smooth_labels,
-    to_device_async,
-    train_one_epoch,
-    val_metrics,
-    validate,
-)
-from bitmind.shutdown import GracefulStop
-from bitmind.training.run_folder import (SWEEP_STATE, RunFolderError, finished_sweep, prepare_sweep_folder,
-                                         remove_earlier_sweep)
-from bitmind.training.sweep_state import (check_same_sweep, load_sweep_state, remove_partial_states, restore_variant,
-                                          save_sweep_state)
-from bitmind.training.trainer import (
-    EXIT_STATUS,
-    TrainingDataError,
-    unreadable_training_data,
-    build_datasets,
-    build_training_model,
-    calibrate_checkpoint,
-    loader_kwargs,
-    prepare_device,
-    seed_everything,
-    train_sampler,
-)
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    from torch.utils.data import DataLoader
+
+    from bitmind.calibration import CalibrationDataError, apply_calibration
+    from bitmind.common import atomic_write_text, parse_bool, resolve_amp
+    from bitmind.data import AsIs, DetectionDataset, aligned_partners, collate_skip_none, in_subset
+    from bitmind.data.dataset import worker_init
+    from bitmind.data.families import aux_classes
+    from bitmind.image_transforms import ValidatorPipeline
+    from bitmind.inference import forward_logits
+    from bitmind.metrics import compute_metrics
+    from bitmind.training.config import TrainConfig
+    from bitmind.training.loop import (
+        Best,
+        Learner,
+        check_patch_size,
+        check_tile_shuffle,
+        epoch_record,
+        log_epoch,
+        make_writer,
+        plot_curves,
+        save_if_best,
+        selection_score,
+        smooth_labels,
+        to_device_async,
+        train_one_epoch,
+        val_metrics,
+        validate,
+    )
+    from bitmind.training.run_folder import (SWEEP_STATE, RunFolderError, finished_sweep, holds_sweep,
+                                             prepare_sweep_folder, remove_earlier_sweep)
+    from bitmind.training.sweep_state import (check_same_sweep, load_sweep_state, remove_partial_states, restore_variant,
+                                              save_sweep_state)
+    from bitmind.training.trainer import (
+        EXIT_STATUS,
+        TrainingDataError,
+        unreadable_training_data,
+        build_datasets,
+        build_training_model,
+        calibrate_checkpoint,
+        loader_kwargs,
+        prepare_device,
+        seed_everything,
+        train_sampler,
+    )
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported (generalisation.py, a test): the importer's Ctrl-C
+        raise
+    exit_interrupted_while_starting()
 
 logger = logging.getLogger(__name__)
 
@@ -787,7 +799,40 @@ def run_sweep(spec: SweepSpec) -> dict:
     return summary
 
 
-def main(argv=None) -> dict:
+#: The files that tell where a sweep in its folder stands (``interrupted_sweep_message``).
+SWEEP_MARKS = ("spec.json", SWEEP_STATE, "sweep.json")
+
+
+def sweep_marks(out_dir: Path) -> dict:
+    """``file_marks`` of ``SWEEP_MARKS`` in ``out_dir``, taken before a command runs its sweep,
+    so that ``interrupted_sweep_message`` tells the files the command wrote from those of an
+    earlier sweep (which ``--overwrite`` removes only once the data has been read)."""
+    return file_marks(out_dir / name for name in SWEEP_MARKS)
+
+
+def interrupted_sweep_message(out_dir: Path, before: dict, resume: bool = False, overwrite: bool = False) -> str:
+    """The line a sweep stopped at once by Ctrl-C ends with, instead of a KeyboardInterrupt
+    traceback (a second press while it trains, the first one having asked to finish the epoch;
+    or any press while it reads its data or calibrates its variants at the end): what ``out_dir``
+    keeps and how to go on, read from the folder as the sweep left it. ``before``: its
+    ``sweep_marks`` when the command started; a file unchanged since is an earlier sweep's,
+    unless the command resumes that sweep."""
+    written = {path.name for path in written_since(before)}
+    ours = {name for name in SWEEP_MARKS if (out_dir / name).exists() and (resume or name in written)}
+    if "sweep.json" in ours and finished_sweep(out_dir) is not None:
+        return f"stopped (Ctrl-C) after the sweep ran to its end: {out_dir / 'sweep.json'} holds its results"
+    if SWEEP_STATE in ours:
+        again = "the same command with --resume" + (" in place of --overwrite" if overwrite else "")
+        return (f"stopped at once (Ctrl-C): what was trained since {SWEEP_STATE} was last written is lost; {out_dir} "
+                "keeps that state and every variant's best checkpoint (calibrated when the sweep ends); "
+                f"{again} (RESUME=1 for the scripts) goes on from there")
+    if "spec.json" in ours:  # under way, but no epoch has written the state yet (or the only epoch was the last)
+        return (f"stopped (Ctrl-C) before the sweep wrote {SWEEP_STATE}: {out_dir} holds nothing to resume; run the "
+                "command again" + (" with --overwrite" if holds_sweep(out_dir) and not overwrite else ""))
+    return "stopped (Ctrl-C) before the sweep began training: nothing to resume was saved; run the command again"
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", help="sweep spec JSON (see the module docstring)")
     p.add_argument("--report", metavar="SWEEP_DIR", nargs="+",
@@ -808,28 +853,50 @@ def main(argv=None) -> dict:
     p.add_argument("--resume", action="store_true", default=None,
                    help="go on with the sweep in the output folder from its sweep_state.pt (stopped by Ctrl-C or lost); "
                         "the spec must be the same, only where and how fast it runs and where its data lives may change")
-    args = p.parse_args(argv)
-    if args.resume and args.overwrite:
-        p.error("--resume continues the sweep in the folder, --overwrite replaces it: pass one of them")
+    return p
+
+
+def main(argv=None) -> dict:
+    """Run the sweep the command line ``argv`` describes (or only rebuild a report); returns its
+    summary. A usage error exits 2 with one line; a sweep that stopped early exits with
+    ``EXIT_STATUS`` once its summary is written (130 after a first Ctrl-C); a Ctrl-C that stops
+    the command at once ends it with one line and exit status 130, whenever it comes."""
+    try:
+        p = build_parser()
+        args = p.parse_args(argv)
+        if args.resume and args.overwrite:
+            p.error("--resume continues the sweep in the folder, --overwrite replaces it: pass one of them")
+    except KeyboardInterrupt:
+        exit_interrupted_while_starting()
     if args.report:
-        rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members, args.report_out,
-                              args.report_top)
-        for name, v in sorted(rep["variants"].items(), key=lambda kv: -kv[1]["accuracy"]):
-            print(f"{name:<22} epoch {v['best_epoch']:>4}  acc {v['accuracy']:.4f}  AP {v['ap']:.4f}  real {v['real_accuracy']:.4f}")
-        for e in rep["ensembles"][:12]:
-            print(f"ensemble acc {e['accuracy']:.4f} AP {e['ap']:.4f} real {e['real_accuracy']:.4f}  {e['members']}")
+        try:
+            rep = report_from_dir(args.report[0] if len(args.report) == 1 else args.report, args.max_members,
+                                  args.report_out, args.report_top)
+            for name, v in sorted(rep["variants"].items(), key=lambda kv: -kv[1]["accuracy"]):
+                print(f"{name:<22} epoch {v['best_epoch']:>4}  acc {v['accuracy']:.4f}  AP {v['ap']:.4f}  real {v['real_accuracy']:.4f}")
+            for e in rep["ensembles"][:12]:
+                print(f"ensemble acc {e['accuracy']:.4f} AP {e['ap']:.4f} real {e['real_accuracy']:.4f}  {e['members']}")
+        except KeyboardInterrupt:
+            exit_interrupted("stopped (Ctrl-C) while the report was built; run the command again")
         return rep
-    if not args.spec:
-        p.error("--spec is required (or --report SWEEP_DIR)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec_dict = json.loads(Path(args.spec).read_text())
-    overrides = ("data", "name", "checkpoints_dir", "epochs", "workers", "device", "max_steps_per_epoch", "progress",
-                 "overwrite", "resume")
-    spec = SweepSpec.from_dict(spec_dict, **{k: getattr(args, k) for k in overrides})
+    try:
+        if not args.spec:
+            p.error("--spec is required (or --report SWEEP_DIR)")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        spec_dict = json.loads(Path(args.spec).read_text())
+        overrides = ("data", "name", "checkpoints_dir", "epochs", "workers", "device", "max_steps_per_epoch", "progress",
+                     "overwrite", "resume")
+        spec = SweepSpec.from_dict(spec_dict, **{k: getattr(args, k) for k in overrides})
+        before = sweep_marks(spec.base.run_dir)
+    except KeyboardInterrupt:
+        exit_interrupted_while_starting()
     try:
         summary = run_sweep(spec)
     except (RunFolderError, TrainingDataError) as e:
         p.error(str(e))
+    except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one before the first epoch or after the last
+        exit_interrupted(interrupted_sweep_message(spec.base.run_dir, before, bool(spec.base.resume),
+                                                   bool(spec.base.overwrite)))
     exit_if_stopped(summary)
     return summary
 
