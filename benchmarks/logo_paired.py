@@ -52,7 +52,7 @@ import numpy as np
 from bitmind.metrics import bootstrap_resample, bootstrap_strata
 from bitmind.report import report_path, write_report
 from bitmind.training.logo import FOLD_SEP, REGIMES
-from bitmind.training.logo_metrics import METRICS, by_source, fold_metrics, fold_sets, seed_bands, shared_pictures
+from bitmind.training.logo_metrics import METRICS, by_source, fold_metrics, fold_sets, seed_bands, read_seed_noise, shared_pictures
 
 
 
@@ -163,11 +163,9 @@ def main(argv=None) -> dict:
     noise = None
     if a.noise:
         try:
-            noise = json.loads(Path(a.noise).read_text())
-        except (OSError, ValueError) as e:
-            p.error(f"--noise {a.noise}: {e}")
-        if not isinstance(noise, dict) or "summary" not in noise:
-            p.error(f"--noise {a.noise}: not a logo_seed_noise.py result (no 'summary')")
+            noise = read_seed_noise(a.noise)
+        except ValueError as e:
+            p.error(str(e))
     folds = fold_sets(json.loads(Path(a.spec).read_text()), a.arm, a.real_folds)
     if not folds:
         p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from bitmind.report import report_path, write_report
-from bitmind.training.logo_metrics import seed_bands
+from bitmind.training.logo_metrics import read_seed_noise, seed_bands
 
 #: the metrics a logo_paired.py result holds per fold, pooled here (each with its seed band)
 POOLED = ("auc", "at_real90")
@@ -163,11 +163,9 @@ def main(argv=None) -> dict:
     noise = None
     if a.noise:
         try:
-            noise = json.loads(Path(a.noise).read_text())
-        except (OSError, ValueError) as e:
-            p.error(f"--noise {a.noise}: {e}")
-        if not isinstance(noise, dict) or "summary" not in noise:
-            p.error(f"--noise {a.noise}: not a logo_seed_noise.py result (no 'summary')")
+            noise = read_seed_noise(a.noise)
+        except ValueError as e:
+            p.error(str(e))
     result = pool(pairs, noise, list(a.pairs))
     if not result["regimes"]:
         p.error("the pairs share no regime with a common fold")

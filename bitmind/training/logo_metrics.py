@@ -9,6 +9,9 @@ between raw logits), as ``bitmind.training.logo.score_fold`` defines them.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -121,3 +124,15 @@ def seed_bands(noise: dict, regime: str, folds: list[str] | None = None, metric:
         if means:
             out["mean"] = 2.0 * float(np.sqrt(np.mean(np.square(means))))
     return out
+
+
+def read_seed_noise(path: str | Path) -> dict:
+    """A ``logo_seed_noise.py`` result read for ``seed_bands``; ValueError (the file, and what
+    is wrong) when it cannot be read or is not one, for a script's ``--noise`` usage error."""
+    try:
+        noise = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--noise {path}: {e}") from e
+    if not isinstance(noise, dict) or "summary" not in noise:
+        raise ValueError(f"--noise {path}: not a logo_seed_noise.py result (no 'summary')")
+    return noise
