@@ -44,13 +44,23 @@ try:  # the imports take seconds (torch): a Ctrl-C here is the start-up's
 
     from bitmind.models.npr import check_center_crop, top_fraction
     from bitmind.training.logo import (REAL_FOLD_PREFIX, REGIMES, analyse, load_spec, logo_run_spec, parse_ensembles,
-                                      pooled_name, score_models, select_recipe, ship, unpooled, view_of)
+                                      pooled_name, save_scores, score_models, select_recipe, ship, unpooled, view_of)
 except KeyboardInterrupt:
     if __name__ != "__main__":  # imported (a test): the importer's Ctrl-C
         raise
     exit_interrupted_while_starting()
 
 REPO = Path(__file__).resolve().parents[1]
+#: Data-loading workers of ``score`` when ``--workers`` is left out (0: in the main process).
+SCORE_WORKERS = 4
+
+
+def write_spec(path: str | Path, spec: dict) -> Path:
+    """A ``logo_spec.json`` written whole (``atomic_write_text``): a crash or a Ctrl-C mid-write
+    leaves the old one as it was, never a truncated one for ``analyse`` or ``--resume`` to read."""
+    from bitmind.common import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(spec, indent=2))
 
 
 def analyse_paths(out: str | None, figure: str | None) -> tuple[Path, Path | None]:
@@ -92,14 +102,14 @@ def cmd_train(args) -> Path:
     prepare_sweep_folder(run_dir, spec.base.overwrite, spec.base.resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not spec.base.resume:
-        (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
+        write_spec(run_dir / "logo_spec.json", sweep)
     print(f"LOGO sweep: {len(sweep['variants'])} variants, folds {sweep['logo']['folds']}", flush=True)
     finished = spec.base.resume and finished_sweep(run_dir) is not None
     summary = run_sweep(spec)
     if not finished:  # (a finished sweep resumed trains nothing: its logo_spec.json stays as it ran)
         # what actually ran (a time budget can cut the epochs) goes beside what was asked for
         sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds", "val_from", "stopped", "epochs_run") if k in summary}
-        (run_dir / "logo_spec.json").write_text(json.dumps(sweep, indent=2))
+        write_spec(run_dir / "logo_spec.json", sweep)
     exit_if_stopped(summary)  # a stopped sweep is not scored: exit 130 (Ctrl-C, resumable) or 1
     return run_dir
 
@@ -115,7 +125,8 @@ def cmd_score(args) -> Path:
     regimes = {"validator": args.challenge_data or base.get("challenge_data", []),
                "crops": args.data or base.get("data", [])}
     out = Path(args.scores or sweep_dir / "logo_scores.npz")
-    path = score_models(models, regimes, out, device=args.device or "auto", seed=args.seed, workers=args.workers or 4,
+    workers = SCORE_WORKERS if args.workers is None else args.workers  # --workers 0: in the main process
+    path = score_models(models, regimes, out, device=args.device or "auto", seed=args.seed, workers=workers,
                         pools=args.pools)
     if args.pools and (sweep_dir / "logo_spec.json").exists():  # the pooled arms join the run's spec, folds and all
         trained = {v: d for v, d in spec["variants"].items() if v in models}
@@ -123,7 +134,7 @@ def cmd_score(args) -> Path:
             spec["variants"].update({pooled_name(v, pool): dict(d) for v, d in trained.items()})
         recipes = spec["logo"]["recipes"]
         spec["logo"]["recipes"] = list(dict.fromkeys(recipes + [f"{r}_{p}" for p in args.pools for r in recipes if r in trained]))
-        (sweep_dir / "logo_spec.json").write_text(json.dumps(spec, indent=2))
+        write_spec(sweep_dir / "logo_spec.json", spec)
     return path
 
 
@@ -293,8 +304,8 @@ def cmd_merge(args) -> None:
     if len(runs) < 2 or not args.scores or not args.logo_spec:
         raise SystemExit("merge needs two or more --runs ARM=SWEEP_DIR:RECIPE, --scores OUT.npz and --logo_spec OUT.json")
     data, spec = merge_runs(runs)
-    np.savez_compressed(args.scores, **data)
-    Path(args.logo_spec).write_text(json.dumps(spec, indent=2))
+    save_scores(args.scores, data)
+    write_spec(args.logo_spec, spec)
     print(f"wrote {args.scores} ({len(spec['variants'])} models) and {args.logo_spec}")
 
 
@@ -342,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples_per_epoch", type=int, default=None)
     p.add_argument("--max_steps_per_epoch", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"data-loading workers (0: in the main process); left out, the spec's for train, {SCORE_WORKERS} for score")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="train: replace the sweep already in <checkpoints_dir>/<name> (without it, or --resume, such a "
                         "folder is refused)")
@@ -435,7 +447,8 @@ def main(argv=None):
         if args.command == "ship":
             return cmd_ship(args)
         if args.command in ("score", "all"):
-            # as cmd_score names it; written once, at the end (np.savez_compressed): a Ctrl-C before leaves it as it was
+            # as cmd_score names it; written once, at the end, and whole (save_scores: a temporary file renamed
+            # over it): a Ctrl-C before the rename leaves it as it was, one after finds it complete
             scores = file_marks([args.scores or Path(args.sweep) / "logo_scores.npz"])
             try:
                 cmd_score(args)
@@ -444,7 +457,7 @@ def main(argv=None):
                          "the sweep ran to its end: the same command with --resume"
                          + (" in place of --overwrite" if args.overwrite else "") + " scores it without training it again")
                 written = written_since(scores)
-                exit_interrupted(f"stopped (Ctrl-C) while {written[0]} was written: it may be incomplete; {again}" if written
+                exit_interrupted(f"stopped (Ctrl-C) just after {written[0]} was written (it is whole); {again}" if written
                                  else f"stopped (Ctrl-C) while scoring: nothing of the scores was written; {again}")
         if args.command in ("analyse", "all"):
             step = "analyse"

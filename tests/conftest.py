@@ -11,6 +11,7 @@ import importlib.util
 import io
 import os
 import sys
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,6 +154,69 @@ def query(wallet, axon_info, synapse, timeout: float = 20.0):
     return local_chain.query_axon(wallet, axon_info, synapse, timeout=timeout)
 
 
+#: Put first on PYTHONPATH (as ``sitecustomize``), it presses Ctrl-C (``signal.raise_signal``: a
+#: real SIGINT, handled by Python's own handler and the command's) the moment the module named by
+#: $CTRL_C_AT_IMPORT is first imported, or, with $CTRL_C_AT_CALL = MODULE:FUNCTION:N[:PRESSES],
+#: PRESSES times (default 1) as FUNCTION of MODULE is called for the N-th time, before it runs.
+#: So a test of a command's Ctrl-C presses it at a known point and never waits on the clock.
+CTRL_C_SITECUSTOMIZE = textwrap.dedent("""
+    import importlib.machinery
+    import os
+    import signal
+    import sys
+
+
+    def _press(times=1):
+        for _ in range(times):
+            signal.raise_signal(signal.SIGINT)
+
+
+    class _AtImport:
+        def __init__(self, name):
+            self.name = name
+
+        def find_spec(self, name, path=None, target=None):
+            if name == self.name:
+                sys.meta_path.remove(self)  # once
+                _press()
+            return None
+
+
+    class _AtCall:
+        def __init__(self, where):
+            self.module, self.function, n, *presses = where.split(":")
+            self.n, self.presses = int(n), int(presses[0]) if presses else 1
+
+        def find_spec(self, name, path=None, target=None):
+            if name != self.module:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            run_module = spec.loader.exec_module
+
+            def exec_module(module):  # the module as it is, its function wrapped before anyone imports it
+                run_module(module)
+                real, calls = getattr(module, self.function), [0]
+
+                def wrapper(*args, **kwargs):
+                    calls[0] += 1
+                    if calls[0] == self.n:
+                        _press(self.presses)
+                    return real(*args, **kwargs)
+
+                setattr(module, self.function, wrapper)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+
+    if os.environ.get("CTRL_C_AT_IMPORT"):
+        sys.meta_path.insert(0, _AtImport(os.environ["CTRL_C_AT_IMPORT"]))
+    if os.environ.get("CTRL_C_AT_CALL"):
+        sys.meta_path.insert(0, _AtCall(os.environ["CTRL_C_AT_CALL"]))
+""")
+
+
 # Helpers as fixtures, so test modules never import conftest by name.
 @pytest.fixture(scope="session")
 def checkpoint_factory():
@@ -172,6 +236,22 @@ def serve():
 @pytest.fixture(scope="session")
 def send():
     return query
+
+
+@pytest.fixture(scope="session")
+def ctrl_c_env(tmp_path_factory):
+    """``ctrl_c_env(at_import="", at_call="", path=())``: the environment (``os.environ`` and
+    these) for a command whose Ctrl-C a test presses with ``CTRL_C_SITECUSTOMIZE`` (see there for
+    ``at_import`` and ``at_call``; both empty: no press). On its PYTHONPATH: the hook's folder
+    first, then ``path``, then the PYTHONPATH of the tests."""
+    hooks = tmp_path_factory.mktemp("ctrl_c_hooks")
+    (hooks / "sitecustomize.py").write_text(CTRL_C_SITECUSTOMIZE)
+
+    def env(at_import: str = "", at_call: str = "", path=()) -> dict[str, str]:
+        pythonpath = [str(hooks), *map(str, path), os.environ.get("PYTHONPATH")]
+        return {**os.environ, "CTRL_C_AT_IMPORT": at_import, "CTRL_C_AT_CALL": at_call,
+                "PYTHONPATH": os.pathsep.join(filter(None, pythonpath))}
+    return env
 
 
 @pytest.fixture

@@ -5,16 +5,15 @@ a second Ctrl-C mid-run (the first asks to finish the epoch), one while they sta
 and, for ``generalisation.py score``, one while the pictures are scored.
 
 The presses are real SIGINTs, handled by Python's own handler and the sweep's
-``GracefulStop``, made inside the command (a ``sitecustomize`` first on PYTHONPATH) at a
-known point, so that no test waits on the clock: when a named module is first imported, or
-when a named function is called for the n-th time (``train_one_epoch``: the n-th epoch)."""
+``GracefulStop``, made inside the command (``ctrl_c_env``: a ``sitecustomize`` first on
+PYTHONPATH, see ``conftest.py``) at a known point, so that no test waits on the clock: when a
+named module is first imported, or when a named function is called for the n-th time
+(``train_one_epoch``: the n-th epoch)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -30,70 +29,10 @@ GENERALISATION = REPO / "benchmarks" / "generalisation.py"
 #: The second of three epochs: epoch 0 was validated and, a first best, wrote the state.
 SECOND_EPOCH = "bitmind.training.loop:train_one_epoch:2"
 
-#: First on PYTHONPATH, it presses Ctrl-C (``signal.raise_signal``) the moment the module named
-#: by $CTRL_C_AT_IMPORT is first imported, or, with $CTRL_C_AT_CALL = MODULE:FUNCTION:N[:PRESSES],
-#: PRESSES times (default 1) as FUNCTION of MODULE is called for the N-th time, before it runs.
-SITECUSTOMIZE = textwrap.dedent("""
-    import importlib.machinery
-    import os
-    import signal
-    import sys
 
-
-    def _press(times=1):
-        for _ in range(times):
-            signal.raise_signal(signal.SIGINT)
-
-
-    class _AtImport:
-        def __init__(self, name):
-            self.name = name
-
-        def find_spec(self, name, path=None, target=None):
-            if name == self.name:
-                sys.meta_path.remove(self)  # once
-                _press()
-            return None
-
-
-    class _AtCall:
-        def __init__(self, where):
-            self.module, self.function, n, *presses = where.split(":")
-            self.n, self.presses = int(n), int(presses[0]) if presses else 1
-
-        def find_spec(self, name, path=None, target=None):
-            if name != self.module:
-                return None
-            sys.meta_path.remove(self)
-            spec = importlib.machinery.PathFinder.find_spec(name, path)
-            run_module = spec.loader.exec_module
-
-            def exec_module(module):  # the module as it is, its function wrapped before anyone imports it
-                run_module(module)
-                real, calls = getattr(module, self.function), [0]
-
-                def wrapper(*args, **kwargs):
-                    calls[0] += 1
-                    if calls[0] == self.n:
-                        _press(self.presses)
-                    return real(*args, **kwargs)
-
-                setattr(module, self.function, wrapper)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-
-    if os.environ.get("CTRL_C_AT_IMPORT"):
-        sys.meta_path.insert(0, _AtImport(os.environ["CTRL_C_AT_IMPORT"]))
-    if os.environ.get("CTRL_C_AT_CALL"):
-        sys.meta_path.insert(0, _AtCall(os.environ["CTRL_C_AT_CALL"]))
-""")
-
-def _run(hooks: Path, *argv, at_import: str = "", at_call: str = "") -> subprocess.CompletedProcess:
+def _run(ctrl_c_env, *argv, at_import: str = "", at_call: str = "") -> subprocess.CompletedProcess:
     """``python *argv`` in the repository, this repository's ``bitmind`` first, the Ctrl-C hook set."""
-    env = {**os.environ, "CTRL_C_AT_IMPORT": at_import, "CTRL_C_AT_CALL": at_call, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**ctrl_c_env(at_import, at_call, path=[REPO]), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, *map(str, argv)], env=env, capture_output=True, text=True, timeout=300,
                           cwd=REPO)
 
@@ -106,13 +45,6 @@ def _the_line(r: subprocess.CompletedProcess) -> str:
     said = [line for line in r.stderr.splitlines() if "(Ctrl-C)" in line]
     assert len(said) == 1 and r.stderr.rstrip("\n").splitlines()[-1] == said[0], r.stderr[-3000:]
     return said[0]
-
-
-@pytest.fixture(scope="module")
-def hooks(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ctrl_c_hooks")
-    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +61,10 @@ def _base(data: Path, out: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.process
-def test_a_second_ctrl_c_stops_a_sweep_in_one_line_and_resume_goes_on(hooks, data, tmp_path, capsys):
+def test_a_second_ctrl_c_stops_a_sweep_in_one_line_and_resume_goes_on(ctrl_c_env, data, tmp_path, capsys):
     spec = {"base": _base(data, tmp_path), "val_seeds": [0], "variants": {"plain": {}}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    r = _run(hooks, "-m", "bitmind.training.sweep", "--spec", tmp_path / "spec.json", at_call=SECOND_EPOCH + ":2")
+    r = _run(ctrl_c_env, "-m", "bitmind.training.sweep", "--spec", tmp_path / "spec.json", at_call=SECOND_EPOCH + ":2")
     assert "Ctrl-C: stopping after this epoch is saved" in r.stdout  # the first press, as ever
     line = _the_line(r)
     out = tmp_path / "s"
@@ -149,34 +81,33 @@ def test_a_second_ctrl_c_stops_a_sweep_in_one_line_and_resume_goes_on(hooks, dat
 
 @pytest.mark.slow
 @pytest.mark.process
-def test_ctrl_c_while_the_sweep_command_imports_is_one_line(hooks, data, tmp_path):
-    """``bitmind.training.sweep_state`` is the one module that sweep.py's imports load after
-    the package's own (``bitmind.training``, which runpy imports first: see the next test)."""
+def test_ctrl_c_while_the_sweep_command_imports_is_one_line(ctrl_c_env, data, tmp_path):
+    """Late in sweep.py's imports (``bitmind.training.sweep_state``, after torch; the next test
+    presses it while torch imports)."""
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"base": _base(data, tmp_path), "variants": {"plain": {}}}))
-    r = _run(hooks, "-m", "bitmind.training.sweep", "--spec", spec, at_import="bitmind.training.sweep_state")
+    r = _run(ctrl_c_env, "-m", "bitmind.training.sweep", "--spec", spec, at_import="bitmind.training.sweep_state")
     assert _the_line(r) == STARTING_INTERRUPTED and r.stderr.strip() == STARTING_INTERRUPTED
     assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.process
-@pytest.mark.xfail(strict=True, reason="python -m bitmind.training.sweep imports the package bitmind.training (torch, "
-                   "~2 s) before sweep.py runs, so sweep.py cannot catch a Ctrl-C there; it ends in one line once "
-                   "bitmind/training/__init__.py no longer imports torch (its names loaded on first use)")
-def test_ctrl_c_while_the_sweep_command_imports_torch_is_one_line(hooks, tmp_path):
-    r = _run(hooks, "-m", "bitmind.training.sweep", "--spec", tmp_path / "spec.json", at_import="torch")
-    assert _the_line(r) == STARTING_INTERRUPTED
+def test_ctrl_c_while_the_sweep_command_imports_torch_is_one_line(ctrl_c_env, tmp_path):
+    """runpy imports the package ``bitmind.training`` before sweep.py runs, where sweep.py cannot
+    catch a Ctrl-C: the package is lazy (imports no torch), so torch loads in sweep.py's imports."""
+    r = _run(ctrl_c_env, "-m", "bitmind.training.sweep", "--spec", tmp_path / "spec.json", at_import="torch")
+    assert _the_line(r) == STARTING_INTERRUPTED and r.stderr.strip() == STARTING_INTERRUPTED
 
 
 @pytest.fixture(scope="module")
-def logo_stopped(hooks, data, tmp_path_factory):
+def logo_stopped(ctrl_c_env, data, tmp_path_factory):
     """``generalisation.py train`` of a one-recipe LOGO spec, stopped by a second Ctrl-C in its
     second epoch: (the command's result, its sweep folder)."""
     tmp = tmp_path_factory.mktemp("logo_ctrl_c")
     spec = tmp / "logo.json"
     spec.write_text(json.dumps({"base": _base(data, tmp), "recipes": {"a": {}}, "folds": [], "ensemble_members": 0}))
-    r = _run(hooks, GENERALISATION, "train", "--spec", spec, "--checkpoints_dir", tmp, "--name", "logo",
+    r = _run(ctrl_c_env, GENERALISATION, "train", "--spec", spec, "--checkpoints_dir", tmp, "--name", "logo",
              at_call=SECOND_EPOCH + ":2")
     return r, tmp / "logo"
 
@@ -193,9 +124,9 @@ def test_a_second_ctrl_c_stops_generalisation_train_in_one_line(logo_stopped):
 
 @pytest.mark.slow
 @pytest.mark.process
-def test_ctrl_c_while_generalisation_scores_writes_nothing_and_says_so(hooks, logo_stopped):
+def test_ctrl_c_while_generalisation_scores_writes_nothing_and_says_so(ctrl_c_env, logo_stopped):
     _, out = logo_stopped
-    r = _run(hooks, GENERALISATION, "score", "--sweep", out, "--workers", "0", "--device", "cpu",
+    r = _run(ctrl_c_env, GENERALISATION, "score", "--sweep", out, "--workers", "0", "--device", "cpu",
              at_call="bitmind.inference:forward_outputs:1")  # the first batch of pictures
     assert _the_line(r) == "stopped (Ctrl-C) while scoring: nothing of the scores was written; run score again"
     assert not (out / "logo_scores.npz").exists()
@@ -203,8 +134,8 @@ def test_ctrl_c_while_generalisation_scores_writes_nothing_and_says_so(hooks, lo
 
 @pytest.mark.slow
 @pytest.mark.process
-def test_ctrl_c_while_generalisation_imports_is_one_line(hooks, tmp_path):
-    r = _run(hooks, GENERALISATION, "score", "--sweep", tmp_path, at_import="torch")
+def test_ctrl_c_while_generalisation_imports_is_one_line(ctrl_c_env, tmp_path):
+    r = _run(ctrl_c_env, GENERALISATION, "score", "--sweep", tmp_path, at_import="torch")
     assert _the_line(r) == STARTING_INTERRUPTED and r.stderr.strip() == STARTING_INTERRUPTED
 
 

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,43 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 ENTRY = REPO / "base_miner" / "NPR" / "train_detector.py"
 LINE = "stopped (Ctrl-C) while starting, before the run began: nothing was written; run the command again"
 
-#: Put first on PYTHONPATH, it presses Ctrl-C (a real SIGINT to the process, handled by
-#: Python's own handler) the moment the module named by $CTRL_C_AT_IMPORT is first imported.
-SITECUSTOMIZE = textwrap.dedent("""
-    import os
-    import signal
-    import sys
-
-    class _PressCtrlC:
-        def __init__(self, name):
-            self.name = name
-
-        def find_spec(self, name, path=None, target=None):
-            if name == self.name:
-                sys.meta_path.remove(self)  # once
-                signal.raise_signal(signal.SIGINT)
-            return None
-
-    if os.environ.get("CTRL_C_AT_IMPORT"):
-        sys.meta_path.insert(0, _PressCtrlC(os.environ["CTRL_C_AT_IMPORT"]))
-""")
-
-
-def _run_entry(tmp_path: Path, at_import: str, *argv: str) -> subprocess.CompletedProcess:
-    hooks = tmp_path / "hooks"
-    hooks.mkdir(exist_ok=True)
-    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {**os.environ, "CTRL_C_AT_IMPORT": at_import,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, str(ENTRY), *argv], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+def _run_entry(ctrl_c_env, tmp_path: Path, at_import: str, *argv: str) -> subprocess.CompletedProcess:
+    """``train_detector.py *argv`` in ``tmp_path``, Ctrl-C pressed (a real SIGINT, handled by
+    Python's own handler: ``ctrl_c_env``) the moment ``at_import`` is first imported."""
+    return subprocess.run([sys.executable, str(ENTRY), *argv], env=ctrl_c_env(at_import=at_import), capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.process
 @pytest.mark.parametrize("module", ["torch", "bitmind.training.trainer"])
-def test_ctrl_c_while_the_entry_point_imports_is_one_line_and_130(tmp_path, module):
-    r = _run_entry(tmp_path, module, "--data", str(tmp_path / "no_data"), "--checkpoints_dir", str(tmp_path))
+def test_ctrl_c_while_the_entry_point_imports_is_one_line_and_130(ctrl_c_env, tmp_path, module):
+    r = _run_entry(ctrl_c_env, tmp_path, module, "--data", str(tmp_path / "no_data"), "--checkpoints_dir", str(tmp_path))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
@@ -65,9 +39,9 @@ def test_ctrl_c_while_the_entry_point_imports_is_one_line_and_130(tmp_path, modu
 
 @pytest.mark.slow
 @pytest.mark.process
-def test_the_hook_does_nothing_without_a_ctrl_c(tmp_path):
+def test_the_hook_does_nothing_without_a_ctrl_c(ctrl_c_env, tmp_path):
     """The hook itself leaves the command alone: a module never imported presses nothing."""
-    r = _run_entry(tmp_path, "no.such.module", "--lr", "-1")
+    r = _run_entry(ctrl_c_env, tmp_path, "no.such.module", "--lr", "-1")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("--lr must be positive (and finite), got -1.0"), r.stderr
 
 

@@ -334,10 +334,22 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
         arrays[f"calibration/{n}"] = np.asarray([t, b], dtype=np.float64)
     for n, c in aux_names.items():
         arrays[f"aux_classes/{n}"] = np.asarray(c)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **arrays)
-    return out
+    return save_scores(out, arrays)
+
+
+def save_scores(out: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``arrays`` as the compressed ``.npz`` ``out`` (its folder made if missing), written
+    whole (``atomic_write``: a temporary file beside it, then renamed over it), so a crash or
+    a Ctrl-C mid-write leaves the old file as it was, never a truncated one for ``analyse`` or
+    ``--resume`` to read. The temporary file is written through an open file, so ``np.savez``
+    does not add ``.npz`` to its name."""
+    from bitmind.common import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    return atomic_write(out, write)
 
 
 # ---------------------------------------------------------------------------- 3. analysis

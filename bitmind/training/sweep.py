@@ -74,7 +74,10 @@ from __future__ import annotations
 
 from bitmind.shutdown import GracefulStop, exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
 
-try:  # the imports take seconds (torch): a Ctrl-C here is the start-up of python -m bitmind.training.sweep
+# The imports below take seconds (torch, ~2 s): nearly all of the start-up of python -m bitmind.training.sweep,
+# since the package bitmind.training, which runpy imports first, is lazy (its __init__ imports nothing heavy).
+# A Ctrl-C while they run ends with one line and exit status 130, not a traceback.
+try:
     import argparse
     import dataclasses
     import json
