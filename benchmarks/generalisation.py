@@ -90,13 +90,21 @@ def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
 
 def cmd_train(args) -> Path:
     from bitmind.training.run_folder import finished_sweep, prepare_sweep_folder
-    from bitmind.training.sweep import SweepSpec, exit_if_stopped, run_sweep
+    from bitmind.training.sweep import SpecError, SweepSpec, exit_if_stopped, read_spec, run_sweep
 
-    logo = json.loads(Path(args.spec).read_text())
+    logo = read_spec(args.spec)  # a SpecError (one line) for a file that cannot be read or is not JSON
+    if not isinstance(logo, dict):
+        raise SpecError(f"a LOGO spec is a JSON object, got {type(logo).__name__}")
     keys = ("data", "challenge_data", "train_data", "epochs", "device", "workers", "checkpoints_dir",
             "max_steps_per_epoch", "samples_per_epoch", "overwrite", "resume")
-    sweep = logo_run_spec(logo, args.name, seed=args.train_seed, **{k: getattr(args, k, None) for k in keys})
-    spec = SweepSpec.from_dict(sweep)
+    try:
+        sweep = logo_run_spec(logo, args.name, seed=args.train_seed, **{k: getattr(args, k, None) for k in keys})
+        spec = SweepSpec.from_dict(sweep)
+        spec.check()  # every option value, before the sweep folder or its logo_spec.json is written
+    except SpecError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # an option value no run can use (TrainConfig.check), a LOGO block
+        raise SpecError(str(e)) from None  # it cannot build, a data folder that is not there (its sources are read here)
     run_dir = spec.base.run_dir
     # before logo_spec.json replaces the earlier run's (a resumed sweep keeps it until it is checked to be the same)
     prepare_sweep_folder(run_dir, spec.base.overwrite, spec.base.resume)
@@ -428,14 +436,14 @@ def main(argv=None):
             if args.resume and args.overwrite:
                 p.error("--resume continues the sweep in the folder, --overwrite replaces it: pass one of them")
             from bitmind.training.run_folder import RunFolderError
-            from bitmind.training.sweep import interrupted_sweep_message, sweep_marks
+            from bitmind.training.sweep import SpecError, interrupted_sweep_message, sweep_marks
             from bitmind.training.trainer import TrainingDataError
 
             sweep_dir = _sweep_folder(args)
             before = sweep_marks(sweep_dir)
             try:
                 run_dir = cmd_train(args)
-            except (RunFolderError, TrainingDataError) as e:  # a usage error (exit 2), not a traceback
+            except (RunFolderError, TrainingDataError, SpecError) as e:  # a usage error (exit 2), not a traceback
                 p.error(str(e))
             except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one before or after the epochs
                 exit_interrupted(interrupted_sweep_message(sweep_dir, before, bool(args.resume), bool(args.overwrite)))

@@ -90,8 +90,8 @@ class GracefulStop:
         if self.requested:  # the second press: stop now
             self.uninstall()
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: stopping after this epoch is saved (press again to stop now)", flush=True)
+        self.requested = True  # on stderr, as the line a second press (or the stop) ends with: not the run's output
+        print("\nCtrl-C: stopping after this epoch is saved (press again to stop now)", file=sys.stderr, flush=True)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -80,9 +80,12 @@ from bitmind.shutdown import GracefulStop, exit_interrupted, exit_interrupted_wh
 try:
     import argparse
     import dataclasses
+    import difflib
     import json
     import logging
     import math
+    import os
+    import sys
     import time
     from dataclasses import dataclass
     from pathlib import Path
@@ -141,9 +144,17 @@ except KeyboardInterrupt:
 
 logger = logging.getLogger(__name__)
 
-#: Variant options handled by the sweep itself (not ``TrainConfig`` fields).
-SWEEP_ONLY_KEYS = ("train_fraction", "swa_start", "distill_from", "distill_weight", "distill_temperature", "exclude_sources",
-                   "exclude_roots")
+#: Variant options handled by the sweep itself (not ``TrainConfig`` fields), with the JSON type
+#: each takes (as ``TrainConfig`` annotates its fields).
+SWEEP_ONLY_TYPES = {"train_fraction": "float", "swa_start": "int", "distill_from": "str", "distill_weight": "float",
+                    "distill_temperature": "float", "exclude_sources": "list[str]", "exclude_roots": "list[str]"}
+SWEEP_ONLY_KEYS = tuple(SWEEP_ONLY_TYPES)
+#: Sweep-only options a spec may set to null (their default: off, none).
+NULLABLE_KEYS = frozenset({"swa_start", "distill_from", "exclude_sources", "exclude_roots"})
+#: The spec's own options beside ``base`` and ``variants`` that ``SweepSpec.from_dict`` reads, with their
+#: JSON types (``time_budget_s`` may be null: off). Other keys (``_doc``, a LOGO spec's ``logo``) are left alone.
+SPEC_TYPES = {"val_seeds": "list[int]", "val_from": "int", "val_every": "int", "time_budget_s": "float",
+              "ensemble_members": "int", "state_every_s": "float"}
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
                           "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "seed", "patch_size",
@@ -151,6 +162,77 @@ VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_p
                           *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
+
+
+class SpecError(ValueError):
+    """A sweep spec no sweep can run: a file that cannot be read or is not JSON, an option
+    ``TrainConfig`` (or the sweep) does not know, a value of the wrong type, an option a variant
+    may not change. A usage error: the command line ends with its one line and exit status 2,
+    before any data is read, not with a traceback."""
+
+
+#: What each JSON type is called in a ``SpecError``.
+_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+               "list[int]": "a list of integers", "list[float]": "a list of numbers", "list[str]": "a list of strings"}
+
+
+def _fits(value, kind: str) -> bool:
+    """Whether the JSON ``value`` is of ``kind`` (``int``, ``float``, ``str``, ``bool`` or ``list[...]`` of one):
+    an integer is a number too, but true/false is neither (JSON's booleans are Python ints). From
+    Python, a tuple is a list and a path a string, as the options take them."""
+    if kind.startswith("list["):
+        return isinstance(value, (list, tuple)) and all(_fits(x, kind[5:-1]) for x in value)
+    if kind not in _TYPE_NAMES:  # a type this check does not know (a future ``str | None``): the options' own checks judge
+        return True
+    if isinstance(value, bool):
+        return kind == "bool"
+    return isinstance(value, {"int": int, "float": (int, float), "str": (str, os.PathLike)}.get(kind, ()))
+
+
+def _annotation(f: dataclasses.Field) -> str:
+    """A ``TrainConfig`` field's type as written (``int``, ``list[str]``, ...)."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, in JSON's words (a spec's wrong kind of block)."""
+    return ("null" if value is None else "true/false" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
+            else "a string" if isinstance(value, str) else "an array" if isinstance(value, list) else "an object")
+
+
+def _check_types(where: str, options: dict, kinds: dict, nullable=frozenset()) -> None:
+    """A ``SpecError`` naming ``where`` (``base option``, ...) and the first of ``options`` whose value is
+    not of its type in ``kinds``."""
+    for key, value in options.items():
+        kind = kinds.get(key)
+        if kind is None or (value is None and key in nullable) or _fits(value, kind):
+            continue
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise SpecError(f"{where} {key!r} must be {_TYPE_NAMES.get(kind, kind)}, got {shown}")
+
+
+def _unknown(keys, candidates, shared=frozenset()) -> str:
+    """``keys`` quoted, each with the closest of ``candidates`` if one is close (a typo); one of
+    ``shared`` (a base option, for a variant's typo) is said to belong in ``base``."""
+    said = []
+    for key in sorted(keys):
+        close = difflib.get_close_matches(key, sorted(candidates), n=1)
+        where = ", an option of 'base'" if close and close[0] in shared else ""
+        said.append(f"{key!r}" + (f" (did you mean {close[0]!r}{where}?)" if close else ""))
+    return ", ".join(said)
+
+
+def read_spec(path) -> dict:
+    """The JSON of the spec file ``path``; a ``SpecError`` (one line) if it cannot be read or is not JSON."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read the spec {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"the spec {path} is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
 
 @dataclass
@@ -167,24 +249,51 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, d: dict, **base_overrides) -> "SweepSpec":
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        base = dict(d.get("base", {}))
-        base.update({k: v for k, v in base_overrides.items() if v is not None})
-        bad = set(base) - known
+        """The sweep of the spec ``d`` (a spec file's JSON), ``base_overrides`` that are not None
+        replacing its ``base`` options. A ``SpecError`` (a ValueError) names what the spec gets
+        wrong: an option no one knows (with the closest known name, if one is close), a value of
+        the wrong JSON type, an option a variant may not change; the values themselves are
+        checked by ``check``."""
+        if not isinstance(d, dict):
+            raise SpecError(f'a sweep spec is a JSON object ({{"base": {{...}}, "variants": {{...}}}}), got {_json_kind(d)}')
+        fields = {f.name: _annotation(f) for f in dataclasses.fields(TrainConfig)}
+        base = {} if d.get("base") is None else d["base"]
+        if not isinstance(base, dict):
+            raise SpecError(f"the spec's base must be a JSON object of options, got {_json_kind(base)}")
+        base = {**base, **{k: v for k, v in base_overrides.items() if v is not None}}
+        bad = set(base) - set(fields)
         if bad:
-            raise ValueError(f"unknown base option(s): {sorted(bad)}")
+            raise SpecError(f"unknown base option(s): {_unknown(bad, fields)}")
+        _check_types("base option", base, fields)
+        _check_types("the spec's option", d, SPEC_TYPES, nullable={"time_budget_s"})
         variants = d.get("variants") or {}
+        if not isinstance(variants, dict):
+            raise SpecError(f"the spec's variants must be a JSON object of {{name: {{options}}}}, got {_json_kind(variants)}")
         if not variants:
-            raise ValueError("a sweep needs at least one variant")
+            raise SpecError("a sweep needs at least one variant")
         for name, ov in variants.items():
-            bad = set(ov) - VARIANT_KEYS
-            if bad:
-                raise ValueError(f"variant {name!r} sets {sorted(bad)}, which all variants share (set them in 'base')")
+            if not isinstance(ov, dict):
+                raise SpecError(f"variant {name!r} must be a JSON object of options, got {_json_kind(ov)}")
+            unknown = set(ov) - VARIANT_KEYS - set(fields)
+            if unknown:
+                raise SpecError(f"variant {name!r}: unknown option(s): "
+                                f"{_unknown(unknown, VARIANT_KEYS | set(fields), shared=set(fields) - VARIANT_KEYS)}")
+            shared = set(ov) - VARIANT_KEYS
+            if shared:
+                raise SpecError(f"variant {name!r} sets {sorted(shared)}, which all variants share (set them in 'base')")
+            _check_types(f"variant {name!r}: option", ov, {**fields, **SWEEP_ONLY_TYPES}, NULLABLE_KEYS)
         return cls(base=TrainConfig(**base), variants={k: dict(v) for k, v in variants.items()},
                    val_seeds=[int(s) for s in d.get("val_seeds", [0])], val_from=int(d.get("val_from", 0)),
                    val_every=max(int(d.get("val_every", 1)), 1), time_budget_s=float(d.get("time_budget_s", 0) or 0),
                    ensemble_members=int(d.get("ensemble_members", 3)),
                    state_every_s=float(d.get("state_every_s", 120.0)))
+
+    def check(self) -> dict:
+        """Every variant's (checked ``TrainConfig``, sweep options), by name: a ValueError naming the
+        option (and the variant) that no run can use otherwise. What a sweep checks before it
+        reads its data, and the command line before it starts one."""
+        self.base.check()
+        return {name: (self.variant_config(name), self.variant_extras(name)) for name in self.variants}
 
     def variant_config(self, name: str) -> TrainConfig:
         cfg = dataclasses.replace(self.base, **{k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS})
@@ -583,9 +692,8 @@ def run_sweep(spec: SweepSpec) -> dict:
     epoch in progress is trained, validated and its state saved (``stopped: interrupted``); a
     variant whose loss or weights stop being finite numbers stops training and keeps its best
     (``failed``), the others go on."""
-    base = spec.base.check()
-    # every variant's options, checked before the data is read
-    options = {name: (spec.variant_config(name), spec.variant_extras(name)) for name in spec.variants}
+    options = spec.check()  # the base's and every variant's options, checked before the data is read
+    base = spec.base
     out_dir = base.run_dir
     # a folder holding a sweep is refused, never replaced silently (unless --resume / --overwrite)
     prepare_sweep_folder(out_dir, base.overwrite, base.resume)
@@ -755,7 +863,7 @@ def run_sweep(spec: SweepSpec) -> dict:
                 stopped = "interrupted"
                 print(f"stopped after epoch {epoch} (Ctrl-C): {out_dir} keeps every variant's best and the state after "
                       "this epoch; the same command with --resume (RESUME=1 for the scripts) goes on from there",
-                      flush=True)
+                      file=sys.stderr, flush=True)
                 break
     finally:  # also when the sweep fails: Ctrl-C must stop a process that is not training any more
         ctrl_c.uninstall()
@@ -886,13 +994,15 @@ def main(argv=None) -> dict:
         if not args.spec:
             p.error("--spec is required (or --report SWEEP_DIR)")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        spec_dict = json.loads(Path(args.spec).read_text())
         overrides = ("data", "name", "checkpoints_dir", "epochs", "workers", "device", "max_steps_per_epoch", "progress",
                      "overwrite", "resume")
-        spec = SweepSpec.from_dict(spec_dict, **{k: getattr(args, k) for k in overrides})
+        spec = SweepSpec.from_dict(read_spec(args.spec), **{k: getattr(args, k) for k in overrides})
+        spec.check()  # (run_sweep checks again; here a bad value is a usage error, as a bad spec is)
         before = sweep_marks(spec.base.run_dir)
     except KeyboardInterrupt:
         exit_interrupted_while_starting()
+    except ValueError as e:  # a spec that cannot be read or run (SpecError), or an option value no run can use
+        p.error(str(e))
     try:
         summary = run_sweep(spec)
     except (RunFolderError, TrainingDataError) as e:
