@@ -23,15 +23,34 @@ RECIPE_KEYS = ("epochs", "batch_size", "samples_per_epoch", "balance", "pair_ali
                "aug_jpeg_prob", "aug_jpeg_quality", "aug_blur_prob", "aug_color_jitter_prob", "early_stop_patience")
 
 
+def _default_ship_spec() -> Path:
+    """The spec ``train_base_model.sh`` trains when SPEC is not set (its ``SPEC=${SPEC:-...}`` line)."""
+    (line,) = [x for x in SCRIPT.read_text().splitlines() if x.startswith("SPEC=${SPEC:-")]
+    return REPO / line[len("SPEC=${SPEC:-"):-1]
+
+
 def test_ship_spec_is_the_recipe_the_shipped_file_records():
-    spec = json.loads((REPO / "base_miner" / "NPR" / "sweeps" / "ship_base.json").read_text())
+    """The one command's default recipe is the shipped file's: every recipe option it records."""
+    spec = json.loads(_default_ship_spec().read_text())
     _, meta = read_checkpoint(REPO / "mining_models" / "base.pth")
     shipped = meta["train_options"]
-    assert list(spec["recipes"]) == ["patch96nopool"] and spec["fold_recipes"] == [] and spec["time_budget_s"] == 0
+    (name, recipe), = spec["recipes"].items()
+    assert spec["fold_recipes"] == [] and spec["time_budget_s"] == 0
     for k in RECIPE_KEYS:
         assert spec["base"][k] == shipped[k], k
-    for k, v in spec["recipes"]["patch96nopool"].items():
+    for k, v in recipe.items():
         assert shipped[k] == v, k
+    assert shipped["seed"] == 1  # train_base_model.sh's TRAIN_SEED default
+
+
+def test_ship_aux01_spec_is_the_plain_ship_recipe_plus_the_head_at_0_1():
+    """ship_aux01.json (shipped since the twenty-ninth session) is ship_base.json (the file
+    before) with only the auxiliary head added, as its LOGO arm patch96aux01 measured it."""
+    sweeps = REPO / "base_miner" / "NPR" / "sweeps"
+    base, aux, logo = (json.loads((sweeps / f).read_text()) for f in ("ship_base.json", "ship_aux01.json", "logo_aux01_s0_52.json"))
+    assert {k: v for k, v in aux.items() if k not in ("_doc", "recipes")} == {k: v for k, v in base.items() if k not in ("_doc", "recipes")}
+    assert aux["recipes"] == {"patch96aux01": {**base["recipes"]["patch96nopool"], "aux_weight": 0.1}}
+    assert aux["recipes"]["patch96aux01"] == logo["recipes"]["patch96aux01"]
 
 
 def test_ship_swa_spec_is_the_ship_recipe_plus_weight_averaging_only():

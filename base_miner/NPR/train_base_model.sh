@@ -2,9 +2,11 @@
 # The recipe of the shipped mining_models/base.pth, as one command (docs/Model.md, "Recipe"):
 #   1. TAEF2 round trips of every real photo of the crop pools and of the validator challenges
 #      (aligned fakes: a photo and its round trip differ only by the decoder's trace);
-#   2. patch96nopool on everything (base_miner/NPR/sweeps/ship_base.json: npr_hp input, no stem
-#      pool, one random 96 px patch per picture, 135 epochs, family-balanced sampling; SPEC=
-#      base_miner/NPR/sweeps/ship_swa.json: the same with weight averaging over the second half);
+#   2. patch96aux01 on everything (base_miner/NPR/sweeps/ship_aux01.json: npr_hp input, no stem
+#      pool, one random 96 px patch per picture, 135 epochs, family-balanced sampling, and an
+#      auxiliary family head at weight 0.1 during training, which the shipped file drops; SPEC=
+#      base_miner/NPR/sweeps/ship_base.json: the same without the head, the file shipped before;
+#      ship_swa.json: that with weight averaging over the second half);
 #   3. its checkpoint scored on both regimes (validator challenges as sent, crops through the
 #      seeded validator pipeline);
 #   4. class-balanced Platt calibration on the validation split of both regimes, the boundary
@@ -19,7 +21,8 @@
 # DATA_ROOT holds sn34-mini, sn34-wide and sn34-validator; MODELS_ROOT holds taef2. On one
 # H200 about 7 minutes: 135 epochs trained in 327 s (2.4 s per epoch; nineteenth session,
 # benchmarks/results/train_base_model_h200_minigan.log), round trips 10-23 s, scores,
-# calibration and test split about 30 s. The result
+# calibration and test split about 30 s (the shipped file's own run, one H100 shared with a
+# LOGO sweep: 405 s of training, 8 minutes in all; twenty-ninth session). The result
 # is not copied over mining_models/base.pth: read WORK_DIR/ship_paired.md first (is the new
 # file better than the shipped one by more than the split's noise?), then copy it (the
 # miner hot-reloads).
@@ -43,7 +46,7 @@ MODELS=${2:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 WORK=${3:?usage: train_base_model.sh DATA_ROOT MODELS_ROOT WORK_DIR}
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
-SPEC=${SPEC:-base_miner/NPR/sweeps/ship_base.json}
+SPEC=${SPEC:-base_miner/NPR/sweeps/ship_aux01.json}
 COMPARE_WITH=${COMPARE_WITH-mining_models/base.pth}
 CROPS=("$DATA/sn34-mini" "$DATA/sn34-wide")
 CHALLENGES=("$DATA/sn34-validator")
@@ -54,7 +57,7 @@ read -r -a EXTRA <<< "${TRAIN_DATA:-}"
 for d in "${EXTRA[@]}"; do
   [ -d "$d" ] || { echo "error: TRAIN_DATA root $d not found" >&2; exit 2; }
 done
-# the model to calibrate and ship: the spec's one recipe (patch96nopool in ship_base.json)
+# the model to calibrate and ship: the spec's one recipe (patch96aux01 in ship_aux01.json)
 VARIANT=$($PY -c 'import json, sys; r = list(json.load(open(sys.argv[1]))["recipes"]); print(r[0] if len(r) == 1 else "")' "$SPEC") \
   || { echo "error: cannot read the recipes of $SPEC" >&2; exit 2; }
 [ -n "$VARIANT" ] || { echo "error: $SPEC must name exactly one recipe (the model to ship)" >&2; exit 2; }
