@@ -103,8 +103,8 @@ def cmd_train(args) -> Path:
         spec.check()  # every option value, before the sweep folder or its logo_spec.json is written
     except SpecError:
         raise
-    except (ValueError, FileNotFoundError) as e:  # an option value no run can use (TrainConfig.check), a LOGO block
-        raise SpecError(str(e)) from None  # it cannot build, a data folder that is not there (its sources are read here)
+    except (ValueError, OSError) as e:  # an option value no run can use (TrainConfig.check), a LOGO block it
+        raise SpecError(str(e)) from None  # cannot build, a data root that is not a readable folder (its sources are read here)
     run_dir = spec.base.run_dir
     # before logo_spec.json replaces the earlier run's (a resumed sweep keeps it until it is checked to be the same)
     prepare_sweep_folder(run_dir, spec.base.overwrite, spec.base.resume)

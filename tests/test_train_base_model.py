@@ -40,6 +40,9 @@ def test_ship_spec_is_the_recipe_the_shipped_file_records():
         assert spec["base"][k] == shipped[k], k
     for k, v in recipe.items():
         assert shipped[k] == v, k
+    # what the recipe leaves at its default, the file must have trained with the default too
+    # (a default spec without the head would otherwise pass against a file trained with it)
+    assert shipped.get("aux_weight", 0.0) == recipe.get("aux_weight", 0.0)
     assert shipped["seed"] == 1  # train_base_model.sh's TRAIN_SEED default
 
 

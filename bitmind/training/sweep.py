@@ -207,7 +207,7 @@ def _check_types(where: str, options: dict, kinds: dict, nullable=frozenset()) -
         kind = kinds.get(key)
         if kind is None or (value is None and key in nullable) or _fits(value, kind):
             continue
-        shown = json.dumps(value)
+        shown = json.dumps(value, default=str)  # (from Python: a path, a set)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise SpecError(f"{where} {key!r} must be {_TYPE_NAMES.get(kind, kind)}, got {shown}")
 
