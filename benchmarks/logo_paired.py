@@ -160,12 +160,10 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     if a.n_boot < 1:
         p.error("--n_boot must be at least 1")
-    noise = None
-    if a.noise:
-        try:
-            noise = read_seed_noise(a.noise)
-        except ValueError as e:
-            p.error(str(e))
+    try:
+        noise = read_seed_noise(a.noise) if a.noise else None
+    except ValueError as e:
+        p.error(str(e))
     folds = fold_sets(json.loads(Path(a.spec).read_text()), a.arm, a.real_folds)
     if not folds:
         p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}")

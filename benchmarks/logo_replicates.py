@@ -33,12 +33,10 @@ Writes the JSON (``--out``) and a markdown table beside it (``.md``). CPU, insta
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 import numpy as np
-from bitmind.report import report_path, write_report
+from bitmind.report import read_report, report_path, write_report
 from bitmind.training.logo_metrics import read_seed_noise, seed_bands
 
 #: the metrics a logo_paired.py result holds per fold, pooled here (each with its seed band)
@@ -47,12 +45,7 @@ POOLED = ("auc", "at_real90")
 
 def read_pair(path: str) -> dict:
     """A ``logo_paired.py`` result usable here: generator folds, one row per fold."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
-    if not isinstance(d, dict) or "regimes" not in d:
-        raise ValueError(f"{path}: not a logo_paired.py result (no 'regimes')")
+    d = read_report(path, "regimes", "logo_paired.py")
     if d.get("by_source") or d.get("real_folds"):
         raise ValueError(f"{path}: a per-source or camera-fold comparison; pool the per-fold generator comparisons "
                          "(the seed band holds neither)")
@@ -158,14 +151,9 @@ def main(argv=None) -> dict:
     try:
         pairs = [read_pair(x) for x in a.pairs]
         check_independent(pairs, list(a.pairs))
+        noise = read_seed_noise(a.noise) if a.noise else None
     except ValueError as e:
         p.error(str(e))
-    noise = None
-    if a.noise:
-        try:
-            noise = read_seed_noise(a.noise)
-        except ValueError as e:
-            p.error(str(e))
     result = pool(pairs, noise, list(a.pairs))
     if not result["regimes"]:
         p.error("the pairs share no regime with a common fold")

@@ -1,8 +1,9 @@
-"""Write a benchmark's result: the JSON, and its markdown table beside it.
+"""Write a benchmark's result (the JSON, and its markdown table beside it), and read one back.
 
 Many scripts under ``benchmarks/`` end the same way: the result as JSON at ``--out`` and the
 table they print as ``<stem>.md`` next to it. The scripts are not part of the package and do
-not import each other, so the one writer they share lives here.
+not import each other, so the one writer they share lives here, with the reader of a result
+one script takes from another (``read_report``).
 """
 from __future__ import annotations
 
@@ -37,3 +38,18 @@ def write_report(out: str | Path, result: dict, markdown: str, indent: int = 2, 
     md_path = out.with_suffix(".md")
     md_path.write_text(markdown, encoding="utf-8")
     return md_path
+
+
+def read_report(path: str | Path, key: str, producer: str, label: str | None = None) -> dict:
+    """The JSON result at ``path`` that ``producer`` (a script's name) wrote, known by its
+    top-level ``key``; a ValueError that starts with ``label`` (default: the path) and says
+    what is wrong when it cannot be read, is not JSON, or is not such a result. For the
+    script reading it to turn into a one-line usage error."""
+    label = str(path) if label is None else label
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{label}: {e}") from e
+    if not isinstance(result, dict) or key not in result:
+        raise ValueError(f"{label}: not a {producer} result (no {key!r})")
+    return result

@@ -9,12 +9,12 @@ between raw logits), as ``bitmind.training.logo.score_fold`` defines them.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from bitmind.report import read_report
 from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX
 
 METRICS = ("auc", "at_real90")
@@ -129,10 +129,4 @@ def seed_bands(noise: dict, regime: str, folds: list[str] | None = None, metric:
 def read_seed_noise(path: str | Path) -> dict:
     """A ``logo_seed_noise.py`` result read for ``seed_bands``; ValueError (the file, and what
     is wrong) when it cannot be read or is not one, for a script's ``--noise`` usage error."""
-    try:
-        noise = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--noise {path}: {e}") from e
-    if not isinstance(noise, dict) or "summary" not in noise:
-        raise ValueError(f"--noise {path}: not a logo_seed_noise.py result (no 'summary')")
-    return noise
+    return read_report(path, "summary", "logo_seed_noise.py", label=f"--noise {path}")
