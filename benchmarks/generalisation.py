@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
@@ -88,13 +89,18 @@ def _baselines(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
     return paths, trained
 
 
-def cmd_train(args) -> Path:
+def cmd_train(args, logo=None) -> Path:
+    """Train the sweep of the LOGO spec ``logo`` (the JSON of ``--spec``, as ``main`` read it once
+    for the sweep folder too; left out, read here)."""
+    from bitmind.training.logo import check_logo_keys
     from bitmind.training.run_folder import finished_sweep, prepare_sweep_folder
-    from bitmind.training.sweep import SpecError, SweepSpec, exit_if_stopped, read_spec, run_sweep
+    from bitmind.training.sweep import ConfigError, SpecError, SweepSpec, exit_if_stopped, read_spec, run_sweep
 
-    logo = read_spec(args.spec)  # a SpecError (one line) for a file that cannot be read or is not JSON
+    if logo is None:
+        logo = read_spec(args.spec)  # a SpecError (one line) for a file that cannot be read or is not JSON
     if not isinstance(logo, dict):
         raise SpecError(f"a LOGO spec is a JSON object, got {type(logo).__name__}")
+    check_logo_keys(logo)  # a typo'd top-level key (val_seed), before the data roots are read
     keys = ("data", "challenge_data", "train_data", "epochs", "device", "workers", "checkpoints_dir",
             "max_steps_per_epoch", "samples_per_epoch", "overwrite", "resume")
     try:
@@ -103,7 +109,7 @@ def cmd_train(args) -> Path:
         spec.check()  # every option value, before the sweep folder or its logo_spec.json is written
     except SpecError:
         raise
-    except (ValueError, OSError) as e:  # an option value no run can use (TrainConfig.check), a LOGO block it
+    except (ConfigError, OSError) as e:  # an option value no run can use (TrainConfig.check), a LOGO block it
         raise SpecError(str(e)) from None  # cannot build, a data root that is not a readable folder (its sources are read here)
     run_dir = spec.base.run_dir
     # before logo_spec.json replaces the earlier run's (a resumed sweep keeps it until it is checked to be the same)
@@ -147,6 +153,13 @@ def cmd_score(args) -> Path:
 
 
 def plot(result: dict, path: Path) -> None:
+    """The heat map of ``result`` as ``path``, written whole (``atomic_write``: a temporary file
+    beside it, then renamed over it), so a crash or a Ctrl-C mid-write leaves the old figure as
+    it was, never a truncated one. The format comes from ``path``'s suffix as ``savefig`` would
+    take it (``savefig.format`` without one): the temporary file's name ends in ``.tmp``."""
+    import matplotlib
+
+    from bitmind.common import atomic_write
     from bitmind.plots import new_figure
 
     regimes = [r for r in REGIMES if r in result["regimes"]]
@@ -174,8 +187,8 @@ def plot(result: dict, path: Path) -> None:
                       fontsize=9)
         ax.set_title(f"held-out family detection ({regime})", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.04)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fmt = os.path.splitext(path)[1][1:] or matplotlib.rcParams["savefig.format"]
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=fmt))
 
 
 def _f(v, pct: bool = False) -> str:
@@ -229,6 +242,11 @@ def markdown_tables(result: dict) -> str:
 
 
 def cmd_analyse(args) -> dict:
+    """Analyse a scored sweep. Its JSON, figure and Markdown tables are each written whole
+    (``atomic_write_text``, ``plot``): a crash or a Ctrl-C mid-write leaves the old file as it
+    was, never a truncated one for the docs or ``threshold_logo.py`` to read."""
+    from bitmind.common import atomic_write_text
+
     sweep_dir = Path(args.sweep)
     spec = json.loads(Path(args.logo_spec or sweep_dir / "logo_spec.json").read_text())
     _, trained = _baselines(args.baseline)
@@ -240,12 +258,11 @@ def cmd_analyse(args) -> dict:
     result["spec"] = {"folds": spec["logo"]["folds"], "recipes": spec["logo"]["recipes"], "controls": spec["logo"]["controls"],
                       "epochs": spec["base"].get("epochs"), "variants": {k: v for k, v in spec["variants"].items()}}
     out, figure = analyse_paths(args.out, args.figure)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write_text(out, json.dumps(result, indent=2))
     if figure is not None:  # --figure "" (as threshold_logo.py takes it): no figure
         plot(result, figure)
     if args.markdown:
-        Path(args.markdown).write_text(markdown_tables(result) + "\n")
+        atomic_write_text(args.markdown, markdown_tables(result) + "\n")
     print(f"{'arm':<40} {'regime':<10} {'mean det':>8} {'worst':>6} {'det@r90':>7} {'AUC':>5} {'real':>5} {'worst real':>10}")
     for arm, per in result["summary"]["arms"].items():
         for regime, s in per.items():
@@ -333,14 +350,14 @@ def cmd_ship(args) -> dict:
     return rec
 
 
-def _sweep_folder(args) -> Path:
+def _sweep_folder(args, logo) -> Path:
     """The folder ``train`` puts its sweep in, as ``cmd_train`` builds it: ``<checkpoints_dir>/<name>``,
-    the spec's ``checkpoints_dir`` unless the command line names one."""
+    the spec's ``checkpoints_dir`` unless the command line names one. ``logo``: the spec as read
+    once for both (the file read again could differ)."""
     from bitmind.training.config import DEFAULT_CHECKPOINTS_DIR
 
-    try:
-        base = json.loads(Path(args.spec).read_text()).get("base") or {}
-    except (OSError, ValueError, AttributeError):  # cmd_train says what is wrong with it
+    base = logo.get("base") if isinstance(logo, dict) else None
+    if not isinstance(base, dict):  # cmd_train says what is wrong with it
         base = {}
     return Path(args.checkpoints_dir or base.get("checkpoints_dir") or DEFAULT_CHECKPOINTS_DIR) / args.name
 
@@ -436,13 +453,17 @@ def main(argv=None):
             if args.resume and args.overwrite:
                 p.error("--resume continues the sweep in the folder, --overwrite replaces it: pass one of them")
             from bitmind.training.run_folder import RunFolderError
-            from bitmind.training.sweep import SpecError, interrupted_sweep_message, sweep_marks
+            from bitmind.training.sweep import SpecError, interrupted_sweep_message, read_spec, sweep_marks
             from bitmind.training.trainer import TrainingDataError
 
-            sweep_dir = _sweep_folder(args)
+            try:  # read once, for the sweep folder and the sweep
+                logo = read_spec(args.spec)  # a SpecError (one line) for a file that cannot be read or is not JSON
+            except SpecError as e:
+                p.error(str(e))
+            sweep_dir = _sweep_folder(args, logo)
             before = sweep_marks(sweep_dir)
             try:
-                run_dir = cmd_train(args)
+                run_dir = cmd_train(args, logo)
             except (RunFolderError, TrainingDataError, SpecError) as e:  # a usage error (exit 2), not a traceback
                 p.error(str(e))
             except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one before or after the epochs

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -47,6 +48,25 @@ from bitmind.residual_features import SPECTRUM_BINS
 FOLD_SEP = ".minus-"
 #: The features file's group for training-only roots (``extract --train_data``): never scored.
 EXTRA = "train_only"
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``arrays`` as the compressed ``.npz`` ``path`` (``.npz`` added to a name without it, as
+    ``np.savez_compressed`` adds it), written whole (``atomic_write``: a temporary file beside
+    it, then renamed over it), so a crash or a Ctrl-C mid-write leaves the old file as it was,
+    never a truncated one for a later step to read. The temporary file is written through an
+    open file, so ``np.savez_compressed`` does not add ``.npz`` to its name."""
+    from bitmind.common import atomic_write
+
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    return atomic_write(path, write)
 
 
 def cmd_extract(args) -> None:
@@ -83,8 +103,7 @@ def cmd_extract(args) -> None:
     if len(args.features) != 1:
         raise SystemExit("extract writes one features file: give --features one path")
     out = Path(args.features[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **arrays)
+    save_npz(out, arrays)
     print(f"wrote {out}")
 
 
@@ -152,6 +171,11 @@ def stack_design(npr: np.ndarray, res: np.ndarray, x: np.ndarray, kind: str) -> 
 
 
 def cmd_logo(args) -> None:
+    """The stack of every fold of ``--recipe``; its scores and spec are each written whole
+    (``save_npz``, ``atomic_write_text``), so a crash or a Ctrl-C mid-write leaves the old files
+    as they were, never a truncated one for ``generalisation.py analyse`` to read."""
+    from bitmind.common import atomic_write_text
+
     feat = {}
     for path in args.features:  # several extracts (the pools once, training-only roots apart) read as one
         for k, v in np.load(path).items():  # training-only pictures of several files add up; the pools' are replaced
@@ -205,14 +229,14 @@ def cmd_logo(args) -> None:
             report[v].update(stack_weight_npr=float(w_npr), stack_weight_residual=float(w_res))
             line += f"; stack = {w_npr:.2f} * NPR + {w_res:.2f} * residual"
         print(line, flush=True)
-    np.savez_compressed(args.out_scores, **out)
+    save_npz(args.out_scores, out)
     logo = dict(spec["logo"])
     logo["recipes"] = [args.recipe, "residual", "stack"]
     logo["controls"] = []
     new_spec = {**{k: spec[k] for k in spec if k not in ("variants", "logo")}, "variants": new_variants, "logo": logo,
                 "residual_logo": {"features": args.features, "c": args.c, "stack": args.stack,
                                   "train_only_pictures": int(len(extra[1])), "from_scores": args.scores, "folds": report}}
-    Path(args.out_spec).write_text(json.dumps(new_spec, indent=2))
+    atomic_write_text(args.out_spec, json.dumps(new_spec, indent=2))  # whole, as the scores
     print(f"wrote {args.out_scores} and {args.out_spec}")
 
 

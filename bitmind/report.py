@@ -27,16 +27,22 @@ def write_report(out: str | Path, result: dict, markdown: str, indent: int = 2, 
     of the same stem beside it; return the ``.md`` path.
 
     ``indent`` is ``json.dumps``'s; ``trailing_newline`` ends the JSON with a newline. Both
-    files are UTF-8 whatever the locale (the tables hold "±" and dashes). An ``out`` ending in
-    ``.md`` is refused: its table would overwrite the JSON.
+    files are UTF-8 whatever the locale (the tables hold "±" and dashes). Each is written whole
+    (a temporary file beside it, then renamed over it), so a result another script reads is the
+    old one or the new one, never half. An ``out`` ending in ``.md`` is refused: its table would
+    overwrite the JSON.
     """
     out = Path(out)
     if out.suffix.lower() == ".md":
         raise ValueError(f"{out}: the JSON's name ends in .md, where its markdown table goes; name it .json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=indent) + ("\n" if trailing_newline else ""), encoding="utf-8")
+    from bitmind.common import atomic_write  # here: bitmind.common loads torch, a reader need not
+
+    def whole(path: Path, text: str) -> None:  # a Ctrl-C or crash mid-write leaves the old file
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    whole(out, json.dumps(result, indent=indent) + ("\n" if trailing_newline else ""))
     md_path = out.with_suffix(".md")
-    md_path.write_text(markdown, encoding="utf-8")
+    whole(md_path, markdown)
     return md_path
 
 

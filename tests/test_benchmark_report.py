@@ -45,6 +45,34 @@ def test_rewrites_what_is_there(tmp_path):
     assert json.loads(out.read_text()) == {"new": 2} and (tmp_path / "r.md").read_text() == "new\n"
 
 
+@pytest.mark.parametrize("which", ["json", "md"])
+def test_an_interrupted_write_leaves_the_old_files_whole(tmp_path, monkeypatch, which):
+    """A Ctrl-C (or a crash) mid-write: each file is the old one or the new one, never half,
+    and no temporary file is left beside them; another script reads it with read_report."""
+    from pathlib import Path
+
+    out = tmp_path / "r.json"
+    write_report(out, RESULT, MD)
+    real_write_text = Path.write_text
+
+    def half_then_interrupt(self, text, *a, **kw):
+        if (which == "json") == text.startswith("{"):
+            real_write_text(self, text[: len(text) // 2], *a, **kw)
+            raise KeyboardInterrupt
+        return real_write_text(self, text, *a, **kw)
+
+    monkeypatch.setattr(Path, "write_text", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(out, {"new": 2, "pad": "y" * 200}, "new table\n" * 30)
+    monkeypatch.undo()
+    md = tmp_path / "r.md"
+    if which == "json":  # stopped at the first file: both old
+        assert json.loads(out.read_text()) == RESULT and md.read_text() == MD
+    else:  # the JSON is whole and new, the table old
+        assert json.loads(out.read_text())["new"] == 2 and md.read_text() == MD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]
+
+
 def test_a_json_named_md_is_refused_before_anything_is_written(tmp_path):
     """Its table would go to the same path and overwrite the JSON."""
     with pytest.raises(ValueError, match=r"\.md"):

@@ -78,6 +78,17 @@ CASES = {
                                "--epochs must be at least 1, got 0"),
     "a variant's value no run can use": (lambda out: {"base": _base(out), "variants": {"a": {"input": "nrp"}}},
                                          "variant 'a': --input 'nrp': one of"),
+    # a top-level key no code reads would run with its default, unnoticed
+    "top-level typo": (lambda out: {"base": _base(out), "variants": {"a": {}}, "val_seed": [0, 1]},
+                       "unknown sweep spec key(s): 'val_seed' (did you mean 'val_seeds'?); a key starting with '_' is a "
+                       "comment"),
+    "top-level key without its unit": (lambda out: {"base": _base(out), "variants": {"a": {}}, "time_budget": 900},
+                                       "unknown sweep spec key(s): 'time_budget' (did you mean 'time_budget_s'?)"),
+    "a LOGO spec given to the sweep": (lambda out: {"base": _base(out), "recipes": {"a": {}}},
+                                       "a LOGO spec (it has 'recipes', not 'variants'): run it with "
+                                       "benchmarks/generalisation.py train"),
+    "a sweep-only option of a variant no run can use": (lambda out: {"base": _base(out), "variants": {"a": {"train_fraction": 0}}},
+                                                        "variant 'a': train_fraction must be in (0, 1], got 0.0"),
 }
 
 
@@ -110,6 +121,53 @@ def test_a_spec_error_is_a_value_error_that_names_the_option():
     assert spec.variant_extras("a")["swa_start"] == 0 and spec.time_budget_s == 0
 
 
+def test_comment_and_record_keys_are_not_typos():
+    """``_doc`` (any key starting with ``_``) is a comment; ``logo`` and ``ran`` are what a LOGO
+    run's ``logo_spec.json`` records beside its sweep, which runs again as a sweep spec."""
+    spec = SweepSpec.from_dict({"_doc": "why", "_note": 1, "logo": {"folds": []}, "ran": {"epochs": 1},
+                                "base": {"layers": [1, 1]}, "variants": {"a": {}}})
+    assert list(spec.variants) == ["a"]
+
+
+def test_an_option_value_no_run_can_use_is_a_config_error_and_a_spec_error_is_one_too():
+    """The usage errors are typed: ``TrainConfig.check`` raises ``ConfigError`` (a ValueError, so its
+    callers that catch ValueError still do), also for what the validators it asks refuse (patch
+    size, tile, pool, device, family shares); ``SpecError`` is a ``ConfigError``."""
+    from bitmind.training.config import ConfigError, TrainConfig
+
+    assert issubclass(sweep_mod.SpecError, ConfigError) and issubclass(ConfigError, ValueError)
+    for bad in ({"epochs": 0}, {"patch_size": 3}, {"tile_shuffle": 7}, {"pool": "max"}, {"device": "tpu"},
+                {"balance": "family", "family_share": ["gans"]}, {"pair_patches": True}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**{"device": "cpu", **bad}).check()
+    spec = SweepSpec.from_dict({"base": {"device": "cpu"}, "variants": {"a": {"swa_start": 99}, "b": {"input": "nrp"}}})
+    for name in ("a", "b"):
+        with pytest.raises(ConfigError, match=f"variant '{name}'"):
+            spec.variant_config(name), spec.variant_extras(name)
+
+
+def _plain_value_error(*a, **kw):
+    raise ValueError("an internal bug, not the user's spec")
+
+
+def test_a_value_error_that_is_not_a_usage_error_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """``main`` turns only ``ConfigError`` (a spec or an option value the user must mend) into the
+    one usage line; another ValueError raised while the spec is checked (a bug) propagates as it
+    is, not as "error: <message>", exit 2, as if the user had written a bad spec."""
+    from bitmind.training.config import TrainConfig
+
+    monkeypatch.setattr(TrainConfig, "_device_type", _plain_value_error)  # inside TrainConfig.check
+    path = _spec_file(tmp_path, {"base": _base(tmp_path), "variants": {"a": {}}})
+    with pytest.raises(ValueError, match="an internal bug") as e:
+        main(["--spec", str(path)])
+    assert type(e.value) is ValueError  # not a ConfigError relabelled, and not a SystemExit
+    assert "error:" not in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setattr(sweep_mod, "sweep_marks", _plain_value_error)  # after the spec is checked
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["--spec", str(path)])
+
+
 @pytest.mark.process
 def test_the_command_line_ends_an_unknown_option_in_one_line(tmp_path):
     """As a person runs it: ``python -m bitmind.training.sweep --spec SPEC.json``."""
@@ -118,6 +176,19 @@ def test_the_command_line_ends_an_unknown_option_in_one_line(tmp_path):
                        text=True, timeout=300, cwd=REPO)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == "", (r.returncode, r.stderr[-2000:])
     assert r.stderr.rstrip("\n").splitlines()[-1] == "sweep.py: error: unknown base option(s): 'bogus_option'"
+
+
+@pytest.mark.process
+def test_the_command_line_ends_a_top_level_typo_in_one_line(tmp_path):
+    """A typo'd top-level key (``val_seed``) ran with the default seeds, unnoticed: now refused
+    like an unknown option, exit status 2, one line naming the closest key."""
+    spec = _spec_file(tmp_path, {"base": _base(tmp_path), "variants": {"a": {}}, "val_seed": [0, 1]})
+    r = subprocess.run([sys.executable, "-m", "bitmind.training.sweep", "--spec", str(spec)], capture_output=True,
+                       text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == "", (r.returncode, r.stderr[-2000:])
+    assert r.stderr.rstrip("\n").splitlines()[-1] == ("sweep.py: error: unknown sweep spec key(s): 'val_seed' (did you "
+                                                      "mean 'val_seeds'?); a key starting with '_' is a comment")
+    assert not (tmp_path / "ck").exists()
 
 
 def test_the_first_ctrl_c_is_said_on_stderr(capsys):
@@ -154,6 +225,11 @@ def test_a_sweep_stopped_by_ctrl_c_says_so_on_stderr(tmp_path, monkeypatch, caps
     assert "Ctrl-C" not in said.out and "variant " in said.out  # the run's own output stays on stdout
 
 
+def _empty_folder(path: Path) -> str:
+    path.mkdir()
+    return str(path)
+
+
 # (LOGO spec, given the output folder) -> the line generalisation.py train refuses it with
 LOGO_CASES = {
     "a base typo": (lambda out: {"base": {"epoch": 3}, "recipes": {"a": {"input": "npr_hp"}}, "folds": ["gans"]},
@@ -165,6 +241,19 @@ LOGO_CASES = {
     "a data folder that is not there": (lambda out: {"base": {"data": [str(out / "no-data")]},
                                                      "recipes": {"a": {"input": "npr_hp"}}, "folds": ["gans"]},
                                         "data folder not found: "),
+    "a top-level typo": (lambda out: {"base": {}, "recipes": {"a": {"input": "npr_hp"}}, "folds": ["gans"], "val_seed": [0]},
+                         "error: unknown LOGO spec key(s): 'val_seed' (did you mean 'val_seeds'?); a key starting with "
+                         "'_' is a comment"),
+    "a top-level typo, before the data is read": (lambda out: {"base": {"data": [str(out / "no-data")]},
+                                                               "recipes": {"a": {}}, "contrls": {}},
+                                                  "error: unknown LOGO spec key(s): 'contrls' (did you mean 'controls'?)"),
+    "a sweep spec given to train": (lambda out: {"base": {}, "variants": {"a": {}}},
+                                    "error: a sweep spec (it has 'variants', not 'recipes'): run it with python -m "
+                                    "bitmind.training.sweep"),
+    "a fold_recipes typo": (lambda out: {"base": {}, "recipes": {"a": {}}, "fold_recipes": ["b"]},
+                            "error: fold_recipes names recipes the spec does not have: ['b']"),
+    "a root without pictures": (lambda out: {"base": {"data": [_empty_folder(out / "empty")]}, "recipes": {"a": {}}},
+                                "error: no images under "),
 }
 
 
@@ -177,9 +266,29 @@ def test_generalisation_train_refuses_a_spec_it_cannot_run_in_one_line_before_wr
 
     gen = load_script("benchmarks/generalisation.py")
     spec, said = LOGO_CASES[case]
-    path = _spec_file(tmp_path, spec(tmp_path))
-    data = [] if case == "a data folder that is not there" else ["--data", str(make_folder(tmp_path / "d", n_per_class=2, size=32))]
+    raw = spec(tmp_path)
+    path = _spec_file(tmp_path, raw)
+    own_data = isinstance(raw, dict) and "data" in raw["base"]  # (else the command line gives a folder of pictures)
+    data = [] if own_data else ["--data", str(make_folder(tmp_path / "d", n_per_class=2, size=32))]
     err = usage_error(gen.main, ["train", "--spec", str(path), "--name", "t", *data, "--checkpoints_dir", str(tmp_path / "ck")])
     assert "Traceback" not in err, err
     assert said in err.rstrip("\n").splitlines()[-1], err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_generalisation_train_keeps_the_traceback_of_a_value_error_that_is_not_a_usage_error(tmp_path, monkeypatch, capsys):
+    """``cmd_train`` turns a ``ConfigError`` (``TrainConfig.check``, a LOGO block it cannot build) or
+    an unreadable data root into a usage line; another ValueError (a bug) is not relabelled."""
+    from conftest import load_script
+
+    from bitmind.training.config import TrainConfig
+
+    gen = load_script("benchmarks/generalisation.py")
+    monkeypatch.setattr(TrainConfig, "_device_type", _plain_value_error)  # inside TrainConfig.check
+    path = _spec_file(tmp_path, {"base": {}, "recipes": {"a": {"input": "npr_hp"}}, "folds": ["gans"]})
+    data = str(make_folder(tmp_path / "d", n_per_class=2, size=32))
+    with pytest.raises(ValueError, match="an internal bug") as e:
+        gen.main(["train", "--spec", str(path), "--name", "t", "--data", data, "--checkpoints_dir", str(tmp_path / "ck")])
+    assert type(e.value) is ValueError
+    assert "error:" not in capsys.readouterr().err
     assert not (tmp_path / "ck").exists()

@@ -7,6 +7,7 @@ metadata, so a model file says how it was made.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,6 +27,24 @@ def opt(default, help: str):
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    """An option value no run can use (``TrainConfig.check``): the user's to mend, so a command
+    line ends with its one line (a usage error, exit status 2). Any other ValueError is a bug
+    and keeps its traceback. A ValueError, so the callers that catch those still do."""
+
+
+@contextlib.contextmanager
+def _as_config_error():
+    """The ValueError of a validator ``check`` asks (a patch size, a pool, a device, the family
+    shares) raised as the ``ConfigError`` it is: those helpers judge an option's value."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 @dataclass
@@ -137,7 +156,7 @@ class TrainConfig:
         )
 
     def check(self) -> "TrainConfig":
-        """This config if every option value is usable, else a ValueError naming the option.
+        """This config if every option value is usable, else a ``ConfigError`` (a ValueError) naming the option.
         Why: a typo in ``--balance`` or an odd ``--tile_shuffle`` should stop the run before
         the data is read and the workers start, not minutes later in a worker's traceback.
         What needs the data or a checkpoint (the roots, ``--init_from``) is checked where it is read."""
@@ -147,7 +166,7 @@ class TrainConfig:
 
         def one_of(name, allowed):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} {getattr(self, name)!r}: one of {', '.join(allowed)}")
+                raise ConfigError(f"--{name} {getattr(self, name)!r}: one of {', '.join(allowed)}")
 
         one_of("balance", ("sampler", "family", "weight", "none"))
         one_of("lr_schedule", ("step", "cosine"))
@@ -155,75 +174,78 @@ class TrainConfig:
         one_of("arch", tuple(available_models()))
         if self.arch == "npr":
             one_of("input", INPUT_MODES)
-            top_fraction(self.pool)
+            with _as_config_error():
+                top_fraction(self.pool)
             if len(self.layers) not in (2, 3) or min(self.layers) < 1:
-                raise ValueError(f"--layers {self.layers}: 2 or 3 stages of at least one block")
+                raise ConfigError(f"--layers {self.layers}: 2 or 3 stages of at least one block")
         for name in ("epochs", "batch_size", "width", "loader_parts", "share_multiple", "lr_decay_every", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         for name in ("workers", "warmup_epochs", "early_stop_patience", "max_steps_per_epoch", "samples_per_epoch"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be 0 or more, got {getattr(self, name)}")
         for name in ("lr", "lr_decay"):  # inf passes "> 0" and turns every weight into NaN at the first step
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"--{name} must be positive (and finite), got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be positive (and finite), got {getattr(self, name)}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"--weight_decay must be 0 or more, got {self.weight_decay}")
+            raise ConfigError(f"--weight_decay must be 0 or more, got {self.weight_decay}")
         if not 0.0 <= self.beta1 < 1.0:
-            raise ValueError(f"--beta1 must be in [0, 1), got {self.beta1}")
+            raise ConfigError(f"--beta1 must be in [0, 1), got {self.beta1}")
         if self.val_fraction <= 0:
-            raise ValueError("--val_fraction must be above 0: the validation split picks the best epoch and fits "
-                             "the calibration (a small share such as 0.05 will do)")
+            raise ConfigError("--val_fraction must be above 0: the validation split picks the best epoch and fits "
+                              "the calibration (a small share such as 0.05 will do)")
         for name in ("aug_validator_prob", "aug_plain_share", "aug_jpeg_prob", "aug_blur_prob", "aug_color_jitter_prob",
                      "aug_noise_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
         # above 1, factors 1 - s below 0 (a black picture); above 2, a hue shift a worker fails on; -s is s
         if not 0.0 <= self.aug_color_jitter <= 1.0:
-            raise ValueError(f"--aug_color_jitter is a strength in [0, 1], got {self.aug_color_jitter}")
+            raise ConfigError(f"--aug_color_jitter is a strength in [0, 1], got {self.aug_color_jitter}")
         if not (math.isfinite(self.aux_weight) and self.aux_weight >= 0):
-            raise ValueError(f"--aux_weight must be 0 (off) or positive, got {self.aux_weight}")
+            raise ConfigError(f"--aux_weight must be 0 (off) or positive, got {self.aux_weight}")
         if self.aux_weight and (self.arch != "npr" or self.pool != "mean"):
-            raise ValueError("--aux_weight needs the npr architecture with the mean pool (a top-k pool ranks "
-                             "the locations by the detector's logit alone)")
+            raise ConfigError("--aux_weight needs the npr architecture with the mean pool (a top-k pool ranks "
+                              "the locations by the detector's logit alone)")
         if self.aux_weight and self.init_from:
-            raise ValueError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
-                             "start from; train the auxiliary head from scratch")
+            raise ConfigError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
+                              "start from; train the auxiliary head from scratch")
         for name in ("dropout", "label_smoothing", "calibration_real_target", "val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("--val_fraction and --test_fraction leave nothing to train on")
+            raise ConfigError("--val_fraction and --test_fraction leave nothing to train on")
         for name in ("aug_jpeg_quality", "aug_blur_sigma", "aug_noise_sigma"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1] or lo_hi[0] < 0:
-                raise ValueError(f"--{name} takes two values, min max, got {lo_hi}")
+                raise ConfigError(f"--{name} takes two values, min max, got {lo_hi}")
         if not 1 <= self.aug_jpeg_quality[0] <= self.aug_jpeg_quality[1] <= 100:
-            raise ValueError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
+            raise ConfigError(f"--aug_jpeg_quality is a range within 1-100, got {self.aug_jpeg_quality}")
         self.check_pairing()
         name = Path(self.name)  # the run folder under checkpoints_dir: an absolute or '..' name wrote somewhere else
         if not name.parts or name.is_absolute() or ".." in name.parts:
-            raise ValueError(f"--name {self.name!r}: the run folder's name under --checkpoints_dir (not empty, not an "
-                             "absolute path, no '..'); to write elsewhere, set --checkpoints_dir")
+            raise ConfigError(f"--name {self.name!r}: the run folder's name under --checkpoints_dir (not empty, not an "
+                              "absolute path, no '..'); to write elsewhere, set --checkpoints_dir")
         for folder in (Path(self.checkpoints_dir), *Path(self.checkpoints_dir).parents):  # a file on the way: a
             if folder.exists():  # NotADirectoryError traceback once the data was read
                 if not folder.is_dir():
-                    raise ValueError(f"--checkpoints_dir {self.checkpoints_dir}: {folder} is a file, not a folder")
+                    raise ConfigError(f"--checkpoints_dir {self.checkpoints_dir}: {folder} is a file, not a folder")
                 break
         if not isinstance(self.family_share, (list, tuple)) or not all(isinstance(x, str) for x in self.family_share):
-            raise ValueError(f"--family_share takes FAMILY=WEIGHT strings (in a spec a list: [\"minigan=0.25\"]), "
-                             f"got {self.family_share!r}")
+            raise ConfigError(f"--family_share takes FAMILY=WEIGHT strings (in a spec a list: [\"minigan=0.25\"]), "
+                              f"got {self.family_share!r}")
         if self.family_share:
             from bitmind.data.families import parse_family_share
 
-            parse_family_share(self.family_share)
+            with _as_config_error():
+                parse_family_share(self.family_share)
             if self.balance != "family":
-                raise ValueError("--family_share needs --balance family")
-        check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
+                raise ConfigError("--family_share needs --balance family")
+        with _as_config_error():
+            check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
         device_type = self._device_type()  # also a --device this machine lacks (cuda without a GPU), before the data
         if self.compile and not has_cxx_compiler() and device_type == "cpu":
-            raise ValueError("--compile on a CPU needs a C++ compiler (g++ or clang++) for TorchInductor; "
-                             "install one or leave --compile off")
+            raise ConfigError("--compile on a CPU needs a C++ compiler (g++ or clang++) for TorchInductor; "
+                              "install one or leave --compile off")
         return self
 
     def loader_batch(self) -> tuple[int, int]:
@@ -238,21 +260,22 @@ class TrainConfig:
         """``cpu`` or ``cuda``, as the trainer will resolve ``device`` (``auto`` without a GPU: the CPU)."""
         from bitmind.common import check_device
 
-        device = check_device(self.device)  # a device this machine lacks is a usage error, before the data
+        with _as_config_error():
+            device = check_device(self.device)  # a device this machine lacks is a usage error, before the data
         if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device {self.device!r}: auto, cpu, cuda or cuda:N")
+            raise ConfigError(f"--device {self.device!r}: auto, cpu, cuda or cuda:N")
         return device.type
 
     def check_pairing(self) -> None:
-        """A ValueError unless the aligned-pair options fit together (``check`` and the
+        """A ``ConfigError`` unless the aligned-pair options fit together (``check`` and the
         training sampler, which pairs the round trips, both ask)."""
         if self.pair_aligned and self.balance != "family":
-            raise ValueError("--pair_aligned needs --balance family")
+            raise ConfigError("--pair_aligned needs --balance family")
         if self.pair_patches and not self.pair_aligned:
-            raise ValueError("--pair_patches needs --pair_aligned")
+            raise ConfigError("--pair_patches needs --pair_aligned")
         if self.pair_aligned and self.batch_size % 2:
-            raise ValueError(f"--pair_aligned needs an even --batch_size, got {self.batch_size} "
-                             "(with an even batch_size no pair straddles two batches)")
+            raise ConfigError(f"--pair_aligned needs an even --batch_size, got {self.batch_size} "
+                              "(with an even batch_size no pair straddles two batches)")
 
     @property
     def run_dir(self) -> Path:

@@ -45,6 +45,11 @@ REGIMES = ("validator", "crops")
 #: A fold named ``real-<kind>`` holds out the real photos ``real/<kind>`` (an unseen camera
 #: or kind of photo) instead of a generator family; the name stays a valid folder name.
 REAL_FOLD_PREFIX = "real-"
+#: A LOGO spec's keys its sweep spec takes as they are (``SweepSpec.from_dict`` reads them).
+SWEEP_KEYS = ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "ensemble_members", "state_every_s")
+#: Every top-level key of a LOGO spec (``logo_sweep_spec`` reads them all); any other is a typo,
+#: refused (``check_logo_keys``), but one starting with ``_`` (``_doc``): a comment.
+LOGO_KEYS = frozenset({*SWEEP_KEYS, "recipes", "folds", "fold_recipes", "controls", "control_folds"})
 
 
 def held_out_sources(fold: str, sources) -> list[str]:
@@ -56,11 +61,29 @@ def held_out_sources(fold: str, sources) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- 1. the sweep
+def check_logo_keys(logo: dict) -> None:
+    """A ``SpecError`` (one line, a usage error) naming each top-level key of the LOGO spec ``logo``
+    that no code reads, with the closest known one: a typo (``val_seed``, ``time_budget``) would
+    run with the default and nobody would notice. Keys starting with ``_`` are comments."""
+    from bitmind.training.sweep import SpecError, check_spec_keys  # (sweep imports torch; logo_metrics imports this module)
+
+    if "variants" in logo and "recipes" not in logo:
+        raise SpecError("a sweep spec (it has 'variants', not 'recipes'): run it with python -m bitmind.training.sweep")
+    check_spec_keys(logo, LOGO_KEYS, "LOGO spec")
+
+
 def sources_in(roots) -> list[str]:
-    """Every ``CLASS/NAME`` source of the given roots (a directory listing, no decoding)."""
+    """Every ``CLASS/NAME`` source of the given roots (a directory listing, no decoding). A root
+    that holds no pictures, or an ``hf:`` root without its role, is a ``TrainingDataError`` (a usage
+    error, as in training); a folder that is not there, an OSError."""
+    from bitmind.training.trainer import TrainingDataError
+
     names = set()
     for root in roots:
-        src = open_source(root)
+        try:
+            src = open_source(root)
+        except ValueError as e:  # (open_source judges the root: what it raises is about the data)
+            raise TrainingDataError(str(e)) from None
         names.update(src.source_name(i) for i in range(len(src)))
     return sorted(names)
 
@@ -94,23 +117,28 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
 
     Variant names: ``<recipe>``, ``<recipe>.minus-<family>``, ``<recipe>.<control>`` and
     ``<recipe>.<control>.minus-<family>``. A fold ``real-<kind>`` holds out the real photos
-    ``real/<kind>`` (``held_out_sources``): how the recipe treats a camera it never saw."""
+    ``real/<kind>`` (``held_out_sources``): how the recipe treats a camera it never saw.
+    A ``SpecError`` (a ValueError) for a spec it cannot expand: an unknown key (``check_logo_keys``), no
+    recipe, ``fold_recipes`` naming a recipe it lacks, a recipe name with a '.'."""
+    from bitmind.training.sweep import SpecError
+
+    check_logo_keys(logo)
     recipes = logo.get("recipes") or {}
     if not recipes:
-        raise ValueError("a LOGO spec needs at least one recipe")
+        raise SpecError("a LOGO spec needs at least one recipe")
     folds = logo.get("folds") or default_folds(sources)
     fold_recipes = logo.get("fold_recipes", list(recipes))  # [] = no folds (a ship run)
     if not isinstance(fold_recipes, dict):
         fold_recipes = {r: None for r in fold_recipes}
     unknown = set(fold_recipes) - set(recipes)
     if unknown:
-        raise ValueError(f"fold_recipes names recipes the spec does not have: {sorted(unknown)}")
+        raise SpecError(f"fold_recipes names recipes the spec does not have: {sorted(unknown)}")
     fold_recipes = {r: folds if f is None else list(f) for r, f in fold_recipes.items()}
     controls = logo.get("controls") or {}
     variants = {}
     for r, ov in recipes.items():
         if FOLD_SEP in r or "." in r:
-            raise ValueError(f"recipe name {r!r} must not contain '.'")
+            raise SpecError(f"recipe name {r!r} must not contain '.'")
         arms = [(r, ov, set(), True)]  # (name, overrides, excluded sources, with folds)
         for c, cdef in controls.items():
             if r in cdef.get("recipes", [r]):
@@ -129,8 +157,7 @@ def logo_sweep_spec(logo: dict, sources) -> dict:
                 if set(held) <= excl:  # the arm never trains on that family anyway
                     continue
                 variants[f"{name}{FOLD_SEP}{fam}"] = {**ov_arm, "exclude_sources": sorted(excl | set(held))}
-    out = {k: v for k, v in logo.items() if k in ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "ensemble_members",
-                                                  "state_every_s")}
+    out = {k: v for k, v in logo.items() if k in SWEEP_KEYS}
     out["variants"] = variants
     every_fold = list(dict.fromkeys([*folds, *(f for fs in fold_recipes.values() for f in fs)]))
     out["logo"] = {"folds": every_fold, "recipes": list(recipes), "controls": list(controls)}

@@ -19,6 +19,10 @@ Spec (JSON)::
      "val_seeds": [0, 1, 2, 3, 4, 5],
      "variants": {"<name>": {<overrides>}, ...}}
 
+Beside those, ``val_from``, ``val_every``, ``time_budget_s``, ``ensemble_members`` and
+``state_every_s`` (below and ``SweepSpec``); any other top-level key is refused as a typo
+(``SPEC_KEYS``), but one starting with ``_`` (``_doc``): a comment.
+
 Shared (``base`` only): data, splits, augmentation, epochs, batch size, sampler, device.
 Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
 ``stem_pool``, ``init_from``), the optimiser (``lr``, ``lr_schedule``, ``lr_decay``,
@@ -103,7 +107,7 @@ try:
     from bitmind.image_transforms import ValidatorPipeline
     from bitmind.inference import forward_logits
     from bitmind.metrics import compute_metrics
-    from bitmind.training.config import TrainConfig
+    from bitmind.training.config import ConfigError, TrainConfig
     from bitmind.training.loop import (
         Best,
         Learner,
@@ -152,9 +156,17 @@ SWEEP_ONLY_KEYS = tuple(SWEEP_ONLY_TYPES)
 #: Sweep-only options a spec may set to null (their default: off, none).
 NULLABLE_KEYS = frozenset({"swa_start", "distill_from", "exclude_sources", "exclude_roots"})
 #: The spec's own options beside ``base`` and ``variants`` that ``SweepSpec.from_dict`` reads, with their
-#: JSON types (``time_budget_s`` may be null: off). Other keys (``_doc``, a LOGO spec's ``logo``) are left alone.
+#: JSON types (``time_budget_s`` may be null: off).
 SPEC_TYPES = {"val_seeds": "list[int]", "val_from": "int", "val_every": "int", "time_budget_s": "float",
               "ensemble_members": "int", "state_every_s": "float"}
+#: Keys a sweep spec may hold that say what it is and the sweep does not read: ``logo`` (the folds,
+#: recipes and controls of the sweep a LOGO spec became, ``logo_sweep_spec``) and ``ran`` (what such a
+#: sweep ran, beside it in its ``logo_spec.json``, which runs again as a sweep spec). And any key
+#: starting with ``_`` (``_doc``): a comment.
+DOC_KEYS = frozenset({"logo", "ran"})
+#: Every top-level key of a sweep spec; any other (``val_seed``, ``time_budget``) is a typo, refused:
+#: ignored, the sweep would run with the default and nobody would notice.
+SPEC_KEYS = frozenset({"base", "variants", *SPEC_TYPES, *DOC_KEYS})
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
                           "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "seed", "patch_size",
@@ -164,10 +176,11 @@ VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_p
 BN_BATCHES = 8
 
 
-class SpecError(ValueError):
-    """A sweep spec no sweep can run: a file that cannot be read or is not JSON, an option
-    ``TrainConfig`` (or the sweep) does not know, a value of the wrong type, an option a variant
-    may not change. A usage error: the command line ends with its one line and exit status 2,
+class SpecError(ConfigError):
+    """A sweep spec no sweep can run: a file that cannot be read or is not JSON, a key or an
+    option ``TrainConfig`` (or the sweep) does not know, a value of the wrong type, an option a
+    variant may not change. A usage error, as an option value no run can use (``ConfigError``,
+    its base class, a ValueError): the command line ends with its one line and exit status 2,
     before any data is read, not with a traceback."""
 
 
@@ -223,6 +236,14 @@ def _unknown(keys, candidates, shared=frozenset()) -> str:
     return ", ".join(said)
 
 
+def check_spec_keys(d: dict, known, what: str = "spec") -> None:
+    """A ``SpecError`` naming each top-level key of the spec ``d`` that is not in ``known``, nor a
+    comment (a key starting with ``_``), with the closest known one (a typo)."""
+    unknown = {k for k in d if not (isinstance(k, str) and k.startswith("_"))} - set(known)
+    if unknown:
+        raise SpecError(f"unknown {what} key(s): {_unknown(unknown, known)}; a key starting with '_' is a comment")
+
+
 def read_spec(path) -> dict:
     """The JSON of the spec file ``path``; a ``SpecError`` (one line) if it cannot be read or is not JSON."""
     try:
@@ -251,11 +272,14 @@ class SweepSpec:
     def from_dict(cls, d: dict, **base_overrides) -> "SweepSpec":
         """The sweep of the spec ``d`` (a spec file's JSON), ``base_overrides`` that are not None
         replacing its ``base`` options. A ``SpecError`` (a ValueError) names what the spec gets
-        wrong: an option no one knows (with the closest known name, if one is close), a value of
+        wrong: a key or an option no one knows (with the closest known name, if one is close), a value of
         the wrong JSON type, an option a variant may not change; the values themselves are
         checked by ``check``."""
         if not isinstance(d, dict):
             raise SpecError(f'a sweep spec is a JSON object ({{"base": {{...}}, "variants": {{...}}}}), got {_json_kind(d)}')
+        if "recipes" in d and "variants" not in d:
+            raise SpecError("a LOGO spec (it has 'recipes', not 'variants'): run it with benchmarks/generalisation.py train")
+        check_spec_keys(d, SPEC_KEYS, "sweep spec")
         fields = {f.name: _annotation(f) for f in dataclasses.fields(TrainConfig)}
         base = {} if d.get("base") is None else d["base"]
         if not isinstance(base, dict):
@@ -289,8 +313,8 @@ class SweepSpec:
                    state_every_s=float(d.get("state_every_s", 120.0)))
 
     def check(self) -> dict:
-        """Every variant's (checked ``TrainConfig``, sweep options), by name: a ValueError naming the
-        option (and the variant) that no run can use otherwise. What a sweep checks before it
+        """Every variant's (checked ``TrainConfig``, sweep options), by name: a ``ConfigError`` naming
+        the option (and the variant) that no run can use otherwise. What a sweep checks before it
         reads its data, and the command line before it starts one."""
         self.base.check()
         return {name: (self.variant_config(name), self.variant_extras(name)) for name in self.variants}
@@ -300,30 +324,30 @@ class SweepSpec:
         cfg.name = f"{self.base.name}/{name}"
         try:
             return cfg.check()
-        except ValueError as e:
-            raise ValueError(f"variant {name!r}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"variant {name!r}: {e}") from None
 
     def variant_extras(self, name: str) -> dict:
-        """The sweep-only options of a variant, with their defaults."""
+        """The sweep-only options of a variant, with their defaults; a ``ConfigError`` for a value no run can use."""
         ov = self.variants[name]
         frac = float(ov.get("train_fraction", 1.0))
         if not 0.0 < frac <= 1.0:
-            raise ValueError(f"variant {name!r}: train_fraction must be in (0, 1], got {frac}")
+            raise ConfigError(f"variant {name!r}: train_fraction must be in (0, 1], got {frac}")
         weight = float(ov.get("distill_weight", 1.0))
         if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"variant {name!r}: distill_weight must be in [0, 1], got {weight}")
+            raise ConfigError(f"variant {name!r}: distill_weight must be in [0, 1], got {weight}")
         temp = float(ov.get("distill_temperature", 1.0))
         if not temp > 0:
-            raise ValueError(f"variant {name!r}: distill_temperature must be positive, got {temp}")
+            raise ConfigError(f"variant {name!r}: distill_temperature must be positive, got {temp}")
         swa = int(ov.get("swa_start", 0) or 0)
         if swa < 0 or swa >= self.base.epochs > 0:
-            raise ValueError(f"variant {name!r}: swa_start {swa} must be an epoch of the run (0 = off, else below "
-                             f"epochs = {self.base.epochs}): a later start averages nothing and ships the plain weights")
+            raise ConfigError(f"variant {name!r}: swa_start {swa} must be an epoch of the run (0 = off, else below "
+                              f"epochs = {self.base.epochs}): a later start averages nothing and ships the plain weights")
         try:
             patch = check_patch_size(ov.get("patch_size", self.base.patch_size), self.base_size)
             check_tile_shuffle(ov.get("tile_shuffle", self.base.tile_shuffle), patch or self.base_size)
-        except ValueError as e:
-            raise ValueError(f"variant {name!r}: {e}") from None
+        except ValueError as e:  # (those two judge an option's value)
+            raise ConfigError(f"variant {name!r}: {e}") from None
         return {"train_fraction": frac, "swa_start": swa,
                 "distill_from": ov.get("distill_from") or None, "distill_weight": weight if ov.get("distill_from") else 0.0,
                 "distill_temperature": temp, "exclude_sources": sorted(ov.get("exclude_sources") or []),
@@ -1001,8 +1025,8 @@ def main(argv=None) -> dict:
         before = sweep_marks(spec.base.run_dir)
     except KeyboardInterrupt:
         exit_interrupted_while_starting()
-    except ValueError as e:  # a spec that cannot be read or run (SpecError), or an option value no run can use
-        p.error(str(e))
+    except ConfigError as e:  # a spec that cannot be read or run (SpecError), or an option value no run can use;
+        p.error(str(e))  # any other ValueError is a bug: its traceback, not a usage line
     try:
         summary = run_sweep(spec)
     except (RunFolderError, TrainingDataError) as e:
