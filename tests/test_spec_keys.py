@@ -72,3 +72,20 @@ def test_comments_pass_and_a_spec_of_the_other_kind_is_told_apart():
     with pytest.raises(SpecError, match="a LOGO spec .* benchmarks/generalisation.py train"):
         SweepSpec.from_dict({"base": {}, "recipes": {"a": {}}})
     assert sweep_mod.SpecError is SpecError
+
+
+def test_a_control_with_a_typo_is_refused_and_its_keys_are_the_ones_read():
+    """A control's ``exclue`` would be ignored and the control trained as its recipe, unnoticed."""
+    src = inspect.getsource(logo_mod.logo_sweep_spec) + inspect.getsource(logo_mod._control_excludes)
+    assert set(re.findall(r'\b(?:cdef|control)(?:\.get\(|\[)"(\w+)"', src)) == logo_mod.CONTROL_KEYS
+    spec = {"recipes": {"a": {}}, "controls": {"no_sdxl": {"exclue": ["sdxl"]}}}
+    said = r"^unknown control 'no_sdxl' key\(s\): 'exclue' \(did you mean 'exclude'\?\)"
+    with pytest.raises(SpecError, match=said):
+        check_logo_keys(spec)
+    with pytest.raises(SpecError, match=said):
+        logo_sweep_spec(spec, SOURCES)
+    with pytest.raises(SpecError, match="control 'x' must be a JSON object"):
+        check_logo_keys({"recipes": {"a": {}}, "controls": {"x": ["sdxl"]}})
+    out = logo_sweep_spec({"recipes": {"a": {}}, "controls": {"c": {"_doc": "why", "exclude": ["sdxl"], "folds": False}}},
+                          SOURCES)
+    assert out["variants"]["a.c"]["exclude_sources"] == ["fake/sdxl"]

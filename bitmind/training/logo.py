@@ -50,6 +50,8 @@ SWEEP_KEYS = ("base", "val_seeds", "val_from", "val_every", "time_budget_s", "en
 #: Every top-level key of a LOGO spec (``logo_sweep_spec`` reads them all); any other is a typo,
 #: refused (``check_logo_keys``), but one starting with ``_`` (``_doc``): a comment.
 LOGO_KEYS = frozenset({*SWEEP_KEYS, "recipes", "folds", "fold_recipes", "controls", "control_folds"})
+#: The keys of one entry of a LOGO spec's ``controls`` (``logo_sweep_spec``, ``_control_excludes``).
+CONTROL_KEYS = frozenset({"exclude", "keep", "exclude_roots", "folds", "recipes"})
 
 
 def held_out_sources(fold: str, sources) -> list[str]:
@@ -70,6 +72,14 @@ def check_logo_keys(logo: dict) -> None:
     if "variants" in logo and "recipes" not in logo:
         raise SpecError("a sweep spec (it has 'variants', not 'recipes'): run it with python -m bitmind.training.sweep")
     check_spec_keys(logo, LOGO_KEYS, "LOGO spec")
+    controls = logo.get("controls") or {}
+    if not isinstance(controls, dict):
+        raise SpecError(f"the LOGO spec's controls must be a JSON object of {{name: {{...}}}}, got {type(controls).__name__}")
+    for name, control in controls.items():  # a typo there ("exclue") would make the control its recipe again
+        if not isinstance(control, dict):
+            raise SpecError(f"control {name!r} must be a JSON object ({', '.join(sorted(CONTROL_KEYS))}), "
+                            f"got {type(control).__name__}")
+        check_spec_keys(control, CONTROL_KEYS, f"control {name!r}")
 
 
 def sources_in(roots) -> list[str]:
