@@ -37,36 +37,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bitmind.report import save_npz
 from bitmind.residual_features import SPECTRUM_BINS
 
 FOLD_SEP = ".minus-"
 #: The features file's group for training-only roots (``extract --train_data``): never scored.
 EXTRA = "train_only"
-
-
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """``arrays`` as the compressed ``.npz`` ``path`` (``.npz`` added to a name without it, as
-    ``np.savez_compressed`` adds it), written whole (``atomic_write``: a temporary file beside
-    it, then renamed over it), so a crash or a Ctrl-C mid-write leaves the old file as it was,
-    never a truncated one for a later step to read. The temporary file is written through an
-    open file, so ``np.savez_compressed`` does not add ``.npz`` to its name."""
-    from bitmind.common import atomic_write
-
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    return atomic_write(path, write)
 
 
 def cmd_extract(args) -> None:

@@ -3,12 +3,14 @@
 Many scripts under ``benchmarks/`` end the same way: the result as JSON at ``--out`` and the
 table they print as ``<stem>.md`` next to it. The scripts are not part of the package and do
 not import each other, so the one writer they share lives here, with the reader of a result
-one script takes from another (``read_report``).
+one script takes from another (``read_report``) and the whole-file ``.npz`` writer
+(``save_npz``) of the scripts that cache arrays.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -59,3 +61,24 @@ def read_report(path: str | Path, key: str, producer: str, label: str | None = N
     if not isinstance(result, dict) or key not in result:
         raise ValueError(f"{label}: not a {producer} result (no {key!r})")
     return result
+
+
+def save_npz(path: str | Path, arrays: dict) -> Path:
+    """``arrays`` as the compressed ``.npz`` ``path`` (``.npz`` added to a name without it, as
+    ``np.savez_compressed`` adds it), written whole (``atomic_write``: a temporary file beside
+    it, then renamed over it), so a crash or a Ctrl-C mid-write leaves the old file as it was,
+    never a truncated one for a later step to read. The temporary file is written through an
+    open file, so ``np.savez_compressed`` does not add ``.npz`` to its name."""
+    import numpy as np
+
+    from bitmind.common import atomic_write
+
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    return atomic_write(path, write)
