@@ -492,7 +492,8 @@ def main(argv=None):
             step = "analyse"
             return cmd_analyse(args)
     except KeyboardInterrupt:
-        exit_interrupted(f"stopped (Ctrl-C) during {step}: a file it was writing may be incomplete; run {step} again")
+        exit_interrupted(f"stopped (Ctrl-C) during {step}: every file it writes is whole, but some may still be "
+                         f"the previous run's; run {step} again")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = False) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=durable)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), durable=durable)
 
 
 def output_path_problem(path, flag: str, folder: bool = False) -> str | None:

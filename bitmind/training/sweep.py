@@ -161,9 +161,11 @@ SPEC_TYPES = {"val_seeds": "list[int]", "val_from": "int", "val_every": "int", "
               "ensemble_members": "int", "state_every_s": "float"}
 #: Keys a sweep spec may hold that say what it is and the sweep does not read: ``logo`` (the folds,
 #: recipes and controls of the sweep a LOGO spec became, ``logo_sweep_spec``) and ``ran`` (what such a
-#: sweep ran, beside it in its ``logo_spec.json``, which runs again as a sweep spec). And any key
+#: sweep ran, beside it in its ``logo_spec.json``, which runs again as a sweep spec), and what the
+#: benchmarks record in the sweep-shaped specs they write (``merged_runs``: the runs
+#: ``generalisation.py analyse`` merged; ``residual_logo``: the probe's options). And any key
 #: starting with ``_`` (``_doc``): a comment.
-DOC_KEYS = frozenset({"logo", "ran"})
+DOC_KEYS = frozenset({"logo", "ran", "merged_runs", "residual_logo"})
 #: Every top-level key of a sweep spec; any other (``val_seed``, ``time_budget``) is a typo, refused:
 #: ignored, the sweep would run with the default and nobody would notice.
 SPEC_KEYS = frozenset({"base", "variants", *SPEC_TYPES, *DOC_KEYS})
