@@ -261,6 +261,9 @@ def main(argv=None) -> dict:
     if bad:
         p.error(f"--real_targets must lie in [0, 1) (0: the Platt boundary), got {bad}")
     targets = list(dict.fromkeys(a.real_targets))
+    a.regimes = list(dict.fromkeys(a.regimes))
+    if not a.out:
+        p.error("--out names the JSON to write (the markdown table goes beside it)")
 
     pairs = [dict(zip(PAIR_FIELDS, v)) for v in a.pair]
     labels = [q["label"] for q in pairs]
@@ -317,7 +320,11 @@ def main(argv=None) -> dict:
     result: dict = {"real_targets": targets, "regimes": list(a.regimes), "n_boot": a.n_boot, "seed": a.seed, "pairs": {}}
     all_draws: dict = {r: {f"{t:g}": {} for t in targets} for r in a.regimes}
     for q, da, db, ex_a, ex_b, regimes in jobs:
-        cal = {f"{t:g}": {"a": calibrate(da, q["a_arm"], ex_a, t), "b": calibrate(db, q["b_arm"], ex_b, t)} for t in targets}
+        try:
+            cal = {f"{t:g}": {"a": calibrate(da, q["a_arm"], ex_a, t), "b": calibrate(db, q["b_arm"], ex_b, t)}
+                   for t in targets}
+        except (ValueError, KeyError) as e:  # no validation pictures of a class to fit a boundary on
+            p.error(f"pair {q['label']}: cannot calibrate its arms on their validation pictures: {e}")
         excluded = sorted(set(ex_a) | set(ex_b))
         entry = {**q, "a_excluded": ex_a, "b_excluded": ex_b, "calibration": cal, "regimes": {}}
         for j, r in enumerate(a.regimes):

@@ -236,6 +236,8 @@ def main(argv=None) -> dict:
     p.add_argument("--arm", default="patch96nopool", help="the arm of --scores whose folds are stacked")
     p.add_argument("--out", type=report_path, default="", help="JSON of the probe; the markdown table goes beside it (.md)")
     a = p.parse_args(argv)
+    if a.features and not a.features.endswith(".npz"):  # save_npz writes X.npz for X: look for that file next time
+        a.features += ".npz"
     if a.features and Path(a.features).is_file():
         with np.load(a.features, allow_pickle=False) as z:
             feats = {k: z[k] for k in z.files}

@@ -37,7 +37,7 @@ def write_report(out: str | Path, result: dict, markdown: str, indent: int = 2, 
     out = Path(out)
     if out.suffix.lower() == ".md":
         raise ValueError(f"{out}: the JSON's name ends in .md, where its markdown table goes; name it .json")
-    from bitmind.common import atomic_write  # here: bitmind.common loads torch, a reader need not
+    from bitmind.atomic_files import atomic_write
 
     def whole(path: Path, text: str) -> None:  # a Ctrl-C or crash mid-write leaves the old file
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -71,7 +71,7 @@ def save_npz(path: str | Path, arrays: dict) -> Path:
     open file, so ``np.savez_compressed`` does not add ``.npz`` to its name."""
     import numpy as np
 
-    from bitmind.common import atomic_write
+    from bitmind.atomic_files import atomic_write
 
     path = os.fspath(path)
     if not path.endswith(".npz"):

@@ -301,3 +301,15 @@ def test_periodic_probe_features_cache_is_read_back_and_an_interrupted_one_is_no
     second = periodic.main(argv)
     assert len(extracted) == 2  # read from the cache, not extracted again
     assert json.dumps(second) == json.dumps(first)
+
+
+def test_periodic_probe_features_cache_named_without_npz_is_found_again(periodic, tmp_path, monkeypatch):
+    """``--features cache`` is written as ``cache.npz`` (as np.savez names it): the next run
+    must look for that file, not for ``cache``, or the cache is never used."""
+    feats = _probe_features()
+    extracted = []
+    monkeypatch.setattr(periodic, "extract", lambda *a, **k: extracted.append(a) or feats)
+    argv = ["--data", "unused", "--features", str(tmp_path / "cache")]
+    periodic.main(argv)
+    periodic.main(argv)
+    assert _names(tmp_path) == ["cache.npz"] and len(extracted) == 1

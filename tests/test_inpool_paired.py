@@ -154,6 +154,8 @@ def test_the_real_target_boundary_keeps_that_share_of_validation_real_photos(tmp
     ("file", "no such file"),
     ("fold", "is a fold model"),
     ("md", "ends in .md"),
+    ("noout", "--out names the JSON"),
+    ("noval", "cannot calibrate its arms"),
 ])
 def test_usage_errors_are_one_line_and_exit_2_before_work(runs, capsys, case, message):
     src, split, label = runs["pics"]
@@ -165,6 +167,13 @@ def test_usage_errors_are_one_line_and_exit_2_before_work(runs, capsys, case, me
             "fold": _pair("p", one, spec, "m", one, "m.minus-x")}.get(case, _pair("p", one, spec, "m", one, "n"))
     if case == "md":
         out = str(runs["tmp"] / "e.md")
+    if case == "noout":
+        out = ""
+    if case == "noval":  # no validation real photos: no boundary can be fitted
+        keep = ~((split == "val") & (label == 0))
+        z = np.zeros(int(keep.sum()))
+        nv = _write(runs["tmp"] / "nv.npz", {"m": z, "n": z}, src[keep], split[keep], label[keep])
+        args = _pair("p", nv, spec, "m", nv, "n")
     with pytest.raises(SystemExit) as e:
         load_script("benchmarks/inpool_paired.py").main([*args, "--n_boot", "5", "--out", out])
     assert e.value.code == 2
