@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import load_script
+from test_generalisation import real_fold_scores
 from test_logo_benchmarks import _probe_features
 from test_residual_logo import _pool
 
@@ -72,16 +73,7 @@ def _scored_sweep(tmp_path: Path) -> tuple[Path, Path]:
     from bitmind.training.logo import logo_sweep_spec
 
     spec = logo_sweep_spec({"recipes": {"m": {}}, "folds": ["sdxl", "real-b"]}, ["fake/sdxl", "real/a", "real/b"])
-    rng = np.random.default_rng(0)
-    n = 60
-    source = np.array(["real/a"] * n + ["real/b"] * n + ["fake/sdxl"] * n)
-    label = (source == "fake/sdxl").astype(np.int64)
-    split = np.array(["val", "test"] * (3 * n // 2))
-    z = np.where(label == 1, 2.0, -2.0) + rng.normal(0, 0.5, 3 * n)
-    data = {}
-    for regime in ("validator", "crops"):
-        data.update({f"{regime}/source": source, f"{regime}/split": split, f"{regime}/label": label,
-                     f"{regime}/m": z, f"{regime}/m.minus-sdxl": z, f"{regime}/m.minus-real-b": z})
+    data = real_fold_scores(60)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     np.savez(inputs / "scores.npz", **data)

@@ -501,6 +501,25 @@ def test_generalisation_benchmark_end_to_end(tmp_path):
         assert torch.allclose(flip_model.model(x), want, atol=1e-5)
 
 
+def real_fold_scores(n: int, unseen_b: float | None = None) -> dict[str, np.ndarray]:
+    """LOGO scores of recipe ``m`` in both regimes with folds sdxl and real-b (``n`` pictures
+    each of real/a, real/b and fake/sdxl, val and test alternating): every model separates the
+    classes; with ``unseen_b``, the fold that never saw real/b gives its photos that logit."""
+    rng = np.random.default_rng(0)
+    source = np.array(["real/a"] * n + ["real/b"] * n + ["fake/sdxl"] * n)
+    label = (source == "fake/sdxl").astype(np.int64)
+    split = np.array(["val", "test"] * (3 * n // 2))
+    z = np.where(label == 1, 2.0, -2.0) + rng.normal(0, 0.5, 3 * n)
+    unseen = z.copy()
+    if unseen_b is not None:
+        unseen[source == "real/b"] = unseen_b
+    data = {}
+    for regime in ("validator", "crops"):
+        data.update({f"{regime}/source": source, f"{regime}/split": split, f"{regime}/label": label,
+                     f"{regime}/m": z, f"{regime}/m.minus-sdxl": z, f"{regime}/m.minus-real-b": unseen})
+    return data
+
+
 def test_real_kind_folds_hold_out_a_camera_and_report_how_much_of_it_is_kept_real(tmp_path):
     """A ``real-<kind>`` fold trains without that kind of photo and reports the share of it
     called real (and the AUC of known fakes against it), apart from the generator folds."""
@@ -511,18 +530,7 @@ def test_real_kind_folds_hold_out_a_camera_and_report_how_much_of_it_is_kept_rea
     spec = logo_sweep_spec({"recipes": {"m": {}}, "folds": ["sdxl", "real-b"]}, sources_all)
     assert spec["variants"]["m.minus-real-b"]["exclude_sources"] == ["real/b"]
 
-    rng = np.random.default_rng(0)
-    n = 200
-    source = np.array(["real/a"] * n + ["real/b"] * n + ["fake/sdxl"] * n)
-    label = (source == "fake/sdxl").astype(np.int64)
-    split = np.array(["val", "test"] * (3 * n // 2))
-    z = np.where(label == 1, 2.0, -2.0) + rng.normal(0, 0.5, 3 * n)
-    unseen = z.copy()
-    unseen[source == "real/b"] = 1.0  # the model that never saw kind b takes it for fake
-    data = {}
-    for regime in ("validator", "crops"):
-        data.update({f"{regime}/source": source, f"{regime}/split": split, f"{regime}/label": label,
-                     f"{regime}/m": z, f"{regime}/m.minus-sdxl": z, f"{regime}/m.minus-real-b": unseen})
+    data = real_fold_scores(200, unseen_b=1.0)  # the model that never saw kind b takes it for fake
     np.savez(tmp_path / "s.npz", **data)
     out = analyse(tmp_path / "s.npz", spec)
     fold = out["regimes"]["validator"]["folds"]["m"]["real-b"]
