@@ -37,14 +37,11 @@ def write_report(out: str | Path, result: dict, markdown: str, indent: int = 2, 
     out = Path(out)
     if out.suffix.lower() == ".md":
         raise ValueError(f"{out}: the JSON's name ends in .md, where its markdown table goes; name it .json")
-    from bitmind.atomic_files import atomic_write
+    from bitmind.atomic_files import atomic_write_text  # UTF-8, whole: a Ctrl-C or crash mid-write leaves the old file
 
-    def whole(path: Path, text: str) -> None:  # a Ctrl-C or crash mid-write leaves the old file
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-    whole(out, json.dumps(result, indent=indent) + ("\n" if trailing_newline else ""))
+    atomic_write_text(out, json.dumps(result, indent=indent) + ("\n" if trailing_newline else ""))
     md_path = out.with_suffix(".md")
-    whole(md_path, markdown)
+    atomic_write_text(md_path, markdown)
     return md_path
 
 

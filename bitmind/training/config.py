@@ -36,15 +36,16 @@ class ConfigError(ValueError):
 
 
 @contextlib.contextmanager
-def _as_config_error():
+def as_config_error(prefix: str = ""):
     """The ValueError of a validator ``check`` asks (a patch size, a pool, a device, the family
-    shares) raised as the ``ConfigError`` it is: those helpers judge an option's value."""
+    shares) raised as the ``ConfigError`` it is, its message after ``prefix`` (the sweep's
+    ``variant 'x': ``): those helpers judge an option's value."""
     try:
         yield
     except ConfigError:
         raise
     except ValueError as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(f"{prefix}{e}") from e
 
 
 @dataclass
@@ -174,7 +175,7 @@ class TrainConfig:
         one_of("arch", tuple(available_models()))
         if self.arch == "npr":
             one_of("input", INPUT_MODES)
-            with _as_config_error():
+            with as_config_error():
                 top_fraction(self.pool)
             if len(self.layers) not in (2, 3) or min(self.layers) < 1:
                 raise ConfigError(f"--layers {self.layers}: 2 or 3 stages of at least one block")
@@ -236,11 +237,11 @@ class TrainConfig:
         if self.family_share:
             from bitmind.data.families import parse_family_share
 
-            with _as_config_error():
+            with as_config_error():
                 parse_family_share(self.family_share)
             if self.balance != "family":
                 raise ConfigError("--family_share needs --balance family")
-        with _as_config_error():
+        with as_config_error():
             check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
         device_type = self._device_type()  # also a --device this machine lacks (cuda without a GPU), before the data
         if self.compile and not has_cxx_compiler() and device_type == "cpu":
@@ -260,7 +261,7 @@ class TrainConfig:
         """``cpu`` or ``cuda``, as the trainer will resolve ``device`` (``auto`` without a GPU: the CPU)."""
         from bitmind.common import check_device
 
-        with _as_config_error():
+        with as_config_error():
             device = check_device(self.device)  # a device this machine lacks is a usage error, before the data
         if device.type not in ("cpu", "cuda"):
             raise ConfigError(f"--device {self.device!r}: auto, cpu, cuda or cuda:N")

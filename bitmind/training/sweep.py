@@ -107,7 +107,7 @@ try:
     from bitmind.image_transforms import ValidatorPipeline
     from bitmind.inference import forward_logits
     from bitmind.metrics import compute_metrics
-    from bitmind.training.config import ConfigError, TrainConfig
+    from bitmind.training.config import ConfigError, TrainConfig, as_config_error
     from bitmind.training.loop import (
         Best,
         Learner,
@@ -345,11 +345,9 @@ class SweepSpec:
         if swa < 0 or swa >= self.base.epochs > 0:
             raise ConfigError(f"variant {name!r}: swa_start {swa} must be an epoch of the run (0 = off, else below "
                               f"epochs = {self.base.epochs}): a later start averages nothing and ships the plain weights")
-        try:
+        with as_config_error(f"variant {name!r}: "):
             patch = check_patch_size(ov.get("patch_size", self.base.patch_size), self.base_size)
             check_tile_shuffle(ov.get("tile_shuffle", self.base.tile_shuffle), patch or self.base_size)
-        except ValueError as e:  # (those two judge an option's value)
-            raise ConfigError(f"variant {name!r}: {e}") from None
         return {"train_fraction": frac, "swa_start": swa,
                 "distill_from": ov.get("distill_from") or None, "distill_weight": weight if ov.get("distill_from") else 0.0,
                 "distill_temperature": temp, "exclude_sources": sorted(ov.get("exclude_sources") or []),
