@@ -646,6 +646,19 @@ def test_spec_with_overrides_builds_the_sweep_a_run_would(tmp_path):
     assert spec_with_overrides(plain, "bench", seed=7)["base"]["seed"] == 7 and plain["base"]["seed"] == 1
 
 
+def test_spec_with_overrides_keeps_an_empty_sweep_a_sweep(tmp_path):
+    """A sweep spec whose ``variants`` is empty is still a sweep spec: the sweep refuses it as
+    having no variant, not as a LOGO spec without recipes (read from the roots' sources)."""
+    from bitmind.training.logo import spec_with_overrides
+    from bitmind.training.sweep import SpecError, SweepSpec
+
+    empty = {"base": {"epochs": 3, "seed": 1}, "variants": {}}
+    built = spec_with_overrides(empty, "bench", data=[str(tmp_path / "no-such-root")])
+    assert built["variants"] == {} and built["base"]["data"] == [str(tmp_path / "no-such-root")]
+    with pytest.raises(SpecError, match="at least one variant"):
+        SweepSpec.from_dict(built)
+
+
 def test_logo_swa_spec_is_the_run_it_is_paired_with_plus_weight_averaging():
     """logo_swa_s1.json trains the shipped recipe and the same with weight averaging on one
     stream; its plain arm repeats the committed 78-epoch seed-1 run (generalisation_fixed_s1*:

@@ -197,11 +197,12 @@ def logo_run_spec(logo: dict, name: str, seed: int | None = None, **overrides) -
 
 def spec_with_overrides(raw: dict, name: str, seed: int | None = None, **overrides) -> dict:
     """The sweep spec a command builds from a spec file's JSON ``raw`` with its command
-    line's overrides: a sweep spec (it has ``variants``) gets its ``base`` overridden alike
-    (values that are not None, ``seed`` as the training seed, ``name``); a LOGO spec becomes
-    the sweep spec ``generalisation.py train`` runs (``logo_run_spec``: the roots decide the
-    folds). One function for the benchmarks that must build the sweep a run would."""
-    if not raw.get("variants"):
+    line's overrides: a sweep spec (it has ``variants``, even an empty one, which the sweep
+    then refuses as having none) gets its ``base`` overridden alike (values that are not None,
+    ``seed`` as the training seed, ``name``); a LOGO spec becomes the sweep spec
+    ``generalisation.py train`` runs (``logo_run_spec``: the roots decide the folds). One
+    function for the benchmarks that must build the sweep a run would."""
+    if "variants" not in raw:
         return logo_run_spec(raw, name, seed=seed, **overrides)
     return {**raw, "base": _overridden_base(raw.get("base", {}), name, seed, overrides)}
 
