@@ -352,8 +352,13 @@ def parse_config(argv=None) -> TrainConfig:
     """The options of a command line; with ``--init_from``, the network options and the
     patch size it leaves out come from that checkpoint (``bitmind.training.init_from``).
     A value no run can use (``TrainConfig.check``) or a checkpoint that contradicts the
-    options is reported as a usage error, before any data is read."""
+    options is reported as a usage error, before any data is read. Only the typed errors are:
+    ``ConfigError`` (an option, or an ``--init_from`` file that contradicts them),
+    ``RunFolderError`` (``--resume``), ``OSError`` (a missing file) and ``CheckpointError`` (an
+    unreadable one); any other exception, a plain ValueError included, is a bug and keeps its
+    traceback."""
     from bitmind.checkpoint import CheckpointError
+    from bitmind.training.run_folder import RunFolderError
 
     parser = build_parser()
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
@@ -369,5 +374,5 @@ def parse_config(argv=None) -> TrainConfig:
             cfg = adopt_checkpoint_options(cfg, explicit_options(argv), checkpoint[1])
             cfg = check_init_weights(cfg.check(), checkpoint)
         return cfg.check()
-    except (ValueError, OSError, CheckpointError) as e:  # a bad option or file is a usage error (message, exit 2), not a traceback
+    except (ConfigError, RunFolderError, OSError, CheckpointError) as e:  # a bad option or file: a usage error (exit 2)
         parser.error(str(e))

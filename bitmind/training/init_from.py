@@ -7,6 +7,12 @@ shipped ``base.pth`` (no stem pool) into a network with the pool and fine-tune s
 else than was asked. Checkpoints describe themselves, so a fine-tune takes its network
 options, and the patch size it was trained with, from the file unless they are given
 explicitly; an explicit option that contradicts the file's network is an error.
+
+The user's problems here (an ensemble file, a checkpoint of an architecture this code does not
+build, an option that contradicts the file, weights that do not fit the network) are
+``ConfigError``s (ValueErrors), a missing file a ``FileNotFoundError`` and an unreadable one
+``read_checkpoint``'s ``CheckpointError``: ``parse_config`` reports those as usage errors and
+lets any other exception keep its traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from bitmind.training.config import TrainConfig
+from bitmind.training.config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +33,8 @@ ADOPTED_KEYS = (*STRUCTURE_KEYS, "dropout", "patch_size")
 
 
 def read_init_from(path: str | Path) -> tuple[dict, dict]:
-    """The ``--init_from`` checkpoint's ``(state, meta)``; a missing file is named as the option's."""
+    """The ``--init_from`` checkpoint's ``(state, meta)``; a missing file is named as the option's
+    (a ``FileNotFoundError``), one ``read_checkpoint`` cannot read is its ``CheckpointError``."""
     from bitmind.checkpoint import read_checkpoint
 
     if not Path(path).is_file():
@@ -39,16 +46,23 @@ def checkpoint_options(path: str | Path, meta: dict | None = None) -> dict:
     """The ``TrainConfig`` values of ``ADOPTED_KEYS`` that the checkpoint at ``path`` was
     built and trained with (keys its config leaves out read as the constructor's
     defaults; ``patch_size`` only when its training options record one). ``meta``: the
-    file's metadata when the caller has already read it."""
+    file's metadata when the caller has already read it. An ensemble file, or one of an
+    architecture this code does not build, is a ``ConfigError``."""
     from bitmind.checkpoint import DEFAULT_ARCH
-    from bitmind.models import config_defaults
+    from bitmind.models import available_models, config_defaults
 
     if meta is None:
         _, meta = read_init_from(path)
     arch = meta.get("arch") or DEFAULT_ARCH  # a bare state dict: the reference NPR, as load_model reads it
     if arch == "ensemble":
-        raise ValueError(f"--init_from {path}: an ensemble file; fine-tune one of its member networks instead")
-    config = {**config_defaults(arch), **(meta.get("config") or {})}
+        raise ConfigError(f"--init_from {path}: an ensemble file; fine-tune one of its member networks instead")
+    if arch not in available_models():  # config_defaults' KeyError was a traceback
+        raise ConfigError(f"--init_from {path}: architecture {arch!r} is not one this code builds "
+                          f"(registered: {', '.join(available_models())})")
+    saved = meta.get("config") or {}
+    if not isinstance(saved, dict):  # a TypeError in the merge below was a traceback
+        raise ConfigError(f"--init_from {path}: its metadata's config is a {type(saved).__name__}, not a JSON object")
+    config = {**config_defaults(arch), **saved}
     out = {"arch": arch, **{k: config[k] for k in ADOPTED_KEYS if k in config}}
     if "layers" in out:
         out["layers"] = list(out["layers"])
@@ -72,17 +86,17 @@ def _same(v):
 def adopt_checkpoint_options(cfg: TrainConfig, explicit: set[str], meta: dict | None = None) -> TrainConfig:
     """``cfg`` with the ``--init_from`` checkpoint's options wherever the command line did
     not set them (``explicit``: the option names it did set). An explicit structural option
-    that differs from the checkpoint's is a ValueError: those weights cannot mean it.
+    that differs from the checkpoint's is a ``ConfigError`` (a ValueError): those weights cannot mean it.
     ``meta``: the file's metadata when the caller has already read it."""
     if not cfg.init_from:
         return cfg
     want = checkpoint_options(cfg.init_from, meta)
     clash = option_differences(cfg, want, [k for k in STRUCTURE_KEYS if k in explicit])
     if clash:
-        raise ValueError(f"--init_from {cfg.init_from} was built with "
-                         + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + "; the command line asks for "
-                         + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items())
-                         + ": leave those options out (they are read from the checkpoint)")
+        raise ConfigError(f"--init_from {cfg.init_from} was built with "
+                          + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + "; the command line asks for "
+                          + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items())
+                          + ": leave those options out (they are read from the checkpoint)")
     adopted = {k: v for k, v in want.items() if k not in explicit and _same(getattr(cfg, k)) != _same(v)}
     if adopted:
         logger.info("--init_from %s: options read from the checkpoint: %s", cfg.init_from,
@@ -91,14 +105,14 @@ def adopt_checkpoint_options(cfg: TrainConfig, explicit: set[str], meta: dict | 
 
 
 def check_matches_checkpoint(cfg: TrainConfig, meta: dict) -> None:
-    """A ValueError unless ``cfg`` builds the network the ``--init_from`` checkpoint (whose
-    metadata is ``meta``) was built as (for configs made in code or in sweep specs, which
-    bypass the command line)."""
+    """A ``ConfigError`` (a ValueError) unless ``cfg`` builds the network the ``--init_from``
+    checkpoint (whose metadata is ``meta``) was built as (for configs made in code or in sweep
+    specs, which bypass the command line)."""
     clash = option_differences(cfg, checkpoint_options(cfg.init_from, meta), STRUCTURE_KEYS)
     if clash:
-        raise ValueError(f"--init_from {cfg.init_from}: the checkpoint was built with "
-                         + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "
-                         + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()))
+        raise ConfigError(f"--init_from {cfg.init_from}: the checkpoint was built with "
+                          + ", ".join(f"{k}={w!r}" for k, (_, w) in clash.items()) + ", this run builds "
+                          + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()))
 
 
 def weights_mismatch(model, state: dict) -> str:
@@ -122,12 +136,12 @@ def weights_mismatch(model, state: dict) -> str:
 
 
 def load_weights(model, state: dict, what: str) -> None:
-    """``model.load_state_dict(state, strict=True)``, a ValueError naming ``what`` (the file,
-    with its option) and the mismatch (``weights_mismatch``) in one line if the weights do
-    not fit the network, instead of torch's RuntimeError listing every key."""
+    """``model.load_state_dict(state, strict=True)``, a ``ConfigError`` (a ValueError) naming
+    ``what`` (the file, with its option) and the mismatch (``weights_mismatch``) in one line if
+    the weights do not fit the network, instead of torch's RuntimeError listing every key."""
     problem = weights_mismatch(model, state)
     if problem:
-        raise ValueError(f"{what}: its weights do not fit the network these options build ({problem})")
+        raise ConfigError(f"{what}: its weights do not fit the network these options build ({problem})")
     model.load_state_dict(state, strict=True)
 
 
@@ -145,10 +159,10 @@ def init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = None) 
 
 def check_init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = None) -> TrainConfig:
     """``cfg`` if its ``--init_from`` weights load into the network it builds, else a
-    ValueError in one line. Why: a file that says nothing of its network (a bare or foreign
-    state dict: read as the default NPR) or whose weights do not match what its metadata
-    says passed the option checks and failed with a RuntimeError listing every key once the
-    data had been read, minutes into a large run; now the command stops before the data."""
+    ``ConfigError`` (a ValueError) in one line. Why: a file that says nothing of its network
+    (a bare or foreign state dict: read as the default NPR) or whose weights do not match what
+    its metadata says passed the option checks and failed with a RuntimeError listing every key
+    once the data had been read, minutes into a large run; now the command stops before the data."""
     if not cfg.init_from:
         return cfg
     from bitmind.models import build_model
