@@ -90,3 +90,25 @@ def test_a_resumed_run_with_another_network_is_a_usage_error(tmp_path, usage_err
     (run / "opt.json").write_text(json.dumps(TrainConfig(width=8).to_dict()))
     err = usage_error(parse_config, ["--resume", "--checkpoints_dir", str(tmp_path), "--name", "t", "--width", "16"])
     assert "--resume" in err and "width=8" in err and "width=16" in err  # RunFolderError
+
+
+def test_a_usage_error_is_one_line_without_the_usage_block(capsys):
+    """A value the command line parsed but no run can use ends as ``PROG: error: ...`` alone
+    (exit 2): argparse's usage block before it is forty-odd lines that push it off the screen."""
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--lr", "-1e-3", "--device", "cpu"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("error: --lr must be positive (and finite), got -0.001")
+
+
+def test_a_sweep_spec_error_is_one_line(tmp_path, capsys):
+    from bitmind.training import sweep
+
+    spec = tmp_path / "empty.json"
+    spec.write_text(json.dumps({"base": {"epochs": 1}, "variants": {}}))
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--spec", str(spec)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("error: a sweep needs at least one variant")

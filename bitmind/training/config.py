@@ -14,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from bitmind.common import PLAIN_SHARE, has_cxx_compiler, parse_bool
 from bitmind.image_transforms import AugConfig
@@ -375,4 +376,12 @@ def parse_config(argv=None) -> TrainConfig:
             cfg = check_init_weights(cfg.check(), checkpoint)
         return cfg.check()
     except (ConfigError, RunFolderError, OSError, CheckpointError) as e:  # a bad option or file: a usage error (exit 2)
-        parser.error(str(e))
+        usage_error(parser, str(e))
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit with status 2 and the one line ``PROG: error: MESSAGE``, as ``parser.error`` does but
+    without the usage block before it: the command line parsed, a value in it (or a file it
+    names) is wrong, and the forty-odd lines of usage would push the one line that says which
+    off the screen."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")

@@ -107,7 +107,7 @@ try:
     from bitmind.image_transforms import ValidatorPipeline
     from bitmind.inference import forward_logits
     from bitmind.metrics import compute_metrics
-    from bitmind.training.config import ConfigError, TrainConfig, as_config_error
+    from bitmind.training.config import ConfigError, TrainConfig, as_config_error, usage_error
     from bitmind.training.loop import (
         Best,
         Learner,
@@ -1026,11 +1026,11 @@ def main(argv=None) -> dict:
     except KeyboardInterrupt:
         exit_interrupted_while_starting()
     except ConfigError as e:  # a spec that cannot be read or run (SpecError), or an option value no run can use;
-        p.error(str(e))  # any other ValueError is a bug: its traceback, not a usage line
+        usage_error(p, str(e))  # any other ValueError is a bug: its traceback, not a usage line
     try:
         summary = run_sweep(spec)
     except (RunFolderError, TrainingDataError) as e:
-        p.error(str(e))
+        usage_error(p, str(e))
     except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one before the first epoch or after the last
         exit_interrupted(interrupted_sweep_message(spec.base.run_dir, before, bool(spec.base.resume),
                                                    bool(spec.base.overwrite)))
