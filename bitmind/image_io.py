@@ -325,7 +325,9 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
         img = Image.open(io.BytesIO(raw), formats=_pillow_formats(limits.formats))
     except Image.DecompressionBombError as e:  # the header declares more than twice MAX_IMAGE_PIXELS
         raise ImageDecodeError(f"image too large: {e}") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError as e:  # Pillow's message names only its BytesIO object (a memory address)
+        raise ImageDecodeError(f"not a recognised image: no allowed format starts with {raw[:8]!r}") from e
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"not a recognised image: {e}") from e
     except Exception as e:  # a plugin choking on a malformed header (struct.error, IndexError, ...)
         raise ImageDecodeError(f"malformed image header: {type(e).__name__}: {e}") from e

@@ -479,3 +479,11 @@ def test_integer_tensors_mean_the_same_picture_as_float_ones(size):
     model = build_model("npr", layers=[1, 1], width=8).eval()
     assert predict(model, pixels) == pytest.approx(predict(model, as_float), abs=1e-6)
     assert predict(model, pixels[None]) == pytest.approx(predict(model, pixels), abs=1e-6)
+
+
+def test_an_unrecognised_image_is_named_by_its_first_bytes_not_a_memory_address():
+    """Pillow's 'cannot identify image file <_io.BytesIO object at 0x...>' names nothing a
+    miner's log or an eval's skip list can use; the error shows the bytes the file starts with."""
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(b64(b"hello, this is text, not an image"))
+    assert "BytesIO" not in str(e.value) and "0x" not in str(e.value) and "b'hello, t'" in str(e.value)
