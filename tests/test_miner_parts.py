@@ -317,3 +317,26 @@ def test_requests_beyond_the_queue_bound_are_refused_before_they_are_decoded():
             assert mb.submit(torch.zeros(3, 8, 8)).result(5) == 0.5
     finally:
         mb.close()
+
+
+def test_slot_says_once_that_its_file_is_gone_and_loads_one_put_back(tmp_path, caplog):
+    """A deleted model file leaves the last good model serving, with one warning (not one per
+    check, and not silence); a file put back at the path is loaded."""
+    import logging
+
+    path = tmp_path / "model.pth"
+    shutil.copy(make_checkpoint(tmp_path / "a.pth", seed=0), path)
+    slot = ModelSlot(str(path), torch.device("cpu"), check_interval=0.0)
+    first = slot.serving.lm.sha256
+    os.remove(path)
+    with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
+        assert not slot.check() and not slot.check(force=True)
+    gone = [r for r in caplog.records if "is gone" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.WARNING and first[:12] in gone[0].getMessage()
+    assert slot.serving.lm.sha256 == first
+    caplog.clear()
+    make_checkpoint(tmp_path / "b.pth", seed=3)
+    os.replace(tmp_path / "b.pth", path)
+    with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
+        assert slot.check() and slot.serving.lm.sha256 != first
+    assert any("there again" in r.getMessage() for r in caplog.records)

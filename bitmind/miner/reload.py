@@ -145,6 +145,7 @@ class ModelSlot:
         self.reloads, self.loaded_at = 0, 0.0
         self._bad: set[FileSignature] = set()  # versions that failed: not retried until the file changes
         self._last_check = 0.0
+        self._gone = False  # the model file was missing at the last check (said once, until it is back)
         self._reload_lock = threading.Lock()
         self._prepare_lock = threading.Lock()
         self._preparing: threading.Thread | None = None  # the latest reload's CPU preparation
@@ -202,7 +203,13 @@ class ModelSlot:
             return False
         self._last_check = now
         sig = FileSignature.of(self.path)
-        if sig is None or sig == self._sig or sig in self._bad:
+        if sig is None:
+            self._note_missing()
+            return False
+        if self._gone:
+            self._gone = False
+            logger.info("model file %s is there again", self.path)
+        if sig == self._sig or sig in self._bad:
             return False
         with self._reload_lock:
             snap = read_stable(self.path)
@@ -232,6 +239,15 @@ class ModelSlot:
                 self._preparing = threading.Thread(target=self._upgrade, args=(lm,), name="bitmind-prepare", daemon=True)
                 self._preparing.start()
         return True
+
+    def _note_missing(self) -> None:
+        """Say once that the model file is gone (deleted, moved, a folder renamed): the miner
+        keeps answering with the model it loaded, which an operator who removed the file may
+        not expect, and a file put back at the path is loaded as any new version is."""
+        if not self._gone:
+            self._gone = True
+            logger.warning("model file %s is gone (deleted or moved); still serving sha256=%s; a model file put "
+                           "back at that path is loaded", self.path, self.serving.lm.sha256[:12])
 
     def close(self, timeout: float = 30.0) -> None:
         """Wait (at most ``timeout`` s) for a reload's CPU preparation still running: a process
