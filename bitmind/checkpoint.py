@@ -146,6 +146,8 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
         raise CheckpointError(load_failure(path, data, e, "torch.load")) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    if (why := training_state_problem(obj, path)) is not None:
+        raise CheckpointError(why)
     meta: dict = {}
     if "model" in obj and isinstance(obj["model"], dict):
         state, meta = obj["model"], obj.get("meta") or {}
@@ -157,6 +159,40 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     if not state:
         raise CheckpointError(f"{path} contains no tensors")
     return state, _meta_dict(meta, path)
+
+
+#: What a run's resumable state holds (``bitmind.training.trainer.STATE_KEYS``, which its
+#: ``--resume`` requires; not imported: the miner does not load the trainer).
+RUN_STATE_KEYS = ("model", "optimizer", "epoch", "best_acc")
+#: What a sweep's resumable state holds (``bitmind.training.sweep_state.save_sweep_state``).
+SWEEP_STATE_KEYS = ("version", "epoch", "variants")
+
+
+def training_state_problem(obj: dict, path: str | os.PathLike) -> str | None:
+    """Why ``obj`` (what ``torch.load`` read from ``path``) is a training state and not a model,
+    in one line naming the model file to use instead; None for anything else.
+
+    Why: a run folder holds ``model_epoch_best.pth`` (the calibrated model to serve) beside
+    ``state_last.pt`` (weights, optimiser, epoch: what ``--resume`` goes on from), and a
+    sweep folder ``sweep_state.pt``. The run's state has a ``model`` state dict, so
+    ``--neuron.model_path run/state_last.pt`` loaded it as an uncalibrated NPR of the last
+    epoch, without a word. Told by content (the keys the trainer and the sweep write, and no
+    ``meta``), not by name: a renamed copy is refused too, and a reference checkpoint with an
+    optimiser (``model``, ``optimizer``, ``total_steps``) still loads. The resume code reads
+    these files with ``torch.load`` itself, never through here."""
+    if "meta" in obj:
+        return None
+    path = Path(path)
+    if all(k in obj for k in RUN_STATE_KEYS) and isinstance(obj["model"], dict) and isinstance(obj["optimizer"], dict):
+        best = path.parent / "model_epoch_best.pth"
+        serve = f"serve {best} instead" if best.is_file() else f"serve the run's model_epoch_best.pth instead (none in {path.parent})"
+        return f"{path} is a training run's resumable state (for --resume), not a model: {serve}"
+    if all(k in obj for k in SWEEP_STATE_KEYS) and isinstance(obj["variants"], dict):
+        bests = [path.parent / str(v) / "model_epoch_best.pth" for v in obj["variants"]]
+        found = [str(b) for b in bests if b.is_file()] or [str(b) for b in bests]
+        return (f"{path} is a sweep's resumable state (for --resume), not a model: serve a variant's "
+                f"model_epoch_best.pth instead ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})")
+    return None
 
 
 #: Why a file did not load, in plain words (``load_failure``); the tests match these.
@@ -434,12 +470,32 @@ def build_network(arch: str, state: dict, meta: dict, *, detector_only: bool = F
     elif built is not None:
         return built, meta
     config = meta.get("config") or {}
+    model = None
     try:
         model = build_model(arch, **config)
         model.load_state_dict(state, strict=True)
     except Exception as e:
-        raise CheckpointError(f"{path} does not fit architecture {arch!r} {config}: {str(e).splitlines()[0][:300]}") from e
+        raise CheckpointError(f"{path} does not fit architecture {arch!r} {config}: {_misfit(e, model, state)}") from e
     return model.eval(), meta
+
+
+def _misfit(e: BaseException, model: nn.Module | None, state: dict) -> str:
+    """Why ``state`` did not load into ``model``, in one line: the keys it lacks, those it has
+    that the network does not, the tensors of another shape (``weights_mismatch``, a few of
+    each named). torch's own message only begins ``Error(s) in loading state_dict for NPR:``
+    on its first line, the keys on the next ones; where the network was not built (a bad
+    config) or the keys all fit, its first non-empty lines are kept instead."""
+    if model is not None:
+        try:
+            from bitmind.training.init_from import weights_mismatch
+
+            summary = weights_mismatch(model, state)
+        except Exception:  # noqa: BLE001 - an error message must not fail: fall back on torch's lines
+            summary = ""
+        if summary:
+            return summary[:500]
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:2])[:300] or type(e).__name__
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu",
