@@ -8,6 +8,14 @@ is now refused unless the new run continues it (``--resume``) or is told to repl
 read back from its ``opt.json`` (the command line may leave them out), a network option
 that contradicts them is refused (the saved weights would not fit, or would be read as
 another input), and any other change (learning rate, schedule, data) is allowed but logged.
+Where and how fast it runs (``RUNTIME_KEYS``: workers, device, progress, ...) is the command
+line's where it sets it, else the run's again (``--workers 2`` is not lost to the default 4).
+
+``opt.json`` holds the path-valued options absolute (``PATH_KEYS``, ``write_options``), so a
+run started in one working folder resumes from any other (the repository root and
+``base_miner/NPR``, as the guide runs the trainer). An ``opt.json`` written before that holds
+them as given, relative to the folder the run was started in: ``resumed_options`` reads them
+from here, and says so in one line when a data root is not found.
 """
 from __future__ import annotations
 
@@ -27,6 +35,15 @@ RUN_FILES = (*RUN_MARKERS, "val_logits_best.npy", "history.json", "summary.json"
 #: and how fast it runs, not what it trains.
 RUNTIME_KEYS = ("resume", "overwrite", "name", "checkpoints_dir", "device", "workers", "pin_memory", "progress",
                 "log_every", "compile", "loader_parts", "cudnn_benchmark", "channels_last", "uint8_loading")
+#: Of ``RUNTIME_KEYS``, those that find the run (or say how to start it): the command line's,
+#: never read back from ``opt.json``. The others are the run's again where the command line
+#: leaves them out, and the command line's where it sets them.
+LOCATION_KEYS = ("resume", "overwrite", "name", "checkpoints_dir")
+#: Options that name files or folders: ``opt.json`` holds them absolute (``write_options``).
+#: ``data``, ``train_data`` and ``challenge_data`` are lists of roots (``hf:NAME_OR_PATH[:role]``
+#: names a Hub data set, or a local one by its path).
+PATH_KEYS = ("data", "train_data", "challenge_data", "init_from", "checkpoints_dir")
+_ROOT_KEYS = ("data", "train_data", "challenge_data")
 #: Options a resumed run must keep: its saved weights were built with them, and its pictures were
 #: split with them (another split would train on pictures it validated on, and the stored options
 #: would name a test split the model saw).
@@ -119,10 +136,118 @@ def _refuse(cfg, clash: dict, asks: str, hint: str = "") -> None:
                              + ", ".join(f"{k}={g!r}" for k, (g, _) in clash.items()) + hint)
 
 
+def _split_spec(spec: str) -> tuple[str, str, str]:
+    """A path option's value as (prefix, path, suffix): ``hf:PATH:real`` -> (``hf:``, PATH,
+    ``:real``), a plain path -> ("", path, "")."""
+    if not spec.startswith("hf:"):
+        return "", spec, ""
+    rest, role = spec[3:], ""
+    if ":" in rest and rest.rsplit(":", 1)[-1] in ("real", "fake"):
+        rest, role = rest.rsplit(":", 1)
+        role = ":" + role
+    return "hf:", rest, role
+
+
+def _absolute(spec, base: Path | None = None):
+    """``spec`` (a path option's value) with its path absolute, read from ``base`` (the
+    working folder if None); an ``hf:`` name that is no local path, and "" (no file), as given."""
+    if not isinstance(spec, str) or not spec:
+        return spec
+    prefix, path, suffix = _split_spec(spec)
+    p = Path(path).expanduser()
+    full = p if p.is_absolute() else (base or Path.cwd()) / p
+    if prefix and not full.exists():  # a Hub data set's name
+        return spec
+    return f"{prefix}{full.resolve()}{suffix}"
+
+
+def _is_relative(spec) -> bool:
+    """Whether ``spec`` names a local path relative to some working folder."""
+    if not isinstance(spec, str) or not spec:
+        return False
+    prefix, path, _ = _split_spec(spec)
+    return not Path(path).expanduser().is_absolute() and (not prefix or path.startswith("."))
+
+
+def absolute_options(cfg) -> dict:
+    """``cfg.to_dict()`` with every path-valued option (``PATH_KEYS``) absolute, as read from the
+    working folder: what ``opt.json`` holds, so the run resumes from any other folder."""
+    opts = cfg.to_dict()
+    for key in PATH_KEYS:
+        value = opts.get(key)
+        opts[key] = [_absolute(v) for v in value] if isinstance(value, (list, tuple)) else _absolute(value)
+    return opts
+
+
+def write_options(cfg, run_dir: Path) -> None:
+    """Write ``run_dir/opt.json``: ``cfg``'s options, its paths absolute (``absolute_options``).
+    Why: a run started from the repository root with ``--data ../shared/data/sn34-mini`` and
+    resumed from ``base_miner/NPR`` read that root from the wrong folder (data folder not found)."""
+    (Path(run_dir) / "opt.json").write_text(json.dumps(absolute_options(cfg), indent=2))
+
+
+def _saved_paths(cfg, adopted: dict) -> dict:
+    """``adopted`` (options read back from an ``opt.json``) with each relative path that exists
+    from here made absolute; a ``RunFolderError`` for a relative data root that does not. Why:
+    an ``opt.json`` written before paths were stored absolute holds them as given, relative to
+    the folder the run was started in, which it does not record: the command must be run from
+    there, or give the roots again."""
+    out, lost = dict(adopted), []
+    for key in PATH_KEYS:
+        if key not in adopted:
+            continue
+        values = adopted[key] if isinstance(adopted[key], (list, tuple)) else [adopted[key]]
+        found = []
+        for spec in values:
+            if _is_relative(spec) and (Path.cwd() / Path(_split_spec(spec)[1]).expanduser()).exists():
+                spec = _absolute(spec)
+            elif _is_relative(spec) and key in _ROOT_KEYS:  # a resumed run does not read init_from (its state has the weights)
+                lost.append((key, spec))
+            found.append(spec)
+        out[key] = found if isinstance(adopted[key], (list, tuple)) else found[0]
+    if lost:
+        raise RunFolderError(
+            f"--resume {cfg.run_dir}: opt.json names " + ", ".join(f"--{k} {s}" for k, s in lost)
+            + f", relative to the folder the run was started in (written before paths were stored absolute), and "
+            f"not found from here ({Path.cwd()}): run the command from that folder, or give "
+            + " ".join(sorted({f"--{k}" for k, _ in lost})) + " with the path from here")
+    return out
+
+
+def _usable_here(cfg, adopted: dict, runtime: dict) -> dict:
+    """Of ``runtime`` (options of how the run ran, read back from ``opt.json``), those this
+    machine can use (a ``--device cuda`` run resumed on a machine without a GPU keeps the
+    command line's device, and says so)."""
+    import dataclasses
+
+    from bitmind.training.config import ConfigError
+
+    def problem(**kw):
+        try:
+            dataclasses.replace(cfg, **adopted, **kw).check()
+        except ConfigError as e:
+            return str(e)
+        return None
+
+    base, kept = problem(), {}
+    for key, value in runtime.items():
+        err = problem(**kept, **{key: value})
+        if err == base:
+            kept[key] = value
+        else:
+            logger.warning("--resume %s: the run's --%s %r cannot be used here (%s): --%s %r is used",
+                           cfg.run_dir, key, value, err, key, getattr(cfg, key))
+    return kept
+
+
 def resumed_options(cfg, explicit: set[str]):
     """``cfg`` with the options of the run it resumes (``opt.json`` beside its state) where the
     command line left them out; a ``RunFolderError`` if it sets a network option to another
-    value than the run was built with; other changes are logged (the run goes on with them)."""
+    value than the run was built with; other changes are logged (the run goes on with them).
+    Where and how fast it runs (``RUNTIME_KEYS`` but ``LOCATION_KEYS``) is the command line's
+    where it sets it, else the run's (if this machine can use it). Relative paths of an
+    ``opt.json`` written before they were stored absolute are found from the folder the run
+    was started in, found from here or named in one line (``_saved_paths``)."""
     import dataclasses
 
     from bitmind.training.init_from import option_differences
@@ -134,11 +259,21 @@ def resumed_options(cfg, explicit: set[str]):
     known = {f.name for f in dataclasses.fields(cfg)} - set(RUNTIME_KEYS)
     _refuse(cfg, option_differences(cfg, saved, [k for k in FIXED_ON_RESUME if k in explicit]),
             "; the command line asks for ", ": leave those options out (they are read from opt.json) or start a new run")
-    changed = option_differences(cfg, saved, sorted(known & explicit))
+    changed = {k: (now, was) for k, (now, was) in option_differences(cfg, saved, sorted(known & explicit)).items()
+               if k not in PATH_KEYS or absolute_options(dataclasses.replace(cfg, **{k: was}))[k]
+               != absolute_options(cfg)[k]}  # a relative path to where opt.json's absolute one points: no change
     if changed:
         logger.warning("--resume %s: options changed from the run's opt.json: %s", cfg.run_dir,
                        ", ".join(f"{k} {was!r} -> {now!r}" for k, (now, was) in changed.items()))
     adopted = {k: was for k, (_, was) in option_differences(cfg, saved, sorted(known - explicit)).items()}
+    adopted = _saved_paths(cfg, adopted)
+    runtime = set(RUNTIME_KEYS) - set(LOCATION_KEYS)
+    given = option_differences(cfg, saved, sorted(runtime & explicit))
+    if given:  # the command line's, as it asks
+        logger.info("--resume %s: from the command line: %s", cfg.run_dir,
+                    ", ".join(f"{k} {was!r} -> {now!r}" for k, (now, was) in given.items()))
+    adopted.update(_usable_here(cfg, adopted, {k: was for k, (_, was) in
+                                               option_differences(cfg, saved, sorted(runtime - explicit)).items()}))
     if adopted:
         logger.info("--resume %s: options read from opt.json: %s", cfg.run_dir, ", ".join(sorted(adopted)))
     return dataclasses.replace(cfg, **adopted)

@@ -47,7 +47,8 @@ from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop
 from bitmind.training.config import TrainConfig
 from bitmind.training.init_from import init_weights, load_weights
-from bitmind.training.run_folder import RunFolderError, check_resume_matches, prepare_run_folder, remove_earlier_run
+from bitmind.training.run_folder import (RunFolderError, check_resume_matches, prepare_run_folder, remove_earlier_run,
+                                         write_options)
 from bitmind.training.loop import (
     Best,
     Learner,
@@ -328,7 +329,7 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.overwrite and not cfg.resume:
             remove_earlier_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "opt.json")
+        write_options(cfg, run_dir)  # its paths absolute: it resumes from any working folder
         logger.info("data splits per source: %s", json.dumps(counts))
         show("training set:\n" + train_ds.summary())
         show("validation set:\n" + val_ds.summary())
