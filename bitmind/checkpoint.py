@@ -185,12 +185,13 @@ def training_state_problem(obj: dict, path: str | os.PathLike) -> str | None:
     path = Path(path)
     if all(k in obj for k in RUN_STATE_KEYS) and isinstance(obj["model"], dict) and isinstance(obj["optimizer"], dict):
         best = path.parent / "model_epoch_best.pth"
-        serve = f"serve {best} instead" if best.is_file() else f"serve the run's model_epoch_best.pth instead (none in {path.parent})"
+        serve = (f"use {best} instead (or model_last.pth for the last epoch)" if best.is_file()
+                 else f"use the run's model_epoch_best.pth instead (none in {path.parent})")
         return f"{path} is a training run's resumable state (for --resume), not a model: {serve}"
     if all(k in obj for k in SWEEP_STATE_KEYS) and isinstance(obj["variants"], dict):
         bests = [path.parent / str(v) / "model_epoch_best.pth" for v in obj["variants"]]
         found = [str(b) for b in bests if b.is_file()] or [str(b) for b in bests]
-        return (f"{path} is a sweep's resumable state (for --resume), not a model: serve a variant's "
+        return (f"{path} is a sweep's resumable state (for --resume), not a model: use a variant's "
                 f"model_epoch_best.pth instead ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})")
     return None
 

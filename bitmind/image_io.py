@@ -326,7 +326,7 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
     except Image.DecompressionBombError as e:  # the header declares more than twice MAX_IMAGE_PIXELS
         raise ImageDecodeError(f"image too large: {e}") from e
     except UnidentifiedImageError as e:  # Pillow's message names only its BytesIO object (a memory address)
-        raise ImageDecodeError(f"not a recognised image: no allowed format starts with {raw[:8]!r}") from e
+        raise ImageDecodeError(f"not a recognised image: no allowed format could read it (it starts with {raw[:8]!r})") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"not a recognised image: {e}") from e
     except Exception as e:  # a plugin choking on a malformed header (struct.error, IndexError, ...)

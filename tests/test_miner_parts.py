@@ -331,7 +331,7 @@ def test_slot_says_once_that_its_file_is_gone_and_loads_one_put_back(tmp_path, c
     os.remove(path)
     with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
         assert not slot.check() and not slot.check(force=True)
-    gone = [r for r in caplog.records if "is gone" in r.getMessage()]
+    gone = [r for r in caplog.records if "cannot be found or read" in r.getMessage()]
     assert len(gone) == 1 and gone[0].levelno == logging.WARNING and first[:12] in gone[0].getMessage()
     assert slot.serving.lm.sha256 == first
     caplog.clear()

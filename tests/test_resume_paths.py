@@ -42,7 +42,7 @@ def test_a_run_started_in_one_folder_resumes_from_another(folders, monkeypatch):
     monkeypatch.chdir(folders["a"])
     train(parse_config(["--data", "../d", "--checkpoints_dir", "../ck", "--name", "t", "--workers", "0", *TINY]))
     opt = json.loads((folders["ck"] / "t" / "opt.json").read_text())
-    assert opt["data"] == [str((folders["top"] / "d").resolve())]  # absolute: read alike from any folder
+    assert opt["data"] == [os.path.abspath(folders["top"] / "d")]  # absolute: read alike from any folder
     assert Path(opt["checkpoints_dir"]).is_absolute()
     monkeypatch.chdir(folders["b"])  # where ../d is not the data
     cfg = parse_config(["--resume", "--checkpoints_dir", str(folders["ck"]), "--name", "t", "--epochs", "2"])
@@ -68,7 +68,7 @@ def test_an_old_opt_json_with_relative_paths_resumes_from_its_folder_and_says_so
     assert e.value.code == 2 and "--data ../d" in err and "relative to the folder the run was started in" in err, err
     monkeypatch.chdir(folders["a"])
     assert parse_config(["--resume", "--checkpoints_dir", str(folders["ck"]), "--name", "t"]).data == \
-        [str((folders["top"] / "d").resolve())]
+        [os.path.abspath(folders["top"] / "d")]
 
 
 def test_resume_keeps_the_runs_workers_and_the_command_lines(folders, monkeypatch):

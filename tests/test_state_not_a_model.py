@@ -38,7 +38,8 @@ def test_a_runs_state_is_refused_as_a_model_and_still_resumes(data, tmp_path):
     run = tmp_path / "t"
     state, best = run / "state_last.pt", run / "model_epoch_best.pth"
     assert state.is_file() and best.is_file()
-    want = rf"^{re.escape(str(state))} is a training run's resumable state \(for --resume\), not a model: serve {re.escape(str(best))} instead$"
+    want = (rf"^{re.escape(str(state))} is a training run's resumable state \(for --resume\), not a model: "
+            rf"use {re.escape(str(best))} instead \(or model_last\.pth for the last epoch\)$")
     with pytest.raises(CheckpointError, match=want):
         load_model(state)
     with pytest.raises(CheckpointError, match=want):  # the hot reloader's way: the bytes it hashed
@@ -80,7 +81,7 @@ def test_a_sweeps_state_is_refused_as_a_model_and_still_resumes(data, tmp_path, 
     state, best = out / SWEEP_STATE, out / "plain" / "model_epoch_best.pth"
     assert state.is_file() and best.is_file()
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(state))} is a sweep's resumable state \(for --resume\), not a "
-                                              rf"model: serve a variant's model_epoch_best\.pth instead \({re.escape(str(best))}\)$"):
+                                              rf"model: use a variant's model_epoch_best\.pth instead \({re.escape(str(best))}\)$"):
         load_model(state)
     assert load_model(best).meta["config"]["width"] == 8
     assert load_sweep_state(out, ["plain"])["epoch"] == 0  # what --resume reads

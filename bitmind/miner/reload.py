@@ -146,6 +146,7 @@ class ModelSlot:
         self._bad: set[FileSignature] = set()  # versions that failed: not retried until the file changes
         self._last_check = 0.0
         self._gone = False  # the model file was missing at the last check (said once, until it is back)
+        self._gone_lock = threading.Lock()  # check() runs on several threads: one line per change
         self._reload_lock = threading.Lock()
         self._prepare_lock = threading.Lock()
         self._preparing: threading.Thread | None = None  # the latest reload's CPU preparation
@@ -207,8 +208,10 @@ class ModelSlot:
             self._note_missing()
             return False
         if self._gone:
-            self._gone = False
-            logger.info("model file %s is there again", self.path)
+            with self._gone_lock:
+                back, self._gone = self._gone, False
+            if back:
+                logger.info("model file %s is there again", self.path)
         if sig == self._sig or sig in self._bad:
             return False
         with self._reload_lock:
@@ -244,10 +247,12 @@ class ModelSlot:
         """Say once that the model file is gone (deleted, moved, a folder renamed): the miner
         keeps answering with the model it loaded, which an operator who removed the file may
         not expect, and a file put back at the path is loaded as any new version is."""
-        if not self._gone:
-            self._gone = True
-            logger.warning("model file %s is gone (deleted or moved); still serving sha256=%s; a model file put "
-                           "back at that path is loaded", self.path, self.serving.lm.sha256[:12])
+        with self._gone_lock:
+            first, self._gone = not self._gone, True
+        if first:
+            logger.warning("model file %s cannot be found or read (deleted, moved or no permission); still serving "
+                           "sha256=%s; a model file put back at that path is loaded", self.path,
+                           self.serving.lm.sha256[:12])
 
     def close(self, timeout: float = 30.0) -> None:
         """Wait (at most ``timeout`` s) for a reload's CPU preparation still running: a process

@@ -150,15 +150,17 @@ def _split_spec(spec: str) -> tuple[str, str, str]:
 
 def _absolute(spec, base: Path | None = None):
     """``spec`` (a path option's value) with its path absolute, read from ``base`` (the
-    working folder if None); an ``hf:`` name that is no local path, and "" (no file), as given."""
+    working folder if None), normalised but with its links kept (a data root's folder name
+    names its loose pictures' source); as given: an ``hf:`` name that is no local path, "" (no
+    file), and a path that does not exist from there (its absolute form would be a guess)."""
     if not isinstance(spec, str) or not spec:
         return spec
     prefix, path, suffix = _split_spec(spec)
     p = Path(path).expanduser()
     full = p if p.is_absolute() else (base or Path.cwd()) / p
-    if prefix and not full.exists():  # a Hub data set's name
+    if not full.exists():
         return spec
-    return f"{prefix}{full.resolve()}{suffix}"
+    return f"{prefix}{os.path.abspath(full)}{suffix}"
 
 
 def _is_relative(spec) -> bool:
@@ -225,7 +227,7 @@ def _usable_here(cfg, adopted: dict, runtime: dict) -> dict:
     def problem(**kw):
         try:
             dataclasses.replace(cfg, **adopted, **kw).check()
-        except ConfigError as e:
+        except (ConfigError, TypeError, ValueError) as e:  # a hand-edited opt.json's value of the wrong type too
             return str(e)
         return None
 
