@@ -137,7 +137,12 @@ def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: f
     kept = not keep_if_better or after["balanced_brier"] <= before["balanced_brier"]
     if not kept:
         t, b, after = t0, b0, before
-    method = METHOD if kept or (t0, b0) == (1.0, 0.0) else "the calibration in place (a new Platt fit was not better)"
+    if kept:
+        method = METHOD
+    elif (t0, b0) == (1.0, 0.0):  # the raw logits stay: no Platt scaling is in force
+        method = "none (a Platt fit was not better than the raw logits)"
+    else:
+        method = "the calibration in place (a new Platt fit was not better)"
     boundary = {}
     if real_target:
         boundary = {"real_target": float(real_target), "platt_bias": b}

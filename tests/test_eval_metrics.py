@@ -174,3 +174,20 @@ def test_class_balanced_platt_ignores_the_validation_pools_class_ratio():
     _, b_bal = fit_platt(z, y)
     assert b_plain > 1.5 and abs(b_bal) < 0.15  # log(9) = 2.2; the balanced optimum is 0
     assert balanced_brier([0, 0, 1], [0.0, 0.2, 0.5]) == pytest.approx(0.5 * (0.02 + 0.25))
+
+
+def test_a_fit_not_kept_over_raw_logits_is_not_called_platt_scaling(monkeypatch):
+    """Where the Platt fit does worse than the raw logits (identity calibration) and is not
+    kept, the record says no Platt scaling is in force (model_info prints the method), not
+    "class-balanced Platt scaling"; a fit not kept over a stored calibration says that one stays."""
+    from bitmind import calibration
+
+    rng = np.random.default_rng(3)
+    z = np.r_[rng.normal(2.0, 1.0, 300), rng.normal(-2.0, 1.0, 300)]
+    y = np.r_[np.ones(300), np.zeros(300)]
+    monkeypatch.setattr(calibration, "fit_platt", lambda *a, **k: (50.0, 2.0))  # a fit far worse than the logits
+    rec = calibration.calibrate_logits(z, y)
+    assert not rec["kept"] and (rec["temperature"], rec["logit_bias"]) == (1.0, 0.0)
+    assert rec["method"].startswith("none") and "Platt scaling" not in rec["method"]
+    stored = calibration.calibrate_logits(z, y, current=(0.9, 0.1))
+    assert not stored["kept"] and stored["method"].startswith("the calibration in place")

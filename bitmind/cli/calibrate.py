@@ -150,7 +150,7 @@ def outcome_line(run: Calibrated, model_path: str, out_path: str | None, replace
         return (f"{where}: calibration T={t:.4g}, bias={b:+.4g} stored, was T={_num(t0)}, bias={_num(b0, '+')} "
                 f"(the new fit, {how}{target}; class-balanced Brier {rec.get('val_balanced_brier_before', float('nan')):.4g}"
                 f" -> {rec.get('val_balanced_brier_after', float('nan')):.4g} {n})")
-    not_kept = (f"the new fit was not kept: it did no better than the calibration in force "
+    not_kept = (f"the new Platt fit (its temperature and bias) was not kept: it did no better than the calibration in force "
                 f"(class-balanced Brier {rec.get('val_balanced_brier_before', float('nan')):.4g} {n})")
     if _same(t, t0) and _same(b, b0):
         return (f"{where}: its stored calibration T={t:.4g}, bias={b:+.4g} is unchanged; {not_kept}; "
