@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     route_library_logs()
 
     model_path = resolve_model_path(config.neuron.model_path, REPO_ROOT)
+    if model_path.is_dir():  # as bitmind.eval and bitmind.model_info say it
+        bt.logging.error(f"--neuron.model_path {config.neuron.model_path}: {model_path} is a folder, not a model file "
+                         "(give the .pth inside it, e.g. a run's model_epoch_best.pth)")
+        return 2
     if not model_path.is_file():
         bt.logging.error(f"model file not found: {model_path} (from --neuron.model_path {config.neuron.model_path}). "
                          "Train one (see README, Training) or copy a checkpoint there.")

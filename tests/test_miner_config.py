@@ -81,3 +81,18 @@ def test_a_device_the_machine_lacks_is_a_configuration_error_not_a_chain_outage(
     assert f"--neuron.device '{device}'" in out and "endpoint reachable" not in out
     assert "--device" not in out.replace("--neuron.device", "")  # the hint names the miner's own flag too
     assert not (tmp_path / "chain").exists()  # the chain was never touched
+
+
+def test_a_folder_as_the_model_path_is_named_a_folder(tmp_path):
+    """`--neuron.model_path` naming a folder (a run folder, the data root) said "model file not
+    found" although the path exists; now it says it is a folder, as bitmind.eval does; exit 2."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "neurons/miner.py", "--mock", "--local.root", str(tmp_path / "chain"),
+                        "--neuron.model_path", str(tmp_path), "--logging.logging_dir", str(tmp_path / "logs")],
+                       capture_output=True, text=True, cwd=repo, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert "is a folder, not a model file" in out and "not found" not in out

@@ -99,6 +99,8 @@ def test_slot_prepares_a_cpu_copy_and_refuses_a_missing_file(tmp_path):
     assert torch.allclose(slot.serving.logits(x, None), eager.serving.logits(x, None), atol=1e-4)
     with pytest.raises(CheckpointError, match="not found"):
         ModelSlot(str(tmp_path / "none.pth"), torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="is a folder, not a model file"):
+        ModelSlot(str(tmp_path), torch.device("cpu"))
 
 
 def test_cpu_bf16_serving_is_chosen_checked_against_fp32_and_falls_back(tmp_path, monkeypatch):

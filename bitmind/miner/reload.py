@@ -150,6 +150,8 @@ class ModelSlot:
         self._reload_lock = threading.Lock()
         self._prepare_lock = threading.Lock()
         self._preparing: threading.Thread | None = None  # the latest reload's CPU preparation
+        if os.path.isdir(self.path):  # as bitmind.eval and model_info say it (not after 5 s of "unstable" reads)
+            raise CheckpointError(f"model path {self.path} is a folder, not a model file")
         snap = None
         for _ in range(50):  # the file may be being written right now: wait for a stable read
             snap = read_stable(self.path)
