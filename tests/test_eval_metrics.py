@@ -191,3 +191,18 @@ def test_a_fit_not_kept_over_raw_logits_is_not_called_platt_scaling(monkeypatch)
     assert rec["method"].startswith("none") and "Platt scaling" not in rec["method"]
     stored = calibration.calibrate_logits(z, y, current=(0.9, 0.1))
     assert not stored["kept"] and stored["method"].startswith("the calibration in place")
+
+
+def test_the_trainer_calibration_line_shows_the_score_that_decides():
+    """The keep rule is the class-balanced Brier; the line printed the plain one alone, which
+    can rise while the deciding one falls (a kept fit that looked worse)."""
+    from bitmind.calibration import calibrate_logits
+    from bitmind.training.trainer import calibration_line
+
+    rng = np.random.default_rng(1)
+    z = np.r_[rng.normal(3.0, 1.0, 500), rng.normal(1.0, 1.0, 500)]
+    y = np.r_[np.ones(500), np.zeros(500)]
+    rec = calibrate_logits(z, y)
+    line = calibration_line(rec)
+    assert "class-balanced brier" in line and "new Platt fit kept" in line
+    assert f"{rec['val_balanced_brier_before']:.4f} -> {rec['val_balanced_brier_after']:.4f}" in line

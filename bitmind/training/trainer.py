@@ -374,7 +374,7 @@ def train(cfg: TrainConfig) -> dict:
         history = json.loads(st.get("history", "[]"))
         best.record = json.loads(st.get("best", "{}"))
         if is_main:
-            logger.info("resumed from %s at epoch %d (best val acc %.4f)", state_path, start_epoch, best.score)
+            logger.info("resumed from %s at epoch %d (best val balanced accuracy %.4f)", state_path, start_epoch, best.score)
             if start_epoch >= cfg.epochs:  # nothing to train: say so rather than end as if it had trained
                 show(f"--resume: the run has trained {start_epoch} epochs, --epochs is {cfg.epochs}: no epoch left "
                      "to train (pass a larger --epochs to train on)", logging.WARNING)
@@ -552,6 +552,18 @@ def agreed(value: int, world: int) -> int:
     return int(t.item())
 
 
+def calibration_line(rec: dict) -> str:
+    """What a calibration did, in one line: the map stored, whether the new Platt fit was kept
+    and the class-balanced Brier score that decided it (the plain Brier and accuracy beside
+    it). Why: the line printed the plain Brier alone, which can rise while the class-balanced
+    one, the keep rule, falls (T=20 kept with "val brier 0.2488 -> 0.2499": operator audit)."""
+    kept = "new Platt fit kept" if rec.get("kept") else "new Platt fit not kept"
+    return (f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f} ({kept}); val class-balanced brier "
+            f"{rec['val_balanced_brier_before']:.4f} -> {rec['val_balanced_brier_after']:.4f} (plain "
+            f"{rec['val_brier_before']:.4f} -> {rec['val_brier_after']:.4f}), acc {rec['val_accuracy_before']:.4f} -> "
+            f"{rec['val_accuracy_after']:.4f}")
+
+
 def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None, real_target: float = 0.0) -> dict:
     """Fit the calibration on the validation logits saved beside ``ckpt`` (those under
     ``mask`` only, if given: a leave-one-out model is calibrated without its held-out
@@ -561,6 +573,5 @@ def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None 
     if mask is not None:
         logits, labels = logits[mask], labels[mask]
     rec = store_calibration(ckpt, calibrate_logits(logits, labels, real_target=real_target, split="val"))
-    show(f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f}; val brier {rec['val_brier_before']:.4f} -> "
-         f"{rec['val_brier_after']:.4f}, acc {rec['val_accuracy_before']:.4f} -> {rec['val_accuracy_after']:.4f}")
+    show(calibration_line(rec))
     return rec
