@@ -43,7 +43,6 @@ LOCATION_KEYS = ("resume", "overwrite", "name", "checkpoints_dir")
 #: ``data``, ``train_data`` and ``challenge_data`` are lists of roots (``hf:NAME_OR_PATH[:role]``
 #: names a Hub data set, or a local one by its path).
 PATH_KEYS = ("data", "train_data", "challenge_data", "init_from", "checkpoints_dir")
-_ROOT_KEYS = ("data", "train_data", "challenge_data")
 #: Options a resumed run must keep: its saved weights were built with them, and its pictures were
 #: split with them (another split would train on pictures it validated on, and the stored options
 #: would name a test split the model saw).
@@ -171,13 +170,17 @@ def _is_relative(spec) -> bool:
     return not Path(path).expanduser().is_absolute() and (not prefix or path.startswith("."))
 
 
+def _absolute_option(value):
+    """A path option's value (one path, or a list of data roots) with each path absolute (``_absolute``)."""
+    return [_absolute(v) for v in value] if isinstance(value, (list, tuple)) else _absolute(value)
+
+
 def absolute_options(cfg) -> dict:
     """``cfg.to_dict()`` with every path-valued option (``PATH_KEYS``) absolute, as read from the
     working folder: what ``opt.json`` holds, so the run resumes from any other folder."""
     opts = cfg.to_dict()
     for key in PATH_KEYS:
-        value = opts.get(key)
-        opts[key] = [_absolute(v) for v in value] if isinstance(value, (list, tuple)) else _absolute(value)
+        opts[key] = _absolute_option(opts.get(key))
     return opts
 
 
@@ -194,19 +197,11 @@ def _saved_paths(cfg, adopted: dict) -> dict:
     an ``opt.json`` written before paths were stored absolute holds them as given, relative to
     the folder the run was started in, which it does not record: the command must be run from
     there, or give the roots again."""
-    out, lost = dict(adopted), []
-    for key in PATH_KEYS:
-        if key not in adopted:
-            continue
-        values = adopted[key] if isinstance(adopted[key], (list, tuple)) else [adopted[key]]
-        found = []
-        for spec in values:
-            if _is_relative(spec) and (Path.cwd() / Path(_split_spec(spec)[1]).expanduser()).exists():
-                spec = _absolute(spec)
-            elif _is_relative(spec) and key in _ROOT_KEYS:  # a resumed run does not read init_from (its state has the weights)
-                lost.append((key, spec))
-            found.append(spec)
-        out[key] = found if isinstance(adopted[key], (list, tuple)) else found[0]
+    from bitmind.training.config import _ROOT_LISTS
+
+    out = {k: _absolute_option(v) if k in PATH_KEYS else v for k, v in adopted.items()}  # a path not found stays as given
+    lost = [(k, spec) for k in _ROOT_LISTS if k in adopted  # a resumed run does not read init_from (its state has the weights)
+            for spec in out[k] if _is_relative(spec)]
     if lost:
         raise RunFolderError(
             f"--resume {cfg.run_dir}: opt.json names " + ", ".join(f"--{k} {s}" for k, s in lost)
@@ -262,8 +257,7 @@ def resumed_options(cfg, explicit: set[str]):
     _refuse(cfg, option_differences(cfg, saved, [k for k in FIXED_ON_RESUME if k in explicit]),
             "; the command line asks for ", ": leave those options out (they are read from opt.json) or start a new run")
     changed = {k: (now, was) for k, (now, was) in option_differences(cfg, saved, sorted(known & explicit)).items()
-               if k not in PATH_KEYS or absolute_options(dataclasses.replace(cfg, **{k: was}))[k]
-               != absolute_options(cfg)[k]}  # a relative path to where opt.json's absolute one points: no change
+               if k not in PATH_KEYS or _absolute_option(was) != _absolute_option(now)}  # a relative path to where opt.json's absolute one points: no change
     if changed:
         logger.warning("--resume %s: options changed from the run's opt.json: %s", cfg.run_dir,
                        ", ".join(f"{k} {was!r} -> {now!r}" for k, (now, was) in changed.items()))
