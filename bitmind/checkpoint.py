@@ -161,8 +161,8 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     return state, _meta_dict(meta, path)
 
 
-#: What a run's resumable state holds (``bitmind.training.trainer.STATE_KEYS``, which its
-#: ``--resume`` requires; not imported: the miner does not load the trainer).
+#: What a run's resumable state holds (the trainer's ``STATE_KEYS``, which its ``--resume``
+#: requires, is this tuple: defined here, where the miner's loaders need it without the trainer).
 RUN_STATE_KEYS = ("model", "optimizer", "epoch", "best_acc")
 #: What a sweep's resumable state holds (``bitmind.training.sweep_state.save_sweep_state``).
 SWEEP_STATE_KEYS = ("version", "epoch", "variants")

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from bitmind.calibration import CalibrationDataError, calibrate_logits, store_calibration
-from bitmind.checkpoint import model_meta, save_checkpoint
+from bitmind.checkpoint import RUN_STATE_KEYS, model_meta, save_checkpoint
 from bitmind.common import atomic_write, resolve_amp, resolve_device
 from bitmind.data import (
     AsIs,
@@ -505,8 +505,9 @@ def epoch_failure(done: dict, learner: Learner) -> str | None:
     return "non-finite" if learner.diverged() else None
 
 
-#: What a resumable state must hold (``train`` writes it after every epoch).
-STATE_KEYS = ("model", "optimizer", "epoch", "best_acc")
+#: What a resumable state must hold (``train`` writes it after every epoch); one tuple with the
+#: model loaders' test that refuses such a file as a model (``bitmind.checkpoint``).
+STATE_KEYS = RUN_STATE_KEYS
 
 
 def read_run_state(path: Path) -> dict:
