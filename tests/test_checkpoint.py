@@ -3,6 +3,7 @@ no pickle, clear errors; calibration metadata applied by LoadedModel."""
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -138,3 +139,24 @@ def test_metadata_that_is_not_an_object_is_a_clear_error(tmp_path):
     torch.save({"model": model.state_dict(), "meta": [1]}, tmp_path / "m.pth")
     with pytest.raises(CheckpointError, match="metadata is a list"):
         load_model(tmp_path / "m.pth")
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("width", "8", "config width='8' (a str): architecture 'npr' takes an int (default 64)"),
+    ("layers", [1, "1"], "takes a list of int"),
+    ("stem_pool", 1, "stem_pool=1 (an int): architecture 'npr' takes a bool"),
+    ("width", True, "width=True (a bool)"),
+])
+def test_a_config_value_of_the_wrong_type_is_named(tmp_path, key, value, says):
+    """A hand-edited config (``width: "8"``) failed inside the constructor with "not all
+    arguments converted during string formatting"; the miner and model_info now name the key."""
+    model = _tiny()
+    meta = model_meta(model)
+    meta["config"][key] = value
+    save_checkpoint(model.state_dict(), tmp_path / "m.pth", meta)
+    with pytest.raises(CheckpointError, match=re.escape(says)):
+        load_model(tmp_path / "m.pth")
+    # an int where the default is a float, and a list where it is a tuple, are the same values
+    ok = {**model_meta(model), "config": {**model_meta(model)["config"], "dropout": 0, "layers": [1, 1]}}
+    save_checkpoint(model.state_dict(), tmp_path / "ok.pth", ok)
+    assert load_model(tmp_path / "ok.pth").meta["config"]["dropout"] == 0

@@ -175,3 +175,12 @@ def test_compile_on_a_cpu_without_a_compiler_is_refused_before_training(monkeypa
         with pytest.raises(ValueError, match="--compile on a CPU"):
             TrainConfig(device="auto", compile=True).check()  # auto without a GPU is the CPU
     TrainConfig(device="cpu").check()  # without --compile nothing is needed
+
+
+def test_a_checkpoint_config_value_of_the_wrong_type_is_a_usage_error(tmp_path, usage_error):
+    """``width: "8"`` in a hand-edited file was a TypeError traceback inside ``TrainConfig.check``."""
+    model = build_model("npr", **NET)
+    meta = model_meta(model)
+    meta["config"]["width"] = "8"
+    path = save_checkpoint(model.state_dict(), tmp_path / "typo.pth", meta)
+    assert "its metadata's config width='8' (a str)" in usage_error(parse_config, ["--init_from", str(path)])

@@ -27,12 +27,46 @@ def available_models() -> list[str]:
 
 
 def build_model(name: str, **config) -> nn.Module:
-    """Instantiate a registered architecture with its config (unknown keys are errors)."""
+    """Instantiate a registered architecture with its config (unknown keys are errors, and so
+    is a value of another type than the constructor's default: ``config_type_problem``)."""
     try:
         builder = _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown architecture {name!r}; registered: {available_models()}") from None
+    if (problem := config_type_problem(name, config)) is not None:
+        raise ValueError(problem)
     return builder(**config)
+
+
+def config_type_problem(name: str, config: dict) -> str | None:
+    """Why a value of ``config`` cannot build architecture ``name`` (one line), or None: each
+    value must have the type of the constructor's default for that key (an int where the
+    default is a float, a list where it is a tuple; a default of None takes anything). Why: a
+    checkpoint's config is JSON that a person may edit, and ``width: "8"`` failed deep inside
+    the constructor with "not all arguments converted during string formatting"."""
+    for key, default in config_defaults(name).items():
+        if key not in config or default is None:
+            continue
+        value, want = config[key], type(default)
+        if want is tuple:
+            fits = isinstance(value, (list, tuple)) and all(
+                isinstance(v, type(d)) and not isinstance(v, bool) for v, d in zip(value, default * len(value)))
+        elif want is float:
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif want is int:
+            fits = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            fits = isinstance(value, want)
+        if not fits:
+            kind = f"a list of {type(default[0]).__name__}" if want is tuple and default else _a(want.__name__)
+            shown = list(default) if want is tuple else default
+            return (f"config {key}={value!r} ({_a(type(value).__name__)}): architecture {name!r} takes {kind} "
+                    f"(default {shown!r})")
+    return None
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def config_defaults(name: str) -> dict:

@@ -49,7 +49,7 @@ def checkpoint_options(path: str | Path, meta: dict | None = None) -> dict:
     file's metadata when the caller has already read it. An ensemble file, or one of an
     architecture this code does not build, is a ``ConfigError``."""
     from bitmind.checkpoint import DEFAULT_ARCH
-    from bitmind.models import available_models, config_defaults
+    from bitmind.models import available_models, config_defaults, config_type_problem
 
     if meta is None:
         _, meta = read_init_from(path)
@@ -62,6 +62,8 @@ def checkpoint_options(path: str | Path, meta: dict | None = None) -> dict:
     saved = meta.get("config") or {}
     if not isinstance(saved, dict):  # a TypeError in the merge below was a traceback
         raise ConfigError(f"--init_from {path}: its metadata's config is a {type(saved).__name__}, not a JSON object")
+    if (problem := config_type_problem(arch, saved)) is not None:  # width "8" was a TypeError in TrainConfig.check
+        raise ConfigError(f"--init_from {path}: its metadata's {problem}")
     config = {**config_defaults(arch), **saved}
     out = {"arch": arch, **{k: config[k] for k in ADOPTED_KEYS if k in config}}
     if "layers" in out:
