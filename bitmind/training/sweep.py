@@ -982,6 +982,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap batches per epoch (quick tests)")
+    p.add_argument("--val_seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="overrides the spec's val_seeds: the validator-challenge draws of the validation split every "
+                        "variant is chosen on (one draw, --val_seeds 0, makes a quick try of a large spec quick)")
+    p.add_argument("--val_every", type=int, default=None, help="overrides the spec's val_every (validate every N epochs)")
     p.add_argument("--progress", type=parse_bool, default=None)
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the sweep already in the output folder (without it, or --resume, such a folder is refused)")
@@ -1020,7 +1024,10 @@ def main(argv=None) -> dict:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         overrides = ("data", "name", "checkpoints_dir", "epochs", "workers", "device", "max_steps_per_epoch", "progress",
                      "overwrite", "resume")
-        spec = SweepSpec.from_dict(read_spec(args.spec), **{k: getattr(args, k) for k in overrides})
+        raw = read_spec(args.spec)
+        if isinstance(raw, dict):  # spec-level overrides (a resumed sweep still refuses another value than it ran with)
+            raw = {**raw, **{k: getattr(args, k) for k in ("val_seeds", "val_every") if getattr(args, k) is not None}}
+        spec = SweepSpec.from_dict(raw, **{k: getattr(args, k) for k in overrides})
         spec.check()  # (run_sweep checks again; here a bad value is a usage error, as a bad spec is)
         before = sweep_marks(spec.base.run_dir)
     except KeyboardInterrupt:

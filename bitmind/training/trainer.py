@@ -425,7 +425,8 @@ def train(cfg: TrainConfig) -> dict:
                 _, first = np.unique(vkeys, return_index=True)
                 logits, vlabels, vkeys = logits[first], vlabels[first], vkeys[first]
             if done["skipped"]:
-                logger.warning("epoch %d: skipped %d unreadable training images", epoch, done["skipped"])
+                logger.warning("epoch %d: skipped %d unreadable training images (each file named once by a "
+                               "'skipping unreadable image' warning)", epoch, done["skipped"])
             stop = torch.zeros(1)
             if is_main:
                 m = val_metrics(logits, vlabels)
