@@ -23,6 +23,25 @@ _TRUE = ("1", "true", "t", "yes", "y", "on")
 _FALSE = ("0", "false", "f", "no", "n", "off")
 
 
+def register_command(config, netuid: int) -> str:
+    """The ``btcli`` command that registers the configured hotkey on ``netuid`` of the network
+    this neuron is configured for (its ``--subtensor.network`` and ``--wallet.path`` when not
+    the defaults). Why: a hint that names only the netuid sends
+    an operator on testnet or a private chain to register on the main network, paying real TAO."""
+    wallet, subtensor = config.get("wallet") or {}, config.get("subtensor") or {}
+    parts = ["btcli s register", f"--netuid {netuid}", f"--wallet.name {wallet.get('name') or 'default'}",
+             f"--wallet.hotkey {wallet.get('hotkey') or 'default'}"]
+    path = wallet.get("path")
+    if path and os.path.expanduser(str(path)).rstrip("/") != os.path.expanduser("~/.bittensor/wallets"):
+        parts.append(f"--wallet.path {path}")
+    network = subtensor.get("network")  # a name (test, local) or an endpoint URL: btcli takes either
+    if network and network != "finney":
+        parts.append(f"--subtensor.network {network}")
+    elif netuid == TESTNET_NETUID:
+        parts.append("--subtensor.network test")
+    return " ".join(parts)
+
+
 def parse_bool(value) -> bool:
     """argparse type for ``--flag true|false|1|0|yes|no|on|off``."""
     if isinstance(value, bool):

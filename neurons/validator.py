@@ -27,7 +27,7 @@ from pathlib import Path
 
 import bittensor as bt
 
-from bitmind.common import route_library_logs
+from bitmind.common import register_command, route_library_logs
 
 from bitmind.shutdown import stop_event_on_signals
 from bitmind.validator.chain import ChainView
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
         return 1
     if chain.my_uid is None:
         bt.logging.error(f"hotkey {config.wallet.name}/{config.wallet.hotkey} ({wallet.hotkey.ss58_address}) is not "
-                         f"registered on netuid {config.netuid}. Register it first: btcli s register --netuid "
-                         f"{config.netuid} --wallet.name {config.wallet.name} --wallet.hotkey {config.wallet.hotkey}")
+                         f"registered on netuid {config.netuid}. Register it first: "
+                         f"{register_command(config, config.netuid)}")
         return 3
     state_path = config.neuron.state_path or str(state_dir / "scores.json")
     cfg = loop_config(config, state_path)

@@ -40,10 +40,38 @@ def test_defaults_and_switches():
 
 
 @pytest.mark.parametrize("bad", [["--neuron.modelpath", "x"], ["--blacklist.force_validator_permit", "maybe"],
-                                 ["--netuid", "thirty-four"], ["--neuron.amp", "fp8"]])
-def test_bad_arguments_are_errors(bad):
-    with pytest.raises(SystemExit):
+                                 ["--netuid", "thirty-four"], ["--neuron.amp", "fp8"],
+                                 # 0 made the overload guard's queue unbounded; 0 or below made the
+                                 # sync / status loop spin every second; a negative batch skipped --neuron.compile
+                                 ["--neuron.max_queue", "0"], ["--neuron.max_queue", "-1"],
+                                 ["--neuron.sync_interval", "0"], ["--neuron.status_interval", "-1"],
+                                 ["--neuron.max_batch", "-3"], ["--neuron.batch_window_ms", "-1"],
+                                 ["--neuron.sync_interval", "inf"]])
+def test_bad_arguments_are_errors(bad, capsys):
+    with pytest.raises(SystemExit) as e:
         miner_config(bad)
+    assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_limits_at_their_edges_parse():
+    c = miner_config(["--neuron.max_queue", "1", "--neuron.max_batch", "0", "--neuron.batch_window_ms", "0",
+                      "--neuron.sync_interval", "0.5"])
+    assert (c.neuron.max_queue, c.neuron.max_batch, c.neuron.batch_window_ms, c.neuron.sync_interval) == (1, 0, 0.0, 0.5)
+
+
+@pytest.mark.parametrize("argv, says, never", [
+    ([], "btcli s register --netuid 34 --wallet.name default --wallet.hotkey default", "--subtensor.network"),
+    (["--netuid", "168"], "--netuid 168 --wallet.name default --wallet.hotkey default --subtensor.network test", "--wallet.path"),
+    # the hint named neither the network nor the wallet folder: it registered on the main network
+    (["--subtensor.network", "test", "--wallet.path", "/srv/w", "--wallet.name", "nobody"],
+     "--netuid 34 --wallet.name nobody --wallet.hotkey default --wallet.path /srv/w --subtensor.network test", None),
+])
+def test_the_register_hint_names_the_network_and_wallet_the_neuron_uses(argv, says, never):
+    from bitmind.common import register_command
+
+    c = miner_config(argv)
+    hint = register_command(c, c.netuid)
+    assert says in hint and (never is None or never not in hint)
 
 
 def test_model_path_resolution(tmp_path, monkeypatch):

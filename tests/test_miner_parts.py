@@ -333,7 +333,7 @@ def test_slot_says_once_that_its_file_is_gone_and_loads_one_put_back(tmp_path, c
     os.remove(path)
     with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
         assert not slot.check() and not slot.check(force=True)
-    gone = [r for r in caplog.records if "cannot be found or read" in r.getMessage()]
+    gone = [r for r in caplog.records if "cannot be found (deleted or moved)" in r.getMessage()]
     assert len(gone) == 1 and gone[0].levelno == logging.WARNING and first[:12] in gone[0].getMessage()
     assert slot.serving.lm.sha256 == first
     caplog.clear()
@@ -342,3 +342,36 @@ def test_slot_says_once_that_its_file_is_gone_and_loads_one_put_back(tmp_path, c
     with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
         assert slot.check() and slot.serving.lm.sha256 != first
     assert any("there again" in r.getMessage() for r in caplog.records)
+
+
+def test_slot_names_a_folder_put_at_its_path_and_refuses_a_huge_file_unread(tmp_path, caplog, monkeypatch):
+    """A folder in place of the model file was reported as gone and then, wrongly, as "there
+    again", then nothing; a huge wrong file (a video copied to the model path) was read whole,
+    twice, into the miner's memory before being refused. Both now keep the model serving with
+    one line that says what is at the path."""
+    import logging
+
+    from bitmind.miner import reload as reload_mod
+
+    path = tmp_path / "model.pth"
+    shutil.copy(make_checkpoint(tmp_path / "a.pth", seed=0), path)
+    slot = ModelSlot(str(path), torch.device("cpu"), check_interval=0.0)
+    first = slot.serving.lm.sha256
+    os.remove(path)
+    path.mkdir()
+    with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
+        assert not slot.check() and not slot.check(force=True)
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("is a folder, not a model file" in m for m in said) == 1, said
+    assert not any("there again" in m for m in said) and slot.serving.lm.sha256 == first
+    path.rmdir()
+    caplog.clear()
+    monkeypatch.setattr(reload_mod, "MAX_MODEL_BYTES", 1000)
+    path.write_bytes(b"\0" * 5000)
+    read = []
+    monkeypatch.setattr(reload_mod, "read_stable", lambda p: read.append(p))
+    with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
+        assert not slot.check() and not slot.check(force=True)
+    refused = [r for r in caplog.records if "more than the 0 MiB a model file may be" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.ERROR and not read
+    assert slot.serving.lm.sha256 == first

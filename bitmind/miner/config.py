@@ -33,6 +33,39 @@ def positive_int(value) -> int:
     return n
 
 
+def non_negative_int(value) -> int:
+    """argparse type for counts where 0 means "automatic": an integer >= 0."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return n
+
+
+def positive_float(value) -> float:
+    """argparse type for intervals: a finite number > 0 (an interval of 0 would sync or log in a busy loop)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not (x > 0 and x != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return x
+
+
+def non_negative_float(value) -> float:
+    """argparse type for waits that may be 0: a finite number >= 0."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if not (x >= 0 and x != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return x
+
+
 def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The miner's own options (``neuron_config`` adds ``--netuid`` and bittensor's)."""
     parser.add_argument("--neuron.model_path", type=str, default=DEFAULT_MODEL_PATH,
@@ -42,21 +75,22 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--neuron.amp", type=str, default="auto", choices=["auto", "bf16", "none"],
                         help="Precision of the forward: 'auto' = bf16 autocast on CUDA, and on a CPU that computes bf16 "
                              "natively (AMX or AVX512-BF16) where it is also measured faster at model load (about 2.2x "
-                             "faster with AMX, slower on some CPUs without; served probabilities move by 0.015 at most, "
-                             "docs/Performance.md); 'bf16' = always, without the timing; 'none' = fp32 everywhere.")
+                             "faster with AMX, slower on some CPUs without; served probabilities of the shipped model move "
+                             "by 0.045 at most, median 0.013: docs/Performance.md); 'bf16' = always, without the timing; 'none' = fp32 everywhere.")
     parser.add_argument("--neuron.compile", type=parse_bool, nargs="?", const=True, default=False,
                         help="On a CPU, compile the prepared model with TorchInductor before serving (needs a C++ "
                              "compiler; 5-60 s more at start-up, cached after the first): about 1.4x faster forwards "
                              "(docs/Performance.md). A hot-reloaded model serves uncompiled until the next restart; any "
                              "failure serves the uncompiled model. Off by default.")
-    parser.add_argument("--neuron.sync_interval", type=float, default=300.0, help="Seconds between metagraph syncs.")
-    parser.add_argument("--neuron.status_interval", type=float, default=60.0, help="Seconds between status lines.")
-    parser.add_argument("--neuron.max_batch", type=int, default=0,
+    parser.add_argument("--neuron.sync_interval", type=positive_float, default=300.0, help="Seconds between metagraph syncs.")
+    parser.add_argument("--neuron.status_interval", type=positive_float, default=60.0, help="Seconds between status lines.")
+    parser.add_argument("--neuron.max_batch", type=non_negative_int, default=0,
                         help="Largest micro-batch of concurrent requests; 0 = auto (32 on CUDA; 1 on CPU, where "
                              "larger batches cost more time per image and concurrent requests go to several "
                              "forward workers instead: docs/Performance.md).")
-    parser.add_argument("--neuron.batch_window_ms", type=float, default=2.0, help="How long to wait to fill a micro-batch.")
-    parser.add_argument("--neuron.max_queue", type=int, default=256, help="Images being decoded or queued beyond which requests are refused before decoding.")
+    parser.add_argument("--neuron.batch_window_ms", type=non_negative_float, default=2.0, help="How long to wait to fill a micro-batch.")
+    parser.add_argument("--neuron.max_queue", type=positive_int, default=256,
+                        help="Images being decoded or queued beyond which requests are refused (answered -1) before decoding.")
     parser.add_argument("--neuron.max_payload_chars", type=positive_int, default=DEFAULT_MAX_B64_CHARS,
                         help="Largest base64 image payload accepted, in characters; a longer one is answered -1 "
                              "without being decoded.")

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import bittensor as bt
 
-from bitmind.common import TESTNET_NETUID
+from bitmind.common import register_command
 from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS, DecodeLimits, apply_pil_limit
 from bitmind.miner.handlers import MinerHandlers
 from bitmind.miner.predict import Predictor, PredictorConfig
@@ -101,9 +101,7 @@ class MinerNeuron:
             raise NotRegisteredError(
                 f"hotkey {self.config.wallet.name}/{self.config.wallet.hotkey} ({hotkey}) is not registered on "
                 f"netuid {self.netuid} of the {network}. Register it first, e.g.\n"
-                f"  btcli s register --netuid {self.netuid} --wallet.name {self.config.wallet.name} "
-                f"--wallet.hotkey {self.config.wallet.hotkey}"
-                + ("" if self.netuid != TESTNET_NETUID else " --subtensor.network test"))
+                f"  {register_command(self.config, self.netuid)}")
         return int(uid)
 
     # ------------------------------------------------------------------ running

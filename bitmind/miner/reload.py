@@ -20,8 +20,10 @@ allow it) to serve another architecture.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +41,10 @@ logger = logging.getLogger(__name__)
 #: A model file that fails to load within this many seconds of its last write is reported
 #: as probably still being copied (a warning), not as broken (an error).
 RECENT_WRITE_S = 2.0
+#: The largest file the slot reads as a model (the shipped files are 6 MB, an ensemble of a few
+#: members tens of MB): a wrong file copied to the model path (a video, a data archive) is
+#: refused from its size instead of being read whole into the miner's memory.
+MAX_MODEL_BYTES = 256 * 1024 * 1024
 #: What a model file must satisfy before it serves: no weight beyond this magnitude (the shipped
 #: files stay below 6; one flipped exponent bit gives 1e37), and test logits on a seeded noise
 #: picture within this bound (the shipped files give 10-48; a corrupt file inf, NaN or 1e28).
@@ -91,11 +97,37 @@ class FileSignature:
 
     @classmethod
     def of(cls, path: str) -> "FileSignature | None":
+        """The signature of the regular file at ``path``; None for anything else (missing, a folder)."""
         try:
             st = os.stat(path)
         except OSError:
             return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def unreadable_reason(path: str) -> str:
+    """Why the model file at ``path`` cannot be read, in words for the miner's log ("" if it can):
+    gone, a folder in its place, or an error opening it (no permission)."""
+    if os.path.isdir(path):
+        return "is a folder, not a model file"
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return "cannot be found (deleted or moved)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    return ""
+
+
+def _sha256_of(path: str) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
 
 
 def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
@@ -105,7 +137,8 @@ def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
     The file is read twice and both reads must agree, with the same signature before,
     between and after: a writer that rewrites a file of the same size within one
     timestamp tick leaves the signature unchanged, but not the bytes of both reads
-    (torch.load has no checksum that would catch a torn read)."""
+    (torch.load has no checksum that would catch a torn read). The second read is
+    compared by its hash, streamed, so the file is in memory once."""
     before = FileSignature.of(path)
     if before is None:
         return None
@@ -113,14 +146,23 @@ def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
         with open(path, "rb") as f:
             data = f.read()
         middle = FileSignature.of(path)
-        with open(path, "rb") as f:
-            again = f.read()
+        again = _sha256_of(path)
     except OSError:
         return None
     after = FileSignature.of(path)
-    if not (before == middle == after) or len(data) != before.size or data != again:
+    if not (before == middle == after) or len(data) != before.size or hashlib.sha256(data).digest() != again:
         return None
     return data, before
+
+
+def too_large(path: str, size: int, limit: int | None = None) -> str:
+    """Why a file of ``size`` bytes at ``path`` is not read as a model ("" if it may be);
+    ``limit``: ``MAX_MODEL_BYTES`` unless given."""
+    limit = MAX_MODEL_BYTES if limit is None else limit
+    if size <= limit:
+        return ""
+    return (f"model file {path} is {size / 2**20:.0f} MiB, more than the {limit / 2**20:.0f} MiB a model file may "
+            "be (the shipped ones are 6 MB): not read; is it the right file?")
 
 
 class ModelSlot:
@@ -152,6 +194,8 @@ class ModelSlot:
         self._preparing: threading.Thread | None = None  # the latest reload's CPU preparation
         if os.path.isdir(self.path):  # as bitmind.eval and model_info say it (not after 5 s of "unstable" reads)
             raise CheckpointError(f"model path {self.path} is a folder, not a model file")
+        if (sig := FileSignature.of(self.path)) is not None and (why := too_large(self.path, sig.size)):
+            raise CheckpointError(why)
         snap = None
         for _ in range(50):  # the file may be being written right now: wait for a stable read
             snap = read_stable(self.path)
@@ -161,6 +205,8 @@ class ModelSlot:
         if snap is None:
             if not os.path.exists(self.path):
                 raise CheckpointError(f"model file {self.path} not found")
+            if (why := unreadable_reason(self.path)):
+                raise CheckpointError(f"model file {self.path} {why}")
             raise CheckpointError(f"model file {self.path} kept changing while being read for 5 s (still being "
                                   "written?); start again once the copy is complete")
         lm = self._load_validated(snap[0])  # first load must succeed
@@ -207,20 +253,24 @@ class ModelSlot:
         self._last_check = now
         sig = FileSignature.of(self.path)
         if sig is None:
-            self._note_missing()
+            self._note_missing(unreadable_reason(self.path) or "cannot be found or read")
             return False
-        if self._gone:
-            with self._gone_lock:
-                back, self._gone = self._gone, False
-            if back:
-                logger.info("model file %s is there again", self.path)
         if sig == self._sig or sig in self._bad:
+            self._note_back()
+            return False
+        if (why := too_large(self.path, sig.size)):
+            self._bad.add(sig)
+            logger.error("%s; still serving sha256=%s", why, self.serving.lm.sha256[:12])
             return False
         with self._reload_lock:
             snap = read_stable(self.path)
-            if snap is None:  # being written (or gone): keep serving, look again at the next check
-                logger.debug("model file %s changed while being read; will re-check", self.path)
+            if snap is None:  # being written, gone or unreadable: keep serving, look again at the next check
+                if (why := unreadable_reason(self.path)):
+                    self._note_missing(why)
+                else:
+                    logger.debug("model file %s changed while being read; will re-check", self.path)
                 return False
+            self._note_back()
             data, sig = snap
             if sig == self._sig or sig in self._bad:  # another thread just did it
                 return False
@@ -245,16 +295,24 @@ class ModelSlot:
                 self._preparing.start()
         return True
 
-    def _note_missing(self) -> None:
-        """Say once that the model file is gone (deleted, moved, a folder renamed): the miner
-        keeps answering with the model it loaded, which an operator who removed the file may
-        not expect, and a file put back at the path is loaded as any new version is."""
+    def _note_missing(self, why: str) -> None:
+        """Say once that the model file cannot be read (``why``: deleted, moved, a folder in its
+        place, no permission): the miner keeps answering with the model it loaded, which an
+        operator who removed the file may not expect, and a file put back at the path is loaded
+        as any new version is."""
         with self._gone_lock:
             first, self._gone = not self._gone, True
         if first:
-            logger.warning("model file %s cannot be found or read (deleted, moved or no permission); still serving "
-                           "sha256=%s; a model file put back at that path is loaded", self.path,
-                           self.serving.lm.sha256[:12])
+            logger.warning("model file %s %s; still serving sha256=%s; a readable model file put back at that "
+                           "path is loaded", self.path, why, self.serving.lm.sha256[:12])
+
+    def _note_back(self) -> None:
+        """Say once that a readable file is at the model path again, after ``_note_missing``."""
+        if self._gone:
+            with self._gone_lock:
+                back, self._gone = self._gone, False
+            if back:
+                logger.info("model file %s is there again", self.path)
 
     def close(self, timeout: float = 30.0) -> None:
         """Wait (at most ``timeout`` s) for a reload's CPU preparation still running: a process
