@@ -186,7 +186,7 @@ def training_state_problem(obj: dict, path: str | os.PathLike) -> str | None:
     if all(k in obj for k in RUN_STATE_KEYS) and isinstance(obj["model"], dict) and isinstance(obj["optimizer"], dict):
         best = path.parent / "model_epoch_best.pth"
         serve = (f"use {best} instead (or model_last.pth for the last epoch)" if best.is_file()
-                 else "use its run's model_epoch_best.pth instead (the model file the run wrote beside it)")
+                 else "use the model_epoch_best.pth of the run that wrote it instead (not beside this copy)")
         return f"{path} is a training run's resumable state (for --resume), not a model: {serve}"
     if all(k in obj for k in SWEEP_STATE_KEYS) and isinstance(obj["variants"], dict):
         bests = [path.parent / str(v) / "model_epoch_best.pth" for v in obj["variants"]]

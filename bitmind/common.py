@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,13 +34,73 @@ def register_command(config, netuid: int) -> str:
              f"--wallet.hotkey {wallet.get('hotkey') or 'default'}"]
     path = wallet.get("path")
     if path and os.path.expanduser(str(path)).rstrip("/") != os.path.expanduser("~/.bittensor/wallets"):
-        parts.append(f"--wallet.path {path}")
+        parts.append(f"--wallet.path {shlex.quote(str(path))}")
     network = subtensor.get("network")  # a name (test, local) or an endpoint URL: btcli takes either
     if network and network != "finney":
         parts.append(f"--subtensor.network {network}")
     elif netuid == TESTNET_NETUID:
         parts.append("--subtensor.network test")
     return " ".join(parts)
+
+
+def positive_int(value) -> int:
+    """argparse type for limits: an integer > 0."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def non_negative_int(value) -> int:
+    """argparse type for counts where 0 means "automatic": an integer >= 0."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return n
+
+
+def positive_float(value) -> float:
+    """argparse type for intervals: a finite number > 0 (an interval of 0 would sync or log in a busy loop)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not (x > 0 and x != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return x
+
+
+def non_negative_float(value) -> float:
+    """argparse type for waits that may be 0: a finite number >= 0."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if not (x >= 0 and x != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return x
+
+
+def unit_fraction(value, low_open: bool = False) -> float:
+    """argparse type for a share or factor in [0, 1] ((0, 1] with ``low_open``)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number in {'(0' if low_open else '[0'}, 1], got {value!r}") from None
+    if not ((0 < x if low_open else 0 <= x) and x <= 1):
+        raise argparse.ArgumentTypeError(f"expected a number in {'(0' if low_open else '[0'}, 1], got {value!r}")
+    return x
+
+
+def positive_fraction(value) -> float:
+    """argparse type for a factor in (0, 1] (a moving average's weight)."""
+    return unit_fraction(value, low_open=True)
 
 
 def parse_bool(value) -> bool:

@@ -324,9 +324,13 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
     try:
         img = Image.open(io.BytesIO(raw), formats=_pillow_formats(limits.formats))
     except Image.DecompressionBombError as e:  # the header declares more than twice MAX_IMAGE_PIXELS
-        # Pillow's message names its own limit (twice ours): say ours, as the header check below does
-        raise ImageDecodeError(f"image too large: the size its header declares exceeds limit {limits.max_pixels} "
-                               "pixels") from e
+        # Pillow names its own guard (twice its MAX_IMAGE_PIXELS, which the miner sets to ours): say
+        # ours where that guard is above it, as the header check below does, else Pillow's words
+        guard = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if guard >= limits.max_pixels:
+            raise ImageDecodeError(f"image too large: the size its header declares exceeds limit {limits.max_pixels} "
+                                   "pixels") from e
+        raise ImageDecodeError(f"image too large: {e}") from e
     except UnidentifiedImageError as e:  # Pillow's message names only its BytesIO object (a memory address)
         raise ImageDecodeError(f"not a recognised image: no allowed format could read it (it starts with {raw[:8]!r})") from e
     except (OSError, ValueError, SyntaxError) as e:

@@ -160,3 +160,14 @@ def test_a_config_value_of_the_wrong_type_is_named(tmp_path, key, value, says):
     ok = {**model_meta(model), "config": {**model_meta(model)["config"], "dropout": 0, "layers": [1, 1]}}
     save_checkpoint(model.state_dict(), tmp_path / "ok.pth", ok)
     assert load_model(tmp_path / "ok.pth").meta["config"]["dropout"] == 0
+
+
+def test_numpy_scalars_from_python_callers_fit_the_config_types():
+    import numpy as np
+
+    from bitmind.models import config_type_problem
+
+    assert config_type_problem("npr", {"width": np.int64(8), "dropout": np.float32(0.5), "stem_pool": np.bool_(False),
+                                       "layers": [np.int64(1), 1]}) is None
+    assert "(null)" in config_type_problem("npr", {"width": None})
+    assert config_type_problem("npr", {"width": np.bool_(True)}) is not None  # a bool is no width, numpy's neither

@@ -65,9 +65,13 @@ def test_limits_at_their_edges_parse():
     # the hint named neither the network nor the wallet folder: it registered on the main network
     (["--subtensor.network", "test", "--wallet.path", "/srv/w", "--wallet.name", "nobody"],
      "--netuid 34 --wallet.name nobody --wallet.hotkey default --wallet.path /srv/w --subtensor.network test", None),
+    (["--wallet.path", "/srv/my wallets"], "--wallet.path '/srv/my wallets'", None),
 ])
-def test_the_register_hint_names_the_network_and_wallet_the_neuron_uses(argv, says, never):
+def test_the_register_hint_names_the_network_and_wallet_the_neuron_uses(argv, says, never, monkeypatch):
     from bitmind.common import register_command
+
+    for var in ("BT_WALLET_PATH", "BT_WALLET_NAME", "BT_WALLET_HOTKEY", "BT_SUBTENSOR_NETWORK", "BT_CHAIN_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)  # the defaults, not this machine's environment
 
     c = miner_config(argv)
     hint = register_command(c, c.netuid)

@@ -366,12 +366,34 @@ def test_slot_names_a_folder_put_at_its_path_and_refuses_a_huge_file_unread(tmp_
     assert not any("there again" in m for m in said) and slot.serving.lm.sha256 == first
     path.rmdir()
     caplog.clear()
-    monkeypatch.setattr(reload_mod, "MAX_MODEL_BYTES", 1000)
+    slot.max_bytes = 1000  # what --neuron.max_model_mb sets (in MiB)
     path.write_bytes(b"\0" * 5000)
     read = []
-    monkeypatch.setattr(reload_mod, "read_stable", lambda p: read.append(p))
+    monkeypatch.setattr(reload_mod, "read_stable", lambda p, limit=None: read.append(p))
     with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
         assert not slot.check() and not slot.check(force=True)
-    refused = [r for r in caplog.records if "more than the 0 MiB a model file may be" in r.getMessage()]
-    assert len(refused) == 1 and refused[0].levelno == logging.ERROR and not read
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    refused = [m for lv, m in said if lv == logging.ERROR and "is 5000 bytes, more than the 1000 bytes" in m]
+    assert len(refused) == 1 and not read, said
     assert slot.serving.lm.sha256 == first
+
+
+def test_slot_never_opens_a_pipe_at_its_path(tmp_path, caplog):
+    """A FIFO at the model path (or a link to one) blocks open() until a writer comes: every
+    request would have hung in check(); it is named and never opened."""
+    import logging
+
+    path = tmp_path / "model.pth"
+    shutil.copy(make_checkpoint(tmp_path / "a.pth", seed=0), path)
+    slot = ModelSlot(str(path), torch.device("cpu"), check_interval=0.0)
+    os.remove(path)
+    os.mkfifo(path)
+    done = []
+    with caplog.at_level(logging.INFO, logger="bitmind.miner.reload"):
+        t = threading.Thread(target=lambda: done.append(slot.check(force=True)), daemon=True)
+        t.start()
+        t.join(10)
+    assert done == [False], "check() blocked on the pipe"
+    assert any("is not a regular file" in r.getMessage() for r in caplog.records)
+    with pytest.raises(CheckpointError, match="is not a regular file"):
+        ModelSlot(str(path), torch.device("cpu"))

@@ -49,7 +49,7 @@ def test_a_runs_state_is_refused_as_a_model_and_still_resumes(data, tmp_path):
     elsewhere = tmp_path / "copy" / "weights.pth"
     elsewhere.parent.mkdir()
     shutil.copy(state, elsewhere)
-    with pytest.raises(CheckpointError, match=r"resumable state .*: use its run.s model_epoch_best.pth instead \(the model file the run wrote beside it\)$"):
+    with pytest.raises(CheckpointError, match=r"resumable state .*: use the model_epoch_best.pth of the run that wrote it instead \(not beside this copy\)$"):
         load_model(elsewhere)
     # a reference checkpoint saved with its optimiser (NPR's model, optimizer, total_steps) is still a model
     sd = read_checkpoint(best)[0]

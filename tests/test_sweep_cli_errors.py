@@ -309,3 +309,9 @@ def test_the_command_line_overrides_the_validation_draws_and_a_resume_must_keep_
     ran = json.loads((tmp_path / "ck" / "s" / "spec.json").read_text())
     assert (ran["val_seeds"], ran["val_every"]) == ([7], 2)
     assert "val_seeds: [7] -> [0, 1, 2, 3, 4, 5]" in _refused(usage_error, ["--spec", str(path), "--resume"])
+
+
+def test_a_validation_interval_below_one_is_a_usage_error(tmp_path, usage_error):
+    """``--val_every 0`` was read as 1 without a word."""
+    path = _spec_file(tmp_path, {"base": _base(tmp_path), "variants": {"a": {}}})
+    assert "--val_every" in usage_error(main, ["--spec", str(path), "--val_every", "0"])

@@ -35,3 +35,23 @@ def test_bad_values_are_refused(tmp_path, bad):
     data = [] if bad == [] else ["--neuron.data", str(tmp_path)]
     with pytest.raises(SystemExit):
         validator_config(data + bad)
+
+
+@pytest.mark.parametrize("bad", [
+    # each was accepted: a traceback every round (sample_size -1), weights or syncs never (0), every
+    # miner timed out (timeout 0), a crash after round 1 (round_interval inf), a ScoreBook error
+    # after the chain set-up (alpha 0), "cannot open challenge data" (plain_share 3)
+    ["--neuron.sample_size", "-1"], ["--neuron.epoch_length", "0"], ["--neuron.sync_every", "0"],
+    ["--neuron.timeout", "0"], ["--neuron.timeout", "-2"], ["--neuron.round_interval", "inf"],
+    ["--neuron.alpha", "0"], ["--neuron.alpha", "1.5"], ["--neuron.plain_share", "3"], ["--neuron.rounds", "0"],
+])
+def test_values_no_validator_can_use_are_usage_errors(tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        validator_config(["--neuron.data", str(tmp_path), *bad])
+    assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_values_at_their_edges_parse(tmp_path):
+    n = validator_config(["--neuron.data", str(tmp_path), "--neuron.alpha", "1", "--neuron.plain_share", "0",
+                          "--neuron.round_interval", "0", "--neuron.sample_size", "1"]).neuron
+    assert (n.alpha, n.plain_share, n.round_interval, n.sample_size) == (1.0, 0.0, 0.0, 1)

@@ -14,56 +14,12 @@ from pathlib import Path
 import bittensor as bt
 from bittensor.core.config import DefaultMunch
 
-from bitmind.common import SN34_NETUID, parse_bool
+from bitmind.common import SN34_NETUID, non_negative_float, non_negative_int, parse_bool, positive_float, positive_int
 from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS
 
 DEFAULT_MODEL_PATH = "./mining_models/base.pth"
 DEFAULT_NETUID = SN34_NETUID
 DEFAULT_LOCAL_ROOT = "~/.bitmind/local_chain"
-
-
-def positive_int(value) -> int:
-    """argparse type for limits: an integer > 0."""
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
-def non_negative_int(value) -> int:
-    """argparse type for counts where 0 means "automatic": an integer >= 0."""
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return n
-
-
-def positive_float(value) -> float:
-    """argparse type for intervals: a finite number > 0 (an interval of 0 would sync or log in a busy loop)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-    if not (x > 0 and x != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-    return x
-
-
-def non_negative_float(value) -> float:
-    """argparse type for waits that may be 0: a finite number >= 0."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if not (x >= 0 and x != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return x
 
 
 def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -97,6 +53,9 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--neuron.max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="Largest image accepted, in pixels (width x height, read from the header before any "
                              "decoding); also sets Pillow's Image.MAX_IMAGE_PIXELS.")
+    parser.add_argument("--neuron.max_model_mb", type=positive_int, default=256,
+                        help="Largest model file read, in MiB (the shipped files are 6 MB): a larger file at the "
+                             "model path is refused from its size, unread, at start-up and on hot reload.")
     parser.add_argument("--neuron.allow_arch_change", type=parse_bool, nargs="?", const=True, default=False,
                         help="Let a hot reload swap in a model of another architecture or config (default: refuse "
                              "it and keep serving; restart the miner to change architecture).")

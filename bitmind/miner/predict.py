@@ -44,6 +44,7 @@ class PredictorConfig:
     compile: bool = False  # on a CPU with max_batch 1, compile that copy (TorchInductor) before serving
     workers: int = 0  # forward workers; 0: auto_workers
     threads: int = 0  # intra-op thread budget of the workers; 0: torch's
+    max_model_bytes: int | None = None  # largest model file read (None: reload.MAX_MODEL_BYTES)
 
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -97,7 +98,7 @@ class Predictor:
                            if cfg.compile and self.device.type == "cpu" and max_batch == 1 else ())
         self.slot = ModelSlot(model_path, self.device, cfg.arch, cfg.allow_arch_change, cfg.check_interval,
                               self.amp_dtype, optimize, cpu_bf16=self.device.type == "cpu" and cpu_bf16_setting(cfg.amp),
-                              compile_threads=compile_threads)
+                              compile_threads=compile_threads, max_bytes=cfg.max_model_bytes)
         self.batcher = MicroBatcher(self.predict_tensors, self.device, max_batch, cfg.batch_window_ms / 1000.0,
                                     cfg.max_queue, workers, threads)
         # Own decode pool if asked (bounds decode threads vs torch threads); else the loop's default executor.

@@ -109,14 +109,22 @@ class FileSignature:
 
 def unreadable_reason(path: str) -> str:
     """Why the model file at ``path`` cannot be read, in words for the miner's log ("" if it can):
-    gone, a folder in its place, or an error opening it (no permission)."""
-    if os.path.isdir(path):
+    gone, a link to nothing, a folder or another non-regular file in its place (never opened: a
+    FIFO's ``open`` blocks until a writer comes), or an error opening it (no permission)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ("is a link to nothing (its target was deleted or moved)" if os.path.islink(path)
+                else "cannot be found (deleted or moved)")
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    if stat.S_ISDIR(st.st_mode):
         return "is a folder, not a model file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a pipe, socket or device), not a model file"
     try:
         with open(path, "rb"):
             pass
-    except FileNotFoundError:
-        return "cannot be found (deleted or moved)"
     except OSError as e:
         return f"cannot be read ({e.strerror or type(e).__name__})"
     return ""
@@ -130,21 +138,23 @@ def _sha256_of(path: str) -> bytes:
     return digest.digest()
 
 
-def read_stable(path: str) -> tuple[bytes, FileSignature] | None:
-    """The file's bytes and signature, or None if it is missing or changed while being read
-    (a writer in progress: the bytes could mix two versions).
+def read_stable(path: str, limit: int | None = None) -> tuple[bytes, FileSignature] | None:
+    """The file's bytes and signature, or None if it is missing, larger than ``limit`` bytes
+    (``MAX_MODEL_BYTES`` unless given; ``too_large`` says why) or changed while being read (a
+    writer in progress: the bytes could mix two versions).
 
     The file is read twice and both reads must agree, with the same signature before,
     between and after: a writer that rewrites a file of the same size within one
     timestamp tick leaves the signature unchanged, but not the bytes of both reads
     (torch.load has no checksum that would catch a torn read). The second read is
     compared by its hash, streamed, so the file is in memory once."""
+    limit = MAX_MODEL_BYTES if limit is None else limit
     before = FileSignature.of(path)
-    if before is None:
+    if before is None or before.size > limit:
         return None
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(limit + 1)  # never more than the limit, even if the file grew since the stat
         middle = FileSignature.of(path)
         again = _sha256_of(path)
     except OSError:
@@ -161,8 +171,12 @@ def too_large(path: str, size: int, limit: int | None = None) -> str:
     limit = MAX_MODEL_BYTES if limit is None else limit
     if size <= limit:
         return ""
-    return (f"model file {path} is {size / 2**20:.0f} MiB, more than the {limit / 2**20:.0f} MiB a model file may "
-            "be (the shipped ones are 6 MB): not read; is it the right file?")
+    return (f"model file {path} is {_size(size)}, more than the {_size(limit)} a model file may be (the shipped "
+            "ones are 6 MB; --neuron.max_model_mb raises the limit): not read, is it the right file?")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 class ModelSlot:
@@ -179,8 +193,9 @@ class ModelSlot:
 
     def __init__(self, path: str, device: torch.device, arch: str | None = None, allow_arch_change: bool = False,
                  check_interval: float = 0.05, amp_dtype: torch.dtype | None = None, optimize: bool = False,
-                 cpu_bf16: bool | str = False, compile_threads: tuple[int, ...] = ()):
+                 cpu_bf16: bool | str = False, compile_threads: tuple[int, ...] = (), max_bytes: int | None = None):
         self.path, self.device, self.arch = str(path), device, arch
+        self.max_bytes = MAX_MODEL_BYTES if max_bytes is None else int(max_bytes)
         self.allow_arch_change, self.check_interval = allow_arch_change, check_interval
         self.amp_dtype, self.optimize, self.cpu_bf16 = amp_dtype, optimize, cpu_bf16
         self.compile_threads = tuple(compile_threads) if optimize else ()
@@ -194,19 +209,19 @@ class ModelSlot:
         self._preparing: threading.Thread | None = None  # the latest reload's CPU preparation
         if os.path.isdir(self.path):  # as bitmind.eval and model_info say it (not after 5 s of "unstable" reads)
             raise CheckpointError(f"model path {self.path} is a folder, not a model file")
-        if (sig := FileSignature.of(self.path)) is not None and (why := too_large(self.path, sig.size)):
-            raise CheckpointError(why)
         snap = None
         for _ in range(50):  # the file may be being written right now: wait for a stable read
-            snap = read_stable(self.path)
+            if not os.path.exists(self.path):
+                raise CheckpointError(f"model file {self.path} not found")
+            if (why := unreadable_reason(self.path)):  # at once, not after 5 s of failed reads
+                raise CheckpointError(f"model file {self.path} {why}")
+            if (sig := FileSignature.of(self.path)) is not None and (why := too_large(self.path, sig.size, self.max_bytes)):
+                raise CheckpointError(why)
+            snap = read_stable(self.path, self.max_bytes)
             if snap is not None:
                 break
             time.sleep(0.1)
         if snap is None:
-            if not os.path.exists(self.path):
-                raise CheckpointError(f"model file {self.path} not found")
-            if (why := unreadable_reason(self.path)):
-                raise CheckpointError(f"model file {self.path} {why}")
             raise CheckpointError(f"model file {self.path} kept changing while being read for 5 s (still being "
                                   "written?); start again once the copy is complete")
         lm = self._load_validated(snap[0])  # first load must succeed
@@ -255,18 +270,21 @@ class ModelSlot:
         if sig is None:
             self._note_missing(unreadable_reason(self.path) or "cannot be found or read")
             return False
-        if sig == self._sig or sig in self._bad:
+        if sig == self._sig or sig in self._bad:  # a version already read (loaded or refused)
             self._note_back()
             return False
-        if (why := too_large(self.path, sig.size)):
-            self._bad.add(sig)
-            logger.error("%s; still serving sha256=%s", why, self.serving.lm.sha256[:12])
-            return False
         with self._reload_lock:
-            snap = read_stable(self.path)
+            if sig in self._bad:  # another thread refused this version meanwhile
+                return False
+            if (why := too_large(self.path, sig.size, self.max_bytes)):
+                self._note_back()
+                self._bad.add(sig)
+                logger.error("%s (still serving sha256=%s)", why, self.serving.lm.sha256[:12])
+                return False
+            snap = read_stable(self.path, self.max_bytes)
             if snap is None:  # being written, gone or unreadable: keep serving, look again at the next check
                 if (why := unreadable_reason(self.path)):
-                    self._note_missing(why)
+                    self._note_missing(why)  # once, until a readable file is back
                 else:
                     logger.debug("model file %s changed while being read; will re-check", self.path)
                 return False

@@ -3,8 +3,10 @@ the name back to a constructor, so new detectors can be added beside NPR and the
 can serve any of them from the file alone."""
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
+import numpy as np
 import torch.nn as nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -50,17 +52,21 @@ def config_type_problem(name: str, config: dict) -> str | None:
         value, want = config[key], type(default)
         if want is tuple:
             fits = isinstance(value, (list, tuple)) and all(
-                isinstance(v, type(d)) and not isinstance(v, bool) for v, d in zip(value, default * len(value)))
-        elif want is float:
-            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+                isinstance(v, numbers.Integral if isinstance(d, int) else type(d)) and not isinstance(v, (bool, np.bool_))
+                for v, d in zip(value, default * len(value)))
+        elif want is float:  # numbers.Real / Integral: numpy scalars from Python callers fit too
+            fits = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
         elif want is int:
-            fits = isinstance(value, int) and not isinstance(value, bool)
+            fits = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+        elif want is bool:
+            fits = isinstance(value, (bool, np.bool_))
         else:
             fits = isinstance(value, want)
         if not fits:
             kind = f"a list of {type(default[0]).__name__}" if want is tuple and default else _a(want.__name__)
             shown = list(default) if want is tuple else default
-            return (f"config {key}={value!r} ({_a(type(value).__name__)}): architecture {name!r} takes {kind} "
+            got = "null" if value is None else _a(type(value).__name__)
+            return (f"config {key}={value!r} ({got}): architecture {name!r} takes {kind} "
                     f"(default {shown!r})")
     return None
 

@@ -100,7 +100,7 @@ try:
     from torch.utils.data import DataLoader
 
     from bitmind.calibration import CalibrationDataError, apply_calibration
-    from bitmind.common import atomic_write_text, parse_bool, resolve_amp
+    from bitmind.common import atomic_write_text, parse_bool, positive_int, resolve_amp
     from bitmind.data import AsIs, DetectionDataset, aligned_partners, collate_skip_none, in_subset
     from bitmind.data.dataset import worker_init
     from bitmind.data.families import aux_classes
@@ -985,7 +985,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="overrides the spec's val_seeds: the validator-challenge draws of the validation split every "
                         "variant is chosen on (one draw, --val_seeds 0, makes a quick try of a large spec quick)")
-    p.add_argument("--val_every", type=int, default=None, help="overrides the spec's val_every (validate every N epochs)")
+    p.add_argument("--val_every", type=positive_int, default=None,
+                   help="overrides the spec's val_every (validate every N epochs; at least 1)")
     p.add_argument("--progress", type=parse_bool, default=None)
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the sweep already in the output folder (without it, or --resume, such a folder is refused)")

@@ -10,7 +10,7 @@ import argparse
 
 import bittensor as bt
 
-from bitmind.common import PLAIN_SHARE
+from bitmind.common import PLAIN_SHARE, non_negative_float, positive_float, positive_fraction, positive_int, unit_fraction
 from bitmind.data import SPLITS
 from bitmind.miner.config import DEFAULT_LOCAL_ROOT, neuron_config
 from bitmind.validator.core import ValidatorConfig
@@ -28,16 +28,16 @@ def add_validator_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="Challenge only with this split of the data (by picture stem, as the trainer splits), "
                              "e.g. 'test' to score local miners on pictures no model was trained on. Default: all images.")
     parser.add_argument("--neuron.split_seed", type=int, default=0, help="Seed of that split (the trainer's --split_seed).")
-    parser.add_argument("--neuron.sample_size", type=int, default=50, help="Miners challenged per round.")
-    parser.add_argument("--neuron.timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
-    parser.add_argument("--neuron.plain_share", type=float, default=PLAIN_SHARE,
+    parser.add_argument("--neuron.sample_size", type=positive_int, default=50, help="Miners challenged per round.")
+    parser.add_argument("--neuron.timeout", type=positive_float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
+    parser.add_argument("--neuron.plain_share", type=unit_fraction, default=PLAIN_SHARE,
                         help="Share of challenges sent with base transforms only (the rest get random augmentation).")
-    parser.add_argument("--neuron.alpha", type=float, default=DEFAULT_ALPHA, help="Moving-average factor of scores.")
-    parser.add_argument("--neuron.epoch_length", type=int, default=20,
+    parser.add_argument("--neuron.alpha", type=positive_fraction, default=DEFAULT_ALPHA, help="Moving-average factor of scores.")
+    parser.add_argument("--neuron.epoch_length", type=positive_int, default=20,
                         help="Rounds between weight settings (and per-miner summary tables).")
-    parser.add_argument("--neuron.sync_every", type=int, default=5, help="Rounds between metagraph syncs.")
-    parser.add_argument("--neuron.round_interval", type=float, default=5.0, help="Seconds to wait between rounds.")
-    parser.add_argument("--neuron.rounds", type=int, default=None, help="Stop after this many rounds (default: run forever).")
+    parser.add_argument("--neuron.sync_every", type=positive_int, default=5, help="Rounds between metagraph syncs.")
+    parser.add_argument("--neuron.round_interval", type=non_negative_float, default=5.0, help="Seconds to wait between rounds.")
+    parser.add_argument("--neuron.rounds", type=positive_int, default=None, help="Stop after this many rounds (default: run forever).")
     parser.add_argument("--neuron.seed", type=int, default=None, help="Seed for challenges and miner sampling (reproducible runs).")
     parser.add_argument("--neuron.state_path", type=str, default=None,
                         help=f"Score file (JSON, saved after every round). Default: {DEFAULT_STATE_DIR}/"
@@ -47,7 +47,7 @@ def add_validator_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="Run on the local mock chain under --local.root (no network): wallet created there, "
                              "hotkey registered with stake and a validator permit, miners found through chain.json.")
     parser.add_argument("--local.root", type=str, default=DEFAULT_LOCAL_ROOT, help="Folder of the local chain (with --mock).")
-    parser.add_argument("--local.stake", type=float, default=1000.0, help="Stake (TAO) given to the validator on the local chain.")
+    parser.add_argument("--local.stake", type=positive_float, default=1000.0, help="Stake (TAO) given to the validator on the local chain.")
     return parser
 
 

@@ -30,7 +30,7 @@ import bittensor as bt
 
 from bitmind import local_chain as lc
 from bitmind.checkpoint import model_file_problem
-from bitmind.common import PLAIN_SHARE, atomic_write_text, output_path_problem
+from bitmind.common import PLAIN_SHARE, atomic_write_text, output_path_problem, positive_float, positive_int, unit_fraction
 
 from bitmind.data import SPLITS
 from bitmind.validator.chain import ChainView
@@ -216,10 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", required=True, help="Model files, one local miner each.")
     p.add_argument("--data", nargs="+", required=True,
                    help="Challenge sources: CLASS/SOURCE/* folders or hf:NAME_OR_PATH[:real|fake].")
-    p.add_argument("--challenges", type=int, default=100, help="Number of challenges (each goes to every miner).")
+    p.add_argument("--challenges", type=positive_int, default=100, help="Number of challenges (each goes to every miner).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the challenge sequence (same seed, same challenges).")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
-    p.add_argument("--plain_share", "--plain-share", type=float, default=PLAIN_SHARE, help="Share of challenges without random augmentation.")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, help="Seconds a miner has to answer.")
+    p.add_argument("--plain_share", "--plain-share", type=unit_fraction, default=PLAIN_SHARE, help="Share of challenges without random augmentation.")
     p.add_argument("--split", choices=SPLITS, default=None,
                    help="Challenge only with this split of the data (by picture stem, as the trainer splits); "
                         "default: all images. Use 'test' to compare models on pictures they never trained on.")
