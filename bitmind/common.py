@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import sys
@@ -43,64 +44,46 @@ def register_command(config, netuid: int) -> str:
     return " ".join(parts)
 
 
-def positive_int(value) -> int:
-    """argparse type for limits: an integer > 0."""
+def _checked(value, convert, ok, what: str):
+    """``convert(value)`` if it converts and ``ok`` holds for it, else argparse's type error
+    saying ``expected {what}``: the one body of the range-checked types below."""
     try:
-        n = int(value)
+        x = convert(value)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if not ok(x):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+    return x
+
+
+def positive_int(value) -> int:
+    """argparse type for limits and counts: an integer > 0."""
+    return _checked(value, int, lambda n: n > 0, "a positive integer")
 
 
 def non_negative_int(value) -> int:
     """argparse type for counts where 0 means "automatic": an integer >= 0."""
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return n
+    return _checked(value, int, lambda n: n >= 0, "an integer >= 0")
 
 
 def positive_float(value) -> float:
     """argparse type for intervals: a finite number > 0 (an interval of 0 would sync or log in a busy loop)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-    if not (x > 0 and x != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-    return x
+    return _checked(value, float, lambda x: 0 < x < math.inf, "a positive number")
 
 
 def non_negative_float(value) -> float:
     """argparse type for waits that may be 0: a finite number >= 0."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if not (x >= 0 and x != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return x
+    return _checked(value, float, lambda x: 0 <= x < math.inf, "a number >= 0")
 
 
-def unit_fraction(value, low_open: bool = False) -> float:
-    """argparse type for a share or factor in [0, 1] ((0, 1] with ``low_open``)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number in {'(0' if low_open else '[0'}, 1], got {value!r}") from None
-    if not ((0 < x if low_open else 0 <= x) and x <= 1):
-        raise argparse.ArgumentTypeError(f"expected a number in {'(0' if low_open else '[0'}, 1], got {value!r}")
-    return x
+def unit_fraction(value) -> float:
+    """argparse type for a share in [0, 1]."""
+    return _checked(value, float, lambda x: 0 <= x <= 1, "a number in [0, 1]")
 
 
 def positive_fraction(value) -> float:
     """argparse type for a factor in (0, 1] (a moving average's weight)."""
-    return unit_fraction(value, low_open=True)
+    return _checked(value, float, lambda x: 0 < x <= 1, "a number in (0, 1]")
 
 
 def parse_bool(value) -> bool:
