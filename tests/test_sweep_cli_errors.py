@@ -308,7 +308,8 @@ def test_the_command_line_overrides_the_validation_draws_and_a_resume_must_keep_
     assert summary["val_seeds"] == [7]
     ran = json.loads((tmp_path / "ck" / "s" / "spec.json").read_text())
     assert (ran["val_seeds"], ran["val_every"]) == ([7], 2)
-    assert "val_seeds: [7] -> [0, 1, 2, 3, 4, 5]" in _refused(usage_error, ["--spec", str(path), "--resume"])
+    refused = _refused(usage_error, ["--spec", str(path), "--resume"])
+    assert "val_seeds: [7] -> [0, 1, 2, 3, 4, 5]" in refused and "pass --val_seeds 7 --val_every 2 as the sweep started with" in refused
 
 
 def test_a_validation_interval_below_one_is_a_usage_error(tmp_path, usage_error):

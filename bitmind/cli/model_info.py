@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def hot_swap_check(serving: str | Path):
     """A function of a model as ``describe`` loaded it: ``{"over": serving, "ok": bool, "problem":
     str | None}``, the miner's own check (``bitmind.miner.reload.swap_problem``, detector-only
     as it loads)."""
-    from bitmind.miner.reload import swap_problem
+    from bitmind.miner.reload import swap_problem, too_large
 
     try:
         served = load_model(serving, detector_only=True)
@@ -107,6 +108,8 @@ def hot_swap_check(serving: str | Path):
 
     def check(lm: LoadedModel):
         problem = swap_problem(as_the_miner_loads(lm), served)
+        if problem is None and lm.path and os.path.isfile(lm.path):  # the miner refuses a file larger than its cap unread
+            problem = too_large(str(lm.path), os.path.getsize(lm.path)) or None
         return {"over": str(serving), "ok": problem is None, "problem": problem}
     return check
 

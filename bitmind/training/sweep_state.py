@@ -63,9 +63,16 @@ def check_same_sweep(out_dir: Path, spec_dict: dict) -> None:
             continue
         (moved if key in RESUMABLE_BASE_KEYS else diffs).append(f"{key}: {was!r} -> {now!r}")
     if diffs:
+        # the sweep command's --val_seeds / --val_every override the spec: one forgotten on resume
+        # is a difference the same command line mends, not a reason for another sweep
+        again = " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                         for k in ("val_seeds", "val_every") if saved.get(k) != spec_dict.get(k)
+                         for v in [saved.get(k)] if v is not None)
         raise RunFolderError(f"--resume {out_dir}: the spec differs from the sweep's spec.json ("
                              + "; ".join(diffs) + "): a resumed sweep must be the same sweep (only where and how fast "
-                             "it runs, and where its data lives, may change); start a new one with another --name")
+                             "it runs, and where its data lives, may change); "
+                             + (f"pass {again} as the sweep started with, or " if again else "")
+                             + "start a new one with another --name")
     if moved:
         logger.warning("--resume %s: data moved: %s", out_dir, "; ".join(moved))
 
