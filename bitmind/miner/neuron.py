@@ -65,7 +65,7 @@ class MinerNeuron:
             batch_window_ms=float(config.neuron.batch_window_ms), max_queue=int(config.neuron.max_queue), limits=limits,
             amp=config.neuron.amp, compile=bool(config.neuron.compile),
             allow_arch_change=bool(config.neuron.allow_arch_change),
-            max_model_bytes=int(config.neuron.max_model_mb or 256) * 2**20))
+            max_model_bytes=int(config.neuron.max_model_mb) * 2**20 if config.neuron.max_model_mb else None))
         self.handlers = MinerHandlers(self.predictor, self.metagraph,
                                       allow_non_registered=bool(config.blacklist.allow_non_registered),
                                       force_validator_permit=bool(config.blacklist.force_validator_permit))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from bitmind.checkpoint import CheckpointError, LoadedModel, check_calibration, load_model, looks_complete
+from bitmind.checkpoint import CheckpointError, LoadedModel, check_calibration, file_sha256, load_model, looks_complete
 from bitmind.image_transforms import TARGET_SIZE
 from bitmind.inference import compile_for_cpu, prepare_for_serving
 from bitmind.miner.cpu import Serving, logits_of, single_threaded
@@ -130,14 +130,6 @@ def unreadable_reason(path: str) -> str:
     return ""
 
 
-def _sha256_of(path: str) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.digest()
-
-
 def read_stable(path: str, limit: int | None = None) -> tuple[bytes, FileSignature] | None:
     """The file's bytes and signature, or None if it is missing, larger than ``limit`` bytes
     (``MAX_MODEL_BYTES`` unless given; ``too_large`` says why) or changed while being read (a
@@ -156,11 +148,11 @@ def read_stable(path: str, limit: int | None = None) -> tuple[bytes, FileSignatu
         with open(path, "rb") as f:
             data = f.read(limit + 1)  # never more than the limit, even if the file grew since the stat
         middle = FileSignature.of(path)
-        again = _sha256_of(path)
+        again = file_sha256(path)
     except OSError:
         return None
     after = FileSignature.of(path)
-    if not (before == middle == after) or len(data) != before.size or hashlib.sha256(data).digest() != again:
+    if not (before == middle == after) or len(data) != before.size or hashlib.sha256(data).hexdigest() != again:
         return None
     return data, before
 

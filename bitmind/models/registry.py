@@ -50,25 +50,29 @@ def config_type_problem(name: str, config: dict) -> str | None:
         if key not in config or default is None:
             continue
         value, want = config[key], type(default)
-        if want is tuple:
-            fits = isinstance(value, (list, tuple)) and all(
-                isinstance(v, numbers.Integral if isinstance(d, int) else type(d)) and not isinstance(v, (bool, np.bool_))
-                for v, d in zip(value, default * len(value)))
-        elif want is float:  # numbers.Real / Integral: numpy scalars from Python callers fit too
-            fits = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-        elif want is int:
-            fits = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-        elif want is bool:
-            fits = isinstance(value, (bool, np.bool_))
-        else:
-            fits = isinstance(value, want)
-        if not fits:
+        if not _fits(value, default):
             kind = f"a list of {type(default[0]).__name__}" if want is tuple and default else _a(want.__name__)
             shown = list(default) if want is tuple else default
             got = "null" if value is None else _a(type(value).__name__)
             return (f"config {key}={value!r} ({got}): architecture {name!r} takes {kind} "
                     f"(default {shown!r})")
     return None
+
+
+def _fits(value, default) -> bool:
+    """Whether ``value`` has the type of ``default`` (numbers.Integral / Real, so numpy scalars
+    from Python callers fit; a bool is no number; a list or tuple where a tuple is the default,
+    each item of its first item's type)."""
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and (not default or all(_fits(v, default[0]) for v in value))
+    is_bool = isinstance(value, (bool, np.bool_))
+    if isinstance(default, bool):
+        return is_bool
+    if isinstance(default, int):
+        return isinstance(value, numbers.Integral) and not is_bool
+    if isinstance(default, float):
+        return isinstance(value, numbers.Real) and not is_bool
+    return isinstance(value, type(default))
 
 
 def _a(noun: str) -> str:

@@ -65,9 +65,12 @@ def check_same_sweep(out_dir: Path, spec_dict: dict) -> None:
     if diffs:
         # the sweep command's --val_seeds / --val_every override the spec: one forgotten on resume
         # is a difference the same command line mends, not a reason for another sweep
-        again = " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                         for k in ("val_seeds", "val_every") if saved.get(k) != spec_dict.get(k)
-                         for v in [saved.get(k)] if v is not None)
+        flags = []
+        for key in ("val_seeds", "val_every"):
+            was = saved.get(key)
+            if was is not None and was != spec_dict.get(key):
+                flags.append(f"--{key} " + (" ".join(map(str, was)) if isinstance(was, list) else str(was)))
+        again = " ".join(flags)
         raise RunFolderError(f"--resume {out_dir}: the spec differs from the sweep's spec.json ("
                              + "; ".join(diffs) + "): a resumed sweep must be the same sweep (only where and how fast "
                              "it runs, and where its data lives, may change); "
