@@ -197,3 +197,34 @@ def test_hot_reload_refuses_a_file_with_a_corrupt_weight_in_the_first_layer(tmp_
         assert p.predict_image(img) == pytest.approx(before)
     finally:
         p.close()
+
+
+def test_a_symlinked_model_path_follows_the_link_when_it_is_re_pointed(tmp_path, checkpoint_factory, image_factory):
+    """The usual deploy swap (versions side by side, one link re-pointed atomically) is a hot
+    reload: the miner keeps the link as its model path instead of the target it pointed to at
+    start, and pointing it back is a roll-back."""
+    from bitmind.miner.config import resolve_model_path
+
+    old, new = tmp_path / "v1.pth", tmp_path / "v2.pth"
+    checkpoint_factory(old, seed=0)
+    checkpoint_factory(new, seed=1)
+    link = tmp_path / "current.pth"
+    link.symlink_to(old.name)
+    path = resolve_model_path(str(link), tmp_path)
+    assert path == link  # the link, not its target
+    image = decode_synapse_image(prepare_image_synapse(image_factory(seed=4)))
+    predictor = Predictor(str(path), device="cpu", check_interval=0.0)
+    try:
+        first = predictor.predict_image(image)
+        assert first == pytest.approx(predict(load_model(old), image), abs=1e-5)
+        staged = tmp_path / "current.pth.new"
+        staged.symlink_to(new.name)
+        os.replace(staged, link)  # ln -sfn + mv -T
+        assert predictor.predict_image(image) == pytest.approx(predict(load_model(new), image), abs=1e-5)
+        assert predictor.status()["reloads"] == 1
+        staged.symlink_to(old.name)
+        os.replace(staged, link)
+        assert predictor.predict_image(image) == pytest.approx(first, abs=1e-5)
+        assert predictor.status()["reloads"] == 2
+    finally:
+        predictor.close()

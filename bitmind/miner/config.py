@@ -86,7 +86,22 @@ def neuron_config(args: list[str], description: str, add_own_args, bittensor_par
     add_own_args(parser)
     for part in bittensor_parts:
         part.add_args(parser)
-    return nest_namespace(parser.parse_args(list(args)))
+    ns = parser.parse_args(list(args))
+    _endpoint_names_the_chain(ns, parser)
+    return nest_namespace(ns)
+
+
+def _endpoint_names_the_chain(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A ``--subtensor.chain_endpoint`` given on the command line is the chain connected to.
+
+    Why: bittensor's ``setup_config`` takes the last set candidate of (endpoint, network), and
+    ``--subtensor.network`` always has a value (finney by default), so an endpoint alone (an
+    operator's own lite node: ``--subtensor.chain_endpoint ws://10.0.0.5:9944``) was ignored
+    and the neuron went to the main network. Its help says the endpoint overrides the network:
+    we make that so by naming the endpoint as the network, which bittensor resolves to that URL."""
+    endpoint = getattr(ns, "subtensor.chain_endpoint", None)
+    if endpoint and endpoint != parser.get_default("subtensor.chain_endpoint"):
+        setattr(ns, "subtensor.network", endpoint)
 
 
 def miner_config(args: list[str]) -> "bt.Config":
@@ -114,9 +129,18 @@ def nest_namespace(ns) -> "bt.Config":
 def resolve_model_path(path: str | os.PathLike, repo_root: str | os.PathLike | None = None) -> Path:
     """``path`` as given if it exists (absolute, or relative to the current folder);
     otherwise, for a relative path, the same path under ``repo_root`` if that exists;
-    otherwise the path relative to the current folder (the predictor reports it missing)."""
+    otherwise the path relative to the current folder (the predictor reports it missing).
+
+    Made absolute without following links: a model path that is a symlink stays the link,
+    so re-pointing it (``ln -sfn new.pth current.pth``, the usual atomic swap of a deploy)
+    is a hot reload; resolving it here would watch the old target forever."""
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists() or repo_root is None:
-        return p.resolve()
+        return _absolute(p)
     candidate = Path(repo_root) / p
-    return candidate.resolve() if candidate.exists() else p.resolve()
+    return _absolute(candidate) if candidate.exists() else _absolute(p)
+
+
+def _absolute(p: Path) -> Path:
+    """``p`` from the root, ``..`` folded by name (as a shell does), links kept."""
+    return Path(os.path.abspath(p))
