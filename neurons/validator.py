@@ -31,7 +31,7 @@ from bitmind.common import register_command, route_library_logs
 
 from bitmind.shutdown import stop_event_on_signals
 from bitmind.validator.chain import ChainView
-from bitmind.validator.config import DEFAULT_STATE_DIR, challenge_generator, loop_config, validator_config
+from bitmind.validator.config import challenge_generator, loop_config, network_state_dir, validator_config
 from bitmind.validator.core import Validator
 
 
@@ -53,7 +53,7 @@ def _setup_chain(config):
     else:
         wallet = bt.Wallet(config=config)
         subtensor = bt.Subtensor(config=config)
-        state_dir = Path(os.path.expanduser(DEFAULT_STATE_DIR)) / str(config.subtensor.network)
+        state_dir = network_state_dir(config)
     return subtensor, wallet, state_dir / config.wallet.name / config.wallet.hotkey / f"netuid{netuid}"
 
 

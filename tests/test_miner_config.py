@@ -128,3 +128,33 @@ def test_a_folder_as_the_model_path_is_named_a_folder(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert "is a folder, not a model file" in out and "not found" not in out
+
+
+@pytest.mark.parametrize("argv, endpoint, network", [
+    ([], "wss://entrypoint-finney.opentensor.ai:443", "finney"),
+    (["--subtensor.network", "test"], "wss://test.finney.opentensor.ai:443", "test"),
+    # an endpoint alone was ignored: bittensor's network default (finney) won and the neuron
+    # went to the main network instead of the operator's own node
+    (["--subtensor.chain_endpoint", "ws://10.0.0.5:9944"], "ws://10.0.0.5:9944", "unknown"),
+    (["--subtensor.network", "test", "--subtensor.chain_endpoint", "ws://127.0.0.1:9946"], "ws://127.0.0.1:9946", "local"),
+])
+def test_a_chain_endpoint_on_the_command_line_is_the_chain_connected_to(argv, endpoint, network, monkeypatch):
+    import bittensor as bt
+
+    from bitmind.common import register_command
+    from bitmind.validator.config import validator_config
+
+    for var in ("BT_SUBTENSOR_NETWORK", "BT_CHAIN_ENDPOINT", "BT_SUBTENSOR_CHAIN_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    for config in (miner_config(argv), validator_config(argv + ["--neuron.data", "x"])):
+        assert bt.Subtensor.setup_config(None, config) == (endpoint, network)  # what bt.Subtensor(config=) connects to
+        if "--subtensor.chain_endpoint" in argv:  # and registration is pointed at the same chain
+            assert f"--subtensor.network {endpoint}" in register_command(config, 34)
+
+
+def test_a_validator_on_an_endpoint_keeps_its_state_in_one_named_folder():
+    from bitmind.validator.config import network_state_dir, validator_config
+
+    folder = network_state_dir(validator_config(["--neuron.data", "x", "--subtensor.chain_endpoint", "ws://10.0.0.5:9944"]))
+    assert folder.name == "ws_10.0.0.5_9944" and folder.parent.name == "validator"
+    assert network_state_dir(validator_config(["--neuron.data", "x", "--subtensor.network", "test"])).name == "test"

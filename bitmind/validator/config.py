@@ -7,6 +7,9 @@ parsed with argparse (unknown options are an error) into a nested ``bt.Config``.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+from pathlib import Path
 
 import bittensor as bt
 
@@ -55,6 +58,14 @@ def validator_config(args: list[str]) -> "bt.Config":
     """The validator's command line (``neurons/validator.py``) as a nested ``bt.Config``."""
     return neuron_config(args, "bitmind validator: challenges miners with real/fake images and sets weights.",
                          add_validator_args, (bt.Wallet, bt.Subtensor, bt.logging))
+
+
+def network_state_dir(config: "bt.Config") -> Path:
+    """Default state folder of a validator on a network: one folder per network, named by
+    ``--subtensor.network`` (or the endpoint given, ``ws://10.0.0.5:9944`` -> ``ws_10.0.0.5_9944``:
+    a URL is no folder name)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(config.subtensor.network)).strip("_") or "network"
+    return Path(os.path.expanduser(DEFAULT_STATE_DIR)) / name
 
 
 def loop_config(config: "bt.Config", state_path: str | None) -> ValidatorConfig:
