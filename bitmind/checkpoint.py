@@ -277,16 +277,40 @@ def _safetensors_header(b: _Bytes) -> dict | None:
     return {"header_len": n, "end": 8 + n + end}
 
 
+#: The largest file read as a model (the shipped files are 6 MB, an ensemble of a few members
+#: tens of MB): a wrong file copied to the model path (a video, a data archive) is refused from
+#: its size instead of being read whole into the miner's memory. The miner's
+#: ``--neuron.max_model_mb`` sets its own; every other reader of served files checks this one.
+MAX_MODEL_BYTES = 256 * 1024 * 1024
+
+
+def too_large(path: str | os.PathLike, size: int, limit: int | None = None) -> str:
+    """Why a file of ``size`` bytes at ``path`` is not read as a model ("" if it may be);
+    ``limit``: ``MAX_MODEL_BYTES`` unless given."""
+    limit = MAX_MODEL_BYTES if limit is None else limit
+    if size <= limit:
+        return ""
+    return (f"model file {path} is {_size(size)}, more than the {_size(limit)} a model file may be (the shipped "
+            "ones are 6 MB; --neuron.max_model_mb raises the limit): not read, is it the right file?")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
 def model_file_problem(path: str | os.PathLike) -> str | None:
     """Why a local miner could not serve the model file ``path``, else None: it must exist, be
-    a file, and load as the miner loads it (``load_model(..., detector_only=True)`` and the
-    calibration check). Commands that start a miner (the demo, the validator harness) ask
-    first, so a bad file is one line up front, not a traceback in a miner's start-up."""
+    a file no larger than a miner reads (``MAX_MODEL_BYTES``, the miner's default), and load as
+    the miner loads it (``load_model(..., detector_only=True)`` and the calibration check).
+    Commands that start a miner (the demo, the validator harness) ask first, so a bad file is
+    one line up front, not a traceback in a miner's start-up."""
     p = Path(path).expanduser()
     if not p.exists():
         return f"model file {path} not found"
     if not p.is_file():
         return f"model file {path} is not a file"
+    if (why := too_large(path, p.stat().st_size)):
+        return why
     try:
         check_calibration(load_model(p, device="cpu", detector_only=True).meta, p)
     except CheckpointError as e:

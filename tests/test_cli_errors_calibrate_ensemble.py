@@ -281,3 +281,22 @@ def test_commands_report_the_plain_cause(tmp_path, data, capsys):
     assert calibrate.main(["--model", str(evil), "--data", str(data), "--device", "cpu", "--out", str(tmp_path / "c.pth")]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert REFUSED in line and "weights_only" not in line and not (tmp_path / "marker").exists()
+
+
+def test_an_ensemble_too_large_for_a_miner_s_default_says_which_option_serves_it(tmp_path, capsys, monkeypatch):
+    """An ensemble of large members can pass the miner's default --neuron.max_model_mb; it was
+    written without a word and refused unread at the miner's start."""
+    from bitmind import checkpoint
+    from bitmind.checkpoint import model_file_problem
+
+    a, b = _tiny_npr(tmp_path / "a.pth"), _tiny_npr(tmp_path / "b.pth")
+    out = ensemble.main(["--members", str(a), str(b), "--out", str(tmp_path / "small.pth")])
+    assert "note:" not in capsys.readouterr().out and model_file_problem(out) is None
+    cap = out.stat().st_size - 1
+    monkeypatch.setattr(checkpoint, "MAX_MODEL_BYTES", cap)
+    out = ensemble.main(["--members", str(a), str(b), "--out", str(tmp_path / "large.pth")])
+    said = capsys.readouterr().out
+    assert f"wrote {out}" in said and "--neuron.max_model_mb" in said and out.is_file()
+    # the start-up check of the demo and the harness refuses it from its size, unread
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: pytest.fail("a file over the cap was read"))
+    assert f"more than the {cap} bytes a model file may be" in model_file_problem(out)

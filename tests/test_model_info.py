@@ -132,10 +132,10 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
 def test_serving_says_when_the_miner_would_refuse_a_file_from_its_size(tmp_path, capsys, monkeypatch):
     """The miner refuses a file over --neuron.max_model_mb unread; model_info --serving, "the
     miner's own check", said such a file could hot-swap."""
-    from bitmind.miner import reload as reload_mod
+    from bitmind import checkpoint
 
     served = _calibrated(tmp_path / "served.pth")
     same = _calibrated(tmp_path / "same.pth")
-    monkeypatch.setattr(reload_mod, "MAX_MODEL_BYTES", 1000)  # the tiny test files are larger
+    monkeypatch.setattr(checkpoint, "MAX_MODEL_BYTES", 1000)  # the tiny test files are larger
     assert main([str(same), "--serving", str(served)]) == 1
     assert "more than the 1000 bytes a model file may be" in capsys.readouterr().out

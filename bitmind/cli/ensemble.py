@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
+from bitmind import checkpoint
 from bitmind.checkpoint import CheckpointError, file_sha256, model_meta, read_checkpoint, save_checkpoint
 from bitmind.common import output_path_problem
 from bitmind.models import build_model
@@ -67,6 +69,10 @@ def main(argv=None) -> Path:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"wrote {out} ({len(args.members)} members)")
+    size, cap = Path(out).stat().st_size, checkpoint.MAX_MODEL_BYTES
+    if size > cap:  # written, but a miner with the default cap would refuse it unread
+        print(f"note: {out} is {size / 2**20:.1f} MiB, more than the {cap / 2**20:g} MiB a miner reads by default: "
+              f"serve it with --neuron.max_model_mb {math.ceil(size / 2**20)} or more")
     return out
 
 

@@ -98,7 +98,8 @@ def hot_swap_check(serving: str | Path):
     """A function of a model as ``describe`` loaded it: ``{"over": serving, "ok": bool, "problem":
     str | None}``, the miner's own check (``bitmind.miner.reload.swap_problem``, detector-only
     as it loads)."""
-    from bitmind.miner.reload import swap_problem, too_large
+    from bitmind.checkpoint import too_large
+    from bitmind.miner.reload import swap_problem
 
     try:
         served = load_model(serving, detector_only=True)

@@ -44,7 +44,7 @@ class PredictorConfig:
     compile: bool = False  # on a CPU with max_batch 1, compile that copy (TorchInductor) before serving
     workers: int = 0  # forward workers; 0: auto_workers
     threads: int = 0  # intra-op thread budget of the workers; 0: torch's
-    max_model_bytes: int | None = None  # largest model file read (None: reload.MAX_MODEL_BYTES)
+    max_model_bytes: int | None = None  # largest model file read (None: checkpoint.MAX_MODEL_BYTES)
 
 
 def image_to_tensor(image) -> torch.Tensor:

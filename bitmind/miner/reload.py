@@ -31,7 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from bitmind.checkpoint import CheckpointError, LoadedModel, check_calibration, file_sha256, load_model, looks_complete
+from bitmind import checkpoint
+from bitmind.checkpoint import (CheckpointError, LoadedModel, check_calibration, file_sha256, load_model, looks_complete,
+                                too_large)
 from bitmind.image_transforms import TARGET_SIZE
 from bitmind.inference import compile_for_cpu, prepare_for_serving
 from bitmind.miner.cpu import Serving, logits_of, single_threaded
@@ -41,10 +43,6 @@ logger = logging.getLogger(__name__)
 #: A model file that fails to load within this many seconds of its last write is reported
 #: as probably still being copied (a warning), not as broken (an error).
 RECENT_WRITE_S = 2.0
-#: The largest file the slot reads as a model (the shipped files are 6 MB, an ensemble of a few
-#: members tens of MB): a wrong file copied to the model path (a video, a data archive) is
-#: refused from its size instead of being read whole into the miner's memory.
-MAX_MODEL_BYTES = 256 * 1024 * 1024
 #: What a model file must satisfy before it serves: no weight beyond this magnitude (the shipped
 #: files stay below 6; one flipped exponent bit gives 1e37), and test logits on a seeded noise
 #: picture within this bound (the shipped files give 10-48; a corrupt file inf, NaN or 1e28).
@@ -132,7 +130,7 @@ def unreadable_reason(path: str) -> str:
 
 def read_stable(path: str, limit: int | None = None) -> tuple[bytes, FileSignature] | None:
     """The file's bytes and signature, or None if it is missing, larger than ``limit`` bytes
-    (``MAX_MODEL_BYTES`` unless given; ``too_large`` says why) or changed while being read (a
+    (``checkpoint.MAX_MODEL_BYTES`` unless given; ``too_large`` says why) or changed while being read (a
     writer in progress: the bytes could mix two versions).
 
     The file is read twice and both reads must agree, with the same signature before,
@@ -140,7 +138,7 @@ def read_stable(path: str, limit: int | None = None) -> tuple[bytes, FileSignatu
     timestamp tick leaves the signature unchanged, but not the bytes of both reads
     (torch.load has no checksum that would catch a torn read). The second read is
     compared by its hash, streamed, so the file is in memory once."""
-    limit = MAX_MODEL_BYTES if limit is None else limit
+    limit = checkpoint.MAX_MODEL_BYTES if limit is None else limit
     before = FileSignature.of(path)
     if before is None or before.size > limit:
         return None
@@ -155,20 +153,6 @@ def read_stable(path: str, limit: int | None = None) -> tuple[bytes, FileSignatu
     if not (before == middle == after) or len(data) != before.size or hashlib.sha256(data).hexdigest() != again:
         return None
     return data, before
-
-
-def too_large(path: str, size: int, limit: int | None = None) -> str:
-    """Why a file of ``size`` bytes at ``path`` is not read as a model ("" if it may be);
-    ``limit``: ``MAX_MODEL_BYTES`` unless given."""
-    limit = MAX_MODEL_BYTES if limit is None else limit
-    if size <= limit:
-        return ""
-    return (f"model file {path} is {_size(size)}, more than the {_size(limit)} a model file may be (the shipped "
-            "ones are 6 MB; --neuron.max_model_mb raises the limit): not read, is it the right file?")
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 class ModelSlot:
@@ -187,7 +171,7 @@ class ModelSlot:
                  check_interval: float = 0.05, amp_dtype: torch.dtype | None = None, optimize: bool = False,
                  cpu_bf16: bool | str = False, compile_threads: tuple[int, ...] = (), max_bytes: int | None = None):
         self.path, self.device, self.arch = str(path), device, arch
-        self.max_bytes = MAX_MODEL_BYTES if max_bytes is None else int(max_bytes)
+        self.max_bytes = checkpoint.MAX_MODEL_BYTES if max_bytes is None else int(max_bytes)
         self.allow_arch_change, self.check_interval = allow_arch_change, check_interval
         self.amp_dtype, self.optimize, self.cpu_bf16 = amp_dtype, optimize, cpu_bf16
         self.compile_threads = tuple(compile_threads) if optimize else ()
