@@ -38,8 +38,10 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "compiler; 5-60 s more at start-up, cached after the first): about 1.4x faster forwards "
                              "(docs/Performance.md). A hot-reloaded model serves uncompiled until the next restart; any "
                              "failure serves the uncompiled model. Off by default.")
-    parser.add_argument("--neuron.sync_interval", type=positive_float, default=300.0, help="Seconds between metagraph syncs.")
-    parser.add_argument("--neuron.status_interval", type=positive_float, default=60.0, help="Seconds between status lines.")
+    parser.add_argument("--neuron.sync_interval", type=positive_float, default=300.0,
+                        help="Seconds between metagraph syncs (the main loop looks once a second: below 1, every second).")
+    parser.add_argument("--neuron.status_interval", type=positive_float, default=60.0,
+                        help="Seconds between status lines (looked at once a second, as the sync).")
     parser.add_argument("--neuron.max_batch", type=non_negative_int, default=0,
                         help="Largest micro-batch of concurrent requests; 0 = auto (32 on CUDA; 1 on CPU, where "
                              "larger batches cost more time per image and concurrent requests go to several "
