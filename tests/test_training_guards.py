@@ -381,3 +381,33 @@ def test_the_command_line_shows_each_epoch_once(data, tmp_path):
     console = res.stdout + res.stderr
     for line in ("epoch=0 ", "epoch=1 ", "training set:", "validation set:", "calibration: T="):
         assert console.count(line) == 1, (line, console[-3000:])
+
+
+def test_a_folder_another_run_is_writing_is_refused_and_a_killed_run_leaves_no_lock(data, tmp_path):
+    """Two trainings with one --name both ran while the first had not saved an epoch yet (the
+    folder checks look for saved files), and the folder ended with one's model and the other's
+    options and history. The second is refused now, naming the first; the lock dies with its
+    process, however it ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from bitmind.training.run_folder import hold_run_folder\n"
+         f"with hold_run_folder(Path({str(tmp_path / 't')!r})):\n    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = subprocess.run([*TRAIN, *_args(data, tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        assert "being written by another run" in refused.stderr and f"pid {holder.pid}" in refused.stderr
+        assert not (tmp_path / "t").exists()  # refused before anything was written
+        spec = {"base": {"data": [str(data)], "checkpoints_dir": str(tmp_path), "name": "t", "epochs": 1,
+                         "batch_size": 8, "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25,
+                         "test_fraction": 0.15, "layers": [1, 1], "width": 8}, "variants": {"a": {}}, "ensemble_members": 0}
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        sweep = subprocess.run([sys.executable, "-m", "bitmind.training.sweep", "--spec", str(tmp_path / "spec.json")],
+                               capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert sweep.returncode == 2 and "being written by another run" in sweep.stderr, sweep.stderr[-2000:]
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs in the holder
+        holder.wait()
+    summary = train(_cfg(data, tmp_path))
+    assert len(summary["history"]) == 1 and (tmp_path / "t" / "model_epoch_best.pth").is_file()

@@ -19,12 +19,20 @@ from here, and says so in one line when a data root is not found.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks here (runs are not guarded against each other)
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +92,51 @@ def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if holds_run(run_dir) and not overwrite:
         raise RunFolderError(f"{run_dir} already holds a run (its model_epoch_best.pth / state_last.pt would be "
                              "replaced): pass --resume to continue it, --overwrite to replace it, or another --name")
+
+
+def lock_path(folder: Path) -> Path:
+    """The lock file of the run (or sweep) folder ``folder``: beside it, not in it, so taking
+    the lock before the data is read leaves no folder behind a run that then fails."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextlib.contextmanager
+def hold_run_folder(folder: Path):
+    """Hold ``folder`` for this process while the block runs; a ``RunFolderError`` if another
+    training or sweep holds it now.
+
+    Why: the folder checks look for a run's files, and a run writes its first only after an
+    epoch, so a second training started with the same ``--name`` during the first one's first
+    epoch (hours on real data) passed them: both ran, and the folder ended with one's model
+    and the other's ``opt.json`` and history, and both runs' TensorBoard events. An advisory
+    ``flock`` on a file beside the folder: the kernel drops it when the process ends however it
+    ends (Ctrl-C, SIGKILL, a crash), so there is never a stale lock to remove by hand. The file
+    itself stays (removing it while held would let two later runs lock two different files)."""
+    if fcntl is None:
+        yield
+        return
+    path = lock_path(folder)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # an unwritable --checkpoints_dir: check_writable_folder says it in its words
+        logger.debug("no run lock at %s: %s", path, e)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            raise RunFolderError(f"{folder} is being written by another run right now ({holder or 'another process'}): "
+                                 "wait for it to end, or choose another --name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                      f"{' '.join(sys.argv)[:300]}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def check_writable_folder(folder: Path) -> None:

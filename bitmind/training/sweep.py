@@ -125,7 +125,7 @@ try:
         val_metrics,
         validate,
     )
-    from bitmind.training.run_folder import (SWEEP_STATE, RunFolderError, finished_sweep, holds_sweep,
+    from bitmind.training.run_folder import (SWEEP_STATE, RunFolderError, finished_sweep, hold_run_folder, holds_sweep,
                                              prepare_sweep_folder, remove_earlier_sweep)
     from bitmind.training.sweep_state import (check_same_sweep, load_sweep_state, remove_partial_states, restore_variant,
                                               save_sweep_state)
@@ -717,6 +717,12 @@ def run_sweep(spec: SweepSpec) -> dict:
     variant whose loss or weights stop being finite numbers stops training and keeps its best
     (``failed``), the others go on."""
     options = spec.check()  # the base's and every variant's options, checked before the data is read
+    with hold_run_folder(spec.base.run_dir):  # one sweep per folder at a time
+        return _run_sweep(spec, options)
+
+
+def _run_sweep(spec: SweepSpec, options) -> dict:
+    """``run_sweep``'s body, run while this process holds the sweep's folder."""
     base = spec.base
     out_dir = base.run_dir
     # a folder holding a sweep is refused, never replaced silently (unless --resume / --overwrite)

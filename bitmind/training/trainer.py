@@ -47,7 +47,7 @@ from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop
 from bitmind.training.config import TrainConfig
 from bitmind.training.init_from import init_weights, load_weights
-from bitmind.training.run_folder import (RunFolderError, check_resume_matches, prepare_run_folder, remove_earlier_run,
+from bitmind.training.run_folder import (RunFolderError, check_resume_matches, hold_run_folder, prepare_run_folder, remove_earlier_run,
                                          write_options)
 from bitmind.training.loop import (
     Best,
@@ -310,6 +310,12 @@ def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns a summary (best checkpoint path, best metrics, history)."""
     cfg.check()  # a bad option stops here, before the data and the workers
     rank, world, local_rank = _dist_info()
+    with hold_run_folder(cfg.run_dir) if rank == 0 else contextlib.nullcontext():  # one run per folder at a time
+        return _train(cfg, rank, world, local_rank)
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
+    """``train``'s body, run while this process holds the run folder."""
     device = prepare_device(cfg, local_rank)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
