@@ -105,25 +105,33 @@ def batches_per_epoch(loader: DataLoader, cfg: TrainConfig) -> int:
     return min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
 
 
-def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool = True):
+def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool = True, unreadable: list | None = None):
     """The training batches of one epoch, each as the list of loader batches that make it
     (``cfg.loader_batch``: several parts built by different workers, or one; all-unreadable
     parts, None, left out; ``join_batches`` makes one batch of them): a tqdm bar when
     ``cfg.progress`` (and ``show``), capped at ``cfg.max_steps_per_epoch``. With the loader's
-    ``drop_last`` a last group short of parts is dropped too, as a short last batch would be."""
+    ``drop_last`` a last group short of parts is dropped too, as a short last batch would be.
+
+    ``unreadable[0]`` (if given) grows by the pictures of each part left out, a part's size
+    each: a part's own count of unreadable pictures goes with the part, and a part of nothing
+    but unreadable pictures is None (``collate_skip_none``), so the epoch's "skipped N
+    unreadable training images" missed those (4 said where 10 were skipped: operator audit)."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
     n_batches = batches_per_epoch(loader, cfg)
-    groups = _groups(loader, cfg.loader_batch()[1], complete_only=bool(loader.drop_last))
+    part_size, parts = cfg.loader_batch()
+    groups = _groups(loader, parts, complete_only=bool(loader.drop_last))
     it = tqdm(groups, total=n_batches, desc=f"epoch {epoch}", disable=not (show and cfg.progress), leave=False) if tqdm else groups
     for bi, group in enumerate(it):
         if cfg.max_steps_per_epoch and bi >= cfg.max_steps_per_epoch:
             break
-        group = [b for b in group if b is not None]
-        if group:
-            yield group
+        kept = [b for b in group if b is not None]
+        if unreadable is not None:
+            unreadable[0] += (len(group) - len(kept)) * part_size
+        if kept:
+            yield kept
 
 
 def join_batches(group: list, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -408,8 +416,8 @@ def train_one_epoch(learners: Sequence[Learner], loader: DataLoader, cfg: TrainC
     (``Learner.train_batch``). ``context(x)`` computes what all learners share for a batch
     (distillation teachers' logits); ``on_step`` runs after each batch. Returns the
     images and unreadable images seen and the seconds taken."""
-    t0, images, skipped = time.time(), 0, 0
-    for group in epoch_batches(loader, cfg, epoch, show=show):
+    t0, images, skipped, lost = time.time(), 0, 0, [0]
+    for group in epoch_batches(loader, cfg, epoch, show=show, unreadable=lost):
         x, y, k, bad = join_batches(group, device, cfg.channels_last)
         skipped += bad
         ctx = context(x) if context is not None else {}
@@ -418,7 +426,7 @@ def train_one_epoch(learners: Sequence[Learner], loader: DataLoader, cfg: TrainC
         images += len(y)
         if on_step is not None:
             on_step()
-    return {"images": images, "skipped": skipped, "seconds": time.time() - t0}
+    return {"images": images, "skipped": skipped + lost[0], "seconds": time.time() - t0}
 
 
 # ---------------------------------------------------------------------------- validation
