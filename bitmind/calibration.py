@@ -89,6 +89,16 @@ RECORD_METRICS = ("brier", "balanced_brier", "ece", "accuracy", "real_accuracy",
 METHOD = "class-balanced Platt scaling"
 
 
+#: Fewest pictures of each class a calibration is fitted on (``calibrate_logits``). Why: a
+#: Platt fit (and a ``real_target`` boundary) on a handful of pictures follows those pictures:
+#: a fine-tune whose validation split held 1 real photo and 2 fakes stored T=0.05, b=+50, which
+#: called 81% of the test split's real photos fake, and its keep-if-better check, made on the same
+#: three pictures, said it was better (operator audit). Below this, nothing is fitted: the file
+#: keeps the calibration in place (``bitmind.calibrate`` writes nothing; the trainer leaves the
+#: raw logits) and says to fit on more data; ``min_per_class`` lowers it knowingly.
+MIN_PER_CLASS = 20
+
+
 class CalibrationDataError(ValueError):
     """The held-out data cannot calibrate anything: no logits, or only one class (a fit
     needs real photos and fakes; with one class it would return the identity map and wipe
@@ -96,8 +106,24 @@ class CalibrationDataError(ValueError):
     trainer) catch this; ``bitmind.calibrate`` reports it and writes nothing."""
 
 
+def too_few_to_calibrate(labels, min_per_class: int = MIN_PER_CLASS, per_picture: int = 1) -> str:
+    """Why ``labels`` (``per_picture`` of them for each picture: one per challenge seed) are too
+    few pictures of a class to fit a calibration on ("" if they are not)."""
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    real, fake = int((y < 0.5).sum()) // max(1, per_picture), int((y >= 0.5).sum()) // max(1, per_picture)
+    if len(y) and y.min() == y.max():  # one class: no fit at all, whatever the minimum
+        return f"calibration needs both real and fake pictures; all {len(y)} are {'fake' if y[0] > 0.5 else 'real'}"
+    if min(real, fake) >= min_per_class or not len(y):
+        return ""
+    return (f"only {real} real and {fake} fake pictures to fit on, fewer than {min_per_class} of a class: a calibration "
+            "fitted on so few follows those pictures and can call most real photos fake elsewhere; fit it on more "
+            "held-out pictures (python -m bitmind.calibrate --model FILE --data MORE_DATA [--split all]), or lower "
+            "the minimum knowingly (--min_per_class / --calibration_min_per_class)")
+
+
 def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: float | None = None,
-                     current: tuple[float, float] = (1.0, 0.0), **context) -> dict:
+                     current: tuple[float, float] = (1.0, 0.0), min_per_class: int = MIN_PER_CLASS,
+                     per_picture: int = 1, **context) -> dict:
     """Fit class-balanced Platt scaling on held-out ``logits``; the calibration record that
     the trainer, the sweep, ``bitmind.calibrate`` and the leave-one-out ship all store
     (one schema): ``temperature``, ``logit_bias``, ``method``, ``kept``, ``n``, the
@@ -114,16 +140,16 @@ def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: f
     the one that calls that share of the validation real photos real
     (``real_target_bias``; the bias it replaces is kept in the record as ``platt_bias``);
     0 or None keeps the Platt boundary. Raises ``CalibrationDataError`` when ``labels``
-    are empty or of one class."""
+    are empty or of one class, or hold fewer than ``min_per_class`` pictures of a class
+    (``per_picture`` labels to a picture: ``too_few_to_calibrate``)."""
     from bitmind.metrics import compute_metrics
 
     z = np.asarray(logits, dtype=np.float64).reshape(-1)
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     if len(y) == 0:
         raise CalibrationDataError("no logits to calibrate on (no readable images?)")
-    if y.min() == y.max():
-        raise CalibrationDataError(f"calibration needs both real and fake pictures; all {len(y)} are "
-                                   f"{'fake' if y[0] > 0.5 else 'real'}")
+    if (why := too_few_to_calibrate(y, min_per_class, per_picture)):  # one class, or too few of one
+        raise CalibrationDataError(why)
     if real_target and not 0.0 < real_target < 1.0:  # before the fit, not after it
         raise ValueError(f"real_target must lie in (0, 1), got {real_target}")
     t0, b0 = float(current[0]), float(current[1])

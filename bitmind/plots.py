@@ -96,6 +96,8 @@ def plot_training_curves(history: Sequence[dict], axes=None):
     axes[0].set(xlabel="epoch", ylabel="loss", title="Loss")
     axes[0].legend()
     axes[1].plot(ep, series("val_acc"), marker="o", label="val accuracy")
+    if any(r.get("val_balanced_acc") is not None for r in history):  # what picks the best epoch
+        axes[1].plot(ep, series("val_balanced_acc"), marker="o", label="val balanced accuracy (selects the best)")
     axes[1].plot(ep, series("val_ap"), marker="o", label="val AP")
     axes[1].set(xlabel="epoch", ylim=(0, 1.02), title="Validation")
     axes[1].legend(loc="lower right")

@@ -76,7 +76,7 @@ def test_calibrate_on_unusable_data_is_an_error_and_writes_nothing(data, out, re
     root = request.getfixturevalue(data)
     model = _brightness(tmp_path / "m.pth", **STORED)
     sha = file_sha256(model)
-    argv = ["--model", str(model), "--data", str(root), "--split", "all", "--device", "cpu"]
+    argv = ["--min_per_class", "0", "--model", str(model), "--data", str(root), "--split", "all", "--device", "cpu"]
     dest = tmp_path / "cal.pth"
     rc = calibrate.main(argv + (["--out", str(dest)] if out else []))
     err = capsys.readouterr().err
@@ -112,7 +112,7 @@ def test_a_fit_no_better_than_the_stored_calibration_keeps_the_stored_one(tmp_pa
     assert stored < fit  # what makes this data a test of the keep rule
 
     out = tmp_path / "cal.pth"
-    assert calibrate.main(["--model", str(model), "--data", str(root), "--split", "all", "--device", "cpu", "--out", str(out)]) == 0
+    assert calibrate.main(["--min_per_class", "0", "--model", str(model), "--data", str(root), "--split", "all", "--device", "cpu", "--out", str(out)]) == 0
     meta = read_checkpoint(out)[1]
     assert (meta["temperature"], meta["logit_bias"]) == (STORED["temperature"], STORED["logit_bias"])
     rec = meta["metrics"]["calibration"]
@@ -120,7 +120,7 @@ def test_a_fit_no_better_than_the_stored_calibration_keeps_the_stored_one(tmp_pa
     assert (rec["previous_temperature"], rec["previous_logit_bias"]) == (0.7, -1.0)
     capsys.readouterr()
     # --replace stores the new fit whatever the stored calibration was
-    assert calibrate.main(["--model", str(model), "--data", str(root), "--split", "all", "--device", "cpu", "--out", str(out),
+    assert calibrate.main(["--min_per_class", "0", "--model", str(model), "--data", str(root), "--split", "all", "--device", "cpu", "--out", str(out),
                            "--replace"]) == 0
     assert read_checkpoint(out)[1]["temperature"] == pytest.approx(t)
 
@@ -166,7 +166,7 @@ def test_eval_and_calibrate_split_as_the_checkpoints_run_did(many_stems, tmp_pat
     assert json.loads(js.read_text())["n"] == _counts("test", 0, 0.05, 0.25)
 
     out = tmp_path / "cal.pth"
-    assert calibrate.main(["--model", str(model), "--data", str(many_stems), "--split", "val", "--device", "cpu",
+    assert calibrate.main(["--min_per_class", "0", "--model", str(model), "--data", str(many_stems), "--split", "val", "--device", "cpu",
                            "--out", str(out), "--replace"]) == 0
     rec = read_checkpoint(out)[1]["metrics"]["calibration"]
     assert rec["n"] == _counts("val", 2, 0.3, 0.2) and rec["split_seed"] == 2
@@ -273,3 +273,17 @@ def test_eval_refuses_an_output_path_it_cannot_write_before_evaluating(many_stem
     out = tmp_path / "new" / "deeper" / "r.json"  # a folder that does not exist yet is fine: it is made
     assert bm_eval.main(["--model", str(model), "--data", str(many_stems), "--device", "cpu", "--quiet",
                          "--json", str(out)]) == 0 and out.is_file()
+
+
+def test_calibrate_on_too_few_pictures_of_a_class_writes_nothing(many_stems, tmp_path, capsys):
+    """A fit on a handful of pictures (the audit's: 3 pictures, 6 seeds) stored T=20 over the
+    shipped calibration and was called "better" on those same pictures; below --min_per_class
+    nothing is read or written, and the line says how to fit on more."""
+    model = _brightness(tmp_path / "m.pth", **STORED)
+    sha = file_sha256(model)
+    argv = ["--model", str(model), "--data", str(many_stems), "--split", "val", "--device", "cpu", "--challenge",
+            "--seeds", "0", "1", "2", "3", "4", "5"]
+    assert calibrate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "fewer than 20 of a class" in err and "--min_per_class" in err and file_sha256(model) == sha
+    assert calibrate.main(argv + ["--min_per_class", "1", "--out", str(tmp_path / "o.pth")]) == 0  # lowered knowingly

@@ -81,7 +81,7 @@ def _one_error_line(err: str) -> str:
 def test_calibrate_refuses_a_folder_out_before_evaluating(tmp_path, data, no_evaluation, capsys):
     model = tmp_path / "m.pth"
     model.write_bytes(b"never read")
-    rc = calibrate.main(["--model", str(model), "--data", str(data), "--split", "all", "--device", "cpu", "--out", str(tmp_path)])
+    rc = calibrate.main(["--min_per_class", "0", "--model", str(model), "--data", str(data), "--split", "all", "--device", "cpu", "--out", str(tmp_path)])
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 2 and "--out" in line and "is a folder" in line
     assert model.read_bytes() == b"never read"
@@ -123,7 +123,7 @@ def test_python_m_calibrate_and_ensemble_say_one_line_for_a_folder_out(tmp_path,
 def test_calibrate_says_it_overwrote_the_model_in_place_and_what_it_stored(tmp_path, data, capsys):
     model = _brightness(tmp_path / "m.pth")  # no stored calibration: the identity map is in place
     sha = file_sha256(model)
-    assert calibrate.main(["--model", str(model), "--data", str(data), "--split", "all", "--device", "cpu"]) == 0
+    assert calibrate.main(["--min_per_class", "0", "--model", str(model), "--data", str(data), "--split", "all", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
     meta = read_checkpoint(model)[1]
     rec = meta["metrics"]["calibration"]
@@ -144,7 +144,7 @@ def test_calibrate_says_when_the_stored_calibration_stays_and_that_the_file_is_s
         solid_image(root / "fake" / "gen" / f"f{k}.png", level)
     model = _brightness(tmp_path / "m.pth", **STORED)
     out = tmp_path / "cal.pth"
-    assert calibrate.main(["--model", str(model), "--data", str(root), "--split", "all", "--device", "cpu", "--out", str(out)]) == 0
+    assert calibrate.main(["--min_per_class", "0", "--model", str(model), "--data", str(root), "--split", "all", "--device", "cpu", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     meta = read_checkpoint(out)[1]
     assert meta["metrics"]["calibration"]["kept"] is False
@@ -278,7 +278,7 @@ def test_commands_report_the_plain_cause(tmp_path, data, capsys):
     assert e.value.code == 2 and TRUNCATED in line and "weights_only" not in line
     evil = tmp_path / "evil.pth"
     torch.save({"model": _CodeCarrier(tmp_path / "marker")}, evil)
-    assert calibrate.main(["--model", str(evil), "--data", str(data), "--device", "cpu", "--out", str(tmp_path / "c.pth")]) == 2
+    assert calibrate.main(["--min_per_class", "0", "--model", str(evil), "--data", str(data), "--device", "cpu", "--out", str(tmp_path / "c.pth")]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert REFUSED in line and "weights_only" not in line and not (tmp_path / "marker").exists()
 

@@ -83,9 +83,9 @@ def test_calibrate_pools_the_split_of_every_root(roots, tmp_path):
     one, two = roots
     model = save_brightness_model(tmp_path / "m.pth", gain=3.0)
     out = tmp_path / "cal.pth"
-    assert calibrate.main(["--model", str(model), "--data", str(one), str(two), "--split", "val",
+    assert calibrate.main(["--min_per_class", "0", "--model", str(model), "--data", str(one), str(two), "--split", "val",
                            "--device", "cpu", "--out", str(out)]) == 0
-    single = calibrate.calibrate(str(model), [str(one)], str(tmp_path / "one.pth"), split="val", challenge=False,
+    single = calibrate.calibrate(str(model), [str(one)], str(tmp_path / "one.pth"), split="val", challenge=False, min_per_class=0,
                                  device="cpu")
     from bitmind.checkpoint import read_checkpoint
 
@@ -94,7 +94,7 @@ def test_calibrate_pools_the_split_of_every_root(roots, tmp_path):
     assert record["n"] == sum(val.values()) > single.record["n"] == sum(n for k, n in val.items() if k.startswith("one:"))
     # --real_target: the same fit, its boundary where that share of the split's real photos pass
     shifted = tmp_path / "cal85.pth"
-    assert calibrate.main(["--model", str(model), "--data", str(one), str(two), "--split", "val",
+    assert calibrate.main(["--min_per_class", "0", "--model", str(model), "--data", str(one), str(two), "--split", "val",
                            "--device", "cpu", "--out", str(shifted), "--real_target", "0.85"]) == 0
     rec85 = read_checkpoint(shifted)[1]["metrics"]["calibration"]
     assert rec85["real_target"] == 0.85 and rec85["temperature"] == record["temperature"]

@@ -308,3 +308,29 @@ def test_aligned_fakes_keep_stem_and_size(tmp_path):
     expected = sorted(f"pic{k}_0.jpg" for k in range(12) if split_of(f"pic{k}") == "test") + (["photo_1.jpg"] if split_of("photo") == "test" else [])
     assert sorted(p.name for p in (tmp_path / "out_test").rglob("*.jpg")) == sorted(expected)
     assert stats["written"] == len(expected)
+
+
+def test_the_epoch_record_shows_the_balanced_accuracy_that_picks_the_best_and_tensorboard_keeps_one_x_axis_per_tag(
+        synth_data, tmp_path):
+    """The best epoch is picked by balanced accuracy, but the log, history.json, curves and
+    TensorBoard showed plain accuracy alone; and the epoch's lr went to the per-batch
+    ``train/lr`` tag at the epoch's index (a chart of steps 2, 4, 0, 6, ...: operator audit)."""
+    from bitmind.training.loop import epoch_record, log_epoch
+
+    rec = epoch_record(3, 0.5, 1e-4, {"accuracy": 0.8, "real_accuracy": 0.9, "fake_accuracy": 0.5}, 10.0)
+    assert rec["val_balanced_acc"] == pytest.approx(0.7) and rec["val_acc"] == 0.8
+
+    class Recorder:
+        def __init__(self):
+            self.tags = {}
+
+        def add_scalar(self, tag, value, step):
+            self.tags[tag] = step
+
+    w = Recorder()
+    log_epoch(w, rec)
+    assert w.tags["val/balanced_acc"] == 3 and w.tags["epoch/lr"] == 3 and not any(t.startswith("train/") for t in w.tags)
+    assert epoch_record(0, 0.5, 1e-4, {"accuracy": 0.8}, 1.0)["val_balanced_acc"] is None  # one class: no balance
+    summary = train(_cfg(synth_data, tmp_path, epochs=3))
+    history = json.loads((tmp_path / "t" / "history.json").read_text())
+    assert summary["best"]["epoch"] == max(history, key=lambda r: r["val_balanced_acc"])["epoch"]  # the first of the best

@@ -222,3 +222,16 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_saved_epoch(data, tm
     assert "Traceback" not in err
     state = torch.load(tmp_path / "t" / "state_last.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 0  # the last saved epoch, whole: the run resumes from it
+
+
+def test_a_full_disk_at_the_first_state_says_the_best_checkpoint_is_not_to_be_served(data, tmp_path, entry, capsys,
+                                                                                       monkeypatch):
+    """The first epoch's model_epoch_best.pth was written, its state not: the line said "stopped
+    before any epoch was saved" beside that file, uncalibrated, which an operator could ship."""
+    def full_disk(path, writer, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 77760 vs 77652")
+
+    monkeypatch.setattr(trainer, "atomic_write", full_disk)
+    code, err = _run(entry, _args(data, tmp_path, "--epochs", "2"), capsys)
+    assert (tmp_path / "t" / "model_epoch_best.pth").exists() and not (tmp_path / "t" / "state_last.pt").exists()
+    assert code == 1 and "uncalibrated (do not serve it)" in err and "--overwrite" in err and "Traceback" not in err, err

@@ -65,7 +65,7 @@ def _digest(path: Path) -> str:
 def _args(data: Path, out: Path, *more: str) -> list[str]:
     return ["--data", str(data), "--checkpoints_dir", str(out), "--name", "t", "--epochs", "1", "--batch_size", "8",
             "--layers", "1", "1", "--width", "8", "--workers", "0", "--progress", "false", "--device", "cpu",
-            "--val_fraction", "0.25", "--test_fraction", "0.15", *more]
+            "--val_fraction", "0.25", "--test_fraction", "0.15", "--calibration_min_per_class", "0", *more]
 
 
 def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(data, tmp_path):
@@ -411,3 +411,19 @@ def test_a_folder_another_run_is_writing_is_refused_and_a_killed_run_leaves_no_l
         holder.wait()
     summary = train(_cfg(data, tmp_path))
     assert len(summary["history"]) == 1 and (tmp_path / "t" / "model_epoch_best.pth").is_file()
+
+
+def test_a_validation_split_of_a_few_pictures_leaves_the_raw_logits_and_says_so(data, tmp_path, caplog, listen):
+    """A fine-tune whose validation split held 1 real photo and 2 fakes stored T=0.05, b=+50
+    (called better on those same three pictures), which called 81% of a test split's real photos
+    fake (operator audit). Below --calibration_min_per_class nothing is fitted, and the run says
+    how to calibrate on more data."""
+    listen("bitmind.training.trainer")
+    summary = train(_cfg(data, tmp_path, calibrate=True, calibration_min_per_class=20))  # 3 of each class in val
+    assert "calibration" not in summary
+    assert "calibration not fitted: only " in caplog.text and "fewer than 20 of a class" in caplog.text
+    assert "bitmind.calibrate" in caplog.text and "keeps its raw logits" in caplog.text
+    meta = read_checkpoint(tmp_path / "t" / "model_epoch_best.pth")[1]
+    assert "temperature" not in meta and "calibration" not in meta.get("metrics", {})
+    with pytest.raises(ValueError, match="calibration_min_per_class"):
+        _cfg(data, tmp_path, calibration_min_per_class=-1).check()

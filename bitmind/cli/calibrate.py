@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from bitmind.calibration import CalibrationDataError, calibrate_logits, store_calibration
+from bitmind.calibration import (MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration,
+                                 too_few_to_calibrate)
 from bitmind.checkpoint import CheckpointError, check_calibration, load_model
 from bitmind.cli.eval import add_data_argument, add_split_arguments
-from bitmind.common import check_device, output_path_problem
+from bitmind.common import check_device, non_negative_int, output_path_problem
 from bitmind.data.splits import SPLITS
 from bitmind.evaluation import build_dataset, collect_predictions, trained_split
 
@@ -70,7 +71,7 @@ def stored_calibration(lm, path) -> tuple[float, float]:
 def calibrate(model_path: str, data: list[str], out_path: str | None = None, split: str | None = "val", split_seed: int | None = None,
               challenge: bool = False, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0,
               real_target: float | None = None, val_fraction: float | None = None, test_fraction: float | None = None,
-              keep_if_better: bool = True) -> Calibrated:
+              keep_if_better: bool = True, min_per_class: int = MIN_PER_CLASS) -> Calibrated:
     """Fit the checkpoint's calibration on ``split`` of ``data`` (validator challenges of
     every seed in ``seeds`` if ``challenge``) and store it; returns the record stored, with
     the calibration the file stored before this run (``Calibrated``).
@@ -100,6 +101,8 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     logits, labels, n_images = [], [], 0
     for seed in seeds:
         ds = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, fractions=fractions)
+        if not n_images and (why := too_few_to_calibrate(ds.labels(), min_per_class)):
+            raise CalibrationDataError(why)  # before minutes of inference, not after
         pred = collect_predictions(lm, ds, batch_size=batch_size, device=dev, workers=workers, temperature=1.0, logit_bias=0.0)
         logits.append(pred.logits)
         labels.append(pred.labels)
@@ -108,6 +111,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
         raise CalibrationDataError(f"none of the {n_images} images of {', '.join(map(str, data))}"
                                    + (f" (split {split!r})" if split else "") + " could be read")
     record = calibrate_logits(np.concatenate(logits), np.concatenate(labels), keep_if_better=keep_if_better, real_target=real_target,
+                              min_per_class=min_per_class, per_picture=len(seeds),
                               current=stored_calibration(lm, model_path), split=split, split_seed=split_seed,
                               split_fractions=list(fractions) if split else None, challenge=challenge, seeds=list(seeds))
     previous = (lm.meta.get("metrics") or {}).get("calibration")
@@ -179,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--real_target", type=float, default=None,
                     help="then move the boundary so this share of the split's real photos is called real "
                          "(0.85 for the shipped model: docs/Generalisation.md); default: the Platt boundary")
+    ap.add_argument("--min_per_class", type=non_negative_int, default=MIN_PER_CLASS,
+                    help="fewest pictures of each class to fit on (default: %(default)s); with fewer nothing is "
+                         "written: a calibration fitted on a handful follows those pictures")
     ap.add_argument("--replace", action="store_true",
                     help="store the new fit even if it does no better than the calibration stored in the file")
     a = ap.parse_args(argv)
@@ -186,7 +193,7 @@ def main(argv=None) -> int:
     try:
         run = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
                         a.device, a.batch_size, a.workers, a.real_target, a.val_fraction, a.test_fraction,
-                        keep_if_better=not a.replace)
+                        keep_if_better=not a.replace, min_per_class=a.min_per_class)
     except (CheckpointError, OSError, ValueError) as e:  # CalibrationDataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -117,6 +117,10 @@ class TrainConfig:
     calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
     calibration_real_target: float = opt(0.0, "then put the boundary where this share of the validation real photos "
                                               "pass (0: the Platt boundary; the shipped model uses 0.85, docs/Generalisation.md)")
+    calibration_min_per_class: int = opt(20, "fewest validation pictures of each class to fit the calibration on; with "
+                                             "fewer the best checkpoint keeps its raw logits (fit it later with "
+                                             "python -m bitmind.calibrate on more data). The trainer's: sweeps, "
+                                             "research runs on the pools, calibrate on what they validate on")
     # run
     name: str = opt("npr_experiment", "run name: the output folder under checkpoints_dir")
     checkpoints_dir: str = opt(str(DEFAULT_CHECKPOINTS_DIR), "where run folders go")
@@ -210,6 +214,8 @@ class TrainConfig:
         if self.aux_weight and self.init_from:
             raise ConfigError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
                               "start from; train the auxiliary head from scratch")
+        if self.calibration_min_per_class < 0:
+            raise ConfigError(f"--calibration_min_per_class is a count, 0 or more, got {self.calibration_min_per_class}")
         for name in ("dropout", "label_smoothing", "calibration_real_target", "val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")

@@ -636,7 +636,8 @@ def ship(npz: str | Path, variant: str, checkpoint: str | Path, out: str | Path,
         z, y, used = validation_logits(np.load(npz), variant)
     except KeyError:
         raise KeyError(f"{variant!r} has no scores in {npz}") from None
-    record = calibrate_logits(z, y, keep_if_better=False, real_target=real_target, split="val", regimes=used)
+    record = calibrate_logits(z, y, keep_if_better=False, real_target=real_target, split="val", regimes=used,
+                              min_per_class=0)  # the pools' validation (hundreds of each class), as the sweep's
 
     def as_served(state: dict, meta: dict) -> tuple[dict, dict]:
         state, meta = detector_only(state, meta)

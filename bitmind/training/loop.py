@@ -73,10 +73,13 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def log_epoch(writer, rec: dict) -> None:
-    """One epoch record as TensorBoard scalars (``val_*`` under ``val/``, the rest under ``train/``)."""
+    """One epoch record as TensorBoard scalars at the epoch's index: ``val_*`` under ``val/``,
+    the rest under ``epoch/``. Why not ``train/``: the trainer writes ``train/loss`` and
+    ``train/lr`` per batch at the global step, and the epoch's ``lr`` written at the epoch
+    index under the same tag made one zig-zag chart of two x-axes (steps 2, 4, 0, 6, ...)."""
     for k, v in rec.items():
-        if k != "epoch" and v is not None:
-            writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k.removeprefix("val_"), v, rec["epoch"])
+        if k != "epoch" and v is not None and not isinstance(v, bool):
+            writer.add_scalar(("val/" if k.startswith("val_") else "epoch/") + k.removeprefix("val_"), v, rec["epoch"])
 
 
 def smooth_labels(y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -451,8 +454,13 @@ def validate(model: nn.Module, batches: Iterable, device: torch.device, amp_dtyp
 
 
 def epoch_record(epoch: int, train_loss: float, lr: float, m: dict, epoch_seconds: float, **extra) -> dict:
-    """One line of ``history.json``: training loss and the validation metrics ``m``."""
-    return {"epoch": epoch, "train_loss": train_loss, "lr": lr, "val_acc": m.get("accuracy"), "val_ap": m.get("ap"),
+    """One line of ``history.json``: training loss and the validation metrics ``m``, with the
+    balanced accuracy that picks the best epoch (``selection_score``) beside plain accuracy:
+    the log, history, curves and TensorBoard showed plain accuracy alone, so the epoch saved
+    as best could look worse than another."""
+    both = m.get("real_accuracy") is not None and m.get("fake_accuracy") is not None
+    return {"epoch": epoch, "train_loss": train_loss, "lr": lr, "val_acc": m.get("accuracy"),
+            "val_balanced_acc": selection_score(m) if both else None, "val_ap": m.get("ap"),
             "val_real_acc": m.get("real_accuracy"), "val_fake_acc": m.get("fake_accuracy"), "val_brier": m.get("brier"),
             "epoch_seconds": epoch_seconds, **extra}
 

@@ -693,7 +693,9 @@ def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: st
             name = f.parent.name if len(dirs) == 1 else f"{sweep_dir.name}/{f.parent.name}"
             logits[name], labels = arr[0], arr[1]
             hist = json.loads((f.parent / "history.json").read_text()) if (f.parent / "history.json").exists() else []
-            best = max(hist, key=lambda r: r["val_acc"]) if hist else {}
+            # the epoch the run kept: by balanced accuracy (histories before it was recorded: plain)
+            best = max(hist, key=lambda r: r.get("val_balanced_acc") if r.get("val_balanced_acc") is not None
+                       else r["val_acc"]) if hist else {}
             variants[name] = {"best_epoch": best.get("epoch"), "epochs_run": hist[-1]["epoch"] + 1 if hist else 0,
                               **{k: v for k, v in compute_metrics(labels, apply_calibration(arr[0])).items() if k != "per_source"}}
     if not logits:
@@ -907,7 +909,8 @@ def _run_sweep(spec: SweepSpec, options) -> dict:
         if (v.run_dir / "val_logits_best.npy").exists():
             try:
                 calib = calibrate_checkpoint(v.run_dir / "model_epoch_best.pth", v.run_dir / "val_logits_best.npy",
-                                             v.val_mask, real_target=base.calibration_real_target)
+                                             v.val_mask, real_target=base.calibration_real_target,
+                                             min_per_class=0)  # research runs on the pools: whatever they validate on
             except CalibrationDataError as e:  # its validation pictures hold one class: kept uncalibrated
                 logger.warning("%s: calibration not fitted: %s", v.name, e)
             best_logits[v.name] = np.load(v.run_dir / "val_logits_best.npy")[0]

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bitmind.calibration import CalibrationDataError, calibrate_logits, store_calibration
+from bitmind.calibration import MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration
 from bitmind.checkpoint import RUN_STATE_KEYS, model_meta, save_checkpoint
 from bitmind.common import atomic_write, resolve_amp, resolve_device
 from bitmind.data import (
@@ -105,9 +105,15 @@ def writing(run_dir: Path, when: str):
         except OSError:
             free = "free space unknown"
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        go_on = ("stopped; every file it holds is whole (checkpoints and state of the last epoch saved): free some "
-                 "space, then the same command with --resume goes on from there" if (run_dir / "state_last.pt").exists()
-                 else "stopped before any epoch was saved: free some space and run the command again with --overwrite")
+        if (run_dir / "state_last.pt").exists():
+            go_on = ("stopped; every file it holds is whole (checkpoints and state of the last epoch saved): free some "
+                     "space, then the same command with --resume goes on from there")
+        elif (run_dir / "model_epoch_best.pth").exists():  # written first: a whole file, but never calibrated
+            go_on = ("stopped before a resumable state was saved; its model_epoch_best.pth is uncalibrated (do not serve "
+                     "it): free some space (the state holds the weights and the optimiser's two moments, about 3x the "
+                     "model file) and run the command again with --overwrite")
+        else:
+            go_on = "stopped before any epoch was saved: free some space and run the command again with --overwrite"
         raise RunWriteError(f"{when}: cannot write to {run_dir} ({type(e).__name__}: {reason}; {free}): {go_on}") from None
 
 
@@ -483,9 +489,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
             if cfg.calibrate and (run_dir / "val_logits_best.npy").exists():
                 try:
                     summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy",
-                                                                  real_target=cfg.calibration_real_target)
-                except CalibrationDataError as e:  # one class in validation: the checkpoint is kept, uncalibrated
-                    logger.warning("calibration not fitted: %s", e)
+                                                                  real_target=cfg.calibration_real_target,
+                                                                  min_per_class=cfg.calibration_min_per_class)
+                except CalibrationDataError as e:  # one class, or too few, in validation: kept uncalibrated
+                    show(f"calibration not fitted: {e}; {run_dir / 'model_epoch_best.pth'} keeps its raw logits",
+                         logging.WARNING)
             writer.close()
             (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     if world > 1:
@@ -572,14 +580,16 @@ def calibration_line(rec: dict) -> str:
             f"{rec['val_accuracy_after']:.4f}")
 
 
-def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None, real_target: float = 0.0) -> dict:
+def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None, real_target: float = 0.0,
+                         min_per_class: int = MIN_PER_CLASS) -> dict:
     """Fit the calibration on the validation logits saved beside ``ckpt`` (those under
     ``mask`` only, if given: a leave-one-out model is calibrated without its held-out
     sources), its boundary at ``real_target`` of the real ones if set, and store it in
-    the checkpoint."""
+    the checkpoint (a ``CalibrationDataError`` with fewer than ``min_per_class`` pictures of a class)."""
     logits, labels = np.load(logits_file)
     if mask is not None:
         logits, labels = logits[mask], labels[mask]
-    rec = store_calibration(ckpt, calibrate_logits(logits, labels, real_target=real_target, split="val"))
+    rec = store_calibration(ckpt, calibrate_logits(logits, labels, real_target=real_target, split="val",
+                                                   min_per_class=min_per_class))
     show(calibration_line(rec))
     return rec
