@@ -287,3 +287,11 @@ def test_calibrate_on_too_few_pictures_of_a_class_writes_nothing(many_stems, tmp
     err = capsys.readouterr().err
     assert "fewer than 20 of a class" in err and "--min_per_class" in err and file_sha256(model) == sha
     assert calibrate.main(argv + ["--min_per_class", "1", "--out", str(tmp_path / "o.pth")]) == 0  # lowered knowingly
+
+
+def test_a_file_given_as_data_is_named_as_a_file_not_as_missing(tmp_path, capsys):
+    """``--data mining_models/base.pth`` said "data folder not found" of a file that is there."""
+    model = save_brightness_model(tmp_path / "m.pth")
+    assert bm_eval.main(["--model", str(model), "--data", str(model), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"data folder {model} is a file, not a folder" in err and "not found" not in err

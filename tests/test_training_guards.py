@@ -90,8 +90,9 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(data, t
 def test_a_run_that_fails_on_its_data_leaves_the_folder_as_it_was(data, tmp_path):
     train(_cfg(data, tmp_path))
     opt = (tmp_path / "t" / "opt.json").read_text()
-    with pytest.raises(TrainingDataError, match="typo"):
+    with pytest.raises(TrainingDataError, match="typo") as e:
         train(_cfg(tmp_path / "typo", tmp_path, name="t", resume=True, lr=0.5))
+    assert "give all of them again with --data NEW_PATH" in str(e.value)  # a resumed run's roots moved: how to go on
     assert (tmp_path / "t" / "opt.json").read_text() == opt
     with pytest.raises(TrainingDataError):  # a new run on a missing root makes no folder
         train(_cfg(tmp_path / "typo", tmp_path, name="new"))
@@ -172,6 +173,9 @@ def test_the_command_line_reports_bad_input_in_one_line(data, tmp_path):
         "no GPU": (_args(data, tmp_path / "c9", "--device", "cuda:99"), 2, "--device"),
         "checkpoints_dir a file": (_args(data, REPO / "README.md"), 2, "README.md is a file, not a folder"),
         "checkpoints_dir under a file": (_args(data, REPO / "README.md" / "runs"), 2, "README.md is a file"),
+        # said only "no state_last.pt", as if --resume alone had been given
+        "resume and overwrite": (_args(data, tmp_path / "c10", "--resume", "--overwrite"), 2, "pass one of them"),
+        "data a file": (_args(REPO / "README.md", tmp_path / "c11"), 2, "README.md is a file, not a folder of real/"),
     }
     for name, (argv, code, text) in cases.items():
         res = subprocess.run([*TRAIN, *argv], capture_output=True, text=True, timeout=300, cwd=REPO)

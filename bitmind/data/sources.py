@@ -118,6 +118,8 @@ class LocalFolderSource(ImageSource):
 
     def __init__(self, root: str | os.PathLike, classes: dict[str, int] = CLASSES):
         self.root = Path(root).expanduser()
+        if self.root.exists() and not self.root.is_dir():  # a model file given as --data, say: it is there
+            raise FileNotFoundError(f"data folder {self.root} is a file, not a folder of real/ and fake/ pictures")
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder not found: {self.root}")
         self.name = self.root.name

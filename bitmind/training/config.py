@@ -214,6 +214,8 @@ class TrainConfig:
         if self.aux_weight and self.init_from:
             raise ConfigError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
                               "start from; train the auxiliary head from scratch")
+        if self.resume and self.overwrite:  # a resume was tried first, and said only "no state_last.pt"
+            raise ConfigError("--resume continues the run in the folder, --overwrite replaces it: pass one of them")
         if self.calibration_min_per_class < 0:
             raise ConfigError(f"--calibration_min_per_class is a count, 0 or more, got {self.calibration_min_per_class}")
         for name in ("dropout", "label_smoothing", "calibration_real_target", "val_fraction", "test_fraction"):

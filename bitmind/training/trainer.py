@@ -104,7 +104,7 @@ def writing(run_dir: Path, when: str):
             free = f"{shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free there"
         except OSError:
             free = "free space unknown"
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = _cause(e) or type(e).__name__
         if (run_dir / "state_last.pt").exists():
             go_on = ("stopped; every file it holds is whole (checkpoints and state of the last epoch saved): free some "
                      "space, then the same command with --resume goes on from there")
@@ -115,6 +115,17 @@ def writing(run_dir: Path, when: str):
         else:
             go_on = "stopped before any epoch was saved: free some space and run the command again with --overwrite"
         raise RunWriteError(f"{when}: cannot write to {run_dir} ({type(e).__name__}: {reason}; {free}): {go_on}") from None
+
+
+def _cause(e: BaseException, limit: int = 200) -> str:
+    """An exception's message for a one-line error: its first line, cut at the end of a sentence
+    within ``limit`` characters where it is longer (torch's zip reader appends a paragraph of
+    advice that was cut mid-sentence: "... that your checkpoint file is)")."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    if len(text) <= limit:
+        return text
+    end = text.rfind(". ", 0, limit)
+    return text[:end + 1] if end > 0 else text[:limit].rstrip() + "..."
 
 
 class TrainingDataError(ValueError):
@@ -149,7 +160,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     train_aug_for, val_aug_for = {}, {}
     roots = unique_roots(list(cfg.data) + list(cfg.challenge_data))  # a root given twice would count twice
     for spec in roots:
-        src = _open(spec)
+        src = _open(spec, cfg)
         idx = split_indices(src, cfg.split_seed, fractions)
         train_parts.append((src, idx["train"]))
         val_parts.append((src, idx["val"]))
@@ -157,7 +168,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
         if spec in cfg.challenge_data:
             train_aug_for[src], val_aug_for[src] = FlipOnly(), AsIs()
     for spec in unique_roots(roots + list(cfg.train_data))[len(roots):]:
-        src = _open(spec)
+        src = _open(spec, cfg)
         idx = split_indices(src, cfg.split_seed, fractions)  # same stems -> same split: no leakage
         train_parts.append((src, idx["train"]))
         counts[spec] = {"train": len(idx["train"]), "dropped_val_test": len(idx["val"]) + len(idx["test"])}
@@ -175,12 +186,18 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     return train, val, counts
 
 
-def _open(spec: str):
-    """``open_source(spec)``, a ``TrainingDataError`` naming the root if it cannot be read."""
+def _open(spec: str, cfg: TrainConfig | None = None):
+    """``open_source(spec)``, a ``TrainingDataError`` naming the root and its option if it cannot
+    be read; on ``--resume`` (the roots read back from the run's ``opt.json``) it says how to
+    give moved roots again."""
     try:
         return open_source(spec)
     except (ValueError, OSError) as e:
-        raise TrainingDataError(f"--data {spec}: {e}") from None
+        flag = next((f for f in ("data", "challenge_data", "train_data") if cfg is not None and spec in getattr(cfg, f)),
+                    "data")
+        hint = (f" (--resume reads the roots from the run's opt.json: if they moved, give all of them again with "
+                f"--{flag} NEW_PATH ...)" if cfg is not None and cfg.resume and isinstance(e, FileNotFoundError) else "")
+        raise TrainingDataError(f"--{flag} {spec}: {e}{hint}") from None
 
 
 def check_classes(train: DetectionDataset, val: DetectionDataset) -> None:
@@ -388,7 +405,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
         if is_main:
             logger.info("resumed from %s at epoch %d (best val balanced accuracy %.4f)", state_path, start_epoch, best.score)
             if start_epoch >= cfg.epochs:  # nothing to train: say so rather than end as if it had trained
-                show(f"--resume: the run has trained {start_epoch} epochs, --epochs is {cfg.epochs}: no epoch left "
+                show(f"--resume: the run has trained {start_epoch} epoch{'s' * (start_epoch != 1)}, --epochs is "
+                     f"{cfg.epochs}: no epoch left "
                      "to train (pass a larger --epochs to train on)", logging.WARNING)
 
     writer = make_writer(run_dir) if is_main else None
@@ -533,7 +551,7 @@ def read_run_state(path: Path) -> dict:
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - EOFError, OSError, RuntimeError, UnpicklingError: all "damaged"
-        raise RunFolderError(f"--resume: {path} cannot be read ({type(e).__name__}: {str(e)[:200] or 'empty or cut short'}): "
+        raise RunFolderError(f"--resume: {path} cannot be read ({type(e).__name__}: {_cause(e) or 'empty or cut short'}): "
                              "the run's saved state is damaged; restore it, or start again with --overwrite") from None
     missing = [k for k in STATE_KEYS if not isinstance(st, dict) or k not in st]
     if missing:
