@@ -206,3 +206,6 @@ def test_the_trainer_calibration_line_shows_the_score_that_decides():
     line = calibration_line(rec)
     assert "class-balanced brier" in line and "new Platt fit kept" in line
     assert f"{rec['val_balanced_brier_before']:.4f} -> {rec['val_balanced_brier_after']:.4f}" in line
+    assert "boundary" not in line
+    # --calibration_real_target: the line said nothing of the boundary that moved the accuracy (operator audit)
+    assert "boundary where 0.85 of validation real photos pass" in calibration_line(calibrate_logits(z, y, real_target=0.85))

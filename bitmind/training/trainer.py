@@ -592,6 +592,8 @@ def calibration_line(rec: dict) -> str:
     it). Why: the line printed the plain Brier alone, which can rise while the class-balanced
     one, the keep rule, falls (T=20 kept with "val brier 0.2488 -> 0.2499": operator audit)."""
     kept = "new Platt fit kept" if rec.get("kept") else "new Platt fit not kept"
+    if rec.get("real_target"):  # the bias is then the boundary rule's, not the fit's: say so (its accuracy moves)
+        kept += f", boundary where {rec['real_target']:g} of validation real photos pass"
     return (f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f} ({kept}); val class-balanced brier "
             f"{rec['val_balanced_brier_before']:.4f} -> {rec['val_balanced_brier_after']:.4f} (plain "
             f"{rec['val_brier_before']:.4f} -> {rec['val_brier_after']:.4f}), acc {rec['val_accuracy_before']:.4f} -> "
