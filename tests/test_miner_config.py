@@ -1,6 +1,11 @@
 """The miner's command line: the documented pm2 invocation parses as intended, switches
 can be turned off, typos are errors, and the model path falls back to the repository."""
+import json
+import os
 import shlex
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -130,31 +135,57 @@ def test_a_folder_as_the_model_path_is_named_a_folder(tmp_path):
     assert "is a folder, not a model file" in out and "not found" not in out
 
 
-@pytest.mark.parametrize("argv, endpoint, network", [
+CHAIN_CASES = [
     ([], "wss://entrypoint-finney.opentensor.ai:443", "finney"),
     (["--subtensor.network", "test"], "wss://test.finney.opentensor.ai:443", "test"),
     # an endpoint alone was ignored: bittensor's network default (finney) won and the neuron
     # went to the main network instead of the operator's own node
     (["--subtensor.chain_endpoint", "ws://10.0.0.5:9944"], "ws://10.0.0.5:9944", "unknown"),
     (["--subtensor.network", "test", "--subtensor.chain_endpoint", "ws://127.0.0.1:9946"], "ws://127.0.0.1:9946", "local"),
+    # given, though it is the default's value: still the chain connected to
+    (["--subtensor.network", "test", "--subtensor.chain_endpoint", "wss://entrypoint-finney.opentensor.ai:443"],
+     "wss://entrypoint-finney.opentensor.ai:443", "finney"),
+    (["--subtensor.chain", "ws://10.0.0.5:9944"], "ws://10.0.0.5:9944", "unknown"),  # argparse's abbreviation
+]
+
+
+def test_a_chain_endpoint_on_the_command_line_is_the_chain_connected_to():
+    """In a process of its own with no BT_* variables: bittensor reads them into its defaults
+    when it is imported, so this process's environment would change what the defaults are."""
+    code = textwrap.dedent("""
+        import json, sys
+        import bittensor as bt
+        from bitmind.common import register_command
+        from bitmind.miner.config import miner_config
+        from bitmind.validator.config import validator_config
+        out = []
+        for argv in json.loads(sys.argv[1]):
+            for config in (miner_config(argv), validator_config(argv + ["--neuron.data", "x"])):
+                out.append([list(bt.Subtensor.setup_config(None, config)), register_command(config, 34)])
+        print(json.dumps(out))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BT_")}
+    res = subprocess.run([sys.executable, "-c", code, json.dumps([argv for argv, _, _ in CHAIN_CASES])],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    for i, (argv, endpoint, network) in enumerate(CHAIN_CASES):
+        for (connects, hint) in got[2 * i: 2 * i + 2]:  # the miner's and the validator's
+            assert connects == [endpoint, network], argv  # what bt.Subtensor(config=) connects to
+            if any(a.startswith("--subtensor.chain") for a in argv):  # and registration is pointed at the same chain
+                assert f"--subtensor.network {endpoint}" in hint, (argv, hint)
+
+
+@pytest.mark.parametrize("argv, folder", [  # each names its network: the default comes from BT_SUBTENSOR_NETWORK
+    (["--subtensor.network", "test"], "test"),
+    # named as before endpoints were honoured, so saved scores are found again
+    (["--subtensor.network", "test", "--subtensor.chain_endpoint", "wss://test.finney.opentensor.ai:443"], "test"),
+    (["--subtensor.network", "local", "--subtensor.chain_endpoint", "ws://127.0.0.1:9944"], "local"),
+    (["--subtensor.network", "finney", "--subtensor.chain_endpoint", "ws://node:9944"], "finney"),
+    (["--subtensor.chain_endpoint", "ws://10.0.0.5:9944"], "ws_10.0.0.5_9944"),  # a URL is no folder name
 ])
-def test_a_chain_endpoint_on_the_command_line_is_the_chain_connected_to(argv, endpoint, network, monkeypatch):
-    import bittensor as bt
-
-    from bitmind.common import register_command
-    from bitmind.validator.config import validator_config
-
-    for var in ("BT_SUBTENSOR_NETWORK", "BT_CHAIN_ENDPOINT", "BT_SUBTENSOR_CHAIN_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    for config in (miner_config(argv), validator_config(argv + ["--neuron.data", "x"])):
-        assert bt.Subtensor.setup_config(None, config) == (endpoint, network)  # what bt.Subtensor(config=) connects to
-        if "--subtensor.chain_endpoint" in argv:  # and registration is pointed at the same chain
-            assert f"--subtensor.network {endpoint}" in register_command(config, 34)
-
-
-def test_a_validator_on_an_endpoint_keeps_its_state_in_one_named_folder():
+def test_a_validator_keeps_its_state_in_one_folder_per_chain(argv, folder):
     from bitmind.validator.config import network_state_dir, validator_config
 
-    folder = network_state_dir(validator_config(["--neuron.data", "x", "--subtensor.chain_endpoint", "ws://10.0.0.5:9944"]))
-    assert folder.name == "ws_10.0.0.5_9944" and folder.parent.name == "validator"
-    assert network_state_dir(validator_config(["--neuron.data", "x", "--subtensor.network", "test"])).name == "test"
+    path = network_state_dir(validator_config(["--neuron.data", "x", *argv]))
+    assert path.name == folder and path.parent.name == "validator"

@@ -88,22 +88,35 @@ def neuron_config(args: list[str], description: str, add_own_args, bittensor_par
     add_own_args(parser)
     for part in bittensor_parts:
         part.add_args(parser)
+    chain_keys = [k for k in _CHAIN_KEYS if any(a.dest == k for a in parser._actions)]
+    defaults = {k: parser.get_default(k) for k in chain_keys}
+    parser.set_defaults(**{k: _UNSET for k in chain_keys})  # given or not, whatever the value (env defaults too)
     ns = parser.parse_args(list(args))
-    _endpoint_names_the_chain(ns, parser)
+    given = {k for k in chain_keys if getattr(ns, k) is not _UNSET}
+    for k in chain_keys:
+        if k not in given:
+            setattr(ns, k, defaults[k])
+    _endpoint_names_the_chain(ns, given)
     return nest_namespace(ns)
 
 
-def _endpoint_names_the_chain(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+_CHAIN_KEYS = ("subtensor.network", "subtensor.chain_endpoint")
+_UNSET = object()  # the default of _CHAIN_KEYS while parsing: tells "given" from "given the default's value"
+
+
+def _endpoint_names_the_chain(ns: argparse.Namespace, given: set[str]) -> None:
     """A ``--subtensor.chain_endpoint`` given on the command line is the chain connected to.
 
     Why: bittensor's ``setup_config`` takes the last set candidate of (endpoint, network), and
     ``--subtensor.network`` always has a value (finney by default), so an endpoint alone (an
     operator's own lite node: ``--subtensor.chain_endpoint ws://10.0.0.5:9944``) was ignored
     and the neuron went to the main network. Its help says the endpoint overrides the network:
-    we make that so by naming the endpoint as the network, which bittensor resolves to that URL."""
-    endpoint = getattr(ns, "subtensor.chain_endpoint", None)
-    if endpoint and endpoint != parser.get_default("subtensor.chain_endpoint"):
-        setattr(ns, "subtensor.network", endpoint)
+    we make that so by naming the endpoint as the network, which bittensor resolves to that URL.
+    The network name given beside it, if any, is kept as ``subtensor.network_name`` (what a
+    validator names its state folder by: ``network_state_dir``)."""
+    if "subtensor.chain_endpoint" in given and getattr(ns, "subtensor.chain_endpoint"):
+        setattr(ns, "subtensor.network_name", getattr(ns, "subtensor.network") if "subtensor.network" in given else None)
+        setattr(ns, "subtensor.network", getattr(ns, "subtensor.chain_endpoint"))
 
 
 def miner_config(args: list[str]) -> "bt.Config":

@@ -61,10 +61,18 @@ def validator_config(args: list[str]) -> "bt.Config":
 
 
 def network_state_dir(config: "bt.Config") -> Path:
-    """Default state folder of a validator on a network: one folder per network, named by
-    ``--subtensor.network`` (or the endpoint given, ``ws://10.0.0.5:9944`` -> ``ws_10.0.0.5_9944``:
-    a URL is no folder name)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(config.subtensor.network)).strip("_") or "network"
+    """Default state folder of a validator on a network: one folder per chain, named as before
+    endpoints were honoured where it can be (so scores saved there are picked up again):
+    bittensor's name of the chain (``finney``, ``test``, ``local``, ``archive``; also when it is
+    given as the endpoint of one of them), else the ``--subtensor.network`` given beside an
+    endpoint of its own node, else the endpoint's URL as a folder name (``ws://10.0.0.5:9944``
+    -> ``ws_10.0.0.5_9944``: a URL is no folder name)."""
+    from bittensor.utils import determine_chain_endpoint_and_network
+
+    network = str(config.subtensor.network)
+    name = determine_chain_endpoint_and_network(network)[0]
+    if name in (None, "unknown"):
+        name = config.subtensor.get("network_name") or re.sub(r"[^A-Za-z0-9._-]+", "_", network).strip("_") or "network"
     return Path(os.path.expanduser(DEFAULT_STATE_DIR)) / name
 
 
