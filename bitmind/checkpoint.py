@@ -291,7 +291,7 @@ def too_large(path: str | os.PathLike, size: int, limit: int | None = None) -> s
     if size <= limit:
         return ""
     return (f"model file {path} is {_size(size)}, more than the {_size(limit)} a model file may be (the shipped "
-            "ones are 6 MB; --neuron.max_model_mb raises the limit): not read, is it the right file?")
+            "ones are 6 MB; a miner's --neuron.max_model_mb raises its limit): not read, is it the right file?")
 
 
 def _size(n: int) -> str:

@@ -212,6 +212,14 @@ def test_a_symlinked_model_path_follows_the_link_when_it_is_re_pointed(tmp_path,
     link.symlink_to(old.name)
     path = resolve_model_path(str(link), tmp_path)
     assert path == link  # the link, not its target
+    (tmp_path / "real").mkdir()  # '..' after a link to a folder is the kernel's, not folded by name
+    os.replace(old, tmp_path / "real" / old.name)
+    (tmp_path / "away").mkdir()
+    (tmp_path / "away" / "models").symlink_to(tmp_path / "real" / "sub", target_is_directory=True)
+    (tmp_path / "real" / "sub").mkdir()
+    via = resolve_model_path(str(tmp_path / "away" / "models" / ".." / old.name), tmp_path)
+    assert via.is_file() and via.samefile(tmp_path / "real" / old.name)
+    os.replace(tmp_path / "real" / old.name, old)
     image = decode_synapse_image(prepare_image_synapse(image_factory(seed=4)))
     predictor = Predictor(str(path), device="cpu", check_interval=0.0)
     try:

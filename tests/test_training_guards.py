@@ -431,3 +431,39 @@ def test_a_validation_split_of_a_few_pictures_leaves_the_raw_logits_and_says_so(
     assert "temperature" not in meta and "calibration" not in meta.get("metrics", {})
     with pytest.raises(ValueError, match="calibration_min_per_class"):
         _cfg(data, tmp_path, calibration_min_per_class=-1).check()
+
+
+def test_the_run_lock_stays_with_the_run_not_its_children_and_a_file_system_without_locks_runs_unguarded(
+        tmp_path, monkeypatch, caplog):
+    """A forked child (a DataLoader worker) shares the lock's open file: one that outlived the
+    run kept the folder held. And any flock error read as "another run": on a file system
+    without flock every training was refused (review)."""
+    import errno
+    import os
+    import time
+
+    from bitmind.training import run_folder
+
+    folder = tmp_path / "t"
+    ready, started = os.pipe()
+    with run_folder.hold_run_folder(folder):
+        pid = os.fork()
+        if pid == 0:  # a child that outlives the block
+            os.write(started, b"1")  # the fork hooks have run
+            time.sleep(3)
+            os._exit(0)
+        os.read(ready, 1)
+    try:
+        with run_folder.hold_run_folder(folder):  # the run is over: the folder is free though the child lives
+            pass
+    finally:
+        os.waitpid(pid, 0)
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", no_flock)
+    with caplog.at_level("WARNING", logger=run_folder.__name__):
+        with run_folder.hold_run_folder(folder):
+            pass
+    assert "would not be refused" in caplog.text

@@ -14,6 +14,7 @@ from pathlib import Path
 import bittensor as bt
 from bittensor.core.config import DefaultMunch
 
+from bitmind.checkpoint import MAX_MODEL_BYTES
 from bitmind.common import SN34_NETUID, non_negative_float, non_negative_int, parse_bool, positive_float, positive_int
 from bitmind.image_io import DEFAULT_MAX_B64_CHARS, DEFAULT_MAX_PIXELS
 
@@ -55,7 +56,7 @@ def add_miner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--neuron.max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="Largest image accepted, in pixels (width x height, read from the header before any "
                              "decoding); also sets Pillow's Image.MAX_IMAGE_PIXELS.")
-    parser.add_argument("--neuron.max_model_mb", type=positive_int, default=256,
+    parser.add_argument("--neuron.max_model_mb", type=positive_int, default=MAX_MODEL_BYTES // 2**20,
                         help="Largest model file read, in MiB (the shipped files are 6 MB): a larger file at the "
                              "model path is refused from its size, unread, at start-up and on hot reload.")
     parser.add_argument("--neuron.allow_arch_change", type=parse_bool, nargs="?", const=True, default=False,
@@ -157,5 +158,7 @@ def resolve_model_path(path: str | os.PathLike, repo_root: str | os.PathLike | N
 
 
 def _absolute(p: Path) -> Path:
-    """``p`` from the root, ``..`` folded by name (as a shell does), links kept."""
-    return Path(os.path.abspath(p))
+    """``p`` from the root, links and ``..`` kept as they are: folding ``..`` by name would be
+    wrong after a link to a folder (``models/../base.pth``, with ``models`` a link, is the file
+    next to the link's target, as the kernel resolves it)."""
+    return p if p.is_absolute() else Path.cwd() / p

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from bitmind.calibration import MIN_PER_CLASS
 from bitmind.common import PLAIN_SHARE, has_cxx_compiler, parse_bool
 from bitmind.image_transforms import AugConfig
 
@@ -117,7 +118,7 @@ class TrainConfig:
     calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
     calibration_real_target: float = opt(0.0, "then put the boundary where this share of the validation real photos "
                                               "pass (0: the Platt boundary; the shipped model uses 0.85, docs/Generalisation.md)")
-    calibration_min_per_class: int = opt(20, "fewest validation pictures of each class to fit the calibration on; with "
+    calibration_min_per_class: int = opt(MIN_PER_CLASS, "fewest validation pictures of each class to fit the calibration on; with "
                                              "fewer the best checkpoint keeps its raw logits (fit it later with "
                                              "python -m bitmind.calibrate on more data). The trainer's: sweeps, "
                                              "research runs on the pools, calibrate on what they validate on")

@@ -116,7 +116,8 @@ def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool =
     ``drop_last`` a last group short of parts is dropped too, as a short last batch would be.
 
     ``unreadable[0]`` (if given) grows by the pictures of each part left out, a part's size
-    each: a part's own count of unreadable pictures goes with the part, and a part of nothing
+    each (a short last part, of a loader that keeps one, counts as whole: an epoch's last
+    part on data smaller than a batch): a part's own count of unreadable pictures goes with the part, and a part of nothing
     but unreadable pictures is None (``collate_skip_none``), so the epoch's "skipped N
     unreadable training images" missed those (4 said where 10 were skipped: operator audit)."""
     try:

@@ -20,6 +20,7 @@ from here, and says so in one line when a data root is not found.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -96,9 +97,22 @@ def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def lock_path(folder: Path) -> Path:
     """The lock file of the run (or sweep) folder ``folder``: beside it, not in it, so taking
-    the lock before the data is read leaves no folder behind a run that then fails."""
+    the lock before the data is read makes no run folder (only ``--checkpoints_dir`` if it is
+    not there yet, as the run would)."""
     folder = Path(folder)
     return folder.parent / f".{folder.name}.lock"
+
+
+_HELD: set[int] = set()  # lock files this process holds open (closed in forked children: see below)
+if fcntl is not None and hasattr(os, "register_at_fork"):
+    # A forked child (a DataLoader worker) shares the open file and so the lock: a worker that
+    # outlived its run would keep the folder held. Children close their copies at once.
+    def _close_held_in_child() -> None:
+        for fd in _HELD:
+            os.close(fd)
+        _HELD.clear()
+
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 @contextlib.contextmanager
@@ -110,33 +124,51 @@ def hold_run_folder(folder: Path):
     epoch, so a second training started with the same ``--name`` during the first one's first
     epoch (hours on real data) passed them: both ran, and the folder ended with one's model
     and the other's ``opt.json`` and history, and both runs' TensorBoard events. An advisory
-    ``flock`` on a file beside the folder: the kernel drops it when the process ends however it
+    ``flock`` on a file beside the folder: the system drops it when the process ends however it
     ends (Ctrl-C, SIGKILL, a crash), so there is never a stale lock to remove by hand. The file
-    itself stays (removing it while held would let two later runs lock two different files)."""
-    if fcntl is None:
+    itself stays (removing it while held would let two later runs lock two different files).
+    Where no lock can be taken (Windows, a file system without ``flock``, a folder that cannot
+    be written: ``check_writable_folder`` says that one) the run goes on unguarded, with a
+    warning where a lock was expected."""
+    fd = _lock(folder)
+    try:
         yield
-        return
+    finally:
+        if fd is not None:
+            _HELD.discard(fd)
+            os.close(fd)  # closing drops the lock
+
+
+def _lock(folder: Path) -> int | None:
+    """The open, locked lock file of ``folder`` (``hold_run_folder``), None where none can be taken."""
+    if fcntl is None:
+        return None
     path = lock_path(folder)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:  # an unwritable --checkpoints_dir: check_writable_folder says it in its words
+    except OSError as e:
         logger.debug("no run lock at %s: %s", path, e)
-        yield
-        return
+        return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() if e.errno in _HELD_ERRNOS else ""
+        os.close(fd)
+        if e.errno in _HELD_ERRNOS:
             raise RunFolderError(f"{folder} is being written by another run right now ({holder or 'another process'}): "
                                  "wait for it to end, or choose another --name") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                      f"{' '.join(sys.argv)[:300]}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
+        logger.warning("cannot lock %s (%s): a second run with this --name would not be refused", path,
+                       e.strerror or e)  # a file system without flock (some network and FUSE mounts)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                  f"{' '.join(sys.argv)[:300]}".encode(), 0)
+    _HELD.add(fd)
+    return fd
+
+
+_HELD_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # flock's "someone holds it"
 
 
 def check_writable_folder(folder: Path) -> None:
