@@ -427,6 +427,8 @@ def test_a_validation_split_of_a_few_pictures_leaves_the_raw_logits_and_says_so(
     assert "calibration" not in summary
     assert "calibration not fitted: only " in caplog.text and "fewer than 20 of a class" in caplog.text
     assert "bitmind.calibrate" in caplog.text and "keeps its raw logits" in caplog.text
+    # said before the first epoch too, not only once the run has trained
+    assert caplog.text.index("the best checkpoint will not be calibrated") < caplog.text.index("train_loss=")
     meta = read_checkpoint(tmp_path / "t" / "model_epoch_best.pth")[1]
     assert "temperature" not in meta and "calibration" not in meta.get("metrics", {})
     with pytest.raises(ValueError, match="calibration_min_per_class"):

@@ -117,9 +117,10 @@ def epoch_batches(loader: DataLoader, cfg: TrainConfig, epoch: int, show: bool =
 
     ``unreadable[0]`` (if given) grows by the pictures of each part left out, a part's size
     each (a short last part, of a loader that keeps one, counts as whole: an epoch's last
-    part on data smaller than a batch): a part's own count of unreadable pictures goes with the part, and a part of nothing
-    but unreadable pictures is None (``collate_skip_none``), so the epoch's "skipped N
-    unreadable training images" missed those (4 said where 10 were skipped: operator audit)."""
+    part on data smaller than a batch). A kept part carries its own count of unreadable
+    pictures, but a part of nothing but unreadable pictures is None (``collate_skip_none``),
+    so the epoch's "skipped N unreadable training images" missed those (4 said where 10 were
+    skipped: operator audit)."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -459,9 +460,8 @@ def epoch_record(epoch: int, train_loss: float, lr: float, m: dict, epoch_second
     balanced accuracy that picks the best epoch (``selection_score``) beside plain accuracy:
     the log, history, curves and TensorBoard showed plain accuracy alone, so the epoch saved
     as best could look worse than another."""
-    both = m.get("real_accuracy") is not None and m.get("fake_accuracy") is not None
     return {"epoch": epoch, "train_loss": train_loss, "lr": lr, "val_acc": m.get("accuracy"),
-            "val_balanced_acc": selection_score(m) if both else None, "val_ap": m.get("ap"),
+            "val_balanced_acc": balanced_accuracy(m), "val_ap": m.get("ap"),
             "val_real_acc": m.get("real_accuracy"), "val_fake_acc": m.get("fake_accuracy"), "val_brier": m.get("brier"),
             "epoch_seconds": epoch_seconds, **extra}
 
@@ -471,12 +471,19 @@ def val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     return compute_metrics(labels, apply_calibration(logits)) if len(labels) else {}
 
 
+def balanced_accuracy(m: dict) -> float | None:
+    """The mean of real and fake accuracy of metrics ``m``; None unless both classes are present."""
+    if m.get("real_accuracy") is None or m.get("fake_accuracy") is None:
+        return None
+    return 0.5 * (m["real_accuracy"] + m["fake_accuracy"])
+
+
 def selection_score(m: dict) -> float:
     """What picks a variant's best epoch: balanced accuracy (the mean of real and fake
     accuracy) when both classes are present, so a validation set with more fakes than
     reals cannot crown a model that calls everything fake; plain accuracy otherwise."""
-    if m.get("real_accuracy") is not None and m.get("fake_accuracy") is not None:
-        return 0.5 * (m["real_accuracy"] + m["fake_accuracy"])
+    if (balanced := balanced_accuracy(m)) is not None:
+        return balanced
     return m.get("accuracy") if m.get("accuracy") is not None else -1.0  # no validation picture read: never the best
 
 

@@ -153,9 +153,10 @@ def _lock(folder: Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() if e.errno in _HELD_ERRNOS else ""
+        held = e.errno in _HELD_ERRNOS
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() if held else ""
         os.close(fd)
-        if e.errno in _HELD_ERRNOS:
+        if held:
             raise RunFolderError(f"{folder} is being written by another run right now ({holder or 'another process'}): "
                                  "wait for it to end, or choose another --name") from None
         logger.warning("cannot lock %s (%s): a second run with this --name would not be refused", path,

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bitmind.calibration import MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration
+from bitmind.calibration import MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration, too_few_to_calibrate
 from bitmind.checkpoint import RUN_STATE_KEYS, model_meta, save_checkpoint
 from bitmind.common import atomic_write, resolve_amp, resolve_device
 from bitmind.data import (
@@ -362,6 +362,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
         logger.info("data splits per source: %s", json.dumps(counts))
         show("training set:\n" + train_ds.summary())
         show("validation set:\n" + val_ds.summary())
+        val_labels = val_ds.labels()
+        if cfg.calibrate and len(set(val_labels)) == 2 and (why := too_few_to_calibrate(val_labels, cfg.calibration_min_per_class)):
+            # said now, not only after hours of training (one class is check_classes' warning)
+            show(f"the best checkpoint will not be calibrated: {why}", logging.WARNING)
 
     labels = train_ds.labels()
     if world > 1:
