@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -171,7 +172,9 @@ def pooled(rows: dict[str, dict], draws: dict[str, dict]) -> dict:
         if not have:
             continue
         pts = [rows[p]["per_real_source"][src] for p in have]
-        boot = np.nanmean(np.stack([draws[p]["per_real_source"][src] for p in have]), axis=0)
+        with warnings.catch_warnings():  # a resample may hold none of a small source in any pair: NaN, left out of the interval
+            warnings.simplefilter("ignore", RuntimeWarning)
+            boot = np.nanmean(np.stack([draws[p]["per_real_source"][src] for p in have]), axis=0)
         diffs = np.array([s["diff"] for s in pts])
         s = summary(float(np.mean([s["a"] for s in pts])), float(np.mean([s["b"] for s in pts])), boot)
         s.update(diff=float(diffs.mean()), pairs=len(have), pairs_b_below_a=int((diffs < 0).sum()),

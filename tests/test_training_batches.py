@@ -145,3 +145,37 @@ def test_a_part_of_nothing_but_unreadable_pictures_is_counted_as_skipped():
     groups = list(epoch_batches(Loader([part(1, bad=1), None, None, None, part(2), part(3)]), cfg, 0, unreadable=lost))
     assert [len(g) for g in groups] == [1, 2] and lost == [6]  # three parts of 2 left out
     assert sum(join_batches(g, torch.device("cpu"), False)[3] for g in groups) == 1  # a kept part's own count
+
+
+def test_workers_beyond_the_machines_cores_are_not_started(monkeypatch, caplog):
+    """``--workers 4`` (the default) on a 2-core machine starts 2: torch warned twice an
+    epoch about the extra ones, which only queue for the same cores."""
+    import os
+
+    import bitmind.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "usable_cpus", lambda: 2)
+    with caplog.at_level("INFO", logger="bitmind.training.trainer"):
+        kw = trainer.loader_kwargs(TrainConfig(workers=4), torch.device("cpu"))
+    assert kw["num_workers"] == 2 and kw["persistent_workers"] and kw["prefetch_factor"] == 4
+    assert "--workers 4: using 2" in caplog.text
+    caplog.clear()
+    assert trainer.loader_kwargs(TrainConfig(workers=2), torch.device("cpu"))["num_workers"] == 2
+    kw0 = trainer.loader_kwargs(TrainConfig(workers=0), torch.device("cpu"))
+    assert kw0["num_workers"] == 0 and not kw0["persistent_workers"] and "prefetch_factor" not in kw0
+    assert caplog.text == ""  # nothing capped, nothing said
+    monkeypatch.undo()
+    assert 1 <= trainer.usable_cpus() <= (os.cpu_count() or 1)
+
+
+def test_the_worker_count_does_not_change_the_batches(tmp_path):
+    """Capping the workers to the cores is safe because each picture's augmentation is drawn
+    from (seed, epoch, index), not from the worker that reads it."""
+    pools = make_pools(tmp_path)
+    base = TrainConfig(data=[str(pools["crops"])], samples_per_epoch=16, batch_size=8, workers=1, loader_parts=1, seed=5)
+    train, _, _ = build_datasets(base)
+    one = _epoch(base, train, epoch=1)
+    two = _epoch(dataclasses.replace(base, workers=2, loader_parts=2), train, epoch=1)
+    assert len(one) == len(two) >= 2
+    for (x1, y1, k1, _), (x2, y2, k2, _) in zip(one, two):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(k1, k2)

@@ -320,11 +320,32 @@ def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: in
     return model
 
 
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity where the OS tells it, else all)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+
+
+def loader_workers(requested: int) -> int:
+    """Worker processes to start for ``--workers requested``: at most one per usable core.
+    More only queue for the same cores (torch warns about it on every loader start, twice an
+    epoch: the default 4 on a 2-core machine); which worker reads a picture does not change
+    what is drawn for it, so the data stream is the same with fewer."""
+    cores = usable_cpus()
+    if requested > cores:
+        logger.info("--workers %d: using %d, one per core this machine gives the run", requested, cores)
+        return cores
+    return requested
+
+
 def loader_kwargs(cfg: TrainConfig, device: torch.device) -> dict:
     """DataLoader options shared by the training and validation loaders."""
-    kw = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
-              collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0, worker_init_fn=worker_init)
-    if cfg.workers > 0:
+    workers = loader_workers(cfg.workers)
+    kw = dict(num_workers=workers, pin_memory=cfg.pin_memory and device.type == "cuda",
+              collate_fn=collate_skip_none, persistent_workers=workers > 0, worker_init_fn=worker_init)
+    if workers > 0:
         kw["prefetch_factor"] = 4
     return kw
 
