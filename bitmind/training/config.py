@@ -138,7 +138,7 @@ class TrainConfig:
     fused_adam: bool = opt(False, "Adam as one fused kernel per step on CUDA (torch's fused=True; ignored on a CPU): "
                                   "fewer launches where they limit a step (many small models, benchmarks/step_speed.py)")
     uint8_loading: bool = opt(True, "workers hand over uint8 images, scaled to float on the device")
-    workers: int = opt(4, "data loader worker processes")
+    workers: int = opt(4, "data loader worker processes (at most one per core the run may use)")
     pin_memory: bool = opt(True, "pinned host memory for CUDA transfers")
     loader_parts: int = opt(4, "workers build each training batch in this many parts (the largest count up to it "
                                "that divides batch_size), joined on the device: the same batches, but an epoch's "
