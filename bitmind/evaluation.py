@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from bitmind.checkpoint import LoadedModel, load_model
-from bitmind.common import check_device, resolve_device
+from bitmind.common import atomic_write_text, check_device, resolve_device
 from bitmind.data import (
     DetectionDataset,
     ImageSource,
@@ -47,7 +47,7 @@ from bitmind.data import (
 )
 from bitmind.data.splits import DEFAULT_FRACTIONS, SPLITS
 from bitmind.image_transforms import ValidatorPipeline
-from bitmind.inference import serving_forward
+from bitmind.inference import forward_precision, serving_forward
 from bitmind.metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,8 @@ class Predictions:
     skipped: list[str] = field(default_factory=list)
     temperature: float = 1.0
     logit_bias: float = 0.0
+    precision: str = "fp32"  # the forward's arithmetic (``bitmind.inference.forward_precision``)
+    skipped_sources: dict[str, int] = field(default_factory=dict)  # source -> unreadable pictures
 
     def __len__(self) -> int:
         return int(self.probs.size)
@@ -212,7 +214,12 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     lg, labels, idx = validate(forward, batches, dev, amp_dtype, channels_last)  # the trainer's validation pass
     lg, idx = lg.astype(np.float64), idx.astype(int)
     seen = set(idx.tolist())
-    skipped = [dataset.describe(k) for k in range(len(dataset)) if k not in seen]
+    unseen = [k for k in range(len(dataset)) if k not in seen]
+    skipped = [dataset.describe(k) for k in unseen]
+    skipped_sources: dict[str, int] = {}
+    for k in unseen:
+        name = dataset.items[k][0].source_name(dataset.items[k][1])
+        skipped_sources[name] = skipped_sources.get(name, 0) + 1
     return Predictions(
         probs=apply_calibration(lg, temperature, logit_bias),
         logits=lg,
@@ -223,7 +230,16 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
         skipped=skipped,
         temperature=temperature,
         logit_bias=logit_bias,
+        precision=forward_precision(forward, amp_dtype),
+        skipped_sources=skipped_sources,
     )
+
+
+def write_report_json(report: dict[str, Any], json_path: str | os.PathLike) -> Path:
+    """Write ``report`` to ``json_path`` at once (a temporary file renamed over it): an
+    interrupted or failed write leaves the old file whole, and a path that is a symbolic link
+    has the link replaced, never the file it points at (a data picture, a model)."""
+    return atomic_write_text(json_path, json.dumps(report, indent=2))
 
 
 def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = False, seed: int = 0, split: str | None = None,
@@ -257,18 +273,18 @@ def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = Fal
     report["data"] = [str(d) for d in data]
     report["options"] = {"challenge": challenge, "seed": seed, "split": split, "split_seed": split_seed if split else None,
                          "split_fractions": list(fractions) if split else None,
-                         "batch_size": batch_size, "device": str(dev), "workers": workers,
+                         "batch_size": batch_size, "device": str(dev), "precision": preds.precision, "workers": workers,
                          "pipeline": {"plain_share": pipeline.plain_share, "jpeg_quality": pipeline.jpeg_quality} if pipeline else None}
     if preds.skipped:
         report["skipped_files"] = preds.skipped[:100]
+        report["skipped_by_source"] = dict(sorted(preds.skipped_sources.items()))
     if plots_dir is not None:
         from bitmind.plots import save_eval_plots
 
         title = f"{Path(model_path).name} on {', '.join(Path(str(d)).name for d in data)}" + (" (challenge)" if challenge else "")
         report["plots"] = save_eval_plots(preds.labels, preds.probs, plots_dir, title=title)
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
+        write_report_json(report, json_path)
     return report, preds, dataset
 
 

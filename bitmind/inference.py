@@ -284,6 +284,18 @@ def prepare_for_serving(model: nn.Module, name: str = "model", bf16: bool | str 
         return None
 
 
+def forward_precision(forward: nn.Module, amp_dtype: torch.dtype | None) -> str:
+    """The arithmetic ``serving_forward``'s result runs in, for reports: "bf16 autocast" (a
+    CPU copy that measured bf16 faster, or CUDA's autocast) or "fp32". Why: on a CPU that
+    computes bf16 the choice is timed when the model loads, so two runs of one evaluation may
+    differ in it, and their probabilities by up to a few hundredths."""
+    if amp_dtype is not None:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, str(amp_dtype).removeprefix("torch.")) + " autocast"
+    if isinstance(forward, CpuBf16) or getattr(forward, "bf16", False) is True:
+        return "bf16 autocast"
+    return "fp32"
+
+
 def serving_forward(model: nn.Module, device: torch.device, amp: str | None = "auto",
                     optimize: bool | str = "auto") -> tuple[nn.Module, torch.dtype | None, bool]:
     """What the miner's ``Predictor`` runs for ``model`` on ``device``, as

@@ -14,7 +14,9 @@ override them). ``bitmind.calibrate``, ``base_miner/NPR/validate.py`` and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from bitmind.common import output_path_problem
@@ -33,10 +35,31 @@ def format_report(report: dict[str, Any]) -> str:
     title = (f"model {report['model']['path']} ({report['model']['arch']}, T={report['model']['temperature']:.3g}, "
              f"b={report['model']['logit_bias']:+.3g}) "
              f"on {', '.join(report['data'])}: {where}, {mode}")
+    if opts.get("precision"):
+        title += f", {opts['precision']}"
     text = format_metrics_table(report, title=title)
     if report.get("skipped"):
         text += f"\nskipped {report['skipped']} unreadable file(s)"
+    scored = set(report.get("per_source") or {})
+    lost = {src: n for src, n in (report.get("skipped_by_source") or {}).items() if src not in scored}
+    if lost:
+        text += "\nno picture of " + ", ".join(f"{src} ({n} unreadable)" for src, n in lost.items()) + " could be read: not in the table"
+    one_class = one_class_note(report)
+    if one_class:
+        text += "\n" + one_class
     return text
+
+
+def one_class_note(report: dict[str, Any]) -> str | None:
+    """A warning when the pictures evaluated are of one class only: balanced accuracy is then
+    that class's accuracy (answering that class to everything would score 1.0, not 0.5), and
+    there is no ROC AUC."""
+    n_real, n_fake = report.get("n_real") or 0, report.get("n_fake") or 0
+    if n_real and n_fake:
+        return None
+    only = "real photos" if n_real else "fakes"
+    return (f"note: only {only} were evaluated: accuracy and balanced accuracy are the {only}' share called "
+            f"{'real' if n_real else 'fake'}, and AUC needs both classes")
 
 
 DATA_HELP = ("one or more data roots, each a folder DIR/{real,fake}/SOURCE/*.jpg or hf:NAME[:real|fake] "
@@ -94,11 +117,49 @@ EPILOG = """several data roots:
   lists the roots."""
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run an evaluation from parsed ``add_eval_arguments`` options; print the table."""
-    from bitmind.checkpoint import CheckpointError
+#: Suffixes a report is never written over: a typo such as ``--json M.pth`` would replace the
+#: model (or a picture) with the report.
+PROTECTED_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
+
+def _inside(path: str, root: str) -> bool:
+    """Whether ``path`` lies in folder ``root``, by the names given and by where links lead."""
+    for p, r in ((os.path.abspath(path), os.path.abspath(root)), (os.path.realpath(path), os.path.realpath(root))):
+        if os.path.commonpath([p, r]) == r:
+            return True
+    return False
+
+
+def report_path_problem(args: argparse.Namespace) -> str | None:
+    """Why the ``--json`` / ``--plots`` outputs would be wrong places to write, else None,
+    checked before inference: not writable (``output_path_problem``, and an existing read-only
+    report), the model file itself, a model or picture file, or inside a data folder (plots
+    there would be read as pictures by the next run; a report there could replace one)."""
     problem = output_path_problem(args.json, "--json") or output_path_problem(args.plots, "--plots", folder=True)
+    if problem:
+        return problem
+    roots = [d for d in args.data or [] if not str(d).startswith("hf:") and os.path.isdir(d)]
+    if args.json:
+        if os.path.exists(args.json) and os.path.exists(args.model) and os.path.samefile(args.json, args.model):
+            return f"--json {args.json} is the model file; name another file for the report"
+        if Path(args.json).suffix.lower() in PROTECTED_SUFFIXES:
+            return f"--json {args.json} names a model or picture file; a report is JSON (e.g. report.json)"
+        if os.path.isfile(args.json) and not os.access(args.json, os.W_OK):
+            return f"--json {args.json} exists and is read-only"
+    for flag, out in (("--json", args.json), ("--plots", args.plots)):
+        inside = next((r for r in roots if out and _inside(out, r)), None)
+        if inside:
+            return f"{flag} {out} is inside the data folder {inside}; write results elsewhere"
+    return None
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run an evaluation from parsed ``add_eval_arguments`` options; print the table, then
+    write the report (a failed write loses no result: the table is already printed)."""
+    from bitmind.checkpoint import CheckpointError
+    from bitmind.evaluation import write_report_json
+
+    problem = report_path_problem(args)
     if problem:  # before minutes of inference, not after
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -107,12 +168,20 @@ def run_from_args(args: argparse.Namespace) -> int:
                           split_seed=args.split_seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           temperature=1.0 if args.uncalibrated else None, logit_bias=0.0 if args.uncalibrated else None,
-                          progress=not args.quiet, json_path=args.json, plots_dir=args.plots)
+                          progress=not args.quiet, plots_dir=args.plots)
     except (CheckpointError, OSError, ValueError) as e:  # OSError: a file or a hub dataset that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no report written", file=sys.stderr)
+        return 130
     print(format_report(report))
     if args.json:
+        try:
+            write_report_json(report, args.json)
+        except OSError as e:
+            print(f"error: the report could not be written to {args.json}: {e}", file=sys.stderr)
+            return 2
         print(f"report: {args.json}")
     if args.plots:
         print(f"plots: {', '.join(report['plots'].values())}")
