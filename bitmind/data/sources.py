@@ -354,16 +354,81 @@ def open_hf_dataset(path: str, split: str = "train", cache_dir: str | None = Non
     return datasets.load_dataset(path, split=split, cache_dir=cache_dir)
 
 
+#: The column a Hugging Face dataset given without a role is read by, by ``hf:PATH`` specs
+#: (``open_hf_source``) and by ``bitmind.download_data --datasets PATH`` alike.
+LABEL_COLUMN = "label"
+
+
+def open_hf_source(path: str, role: str | None = None, label_map: dict[str, str] | None = None,
+                   label_column: str = LABEL_COLUMN, split: str = "train", cache_dir: str | None = None,
+                   dataset=None, **kw) -> HFDatasetSource:
+    """A Hugging Face dataset as an ``HFDatasetSource``, its classes decided the one way that
+    ``hf:`` specs (training, evaluation, calibration, the validator) and the downloader share:
+
+    * no ``role``: each row's class is read from ``label_column`` by ``resolve_labels``
+      (ClassLabel names, strings such as real / fake / ai, 0 real / 1 fake, ``label_map``); its
+      two halves are the sources ``real/NAME`` and ``fake/NAME``. Labels that cannot be read are
+      a ``LabelError``, and so is a dataset without that column: nothing says which class its
+      pictures are (they used to be taken as fake without a word);
+    * a ``role``: every row has it. Where the dataset has a readable ``label_column`` that
+      disagrees with the role for some rows, a warning names how many (the column is ignored).
+    """
+    if role is not None and role not in CLASSES:
+        raise ValueError(f"role must be one of {list(CLASSES)}, got {role!r}")
+    if dataset is None:
+        dataset = open_hf_dataset(path, split=split, cache_dir=cache_dir)
+    columns = list(getattr(dataset, "column_names", []) or [])
+    if role is None:
+        if label_column not in columns:
+            raise LabelError(
+                f"{path}: no role given and no {label_column!r} column to read each picture's class from "
+                f"(columns: {', '.join(columns)}); append :real or :fake to give the whole dataset one class "
+                f"(hf:{path}:real or hf:{path}:fake)")
+        return HFDatasetSource(path, role=None, dataset=dataset, label_column=label_column, label_map=label_map, **kw)
+    src = HFDatasetSource(path, role=role, dataset=dataset, **kw)
+    if label_column in columns:
+        _warn_ignored_labels(src, label_column, label_map)
+    return src
+
+
+def _warn_ignored_labels(src: HFDatasetSource, column: str, label_map: dict[str, str] | None) -> None:
+    """Warn when a role given to a dataset overrides the classes its label column says."""
+    try:
+        labels, _ = resolve_labels(src.ds, column, label_map, name=src.name)
+    except LabelError:
+        logger.warning("%s: its %r column is ignored because :%s was given: all %d rows are read as %s (the column "
+                       "holds values that are not read as real or fake)", src.name, column, src.role, len(src), src.role)
+        return
+    want = CLASSES[src.role]
+    disagree = sum(1 for x in labels if x != want)
+    if disagree:
+        other = "fake" if src.role == "real" else "real"
+        logger.warning("%s: its %r column is ignored because :%s was given: all %d rows are read as %s, but the "
+                       "column says %d of them are %s; drop the :%s to read each row's class from the column",
+                       src.name, column, src.role, len(src), src.role, disagree, other, src.role)
+
+
 def open_source(spec: str, **kw) -> ImageSource:
     """Parse a data spec from the command line.
 
     * a folder in the ``CLASS/SOURCE/*`` layout -> LocalFolderSource
-    * ``hf:NAME_OR_PATH[:real|fake]`` -> HFDatasetSource with that role
+    * ``hf:NAME_OR_PATH:real`` / ``:fake`` -> HFDatasetSource whose every row has that role
+    * ``hf:NAME_OR_PATH`` -> HFDatasetSource whose rows' classes come from the dataset's
+      ``label`` column, read as ``bitmind.download_data`` reads it (``open_hf_source``);
+      without such a column, a ``LabelError`` asking for ``:real`` or ``:fake``.
+
+    ``kw`` go to ``open_hf_source`` (``split``, ``label_map``, ``cache_dir`` ...).
     """
     if spec.startswith("hf:"):
         rest = spec[3:]
-        role = "fake"
+        role = None
         if rest.rsplit(":", 1)[-1] in CLASSES:
             rest, role = rest.rsplit(":", 1)
-        return HFDatasetSource(rest, role=role, **kw)
+        try:
+            return open_hf_source(rest, role=role, **kw)
+        except LabelError as e:
+            if role is not None or kw.get("label_map") or "--label_map" not in str(e):
+                raise
+            raise LabelError(f"{e} (--label_map is an option of bitmind.download_data only: an hf: spec takes "
+                             f"the built-in label names, or :real / :fake)") from None
     return LocalFolderSource(spec)
