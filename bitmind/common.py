@@ -122,14 +122,34 @@ def check_device(device: str | torch.device | None = "auto", flag: str = "--devi
     """``resolve_device``, refusing a device this machine does not have (a ValueError with one
     line to show, not the driver's traceback from the first tensor moved): what every command
     line with a device option (trainer, eval, calibrate; the miner's ``--neuron.device``,
-    named by ``flag``) checks before reading data."""
+    named by ``flag``) checks before reading data. Accepted: ``auto``, ``cpu``, a CUDA device
+    that is there, and ``mps`` / ``xpu`` where this machine has one; any other device torch
+    names (``mps`` on a machine without it, ``xla``, ``meta``, ...) is refused here, not by
+    the first tensor moved (``PyTorch is not linked with support for mps devices``)."""
     try:
         dev = resolve_device(device)
-    except RuntimeError as e:  # torch.device("gpu"): "Expected one of cpu, cuda, ..."
+    except (RuntimeError, TypeError, ValueError) as e:  # torch.device("gpu"): "Expected one of cpu, cuda, ..."
         raise ValueError(f"{flag} {device!r}: unknown ({str(e).splitlines()[0]})") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"{flag} {device!r}: no such CUDA device on this machine "
-                         f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); use {flag} cpu or auto")
+    instead = f"use {flag} cpu or auto"
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {device!r}: no such CUDA device on this machine "
+                             f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); {instead}")
+        return dev
+    if dev.type == "meta":
+        raise ValueError(f"{flag} {device!r}: the meta device holds no data, so no model runs on it; {instead}")
+    backend = {"mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}.get(dev.type)
+    if backend is None:  # xla, hpu, ipu, privateuseone, ...: torch knows the name, these commands do not run there
+        raise ValueError(f"{flag} {device!r}: not a device these commands run on (they run on cpu, cuda, cuda:N, "
+                         f"and mps or xpu where the machine has one); {instead}")
+    try:
+        count = 0 if not backend.is_available() else 1 if dev.type == "mps" else backend.device_count()
+    except Exception:  # noqa: BLE001 - a backend that cannot even say: not here
+        count = 0
+    if (dev.index or 0) >= count:
+        raise ValueError(f"{flag} {device!r}: no such {dev.type} device on this machine ({count} visible); {instead}")
     return dev
 
 
@@ -186,6 +206,16 @@ def output_path_problem(path, flag: str, folder: bool = False) -> str | None:
     if not os.access(parent, os.W_OK):
         return f"{flag} {path}: {parent} is not writable"
     return None
+
+
+def write_target(path: str | os.PathLike) -> Path:
+    """The file a write to ``path`` replaces: ``path`` itself, or for a symlink the file it
+    points at (every link followed), so an atomic write (a temporary file renamed over the
+    target: ``atomic_write``) changes that file and keeps the link, as ``cp`` or a shell's
+    ``>`` would. Renaming over the link itself would turn it into a regular file and leave
+    the version it pointed at unchanged (docs/Mining.md deploys models by symlink)."""
+    p = Path(path)
+    return Path(os.path.realpath(p)) if p.is_symlink() else p
 
 
 def route_library_logs(debug: bool = False) -> None:

@@ -15,7 +15,11 @@ before any picture is read).
 Without ``--out`` the file given to ``--model`` is rewritten in place, whether or not the
 new fit is kept (the calibration record in its metadata is always new): a miner serving
 that file reloads it. The last line on stderr says what was written and which
-calibration the file now serves with.
+calibration the file now serves with. The file is written whole, then renamed into place,
+so a reader never sees half of it. A ``--model`` (or ``--out``) that is a symlink is written
+through: the file it points at is replaced, the link kept (``ln -s v14.pth current.pth``:
+calibrating ``current.pth`` in place rewrites ``v14.pth``; pass ``--out`` for a new file).
+Ctrl-C stops it with one line and exit status 130; nothing is written then.
 
     python -m bitmind.calibrate --model M.pth --data DIR [DIR2 ...] --split val --challenge --seeds 0 1 2 3 4 5 --out M.cal.pth
 
@@ -25,22 +29,33 @@ trained with, as ``bitmind.eval`` does; the fit pools the chosen split of every 
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
-from dataclasses import dataclass
-from typing import Any
+from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
 
-import numpy as np
+try:  # torch loads here (~2 s): a Ctrl-C in that window is one line, not a traceback
+    import argparse
+    import json
+    import logging
+    import sys
+    from dataclasses import dataclass
+    from pathlib import Path
+    from typing import Any
 
-from bitmind.calibration import (MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration,
-                                 too_few_to_calibrate)
-from bitmind.checkpoint import CheckpointError, check_calibration, load_model
-from bitmind.cli.eval import add_data_argument, add_split_arguments
-from bitmind.common import check_device, non_negative_int, output_path_problem
-from bitmind.data.splits import SPLITS
-from bitmind.evaluation import build_dataset, collect_predictions, trained_split
+    import numpy as np
+
+    from bitmind.calibration import (MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration,
+                                     too_few_to_calibrate)
+    from bitmind.checkpoint import CheckpointError, check_calibration, load_model
+    from bitmind.cli.eval import add_data_argument, add_split_arguments
+    from bitmind.common import check_device, non_negative_int, output_path_problem, write_target
+    from bitmind.data.splits import SPLITS
+    from bitmind.evaluation import build_dataset, collect_predictions, trained_split
+except KeyboardInterrupt:
+    import sys
+
+    if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) not in ("bitmind.calibrate",
+                                                                                            "bitmind.cli.calibrate"):
+        raise  # imported by other code: its Ctrl-C
+    exit_interrupted_while_starting()
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +70,8 @@ class Calibrated:
     record: dict
     temperature_before: Any
     logit_bias_before: Any
+    #: the file replaced: ``--out`` (else ``--model``), or the file it links to
+    written: Path | None = None
 
 
 def stored_calibration(lm, path) -> tuple[float, float]:
@@ -82,11 +99,14 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     read hold one class or none; ValueError / CheckpointError / OSError on bad arguments,
     an output that cannot be written (``out_path``, else ``model_path``) among them, before
     any picture is read."""
+    target = write_target(out_path or model_path)  # a symlink is written through, the link kept
     if out_path:
         problem = output_path_problem(out_path, "--out")
     else:
         problem = output_path_problem(model_path, "--model")
         problem = problem and f"{problem} (without --out the calibrated model is written over --model)"
+    if not problem and target != Path(out_path or model_path):  # the file the link points at
+        problem = output_path_problem(target, "--out" if out_path else "--model")
     if problem:  # before minutes of inference, not after (it was an IsADirectoryError at the very end)
         raise ValueError(problem)
     if real_target and not 0.0 < real_target < 1.0:  # before minutes of inference, not after
@@ -117,8 +137,8 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     previous = (lm.meta.get("metrics") or {}).get("calibration")
     if not record["kept"] and isinstance(previous, dict):  # what placed the map still in force
         record["stored_record"] = {k: v for k, v in previous.items() if k != "stored_record"}
-    stored = store_calibration(model_path, record, out_path)
-    return Calibrated(stored, temperature_before=t_before, logit_bias_before=b_before)
+    stored = store_calibration(model_path, record, target)
+    return Calibrated(stored, temperature_before=t_before, logit_bias_before=b_before, written=target)
 
 
 def _same(x, y) -> bool:
@@ -144,7 +164,9 @@ def outcome_line(run: Calibrated, model_path: str, out_path: str | None, replace
     stored calibration the miner would refuse gives way to the identity map."""
     rec = run.record
     t, b = rec["temperature"], rec["logit_bias"]
-    where = f"wrote {out_path}" if out_path else f"wrote {model_path} in place (a miner serving it reloads it)"
+    link = run.written is not None and Path(run.written) != Path(out_path or model_path)
+    through = f" through the link ({run.written} replaced, the link kept)" if link else ""
+    where = f"wrote {out_path}{through}" if out_path else f"wrote {model_path} in place{through} (a miner serving it reloads it)"
     n = f"on {rec.get('n')} pictures"
     target = f", bias moved so {rec['real_target']:g} of real photos are called real" if rec.get("real_target") else ""
     t0, b0 = run.temperature_before, run.logit_bias_before
@@ -165,12 +187,29 @@ def outcome_line(run: Calibrated, model_path: str, out_path: str | None, replace
     return f"{where}: calibration T={t:.4g}, bias={b:+.4g} stored, was T={_num(t0)}, bias={_num(b0, '+')} ({why}); {not_kept}"
 
 
+def interrupted_line(model_path: str, out_path: str | None, marks: dict) -> str:
+    """The line a Ctrl-C ends ``calibrate`` with: nothing written (the file is written whole,
+    then renamed into place, so a stop before the rename leaves it as it was), or, past the
+    rename, the whole calibrated file (``written_since``)."""
+    name = out_path or model_path
+    if written_since(marks):
+        return f"interrupted after {name} was written: it holds the new calibration (its record was not printed)"
+    if not out_path:
+        return f"interrupted: nothing written (the model file {model_path} is unchanged)"
+    state = "is unchanged" if any(m is not None for m in marks.values()) else "was not created"
+    return f"interrupted: nothing written ({out_path} {state}; the model file {model_path} is unchanged)"
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
+    ap = argparse.ArgumentParser(prog="python -m bitmind.calibrate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True,
+                    help="the checkpoint to calibrate; a symlink is written through (the file it points at is "
+                         "replaced atomically, the link kept)")
     add_data_argument(ap)
     ap.add_argument("--out", default=None,
-                    help="write the calibrated model here (default: over --model, in place: a miner serving it reloads it)")
+                    help="write the calibrated model here (default: over --model, in place: a miner serving it "
+                         "reloads it); a symlink is written through, as --model is")
     ap.add_argument("--split", default="val", choices=SPLITS + ("all",),
                     help="split to fit on (by picture stem, as the model was trained); 'all' for every image "
                          "(default: %(default)s)")
@@ -188,8 +227,12 @@ def main(argv=None) -> int:
                          "written: a calibration fitted on a handful follows those pictures")
     ap.add_argument("--replace", action="store_true",
                     help="store the new fit even if it does no better than the calibration stored in the file")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    try:
+        a = ap.parse_args(argv)
+        logging.basicConfig(level=logging.INFO)
+        marks = file_marks([write_target(a.out or a.model)])
+    except KeyboardInterrupt:
+        exit_interrupted_while_starting()
     try:
         run = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
                         a.device, a.batch_size, a.workers, a.real_target, a.val_fraction, a.test_fraction,
@@ -197,6 +240,8 @@ def main(argv=None) -> int:
     except (CheckpointError, OSError, ValueError) as e:  # CalibrationDataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        exit_interrupted(interrupted_line(a.model, a.out, marks))
     print(json.dumps(run.record, indent=2))
     print(outcome_line(run, a.model, a.out, replace=a.replace), file=sys.stderr)
     return 0

@@ -5,31 +5,80 @@
 The result is an ordinary self-describing model file (arch ``ensemble``; its config lists
 each member's arch and config; the weights sit under ``members.<i>.``): the miner serves
 it, hot-reloads it and ``bitmind.eval`` measures it like any single model. The ensemble's
-logit is the mean of its members' raw logits. Members' own calibrations do not carry
-over; fit one for the ensemble with ``python -m bitmind.calibrate`` on the validation split.
+logit is the mean of its members' raw logits. The file is written uncalibrated (T=1,
+bias=0): the members' own calibrations do not carry over; fit one for the ensemble with
+``python -m bitmind.calibrate`` on the validation split (the command prints the exact line).
+
+A member that does not load (not a model file, or weights that do not fit the architecture
+its metadata names) is one ``error: member I of N: ...`` line with exit status 2, as is any
+usage error; nothing is written then. An ``--out`` that is a symlink is written through: the
+file it points at is replaced (atomically), the link kept. Ctrl-C stops it with one line and
+exit status 130, nothing half-written (the file is written whole, then renamed into place).
 """
 from __future__ import annotations
 
-import argparse
-import logging
-import math
-import sys
-from pathlib import Path
+from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
 
-from bitmind import checkpoint
-from bitmind.checkpoint import CheckpointError, file_sha256, model_meta, read_checkpoint, save_checkpoint
-from bitmind.common import output_path_problem
-from bitmind.models import build_model
-from bitmind.models.npr import detector_only
+try:  # torch loads here (~2 s): a Ctrl-C in that window is one line, not a traceback
+    import argparse
+    import logging
+    import math
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from bitmind import checkpoint
+    from bitmind.checkpoint import (CheckpointError, build_network, file_sha256, model_meta, read_checkpoint,
+                                    save_checkpoint)
+    from bitmind.common import output_path_problem, write_target
+    from bitmind.models import build_model
+except KeyboardInterrupt:
+    import sys
+
+    if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) not in ("bitmind.ensemble",
+                                                                                            "bitmind.cli.ensemble"):
+        raise  # imported by other code: its Ctrl-C
+    exit_interrupted_while_starting()
 
 logger = logging.getLogger(__name__)
 
+PROG = "python -m bitmind.ensemble"
+#: How the ensemble's calibration is fitted (as ``bitmind.calibrate``'s docstring shows):
+#: validator challenges of the validation split, six draws pooled.
+CALIBRATE_OPTIONS = "--split val --challenge --seeds 0 1 2 3 4 5"
+
+
+def calibrate_command(out: str | Path, members_data: list | None = None) -> str:
+    """The ``python -m bitmind.calibrate`` line that fits the ensemble file ``out`` in place:
+    on ``members_data`` (the data roots the members were trained on, when they all share
+    them), else on ``DIR`` for the operator to name."""
+    data = " ".join(shlex.quote(str(d)) for d in members_data) if members_data else "DIR"
+    return f"python -m bitmind.calibrate --model {shlex.quote(str(out))} --data {data} {CALIBRATE_OPTIONS}"
+
+
+def shared_data(provenance: list[dict]) -> list | None:
+    """The data roots every member was trained on (``train_options.data`` of each member's
+    provenance record), when all members record the same ones; else None."""
+    roots = [(rec.get("train_options") or {}).get("data") for rec in provenance]
+    first = roots[0] if roots else None
+    if not first or not isinstance(first, list) or any(r != first for r in roots):
+        return None
+    return first
+
 
 def build_ensemble_checkpoint(members: list[str | Path], out: str | Path) -> Path:
-    """Write an ensemble of the checkpoints ``members`` to ``out``; returns ``out``. An
-    ``out`` that cannot be written (a folder, a read-only place) is a ValueError before
-    any member is read."""
-    problem = output_path_problem(out, "--out")
+    """``write_ensemble``'s file alone."""
+    return write_ensemble(members, out)[0]
+
+
+def write_ensemble(members: list[str | Path], out: str | Path) -> tuple[Path, dict]:
+    """Write an ensemble of the checkpoints ``members`` to ``out`` (through a symlink: the
+    file it points at is replaced); returns ``out`` and the metadata written. An ``out``
+    that cannot be written (a folder, a read-only place) is a ValueError before any member
+    is read; a member that does not load, a ``CheckpointError`` naming it (``member I of N:
+    ...``), before anything is written. The file is uncalibrated (T=1, bias=0)."""
+    target = write_target(out)
+    problem = output_path_problem(out, "--out") or (target != Path(out) and output_path_problem(target, "--out"))
     if problem:  # before reading every member, not an IsADirectoryError at the end
         raise ValueError(problem)
     if len(members) < 2:
@@ -39,36 +88,72 @@ def build_ensemble_checkpoint(members: list[str | Path], out: str | Path) -> Pat
         raise ValueError(f"--out {out} is one of the members: write the ensemble to another file")
     if len(set(resolved)) < len(resolved):
         logger.warning("a member is listed more than once: its logit counts once per listing in the mean")
-    specs, states, provenance = [], [], []
-    for path in members:
-        state, meta = read_checkpoint(path)
-        if meta.get("arch") == "ensemble":
-            raise ValueError(f"{path} is already an ensemble; list its members instead")
-        if meta.get("arch", "npr") == "npr":  # a member's auxiliary head is left behind, as the miner does
-            state, meta = detector_only(state, meta)
-        specs.append({"arch": meta.get("arch", "npr"), "config": meta.get("config", {})})
-        states.append(state)
+    specs, nets, provenance = [], [], []
+    for i, path in enumerate(members, 1):
+        try:
+            state, meta = read_checkpoint(path)
+            if meta.get("arch") == "ensemble":
+                raise ValueError(f"{path} is already an ensemble; list its members instead")
+            # the network its metadata describes, loaded strictly (a member's auxiliary head is
+            # left behind, as the miner does): weights that do not fit are a CheckpointError here
+            net, meta = build_network(meta.get("arch", "npr"), state, meta, detector_only=True, path=path)
+        except (CheckpointError, ValueError) as e:
+            raise (CheckpointError if isinstance(e, CheckpointError) else ValueError)(
+                f"member {i} of {len(members)}: {e}") from None
+        specs.append({"arch": meta.get("arch", "npr"), "config": meta.get("config") or {}})
+        nets.append(net)
         provenance.append({"file": Path(path).name, "sha256": file_sha256(path), "val": meta.get("metrics", {}).get("val"),
                            "epoch": meta.get("metrics", {}).get("epoch"), "train_options": meta.get("train_options")})
     model = build_model("ensemble", members=specs)
-    for sub, state in zip(model.members, states):
-        sub.load_state_dict(state, strict=True)
+    for sub, net in zip(model.members, nets):
+        sub.load_state_dict(net.state_dict(), strict=True)
     meta = model_meta(model, "ensemble", members=provenance)
-    return save_checkpoint(model, out, meta)
+    save_checkpoint(model, target, meta)
+    return Path(out), meta
+
+
+def interrupted_line(out: str | Path, marks: dict) -> str:
+    """What a Ctrl-C left: nothing (the file is written whole, then renamed over ``out``'s
+    target), or, past the rename, the whole new file."""
+    target = write_target(out)
+    if written_since(marks):
+        return f"interrupted after {out} was written: it holds the whole ensemble (uncalibrated)"
+    state = "is unchanged" if marks.get(target) is not None else "was not created"
+    return f"interrupted: nothing written ({out} {state})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The file is written UNCALIBRATED (T=1, bias=0): the members' calibrations do not carry\n"
+               "over. Calibrate it afterwards, in place (the command prints this line with its --out\n"
+               "and, where the members record the same data roots, those):\n  " + calibrate_command("OUT.pth"))
+    p.add_argument("--members", nargs="+", required=True, help="member checkpoints (.pth or .safetensors)")
+    p.add_argument("--out", required=True,
+                   help="the ensemble checkpoint to write (uncalibrated); a symlink is written through: the file it "
+                        "points at is replaced atomically and the link kept")
+    return p
 
 
 def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--members", nargs="+", required=True, help="member checkpoints (.pth or .safetensors)")
-    p.add_argument("--out", required=True, help="the ensemble checkpoint to write")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        out = build_ensemble_checkpoint(args.members, args.out)
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        marks = file_marks([write_target(args.out)])
+    except KeyboardInterrupt:
+        exit_interrupted_while_starting()
+    try:
+        out, meta = write_ensemble(args.members, args.out)
     except (CheckpointError, OSError, ValueError) as e:  # one line, exit 2: a usage error, not a traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"wrote {out} ({len(args.members)} members)")
+    except KeyboardInterrupt:
+        exit_interrupted(interrupted_line(args.out, marks))
+    target = write_target(out)
+    through = f"; through the link: {target} replaced, the link kept" if target != Path(out) else ""
+    command = calibrate_command(out, shared_data(meta["members"]))
+    print(f"wrote {out} ({len(args.members)} members{through}): uncalibrated (T=1, bias=0; the members' calibrations "
+          f"do not carry over); calibrate it before serving it:\n  {command}")
     size, cap = Path(out).stat().st_size, checkpoint.MAX_MODEL_BYTES
     if size > cap:  # written, but a miner with the default cap would refuse it unread
         print(f"note: {out} is {size / 2**20:.1f} MiB, more than the {cap / 2**20:g} MiB a miner reads by default: "

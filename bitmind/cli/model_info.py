@@ -167,7 +167,8 @@ def render(info: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bitmind.model_info", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="model files (.pth or .safetensors)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per file instead (every field)")
     ap.add_argument("--serving", metavar="PATH", help="the file a running miner serves: also say whether each model "
