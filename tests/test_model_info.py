@@ -139,3 +139,18 @@ def test_serving_says_when_the_miner_would_refuse_a_file_from_its_size(tmp_path,
     monkeypatch.setattr(checkpoint, "MAX_MODEL_BYTES", 1000)  # the tiny test files are larger
     assert main([str(same), "--serving", str(served)]) == 1
     assert "more than the 1000 bytes a model file may be" in capsys.readouterr().out
+
+
+def test_the_calibration_line_names_the_pictures_it_was_fitted_on(tmp_path, capsys):
+    """After ``bitmind.calibrate --split all`` the figures are on the pictures fitted, not on a
+    validation split (the line said "on validation" whatever the split)."""
+    model = build_model("npr", layers=[1, 1], width=8, input="npr_hp", stem_pool=False)
+    for split, n, said in (("val", 1089, "on validation (1089 pictures), calibrated"),
+                           (None, 37, "on the pictures it was fitted on (37 pictures), not a held-out split, calibrated"),
+                           ("test", 50, "on the test split (50 pictures), calibrated")):
+        cal = {"method": "class-balanced Platt scaling", "split": split, "n": n,
+               "val_real_accuracy_after": 0.8, "val_fake_accuracy_after": 0.7}
+        path = save_checkpoint(model, tmp_path / f"m_{split}.pth",
+                               model_meta(model, temperature=0.5, metrics={"calibration": cal}))
+        assert main([str(path)]) == 0
+        assert said in capsys.readouterr().out

@@ -125,6 +125,17 @@ def _share(v) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
 
 
+def _fitted_on(cal: dict) -> str:
+    """Which pictures the stored calibration's figures are on: the trainer's and
+    ``bitmind.calibrate --split val``'s validation split, another split, or (``--split all``,
+    no split recorded) every picture it was given."""
+    split, n = cal.get("split"), cal.get("n")
+    count = f" ({n} pictures)" if isinstance(n, int) and not isinstance(n, bool) else ""
+    if split in (None, "", "all"):
+        return f"on the pictures it was fitted on{count}, not a held-out split"
+    return ("on validation" if split == "val" else f"on the {split} split") + count
+
+
 def render(info: dict) -> str:
     """``describe``'s dict as a few readable lines."""
     lines = [info["path"]]
@@ -142,7 +153,7 @@ def render(info: dict) -> str:
     rule = cal.get("method") or ("none stored" if (info["temperature"], info["logit_bias"]) == (1.0, 0.0) else "stored")
     lines.append(f"  P(AI) = sigmoid(logit / {info['temperature']:.3f} {info['logit_bias']:+.3f}): {rule}")
     if "val_real_accuracy_after" in cal:
-        lines.append(f"    on validation, calibrated: real photos {_share(cal['val_real_accuracy_after'])} called real, "
+        lines.append(f"    {_fitted_on(cal)}, calibrated: real photos {_share(cal['val_real_accuracy_after'])} called real, "
                      f"fakes {_share(cal.get('val_fake_accuracy_after'))} caught")
     if any(v is not None for v in info["training"].values()) or info["data"]:
         tr = ", ".join(f"{k} {_fmt(v)}" for k, v in info["training"].items() if v is not None)
