@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -179,9 +180,12 @@ def redrawable(fig: Figure, data_root: str | None) -> bool:
 
 
 def draw(name: str, fig_dir: Path, out_dir: Path, data_root: str | None) -> subprocess.CompletedProcess:
+    """Run ``name``'s script. Models are scored in fp32 (``BITMIND_CPU_BF16=0``), as every
+    committed result was: on a CPU that computes bf16 the serving forward may pick bf16,
+    which moves accuracies by up to a few hundredths and would not reproduce the figure."""
     fig = FIGURES[name]
     cmd = [sys.executable, str(REPO / fig.script), *fill(fig, name, fig_dir, out_dir, data_root or "")]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "BITMIND_CPU_BF16": "0"})
 
 
 def compare(fig: Figure, made: Path) -> list[str]:
