@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from bitmind.common import output_path_problem
 from bitmind.data.catalog import CATALOG, CatalogEntry, find_entry
-from bitmind.data.sources import CLASSES, LabelError, normalise_label, resolve_labels
+from bitmind.data.sources import CLASSES, LABEL_COLUMN, LabelError, normalise_label, resolve_labels
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +146,7 @@ def call_with_retries(fn: Callable[[], Any], name: str, policy: RetryPolicy = Re
 
 
 # --------------------------------------------------------------------------- labels
-
-LABEL_COLUMN = "label"
+# LABEL_COLUMN (from bitmind.data.sources): the column read here is the one an hf: spec reads
 
 
 def parse_label_map(items: list[str] | None) -> dict[str, str]:
