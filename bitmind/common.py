@@ -208,14 +208,24 @@ def output_path_problem(path, flag: str, folder: bool = False) -> str | None:
     return None
 
 
-def write_target(path: str | os.PathLike) -> Path:
+def write_target(path: str | os.PathLike, strict: bool = True) -> Path:
     """The file a write to ``path`` replaces: ``path`` itself, or for a symlink the file it
     points at (every link followed), so an atomic write (a temporary file renamed over the
     target: ``atomic_write``) changes that file and keeps the link, as ``cp`` or a shell's
     ``>`` would. Renaming over the link itself would turn it into a regular file and leave
-    the version it pointed at unchanged (docs/Mining.md deploys models by symlink)."""
+    the version it pointed at unchanged (docs/Mining.md deploys models by symlink). A link
+    that loops, or points into a folder that does not exist, is a ValueError (``strict``),
+    else ``path`` itself."""
     p = Path(path)
-    return Path(os.path.realpath(p)) if p.is_symlink() else p
+    if not p.is_symlink():
+        return p
+    real = Path(os.path.realpath(p))
+    problem = (f"{path} is a symbolic link that loops back on itself; point it at a file"
+               if real.is_symlink() or real == Path(os.path.abspath(p)) else
+               f"{path} is a symbolic link to {real}, in a folder that does not exist" if not real.parent.is_dir() else None)
+    if problem and strict:
+        raise ValueError(problem)
+    return p if problem else real
 
 
 def route_library_logs(debug: bool = False) -> None:

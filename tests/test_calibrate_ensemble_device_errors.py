@@ -303,3 +303,46 @@ def test_usage_names_the_python_m_command(module, name, capsys):
         module.main(["--help"])
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: python -m bitmind.{name} ")
+
+
+def test_a_link_re_pointed_during_calibration_does_not_mix_two_versions(tmp_path, data, monkeypatch):
+    """Review finding: the weights were read again through the link at the end, so a deploy
+    swap (``ln -sfn v15.pth cur.pth``) during inference stored v15's weights in v14.pth with
+    v14's calibration. The version the run started from is the one it calibrates."""
+    v14 = save_brightness_model(tmp_path / "v14.pth", gain=10.0)
+    v15 = save_brightness_model(tmp_path / "v15.pth", gain=3.0)
+    v15_before = v15.read_bytes()
+    cur = tmp_path / "cur.pth"
+    cur.symlink_to("v14.pth")
+    real_collect = calibrate.collect_predictions
+
+    def swap_mid_run(*a, **kw):
+        out = real_collect(*a, **kw)
+        tmp = tmp_path / "cur.tmp"
+        tmp.symlink_to("v15.pth")
+        os.replace(tmp, cur)  # the deploy swap
+        return out
+
+    monkeypatch.setattr(calibrate, "collect_predictions", swap_mid_run)
+    assert calibrate.main(_calibrate_args(cur, data)) == 0
+    state14, meta14 = read_checkpoint(v14)
+    assert float(state14["gain"]) == 10.0 and meta14["config"]["gain"] == 10.0  # v14's weights, not v15's (3.0)
+    assert meta14["metrics"]["calibration"]["kept"] is True
+    assert v15.read_bytes() == v15_before  # the new version is untouched
+
+
+def test_links_that_loop_or_lead_nowhere_are_refused(tmp_path, data, capsys):
+    from bitmind.common import write_target
+
+    model = save_brightness_model(tmp_path / "m.pth")
+    loop = tmp_path / "loop.pth"
+    loop.symlink_to("loop.pth")
+    with pytest.raises(ValueError, match="loops back"):
+        write_target(loop)
+    assert write_target(loop, strict=False) == loop
+    nowhere = tmp_path / "dangling.pth"
+    nowhere.symlink_to(tmp_path / "nodir" / "sub" / "v.pth")
+    with pytest.raises(ValueError, match="folder that does not exist"):
+        write_target(nowhere)
+    assert calibrate.main(_calibrate_args(model, data, "--out", str(nowhere))) == 2
+    assert "folder that does not exist" in capsys.readouterr().err and not (tmp_path / "nodir").exists()

@@ -46,11 +46,16 @@ def test_a_report_is_not_written_over_a_picture_or_into_the_data(model, data, tm
     picture = data / "real" / "a" / "img0.png"
     before = picture.read_bytes()
     assert _run(model, data, "--json", str(picture)) == 2
-    assert "model or picture file" in capsys.readouterr().err and picture.read_bytes() == before
-    assert _run(model, data, "--json", str(data / "report.json")) == 2
-    assert "inside the data folder" in capsys.readouterr().err and not (data / "report.json").exists()
-    assert _run(model, data, "--plots", str(data / "real" / "plots")) == 2  # plots there would be read as pictures
-    assert "inside the data folder" in capsys.readouterr().err and not (data / "real" / "plots").exists()
+    assert "model, picture or dataset file" in capsys.readouterr().err and picture.read_bytes() == before
+    assert _run(model, data, "--json", str(data / "real" / "report.json")) == 2
+    assert "where the pictures are read from" in capsys.readouterr().err and not (data / "real" / "report.json").exists()
+    assert _run(model, data, "--plots", str(data / "fake" / "plots")) == 2  # plots there would be read as pictures
+    assert "where the pictures are read from" in capsys.readouterr().err and not (data / "fake" / "plots").exists()
+    assert _run(model, data, "--json", str(tmp_path / "fakes.parquet")) == 2  # an hf: dataset file
+    assert "model, picture or dataset file" in capsys.readouterr().err and not (tmp_path / "fakes.parquet").exists()
+    # beside real/ and fake/, at the root, nothing is read as a picture: allowed (review finding)
+    assert _run(model, data, "--json", str(data / "report.json"), "--plots", str(data / "plots")) == 0
+    assert json.loads((data / "report.json").read_text())["n"] == 4 and (data / "plots" / "roc.png").exists()
 
 
 def test_a_linked_report_path_replaces_the_link_not_its_target(model, data, tmp_path):

@@ -168,9 +168,12 @@ def test_workers_beyond_the_machines_cores_are_not_started(monkeypatch, caplog):
     assert 1 <= trainer.usable_cpus() <= (os.cpu_count() or 1)
 
 
-def test_the_worker_count_does_not_change_the_batches(tmp_path):
+def test_the_worker_count_does_not_change_the_batches(tmp_path, monkeypatch):
     """Capping the workers to the cores is safe because each picture's augmentation is drawn
     from (seed, epoch, index), not from the worker that reads it."""
+    import bitmind.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "usable_cpus", lambda: 4)  # two workers really start, on any machine
     pools = make_pools(tmp_path)
     base = TrainConfig(data=[str(pools["crops"])], samples_per_epoch=16, batch_size=8, workers=1, loader_parts=1, seed=5)
     train, _, _ = build_datasets(base)

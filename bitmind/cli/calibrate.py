@@ -35,6 +35,7 @@ try:  # torch loads here (~2 s): a Ctrl-C in that window is one line, not a trac
     import argparse
     import json
     import logging
+    import os
     import sys
     from dataclasses import dataclass
     from pathlib import Path
@@ -100,19 +101,19 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     an output that cannot be written (``out_path``, else ``model_path``) among them, before
     any picture is read."""
     target = write_target(out_path or model_path)  # a symlink is written through, the link kept
-    if out_path:
-        problem = output_path_problem(out_path, "--out")
-    else:
-        problem = output_path_problem(model_path, "--model")
-        problem = problem and f"{problem} (without --out the calibrated model is written over --model)"
-    if not problem and target != Path(out_path or model_path):  # the file the link points at
-        problem = output_path_problem(target, "--out" if out_path else "--model")
+    # the file the weights come from, fixed now: re-pointing a linked --model during the
+    # minutes of inference (a deploy swap) must not store one version's weights with the
+    # other's calibration
+    source = Path(os.path.realpath(model_path)) if Path(model_path).is_symlink() else Path(model_path)
+    problem = output_path_problem(target, "--out" if out_path else "--model")  # where the write lands, not the link's folder
+    if problem and not out_path:
+        problem = f"{problem} (without --out the calibrated model is written over --model)"
     if problem:  # before minutes of inference, not after (it was an IsADirectoryError at the very end)
         raise ValueError(problem)
     if real_target and not 0.0 < real_target < 1.0:  # before minutes of inference, not after
         raise ValueError(f"--real_target must lie in (0, 1), got {real_target}")
     dev = check_device(device)
-    lm = load_model(model_path)
+    lm = load_model(source)
     t_before, b_before = lm.meta.get("temperature", 1.0), lm.meta.get("logit_bias", 0.0)  # the file's, as stored
     split_seed, fractions = trained_split(lm.meta, split_seed, val_fraction, test_fraction)
     if split:
@@ -137,7 +138,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     previous = (lm.meta.get("metrics") or {}).get("calibration")
     if not record["kept"] and isinstance(previous, dict):  # what placed the map still in force
         record["stored_record"] = {k: v for k, v in previous.items() if k != "stored_record"}
-    stored = store_calibration(model_path, record, target)
+    stored = store_calibration(source, record, target)
     return Calibrated(stored, temperature_before=t_before, logit_bias_before=b_before, written=target)
 
 
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
     try:
         a = ap.parse_args(argv)
         logging.basicConfig(level=logging.INFO)
-        marks = file_marks([write_target(a.out or a.model)])
+        marks = file_marks([write_target(a.out or a.model, strict=False)])
     except KeyboardInterrupt:
         exit_interrupted_while_starting()
     try:

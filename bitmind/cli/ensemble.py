@@ -78,7 +78,7 @@ def write_ensemble(members: list[str | Path], out: str | Path) -> tuple[Path, di
     is read; a member that does not load, a ``CheckpointError`` naming it (``member I of N:
     ...``), before anything is written. The file is uncalibrated (T=1, bias=0)."""
     target = write_target(out)
-    problem = output_path_problem(out, "--out") or (target != Path(out) and output_path_problem(target, "--out"))
+    problem = output_path_problem(target, "--out")  # where the write lands (through a link), not the link's folder
     if problem:  # before reading every member, not an IsADirectoryError at the end
         raise ValueError(problem)
     if len(members) < 2:
@@ -115,7 +115,7 @@ def write_ensemble(members: list[str | Path], out: str | Path) -> tuple[Path, di
 def interrupted_line(out: str | Path, marks: dict) -> str:
     """What a Ctrl-C left: nothing (the file is written whole, then renamed over ``out``'s
     target), or, past the rename, the whole new file."""
-    target = write_target(out)
+    target = write_target(out, strict=False)
     if written_since(marks):
         return f"interrupted after {out} was written: it holds the whole ensemble (uncalibrated)"
     state = "is unchanged" if marks.get(target) is not None else "was not created"
@@ -139,7 +139,7 @@ def main(argv=None) -> Path:
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        marks = file_marks([write_target(args.out)])
+        marks = file_marks([write_target(args.out, strict=False)])
     except KeyboardInterrupt:
         exit_interrupted_while_starting()
     try:
@@ -149,7 +149,7 @@ def main(argv=None) -> Path:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         exit_interrupted(interrupted_line(args.out, marks))
-    target = write_target(out)
+    target = write_target(out, strict=False)
     through = f"; through the link: {target} replaced, the link kept" if target != Path(out) else ""
     command = calibrate_command(out, shared_data(meta["members"]))
     print(f"wrote {out} ({len(args.members)} members{through}): uncalibrated (T=1, bias=0; the members' calibrations "

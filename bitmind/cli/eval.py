@@ -119,7 +119,25 @@ EPILOG = """several data roots:
 
 #: Suffixes a report is never written over: a typo such as ``--json M.pth`` would replace the
 #: model (or a picture) with the report.
-PROTECTED_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+PROTECTED_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+                      ".parquet", ".arrow")
+
+
+def _picture_folders(data) -> list[str]:
+    """The local folders a run reads pictures from: ``ROOT/real`` and ``ROOT/fake`` of each
+    folder root (a report or plots beside them, at the root, are never read), and the path of
+    an ``hf:`` dataset saved on disk."""
+    out = []
+    for d in data or []:
+        d = str(d)
+        if d.startswith("hf:"):
+            rest = d[3:]
+            path = rest.rsplit(":", 1)[0] if rest.rsplit(":", 1)[-1] in ("real", "fake") else rest
+            if os.path.exists(path):
+                out.append(path)
+        elif os.path.isdir(d):
+            out += [os.path.join(d, c) for c in ("real", "fake") if os.path.isdir(os.path.join(d, c))]
+    return out
 
 
 def _inside(path: str, root: str) -> bool:
@@ -133,23 +151,24 @@ def _inside(path: str, root: str) -> bool:
 def report_path_problem(args: argparse.Namespace) -> str | None:
     """Why the ``--json`` / ``--plots`` outputs would be wrong places to write, else None,
     checked before inference: not writable (``output_path_problem``, and an existing read-only
-    report), the model file itself, a model or picture file, or inside a data folder (plots
-    there would be read as pictures by the next run; a report there could replace one)."""
+    report), the model file itself, a model, picture or dataset file, or inside a folder the
+    pictures are read from (``_picture_folders``: plots there would be read as pictures by
+    the next run; a report there could replace one)."""
     problem = output_path_problem(args.json, "--json") or output_path_problem(args.plots, "--plots", folder=True)
     if problem:
         return problem
-    roots = [d for d in args.data or [] if not str(d).startswith("hf:") and os.path.isdir(d)]
+    roots = _picture_folders(args.data)
     if args.json:
         if os.path.exists(args.json) and os.path.exists(args.model) and os.path.samefile(args.json, args.model):
             return f"--json {args.json} is the model file; name another file for the report"
         if Path(args.json).suffix.lower() in PROTECTED_SUFFIXES:
-            return f"--json {args.json} names a model or picture file; a report is JSON (e.g. report.json)"
+            return f"--json {args.json} names a model, picture or dataset file; a report is JSON (e.g. report.json)"
         if os.path.isfile(args.json) and not os.access(args.json, os.W_OK):
             return f"--json {args.json} exists and is read-only"
     for flag, out in (("--json", args.json), ("--plots", args.plots)):
         inside = next((r for r in roots if out and _inside(out, r)), None)
         if inside:
-            return f"{flag} {out} is inside the data folder {inside}; write results elsewhere"
+            return f"{flag} {out} is inside {inside}, where the pictures are read from; write results elsewhere"
     return None
 
 
@@ -182,6 +201,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"error: the report could not be written to {args.json}: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # the write is a rename of a whole file: the old report stays whole
+            print(f"interrupted: {args.json} not written (the table above is the result)", file=sys.stderr)
+            return 130
         print(f"report: {args.json}")
     if args.plots:
         print(f"plots: {', '.join(report['plots'].values())}")
