@@ -5,12 +5,13 @@ the epoch in progress finish and be saved (``GracefulStop``); a Ctrl-C that stop
 at once ends it with one line and exit status 130 (``exit_interrupted``), not a traceback."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Iterable, NoReturn
+from typing import Callable, Iterable, Iterator, NoReturn
 
 #: The line a Ctrl-C before a run began ends with (while torch and the rest import, ~2 s,
 #: or while the options are read): nothing was written yet.
@@ -29,6 +30,20 @@ def exit_interrupted_while_starting() -> NoReturn:
     """``exit_interrupted`` for a Ctrl-C while a command starts (imports, options):
     ``STARTING_INTERRUPTED``."""
     exit_interrupted(STARTING_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def interrupt_while_importing(*commands: str) -> Iterator[None]:
+    """Around a command module's imports (torch, ~2 s): a Ctrl-C there ends the command with
+    ``STARTING_INTERRUPTED`` when it runs as one of ``commands`` (the ``python -m`` names,
+    the shim's and its module's), and goes on as the KeyboardInterrupt it is when other code
+    imported the module (a test, a script: the importer's Ctrl-C)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) not in commands:
+            raise
+        exit_interrupted_while_starting()
 
 
 def file_marks(paths: Iterable[Path]) -> dict[Path, tuple | None]:

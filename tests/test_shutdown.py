@@ -49,3 +49,22 @@ print("closed")
     done = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("closed")
+
+
+def test_a_ctrl_c_while_a_command_imports_is_one_line_only_when_it_runs_as_that_command(monkeypatch, capsys):
+    import sys
+    from types import SimpleNamespace
+
+    import pytest
+
+    from bitmind.shutdown import STARTING_INTERRUPTED, interrupt_while_importing
+
+    monkeypatch.setitem(sys.modules, "__main__", SimpleNamespace(__spec__=SimpleNamespace(name="bitmind.calibrate")))
+    with pytest.raises(SystemExit) as stopped:
+        with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):
+            raise KeyboardInterrupt
+    assert stopped.value.code == 130 and STARTING_INTERRUPTED in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "__main__", SimpleNamespace(__spec__=None))  # imported by a script or a test
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):
+            raise KeyboardInterrupt

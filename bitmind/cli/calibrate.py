@@ -29,9 +29,10 @@ trained with, as ``bitmind.eval`` does; the fit pools the chosen split of every 
 """
 from __future__ import annotations
 
-from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
+from bitmind.shutdown import (exit_interrupted, exit_interrupted_while_starting, file_marks, interrupt_while_importing,
+                              written_since)
 
-try:  # torch loads here (~2 s): a Ctrl-C in that window is one line, not a traceback
+with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):  # torch loads here (~2 s): a Ctrl-C then is one line
     import argparse
     import json
     import logging
@@ -50,13 +51,6 @@ try:  # torch loads here (~2 s): a Ctrl-C in that window is one line, not a trac
     from bitmind.common import check_device, non_negative_int, output_path_problem, write_target
     from bitmind.data.splits import SPLITS
     from bitmind.evaluation import build_dataset, collect_predictions, trained_split
-except KeyboardInterrupt:
-    import sys
-
-    if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) not in ("bitmind.calibrate",
-                                                                                            "bitmind.cli.calibrate"):
-        raise  # imported by other code: its Ctrl-C
-    exit_interrupted_while_starting()
 
 logger = logging.getLogger(__name__)
 

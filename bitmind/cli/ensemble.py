@@ -17,9 +17,10 @@ exit status 130, nothing half-written (the file is written whole, then renamed i
 """
 from __future__ import annotations
 
-from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
+from bitmind.shutdown import (exit_interrupted, exit_interrupted_while_starting, file_marks, interrupt_while_importing,
+                              written_since)
 
-try:  # torch loads here (~2 s): a Ctrl-C in that window is one line, not a traceback
+with interrupt_while_importing("bitmind.ensemble", "bitmind.cli.ensemble"):  # torch loads here (~2 s): a Ctrl-C then is one line
     import argparse
     import logging
     import math
@@ -32,13 +33,6 @@ try:  # torch loads here (~2 s): a Ctrl-C in that window is one line, not a trac
                                     save_checkpoint)
     from bitmind.common import output_path_problem, write_target
     from bitmind.models import build_model
-except KeyboardInterrupt:
-    import sys
-
-    if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) not in ("bitmind.ensemble",
-                                                                                            "bitmind.cli.ensemble"):
-        raise  # imported by other code: its Ctrl-C
-    exit_interrupted_while_starting()
 
 logger = logging.getLogger(__name__)
 
