@@ -150,3 +150,18 @@ def test_role_that_agrees_with_the_column_is_not_warned_about(tmp_path, caplog):
         src = open_source(f"hf:{path}:fake")
     assert [src.label(i) for i in range(4)] == [1] * 4
     assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+
+
+def test_the_downloader_summarises_a_dataset_as_an_hf_spec_reads_it(tmp_path, caplog):
+    """One rule for both: a dataset with neither a role nor a label column was summarised as
+    fake by ``bitmind.download_data`` while the ``hf:`` spec of the same path refused it; a
+    role overriding a disagreeing column was warned about by the spec only."""
+    from bitmind.cli.download_data import parse_target, summarise_local
+
+    bare = _save(tmp_path / "bare", CLASSES, label=False)
+    out = summarise_local(parse_target(str(bare)))
+    assert not out.ok and ":real or :fake" in (out.error or "")
+    labelled = _save(tmp_path / "labelled", CLASSES)
+    with caplog.at_level(logging.WARNING, logger="bitmind.data.sources"):
+        out = summarise_local(parse_target(f"{labelled}:real"))
+    assert out.error is None and "column says 21 of them are fake" in caplog.text

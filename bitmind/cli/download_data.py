@@ -298,7 +298,7 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8,
     or, when None, to the library default (~/.cache/huggingface), so that an operator's
     ``--cache_dir`` on a small system disk is honoured for local data too.
     """
-    from bitmind.data.sources import HFDatasetSource, LocalFolderSource, open_hf_dataset
+    from bitmind.data.sources import LocalFolderSource, open_hf_dataset, open_hf_source
 
     out = Outcome(name=target.path, kind="local", ok=False, role=target.role)
     p = Path(target.path)
@@ -315,13 +315,12 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8,
             ds = open_hf_dataset(str(p), split=split, cache_dir=cache_dir)
             out.summary["format"] = "hf"
             out.summary["columns"] = list(ds.column_names)
-            if target.role is None and LABEL_COLUMN in ds.column_names:
-                src = HFDatasetSource(str(p), role=None, dataset=ds, label_column=LABEL_COLUMN, label_map=label_map)
+            # the classes as an hf: spec of this path would read them (one rule: open_hf_source):
+            # the label column without a role, else the role (warned where the column disagrees);
+            # neither is a LabelError, as it is for the spec
+            src = open_hf_source(str(p), role=target.role, label_map=label_map, dataset=ds)
+            if target.role is None:
                 out.summary["labels"] = src.label_mapping
-            else:
-                if target.role is None:
-                    out.warnings.append(f"no role given (append :real or :fake) and no {LABEL_COLUMN!r} column; shown as fake")
-                src = HFDatasetSource(str(p), role=target.role or "fake", dataset=ds)
     except LabelError as e:
         out.error = str(e)
         return out
