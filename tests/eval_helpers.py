@@ -83,3 +83,11 @@ def save_tiny_npr(path: Path, seed: int = 0, temperature: float | None = None) -
     m = build_model("npr", layers=[1, 1], width=8)
     extra = {} if temperature is None else {"temperature": temperature}
     return save_checkpoint(m, path, meta=model_meta(m, **extra))
+
+
+def solid_two_class_folder(root: Path) -> Path:
+    """16 solid pictures: 8 darker real photos (real/cam), 8 brighter fakes (fake/gen)."""
+    for k in range(8):
+        solid_image(root / "real" / "cam" / f"r{k}.png", 40 + 12 * k)
+        solid_image(root / "fake" / "gen" / f"f{k}.png", 110 + 12 * k)
+    return root

@@ -27,7 +27,7 @@ from bitmind.cli import calibrate, ensemble, model_info
 from bitmind.common import check_device
 from bitmind.models import build_model
 
-from eval_helpers import save_brightness_model, solid_image
+from eval_helpers import save_brightness_model, solid_two_class_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,11 +52,7 @@ def _foreign(path):
 
 @pytest.fixture()
 def data(tmp_path):
-    root = tmp_path / "data"
-    for k in range(8):
-        solid_image(root / "real" / "cam" / f"r{k}.png", 40 + 12 * k)
-        solid_image(root / "fake" / "gen" / f"f{k}.png", 110 + 12 * k)
-    return root
+    return solid_two_class_folder(tmp_path / "data")
 
 
 def _one_line(err: str, prefix: str = "error: ") -> str:

@@ -27,7 +27,7 @@ from bitmind.cli import calibrate
 from bitmind.cli import ensemble
 from bitmind.models import build_model
 
-from eval_helpers import solid_image
+from eval_helpers import solid_image, solid_two_class_folder
 
 REPO = Path(__file__).resolve().parents[1]
 STORED = {"temperature": 0.7, "logit_bias": -1.0}
@@ -50,12 +50,7 @@ def _tiny_npr(path, seed: int = 0, legacy: bool = False):
 
 @pytest.fixture()
 def data(tmp_path):
-    """16 solid pictures: darker real photos, brighter fakes."""
-    root = tmp_path / "data"
-    for k in range(8):
-        solid_image(root / "real" / "cam" / f"r{k}.png", 40 + 12 * k)
-        solid_image(root / "fake" / "gen" / f"f{k}.png", 110 + 12 * k)
-    return root
+    return solid_two_class_folder(tmp_path / "data")
 
 
 @pytest.fixture()
