@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,10 +217,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     seen = set(idx.tolist())
     unseen = [k for k in range(len(dataset)) if k not in seen]
     skipped = [dataset.describe(k) for k in unseen]
-    skipped_sources: dict[str, int] = {}
-    for k in unseen:
-        name = dataset.items[k][0].source_name(dataset.items[k][1])
-        skipped_sources[name] = skipped_sources.get(name, 0) + 1
+    skipped_sources = Counter(dataset.items[k][0].source_name(dataset.items[k][1]) for k in unseen)
     return Predictions(
         probs=apply_calibration(lg, temperature, logit_bias),
         logits=lg,
@@ -231,7 +229,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
         temperature=temperature,
         logit_bias=logit_bias,
         precision=forward_precision(forward, amp_dtype),
-        skipped_sources=skipped_sources,
+        skipped_sources=dict(skipped_sources),
     )
 
 

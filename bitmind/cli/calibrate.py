@@ -36,7 +36,6 @@ with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):  #
     import argparse
     import json
     import logging
-    import os
     import sys
     from dataclasses import dataclass
     from pathlib import Path
@@ -98,7 +97,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     # the file the weights come from, fixed now: re-pointing a linked --model during the
     # minutes of inference (a deploy swap) must not store one version's weights with the
     # other's calibration
-    source = Path(os.path.realpath(model_path)) if Path(model_path).is_symlink() else Path(model_path)
+    source = write_target(model_path, strict=False)
     problem = output_path_problem(target, "--out" if out_path else "--model")  # where the write lands, not the link's folder
     if problem and not out_path:
         problem = f"{problem} (without --out the calibrated model is written over --model)"

@@ -91,9 +91,10 @@ def write_ensemble(members: list[str | Path], out: str | Path) -> tuple[Path, di
             # the network its metadata describes, loaded strictly (a member's auxiliary head is
             # left behind, as the miner does): weights that do not fit are a CheckpointError here
             net, meta = build_network(meta.get("arch", "npr"), state, meta, detector_only=True, path=path)
-        except (CheckpointError, ValueError) as e:
-            raise (CheckpointError if isinstance(e, CheckpointError) else ValueError)(
-                f"member {i} of {len(members)}: {e}") from None
+        except CheckpointError as e:
+            raise CheckpointError(f"member {i} of {len(members)}: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"member {i} of {len(members)}: {e}") from None
         specs.append({"arch": meta.get("arch", "npr"), "config": meta.get("config") or {}})
         nets.append(net)
         provenance.append({"file": Path(path).name, "sha256": file_sha256(path), "val": meta.get("metrics", {}).get("val"),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bitmind.common import output_path_problem
+from bitmind.data.sources import split_hf_spec
 from bitmind.data.splits import SPLITS
 from bitmind.evaluation import evaluate
 from bitmind.metrics import format_metrics_table
@@ -128,13 +129,11 @@ def _picture_folders(data) -> list[str]:
     folder root (a report or plots beside them, at the root, are never read), and the path of
     an ``hf:`` dataset saved on disk."""
     out = []
-    for d in data or []:
-        d = str(d)
-        if d.startswith("hf:"):
-            rest = d[3:]
-            path = rest.rsplit(":", 1)[0] if rest.rsplit(":", 1)[-1] in ("real", "fake") else rest
-            if os.path.exists(path):
-                out.append(path)
+    for d in map(str, data or []):
+        hf = split_hf_spec(d)
+        if hf:
+            if os.path.exists(hf[0]):
+                out.append(hf[0])
         elif os.path.isdir(d):
             out += [os.path.join(d, c) for c in ("real", "fake") if os.path.isdir(os.path.join(d, c))]
     return out

@@ -408,6 +408,16 @@ def _warn_ignored_labels(src: HFDatasetSource, column: str, label_map: dict[str,
                        src.name, column, src.role, len(src), src.role, disagree, other, src.role)
 
 
+def split_hf_spec(spec: str) -> tuple[str, str | None] | None:
+    """An ``hf:NAME_OR_PATH[:real|fake]`` data spec as (NAME_OR_PATH, role or None); None for a
+    spec that is not ``hf:`` (a folder). The one parser of the form, for every command that
+    reads, stores or guards a data spec."""
+    if not spec.startswith("hf:"):
+        return None
+    rest, _, last = spec[3:].rpartition(":")
+    return (rest, last) if rest and last in CLASSES else (spec[3:], None)
+
+
 def open_source(spec: str, **kw) -> ImageSource:
     """Parse a data spec from the command line.
 
@@ -419,11 +429,9 @@ def open_source(spec: str, **kw) -> ImageSource:
 
     ``kw`` go to ``open_hf_source`` (``split``, ``label_map``, ``cache_dir`` ...).
     """
-    if spec.startswith("hf:"):
-        rest = spec[3:]
-        role = None
-        if rest.rsplit(":", 1)[-1] in CLASSES:
-            rest, role = rest.rsplit(":", 1)
+    hf = split_hf_spec(spec)
+    if hf:
+        rest, role = hf
         try:
             return open_hf_source(rest, role=role, **kw)
         except LabelError as e:

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bitmind.data.sources import split_hf_spec
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks here (runs are not guarded against each other)
@@ -224,13 +226,11 @@ def _refuse(cfg, clash: dict, asks: str, hint: str = "") -> None:
 def _split_spec(spec: str) -> tuple[str, str, str]:
     """A path option's value as (prefix, path, suffix): ``hf:PATH:real`` -> (``hf:``, PATH,
     ``:real``), a plain path -> ("", path, "")."""
-    if not spec.startswith("hf:"):
+    hf = split_hf_spec(spec)
+    if not hf:
         return "", spec, ""
-    rest, role = spec[3:], ""
-    if ":" in rest and rest.rsplit(":", 1)[-1] in ("real", "fake"):
-        rest, role = rest.rsplit(":", 1)
-        role = ":" + role
-    return "hf:", rest, role
+    path, role = hf
+    return "hf:", path, f":{role}" if role else ""
 
 
 def _absolute(spec, base: Path | None = None):
