@@ -250,7 +250,8 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
     spec = SweepSpec.from_dict({
         "base": tiny_sweep_base(tmp_path, data, "s", epochs=2),
         "val_seeds": [0, 1],
-        "variants": {"plain": {}, "hp_seed1": {"input": "hp", "seed": 1, "tile_shuffle": 16}},
+        "variants": {"plain": {}, "hp_seed1": {"input": "hp", "seed": 1, "tile_shuffle": 16,
+                                                       "aug_freq_mask_prob": 1.0}},
     })
     summary = run_sweep(spec)
     out = tmp_path / "ck" / "s"
@@ -268,6 +269,7 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
     _, meta = read_checkpoint(out / "hp_seed1" / "model_epoch_best.pth")
     assert meta["config"]["input"] == "hp" and meta["train_options"]["seed"] == 1
     assert meta["train_options"]["tile_shuffle"] == 16 and "tile_shuffle" not in meta["config"]  # training only
+    assert meta["train_options"]["aug_freq_mask_prob"] == 1.0 and "aug_freq_mask_prob" not in meta["config"]
     # two draws of the same validation images
     assert n_val % 2 == 0 and n_val > 0
     from bitmind.training.sweep import main

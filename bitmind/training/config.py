@@ -114,6 +114,10 @@ class TrainConfig:
     aug_color_jitter: float = opt(0.2, "colour jitter strength (brightness/contrast/saturation; hue a quarter)")
     aug_noise_prob: float = opt(0.0, "probability of camera-like sensor noise (shot + read, luma + chroma)")
     aug_noise_sigma: list[float] = opt([1.0, 6.0], "sensor noise strength range in 8-bit levels at mid grey (min max)")
+    aug_freq_mask_prob: float = opt(0.0, "probability of zeroing a random share (--aug_freq_mask_ratio) of a training "
+                                         "patch's Fourier coefficients, on the device after the patch is cut "
+                                         "(frequency masking: traces spread over the spectrum, not one band; 0: off)")
+    aug_freq_mask_ratio: float = opt(0.15, "share of the Fourier coefficients --aug_freq_mask_prob zeroes")
     val_challenge: bool = opt(True, "validate through the validator pipeline (seeded), as miners are scored")
     calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
     calibration_real_target: float = opt(0.0, "then put the boundary where this share of the validation real photos "
@@ -201,10 +205,12 @@ class TrainConfig:
             raise ConfigError("--val_fraction must be above 0: the validation split picks the best epoch and fits "
                               "the calibration (a small share such as 0.05 will do)")
         for name in ("aug_validator_prob", "aug_plain_share", "aug_jpeg_prob", "aug_blur_prob", "aug_color_jitter_prob",
-                     "aug_noise_prob"):
+                     "aug_noise_prob", "aug_freq_mask_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
         # above 1, factors 1 - s below 0 (a black picture); above 2, a hue shift a worker fails on; -s is s
+        if self.aug_freq_mask_prob and not 0.0 < self.aug_freq_mask_ratio < 1.0:
+            raise ConfigError(f"--aug_freq_mask_ratio is a share of the spectrum in (0, 1), got {self.aug_freq_mask_ratio}")
         if not 0.0 <= self.aug_color_jitter <= 1.0:
             raise ConfigError(f"--aug_color_jitter is a strength in [0, 1], got {self.aug_color_jitter}")
         if not (math.isfinite(self.aux_weight) and self.aux_weight >= 0):

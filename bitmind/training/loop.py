@@ -3,7 +3,8 @@ many-variant sweep (``sweep.run_sweep``), in the spirit of torchvision's referen
 
 - ``Learner``: a model with its optimiser, loss, gradient scaler (fp16 AMP) and running
   loss; ``step`` is one optimisation step on a prepared batch; ``crop`` the patch
-  training of ``--patch_size`` (``random_patches``) and ``--tile_shuffle`` (``shuffle_tiles``).
+  training of ``--patch_size`` (``random_patches``), ``--tile_shuffle`` (``shuffle_tiles``)
+  and ``--aug_freq_mask_prob`` (``mask_frequencies``).
 - ``train_one_epoch``: one pass over a loader, each batch prepared once (device, uint8
   to float, channels-last) and given to every learner.
 - ``validate``: logits, labels and keys of a model over validation batches (the one
@@ -183,6 +184,8 @@ class Learner:
         self.tile = check_tile_shuffle(cfg.tile_shuffle, self.patch_size or None)
         self.patch_gen = torch.Generator().manual_seed(cfg.seed)  # patch offsets: their own stream
         self.tile_gen = torch.Generator().manual_seed(cfg.seed + 1)  # tile orders: another (patches stay as without)
+        self.freq_prob, self.freq_ratio = check_freq_mask(cfg.aug_freq_mask_prob, cfg.aug_freq_mask_ratio)
+        self.freq_gen = torch.Generator().manual_seed(cfg.seed + 2)  # frequency masks: a third
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
         self.aux_names: list[str] = []  # aux_weight: the head's classes and each training item's class (``set_aux``)
         self.aux_labels: torch.Tensor | None = None
@@ -255,7 +258,8 @@ class Learner:
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Where the patch-offset and tile-order streams are: saved with a resumable state,
         so a resumed run goes on with new patches instead of repeating the first epochs' draws."""
-        return {"patch_rng": self.patch_gen.get_state(), "tile_rng": self.tile_gen.get_state()}
+        return {"patch_rng": self.patch_gen.get_state(), "tile_rng": self.tile_gen.get_state(),
+                "freq_rng": self.freq_gen.get_state()}
 
     def load_rng_state(self, state: dict) -> None:
         """Restore ``rng_state`` (a state saved before it existed keeps the seeded streams)."""
@@ -263,6 +267,8 @@ class Learner:
             self.patch_gen.set_state(state["patch_rng"])
         if "tile_rng" in state:
             self.tile_gen.set_state(state["tile_rng"])
+        if "freq_rng" in state:
+            self.freq_gen.set_state(state["freq_rng"])
 
     def set_aux(self, names: Sequence[str], labels: Sequence[int]) -> None:
         """``aux_weight``: the head's classes and the class of every training item, by dataset
@@ -294,14 +300,16 @@ class Learner:
     def crop(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         """Patch training: one random ``patch_size`` square per image at an even offset (on the
         NPR's 2 x 2 grid, ``random_patches``; the whole image when 0 or when the images are
-        not larger), its tiles shuffled if ``tile_shuffle``; with ``pair_patches`` and the
-        batch's keys ``k``, a real photo right after its round trip gets the round trip's
-        square and tile order."""
+        not larger), its tiles shuffled if ``tile_shuffle``, part of its spectrum masked if
+        ``aug_freq_mask_prob``; with ``pair_patches`` and the batch's keys ``k``, a real photo
+        right after its round trip gets the round trip's square, tile order and mask."""
         follow = self.follows_partner(k)
         if self.patch_size and self.patch_size < min(x.shape[-2:]):
             x = random_patches(x, self.patch_size, self.patch_gen, follow)
         if self.tile:
             x = shuffle_tiles(x, check_tile_shuffle(self.tile, *x.shape[-2:]), self.tile_gen, follow)
+        if self.freq_prob:
+            x = mask_frequencies(x, self.freq_prob, self.freq_ratio, self.freq_gen, follow)
         return x
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
@@ -366,6 +374,42 @@ def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None
     out = torch.gather(x, 2, rows)
     cols = (ox[:, None] + ar)[:, None, None, :].expand(b, c, size, size)
     out = torch.gather(out, 3, cols)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
+
+
+def check_freq_mask(prob: float, ratio: float) -> tuple[float, float]:
+    """``(prob, ratio)`` if they are a usable ``aug_freq_mask_prob`` / ``aug_freq_mask_ratio``
+    (a probability, and a share of the spectrum below 1), else a ValueError naming the option."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"aug_freq_mask_prob must be a probability in [0, 1], got {prob}")
+    if prob and not 0.0 < ratio < 1.0:
+        raise ValueError(f"aug_freq_mask_ratio must be a share of the spectrum in (0, 1), got {ratio}")
+    return float(prob), float(ratio)
+
+
+def mask_frequencies(x: torch.Tensor, prob: float, ratio: float, generator: torch.Generator | None = None,
+                     follow: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero a random ``ratio`` of the 2-D Fourier coefficients of each image of a (B, C, H, W)
+    batch with probability ``prob`` (the same coefficients in every channel; the mean, the
+    DC term, kept), the others unchanged (rows marked in ``follow``: the mask, or no mask, of
+    the row before them). Why: a detector that leans on one generator's spectral peak or
+    band fails on a generator without it; with random bands missing from training pictures
+    it has to read traces spread over the spectrum (frequency masking, Doloriel and Cheung,
+    ICASSP 2024, where a 15 % random spectral mask helped most on unseen generators).
+    Training only; the real FFT keeps the result real, computed in float32."""
+    b, c, h, w = x.shape
+    wf = w // 2 + 1
+    chosen = torch.rand(b, generator=generator) < prob
+    keep = torch.rand(b, 1, h, wf, generator=generator) >= ratio
+    keep[:, :, 0, 0] = True
+    keep[~chosen] = True
+    idx = _from_previous(follow, b)
+    if idx is not None:
+        keep, chosen = keep[idx], chosen[idx]
+    if not bool(chosen.any()):
+        return x
+    spec = torch.fft.rfft2(x.float(), norm="ortho") * to_device_async(keep, x.device)
+    out = torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype)
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
 
 
