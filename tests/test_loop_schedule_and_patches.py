@@ -10,7 +10,8 @@ import torch
 
 from bitmind.models.npr import npr_residual
 from bitmind.training import TrainConfig
-from bitmind.training.loop import Learner, lr_at, random_patches
+from bitmind.training.config import ConfigError
+from bitmind.training.loop import Learner, lr_at, mask_frequencies, random_patches
 
 LR = 4e-4
 
@@ -119,6 +120,53 @@ def test_learner_crops_on_the_grid():
     x = _index_images(32, 41, 41)
     for _ in range(5):
         assert all(t % 2 == 0 and left % 2 == 0 for t, left in _offsets(lr.crop(x), 41))
+
+
+def _spectrum_zeros(x: torch.Tensor) -> torch.Tensor:
+    """Share of each image's (channel-summed) real-FFT coefficients that are zero."""
+    mag = torch.fft.rfft2(x.double(), norm="ortho").abs().sum(1)
+    return (mag < 1e-4).double().flatten(1).mean(1)
+
+
+def test_frequency_masking_zeroes_about_the_ratio_and_keeps_the_mean():
+    x = torch.rand(8, 3, 48, 48)
+    out = mask_frequencies(x, 1.0, 0.15, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype and not torch.allclose(out, x)
+    zeros = _spectrum_zeros(out)
+    assert torch.all((zeros > 0.10) & (zeros < 0.20))  # about 15 % of the coefficients, per image
+    assert torch.all(_spectrum_zeros(x) < 0.01)
+    assert torch.allclose(out.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=1e-5)  # the DC term is never masked
+    # every channel loses the same coefficients
+    spec = torch.fft.rfft2(out.double(), norm="ortho").abs() < 1e-4
+    assert torch.equal(spec[:, 0], spec[:, 1]) and torch.equal(spec[:, 0], spec[:, 2])
+
+
+def test_frequency_masking_probability_pairs_and_stream():
+    x = torch.rand(64, 3, 32, 32)
+    assert mask_frequencies(x, 0.0, 0.15, torch.Generator().manual_seed(0)) is x
+    half = mask_frequencies(x, 0.5, 0.15, torch.Generator().manual_seed(0))
+    changed = (half - x).abs().flatten(1).amax(1) > 1e-4
+    assert 16 <= int(changed.sum()) <= 48  # about half of the images, the others as they were
+    assert torch.allclose(half[~changed], x[~changed], atol=1e-5)
+    again = mask_frequencies(x, 0.5, 0.15, torch.Generator().manual_seed(0))
+    assert torch.equal(half, again)  # the generator alone decides
+    twins = x[:6].clone()
+    twins[1], twins[3] = twins[0], twins[2]
+    follow = torch.tensor([False, True, False, True, False, False])
+    out = mask_frequencies(twins, 1.0, 0.15, torch.Generator().manual_seed(3), follow)
+    assert torch.allclose(out[1], out[0]) and torch.allclose(out[3], out[2])  # a pair keeps one mask
+    assert not torch.allclose(out[5] - twins[5], out[4] - twins[4])
+
+
+def test_learner_masks_frequencies_only_when_asked_and_checks_the_options():
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.equal(Learner(torch.nn.Linear(1, 1), TrainConfig(), None).crop(x), x)
+    masked = Learner(torch.nn.Linear(1, 1), TrainConfig(aug_freq_mask_prob=1.0), None).crop(x)
+    assert torch.all(_spectrum_zeros(masked) > 0.10)
+    for bad in ({"aug_freq_mask_prob": 1.5}, {"aug_freq_mask_prob": 0.5, "aug_freq_mask_ratio": 1.0},
+                {"aug_freq_mask_prob": 0.5, "aug_freq_mask_ratio": 0.0}):
+        with pytest.raises(ConfigError, match="aug_freq_mask"):
+            TrainConfig(**bad).check()
 
 
 def test_fused_adam_only_where_the_parameters_are_on_cuda():
