@@ -342,3 +342,17 @@ def test_links_that_loop_or_lead_nowhere_are_refused(tmp_path, data, capsys):
         write_target(nowhere)
     assert calibrate.main(_calibrate_args(model, data, "--out", str(nowhere))) == 2
     assert "folder that does not exist" in capsys.readouterr().err and not (tmp_path / "nodir").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.process
+@pytest.mark.parametrize("command", ["bitmind.eval", "bitmind.calibrate", "bitmind.ensemble"])
+def test_ctrl_c_while_a_model_command_imports_torch_is_one_line(ctrl_c_env, tmp_path, command):
+    """A real SIGINT the moment torch is first imported (``ctrl_c_env``): one line and 130, no
+    traceback (``bitmind.eval`` ended with a KeyboardInterrupt traceback there)."""
+    from bitmind.shutdown import STARTING_INTERRUPTED
+
+    r = subprocess.run([sys.executable, "-m", command, "--model", str(tmp_path / "m.pth"), "--data", str(tmp_path)],
+                       env=ctrl_c_env(at_import="torch"), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert r.stderr.strip() == STARTING_INTERRUPTED, r.stderr

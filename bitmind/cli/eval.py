@@ -13,17 +13,20 @@ override them). ``bitmind.calibrate``, ``base_miner/NPR/validate.py`` and
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from pathlib import Path
-from typing import Any
+from bitmind.shutdown import interrupt_while_importing
 
-from bitmind.common import output_path_problem
-from bitmind.data.sources import split_hf_spec
-from bitmind.data.splits import SPLITS
-from bitmind.evaluation import evaluate
-from bitmind.metrics import format_metrics_table
+with interrupt_while_importing("bitmind.eval", "bitmind.cli.eval"):  # torch loads here (~2 s): a Ctrl-C then is one line
+    import argparse
+    import os
+    import sys
+    from pathlib import Path
+    from typing import Any
+
+    from bitmind.common import output_path_problem
+    from bitmind.data.sources import split_hf_spec
+    from bitmind.data.splits import SPLITS
+    from bitmind.evaluation import evaluate
+    from bitmind.metrics import format_metrics_table
 
 
 def format_report(report: dict[str, Any]) -> str:
