@@ -31,10 +31,9 @@ import json
 from pathlib import Path
 
 from bitmind.checkpoint import CheckpointError
-from bitmind.cli.eval import add_data_argument
-from bitmind.common import output_path_problem
+from bitmind.cli.eval import add_data_argument, report_path_problem
 from bitmind.data.splits import SPLITS
-from bitmind.evaluation import evaluate
+from bitmind.evaluation import evaluate, write_report_json
 
 HERE = Path(__file__).resolve().parent
 ROWS = (("accuracy", "accuracy"), ("ap", "AP"), ("roc_auc", "ROC AUC"), ("real_accuracy", "real-photo accuracy"),
@@ -72,9 +71,11 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     out = Path(a.out)
     plots = None if (a.plots or "").lower() == "none" else str(Path(a.plots) if a.plots else out.parent / "accuracy_plots")
-    problem = output_path_problem(a.out, "--out") or output_path_problem(plots, "--plots", folder=True)
-    if problem:  # before minutes of evaluations, not after them
-        ap.error(problem)
+    # the checks bitmind.eval makes of its --json / --plots (writable, not the model, not a
+    # picture or model file, not inside a folder the pictures are read from), before minutes of evaluations
+    problem = report_path_problem(argparse.Namespace(json=a.out, plots=plots, model=a.model, data=a.data))
+    if problem:
+        ap.error(problem.replace("--json", "--out"))
     try:
         return run(a, out, plots)
     except (CheckpointError, OSError, ValueError) as e:  # a missing model or data folder: one line, exit 2
@@ -112,7 +113,7 @@ def run(a: argparse.Namespace, out: Path, plots: str | None) -> dict:
                "headline": headline, "results": results, **per_source, "worst": worst_sources(head_sources),
                "worst_min_n": a.worst_min_n, "worst_of_min_n": worst_sources(head_sources, a.worst_min_n)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, default=str))
+    write_report_json(json.loads(json.dumps(summary, default=str)), out)  # at once: a failed write keeps the old file
     print(table(results))
     print(f"\nper source, {headline}:\n" + source_table(head_sources))
     for label, w in (("", summary["worst"]), (f" of >= {a.worst_min_n} images", summary["worst_of_min_n"])):

@@ -96,3 +96,23 @@ def test_cpu_bf16_bench_compares_the_two_served_forwards_on_the_same_pictures(tm
     assert r["decisions_flipped"] == len(r["flipped"]) <= r["n"]
     assert set(r["metrics"]) == {"fp32", "bf16"} and all(v > 0 for v in r["forward_p50_ms"].values())
     assert os.environ["BITMIND_CPU_BF16"] == "0"  # conftest's setting, restored
+
+
+def test_outputs_are_checked_as_bitmind_eval_checks_them_before_any_evaluation(tmp_path, monkeypatch, capsys):
+    """--out on the model file, --out / --plots inside a folder the pictures are read from:
+    refused before minutes of evaluations (the script wrote there without the checks
+    ``bitmind.eval`` makes)."""
+    import pytest
+
+    bench = load_script("benchmarks/accuracy.py")
+    root, model = _root(tmp_path), save_brightness_model(tmp_path / "m.pth")
+    monkeypatch.setattr(bench, "evaluate", lambda *a, **k: pytest.fail("evaluated before refusing the output"))
+    before = model.read_bytes()
+    for extra, says in ((["--out", str(model)], "--out"),
+                        (["--out", str(root / "real" / "ok" / "r.json")], "where the pictures are read from"),
+                        (["--out", str(tmp_path / "r.json"), "--plots", str(root / "fake" / "plots")],
+                         "where the pictures are read from")):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--model", str(model), "--data", str(root), "--as_sent", "--device", "cpu", *extra])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    assert model.read_bytes() == before and not (root / "fake" / "plots").exists()
