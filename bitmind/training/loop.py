@@ -398,17 +398,21 @@ def mask_frequencies(x: torch.Tensor, prob: float, ratio: float, generator: torc
     ICASSP 2024, where a 15 % random spectral mask helped most on unseen generators).
     Training only; the real FFT keeps the result real, computed in float32."""
     b, c, h, w = x.shape
-    wf = w // 2 + 1
     chosen = torch.rand(b, generator=generator) < prob
-    keep = torch.rand(b, 1, h, wf, generator=generator) >= ratio
-    keep[:, :, 0, 0] = True
-    keep[~chosen] = True
     idx = _from_previous(follow, b)
     if idx is not None:
-        keep, chosen = keep[idx], chosen[idx]
-    if not bool(chosen.any()):
+        chosen = chosen[idx]
+    if not bool(chosen.any()):  # on the CPU: no device sync
         return x
-    spec = torch.fft.rfft2(x.float(), norm="ortho") * to_device_async(keep, x.device)
+    # the masks are drawn where the batch is, from a seed the CPU stream gives (a million
+    # draws a batch on the CPU, per variant of a sweep, cost seconds an epoch)
+    on_device = torch.Generator(device=x.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    keep = torch.rand(b, 1, h, w // 2 + 1, device=x.device, generator=on_device) >= ratio
+    if idx is not None:
+        keep = keep[to_device_async(idx, x.device)]
+    keep[:, :, 0, 0] = True
+    keep |= ~to_device_async(chosen, x.device).view(b, 1, 1, 1)  # not a boolean index: that waits for the device
+    spec = torch.fft.rfft2(x.float(), norm="ortho") * keep
     out = torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype)
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
 
