@@ -410,10 +410,17 @@ def mask_frequencies(x: torch.Tensor, prob: float, ratio: float, generator: torc
     keep = torch.rand(b, 1, h, w // 2 + 1, device=x.device, generator=on_device) >= ratio
     if idx is not None:
         keep = keep[to_device_async(idx, x.device)]
+    # columns 0 (and w/2 for an even w) of the half spectrum are their own conjugates, row k
+    # pairing with row h - k: one mask for each pair keeps the spectrum Hermitian (cuFFT's
+    # inverse of a non-Hermitian one is undefined; the CPU's halves the coefficient)
+    rows = torch.arange(h, device=x.device)
+    pair = torch.minimum(rows, (-rows) % h)
+    for col in ((0, w // 2) if w % 2 == 0 else (0,)):
+        keep[..., col] = keep[..., pair, col]
     keep[:, :, 0, 0] = True
-    keep |= ~to_device_async(chosen, x.device).view(b, 1, 1, 1)  # not a boolean index: that waits for the device
-    spec = torch.fft.rfft2(x.float(), norm="ortho") * keep
-    out = torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype)
+    chosen_here = to_device_async(chosen, x.device).view(b, 1, 1, 1)
+    spec = torch.fft.rfft2(x.float(), norm="ortho") * (keep | ~chosen_here)  # not a boolean index: that waits for the device
+    out = torch.where(chosen_here, torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype), x)  # the others exactly as they were
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
 
 
