@@ -112,14 +112,15 @@ def run(a: argparse.Namespace, out: Path, plots: str | None) -> dict:
                "mode": "as_sent" if a.as_sent else "challenge", "seeds": seeds_used,
                "headline": headline, "results": results, **per_source, "worst": worst_sources(head_sources),
                "worst_min_n": a.worst_min_n, "worst_of_min_n": worst_sources(head_sources, a.worst_min_n)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_report_json(json.loads(json.dumps(summary, default=str)), out)  # at once: a failed write keeps the old file
     print(table(results))
     print(f"\nper source, {headline}:\n" + source_table(head_sources))
     for label, w in (("", summary["worst"]), (f" of >= {a.worst_min_n} images", summary["worst_of_min_n"])):
         for cls in ("real", "fake"):
             if w.get(cls):
                 print(f"worst {cls}{label}: {w[cls]['source']} {w[cls]['accuracy']:.3f} (n={w[cls]['n']})")
+    # after the tables: a failed write (a full disk) loses no result; at once: it keeps the old file whole
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_report_json(json.loads(json.dumps(summary, default=str)), out)
     print(f"\nwritten {out}")
     return summary
 

@@ -72,12 +72,13 @@ def test_resume_continues_from_saved_epoch(synth_data, tmp_path, monkeypatch):
     from bitmind.training.loop import Learner
 
     torch.set_num_threads(1)
-    opts = dict(calibrate=False, patch_size=32, tile_shuffle=16)
+    opts = dict(calibrate=False, patch_size=32, tile_shuffle=16, aug_freq_mask_prob=0.5)
     train(_cfg(synth_data, tmp_path, epochs=1, **opts))
     saved = torch.load(tmp_path / "t" / "state_last.pt", map_location="cpu", weights_only=True)
     assert saved["optimizer"]["state"], "the optimiser state (Adam moments) is saved"
     fresh = Learner(torch.nn.Linear(1, 1), TrainConfig(seed=0), None)
-    for k, gen in (("patch_rng", fresh.patch_gen), ("tile_rng", fresh.tile_gen)):  # epoch 0 drew from both
+    for k, gen in (("patch_rng", fresh.patch_gen), ("tile_rng", fresh.tile_gen),
+                   ("freq_rng", fresh.freq_gen)):  # epoch 0 drew from all three
         assert not torch.equal(saved[k], gen.get_state()), k
     seen = {}
     begin = Learner.begin_epoch
@@ -99,7 +100,7 @@ def test_resume_continues_from_saved_epoch(synth_data, tmp_path, monkeypatch):
     for i in want:  # Adam's step count and moments carried over
         for name, t in want[i].items():
             assert torch.equal(torch.as_tensor(got[i][name]), torch.as_tensor(t)), (i, name)
-    for k in ("patch_rng", "tile_rng"):  # the patch offsets and tile orders go on where they were
+    for k in ("patch_rng", "tile_rng", "freq_rng"):  # patch offsets, tile orders and frequency masks go on where they were
         assert torch.equal(seen["rng"][k], saved[k]), k
     # so do the sampler's draws: epoch 1 of the resumed run draws the pictures an uninterrupted run draws
     assert "sampler_rng" in saved

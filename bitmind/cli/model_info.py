@@ -32,8 +32,8 @@ from bitmind.checkpoint import CheckpointError, LoadedModel, build_network, chec
 from bitmind.models.npr import has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
-TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "pair_aligned", "pair_patches", "batch_size", "lr", "lr_schedule", "balance", "seed",
-              "swa_start", "aux_weight", "init_from")
+TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "aug_freq_mask_prob", "pair_aligned", "pair_patches", "batch_size", "lr",
+              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "init_from")
 #: Validation figures worth a line.
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 

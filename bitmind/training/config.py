@@ -208,9 +208,9 @@ class TrainConfig:
                      "aug_noise_prob", "aug_freq_mask_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
-        # above 1, factors 1 - s below 0 (a black picture); above 2, a hue shift a worker fails on; -s is s
         if self.aug_freq_mask_prob and not 0.0 < self.aug_freq_mask_ratio < 1.0:
             raise ConfigError(f"--aug_freq_mask_ratio is a share of the spectrum in (0, 1), got {self.aug_freq_mask_ratio}")
+        # above 1, factors 1 - s below 0 (a black picture); above 2, a hue shift a worker fails on; -s is s
         if not 0.0 <= self.aug_color_jitter <= 1.0:
             raise ConfigError(f"--aug_color_jitter is a strength in [0, 1], got {self.aug_color_jitter}")
         if not (math.isfinite(self.aux_weight) and self.aux_weight >= 0):

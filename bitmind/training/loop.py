@@ -256,7 +256,7 @@ class Learner:
         return not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
 
     def rng_state(self) -> dict[str, torch.Tensor]:
-        """Where the patch-offset and tile-order streams are: saved with a resumable state,
+        """Where the patch-offset, tile-order and frequency-mask streams are: saved with a resumable state,
         so a resumed run goes on with new patches instead of repeating the first epochs' draws."""
         return {"patch_rng": self.patch_gen.get_state(), "tile_rng": self.tile_gen.get_state(),
                 "freq_rng": self.freq_gen.get_state()}
