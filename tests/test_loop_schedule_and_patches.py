@@ -183,3 +183,12 @@ def test_fused_adam_only_where_the_parameters_are_on_cuda():
     if torch.cuda.is_available():  # pragma: no cover - CI has no GPU
         assert Learner(torch.nn.Linear(2, 1).cuda(), TrainConfig(fused_adam=True), None).opt.defaults["fused"] is True
         assert not Learner(torch.nn.Linear(2, 1).cuda(), TrainConfig(), None).opt.defaults.get("fused")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**62 + 1, 99999999999999999999])
+def test_a_seed_the_generators_cannot_take_is_a_config_error(seed):
+    """``--seed 99999999999999999999`` ended in torch's OverflowError traceback at the start of training."""
+    with pytest.raises(ConfigError, match="--seed must be in"):
+        TrainConfig(seed=seed).check()
+    TrainConfig(seed=2**62).check()
+    Learner(torch.nn.Linear(1, 1), TrainConfig(seed=2**62), None)  # its streams at seed + 1 and + 2 still seed

@@ -21,6 +21,8 @@ from bitmind.image_transforms import AugConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINTS_DIR = REPO_ROOT / "base_miner" / "checkpoints"
+#: The largest training seed: torch's generators take 64 bits, and a learner seeds its streams with seed + 1 and + 2.
+MAX_SEED = 2**62
 
 
 def opt(default, help: str):
@@ -194,6 +196,8 @@ class TrainConfig:
         for name in ("workers", "warmup_epochs", "early_stop_patience", "max_steps_per_epoch", "samples_per_epoch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.seed <= MAX_SEED:  # torch's generators take 64 bits, and seed + 2 is drawn from too
+            raise ConfigError(f"--seed must be in 0-{MAX_SEED}, got {self.seed}")
         for name in ("lr", "lr_decay"):  # inf passes "> 0" and turns every weight into NaN at the first step
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ConfigError(f"--{name} must be positive (and finite), got {getattr(self, name)}")
