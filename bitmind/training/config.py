@@ -174,7 +174,7 @@ class TrainConfig:
         What needs the data or a checkpoint (the roots, ``--init_from``) is checked where it is read."""
         from bitmind.models import available_models
         from bitmind.models.npr import INPUT_MODES, top_fraction
-        from bitmind.training.loop import check_patch_size, check_tile_shuffle
+        from bitmind.training.loop import check_freq_mask, check_patch_size, check_tile_shuffle
 
         def one_of(name, allowed):
             if getattr(self, name) not in allowed:
@@ -209,11 +209,9 @@ class TrainConfig:
             raise ConfigError("--val_fraction must be above 0: the validation split picks the best epoch and fits "
                               "the calibration (a small share such as 0.05 will do)")
         for name in ("aug_validator_prob", "aug_plain_share", "aug_jpeg_prob", "aug_blur_prob", "aug_color_jitter_prob",
-                     "aug_noise_prob", "aug_freq_mask_prob"):
+                     "aug_noise_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
-        if self.aug_freq_mask_prob and not 0.0 < self.aug_freq_mask_ratio < 1.0:
-            raise ConfigError(f"--aug_freq_mask_ratio is a share of the spectrum in (0, 1), got {self.aug_freq_mask_ratio}")
         # above 1, factors 1 - s below 0 (a black picture); above 2, a hue shift a worker fails on; -s is s
         if not 0.0 <= self.aug_color_jitter <= 1.0:
             raise ConfigError(f"--aug_color_jitter is a strength in [0, 1], got {self.aug_color_jitter}")
@@ -262,6 +260,7 @@ class TrainConfig:
                 raise ConfigError("--family_share needs --balance family")
         with as_config_error():
             check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
+            check_freq_mask(self.aug_freq_mask_prob, self.aug_freq_mask_ratio)
         device_type = self._device_type()  # also a --device this machine lacks (cuda without a GPU), before the data
         if self.compile and not has_cxx_compiler() and device_type == "cpu":
             raise ConfigError("--compile on a CPU needs a C++ compiler (g++ or clang++) for TorchInductor; "

@@ -374,6 +374,11 @@ def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None
     out = torch.gather(x, 2, rows)
     cols = (ox[:, None] + ar)[:, None, None, :].expand(b, c, size, size)
     out = torch.gather(out, 3, cols)
+    return _layout_like(out, x)
+
+
+def _layout_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out`` channels-last where the batch ``x`` it was cut from is (on CUDA), as it came otherwise."""
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
 
 
@@ -421,7 +426,7 @@ def mask_frequencies(x: torch.Tensor, prob: float, ratio: float, generator: torc
     chosen_here = to_device_async(chosen, x.device).view(b, 1, 1, 1)
     spec = torch.fft.rfft2(x.float(), norm="ortho") * (keep | ~chosen_here)  # not a boolean index: that waits for the device
     out = torch.where(chosen_here, torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype), x)  # the others exactly as they were
-    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
+    return _layout_like(out, x)
 
 
 #: The smallest shuffled tile: smaller ones are mostly seams.
