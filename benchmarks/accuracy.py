@@ -31,9 +31,10 @@ import json
 from pathlib import Path
 
 from bitmind.checkpoint import CheckpointError
+from bitmind.common import atomic_write_text
 from bitmind.cli.eval import add_data_argument, report_path_problem
 from bitmind.data.splits import SPLITS
-from bitmind.evaluation import evaluate, write_report_json
+from bitmind.evaluation import evaluate
 
 HERE = Path(__file__).resolve().parent
 ROWS = (("accuracy", "accuracy"), ("ap", "AP"), ("roc_auc", "ROC AUC"), ("real_accuracy", "real-photo accuracy"),
@@ -120,7 +121,7 @@ def run(a: argparse.Namespace, out: Path, plots: str | None) -> dict:
                 print(f"worst {cls}{label}: {w[cls]['source']} {w[cls]['accuracy']:.3f} (n={w[cls]['n']})")
     # after the tables: a failed write (a full disk) loses no result; at once: it keeps the old file whole
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_report_json(json.loads(json.dumps(summary, default=str)), out)
+    atomic_write_text(out, json.dumps(summary, indent=2, default=str))
     print(f"\nwritten {out}")
     return summary
 
