@@ -146,7 +146,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", required=True, help="scores .npz of run A (the reference)")
     p.add_argument("--b", required=True, help="scores .npz of run B (the candidate), on the same pictures")
-    p.add_argument("--spec", required=True, help="a LOGO spec JSON of the runs (its variants' exclude_sources)")
+    p.add_argument("--spec", required=True, help="a LOGO spec JSON of the runs (its variants' exclude_sources): the folds "
+                   "of --arm, else of --arm_b (B's spec, when B ran fewer folds than A)")
     p.add_argument("--arm", default="patch96nopool")
     p.add_argument("--arm_b", default=None, help="run B's arm, when it differs from A's (two arms of one scores file)")
     p.add_argument("--real_folds", action="store_true", help="the unseen camera folds instead of the generator folds")
@@ -164,9 +165,13 @@ def main(argv=None) -> dict:
         noise = read_seed_noise(a.noise) if a.noise else None
     except ValueError as e:
         p.error(str(e))
-    folds = fold_sets(json.loads(Path(a.spec).read_text()), a.arm, a.real_folds)
+    spec = json.loads(Path(a.spec).read_text())
+    # the folds of A's arm, or of B's where the spec is B's run (a sketch on fewer folds than A's:
+    # only the folds B has are compared)
+    folds = fold_sets(spec, a.arm, a.real_folds) or (fold_sets(spec, a.arm_b, a.real_folds) if a.arm_b else {})
     if not folds:
-        p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}")
+        p.error(f"the spec has no {'camera' if a.real_folds else 'generator'} folds of arm {a.arm!r}"
+                + (f" or {a.arm_b!r}" if a.arm_b else ""))
     da, db = np.load(a.a, allow_pickle=False), np.load(a.b, allow_pickle=False)
     result = {"a": a.a, "b": a.b, "spec": a.spec, "arm": a.arm, "arm_b": a.arm_b or a.arm, "real_folds": a.real_folds, "by_source": a.by_source,
               "n_boot": a.n_boot,

@@ -113,3 +113,23 @@ def test_by_source_splits_a_fold_and_finds_the_one_source_that_moved(tmp_path):
     fold = mod.main([*args, "--out", str(tmp_path / "fold.json")])["regimes"]["validator"]["folds"]["gans"]["auc"]
     assert rows["gans:vqgan"]["auc"]["diff"] < fold["diff"] < rows["gans:stylegan"]["auc"]["diff"]
     assert "per held-out source" in (tmp_path / "src.md").read_text()
+
+
+def test_a_sketch_on_fewer_folds_is_compared_on_its_own_folds_with_its_spec(tmp_path):
+    """Run B (arm ``n``) ran only the SDXL fold; its spec names no fold of A's arm ``m``: the
+    folds come from B's arm, and A's six-fold file is read on those alone."""
+    full = np.load(_scores(tmp_path / "a.npz"))
+    better = np.load(_scores(tmp_path / "b.npz", shift=1.0, seed=1))
+    sketch = {k: better[k] for k in ("validator/source", "validator/split", "validator/label")}
+    sketch.update({k.replace("validator/m", "validator/n"): better[k] for k in ("validator/m", "validator/m.minus-sdxl")})
+    np.savez(tmp_path / "sketch.npz", **sketch)
+    spec_b = tmp_path / "spec_b.json"
+    spec_b.write_text(json.dumps({"variants": {"n": {}, "n.minus-sdxl": {"exclude_sources": ["fake/sdxl"]}}}))
+    mod = load_script("benchmarks/logo_paired.py")
+    args = ["--a", str(tmp_path / "a.npz"), "--b", str(tmp_path / "sketch.npz"), "--spec", str(spec_b), "--arm", "m",
+            "--n_boot", "200", "--regimes", "validator"]
+    res = mod.main([*args, "--arm_b", "n", "--out", str(tmp_path / "s.json")])["regimes"]["validator"]
+    assert set(res["folds"]) == {"sdxl"} and res["mean"]["auc"]["diff"] > 0.1
+    assert full["validator/m.minus-sdxl"].shape == sketch["validator/n.minus-sdxl"].shape
+    with pytest.raises(SystemExit):  # without --arm_b there is no fold of m in B's spec
+        mod.main([*args, "--out", str(tmp_path / "t.json")])

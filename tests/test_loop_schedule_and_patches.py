@@ -11,7 +11,7 @@ import torch
 from bitmind.models.npr import npr_residual
 from bitmind.training import TrainConfig
 from bitmind.training.config import ConfigError
-from bitmind.training.loop import Learner, lr_at, mask_frequencies, random_patches
+from bitmind.training.loop import Learner, check_freq_mask, lr_at, mask_frequencies, random_patches
 
 LR = 4e-4
 
@@ -144,6 +144,33 @@ def test_frequency_masking_zeroes_about_the_ratio_and_keeps_the_mean():
     # every channel loses the same coefficients
     spec = torch.fft.rfft2(out.double(), norm="ortho").abs() < 1e-4
     assert torch.equal(spec[:, 0], spec[:, 1]) and torch.equal(spec[:, 0], spec[:, 2])
+
+
+def test_frequency_masking_below_a_radius_spares_the_high_frequencies():
+    x = torch.rand(8, 3, 48, 48, generator=torch.Generator().manual_seed(5))
+    out = mask_frequencies(x, 1.0, 0.3, torch.Generator().manual_seed(0), max_freq=0.5)
+    fy = torch.fft.fftfreq(48).abs() / 0.5
+    fx = torch.fft.rfftfreq(48) / 0.5
+    radius = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+    spec_in, spec_out = (torch.fft.rfft2(t.double(), norm="ortho") for t in (x, out))
+    high = radius > 0.5
+    # every coefficient beyond half the Nyquist frequency comes through (float32 round trip)
+    assert torch.allclose(spec_out[..., high], spec_in[..., high], atol=1e-4)
+    zeroed = (spec_out.abs().sum(1) < 1e-4)[:, ~high].double().mean(1)
+    assert torch.all((zeroed > 0.15) & (zeroed < 0.45))  # about 30 % of those within the radius
+    assert torch.allclose(out.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=1e-5)
+    with pytest.raises(ValueError, match="aug_freq_mask_max_freq"):
+        check_freq_mask(0.5, 0.15, -0.1)
+    with pytest.raises(ValueError, match="aug_freq_mask_max_freq"):
+        check_freq_mask(0.5, 0.15, float("nan"))
+    assert check_freq_mask(0.5, 0.15, 0.5) == (0.5, 0.15, 0.5)
+    # no jump at 1: 0.99 and 1.0 both leave the corners (radius up to 1.41) unmasked; 0 and 1.5 mask everywhere
+    corner = radius > 1.0
+    for limit, corners_masked in ((0.99, False), (1.0, False), (1.5, True), (0.0, True)):
+        out = mask_frequencies(x, 1.0, 0.3, torch.Generator().manual_seed(0), max_freq=limit)
+        spec_out = torch.fft.rfft2(out.double(), norm="ortho")
+        hit = (spec_out.abs().sum(1) < 1e-4)[:, corner].any().item()
+        assert hit == corners_masked, limit
 
 
 def test_frequency_masking_probability_pairs_and_stream():

@@ -251,7 +251,7 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
         "base": tiny_sweep_base(tmp_path, data, "s", epochs=2),
         "val_seeds": [0, 1],
         "variants": {"plain": {}, "hp_seed1": {"input": "hp", "seed": 1, "tile_shuffle": 16,
-                                                       "aug_freq_mask_prob": 1.0}},
+                                                       "aug_freq_mask_prob": 1.0, "aug_freq_mask_max_freq": 0.5}},
     })
     summary = run_sweep(spec)
     out = tmp_path / "ck" / "s"
@@ -270,6 +270,7 @@ def test_sweep_trains_every_variant_on_one_stream(tmp_path):
     assert meta["config"]["input"] == "hp" and meta["train_options"]["seed"] == 1
     assert meta["train_options"]["tile_shuffle"] == 16 and "tile_shuffle" not in meta["config"]  # training only
     assert meta["train_options"]["aug_freq_mask_prob"] == 1.0 and "aug_freq_mask_prob" not in meta["config"]
+    assert meta["train_options"]["aug_freq_mask_max_freq"] == 0.5
     # two draws of the same validation images
     assert n_val % 2 == 0 and n_val > 0
     from bitmind.training.sweep import main

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from typing import NoReturn
 
 from bitmind.calibration import MIN_PER_CLASS
 from bitmind.common import PLAIN_SHARE, has_cxx_compiler, parse_bool
-from bitmind.image_transforms import AugConfig
+from bitmind.image_transforms import TARGET_SIZE, AugConfig
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINTS_DIR = REPO_ROOT / "base_miner" / "checkpoints"
@@ -120,6 +123,9 @@ class TrainConfig:
                                          "patch's Fourier coefficients, on the device after the patch is cut "
                                          "(frequency masking: traces spread over the spectrum, not one band; 0: off)")
     aug_freq_mask_ratio: float = opt(0.15, "share of the Fourier coefficients --aug_freq_mask_prob zeroes")
+    aug_freq_mask_max_freq: float = opt(0.0, "mask only coefficients within this radius, a share of the Nyquist "
+                                             "frequency along an axis (0: the whole spectrum, whose corners lie at "
+                                             "1.41; 0.5 spares the high frequencies)")
     val_challenge: bool = opt(True, "validate through the validator pipeline (seeded), as miners are scored")
     calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
     calibration_real_target: float = opt(0.0, "then put the boundary where this share of the validation real photos "
@@ -258,9 +264,11 @@ class TrainConfig:
                 parse_family_share(self.family_share)
             if self.balance != "family":
                 raise ConfigError("--family_share needs --balance family")
+        # against the side every training picture has (TARGET_SIZE), as the sweep checks its variants:
+        # a larger --patch_size was the whole picture, without a word
         with as_config_error():
-            check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size) or None)
-            check_freq_mask(self.aug_freq_mask_prob, self.aug_freq_mask_ratio)
+            check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size, TARGET_SIZE) or TARGET_SIZE)
+            check_freq_mask(self.aug_freq_mask_prob, self.aug_freq_mask_ratio, self.aug_freq_mask_max_freq)
         device_type = self._device_type()  # also a --device this machine lacks (cuda without a GPU), before the data
         if self.compile and not has_cxx_compiler() and device_type == "cpu":
             raise ConfigError("--compile on a CPU needs a C++ compiler (g++ or clang++) for TorchInductor; "
@@ -388,9 +396,16 @@ def parse_config(argv=None) -> TrainConfig:
             checkpoint = read_init_from(cfg.init_from)  # read once for the options and the weights' check
             cfg = adopt_checkpoint_options(cfg, explicit_options(argv), checkpoint[1])
             cfg = check_init_weights(cfg.check(), checkpoint)
-        return cfg.check()
+        cfg = cfg.check()
     except (ConfigError, RunFolderError, OSError, CheckpointError) as e:  # a bad option or file: a usage error (exit 2)
         usage_error(parser, str(e))
+    # A warning, not a ConfigError, and here, not in check: a sweep's variants share a base ratio
+    # with some of them masking nothing (aug_freq_mask_prob 0), as they may.
+    for name in ("aug_freq_mask_ratio", "aug_freq_mask_max_freq"):
+        if name in explicit_options(argv) and not cfg.aug_freq_mask_prob:
+            logger.warning("--%s %s has no effect: --aug_freq_mask_prob is 0, so nothing is masked "
+                           "(set --aug_freq_mask_prob too)", name, getattr(cfg, name))
+    return cfg
 
 
 def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:

@@ -184,7 +184,8 @@ class Learner:
         self.tile = check_tile_shuffle(cfg.tile_shuffle, self.patch_size or None)
         self.patch_gen = torch.Generator().manual_seed(cfg.seed)  # patch offsets: their own stream
         self.tile_gen = torch.Generator().manual_seed(cfg.seed + 1)  # tile orders: another (patches stay as without)
-        self.freq_prob, self.freq_ratio = check_freq_mask(cfg.aug_freq_mask_prob, cfg.aug_freq_mask_ratio)
+        self.freq_prob, self.freq_ratio, self.freq_max = check_freq_mask(
+            cfg.aug_freq_mask_prob, cfg.aug_freq_mask_ratio, cfg.aug_freq_mask_max_freq)
         self.freq_gen = torch.Generator().manual_seed(cfg.seed + 2)  # frequency masks: a third
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
         self.aux_names: list[str] = []  # aux_weight: the head's classes and each training item's class (``set_aux``)
@@ -309,7 +310,7 @@ class Learner:
         if self.tile:
             x = shuffle_tiles(x, check_tile_shuffle(self.tile, *x.shape[-2:]), self.tile_gen, follow)
         if self.freq_prob:
-            x = mask_frequencies(x, self.freq_prob, self.freq_ratio, self.freq_gen, follow)
+            x = mask_frequencies(x, self.freq_prob, self.freq_ratio, self.freq_gen, follow, self.freq_max)
         return x
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
@@ -382,18 +383,31 @@ def _layout_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
 
 
-def check_freq_mask(prob: float, ratio: float) -> tuple[float, float]:
-    """``(prob, ratio)`` if they are a usable ``aug_freq_mask_prob`` / ``aug_freq_mask_ratio``
-    (a probability, and a share of the spectrum below 1), else a ValueError naming the option."""
+def check_freq_mask(prob: float, ratio: float, max_freq: float = 0.0) -> tuple[float, float, float]:
+    """``(prob, ratio, max_freq)`` if they are a usable ``aug_freq_mask_prob`` /
+    ``aug_freq_mask_ratio`` / ``aug_freq_mask_max_freq`` (a probability, a share of the
+    spectrum below 1, a radius of at least 0: 0 for no limit), else a ValueError naming
+    the option."""
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"aug_freq_mask_prob must be a probability in [0, 1], got {prob}")
     if prob and not 0.0 < ratio < 1.0:
         raise ValueError(f"aug_freq_mask_ratio must be a share of the spectrum in (0, 1), got {ratio}")
-    return float(prob), float(ratio)
+    if not (max_freq >= 0.0 and math.isfinite(max_freq)):
+        raise ValueError(f"aug_freq_mask_max_freq must be 0 (the whole spectrum) or a radius above 0, as a share of "
+                         f"the Nyquist frequency (the corners of the spectrum lie at 1.41), got {max_freq}")
+    return float(prob), float(ratio), float(max_freq)
+
+
+def _radius(h: int, w: int, device) -> torch.Tensor:
+    """(h, w // 2 + 1) radius of each coefficient of a half spectrum (``rfft2``), as a share of
+    the Nyquist frequency along an axis (1 at (h/2, 0) and at (0, w/2); up to sqrt 2 in the corner)."""
+    fy = torch.fft.fftfreq(h, device=device).abs() / 0.5
+    fx = torch.fft.rfftfreq(w, device=device) / 0.5
+    return torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
 
 
 def mask_frequencies(x: torch.Tensor, prob: float, ratio: float, generator: torch.Generator | None = None,
-                     follow: torch.Tensor | None = None) -> torch.Tensor:
+                     follow: torch.Tensor | None = None, max_freq: float = 0.0) -> torch.Tensor:
     """Zero a random ``ratio`` of the 2-D Fourier coefficients of each image of a (B, C, H, W)
     batch with probability ``prob`` (the same coefficients in every channel; the mean, the
     DC term, kept), the others unchanged (rows marked in ``follow``: the mask, or no mask, of
@@ -401,6 +415,11 @@ def mask_frequencies(x: torch.Tensor, prob: float, ratio: float, generator: torc
     band fails on a generator without it; with random bands missing from training pictures
     it has to read traces spread over the spectrum (frequency masking, Doloriel and Cheung,
     ICASSP 2024, where a 15 % random spectral mask helped most on unseen generators).
+    ``max_freq`` above 0: only coefficients within that radius (a share of the Nyquist
+    frequency along an axis; the corners of the spectrum lie at sqrt 2, so from there on it is
+    the whole spectrum, as with 0) are ever masked, the high frequencies where up-sampling traces live never
+    (masking over the whole spectrum lost by LOGO: docs/Generalisation_record.md, "Frequency
+    masking"); ``ratio`` is then the share of those coefficients.
     Training only; the real FFT keeps the result real, computed in float32."""
     b, c, h, w = x.shape
     chosen = torch.rand(b, generator=generator) < prob
@@ -413,6 +432,8 @@ def mask_frequencies(x: torch.Tensor, prob: float, ratio: float, generator: torc
     # draws a batch on the CPU, per variant of a sweep, cost seconds an epoch)
     on_device = torch.Generator(device=x.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
     keep = torch.rand(b, 1, h, w // 2 + 1, device=x.device, generator=on_device) >= ratio
+    if 0.0 < max_freq < math.sqrt(2.0):
+        keep |= _radius(h, w, x.device) > max_freq  # (a function of |frequency|: Hermitian pairs alike)
     if idx is not None:
         keep = keep[to_device_async(idx, x.device)]
     # columns 0 (and w/2 for an even w) of the half spectrum are their own conjugates, row k
