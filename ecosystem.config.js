@@ -12,7 +12,8 @@
 const path = require("path");
 
 const MINER_ARGS = [
-  "--neuron.model_path", "./mining_models/base.pth",
+  // the link README step 4 makes (mining_models/local/ is ignored by git; step 7 re-points it)
+  "--neuron.model_path", "./mining_models/local/current.pth",
   "--netuid", "168",
   "--subtensor.network", "test",
   "--wallet.name", "default",

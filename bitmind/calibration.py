@@ -174,9 +174,33 @@ def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: f
         boundary = {"real_target": float(real_target), "platt_bias": b}
         b = real_target_bias(z, y, t, real_target)
         method, after = f"{method}, boundary at {real_target:g} of validation real photos", scores(t, b)
+    check_boundary_servable(t, b, z, y)
     return {"temperature": t, "logit_bias": b, "method": method, "class_balanced": True, "kept": kept, "n": int(len(y)),
             "previous_temperature": t0, "previous_logit_bias": b0,
             **boundary, **context, **{f"val_{k}_{when}": m[k] for when, m in (("before", before), ("after", after)) for k in RECORD_METRICS}}
+
+
+def check_boundary_servable(temperature: float, bias: float, logits=None, labels=None) -> None:
+    """A ``CalibrationDataError`` if a fitted calibration puts its decision boundary (raw logit
+    ``-bias * temperature``) beyond ``bitmind.checkpoint.MAX_BOUNDARY_LOGIT``, which the miner
+    refuses to serve (``check_calibration``). Why: the fit itself has no such limit (the
+    real-target rule puts the boundary at a quantile of the real photos' raw logits), so a
+    network whose validation logits lie far from 0 got a calibration stored that the miner and
+    ``model_info`` then refused; refused here, the trainer keeps what it had (the starting
+    file's, or raw logits) and ``bitmind.calibrate`` says why in one line."""
+    from bitmind.checkpoint import MAX_BOUNDARY_LOGIT
+
+    if abs(bias) * temperature <= MAX_BOUNDARY_LOGIT:
+        return
+    seen = ""
+    if logits is not None and labels is not None and len(logits):
+        z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+        seen = (f"; the validation pictures' raw logits: real median {np.median(z[y == 0]):.1f}, "
+                f"fake median {np.median(z[y == 1]):.1f}")
+    raise CalibrationDataError(
+        f"the fitted decision boundary lies at raw logit {-bias * temperature:.1f}, beyond the +-{MAX_BOUNDARY_LOGIT:g} "
+        f"the miner serves (docs/Mining.md, \"The model and hot reload\"){seen}: this network's logits are too far "
+        "from 0 to calibrate safely")
 
 
 def store_calibration(checkpoint, record: dict, out=None, transform=None, **meta_updates) -> dict:

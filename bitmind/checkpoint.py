@@ -444,32 +444,62 @@ def _meta_dict(meta, path) -> dict:
     return meta
 
 
-#: Stored calibration a served file may hold: ``bitmind.calibration.fit_platt`` keeps T in
-#: [0.05, 20] and the bias in [-100, 100] (the real-target rule moves it a few logits more);
-#: far outside, every answer is the same (T 1e-300: all 0; bias 1e9: all 1; T 1e300: all 0.46).
-CALIBRATION_BOUNDS = {"temperature": (1e-3, 1e3), "logit_bias": (-1e4, 1e4)}
+#: Stored temperature a served file may hold: ``bitmind.calibration.fit_platt`` keeps it in
+#: [0.05, 20] (the shipped files: 0.47-0.98; every fit recorded under benchmarks/: 0.47-2.1);
+#: far outside, every answer is the same (T 1e-300: all 0 or 1; T 1e300: all 0.5).
+CALIBRATION_BOUNDS = {"temperature": (1e-3, 1e3)}
+#: The farthest a served file's decision boundary may lie from the network's own undecided
+#: logit 0, in raw logit units: the raw logit the miner answers 0.5 for is ``-logit_bias *
+#: temperature``, and beyond +-20 the network itself would have to be more than
+#: ``sigmoid(20)`` = 1 - 2e-9 sure of one class before the answer changes: every picture a
+#: working network can meet gets the same answer (``logit_bias`` 50 with T 1: 1.0 to
+#: everything). Real calibrations sit far inside: the shipped files' boundaries are within
+#: 0.25 of 0 (|bias| <= 0.4, T <= 1), every fit recorded under benchmarks/ within about 1, and
+#: the real-target rule puts it at a quantile of the validation real photos' raw logits.
+MAX_BOUNDARY_LOGIT = 20.0
 
 
 def check_calibration(meta: dict, path: str | os.PathLike = "") -> None:
     """Refuse stored calibration that would break every answer: the served probability is
     ``sigmoid(logit / temperature + logit_bias)``, so a temperature that is not a finite
     positive number (NaN answers, or every decision inverted when negative) or a bias that is
-    not finite (NaN, or every answer 0 or 1), or either far beyond what a fit gives
-    (``CALIBRATION_BOUNDS``: every answer the same), must stop the load, not reach a request: a miner
-    keeps serving its last good model instead of hot-swapping to one that answers nothing.
+    not finite (NaN, or every answer 0 or 1), a temperature far beyond what a fit gives
+    (``CALIBRATION_BOUNDS``: every answer the same), or a decision boundary out of the network's
+    reach must stop the load, not reach a request: a miner keeps serving its last good model
+    instead of hot-swapping to one that answers nothing.
+
+    The boundary: the answer crosses 0.5 where the raw logit is ``-logit_bias * temperature``.
+    It is judged in raw logit units, not by the bias alone, because a fit at a sharp temperature
+    legitimately needs a large bias (T 0.05 and a boundary at raw logit 2: bias -40), while the
+    same bias at T 1 puts the boundary at 40, where nothing a network gives reaches it. Beyond
+    ``MAX_BOUNDARY_LOGIT`` (20: the network more than 1 - 2e-9 sure) the file answers one class
+    to every picture: a bias of 50 at T 1 answers 1.0 to everything, and was served.
+
     Absent, None or 0 keep their meaning (no calibration: 1 and 0). Called where a file is
-    loaded to serve (``bitmind.miner.reload``), not by ``load_model``: ``bitmind.calibrate``
-    must still open such a file to fit it anew, and ``model_info`` to show it."""
+    loaded to serve (``bitmind.miner.reload``) and by ``bitmind.model_info``, not by ``load_model``:
+    ``bitmind.calibrate`` must still open such a file to fit it anew, and ``model_info`` to show it.
+    A refusal is a ``CheckpointError`` naming ``path``."""
+    values = {}
     for key, default in (("temperature", 1.0), ("logit_bias", 0.0)):
         raw = meta.get(key, default)
         try:
             value = float(raw or default)
         except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
             raise CheckpointError(f"{path}: {key} {raw!r} is not a number") from None
-        lo, hi = CALIBRATION_BOUNDS[key]
+        lo, hi = CALIBRATION_BOUNDS.get(key, (-math.inf, math.inf))
         if isinstance(raw, bool) or not math.isfinite(value) or not lo <= value <= hi:
+            rule = f"; {key} must lie in [{lo:g}, {hi:g}]" if key in CALIBRATION_BOUNDS else ""
             raise CheckpointError(f"{path}: {key} {raw!r} would break every answer (served P = sigmoid(logit / "
-                                  f"temperature + logit_bias); {key} must lie in [{lo:g}, {hi:g}])")
+                                  f"temperature + logit_bias){rule})")
+        values[key] = value
+    t, b = values["temperature"], values["logit_bias"]
+    if abs(b) * t > MAX_BOUNDARY_LOGIT:  # abs(b) * t: no overflow to compare, b * t could be inf
+        boundary = -b * t
+        answer = "1.0 (AI-generated)" if b > 0 else "0.0 (real)"
+        raise CheckpointError(
+            f"{path}: logit_bias {b:g} with temperature {t:g} puts the decision boundary (P = 0.5) at raw logit "
+            f"{boundary:+.3g}, beyond +-{MAX_BOUNDARY_LOGIT:g}: it would answer {answer} to nearly every picture "
+            f"(P = {0.5 * (1.0 + math.tanh(b / 2)):.3g} where the network is undecided, at logit 0)")
 
 
 def build_network(arch: str, state: dict, meta: dict, *, detector_only: bool = False, built: nn.Module | None = None,

@@ -1,11 +1,14 @@
 """Graceful stop for long-running processes: for neurons, SIGINT and SIGTERM (Ctrl-C,
 ``pm2 stop``) set an event that the main loop checks between steps, so a round or a request
 in flight finishes and state is saved before the process exits; for training, Ctrl-C lets
-the epoch in progress finish and be saved (``GracefulStop``); a Ctrl-C that stops a command
-at once ends it with one line and exit status 130 (``exit_interrupted``), not a traceback."""
+the epoch in progress finish and be saved (``GracefulStop``), and so does SIGTERM (``timeout``,
+``docker stop``, ``systemctl stop``) in the trainer; a Ctrl-C that stops a command at once ends
+it with one line and exit status 130 (``exit_interrupted``), not a traceback, and a SIGTERM that
+does (``StopSignal``, raised as Ctrl-C raises KeyboardInterrupt) with exit status 143."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -18,12 +21,33 @@ from typing import Callable, Iterable, Iterator, NoReturn
 STARTING_INTERRUPTED = "stopped (Ctrl-C) while starting, before the run began: nothing was written; run the command again"
 
 
+class StopSignal(KeyboardInterrupt):
+    """A stop asked by a signal other than SIGINT (SIGTERM: ``timeout``, ``docker stop``,
+    ``systemctl stop``, ``pm2 stop``), raised where Ctrl-C raises KeyboardInterrupt, so it takes
+    Ctrl-C's path: the ``finally`` blocks run (the trainer puts an ``--overwrite``'s earlier run
+    back) and the command ends in one line (``exit_interrupted``), with exit status 128 + the
+    signal's number (143), what a shell reports for a process the signal ended."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_name() -> str:
+    """What stopped the command, for the line it ends with: the signal's name while a
+    ``StopSignal`` is being handled (``SIGTERM``), else ``Ctrl-C``."""
+    exc = sys.exc_info()[1]
+    return exc.args[0] if isinstance(exc, StopSignal) else "Ctrl-C"
+
+
 def exit_interrupted(message: str) -> NoReturn:
     """End a command that a Ctrl-C stopped at once as a first Ctrl-C ends a run: ``message``
     (what is kept, how to go on) as one line on stderr, after the terminal's ``^C``, and exit
-    status 130; not a KeyboardInterrupt traceback."""
+    status 130; not a KeyboardInterrupt traceback. Called while a ``StopSignal`` is handled
+    (a SIGTERM), the exit status is 128 + its number (143)."""
+    exc = sys.exc_info()[1]
     print(f"\n{message}", file=sys.stderr, flush=True)
-    raise SystemExit(130) from None
+    raise SystemExit(128 + exc.signum if isinstance(exc, StopSignal) else 130) from None
 
 
 def exit_interrupted_while_starting() -> NoReturn:
@@ -85,28 +109,89 @@ class GracefulStop:
     """Ctrl-C while training: the first press asks the run to stop once the epoch in progress is
     trained, validated and saved (then the best checkpoint is calibrated and the summary
     written, as at a normal end); a second press stops at once (KeyboardInterrupt). Only in the
-    main thread (signal handlers live there); elsewhere nothing is installed."""
+    main thread (signal handlers live there); elsewhere nothing is installed.
 
-    def __init__(self) -> None:
+    ``signals``: those handled so (SIGINT only by default). The trainer adds SIGTERM: a first one
+    asks for the same stop as a first Ctrl-C (``signum`` says which came first), a second one
+    (or a Ctrl-C) stops at once (``StopSignal``, KeyboardInterrupt for a Ctrl-C). ``uninstall``
+    puts each signal's earlier handler back."""
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGINT,)) -> None:
+        self.signals = tuple(signals)
         self.requested = False
-        self._previous = None
+        self.signum: int | None = None  # the signal that asked for the stop
+        self._previous: dict[int, object] = {}
+
+    @property
+    def name(self) -> str:
+        """What asked for the stop, for the lines a person reads: ``Ctrl-C`` or the signal's name."""
+        return "Ctrl-C" if self.signum in (None, signal.SIGINT) else signal.Signals(self.signum).name
 
     def install(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():  # None: a handler not set from Python; the default then
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # the second press: stop now
+        if self.requested:  # the second press (or signal): stop now
             self.uninstall()
-            raise KeyboardInterrupt
-        self.requested = True  # on stderr, as the line a second press (or the stop) ends with: not the run's output
-        print("\nCtrl-C: stopping after this epoch is saved (press again to stop now)", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt if signum == signal.SIGINT else StopSignal(signum)
+        self.requested, self.signum = True, signum  # on stderr, as the line a second press (or the stop) ends with: not the run's output
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: stopping after this epoch is saved (press again to stop now)", file=sys.stderr, flush=True)
+        else:
+            print(f"\n{self.name}: stopping after this epoch is saved and the best checkpoint calibrated (send it again, "
+                  "or press Ctrl-C, to stop now)", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``StopSignal`` where it comes, as Ctrl-C raises
+    KeyboardInterrupt (main thread only; the earlier handler is put back afterwards). Why: its
+    default action ends the process at once, so no ``finally`` ran and no line said what was
+    kept; a ``GracefulStop`` installed inside the block handles it as a first Ctrl-C instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, _frame):
+        raise StopSignal(signum)
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def leave_sigterm_to_parent() -> None:
+    """In a DataLoader worker (``bitmind.data.dataset.worker_init``): a SIGTERM from any process
+    but the worker's parent is ignored; one from the parent (torch's or multiprocessing's
+    ``terminate``) ends the worker at once with status 0, as torch's own handler does. Why:
+    ``timeout``, ``systemctl stop`` and a kill of the process group send SIGTERM to every
+    process of the run, and the workers died of it ("DataLoader worker (pid N) is killed by
+    signal: Terminated": a traceback, exit status 1) while the trainer was finishing the epoch a
+    SIGTERM asks it to finish; the trainer decides, and its end ends them. SIGTERM is blocked in
+    the worker and taken by a thread that sees its sender (``sigwaitinfo``); where that does not
+    exist (macOS, Windows) nothing is changed."""
+    if not (hasattr(signal, "sigwaitinfo") and hasattr(signal, "pthread_sigmask")):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the mask
+
+    def take() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent or os.getppid() != parent:  # the trainer's own stop, or it is gone
+                os._exit(0)
+
+    threading.Thread(target=take, name="sigterm-from-parent", daemon=True).start()
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:

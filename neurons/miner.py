@@ -4,7 +4,7 @@
 Network (testnet shown; mainnet is --netuid 34 without --subtensor.network):
 
     pm2 start ./neurons/miner.py --name miner --interpreter python3 -- \\
-        --neuron.model_path ./mining_models/base.pth --netuid 168 --subtensor.network test \\
+        --neuron.model_path ./mining_models/local/current.pth --netuid 168 --subtensor.network test \\
         --wallet.name default --wallet.hotkey default --axon.port 8091
 
 or the same with the options kept in ecosystem.config.js (repository root):
@@ -15,8 +15,10 @@ Local, without any network (mock chain under ~/.bitmind/local_chain, 127.0.0.1):
 
     python neurons/miner.py --mock --axon.port 8091
 
-The model file is hot reloaded: copy a new checkpoint over it and the next request
-is answered by the new model (a broken file is refused; the old model keeps serving).
+(the link made once by ``mkdir -p mining_models/local && ln -sfn ../base.pth
+mining_models/local/current.pth``: README, step 4). The model file is hot reloaded: re-point
+the link at a new checkpoint (or copy one over a plain file) and the next request is answered
+by the new model (a broken file is refused; the old model keeps serving).
 All the wiring and the sync/status loop live in ``bitmind.miner.neuron``; this file
 parses the command line, sets up logging and handles signals.
 """
@@ -27,7 +29,7 @@ import bittensor as bt
 
 from bitmind.checkpoint import CheckpointError
 from bitmind.common import check_device, route_library_logs
-from bitmind.miner.config import miner_config, resolve_model_path
+from bitmind.miner.config import miner_config, missing_model_message, resolve_model_path
 from bitmind.miner.neuron import MinerNeuron, NotRegisteredError, PortInUseError
 from bitmind.shutdown import stop_event_on_signals
 
@@ -46,8 +48,7 @@ def main(argv=None) -> int:
                          "(give the .pth inside it, e.g. a run's model_epoch_best.pth)")
         return 2
     if not model_path.is_file():
-        bt.logging.error(f"model file not found: {model_path} (from --neuron.model_path {config.neuron.model_path}). "
-                         "Train one (see README, Training) or copy a checkpoint there.")
+        bt.logging.error(missing_model_message(model_path, config.neuron.model_path))
         return 2
     try:  # a device this machine lacks is a configuration error (exit 2: pm2 does not restart it),
         check_device(config.neuron.device, flag="--neuron.device")  # not a chain outage (exit 1, restarted forever)

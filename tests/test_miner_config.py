@@ -12,7 +12,7 @@ import pytest
 
 from bitmind.miner.config import DEFAULT_MODEL_PATH, miner_config, resolve_model_path
 
-PM2_ARGS = ("--neuron.model_path ./mining_models/base.pth --netuid 168 --subtensor.network test "
+PM2_ARGS = ("--neuron.model_path ./mining_models/local/current.pth --netuid 168 --subtensor.network test "
             "--wallet.name default --wallet.hotkey default --axon.port 8091")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ def test_documented_pm2_command_line():
     c = miner_config(shlex.split(PM2_ARGS))
     assert c.netuid == 168 and c.subtensor.network == "test" and c.axon.port == 8091
     assert (c.wallet.name, c.wallet.hotkey) == ("default", "default")
-    assert c.neuron.model_path == "./mining_models/base.pth"
+    assert c.neuron.model_path == "./mining_models/local/current.pth"
     assert c.blacklist.force_validator_permit is True and c.blacklist.allow_non_registered is False
     assert c.mock is False
 

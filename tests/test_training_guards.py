@@ -417,6 +417,27 @@ def test_a_folder_another_run_is_writing_is_refused_and_a_killed_run_leaves_no_l
     assert len(summary["history"]) == 1 and (tmp_path / "t" / "model_epoch_best.pth").is_file()
 
 
+def test_a_small_fine_tune_keeps_the_starting_files_calibration(data, tmp_path, caplog, listen):
+    """A fine-tune of a calibrated file whose validation split is too small to fit one stored
+    none and served raw logits (real photos kept 0.97 -> 0.87 in the operator audit): it keeps
+    the starting file's, says so, and the record names where it came from."""
+    from bitmind.calibration import store_calibration
+
+    train(_cfg(data, tmp_path, name="base"))
+    start = tmp_path / "start.pth"
+    shutil.copy(tmp_path / "base" / "model_epoch_best.pth", start)
+    store_calibration(start, {"temperature": 1.7, "logit_bias": -0.4, "method": "platt"})
+    listen("bitmind.training.trainer")
+    summary = train(_cfg(data, tmp_path, name="ft", init_from=str(start), calibrate=True, calibration_min_per_class=20))
+    meta = read_checkpoint(tmp_path / "ft" / "model_epoch_best.pth")[1]
+    assert (meta["temperature"], meta["logit_bias"]) == (1.7, -0.4)
+    rec = meta["metrics"]["calibration"]
+    assert rec["init_from"] == str(start) and "kept from --init_from" in rec["method"] and "fewer than 20" in rec["not_fitted"]
+    assert summary["calibration"]["temperature"] == 1.7
+    assert "keeps the calibration of --init_from" in caplog.text
+    assert "it keeps the calibration of --init_from" in caplog.text  # said before the first epoch too
+
+
 def test_a_validation_split_of_a_few_pictures_leaves_the_raw_logits_and_says_so(data, tmp_path, caplog, listen):
     """A fine-tune whose validation split held 1 real photo and 2 fakes stored T=0.05, b=+50
     (called better on those same three pictures), which called 81% of a test split's real photos

@@ -23,9 +23,9 @@
 # benchmarks/results/train_base_model_h200_minigan.log), round trips 10-23 s, scores,
 # calibration and test split about 30 s (the shipped file's own run, one H100 shared with a
 # LOGO sweep: 405 s of training, 8 minutes in all; twenty-ninth session). The result
-# is not copied over mining_models/base.pth: read WORK_DIR/ship_paired.md first (is the new
-# file better than the shipped one by more than the split's noise?), then copy it (the
-# miner hot-reloads).
+# is not copied anywhere: read WORK_DIR/ship_paired.md first (is the new file better than the
+# shipped one by more than the split's noise?), then serve it as README step 7 says (into
+# mining_models/local/, the served link re-pointed; the miner hot-reloads).
 # GPU kernels are not bit-deterministic: a re-run gives a close model, not the same bytes.
 # Env: PYTHON (default python3), WORKERS (data-loader processes; the spec says 14), SPEC (another
 # ship spec with exactly one recipe, the model shipped: e.g. ship_swa.json, or a tiny one in

@@ -5,8 +5,8 @@
     python base_miner/NPR/train_detector.py --data ../shared/data/sn34-mini --epochs 30
     torchrun --nproc_per_node=2 base_miner/NPR/train_detector.py --data DIR
 
-Best model: base_miner/checkpoints/<name>/model_epoch_best.pth (copy it over
-mining_models/base.pth to serve it; the miner hot-reloads). All options: --help.
+Best model: base_miner/checkpoints/<name>/model_epoch_best.pth (to serve it, copy it into
+mining_models/local/ and re-point the served link: README, step 7; the miner hot-reloads). All options: --help.
 A run folder that already holds a run is refused unless ``--resume`` (continue it) or
 ``--overwrite`` (replace it). Exit status: 0 done, 1 stopped on a loss that is not a
 number, no picture readable any more or a run folder that cannot be written any more (a

@@ -14,10 +14,12 @@ was fine-tuned from) and its validation figures; for an ensemble, its members. W
 the miner hot-swaps whatever file lands at its model path, and a checkpoint describes
 itself, so an operator can see what is about to be served, and that it loads, first.
 A file that does not load, or whose stored calibration the miner would refuse (a
-temperature or bias that would answer NaN or invert every decision), is reported with the
-reason and the exit status is 1. With ``--serving PATH``, each file is also checked the way
-a running miner checks a replacement of PATH (the same network), and a file that could not
-hot-swap makes the exit status 1 too.
+temperature or bias that would answer NaN, invert every decision or give one answer to every
+picture: ``bitmind.checkpoint.check_calibration``), is reported with the reason and the exit
+status is 1. With ``--serving PATH``, each file is also checked the way a running miner checks
+a replacement of PATH (the same network), and a file that could not hot-swap makes the exit
+status 1 too; one that swaps in place but serves with other options (``center_crop``,
+``flip_mean``, ``pool``) says which.
 """
 from __future__ import annotations
 
@@ -96,8 +98,9 @@ def as_the_miner_loads(lm: LoadedModel) -> LoadedModel:
 
 def hot_swap_check(serving: str | Path):
     """A function of a model as ``describe`` loaded it: ``{"over": serving, "ok": bool, "problem":
-    str | None}``, the miner's own check (``bitmind.miner.reload.swap_problem``, detector-only
-    as it loads)."""
+    str | None, "serve_time_change": str | None}``, the miner's own check
+    (``bitmind.miner.reload.swap_problem``, detector-only as it loads), and for a file that swaps
+    in place, how its serve-time options differ from the served file's (``serve_time_change``)."""
     from bitmind.checkpoint import too_large
     from bitmind.miner.reload import swap_problem
 
@@ -108,11 +111,27 @@ def hot_swap_check(serving: str | Path):
         return lambda lm: {"over": str(serving), "ok": False, "problem": problem}
 
     def check(lm: LoadedModel):
-        problem = swap_problem(as_the_miner_loads(lm), served)
+        detector = as_the_miner_loads(lm)
+        problem = swap_problem(detector, served)
         if problem is None and lm.path and os.path.isfile(lm.path):  # the miner refuses a file larger than its cap unread
             problem = too_large(str(lm.path), os.path.getsize(lm.path)) or None
-        return {"over": str(serving), "ok": problem is None, "problem": problem}
+        return {"over": str(serving), "ok": problem is None, "problem": problem,
+                "serve_time_change": serve_time_change(detector, served) if problem is None else None}
     return check
+
+
+def serve_time_change(new: LoadedModel, served: LoadedModel) -> str | None:
+    """How ``new``'s config differs from the served file's where the weights fit both (the
+    options that change no weight: ``center_crop``, ``flip_mean``, ``pool``, ``stem_pool``), in
+    words (``center_crop 192 -> none``), or None. Why: such a file hot-swaps in place, and the
+    miner only logs that its serve-time config changed; a fine-tune that lost the served file's
+    centre crop looked like a plain yes here, yet served whole pictures (slower, and other answers)."""
+    old, now = served.meta.get("config") or {}, new.meta.get("config") or {}
+    keys = [k for k in dict.fromkeys([*old, *now]) if old.get(k) != now.get(k)]
+    if not keys:
+        return None
+    shown = lambda config, k: "none" if config.get(k) is None else repr(config[k])
+    return ", ".join(f"{k} {shown(old, k)} -> {shown(now, k)}" for k in keys)
 
 
 def _fmt(v) -> str:
@@ -173,7 +192,8 @@ def render(info: dict) -> str:
         lines.append(f"  about: {info['description']}")
     if info.get("hot_swap"):
         swap = info["hot_swap"]
-        lines.append(f"  hot swap over {swap['over']}: " + ("yes (same network)" if swap["ok"] else f"no: {swap['problem']}"))
+        change = f"; it answers differently, serve-time options change: {swap['serve_time_change']}" if swap.get("serve_time_change") else ""
+        lines.append(f"  hot swap over {swap['over']}: " + (f"yes (same network){change}" if swap["ok"] else f"no: {swap['problem']}"))
     return "\n".join(lines)
 
 

@@ -141,11 +141,16 @@ def worker_init(_worker_id: int) -> None:
     started by spawn (macOS, Windows) would die of it, failing the epoch the trainer was asked
     to finish and save (``GracefulStop``), while one forked after that handler was installed
     would run it too (its message once per worker); the main process decides, and its exit
-    ends the workers."""
+    ends the workers. A SIGTERM sent to every process of the run (``timeout``, ``systemctl
+    stop``), which the trainer takes as a first Ctrl-C, is left to it likewise
+    (``leave_sigterm_to_parent``)."""
     import signal
+
+    from bitmind.shutdown import leave_sigterm_to_parent
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    leave_sigterm_to_parent()
 
 
 def collate_skip_none(batch):

@@ -157,6 +157,28 @@ def resolve_model_path(path: str | os.PathLike, repo_root: str | os.PathLike | N
     return _absolute(candidate) if candidate.exists() else _absolute(p)
 
 
+#: The link the operator's guide serves (README, steps 4 and 7), and the command that makes it.
+SERVED_LINK = "mining_models/local/current.pth"
+MAKE_SERVED_LINK = "mkdir -p mining_models/local && ln -sfn ../base.pth mining_models/local/current.pth"
+
+
+def missing_model_message(path: Path, given: str) -> str:
+    """The line a miner whose model path holds no file exits with: a dangling link names where
+    it points, the guide's link not made yet gives the command that makes it (an operator who
+    pulled and ran ``pm2 start ecosystem.config.js`` without step 4), anything else how to get
+    a model."""
+    where = f"(from --neuron.model_path {given})"
+    if path.is_symlink():
+        target = os.readlink(path)
+        return (f"model file not found: {path} {where} is a link to {target}, which does not exist "
+                f"(a relative target is read from the link's own folder: {path.parent}); re-point it, e.g. "
+                f"ln -sfn ../base.pth {path}")
+    if path.as_posix().endswith(SERVED_LINK):
+        return (f"model file not found: {path} {where}: the served link is not made yet; from the repository root: "
+                f"{MAKE_SERVED_LINK} (README, step 4)")
+    return f"model file not found: {path} {where}. Train one (see README, Training) or point --neuron.model_path at a checkpoint."
+
+
 def _absolute(p: Path) -> Path:
     """``p`` from the root, links and ``..`` kept as they are: folding ``..`` by name would be
     wrong after a link to a folder (``models/../base.pth``, with ``models`` a link, is the file

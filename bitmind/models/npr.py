@@ -315,6 +315,28 @@ def has_aux_outputs(meta: dict) -> bool:
 #: The smallest centre crop: 16 px reach the last layer of the pooled network as a 2x2 map.
 MIN_CENTER_CROP = 16
 
+#: The npr options that change how a network answers but no weight (a file with other values
+#: loads the same state dict; the miner hot-swaps it in place): what it looks at and whether it
+#: averages the picture with its mirror. The training options have no flag for them, so a
+#: fine-tune (``--init_from``) carries them over from its checkpoint (``set_serving_options``).
+SERVING_OPTIONS = ("center_crop", "flip_mean")
+
+
+def set_serving_options(model: NPR, center_crop: int | None = None, flip_mean: bool | None = None) -> NPR:
+    """``model`` answering with these ``SERVING_OPTIONS`` (None keeps a value as it is), in place,
+    its ``config`` kept as the constructor writes it (a key only when set): a checkpoint saved
+    from it serves them, and every forward (training, validation) applies them. A ``center_crop``
+    below ``MIN_CENTER_CROP`` is a ValueError."""
+    if center_crop is not None:
+        model.center_crop = check_center_crop(int(center_crop))
+    if flip_mean is not None:
+        model.flip_mean = bool(flip_mean)
+    for key in SERVING_OPTIONS:
+        model.config.pop(key, None)
+        if getattr(model, key):
+            model.config[key] = getattr(model, key)
+    return model
+
 
 def check_center_crop(size: int) -> int:
     """``size`` if it is a usable ``center_crop`` (0 = the whole input), else a ValueError."""

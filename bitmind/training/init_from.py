@@ -8,6 +8,16 @@ else than was asked. Checkpoints describe themselves, so a fine-tune takes its n
 options, and the patch size it was trained with, from the file unless they are given
 explicitly; an explicit option that contradicts the file's network is an error.
 
+Its serve-time options (``center_crop``, ``flip_mean``: ``bitmind.models.npr.SERVING_OPTIONS``)
+are carried over too. No training option sets them, so a fine-tune of ``base_crop192.pth`` was
+built, validated and saved without the crop: it served whole pictures (slower, and not what
+was validated before), and ``model_info --serving`` said it could hot-swap over the crop file.
+Now ``init_weights`` hands them to ``load_weights`` with the weights, which sets them on the
+network it loads into (one log line names them): training, the per-epoch validation (the score
+reported and the calibration fitted on its logits) and every checkpoint saved then answer as
+the file served. (A ``--resume`` of such a run loads its own state into a network built from
+its options and does not pass through here: the trainer must carry them on resume itself.)
+
 The user's problems here (an ensemble file, a checkpoint of an architecture this code does not
 build, an option that contradicts the file, weights that do not fit the network) are
 ``ConfigError``s (ValueErrors), a missing file a ``FileNotFoundError`` and an unreadable one
@@ -137,26 +147,75 @@ def weights_mismatch(model, state: dict) -> str:
     return "; ".join(p for p in parts if p)
 
 
+class InitWeights(dict):
+    """An ``--init_from`` state dict (``init_weights``) with the serve-time options of the file
+    it came from (``serving``: ``{"center_crop": 192}``), which ``load_weights`` sets on the
+    network it loads the weights into. A dict, so any caller that loads a state dict takes it."""
+
+    def __init__(self, state: dict, serving: dict | None = None):
+        super().__init__(state)
+        self.serving = dict(serving or {})
+
+
+def serving_options(meta: dict, what: str = "--init_from") -> dict:
+    """The serve-time options (``bitmind.models.npr.SERVING_OPTIONS``) a checkpoint's npr
+    network answers with, those set only (``{"center_crop": 192}``; ``{}`` for a file served
+    as built). Their types are ``checkpoint_options``' to check (``config_type_problem``); a
+    centre crop too small for any network is a ``ConfigError`` naming ``what``."""
+    from bitmind.models.npr import SERVING_OPTIONS, check_center_crop
+
+    config = meta.get("config") or {}
+    if (meta.get("arch") or "npr") != "npr" or not isinstance(config, dict):
+        return {}
+    out = {k: config[k] for k in SERVING_OPTIONS if config.get(k)}
+    try:
+        check_center_crop(out.get("center_crop", 0))
+    except ValueError as e:
+        raise ConfigError(f"{what}: its config's {e}") from None
+    return out
+
+
+def _carried(meta: dict, what: str) -> dict:
+    """The serve-time options a fine-tune takes from its checkpoint: all those it sets, except
+    any the training options can set themselves (a ``TrainConfig`` field of that name: then
+    the command line, or the checkpoint through ``adopt_checkpoint_options``, decides)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in serving_options(meta, what).items() if k not in fields}
+
+
 def load_weights(model, state: dict, what: str) -> None:
     """``model.load_state_dict(state, strict=True)``, a ``ConfigError`` (a ValueError) naming
     ``what`` (the file, with its option) and the mismatch (``weights_mismatch``) in one line if
-    the weights do not fit the network, instead of torch's RuntimeError listing every key."""
+    the weights do not fit the network, instead of torch's RuntimeError listing every key.
+    ``state`` from ``init_weights`` (an ``InitWeights``) also sets the serve-time options of the
+    file it came from on ``model`` (``bitmind.models.npr.set_serving_options``), said in one line."""
     problem = weights_mismatch(model, state)
     if problem:
         raise ConfigError(f"{what}: its weights do not fit the network these options build ({problem})")
     model.load_state_dict(state, strict=True)
+    serving = getattr(state, "serving", None)
+    if serving:
+        from bitmind.models.npr import set_serving_options
+
+        if not hasattr(model, "config") or not all(hasattr(model, k) for k in serving):
+            raise ConfigError(f"{what}: the file serves with {serving}, which a {type(model).__name__} network cannot")
+        set_serving_options(model, **serving)
+        logger.info("%s: serve-time options carried over from the checkpoint (training, validation and the "
+                    "checkpoints saved use them): %s", what, ", ".join(f"{k}={v!r}" for k, v in serving.items()))
 
 
-def init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = None) -> dict:
+def init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = None) -> InitWeights:
     """The ``--init_from`` checkpoint's detector weights (an auxiliary head dropped), after
-    checking that ``cfg`` builds the network it was built as (``check_matches_checkpoint``).
-    ``checkpoint``: its ``(state, meta)`` when the caller has already read it."""
+    checking that ``cfg`` builds the network it was built as (``check_matches_checkpoint``),
+    with the serve-time options it answers with (``InitWeights.serving``: ``load_weights`` sets
+    them on the network). ``checkpoint``: its ``(state, meta)`` when the caller has already read it."""
     from bitmind.checkpoint import read_checkpoint
     from bitmind.models.npr import detector_only
 
     state, meta = checkpoint or read_checkpoint(cfg.init_from)
     check_matches_checkpoint(cfg, meta)
-    return detector_only(state, meta)[0]  # a file trained with an auxiliary head: fine-tuning starts from its detector
+    # a file trained with an auxiliary head: fine-tuning starts from its detector
+    return InitWeights(detector_only(state, meta)[0], _carried(meta, f"--init_from {cfg.init_from}"))
 
 
 def check_init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = None) -> TrainConfig:
@@ -169,5 +228,7 @@ def check_init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = 
         return cfg
     from bitmind.models import build_model
 
-    load_weights(build_model(cfg.arch, **cfg.model_config()), init_weights(cfg, checkpoint), f"--init_from {cfg.init_from}")
+    # a plain dict: the serve-time options are checked (init_weights) but set on the network the
+    # run trains, not on this one (which would say so in the log a second time)
+    load_weights(build_model(cfg.arch, **cfg.model_config()), dict(init_weights(cfg, checkpoint)), f"--init_from {cfg.init_from}")
     return cfg

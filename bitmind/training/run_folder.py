@@ -7,7 +7,9 @@ is now refused unless the new run continues it (``--resume``) or is told to repl
 (``--overwrite``). And a resumed run is the same run: the options it was started with are
 read back from its ``opt.json`` (the command line may leave them out), a network option
 that contradicts them is refused (the saved weights would not fit, or would be read as
-another input), and any other change (learning rate, schedule, data) is allowed but logged.
+another input), and so are other validation roots (``check_same_data``: the run's best score and
+calibration would mix two validation sets); any other change (learning rate, schedule,
+``--train_data``) is allowed but logged.
 Where and how fast it runs (``RUNTIME_KEYS``: workers, device, progress, ...) is the command
 line's where it sets it, else the run's again (``--workers 2`` is not lost to the default 4).
 
@@ -59,6 +61,10 @@ PATH_KEYS = ("data", "train_data", "challenge_data", "init_from", "checkpoints_d
 #: would name a test split the model saw).
 FIXED_ON_RESUME = ("arch", "layers", "width", "input", "stem_pool", "pool", "dropout", "aux_weight",
                    "split_seed", "val_fraction", "test_fraction")
+#: Data roots a resumed run must keep: its validation split is read from them, and its best
+#: score, best epoch and calibration were measured there (``check_same_data``). ``train_data``
+#: (training only) may change, logged like ``--lr``.
+VALIDATION_ROOTS = ("data", "challenge_data")
 
 
 #: A sweep's resumable state, in its folder (``bitmind.training.sweep_state``).
@@ -84,8 +90,9 @@ def saved_options(run_dir: Path) -> dict:
 
 def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Check that a run may write into ``run_dir`` (a ``RunFolderError`` if not). Changes
-    nothing: with ``overwrite`` the caller removes the earlier run (``remove_earlier_run``)
-    once the data has been read, so a typo in ``--data`` never costs the earlier run."""
+    nothing: with ``overwrite`` the caller sets the earlier run aside (``EarlierRun``) once the
+    data has been read, and removes it only once the new run has saved an epoch, so neither a
+    typo in ``--data`` nor a new run that fails before its first epoch is saved costs the earlier run."""
     check_writable_folder(run_dir)
     if resume:
         if not (run_dir / "state_last.pt").exists():
@@ -197,21 +204,166 @@ def check_writable_folder(folder: Path) -> None:
     os.unlink(tmp)
 
 
-def remove_earlier_run(run_dir: Path) -> None:
-    """``--overwrite``: remove the earlier run's files from ``run_dir`` so nothing of it is
-    mixed into the new one's (its TensorBoard events included)."""
-    if not holds_run(run_dir):
+#: Where ``--overwrite`` keeps the earlier run's files, inside the run folder, until the new run
+#: has saved its first epoch (``EarlierRun``); ``ASIDE_MOVING`` while they are being moved there.
+ASIDE = ".previous_run"
+ASIDE_MOVING = ".previous_run.moving"
+
+
+def _run_entries(run_dir: Path) -> list[Path]:
+    """What a run wrote into ``run_dir``: its files (``RUN_FILES``), TensorBoard events and the
+    event folders of older layouts."""
+    found = [run_dir / f for f in RUN_FILES if (run_dir / f).exists()]
+    found += sorted(run_dir.glob("events.out.tfevents.*"))
+    return found + [run_dir / d for d in ("tb", "tensorboard") if (run_dir / d).is_dir()]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _move_back(run_dir: Path) -> list[str]:
+    """Put the earlier run's files back into ``run_dir``; returns their names. What a run wrote
+    since they were set aside (it saved no epoch) is removed first, then ``.previous_run`` is
+    renamed ``.previous_run.moving`` and emptied into ``run_dir``: a process killed at any point
+    leaves either ``.previous_run`` beside the new run's files or ``.previous_run.moving`` beside
+    the earlier run's only, each of which ``recover_earlier_run`` finishes, never mixing the two."""
+    moving, aside = run_dir / ASIDE_MOVING, run_dir / ASIDE
+    if not moving.is_dir():
+        for p in _run_entries(run_dir):
+            _remove(p)
+        os.replace(aside, moving)
+    names = []
+    for p in sorted(moving.iterdir()):
+        os.replace(p, run_dir / p.name)  # nothing of that name is there: each was moved out of run_dir, or removed above
+        names.append(p.name)
+    moving.rmdir()
+    return names
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold a Ctrl-C or SIGTERM that comes while the block moves the earlier run's files (main
+    thread only), and deliver it to the handler it would have reached once the block is done:
+    a second Ctrl-C while they are put back must not leave half of them aside."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    removed = [f for f in RUN_FILES if (run_dir / f).exists()]
-    for f in removed:
-        (run_dir / f).unlink()
-    for events in run_dir.glob("events.out.tfevents.*"):
-        events.unlink()
-        removed.append(events.name)
-    for stale in ("tb", "tensorboard"):  # event folders of older layouts
-        if (run_dir / stale).is_dir():
-            shutil.rmtree(run_dir / stale)
-    logger.warning("--overwrite: removed the earlier run's files from %s: %s", run_dir, ", ".join(removed))
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
+
+
+class EarlierRun:
+    """``--overwrite`` (``overwrite``): the earlier run's files in ``run_dir`` (``_run_entries``),
+    moved into ``run_dir/.previous_run`` when the new run starts (``set_aside``, once its data has
+    been read), removed once it has saved its first epoch (``drop``) and moved back if it ends
+    before that (``restore``, which the ``with`` block's end does: an exception, Ctrl-C, SIGTERM,
+    a run that stopped on a diverging loss), in one line each. Why: they were removed as soon as
+    the data was read, so a new run that failed in its first epoch (no picture readable, a
+    diverging --lr, Ctrl-C) left the operator neither the old model nor a new one. A process
+    killed while they are aside (SIGKILL, a lost machine) leaves the folder; the next run in the
+    run folder settles it before anything else (``recover_earlier_run``). Only the process
+    holding the run folder (``hold_run_folder``) may use it."""
+
+    def __init__(self, run_dir: Path, overwrite: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.aside = self.run_dir / ASIDE
+        self.overwrite = overwrite
+        self.pending = False  # the earlier run's files are aside: put back unless this run saves an epoch
+        self.saved = False  # this run has saved an epoch (``drop``)
+
+    def __enter__(self) -> "EarlierRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.pending:
+            self.restore()
+        if exc is not None and self.overwrite and not self.saved and holds_run(self.run_dir):
+            with contextlib.suppress(AttributeError):  # for the line a stop ends with (``trainer.interrupted_message``)
+                exc.earlier_run_kept = self.run_dir
+        return False
+
+    def set_aside(self) -> None:
+        """Move the earlier run's files out of the way (nothing without ``overwrite``): into
+        ``.previous_run.moving``, renamed ``.previous_run`` once all are there, so a process killed
+        midway leaves a folder ``recover_earlier_run`` knows to put back as it is."""
+        if not self.overwrite or not holds_run(self.run_dir):
+            return
+        found = _run_entries(self.run_dir)
+        moving = self.run_dir / ASIDE_MOVING
+        with _signals_deferred():
+            moving.mkdir()
+            self.pending = True  # from here on, ``restore`` puts back whatever was moved
+            for p in found:
+                os.replace(p, moving / p.name)
+            os.replace(moving, self.aside)
+            logger.warning("--overwrite: the earlier run's files are set aside in %s until this run saves its first "
+                           "epoch (put back if it ends before): %s", self.aside, ", ".join(p.name for p in found))
+
+    def drop(self) -> None:
+        """This run has saved an epoch: remove the earlier run's files for good (nothing if none are aside)."""
+        self.saved = True
+        if not self.pending:
+            return
+        self.pending = False
+        names = sorted(p.name for p in self.aside.iterdir())
+        try:
+            shutil.rmtree(self.aside)
+        except OSError as e:  # the next run in the folder removes it (``recover_earlier_run``)
+            logger.warning("--overwrite: cannot remove the earlier run's files in %s (%s)", self.aside, e.strerror or e)
+            return
+        logger.warning("--overwrite: this run saved its first epoch; removed the earlier run's files from %s: %s",
+                       self.run_dir, ", ".join(names))
+
+    def restore(self) -> None:
+        """This run ends without having saved an epoch: remove what it wrote and put the earlier run's files back."""
+        self.pending = False
+        with _signals_deferred():
+            try:
+                _move_back(self.run_dir)
+            except OSError as e:  # said, not raised: the exception that ended the run is the one to see
+                logger.error("--overwrite: this run ended before saving an epoch, but the earlier run's files could not "
+                             "be put back from %s (%s): the next run in %s tries again", self.aside, e.strerror or e,
+                             self.run_dir)
+                return
+            logger.warning("--overwrite: this run ended before saving an epoch; the earlier run's files are back in %s",
+                           self.run_dir)
+
+
+def recover_earlier_run(run_dir: Path) -> str | None:
+    """Settle what an ``--overwrite`` run killed while the earlier run's files were aside
+    (``EarlierRun``: SIGKILL, an out-of-memory kill, a lost machine) left in ``run_dir``, before
+    anything reads the folder: if it had saved an epoch (its ``state_last.pt`` is there) the earlier
+    files are removed, as it would have done ("removed"); else what it wrote is removed and the
+    earlier files are put back ("restored"). Each in one line; None when nothing was left. Never
+    mixes the two runs' files. Call it only while holding the run folder (``hold_run_folder``):
+    another run's ``.previous_run`` is in use while that run lives."""
+    run_dir = Path(run_dir)
+    moving, aside = run_dir / ASIDE_MOVING, run_dir / ASIDE
+    if not moving.is_dir() and not aside.is_dir():
+        return None
+    if not moving.is_dir() and (run_dir / "state_last.pt").exists():
+        shutil.rmtree(aside)
+        logger.warning("%s: an --overwrite run that was killed after saving its first epoch left the earlier run's "
+                       "files there; removed them, as it would have (%s holds that run)", aside, run_dir)
+        return "removed"
+    names = _move_back(run_dir)
+    logger.warning("%s: an --overwrite run was killed before it saved an epoch; the earlier run's files are back in %s "
+                   "(%s), anything that run wrote is removed", aside, run_dir, ", ".join(names))
+    return "restored"
 
 
 def _refuse(cfg, clash: dict, asks: str, hint: str = "") -> None:
@@ -326,7 +478,8 @@ def _usable_here(cfg, adopted: dict, runtime: dict) -> dict:
 def resumed_options(cfg, explicit: set[str]):
     """``cfg`` with the options of the run it resumes (``opt.json`` beside its state) where the
     command line left them out; a ``RunFolderError`` if it sets a network option to another
-    value than the run was built with; other changes are logged (the run goes on with them).
+    value than the run was built with, or other validation roots (``check_same_data``); other
+    changes are logged (the run goes on with them).
     Where and how fast it runs (``RUNTIME_KEYS`` but ``LOCATION_KEYS``) is the command line's
     where it sets it, else the run's (if this machine can use it). Relative paths of an
     ``opt.json`` written before they were stored absolute are found from the folder the run
@@ -335,6 +488,11 @@ def resumed_options(cfg, explicit: set[str]):
 
     from bitmind.training.init_from import option_differences
 
+    if (cfg.run_dir / ASIDE).is_dir() or (cfg.run_dir / ASIDE_MOVING).is_dir():
+        # an --overwrite run killed while the earlier run was aside: settled before its opt.json is read,
+        # so a resume reads the options of the run it resumes, not those of the killed one
+        with hold_run_folder(cfg.run_dir):
+            recover_earlier_run(cfg.run_dir)
     saved = saved_options(cfg.run_dir)
     if not saved:
         logger.warning("--resume: %s has no readable opt.json; the command line's options are used as given", cfg.run_dir)
@@ -342,8 +500,10 @@ def resumed_options(cfg, explicit: set[str]):
     known = {f.name for f in dataclasses.fields(cfg)} - set(RUNTIME_KEYS)
     _refuse(cfg, option_differences(cfg, saved, [k for k in FIXED_ON_RESUME if k in explicit]),
             "; the command line asks for ", ": leave those options out (they are read from opt.json) or start a new run")
+    check_same_data(cfg, saved, [k for k in VALIDATION_ROOTS if k in explicit])  # left out: read from opt.json
     changed = {k: (now, was) for k, (now, was) in option_differences(cfg, saved, sorted(known & explicit)).items()
-               if k not in PATH_KEYS or _absolute_option(was) != _absolute_option(now)}  # a relative path to where opt.json's absolute one points: no change
+               if (k not in PATH_KEYS or _absolute_option(was) != _absolute_option(now))  # a relative path to where opt.json's absolute one points: no change
+               and not (k in VALIDATION_ROOTS and _same_roots(was, now))}  # d/, ./d, a link to d: the same roots
     if changed:
         logger.warning("--resume %s: options changed from the run's opt.json: %s", cfg.run_dir,
                        ", ".join(f"{k} {was!r} -> {now!r}" for k, (now, was) in changed.items()))
@@ -362,11 +522,56 @@ def resumed_options(cfg, explicit: set[str]):
 
 
 def check_resume_matches(cfg) -> None:
-    """A ``RunFolderError`` if ``cfg`` resumes a run built with other network options or
-    split (``train`` asks, for callers that build a config without ``resumed_options``)."""
+    """A ``RunFolderError`` if ``cfg`` resumes a run built with other network options, split or
+    validation roots (``train`` asks, for callers that build a config without ``resumed_options``)."""
     from bitmind.training.init_from import option_differences
 
-    _refuse(cfg, option_differences(cfg, saved_options(cfg.run_dir), FIXED_ON_RESUME), ", this run builds ")
+    saved = saved_options(cfg.run_dir)
+    _refuse(cfg, option_differences(cfg, saved, FIXED_ON_RESUME), ", this run builds ")
+    check_same_data(cfg, saved)
+
+
+def _root_key(spec) -> str | None:
+    """The data root ``spec`` as what it reads: a local path resolved (``d``, ``d/``, ``./d`` and a
+    link to ``d`` are one root), an ``hf:`` Hub name as given; None for a local path not found here."""
+    if not isinstance(spec, str):
+        return None
+    prefix, path, suffix = _split_spec(spec)
+    p = Path(path).expanduser()
+    if p.exists():
+        return f"{prefix}{p.resolve()}{suffix}"
+    return spec if prefix and not p.is_absolute() and not path.startswith(".") else None  # a Hub name
+
+
+def _same_roots(was, now) -> bool | None:
+    """Whether the root lists ``was`` (``opt.json``'s) and ``now`` name the same roots in the same
+    order (a root given twice counts once, as the trainer reads it); None where that cannot be told:
+    a root not found here (moved since the run started, or a typo the data read then names), or a
+    relative path in ``was`` (an ``opt.json`` written before paths were stored absolute: relative to
+    a folder it does not record)."""
+    keys = [[None if i == 0 and _is_relative(s) else _root_key(s) for s in (v if isinstance(v, (list, tuple)) else [v])]
+            for i, v in enumerate((was, now))]
+    if any(k is None for ks in keys for k in ks):
+        return None
+    return [*dict.fromkeys(keys[0])] == [*dict.fromkeys(keys[1])]
+
+
+def check_same_data(cfg, saved: dict, keys=VALIDATION_ROOTS) -> None:
+    """A ``RunFolderError`` if ``cfg`` resumes the run of ``saved`` (its ``opt.json``) on other
+    validation roots (``keys``, of ``VALIDATION_ROOTS``). Why: a resumed run keeps its best score and best
+    epoch and calibrates on its validation split at the end, so on another data set it compared
+    epochs across two validation sets and shipped a model chosen on one and calibrated on the
+    other, with a warning only. Roots not found here are let through (``_same_roots``)."""
+    def roots(v) -> str:
+        return " ".join(map(str, v if isinstance(v, (list, tuple)) else [v])) or "(none)"
+
+    for key in keys:
+        if key in saved and _same_roots(saved[key], getattr(cfg, key)) is False:
+            raise RunFolderError(
+                f"--resume {cfg.run_dir}: the run was trained and validated on --{key} {roots(saved[key])}, "
+                f"the command line asks for --{key} {roots(getattr(cfg, key))}: its best score and "
+                f"calibration would mix two validation sets; to train on this data start a new run (another --name) "
+                f"or replace this one (--overwrite instead of --resume), or leave --{key} out to go on with the run's")
 
 
 def holds_sweep(out_dir: Path) -> bool:

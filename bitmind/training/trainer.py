@@ -15,6 +15,8 @@ import logging
 import os
 import random
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -44,11 +46,11 @@ from bitmind.data.dataset import worker_init
 from bitmind.data.families import aux_classes, class_family_shares, parse_family_share, sampling_family
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
-from bitmind.shutdown import GracefulStop
+from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_name
 from bitmind.training.config import TrainConfig
 from bitmind.training.init_from import init_weights, load_weights
-from bitmind.training.run_folder import (RunFolderError, check_resume_matches, hold_run_folder, prepare_run_folder, remove_earlier_run,
-                                         write_options)
+from bitmind.training.run_folder import (EarlierRun, RunFolderError, check_resume_matches, hold_run_folder, prepare_run_folder,
+                                         recover_earlier_run, write_options)
 from bitmind.training.loop import (
     Best,
     Learner,
@@ -88,13 +90,14 @@ _WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "unexpected pos", 
 
 
 @contextlib.contextmanager
-def writing(run_dir: Path, when: str):
+def writing(run_dir: Path, when: str, earlier: EarlierRun | None = None):
     """Run the block that writes ``run_dir``'s files; an ``OSError`` or torch's ``RuntimeError``
     of a failed write becomes a ``RunWriteError`` in one line: what failed, the free space,
     what is kept and how to go on. Why: a full disk stopped a run with torch's
     "[enforce fail at inline_container.cc] unexpected pos" traceback, hours in, saying nothing
     of the space or of the files (each checkpoint and the state are written whole or not at
-    all, ``atomic_write``, so the last saved epoch is intact and resumable)."""
+    all, ``atomic_write``, so the last saved epoch is intact and resumable). ``earlier``: an
+    ``--overwrite`` run's earlier files, put back as the error leaves the run (``EarlierRun``)."""
     try:
         yield
     except (OSError, RuntimeError) as e:
@@ -105,7 +108,10 @@ def writing(run_dir: Path, when: str):
         except OSError:
             free = "free space unknown"
         reason = _cause(e) or type(e).__name__
-        if (run_dir / "state_last.pt").exists():
+        if earlier is not None and earlier.pending:  # its files go back as the error leaves ``train``
+            go_on = ("stopped before this run saved an epoch; the earlier run's files are put back (--overwrite): free "
+                     "some space and run the command again with --overwrite")
+        elif (run_dir / "state_last.pt").exists():
             go_on = ("stopped; every file it holds is whole (checkpoints and state of the last epoch saved): free some "
                      "space, then the same command with --resume goes on from there")
         elif (run_dir / "model_epoch_best.pth").exists():  # written first: a whole file, but never calibrated
@@ -354,12 +360,16 @@ def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns a summary (best checkpoint path, best metrics, history)."""
     cfg.check()  # a bad option stops here, before the data and the workers
     rank, world, local_rank = _dist_info()
-    with hold_run_folder(cfg.run_dir) if rank == 0 else contextlib.nullcontext():  # one run per folder at a time
-        return _train(cfg, rank, world, local_rank)
+    # one run per folder at a time; SIGTERM (timeout, docker stop, systemctl stop) stops as Ctrl-C does (main thread
+    # only); an --overwrite run's earlier files are put back if it ends before it saves an epoch (``EarlierRun``)
+    with (hold_run_folder(cfg.run_dir) if rank == 0 else contextlib.nullcontext(), sigterm_as_interrupt(),
+          EarlierRun(cfg.run_dir, overwrite=cfg.overwrite and not cfg.resume and rank == 0) as earlier):
+        return _train(cfg, rank, world, local_rank, earlier)
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
-    """``train``'s body, run while this process holds the run folder."""
+def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: EarlierRun) -> dict:
+    """``train``'s body, run while this process holds the run folder; ``earlier`` keeps an
+    ``--overwrite``'s earlier run aside until an epoch is saved."""
     device = prepare_device(cfg, local_rank)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -367,6 +377,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
     seed_everything(cfg.seed + rank)
     amp_dtype = resolve_amp(cfg.amp, device)
     run_dir = cfg.run_dir
+    if is_main and recover_earlier_run(run_dir) == "restored" and cfg.resume:  # what a killed --overwrite run left
+        raise RunFolderError(f"--resume: {run_dir} held an --overwrite run killed before it saved an epoch, with the "
+                             "earlier run's files set aside; those are back now, and this command read the killed run's "
+                             "options: run it again to resume the earlier run")
     if cfg.resume:
         check_resume_matches(cfg)
     if is_main:  # before the data: a folder holding a run is refused (unless --resume / --overwrite)
@@ -376,8 +390,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
 
     train_ds, val_ds, counts = build_datasets(cfg)
     if is_main:  # only once the data has been read: a run that fails on a typo leaves the folder as it was
-        if cfg.overwrite and not cfg.resume:
-            remove_earlier_run(run_dir)
+        earlier.set_aside()  # --overwrite: until this run saves an epoch (put back if it ends before)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_options(cfg, run_dir)  # its paths absolute: it resumes from any working folder
         logger.info("data splits per source: %s", json.dumps(counts))
@@ -386,7 +399,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
         val_labels = val_ds.labels()
         if cfg.calibrate and len(set(val_labels)) == 2 and (why := too_few_to_calibrate(val_labels, cfg.calibration_min_per_class)):
             # said now, not only after hours of training (one class is check_classes' warning)
-            show(f"the best checkpoint will not be calibrated: {why}", logging.WARNING)
+            show(f"the best checkpoint will not be calibrated: {why}"
+                 + ("; it keeps the calibration of --init_from, if that has one" if cfg.init_from else ""), logging.WARNING)
 
     labels = train_ds.labels()
     if world > 1:
@@ -420,6 +434,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
             load_weights(model, st["model"], f"--resume {state_path}")
         except ValueError as e:  # a run folder without its opt.json, resumed with other network options
             raise RunFolderError(f"{e}: give the network options the run was started with") from None
+        resume_serving_options(model, run_dir / "model_last.pth")
         learner.opt.load_state_dict(st["optimizer"])
         learner.load_rng_state(st)
         if sampler_gen is not None and "sampler_rng" in st:
@@ -446,7 +461,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
             writer.add_scalar("train/loss", learner.last_loss.item(), step)
             writer.add_scalar("train/lr", lr, step)
 
-    ctrl_c = GracefulStop().install()  # first Ctrl-C: finish the epoch, save, calibrate, stop; second: now
+    # first Ctrl-C or SIGTERM: finish the epoch, save, calibrate, stop; second: now
+    ctrl_c = GracefulStop(signals=(signal.SIGINT, signal.SIGTERM)).install()
     stopped = None  # why the run ended before its last epoch, if it did for a reason a person must see
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -497,7 +513,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
                                for k, v in rec.items())
                 show(msg)
                 meta_extra = {"metrics": {"val": m, "epoch": epoch}, "train_options": train_options}
-                with writing(run_dir, f"epoch {epoch}"):  # a full disk: one line, the last whole files kept
+                with writing(run_dir, f"epoch {epoch}", earlier):  # a full disk: one line, the last whole files kept
                     save_if_best(best, selection_score(m), epoch, m, model, cfg.arch, run_dir, meta_extra, logits, vlabels)
                     save_checkpoint(model, run_dir / "model_last.pth", model_meta(model, cfg.arch, **meta_extra))
                     state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": learner.opt.state_dict(),
@@ -508,17 +524,18 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
                     atomic_write(state_path, lambda tmp: torch.save(state, tmp))
                     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
                     plot_curves(history, run_dir / "curves.png")
+                earlier.drop()  # --overwrite: this run has an epoch saved, the earlier run's files go for good
                 if cfg.early_stop_patience and best.bad_epochs >= cfg.early_stop_patience:
                     show(f"early stopping: no validation improvement for {best.bad_epochs} epochs")
                     stop[0] = 1
-            if ctrl_c.requested:  # Ctrl-C: stop now that this epoch's files are complete
-                stop[0] = 2
+            if ctrl_c.requested:  # Ctrl-C (2) or SIGTERM (3): stop now that this epoch's files are complete
+                stop[0] = 3 if ctrl_c.signum == signal.SIGTERM else 2
             stop = torch.tensor([float(agreed(int(stop.item()), world))])
-            if stop.item() == 2:
-                stopped = "interrupted"
+            if stop.item() >= 2:
+                stopped = "terminated" if stop.item() == 3 else "interrupted"
                 if is_main:
-                    show(f"stopped after epoch {epoch} (Ctrl-C): {run_dir} keeps every finished epoch; the same command "
-                         "with --resume goes on from there")
+                    show(f"stopped after epoch {epoch} ({'SIGTERM' if stop.item() == 3 else 'Ctrl-C'}): {run_dir} keeps "
+                         "every finished epoch; the same command with --resume goes on from there")
             if stop.item():
                 break
     finally:  # also when the run fails: Ctrl-C must stop a process that is not training any more
@@ -528,15 +545,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
     if stopped:
         summary["stopped"] = stopped
     if is_main:
-        with writing(run_dir, "the run's end (calibration, summary)"):
+        with writing(run_dir, "the run's end (calibration, summary)", earlier):
             if cfg.calibrate and (run_dir / "val_logits_best.npy").exists():
                 try:
                     summary["calibration"] = calibrate_checkpoint(run_dir / "model_epoch_best.pth", run_dir / "val_logits_best.npy",
                                                                   real_target=cfg.calibration_real_target,
                                                                   min_per_class=cfg.calibration_min_per_class)
-                except CalibrationDataError as e:  # one class, or too few, in validation: kept uncalibrated
-                    show(f"calibration not fitted: {e}; {run_dir / 'model_epoch_best.pth'} keeps its raw logits",
-                         logging.WARNING)
+                except CalibrationDataError as e:  # one class, or too few, in validation
+                    if (kept := keep_starting_calibration(cfg, run_dir / "model_epoch_best.pth", e)) is not None:
+                        summary["calibration"] = kept
             writer.close()
             (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     if world > 1:
@@ -548,8 +565,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict:
 #: Why a run stops early (index 0: it does not); the agreed reason is the largest index any rank has.
 STOP_REASONS = (None, "non-finite", "no-images")
 #: Exit status of a run (or a sweep) that ended early, by its summary's ``stopped``: 1 for a
-#: failure, 130 (as a shell reports Ctrl-C) for a stop that ``--resume`` goes on from.
-EXIT_STATUS = {"non-finite": 1, "no-images": 1, "interrupted": 130}
+#: failure, 130 (as a shell reports Ctrl-C) for a stop that ``--resume`` goes on from, 143 (as a
+#: shell reports SIGTERM) for the same stop asked by SIGTERM (``terminated``: timeout, docker stop,
+#: systemctl stop), after the best checkpoint is calibrated, as a process manager expects of it.
+EXIT_STATUS = {"non-finite": 1, "no-images": 1, "interrupted": 130, "terminated": 143}
 
 
 def epoch_failure(done: dict, learner: Learner) -> str | None:
@@ -587,12 +606,17 @@ def read_run_state(path: Path) -> dict:
 
 def interrupted_message(cfg: TrainConfig) -> str:
     """The line a run stopped at once by Ctrl-C (a second press, or one before its first epoch
-    started) ends with, instead of a KeyboardInterrupt traceback: what is kept and how to go on."""
-    run_dir = cfg.run_dir
+    started) or SIGTERM (a second one, or one before the loop: ``StopSignal``) ends with, instead
+    of a KeyboardInterrupt traceback: what is kept and how to go on. Called while that exception is
+    handled: an ``--overwrite`` run that had not saved an epoch says the earlier run is kept."""
+    run_dir, how = cfg.run_dir, stop_name()
+    if getattr(sys.exc_info()[1], "earlier_run_kept", None):  # set by EarlierRun as the stop left ``train``
+        return (f"stopped ({how}) before this run saved an epoch: {run_dir} holds the earlier run's files as they were "
+                "(--overwrite replaces them only once an epoch is saved); run the command again")
     if (run_dir / "state_last.pt").exists():
-        return (f"stopped at once (Ctrl-C): the epoch in progress is lost; {run_dir} keeps the finished epochs (the best "
+        return (f"stopped at once ({how}): the epoch in progress is lost; {run_dir} keeps the finished epochs (the best "
                 "checkpoint is calibrated at the run's end); the same command with --resume goes on from there")
-    return f"stopped (Ctrl-C) before any epoch was saved: {run_dir} holds nothing to resume; run the command again"
+    return f"stopped ({how}) before any epoch was saved: {run_dir} holds nothing to resume; run the command again"
 
 
 def unreadable_training_data(epoch: int, done: dict) -> TrainingDataError:
@@ -623,6 +647,53 @@ def calibration_line(rec: dict) -> str:
             f"{rec['val_balanced_brier_before']:.4f} -> {rec['val_balanced_brier_after']:.4f} (plain "
             f"{rec['val_brier_before']:.4f} -> {rec['val_brier_after']:.4f}), acc {rec['val_accuracy_before']:.4f} -> "
             f"{rec['val_accuracy_after']:.4f}")
+
+
+def resume_serving_options(model: nn.Module, last: Path) -> None:
+    """A resumed fine-tune answers with the serve-time options (``center_crop``, ``flip_mean``)
+    its ``--init_from`` carried over (``bitmind.training.init_from``): the state holds weights
+    only, so they are read back from the run's last checkpoint, written with the same epoch's
+    state. Without this a resumed fine-tune of ``base_crop192.pth`` validated and saved whole pictures."""
+    from bitmind.checkpoint import read_checkpoint
+    from bitmind.models.npr import set_serving_options
+    from bitmind.training.init_from import serving_options
+
+    if not last.exists():
+        return
+    options = serving_options(read_checkpoint(last)[1], f"--resume {last}")
+    if options:
+        set_serving_options(model, **options)
+        logger.info("--resume: serve-time options of the run's checkpoints kept: %s",
+                    ", ".join(f"{k}={v}" for k, v in options.items()))
+
+
+def keep_starting_calibration(cfg: TrainConfig, ckpt: Path, why: Exception) -> dict | None:
+    """The validation split is too small (or one-class) to fit a calibration: a fine-tune
+    (``--init_from``) keeps the starting file's (its record names it and why, for
+    ``model_info``); a run from scratch keeps raw logits. Why: a small fine-tune of
+    ``base.pth`` stored none and served raw logits, which kept 0.87 of real photos where the
+    starting file's calibration kept 0.97 (operator audit); a few epochs of fine-tuning move
+    the logits far less than the raw scale is off. Returns the stored record, or None."""
+    from bitmind.checkpoint import check_calibration, read_checkpoint
+
+    start = None
+    if cfg.init_from:
+        try:
+            start = read_checkpoint(cfg.init_from)[1]
+            check_calibration(start, cfg.init_from)  # one the miner would refuse is not passed on
+        except Exception as e:  # noqa: BLE001 (moved, changed or refused since the run began: said, raw logits kept)
+            logger.warning("cannot keep the calibration of --init_from %s: %s", cfg.init_from, e)
+            start = None
+    if not start or start.get("temperature") is None:  # absent or None: the starting file had none either
+        show(f"calibration not fitted: {why}; {ckpt} keeps its raw logits", logging.WARNING)
+        return None
+    record = {"temperature": float(start["temperature"]), "logit_bias": float(start.get("logit_bias") or 0.0),
+              "method": "kept from --init_from (too few validation pictures to fit one)", "init_from": str(cfg.init_from), "not_fitted": str(why)}
+    store_calibration(ckpt, record)
+    show(f"calibration not fitted: {why}; {ckpt} keeps the calibration of --init_from {cfg.init_from} "
+         f"(T={record['temperature']:.3f} b={record['logit_bias']:+.3f}); refit it on more validation pictures with "
+         "python -m bitmind.calibrate", logging.WARNING)
+    return record
 
 
 def calibrate_checkpoint(ckpt: Path, logits_file: Path, mask: np.ndarray | None = None, real_target: float = 0.0,

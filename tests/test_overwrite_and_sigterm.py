@@ -1,0 +1,336 @@
+"""``--overwrite`` keeps the earlier run until the new one has saved an epoch, and SIGTERM stops
+a training as a first Ctrl-C does.
+
+Why: ``--overwrite`` removed the earlier run's files as soon as the data was listed, so a new run
+that failed in its first epoch (no picture readable, a diverging --lr, Ctrl-C) left neither the
+old model nor a new one; they are now set aside in ``.previous_run`` inside the run folder, put
+back if the new run ends before saving an epoch (or by the next run, if it was killed), removed
+once it has. And SIGTERM (``timeout``, ``docker stop``, ``systemctl stop``) ended the trainer at
+once: the epoch in progress was lost and ``model_epoch_best.pth`` stayed uncalibrated; now the
+epoch is finished and saved, the best checkpoint calibrated and the summary written, then the
+trainer exits 143."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitmind.checkpoint import read_checkpoint
+from bitmind.training import train
+from bitmind.training.run_folder import ASIDE, ASIDE_MOVING, RunFolderError, recover_earlier_run
+from bitmind.training.trainer import TrainingDataError
+from train_helpers import tiny_config
+from validator_synth import make_folder
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(REPO / "base_miner" / "NPR" / "train_detector.py")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("overwrite_data"), n_per_class=12, seed=5, size=48)
+
+
+@pytest.fixture(scope="module")
+def earlier(data, tmp_path_factory) -> Path:
+    """A finished one-epoch run (``<dir>/t``), copied by each test that overwrites it."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("earlier")
+    train(tiny_config(data, out, epochs=1))
+    return out / "t"
+
+
+@pytest.fixture
+def run(earlier, tmp_path) -> Path:
+    """A copy of the earlier run at ``tmp_path/t``."""
+    shutil.copytree(earlier, tmp_path / "t")
+    return tmp_path / "t"
+
+
+@pytest.fixture
+def logs(caplog):
+    """``caplog`` hearing the run folder's logger at INFO (another test's logging set-up may keep
+    its records from the root logger)."""
+    log = logging.getLogger("bitmind.training.run_folder")
+    level = log.level
+    log.addHandler(caplog.handler)
+    log.setLevel(logging.INFO)
+    caplog.handler.setLevel(logging.INFO)
+    yield caplog
+    log.removeHandler(caplog.handler)
+    log.setLevel(level)
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) by its path there: its SHA-256."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _in_epoch_0(action):
+    """A ``train_one_epoch`` that runs ``action()`` as the first epoch it trains starts."""
+    from bitmind.training import trainer
+
+    real, state = trainer.train_one_epoch, {"done": False}
+
+    def epoch(*a, **kw):
+        if not state["done"]:
+            state["done"] = True
+            action()
+        return real(*a, **kw)
+
+    return epoch
+
+
+def _press_ctrl_c_twice():
+    for _ in range(2):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _boom():
+    raise RuntimeError("boom")
+
+
+# how a new run ends before its first epoch is saved: (patch of the trainer, what ``train`` raises or None)
+ENDINGS = {
+    "ctrl-c twice in epoch 0": (lambda tr, mp: mp.setattr(tr, "train_one_epoch", _in_epoch_0(_press_ctrl_c_twice)),
+                                KeyboardInterrupt),
+    "a crash in epoch 0": (lambda tr, mp: mp.setattr(tr, "train_one_epoch", _in_epoch_0(_boom)), RuntimeError),
+    "no picture readable": (lambda tr, mp: mp.setattr(tr, "epoch_failure", lambda done, learner: "no-images"),
+                            TrainingDataError),
+    "a diverging lr": (lambda tr, mp: mp.setattr(tr, "epoch_failure", lambda done, learner: "non-finite"), None),
+}
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_an_overwrite_run_that_ends_before_saving_an_epoch_keeps_the_earlier_run(ending, data, run, monkeypatch, logs):
+    from bitmind.training import trainer
+
+    before = _tree(run)
+    best = (run / "model_epoch_best.pth").read_bytes()
+    patch, raised = ENDINGS[ending]
+    patch(trainer, monkeypatch)
+    cfg = tiny_config(data, run.parent, epochs=3, lr=1e-3, overwrite=True)
+    if raised is None:
+        assert train(cfg)["stopped"] == "non-finite"
+    else:
+        with pytest.raises(raised):
+            train(cfg)
+    assert (run / "model_epoch_best.pth").read_bytes() == best  # the earlier best model, byte for byte
+    assert _tree(run) == before  # and all of the earlier run, nothing of the new one (no .previous_run left)
+    assert "the earlier run's files are back in" in logs.text
+    monkeypatch.undo()
+    if ending == "ctrl-c twice in epoch 0":  # the earlier run goes on with --resume, the folder's lock long released
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        resumed = train(tiny_config(data, run.parent, epochs=2, resume=True))
+        assert [h["epoch"] for h in resumed["history"]] == [0, 1] and "stopped" not in resumed
+
+
+def test_an_overwrite_run_keeps_the_earlier_run_until_its_first_epoch_is_saved_then_leaves_no_trace_of_it(
+        data, run, monkeypatch, logs):
+    from bitmind.training import trainer
+
+    old = _tree(run)
+    seen = {}
+
+    def look():  # as the new run's first epoch starts: the earlier best is aside, not gone
+        seen["aside"] = _tree(run / ASIDE) if (run / ASIDE).is_dir() else {}
+        seen["top"] = sorted(p.name for p in run.iterdir())
+
+    monkeypatch.setattr(trainer, "train_one_epoch", _in_epoch_0(look))
+    summary = train(tiny_config(data, run.parent, epochs=2, lr=1e-3, seed=1, overwrite=True))
+    assert seen["aside"].get("model_epoch_best.pth") == old["model_epoch_best.pth"]
+    assert "model_epoch_best.pth" not in seen["top"] and "state_last.pt" not in seen["top"]  # nothing mixed in
+    assert [h["epoch"] for h in summary["history"]] == [0, 1] and "calibration" in summary
+    now = _tree(run)
+    assert not any(name.startswith(ASIDE) for name in now) and not (run / ASIDE_MOVING).exists()
+    assert not set(now.values()) & set(old.values())  # no file of the earlier run, under any name
+    assert json.loads((run / "opt.json").read_text())["lr"] == 1e-3
+    assert "removed the earlier run's files" in logs.text
+
+
+def test_two_sigterms_in_an_overwrite_runs_first_epoch_end_in_one_line_143_and_the_earlier_run(data, run, monkeypatch,
+                                                                                                  capsys):
+    import importlib.util
+
+    from bitmind.training import trainer
+
+    spec = importlib.util.spec_from_file_location("train_detector_sigterm", REPO / "base_miner" / "NPR" / "train_detector.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    before = _tree(run)
+    monkeypatch.setattr(trainer, "train_one_epoch",
+                        _in_epoch_0(lambda: [os.kill(os.getpid(), signal.SIGTERM) for _ in range(2)]))
+    with pytest.raises(SystemExit) as ended:
+        entry.main(["--data", str(data), "--checkpoints_dir", str(run.parent), "--name", "t", "--epochs", "3",
+                    "--batch_size", "8", "--layers", "1", "1", "--width", "8", "--workers", "0", "--progress", "false",
+                    "--device", "cpu", "--val_fraction", "0.25", "--test_fraction", "0.15", "--overwrite"])
+    err = capsys.readouterr().err
+    assert ended.value.code == 143 and "Traceback" not in err, err
+    assert err.rstrip("\n").splitlines()[-1] == (f"stopped (SIGTERM) before this run saved an epoch: {run} holds the "
+                                                 "earlier run's files as they were (--overwrite replaces them only once "
+                                                 "an epoch is saved); run the command again")
+    assert _tree(run) == before
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+_KILLED_RUN = """
+import sys, time
+from pathlib import Path
+from bitmind.training import train, trainer
+from train_helpers import tiny_config
+
+def epoch(*a, **kw):  # the first epoch never ends: the test kills this process (SIGKILL) here
+    print("in epoch 0", flush=True)
+    time.sleep(120)
+
+trainer.train_one_epoch = epoch
+train(tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), epochs=3, lr=1e-3, overwrite=True))
+"""
+
+
+def _killed_in_epoch_0(data: Path, run: Path) -> None:
+    """An --overwrite run of ``run`` killed (SIGKILL: no clean-up at all) in its first epoch."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_KILLED_RUN), str(data), str(run.parent)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"})
+    guard = threading.Timer(120, proc.kill)  # a run that never gets there fails the test, never hangs it
+    guard.start()
+    try:
+        for line in proc.stdout:  # the run's own lines first
+            if line.strip() == "in epoch 0":
+                break
+        else:
+            pytest.fail(proc.stderr.read()[-3000:])
+    finally:
+        guard.cancel()
+        proc.kill()
+        proc.wait()
+    assert (run / ASIDE / "model_epoch_best.pth").is_file() and (run / "opt.json").is_file()  # what it left
+
+
+def test_a_killed_overwrite_run_is_settled_by_the_next_run_never_mixed_in(data, run, logs):
+    before = _tree(run)
+    _killed_in_epoch_0(data, run)
+    # the next run in the folder puts the earlier run back first, then finds it there: refused as usual
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(tiny_config(data, run.parent, epochs=2))
+    assert _tree(run) == before and "killed before it saved an epoch" in logs.text
+    # --resume read the killed run's opt.json before the earlier run was back: it says to run it again
+    _killed_in_epoch_0(data, run)
+    with pytest.raises(RunFolderError, match="run it again to resume the earlier run"):
+        train(tiny_config(data, run.parent, epochs=2, resume=True))
+    assert _tree(run) == before
+    resumed = train(tiny_config(data, run.parent, epochs=2, resume=True))
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]
+
+
+def test_a_resume_from_the_command_line_reads_the_earlier_runs_options_after_a_killed_overwrite(data, run, logs):
+    """``parse_config --resume`` read ``opt.json`` before the trainer settled the folder: after an
+    --overwrite run was killed it read the killed run's options (its lr 1e-3 here) and the run then
+    stopped to be started again. The command line's resume settles the folder first."""
+    from bitmind.training.config import parse_config
+
+    earlier_lr = json.loads((run / "opt.json").read_text())["lr"]
+    assert earlier_lr != 1e-3
+    _killed_in_epoch_0(data, run)
+    cfg = parse_config(["--checkpoints_dir", str(run.parent), "--name", run.name, "--resume", "--epochs", "2"])
+    assert cfg.lr == earlier_lr and not (run / ASIDE).exists()
+    assert "killed before it saved an epoch" in logs.text
+    assert [h["epoch"] for h in train(cfg)["history"]] == [0, 1]
+
+
+def test_what_a_killed_overwrite_run_leaves_is_finished_the_way_it_had_got_to(tmp_path):
+    # killed after saving its first epoch (before removing the earlier files): they go, as it would have done
+    run = tmp_path / "saved"
+    (run / ASIDE).mkdir(parents=True)
+    (run / ASIDE / "model_epoch_best.pth").write_text("earlier")
+    (run / "state_last.pt").write_text("new")
+    assert recover_earlier_run(run) == "removed"
+    assert sorted(p.name for p in run.iterdir()) == ["state_last.pt"]
+    # killed while setting them aside: what was moved goes back, what was not moved stays
+    run = tmp_path / "moving"
+    (run / ASIDE_MOVING).mkdir(parents=True)
+    (run / ASIDE_MOVING / "model_epoch_best.pth").write_text("earlier best")
+    (run / "state_last.pt").write_text("earlier state")
+    assert recover_earlier_run(run) == "restored"
+    assert {p.name: p.read_text() for p in run.iterdir()} == {"model_epoch_best.pth": "earlier best",
+                                                              "state_last.pt": "earlier state"}
+    assert recover_earlier_run(run) is None  # nothing left to settle
+
+
+def test_sigterm_asks_for_the_same_stop_as_a_first_ctrl_c(capsys):
+    from bitmind.shutdown import GracefulStop, StopSignal, exit_interrupted, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_interrupt():
+        outer = signal.getsignal(signal.SIGTERM)
+        stop = GracefulStop(signals=(signal.SIGINT, signal.SIGTERM)).install()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested and stop.signum == signal.SIGTERM and stop.name == "SIGTERM"
+            with pytest.raises(StopSignal) as second:  # a second one: at once, as a second Ctrl-C
+                os.kill(os.getpid(), signal.SIGTERM)
+            assert isinstance(second.value, KeyboardInterrupt)
+        finally:
+            stop.uninstall()
+        assert signal.getsignal(signal.SIGTERM) is outer and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(StopSignal):  # outside the loop a SIGTERM raises where it comes, as Ctrl-C does
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
+    assert "SIGTERM: stopping after this epoch is saved" in capsys.readouterr().err
+    try:
+        raise StopSignal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        with pytest.raises(SystemExit) as ended:
+            exit_interrupted("stopped")
+    assert ended.value.code == 143
+
+
+def test_sigterm_finishes_the_epoch_calibrates_the_best_and_exits_143(data, tmp_path):
+    """A real SIGTERM to the whole process group (as ``timeout`` and ``systemctl stop`` send it: the
+    loader's worker gets one too) while the trainer runs on the CPU."""
+    args = ["--data", str(data), "--checkpoints_dir", str(tmp_path), "--name", "t", "--epochs", "50", "--batch_size", "8",
+            "--layers", "1", "1", "--width", "8", "--workers", "1", "--progress", "false", "--device", "cpu",
+            "--val_fraction", "0.25", "--test_fraction", "0.15", "--calibration_min_per_class", "0"]
+    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    said = []
+    guard = threading.Timer(240, os.killpg, (proc.pid, signal.SIGKILL))  # fail, never hang
+    guard.start()
+    try:
+        for line in proc.stderr:  # the run's log: signal once its first epoch is done, during the second
+            said.append(line)
+            if "epoch=0 " in line:
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=240)
+    finally:
+        guard.cancel()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = "".join(said) + err
+    assert proc.returncode == 143 and "Traceback" not in err, (proc.returncode, err[-3000:])
+    run = tmp_path / "t"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "terminated" and "calibration" in summary
+    history = json.loads((run / "history.json").read_text())
+    assert 1 <= len(history) < 50  # the epoch in progress was finished and saved, no more
+    state = torch.load(run / "state_last.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == history[-1]["epoch"]
+    meta = read_checkpoint(run / "model_epoch_best.pth")[1]
+    assert meta["metrics"]["calibration"]["split"] == "val" and "temperature" in meta and "logit_bias" in meta
+    assert f"stopped after epoch {history[-1]['epoch']} (SIGTERM)" in err
