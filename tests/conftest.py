@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import os
 import sys
 import textwrap
@@ -276,3 +277,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def hear(caplog, name: str, level: int = logging.INFO):
+    """Let ``caplog`` hear logger ``name`` directly at ``level`` (other tests' logging setup,
+    bittensor's included, may raise its level or keep its records from the root logger);
+    returns the undo."""
+    log = logging.getLogger(name)
+    before = log.level
+    log.addHandler(caplog.handler)
+    log.setLevel(level)
+    caplog.handler.setLevel(level)
+
+    def undo() -> None:
+        log.removeHandler(caplog.handler)
+        log.setLevel(before)
+    return undo
+
+
+@pytest.fixture
+def listen(caplog):
+    """``listen(name)``: ``caplog`` hears logger ``name`` at INFO for the test (``hear``)."""
+    undos = []
+    yield lambda name: undos.append(hear(caplog, name))
+    for undo in reversed(undos):
+        undo()

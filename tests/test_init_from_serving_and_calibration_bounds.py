@@ -10,7 +10,6 @@ miner's check (the bias bound was 1e4). A boundary beyond raw logit +-20 is now 
 miner's hot reload (the old model keeps serving) and by ``model_info``."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -35,24 +34,6 @@ def _start(path, **serving):
     torch.manual_seed(0)
     model = build_model("npr", **NET, **serving)
     return save_checkpoint(model, path, model_meta(model, temperature=0.5, logit_bias=-0.2))
-
-
-@pytest.fixture
-def listen(caplog):
-    """``listen(name)``: ``caplog`` hears logger ``name`` at INFO, whatever other tests set up."""
-    added = []
-
-    def add(name: str) -> None:
-        log = logging.getLogger(name)
-        added.append((log, log.level))
-        log.addHandler(caplog.handler)
-        log.setLevel(logging.INFO)
-        caplog.handler.setLevel(logging.INFO)
-
-    yield add
-    for log, level in added:
-        log.removeHandler(caplog.handler)
-        log.setLevel(level)
 
 
 def _said(caplog, text: str) -> list[str]:

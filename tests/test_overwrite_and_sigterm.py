@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -30,6 +29,7 @@ from bitmind.checkpoint import read_checkpoint
 from bitmind.training import train
 from bitmind.training.run_folder import ASIDE, ASIDE_MOVING, RunFolderError, recover_earlier_run
 from bitmind.training.trainer import TrainingDataError
+from conftest import hear
 from train_helpers import tiny_config
 from validator_synth import make_folder
 
@@ -62,14 +62,9 @@ def run(earlier, tmp_path) -> Path:
 def logs(caplog):
     """``caplog`` hearing the run folder's logger at INFO (another test's logging set-up may keep
     its records from the root logger)."""
-    log = logging.getLogger("bitmind.training.run_folder")
-    level = log.level
-    log.addHandler(caplog.handler)
-    log.setLevel(logging.INFO)
-    caplog.handler.setLevel(logging.INFO)
+    undo = hear(caplog, "bitmind.training.run_folder")
     yield caplog
-    log.removeHandler(caplog.handler)
-    log.setLevel(level)
+    undo()
 
 
 def _tree(folder: Path) -> dict[str, str]:

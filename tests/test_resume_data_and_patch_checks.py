@@ -23,6 +23,7 @@ import torch
 from bitmind.training import TrainConfig, parse_config, train
 from bitmind.training.config import ConfigError
 from bitmind.training.run_folder import RunFolderError, check_resume_matches
+from conftest import hear
 from train_helpers import tiny_config
 from validator_synth import make_folder
 
@@ -108,14 +109,9 @@ def config_log(caplog):
     """``caplog``'s records of ``bitmind.training.config``, heard on the logger itself at WARNING
     (other tests' logging setup, bittensor's included, may raise its level or keep its records
     from the root logger); undone after the test."""
-    log = logging.getLogger("bitmind.training.config")
-    level = log.level
-    log.addHandler(caplog.handler)
-    log.setLevel(logging.WARNING)
-    caplog.handler.setLevel(logging.WARNING)
+    undo = hear(caplog, "bitmind.training.config", logging.WARNING)
     yield caplog
-    log.removeHandler(caplog.handler)
-    log.setLevel(level)
+    undo()
 
 
 def test_a_frequency_mask_ratio_without_its_probability_is_warned_about(config_log):

@@ -36,28 +36,6 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     return tiny_config(data, out, **{"epochs": 1, **kw})
 
 
-@pytest.fixture
-def listen(caplog):
-    """``listen(name)``: let ``caplog`` hear logger ``name`` directly at INFO (other tests'
-    logging setup, bittensor's included, may keep its records from the root logger); undone
-    after the test."""
-    import logging
-
-    added = []
-
-    def add(name: str) -> None:
-        log = logging.getLogger(name)
-        added.append((log, log.level))
-        log.addHandler(caplog.handler)
-        log.setLevel(logging.INFO)
-        caplog.handler.setLevel(logging.INFO)
-
-    yield add
-    for log, level in added:
-        log.removeHandler(caplog.handler)
-        log.setLevel(level)
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
