@@ -138,8 +138,10 @@ def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: f
     does better on these data: ``current`` is kept instead, never replaced by something
     worse). With ``real_target`` the temperature kept stays and the bias is replaced by
     the one that calls that share of the validation real photos real
-    (``real_target_bias``; the bias it replaces is kept in the record as ``platt_bias``);
-    0 or None keeps the Platt boundary. Raises ``CalibrationDataError`` when ``labels``
+    (``real_target_bias``; the bias it replaces is kept in the record as ``platt_bias``, and
+    the class-balanced Brier score with it as ``val_balanced_brier_platt``: ``val_*_after``
+    are then the moved boundary's, which can be worse than ``val_*_before`` even when the
+    Platt fit was kept); 0 or None keeps the Platt boundary. Raises ``CalibrationDataError`` when ``labels``
     are empty or of one class, or hold fewer than ``min_per_class`` pictures of a class
     (``per_picture`` labels to a picture: ``too_few_to_calibrate``)."""
     from bitmind.metrics import compute_metrics
@@ -171,7 +173,7 @@ def calibrate_logits(logits, labels, keep_if_better: bool = True, real_target: f
         method = "the calibration in place (a new Platt fit was not better)"
     boundary = {}
     if real_target:
-        boundary = {"real_target": float(real_target), "platt_bias": b}
+        boundary = {"real_target": float(real_target), "platt_bias": b, "val_balanced_brier_platt": after["balanced_brier"]}
         b = real_target_bias(z, y, t, real_target)
         method, after = f"{method}, boundary at {real_target:g} of validation real photos", scores(t, b)
     check_boundary_servable(t, b, z, y)

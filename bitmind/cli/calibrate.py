@@ -9,8 +9,9 @@ Brier score, on the same pictures) than the calibration already stored in the fi
 otherwise the stored one stays, so a re-run on little or odd data never makes a model
 worse (``--replace`` stores the fit anyway). Data that cannot calibrate (one class, or
 not one readable picture) is an error and nothing is written; so is any usage error
-(``error: ...``, exit status 2), an ``--out`` that cannot be written included (checked
-before any picture is read).
+(``error: ...``, exit status 2), an ``--out`` that cannot be written included, or one inside
+a folder the pictures are read from (``DIR/real``, ``DIR/fake``: a model file there would sit
+among the pictures), both checked before any picture is read.
 
 Without ``--out`` the file given to ``--model`` is rewritten in place, whether or not the
 new fit is kept (the calibration record in its metadata is always new): a miner serving
@@ -46,7 +47,7 @@ with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):  #
     from bitmind.calibration import (MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration,
                                      too_few_to_calibrate)
     from bitmind.checkpoint import CheckpointError, check_calibration, load_model
-    from bitmind.cli.eval import add_data_argument, add_split_arguments
+    from bitmind.cli.eval import add_data_argument, add_split_arguments, path_inside, picture_folders
     from bitmind.common import check_device, non_negative_int, output_path_problem, write_target
     from bitmind.data.splits import SPLITS
     from bitmind.evaluation import build_dataset, collect_predictions, trained_split
@@ -103,8 +104,13 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
         problem = f"{problem} (without --out the calibrated model is written over --model)"
     if problem:  # before minutes of inference, not after (it was an IsADirectoryError at the very end)
         raise ValueError(problem)
+    # a model written among the pictures (DIR/fake/x.pth) sits in the folder the next listing
+    # reads: refused as bitmind.eval refuses a report there (``report_path_problem``)
+    inside = next((r for r in picture_folders(data) if out_path and path_inside(out_path, r)), None)
+    if inside:
+        raise ValueError(f"--out {out_path} is inside {inside}, where the pictures are read from; write the model elsewhere")
     if real_target and not 0.0 < real_target < 1.0:  # before minutes of inference, not after
-        raise ValueError(f"--real_target must lie in (0, 1), got {real_target}")
+        raise ValueError(f"--real_target must lie in (0, 1), or be 0 for the Platt boundary, got {real_target}")
     dev = check_device(device)
     lm = load_model(source)
     t_before, b_before = lm.meta.get("temperature", 1.0), lm.meta.get("logit_bias", 0.0)  # the file's, as stored
@@ -150,35 +156,64 @@ def _num(x, sign: str = "") -> str:
         return repr(x)
 
 
+def _brier_change(before, after) -> str:
+    """``X -> Y (lower)``: a change of the class-balanced Brier score with the way it went
+    (lower is better), so a rise is never reported as an improvement."""
+    try:
+        x, y = float(before), float(after)
+    except (TypeError, ValueError, OverflowError):
+        return f"{_num(before)} -> {_num(after)}"
+    way = "lower" if y < x else "higher" if y > x else "unchanged"
+    return f"{x:.4g} -> {y:.4g} ({way})"
+
+
+def _boundary_moved(rec: dict, platt_brier) -> str:
+    """What ``--real_target`` did after the Platt step, with the Brier score it cost ("" without it):
+    the boundary rule moves the bias to call a share of the real photos real, not to lower the
+    Brier score, which it often raises."""
+    if not rec.get("real_target"):
+        return ""
+    change = _brier_change(platt_brier, rec.get("val_balanced_brier_after", float("nan")))
+    return (f"then the boundary moved so {rec['real_target']:g} of real photos are called real: class-balanced Brier {change}"
+            + (", the cost of calling that share of real photos real" if change.endswith("(higher)") else ""))
+
+
 def outcome_line(run: Calibrated, model_path: str, out_path: str | None, replace: bool = False) -> str:
     """What the run wrote, in one line. The record's ``kept`` says only whether the new
-    Platt fit replaced the calibration in force (it did better, or ``--replace``); the file
+    Platt fit replaced the calibration in force (it did no worse, or ``--replace``); the file
     is written either way (with the new record in its metadata), and what it serves with
     may change even when the fit was not kept: ``--real_target`` moves the bias, and a
-    stored calibration the miner would refuse gives way to the identity map."""
+    stored calibration the miner would refuse gives way to the identity map. Each Brier
+    score change is told with its direction: with ``--real_target`` the figure after the
+    boundary move can be higher than before the run even when the Platt fit was kept."""
     rec = run.record
     t, b = rec["temperature"], rec["logit_bias"]
     link = run.written is not None and Path(run.written) != Path(out_path or model_path)
     through = f" through the link ({run.written} replaced, the link kept)" if link else ""
     where = f"wrote {out_path}{through}" if out_path else f"wrote {model_path} in place{through} (a miner serving it reloads it)"
     n = f"on {rec.get('n')} pictures"
-    target = f", bias moved so {rec['real_target']:g} of real photos are called real" if rec.get("real_target") else ""
+    before = rec.get("val_balanced_brier_before", float("nan"))
     t0, b0 = run.temperature_before, run.logit_bias_before
     t0, b0 = (1.0 if t0 in (None, 0) else t0), (0.0 if b0 is None else b0)  # absent/None/0: no calibration
+    was = f"was T={_num(t0)}, bias={_num(b0, '+')}"
     if rec.get("kept"):
-        how = "stored by --replace" if replace else "better than the calibration in force"
-        return (f"{where}: calibration T={t:.4g}, bias={b:+.4g} stored, was T={_num(t0)}, bias={_num(b0, '+')} "
-                f"(the new fit, {how}{target}; class-balanced Brier {rec.get('val_balanced_brier_before', float('nan')):.4g}"
-                f" -> {rec.get('val_balanced_brier_after', float('nan')):.4g} {n})")
+        # the Platt step's own score: the record's "after" is the moved boundary's with --real_target
+        platt = rec.get("val_balanced_brier_platt", float("nan")) if rec.get("real_target") else rec.get(
+            "val_balanced_brier_after", float("nan"))
+        how = "stored by --replace" if replace else "kept as no worse than the calibration in force"
+        how = f"its Platt temperature and bias {how}"
+        steps = "; ".join(x for x in (f"class-balanced Brier {_brier_change(before, platt)} {n}", _boundary_moved(rec, platt)) if x)
+        return f"{where}: calibration T={t:.4g}, bias={b:+.4g} stored, {was} (the new fit, {how}: {steps})"
     not_kept = (f"the new Platt fit (its temperature and bias) was not kept: it did no better than the calibration in force "
-                f"(class-balanced Brier {rec.get('val_balanced_brier_before', float('nan')):.4g} {n})")
+                f"(class-balanced Brier {_num(before)} {n})")
     if _same(t, t0) and _same(b, b0):
         return (f"{where}: its stored calibration T={t:.4g}, bias={b:+.4g} is unchanged; {not_kept}; "
                 f"only the calibration record in its metadata is new")
     refused = not (_same(rec.get("previous_temperature"), t0) and _same(rec.get("previous_logit_bias"), b0))
     why = "the stored one is out of bounds, so the identity map was in force" if refused else ""
-    why = "; ".join(x for x in (why, target.removeprefix(", ")) if x)
-    return f"{where}: calibration T={t:.4g}, bias={b:+.4g} stored, was T={_num(t0)}, bias={_num(b0, '+')} ({why}); {not_kept}"
+    moved = _boundary_moved(rec, before).removeprefix("then ")
+    return "; ".join(x for x in (f"{where}: calibration T={t:.4g}, bias={b:+.4g} stored, {was}" + (f" ({why})" if why else ""),
+                                 not_kept, moved) if x)
 
 
 def interrupted_line(model_path: str, out_path: str | None, marks: dict) -> str:
@@ -214,8 +249,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--real_target", type=float, default=None,
-                    help="then move the boundary so this share of the split's real photos is called real "
-                         "(0.85 for the shipped model: docs/Generalisation.md); default: the Platt boundary")
+                    help="then move the boundary so this share of the split's real photos is called real, a "
+                         "value in (0, 1) (0.85 for the shipped model: docs/Generalisation.md); 0 or left out: the "
+                         "Platt boundary, as the trainer's --calibration_real_target 0")
     ap.add_argument("--min_per_class", type=non_negative_int, default=MIN_PER_CLASS,
                     help="fewest pictures of each class to fit on (default: %(default)s); with fewer nothing is "
                          "written: a calibration fitted on a handful follows those pictures")

@@ -42,11 +42,37 @@ STRUCTURE_KEYS = ("arch", "layers", "width", "input", "stem_pool", "pool")
 ADOPTED_KEYS = (*STRUCTURE_KEYS, "dropout", "patch_size")
 
 
+def folder_given(path: str | Path) -> str | None:
+    """Why ``--init_from path`` cannot be read where ``path`` is a folder (a run folder given for
+    its model), in one line naming the model file inside it to give instead: its
+    ``model_epoch_best.pth`` where it has one, else the ``.pth`` files it holds (a sweep's: its
+    variants' ``model_epoch_best.pth``); None for anything but a folder. Why: a run folder was
+    refused as "no such file", although it exists; ``bitmind.eval`` and the miner say "is a folder,
+    not a model file"."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    try:
+        best = folder / "model_epoch_best.pth"
+        found = ([best] if best.is_file() else sorted(p for p in folder.glob("*.pth") if p.is_file())
+                 or sorted(p for p in folder.glob("*/model_epoch_best.pth") if p.is_file()))
+    except OSError:  # an unreadable folder: nothing to name in it
+        found = []
+    if not found:
+        return (f"--init_from {path} is a folder, not a model file, and holds no .pth model: give the model file "
+                "(a run's model_epoch_best.pth)")
+    more = f" (or {', '.join(str(p) for p in found[1:3])}{', ...' if len(found) > 3 else ''})" if len(found) > 1 else ""
+    return f"--init_from {path} is a folder, not a model file: give the model inside it, --init_from {found[0]}{more}"
+
+
 def read_init_from(path: str | Path) -> tuple[dict, dict]:
     """The ``--init_from`` checkpoint's ``(state, meta)``; a missing file is named as the option's
-    (a ``FileNotFoundError``), one ``read_checkpoint`` cannot read is its ``CheckpointError``."""
+    (a ``FileNotFoundError``), a folder too, with the model file in it to give instead (an
+    ``IsADirectoryError``: ``folder_given``), one ``read_checkpoint`` cannot read is its ``CheckpointError``."""
     from bitmind.checkpoint import read_checkpoint
 
+    if (folder := folder_given(path)) is not None:
+        raise IsADirectoryError(folder)
     if not Path(path).is_file():
         raise FileNotFoundError(f"--init_from {path}: no such file")
     return read_checkpoint(path)
@@ -212,6 +238,8 @@ def init_weights(cfg: TrainConfig, checkpoint: tuple[dict, dict] | None = None) 
     from bitmind.checkpoint import read_checkpoint
     from bitmind.models.npr import detector_only
 
+    if checkpoint is None and (folder := folder_given(cfg.init_from)) is not None:  # a config made in code, a sweep spec
+        raise IsADirectoryError(folder)
     state, meta = checkpoint or read_checkpoint(cfg.init_from)
     check_matches_checkpoint(cfg, meta)
     # a file trained with an auxiliary head: fine-tuning starts from its detector

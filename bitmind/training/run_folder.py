@@ -289,12 +289,24 @@ class EarlierRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self.pending:
-            self.restore()
-        if exc is not None and self.overwrite and not self.saved and holds_run(self.run_dir):
-            with contextlib.suppress(AttributeError):  # for the line a stop ends with (``trainer.interrupted_message``)
-                exc.earlier_run_kept = self.run_dir
+        try:
+            if self.pending:
+                self.restore()
+        except BaseException as late:  # a Ctrl-C or SIGTERM held while the files went back, raised as ``restore`` ends
+            self._mark(late)  # (``_signals_deferred``): it leaves ``train`` instead of ``exc``, and must say the same
+            raise
+        if exc is not None:
+            self._mark(exc)
         return False
+
+    def _mark(self, exc: BaseException) -> None:
+        """Set ``earlier_run_kept`` on ``exc``, the exception leaving the run, where the folder holds
+        the earlier run again as it was: the line a stop ends with (``trainer.interrupted_message``)
+        then says so, not "--resume goes on from there" (which would resume the earlier run). Why:
+        a Ctrl-C held by ``restore`` came out of it unmarked, and that line advised --resume."""
+        if self.overwrite and not self.saved and holds_run(self.run_dir):
+            with contextlib.suppress(AttributeError):
+                exc.earlier_run_kept = self.run_dir
 
     def set_aside(self) -> None:
         """Move the earlier run's files out of the way (nothing without ``overwrite``): into
@@ -422,11 +434,13 @@ def absolute_options(cfg) -> dict:
     return opts
 
 
-def write_options(cfg, run_dir: Path) -> None:
-    """Write ``run_dir/opt.json``: ``cfg``'s options, its paths absolute (``absolute_options``).
+def write_options(cfg, run_dir: Path, **resolved) -> None:
+    """Write ``run_dir/opt.json``: ``cfg``'s options, its paths absolute (``absolute_options``),
+    and ``resolved``: what an option came to on this machine (``amp_resolved``: ``--amp bf16`` on
+    a CPU trains in fp32), keys that are no option, so a resume never reads them back.
     Why: a run started from the repository root with ``--data ../shared/data/sn34-mini`` and
     resumed from ``base_miner/NPR`` read that root from the wrong folder (data folder not found)."""
-    (Path(run_dir) / "opt.json").write_text(json.dumps(absolute_options(cfg), indent=2))
+    (Path(run_dir) / "opt.json").write_text(json.dumps({**absolute_options(cfg), **resolved}, indent=2))
 
 
 def _saved_paths(cfg, adopted: dict) -> dict:

@@ -357,7 +357,8 @@ def loader_kwargs(cfg: TrainConfig, device: torch.device) -> dict:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train per ``cfg``; returns a summary (best checkpoint path, best metrics, history)."""
+    """Train per ``cfg``; returns a summary (best checkpoint path, None if no epoch was saved as the
+    best; best metrics, history), also written to ``summary.json`` without the history."""
     cfg.check()  # a bad option stops here, before the data and the workers
     rank, world, local_rank = _dist_info()
     # one run per folder at a time; SIGTERM (timeout, docker stop, systemctl stop) stops as Ctrl-C does (main thread
@@ -376,6 +377,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
     is_main = rank == 0
     seed_everything(cfg.seed + rank)
     amp_dtype = resolve_amp(cfg.amp, device)
+    amp_used = amp_name(amp_dtype)
+    if is_main:
+        say_amp(cfg.amp, amp_used, device)
     run_dir = cfg.run_dir
     if is_main and recover_earlier_run(run_dir) == "restored" and cfg.resume:  # what a killed --overwrite run left
         raise RunFolderError(f"--resume: {run_dir} held an --overwrite run killed before it saved an epoch, with the "
@@ -392,7 +396,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
     if is_main:  # only once the data has been read: a run that fails on a typo leaves the folder as it was
         earlier.set_aside()  # --overwrite: until this run saves an epoch (put back if it ends before)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_options(cfg, run_dir)  # its paths absolute: it resumes from any working folder
+        write_options(cfg, run_dir, amp_resolved=amp_used)  # its paths absolute: it resumes from any working folder
         logger.info("data splits per source: %s", json.dumps(counts))
         show("training set:\n" + train_ds.summary())
         show("validation set:\n" + val_ds.summary())
@@ -424,7 +428,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
     pos_weight = torch.tensor(class_pos_weight(labels), device=device) if weight_loss else None
     learner = Learner(model, cfg, amp_dtype, criterion=nn.BCEWithLogitsLoss(pos_weight=pos_weight), net=net)
     learner.set_aux(aux_names, aux_labels)
-    train_options = {**cfg.to_dict(), **learner.aux_meta}  # what the checkpoints record of the run
+    # what the checkpoints record of the run: ``amp`` as asked (a resume asks it again), ``amp_resolved`` as it ran
+    train_options = {**cfg.to_dict(), "amp_resolved": amp_used, **learner.aux_meta}
     learner.align_pairs(train_ds.partner)  # pair_patches: a round trip and its photo cropped alike
 
     start_epoch, best, history = 0, Best(), []
@@ -480,10 +485,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
                 stopped = STOP_REASONS[reason]
                 if stopped == "no-images" and epoch == 0:  # nothing ever trained: the data, not the run
                     raise unreadable_training_data(epoch, done)
+                kept = (f"{run_dir} keeps the last good epoch's checkpoints" if (run_dir / "state_last.pt").exists()
+                        else "no epoch of this run was saved, so it has no checkpoint")
                 msg = (f"epoch {epoch}: " + ("no training picture could be read" if stopped == "no-images" else
                                              f"the training loss or weights are not finite numbers (lr {lr:.3g}; try a "
                                              "smaller --lr, or --amp bf16/none)")
-                       + f": stopped; {run_dir} keeps the last good epoch's checkpoints")
+                       + f": stopped; {kept}")
                 if is_main:
                     show(msg, logging.ERROR)
                 else:
@@ -540,8 +547,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
                 break
     finally:  # also when the run fails: Ctrl-C must stop a process that is not training any more
         ctrl_c.uninstall()
-    summary = {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "model_epoch_best.pth"), "best": best.record,
-               "history": history, "seconds": time.time() - t_start, "images_seen": images_seen}
+    # None where no epoch was saved as the best (a run that failed in its first epoch, or whose validation pictures
+    # never read): the summary named model_epoch_best.pth all the same, a file that was not there
+    best_path = run_dir / "model_epoch_best.pth"
+    summary = {"run_dir": str(run_dir), "best_checkpoint": str(best_path) if best_path.is_file() else None,
+               "best": best.record, "history": history, "seconds": time.time() - t_start, "images_seen": images_seen}
     if stopped:
         summary["stopped"] = stopped
     if is_main:
@@ -560,6 +570,26 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def amp_name(dtype: torch.dtype | None) -> str:
+    """The ``--amp`` value of what ``resolve_amp`` resolved: ``bf16``, ``fp16`` or ``none`` (fp32)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "none")
+
+
+def say_amp(asked: str, used: str, device: torch.device) -> None:
+    """One line at a run's start where ``--amp asked`` is not what runs (``used``): bf16/fp16 off
+    CUDA run in fp32 (autocast is used on CUDA only). Why: ``--amp bf16`` on a CPU trained in fp32
+    without a word, and opt.json and the checkpoints' ``train_options`` said bf16; they now record
+    ``amp`` as asked (a resume asks it again, on whatever device it runs) and ``amp_resolved`` as
+    it ran."""
+    if asked == used:
+        return
+    if asked == "auto":
+        logger.info("--amp auto: %s on %s (recorded as amp_resolved in opt.json and the checkpoints)", used, device)
+        return
+    show(f"--amp {asked}: mixed precision runs on CUDA only, so this run on {device} trains in fp32 (opt.json and "
+         f"the checkpoints record amp {asked!r} as asked and amp_resolved {used!r} as it ran)", logging.WARNING)
 
 
 #: Why a run stops early (index 0: it does not); the agreed reason is the largest index any rank has.
