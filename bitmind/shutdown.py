@@ -144,10 +144,24 @@ class GracefulStop:
             raise KeyboardInterrupt if signum == signal.SIGINT else StopSignal(signum)
         self.requested, self.signum = True, signum  # on stderr, as the line a second press (or the stop) ends with: not the run's output
         if signum == signal.SIGINT:
-            print("\nCtrl-C: stopping after this epoch is saved (press again to stop now)", file=sys.stderr, flush=True)
+            _say_from_handler("Ctrl-C: stopping after this epoch is saved (press again to stop now)")
         else:
-            print(f"\n{self.name}: stopping after this epoch is saved and the best checkpoint calibrated (send it again, "
-                  "or press Ctrl-C, to stop now)", file=sys.stderr, flush=True)
+            _say_from_handler(f"{self.name}: stopping after this epoch is saved and the best checkpoint calibrated "
+                              "(send it again, or press Ctrl-C, to stop now)")
+
+
+def _say_from_handler(line: str) -> None:
+    """``line`` on stderr from a signal handler. Why not a bare ``print``: the handler runs
+    between two bytecodes of the main thread, which may be inside a write to the same buffered
+    ``sys.stderr`` (the trainer logs there); ``print`` then raised "reentrant call", which came
+    out of the interrupted write as a "--- Logging error ---" traceback in the run's log (a
+    SIGTERM from a process manager lands there more often than a key press). That case writes
+    the line with one unbuffered ``os.write`` instead."""
+    try:
+        print(f"\n{line}", file=sys.stderr, flush=True)
+    except RuntimeError:  # reentrant call inside the buffered stderr the main thread is writing
+        with contextlib.suppress(OSError):
+            os.write(2, f"\n{line}\n".encode(errors="replace"))
 
 
 @contextlib.contextmanager

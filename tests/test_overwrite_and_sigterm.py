@@ -329,3 +329,31 @@ def test_sigterm_finishes_the_epoch_calibrates_the_best_and_exits_143(data, tmp_
     meta = read_checkpoint(run / "model_epoch_best.pth")[1]
     assert meta["metrics"]["calibration"]["split"] == "val" and "temperature" in meta and "logit_bias" in meta
     assert f"stopped after epoch {history[-1]['epoch']} (SIGTERM)" in err
+
+
+_REENTRANT = """
+import io, os, signal, sys, threading, time
+from bitmind.shutdown import GracefulStop
+r, w = os.pipe()  # a buffered stderr, held by long writes (a log line) when the signal comes
+stream = io.TextIOWrapper(io.BufferedWriter(io.FileIO(w, "w"), buffer_size=8), line_buffering=True)
+sys.stderr = stream
+stop = GracefulStop(signals=(signal.SIGTERM,)).install()
+threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(r, 65536), b"")], daemon=True).start()
+threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+t, errors = time.time(), 0
+while time.time() - t < 0.5:
+    try:
+        stream.write("x" * 100000 + "\\n")
+    except RuntimeError:
+        errors += 1
+print(stop.requested, errors, file=sys.__stdout__)
+"""
+
+
+def test_the_stop_line_of_a_signal_that_lands_inside_a_log_write_breaks_no_write():
+    """The handler ran ``print`` to the buffered stderr the trainer was writing a log line to:
+    "reentrant call", out of the interrupted write, a "--- Logging error ---" traceback in the
+    run's log (seen once in CI with a real SIGTERM). The stop is still asked, and no write fails."""
+    p = subprocess.run([sys.executable, "-c", _REENTRANT], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["True", "0"], p.stdout
