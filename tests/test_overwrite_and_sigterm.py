@@ -27,7 +27,7 @@ import torch
 
 from bitmind.checkpoint import read_checkpoint
 from bitmind.training import train
-from bitmind.training.run_folder import ASIDE, ASIDE_MOVING, RunFolderError, recover_earlier_run
+from bitmind.training.run_folder import ASIDE, ASIDE_MOVING, SWEEP_STATE, RunFolderError, recover_earlier_run
 from bitmind.training.trainer import TrainingDataError
 from conftest import hear
 from train_helpers import tiny_config
@@ -357,3 +357,39 @@ def test_the_stop_line_of_a_signal_that_lands_inside_a_log_write_breaks_no_write
     p = subprocess.run([sys.executable, "-c", _REENTRANT], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split() == ["True", "0"], p.stdout
+
+
+def test_sigterm_stops_a_sweep_after_its_epoch_calibrated_and_resumable(data, tmp_path):
+    """A sweep took SIGTERM (timeout, docker stop) as its default: dead at once, the epoch lost,
+    no variant calibrated. Now as a first Ctrl-C: the epoch and the state saved, the variants'
+    best checkpoints calibrated, sweep.json saying ``terminated``, exit 143; --resume goes on."""
+    spec = {"base": {"data": [str(data)], "checkpoints_dir": str(tmp_path), "name": "s", "epochs": 50, "batch_size": 8,
+                     "workers": 1, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15,
+                     "layers": [1, 1], "width": 8, "calibration_min_per_class": 0},
+            "val_seeds": [0], "variants": {"plain": {}}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.Popen([sys.executable, "-m", "bitmind.training.sweep", "--spec", str(tmp_path / "spec.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    guard = threading.Timer(240, os.killpg, (proc.pid, signal.SIGKILL))  # fail, never hang
+    guard.start()
+    said = []
+    try:
+        for line in proc.stdout:  # the sweep's epoch lines: signal during its second epoch
+            said.append(line)
+            if line.startswith("epoch 0 "):
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=240)
+    finally:
+        guard.cancel()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143 and "Traceback" not in err, (proc.returncode, err[-3000:])
+    assert "SIGTERM: stopping after this epoch is saved" in err and "(SIGTERM)" in err
+    run = tmp_path / "s"
+    summary = json.loads((run / "sweep.json").read_text())
+    assert summary["stopped"] == "terminated" and 1 <= summary["epochs_run"] < 50
+    assert (run / SWEEP_STATE).exists()
+    assert "temperature" in read_checkpoint(run / "plain" / "model_epoch_best.pth")[1]

@@ -76,7 +76,8 @@ state (the line says when there is none).
 """
 from __future__ import annotations
 
-from bitmind.shutdown import GracefulStop, exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
+from bitmind.shutdown import (GracefulStop, exit_interrupted, exit_interrupted_while_starting, file_marks, sigterm_as_interrupt,
+                              stop_name, written_since)
 
 # The imports below take seconds (torch, ~2 s): nearly all of the start-up of python -m bitmind.training.sweep,
 # since the package bitmind.training, which runpy imports first, is lazy (its __init__ imports nothing heavy).
@@ -89,6 +90,7 @@ try:
     import logging
     import math
     import os
+    import signal
     import sys
     import time
     from dataclasses import dataclass
@@ -807,7 +809,8 @@ def _run_sweep(spec: SweepSpec, options) -> dict:
                 "window_s": None if t_window is None else t_window - t_start,
                 "sampler_rng": sampler_gen.get_state() if sampler_gen is not None else None}
 
-    ctrl_c = GracefulStop().install()  # first Ctrl-C: finish the epoch, save, calibrate, stop; second: now
+    # first Ctrl-C or SIGTERM (timeout, docker stop, systemctl stop): finish the epoch, save, calibrate, stop; second: now
+    ctrl_c = GracefulStop(signals=(signal.SIGINT, signal.SIGTERM)).install()
     try:
         while epoch + 1 < base.epochs:
             epoch += 1
@@ -892,8 +895,8 @@ def _run_sweep(spec: SweepSpec, options) -> dict:
                 save_sweep_state(out_dir, epoch, variants, place())
                 last_state = time.time()
             if ctrl_c.requested and epoch < base.epochs - 1:
-                stopped = "interrupted"
-                print(f"stopped after epoch {epoch} (Ctrl-C): {out_dir} keeps every variant's best and the state after "
+                stopped = "terminated" if ctrl_c.signum == signal.SIGTERM else "interrupted"
+                print(f"stopped after epoch {epoch} ({ctrl_c.name}): {out_dir} keeps every variant's best and the state after "
                       "this epoch; the same command with --resume (RESUME=1 for the scripts) goes on from there",
                       file=sys.stderr, flush=True)
                 break
@@ -926,7 +929,7 @@ def _run_sweep(spec: SweepSpec, options) -> dict:
                "planned_epochs": plan["epochs"], "val_from": spec.val_from,
                "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
     if stopped:
-        summary.update(stopped=stopped, epochs_run=epoch + (stopped == "interrupted"))
+        summary.update(stopped=stopped, epochs_run=epoch + (stopped in ("interrupted", "terminated")))
     atomic_write_text(out_dir / "sweep.json", json.dumps(summary, indent=2))
     if not stopped and (out_dir / SWEEP_STATE).exists():  # ran to its end (and says so): nothing left to resume
         (out_dir / SWEEP_STATE).unlink()
@@ -955,25 +958,26 @@ def sweep_marks(out_dir: Path) -> dict:
 
 
 def interrupted_sweep_message(out_dir: Path, before: dict, resume: bool = False, overwrite: bool = False) -> str:
-    """The line a sweep stopped at once by Ctrl-C ends with, instead of a KeyboardInterrupt
+    """The line a sweep stopped at once by Ctrl-C (or SIGTERM: ``StopSignal``) ends with, instead of a KeyboardInterrupt
     traceback (a second press while it trains, the first one having asked to finish the epoch;
     or any press while it reads its data or calibrates its variants at the end): what ``out_dir``
     keeps and how to go on, read from the folder as the sweep left it. ``before``: its
     ``sweep_marks`` when the command started; a file unchanged since is an earlier sweep's,
     unless the command resumes that sweep."""
+    how = stop_name()  # Ctrl-C, or SIGTERM while a StopSignal is handled
     written = {path.name for path in written_since(before)}
     ours = {name for name in SWEEP_MARKS if (out_dir / name).exists() and (resume or name in written)}
     if "sweep.json" in ours and finished_sweep(out_dir) is not None:
-        return f"stopped (Ctrl-C) after the sweep ran to its end: {out_dir / 'sweep.json'} holds its results"
+        return f"stopped ({how}) after the sweep ran to its end: {out_dir / 'sweep.json'} holds its results"
     if SWEEP_STATE in ours:
         again = "the same command with --resume" + (" in place of --overwrite" if overwrite else "")
-        return (f"stopped at once (Ctrl-C): what was trained since {SWEEP_STATE} was last written is lost; {out_dir} "
+        return (f"stopped at once ({how}): what was trained since {SWEEP_STATE} was last written is lost; {out_dir} "
                 "keeps that state and every variant's best checkpoint (calibrated when the sweep ends); "
                 f"{again} (RESUME=1 for the scripts) goes on from there")
     if "spec.json" in ours:  # under way, but no epoch has written the state yet (or the only epoch was the last)
-        return (f"stopped (Ctrl-C) before the sweep wrote {SWEEP_STATE}: {out_dir} holds nothing to resume; run the "
+        return (f"stopped ({how}) before the sweep wrote {SWEEP_STATE}: {out_dir} holds nothing to resume; run the "
                 "command again" + (" with --overwrite" if holds_sweep(out_dir) and not overwrite else ""))
-    return "stopped (Ctrl-C) before the sweep began training: nothing to resume was saved; run the command again"
+    return f"stopped ({how}) before the sweep began training: nothing to resume was saved; run the command again"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1045,7 +1049,8 @@ def main(argv=None) -> dict:
     except ConfigError as e:  # a spec that cannot be read or run (SpecError), or an option value no run can use;
         usage_error(p, str(e))  # any other ValueError is a bug: its traceback, not a usage line
     try:
-        summary = run_sweep(spec)
+        with sigterm_as_interrupt():  # SIGTERM: as Ctrl-C (a first one finishes the epoch; exit 143 once written)
+            summary = run_sweep(spec)
     except (RunFolderError, TrainingDataError) as e:
         usage_error(p, str(e))
     except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one before the first epoch or after the last
