@@ -673,8 +673,12 @@ def calibration_line(rec: dict) -> str:
     kept = "new Platt fit kept" if rec.get("kept") else "new Platt fit not kept"
     if rec.get("real_target"):  # the bias is then the boundary rule's, not the fit's: say so (its accuracy moves)
         kept += f", boundary where {rec['real_target']:g} of validation real photos pass"
+    brier = f"{rec['val_balanced_brier_before']:.4f} -> {rec['val_balanced_brier_after']:.4f}"
+    if rec.get("real_target") and "val_balanced_brier_platt" in rec:  # the Platt step and the boundary move apart
+        brier = (f"{rec['val_balanced_brier_before']:.4f} -> {rec['val_balanced_brier_platt']:.4f} (Platt) -> "
+                 f"{rec['val_balanced_brier_after']:.4f} (boundary moved)")
     return (f"calibration: T={rec['temperature']:.3f} b={rec['logit_bias']:+.3f} ({kept}); val class-balanced brier "
-            f"{rec['val_balanced_brier_before']:.4f} -> {rec['val_balanced_brier_after']:.4f} (plain "
+            f"{brier} (plain "
             f"{rec['val_brier_before']:.4f} -> {rec['val_brier_after']:.4f}), acc {rec['val_accuracy_before']:.4f} -> "
             f"{rec['val_accuracy_after']:.4f}")
 
