@@ -134,8 +134,8 @@ class GracefulStop:
         return self
 
     def uninstall(self) -> None:
-        for signum, previous in self._previous.items():  # None: a handler not set from Python; the default then
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        for signum, previous in self._previous.items():
+            restore_handler(signum, previous)
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
@@ -181,7 +181,32 @@ def sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        restore_handler(signal.SIGTERM, previous)
+
+
+def restore_handler(signum: int, previous) -> None:
+    """Put back the handler ``signal.signal`` returned when it was replaced (None: one not set
+    from Python, for which the default is the nearest)."""
+    signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C or SIGTERM that comes while the block runs (main thread only), and deliver
+    it to the handler it would have reached once the block is done: a block that moves files
+    (``bitmind.training.run_folder.EarlierRun``) must not be left half done by a second Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            restore_handler(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
 
 
 def leave_sigterm_to_parent() -> None:

@@ -13,21 +13,15 @@ from __future__ import annotations
 
 import pytest
 
-from bitmind.checkpoint import model_meta, read_checkpoint, save_checkpoint
+from bitmind.checkpoint import read_checkpoint
 from bitmind.cli import calibrate
-from bitmind.models import build_model
 
-from eval_helpers import solid_image
+from eval_helpers import save_brightness_model, solid_image
 
 #: with this brightness gain the Platt fit beats the identity map on ``overlap`` (kept), and
 #: moving the boundary to 0.9 of the real photos raises the class-balanced Brier score above
 #: the identity map's
 GAIN = 16.0
-
-
-def _brightness(path, gain: float = GAIN, **meta):
-    m = build_model("test_brightness", gain=gain)
-    return save_checkpoint(m, path, meta=model_meta(m, arch="test_brightness", **meta))
 
 
 @pytest.fixture()
@@ -60,7 +54,7 @@ def _one_error_line(err: str) -> str:
 def test_a_real_target_that_raises_the_brier_score_is_not_called_better(overlap, tmp_path, capsys):
     """Before: "(the new fit, better than the calibration in force, bias moved so 0.9 of real
     photos are called real; class-balanced Brier 0.1481 -> 0.1549 on 20 pictures)"."""
-    model, out = _brightness(tmp_path / "m.pth"), tmp_path / "cal.pth"
+    model, out = save_brightness_model(tmp_path / "m.pth", GAIN), tmp_path / "cal.pth"
     assert calibrate.main(_argv(model, overlap, "--real_target", "0.9", "--out", str(out))) == 0
     last = _last_line(capsys.readouterr().err)
     rec = read_checkpoint(out)[1]["metrics"]["calibration"]
@@ -73,7 +67,7 @@ def test_a_real_target_that_raises_the_brier_score_is_not_called_better(overlap,
 
 
 def test_without_real_target_the_line_reports_the_platt_step_only(overlap, tmp_path, capsys):
-    model, out = _brightness(tmp_path / "m.pth"), tmp_path / "cal.pth"
+    model, out = save_brightness_model(tmp_path / "m.pth", GAIN), tmp_path / "cal.pth"
     assert calibrate.main(_argv(model, overlap, "--out", str(out))) == 0
     last = _last_line(capsys.readouterr().err)
     rec = read_checkpoint(out)[1]["metrics"]["calibration"]
@@ -117,7 +111,7 @@ def test_real_target_0_is_the_platt_boundary_as_the_trainer_s_0_is_and_help_says
     assert "0 or left out: the Platt boundary" in text and "--calibration_real_target 0" in text
     assert TrainConfig().calibration_real_target == 0.0  # the trainer's default, and off: the Platt boundary
     TrainConfig(calibration_real_target=0.0).check()
-    model = _brightness(tmp_path / "m.pth")
+    model = save_brightness_model(tmp_path / "m.pth", GAIN)
     outs = {}
     for name, extra in (("zero", ["--real_target", "0"]), ("absent", [])):
         outs[name] = tmp_path / f"{name}.pth"
@@ -130,7 +124,7 @@ def test_real_target_0_is_the_platt_boundary_as_the_trainer_s_0_is_and_help_says
 
 @pytest.mark.parametrize("value", ["-0.5", "1", "1.5"])
 def test_a_real_target_outside_0_1_names_0_as_the_platt_boundary(value, overlap, tmp_path, capsys):
-    model = _brightness(tmp_path / "m.pth")
+    model = save_brightness_model(tmp_path / "m.pth", GAIN)
     assert calibrate.main(_argv(model, overlap, "--real_target", value, "--out", str(tmp_path / "o.pth"))) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "--real_target must lie in (0, 1), or be 0 for the Platt boundary" in line and value in line
@@ -142,7 +136,7 @@ def test_a_real_target_outside_0_1_names_0_as_the_platt_boundary(value, overlap,
 @pytest.mark.parametrize("cls", ["fake", "real", "real/cam"])
 def test_an_out_inside_a_picture_folder_is_refused_before_inference(cls, overlap, tmp_path, capsys, monkeypatch):
     """Before: the fit ran and DATA/fake/x.pth was written among the fakes."""
-    model = _brightness(tmp_path / "m.pth")
+    model = save_brightness_model(tmp_path / "m.pth", GAIN)
     before = sorted(p for p in overlap.rglob("*"))
     dest = overlap / cls / "x.pth"
     with monkeypatch.context() as m:

@@ -294,30 +294,39 @@ def test_sigterm_asks_for_the_same_stop_as_a_first_ctrl_c(capsys):
     assert ended.value.code == 143
 
 
+def _sigterm_to_group_when(cmd: list[str], stream: str, ready) -> tuple[subprocess.Popen, str]:
+    """Run ``cmd`` in its own process group, send SIGTERM to the whole group (as ``timeout`` and
+    ``systemctl stop`` do: the loader's worker gets one too) at the first line of its ``stream``
+    ("stdout" or "stderr") that ``ready`` accepts, and wait for it; killed after 240 s (the test
+    fails, never hangs). Returns the process and its whole stderr."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    guard = threading.Timer(240, os.killpg, (proc.pid, signal.SIGKILL))
+    guard.start()
+    said = []
+    try:
+        for line in getattr(proc, stream):
+            said.append(line)
+            if ready(line):
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+        _, err = proc.communicate(timeout=240)
+    finally:
+        guard.cancel()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc, ("".join(said) if stream == "stderr" else "") + err
+
+
 def test_sigterm_finishes_the_epoch_calibrates_the_best_and_exits_143(data, tmp_path):
     """A real SIGTERM to the whole process group (as ``timeout`` and ``systemctl stop`` send it: the
     loader's worker gets one too) while the trainer runs on the CPU."""
     args = ["--data", str(data), "--checkpoints_dir", str(tmp_path), "--name", "t", "--epochs", "50", "--batch_size", "8",
             "--layers", "1", "1", "--width", "8", "--workers", "1", "--progress", "false", "--device", "cpu",
             "--val_fraction", "0.25", "--test_fraction", "0.15", "--calibration_min_per_class", "0"]
-    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    said = []
-    guard = threading.Timer(240, os.killpg, (proc.pid, signal.SIGKILL))  # fail, never hang
-    guard.start()
-    try:
-        for line in proc.stderr:  # the run's log: signal once its first epoch is done, during the second
-            said.append(line)
-            if "epoch=0 " in line:
-                os.killpg(proc.pid, signal.SIGTERM)
-                break
-        out, err = proc.communicate(timeout=240)
-    finally:
-        guard.cancel()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    err = "".join(said) + err
+    # the run's log (stderr): signal once its first epoch is done, during the second
+    proc, err = _sigterm_to_group_when([*TRAIN, *args], "stderr", lambda line: "epoch=0 " in line)
     assert proc.returncode == 143 and "Traceback" not in err, (proc.returncode, err[-3000:])
     run = tmp_path / "t"
     summary = json.loads((run / "summary.json").read_text())
@@ -368,24 +377,9 @@ def test_sigterm_stops_a_sweep_after_its_epoch_calibrated_and_resumable(data, tm
                      "layers": [1, 1], "width": 8, "calibration_min_per_class": 0},
             "val_seeds": [0], "variants": {"plain": {}}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = subprocess.Popen([sys.executable, "-m", "bitmind.training.sweep", "--spec", str(tmp_path / "spec.json")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    guard = threading.Timer(240, os.killpg, (proc.pid, signal.SIGKILL))  # fail, never hang
-    guard.start()
-    said = []
-    try:
-        for line in proc.stdout:  # the sweep's epoch lines: signal during its second epoch
-            said.append(line)
-            if line.startswith("epoch 0 "):
-                os.killpg(proc.pid, signal.SIGTERM)
-                break
-        out, err = proc.communicate(timeout=240)
-    finally:
-        guard.cancel()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # the sweep's epoch lines (stdout): signal during its second epoch
+    proc, err = _sigterm_to_group_when([sys.executable, "-m", "bitmind.training.sweep", "--spec", str(tmp_path / "spec.json")],
+                                       "stdout", lambda line: line.startswith("epoch 0 "))
     assert proc.returncode == 143 and "Traceback" not in err, (proc.returncode, err[-3000:])
     assert "SIGTERM: stopping after this epoch is saved" in err and "(SIGTERM)" in err
     run = tmp_path / "s"

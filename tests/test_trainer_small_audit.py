@@ -9,7 +9,7 @@
 3. ``--init_from`` naming a folder (a run folder given for its model) was refused as
    "no such file"; now one line says it is a folder and names the model file inside it to give.
 4. An ``--overwrite`` run that ended before saving an epoch, with a Ctrl-C held while the earlier
-   run's files went back (``EarlierRun.restore``'s ``_signals_deferred``), ended with "the same
+   run's files went back (``EarlierRun.restore``'s ``signals_deferred``), ended with "the same
    command with --resume goes on from there", which would resume the earlier run; it now says the
    earlier run's files are kept, as a Ctrl-C at any other moment of that run does.
 """
@@ -213,7 +213,7 @@ def test_earlier_run_marks_an_exception_raised_by_its_restore(tmp_path, monkeypa
 
     def move_back(run_dir):
         real(run_dir)
-        raise KeyboardInterrupt  # as ``_signals_deferred`` raises a held Ctrl-C once the files are back
+        raise KeyboardInterrupt  # as ``signals_deferred`` raises a held Ctrl-C once the files are back
 
     monkeypatch.setattr(run_folder, "_move_back", move_back)
     with pytest.raises(KeyboardInterrupt) as stop:

@@ -47,7 +47,7 @@ with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):  #
     from bitmind.calibration import (MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration,
                                      too_few_to_calibrate)
     from bitmind.checkpoint import CheckpointError, check_calibration, load_model
-    from bitmind.cli.eval import add_data_argument, add_split_arguments, path_inside, picture_folders
+    from bitmind.cli.eval import add_data_argument, add_split_arguments, picture_folder_holding
     from bitmind.common import check_device, non_negative_int, output_path_problem, write_target
     from bitmind.data.splits import SPLITS
     from bitmind.evaluation import build_dataset, collect_predictions, trained_split
@@ -106,7 +106,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
         raise ValueError(problem)
     # a model written among the pictures (DIR/fake/x.pth) sits in the folder the next listing
     # reads: refused as bitmind.eval refuses a report there (``report_path_problem``)
-    inside = next((r for r in picture_folders(data) if out_path and path_inside(out_path, r)), None)
+    inside = picture_folder_holding(out_path, data)
     if inside:
         raise ValueError(f"--out {out_path} is inside {inside}, where the pictures are read from; write the model elsewhere")
     if real_target and not 0.0 < real_target < 1.0:  # before minutes of inference, not after

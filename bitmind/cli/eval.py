@@ -127,7 +127,7 @@ PROTECTED_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".jpg", ".jpeg", "
                       ".parquet", ".arrow")
 
 
-def picture_folders(data) -> list[str]:
+def _picture_folders(data) -> list[str]:
     """The local folders a run reads pictures from: ``ROOT/real`` and ``ROOT/fake`` of each
     folder root (a report or plots beside them, at the root, are never read), and the path of
     an ``hf:`` dataset saved on disk."""
@@ -142,7 +142,7 @@ def picture_folders(data) -> list[str]:
     return out
 
 
-def path_inside(path: str, root: str) -> bool:
+def _inside(path: str, root: str) -> bool:
     """Whether ``path`` lies in folder ``root``, by the names given and by where links lead."""
     for p, r in ((os.path.abspath(path), os.path.abspath(root)), (os.path.realpath(path), os.path.realpath(root))):
         if os.path.commonpath([p, r]) == r:
@@ -150,16 +150,22 @@ def path_inside(path: str, root: str) -> bool:
     return False
 
 
+def picture_folder_holding(path: str | None, data) -> str | None:
+    """The folder pictures are read from (``_picture_folders`` of ``data``) that ``path`` lies
+    in, else None (also for no ``path``): an output written there sits among the pictures the
+    next run reads (``report_path_problem``; ``bitmind.calibrate --out``)."""
+    return next((r for r in _picture_folders(data) if path and _inside(path, r)), None)
+
+
 def report_path_problem(args: argparse.Namespace) -> str | None:
     """Why the ``--json`` / ``--plots`` outputs would be wrong places to write, else None,
     checked before inference: not writable (``output_path_problem``, and an existing read-only
     report), the model file itself, a model, picture or dataset file, or inside a folder the
-    pictures are read from (``picture_folders``: plots there would be read as pictures by
+    pictures are read from (``picture_folder_holding``: plots there would be read as pictures by
     the next run; a report there could replace one)."""
     problem = output_path_problem(args.json, "--json") or output_path_problem(args.plots, "--plots", folder=True)
     if problem:
         return problem
-    roots = picture_folders(args.data)
     if args.json:
         if os.path.exists(args.json) and os.path.exists(args.model) and os.path.samefile(args.json, args.model):
             return f"--json {args.json} is the model file; name another file for the report"
@@ -168,7 +174,7 @@ def report_path_problem(args: argparse.Namespace) -> str | None:
         if os.path.isfile(args.json) and not os.access(args.json, os.W_OK):
             return f"--json {args.json} exists and is read-only"
     for flag, out in (("--json", args.json), ("--plots", args.plots)):
-        inside = next((r for r in roots if out and path_inside(out, r)), None)
+        inside = picture_folder_holding(out, args.data)
         if inside:
             return f"{flag} {out} is inside {inside}, where the pictures are read from; write results elsewhere"
     return None

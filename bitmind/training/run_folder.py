@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from bitmind.data.sources import split_hf_spec
+from bitmind.shutdown import signals_deferred
 
 try:
     import fcntl
@@ -244,28 +245,6 @@ def _move_back(run_dir: Path) -> list[str]:
     return names
 
 
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold a Ctrl-C or SIGTERM that comes while the block moves the earlier run's files (main
-    thread only), and deliver it to the handler it would have reached once the block is done:
-    a second Ctrl-C while they are put back must not leave half of them aside."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        for signum in dict.fromkeys(held):
-            signal.raise_signal(signum)
-
-
 class EarlierRun:
     """``--overwrite`` (``overwrite``): the earlier run's files in ``run_dir`` (``_run_entries``),
     moved into ``run_dir/.previous_run`` when the new run starts (``set_aside``, once its data has
@@ -293,7 +272,7 @@ class EarlierRun:
             if self.pending:
                 self.restore()
         except BaseException as late:  # a Ctrl-C or SIGTERM held while the files went back, raised as ``restore`` ends
-            self._mark(late)  # (``_signals_deferred``): it leaves ``train`` instead of ``exc``, and must say the same
+            self._mark(late)  # (``signals_deferred``): it leaves ``train`` instead of ``exc``, and must say the same
             raise
         if exc is not None:
             self._mark(exc)
@@ -316,7 +295,7 @@ class EarlierRun:
             return
         found = _run_entries(self.run_dir)
         moving = self.run_dir / ASIDE_MOVING
-        with _signals_deferred():
+        with signals_deferred():
             moving.mkdir()
             self.pending = True  # from here on, ``restore`` puts back whatever was moved
             for p in found:
@@ -343,7 +322,7 @@ class EarlierRun:
     def restore(self) -> None:
         """This run ends without having saved an epoch: remove what it wrote and put the earlier run's files back."""
         self.pending = False
-        with _signals_deferred():
+        with signals_deferred():
             try:
                 _move_back(self.run_dir)
             except OSError as e:  # said, not raised: the exception that ended the run is the one to see
