@@ -103,6 +103,11 @@ class TrainConfig:
                                  "family of the training set apart (bitmind.data.families.aux_classes; 0: off). "
                                  "It adds outputs after the detector's logit, which alone is served, scored and "
                                  "calibrated; the checkpoint names the classes (train_options.aux_classes)")
+    real_compact_weight: float = opt(0.0, "weight of a one-class term: the squared distance of each real training "
+                                          "photo's pooled features from the real photos' running mean, over the "
+                                          "batch's spread (0: off; Learner.compact_term). Real photos learn one compact "
+                                          "cluster and whatever lies outside it reads as generated, a generator never "
+                                          "seen included (npr, mean pool)")
     patch_size: int = opt(0, "train on one random square of this side per image (0: the whole image); the model is "
                              "served on the whole picture, its global pool averaging the patches (shipped recipe: 96)")
     tile_shuffle: int = opt(0, "cut each training image (after --patch_size) into tiles of this side and put them back in a "
@@ -126,6 +131,11 @@ class TrainConfig:
     aug_freq_mask_max_freq: float = opt(0.0, "mask only coefficients within this radius, a share of the Nyquist "
                                              "frequency along an axis (0: the whole spectrum, whose corners lie at "
                                              "1.41; 0.5 spares the high frequencies)")
+    aug_cutmix_prob: float = opt(0.0, "probability that a training patch gets a rectangle of a patch of the other "
+                                      "class pasted at the same place, its label (and auxiliary class) the "
+                                      "area-weighted mix: the evidence for 'generated' is local, not what the "
+                                      "picture shows (CutMix across classes, on the device after the patch is cut; 0: off)")
+    aug_cutmix_area: list[float] = opt([0.25, 0.75], "area share of the pasted rectangle (min max, within (0, 1))")
     val_challenge: bool = opt(True, "validate through the validator pipeline (seeded), as miners are scored")
     calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
     calibration_real_target: float = opt(0.0, "then put the boundary where this share of the validation real photos "
@@ -180,7 +190,7 @@ class TrainConfig:
         What needs the data or a checkpoint (the roots, ``--init_from``) is checked where it is read."""
         from bitmind.models import available_models
         from bitmind.models.npr import INPUT_MODES, top_fraction
-        from bitmind.training.loop import check_freq_mask, check_patch_size, check_tile_shuffle
+        from bitmind.training.loop import check_cutmix, check_freq_mask, check_patch_size, check_tile_shuffle
 
         def one_of(name, allowed):
             if getattr(self, name) not in allowed:
@@ -226,6 +236,11 @@ class TrainConfig:
         if self.aux_weight and (self.arch != "npr" or self.pool != "mean"):
             raise ConfigError("--aux_weight needs the npr architecture with the mean pool (a top-k pool ranks "
                               "the locations by the detector's logit alone)")
+        if not (math.isfinite(self.real_compact_weight) and self.real_compact_weight >= 0):
+            raise ConfigError(f"--real_compact_weight must be 0 (off) or positive, got {self.real_compact_weight}")
+        if self.real_compact_weight and (self.arch != "npr" or self.pool != "mean"):
+            raise ConfigError("--real_compact_weight needs the npr architecture with the mean pool (it reads the "
+                              "pooled features the mean pool's classifier sees)")
         if self.aux_weight and self.init_from:
             raise ConfigError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
                               "start from; train the auxiliary head from scratch")
@@ -269,6 +284,7 @@ class TrainConfig:
         with as_config_error():
             check_tile_shuffle(self.tile_shuffle, check_patch_size(self.patch_size, TARGET_SIZE) or TARGET_SIZE)
             check_freq_mask(self.aug_freq_mask_prob, self.aug_freq_mask_ratio, self.aug_freq_mask_max_freq)
+            check_cutmix(self.aug_cutmix_prob, self.aug_cutmix_area)
         device_type = self._device_type()  # also a --device this machine lacks (cuda without a GPU), before the data
         if self.compile and not has_cxx_compiler() and device_type == "cpu":
             raise ConfigError("--compile on a CPU needs a C++ compiler (g++ or clang++) for TorchInductor; "
@@ -401,10 +417,12 @@ def parse_config(argv=None) -> TrainConfig:
         usage_error(parser, str(e))
     # A warning, not a ConfigError, and here, not in check: a sweep's variants share a base ratio
     # with some of them masking nothing (aug_freq_mask_prob 0), as they may.
-    for name in ("aug_freq_mask_ratio", "aug_freq_mask_max_freq"):
-        if name in explicit_options(argv) and not cfg.aug_freq_mask_prob:
-            logger.warning("--%s %s has no effect: --aug_freq_mask_prob is 0, so nothing is masked "
-                           "(set --aug_freq_mask_prob too)", name, getattr(cfg, name))
+    for name, prob, what in (("aug_freq_mask_ratio", "aug_freq_mask_prob", "masked"),
+                             ("aug_freq_mask_max_freq", "aug_freq_mask_prob", "masked"),
+                             ("aug_cutmix_area", "aug_cutmix_prob", "mixed")):
+        if name in explicit_options(argv) and not getattr(cfg, prob):
+            logger.warning("--%s %s has no effect: --%s is 0, so nothing is %s (set --%s too)",
+                           name, getattr(cfg, name), prob, what, prob)
     return cfg
 
 

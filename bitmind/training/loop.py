@@ -187,6 +187,14 @@ class Learner:
         self.freq_prob, self.freq_ratio, self.freq_max = check_freq_mask(
             cfg.aug_freq_mask_prob, cfg.aug_freq_mask_ratio, cfg.aug_freq_mask_max_freq)
         self.freq_gen = torch.Generator().manual_seed(cfg.seed + 2)  # frequency masks: a third
+        self.mix_prob, self.mix_area = check_cutmix(cfg.aug_cutmix_prob, cfg.aug_cutmix_area)
+        self.mix_gen = torch.Generator().manual_seed(cfg.seed + 3)  # cross-class CutMix: a fourth
+        self.compact_weight = float(getattr(cfg, "real_compact_weight", 0.0) or 0.0)
+        self.real_centre: torch.Tensor | None = None  # real_compact_weight: the real photos' running mean direction
+        self.compact_loss_sum: torch.Tensor | float = 0.0
+        self._pooled: torch.Tensor | None = None
+        if self.compact_weight:  # the pooled features the mean pool's classifier reads, caught on the way
+            model.avgpool.register_forward_hook(self._keep_pooled)
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
         self.aux_names: list[str] = []  # aux_weight: the head's classes and each training item's class (``set_aux``)
         self.aux_labels: torch.Tensor | None = None
@@ -204,8 +212,40 @@ class Learner:
 
     @property
     def aux_record(self) -> dict:
-        """What the head adds to an epoch's record: its loss, apart (nothing without a head)."""
-        return {"train_aux_loss": self.mean_aux_loss} if self.aux_names else {}
+        """What the training's extra terms add to an epoch's record: the auxiliary head's loss and
+        the one-class term's (``real_compact_weight``), each apart and unweighted (nothing without them)."""
+        rec = {"train_aux_loss": self.mean_aux_loss} if self.aux_names else {}
+        if self.compact_weight:
+            rec["train_compact_loss"] = float(self.compact_loss_sum) / max(self.loss_n, 1)
+        return rec
+
+    def _keep_pooled(self, _module, _inputs, output) -> None:
+        """Forward hook on the model's global pool: keep its output while training (``compact_term``)."""
+        self._pooled = output if self.model.training else None
+
+    def compact_term(self, real: torch.Tensor) -> torch.Tensor:
+        """The one-class term of the batch just run forward (``real_compact_weight``): the mean
+        squared distance of each real photo's pooled features (rows where ``real`` is 1) from the
+        real photos' running mean (momentum 0.9, detached), over the batch's whole spread (the
+        mean squared distance of every row from the batch mean, detached), so it reads as the
+        share of the batch's variance the real photos take. Why: a detector trained to tell
+        known generators from photos learns where those generators lie; one whose real photos
+        form one tight cluster calls whatever falls outside it generated, which is how one-class
+        losses carried detectors to attacks they had never seen (OC-Softmax, Zhang et al., IEEE
+        SPL 2021). Distances, not cosines: the pooled features follow a ReLU, so every pair of
+        them is already close in angle. Weights instead of a boolean index: no host sync; a
+        batch without real photos adds nothing and keeps the centre."""
+        f = self._pooled.flatten(1).float()[: len(real)]  # flip_mean: the unflipped views
+        self._pooled = None
+        w = real.float()
+        n = w.sum()
+        batch_mean = (f.detach() * w[:, None]).sum(0) / n.clamp(min=1.0)
+        if self.real_centre is None:
+            self.real_centre = batch_mean
+        else:
+            self.real_centre = torch.where(n > 0, 0.9 * self.real_centre + 0.1 * batch_mean, self.real_centre)
+        spread = ((f.detach() - f.detach().mean(0)) ** 2).sum(1).mean().clamp(min=1e-8)
+        return (((f - self.real_centre) ** 2).sum(1) * w).sum() / n.clamp(min=1.0) / spread
 
     @property
     def aux_meta(self) -> dict:
@@ -218,7 +258,7 @@ class Learner:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.net.train()
-        self.loss_sum, self.loss_n, self.aux_loss_sum = 0.0, 0, 0.0
+        self.loss_sum, self.loss_n, self.aux_loss_sum, self.compact_loss_sum = 0.0, 0, 0.0, 0.0
         return lr
 
     def step(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
@@ -226,9 +266,16 @@ class Learner:
         """One optimisation step on a prepared batch (``x`` on the device, float, laid out as
         it should run); ``target`` replaces the smoothed labels as the loss target if given;
         ``aux`` (each image's auxiliary class, on the device) adds ``cfg.aux_weight`` times the
-        cross-entropy of the model's other outputs."""
+        cross-entropy of the model's other outputs. With ``aug_cutmix_prob`` the batch is mixed
+        across classes first (``mix_classes``: images, targets and auxiliary classes alike); with
+        ``real_compact_weight`` the one-class term (``compact_term``) of the unmixed real photos
+        is added."""
         if target is None:
             target = smooth_labels(y, self.cfg.label_smoothing)
+        mixed = None
+        if self.mix_prob:
+            x, target, aux, mixed = mix_classes(x, y, target, aux, self.aux_classes, self.mix_prob, self.mix_area,
+                                                self.mix_gen)
         if aux is None:
             logits = forward_logits(self.net, x, x.device, self.amp_dtype, channels_last=False)
             loss = detector_loss = self.criterion(logits, target)
@@ -237,6 +284,11 @@ class Learner:
             detector_loss, aux_loss = self.criterion(out[:, 0], target), F.cross_entropy(out[:, 1:], aux)
             loss = detector_loss + self.cfg.aux_weight * aux_loss
             self.aux_loss_sum = self.aux_loss_sum + aux_loss.detach() * len(y)
+        if self.compact_weight and self._pooled is not None:
+            real = (y < 0.5) if mixed is None else (y < 0.5) & ~mixed
+            compact = self.compact_term(real)
+            loss = loss + self.compact_weight * compact
+            self.compact_loss_sum = self.compact_loss_sum + compact.detach() * len(y)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -259,8 +311,11 @@ class Learner:
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Where the patch-offset, tile-order and frequency-mask streams are: saved with a resumable state,
         so a resumed run goes on with new patches instead of repeating the first epochs' draws."""
-        return {"patch_rng": self.patch_gen.get_state(), "tile_rng": self.tile_gen.get_state(),
-                "freq_rng": self.freq_gen.get_state()}
+        state = {"patch_rng": self.patch_gen.get_state(), "tile_rng": self.tile_gen.get_state(),
+                 "freq_rng": self.freq_gen.get_state(), "mix_rng": self.mix_gen.get_state()}
+        if self.real_centre is not None:  # real_compact_weight: the running centre goes on where it was
+            state["real_centre"] = self.real_centre.detach().cpu()
+        return state
 
     def load_rng_state(self, state: dict) -> None:
         """Restore ``rng_state`` (a state saved before it existed keeps the seeded streams)."""
@@ -270,6 +325,15 @@ class Learner:
             self.tile_gen.set_state(state["tile_rng"])
         if "freq_rng" in state:
             self.freq_gen.set_state(state["freq_rng"])
+        if "mix_rng" in state:
+            self.mix_gen.set_state(state["mix_rng"])
+        if self.compact_weight and state.get("real_centre") is not None:
+            self.real_centre = state["real_centre"].to(next(self.model.parameters()).device)
+
+    @property
+    def aux_classes(self) -> int:
+        """How many auxiliary classes the head tells apart (0 without it)."""
+        return len(self.aux_names)
 
     def set_aux(self, names: Sequence[str], labels: Sequence[int]) -> None:
         """``aux_weight``: the head's classes and the class of every training item, by dataset
@@ -381,6 +445,60 @@ def random_patches(x: torch.Tensor, size: int, generator: torch.Generator | None
 def _layout_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``out`` channels-last where the batch ``x`` it was cut from is (on CUDA), as it came otherwise."""
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and x.is_cuda else out
+
+
+def check_cutmix(prob: float, area: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """``(prob, (lo, hi))`` if they are a usable ``aug_cutmix_prob`` / ``aug_cutmix_area`` (a
+    probability; two area shares, lo <= hi, within (0, 1)), else a ValueError naming the option."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"aug_cutmix_prob must be a probability in [0, 1], got {prob}")
+    area = list(area)
+    if len(area) != 2 or not 0.0 < area[0] <= area[1] < 1.0:
+        raise ValueError(f"aug_cutmix_area takes two area shares, min max, with 0 < min <= max < 1, got {area}")
+    return float(prob), (float(area[0]), float(area[1]))
+
+
+def mix_classes(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, aux: torch.Tensor | None, n_aux: int,
+                prob: float, area: tuple[float, float], generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """CutMix across classes: with probability ``prob`` each image of a (B, C, H, W) batch takes,
+    in a random rectangle of ``area`` (a share of the image, drawn in that range; sides and
+    offset even, on the NPR's 2 x 2 grid), the pixels at the same place of a random image of
+    the other class (``y``: 0 real, 1 generated). Its ``target`` becomes the area-weighted mix
+    of the two targets, and its auxiliary class (``aux``, indices among ``n_aux``) the same
+    mix of the two classes as probabilities. Images with no partner of the other class stay as
+    they are. Returns the images, targets, auxiliary targets (probabilities when given) and
+    which rows were mixed (bool, on the device).
+
+    Why: a detector whose label follows what the picture shows (faces real, art generated)
+    cannot fit these labels, whose share of 'generated' is the share of the area a generator
+    made; it has to read the evidence where it lies, pixel by pixel. Both directions are
+    mixed, so the seam itself says nothing about the label. The random draws come from
+    ``generator`` on the CPU; nothing here waits for the device."""
+    b, _, h, w = x.shape
+    dev = x.device
+    scores = to_device_async(torch.rand(b, b, generator=generator), dev)  # a random partner of the other
+    partner = scores.masked_fill(y[:, None] == y[None, :], -1.0).argmax(1)  # class (none: the row checks below)
+    share = torch.empty(b).uniform_(area[0], area[1], generator=generator)
+    aspect = torch.exp(torch.empty(b).uniform_(-math.log(2.0), math.log(2.0), generator=generator))
+    bh = (2 * torch.round(torch.sqrt(share * aspect) * h / 2)).clamp(2, h - h % 2).long()
+    bw = (2 * torch.round(torch.sqrt(share / aspect) * w / 2)).clamp(2, w - w % 2).long()
+    oy = 2 * (torch.rand(b, generator=generator) * ((h - bh) // 2 + 1)).long()
+    ox = 2 * (torch.rand(b, generator=generator) * ((w - bw) // 2 + 1)).long()
+    draw = torch.rand(b, generator=generator) < prob
+    bh, bw, oy, ox, draw = (to_device_async(t, dev) for t in (bh, bw, oy, ox, draw))
+    mixed = draw & (y != y[partner])
+    rows, cols = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    inside = (((rows[None, :] >= oy[:, None]) & (rows[None, :] < (oy + bh)[:, None]))[:, :, None]
+              & ((cols[None, :] >= ox[:, None]) & (cols[None, :] < (ox + bw)[:, None]))[:, None, :])
+    inside = inside & mixed[:, None, None]
+    out = torch.where(inside[:, None], x[partner], x)
+    a = (bh * bw).float() / float(h * w) * mixed.float()
+    mixed_target = (1.0 - a) * target + a * target[partner]
+    if aux is not None:
+        own = F.one_hot(aux, n_aux).float() if aux.dim() == 1 else aux.float()
+        aux = (1.0 - a)[:, None] * own + a[:, None] * own[partner]
+    return _layout_like(out, x), mixed_target, aux, mixed
 
 
 def check_freq_mask(prob: float, ratio: float, max_freq: float = 0.0) -> tuple[float, float, float]:

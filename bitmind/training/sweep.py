@@ -175,6 +175,7 @@ SPEC_KEYS = frozenset({"base", "variants", *SPEC_TYPES, *DOC_KEYS})
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
                           "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "seed", "patch_size",
                           "tile_shuffle", "pair_patches", "aug_freq_mask_prob", "aug_freq_mask_ratio", "aug_freq_mask_max_freq",
+                          "aug_cutmix_prob", "aug_cutmix_area", "real_compact_weight",
                           *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8

@@ -1,0 +1,172 @@
+"""Two training options against a detector that learns what pictures show: CutMix across
+classes (``--aug_cutmix_prob``, ``bitmind.training.loop.mix_classes``) and the one-class term
+on real photos (``--real_compact_weight``, ``Learner.compact_term``)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from bitmind.models.npr import NPR, with_aux_outputs
+from bitmind.training import TrainConfig, parse_config
+from bitmind.training.config import ConfigError
+from bitmind.training.loop import Learner, check_cutmix, mix_classes
+from bitmind.training.sweep import SweepSpec
+from conftest import hear
+
+
+def _two_class_batch(b: int = 8, side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real images all 0, generated ones all 1: an image's mean is its share of generated pixels."""
+    y = torch.tensor([0.0, 1.0] * (b // 2))
+    return y[:, None, None, None].expand(b, 3, side, side).clone(), y
+
+
+def test_the_mixed_label_is_the_share_of_the_area_a_generator_made():
+    x, y = _two_class_batch()
+    out, target, aux, mixed = mix_classes(x, y, y.clone(), None, 0, 1.0, (0.25, 0.75), torch.Generator().manual_seed(0))
+    assert aux is None and bool(mixed.all())  # every row has a partner of the other class
+    assert torch.allclose(target, out.mean((1, 2, 3)), atol=1e-6)  # the label follows the pixels
+    share = torch.where(y > 0.5, 1 - target, target)  # the pasted share of each image
+    assert bool(((share >= 0.15) & (share <= 0.85)).all())  # about the drawn range (sides rounded to even)
+    assert not torch.equal(out, x)
+
+
+def test_the_pasted_rectangle_keeps_to_the_residual_grid():
+    """Even sides and offsets: the NPR's 2 x 2 blocks never straddle the seam."""
+    x, y = _two_class_batch(b=16, side=40)
+    out, *_ = mix_classes(x, y, y.clone(), None, 0, 1.0, (0.1, 0.9), torch.Generator().manual_seed(3))
+    for img, own in zip(out[:, 0], y):
+        pasted = (img != own).nonzero()
+        top, left = pasted.min(0).values.tolist()
+        bottom, right = (pasted.max(0).values + 1).tolist()
+        assert top % 2 == left % 2 == bottom % 2 == right % 2 == 0
+        assert int((img[top:bottom, left:right] != own).sum()) == (bottom - top) * (right - left)  # one rectangle
+
+
+def test_images_without_a_partner_of_the_other_class_and_undrawn_images_stay_as_they_are():
+    x, y = _two_class_batch()
+    g = torch.Generator().manual_seed(1)
+    real_only = torch.zeros(4)
+    out, target, _, mixed = mix_classes(x[:4] * 0, real_only, real_only.clone(), None, 0, 1.0, (0.25, 0.75), g)
+    assert not bool(mixed.any()) and torch.equal(target, real_only) and torch.equal(out, x[:4] * 0)
+    out, target, _, mixed = mix_classes(x, y, y.clone(), None, 0, 0.0, (0.25, 0.75), g)
+    assert not bool(mixed.any()) and torch.equal(out, x) and torch.equal(target, y)
+
+
+def test_the_auxiliary_class_is_mixed_as_probabilities_like_the_label():
+    x, y = _two_class_batch()
+    aux = torch.tensor([0, 1, 0, 2, 0, 1, 0, 2])  # real photos class 0, two generator families
+    out, target, soft, mixed = mix_classes(x, y, y.clone(), aux, 3, 1.0, (0.25, 0.75), torch.Generator().manual_seed(2))
+    assert soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8))
+    assert torch.allclose(soft[:, 1:].sum(1), target, atol=1e-6)  # the generated share, split among families
+    assert torch.allclose(soft[:, 0], 1 - target, atol=1e-6)
+
+
+@pytest.mark.parametrize("prob, area, says", [(1.5, [0.25, 0.75], "aug_cutmix_prob"),
+                                              (0.5, [0.0, 0.5], "aug_cutmix_area"),
+                                              (0.5, [0.6, 0.5], "aug_cutmix_area"),
+                                              (0.5, [0.5, 1.0], "aug_cutmix_area"),
+                                              (0.5, [0.5], "aug_cutmix_area")])
+def test_unusable_cutmix_options_are_refused_naming_the_option(prob, area, says):
+    with pytest.raises(ValueError, match=says):
+        check_cutmix(prob, area)
+    with pytest.raises(ConfigError, match=says):
+        TrainConfig(aug_cutmix_prob=prob, aug_cutmix_area=area, device="cpu").check()
+
+
+def test_the_one_class_term_needs_the_mean_pool_and_a_weight_of_zero_or_more():
+    with pytest.raises(ConfigError, match="real_compact_weight"):
+        TrainConfig(real_compact_weight=0.2, pool="top10", device="cpu").check()
+    with pytest.raises(ConfigError, match="real_compact_weight"):
+        TrainConfig(real_compact_weight=-1.0, device="cpu").check()
+    assert TrainConfig(real_compact_weight=0.2, device="cpu").check().real_compact_weight == 0.2
+
+
+def test_a_cutmix_area_without_its_probability_is_warned_about(caplog):
+    undo = hear(caplog, "bitmind.training.config", logging.WARNING)
+    try:
+        parse_config(["--device", "cpu", "--aug_cutmix_area", "0.3", "0.6"])
+        lines = {r.getMessage() for r in caplog.records if "aug_cutmix" in r.getMessage()}
+        assert any("has no effect" in line and "--aug_cutmix_prob" in line for line in lines)
+        caplog.clear()
+        parse_config(["--device", "cpu", "--aug_cutmix_area", "0.3", "0.6", "--aug_cutmix_prob", "0.5"])
+        assert not [r for r in caplog.records if "aug_cutmix" in r.getMessage()]
+    finally:
+        undo()
+
+
+def _learner(**kw) -> Learner:
+    torch.manual_seed(0)
+    cfg = TrainConfig(device="cpu", seed=0, **kw).check()
+    return Learner(NPR(layers=[1, 1], width=8, stem_pool=False), cfg, None)
+
+
+def test_the_one_class_term_is_the_real_photos_share_of_the_batch_spread():
+    learner = _learner(real_compact_weight=0.5)
+    learner.model.train()
+    x, y = torch.rand(6, 3, 32, 32), torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    learner.model(x)
+    f = learner._pooled.flatten(1).detach().clone()
+    term = learner.compact_term(y < 0.5)
+    centre = f[:3].mean(0)  # the first batch sets the centre
+    spread = ((f - f.mean(0)) ** 2).sum(1).mean()
+    assert torch.allclose(term, ((f[:3] - centre) ** 2).sum(1).mean() / spread, rtol=1e-5)
+    assert torch.allclose(learner.real_centre, centre)
+
+
+def test_the_one_class_term_pulls_on_real_photos_only():
+    """Its gradient reaches the network through the real rows alone: generated pictures may lie
+    anywhere outside the real cluster. (Batch norm in eval mode: its batch statistics would
+    couple the rows whatever the loss.)"""
+    learner = _learner(real_compact_weight=1.0)
+    learner.model.train()
+    for m in learner.model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    learner.model(x)
+    learner.compact_term(torch.tensor([True, True, False, False])).backward()
+    per_image = x.grad.abs().sum((1, 2, 3))
+    assert bool((per_image[:2] > 0).all()) and bool((per_image[2:] == 0).all())
+
+
+def test_steps_with_both_options_train_and_record_the_term_apart():
+    learner = _learner(real_compact_weight=0.2, aug_cutmix_prob=0.5, aux_weight=0.1)
+    model = with_aux_outputs(learner.model, 2)
+    learner = Learner(model, learner.cfg, None)
+    learner.set_aux(["real", "a"], [0, 1, 0, 1])
+    learner.begin_epoch(0)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        learner.step(x, y, aux=torch.tensor([0, 1, 0, 1]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    rec = learner.aux_record
+    assert set(rec) == {"train_aux_loss", "train_compact_loss"} and rec["train_compact_loss"] > 0
+    assert "train_compact_loss" not in _learner().aux_record  # off: nothing recorded
+
+
+def test_a_resumed_learner_goes_on_with_the_mix_draws_and_the_real_centre():
+    a = _learner(real_compact_weight=0.2, aug_cutmix_prob=1.0)
+    a.begin_epoch(0)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    a.step(x, y)
+    state = a.rng_state()
+    b = _learner(real_compact_weight=0.2, aug_cutmix_prob=1.0)
+    b.load_rng_state(state)
+    assert torch.equal(b.real_centre, a.real_centre)
+    ga, gb = a.mix_gen, b.mix_gen
+    assert torch.equal(torch.rand(5, generator=ga), torch.rand(5, generator=gb))
+
+
+def test_a_sweep_variant_may_set_both_options():
+    spec = SweepSpec.from_dict({"base": {"device": "cpu"},
+                                "variants": {"cm": {"aug_cutmix_prob": 0.5, "aug_cutmix_area": [0.3, 0.6]},
+                                             "oc": {"real_compact_weight": 0.2}}})
+    checked = spec.check()
+    assert checked["cm"][0].aug_cutmix_prob == 0.5 and checked["cm"][0].aug_cutmix_area == [0.3, 0.6]
+    assert checked["oc"][0].real_compact_weight == 0.2
+    bad = SweepSpec.from_dict({"base": {"device": "cpu"}, "variants": {"x": {"aug_cutmix_area": [0.9, 0.1]}}})
+    with pytest.raises(ConfigError, match="aug_cutmix_area"):
+        bad.check()
