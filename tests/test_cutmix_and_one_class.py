@@ -115,20 +115,34 @@ def test_the_one_class_term_is_the_real_photos_share_of_the_batch_spread():
     assert torch.allclose(learner.real_centre, centre)
 
 
-def test_the_one_class_term_pulls_on_real_photos_only():
-    """Its gradient reaches the network through the real rows alone: generated pictures may lie
-    anywhere outside the real cluster. (Batch norm in eval mode: its batch statistics would
-    couple the rows whatever the loss.)"""
-    learner = _learner(real_compact_weight=1.0)
-    learner.model.train()
-    for m in learner.model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.eval()
-    x = torch.rand(4, 3, 32, 32, requires_grad=True)
-    learner.model(x)
-    learner.compact_term(torch.tensor([True, True, False, False])).backward()
-    per_image = x.grad.abs().sum((1, 2, 3))
-    assert bool((per_image[:2] > 0).all()) and bool((per_image[2:] == 0).all())
+def test_shrinking_every_feature_alike_does_not_lower_the_one_class_term():
+    """Its gradient along the features themselves is zero (the term is unchanged, to first
+    order, when every feature is scaled alike): a network cannot lower it by shrinking its
+    features towards nothing, only by setting real photos apart. A term over a detached spread
+    rewarded the shrinking, and held a whole LOGO run at chance."""
+    learner = _learner(real_compact_weight=0.5)
+    f = (torch.rand(8, 16) + 0.5).requires_grad_()
+    learner._pooled = f
+    learner.compact_term(torch.tensor([True, False] * 4)).backward()
+    g, v = f.grad, f.detach()
+    assert abs(float((g * v).sum())) < 1e-5 * float(g.norm() * v.norm())
+    assert float(f.grad.norm()) > 0
+
+
+def test_the_one_class_term_falls_as_real_photos_gather_and_rises_as_generated_ones_join_them():
+    real = torch.tensor([True, True, True, True, False, False, False, False])
+    f = torch.rand(8, 16, generator=torch.Generator().manual_seed(0)) + 0.5
+    centre = f[real].mean(0)
+
+    def term(features: torch.Tensor) -> float:
+        learner = _learner(real_compact_weight=0.5)  # a fresh centre: this batch's real mean
+        learner._pooled = features
+        return float(learner.compact_term(real))
+
+    gathered, joined = f.clone(), f.clone()
+    gathered[real] = centre + 0.5 * (f[real] - centre)  # the real mean stays where it was
+    joined[~real] = centre + 0.5 * (f[~real] - centre)
+    assert term(gathered) < term(f) < term(joined)
 
 
 def test_steps_with_both_options_train_and_record_the_term_apart():

@@ -227,8 +227,12 @@ class Learner:
         """The one-class term of the batch just run forward (``real_compact_weight``): the mean
         squared distance of each real photo's pooled features (rows where ``real`` is 1) from the
         real photos' running mean (momentum 0.9, detached), over the batch's whole spread (the
-        mean squared distance of every row from the batch mean, detached), so it reads as the
-        share of the batch's variance the real photos take. Why: a detector trained to tell
+        mean squared distance of every row from the batch mean), so it reads as the share of
+        the batch's variance the real photos take. The spread is not detached: then shrinking
+        every feature alike changes nothing and only setting the real photos apart from the
+        rest lowers the term. (Detached, its pull grew as the features shrank, and on the
+        pools' faint traces it held all fourteen models of a LOGO run at a detector loss of
+        0.693 for 52 epochs: thirty-seventh session.) Why: a detector trained to tell
         known generators from photos learns where those generators lie; one whose real photos
         form one tight cluster calls whatever falls outside it generated, which is how one-class
         losses carried detectors to attacks they had never seen (OC-Softmax, Zhang et al., IEEE
@@ -244,7 +248,7 @@ class Learner:
             self.real_centre = batch_mean
         else:
             self.real_centre = torch.where(n > 0, 0.9 * self.real_centre + 0.1 * batch_mean, self.real_centre)
-        spread = ((f.detach() - f.detach().mean(0)) ** 2).sum(1).mean().clamp(min=1e-8)
+        spread = ((f - f.mean(0)) ** 2).sum(1).mean().clamp(min=1e-8)
         return (((f - self.real_centre) ** 2).sum(1) * w).sum() / n.clamp(min=1.0) / spread
 
     @property
