@@ -38,7 +38,7 @@ import logging
 import os
 from pathlib import Path
 
-from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting, file_marks, written_since
+from bitmind.shutdown import exit_interrupted, exit_interrupted_while_starting, file_marks, sigterm_as_interrupt, written_since
 
 try:  # the imports take seconds (torch): a Ctrl-C here is the start-up's
     import numpy as np
@@ -93,7 +93,7 @@ def cmd_train(args, logo=None) -> Path:
     """Train the sweep of the LOGO spec ``logo`` (the JSON of ``--spec``, as ``main`` read it once
     for the sweep folder too; left out, read here)."""
     from bitmind.training.logo import check_logo_keys
-    from bitmind.training.run_folder import finished_sweep, prepare_sweep_folder
+    from bitmind.training.run_folder import SWEEP, finished_sweep, prepare_sweep_folder, settle_earlier_run
     from bitmind.training.sweep import ConfigError, SpecError, SweepSpec, exit_if_stopped, read_spec, run_sweep
 
     if logo is None:
@@ -112,15 +112,16 @@ def cmd_train(args, logo=None) -> Path:
     except (ConfigError, OSError) as e:  # an option value no run can use (TrainConfig.check), a LOGO block it
         raise SpecError(str(e)) from None  # cannot build, a data root that is not a readable folder (its sources are read here)
     run_dir = spec.base.run_dir
-    # before logo_spec.json replaces the earlier run's (a resumed sweep keeps it until it is checked to be the same)
+    settle_earlier_run(run_dir, SWEEP)  # what a killed --overwrite sweep left, before the folder is judged
     prepare_sweep_folder(run_dir, spec.base.overwrite, spec.base.resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not spec.base.resume:
-        write_spec(run_dir / "logo_spec.json", sweep)
     print(f"LOGO sweep: {len(sweep['variants'])} variants, folds {sweep['logo']['folds']}", flush=True)
     finished = spec.base.resume and finished_sweep(run_dir) is not None
-    summary = run_sweep(spec)
-    if not finished:  # (a finished sweep resumed trains nothing: its logo_spec.json stays as it ran)
+    # logo_spec.json is written as the sweep starts, once the data is read and an --overwrite's earlier sweep is set
+    # aside with its own (put back with it if this one ends before saving an epoch); a resumed sweep keeps its own
+    summary = run_sweep(spec, beside=None if spec.base.resume else {"logo_spec.json": json.dumps(sweep, indent=2)})
+    # (a finished sweep resumed trains nothing: its logo_spec.json stays as it ran; an --overwrite sweep that saved no
+    # epoch left the earlier sweep, and its logo_spec.json, as they were)
+    if not finished and not summary.get("earlier_sweep_kept"):
         # what actually ran (a time budget can cut the epochs) goes beside what was asked for
         sweep["ran"] = {k: summary[k] for k in ("epochs", "seconds", "val_from", "stopped", "epochs_run") if k in summary}
         write_spec(run_dir / "logo_spec.json", sweep)
@@ -463,7 +464,10 @@ def main(argv=None):
             sweep_dir = _sweep_folder(args, logo)
             before = sweep_marks(sweep_dir)
             try:
-                run_dir = cmd_train(args, logo)
+                # SIGTERM (timeout, docker stop) as Ctrl-C from here on: one while the data is read and indexed ends in
+                # one line, exit status 143, as one in the epochs (the sweep's own stop, the epoch finished) does
+                with sigterm_as_interrupt():
+                    run_dir = cmd_train(args, logo)
             except (RunFolderError, TrainingDataError, SpecError) as e:  # a usage error (exit 2), not a traceback
                 p.error(str(e))
             except KeyboardInterrupt:  # a second Ctrl-C (the first finishes the epoch), or one before or after the epochs

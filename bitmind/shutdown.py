@@ -127,6 +127,11 @@ class GracefulStop:
         """What asked for the stop, for the lines a person reads: ``Ctrl-C`` or the signal's name."""
         return "Ctrl-C" if self.signum in (None, signal.SIGINT) else signal.Signals(self.signum).name
 
+    @property
+    def reason(self) -> str:
+        """What a run's summary says of this stop (its ``stopped``): ``stop_reason(signum)``."""
+        return stop_reason(self.signum)
+
     def install(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
             for signum in self.signals:
@@ -148,6 +153,15 @@ class GracefulStop:
         else:
             _say_from_handler(f"{self.name}: stopping after this epoch is saved and the best checkpoint calibrated "
                               "(send it again, or press Ctrl-C, to stop now)")
+
+
+def stop_reason(signum: int | None) -> str:
+    """What a run's (or a sweep's) summary says of a stop that ``signum`` asked for (``stopped``):
+    ``terminated`` for SIGTERM, ``interrupted`` for Ctrl-C (SIGINT), each with its exit status
+    (``bitmind.training.trainer.EXIT_STATUS``: 143, 130). Why one place: the trainer and the sweep
+    each wrote the mapping out, and a second copy drifts. The trainer's ranks agree on the signal
+    first (any rank may have had it), so it takes the signal, not a ``GracefulStop``."""
+    return "terminated" if signum == signal.SIGTERM else "interrupted"
 
 
 def _say_from_handler(line: str) -> None:

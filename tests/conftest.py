@@ -160,6 +160,7 @@ def query(wallet, axon_info, synapse, timeout: float = 20.0):
 #: $CTRL_C_AT_IMPORT is first imported, or, with $CTRL_C_AT_CALL = MODULE:FUNCTION:N[:PRESSES],
 #: PRESSES times (default 1) as FUNCTION of MODULE is called for the N-th time, before it runs.
 #: So a test of a command's Ctrl-C presses it at a known point and never waits on the clock.
+#: $CTRL_C_SIGNAL (a name, default SIGINT) sends another signal instead: SIGTERM, as ``timeout``.
 CTRL_C_SITECUSTOMIZE = textwrap.dedent("""
     import importlib.machinery
     import os
@@ -169,7 +170,7 @@ CTRL_C_SITECUSTOMIZE = textwrap.dedent("""
 
     def _press(times=1):
         for _ in range(times):
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(getattr(signal, os.environ.get("CTRL_C_SIGNAL") or "SIGINT"))
 
 
     class _AtImport:
@@ -241,16 +242,17 @@ def send():
 
 @pytest.fixture(scope="session")
 def ctrl_c_env(tmp_path_factory):
-    """``ctrl_c_env(at_import="", at_call="", path=())``: the environment (``os.environ`` and
-    these) for a command whose Ctrl-C a test presses with ``CTRL_C_SITECUSTOMIZE`` (see there for
-    ``at_import`` and ``at_call``; both empty: no press). On its PYTHONPATH: the hook's folder
-    first, then ``path``, then the PYTHONPATH of the tests."""
+    """``ctrl_c_env(at_import="", at_call="", path=(), sig="SIGINT")``: the environment (``os.environ``
+    and these) for a command whose Ctrl-C a test presses with ``CTRL_C_SITECUSTOMIZE`` (see there
+    for ``at_import`` and ``at_call``; both empty: no press); ``sig``: the signal sent instead
+    (``SIGTERM``). On its PYTHONPATH: the hook's folder first, then ``path``, then the PYTHONPATH
+    of the tests."""
     hooks = tmp_path_factory.mktemp("ctrl_c_hooks")
     (hooks / "sitecustomize.py").write_text(CTRL_C_SITECUSTOMIZE)
 
-    def env(at_import: str = "", at_call: str = "", path=()) -> dict[str, str]:
+    def env(at_import: str = "", at_call: str = "", path=(), sig: str = "SIGINT") -> dict[str, str]:
         pythonpath = [str(hooks), *map(str, path), os.environ.get("PYTHONPATH")]
-        return {**os.environ, "CTRL_C_AT_IMPORT": at_import, "CTRL_C_AT_CALL": at_call,
+        return {**os.environ, "CTRL_C_AT_IMPORT": at_import, "CTRL_C_AT_CALL": at_call, "CTRL_C_SIGNAL": sig,
                 "PYTHONPATH": os.pathsep.join(filter(None, pythonpath))}
     return env
 

@@ -68,3 +68,26 @@ def test_a_ctrl_c_while_a_command_imports_is_one_line_only_when_it_runs_as_that_
     with pytest.raises(KeyboardInterrupt):
         with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):
             raise KeyboardInterrupt
+
+
+def test_a_graceful_stop_says_once_what_the_summary_calls_it(capsys):
+    """``GracefulStop.reason`` (``stop_reason``): ``terminated`` for SIGTERM, ``interrupted`` for
+    Ctrl-C, the summary's ``stopped`` that maps to the exit status (143, 130). Why: the trainer and
+    the sweep each wrote the mapping out; both now read it from here."""
+    import os
+    import signal
+
+    from bitmind.shutdown import GracefulStop, stop_reason
+    from bitmind.training.trainer import EXIT_STATUS
+
+    for signum, reason, status in ((signal.SIGTERM, "terminated", 143), (signal.SIGINT, "interrupted", 130)):
+        stop = GracefulStop(signals=(signal.SIGINT, signal.SIGTERM)).install()
+        try:
+            os.kill(os.getpid(), signum)  # a first one: asks for the stop, raises nothing
+        finally:
+            stop.uninstall()
+        assert stop.requested and stop.signum == signum
+        assert stop.reason == stop_reason(signum) == reason and EXIT_STATUS[reason] == status
+    assert stop_reason(None) == "interrupted"  # a stop no signal asked for is read as Ctrl-C's, as ``name`` does
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    capsys.readouterr()  # (the lines the handler wrote)

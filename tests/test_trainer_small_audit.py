@@ -181,11 +181,11 @@ def test_a_ctrl_c_held_while_the_earlier_run_goes_back_says_the_earlier_run_is_k
         monkeypatch.setattr(trainer, "train_one_epoch", _boom)
     real, pressed = run_folder._move_back, []
 
-    def move_back(run_dir):  # Ctrl-C while the earlier run's files go back: held, then raised as restore ends
+    def move_back(run_dir, *kind):  # Ctrl-C while the earlier run's files go back: held, then raised as restore ends
         if not pressed:
             pressed.append(True)
             os.kill(os.getpid(), signal.SIGINT)
-        return real(run_dir)
+        return real(run_dir, *kind)
 
     monkeypatch.setattr(run_folder, "_move_back", move_back)
     with pytest.raises(SystemExit) as ended:
@@ -211,8 +211,8 @@ def test_earlier_run_marks_an_exception_raised_by_its_restore(tmp_path, monkeypa
         (run / name).write_bytes(b"earlier")
     real = run_folder._move_back
 
-    def move_back(run_dir):
-        real(run_dir)
+    def move_back(run_dir, *kind):
+        real(run_dir, *kind)
         raise KeyboardInterrupt  # as ``signals_deferred`` raises a held Ctrl-C once the files are back
 
     monkeypatch.setattr(run_folder, "_move_back", move_back)

@@ -22,6 +22,7 @@ from here, and says so in one line when a data root is not found.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from bitmind.data.sources import split_hf_spec
 from bitmind.shutdown import signals_deferred
@@ -219,6 +221,29 @@ def _run_entries(run_dir: Path) -> list[Path]:
     return found + [run_dir / d for d in ("tb", "tensorboard") if (run_dir / d).is_dir()]
 
 
+@dataclasses.dataclass(frozen=True)
+class FolderKind:
+    """What ``EarlierRun`` sets aside on an ``--overwrite`` of a folder, and how it judges that
+    folder: a training run's (``RUN``) or a sweep's (``SWEEP``: its spec, summary and state beside
+    one sub-folder per variant). Why: one mechanism for both, so a sweep's ``--overwrite`` keeps the
+    earlier sweep until the new one has saved an epoch, as a run's keeps the earlier run (it removed
+    the earlier sweep as soon as the data was read).
+
+    ``what``: its name in the lines (``run``, ``sweep``); ``entries(folder)``: what one wrote there
+    (set aside; and removed before the earlier one's files go back); ``holds(folder)``: whether the
+    folder holds one worth keeping; ``saved``: files of which any, in the folder beside
+    ``.previous_run``, says that a killed new one had saved its first epoch (``recover_earlier_run``)."""
+
+    what: str
+    entries: Callable[[Path], list[Path]]
+    holds: Callable[[Path], bool]
+    saved: tuple[str, ...]
+
+
+#: A training run's folder (``bitmind.training.trainer``): it saves ``state_last.pt`` after every epoch.
+RUN = FolderKind("run", _run_entries, holds_run, ("state_last.pt",))
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -226,15 +251,16 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _move_back(run_dir: Path) -> list[str]:
-    """Put the earlier run's files back into ``run_dir``; returns their names. What a run wrote
-    since they were set aside (it saved no epoch) is removed first, then ``.previous_run`` is
-    renamed ``.previous_run.moving`` and emptied into ``run_dir``: a process killed at any point
-    leaves either ``.previous_run`` beside the new run's files or ``.previous_run.moving`` beside
-    the earlier run's only, each of which ``recover_earlier_run`` finishes, never mixing the two."""
+def _move_back(run_dir: Path, kind: FolderKind = RUN) -> list[str]:
+    """Put the earlier run's files back into ``run_dir`` (a folder of ``kind``); returns their names.
+    What a run wrote since they were set aside (it saved no epoch) is removed first, then
+    ``.previous_run`` is renamed ``.previous_run.moving`` and emptied into ``run_dir``: a process
+    killed at any point leaves either ``.previous_run`` beside the new run's files or
+    ``.previous_run.moving`` beside the earlier run's only, each of which ``recover_earlier_run``
+    finishes, never mixing the two."""
     moving, aside = run_dir / ASIDE_MOVING, run_dir / ASIDE
     if not moving.is_dir():
-        for p in _run_entries(run_dir):
+        for p in kind.entries(run_dir):
             _remove(p)
         os.replace(aside, moving)
     names = []
@@ -255,14 +281,17 @@ class EarlierRun:
     diverging --lr, Ctrl-C) left the operator neither the old model nor a new one. A process
     killed while they are aside (SIGKILL, a lost machine) leaves the folder; the next run in the
     run folder settles it before anything else (``recover_earlier_run``). Only the process
-    holding the run folder (``hold_run_folder``) may use it."""
+    holding the run folder (``hold_run_folder``) may use it. ``kind``: what the folder holds
+    (``RUN``, or ``SWEEP``: a sweep's folder, its variants' folders set aside whole)."""
 
-    def __init__(self, run_dir: Path, overwrite: bool = True) -> None:
+    def __init__(self, run_dir: Path, overwrite: bool = True, kind: FolderKind = RUN) -> None:
         self.run_dir = Path(run_dir)
         self.aside = self.run_dir / ASIDE
         self.overwrite = overwrite
+        self.kind = kind
         self.pending = False  # the earlier run's files are aside: put back unless this run saves an epoch
         self.saved = False  # this run has saved an epoch (``drop``)
+        self.restored = False  # the earlier run's files are back, this run's gone (``restore``)
 
     def __enter__(self) -> "EarlierRun":
         return self
@@ -283,7 +312,7 @@ class EarlierRun:
         the earlier run again as it was: the line a stop ends with (``trainer.interrupted_message``)
         then says so, not "--resume goes on from there" (which would resume the earlier run). Why:
         a Ctrl-C held by ``restore`` came out of it unmarked, and that line advised --resume."""
-        if self.overwrite and not self.saved and holds_run(self.run_dir):
+        if self.overwrite and not self.saved and self.kind.holds(self.run_dir):
             with contextlib.suppress(AttributeError):
                 exc.earlier_run_kept = self.run_dir
 
@@ -291,9 +320,10 @@ class EarlierRun:
         """Move the earlier run's files out of the way (nothing without ``overwrite``): into
         ``.previous_run.moving``, renamed ``.previous_run`` once all are there, so a process killed
         midway leaves a folder ``recover_earlier_run`` knows to put back as it is."""
-        if not self.overwrite or not holds_run(self.run_dir):
+        what = self.kind.what
+        if not self.overwrite or not self.kind.holds(self.run_dir):
             return
-        found = _run_entries(self.run_dir)
+        found = self.kind.entries(self.run_dir)
         moving = self.run_dir / ASIDE_MOVING
         with signals_deferred():
             moving.mkdir()
@@ -301,8 +331,8 @@ class EarlierRun:
             for p in found:
                 os.replace(p, moving / p.name)
             os.replace(moving, self.aside)
-            logger.warning("--overwrite: the earlier run's files are set aside in %s until this run saves its first "
-                           "epoch (put back if it ends before): %s", self.aside, ", ".join(p.name for p in found))
+            logger.warning("--overwrite: the earlier %s's files are set aside in %s until this %s saves its first "
+                           "epoch (put back if it ends before): %s", what, self.aside, what, ", ".join(p.name for p in found))
 
     def drop(self) -> None:
         """This run has saved an epoch: remove the earlier run's files for good (nothing if none are aside)."""
@@ -310,51 +340,66 @@ class EarlierRun:
         if not self.pending:
             return
         self.pending = False
+        what = self.kind.what
         names = sorted(p.name for p in self.aside.iterdir())
         try:
             shutil.rmtree(self.aside)
         except OSError as e:  # the next run in the folder removes it (``recover_earlier_run``)
-            logger.warning("--overwrite: cannot remove the earlier run's files in %s (%s)", self.aside, e.strerror or e)
+            logger.warning("--overwrite: cannot remove the earlier %s's files in %s (%s)", what, self.aside, e.strerror or e)
             return
-        logger.warning("--overwrite: this run saved its first epoch; removed the earlier run's files from %s: %s",
-                       self.run_dir, ", ".join(names))
+        logger.warning("--overwrite: this %s saved its first epoch; removed the earlier %s's files from %s: %s",
+                       what, what, self.run_dir, ", ".join(names))
 
     def restore(self) -> None:
         """This run ends without having saved an epoch: remove what it wrote and put the earlier run's files back."""
         self.pending = False
+        what = self.kind.what
         with signals_deferred():
             try:
-                _move_back(self.run_dir)
+                _move_back(self.run_dir, self.kind)
             except OSError as e:  # said, not raised: the exception that ended the run is the one to see
-                logger.error("--overwrite: this run ended before saving an epoch, but the earlier run's files could not "
-                             "be put back from %s (%s): the next run in %s tries again", self.aside, e.strerror or e,
-                             self.run_dir)
+                logger.error("--overwrite: this %s ended before saving an epoch, but the earlier %s's files could not "
+                             "be put back from %s (%s): the next %s in %s tries again", what, what, self.aside,
+                             e.strerror or e, what, self.run_dir)
                 return
-            logger.warning("--overwrite: this run ended before saving an epoch; the earlier run's files are back in %s",
-                           self.run_dir)
+            self.restored = True
+            logger.warning("--overwrite: this %s ended before saving an epoch; the earlier %s's files are back in %s",
+                           what, what, self.run_dir)
 
 
-def recover_earlier_run(run_dir: Path) -> str | None:
+def recover_earlier_run(run_dir: Path, kind: FolderKind = RUN) -> str | None:
     """Settle what an ``--overwrite`` run killed while the earlier run's files were aside
-    (``EarlierRun``: SIGKILL, an out-of-memory kill, a lost machine) left in ``run_dir``, before
-    anything reads the folder: if it had saved an epoch (its ``state_last.pt`` is there) the earlier
-    files are removed, as it would have done ("removed"); else what it wrote is removed and the
-    earlier files are put back ("restored"). Each in one line; None when nothing was left. Never
-    mixes the two runs' files. Call it only while holding the run folder (``hold_run_folder``):
-    another run's ``.previous_run`` is in use while that run lives."""
+    (``EarlierRun``: SIGKILL, an out-of-memory kill, a lost machine) left in ``run_dir`` (a folder of
+    ``kind``), before anything reads the folder: if it had saved an epoch (one of ``kind.saved`` is
+    there: a run's ``state_last.pt``) the earlier files are removed, as it would have done
+    ("removed"); else what it wrote is removed and the earlier files are put back ("restored"). Each
+    in one line; None when nothing was left. Never mixes the two runs' files. Call it only while
+    holding the run folder (``hold_run_folder``): another run's ``.previous_run`` is in use while
+    that run lives."""
     run_dir = Path(run_dir)
     moving, aside = run_dir / ASIDE_MOVING, run_dir / ASIDE
+    what = kind.what
     if not moving.is_dir() and not aside.is_dir():
         return None
-    if not moving.is_dir() and (run_dir / "state_last.pt").exists():
+    if not moving.is_dir() and any((run_dir / f).exists() for f in kind.saved):
         shutil.rmtree(aside)
-        logger.warning("%s: an --overwrite run that was killed after saving its first epoch left the earlier run's "
-                       "files there; removed them, as it would have (%s holds that run)", aside, run_dir)
+        logger.warning("%s: an --overwrite %s that was killed after saving its first epoch left the earlier %s's "
+                       "files there; removed them, as it would have (%s holds that %s)", aside, what, what, run_dir, what)
         return "removed"
-    names = _move_back(run_dir)
-    logger.warning("%s: an --overwrite run was killed before it saved an epoch; the earlier run's files are back in %s "
-                   "(%s), anything that run wrote is removed", aside, run_dir, ", ".join(names))
+    names = _move_back(run_dir, kind)
+    logger.warning("%s: an --overwrite %s was killed before it saved an epoch; the earlier %s's files are back in %s "
+                   "(%s), anything that %s wrote is removed", aside, what, what, run_dir, ", ".join(names), what)
     return "restored"
+
+
+def settle_earlier_run(run_dir: Path, kind: FolderKind = RUN) -> None:
+    """``recover_earlier_run`` for a command that reads the folder before the run (or sweep) holds
+    it (``resumed_options``: a run's ``opt.json``; ``generalisation.py train``: whether the folder
+    holds a sweep to resume): the folder is held for the while (a ``RunFolderError`` if another run
+    holds it now, whose ``.previous_run`` is in use). Nothing to do, nothing held."""
+    if (Path(run_dir) / ASIDE).is_dir() or (Path(run_dir) / ASIDE_MOVING).is_dir():
+        with hold_run_folder(run_dir):
+            recover_earlier_run(run_dir, kind)
 
 
 def _refuse(cfg, clash: dict, asks: str, hint: str = "") -> None:
@@ -481,11 +526,9 @@ def resumed_options(cfg, explicit: set[str]):
 
     from bitmind.training.init_from import option_differences
 
-    if (cfg.run_dir / ASIDE).is_dir() or (cfg.run_dir / ASIDE_MOVING).is_dir():
-        # an --overwrite run killed while the earlier run was aside: settled before its opt.json is read,
-        # so a resume reads the options of the run it resumes, not those of the killed one
-        with hold_run_folder(cfg.run_dir):
-            recover_earlier_run(cfg.run_dir)
+    # an --overwrite run killed while the earlier run was aside: settled before its opt.json is read,
+    # so a resume reads the options of the run it resumes, not those of the killed one
+    settle_earlier_run(cfg.run_dir)
     saved = saved_options(cfg.run_dir)
     if not saved:
         logger.warning("--resume: %s has no readable opt.json; the command line's options are used as given", cfg.run_dir)
@@ -573,6 +616,28 @@ def holds_sweep(out_dir: Path) -> bool:
             or any(holds_run(d) for d in out_dir.glob("*") if d.is_dir()))
 
 
+#: Files a sweep (and ``benchmarks/generalisation.py`` on it) writes into its folder, beside one
+#: sub-folder per variant.
+SWEEP_FILES = ("spec.json", "sweep.json", "sweep_report.json", SWEEP_STATE, "logo_spec.json", "logo_scores.npz")
+
+
+def _sweep_entries(out_dir: Path) -> list[Path]:
+    """What a sweep wrote into ``out_dir``: its files (``SWEEP_FILES``), the temporary files of a
+    state write that a killed sweep left, and each variant's folder (a sub-folder holding anything a
+    run writes, ``_run_entries``), whole."""
+    if not out_dir.is_dir():
+        return []
+    found = [out_dir / f for f in SWEEP_FILES if (out_dir / f).exists()]
+    found += sorted(out_dir.glob(f".{SWEEP_STATE}.*.tmp"))
+    return found + [d for d in sorted(out_dir.iterdir())
+                    if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and _run_entries(d)]
+
+
+#: A sweep's folder (``bitmind.training.sweep``): it has saved an epoch once it wrote its state
+#: (``sweep_state.pt``) or, at its end, its summary (``sweep.json``).
+SWEEP = FolderKind("sweep", _sweep_entries, holds_sweep, (SWEEP_STATE, "sweep.json"))
+
+
 def finished_sweep(out_dir: Path) -> dict | None:
     """The summary (``sweep.json``) of a sweep in ``out_dir`` that ran to its end, else None
     (none, unreadable, or one that stopped early and left its state to resume from)."""
@@ -587,9 +652,11 @@ def prepare_sweep_folder(out_dir: Path, overwrite: bool, resume: bool = False) -
     """``prepare_run_folder`` for a sweep's folder (one sub-folder per variant): one that holds
     a sweep is refused (a ``RunFolderError``) unless ``resume`` (it must hold a state to go on
     from, or a finished sweep, which a resumed run then leaves as it is) or ``overwrite``; the
-    caller then removes it (``remove_earlier_sweep``) once the data has been read. Why: a sweep
-    is the longest run there is (a shipped recipe: 135 epochs on a GPU), and a second one with
-    the same name replaced it variant by variant without a word."""
+    caller then sets it aside (``EarlierRun`` with ``SWEEP``) once the data has been read, and
+    removes it once the new sweep has saved an epoch. Why: a sweep is the longest run there is (a
+    shipped recipe: 135 epochs on a GPU), and a second one with the same name replaced it variant
+    by variant without a word. Changes nothing: what a killed ``--overwrite`` sweep left is
+    settled first by the caller (``recover_earlier_run``, ``settle_earlier_run``)."""
     if resume:
         if not (out_dir / SWEEP_STATE).exists() and finished_sweep(out_dir) is None:
             raise RunFolderError(f"--resume: {out_dir} has no {SWEEP_STATE}, so there is no sweep to resume "
@@ -600,16 +667,3 @@ def prepare_sweep_folder(out_dir: Path, overwrite: bool, resume: bool = False) -
                              "which this one would replace: pass --resume to continue a stopped one (RESUME=1 for the "
                              "scripts), --overwrite to replace it (OVERWRITE=1) or choose another --name / work folder")
 
-
-def remove_earlier_sweep(out_dir: Path) -> None:
-    """``--overwrite``: remove the earlier sweep's variant folders and summary from ``out_dir``."""
-    if not holds_sweep(out_dir):
-        return
-    removed = [d.name for d in sorted(out_dir.glob("*")) if d.is_dir() and holds_run(d)]
-    for name in removed:
-        shutil.rmtree(out_dir / name)
-    for f in ("sweep.json", "sweep_report.json", SWEEP_STATE):
-        if (out_dir / f).exists():
-            (out_dir / f).unlink()
-            removed.append(f)
-    logger.warning("--overwrite: removed the earlier sweep's files from %s: %s", out_dir, ", ".join(removed))

@@ -29,7 +29,9 @@ Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
 ``lr_decay_every``, ``warmup_epochs``, ``weight_decay``, ``beta1``, ``label_smoothing``),
 the auxiliary family head (``aux_weight``: its classes come from the whole training set, so
 every variant's head has the same outputs and a fold's held-out family is a class it never
-trains on) and ``seed`` (weight initialisation). These variant options exist only in sweeps:
+trains on), the one-class term (``real_compact_weight``), what is done to each training patch
+on the device (``patch_size``, ``tile_shuffle``, ``pair_patches``, the ``aug_freq_mask_*`` and
+``aug_cutmix_*`` options) and ``seed`` (weight initialisation). These variant options exist only in sweeps:
 
 - ``train_fraction`` (0-1]: the variant trains on that share of the training pictures
   only (``bitmind.data.in_subset``: by stem, nested, class mix kept on average). It sees
@@ -73,6 +75,13 @@ Ctrl-C finishes; never after the last epoch. A second Ctrl-C (or one while the d
 or the variants are calibrated at the end) stops at once with one line and exit status 130:
 what was trained since the state was last written is lost, and ``--resume`` goes on from that
 state (the line says when there is none).
+
+``--overwrite`` replaces the sweep in the folder as the trainer replaces a run
+(``bitmind.training.run_folder.EarlierRun``): once the data has been read the earlier sweep's
+files (its summary, state, spec and variant folders) are set aside in ``.previous_run``, removed
+once this sweep has saved an epoch (its state, or at its end its summary) and put back if it ends
+before; what a killed sweep left is settled by the next one in the folder. ``sweep.json`` records
+``amp`` as asked and ``amp_resolved`` as it ran (``--amp bf16`` on a CPU trains fp32).
 """
 from __future__ import annotations
 
@@ -127,19 +136,21 @@ try:
         val_metrics,
         validate,
     )
-    from bitmind.training.run_folder import (SWEEP_STATE, RunFolderError, finished_sweep, hold_run_folder, holds_sweep,
-                                             prepare_sweep_folder, remove_earlier_sweep)
+    from bitmind.training.run_folder import (SWEEP, SWEEP_STATE, EarlierRun, RunFolderError, finished_sweep, hold_run_folder,
+                                             holds_sweep, prepare_sweep_folder, recover_earlier_run)
     from bitmind.training.sweep_state import (check_same_sweep, load_sweep_state, remove_partial_states, restore_variant,
                                               save_sweep_state)
     from bitmind.training.trainer import (
         EXIT_STATUS,
         TrainingDataError,
+        amp_name,
         unreadable_training_data,
         build_datasets,
         build_training_model,
         calibrate_checkpoint,
         loader_kwargs,
         prepare_device,
+        say_amp,
         seed_everything,
         train_sampler,
     )
@@ -714,22 +725,35 @@ def report_from_dir(sweep_dirs: str | Path | list, max_members: int = 3, out: st
     return rep
 
 
-def run_sweep(spec: SweepSpec) -> dict:
+def run_sweep(spec: SweepSpec, beside: dict[str, str] | None = None) -> dict:
     """Train every variant of ``spec`` on one data stream; returns the summary written to
     ``sweep.json``. With ``base.resume`` the sweep goes on from its ``sweep_state.pt`` (a
     finished one is left as it is and its summary returned). The first Ctrl-C stops once the
     epoch in progress is trained, validated and its state saved (``stopped: interrupted``); a
     variant whose loss or weights stop being finite numbers stops training and keeps its best
-    (``failed``), the others go on."""
+    (``failed``), the others go on. With ``base.overwrite`` the earlier sweep in the folder is
+    set aside once the data has been read and removed only once this one has saved an epoch
+    (``EarlierRun``): put back if it ends before (every variant diverged in its first epoch: the
+    summary returned then says ``earlier_sweep_kept``, the folder holds none of this sweep's files).
+    ``beside``: files (name: text) a new sweep writes into its folder with its ``spec.json``
+    (``generalisation.py``'s ``logo_spec.json``), after the earlier sweep's are set aside, so they go
+    and come back with them."""
     options = spec.check()  # the base's and every variant's options, checked before the data is read
-    with hold_run_folder(spec.base.run_dir):  # one sweep per folder at a time
-        return _run_sweep(spec, options)
+    base = spec.base
+    with (hold_run_folder(base.run_dir),  # one sweep per folder at a time
+          EarlierRun(base.run_dir, overwrite=bool(base.overwrite and not base.resume), kind=SWEEP) as earlier):
+        summary = _run_sweep(spec, options, earlier, beside or {})
+    if earlier.restored:  # (its files were removed as the block ended): nothing may be written there for this sweep
+        summary["earlier_sweep_kept"] = str(base.run_dir)
+    return summary
 
 
-def _run_sweep(spec: SweepSpec, options) -> dict:
-    """``run_sweep``'s body, run while this process holds the sweep's folder."""
+def _run_sweep(spec: SweepSpec, options, earlier: EarlierRun, beside: dict[str, str]) -> dict:
+    """``run_sweep``'s body, run while this process holds the sweep's folder; ``earlier`` keeps an
+    ``--overwrite``'s earlier sweep aside until this one saves an epoch (its state, or at its end its summary)."""
     base = spec.base
     out_dir = base.run_dir
+    recover_earlier_run(out_dir, SWEEP)  # what a killed --overwrite sweep left, settled before the folder is judged
     # a folder holding a sweep is refused, never replaced silently (unless --resume / --overwrite)
     prepare_sweep_folder(out_dir, base.overwrite, base.resume)
     if base.resume:
@@ -742,13 +766,18 @@ def _run_sweep(spec: SweepSpec, options) -> dict:
     device = prepare_device(base)
     seed_everything(base.seed)
     amp_dtype = resolve_amp(base.amp, device)
+    amp_used = amp_name(amp_dtype)  # recorded beside ``amp`` as asked: bf16 asked on a CPU trains fp32
+    say_amp(base.amp, amp_used, device, records="sweep.json and the variants' checkpoints")
 
     train_ds, val_ds, counts = build_datasets(base)
-    if base.overwrite and not base.resume:  # only once the data has been read: a typo in --data never costs the earlier sweep
-        remove_earlier_sweep(out_dir)
+    # only once the data has been read: a typo in --data never costs the earlier sweep; --overwrite sets it aside
+    # until this sweep saves an epoch (put back if it ends before)
+    earlier.set_aside()
     out_dir.mkdir(parents=True, exist_ok=True)
     if not base.resume:
         (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+        for name, text in beside.items():
+            atomic_write_text(out_dir / name, text)
     print("training set:\n" + train_ds.summary(), flush=True)
     t0 = time.time()
     val_x, val_y, val_sources, val_photo_sources = load_val_challenges(val_ds, spec.val_seeds, base.workers,
@@ -867,7 +896,7 @@ def _run_sweep(spec: SweepSpec, options) -> dict:
                     log_epoch(v.writer, rec)
                     meta_extra = {"metrics": {"val": m, "epoch": epoch, "val_seeds": spec.val_seeds},
                                   "train_options": {**v.cfg.to_dict(), **options[v.name][1], "sweep": str(out_dir),
-                                                    **v.aux_meta}}
+                                                    "amp_resolved": amp_used, **v.aux_meta}}
                     improved |= save_if_best(v.best, selection_score(m), epoch, m, v.eval_model, v.cfg.arch, v.run_dir,
                                              meta_extra, logits, val_y, val_mask=v.val_mask)
                     line.append(f"{v.name} loss={rec['train_loss']:.3f} acc={m['accuracy']:.3f}")
@@ -895,8 +924,9 @@ def _run_sweep(spec: SweepSpec, options) -> dict:
             if epoch < base.epochs - 1 and (improved or ctrl_c.requested or time.time() - last_state >= spec.state_every_s):
                 save_sweep_state(out_dir, epoch, variants, place())
                 last_state = time.time()
+                earlier.drop()  # --overwrite: this sweep can be resumed, the earlier sweep's files go for good
             if ctrl_c.requested and epoch < base.epochs - 1:
-                stopped = "terminated" if ctrl_c.signum == signal.SIGTERM else "interrupted"
+                stopped = ctrl_c.reason  # interrupted (Ctrl-C) or terminated (SIGTERM)
                 print(f"stopped after epoch {epoch} ({ctrl_c.name}): {out_dir} keeps every variant's best and the state after "
                       "this epoch; the same command with --resume (RESUME=1 for the scripts) goes on from there",
                       file=sys.stderr, flush=True)
@@ -928,10 +958,13 @@ def _run_sweep(spec: SweepSpec, options) -> dict:
                                 if len(best_logits) > 1 and spec.ensemble_members > 1 else []),
                "val_challenges": int(len(val_y)), "val_seeds": spec.val_seeds, "epochs": base.epochs,
                "planned_epochs": plan["epochs"], "val_from": spec.val_from,
-               "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts}
+               "seconds": seconds, "images_per_second": images_seen / max(seconds, 1e-9), "splits": counts,
+               "amp": base.amp, "amp_resolved": amp_used}  # as asked, and as it ran
     if stopped:
         summary.update(stopped=stopped, epochs_run=epoch + (stopped in ("interrupted", "terminated")))
     atomic_write_text(out_dir / "sweep.json", json.dumps(summary, indent=2))
+    if best_logits:  # --overwrite: a variant saved a best epoch, and the summary says so; else the earlier sweep comes back
+        earlier.drop()
     if not stopped and (out_dir / SWEEP_STATE).exists():  # ran to its end (and says so): nothing left to resume
         (out_dir / SWEEP_STATE).unlink()
     print("\nvariant                best-epoch  val-acc  val-AP  real-acc  fake-acc")
@@ -954,7 +987,8 @@ SWEEP_MARKS = ("spec.json", SWEEP_STATE, "sweep.json")
 def sweep_marks(out_dir: Path) -> dict:
     """``file_marks`` of ``SWEEP_MARKS`` in ``out_dir``, taken before a command runs its sweep,
     so that ``interrupted_sweep_message`` tells the files the command wrote from those of an
-    earlier sweep (which ``--overwrite`` removes only once the data has been read)."""
+    earlier sweep (which ``--overwrite`` sets aside only once the data has been read, and removes
+    only once this sweep has saved an epoch)."""
     return file_marks(out_dir / name for name in SWEEP_MARKS)
 
 
@@ -966,6 +1000,9 @@ def interrupted_sweep_message(out_dir: Path, before: dict, resume: bool = False,
     ``sweep_marks`` when the command started; a file unchanged since is an earlier sweep's,
     unless the command resumes that sweep."""
     how = stop_name()  # Ctrl-C, or SIGTERM while a StopSignal is handled
+    if getattr(sys.exc_info()[1], "earlier_run_kept", None):  # set by EarlierRun as the stop left ``run_sweep``
+        return (f"stopped ({how}) before this sweep saved an epoch: {out_dir} holds the earlier sweep's files as they "
+                "were (--overwrite replaces them only once an epoch is saved); run the command again")
     written = {path.name for path in written_since(before)}
     ours = {name for name in SWEEP_MARKS if (out_dir / name).exists() and (resume or name in written)}
     if "sweep.json" in ours and finished_sweep(out_dir) is not None:

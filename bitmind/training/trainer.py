@@ -46,7 +46,7 @@ from bitmind.data.dataset import worker_init
 from bitmind.data.families import aux_classes, class_family_shares, parse_family_share, sampling_family
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
-from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_name
+from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_name, stop_reason
 from bitmind.training.config import TrainConfig
 from bitmind.training.init_from import init_weights, load_weights
 from bitmind.training.run_folder import (EarlierRun, RunFolderError, check_resume_matches, hold_run_folder, prepare_run_folder,
@@ -538,11 +538,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
             if ctrl_c.requested:  # Ctrl-C (2) or SIGTERM (3): stop now that this epoch's files are complete
                 stop[0] = 3 if ctrl_c.signum == signal.SIGTERM else 2
             stop = torch.tensor([float(agreed(int(stop.item()), world))])
-            if stop.item() >= 2:
-                stopped = "terminated" if stop.item() == 3 else "interrupted"
+            if stop.item() >= 2:  # the signal the ranks agreed on: a SIGTERM on any rank is one for all
+                signum = signal.SIGTERM if stop.item() == 3 else signal.SIGINT
+                stopped = stop_reason(signum)
                 if is_main:
-                    show(f"stopped after epoch {epoch} ({'SIGTERM' if stop.item() == 3 else 'Ctrl-C'}): {run_dir} keeps "
-                         "every finished epoch; the same command with --resume goes on from there")
+                    show(f"stopped after epoch {epoch} ({'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}): {run_dir} "
+                         "keeps every finished epoch; the same command with --resume goes on from there")
             if stop.item():
                 break
     finally:  # also when the run fails: Ctrl-C must stop a process that is not training any more
@@ -577,19 +578,19 @@ def amp_name(dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "none")
 
 
-def say_amp(asked: str, used: str, device: torch.device) -> None:
+def say_amp(asked: str, used: str, device: torch.device, records: str = "opt.json and the checkpoints") -> None:
     """One line at a run's start where ``--amp asked`` is not what runs (``used``): bf16/fp16 off
     CUDA run in fp32 (autocast is used on CUDA only). Why: ``--amp bf16`` on a CPU trained in fp32
     without a word, and opt.json and the checkpoints' ``train_options`` said bf16; they now record
     ``amp`` as asked (a resume asks it again, on whatever device it runs) and ``amp_resolved`` as
-    it ran."""
+    it ran. ``records``: the files that record both (a sweep: its sweep.json and checkpoints)."""
     if asked == used:
         return
     if asked == "auto":
-        logger.info("--amp auto: %s on %s (recorded as amp_resolved in opt.json and the checkpoints)", used, device)
+        logger.info("--amp auto: %s on %s (recorded as amp_resolved in %s)", used, device, records)
         return
-    show(f"--amp {asked}: mixed precision runs on CUDA only, so this run on {device} trains in fp32 (opt.json and "
-         f"the checkpoints record amp {asked!r} as asked and amp_resolved {used!r} as it ran)", logging.WARNING)
+    show(f"--amp {asked}: mixed precision runs on CUDA only, so this run on {device} trains in fp32 ({records} "
+         f"record amp {asked!r} as asked and amp_resolved {used!r} as it ran)", logging.WARNING)
 
 
 #: Why a run stops early (index 0: it does not); the agreed reason is the largest index any rank has.
