@@ -3,6 +3,7 @@ classes (``--aug_cutmix_prob``, ``bitmind.training.loop.mix_classes``) and the o
 on real photos (``--real_compact_weight``, ``Learner.compact_term``)."""
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -12,7 +13,7 @@ from bitmind.models.npr import NPR, with_aux_outputs
 from bitmind.training import TrainConfig, parse_config
 from bitmind.training.config import ConfigError
 from bitmind.training.loop import Learner, check_cutmix, mix_classes
-from bitmind.training.sweep import SweepSpec
+from bitmind.training.sweep import SweepSpec, run_sweep
 from conftest import hear
 
 
@@ -107,7 +108,7 @@ def test_the_one_class_term_is_the_real_photos_share_of_the_batch_spread():
     learner.model.train()
     x, y = torch.rand(6, 3, 32, 32), torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     learner.model(x)
-    f = learner._pooled.flatten(1).detach().clone()
+    f = learner.pooled.value.flatten(1).detach().clone()
     term = learner.compact_term(y < 0.5)
     centre = f[:3].mean(0)  # the first batch sets the centre
     spread = ((f - f.mean(0)) ** 2).sum(1).mean()
@@ -122,7 +123,7 @@ def test_shrinking_every_feature_alike_does_not_lower_the_one_class_term():
     rewarded the shrinking, and held a whole LOGO run at chance."""
     learner = _learner(real_compact_weight=0.5)
     f = (torch.rand(8, 16) + 0.5).requires_grad_()
-    learner._pooled = f
+    learner.pooled.value = f
     learner.compact_term(torch.tensor([True, False] * 4)).backward()
     g, v = f.grad, f.detach()
     assert abs(float((g * v).sum())) < 1e-5 * float(g.norm() * v.norm())
@@ -136,7 +137,7 @@ def test_the_one_class_term_falls_as_real_photos_gather_and_rises_as_generated_o
 
     def term(features: torch.Tensor) -> float:
         learner = _learner(real_compact_weight=0.5)  # a fresh centre: this batch's real mean
-        learner._pooled = features
+        learner.pooled.value = features
         return float(learner.compact_term(real))
 
     gathered, joined = f.clone(), f.clone()
@@ -146,32 +147,95 @@ def test_the_one_class_term_falls_as_real_photos_gather_and_rises_as_generated_o
 
 
 def test_steps_with_both_options_train_and_record_the_term_apart():
-    learner = _learner(real_compact_weight=0.2, aug_cutmix_prob=0.5, aux_weight=0.1)
-    model = with_aux_outputs(learner.model, 2)
-    learner = Learner(model, learner.cfg, None)
+    torch.manual_seed(0)
+    model = with_aux_outputs(NPR(layers=[1, 1], width=8, stem_pool=False), 2)
+    cfg = TrainConfig(device="cpu", seed=0, real_compact_weight=0.2, aug_cutmix_prob=0.5, aux_weight=0.1).check()
+    learner = Learner(model, cfg, None)
     learner.set_aux(["real", "a"], [0, 1, 0, 1])
     learner.begin_epoch(0)
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
-    before = [p.detach().clone() for p in model.parameters()]
     for _ in range(3):
         learner.step(x, y, aux=torch.tensor([0, 1, 0, 1]))
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     rec = learner.aux_record
     assert set(rec) == {"train_aux_loss", "train_compact_loss"} and rec["train_compact_loss"] > 0
     assert "train_compact_loss" not in _learner().aux_record  # off: nothing recorded
 
 
-def test_a_resumed_learner_goes_on_with_the_mix_draws_and_the_real_centre():
-    a = _learner(real_compact_weight=0.2, aug_cutmix_prob=1.0)
-    a.begin_epoch(0)
+def test_the_one_class_term_is_part_of_what_a_step_minimises():
+    """The same start and batch with and without the term: the weights move differently."""
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
-    a.step(x, y)
+    moved = []
+    for weight in (0.0, 1.0):
+        learner = _learner(real_compact_weight=weight)
+        learner.begin_epoch(0)
+        learner.step(x, y)
+        moved.append([p.detach().clone() for p in learner.model.parameters()])
+    assert any(not torch.allclose(a, b) for a, b in zip(*moved))
+
+
+def test_a_batch_without_real_photos_leaves_the_real_centre_unset_and_adds_nothing():
+    learner = _learner(real_compact_weight=0.5)
+    learner.model.train()
+    learner.model(torch.rand(4, 3, 32, 32))
+    term = learner.compact_term(torch.zeros(4, dtype=torch.bool))
+    assert float(term.detach()) == 0.0 and bool(torch.isnan(learner.real_centre).all())
+    learner.model(torch.rand(4, 3, 32, 32))
+    f = learner.pooled.value.flatten(1).detach().clone()
+    learner.compact_term(torch.tensor([True, True, False, False]))
+    assert torch.allclose(learner.real_centre, f[:2].mean(0))  # the first real photos set it, not a pull from zero
+
+
+def test_a_copy_of_the_model_leaves_the_learner_behind():
+    """Weight averaging deep-copies the model with its hooks; the hook must not take the learner
+    (optimiser, TensorBoard writer, loader queues: a sweep with both crashed) into the copy."""
+    import copy
+    import threading
+
+    learner = _learner(real_compact_weight=0.2)
+    learner.cannot_be_copied = threading.Lock()
+    twin = copy.deepcopy(learner.model)
+    torch.optim.swa_utils.AveragedModel(learner.model)
+    twin.train()
+    twin(torch.rand(2, 3, 32, 32))
+    assert learner.pooled.value is None  # the copy's forward fills its own holder, not the learner's
+
+
+def test_the_one_class_term_with_every_patch_mixed_or_with_paired_patches_is_refused():
+    with pytest.raises(ConfigError, match="real_compact_weight"):
+        TrainConfig(real_compact_weight=0.2, aug_cutmix_prob=1.0, device="cpu").check()
+    with pytest.raises(ConfigError, match="pair_patches"):
+        TrainConfig(aug_cutmix_prob=0.5, balance="family", pair_aligned=True, pair_patches=True, device="cpu").check()
+
+
+def test_a_sweep_trains_both_options_with_weight_averaging(tmp_path):
+    """End to end on a tiny sweep: each option as a variant, the one-class one with weight averaging."""
+    from test_sweep_and_models import tiny_sweep_base
+    from validator_synth import make_folder
+
+    torch.set_num_threads(1)
+    data = make_folder(tmp_path / "data", n_per_class=12, seed=3, size=64)
+    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "s", epochs=2, patch_size=32),
+                                "val_seeds": [0], "val_from": 1,
+                                "variants": {"oc": {"real_compact_weight": 0.2, "swa_start": 1},
+                                             "cm": {"aug_cutmix_prob": 0.5}}})
+    summary = run_sweep(spec)
+    assert set(summary["variants"]) == {"oc", "cm"}
+    hist = json.loads((tmp_path / "ck" / "s" / "oc" / "history.json").read_text())
+    assert hist[-1]["averaged"] and hist[-1]["train_compact_loss"] > 0
+
+
+def test_a_resumed_learner_goes_on_with_the_mix_draws_and_the_real_centre():
+    a = _learner(real_compact_weight=0.2, aug_cutmix_prob=0.5)
+    a.begin_epoch(0)
+    x, y = torch.rand(8, 3, 32, 32), torch.tensor([0.0, 1.0] * 4)
+    for _ in range(3):
+        a.step(x, y)
+    assert not bool(torch.isnan(a.real_centre).any())  # real photos left unmixed have set it
     state = a.rng_state()
-    b = _learner(real_compact_weight=0.2, aug_cutmix_prob=1.0)
+    b = _learner(real_compact_weight=0.2, aug_cutmix_prob=0.5)
     b.load_rng_state(state)
     assert torch.equal(b.real_centre, a.real_centre)
-    ga, gb = a.mix_gen, b.mix_gen
-    assert torch.equal(torch.rand(5, generator=ga), torch.rand(5, generator=gb))
+    assert torch.equal(torch.rand(5, generator=a.mix_gen), torch.rand(5, generator=b.mix_gen))
 
 
 def test_a_sweep_variant_may_set_both_options():

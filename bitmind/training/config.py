@@ -107,7 +107,8 @@ class TrainConfig:
                                           "photo's pooled features from the real photos' running mean, over the "
                                           "batch's spread (0: off; Learner.compact_term). Real photos learn one compact "
                                           "cluster and whatever lies outside it reads as generated, a generator never "
-                                          "seen included (npr, mean pool)")
+                                          "seen included (npr, mean pool; with --aug_cutmix_prob p it reads the real "
+                                          "photos left unmixed, about 1 - p of them)")
     patch_size: int = opt(0, "train on one random square of this side per image (0: the whole image); the model is "
                              "served on the whole picture, its global pool averaging the patches (shipped recipe: 96)")
     tile_shuffle: int = opt(0, "cut each training image (after --patch_size) into tiles of this side and put them back in a "
@@ -135,7 +136,8 @@ class TrainConfig:
                                       "class pasted at the same place, its label (and auxiliary class) the "
                                       "area-weighted mix: the evidence for 'generated' is local, not what the "
                                       "picture shows (CutMix across classes, on the device after the patch is cut; 0: off)")
-    aug_cutmix_area: list[float] = opt([0.25, 0.75], "area share of the pasted rectangle (min max, within (0, 1))")
+    aug_cutmix_area: list[float] = opt([0.25, 0.75], "area share of the pasted rectangle (min max, within (0, 1); met to "
+                                                     "the rounding of its sides to even pixels, never the whole patch)")
     val_challenge: bool = opt(True, "validate through the validator pipeline (seeded), as miners are scored")
     calibrate: bool = opt(True, "fit Platt scaling on the validation logits and store it in the best checkpoint")
     calibration_real_target: float = opt(0.0, "then put the boundary where this share of the validation real photos "
@@ -241,6 +243,12 @@ class TrainConfig:
         if self.real_compact_weight and (self.arch != "npr" or self.pool != "mean"):
             raise ConfigError("--real_compact_weight needs the npr architecture with the mean pool (it reads the "
                               "pooled features the mean pool's classifier sees)")
+        if self.real_compact_weight and self.aug_cutmix_prob >= 1.0:
+            raise ConfigError("--real_compact_weight with --aug_cutmix_prob 1: the one-class term reads the real photos "
+                              "left unmixed (about 1 - p of them), so with every patch mixed it would never apply")
+        if self.aug_cutmix_prob and self.pair_patches:
+            raise ConfigError("--aug_cutmix_prob with --pair_patches: each patch gets its own pasted rectangle and "
+                              "partner, so a round trip and its real photo would differ by more than the decoder")
         if self.aux_weight and self.init_from:
             raise ConfigError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
                               "start from; train the auxiliary head from scratch")

@@ -155,6 +155,23 @@ def join_batches(group: list, device: torch.device, channels_last: bool) -> tupl
 
 
 # ---------------------------------------------------------------------------- training
+class PooledFeatures:
+    """A forward hook that keeps the output of the module it is on (the global pool) while that
+    module trains, for ``Learner.compact_term``; nothing in evaluation. A holder of its own, not
+    a method of the learner: a copy of the model (weight averaging's ``AveragedModel`` deep-copies
+    it) copies its hooks, and a bound method dragged the whole learner (optimiser, TensorBoard
+    writer, loader queues) into the copy, which failed; a copy of this one starts empty."""
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        self.value = output if module.training else None
+
+    def __deepcopy__(self, memo) -> "PooledFeatures":
+        return PooledFeatures()
+
+
 class Learner:
     """A model being trained: optimiser (Adam per ``cfg``), loss, gradient scaler (enabled
     for fp16 autocast, which underflows without one) and the running loss of the epoch.
@@ -190,11 +207,11 @@ class Learner:
         self.mix_prob, self.mix_area = check_cutmix(cfg.aug_cutmix_prob, cfg.aug_cutmix_area)
         self.mix_gen = torch.Generator().manual_seed(cfg.seed + 3)  # cross-class CutMix: a fourth
         self.compact_weight = float(getattr(cfg, "real_compact_weight", 0.0) or 0.0)
-        self.real_centre: torch.Tensor | None = None  # real_compact_weight: the real photos' running mean direction
+        self.real_centre: torch.Tensor | None = None  # real_compact_weight: the real photos' running mean features
         self.compact_loss_sum: torch.Tensor | float = 0.0
-        self._pooled: torch.Tensor | None = None
+        self.pooled = PooledFeatures()
         if self.compact_weight:  # the pooled features the mean pool's classifier reads, caught on the way
-            model.avgpool.register_forward_hook(self._keep_pooled)
+            model.avgpool.register_forward_hook(self.pooled)
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
         self.aux_names: list[str] = []  # aux_weight: the head's classes and each training item's class (``set_aux``)
         self.aux_labels: torch.Tensor | None = None
@@ -219,10 +236,6 @@ class Learner:
             rec["train_compact_loss"] = float(self.compact_loss_sum) / max(self.loss_n, 1)
         return rec
 
-    def _keep_pooled(self, _module, _inputs, output) -> None:
-        """Forward hook on the model's global pool: keep its output while training (``compact_term``)."""
-        self._pooled = output if self.model.training else None
-
     def compact_term(self, real: torch.Tensor) -> torch.Tensor:
         """The one-class term of the batch just run forward (``real_compact_weight``): the mean
         squared distance of each real photo's pooled features (rows where ``real`` is 1) from the
@@ -231,25 +244,27 @@ class Learner:
         the batch's variance the real photos take. The spread is not detached: then shrinking
         every feature alike changes nothing and only setting the real photos apart from the
         rest lowers the term. (Detached, its pull grew as the features shrank, and on the
-        pools' faint traces it held all fourteen models of a LOGO run at a detector loss of
+        pools' faint traces it held all seven models of its LOGO arm at a detector loss of
         0.693 for 52 epochs: thirty-seventh session.) Why: a detector trained to tell
         known generators from photos learns where those generators lie; one whose real photos
         form one tight cluster calls whatever falls outside it generated, which is how one-class
         losses carried detectors to attacks they had never seen (OC-Softmax, Zhang et al., IEEE
         SPL 2021). Distances, not cosines: the pooled features follow a ReLU, so every pair of
         them is already close in angle. Weights instead of a boolean index: no host sync; a
-        batch without real photos adds nothing and keeps the centre."""
-        f = self._pooled.flatten(1).float()[: len(real)]  # flip_mean: the unflipped views
-        self._pooled = None
+        batch without real photos adds nothing and keeps the centre (before the first real photo
+        the centre is unset, NaN, and the first batch with real photos sets it)."""
+        f = self.pooled.value.flatten(1).float()[: len(real)]  # flip_mean: the unflipped views
+        self.pooled.value = None
         w = real.float()
         n = w.sum()
         batch_mean = (f.detach() * w[:, None]).sum(0) / n.clamp(min=1.0)
         if self.real_centre is None:
-            self.real_centre = batch_mean
-        else:
-            self.real_centre = torch.where(n > 0, 0.9 * self.real_centre + 0.1 * batch_mean, self.real_centre)
+            self.real_centre = torch.full_like(batch_mean, float("nan"))
+        moved = torch.where(torch.isnan(self.real_centre), batch_mean, 0.9 * self.real_centre + 0.1 * batch_mean)
+        self.real_centre = torch.where(n > 0, moved, self.real_centre)
         spread = ((f - f.mean(0)) ** 2).sum(1).mean().clamp(min=1e-8)
-        return (((f - self.real_centre) ** 2).sum(1) * w).sum() / n.clamp(min=1.0) / spread
+        centre = torch.nan_to_num(self.real_centre)  # still unset only where no row counts (w all 0)
+        return (((f - centre) ** 2).sum(1) * w).sum() / n.clamp(min=1.0) / spread
 
     @property
     def aux_meta(self) -> dict:
@@ -288,7 +303,7 @@ class Learner:
             detector_loss, aux_loss = self.criterion(out[:, 0], target), F.cross_entropy(out[:, 1:], aux)
             loss = detector_loss + self.cfg.aux_weight * aux_loss
             self.aux_loss_sum = self.aux_loss_sum + aux_loss.detach() * len(y)
-        if self.compact_weight and self._pooled is not None:
+        if self.compact_weight and self.pooled.value is not None:
             real = (y < 0.5) if mixed is None else (y < 0.5) & ~mixed
             compact = self.compact_term(real)
             loss = loss + self.compact_weight * compact
@@ -313,8 +328,9 @@ class Learner:
         return not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
 
     def rng_state(self) -> dict[str, torch.Tensor]:
-        """Where the patch-offset, tile-order and frequency-mask streams are: saved with a resumable state,
-        so a resumed run goes on with new patches instead of repeating the first epochs' draws."""
+        """Where the patch-offset, tile-order, frequency-mask and CutMix streams are, and the one-class
+        term's running real centre: saved with a resumable state, so a resumed run goes on with new
+        patches instead of repeating the first epochs' draws."""
         state = {"patch_rng": self.patch_gen.get_state(), "tile_rng": self.tile_gen.get_state(),
                  "freq_rng": self.freq_gen.get_state(), "mix_rng": self.mix_gen.get_state()}
         if self.real_centre is not None:  # real_compact_weight: the running centre goes on where it was
@@ -466,8 +482,9 @@ def mix_classes(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, aux: tor
                 prob: float, area: tuple[float, float], generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """CutMix across classes: with probability ``prob`` each image of a (B, C, H, W) batch takes,
-    in a random rectangle of ``area`` (a share of the image, drawn in that range; sides and
-    offset even, on the NPR's 2 x 2 grid), the pixels at the same place of a random image of
+    in a random rectangle of ``area`` (a share of the image, drawn in that range, height to
+    width between 1:2 and 2:1; sides and offset even, on the NPR's 2 x 2 grid, so the share is
+    met to that rounding, and never the whole image), the pixels at the same place of a random image of
     the other class (``y``: 0 real, 1 generated). Its ``target`` becomes the area-weighted mix
     of the two targets, and its auxiliary class (``aux``, indices among ``n_aux``) the same
     mix of the two classes as probabilities. Images with no partner of the other class stay as
@@ -484,9 +501,13 @@ def mix_classes(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, aux: tor
     scores = to_device_async(torch.rand(b, b, generator=generator), dev)  # a random partner of the other
     partner = scores.masked_fill(y[:, None] == y[None, :], -1.0).argmax(1)  # class (none: the row checks below)
     share = torch.empty(b).uniform_(area[0], area[1], generator=generator)
-    aspect = torch.exp(torch.empty(b).uniform_(-math.log(2.0), math.log(2.0), generator=generator))
+    # height:width between 1:2 and 2:1, and never beyond what keeps both sides within the image
+    # (a side clamped to the image shrank the area below the range asked for)
+    lo, hi = torch.log(share.clamp(min=0.5)), torch.log((1.0 / share).clamp(max=2.0))
+    aspect = torch.exp(lo + (hi - lo) * torch.rand(b, generator=generator))
     bh = (2 * torch.round(torch.sqrt(share * aspect) * h / 2)).clamp(2, h - h % 2).long()
     bw = (2 * torch.round(torch.sqrt(share / aspect) * w / 2)).clamp(2, w - w % 2).long()
+    bh = torch.where((bh >= h) & (bw >= w), bh - 2, bh).clamp(min=2)  # rounded up to the whole image: one row pair less
     oy = 2 * (torch.rand(b, generator=generator) * ((h - bh) // 2 + 1)).long()
     ox = 2 * (torch.rand(b, generator=generator) * ((w - bw) // 2 + 1)).long()
     draw = torch.rand(b, generator=generator) < prob
