@@ -304,3 +304,12 @@ def listen(caplog):
     yield lambda name: undos.append(hear(caplog, name))
     for undo in reversed(undos):
         undo()
+
+
+@pytest.fixture
+def run_folder_logs(caplog):
+    """``caplog`` hearing the run folder's logger (``bitmind.training.run_folder``: what
+    ``--overwrite`` set aside, put back or removed) at INFO."""
+    undo = hear(caplog, "bitmind.training.run_folder")
+    yield caplog
+    undo()

@@ -11,7 +11,6 @@ epoch is finished and saved, the best checkpoint calibrated and the summary writ
 trainer exits 143."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,10 +26,10 @@ import torch
 
 from bitmind.checkpoint import read_checkpoint
 from bitmind.training import train
-from bitmind.training.run_folder import ASIDE, ASIDE_MOVING, SWEEP_STATE, RunFolderError, recover_earlier_run
+from bitmind.training.run_folder import (ASIDE, ASIDE_KIND, ASIDE_MOVING, SWEEP, SWEEP_STATE, RunFolderError,
+                                         recover_earlier_run)
 from bitmind.training.trainer import TrainingDataError
-from conftest import hear
-from train_helpers import tiny_config
+from train_helpers import in_epoch_0, kill_when_it_says, looking_aside, tiny_config, tree
 from validator_synth import make_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,34 +57,11 @@ def run(earlier, tmp_path) -> Path:
     return tmp_path / "t"
 
 
-@pytest.fixture
-def logs(caplog):
-    """``caplog`` hearing the run folder's logger at INFO (another test's logging set-up may keep
-    its records from the root logger)."""
-    undo = hear(caplog, "bitmind.training.run_folder")
-    yield caplog
-    undo()
-
-
-def _tree(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones too) by its path there: its SHA-256."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _in_epoch_0(action):
-    """A ``train_one_epoch`` that runs ``action()`` as the first epoch it trains starts."""
+    """The trainer's ``train_one_epoch`` running ``action()`` as its first epoch starts."""
     from bitmind.training import trainer
 
-    real, state = trainer.train_one_epoch, {"done": False}
-
-    def epoch(*a, **kw):
-        if not state["done"]:
-            state["done"] = True
-            action()
-        return real(*a, **kw)
-
-    return epoch
+    return in_epoch_0(trainer.train_one_epoch, action)
 
 
 def _press_ctrl_c_twice():
@@ -109,10 +85,11 @@ ENDINGS = {
 
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
-def test_an_overwrite_run_that_ends_before_saving_an_epoch_keeps_the_earlier_run(ending, data, run, monkeypatch, logs):
+def test_an_overwrite_run_that_ends_before_saving_an_epoch_keeps_the_earlier_run(ending, data, run, monkeypatch,
+                                                                               run_folder_logs):
     from bitmind.training import trainer
 
-    before = _tree(run)
+    before = tree(run)
     best = (run / "model_epoch_best.pth").read_bytes()
     patch, raised = ENDINGS[ending]
     patch(trainer, monkeypatch)
@@ -123,8 +100,8 @@ def test_an_overwrite_run_that_ends_before_saving_an_epoch_keeps_the_earlier_run
         with pytest.raises(raised):
             train(cfg)
     assert (run / "model_epoch_best.pth").read_bytes() == best  # the earlier best model, byte for byte
-    assert _tree(run) == before  # and all of the earlier run, nothing of the new one (no .previous_run left)
-    assert "the earlier run's files are back in" in logs.text
+    assert tree(run) == before  # and all of the earlier run, nothing of the new one (no .previous_run left)
+    assert "the earlier run's files are back in" in run_folder_logs.text
     monkeypatch.undo()
     if ending == "ctrl-c twice in epoch 0":  # the earlier run goes on with --resume, the folder's lock long released
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -134,26 +111,21 @@ def test_an_overwrite_run_that_ends_before_saving_an_epoch_keeps_the_earlier_run
 
 
 def test_an_overwrite_run_keeps_the_earlier_run_until_its_first_epoch_is_saved_then_leaves_no_trace_of_it(
-        data, run, monkeypatch, logs):
+        data, run, monkeypatch, run_folder_logs):
     from bitmind.training import trainer
 
-    old = _tree(run)
-    seen = {}
-
-    def look():  # as the new run's first epoch starts: the earlier best is aside, not gone
-        seen["aside"] = _tree(run / ASIDE) if (run / ASIDE).is_dir() else {}
-        seen["top"] = sorted(p.name for p in run.iterdir())
-
+    old = tree(run)
+    seen, look = looking_aside(run)  # as the new run's first epoch starts: the earlier best is aside, not gone
     monkeypatch.setattr(trainer, "train_one_epoch", _in_epoch_0(look))
     summary = train(tiny_config(data, run.parent, epochs=2, lr=1e-3, seed=1, overwrite=True))
     assert seen["aside"].get("model_epoch_best.pth") == old["model_epoch_best.pth"]
     assert "model_epoch_best.pth" not in seen["top"] and "state_last.pt" not in seen["top"]  # nothing mixed in
     assert [h["epoch"] for h in summary["history"]] == [0, 1] and "calibration" in summary
-    now = _tree(run)
+    now = tree(run)
     assert not any(name.startswith(ASIDE) for name in now) and not (run / ASIDE_MOVING).exists()
     assert not set(now.values()) & set(old.values())  # no file of the earlier run, under any name
     assert json.loads((run / "opt.json").read_text())["lr"] == 1e-3
-    assert "removed the earlier run's files" in logs.text
+    assert "removed the earlier run's files" in run_folder_logs.text
 
 
 def test_two_sigterms_in_an_overwrite_runs_first_epoch_end_in_one_line_143_and_the_earlier_run(data, run, monkeypatch,
@@ -165,7 +137,7 @@ def test_two_sigterms_in_an_overwrite_runs_first_epoch_end_in_one_line_143_and_t
     spec = importlib.util.spec_from_file_location("train_detector_sigterm", REPO / "base_miner" / "NPR" / "train_detector.py")
     entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(entry)
-    before = _tree(run)
+    before = tree(run)
     monkeypatch.setattr(trainer, "train_one_epoch",
                         _in_epoch_0(lambda: [os.kill(os.getpid(), signal.SIGTERM) for _ in range(2)]))
     with pytest.raises(SystemExit) as ended:
@@ -177,7 +149,7 @@ def test_two_sigterms_in_an_overwrite_runs_first_epoch_end_in_one_line_143_and_t
     assert err.rstrip("\n").splitlines()[-1] == (f"stopped (SIGTERM) before this run saved an epoch: {run} holds the "
                                                  "earlier run's files as they were (--overwrite replaces them only once "
                                                  "an epoch is saved); run the command again")
-    assert _tree(run) == before
+    assert tree(run) == before
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -185,54 +157,47 @@ _KILLED_RUN = """
 import sys, time
 from pathlib import Path
 from bitmind.training import train, trainer
+from bitmind.training.run_folder import EarlierRun
 from train_helpers import tiny_config
 
-def epoch(*a, **kw):  # the first epoch never ends: the test kills this process (SIGKILL) here
-    print("in epoch 0", flush=True)
+def killed_here(*a, **kw):  # never returns: the test kills this process (SIGKILL) here
+    print("killed here", flush=True)
     time.sleep(120)
 
-trainer.train_one_epoch = epoch
+if sys.argv[3] == "in epoch 0":
+    trainer.train_one_epoch = killed_here
+else:  # after saving epoch 0: its files are written, the earlier run's not yet removed
+    EarlierRun.drop = killed_here
 train(tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), epochs=3, lr=1e-3, overwrite=True))
 """
 
 
-def _killed_in_epoch_0(data: Path, run: Path) -> None:
-    """An --overwrite run of ``run`` killed (SIGKILL: no clean-up at all) in its first epoch."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_KILLED_RUN), str(data), str(run.parent)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"})
-    guard = threading.Timer(120, proc.kill)  # a run that never gets there fails the test, never hangs it
-    guard.start()
-    try:
-        for line in proc.stdout:  # the run's own lines first
-            if line.strip() == "in epoch 0":
-                break
-        else:
-            pytest.fail(proc.stderr.read()[-3000:])
-    finally:
-        guard.cancel()
-        proc.kill()
-        proc.wait()
+def _killed_in_epoch_0(data: Path, run: Path, when: str = "in epoch 0") -> None:
+    """An --overwrite run of ``run`` killed (SIGKILL: no clean-up at all) in its first epoch, or
+    ``when`` "after saving epoch 0" (before it removed the earlier run's files)."""
+    kill_when_it_says([sys.executable, "-c", textwrap.dedent(_KILLED_RUN), str(data), str(run.parent), when],
+                      "killed here", cwd=REPO,
+                      env={**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"})
     assert (run / ASIDE / "model_epoch_best.pth").is_file() and (run / "opt.json").is_file()  # what it left
 
 
-def test_a_killed_overwrite_run_is_settled_by_the_next_run_never_mixed_in(data, run, logs):
-    before = _tree(run)
+def test_a_killed_overwrite_run_is_settled_by_the_next_run_never_mixed_in(data, run, run_folder_logs):
+    before = tree(run)
     _killed_in_epoch_0(data, run)
     # the next run in the folder puts the earlier run back first, then finds it there: refused as usual
     with pytest.raises(RunFolderError, match="already holds a run"):
         train(tiny_config(data, run.parent, epochs=2))
-    assert _tree(run) == before and "killed before it saved an epoch" in logs.text
+    assert tree(run) == before and "killed before it saved an epoch" in run_folder_logs.text
     # --resume read the killed run's opt.json before the earlier run was back: it says to run it again
     _killed_in_epoch_0(data, run)
     with pytest.raises(RunFolderError, match="run it again to resume the earlier run"):
         train(tiny_config(data, run.parent, epochs=2, resume=True))
-    assert _tree(run) == before
+    assert tree(run) == before
     resumed = train(tiny_config(data, run.parent, epochs=2, resume=True))
     assert [h["epoch"] for h in resumed["history"]] == [0, 1]
 
 
-def test_a_resume_from_the_command_line_reads_the_earlier_runs_options_after_a_killed_overwrite(data, run, logs):
+def test_a_resume_from_the_command_line_reads_the_earlier_runs_options_after_a_killed_overwrite(data, run, run_folder_logs):
     """``parse_config --resume`` read ``opt.json`` before the trainer settled the folder: after an
     --overwrite run was killed it read the killed run's options (its lr 1e-3 here) and the run then
     stopped to be started again. The command line's resume settles the folder first."""
@@ -243,7 +208,7 @@ def test_a_resume_from_the_command_line_reads_the_earlier_runs_options_after_a_k
     _killed_in_epoch_0(data, run)
     cfg = parse_config(["--checkpoints_dir", str(run.parent), "--name", run.name, "--resume", "--epochs", "2"])
     assert cfg.lr == earlier_lr and not (run / ASIDE).exists()
-    assert "killed before it saved an epoch" in logs.text
+    assert "killed before it saved an epoch" in run_folder_logs.text
     assert [h["epoch"] for h in train(cfg)["history"]] == [0, 1]
 
 
@@ -264,6 +229,52 @@ def test_what_a_killed_overwrite_run_leaves_is_finished_the_way_it_had_got_to(tm
     assert {p.name: p.read_text() for p in run.iterdir()} == {"model_epoch_best.pth": "earlier best",
                                                               "state_last.pt": "earlier state"}
     assert recover_earlier_run(run) is None  # nothing left to settle
+
+
+def test_a_sweep_settles_a_killed_overwrite_run_that_had_saved_an_epoch_by_the_runs_files(data, run, run_folder_logs):
+    """A sweep started in the folder of an --overwrite run killed after saving its first epoch (before
+    it removed the earlier run's files). Why: ``recover_earlier_run`` judged the folder by its
+    caller's kind: the sweep looked for its own ``sweep_state.pt`` / ``sweep.json``, found none, and
+    put the earlier run's best model, state and history back over the new run's (the reviewer's
+    reproduction, kill -9). ``.previous_run`` now says who set it aside (``ASIDE_KIND``), and the
+    new run's ``state_last.pt`` counts as it would for the next training."""
+    earlier = tree(run)
+    _killed_in_epoch_0(data, run, "after saving epoch 0")
+    new = {k: v for k, v in tree(run).items() if not k.startswith(f"{ASIDE}/")}
+    assert all(new[f] != earlier[f] for f in ("state_last.pt", "model_epoch_best.pth", "opt.json"))  # its epoch 0
+    assert recover_earlier_run(run, SWEEP) == "removed"
+    assert tree(run) == new  # the new run as it was killed, and nothing of the earlier one
+    assert json.loads((run / "opt.json").read_text())["lr"] == 1e-3  # (the new run's options)
+    assert "killed after saving its first epoch" in run_folder_logs.text and "--overwrite run " in run_folder_logs.text
+    resumed = train(tiny_config(data, run.parent, epochs=2, resume=True))  # and it goes on from its epoch 0
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]
+
+
+@pytest.mark.parametrize("note", [None, "not json", '{"kind": "notebook"}'])
+def test_a_previous_run_without_a_readable_note_of_its_kind_is_settled_by_the_callers_kind(note, tmp_path):
+    """A ``.previous_run`` left by a version that wrote no ``ASIDE_KIND`` (or a note that cannot be
+    read) is judged by the caller's kind, as it always was: a run's by its ``state_last.pt``, a
+    sweep's by its state and summary. The note is never put back among the earlier files."""
+    def files(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+    def leave(folder: Path, earlier: dict[str, str], new: dict[str, str]) -> Path:
+        for name, text in [*((f"{ASIDE}/{k}", v) for k, v in earlier.items()), *new.items()]:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        if note is not None:
+            (folder / ASIDE / ASIDE_KIND).write_text(note)
+        return folder
+
+    # a training run's, killed after saving its first epoch: the earlier files go, as it would have done
+    run = leave(tmp_path / "run", {"model_epoch_best.pth": "earlier"}, {"state_last.pt": "new"})
+    assert recover_earlier_run(run) == "removed"
+    assert files(run) == {"state_last.pt": "new"}
+    # a sweep's, killed before saving one: its new variant and spec go, the earlier sweep comes back
+    earlier = {"a/model_epoch_best.pth": "earlier", "sweep.json": "earlier", "spec.json": "earlier"}
+    out = leave(tmp_path / "sweep", earlier, {"b/history.json": "new", "spec.json": "new"})
+    assert recover_earlier_run(out, SWEEP) == "restored"
+    assert files(out) == earlier
 
 
 def test_sigterm_asks_for_the_same_stop_as_a_first_ctrl_c(capsys):

@@ -12,7 +12,6 @@ epoch killed it without a word. The signals are real: sent in the process (``os.
 command at a known point (``ctrl_c_env``, ``sig="SIGTERM"``), so no test waits on the clock."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
@@ -28,10 +26,13 @@ import pytest
 from bitmind.checkpoint import read_checkpoint
 from bitmind.shutdown import sigterm_as_interrupt
 from bitmind.training import sweep as sweep_mod
-from bitmind.training.run_folder import ASIDE, ASIDE_MOVING, SWEEP, SWEEP_STATE, RunFolderError, recover_earlier_run
+from bitmind.training import train
+from bitmind.training.run_folder import (ASIDE, ASIDE_KIND, ASIDE_MOVING, SWEEP, SWEEP_STATE, RunFolderError,
+                                         recover_earlier_run, settle_earlier_run)
 from bitmind.training.sweep import SweepSpec, run_sweep
 from bitmind.training.trainer import TrainingDataError
 from conftest import hear
+from train_helpers import in_epoch_0, kill_when_it_says, looking_aside, tiny_config, tree
 from validator_synth import make_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,31 +76,9 @@ def sweep_dir(earlier, tmp_path) -> Path:
     return tmp_path / "s"
 
 
-@pytest.fixture
-def logs(caplog):
-    """``caplog`` hearing the run folder's logger at INFO."""
-    undo = hear(caplog, "bitmind.training.run_folder")
-    yield caplog
-    undo()
-
-
-def _tree(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones too) by its path there: its SHA-256."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _in_epoch_0(action):
-    """A ``train_one_epoch`` that runs ``action()`` as the first epoch it trains starts."""
-    real, state = sweep_mod.train_one_epoch, {"done": False}
-
-    def epoch(*a, **kw):
-        if not state["done"]:
-            state["done"] = True
-            action()
-        return real(*a, **kw)
-
-    return epoch
+    """The sweep's ``train_one_epoch`` running ``action()`` as its first epoch starts."""
+    return in_epoch_0(sweep_mod.train_one_epoch, action)
 
 
 def _signal_twice(signum: int):
@@ -129,8 +108,8 @@ ENDINGS = {
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
 def test_an_overwrite_sweep_that_ends_before_saving_an_epoch_keeps_the_earlier_sweep(ending, data, sweep_dir, monkeypatch,
-                                                                                     logs):
-    before = _tree(sweep_dir)
+                                                                                     run_folder_logs):
+    before = tree(sweep_dir)
     assert {"sweep.json", "spec.json", "logo_spec.json", "a/model_epoch_best.pth", "a/history.json"} <= set(before)
     patch, raised = ENDINGS[ending]
     patch(monkeypatch)
@@ -141,8 +120,8 @@ def test_an_overwrite_sweep_that_ends_before_saving_an_epoch_keeps_the_earlier_s
         else:
             with pytest.raises(raised):
                 run_sweep(_overwrite(data, sweep_dir.parent))
-    assert _tree(sweep_dir) == before  # the earlier sweep, byte for byte, and nothing of the new one (no b/, no .previous_run)
-    assert "the earlier sweep's files are back in" in logs.text
+    assert tree(sweep_dir) == before  # the earlier sweep, byte for byte, and nothing of the new one (no b/, no .previous_run)
+    assert "the earlier sweep's files are back in" in run_folder_logs.text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -153,26 +132,22 @@ def test_generalisation_train_overwrite_that_saves_no_epoch_leaves_the_earlier_l
     from conftest import load_script
 
     gen = load_script("benchmarks/generalisation.py")
-    before = _tree(sweep_dir)
+    before = tree(sweep_dir)
     monkeypatch.setattr(sweep_mod._Variant, "diverged", lambda self: True)
     with pytest.raises(SystemExit) as ended:
         gen.main(["train", "--spec", str(_logo_spec(data, sweep_dir.parent)), "--checkpoints_dir", str(sweep_dir.parent),
                   "--name", sweep_dir.name, "--overwrite"])
     assert ended.value.code == 1
-    assert _tree(sweep_dir) == before
+    assert tree(sweep_dir) == before
     capsys.readouterr()
 
 
 @pytest.mark.parametrize("epochs", [1, 2])  # saved at its end (sweep.json), or with its state after epoch 0
 def test_an_overwrite_sweep_keeps_the_earlier_sweep_aside_until_it_saves_an_epoch_then_removes_it(epochs, data, sweep_dir,
-                                                                                                  monkeypatch, logs):
-    old = _tree(sweep_dir)
-    seen = {}
-
-    def look():  # as the new sweep's first epoch starts: the earlier sweep is aside, not gone
-        seen["aside"] = _tree(sweep_dir / ASIDE) if (sweep_dir / ASIDE).is_dir() else {}
-        seen["top"] = sorted(p.name for p in sweep_dir.iterdir())
-
+                                                                                                  monkeypatch,
+                                                                                                  run_folder_logs):
+    old = tree(sweep_dir)
+    seen, look = looking_aside(sweep_dir)  # as the new sweep's first epoch starts: the earlier sweep is aside, not gone
     monkeypatch.setattr(sweep_mod, "train_one_epoch", _in_epoch_0(look))
     summary = run_sweep(SweepSpec.from_dict(_spec_dict(data, sweep_dir.parent, epochs, {"b": {"seed": 2}}), overwrite=True))
     for name in ("sweep.json", "a/model_epoch_best.pth", "logo_spec.json"):
@@ -181,7 +156,7 @@ def test_an_overwrite_sweep_keeps_the_earlier_sweep_aside_until_it_saves_an_epoc
     assert "stopped" not in summary and list(summary["variants"]) == ["b"]
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["b", "spec.json", "sweep.json"]  # the earlier sweep is gone
     assert list(json.loads((sweep_dir / "sweep.json").read_text())["variants"]) == ["b"]
-    assert "removed the earlier sweep's files" in logs.text
+    assert "removed the earlier sweep's files" in run_folder_logs.text
 
 
 _KILLED_SWEEP = """
@@ -199,36 +174,43 @@ sweep.run_sweep(sweep.SweepSpec.from_dict(json.loads(sys.argv[1]), overwrite=Tru
 
 def _killed_in_epoch_0(spec: dict, out: Path) -> None:
     """An ``--overwrite`` sweep of ``spec`` killed (SIGKILL: no clean-up at all) in its first epoch."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_KILLED_SWEEP), json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    guard = threading.Timer(120, proc.kill)  # a sweep that never gets there fails the test, never hangs it
-    guard.start()
-    try:
-        for line in proc.stdout:  # the sweep's own lines first
-            if line.strip() == "in epoch 0":
-                break
-        else:
-            pytest.fail(proc.stderr.read()[-3000:])
-    finally:
-        guard.cancel()
-        proc.kill()
-        proc.wait()
+    kill_when_it_says([sys.executable, "-c", textwrap.dedent(_KILLED_SWEEP), json.dumps(spec)], "in epoch 0", cwd=REPO,
+                      env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert (out / ASIDE / "a" / "model_epoch_best.pth").is_file() and (out / "spec.json").is_file()  # what it left
 
 
-def test_a_killed_overwrite_sweep_is_settled_by_the_next_sweep_never_mixed_in(data, sweep_dir, logs):
-    before = _tree(sweep_dir)
+def test_a_killed_overwrite_sweep_is_settled_by_the_next_sweep_never_mixed_in(data, sweep_dir, run_folder_logs):
+    before = tree(sweep_dir)
     new = _spec_dict(data, sweep_dir.parent, 3, {"a": {"seed": 1}, "b": {"seed": 2}})
     _killed_in_epoch_0(new, sweep_dir)
     # the next sweep in the folder puts the earlier sweep back first, then finds it there: refused as usual
     with pytest.raises(RunFolderError, match="already holds a sweep"):
         run_sweep(SweepSpec.from_dict(new))
-    assert _tree(sweep_dir) == before and "killed before it saved an epoch" in logs.text
+    assert tree(sweep_dir) == before and "killed before it saved an epoch" in run_folder_logs.text
     # --resume of the earlier (finished) sweep finds it as it was: its results, nothing trained
     _killed_in_epoch_0(new, sweep_dir)
     resumed = run_sweep(SweepSpec.from_dict(_spec_dict(data, sweep_dir.parent), resume=True))
-    assert resumed == json.loads((sweep_dir / "sweep.json").read_text()) and _tree(sweep_dir) == before
+    assert resumed == json.loads((sweep_dir / "sweep.json").read_text()) and tree(sweep_dir) == before
+
+
+@pytest.mark.parametrize("by", ["the trainer's --resume", "settle_earlier_run (a command line's --resume)"])
+def test_a_trainer_settles_a_killed_overwrite_sweep_by_the_sweeps_files(by, data, sweep_dir, run_folder_logs):
+    """A training run (``train``, which settles the folder as a run's) or a command line's --resume
+    (``parse_config`` settles it before reading ``opt.json``) in the folder of an --overwrite sweep
+    killed before it saved an epoch. Why: judged by the caller's kind, nothing of the new sweep is a
+    run's file, so the earlier sweep came back with the new sweep's variant folder ``b`` beside it
+    and its spec replaced. ``.previous_run`` now says a sweep set it aside (``ASIDE_KIND``): what the
+    new sweep wrote goes, and the earlier sweep is back as it was."""
+    before = tree(sweep_dir)
+    _killed_in_epoch_0(_spec_dict(data, sweep_dir.parent, 3, {"b": {"seed": 2}}), sweep_dir)
+    assert (sweep_dir / "b").is_dir() and (sweep_dir / ASIDE / ASIDE_KIND).is_file()
+    if by == "the trainer's --resume":  # the earlier sweep is back, and it is no run to resume
+        with pytest.raises(RunFolderError, match="run it again to resume the earlier run"):
+            train(tiny_config(data, sweep_dir.parent, name=sweep_dir.name, epochs=2, resume=True))
+    else:
+        settle_earlier_run(sweep_dir)
+    assert tree(sweep_dir) == before
+    assert "an --overwrite sweep was killed before it saved an epoch" in run_folder_logs.text
 
 
 def test_what_a_killed_overwrite_sweep_leaves_is_finished_the_way_it_had_got_to(tmp_path):
@@ -316,11 +298,11 @@ def test_sigterm_while_generalisation_train_reads_its_data_ends_in_one_line_143(
 @pytest.mark.parametrize("when", ["reading the data", "twice in epoch 0"])
 def test_sigterm_stopping_generalisation_train_overwrite_keeps_the_earlier_sweep_and_its_logo_spec(when, ctrl_c_env, data,
                                                                                                    sweep_dir):
-    before = _tree(sweep_dir)
+    before = tree(sweep_dir)
     at_call = READING[when] if when in READING else "bitmind.training.loop:train_one_epoch:1:2"
     r = _run(ctrl_c_env, GENERALISATION, "train", "--spec", _logo_spec(data, sweep_dir.parent), "--checkpoints_dir",
              sweep_dir.parent, "--name", sweep_dir.name, "--overwrite", at_call=at_call)
     assert _the_line(r) == (f"stopped (SIGTERM) before this sweep saved an epoch: {sweep_dir} holds the earlier sweep's "
                             "files as they were (--overwrite replaces them only once an epoch is saved); run the command "
                             "again")
-    assert _tree(sweep_dir) == before  # logo_spec.json too: written only once the earlier sweep's is aside
+    assert tree(sweep_dir) == before  # logo_spec.json too: written only once the earlier sweep's is aside

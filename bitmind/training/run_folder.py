@@ -211,6 +211,11 @@ def check_writable_folder(folder: Path) -> None:
 #: has saved its first epoch (``EarlierRun``); ``ASIDE_MOVING`` while they are being moved there.
 ASIDE = ".previous_run"
 ASIDE_MOVING = ".previous_run.moving"
+#: Inside ``ASIDE``: which kind of folder set the files aside (``{"kind": "run"}`` or ``"sweep"``,
+#: ``FolderKind.what``), so ``recover_earlier_run`` judges a killed run by its own files whoever
+#: calls it. Never moved back into the run folder (``_move_back``); no run or sweep writes a file
+#: of that name (``_run_entries``, ``_sweep_entries``).
+ASIDE_KIND = ".set_aside_by.json"
 
 
 def _run_entries(run_dir: Path) -> list[Path]:
@@ -252,12 +257,12 @@ def _remove(path: Path) -> None:
 
 
 def _move_back(run_dir: Path, kind: FolderKind = RUN) -> list[str]:
-    """Put the earlier run's files back into ``run_dir`` (a folder of ``kind``); returns their names.
-    What a run wrote since they were set aside (it saved no epoch) is removed first, then
-    ``.previous_run`` is renamed ``.previous_run.moving`` and emptied into ``run_dir``: a process
-    killed at any point leaves either ``.previous_run`` beside the new run's files or
-    ``.previous_run.moving`` beside the earlier run's only, each of which ``recover_earlier_run``
-    finishes, never mixing the two."""
+    """Put the earlier run's files back into ``run_dir`` (a folder of ``kind``: the kind that set them
+    aside); returns their names. What a run wrote since they were set aside (it saved no epoch) is
+    removed first, then ``.previous_run`` is renamed ``.previous_run.moving`` and emptied into
+    ``run_dir`` (its ``ASIDE_KIND`` removed, never put back): a process killed at any point leaves
+    either ``.previous_run`` beside the new run's files or ``.previous_run.moving`` beside the
+    earlier run's only, each of which ``recover_earlier_run`` finishes, never mixing the two."""
     moving, aside = run_dir / ASIDE_MOVING, run_dir / ASIDE
     if not moving.is_dir():
         for p in kind.entries(run_dir):
@@ -265,10 +270,35 @@ def _move_back(run_dir: Path, kind: FolderKind = RUN) -> list[str]:
         os.replace(aside, moving)
     names = []
     for p in sorted(moving.iterdir()):
+        if p.name == ASIDE_KIND:  # the set-aside's own note, not a file of the earlier run
+            p.unlink()
+            continue
         os.replace(p, run_dir / p.name)  # nothing of that name is there: each was moved out of run_dir, or removed above
         names.append(p.name)
     moving.rmdir()
     return names
+
+
+def _aside_kind(folder: Path, kind: FolderKind) -> FolderKind:
+    """The kind of folder that set ``folder`` (``.previous_run`` or ``.previous_run.moving``) aside,
+    as its ``ASIDE_KIND`` records; ``kind`` (the caller's) where it records none: set aside by a
+    version before the note, or killed before the note was written (nothing was moved yet then).
+    Why: the next run in the folder may be of the other kind (a sweep started where a training run
+    was killed, or a trainer where a sweep was), and judged by its own files a killed run had saved
+    nothing (a sweep looks for ``sweep_state.pt``, a run for ``state_last.pt``): the earlier files
+    were put back over the new run's, mixing the two runs."""
+    try:
+        recorded = json.loads((folder / ASIDE_KIND).read_text())["kind"]
+    except FileNotFoundError:
+        return kind
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("%s: unreadable (%s); judged as a %s's folder", folder / ASIDE_KIND, e, kind.what)
+        return kind
+    found = {k.what: k for k in (RUN, SWEEP)}.get(recorded)
+    if found is None:
+        logger.warning("%s names an unknown kind %r; judged as a %s's folder", folder / ASIDE_KIND, recorded, kind.what)
+        return kind
+    return found
 
 
 class EarlierRun:
@@ -280,7 +310,8 @@ class EarlierRun:
     the data was read, so a new run that failed in its first epoch (no picture readable, a
     diverging --lr, Ctrl-C) left the operator neither the old model nor a new one. A process
     killed while they are aside (SIGKILL, a lost machine) leaves the folder; the next run in the
-    run folder settles it before anything else (``recover_earlier_run``). Only the process
+    run folder settles it before anything else (``recover_earlier_run``, by the kind recorded in
+    ``.previous_run``: ``ASIDE_KIND``, whatever kind that next run is). Only the process
     holding the run folder (``hold_run_folder``) may use it. ``kind``: what the folder holds
     (``RUN``, or ``SWEEP``: a sweep's folder, its variants' folders set aside whole)."""
 
@@ -318,8 +349,9 @@ class EarlierRun:
 
     def set_aside(self) -> None:
         """Move the earlier run's files out of the way (nothing without ``overwrite``): into
-        ``.previous_run.moving``, renamed ``.previous_run`` once all are there, so a process killed
-        midway leaves a folder ``recover_earlier_run`` knows to put back as it is."""
+        ``.previous_run.moving``, beside a note of this folder's kind (``ASIDE_KIND``, written first),
+        renamed ``.previous_run`` once all are there, so a process killed midway leaves a folder
+        ``recover_earlier_run`` knows to put back as it is."""
         what = self.kind.what
         if not self.overwrite or not self.kind.holds(self.run_dir):
             return
@@ -328,6 +360,7 @@ class EarlierRun:
         with signals_deferred():
             moving.mkdir()
             self.pending = True  # from here on, ``restore`` puts back whatever was moved
+            (moving / ASIDE_KIND).write_text(json.dumps({"kind": what}))  # who set them aside (``_aside_kind``)
             for p in found:
                 os.replace(p, moving / p.name)
             os.replace(moving, self.aside)
@@ -341,7 +374,7 @@ class EarlierRun:
             return
         self.pending = False
         what = self.kind.what
-        names = sorted(p.name for p in self.aside.iterdir())
+        names = sorted(p.name for p in self.aside.iterdir() if p.name != ASIDE_KIND)
         try:
             shutil.rmtree(self.aside)
         except OSError as e:  # the next run in the folder removes it (``recover_earlier_run``)
@@ -369,18 +402,21 @@ class EarlierRun:
 
 def recover_earlier_run(run_dir: Path, kind: FolderKind = RUN) -> str | None:
     """Settle what an ``--overwrite`` run killed while the earlier run's files were aside
-    (``EarlierRun``: SIGKILL, an out-of-memory kill, a lost machine) left in ``run_dir`` (a folder of
-    ``kind``), before anything reads the folder: if it had saved an epoch (one of ``kind.saved`` is
-    there: a run's ``state_last.pt``) the earlier files are removed, as it would have done
-    ("removed"); else what it wrote is removed and the earlier files are put back ("restored"). Each
-    in one line; None when nothing was left. Never mixes the two runs' files. Call it only while
+    (``EarlierRun``: SIGKILL, an out-of-memory kill, a lost machine) left in ``run_dir``, before
+    anything reads the folder: if it had saved an epoch (one of ``kind.saved`` is there: a run's
+    ``state_last.pt``) the earlier files are removed, as it would have done ("removed"); else what
+    it wrote is removed and the earlier files are put back ("restored"). Each in one line; None when
+    nothing was left. Never mixes the two runs' files. ``kind`` is the kind of folder that set the
+    files aside as ``.previous_run`` records it (``_aside_kind``: a sweep started where a training
+    run was killed settles it as the run's), the caller's where it records none. Call it only while
     holding the run folder (``hold_run_folder``): another run's ``.previous_run`` is in use while
     that run lives."""
     run_dir = Path(run_dir)
     moving, aside = run_dir / ASIDE_MOVING, run_dir / ASIDE
-    what = kind.what
     if not moving.is_dir() and not aside.is_dir():
         return None
+    kind = _aside_kind(moving if moving.is_dir() else aside, kind)
+    what = kind.what
     if not moving.is_dir() and any((run_dir / f).exists() for f in kind.saved):
         shutil.rmtree(aside)
         logger.warning("%s: an --overwrite %s that was killed after saving its first epoch left the earlier %s's "
