@@ -125,7 +125,7 @@ class GracefulStop:
     @property
     def name(self) -> str:
         """What asked for the stop, for the lines a person reads: ``Ctrl-C`` or the signal's name."""
-        return "Ctrl-C" if self.signum in (None, signal.SIGINT) else signal.Signals(self.signum).name
+        return stop_label(self.signum)
 
     @property
     def reason(self) -> str:
@@ -162,6 +162,12 @@ def stop_reason(signum: int | None) -> str:
     each wrote the mapping out, and a second copy drifts. The trainer's ranks agree on the signal
     first (any rank may have had it), so it takes the signal, not a ``GracefulStop``."""
     return "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
+def stop_label(signum: int | None) -> str:
+    """What asked for a stop, for the lines a person reads: ``Ctrl-C`` (SIGINT, or no signal) or
+    the signal's name (``SIGTERM``)."""
+    return "Ctrl-C" if signum in (None, signal.SIGINT) else signal.Signals(signum).name
 
 
 def _say_from_handler(line: str) -> None:

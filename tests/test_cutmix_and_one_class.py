@@ -15,6 +15,8 @@ from bitmind.training.config import ConfigError
 from bitmind.training.loop import Learner, check_cutmix, mix_classes
 from bitmind.training.sweep import SweepSpec, run_sweep
 from conftest import hear
+from train_helpers import tiny_sweep_base
+from validator_synth import make_folder
 
 
 def _two_class_batch(b: int = 8, side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,9 +211,6 @@ def test_the_one_class_term_with_every_patch_mixed_or_with_paired_patches_is_ref
 
 def test_a_sweep_trains_both_options_with_weight_averaging(tmp_path):
     """End to end on a tiny sweep: each option as a variant, the one-class one with weight averaging."""
-    from test_sweep_and_models import tiny_sweep_base
-    from validator_synth import make_folder
-
     torch.set_num_threads(1)
     data = make_folder(tmp_path / "data", n_per_class=12, seed=3, size=64)
     spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "s", epochs=2, patch_size=32),

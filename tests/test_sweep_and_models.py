@@ -21,15 +21,10 @@ from bitmind.training.loop import lr_at
 from validator_synth import make_folder
 
 from conftest import load_script
+from train_helpers import tiny_sweep_base
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"layers": [1, 1], "width": 8}
-
-
-def tiny_sweep_base(tmp_path, data, name: str, epochs: int, **extra) -> dict:
-    """The ``base`` of a sweep spec small enough for the CPU in seconds."""
-    return {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": name, "epochs": epochs, "batch_size": 8,
-            "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15, **TINY, **extra}
 
 
 def test_shipped_checkpoints_load_with_the_extended_npr():

@@ -25,6 +25,13 @@ def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def tiny_sweep_base(tmp_path: Path, data: Path, name: str, epochs: int, **extra) -> dict:
+    """The ``base`` of a sweep spec small enough for the CPU in seconds (``tmp_path/ck/name``)."""
+    return {"data": [str(data)], "checkpoints_dir": str(tmp_path / "ck"), "name": name, "epochs": epochs, "batch_size": 8,
+            "workers": 0, "progress": False, "device": "cpu", "val_fraction": 0.25, "test_fraction": 0.15,
+            "layers": [1, 1], "width": 8, **extra}
+
+
 def tree(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones too) by its path there: its SHA-256."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -206,7 +206,7 @@ class Learner:
         self.freq_gen = torch.Generator().manual_seed(cfg.seed + 2)  # frequency masks: a third
         self.mix_prob, self.mix_area = check_cutmix(cfg.aug_cutmix_prob, cfg.aug_cutmix_area)
         self.mix_gen = torch.Generator().manual_seed(cfg.seed + 3)  # cross-class CutMix: a fourth
-        self.compact_weight = float(getattr(cfg, "real_compact_weight", 0.0) or 0.0)
+        self.compact_weight = float(cfg.real_compact_weight)
         self.real_centre: torch.Tensor | None = None  # real_compact_weight: the real photos' running mean features
         self.compact_loss_sum: torch.Tensor | float = 0.0
         self.pooled = PooledFeatures()

@@ -46,7 +46,7 @@ from bitmind.data.dataset import worker_init
 from bitmind.data.families import aux_classes, class_family_shares, parse_family_share, sampling_family
 from bitmind.image_transforms import TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
-from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_name, stop_reason
+from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_label, stop_name, stop_reason
 from bitmind.training.config import TrainConfig
 from bitmind.training.init_from import init_weights, load_weights
 from bitmind.training.run_folder import (EarlierRun, RunFolderError, check_resume_matches, hold_run_folder, prepare_run_folder,
@@ -542,7 +542,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
                 signum = signal.SIGTERM if stop.item() == 3 else signal.SIGINT
                 stopped = stop_reason(signum)
                 if is_main:
-                    show(f"stopped after epoch {epoch} ({'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}): {run_dir} "
+                    show(f"stopped after epoch {epoch} ({stop_label(signum)}): {run_dir} "
                          "keeps every finished epoch; the same command with --resume goes on from there")
             if stop.item():
                 break
