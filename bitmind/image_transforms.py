@@ -121,6 +121,11 @@ class RandomAugment:
         return {"angle": angle, "crop": crop, "hflip": rng.random() < 0.5, "vflip": rng.random() < 0.5}
 
     def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        return self.apply_scaled(img, rng)[0]
+
+    def apply_scaled(self, img: Image.Image, rng: random.Random) -> tuple[Image.Image, float]:
+        """The augmented picture and how much it was scaled (size / crop side: above 1 the
+        crop was up-scaled), for ``TrainAugment.with_history``'s processing history."""
         img = CenterCropShortSide()(_to_rgb(img))
         p = self.sample(img.width, img.height, rng)  # rotation keeps the size (no expand)
         img = TF.rotate(img, p["angle"], interpolation=T.InterpolationMode.NEAREST)
@@ -130,7 +135,7 @@ class RandomAugment:
             img = TF.hflip(img)
         if p["vflip"]:
             img = TF.vflip(img)
-        return img
+        return img, self.size / ch
 
     def __repr__(self) -> str:
         return f"RandomAugment(size={self.size}, degrees={self.degrees}, scale={self.scale})"
@@ -158,7 +163,14 @@ class ValidatorPipeline:
 
     def apply(self, img: Image.Image, rng: random.Random) -> Image.Image:
         """PIL in -> 256x256 PIL as the validator would produce it, before encoding."""
-        return base_pil(img, self.size) if rng.random() < self.plain_share else RandomAugment(self.size)(img, rng)
+        return self.apply_scaled(img, rng)[0]
+
+    def apply_scaled(self, img: Image.Image, rng: random.Random) -> tuple[Image.Image, float]:
+        """``apply`` (the same draws) and how much it scaled the picture: size / short side
+        when plain, size / crop side when augmented (``resize_factor`` without the pixels)."""
+        if rng.random() < self.plain_share:
+            return base_pil(img, self.size), self.size / min(img.size)
+        return RandomAugment(self.size).apply_scaled(img, rng)
 
     def resize_factor(self, width: int, height: int, rng: random.Random) -> float:
         """How much ``apply`` with this ``rng`` scales a ``width`` x ``height`` picture (its
@@ -221,11 +233,17 @@ class TrainAugment:
         self._geom = ValidatorPipeline(plain_share=cfg.plain_share, jpeg_quality=None, size=size)
 
     def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        return self.with_history(img, rng)[0]
+
+    def with_history(self, img: Image.Image, rng: random.Random) -> tuple[Image.Image, dict]:
+        """The augmented picture and its processing history: ``scale`` (how much the picture was
+        resized, above 1 up-scaled) and ``jpeg_quality`` (of the JPEG round trip, None without
+        one). The same draws as ``__call__``, so asking for the history changes no picture."""
         c = self.cfg
         if rng.random() < c.validator_prob:
-            img = self._geom.apply(img, rng)
+            img, scale = self._geom.apply_scaled(img, rng)
         else:
-            img = base_pil(img, self.size)
+            img, scale = base_pil(img, self.size), self.size / min(img.size)
         if c.blur_prob > 0 and rng.random() < c.blur_prob:
             img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*c.blur_sigma)))
         if c.color_jitter_prob > 0 and rng.random() < c.color_jitter_prob:
@@ -236,9 +254,27 @@ class TrainAugment:
             img = TF.adjust_hue(img, rng.uniform(-s / 4, s / 4))
         if c.noise_prob > 0 and rng.random() < c.noise_prob:
             img = sensor_noise(img, rng, rng.uniform(*c.noise_sigma))
+        quality = None
         if c.jpeg_prob > 0 and rng.random() < c.jpeg_prob:
-            img = jpeg_roundtrip(img, rng.randint(int(c.jpeg_quality[0]), int(c.jpeg_quality[1])))
-        return img
+            quality = rng.randint(int(c.jpeg_quality[0]), int(c.jpeg_quality[1]))
+            img = jpeg_roundtrip(img, quality)
+        return img, {"scale": scale, "jpeg_quality": quality}
+
+
+#: What the processing-history head (``TrainConfig.history_weight``) regresses, in its output
+#: order: log2 of the resize factor (0: native pixels, 1: up-scaled twice) and the JPEG
+#: quality of the last round trip, (q - 75) / 25 (0 at the validators' 75; no JPEG counts as 100).
+HISTORY_OUTPUTS = ("log2_scale", "jpeg_quality")
+
+
+def history_targets(history: dict | None) -> list[float]:
+    """``TrainAugment.with_history``'s history as the head's targets (``HISTORY_OUTPUTS``); NaN where
+    it is not known (``None``: a picture that already is a validator's challenge, whose resizing
+    happened before it reached us), which the loss leaves out."""
+    if history is None:
+        return [math.nan] * len(HISTORY_OUTPUTS)
+    q = history.get("jpeg_quality")
+    return [math.log2(history["scale"]), ((100 if q is None else q) - VALIDATOR_JPEG_QUALITY) / 25.0]
 
 
 to_tensor = TF.to_tensor  # PIL -> float (3, H, W) in [0, 1]

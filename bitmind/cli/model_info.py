@@ -35,7 +35,7 @@ from bitmind.models.npr import has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "aug_freq_mask_prob", "pair_aligned", "pair_patches", "batch_size", "lr",
-              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "init_from")
+              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "history_weight", "init_from")
 #: Validation figures worth a line.
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 
@@ -73,6 +73,7 @@ def describe(path: str | Path, swap=None) -> dict:
         "validation": {k: (meta.get("metrics") or {}).get("val", {}).get(k) for k in VAL_KEYS},
         "best_epoch": (meta.get("metrics") or {}).get("epoch"),
         "aux_classes": list(train.get("aux_classes") or []),
+        "history_outputs": list(train.get("history_outputs") or []),
         "aux_head_in_file": has_aux_outputs(meta),
         "description": meta.get("description"),
     })
@@ -181,6 +182,10 @@ def render(info: dict) -> str:
         where = ("in the file; the first output alone is served" if info.get("aux_head_in_file")
                  else "dropped when shipped; the file is the detector alone")
         lines.append(f"  trained with an auxiliary head ({where}): {', '.join(info['aux_classes'])}")
+    if info.get("history_outputs"):
+        where = ("in the file; the first output alone is served" if info.get("aux_head_in_file")
+                 else "dropped when shipped; the file is the detector alone")
+        lines.append(f"  trained with a processing-history head ({where}): {', '.join(info['history_outputs'])}")
     val = {k: v for k, v in info["validation"].items() if v is not None}
     if val:
         lines.append("  validation" + (f" (epoch {info['best_epoch']}" if info.get("best_epoch") is not None else " (")

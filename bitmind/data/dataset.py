@@ -1,6 +1,7 @@
 """The torch Dataset used by training and evaluation.
 
-Each item is ``(tensor, label, index)``; an unreadable file gives ``None`` and is
+Each item is ``(tensor, label, index)`` (with ``history``: and the processing-history
+targets of its augmentation, ``history_targets``); an unreadable file gives ``None`` and is
 dropped by ``collate_skip_none`` (and counted), so one bad file never stops an epoch.
 Augmentation randomness is derived from ``(seed, epoch, index)``: identical whatever the
 number of workers, and reproducible by seed. The epoch lives in shared memory, so that
@@ -24,7 +25,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from bitmind.data.families import family_weights, is_aligned
 from bitmind.data.sources import ImageSource
-from bitmind.image_transforms import base_pil, to_tensor
+from bitmind.image_transforms import base_pil, history_targets, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ class DetectionDataset(Dataset):
     training augmentation); sources not in it use ``augment``."""
 
     def __init__(self, items: Sequence[tuple[ImageSource, int]], augment: Callable | None = None, seed: int = 0,
-                 uint8: bool = False, augment_for: dict | None = None):
+                 uint8: bool = False, augment_for: dict | None = None, history: bool = False):
         self.items = list(items)
+        self.history = history  # items carry their processing history (``TrainConfig.history_weight``)
         self.uint8 = uint8  # return uint8 CHW tensors (4x less to copy; the trainer scales on the GPU)
         self.augment = augment
         self.augment_for = dict(augment_for or {})
@@ -110,8 +112,13 @@ class DetectionDataset(Dataset):
         if k in self.bad:
             return None
         try:
-            img = self.transform(src.load(i), k)
+            if self.history:
+                img, history = self.transform_with_history(src.load(i), k)
+            else:
+                img = self.transform(src.load(i), k)
             x = TF.pil_to_tensor(img) if self.uint8 else to_tensor(img)
+            if self.history:
+                return x, src.label(i), k, torch.tensor(history_targets(history), dtype=torch.float32)
             return x, src.label(i), k
         except Exception as e:  # unreadable / corrupt file: skip, never crash the epoch
             self.bad.add(k)
@@ -126,6 +133,17 @@ class DetectionDataset(Dataset):
         """PIL image of item ``k`` -> 256x256 PIL (augmented when an augment is set)."""
         aug = self.augment_of(k)
         return aug(img, self.rng_for(k)) if aug else base_pil(img)
+
+    def transform_with_history(self, img, k: int) -> tuple:
+        """``transform`` and what it did to the picture (``TrainAugment.with_history``), or None
+        where that is not known: an augmentation that keeps no history (``AsIs``/``FlipOnly`` on
+        pictures that already are validator challenges, resized before they reached us)."""
+        aug = self.augment_of(k)
+        if aug is None:
+            return base_pil(img), None
+        if hasattr(aug, "with_history"):
+            return aug.with_history(img, self.rng_for(k))
+        return aug(img, self.rng_for(k)), None
 
     def summary(self) -> str:
         c = Counter(self.source_names())
@@ -154,10 +172,15 @@ def worker_init(_worker_id: int) -> None:
 
 
 def collate_skip_none(batch):
-    """Collate, dropping items that failed to load; returns None for an all-bad batch."""
+    """Collate, dropping items that failed to load: ``(x, y, keys, n_bad)``, and the processing
+    histories after them when the items carry them (``DetectionDataset.history``); None for an
+    all-bad batch."""
     good = [b for b in batch if b is not None]
     if not good:
         return None
+    if len(good[0]) == 4:  # items with their processing history (``DetectionDataset.history``): after the count
+        x, y, k, h = default_collate(good)
+        return x, y.float(), k, len(batch) - len(good), h
     x, y, k = default_collate(good)
     return x, y.float(), k, len(batch) - len(good)
 

@@ -305,11 +305,13 @@ def detector_only(state: dict, meta: dict) -> tuple[dict, dict]:
 
 def has_aux_outputs(meta: dict) -> bool:
     """Whether a checkpoint's model still has auxiliary outputs after its logit, named by its
-    training record (a file shipped by ``detector_only`` names the classes it was trained with
+    training record (the family head's classes, then the processing-history head's outputs,
+    ``train_options.aux_classes`` / ``history_outputs``; a file shipped by ``detector_only`` names the classes it was trained with
     but has no head; a file with more outputs and no such names is not read as a head)."""
     n = (meta.get("config") or {}).get("num_classes", 1)
     classes = (meta.get("train_options") or {}).get("aux_classes") or []
-    return n > 1 and len(classes) == n - 1
+    history = (meta.get("train_options") or {}).get("history_outputs") or []
+    return n > 1 and len(classes) + len(history) == n - 1
 
 
 #: The smallest centre crop: 16 px reach the last layer of the pooled network as a 2x2 map.

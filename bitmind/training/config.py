@@ -109,6 +109,13 @@ class TrainConfig:
                                           "cluster and whatever lies outside it reads as generated, a generator never "
                                           "seen included (npr, mean pool; with --aug_cutmix_prob p it reads the real "
                                           "photos left unmixed, about 1 - p of them)")
+    history_weight: float = opt(0.0, "weight of a processing-history head: outputs after the detector's (and the "
+                                     "auxiliary head's) that regress what the training augmentation did to each "
+                                     "picture, log2 of its resize factor and its JPEG quality (Huber loss; "
+                                     "bitmind.image_transforms.HISTORY_OUTPUTS; 0: off). Only how the pixels were made "
+                                     "answers it, for real and generated pictures alike; validator challenges "
+                                     "(--challenge_data), whose history is unknown, are left out of it. The checkpoint "
+                                     "names the outputs (train_options.history_outputs); the miner serves the detector alone")
     patch_size: int = opt(0, "train on one random square of this side per image (0: the whole image); the model is "
                              "served on the whole picture, its global pool averaging the patches (shipped recipe: 96)")
     tile_shuffle: int = opt(0, "cut each training image (after --patch_size) into tiles of this side and put them back in a "
@@ -249,6 +256,17 @@ class TrainConfig:
         if self.aug_cutmix_prob and self.pair_patches:
             raise ConfigError("--aug_cutmix_prob with --pair_patches: each patch gets its own pasted rectangle and "
                               "partner, so a round trip and its real photo would differ by more than the decoder")
+        if not (math.isfinite(self.history_weight) and self.history_weight >= 0):
+            raise ConfigError(f"--history_weight must be 0 (off) or positive, got {self.history_weight}")
+        if self.history_weight and (self.arch != "npr" or self.pool != "mean"):
+            raise ConfigError("--history_weight needs the npr architecture with the mean pool (its outputs sit "
+                              "beside the detector's on the pooled features)")
+        if self.history_weight and self.aug_cutmix_prob:
+            raise ConfigError("--history_weight with --aug_cutmix_prob: a patch with a rectangle of another picture "
+                              "has two processing histories, and the head is told one")
+        if self.history_weight and self.init_from:
+            raise ConfigError("--history_weight with --init_from: a checkpoint's head has no processing-history "
+                              "outputs to start from; train the head from scratch")
         if self.aux_weight and self.init_from:
             raise ConfigError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
                               "start from; train the auxiliary head from scratch")

@@ -323,7 +323,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
     for name, path in models.items():
         lm = load_model(path)
         nets[name] = (lm.model.to(dev).eval(), lm.temperature, lm.logit_bias)
-        if has_aux_outputs(lm.meta):  # a head whose classes the file names (a shipped file has none)
+        if has_aux_outputs(lm.meta) and lm.meta["train_options"].get("aux_classes"):  # a head whose classes the file names (a shipped file has none)
             aux_names[name] = list(lm.meta["train_options"]["aux_classes"])
     pooled = {n: [(pooled_name(n, p), p) for p in pools] for n, (net, _, _) in nets.items() if pools and hasattr(net, "logit_map")}
     arrays = {}
@@ -344,7 +344,7 @@ def score_models(models: dict[str, str], regimes: dict[str, list[str]], out: str
                     outputs = forward_outputs(net, x, dev, amp, channels_last=False)
                     probs[n][k.numpy()] = outputs[:, 0].cpu().numpy()
                     if n in aux:
-                        aux[n][k.numpy()] = torch.softmax(outputs[:, 1:], dim=1).cpu().numpy()
+                        aux[n][k.numpy()] = torch.softmax(outputs[:, 1:1 + len(aux_names[n])], dim=1).cpu().numpy()
                     if n in pooled:
                         lmap = None
                         for d, p in pooled[n]:

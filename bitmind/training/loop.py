@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from bitmind.calibration import apply_calibration
 from bitmind.checkpoint import model_meta, save_checkpoint
+from bitmind.image_transforms import HISTORY_OUTPUTS
 from bitmind.inference import forward_logits, forward_outputs, to_model_input
 from bitmind.metrics import compute_metrics
 from bitmind.training.config import TrainConfig
@@ -144,7 +145,7 @@ def join_batches(group: list, device: torch.device, channels_last: bool) -> tupl
     """One training batch from its loader parts (``epoch_batches``): images and labels on
     ``device`` (``prepare_batch``, each part copied from its pinned memory, joined there),
     item keys and the count of unreadable items. One part is passed through as it is."""
-    prepared = [prepare_batch(x, y, device, channels_last) for x, y, _k, _bad in group]
+    prepared = [prepare_batch(g[0], g[1], device, channels_last) for g in group]
     keys, bad = [g[2] for g in group], sum(int(g[3]) for g in group)
     if len(group) == 1:
         return prepared[0][0], prepared[0][1], keys[0], bad
@@ -152,6 +153,19 @@ def join_batches(group: list, device: torch.device, channels_last: bool) -> tupl
     if channels_last and device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.cat([p[1] for p in prepared]), torch.cat(keys), bad
+
+
+#: Where a batch's processing-history targets ride in the context every learner of
+#: ``train_one_epoch`` is given (beside distillation teachers' logits, keyed by their path).
+HISTORY_KEY = "<processing history>"
+
+
+def join_history(group: list) -> torch.Tensor | None:
+    """The processing-history targets of a training batch's loader parts (``collate_skip_none``'s
+    fifth item; CPU, in the order ``join_batches`` joins the images), or None when they carry none."""
+    if any(len(g) < 5 for g in group):
+        return None
+    return group[0][4] if len(group) == 1 else torch.cat([g[4] for g in group])
 
 
 # ---------------------------------------------------------------------------- training
@@ -215,6 +229,9 @@ class Learner:
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
         self.aux_names: list[str] = []  # aux_weight: the head's classes and each training item's class (``set_aux``)
         self.aux_labels: torch.Tensor | None = None
+        self.history_weight = float(cfg.history_weight)
+        self.history_names: list[str] = list(HISTORY_OUTPUTS) if self.history_weight else []
+        self.history_loss_sum: torch.Tensor | float = 0.0  # the processing-history head's loss, apart
 
     @property
     def mean_loss(self) -> float:
@@ -230,8 +247,11 @@ class Learner:
     @property
     def aux_record(self) -> dict:
         """What the training's extra terms add to an epoch's record: the auxiliary head's loss and
-        the one-class term's (``real_compact_weight``), each apart and unweighted (nothing without them)."""
+        the processing-history head's (``history_weight``) and the one-class term's
+        (``real_compact_weight``), each apart and unweighted (nothing without them)."""
         rec = {"train_aux_loss": self.mean_aux_loss} if self.aux_names else {}
+        if self.history_names:
+            rec["train_history_loss"] = float(self.history_loss_sum) / max(self.loss_n, 1)
         if self.compact_weight:
             rec["train_compact_loss"] = float(self.compact_loss_sum) / max(self.loss_n, 1)
         return rec
@@ -268,8 +288,13 @@ class Learner:
 
     @property
     def aux_meta(self) -> dict:
-        """What the head adds to a checkpoint's training options: its classes (nothing without a head)."""
-        return {"aux_classes": list(self.aux_names)} if self.aux_names else {}
+        """What the heads add to a checkpoint's training options: the auxiliary head's classes and the
+        processing-history head's outputs, in the order they follow the detector's logit (nothing
+        without a head)."""
+        meta = {"aux_classes": list(self.aux_names)} if self.aux_names else {}
+        if self.history_names:
+            meta["history_outputs"] = list(self.history_names)
+        return meta
 
     def begin_epoch(self, epoch: int) -> float:
         """Set the epoch's learning rate, switch to training mode, reset the running loss."""
@@ -278,31 +303,42 @@ class Learner:
             g["lr"] = lr
         self.net.train()
         self.loss_sum, self.loss_n, self.aux_loss_sum, self.compact_loss_sum = 0.0, 0, 0.0, 0.0
+        self.history_loss_sum = 0.0
         return lr
 
     def step(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
-             aux: torch.Tensor | None = None) -> torch.Tensor:
+             aux: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         """One optimisation step on a prepared batch (``x`` on the device, float, laid out as
         it should run); ``target`` replaces the smoothed labels as the loss target if given;
         ``aux`` (each image's auxiliary class, on the device) adds ``cfg.aux_weight`` times the
         cross-entropy of the model's other outputs. With ``aug_cutmix_prob`` the batch is mixed
         across classes first (``mix_classes``: images, targets and auxiliary classes alike); with
         ``real_compact_weight`` the one-class term (``compact_term``) of the unmixed real photos
-        is added."""
+        is added; ``history`` (each image's processing-history targets, NaN where unknown, on the
+        device) adds ``cfg.history_weight`` times the history head's loss (``history_term``)."""
         if target is None:
             target = smooth_labels(y, self.cfg.label_smoothing)
         mixed = None
         if self.mix_prob:
             x, target, aux, mixed = mix_classes(x, y, target, aux, self.aux_classes, self.mix_prob, self.mix_area,
                                                 self.mix_gen)
-        if aux is None:
+        if history is not None and not self.history_names:
+            history = None  # no head to tell it to
+        if aux is None and history is None:
             logits = forward_logits(self.net, x, x.device, self.amp_dtype, channels_last=False)
             loss = detector_loss = self.criterion(logits, target)
         else:
             out = forward_outputs(self.net, x, x.device, self.amp_dtype, channels_last=False)
-            detector_loss, aux_loss = self.criterion(out[:, 0], target), F.cross_entropy(out[:, 1:], aux)
-            loss = detector_loss + self.cfg.aux_weight * aux_loss
-            self.aux_loss_sum = self.aux_loss_sum + aux_loss.detach() * len(y)
+            loss = detector_loss = self.criterion(out[:, 0], target)
+            if aux is not None:
+                aux_loss = F.cross_entropy(out[:, 1:1 + self.aux_classes], aux)
+                loss = loss + self.cfg.aux_weight * aux_loss
+                self.aux_loss_sum = self.aux_loss_sum + aux_loss.detach() * len(y)
+            if history is not None:
+                first = 1 + self.aux_classes
+                history_loss = history_term(out[:, first:first + len(self.history_names)], history)
+                loss = loss + self.history_weight * history_loss
+                self.history_loss_sum = self.history_loss_sum + history_loss.detach() * len(y)
         if self.compact_weight and self.pooled.value is not None:
             real = (y < 0.5) if mixed is None else (y < 0.5) & ~mixed
             compact = self.compact_term(real)
@@ -397,9 +433,29 @@ class Learner:
             x = mask_frequencies(x, self.freq_prob, self.freq_ratio, self.freq_gen, follow, self.freq_max)
         return x
 
+    def history_for(self, history: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """A batch's processing-history targets (CPU, from the loader) on ``device``; None without the head."""
+        if history is None or not self.history_names:
+            return None
+        return to_device_async(history, device)
+
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
         """Train on one shared batch (sweep variants override this to take their part of it)."""
-        self.step(self.crop(x, k), y, aux=self.aux_for(k, x.device))
+        self.step(self.crop(x, k), y, aux=self.aux_for(k, x.device),
+                  history=self.history_for(context.get(HISTORY_KEY), x.device))
+
+
+def history_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The processing-history head's loss: the Huber loss (smooth L1) of its outputs ``pred`` against
+    ``target`` (B, len(HISTORY_OUTPUTS)), averaged over the known targets (NaN ones, of pictures whose
+    history is not known, left out; 0 when none is known). Why: the family head was the one change
+    that lifted held-out GANs on two seeds (a second task that needs how a picture was made); this
+    one can only be answered from how pixels were resampled and compressed, for real and generated
+    pictures alike, never from what they show (in the spirit of Huh et al., ECCV 2018, who learnt
+    splice detection from EXIF self-consistency). Boolean weights, not an index: no host sync."""
+    known = torch.isfinite(target)
+    err = F.smooth_l1_loss(pred.float(), torch.nan_to_num(target.float()), reduction="none")
+    return (err * known).sum() / known.sum().clamp(min=1)
 
 
 #: The smallest training patch: with the stem pool, 16 px reach the last layer as a 2x2 map.
@@ -650,6 +706,9 @@ def train_one_epoch(learners: Sequence[Learner], loader: DataLoader, cfg: TrainC
         x, y, k, bad = join_batches(group, device, cfg.channels_last)
         skipped += bad
         ctx = context(x) if context is not None else {}
+        history = join_history(group)
+        if history is not None:
+            ctx = {**ctx, HISTORY_KEY: history}
         for learner in learners:
             learner.train_batch(x, y, k, ctx)
         images += len(y)

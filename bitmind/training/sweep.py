@@ -120,6 +120,7 @@ try:
     from bitmind.metrics import compute_metrics
     from bitmind.training.config import ConfigError, TrainConfig, as_config_error, usage_error
     from bitmind.training.loop import (
+        HISTORY_KEY,
         Best,
         Learner,
         check_patch_size,
@@ -186,7 +187,7 @@ SPEC_KEYS = frozenset({"base", "variants", *SPEC_TYPES, *DOC_KEYS})
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
                           "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "seed", "patch_size",
                           "tile_shuffle", "pair_patches", "aug_freq_mask_prob", "aug_freq_mask_ratio", "aug_freq_mask_max_freq",
-                          "aug_cutmix_prob", "aug_cutmix_area", "real_compact_weight",
+                          "aug_cutmix_prob", "aug_cutmix_area", "real_compact_weight", "history_weight",
                           *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
@@ -401,12 +402,14 @@ class _Variant(Learner):
         self.writer = make_writer(self.run_dir)
 
     def select(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
-               teacher_logit: torch.Tensor | None = None) -> tuple[torch.Tensor, ...] | None:
+               teacher_logit: torch.Tensor | None = None,
+               history: torch.Tensor | None = None) -> tuple[torch.Tensor, ...] | None:
         """The part of a shared batch in this variant's subset: images, labels, teacher logits
-        (or None) and item keys (None if under 2 images); with ``cfg.share_multiple`` m > 1, its
-        first rows in a multiple of m (all of them when fewer than m)."""
+        (or None), item keys and processing-history targets (CPU, or None) (None if under 2
+        images); with ``cfg.share_multiple`` m > 1, its first rows in a multiple of m (all of
+        them when fewer than m)."""
         if self.mask is None:
-            return x, y, teacher_logit, k
+            return x, y, teacher_logit, k, history
         rows = self.mask[k].nonzero().squeeze(1)  # on the CPU, as the mask and the keys: no device sync
         m = self.cfg.share_multiple
         if m > 1 and len(rows) >= m:
@@ -414,11 +417,12 @@ class _Variant(Learner):
         if len(rows) < 2:
             return None
         k = k[rows]
+        history = history[rows] if history is not None else None  # CPU, as the rows here
         # rows as indices, copied without a sync: a boolean index on the device (x[keep]) waits
         # for the GPU to finish all it was given to count the rows, once per variant and batch
         rows = to_device_async(rows, x.device)
         return (x.index_select(0, rows), y.index_select(0, rows),
-                (teacher_logit.index_select(0, rows) if teacher_logit is not None else None), k)
+                (teacher_logit.index_select(0, rows) if teacher_logit is not None else None), k, history)
 
     def begin_epoch(self, epoch: int) -> float:
         self.bn_batches = []  # the average's statistics come from this epoch's batches only (a resumed sweep has no others)
@@ -456,11 +460,12 @@ class _Variant(Learner):
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
         if self.failed:  # diverged: the others go on, this one keeps its last finite best
             return
-        part = self.select(x, y, k, context.get(self.teacher))
+        part = self.select(x, y, k, context.get(self.teacher), context.get(HISTORY_KEY))
         if part is None:
             return
         xv = self.crop(part[0], part[3])
-        self.step(xv, part[1], target=self.target(part[1], part[2]), aux=self.aux_for(part[3], x.device))
+        self.step(xv, part[1], target=self.target(part[1], part[2]), aux=self.aux_for(part[3], x.device),
+                  history=self.history_for(part[4], x.device))
         self.remember(xv)
 
 
@@ -770,6 +775,7 @@ def _run_sweep(spec: SweepSpec, options, earlier: EarlierRun, beside: dict[str, 
     say_amp(base.amp, amp_used, device, records="sweep.json and the variants' checkpoints")
 
     train_ds, val_ds, counts = build_datasets(base)
+    train_ds.history = any(cfg.history_weight for cfg, _ in options.values())  # the history head's targets
     # only once the data has been read: a typo in --data never costs the earlier sweep; --overwrite sets it aside
     # until this sweep saves an epoch (put back if it ends before)
     earlier.set_aside()

@@ -44,7 +44,7 @@ from bitmind.data import (
 )
 from bitmind.data.dataset import worker_init
 from bitmind.data.families import aux_classes, class_family_shares, parse_family_share, sampling_family
-from bitmind.image_transforms import TrainAugment, ValidatorPipeline
+from bitmind.image_transforms import HISTORY_OUTPUTS, TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_label, stop_name, stop_reason
 from bitmind.training.config import TrainConfig
@@ -312,12 +312,14 @@ def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: in
     """``cfg``'s architecture, with ``--init_from`` weights if set (and ``init``: a resumed run
     loads its own state instead, so the file it started from need not be there any more), on
     ``device`` (channels-last on CUDA); with ``aux_classes`` (``aux_weight``), that many outputs
-    after the detector's logit."""
+    after the detector's logit, and after them the processing-history head's (``history_weight``,
+    ``HISTORY_OUTPUTS``)."""
     model = build_model(cfg.arch, **cfg.model_config())
-    if aux_classes:  # built without it first: the head changes no other initial weight
+    extra = aux_classes + (len(HISTORY_OUTPUTS) if cfg.history_weight else 0)
+    if extra:  # built without them first: the heads change no other initial weight
         from bitmind.models.npr import with_aux_outputs
 
-        with_aux_outputs(model, aux_classes, seed=cfg.seed)
+        with_aux_outputs(model, extra, seed=cfg.seed)
     if cfg.init_from and init:
         load_weights(model, init_weights(cfg), f"--init_from {cfg.init_from}")
     model.to(device)
@@ -393,6 +395,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
     st = read_run_state(state_path) if cfg.resume and state_path.exists() else None  # a damaged state: before the data
 
     train_ds, val_ds, counts = build_datasets(cfg)
+    train_ds.history = bool(cfg.history_weight)  # items carry their processing history for the head
     if is_main:  # only once the data has been read: a run that fails on a typo leaves the folder as it was
         earlier.set_aside()  # --overwrite: until this run saves an epoch (put back if it ends before)
         run_dir.mkdir(parents=True, exist_ok=True)
