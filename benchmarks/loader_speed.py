@@ -90,7 +90,7 @@ from bitmind.common import machine_info
 from bitmind.data import collate_skip_none
 from bitmind.training.logo import spec_with_overrides
 from bitmind.training.loop import prepare_batch
-from bitmind.training.sweep import SweepSpec, sweep_train_loader
+from bitmind.training.sweep import SweepSpec, carries_history, sweep_train_loader
 from bitmind.training.trainer import build_datasets, prepare_device, seed_everything, train_sampler
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -186,7 +186,7 @@ def time_stream(loader: DataLoader, train_ds, base, device: torch.device, mode: 
                 t0, cpu0, wcpu0 = time.perf_counter(), time.process_time(), _workers_cpu_s(pids)
                 epoch_timed = counter["epoch"]
             t = time.perf_counter()
-            x, y, _k, bad = next(stream)
+            x, y, _k, bad = next(stream)[:4]  # a fifth item: the processing histories (history_weight)
             if mode != "loader":
                 x, y = prepare_batch(x, y, device, base.channels_last)
                 if device.type == "cuda":
@@ -365,7 +365,7 @@ def main(argv=None) -> dict:
     device = prepare_device(base)
     seed_everything(base.seed)
     t = time.perf_counter()
-    train_ds, _val_ds, _counts = build_datasets(base)
+    train_ds, _val_ds, _counts = build_datasets(base, history=carries_history(spec.check()))  # as run_sweep builds it
     sampler = train_sampler(base, train_ds)  # pairs the round trips with their photos, as the sweep's does
     build_s = time.perf_counter() - t
     print("training set:\n" + train_ds.summary(), flush=True)

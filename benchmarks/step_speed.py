@@ -98,7 +98,8 @@ import torch
 
 from bitmind.common import machine_info, resolve_amp
 from bitmind.training.logo import spec_with_overrides
-from bitmind.training.loop import prepare_batch
+from bitmind.image_transforms import HISTORY_OUTPUTS
+from bitmind.training.loop import HISTORY_KEY, prepare_batch
 from bitmind.training.sweep import SweepSpec, _Variant
 from bitmind.training.trainer import prepare_device, seed_everything
 
@@ -208,12 +209,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def history_of(variants: list[_Variant], k: torch.Tensor) -> torch.Tensor | None:
+    """Made-up processing-history targets for a batch's keys (CPU, as the loader gives them) when a
+    variant trains a processing-history head (``history_weight``), so its step is timed with its
+    term; None otherwise, as a sweep without the head gets none."""
+    if not any(v.history_names for v in variants):
+        return None
+    return (k[:, None] % 7).float().div(7).expand(-1, len(HISTORY_OUTPUTS)).contiguous()
+
+
 def train_step(variants: list[_Variant], batch, device: torch.device, channels_last: bool) -> None:
     """One shared batch, as ``train_one_epoch`` gives it to its learners."""
     x, y, k = batch
     x, y = prepare_batch(x, y, device, channels_last)
+    history = history_of(variants, k)
+    ctx = {HISTORY_KEY: history} if history is not None else {}
     for v in variants:
-        v.train_batch(x, y, k, {})
+        v.train_batch(x, y, k, ctx)
 
 
 # ---------------------------------------------------------------------------- timings
@@ -245,6 +257,7 @@ def time_split(variants, batches: Batches, device, channels_last: bool, start: i
 
     for i in range(start, start + steps):
         x, y, k = batches(i)
+        history = history_of(variants, k)
         _sync(device)
         t = time.perf_counter()
         x, y = prepare_batch(x, y, device, channels_last)
@@ -252,7 +265,7 @@ def time_split(variants, batches: Batches, device, channels_last: bool, start: i
         for v in variants:
             p = per[v.name]
             t = time.perf_counter()
-            part = v.select(x, y, k, None)
+            part = v.select(x, y, k, None, history)
             p["select"] += clock(t)
             if part is None:
                 p["skipped"] += 1
@@ -262,7 +275,8 @@ def time_split(variants, batches: Batches, device, channels_last: bool, start: i
             xv = v.crop(part[0], part[3])
             p["crop"] += clock(t)
             t = time.perf_counter()
-            v.step(xv, part[1], target=v.target(part[1], part[2]), aux=v.aux_for(part[3], xv.device))
+            v.step(xv, part[1], target=v.target(part[1], part[2]), aux=v.aux_for(part[3], xv.device),
+                   history=v.history_for(part[4], xv.device))
             v.remember(xv)
             p["step"] += clock(t)
     for p in per.values():

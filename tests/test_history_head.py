@@ -401,3 +401,52 @@ def test_the_trainer_trains_the_history_head_and_model_info_shows_it(tmp_path, c
     info = model_info.describe(tmp_path / "shipped.pth")
     assert info["history_outputs"] == list(HISTORY_OUTPUTS) and not info["aux_head_in_file"]
     assert "processing-history head (dropped when shipped; the file is the detector alone)" in model_info.render(info)
+
+
+# ---------------------------------------------------------------------------- resume and the benchmarks
+def test_a_resumed_run_that_switches_the_history_head_is_refused_before_its_record_changes(tmp_path, usage_error):
+    """The head is rows of the last layer: a resume with another ``--history_weight`` would build a
+    network its saved weights do not fit, after rewriting ``opt.json`` (so the plain ``--resume``
+    after it failed too). Refused up front, the record untouched, like ``--aux_weight``."""
+    run = tmp_path / "t"
+    run.mkdir()
+    opt = json.dumps(TrainConfig(width=8, history_weight=0.5).to_dict())
+    (run / "opt.json").write_text(opt)
+    err = usage_error(parse_config, ["--resume", "--checkpoints_dir", str(tmp_path), "--name", "t", "--history_weight", "0"])
+    assert "--resume" in err and "history_weight=0.5" in err and "history_weight=0.0" in err, err
+    assert (run / "opt.json").read_text() == opt
+    resumed = parse_config(["--resume", "--checkpoints_dir", str(tmp_path), "--name", "t"])
+    assert resumed.history_weight == 0.5  # read back from the run
+
+
+def test_a_sweep_with_the_head_builds_its_training_set_with_histories_and_one_without_does_not():
+    from bitmind.training.sweep import carries_history
+
+    with_head = SweepSpec.from_dict({"base": {"device": "cpu"}, "variants": {"h": {"history_weight": 0.5}, "c": {}}})
+    without = SweepSpec.from_dict({"base": {"device": "cpu"}, "variants": {"a": {"aux_weight": 0.1}, "c": {}}})
+    assert carries_history(with_head.check()) and not carries_history(without.check())
+
+
+def test_step_speed_times_a_history_variant_with_its_term():
+    """benchmarks/step_speed.py gives the learners made-up history targets when a variant has the head
+    (its step then runs the history term, as in a sweep), none otherwise."""
+    from conftest import load_script
+
+    step_speed = load_script("benchmarks/step_speed.py")
+    k = torch.tensor([0, 3, 9, 13])
+    head = SimpleVariant(["log2_scale", "jpeg_quality"])
+    plain = SimpleVariant([])
+    assert step_speed.history_of([plain], k) is None
+    h = step_speed.history_of([plain, head], k)
+    assert h.shape == (4, N_HISTORY) and bool(torch.isfinite(h).all()) and len(set(h[:, 0].tolist())) > 1
+    seen = {}
+    head.train_batch = lambda x, y, kk, ctx: seen.update(ctx)
+    step_speed.train_step([head], (torch.rand(4, 3, 8, 8), torch.zeros(4), k), torch.device("cpu"), False)
+    assert torch.equal(seen[HISTORY_KEY], h)
+
+
+class SimpleVariant:
+    """What ``step_speed.history_of`` reads of a variant: the names of its history outputs."""
+
+    def __init__(self, names):
+        self.history_names = list(names)

@@ -39,7 +39,8 @@ def test_select_takes_the_rows_of_the_variants_subset_in_batch_order():
     mask[::3] = True
     mask[k[:4]] = True  # at least four rows of this batch are in the subset
     keep = mask[k]
-    got_x, got_y, got_t, got_k = _Variant.select(_owner(mask), x, y, k, t)
+    got_x, got_y, got_t, got_k, got_h = _Variant.select(_owner(mask), x, y, k, t)
+    assert got_h is None  # no processing history given, none made up
     assert torch.equal(got_x, x[keep]) and torch.equal(got_y, y[keep]) and torch.equal(got_t, t[keep])
     assert torch.equal(got_k, k[keep]) and bool(mask[got_k].all()) and len(got_k) == int(keep.sum()) < len(k)
     assert _Variant.select(_owner(mask), x, y, k, None)[2] is None
@@ -71,7 +72,8 @@ def test_select_cuts_the_share_to_a_multiple_for_few_shapes():
     full = _Variant.select(_owner(mask), x, y, k, t)
     cut = _Variant.select(_owner(mask, 8), x, y, k, t)
     assert len(full[3]) == 35 and len(cut[3]) == 32
-    assert all(torch.equal(c, f[:32]) for c, f in zip(cut, full))
+    assert all(torch.equal(c, f[:32]) for c, f in zip(cut, full) if f is not None)
+    assert cut[4] is None and full[4] is None  # no processing history given
     few = torch.zeros(40, dtype=torch.bool)
     few[k[:5]] = True
     assert len(_Variant.select(_owner(few, 8), x, y, k, t)[3]) == 5

@@ -113,8 +113,9 @@ class TrainConfig:
                                      "auxiliary head's) that regress what the training augmentation did to each "
                                      "picture, log2 of its resize factor and its JPEG quality (Huber loss; "
                                      "bitmind.image_transforms.HISTORY_OUTPUTS; 0: off). Only how the pixels were made "
-                                     "answers it, for real and generated pictures alike; validator challenges "
-                                     "(--challenge_data), whose history is unknown, are left out of it. The checkpoint "
+                                     "answers it, for real and generated pictures alike; no JPEG round trip counts as quality 100; "
+                                     "validator challenges (--challenge_data, and round trips paired with them), whose "
+                                     "history is unknown, are left out of it. Fixed on --resume. The checkpoint "
                                      "names the outputs (train_options.history_outputs); the miner serves the detector alone")
     patch_size: int = opt(0, "train on one random square of this side per image (0: the whole image); the model is "
                              "served on the whole picture, its global pool averaging the patches (shipped recipe: 96)")

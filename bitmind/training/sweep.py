@@ -29,7 +29,9 @@ Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
 ``lr_decay_every``, ``warmup_epochs``, ``weight_decay``, ``beta1``, ``label_smoothing``),
 the auxiliary family head (``aux_weight``: its classes come from the whole training set, so
 every variant's head has the same outputs and a fold's held-out family is a class it never
-trains on), the one-class term (``real_compact_weight``), what is done to each training patch
+trains on), the processing-history head (``history_weight``: the training set then carries each
+picture's augmentation history for every variant, read by those with the head), the one-class
+term (``real_compact_weight``), what is done to each training patch
 on the device (``patch_size``, ``tile_shuffle``, ``pair_patches``, the ``aug_freq_mask_*`` and
 ``aug_cutmix_*`` options) and ``seed`` (weight initialisation). These variant options exist only in sweeps:
 
@@ -469,6 +471,12 @@ class _Variant(Learner):
         self.remember(xv)
 
 
+def carries_history(options: dict) -> bool:
+    """Whether a sweep's shared training set must carry each picture's processing history: some
+    variant (``SweepSpec.check``'s options) trains a processing-history head (``history_weight``)."""
+    return any(cfg.history_weight for cfg, _ in options.values())
+
+
 def budget_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: float, planned: int) -> int:
     """How many epochs fit in ``budget_s``: the ``epochs_done`` already run (in ``elapsed_s``)
     plus as many more as the remaining time allows at ``epoch_s`` each (training and its share
@@ -774,8 +782,7 @@ def _run_sweep(spec: SweepSpec, options, earlier: EarlierRun, beside: dict[str, 
     amp_used = amp_name(amp_dtype)  # recorded beside ``amp`` as asked: bf16 asked on a CPU trains fp32
     say_amp(base.amp, amp_used, device, records="sweep.json and the variants' checkpoints")
 
-    train_ds, val_ds, counts = build_datasets(base)
-    train_ds.history = any(cfg.history_weight for cfg, _ in options.values())  # the history head's targets
+    train_ds, val_ds, counts = build_datasets(base, history=carries_history(options))
     # only once the data has been read: a typo in --data never costs the earlier sweep; --overwrite sets it aside
     # until this sweep saves an epoch (put back if it ends before)
     earlier.set_aside()

@@ -152,9 +152,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset, dict]:
+def build_datasets(cfg: TrainConfig, history: bool = False) -> tuple[DetectionDataset, DetectionDataset, dict]:
     """Training and validation sets of ``cfg``: every root of ``data`` and ``challenge_data``
-    split by stem; ``train_data`` adds its train split only.
+    split by stem; ``train_data`` adds its train split only. With ``history`` the training items
+    carry their processing history (``DetectionDataset.history``: a processing-history head,
+    ``history_weight``, is trained on them).
 
     Augmentation is per source: crop pools get the training augmentation (and the
     validator pipeline for validation); ``challenge_data`` roots, which already are what a
@@ -181,7 +183,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     if not train_parts:
         raise TrainingDataError("no training data: pass --data DIR (a CLASS/SOURCE/*.jpg folder or hf:NAME:role)")
     train = DetectionDataset.from_sources(train_parts, augment=TrainAugment(cfg.aug_config()), seed=cfg.seed,
-                                          uint8=cfg.uint8_loading, augment_for=train_aug_for)
+                                          uint8=cfg.uint8_loading, augment_for=train_aug_for, history=history)
     # Validation challenges: one fixed RNG per image (epoch stays 0), the same ones that
     # ``python -m bitmind.eval --split val --challenge --seed <seed>`` draws.
     val = DetectionDataset.from_sources(val_parts, augment=ValidatorPipeline() if cfg.val_challenge else None,
@@ -394,8 +396,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
     state_path = run_dir / "state_last.pt"
     st = read_run_state(state_path) if cfg.resume and state_path.exists() else None  # a damaged state: before the data
 
-    train_ds, val_ds, counts = build_datasets(cfg)
-    train_ds.history = bool(cfg.history_weight)  # items carry their processing history for the head
+    train_ds, val_ds, counts = build_datasets(cfg, history=bool(cfg.history_weight))
     if is_main:  # only once the data has been read: a run that fails on a typo leaves the folder as it was
         earlier.set_aside()  # --overwrite: until this run saves an epoch (put back if it ends before)
         run_dir.mkdir(parents=True, exist_ok=True)
