@@ -92,6 +92,52 @@ def test_a_resumed_run_with_another_network_is_a_usage_error(tmp_path, usage_err
     assert "--resume" in err and "width=8" in err and "width=16" in err  # RunFolderError
 
 
+def _alternatives(value):
+    """Other values of an option's type to try (strings: none; the few string options that shape
+    the network are listed apart)."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 2, 2 if value == 0 else value // 2]
+    if isinstance(value, float):
+        return [0.5 if value == 0 else value * 0.5]
+    return []
+
+
+def test_every_option_that_shapes_the_saved_weights_is_fixed_on_resume():
+    """A resumed run loads its saved weights into the network its options build; an option that
+    changes the weights' shapes and is not in ``FIXED_ON_RESUME`` is found only once ``opt.json``
+    has been rewritten with it, after which the plain ``--resume`` fails too (``--history_weight``
+    was such an option). Every option is tried at other values on a small network; whichever
+    changes a weight's shape must be listed. (The family head's rows come from the data, so
+    ``aux_weight`` is listed without being found here.)"""
+    import dataclasses
+
+    from bitmind.training.trainer import build_training_model
+
+    def shapes(cfg):
+        return {k: tuple(v.shape) for k, v in build_training_model(cfg, torch.device("cpu")).state_dict().items()}
+
+    base = TrainConfig(**NET, device="cpu")
+    reference = shapes(base)
+    tries = {f.name: _alternatives(getattr(base, f.name)) for f in dataclasses.fields(TrainConfig)}
+    tries.update(layers=[[1, 2], [2, 1, 1]], input=["npr", "rgb"], pool=["top10"], arch=["ensemble"])
+    found, tried = set(), 0
+    for name, values in tries.items():
+        for value in values:
+            try:
+                cfg = dataclasses.replace(base, **{name: value})
+                cfg.check()
+                got = shapes(cfg)
+            except Exception:  # a value the option refuses, or one no network is built from: nothing to compare
+                continue
+            tried += 1
+            if got != reference:
+                found.add(name)
+    assert tried > 50 and {"width", "layers", "history_weight"} <= found  # the search reaches the known ones
+    assert found <= set(run_folder.FIXED_ON_RESUME), sorted(found - set(run_folder.FIXED_ON_RESUME))
+
+
 def test_a_usage_error_is_one_line_without_the_usage_block(capsys):
     """A value the command line parsed but no run can use ends as ``PROG: error: ...`` alone
     (exit 2): argparse's usage block before it is forty-odd lines that push it off the screen."""
