@@ -45,7 +45,7 @@ def _args(data: Path, out: Path, *more: str, tiny: bool = True) -> list[str]:
 
 def _no_data(monkeypatch) -> None:
     """Reading the data fails the test: the command must stop before it."""
-    def read(cfg):
+    def read(cfg, **_kw):
         raise AssertionError("the data was read before the error")
 
     monkeypatch.setattr(trainer, "build_datasets", read)
@@ -153,7 +153,7 @@ def test_a_second_ctrl_c_ends_in_one_line_and_status_130(data, tmp_path, entry, 
 def test_ctrl_c_after_a_saved_epoch_says_how_to_go_on(data, tmp_path, entry, capsys, monkeypatch):
     train(tiny_config(data, tmp_path, epochs=1))
 
-    def interrupted(cfg):  # Ctrl-C while a resumed run reads its data (no handler of the trainer's yet)
+    def interrupted(cfg, **_kw):  # Ctrl-C while a resumed run reads its data (no handler of the trainer's yet)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "build_datasets", interrupted)
