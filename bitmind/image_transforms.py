@@ -81,6 +81,12 @@ def base_pil(img: Image.Image, size: int = TARGET_SIZE) -> Image.Image:
     return _resize_square(CenterCropShortSide()(_to_rgb(img)), size)
 
 
+def base_scaled(img: Image.Image, size: int = TARGET_SIZE) -> tuple[Image.Image, float]:
+    """``base_pil`` and how much it scaled the picture (size / short side: above 1 up-scaled),
+    for the processing history (``TrainAugment.with_history``)."""
+    return base_pil(img, size), size / min(img.size)
+
+
 #: The one eval transform: PIL image -> float tensor (3, 256, 256) in [0, 1].
 base_transforms = T.Compose([ConvertToRGB(), CenterCropShortSide(), ResizeSquare(TARGET_SIZE), T.ToTensor()])
 
@@ -169,7 +175,7 @@ class ValidatorPipeline:
         """``apply`` (the same draws) and how much it scaled the picture: size / short side
         when plain, size / crop side when augmented (``resize_factor`` without the pixels)."""
         if rng.random() < self.plain_share:
-            return base_pil(img, self.size), self.size / min(img.size)
+            return base_scaled(img, self.size)
         return RandomAugment(self.size).apply_scaled(img, rng)
 
     def resize_factor(self, width: int, height: int, rng: random.Random) -> float:
@@ -243,7 +249,7 @@ class TrainAugment:
         if rng.random() < c.validator_prob:
             img, scale = self._geom.apply_scaled(img, rng)
         else:
-            img, scale = base_pil(img, self.size), self.size / min(img.size)
+            img, scale = base_scaled(img, self.size)
         if c.blur_prob > 0 and rng.random() < c.blur_prob:
             img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*c.blur_sigma)))
         if c.color_jitter_prob > 0 and rng.random() < c.color_jitter_prob:

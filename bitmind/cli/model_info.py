@@ -178,13 +178,11 @@ def render(info: dict) -> str:
     if any(v is not None for v in info["training"].values()) or info["data"]:
         tr = ", ".join(f"{k} {_fmt(v)}" for k, v in info["training"].items() if v is not None)
         lines.append(f"  trained: {tr}" + (f"; data {', '.join(info['data'])}" if info["data"] else ""))
+    where = ("in the file; the first output alone is served" if info.get("aux_head_in_file")
+             else "dropped when shipped; the file is the detector alone")
     if info.get("aux_classes"):
-        where = ("in the file; the first output alone is served" if info.get("aux_head_in_file")
-                 else "dropped when shipped; the file is the detector alone")
         lines.append(f"  trained with an auxiliary head ({where}): {', '.join(info['aux_classes'])}")
     if info.get("history_outputs"):
-        where = ("in the file; the first output alone is served" if info.get("aux_head_in_file")
-                 else "dropped when shipped; the file is the detector alone")
         lines.append(f"  trained with a processing-history head ({where}): {', '.join(info['history_outputs'])}")
     val = {k: v for k, v in info["validation"].items() if v is not None}
     if val:

@@ -241,27 +241,21 @@ class TrainConfig:
         # above 1, factors 1 - s below 0 (a black picture); above 2, a hue shift a worker fails on; -s is s
         if not 0.0 <= self.aug_color_jitter <= 1.0:
             raise ConfigError(f"--aug_color_jitter is a strength in [0, 1], got {self.aug_color_jitter}")
-        if not (math.isfinite(self.aux_weight) and self.aux_weight >= 0):
-            raise ConfigError(f"--aux_weight must be 0 (off) or positive, got {self.aux_weight}")
-        if self.aux_weight and (self.arch != "npr" or self.pool != "mean"):
-            raise ConfigError("--aux_weight needs the npr architecture with the mean pool (a top-k pool ranks "
-                              "the locations by the detector's logit alone)")
-        if not (math.isfinite(self.real_compact_weight) and self.real_compact_weight >= 0):
-            raise ConfigError(f"--real_compact_weight must be 0 (off) or positive, got {self.real_compact_weight}")
-        if self.real_compact_weight and (self.arch != "npr" or self.pool != "mean"):
-            raise ConfigError("--real_compact_weight needs the npr architecture with the mean pool (it reads the "
-                              "pooled features the mean pool's classifier sees)")
+        # the weights of terms that read the mean pool's features or add outputs beside the detector's
+        for name, why in (("aux_weight", "a top-k pool ranks the locations by the detector's logit alone"),
+                          ("real_compact_weight", "it reads the pooled features the mean pool's classifier sees"),
+                          ("history_weight", "its outputs sit beside the detector's on the pooled features")):
+            weight = getattr(self, name)
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"--{name} must be 0 (off) or positive, got {weight}")
+            if weight and (self.arch != "npr" or self.pool != "mean"):
+                raise ConfigError(f"--{name} needs the npr architecture with the mean pool ({why})")
         if self.real_compact_weight and self.aug_cutmix_prob >= 1.0:
             raise ConfigError("--real_compact_weight with --aug_cutmix_prob 1: the one-class term reads the real photos "
                               "left unmixed (about 1 - p of them), so with every patch mixed it would never apply")
         if self.aug_cutmix_prob and self.pair_patches:
             raise ConfigError("--aug_cutmix_prob with --pair_patches: each patch gets its own pasted rectangle and "
                               "partner, so a round trip and its real photo would differ by more than the decoder")
-        if not (math.isfinite(self.history_weight) and self.history_weight >= 0):
-            raise ConfigError(f"--history_weight must be 0 (off) or positive, got {self.history_weight}")
-        if self.history_weight and (self.arch != "npr" or self.pool != "mean"):
-            raise ConfigError("--history_weight needs the npr architecture with the mean pool (its outputs sit "
-                              "beside the detector's on the pooled features)")
         if self.history_weight and self.aug_cutmix_prob:
             raise ConfigError("--history_weight with --aug_cutmix_prob: a patch with a rectangle of another picture "
                               "has two processing histories, and the head is told one")
