@@ -161,20 +161,52 @@ def class_family_shares(labels: Sequence[int], sources: Sequence[str], weights: 
 
 #: The auxiliary head's class of every real photo (``aux_classes``).
 AUX_REAL = "real"
+#: How finely the auxiliary head splits the generated pictures (``aux_class_of``, ``--aux_by``).
+AUX_GROUPINGS = ("family", "generator", "source")
+#: Families whose folders are different generator networks, each up-sampling with its own
+#: layers: the GAN folders (StyleGAN, BigGAN / ProGAN, pix2pixHD / SPADE, VQGAN). The folders
+#: of every other family share one decoder (SD 1.x and 2 the same VAE, FLUX.1 [dev] and
+#: [schnell] one), so they differ by prompts and sampling, not by how pixels are made.
+SPLIT_BY_GENERATOR = ("gans",)
 
 
-def aux_classes(sources: Sequence[str]) -> tuple[list[str], list[int]]:
+def aux_class_of(source: str, by: str = "family") -> str:
+    """The auxiliary class of one source: ``real`` for every real photo; for a generated
+    picture its ``sampling_family`` (``by="family"``: all round trips one class, the small GANs
+    one), or with ``by="generator"`` the GAN family split into its four generator designs
+    (``SPLIT_BY_GENERATOR``), or with ``by="source"`` every generator folder its own class
+    (``sd1x``, ``sd15``, ``flux1-dev``, ...; round trips, synthetic traces and small GANs
+    stay one class each: they are training material, not generators). A ValueError names
+    an unknown grouping."""
+    if by not in AUX_GROUPINGS:
+        raise ValueError(f"aux grouping {by!r}: one of {', '.join(AUX_GROUPINGS)}")
+    if not source.startswith("fake/"):
+        return AUX_REAL
+    fam = sampling_family(source)
+    folder = source.partition("/")[2]
+    if fam != family_of(source) or fam == "minigan":  # round trips, synthetic traces, small GANs
+        return fam
+    if by == "source" or (by == "generator" and fam in SPLIT_BY_GENERATOR):
+        return folder
+    return fam
+
+
+def aux_classes(sources: Sequence[str], by: str = "family") -> tuple[list[str], list[int]]:
     """The classes of an auxiliary head that tells the fake families apart, and each item's
-    class: ``["real", <fake families, sorted>]`` and, per item of ``sources``, 0 for a real
-    photo or 1 + its family's place among the fake families (``sampling_family``: all round
-    trips are one class, ``aligned``; the small GANs one, ``minigan``).
+    class: ``["real", <fake classes, sorted>]`` and, per item of ``sources``, 0 for a real
+    photo or 1 + its class's place among the fake classes (``aux_class_of``; by family, all
+    round trips are one class, ``aligned``, and the small GANs one, ``minigan``; ``by``
+    splits the generators more finely).
 
-    Why families and not sources: two SD 1.x folders are one generator, and a head asked to
-    tell them apart would learn their content. Why one class for all real photos: real kinds
+    Why families by default and not sources: two SD 1.x folders are one generator, and a head
+    asked to tell them apart may learn their content (``by="source"`` is the test of that);
+    ``by="generator"`` splits only the family whose folders are different generator networks,
+    the GANs, whose up-sampling differs from one design to the next. Why one class for all real photos: real kinds
     differ by what they show (faces, cities, low light), the one thing the detector must not
     learn. The head asks the network to keep apart the traces of the generators it trains
     on, which a single real/fake logit lets it merge. A family held out of a LOGO fold has no
     picture among that fold's training items, so its class is never that fold's target."""
-    fams = sorted({sampling_family(s) for s in sources if s.startswith("fake/")})
+    keys = [aux_class_of(s, by) for s in sources]
+    fams = sorted({k for k, s in zip(keys, sources) if s.startswith("fake/")})
     place = {f: i + 1 for i, f in enumerate(fams)}
-    return [AUX_REAL, *fams], [place[sampling_family(s)] if s.startswith("fake/") else 0 for s in sources]
+    return [AUX_REAL, *fams], [place[k] if s.startswith("fake/") else 0 for k, s in zip(keys, sources)]

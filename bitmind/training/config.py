@@ -103,6 +103,11 @@ class TrainConfig:
                                  "family of the training set apart (bitmind.data.families.aux_classes; 0: off). "
                                  "It adds outputs after the detector's logit, which alone is served, scored and "
                                  "calibrated; the checkpoint names the classes (train_options.aux_classes)")
+    aux_by: str = opt("family", "how finely the auxiliary head splits generated pictures: family (SD 1/2, SDXL, "
+                                "FLUX.1, SD 3.5, Midjourney, GANs, round trips), generator (the GAN family split into "
+                                "its four generator designs, each up-sampling with its own layers) or source (every "
+                                "generator folder its own class; it may learn what each folder shows). Fixed on --resume; "
+                                "bitmind.data.families.aux_class_of")
     real_compact_weight: float = opt(0.0, "weight of a one-class term: the squared distance of each real training "
                                           "photo's pooled features from the real photos' running mean, over the "
                                           "batch's spread (0: off; Learner.compact_term). Real photos learn one compact "
@@ -198,6 +203,7 @@ class TrainConfig:
         Why: a typo in ``--balance`` or an odd ``--tile_shuffle`` should stop the run before
         the data is read and the workers start, not minutes later in a worker's traceback.
         What needs the data or a checkpoint (the roots, ``--init_from``) is checked where it is read."""
+        from bitmind.data.families import AUX_GROUPINGS
         from bitmind.models import available_models
         from bitmind.models.npr import INPUT_MODES, top_fraction
         from bitmind.training.loop import check_cutmix, check_freq_mask, check_patch_size, check_tile_shuffle
@@ -208,6 +214,7 @@ class TrainConfig:
 
         one_of("balance", ("sampler", "family", "weight", "none"))
         one_of("lr_schedule", ("step", "cosine"))
+        one_of("aux_by", AUX_GROUPINGS)
         one_of("amp", ("auto", "bf16", "fp16", "none"))
         one_of("arch", tuple(available_models()))
         if self.arch == "npr":

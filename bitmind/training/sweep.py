@@ -27,9 +27,9 @@ Shared (``base`` only): data, splits, augmentation, epochs, batch size, sampler,
 Per variant: the model (``arch``, ``layers``, ``width``, ``dropout``, ``input``,
 ``stem_pool``, ``init_from``), the optimiser (``lr``, ``lr_schedule``, ``lr_decay``,
 ``lr_decay_every``, ``warmup_epochs``, ``weight_decay``, ``beta1``, ``label_smoothing``),
-the auxiliary family head (``aux_weight``: its classes come from the whole training set, so
-every variant's head has the same outputs and a fold's held-out family is a class it never
-trains on), the processing-history head (``history_weight``: the training set then carries each
+the auxiliary family head (``aux_weight``, ``aux_by``: its classes come from the whole training
+set, so every variant with the same grouping has the same outputs and a fold's held-out family
+is a class it never trains on), the processing-history head (``history_weight``: the training set then carries each
 picture's augmentation history for every variant, read by those with the head), the one-class
 term (``real_compact_weight``), what is done to each training patch
 on the device (``patch_size``, ``tile_shuffle``, ``pair_patches``, the ``aug_freq_mask_*`` and
@@ -187,7 +187,7 @@ DOC_KEYS = frozenset({"logo", "ran", "merged_runs", "residual_logo"})
 SPEC_KEYS = frozenset({"base", "variants", *SPEC_TYPES, *DOC_KEYS})
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
-                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "seed", "patch_size",
+                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "aux_by", "seed", "patch_size",
                           "tile_shuffle", "pair_patches", "aug_freq_mask_prob", "aug_freq_mask_ratio", "aug_freq_mask_max_freq",
                           "aug_cutmix_prob", "aug_cutmix_area", "real_compact_weight", "history_weight",
                           *SWEEP_ONLY_KEYS})
@@ -801,13 +801,13 @@ def _run_sweep(spec: SweepSpec, options, earlier: EarlierRun, beside: dict[str, 
         val_x = val_x.to(device)
 
     items = TrainItems.of(train_ds)
-    aux = aux_classes(items.sources) if any(cfg.aux_weight for cfg, _ in options.values()) else None
+    aux = {by: aux_classes(items.sources, by) for by in {cfg.aux_by for cfg, _ in options.values() if cfg.aux_weight}}
     variants = []
     for name, (cfg, extras) in options.items():
         # held-out sources never decide this variant's epoch or calibration
         mask, val_mask = variant_masks(name, extras, items, val_sources, val_photo_sources, base.split_seed)
         variants.append(_Variant(name, cfg, extras, device, amp_dtype, mask=mask,
-                                 training_images=len(train_ds), val_mask=val_mask, aux=aux))
+                                 training_images=len(train_ds), val_mask=val_mask, aux=aux.get(cfg.aux_by)))
     teacher_paths = [v.teacher for v in variants if v.teacher]
     teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
     for v in variants:

@@ -424,7 +424,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, sampler=val_sampler, shuffle=False, **loader_kw)
 
-    aux_names, aux_labels = aux_classes(train_ds.source_names()) if cfg.aux_weight else ([], [])
+    aux_names, aux_labels = aux_classes(train_ds.source_names(), cfg.aux_by) if cfg.aux_weight else ([], [])
     model = build_training_model(cfg, device, len(aux_names), init=not cfg.resume)  # resume: weights from state_last.pt
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     # Under DDP the DistributedSampler shards the data, so class balance comes from the loss instead.

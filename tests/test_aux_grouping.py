@@ -1,0 +1,88 @@
+"""How finely the auxiliary head splits generated pictures (``--aux_by``,
+``bitmind.data.families.aux_class_of``): by family (the shipped recipe), by generator design
+(the GAN family split into its four networks) or by source folder; the trainer, the sweep
+(variants of different groupings side by side) and resume all carry it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bitmind.checkpoint import load_model
+from bitmind.data.families import AUX_GROUPINGS, aux_class_of, aux_classes
+from bitmind.training import TrainConfig, parse_config
+from bitmind.training.config import ConfigError
+from test_generalisation import REPO, make_pools, train_tiny_logo
+
+SOURCES = ["real/faces", "fake/sd15", "fake/sd1x", "fake/sd2", "fake/flux1-dev", "fake/flux1-schnell",
+           "fake/stylegan-family", "fake/vqgan", "fake/biggan-progan", "fake/aligned-taef2",
+           "fake/aligned-synth-upsampling", "fake/minigan-nearest", "fake/minigan-convt", "real/coco"]
+
+
+def test_each_grouping_splits_only_what_it_names():
+    family = [aux_class_of(s, "family") for s in SOURCES]
+    generator = [aux_class_of(s, "generator") for s in SOURCES]
+    source = [aux_class_of(s, "source") for s in SOURCES]
+    assert family == ["real", "sd1-2", "sd1-2", "sd1-2", "flux1", "flux1", "gans", "gans", "gans", "aligned",
+                      "synthetic", "minigan", "minigan", "real"]
+    # by generator: the GANs by design, every family whose folders share a decoder kept whole
+    assert generator == ["real", "sd1-2", "sd1-2", "sd1-2", "flux1", "flux1", "stylegan-family", "vqgan",
+                         "biggan-progan", "aligned", "synthetic", "minigan", "minigan", "real"]
+    # by source: every generator folder; training material (round trips, traces, small GANs) stays one class each
+    assert source == ["real", "sd15", "sd1x", "sd2", "flux1-dev", "flux1-schnell", "stylegan-family", "vqgan",
+                      "biggan-progan", "aligned", "synthetic", "minigan", "minigan", "real"]
+    assert aux_classes(SOURCES) == aux_classes(SOURCES, "family")  # the default is the shipped recipe's
+    names, labels = aux_classes(SOURCES, "generator")
+    assert names == ["real", "aligned", "biggan-progan", "flux1", "minigan", "sd1-2", "stylegan-family", "synthetic", "vqgan"]
+    assert [names[i] for i in labels] == generator
+    # a held-out GAN design has no class when the classes come from the fold's own sources
+    assert "vqgan" not in aux_classes([s for s in SOURCES if s != "fake/vqgan"], "generator")[0]
+    with pytest.raises(ValueError, match="one of family, generator, source"):
+        aux_class_of("fake/sdxl", "folder")
+    assert AUX_GROUPINGS[0] == TrainConfig().aux_by == "family"
+
+
+def test_an_unknown_grouping_is_refused_before_any_data_is_read_and_kept_on_resume(tmp_path, usage_error):
+    with pytest.raises(ConfigError, match="--aux_by 'folder': one of family, generator, source"):
+        TrainConfig(aux_weight=0.1, aux_by="folder", device="cpu").check()
+    # the grouping decides how many rows the head has: a resume with another one would not load its weights
+    run = tmp_path / "t"
+    run.mkdir()
+    opt = json.dumps(TrainConfig(width=8, aux_weight=0.1, aux_by="generator").to_dict())
+    (run / "opt.json").write_text(opt)
+    err = usage_error(parse_config, ["--resume", "--checkpoints_dir", str(tmp_path), "--name", "t", "--aux_by", "source"])
+    assert "--resume" in err and "aux_by='generator'" in err and "aux_by='source'" in err, err
+    assert (run / "opt.json").read_text() == opt
+    assert parse_config(["--resume", "--checkpoints_dir", str(tmp_path), "--name", "t"]).aux_by == "generator"
+
+
+def test_the_trainer_splits_the_head_by_source_and_records_the_classes(tmp_path):
+    pools = make_pools(tmp_path)
+    res = subprocess.run([sys.executable, str(REPO / "base_miner" / "NPR" / "train_detector.py"),
+                          "--data", str(pools["crops"]), str(pools["aligned"]), "--layers", "1", "1", "--width", "8",
+                          "--epochs", "1", "--batch_size", "8", "--workers", "0", "--device", "cpu", "--progress", "false",
+                          "--aux_weight", "0.5", "--aux_by", "source", "--checkpoints_dir", str(tmp_path / "ck"), "--name", "t"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    lm = load_model(tmp_path / "ck" / "t" / "model_epoch_best.pth")
+    classes = ["real", "aligned", "flux1-dev", "flux1-schnell", "sdxl", "stylegan-family"]
+    assert lm.meta["train_options"]["aux_classes"] == classes and lm.meta["train_options"]["aux_by"] == "source"
+    assert lm.model.config["num_classes"] == 1 + len(classes)
+
+
+def test_a_sweep_gives_each_variant_the_head_of_its_own_grouping(tmp_path):
+    """Arms of different groupings train side by side on one stream (the LOGO spec
+    ``logo_auxby_s1_52.json``): each arm's models, the fold's included, have the rows and
+    names of its grouping, computed from the whole training set."""
+    sweep = train_tiny_logo(tmp_path, {"fam": {"aux_weight": 0.5}, "src": {"aux_weight": 0.5, "aux_by": "source"}},
+                            epochs=1)
+    want = {"fam": ["real", "aligned", "flux1", "gans", "sdxl"],
+            "src": ["real", "aligned", "flux1-dev", "flux1-schnell", "sdxl", "stylegan-family"]}
+    for arm, classes in want.items():
+        for variant in (arm, f"{arm}.minus-flux1"):
+            lm = load_model(sweep / variant / "model_epoch_best.pth")
+            assert lm.meta["train_options"]["aux_classes"] == classes, variant
+            assert lm.model.config["num_classes"] == 1 + len(classes), variant
+    assert load_model(sweep / "plain" / "model_epoch_best.pth").model.config["num_classes"] == 1
