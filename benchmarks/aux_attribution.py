@@ -7,7 +7,8 @@ whether the head helped the detector; this read-out says what the head learned. 
 fold it shows how the fold model's head classes the pictures of the family it never saw
 (the share of them whose most likely class is each known class, and the mean probability
 of "real"), beside the same for the real test photos; for the everything model, how often
-the head names the right family of each known family's test pictures. A head that reads
+the head names the right class of each known class's test pictures (the classes of the arm's
+``aux_by`` grouping: families, or finer). A head that reads
 decoder traces should send unseen FLUX.1 pictures to its siblings (SD 3.5 shares its kind of
 VAE) rather than to "real", and know the families it trained on; one that reads content
 sends them wherever the subject matter fits.
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmind.data.families import AUX_REAL, sampling_family
+from bitmind.data.families import AUX_REAL, aux_class_of
 from bitmind.report import report_path, write_report
 from bitmind.training.logo import FOLD_SEP, REAL_FOLD_PREFIX, held_out_sources, score_fold
 
@@ -106,7 +107,9 @@ def analyse(z, spec: dict, arm: str, regime: str) -> dict:
         out["as_detector_mean"] = {k: {m: mean_of(f["as_detector"][k][m] for f in out["folds"].values())
                                        for m in ("auc", "at_real90")} for k in ("detector", "head_not_real")}
     probs = z[key]
-    fam = np.asarray([AUX_REAL if y == 0 else sampling_family(str(s)) for s, y in zip(sources, labels)])
+    # each test picture's class as the arm's head was told it (its ``aux_by`` grouping)
+    by = (spec.get("variants", {}).get(arm) or {}).get("aux_by", (spec.get("base") or {}).get("aux_by", "family"))
+    fam = np.asarray([AUX_REAL if y == 0 else aux_class_of(str(s), by) for s, y in zip(sources, labels)])
     for c in classes:
         rows = (fam == c) & (splits == "test")
         if rows.any():

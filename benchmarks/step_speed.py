@@ -150,7 +150,9 @@ def synthetic_masks(spec: SweepSpec, names: list[str], n_items: int, keep: float
 
 
 #: Auxiliary classes of the synthetic items (an ``aux_weight`` variant's head): as many as
-#: the pools give (``bitmind.data.families.aux_classes``: real and 7 fake families).
+#: the pools give by family (``bitmind.data.families.aux_classes``: real and 7 fake families;
+#: ``--aux_by source`` gives about 16, a few more rows of one linear layer, which the step's
+#: time does not feel).
 SYNTHETIC_AUX_CLASSES = 8
 
 

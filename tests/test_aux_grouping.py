@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bitmind.checkpoint import load_model
@@ -37,7 +38,8 @@ def test_each_grouping_splits_only_what_it_names():
     names, labels = aux_classes(SOURCES, "generator")
     assert names == ["real", "aligned", "biggan-progan", "flux1", "minigan", "sd1-2", "stylegan-family", "synthetic", "vqgan"]
     assert [names[i] for i in labels] == generator
-    # a held-out GAN design has no class when the classes come from the fold's own sources
+    # the classes are those of the sources given (a sweep gives the whole training set, so a fold's
+    # held-out class is a row it never trains on; the trainer gives its own training set)
     assert "vqgan" not in aux_classes([s for s in SOURCES if s != "fake/vqgan"], "generator")[0]
     with pytest.raises(ValueError, match="one of family, generator, source"):
         aux_class_of("fake/sdxl", "folder")
@@ -86,3 +88,50 @@ def test_a_sweep_gives_each_variant_the_head_of_its_own_grouping(tmp_path):
             assert lm.meta["train_options"]["aux_classes"] == classes, variant
             assert lm.model.config["num_classes"] == 1 + len(classes), variant
     assert load_model(sweep / "plain" / "model_epoch_best.pth").model.config["num_classes"] == 1
+
+
+@pytest.mark.parametrize("by", ["source", "generator"])
+def test_aux_attribution_reads_each_test_picture_in_the_arms_own_grouping(tmp_path, by):
+    """``aux_attribution.py``'s everything table puts each known test picture in the class its
+    arm's head was told: by source or generator, a perfect head is right on every class (with
+    the family grouping the split classes' rows were dropped without a word)."""
+    from conftest import load_script
+
+    bench = load_script("benchmarks/aux_attribution.py")
+    sources = np.array(["real/coco", "real/faces", "fake/flux1-dev", "fake/flux1-schnell", "fake/vqgan",
+                        "fake/stylegan-family", "fake/sdxl"])
+    labels = np.array([0, 0, 1, 1, 1, 1, 1], dtype=np.int8)
+    classes, target = aux_classes(sources.tolist(), by)
+    head = np.eye(len(classes), dtype=np.float16)[target]  # always right
+    np.savez(tmp_path / "s.npz", **{"validator/source": sources, "validator/split": np.array(["test"] * len(sources)),
+                                    "validator/label": labels, "aux/validator/aux": head,
+                                    "aux_classes/aux": np.array(classes)})
+    spec = {"base": {}, "variants": {"aux": {"aux_weight": 0.1, "aux_by": by}}}
+    with np.load(tmp_path / "s.npz") as z:
+        res = bench.analyse(z, spec, "aux", "validator")
+    assert set(res["everything"]) == set(classes) and all(r["right"] == 1.0 for r in res["everything"].values())
+
+
+def test_a_run_recorded_before_the_grouping_existed_resumes_by_family_only(tmp_path, usage_error):
+    """An ``opt.json`` written before ``--aux_by`` has no such key; its head was built by family, so
+    a resume that asks for another grouping is refused up front (not after reading the data, at
+    the weights that no longer fit), and a plain resume keeps the family grouping."""
+    run = tmp_path / "t"
+    run.mkdir()
+    saved = TrainConfig(width=8, aux_weight=0.1).to_dict()
+    saved.pop("aux_by")
+    (run / "opt.json").write_text(json.dumps(saved))
+    err = usage_error(parse_config, ["--resume", "--checkpoints_dir", str(tmp_path), "--name", "t", "--aux_by", "source"])
+    assert "aux_by='family'" in err and "aux_by='source'" in err, err
+    assert parse_config(["--resume", "--checkpoints_dir", str(tmp_path), "--name", "t"]).aux_by == "family"
+    # ... and the trainer's own check (callers that build a config without reading opt.json)
+    from bitmind.training.run_folder import check_resume_matches
+
+    with pytest.raises(ValueError, match="aux_by"):
+        check_resume_matches(TrainConfig(width=8, aux_weight=0.1, aux_by="source", checkpoints_dir=str(tmp_path), name="t"))
+    check_resume_matches(TrainConfig(width=8, aux_weight=0.1, checkpoints_dir=str(tmp_path), name="t"))
+
+
+def test_a_grouping_without_the_head_is_refused():
+    with pytest.raises(ConfigError, match="--aux_by source needs --aux_weight"):
+        TrainConfig(aux_by="source", device="cpu").check()

@@ -100,7 +100,8 @@ class TrainConfig:
     early_stop_patience: int = opt(10, "epochs without val-acc improvement before stopping; 0 disables")
     label_smoothing: float = opt(0.0, "binary label smoothing (targets move towards 0.5)")
     aux_weight: float = opt(0.0, "weight of an auxiliary cross-entropy head that tells real photos and each fake "
-                                 "family of the training set apart (bitmind.data.families.aux_classes; 0: off). "
+                                 "family of the training set apart (or finer: --aux_by; "
+                                 "bitmind.data.families.aux_classes; 0: off). "
                                  "It adds outputs after the detector's logit, which alone is served, scored and "
                                  "calibrated; the checkpoint names the classes (train_options.aux_classes)")
     aux_by: str = opt("family", "how finely the auxiliary head splits generated pictures: family (SD 1/2, SDXL, "
@@ -269,6 +270,9 @@ class TrainConfig:
         if self.history_weight and self.init_from:
             raise ConfigError("--history_weight with --init_from: a checkpoint's head has no processing-history "
                               "outputs to start from; train the head from scratch")
+        if self.aux_by != "family" and not self.aux_weight:
+            raise ConfigError(f"--aux_by {self.aux_by} needs --aux_weight: it groups the auxiliary head's classes, "
+                              "and without the head it would change nothing")
         if self.aux_weight and self.init_from:
             raise ConfigError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
                               "start from; train the auxiliary head from scratch")

@@ -570,7 +570,7 @@ def resumed_options(cfg, explicit: set[str]):
         logger.warning("--resume: %s has no readable opt.json; the command line's options are used as given", cfg.run_dir)
         return cfg
     known = {f.name for f in dataclasses.fields(cfg)} - set(RUNTIME_KEYS)
-    _refuse(cfg, option_differences(cfg, saved, [k for k in FIXED_ON_RESUME if k in explicit]),
+    _refuse(cfg, option_differences(cfg, fixed_as_saved(saved), [k for k in FIXED_ON_RESUME if k in explicit]),
             "; the command line asks for ", ": leave those options out (they are read from opt.json) or start a new run")
     check_same_data(cfg, saved, [k for k in VALIDATION_ROOTS if k in explicit])  # left out: read from opt.json
     changed = {k: (now, was) for k, (now, was) in option_differences(cfg, saved, sorted(known & explicit)).items()
@@ -593,13 +593,29 @@ def resumed_options(cfg, explicit: set[str]):
     return dataclasses.replace(cfg, **adopted)
 
 
+def fixed_as_saved(saved: dict) -> dict:
+    """``saved`` (a run's ``opt.json``) with each ``FIXED_ON_RESUME`` option it lacks at its
+    default: a run written before an option existed was built with what the option's default
+    builds (every run before ``--aux_by`` grouped its head by family), so a resume that asks for
+    another value must be refused, not read as "not recorded, anything goes"."""
+    import dataclasses
+
+    from bitmind.training.config import TrainConfig
+
+    if not saved:  # nothing recorded (no readable opt.json): nothing to hold the run to
+        return saved
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig) if f.name in FIXED_ON_RESUME}
+    return {**defaults, **saved}
+
+
 def check_resume_matches(cfg) -> None:
     """A ``RunFolderError`` if ``cfg`` resumes a run built with other network options, split or
     validation roots (``train`` asks, for callers that build a config without ``resumed_options``)."""
     from bitmind.training.init_from import option_differences
 
     saved = saved_options(cfg.run_dir)
-    _refuse(cfg, option_differences(cfg, saved, FIXED_ON_RESUME), ", this run builds ")
+    _refuse(cfg, option_differences(cfg, fixed_as_saved(saved), FIXED_ON_RESUME), ", this run builds ")
     check_same_data(cfg, saved)
 
 
