@@ -131,6 +131,7 @@ FIGURES: dict[str, Figure] = {
     "generalisation_freqmask_s1": logo_heat_map("generalisation_freqmask_s1", recipe="patch96aux01fm"),
     "generalisation_cutmix_oc_s1": logo_heat_map("generalisation_cutmix_oc_s1", recipe="patch96aux01cm"),
     "generalisation_history_s1": logo_heat_map("generalisation_history_s1", recipe="patch96aux01h"),
+    "generalisation_auxby_s1": logo_heat_map("generalisation_auxby_s1", recipe="patch96aux01g"),
     "generalisation_aux01_s0_52": logo_heat_map("generalisation_aux01_s0_52", recipe="patch96aux01"),
     "generalisation_aux01_s2_34": logo_heat_map("generalisation_aux01_s2_34", recipe="patch96aux01"),
     "pooling_npr_f2": logo_heat_map("pooling_npr_f2", recipe=None, baselines=(

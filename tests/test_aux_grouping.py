@@ -135,3 +135,33 @@ def test_a_run_recorded_before_the_grouping_existed_resumes_by_family_only(tmp_p
 def test_a_grouping_without_the_head_is_refused():
     with pytest.raises(ConfigError, match="--aux_by source needs --aux_weight"):
         TrainConfig(aux_by="source", device="cpu").check()
+
+
+def test_a_head_on_generated_pictures_only_never_learns_from_real_photos():
+    """``--aux_fakes_only``: the head's cross-entropy over generated pictures alone (class 0,
+    ``real``, is never a target); a batch of real photos alone adds 0 and no gradient (a mean
+    over nothing would be NaN); without it, the plain cross-entropy over every picture."""
+    import torch
+    import torch.nn.functional as F
+
+    from bitmind.models import build_model
+    from bitmind.training.loop import Learner
+
+    def learner(**kw):
+        cfg = TrainConfig(aux_weight=0.1, device="cpu", layers=[1, 1], width=8, **kw)
+        return Learner(build_model("npr", **cfg.model_config(), num_classes=4), cfg, amp_dtype=None)
+
+    logits = torch.randn(6, 3, requires_grad=True)
+    aux = torch.tensor([0, 1, 2, 0, 2, 0])
+    fakes_only, plain = learner(aux_fakes_only=True), learner()
+    want = F.cross_entropy(logits[aux != 0], aux[aux != 0])
+    assert torch.allclose(fakes_only.aux_term(logits, aux), want)
+    assert torch.allclose(plain.aux_term(logits, aux), F.cross_entropy(logits, aux))
+    assert not torch.allclose(want, F.cross_entropy(logits, aux))
+    reals = fakes_only.aux_term(logits[aux == 0], aux[aux == 0])
+    reals.backward()
+    assert float(reals) == 0.0 and float(logits.grad.abs().sum()) == 0.0
+    with pytest.raises(ConfigError, match="--aux_fakes_only needs --aux_weight"):
+        TrainConfig(aux_fakes_only=True, device="cpu").check()
+    with pytest.raises(ConfigError, match="--aux_fakes_only with --aug_cutmix_prob"):
+        TrainConfig(aux_weight=0.1, aux_fakes_only=True, aug_cutmix_prob=0.5, device="cpu").check()

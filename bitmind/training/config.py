@@ -109,6 +109,9 @@ class TrainConfig:
                                 "its four generator designs, each up-sampling with its own layers) or source (every "
                                 "generator folder its own class; it may learn what each folder shows). Fixed on --resume; "
                                 "bitmind.data.families.aux_class_of")
+    aux_fakes_only: bool = opt(False, "the auxiliary head's cross-entropy over generated pictures only (real photos, "
+                                      "half of every batch, are never its targets): it names which generator made a "
+                                      "picture, the detector alone says whether one did (Learner.aux_term)")
     real_compact_weight: float = opt(0.0, "weight of a one-class term: the squared distance of each real training "
                                           "photo's pooled features from the real photos' running mean, over the "
                                           "batch's spread (0: off; Learner.compact_term). Real photos learn one compact "
@@ -273,6 +276,11 @@ class TrainConfig:
         if self.aux_by != "family" and not self.aux_weight:
             raise ConfigError(f"--aux_by {self.aux_by} needs --aux_weight: it groups the auxiliary head's classes, "
                               "and without the head it would change nothing")
+        if self.aux_fakes_only and not self.aux_weight:
+            raise ConfigError("--aux_fakes_only needs --aux_weight: it says which pictures the auxiliary head learns from")
+        if self.aux_fakes_only and self.aug_cutmix_prob:
+            raise ConfigError("--aux_fakes_only with --aug_cutmix_prob: a mixed patch is part real photo, part "
+                              "generated, and its auxiliary target a mixture of both")
         if self.aux_weight and self.init_from:
             raise ConfigError("--aux_weight with --init_from: a checkpoint's head has no auxiliary classes to "
                               "start from; train the auxiliary head from scratch")

@@ -306,6 +306,19 @@ class Learner:
         self.history_loss_sum = 0.0
         return lr
 
+    def aux_term(self, logits: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        """The auxiliary head's cross-entropy: over every picture, or with ``aux_fakes_only``
+        over the generated ones alone (class 0, ``real``, is never a target: which generator made
+        a picture is the head's question, whether one did the detector's). A batch without a
+        generated picture then adds 0, not the NaN of a mean over nothing. Why: with real photos
+        half of every batch, a head at weight 0.1 answers "real" for most generated pictures it
+        knows (docs/Generalisation_record.md, "A finer auxiliary head")."""
+        if not self.cfg.aux_fakes_only:
+            return F.cross_entropy(logits, aux)
+        fake = (aux != 0).to(logits.dtype)
+        per = F.cross_entropy(logits, aux, reduction="none")
+        return (per * fake).sum() / fake.sum().clamp(min=1.0)
+
     def step(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
              aux: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         """One optimisation step on a prepared batch (``x`` on the device, float, laid out as
@@ -331,7 +344,7 @@ class Learner:
             out = forward_outputs(self.net, x, x.device, self.amp_dtype, channels_last=False)
             loss = detector_loss = self.criterion(out[:, 0], target)
             if aux is not None:
-                aux_loss = F.cross_entropy(out[:, 1:1 + self.aux_classes], aux)
+                aux_loss = self.aux_term(out[:, 1:1 + self.aux_classes], aux)
                 loss = loss + self.cfg.aux_weight * aux_loss
                 self.aux_loss_sum = self.aux_loss_sum + aux_loss.detach() * len(y)
             if history is not None:

@@ -187,7 +187,8 @@ DOC_KEYS = frozenset({"logo", "ran", "merged_runs", "residual_logo"})
 SPEC_KEYS = frozenset({"base", "variants", *SPEC_TYPES, *DOC_KEYS})
 #: What a variant may change; everything else is shared by the whole sweep.
 VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_pool", "pool", "init_from", "lr", "lr_schedule", "lr_decay",
-                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "aux_by", "seed", "patch_size",
+                          "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "aux_by", "aux_fakes_only",
+                          "seed", "patch_size",
                           "tile_shuffle", "pair_patches", "aug_freq_mask_prob", "aug_freq_mask_ratio", "aug_freq_mask_max_freq",
                           "aug_cutmix_prob", "aug_cutmix_area", "real_compact_weight", "history_weight",
                           *SWEEP_ONLY_KEYS})
