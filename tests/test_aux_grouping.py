@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from bitmind.checkpoint import load_model
+from bitmind.cli.model_info import describe, render
 from bitmind.data.families import AUX_GROUPINGS, aux_class_of, aux_classes
 from bitmind.training import TrainConfig, parse_config
 from bitmind.training.config import ConfigError
@@ -69,6 +71,8 @@ def test_the_trainer_splits_the_head_by_source_and_records_the_classes(tmp_path)
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     lm = load_model(tmp_path / "ck" / "t" / "model_epoch_best.pth")
+    info = describe(tmp_path / "ck" / "t" / "model_epoch_best.pth")
+    assert "aux_fakes_only" not in info["training"]  # shown only when on (it was not here)
     classes = ["real", "aligned", "flux1-dev", "flux1-schnell", "sdxl", "stylegan-family"]
     assert lm.meta["train_options"]["aux_classes"] == classes and lm.meta["train_options"]["aux_by"] == "source"
     assert lm.model.config["num_classes"] == 1 + len(classes)
@@ -165,3 +169,18 @@ def test_a_head_on_generated_pictures_only_never_learns_from_real_photos():
         TrainConfig(aux_fakes_only=True, device="cpu").check()
     with pytest.raises(ConfigError, match="--aux_fakes_only with --aug_cutmix_prob"):
         TrainConfig(aux_weight=0.1, aux_fakes_only=True, aug_cutmix_prob=0.5, device="cpu").check()
+
+
+def test_model_info_says_when_the_head_learned_from_generated_pictures_only(tmp_path):
+    pools = make_pools(tmp_path)
+    res = subprocess.run([sys.executable, str(REPO / "base_miner" / "NPR" / "train_detector.py"),
+                          "--data", str(pools["crops"]), str(pools["aligned"]), "--layers", "1", "1", "--width", "8",
+                          "--epochs", "1", "--batch_size", "8", "--workers", "0", "--device", "cpu", "--progress", "false",
+                          "--aux_weight", "0.5", "--aux_fakes_only", "--checkpoints_dir", str(tmp_path / "ck"), "--name", "t"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    path = tmp_path / "ck" / "t" / "model_epoch_best.pth"
+    assert load_model(path).meta["train_options"]["aux_fakes_only"] is True
+    assert "aux_fakes_only" in render(describe(path))
+    hist = json.loads((tmp_path / "ck" / "t" / "history.json").read_text())
+    assert all(math.isfinite(r["train_aux_loss"]) and r["train_aux_loss"] > 0 for r in hist)

@@ -35,7 +35,7 @@ from bitmind.models.npr import has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "aug_freq_mask_prob", "pair_aligned", "pair_patches", "batch_size", "lr",
-              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "history_weight", "init_from")
+              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "aux_fakes_only", "history_weight", "init_from")
 #: Validation figures worth a line.
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 
