@@ -164,7 +164,7 @@ def test_a_head_on_generated_pictures_only_never_learns_from_real_photos():
     assert not torch.allclose(want, F.cross_entropy(logits, aux))
     reals = fakes_only.aux_term(logits[aux == 0], aux[aux == 0])
     reals.backward()
-    assert float(reals) == 0.0 and float(logits.grad.abs().sum()) == 0.0
+    assert float(reals.detach()) == 0.0 and float(logits.grad.abs().sum()) == 0.0
     with pytest.raises(ConfigError, match="--aux_fakes_only needs --aux_weight"):
         TrainConfig(aux_fakes_only=True, device="cpu").check()
     with pytest.raises(ConfigError, match="--aux_fakes_only with --aug_cutmix_prob"):
