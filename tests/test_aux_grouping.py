@@ -184,3 +184,19 @@ def test_model_info_says_when_the_head_learned_from_generated_pictures_only(tmp_
     assert "aux_fakes_only" in render(describe(path))
     hist = json.loads((tmp_path / "ck" / "t" / "history.json").read_text())
     assert all(math.isfinite(r["train_aux_loss"]) and r["train_aux_loss"] > 0 for r in hist)
+
+
+def test_a_sweep_base_may_set_the_heads_options_for_its_head_arms_only():
+    """``aux_by`` / ``aux_fakes_only`` set once in a sweep's base serve the variants with the head;
+    the plain control inherits them unused (back at their defaults), where one named by a
+    variant without the head is still refused."""
+    from bitmind.training.sweep import SweepSpec
+
+    spec = SweepSpec.from_dict({"base": {"device": "cpu", "aux_by": "source", "aux_fakes_only": True},
+                                "variants": {"head": {"aux_weight": 0.1}, "plain": {}}})
+    checked = spec.check()
+    head, plain = checked["head"][0], checked["plain"][0]
+    assert (head.aux_by, head.aux_fakes_only) == ("source", True)
+    assert (plain.aux_weight, plain.aux_by, plain.aux_fakes_only) == (0.0, "family", False)
+    with pytest.raises(ConfigError, match="variant 'plain': --aux_by source needs --aux_weight"):
+        SweepSpec.from_dict({"base": {"device": "cpu"}, "variants": {"plain": {"aux_by": "source"}}}).check()

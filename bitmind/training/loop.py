@@ -312,7 +312,9 @@ class Learner:
         a picture is the head's question, whether one did the detector's). A batch without a
         generated picture then adds 0, not the NaN of a mean over nothing. Why: with real photos
         half of every batch, a head at weight 0.1 answers "real" for most generated pictures it
-        knows (docs/Generalisation_record.md, "A finer auxiliary head")."""
+        knows (docs/Generalisation_record.md, "A finer auxiliary head"). ``train_aux_loss``
+        weighs each batch's term by the batch's size, as without the option (batches are
+        balanced by class, so about half of each is generated)."""
         if not self.cfg.aux_fakes_only:
             return F.cross_entropy(logits, aux)
         fake = (aux != 0).to(logits.dtype)

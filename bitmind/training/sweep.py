@@ -196,6 +196,22 @@ VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_p
 BN_BATCHES = 8
 
 
+#: The auxiliary head's own options: a sweep's base may set them for the variants that train
+#: the head (``aux_weight``); one without it (a control) inherits them unused (``head_free``).
+HEAD_OPTIONS = ("aux_by", "aux_fakes_only")
+
+
+def head_free(cfg: TrainConfig, own: dict) -> TrainConfig:
+    """``cfg`` with each ``HEAD_OPTIONS`` option it took from the base (not in the variant's
+    ``own`` options) back at its default where it trains no auxiliary head: a base that sets
+    ``aux_by`` once for its head arms must not make the plain control a refused config. One
+    the variant names itself without the head is still refused (``TrainConfig.check``)."""
+    if cfg.aux_weight:
+        return cfg
+    defaults = TrainConfig()
+    return dataclasses.replace(cfg, **{k: getattr(defaults, k) for k in HEAD_OPTIONS if k not in own})
+
+
 class SpecError(ConfigError):
     """A sweep spec no sweep can run: a file that cannot be read or is not JSON, a key or an
     option ``TrainConfig`` (or the sweep) does not know, a value of the wrong type, an option a
@@ -336,11 +352,12 @@ class SweepSpec:
         """Every variant's (checked ``TrainConfig``, sweep options), by name: a ``ConfigError`` naming
         the option (and the variant) that no run can use otherwise. What a sweep checks before it
         reads its data, and the command line before it starts one."""
-        self.base.check()
+        head_free(self.base, {}).check()
         return {name: (self.variant_config(name), self.variant_extras(name)) for name in self.variants}
 
     def variant_config(self, name: str) -> TrainConfig:
-        cfg = dataclasses.replace(self.base, **{k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS})
+        own = {k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS}
+        cfg = head_free(dataclasses.replace(self.base, **own), own)
         cfg.name = f"{self.base.name}/{name}"
         try:
             return cfg.check()
