@@ -200,3 +200,20 @@ def test_a_sweep_base_may_set_the_heads_options_for_its_head_arms_only():
     assert (plain.aux_weight, plain.aux_by, plain.aux_fakes_only) == (0.0, "family", False)
     with pytest.raises(ConfigError, match="variant 'plain': --aux_by source needs --aux_weight"):
         SweepSpec.from_dict({"base": {"device": "cpu"}, "variants": {"plain": {"aux_by": "source"}}}).check()
+
+
+def test_shuffled_classes_keep_the_family_head_and_drop_what_made_each_picture():
+    """``--aux_by shuffled`` (a probe): the family classes, real photos still ``real``, each
+    generated picture one fake class drawn at random, the same draws every time (every rank
+    and a resume read the same classes), spread over the classes whatever the source."""
+    sources = ["real/coco"] * 200 + ["fake/sdxl"] * 300 + ["fake/flux1-dev"] * 300 + ["fake/vqgan"] * 300
+    names, labels = aux_classes(sources, "shuffled")
+    fam_names, fam_labels = aux_classes(sources, "family")
+    assert names == fam_names == ["real", "flux1", "gans", "sdxl"]
+    assert labels == aux_classes(sources, "shuffled")[1]  # drawn once, from a fixed seed
+    assert labels[:200] == [0] * 200 and all(1 <= y <= 3 for y in labels[200:])
+    for start in (200, 500, 800):  # each source's pictures spread over all three fake classes
+        share = [labels[start:start + 300].count(c) / 300 for c in (1, 2, 3)]
+        assert all(0.2 < x < 0.47 for x in share), share
+    assert sum(a == b for a, b in zip(labels[200:], fam_labels[200:])) < 0.5 * 900
+    assert aux_class_of("fake/vqgan", "shuffled") == "gans"  # the classes' names are the families'

@@ -14,6 +14,7 @@ family per decoder design: ``aligned-taef2``, ``aligned-zoo-nearest8-c16`` ->
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
@@ -161,8 +162,10 @@ def class_family_shares(labels: Sequence[int], sources: Sequence[str], weights: 
 
 #: The auxiliary head's class of every real photo (``aux_classes``).
 AUX_REAL = "real"
+#: The seed of ``aux_classes(by="shuffled")``'s draws: fixed, so every process draws the same.
+SHUFFLED_SEED = 0
 #: How finely the auxiliary head splits the generated pictures (``aux_class_of``, ``--aux_by``).
-AUX_GROUPINGS = ("family", "generator", "source")
+AUX_GROUPINGS = ("family", "generator", "source", "shuffled")
 #: Families whose folders are different generator networks, each up-sampling with its own
 #: layers: the GAN folders (StyleGAN, BigGAN / ProGAN, pix2pixHD / SPADE, VQGAN). The folders
 #: of every other family share one decoder (SD 1.x and 2 the same VAE, FLUX.1 [dev] and
@@ -176,8 +179,9 @@ def aux_class_of(source: str, by: str = "family") -> str:
     one), or with ``by="generator"`` the GAN family split into its four generator designs
     (``SPLIT_BY_GENERATOR``), or with ``by="source"`` every generator folder its own class
     (``sd1x``, ``sd15``, ``flux1-dev``, ...; round trips, synthetic traces and small GANs
-    stay one class each: they are training material, not generators). A ValueError names
-    an unknown grouping."""
+    stay one class each: they are training material, not generators). ``by="shuffled"``
+    names the family classes (its pictures' classes are drawn at random, ``aux_classes``). A
+    ValueError names an unknown grouping."""
     if by not in AUX_GROUPINGS:
         raise ValueError(f"aux grouping {by!r}: one of {', '.join(AUX_GROUPINGS)}")
     if not source.startswith("fake/"):
@@ -201,7 +205,11 @@ def aux_classes(sources: Sequence[str], by: str = "family") -> tuple[list[str], 
     Why families by default and not sources: two SD 1.x folders are one generator, and a head
     asked to tell them apart may learn their content (``by="source"`` is the test of that);
     ``by="generator"`` splits only the family whose folders are different generator networks,
-    the GANs, whose up-sampling differs from one design to the next. Why one class for all real photos: real kinds
+    the GANs, whose up-sampling differs from one design to the next. ``by="shuffled"`` keeps
+    the family classes and gives each generated picture one of them at random (drawn once, from
+    a fixed seed, in the order of ``sources``: the same on every rank and on resume): the head's
+    shape and loss without what made the picture, to ask whether the family head's held-out
+    gain comes from its classes at all. Why one class for all real photos: real kinds
     differ by what they show (faces, cities, low light), the one thing the detector must not
     learn. The head asks the network to keep apart the traces of the generators it trains
     on, which a single real/fake logit lets it merge. A family held out of a LOGO fold has no
@@ -209,4 +217,8 @@ def aux_classes(sources: Sequence[str], by: str = "family") -> tuple[list[str], 
     keys = [aux_class_of(s, by) for s in sources]
     fams = sorted({k for k, s in zip(keys, sources) if s.startswith("fake/")})
     place = {f: i + 1 for i, f in enumerate(fams)}
-    return [AUX_REAL, *fams], [place[k] if s.startswith("fake/") else 0 for k, s in zip(keys, sources)]
+    labels = [place[k] if s.startswith("fake/") else 0 for k, s in zip(keys, sources)]
+    if by == "shuffled":  # the same classes and loss, no generator information: a probe
+        rng = random.Random(SHUFFLED_SEED)
+        labels = [rng.randint(1, len(fams)) if y else 0 for y in labels]
+    return [AUX_REAL, *fams], labels

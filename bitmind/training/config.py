@@ -107,7 +107,9 @@ class TrainConfig:
     aux_by: str = opt("family", "how finely the auxiliary head splits generated pictures: family (SD 1/2, SDXL, "
                                 "FLUX.1, SD 3.5, Midjourney, GANs, round trips), generator (the GAN family split into "
                                 "its four generator designs, each up-sampling with its own layers) or source (every "
-                                "generator folder its own class; it may learn what each folder shows). Fixed on --resume; "
+                                "generator folder its own class; it may learn what each folder shows) or shuffled (the family "
+                                "classes, each generated picture given one at random: a probe with no generator "
+                                "information). Fixed on --resume; "
                                 "bitmind.data.families.aux_class_of")
     aux_fakes_only: bool = opt(False, "the auxiliary head's cross-entropy over generated pictures only (real photos, "
                                       "half of every batch, are never its targets): it names which generator made a "
