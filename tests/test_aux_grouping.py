@@ -73,6 +73,7 @@ def test_the_trainer_splits_the_head_by_source_and_records_the_classes(tmp_path)
     lm = load_model(tmp_path / "ck" / "t" / "model_epoch_best.pth")
     info = describe(tmp_path / "ck" / "t" / "model_epoch_best.pth")
     assert "aux_fakes_only" not in info["training"]  # shown only when on (it was not here)
+    assert info["training"]["aux_by"] == "source" and "aux_by source" in render(info)
     classes = ["real", "aligned", "flux1-dev", "flux1-schnell", "sdxl", "stylegan-family"]
     assert lm.meta["train_options"]["aux_classes"] == classes and lm.meta["train_options"]["aux_by"] == "source"
     assert lm.model.config["num_classes"] == 1 + len(classes)
@@ -182,6 +183,7 @@ def test_model_info_says_when_the_head_learned_from_generated_pictures_only(tmp_
     path = tmp_path / "ck" / "t" / "model_epoch_best.pth"
     assert load_model(path).meta["train_options"]["aux_fakes_only"] is True
     assert "aux_fakes_only" in render(describe(path))
+    assert "aux_by" not in describe(path)["training"]  # the default grouping: the class names say it
     hist = json.loads((tmp_path / "ck" / "t" / "history.json").read_text())
     assert all(math.isfinite(r["train_aux_loss"]) and r["train_aux_loss"] > 0 for r in hist)
 

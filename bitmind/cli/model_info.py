@@ -35,7 +35,13 @@ from bitmind.models.npr import has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "aug_freq_mask_prob", "pair_aligned", "pair_patches", "batch_size", "lr",
-              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "aux_fakes_only", "history_weight", "init_from")
+              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "aux_by", "aux_fakes_only", "history_weight",
+              "init_from")
+#: Values a training option is not worth a line at: off, and per option its default where that
+#: says nothing (a family head's classes say it; a shuffled head has the same class names, so
+#: ``aux_by`` shows when not family).
+QUIET_VALUES = (None, "", 0)
+QUIET_DEFAULTS = {"aux_by": "family"}
 #: Validation figures worth a line.
 VAL_KEYS = ("n", "balanced_accuracy", "roc_auc", "ap", "real_accuracy", "fake_accuracy")
 
@@ -67,7 +73,8 @@ def describe(path: str | Path, swap=None) -> dict:
         "temperature": lm.temperature, "logit_bias": lm.logit_bias,
         "calibration": {k: cal.get(k) for k in ("method", "real_target", "split", "regimes", "n",
                                                  "val_real_accuracy_after", "val_fake_accuracy_after") if k in cal},
-        "training": {k: train.get(k) for k in TRAIN_KEYS if train.get(k) not in (None, "", 0) or k == "epochs"},
+        "training": {k: train.get(k) for k in TRAIN_KEYS
+                     if (train.get(k) not in QUIET_VALUES and train.get(k) != QUIET_DEFAULTS.get(k)) or k == "epochs"},
         "data": [Path(d).name for d in (train.get("data") or [])] + [f"{Path(d).name} (as sent)" for d in (train.get("challenge_data") or [])]
         + [f"{Path(d).name} (training only)" for d in (train.get("train_data") or [])],
         "validation": {k: (meta.get("metrics") or {}).get("val", {}).get(k) for k in VAL_KEYS},
