@@ -108,7 +108,7 @@ def sweep_base(args) -> tuple:
     overrides = {k: getattr(args, k) for k in ("data", "challenge_data", "train_data", "batch_size", "samples_per_epoch")}
     raw = spec_with_overrides(raw, "loader_speed", seed=args.train_seed, device=args.device, **overrides)
     spec = SweepSpec.from_dict(raw)
-    return spec.base.check(), spec
+    return spec.checked_base(), spec
 
 
 def sweep_loader(base, train_ds, device: torch.device) -> DataLoader:

@@ -131,7 +131,7 @@ def sweep_base(args, checkpoints_dir: str) -> tuple:
     overrides.update(device=args.device, checkpoints_dir=checkpoints_dir)
     raw = spec_with_overrides(raw, "step_speed", seed=args.train_seed, **overrides)
     spec = SweepSpec.from_dict(raw)
-    return spec.base.check(), spec
+    return spec.checked_base(), spec
 
 
 def synthetic_masks(spec: SweepSpec, names: list[str], n_items: int, keep: float, seed: int) -> dict:

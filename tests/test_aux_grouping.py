@@ -202,6 +202,24 @@ def test_a_sweep_base_may_set_the_heads_options_for_its_head_arms_only():
     assert (plain.aux_weight, plain.aux_by, plain.aux_fakes_only) == (0.0, "family", False)
     with pytest.raises(ConfigError, match="variant 'plain': --aux_by source needs --aux_weight"):
         SweepSpec.from_dict({"base": {"device": "cpu"}, "variants": {"plain": {"aux_by": "source"}}}).check()
+    assert spec.checked_base().aux_by == "family"  # the base alone trains no head
+
+
+def test_the_speed_benchmarks_read_a_spec_the_sweep_runs(tmp_path):
+    """``loader_speed.py`` and ``step_speed.py`` check a spec's base as the sweep does: a base
+    that sets the head's grouping for its head arms is not refused there either."""
+    from types import SimpleNamespace
+
+    from conftest import load_script
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"base": {"device": "cpu", "aux_by": "source"},
+                                "variants": {"head": {"aux_weight": 0.1}, "plain": {}}}))
+    args = SimpleNamespace(spec=str(path), data=None, challenge_data=None, train_data=None, batch_size=None,
+                           samples_per_epoch=None, train_seed=None, device="cpu")
+    for script, extra in (("benchmarks/loader_speed.py", ()), ("benchmarks/step_speed.py", (str(tmp_path / "ck"),))):
+        base, spec = load_script(script).sweep_base(args, *extra)
+        assert base.aux_weight == 0 and spec.variant_config("head").aux_by == "source", script
 
 
 def test_shuffled_classes_keep_the_family_head_and_drop_what_made_each_picture():

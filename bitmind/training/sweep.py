@@ -352,8 +352,14 @@ class SweepSpec:
         """Every variant's (checked ``TrainConfig``, sweep options), by name: a ``ConfigError`` naming
         the option (and the variant) that no run can use otherwise. What a sweep checks before it
         reads its data, and the command line before it starts one."""
-        head_free(self.base, {}).check()
+        self.checked_base()
         return {name: (self.variant_config(name), self.variant_extras(name)) for name in self.variants}
+
+    def checked_base(self) -> TrainConfig:
+        """The base options, checked as the variants that inherit them are (``head_free``: the
+        auxiliary head's own options a base sets for its head arms are not refused on a base
+        without the head): a ``ConfigError`` names one no run can use."""
+        return head_free(self.base, {}).check()
 
     def variant_config(self, name: str) -> TrainConfig:
         own = {k: v for k, v in self.variants[name].items() if k not in SWEEP_ONLY_KEYS}
