@@ -604,9 +604,8 @@ def fixed_as_saved(saved: dict) -> dict:
 
     if not saved:  # nothing recorded (no readable opt.json): nothing to hold the run to
         return saved
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(TrainConfig) if f.name in FIXED_ON_RESUME}
-    return {**defaults, **saved}
+    defaults = dataclasses.asdict(TrainConfig())  # as check_same_sweep reads a spec.json older than an option
+    return {**{k: defaults[k] for k in FIXED_ON_RESUME}, **saved}
 
 
 def check_resume_matches(cfg) -> None:
