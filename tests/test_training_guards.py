@@ -416,6 +416,34 @@ def test_a_small_fine_tune_keeps_the_starting_files_calibration(data, tmp_path, 
     assert "it keeps the calibration of --init_from" in caplog.text  # said before the first epoch too
 
 
+def test_a_fine_tune_keeps_the_calibration_its_starting_file_had_when_it_began(data, tmp_path, caplog, listen):
+    """The starting file's calibration was read when the run ended: an operator who swapped a new
+    ``base.pth`` in meanwhile gave the fine-tune the new file's, and a resumed run whose starting
+    file had moved kept none. The run keeps its own copy from the start (``init_calibration.json``)."""
+    from bitmind.calibration import store_calibration
+
+    train(_cfg(data, tmp_path, name="base"))
+    start = tmp_path / "start.pth"
+    shutil.copy(tmp_path / "base" / "model_epoch_best.pth", start)
+    store_calibration(start, {"temperature": 1.7, "logit_bias": -0.4, "method": "platt"})
+    ft = dict(name="ft", init_from=str(start), calibrate=True, calibration_min_per_class=20)
+    train(_cfg(data, tmp_path, **ft))
+    saved = json.loads((tmp_path / "ft" / "init_calibration.json").read_text())
+    assert (saved["temperature"], saved["logit_bias"], saved["init_from"]) == (1.7, -0.4, str(start))
+    store_calibration(start, {"temperature": 3.0, "logit_bias": 0.9, "method": "platt"})  # another file swapped in
+    train(_cfg(data, tmp_path, epochs=2, resume=True, **ft))
+    meta = read_checkpoint(tmp_path / "ft" / "model_epoch_best.pth")[1]
+    assert (meta["temperature"], meta["logit_bias"]) == (1.7, -0.4)
+    start.unlink()  # moved away: the run's copy still holds what it started from
+    train(_cfg(data, tmp_path, epochs=3, resume=True, **ft))
+    assert (read_checkpoint(tmp_path / "ft" / "model_epoch_best.pth")[1]["temperature"]) == 1.7
+    # a damaged copy: said, raw logits kept, the run ends
+    (tmp_path / "ft" / "init_calibration.json").write_text("{not json")
+    listen("bitmind.training.trainer")
+    train(_cfg(data, tmp_path, epochs=4, resume=True, **ft))
+    assert "cannot keep the calibration of --init_from" in caplog.text and "init_calibration.json" in caplog.text
+
+
 def test_a_validation_split_of_a_few_pictures_leaves_the_raw_logits_and_says_so(data, tmp_path, caplog, listen):
     """A fine-tune whose validation split held 1 real photo and 2 fakes stored T=0.05, b=+50
     (called better on those same three pictures), which called 81% of a test split's real photos

@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 
 #: Files a run writes into its folder; any of the first three means the folder holds a run.
 RUN_MARKERS = ("model_epoch_best.pth", "state_last.pt", "model_last.pth")
-RUN_FILES = (*RUN_MARKERS, "val_logits_best.npy", "history.json", "summary.json", "curves.png", "opt.json")
+#: A fine-tune's copy of its ``--init_from`` file's calibration as it started (``trainer.save_starting_calibration``).
+INIT_CALIBRATION = "init_calibration.json"
+RUN_FILES = (*RUN_MARKERS, "val_logits_best.npy", "history.json", "summary.json", "curves.png", "opt.json", INIT_CALIBRATION)
 #: Options a resumed run takes from the command line as given, never from ``opt.json``: where
 #: and how fast it runs, not what it trains.
 RUNTIME_KEYS = ("resume", "overwrite", "name", "checkpoints_dir", "device", "workers", "pin_memory", "progress",

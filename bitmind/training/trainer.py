@@ -49,8 +49,8 @@ from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_label, stop_name, stop_reason
 from bitmind.training.config import TrainConfig
 from bitmind.training.init_from import init_weights, load_weights
-from bitmind.training.run_folder import (EarlierRun, RunFolderError, check_resume_matches, hold_run_folder, prepare_run_folder,
-                                         recover_earlier_run, write_options)
+from bitmind.training.run_folder import (INIT_CALIBRATION, EarlierRun, RunFolderError, check_resume_matches, hold_run_folder,
+                                         prepare_run_folder, recover_earlier_run, write_options)
 from bitmind.training.loop import (
     Best,
     Learner,
@@ -401,6 +401,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
         earlier.set_aside()  # --overwrite: until this run saves an epoch (put back if it ends before)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_options(cfg, run_dir, amp_resolved=amp_used)  # its paths absolute: it resumes from any working folder
+        if cfg.init_from and not cfg.resume:
+            save_starting_calibration(cfg, run_dir)
         logger.info("data splits per source: %s", json.dumps(counts))
         show("training set:\n" + train_ds.summary())
         show("validation set:\n" + val_ds.summary())
@@ -706,23 +708,49 @@ def resume_serving_options(model: nn.Module, last: Path) -> None:
                     ", ".join(f"{k}={v}" for k, v in options.items()))
 
 
+def starting_calibration(cfg: TrainConfig) -> dict:
+    """The ``--init_from`` file's calibration as the run starts (``temperature`` None where it has
+    none, or one the miner would refuse: ``error`` says why), for ``keep_starting_calibration``."""
+    from bitmind.checkpoint import check_calibration, read_checkpoint
+
+    record = {"init_from": str(cfg.init_from), "temperature": None}
+    try:
+        meta = read_checkpoint(cfg.init_from)[1]
+        check_calibration(meta, cfg.init_from)  # one the miner would refuse is not passed on
+    except Exception as e:  # noqa: BLE001 (unreadable or refused: said at the end, raw logits kept)
+        return {**record, "error": f"{type(e).__name__}: {e}"}
+    if meta.get("temperature") is not None:
+        record.update(temperature=float(meta["temperature"]), logit_bias=float(meta.get("logit_bias") or 0.0))
+    return record
+
+
+def save_starting_calibration(cfg: TrainConfig, run_dir: Path) -> None:
+    """Write ``starting_calibration`` into ``run_dir`` (``INIT_CALIBRATION``) as a fine-tune
+    starts. Why: the calibration was read from ``--init_from`` only when the run ended, hours
+    later, so an operator who swapped a new ``base.pth`` in meanwhile (the miner hot-reloads it)
+    gave the fine-tune the new file's calibration, and a resumed run whose starting file had been
+    moved kept none; the run's own copy is what its weights started from."""
+    (run_dir / INIT_CALIBRATION).write_text(json.dumps(starting_calibration(cfg), indent=2))
+
+
 def keep_starting_calibration(cfg: TrainConfig, ckpt: Path, why: Exception) -> dict | None:
     """The validation split is too small (or one-class) to fit a calibration: a fine-tune
     (``--init_from``) keeps the starting file's (its record names it and why, for
     ``model_info``); a run from scratch keeps raw logits. Why: a small fine-tune of
     ``base.pth`` stored none and served raw logits, which kept 0.87 of real photos where the
     starting file's calibration kept 0.97 (operator audit); a few epochs of fine-tuning move
-    the logits far less than the raw scale is off. Returns the stored record, or None."""
-    from bitmind.checkpoint import check_calibration, read_checkpoint
-
+    the logits far less than the raw scale is off. The starting file's calibration is the one the
+    run saved as it started (``save_starting_calibration``, beside ``ckpt``), or for a run begun
+    before that was saved the file's now. Returns the stored record, or None."""
     start = None
     if cfg.init_from:
+        saved = ckpt.parent / INIT_CALIBRATION
         try:
-            start = read_checkpoint(cfg.init_from)[1]
-            check_calibration(start, cfg.init_from)  # one the miner would refuse is not passed on
-        except Exception as e:  # noqa: BLE001 (moved, changed or refused since the run began: said, raw logits kept)
-            logger.warning("cannot keep the calibration of --init_from %s: %s", cfg.init_from, e)
-            start = None
+            start = json.loads(saved.read_text()) if saved.is_file() else starting_calibration(cfg)
+        except (OSError, ValueError) as e:  # a damaged copy: said, raw logits kept
+            start = {"error": f"{saved}: {e}"}
+        if start.get("error"):
+            logger.warning("cannot keep the calibration of --init_from %s: %s", cfg.init_from, start["error"])
     if not start or start.get("temperature") is None:  # absent or None: the starting file had none either
         show(f"calibration not fitted: {why}; {ckpt} keeps its raw logits", logging.WARNING)
         return None
