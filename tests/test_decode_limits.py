@@ -251,3 +251,87 @@ def test_large_blank_rgba_png_costs_its_pixels_not_copies_of_them():
     per_pixel = float(last)
     # decoded RGBA + RGB result = 8 bytes a pixel, plus one band of scratch
     assert 4 < per_pixel < 11, f"decoding cost {per_pixel:.1f} bytes a pixel"
+
+
+# ---------------------------------------------------------------------------- TIFF strips and wide modes
+
+def _tiff_of_strips(strips: int, width: int = 20, order: str = "<") -> bytes:
+    """A classic 8-bit grey TIFF by hand, one row per strip, every strip the same row of pixels."""
+    n_tags, ifd = 8, 8
+    pix = ifd + 2 + n_tags * 12 + 4
+    offsets_at, counts_at = pix + width, pix + width + 4 * strips
+
+    def tag(t, typ, count, value):
+        if typ == 3 and count == 1:  # a SHORT value sits left-aligned in the 4-byte field
+            return struct.pack(order + "HHIHH", t, typ, count, value, 0)
+        return struct.pack(order + "HHII", t, typ, count, value)
+
+    tags = [tag(256, 4, 1, width), tag(257, 4, 1, strips), tag(258, 3, 1, 8), tag(259, 3, 1, 1), tag(262, 3, 1, 1),
+            tag(273, 4, strips, offsets_at), tag(278, 4, 1, 1), tag(279, 4, strips, counts_at)]
+    head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "I", ifd)
+    return (head + struct.pack(order + "H", n_tags) + b"".join(tags) + struct.pack(order + "I", 0) + b"\x80" * width
+            + struct.pack(order + "I", pix) * strips + struct.pack(order + "I", width) * strips)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_tiff_with_too_many_strips_is_refused_before_pillow_reads_them(order):
+    """1.5 million one-row strips (a 9 MB file) held a decode thread 8.6 s and 554 MB: Pillow
+    builds an entry per strip when it opens the file (operator review)."""
+    raw = _tiff_of_strips(image_io.MAX_TIFF_STRIPS + 1, order=order)
+    with pytest.raises(ImageDecodeError, match="strips exceeds the limit"):
+        open_image(raw)
+    ok = open_image(_tiff_of_strips(300, order=order))  # an ordinary strip count decodes
+    assert ok.size == (20, 300) and ok.getpixel((3, 200)) == (128, 128, 128)
+
+
+def test_bigtiff_and_classic_tiff_decode():
+    img = Image.fromarray(np.full((64, 80), 90, np.uint8))
+    for kw in ({"big_tiff": True}, {}):
+        buf = io.BytesIO()
+        img.save(buf, format="TIFF", **kw)
+        assert decode_image(_b64(buf.getvalue())).getpixel((5, 5)) == (90, 90, 90)
+
+
+def test_wide_modes_scale_from_their_range_and_cost_a_band_not_copies():
+    """16-bit, 32-bit and float pictures become 8-bit grey: 16-bit from 0-65535, floats of at
+    most 1 from 0-1, NaN as 0; converted in bands of rows, so a large one costs its decoded
+    pixels and the results (a blank 40 Mpx 16-bit PNG peaked at +433 MB per request)."""
+    def tiff(arr):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="TIFF")
+        return buf.getvalue()
+
+    grey = lambda raw: np.asarray(open_image(raw))[..., 0]  # noqa: E731
+    assert grey(tiff(np.array([[0.0, 0.5, 1.0]], np.float32))).tolist() == [[0, 128, 255]]
+    assert grey(tiff(np.array([[np.nan, 2.0, 300.0]], np.float32))).tolist() == [[0, 2, 255]]
+    assert grey(tiff(np.array([[0, 200, 255]], np.int32))).tolist() == [[0, 200, 255]]
+    assert grey(tiff(np.array([[0, 32768, 65535]], np.int32))).tolist() == [[0, 128, 255]]
+    code = textwrap.dedent("""
+        import io, re
+        from PIL import Image
+        from bitmind.image_io import open_image
+        def status(key):
+            return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+        w, h = 4000, 3000
+        buf = io.BytesIO()
+        Image.new("I;16", (w, h)).save(buf, format="PNG")
+        raw = buf.getvalue()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            print("no-clear-refs")
+            raise SystemExit(0)
+        before = status("VmRSS")
+        out = open_image(raw)
+        assert out.size == (w, h) and out.mode == "RGB"
+        print((status("VmHWM") - before) / (w * h))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    if last == "no-clear-refs":
+        pytest.skip("cannot reset the peak resident size here (/proc/self/clear_refs)")
+    # decoded 16-bit (2 B) + grey (1 B) + RGB result (4 B) = 7 bytes a pixel, plus one band;
+    # the whole-picture float32 conversion cost 16 bytes a pixel or more
+    assert 4 < float(last) < 10, f"decoding cost {float(last):.1f} bytes a pixel"
