@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -39,7 +40,7 @@ class PredictorConfig:
     max_queue: int = 256  # queued images beyond which requests are refused (Overloaded)
     amp: str | None = "auto"  # "auto": bf16 autocast on CUDA, and on a CPU that runs bf16 natively and faster; "none": fp32
     limits: DecodeLimits = DecodeLimits()  # payload and image size limits
-    decode_workers: int | None = None  # own decode thread pool of this size (None: the event loop's)
+    decode_workers: int | None = None  # decode threads (None or 0: auto_decode_workers())
     optimize: bool | str = "auto"  # serve a CPU-prepared copy ("auto": on a CPU)
     compile: bool = False  # on a CPU with max_batch 1, compile that copy (TorchInductor) before serving
     workers: int = 0  # forward workers; 0: auto_workers
@@ -63,6 +64,24 @@ def image_to_tensor(image) -> torch.Tensor:
             return base_transforms(to_pil_image(t.clamp(0, 1)))
         return t.float()
     raise TypeError(f"expected a PIL image or tensor, got {type(image).__name__}")
+
+
+#: Most decode threads by default (``auto_decode_workers``).
+MAX_DECODE_WORKERS = 4
+
+
+def auto_decode_workers() -> int:
+    """Decode threads by default: one per core this process may use, at most
+    ``MAX_DECODE_WORKERS``. Why a pool of its own: the event loop's default executor has
+    cores + 4 threads (6 on 2 cores), and each decode of a large picture holds its pixels (up
+    to ~300 MB for a 40 Mpx 16-bit or transparent one), so twelve such requests at once took a
+    2-core miner from 0.8 to 2.9 GB (operator review); decoding is CPU work, and more threads
+    than cores only hold more pictures at once, not finish sooner."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DECODE_WORKERS, cores))
 
 
 def predict(model: nn.Module | LoadedModel, image) -> float:
@@ -101,9 +120,8 @@ class Predictor:
                               compile_threads=compile_threads, max_bytes=cfg.max_model_bytes)
         self.batcher = MicroBatcher(self.predict_tensors, self.device, max_batch, cfg.batch_window_ms / 1000.0,
                                     cfg.max_queue, workers, threads)
-        # Own decode pool if asked (bounds decode threads vs torch threads); else the loop's default executor.
-        self._decode_pool = (ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="bitmind-decode")
-                             if cfg.decode_workers else None)
+        self._decode_pool = ThreadPoolExecutor(int(cfg.decode_workers or 0) or auto_decode_workers(),
+                                               thread_name_prefix="bitmind-decode")
 
     def check_reload(self, force: bool = False) -> bool:
         """Swap in the model file if it changed (``ModelSlot.check``)."""
@@ -148,21 +166,22 @@ class Predictor:
         return self.predict_tensors(self.preprocess_b64(b64).unsqueeze(0))[0]
 
     # ---------------------------------------------------------------- serving API
-    def submit(self, tensor: torch.Tensor) -> Future:
-        """Queue one (3,256,256) tensor for the workers; the future resolves to a probability
-        (raises ``Overloaded`` at once when the queue is full)."""
-        return self.batcher.submit(tensor)
+    def submit(self, tensor: torch.Tensor, priority: float = 0.0) -> Future:
+        """Queue one (3,256,256) tensor for the workers, served before those of lower
+        ``priority``; the future resolves to a probability (raises ``Overloaded`` at once when
+        the queue is full of requests of at least this priority)."""
+        return self.batcher.submit(tensor, priority)
 
-    async def predict_b64_async(self, b64: str) -> float:
-        """Decode in a thread, predict on the batching workers; the event loop only awaits."""
+    async def predict_b64_async(self, b64: str, priority: float = 0.0) -> float:
+        """Decode in a thread, predict on the batching workers (highest ``priority`` first:
+        the miner gives the caller's stake); the event loop only awaits."""
         loop = asyncio.get_running_loop()
-        with self.batcher.incoming():
+        with self.batcher.incoming(priority):
             tensor = await loop.run_in_executor(self._decode_pool, self.preprocess_b64, b64)
-            fut = self.submit(tensor)
+            fut = self.submit(tensor, priority)
         return await asyncio.wrap_future(fut)
 
     def close(self) -> None:
         self.batcher.close()
         self.slot.close()
-        if self._decode_pool is not None:
-            self._decode_pool.shutdown(wait=False)
+        self._decode_pool.shutdown(wait=False)
