@@ -188,14 +188,14 @@ class BaselinePredictor:
         x = base_transforms(decode_image(b64)).unsqueeze(0)
         return float(torch.sigmoid(logits_of(model, x, self.amp_dtype))[0])
 
-    async def predict_b64_async(self, b64: str) -> float:
+    async def predict_b64_async(self, b64: str, priority: float = 0.0) -> float:
         return self.predict_b64(b64)  # deliberately blocking: that is the design being measured
 
 
 class InstantPredictor:
     """Answers at once without looking at the image: isolates the axon's own cost."""
 
-    async def predict_b64_async(self, b64: str) -> float:
+    async def predict_b64_async(self, b64: str, priority: float = 0.0) -> float:
         return 0.5
 
 

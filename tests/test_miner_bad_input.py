@@ -6,6 +6,8 @@ import io
 import logging
 import math
 import struct
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -129,7 +131,7 @@ class RaisingPredictor:
     def __init__(self, exc=None, value=None):
         self.exc, self.value, self.calls = exc, value, 0
 
-    async def predict_b64_async(self, b64):
+    async def predict_b64_async(self, b64, priority=0.0):
         self.calls += 1
         if self.exc is not None:
             raise self.exc
@@ -152,6 +154,59 @@ def test_failures_answer_minus_one(predictor_, counter):
 def test_out_of_range_output_is_clamped():
     h = MinerHandlers(RaisingPredictor(value=1.0000001), metagraph=None)
     assert asyncio.run(h.forward(ImageSynapse(image="aGVsbG8="))).prediction == 1.0
+
+
+def test_a_request_whose_caller_gave_up_is_given_up_and_costs_no_forward(tiny_model, image_factory):
+    """The axon never cancels a handler whose caller timed out: such requests still cost a
+    forward each and were counted as served (operator review: five requests with a 1 s timeout
+    behind a 2 s forward got -1 on the client and "served 5" on the miner). Past the synapse's
+    timeout the request is given up: -1, counted as timed out, and one still queued is never
+    computed."""
+    p = Predictor(str(tiny_model), device="cpu", max_batch=1, workers=1)
+    computed, gate, entered = [], threading.Event(), threading.Event()
+    real = p.batcher.forward
+
+    def held(batch):
+        entered.set()
+        gate.wait(10)
+        computed.append(len(batch))
+        return real(batch)
+
+    p.batcher.forward = held
+    h = MinerHandlers(p, metagraph=None)
+    try:
+        async def scenario():
+            first = asyncio.create_task(h.forward(prepare_image_synapse(image_factory(seed=1))))
+            while not entered.is_set():
+                await asyncio.sleep(0.01)
+            late = prepare_image_synapse(image_factory(seed=2))
+            late.timeout = 0.3
+            t0 = time.monotonic()
+            out = await h.forward(late)
+            waited = time.monotonic() - t0
+            gate.set()
+            return (await first).prediction, out.prediction, waited
+
+        first, late, waited = asyncio.run(scenario())
+        assert late == -1.0 and 0.0 <= first <= 1.0
+        assert waited < 5  # given up at its timeout, not when the worker came free
+        counts = h.stats.snapshot()
+        assert counts["timed_out"] == 1 and counts["served"] == 1 and counts["requests"] == 2
+        assert computed == [1]  # the given-up request was never computed
+    finally:
+        gate.set()
+        p.close()
+
+
+def test_answer_within_reads_the_synapse_timeout_or_falls_back():
+    from bitmind.miner.handlers import DEFAULT_TIMEOUT, answer_within
+
+    s = ImageSynapse(image="aGVsbG8=")
+    s.timeout = 3.5
+    assert answer_within(s) == 3.5
+    for bad in (None, 0.0, -1.0, float("nan"), float("inf")):
+        s.timeout = bad
+        assert answer_within(s) == DEFAULT_TIMEOUT
 
 
 def test_overload_through_real_predictor(tiny_model, image_factory):

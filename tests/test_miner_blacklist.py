@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("session_chain")
 class FixedPredictor:
     """Answers 0.75 for everything: these tests are about who is served, not what."""
 
-    async def predict_b64_async(self, b64):
+    async def predict_b64_async(self, b64, priority=0.0):
         return 0.75
 
 

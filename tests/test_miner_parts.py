@@ -321,6 +321,40 @@ def test_requests_beyond_the_queue_bound_are_refused_before_they_are_decoded():
         mb.close()
 
 
+def test_heavier_callers_are_served_first_and_a_full_queue_refuses_the_lightest():
+    """bittensor's axon runs the priority function but orders nothing by it: a heavy
+    validator's request waited behind, or was refused after, any caller's (operator review:
+    ten requests of stake 1, then one of stake 1e6, max_queue 4: the heavy one got -1)."""
+    order, entered, gate = [], threading.Event(), threading.Event()
+
+    def forward(batch: torch.Tensor) -> list[float]:
+        entered.set()
+        gate.wait(5)  # hold the worker while the others queue up
+        order.extend(float(x[0, 0, 0]) for x in batch)
+        return [0.5] * len(batch)
+
+    mb = MicroBatcher(forward, torch.device("cpu"), max_batch=1, max_queue=3, workers=1, threads=1)
+    try:
+        first = mb.submit(torch.full((3, 4, 4), -1.0), priority=1.0)
+        assert entered.wait(5)
+        light = [mb.submit(torch.full((3, 4, 4), float(i)), priority=1.0) for i in range(3)]  # the queue is full
+        with pytest.raises(Overloaded):
+            mb.submit(torch.full((3, 4, 4), 9.0), priority=1.0)  # no lighter one to make room
+        with pytest.raises(Overloaded):
+            with mb.incoming(priority=1.0):
+                pass
+        with mb.incoming(priority=1e6):  # room made before decoding: the newest light one refused
+            with pytest.raises(Overloaded, match="higher priority"):
+                light[2].result(5)
+            heavy = mb.submit(torch.full((3, 4, 4), 7.0), priority=1e6)
+        gate.set()
+        assert heavy.result(5) == 0.5 and [f.result(5) for f in (first, *light[:2])] == [0.5] * 3
+        assert order == [-1.0, 7.0, 0.0, 1.0]  # the heavy one first, then the light ones in arrival order
+    finally:
+        gate.set()
+        mb.close()
+
+
 def test_slot_says_once_that_its_file_is_gone_and_loads_one_put_back(tmp_path, caplog):
     """A deleted model file leaves the last good model serving, with one warning (not one per
     check, and not silence); a file put back at the path is loaded."""

@@ -5,10 +5,18 @@ batched forward over what is queued (up to ``max_batch``). It waits for more (at
 ``batch_window_ms``) only while other requests are still being decoded, so a lone
 request never pays the window. The asyncio event loop only awaits a future; the queue
 is bounded so overload gives a fast ``Overloaded`` error instead of unbounded memory.
+
+Requests carry a priority (the miner gives the caller's stake): the workers take the
+highest first (in arrival order among equals), and a full queue makes room for a request
+by refusing the lowest queued one below it. Why here: bittensor's axon runs the priority
+function but orders nothing by it (its executor step is a no-op), so under load a heavy
+validator's request waited behind, or was refused after, any caller's (operator review).
 """
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -50,7 +58,9 @@ class MicroBatcher:
                  batch_window: float = 0.002, max_queue: int = 256, workers: int = 1, threads: int = 1):
         self.forward, self.device = forward, device
         self.max_batch, self.batch_window, self.workers, self.threads = max_batch, batch_window, workers, threads
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        # (-priority, arrival, tensor, future): the highest priority first, then the earliest
+        self._queue: queue.PriorityQueue = queue.PriorityQueue(maxsize=max_queue)
+        self._arrival = itertools.count()
         self._workers: list[threading.Thread] = []
         self._stop = threading.Event()
         self._busy = 0  # workers running a forward right now
@@ -68,17 +78,38 @@ class MicroBatcher:
     def inflight(self) -> int:
         return self._inflight
 
+    def _make_room(self, priority: float) -> bool:
+        """Refuse (``Overloaded``) the newest of the lowest-priority queued requests if its
+        priority is below ``priority``; whether one was refused."""
+        with self._queue.mutex:
+            heap = self._queue.queue
+            if not heap:
+                return False
+            i = max(range(len(heap)), key=lambda j: heap[j][:2])  # lowest priority, latest arrival
+            if -heap[i][0] >= priority:
+                return False
+            victim = heap[i][3]
+            heap[i] = heap[-1]
+            heap.pop()
+            heapq.heapify(heap)
+            self._queue.not_full.notify()
+        if victim.set_running_or_notify_cancel():  # False: its caller had already given up
+            victim.set_exception(Overloaded(f"prediction queue full ({self._queue.maxsize}): "
+                                            f"room made for a request of higher priority ({priority:g})"))
+        return True
+
     @contextlib.contextmanager
-    def incoming(self):
+    def incoming(self, priority: float = 0.0):
         """Count one request as on its way (being decoded) while inside, so a batch being
         formed waits for it (at most ``batch_window``) instead of leaving without it.
         Raises ``Overloaded`` on entry, before any decoding, when the requests being decoded
-        and those queued already reach the queue's bound: a flood would otherwise pile up in
+        and those queued already reach the queue's bound (and no queued request has a lower
+        ``priority``, else that one is refused instead): a flood would otherwise pile up in
         the decode pool's own unbounded queue (each holding its payload, up to 16 MiB) and be
         refused only after decoding."""
         with self._inflight_lock:
             limit, queued = self._queue.maxsize, self._queue.qsize()
-            if limit > 0 and self._inflight + queued >= limit:
+            if limit > 0 and self._inflight + queued >= limit and not self._make_room(priority):
                 raise Overloaded(f"{self._inflight} requests decoding and {queued} queued reach the limit ({limit})")
             self._inflight += 1
         try:
@@ -99,29 +130,42 @@ class MicroBatcher:
                 w.start()
                 self._workers.append(w)
 
-    def submit(self, tensor: torch.Tensor) -> Future:
-        """Queue one (3,256,256) tensor; the returned future resolves to a probability."""
+    def submit(self, tensor: torch.Tensor, priority: float = 0.0) -> Future:
+        """Queue one (3,256,256) tensor; the returned future resolves to a probability (or to
+        ``Overloaded`` if a request of higher priority takes its place while it waits)."""
         self._ensure_worker()
         fut: Future = Future()
+        item = (-float(priority), next(self._arrival), tensor, fut)
         try:
-            self._queue.put_nowait((tensor, fut))
+            self._queue.put_nowait(item)
         except queue.Full:
-            raise Overloaded(f"prediction queue full ({self._queue.maxsize})") from None
+            if not self._make_room(priority):
+                raise Overloaded(f"prediction queue full ({self._queue.maxsize})") from None
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:  # another request took the room first
+                raise Overloaded(f"prediction queue full ({self._queue.maxsize})") from None
         if self.workers > 1:
             with self._helpers:
                 self._helpers.notify()
         return fut
+
+    def _get(self, timeout: float | None = None) -> tuple[torch.Tensor, Future]:
+        """The queued request of highest priority as ``(tensor, future)`` (``timeout`` None: at
+        once); raises ``queue.Empty``."""
+        item = self._queue.get(timeout=timeout) if timeout is not None else self._queue.get_nowait()
+        return item[2], item[3]
 
     def _first_item(self, index: int):
         """The next queued item for worker ``index`` (raises ``queue.Empty`` after a while).
         Worker 0 takes whatever comes; the other workers only help with what is queued
         while worker 0 is busy, so a lone request always gets worker 0 and every core."""
         if index == 0:
-            return self._queue.get(timeout=0.2)
+            return self._get(timeout=0.2)
         with self._helpers:
             self._helpers.wait_for(lambda: self._stop.is_set() or (self._primary_busy and self._queue.qsize() > 0),
                                    timeout=0.2)
-        return self._queue.get_nowait()
+        return self._get()
 
     @staticmethod
     def thread_counts(device: torch.device, threads: int, workers: int) -> tuple[int, ...]:
@@ -156,7 +200,7 @@ class MicroBatcher:
             deadline = time.monotonic() + self.batch_window
             while len(items) < self.max_batch:
                 try:
-                    items.append(self._queue.get_nowait())
+                    items.append(self._get())
                     continue
                 except queue.Empty:
                     pass
@@ -164,7 +208,7 @@ class MicroBatcher:
                 if self._inflight <= 0 or remaining <= 0:
                     break  # nobody else is on the way: do not make this batch wait
                 try:
-                    items.append(self._queue.get(timeout=remaining))
+                    items.append(self._get(timeout=remaining))
                 except queue.Empty:
                     break
             # A request cancelled while queued (its caller timed out, disconnected or shut down)

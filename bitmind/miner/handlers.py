@@ -2,7 +2,7 @@
 
 Kept apart from ``neurons/miner.py`` so they can be tested without a network: a
 ``MinerHandlers`` needs only a predictor (``Predictor`` or anything with
-``predict_b64_async``) and a metagraph-like object (``hotkeys``, ``S``,
+``predict_b64_async(b64, priority=...)``) and a metagraph-like object (``hotkeys``, ``S``,
 ``validator_permit``), which may be swapped at any time by assigning
 ``handlers.metagraph`` (the neuron re-syncs into a fresh metagraph and swaps it in one
 assignment, so a request never sees half-updated arrays).
@@ -12,17 +12,21 @@ Why each rule:
 * forward never raises and never blocks the event loop: decoding runs in a worker
   thread and inference on the predictor's batching thread; any failure (bad payload,
   overload, model error) answers ``-1.0`` — the protocol's "no prediction" — and the
-  cause is logged, so one bad request cannot take the axon down.
+  cause is logged, so one bad request cannot take the axon down. A request is given up
+  when its caller's ``timeout`` has passed (``answer_within``): the answer would reach
+  nobody, and one still queued then costs no forward.
 * blacklist checks registration *first* (a membership test), before any index lookup,
   so an unknown hotkey is refused cleanly instead of raising inside the axon; then,
   by default, refuses registered callers without a validator permit: only validators
   score miners, anyone else is spending our compute.
 * priority is the caller's stake, so under load the validators that weigh most are
-  served first.
+  served first: the predictor's queue orders by it (``forward`` passes it on; the axon's
+  own priority step orders nothing), and a full queue refuses its lightest request first.
 
 NOTE: no ``from __future__ import annotations`` here — ``bt.Axon.attach`` compares the
 handlers' signatures with real classes (``ImageSynapse``, ``Tuple[bool, str]``).
 """
+import asyncio
 import logging
 import math
 import threading
@@ -35,12 +39,27 @@ from bitmind.protocol import ImageSynapse
 logger = logging.getLogger(__name__)
 
 NO_PREDICTION = -1.0
+#: Seconds a request may take when its synapse names no usable timeout (the dendrite's default).
+DEFAULT_TIMEOUT = 12.0
+
+
+def answer_within(synapse: ImageSynapse) -> float:
+    """How long the caller waits for this answer: the synapse's ``timeout`` (set by the
+    validator's dendrite), else ``DEFAULT_TIMEOUT``. Why: the axon does not cancel a handler
+    whose caller gave up, so a request that timed out while queued still cost a forward and
+    was counted as served, and under load such dead requests kept the workers from fresh ones
+    (operator review); past this time the answer reaches nobody."""
+    try:
+        t = float(getattr(synapse, "timeout", None))
+    except (TypeError, ValueError):
+        return DEFAULT_TIMEOUT
+    return t if math.isfinite(t) and t > 0 else DEFAULT_TIMEOUT
 
 
 class MinerStats:
     """Thread-safe request counters for the status line."""
 
-    FIELDS = ("requests", "served", "bad_input", "overloaded", "errors", "blacklisted")
+    FIELDS = ("requests", "served", "bad_input", "overloaded", "timed_out", "cancelled", "errors", "blacklisted")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -59,7 +78,7 @@ class MinerHandlers:
     """forward / blacklist / priority for one miner.
 
     Args:
-        predictor: object with ``async predict_b64_async(b64) -> float``.
+        predictor: object with ``async predict_b64_async(b64, priority=0.0) -> float``.
         metagraph: object with ``hotkeys`` (list of ss58), ``S`` (stake per uid) and
             ``validator_permit`` (bool per uid).
         allow_non_registered: serve hotkeys that are not registered on the subnet.
@@ -95,12 +114,22 @@ class MinerHandlers:
         self.stats.inc("requests")
         caller = self._caller(synapse)
         prediction = NO_PREDICTION
+        within = answer_within(synapse)
         try:
-            p = float(await self.predictor.predict_b64_async(synapse.image))
+            # given up when the caller has: a request still queued then costs no forward
+            p = float(await asyncio.wait_for(self.predictor.predict_b64_async(synapse.image, priority=self.stake_of(caller)),
+                                             within))
             if not math.isfinite(p):
                 raise ValueError(f"model produced a non-finite output {p}")
             prediction = min(1.0, max(0.0, p))
             self.stats.inc("served")
+        except asyncio.TimeoutError:
+            self.stats.inc("timed_out")
+            logger.warning("no answer within the caller's %.1f s for %s (busy?): given up, answering %.1f",
+                           within, caller, NO_PREDICTION)
+        except asyncio.CancelledError:  # the axon or the event loop stopped this request
+            self.stats.inc("cancelled")
+            raise
         except ImageDecodeError as e:
             self.stats.inc("bad_input")
             logger.info("bad image from %s: %s -> answering %.1f", caller, e, NO_PREDICTION)
@@ -130,12 +159,22 @@ class MinerHandlers:
             return True, f"hotkey {hotkey} (uid {uid}) has no validator permit"
         return False, f"hotkey {hotkey} (uid {uid}) recognized"
 
-    async def priority(self, synapse: ImageSynapse) -> float:
-        """The caller's stake (0 for unknown callers): heavier validators are served first."""
-        uid = self.uid_of(self._caller(synapse))
+    def stake_of(self, hotkey: Optional[str]) -> float:
+        """``hotkey``'s stake in the current metagraph (0 for unknown callers or an unreadable stake)."""
+        uid = self.uid_of(hotkey)
         if uid is None:
             return 0.0
-        return float(self.metagraph.S[uid])
+        try:
+            stake = float(self.metagraph.S[uid])
+        except (IndexError, TypeError, ValueError):  # a metagraph being swapped, or a stake that is no number
+            return 0.0
+        return stake if math.isfinite(stake) else 0.0
+
+    async def priority(self, synapse: ImageSynapse) -> float:
+        """The caller's stake (0 for unknown callers). The axon runs this but orders nothing by
+        it; ``forward`` hands the same stake to the predictor's queue, which serves heavier
+        validators first and refuses lighter ones first when full."""
+        return self.stake_of(self._caller(synapse))
 
     # ------------------------------------------------------------------ wiring
     def attach(self, axon: Any) -> Any:

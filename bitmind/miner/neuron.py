@@ -173,7 +173,7 @@ class MinerNeuron:
         s = self.status()
         return (f"block {s['block']} | uid {s['uid']} | stake {s['stake']:.3f} | model {s['model_sha256'][:12]} "
                 f"(reloads {s['reloads']}) | requests {s['requests']} served {s['served']} bad {s['bad_input']} "
-                f"overloaded {s['overloaded']} errors {s['errors']} blacklisted {s['blacklisted']}")
+                f"overloaded {s['overloaded']} timed out {s['timed_out']} errors {s['errors']} blacklisted {s['blacklisted']}")
 
     def run(self, stop: threading.Event) -> int:
         """Serve until ``stop`` is set: sync the metagraph, look at the model file and log a
