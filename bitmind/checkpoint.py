@@ -121,7 +121,9 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     path = Path(path)
     if data is None and not path.is_file():
         raise CheckpointError(_not_a_file(path))
-    if path.suffix == ".safetensors":
+    # the format of what a link points at: the served name is fixed (--neuron.model_path
+    # current.pth) while the file it links to may be a .safetensors one (docs/Mining.md)
+    if path.suffix == ".safetensors" or Path(os.path.realpath(path)).suffix == ".safetensors":
         try:
             from safetensors import safe_open
             from safetensors.torch import load as load_safetensors_bytes

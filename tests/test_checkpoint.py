@@ -36,6 +36,24 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path, suffix):
         assert torch.equal(from_bytes.model(x), lm.model(x))
 
 
+def test_a_safetensors_file_is_read_through_the_served_pth_link(tmp_path):
+    """The miner serves a fixed name (``--neuron.model_path .../current.pth``, a link): a link
+    to a .safetensors file was read as a torch file by the link's suffix and refused, on hot
+    reload and at start (operator review). The format is that of the file linked to, from disk
+    and from the bytes the hot reloader read."""
+    m = _tiny(2)
+    target = save_checkpoint(m, tmp_path / "v1.safetensors", model_meta(m, "npr", temperature=1.5))
+    link = tmp_path / "current.pth"
+    link.symlink_to(target.name)
+    lm = load_model(link)
+    assert lm.sha256 == load_model(target).sha256 and lm.temperature == 1.5
+    assert load_model(link, data=target.read_bytes()).sha256 == lm.sha256
+    plain = tmp_path / "copied.pth"  # a safetensors file named .pth (not a link) is still named as such
+    plain.write_bytes(target.read_bytes())
+    with pytest.raises(CheckpointError, match="name it .safetensors"):
+        load_model(plain)
+
+
 def test_bare_reference_state_dict_and_ddp_prefix(tmp_path):
     """The original NPR/SN34 format: torch.save(model.state_dict()), possibly from DDP."""
     full = build_model("npr")
