@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bitmind.checkpoint import CheckpointError
 from bitmind.common import atomic_write_text
-from bitmind.cli.eval import add_data_argument, report_path_problem
+from bitmind.cli.eval import add_amp_argument, add_data_argument, report_path_problem
 from bitmind.data.splits import SPLITS
 from bitmind.evaluation import evaluate
 
@@ -63,6 +63,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="challenge draws (mean and each reported)")
     ap.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
     ap.add_argument("--device", default="auto")
+    add_amp_argument(ap)
     ap.add_argument("--as_sent", action="store_true", help="the files already are validator challenges: score "
                     "them as they are (with and without calibration), no challenge pipeline, no --seeds")
     ap.add_argument("--worst_min_n", type=int, default=10, help="also report the worst real and fake source "
@@ -85,7 +86,7 @@ def main(argv=None) -> dict:
 
 def run(a: argparse.Namespace, out: Path, plots: str | None) -> dict:
     """The evaluations ``main`` asked for, their report written to ``out``."""
-    kw = dict(split=a.split, split_seed=a.split_seed, device=a.device, progress=False)
+    kw = dict(split=a.split, split_seed=a.split_seed, device=a.device, progress=False, amp=a.amp)
     if a.as_sent:
         clean = evaluate(a.model, a.data, challenge=False, plots_dir=plots, **kw)
         raw = evaluate(a.model, a.data, challenge=False, temperature=1.0, logit_bias=0.0, **kw)

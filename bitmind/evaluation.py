@@ -189,11 +189,14 @@ class Predictions:
 @torch.inference_mode()
 def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: DetectionDataset, batch_size: int = 32,
                         device: str | torch.device | None = "cpu", workers: int = 0, temperature: float | None = None,
-                        logit_bias: float | None = None, progress: bool = True) -> Predictions:
+                        logit_bias: float | None = None, progress: bool = True, amp: str = "auto") -> Predictions:
     """Score every image of ``dataset``; unreadable ones are skipped and listed.
 
     ``P(fake) = sigmoid(logit / temperature + logit_bias)``; both default to the
-    checkpoint's calibration (1 and 0 for a bare module).
+    checkpoint's calibration (1 and 0 for a bare module). ``amp``: the forward's arithmetic
+    as the miner's ``--neuron.amp`` takes it: "auto" scores what the miner serves (on a CPU
+    that runs bf16 natively, bf16 where it is measured faster: so it may differ between runs
+    and machines), "none" fp32 everywhere (numbers to compare or commit), "bf16" always.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -208,7 +211,7 @@ def collect_predictions(model: LoadedModel | torch.nn.Module, dataset: Detection
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     dev = resolve_device(device)
-    forward, amp_dtype, channels_last = serving_forward(net, dev)  # exactly what the miner serves
+    forward, amp_dtype, channels_last = serving_forward(net, dev, amp=amp)  # exactly what the miner serves
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_none, pin_memory=dev.type == "cuda")
     batches = tqdm(loader, desc="evaluating", unit="batch", disable=not progress, file=sys.stderr)
@@ -244,8 +247,8 @@ def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = Fal
                       split_seed: int | None = None, batch_size: int = 32, device: str | None = "auto", workers: int = 0,
                       temperature: float | None = None, logit_bias: float | None = None, progress: bool = True,
                       json_path: str | os.PathLike | None = None, plots_dir: str | os.PathLike | None = None,
-                      val_fraction: float | None = None,
-                      test_fraction: float | None = None) -> tuple[dict[str, Any], Predictions, DetectionDataset]:
+                      val_fraction: float | None = None, test_fraction: float | None = None,
+                      amp: str = "auto") -> tuple[dict[str, Any], Predictions, DetectionDataset]:
     """``evaluate`` that also returns the per-image predictions and the dataset. Raises
     ValueError when not one image could be read (a table of n = 0 is no evaluation)."""
     dev = check_device(device)
@@ -259,7 +262,7 @@ def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = Fal
     dataset = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, pipeline=pipeline,
                             fractions=fractions)
     preds = collect_predictions(loaded, dataset, batch_size=batch_size, device=dev, workers=workers,
-                                temperature=temperature, logit_bias=logit_bias, progress=progress)
+                                temperature=temperature, logit_bias=logit_bias, progress=progress, amp=amp)
     if len(preds) == 0:
         raise ValueError(f"none of the {len(dataset)} images could be read, e.g. {preds.skipped[0]}")
     report: dict[str, Any] = preds.metrics()
@@ -293,7 +296,7 @@ def evaluate(model_path: str | os.PathLike, data, challenge: bool = False, seed:
     Keyword arguments: ``split``, ``split_seed``, ``val_fraction`` and ``test_fraction`` (the
     split; default: the checkpoint's run's, ``trained_split``), ``batch_size``, ``device``,
     ``workers``, ``temperature`` and ``logit_bias`` (override the checkpoint's calibration),
-    ``progress``, ``json_path``, ``plots_dir``.
+    ``progress``, ``json_path``, ``plots_dir``, ``amp`` (``collect_predictions``).
     """
     report, _, _ = evaluate_detailed(model_path, data, challenge=challenge, seed=seed, **kw)
     return report

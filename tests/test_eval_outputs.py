@@ -122,6 +122,20 @@ def test_the_report_says_which_arithmetic_the_forward_ran_in(model, data, monkey
     assert report["options"]["precision"] == "fp32"
 
 
+def test_amp_chooses_the_arithmetic_whatever_the_cpu(model, data, tmp_path, monkeypatch):
+    """On a CPU with native bf16, "auto" scores in bf16 only where a timing says it is
+    faster: two evaluations could run in different arithmetic (the shipped file's balanced
+    accuracy read 0.836 and 0.834 on one machine). ``--amp none`` is fp32 everywhere and
+    ``--amp bf16`` bf16 everywhere, whatever the CPU says of itself."""
+    monkeypatch.setenv("BITMIND_CPU_BF16", "1")  # a CPU that says it runs bf16 natively
+    assert evaluate(model, data, device="cpu", progress=False, amp="none")["options"]["precision"] == "fp32"
+    monkeypatch.setenv("BITMIND_CPU_BF16", "0")  # one that says it does not
+    assert evaluate(model, data, device="cpu", progress=False, amp="bf16")["options"]["precision"] == "bf16 autocast"
+    out = tmp_path / "r.json"
+    assert _run(model, data, "--amp", "none", "--json", str(out)) == 0
+    assert json.loads(out.read_text())["options"]["precision"] == "fp32"
+
+
 def test_forward_precision_names_each_serving_form():
     import torch
 

@@ -71,6 +71,17 @@ DATA_HELP = ("one or more data roots, each a folder DIR/{real,fake}/SOURCE/*.jpg
              "with several roots, per-source figures are keyed ROOT:CLASS/SOURCE")
 
 
+def add_amp_argument(ap: argparse.ArgumentParser) -> None:
+    """``--amp``: the forward's arithmetic (``bitmind.evaluation.collect_predictions``). Why an
+    option: on a CPU that runs bf16 natively "auto" serves bf16 only where a timing says it is
+    faster, so two evaluations (two models compared, or one run again on a busy machine) could
+    score in different arithmetic; the shipped file's numbers moved by 0.002-0.01 between them."""
+    ap.add_argument("--amp", choices=("auto", "none", "bf16"), default="auto",
+                    help="forward arithmetic: auto = what the miner serves (on a CPU with native bf16, bf16 where "
+                         "measured faster, so runs may differ); none = fp32 on every machine (numbers to compare or "
+                         "commit); bf16 = always. The report's options.precision says which ran")
+
+
 def add_data_argument(ap: argparse.ArgumentParser, required: bool = True, help: str = DATA_HELP) -> argparse.ArgumentParser:
     """``--data`` as every evaluation command line takes it: one or more roots after one
     flag (``--data A B C``, like the trainer), and the flag may be repeated (the lists
@@ -106,6 +117,7 @@ def add_eval_arguments(ap: argparse.ArgumentParser, split_default: str | None = 
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    add_amp_argument(ap)
     ap.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
     ap.add_argument("--plots", metavar="OUT_DIR", help="write roc.png, scores.png, confusion.png")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -193,7 +205,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         report = evaluate(args.model, args.data, challenge=args.challenge, seed=args.seed, split=args.split,
                           split_seed=args.split_seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                          batch_size=args.batch_size, device=args.device, workers=args.workers,
+                          batch_size=args.batch_size, device=args.device, workers=args.workers, amp=args.amp,
                           temperature=1.0 if args.uncalibrated else None, logit_bias=0.0 if args.uncalibrated else None,
                           progress=not args.quiet, plots_dir=args.plots)
     except (CheckpointError, OSError, ValueError) as e:  # OSError: a file or a hub dataset that cannot be read
