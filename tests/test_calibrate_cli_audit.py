@@ -159,3 +159,28 @@ def test_an_out_inside_a_picture_folder_is_refused_before_inference(cls, overlap
     # beside the class folders (the data root itself) is not read as a picture: allowed
     assert calibrate.main(_argv(model, overlap, "--out", str(overlap / "cal.pth"))) == 0
     assert (overlap / "cal.pth").is_file()
+
+
+def test_every_challenge_draw_of_one_fit_runs_in_the_arithmetic_of_the_first(overlap, tmp_path, monkeypatch):
+    """On a CPU with native bf16, "auto" chose bf16 by a timing taken anew for each draw: on a
+    busy machine seed 0 ran in bf16 and seed 1 in fp32, and the fit pooled both (operator
+    review). The first draw's arithmetic now holds for the others, and the record names it."""
+    from bitmind import inference
+
+    model = save_brightness_model(tmp_path / "m.pth", gain=GAIN)
+    monkeypatch.setenv("BITMIND_CPU_BF16", "")  # "auto" decides by the CPU ...
+    monkeypatch.setattr(inference, "cpu_runs_bf16", lambda: True)  # ... which says it runs bf16
+    answers = iter([True, False, False, False])  # the timing: faster once, slower after
+    timings = []
+
+    def timed(*args, **kwargs):
+        timings.append(1)
+        return next(answers)
+
+    monkeypatch.setattr(inference, "bf16_is_faster", timed)
+    out = tmp_path / "cal.pth"
+    assert calibrate.main(_argv(model, overlap, "--challenge", "--seeds", "0", "1", "2", "--replace", "--out", str(out))) == 0
+    record = read_checkpoint(out)[1]["metrics"]["calibration"]
+    assert record["precision"] == "bf16 autocast" and len(timings) == 1
+    assert calibrate.pinned_amp("fp32", "auto") == "none" and calibrate.pinned_amp("fp16 autocast", "auto") == "fp16"
+    assert calibrate.pinned_amp("bf16 autocast", "none") == "none"  # an arithmetic asked for is kept

@@ -47,7 +47,7 @@ with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):  #
     from bitmind.calibration import (MIN_PER_CLASS, CalibrationDataError, calibrate_logits, store_calibration,
                                      too_few_to_calibrate)
     from bitmind.checkpoint import CheckpointError, check_calibration, load_model
-    from bitmind.cli.eval import add_data_argument, add_split_arguments, picture_folder_holding
+    from bitmind.cli.eval import add_amp_argument, add_data_argument, add_split_arguments, picture_folder_holding
     from bitmind.common import check_device, non_negative_int, output_path_problem, write_target
     from bitmind.data.splits import SPLITS
     from bitmind.evaluation import build_dataset, collect_predictions, trained_split
@@ -80,10 +80,20 @@ def stored_calibration(lm, path) -> tuple[float, float]:
     return lm.temperature, lm.logit_bias
 
 
+def pinned_amp(precision: str, amp: str) -> str:
+    """The ``amp`` mode that runs every later forward in ``precision``, the arithmetic the first
+    one ran in. Why: on a CPU with native bf16, "auto" chooses bf16 by a timing taken anew at
+    each preparation, so the draws of one fit (``--challenge --seeds 0 1``) were scored in fp32
+    and bf16 on a busy machine, and the pooled logits mixed the two (operator review)."""
+    if amp != "auto":
+        return amp
+    return next((mode for mode in ("bf16", "fp16") if precision.startswith(mode)), "none")
+
+
 def calibrate(model_path: str, data: list[str], out_path: str | None = None, split: str | None = "val", split_seed: int | None = None,
               challenge: bool = False, seeds=(0,), device: str = "auto", batch_size: int = 64, workers: int = 0,
               real_target: float | None = None, val_fraction: float | None = None, test_fraction: float | None = None,
-              keep_if_better: bool = True, min_per_class: int = MIN_PER_CLASS) -> Calibrated:
+              keep_if_better: bool = True, min_per_class: int = MIN_PER_CLASS, amp: str = "auto") -> Calibrated:
     """Fit the checkpoint's calibration on ``split`` of ``data`` (validator challenges of
     every seed in ``seeds`` if ``challenge``) and store it; returns the record stored, with
     the calibration the file stored before this run (``Calibrated``).
@@ -118,12 +128,15 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     if split:
         logger.info("fitting on split %r of seed %d, train/val/test fractions %s", split, split_seed,
                     "/".join(f"{f:.3g}" for f in fractions))
-    logits, labels, n_images = [], [], 0
+    logits, labels, n_images, precision = [], [], 0, None
     for seed in seeds:
         ds = build_dataset(data, split=split, split_seed=split_seed, challenge=challenge, seed=seed, fractions=fractions)
         if not n_images and (why := too_few_to_calibrate(ds.labels(), min_per_class)):
             raise CalibrationDataError(why)  # before minutes of inference, not after
-        pred = collect_predictions(lm, ds, batch_size=batch_size, device=dev, workers=workers, temperature=1.0, logit_bias=0.0)
+        pred = collect_predictions(lm, ds, batch_size=batch_size, device=dev, workers=workers, temperature=1.0, logit_bias=0.0,
+                                   amp=amp)
+        if precision is None:  # every later draw in the arithmetic of the first (``pinned_amp``)
+            precision, amp = pred.precision, pinned_amp(pred.precision, amp)
         logits.append(pred.logits)
         labels.append(pred.labels)
         n_images += len(ds)
@@ -134,6 +147,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
                               min_per_class=min_per_class, per_picture=len(seeds),
                               current=stored_calibration(lm, model_path), split=split, split_seed=split_seed,
                               split_fractions=list(fractions) if split else None, challenge=challenge, seeds=list(seeds))
+    record["precision"] = precision
     previous = (lm.meta.get("metrics") or {}).get("calibration")
     if not record["kept"] and isinstance(previous, dict):  # what placed the map still in force
         record["stored_record"] = {k: v for k, v in previous.items() if k != "stored_record"}
@@ -248,6 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0)
+    add_amp_argument(ap)
     ap.add_argument("--real_target", type=float, default=None,
                     help="then move the boundary so this share of the split's real photos is called real, a "
                          "value in (0, 1) (0.85 for the shipped model: docs/Generalisation.md); 0 or left out: the "
@@ -266,7 +281,7 @@ def main(argv=None) -> int:
     try:
         run = calibrate(a.model, a.data, a.out, None if a.split == "all" else a.split, a.split_seed, a.challenge, a.seeds,
                         a.device, a.batch_size, a.workers, a.real_target, a.val_fraction, a.test_fraction,
-                        keep_if_better=not a.replace, min_per_class=a.min_per_class)
+                        keep_if_better=not a.replace, min_per_class=a.min_per_class, amp=a.amp)
     except (CheckpointError, OSError, ValueError) as e:  # CalibrationDataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
