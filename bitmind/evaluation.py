@@ -110,6 +110,13 @@ def trained_split(meta: dict, split_seed: int | None = None, val_fraction: float
     return seed, (1.0 - val - test, val, test)
 
 
+def member_label(record: dict, index: int) -> str:
+    """An ensemble member as a person can tell it from the others: its run folder and file
+    (``run/model_epoch_best.pth``; every member of a sweep has that file name), else its place."""
+    name = record.get("file") or f"member {index + 1}"
+    return f"{record['run']}/{name}" if record.get("run") else str(name)
+
+
 def members_split(meta: dict, given: tuple = (None, None, None)) -> dict:
     """The split options (``split_seed``, ``val_fraction``, ``test_fraction``) shared by an
     ensemble's members (``meta["members"][i]["train_options"]``; {} for a file without
@@ -126,7 +133,7 @@ def members_split(meta: dict, given: tuple = (None, None, None)) -> dict:
     differ = [k for i, k in enumerate(keys) if given[i] is None and len({s[i] for s in splits}) > 1]
     if differ:
         raise ValueError("the ensemble's members were trained on different splits ("
-                         + "; ".join(f"{m.get('file', i)}: " + ", ".join(f"{k}={s[j]}" for j, k in enumerate(keys))
+                         + "; ".join(f"{member_label(m, i)}: " + ", ".join(f"{k}={s[j]}" for j, k in enumerate(keys))
                                      for i, (m, s) in enumerate(zip(members, splits)))
                          + "), so no split keeps every member off its own training pictures: pass "
                          + ", ".join(f"--{k}" for k in differ) + " to choose one")

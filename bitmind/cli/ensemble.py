@@ -22,6 +22,7 @@ from bitmind.shutdown import (exit_interrupted, exit_interrupted_while_starting,
 
 with interrupt_while_importing("bitmind.ensemble", "bitmind.cli.ensemble"):  # torch loads here (~2 s): a Ctrl-C then is one line
     import argparse
+    import json
     import logging
     import math
     import shlex
@@ -32,6 +33,7 @@ with interrupt_while_importing("bitmind.ensemble", "bitmind.cli.ensemble"):  # t
     from bitmind.checkpoint import (CheckpointError, build_network, file_sha256, model_meta, read_checkpoint,
                                     save_checkpoint)
     from bitmind.common import output_path_problem, write_target
+    from bitmind.evaluation import members_split
     from bitmind.models import build_model
 
 logger = logging.getLogger(__name__)
@@ -42,18 +44,49 @@ PROG = "python -m bitmind.ensemble"
 CALIBRATE_OPTIONS = "--split val --challenge --seeds 0 1 2 3 4 5"
 
 
-def calibrate_command(out: str | Path, members_data: list | None = None) -> str:
+#: The same on pictures none of the members trained on, where they were split differently.
+CALIBRATE_OPTIONS_HELD_OUT = "--split all --challenge --seeds 0 1 2 3 4 5"
+
+
+def calibrate_command(out: str | Path, members_data: list | None = None, same_split: bool = True) -> str:
     """The ``python -m bitmind.calibrate`` line that fits the ensemble file ``out`` in place:
     on ``members_data`` (the data roots the members were trained on, when they all share
-    them), else on ``DIR`` for the operator to name."""
+    them) and their validation split, else on ``DIR`` for the operator to name; where the
+    members were split differently (``same_split`` False) no split keeps every member off its
+    training pictures, so on all of ``DIR``, pictures none of them trained on."""
+    if not same_split:
+        return f"python -m bitmind.calibrate --model {shlex.quote(str(out))} --data DIR {CALIBRATE_OPTIONS_HELD_OUT}"
     data = " ".join(shlex.quote(str(d)) for d in members_data) if members_data else "DIR"
     return f"python -m bitmind.calibrate --model {shlex.quote(str(out))} --data {data} {CALIBRATE_OPTIONS}"
 
 
-def shared_data(provenance: list[dict]) -> list | None:
-    """The data roots every member was trained on (``train_options.data`` of each member's
-    provenance record), when all members record the same ones; else None."""
-    roots = [(rec.get("train_options") or {}).get("data") for rec in provenance]
+def member_roots(path: str | Path, record: dict) -> list[str] | None:
+    """The data roots member ``path`` trained and validated on: its ``--data`` roots, then its
+    ``--challenge_data`` ones (validation draws from both), as its run folder's ``opt.json``
+    holds them (absolute) where that file sits beside it, else as its ``train_options`` hold
+    them (as typed). Why: the roots as typed (``../tiny``) made the printed calibrate line fail
+    from any other folder, and the challenge roots were left out of it (operator review)."""
+    options = record.get("train_options") or {}
+    try:
+        saved = json.loads((Path(path).parent / "opt.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if not isinstance(saved, dict) or len(saved.get("data") or []) != len(options.get("data") or []):
+        saved = {}  # another run's options, or none
+    roots: list[str] = []
+    for key in ("data", "challenge_data"):
+        value = saved.get(key) if isinstance(saved.get(key), list) else options.get(key)
+        if isinstance(value, list):
+            roots += [str(v) for v in value]
+    return roots or None
+
+
+def shared_data(provenance: list[dict], members: list[str | Path] | None = None) -> list | None:
+    """The data roots every member was trained on (``member_roots``; without ``members``, the
+    ``train_options.data`` of each provenance record), when all members have the same ones;
+    else None."""
+    roots = ([member_roots(m, rec) for m, rec in zip(members, provenance)] if members is not None
+             else [(rec.get("train_options") or {}).get("data") for rec in provenance])
     first = roots[0] if roots else None
     if not first or not isinstance(first, list) or any(r != first for r in roots):
         return None
@@ -97,7 +130,8 @@ def write_ensemble(members: list[str | Path], out: str | Path) -> tuple[Path, di
             raise ValueError(f"member {i} of {len(members)}: {e}") from None
         specs.append({"arch": meta.get("arch", "npr"), "config": meta.get("config") or {}})
         nets.append(net)
-        provenance.append({"file": Path(path).name, "sha256": file_sha256(path), "val": meta.get("metrics", {}).get("val"),
+        provenance.append({"file": Path(path).name, "run": Path(path).resolve().parent.name,
+                           "sha256": file_sha256(path), "val": meta.get("metrics", {}).get("val"),
                            "epoch": meta.get("metrics", {}).get("epoch"), "train_options": meta.get("train_options")})
     model = build_model("ensemble", members=specs)
     for sub, net in zip(model.members, nets):
@@ -146,7 +180,13 @@ def main(argv=None) -> Path:
         exit_interrupted(interrupted_line(args.out, marks))
     target = write_target(out, strict=False)
     through = f"; through the link: {target} replaced, the link kept" if target != Path(out) else ""
-    command = calibrate_command(out, shared_data(meta["members"]))
+    try:
+        members_split(meta)
+        same_split = True
+    except ValueError as e:  # said, and the line fits on pictures none of them trained on
+        print(f"note: {e}")
+        same_split = False
+    command = calibrate_command(out, shared_data(meta["members"], args.members), same_split)
     print(f"wrote {out} ({len(args.members)} members{through}): uncalibrated (T=1, bias=0; the members' calibrations "
           f"do not carry over); calibrate it before serving it:\n  {command}")
     size, cap = Path(out).stat().st_size, checkpoint.MAX_MODEL_BYTES
