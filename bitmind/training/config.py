@@ -190,8 +190,9 @@ class TrainConfig:
     seed: int = opt(0, "seed of weights, sampling and augmentation")
     resume: bool = opt(False, "resume from <run_dir>/state_last.pt, with the options in its opt.json where the "
                               "command line leaves them out (network options may not change)")
-    overwrite: bool = opt(False, "start a new run in a run folder that already holds one, removing its files "
-                                 "(without it, or --resume, such a folder is refused)")
+    overwrite: bool = opt(False, "start a new run in a run folder that already holds one, its files set aside in "
+                                 ".previous_run (put back if the new run ends before it saves an epoch, removed once "
+                                 "it has; without it, or --resume, such a folder is refused)")
     max_steps_per_epoch: int = opt(0, "cap on batches per epoch; 0 = full epoch (a cap is useful for quick tests)")
     log_every: int = opt(20, "steps between TensorBoard loss points")
     progress: bool = opt(True, "tqdm progress bars")
