@@ -256,3 +256,29 @@ def test_list_prints_the_catalog(capsys):
     assert dd.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert all(e.path in out for e in CATALOG)
+
+
+def _pictures(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        Image.new("RGB", (16, 16), (40 * k, 90, 160)).save(folder / f"p{k}.png")
+    return folder
+
+
+def test_a_folder_of_pictures_with_a_role_is_checked_as_training_reads_it(tmp_path):
+    """``hf:PATH:fake`` trains and evaluates on a plain folder of pictures, while
+    ``download_data --datasets PATH:fake`` refused it as "neither an image folder ... nor a
+    Hugging Face dataset" (operator review); without a role it is told to give one."""
+    flat = _pictures(tmp_path / "my_fakes")
+    o = dd.summarise_local(dd.parse_target(f"{flat}:fake"))
+    assert o.ok and o.summary["n_fake"] == 3 and o.summary["n_real"] == 0, o.error
+    bare = dd.summarise_local(dd.parse_target(str(flat)))
+    assert not bare.ok and f"{flat}:real or {flat}:fake" in bare.error
+
+
+def test_a_role_given_to_a_class_folder_layout_is_said_to_be_ignored(tmp_path):
+    root = tmp_path / "cs"
+    _pictures(root / "fake" / "gen")
+    o = dd.summarise_local(dd.parse_target(f"{root}:real"))
+    assert o.ok and o.summary["n_fake"] == 3  # the folders decide
+    assert any(":real is ignored" in w for w in o.warnings)

@@ -284,6 +284,14 @@ def _looks_like_hf_data(p: Path) -> bool:
     return any((p / m).exists() for m in markers) or any(p.glob("**/*.parquet"))
 
 
+def _holds_pictures(p: Path) -> bool:
+    """A folder with picture files in it (at any depth): what ``datasets`` reads as an image
+    folder, as ``hf:PATH:fake`` does in training and evaluation."""
+    from bitmind.data.sources import IMAGE_EXTENSIONS
+
+    return p.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.rglob("*") if f.is_file())
+
+
 def summarise_local(target: Target, split: str = "train", verify: int = 8,
                     label_map: dict[str, str] | None = None, cache_dir: str | None = None) -> Outcome:
     """Validate a local source and summarise it (no download).
@@ -308,9 +316,18 @@ def summarise_local(target: Target, split: str = "train", verify: int = 8,
         if _is_image_folder(p):
             src = LocalFolderSource(p)
             out.summary["format"] = "folder"
-        elif not _looks_like_hf_data(p):
+            if target.role is not None:  # the folders decide: said, not ignored in silence
+                out.warnings.append(f":{target.role} is ignored for {target.path}: in the CLASS/SOURCE layout its "
+                                    "real/ and fake/ folders give each picture's class")
+        elif not _looks_like_hf_data(p) and not (target.role is not None and _holds_pictures(p)):
+            # a folder of pictures with a role is read as ``hf:PATH:ROLE`` reads it (an image folder)
+            if _holds_pictures(p):
+                raise ValueError(f"{target.path} is a folder of pictures that says nothing of their class: give it, "
+                                 f"{target.path}:real or {target.path}:fake, or lay it out in CLASS/SOURCE folders "
+                                 "(real/..., fake/...)")
             raise ValueError(f"{target.path} is neither an image folder in the CLASS/SOURCE layout (real/..., fake/...) "
-                             "nor a Hugging Face dataset on disk (save_to_disk folder, parquet or arrow files)")
+                             "nor a Hugging Face dataset on disk (save_to_disk folder, parquet or arrow files), "
+                             "nor a folder of pictures")
         else:
             ds = open_hf_dataset(str(p), split=split, cache_dir=cache_dir)
             out.summary["format"] = "hf"
