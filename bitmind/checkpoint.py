@@ -112,6 +112,23 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+def names_safetensors(path: Path, max_links: int = 40) -> bool:
+    """Whether ``path``, or a link on the way from it to its file, is named ``.safetensors``.
+    Why the links: the served name is fixed (``--neuron.model_path .../current.pth``) while the
+    file it links to may be a .safetensors one (docs/Mining.md), and the Hugging Face cache
+    links ``model.safetensors`` to a blob without a suffix."""
+    for _ in range(max_links):
+        if path.suffix == ".safetensors":
+            return True
+        if not path.is_symlink():
+            return False
+        try:
+            path = path.parent / os.readlink(path)
+        except OSError:
+            return False
+    return False
+
+
 def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple[dict, dict]:
     """Return ``(state_dict, meta)`` from a file, without unpickling code.
 
@@ -121,9 +138,7 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> tuple
     path = Path(path)
     if data is None and not path.is_file():
         raise CheckpointError(_not_a_file(path))
-    # the format of what a link points at: the served name is fixed (--neuron.model_path
-    # current.pth) while the file it links to may be a .safetensors one (docs/Mining.md)
-    if path.suffix == ".safetensors" or Path(os.path.realpath(path)).suffix == ".safetensors":
+    if names_safetensors(path):
         try:
             from safetensors import safe_open
             from safetensors.torch import load as load_safetensors_bytes

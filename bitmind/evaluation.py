@@ -110,6 +110,17 @@ def trained_split(meta: dict, split_seed: int | None = None, val_fraction: float
     return seed, (1.0 - val - test, val, test)
 
 
+def split_of(meta: dict, split: str | None, split_seed: int | None = None, val_fraction: float | None = None,
+             test_fraction: float | None = None) -> tuple[int, tuple[float, float, float]]:
+    """``trained_split`` where a ``split`` is asked for; for every picture (``split`` None) no
+    split is read, so an ensemble whose members were split differently is scored or fitted on
+    all of a folder none of them trained on (``bitmind.ensemble`` prints that line for them),
+    where ``trained_split`` would refuse it."""
+    if split:
+        return trained_split(meta, split_seed, val_fraction, test_fraction)
+    return int(split_seed or 0), DEFAULT_FRACTIONS
+
+
 def member_label(record: dict, index: int) -> str:
     """An ensemble member as a person can tell it from the others: its run folder and file
     (``run/model_epoch_best.pth``; every member of a sweep has that file name), else its place."""
@@ -260,7 +271,7 @@ def evaluate_detailed(model_path: str | os.PathLike, data, challenge: bool = Fal
     ValueError when not one image could be read (a table of n = 0 is no evaluation)."""
     dev = check_device(device)
     loaded = load_model(model_path, device=dev)
-    split_seed, fractions = trained_split(loaded.meta, split_seed, val_fraction, test_fraction)
+    split_seed, fractions = split_of(loaded.meta, split, split_seed, val_fraction, test_fraction)
     if split:
         logger.info("split %r of seed %d, train/val/test fractions %s%s", split, split_seed, "/".join(f"{f:.3g}" for f in fractions),
                     "" if (loaded.meta.get("train_options") or {}).get("val_fraction") is not None else " (no training options stored)")

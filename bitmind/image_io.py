@@ -134,17 +134,23 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
     decoded pixels and the RGB result, so a blank 40 Mpx 16-bit PNG of 100 KB peaked at
     +433 MB per request and twelve concurrent ones took the miner from 0.8 to 2.9 GB
     (operator review); in bands the scratch is one band."""
-    lo_hi = img.getextrema()  # in C, no copy: (min, max), NaN-free for floats only when the data is
-    top = float(lo_hi[1]) if isinstance(lo_hi, tuple) and np.isfinite(float(lo_hi[1])) else 255.0
+    w, h = img.size
+    rows = max(1, _ALPHA_BAND_PIXELS // max(w, 1))
+    if img.mode == "F":  # the largest finite value, band by band (getextrema says NaN after one NaN pixel)
+        top = 0.0
+        for top_row in range(0, h, rows):
+            band = np.asarray(img.crop((0, top_row, w, min(top_row + rows, h))), dtype=np.float32)
+            finite = band[np.isfinite(band)]
+            top = max(top, float(finite.max())) if finite.size else top
+    else:
+        top = float(img.getextrema()[1])  # in C, no copy
     if img.mode.startswith("I;16") or top > 255:
         hi = 65535.0
     elif img.mode == "F" and top <= 1.0:
         hi = 1.0
     else:
         hi = 255.0
-    w, h = img.size
     grey = Image.new("L", img.size)
-    rows = max(1, _ALPHA_BAND_PIXELS // max(w, 1))
     scale, half = np.float32(255.0 / hi), np.float32(0.5)
     for top_row in range(0, h, rows):
         band = np.array(img.crop((0, top_row, w, min(top_row + rows, h))), dtype=np.float32)
@@ -339,6 +345,9 @@ def check_gif_blocks(raw: bytes) -> None:
 #: 1-64 rows or 256 px tiles: a 40 Mpx picture of one-row strips at 2 000 px wide has 20 000.
 MAX_TIFF_STRIPS = 20_000
 _TIFF_OFFSET_TAGS = (273, 324)  # StripOffsets, TileOffsets
+#: Every header Pillow opens as a TIFF (``TiffImagePlugin.PREFIXES``: the standard four and two
+#: byte-order mixes it accepts too): a file it reads must not pass here unchecked.
+TIFF_PREFIXES = (b"MM\x00*", b"II*\x00", b"MM*\x00", b"II\x00*", b"MM\x00+", b"II+\x00")
 
 
 def check_tiff_strips(raw: bytes) -> None:
@@ -349,13 +358,11 @@ def check_tiff_strips(raw: bytes) -> None:
     order = {b"II": "<", b"MM": ">"}.get(raw[:2])
     if order is None or len(raw) < 16:
         return
-    version = struct.unpack_from(order + "H", raw, 2)[0]
-    if version == 42:
-        ifd, count_fmt, entry_size, count_at = struct.unpack_from(order + "I", raw, 4)[0], "H", 12, 4
-    elif version == 43:  # BigTIFF: 8-byte offsets and counts, 20-byte entries
-        ifd, count_fmt, entry_size, count_at = struct.unpack_from(order + "Q", raw, 8)[0], "Q", 20, 4
-    else:
-        return
+    big = raw[2] == 43  # as Pillow tells BigTIFF (any header it accepts, TIFF_PREFIXES, is read)
+    if not big:
+        ifd, count_fmt, entry_size = struct.unpack_from(order + "I", raw, 4)[0], "H", 12
+    else:  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+        ifd, count_fmt, entry_size = struct.unpack_from(order + "Q", raw, 8)[0], "Q", 20
     n_size = struct.calcsize(count_fmt)
     if ifd + n_size > len(raw):
         return
@@ -365,7 +372,7 @@ def check_tiff_strips(raw: bytes) -> None:
         at = start + k * entry_size
         tag = struct.unpack_from(order + "H", raw, at)[0]
         if tag in _TIFF_OFFSET_TAGS:
-            count = struct.unpack_from(order + ("I" if version == 42 else "Q"), raw, at + count_at)[0]
+            count = struct.unpack_from(order + ("Q" if big else "I"), raw, at + 4)[0]
             if count > MAX_TIFF_STRIPS:
                 raise ImageDecodeError(f"TIFF with {count} {'strips' if tag == 273 else 'tiles'} exceeds the limit "
                                        f"({MAX_TIFF_STRIPS})")
@@ -389,7 +396,7 @@ def open_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image
         check_png_chunks(raw)
     elif raw[:6] in (b"GIF87a", b"GIF89a"):
         check_gif_blocks(raw)
-    elif raw[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    elif raw[:4] in TIFF_PREFIXES:
         check_tiff_strips(raw)
     try:
         img = Image.open(io.BytesIO(raw), formats=_pillow_formats(limits.formats))

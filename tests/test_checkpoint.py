@@ -48,6 +48,13 @@ def test_a_safetensors_file_is_read_through_the_served_pth_link(tmp_path):
     lm = load_model(link)
     assert lm.sha256 == load_model(target).sha256 and lm.temperature == 1.5
     assert load_model(link, data=target.read_bytes()).sha256 == lm.sha256
+    blob = tmp_path / "blobs" / "3f2a"  # the Hugging Face cache: model.safetensors links to a blob
+    blob.parent.mkdir()
+    blob.write_bytes(target.read_bytes())
+    (tmp_path / "model.safetensors").symlink_to(blob)
+    chained = tmp_path / "served.pth"
+    chained.symlink_to("model.safetensors")
+    assert load_model(chained).sha256 == lm.sha256
     plain = tmp_path / "copied.pth"  # a safetensors file named .pth (not a link) is still named as such
     plain.write_bytes(target.read_bytes())
     with pytest.raises(CheckpointError, match="name it .safetensors"):

@@ -355,6 +355,32 @@ def test_heavier_callers_are_served_first_and_a_full_queue_refuses_the_lightest(
         mb.close()
 
 
+def test_requests_whose_callers_gave_up_give_their_room_back_first():
+    """A request given up at its timeout cancels its future but kept its slot until a worker
+    skipped it: live requests were refused, or the only live queued one evicted, while dead
+    ones held the room (review)."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def forward(batch):
+        entered.set()
+        gate.wait(5)
+        return [0.5] * len(batch)
+
+    mb = MicroBatcher(forward, torch.device("cpu"), max_batch=1, max_queue=3, workers=1, threads=1)
+    try:
+        first = mb.submit(torch.zeros(3, 2, 2), priority=10)
+        assert entered.wait(5)
+        gone = [mb.submit(torch.zeros(3, 2, 2), priority=10) for _ in range(2)]
+        live = mb.submit(torch.zeros(3, 2, 2), priority=1)
+        assert all(f.cancel() for f in gone)
+        more = [mb.submit(torch.zeros(3, 2, 2), priority=5) for _ in range(2)]  # the dead ones' room
+        gate.set()
+        assert [f.result(5) for f in (first, live, *more)] == [0.5] * 4  # nobody live refused
+    finally:
+        gate.set()
+        mb.close()
+
+
 def test_slot_says_once_that_its_file_is_gone_and_loads_one_put_back(tmp_path, caplog):
     """A deleted model file leaves the last good model serving, with one warning (not one per
     check, and not silence); a file put back at the path is loaded."""

@@ -434,9 +434,10 @@ def test_a_fine_tune_keeps_the_calibration_its_starting_file_had_when_it_began(d
     train(_cfg(data, tmp_path, epochs=2, resume=True, **ft))
     meta = read_checkpoint(tmp_path / "ft" / "model_epoch_best.pth")[1]
     assert (meta["temperature"], meta["logit_bias"]) == (1.7, -0.4)
-    start.unlink()  # moved away: the run's copy still holds what it started from
-    train(_cfg(data, tmp_path, epochs=3, resume=True, **ft))
-    assert (read_checkpoint(tmp_path / "ft" / "model_epoch_best.pth")[1]["temperature"]) == 1.7
+    start.unlink()  # moved away: the run's copy still holds what it started from, and names it
+    train(_cfg(data, tmp_path, epochs=3, resume=True, **{**ft, "init_from": str(tmp_path / "other.pth")}))
+    meta = read_checkpoint(tmp_path / "ft" / "model_epoch_best.pth")[1]
+    assert meta["temperature"] == 1.7 and meta["metrics"]["calibration"]["init_from"] == str(start)
     # a damaged copy: said, raw logits kept, the run ends
     (tmp_path / "ft" / "init_calibration.json").write_text("{not json")
     listen("bitmind.training.trainer")

@@ -50,7 +50,7 @@ with interrupt_while_importing("bitmind.calibrate", "bitmind.cli.calibrate"):  #
     from bitmind.cli.eval import add_amp_argument, add_data_argument, add_split_arguments, picture_folder_holding
     from bitmind.common import check_device, non_negative_int, output_path_problem, write_target
     from bitmind.data.splits import SPLITS
-    from bitmind.evaluation import build_dataset, collect_predictions, trained_split
+    from bitmind.evaluation import build_dataset, collect_predictions, split_of
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def calibrate(model_path: str, data: list[str], out_path: str | None = None, spl
     dev = check_device(device)
     lm = load_model(source)
     t_before, b_before = lm.meta.get("temperature", 1.0), lm.meta.get("logit_bias", 0.0)  # the file's, as stored
-    split_seed, fractions = trained_split(lm.meta, split_seed, val_fraction, test_fraction)
+    split_seed, fractions = split_of(lm.meta, split, split_seed, val_fraction, test_fraction)
     if split:
         logger.info("fitting on split %r of seed %d, train/val/test fractions %s", split, split_seed,
                     "/".join(f"{f:.3g}" for f in fractions))

@@ -61,11 +61,12 @@ def calibrate_command(out: str | Path, members_data: list | None = None, same_sp
 
 
 def member_roots(path: str | Path, record: dict) -> list[str] | None:
-    """The data roots member ``path`` trained and validated on: its ``--data`` roots, then its
-    ``--challenge_data`` ones (validation draws from both), as its run folder's ``opt.json``
-    holds them (absolute) where that file sits beside it, else as its ``train_options`` hold
-    them (as typed). Why: the roots as typed (``../tiny``) made the printed calibrate line fail
-    from any other folder, and the challenge roots were left out of it (operator review)."""
+    """The ``--data`` roots member ``path`` trained on, as its run folder's ``opt.json`` holds
+    them (absolute) where that file sits beside it, else as its ``train_options`` hold them (as
+    typed). Why: the roots as typed (``../tiny``) made the printed calibrate line fail from any
+    other folder (operator review). Its ``--challenge_data`` roots are left out: they already
+    are validator challenges, which the trainer validates on as they are, while the printed
+    line's ``--challenge`` would send them through the validator's augmentation and JPEG again."""
     options = record.get("train_options") or {}
     try:
         saved = json.loads((Path(path).parent / "opt.json").read_text())
@@ -73,12 +74,8 @@ def member_roots(path: str | Path, record: dict) -> list[str] | None:
         saved = {}
     if not isinstance(saved, dict) or len(saved.get("data") or []) != len(options.get("data") or []):
         saved = {}  # another run's options, or none
-    roots: list[str] = []
-    for key in ("data", "challenge_data"):
-        value = saved.get(key) if isinstance(saved.get(key), list) else options.get(key)
-        if isinstance(value, list):
-            roots += [str(v) for v in value]
-    return roots or None
+    value = saved.get("data") if isinstance(saved.get("data"), list) else options.get("data")
+    return [str(v) for v in value] if isinstance(value, list) and value else None
 
 
 def shared_data(provenance: list[dict], members: list[str | Path] | None = None) -> list | None:

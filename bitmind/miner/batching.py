@@ -79,10 +79,19 @@ class MicroBatcher:
         return self._inflight
 
     def _make_room(self, priority: float) -> bool:
-        """Refuse (``Overloaded``) the newest of the lowest-priority queued requests if its
-        priority is below ``priority``; whether one was refused."""
+        """Make room in the full queue: drop the requests whose callers gave up (cancelled
+        futures: they hold a slot until a worker skips them, so under load, with requests given
+        up at their timeout, live ones were refused or evicted while dead ones kept the room),
+        else refuse (``Overloaded``) the newest of the lowest-priority queued requests if its
+        priority is below ``priority``; whether room was made."""
         with self._queue.mutex:
             heap = self._queue.queue
+            live = [item for item in heap if not item[3].cancelled()]
+            if len(live) < len(heap):
+                heap[:] = live
+                heapq.heapify(heap)
+                self._queue.not_full.notify()
+                return True
             if not heap:
                 return False
             i = max(range(len(heap)), key=lambda j: heap[j][:2])  # lowest priority, latest arrival

@@ -754,10 +754,12 @@ def keep_starting_calibration(cfg: TrainConfig, ckpt: Path, why: Exception) -> d
     if not start or start.get("temperature") is None:  # absent or None: the starting file had none either
         show(f"calibration not fitted: {why}; {ckpt} keeps its raw logits", logging.WARNING)
         return None
+    started_from = start.get("init_from") or str(cfg.init_from)  # the file the run began with (a resume may name another)
     record = {"temperature": float(start["temperature"]), "logit_bias": float(start.get("logit_bias") or 0.0),
-              "method": "kept from --init_from (too few validation pictures to fit one)", "init_from": str(cfg.init_from), "not_fitted": str(why)}
+              "method": "kept from --init_from (too few validation pictures to fit one)", "init_from": started_from,
+              "not_fitted": str(why)}
     store_calibration(ckpt, record)
-    show(f"calibration not fitted: {why}; {ckpt} keeps the calibration of --init_from {cfg.init_from} "
+    show(f"calibration not fitted: {why}; {ckpt} keeps the calibration of --init_from {started_from} "
          f"(T={record['temperature']:.3f} b={record['logit_bias']:+.3f}); refit it on more validation pictures with "
          "python -m bitmind.calibrate", logging.WARNING)
     return record
