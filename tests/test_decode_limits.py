@@ -214,24 +214,18 @@ def test_jpeg_decodes_with_exif_orientation():
     assert np.asarray(out)[2, 10, 2] > 150  # the blue half is now on top
 
 
-def test_large_blank_rgba_png_costs_its_pixels_not_copies_of_them():
-    """A blank 12 Mpx RGBA PNG is ~50 KB but decodes to 4 bytes a pixel; flattening alpha on
-    the whole picture added four more full-size copies (~20 bytes a pixel at the peak).
-    Measured in a fresh interpreter: its peak resident memory (VmHWM, reset just before the
-    decode; ru_maxrss would carry over the parent's peak through fork and exec), per pixel."""
+def decode_peak_per_pixel(make_raw: str, check: str) -> float:
+    """Peak resident memory of ``open_image`` per pixel, measured in a fresh interpreter: its
+    peak (VmHWM) reset just before the decode (ru_maxrss would carry over the parent's peak
+    through fork and exec). ``make_raw`` is Python that sets ``raw`` (the file's bytes) and
+    ``w, h``; ``check`` an assertion on the decoded ``out``. Skips where the peak cannot be reset."""
     code = textwrap.dedent("""
-        import re, struct, zlib
+        import io, re, struct, zlib
+        from PIL import Image
         from bitmind.image_io import open_image
-        def chunk(cid, data):
-            return struct.pack(">I", len(data)) + cid + data + struct.pack(">I", zlib.crc32(cid + data))
         def status(key):
             return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-        w, h = 4000, 3000
-        z = zlib.compressobj(9)
-        row = bytes(1 + 4 * w)  # filter 0, transparent black
-        data = b"".join(z.compress(row) for _ in range(h)) + z.flush()
-        raw = (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))
-               + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    """) + textwrap.dedent(make_raw) + textwrap.dedent("""
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset the peak to the current resident size
@@ -240,15 +234,28 @@ def test_large_blank_rgba_png_costs_its_pixels_not_copies_of_them():
             raise SystemExit(0)
         before = status("VmRSS")
         out = open_image(raw)
-        assert out.size == (w, h) and out.getpixel((5, 5)) == (255, 255, 255)
-        print((status("VmHWM") - before) / (w * h))
-    """)
+    """) + textwrap.dedent(check) + "\nprint((status('VmHWM') - before) / (w * h))\n"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     last = res.stdout.strip().splitlines()[-1]
     if last == "no-clear-refs":
         pytest.skip("cannot reset the peak resident size here (/proc/self/clear_refs)")
-    per_pixel = float(last)
+    return float(last)
+
+
+def test_large_blank_rgba_png_costs_its_pixels_not_copies_of_them():
+    """A blank 12 Mpx RGBA PNG is ~50 KB but decodes to 4 bytes a pixel; flattening alpha on
+    the whole picture added four more full-size copies (~20 bytes a pixel at the peak)."""
+    per_pixel = decode_peak_per_pixel("""
+        def chunk(cid, data):
+            return struct.pack(">I", len(data)) + cid + data + struct.pack(">I", zlib.crc32(cid + data))
+        w, h = 4000, 3000
+        z = zlib.compressobj(9)
+        row = bytes(1 + 4 * w)  # filter 0, transparent black
+        data = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+        raw = (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))
+               + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    """, "assert out.size == (w, h) and out.getpixel((5, 5)) == (255, 255, 255)")
     # decoded RGBA + RGB result = 8 bytes a pixel, plus one band of scratch
     assert 4 < per_pixel < 11, f"decoding cost {per_pixel:.1f} bytes a pixel"
 
@@ -317,32 +324,12 @@ def test_wide_modes_scale_from_their_range_and_cost_a_band_not_copies():
     assert grey(tiff(np.array([[np.nan, 0.8, 0.8]], np.float32))).tolist() == [[0, 204, 204]]  # a NaN first
     assert grey(tiff(np.array([[0, 200, 255]], np.int32))).tolist() == [[0, 200, 255]]
     assert grey(tiff(np.array([[0, 32768, 65535]], np.int32))).tolist() == [[0, 128, 255]]
-    code = textwrap.dedent("""
-        import io, re
-        from PIL import Image
-        from bitmind.image_io import open_image
-        def status(key):
-            return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+    per_pixel = decode_peak_per_pixel("""
         w, h = 4000, 3000
         buf = io.BytesIO()
         Image.new("I;16", (w, h)).save(buf, format="PNG")
         raw = buf.getvalue()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            print("no-clear-refs")
-            raise SystemExit(0)
-        before = status("VmRSS")
-        out = open_image(raw)
-        assert out.size == (w, h) and out.mode == "RGB"
-        print((status("VmHWM") - before) / (w * h))
-    """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    last = res.stdout.strip().splitlines()[-1]
-    if last == "no-clear-refs":
-        pytest.skip("cannot reset the peak resident size here (/proc/self/clear_refs)")
+    """, 'assert out.size == (w, h) and out.mode == "RGB"')
     # decoded 16-bit (2 B) + grey (1 B) + RGB result (4 B) = 7 bytes a pixel, plus one band;
     # the whole-picture float32 conversion cost 16 bytes a pixel or more
-    assert 4 < float(last) < 10, f"decoding cost {float(last):.1f} bytes a pixel"
+    assert 4 < per_pixel < 10, f"decoding cost {per_pixel:.1f} bytes a pixel"
