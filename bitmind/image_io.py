@@ -120,6 +120,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+#: Pixels converted at a time by ``_flatten_alpha`` and ``_wide_to_rgb``: 256 Kpx bands cost
+#: ~5 MB of scratch, and no more time than larger ones.
+_BAND_PIXELS = 1 << 18
+
+
+def _row_bands(img: Image.Image) -> list[tuple[int, int, int, int]]:
+    """``img``'s crop boxes of whole rows, ``_BAND_PIXELS`` or so each, top to bottom."""
+    w, h = img.size
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    return [(0, top, w, min(top + rows, h)) for top in range(0, h, rows)]
+
+
 #: Single-channel modes of more than 8 bits (16-bit integers, 32-bit integers and floats).
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
@@ -129,17 +141,16 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
     range: 16-bit from 0-65535; 32-bit integers from 0-65535 if any value exceeds 255, else as
     8-bit levels; floats from 0-1 if no value exceeds 1, else like the integers; NaN as 0.
 
-    Converted one band of rows at a time (``_ALPHA_BAND_PIXELS``): the whole picture as a
+    Converted one band of rows at a time (``_row_bands``): the whole picture as a
     float32 array, its uint8 copy and the grey picture cost 9 bytes a pixel besides the
     decoded pixels and the RGB result, so a blank 40 Mpx 16-bit PNG of 100 KB peaked at
     +433 MB per request and twelve concurrent ones took the miner from 0.8 to 2.9 GB
     (operator review); in bands the scratch is one band."""
-    w, h = img.size
-    rows = max(1, _ALPHA_BAND_PIXELS // max(w, 1))
+    bands = _row_bands(img)
     if img.mode == "F":  # the largest finite value, band by band (getextrema says NaN after one NaN pixel)
         top = 0.0
-        for top_row in range(0, h, rows):
-            band = np.asarray(img.crop((0, top_row, w, min(top_row + rows, h))), dtype=np.float32)
+        for box in bands:
+            band = np.asarray(img.crop(box), dtype=np.float32)
             finite = band[np.isfinite(band)]
             top = max(top, float(finite.max())) if finite.size else top
     else:
@@ -152,21 +163,18 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
         hi = 255.0
     grey = Image.new("L", img.size)
     scale, half = np.float32(255.0 / hi), np.float32(0.5)
-    for top_row in range(0, h, rows):
-        band = np.array(img.crop((0, top_row, w, min(top_row + rows, h))), dtype=np.float32)
+    for box in bands:
+        band = np.array(img.crop(box), dtype=np.float32)
         np.nan_to_num(band, copy=False, nan=0.0, posinf=hi, neginf=0.0)
         band *= scale
         band += half
         np.clip(band, 0, 255, out=band)
-        grey.paste(Image.fromarray(band.astype(np.uint8), "L"), (0, top_row))
+        grey.paste(Image.fromarray(band.astype(np.uint8), "L"), box[:2])
     return grey.convert("RGB")
 
 
 #: Modes whose alpha ``_to_rgb`` composites on white (and P with a transparent colour).
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-#: Pixels flattened at a time by ``_flatten_alpha``: 256 Kpx bands cost ~5 MB of scratch,
-#: and no more time than larger ones.
-_ALPHA_BAND_PIXELS = 1 << 18
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
@@ -185,13 +193,12 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     its decoded pixels, +310 MB in bands. Compositing is per pixel, so bands give the same
     bytes while the scratch stays at one band; what remains is the decoded picture and the
     RGB result (Pillow keeps both at 4 bytes a pixel)."""
-    w, h = img.size
-    rows = max(1, _ALPHA_BAND_PIXELS // max(w, 1))
-    if rows >= h:
+    bands = _row_bands(img)
+    if len(bands) <= 1:
         return _composite_on_white(img)
     out = Image.new("RGB", img.size)
-    for top in range(0, h, rows):
-        out.paste(_composite_on_white(img.crop((0, top, w, min(top + rows, h)))), (0, top))
+    for box in bands:
+        out.paste(_composite_on_white(img.crop(box)), box[:2])
     return out
 
 
