@@ -78,12 +78,10 @@ def member_roots(path: str | Path, record: dict) -> list[str] | None:
     return [str(v) for v in value] if isinstance(value, list) and value else None
 
 
-def shared_data(provenance: list[dict], members: list[str | Path] | None = None) -> list | None:
-    """The data roots every member was trained on (``member_roots``; without ``members``, the
-    ``train_options.data`` of each provenance record), when all members have the same ones;
-    else None."""
-    roots = ([member_roots(m, rec) for m, rec in zip(members, provenance)] if members is not None
-             else [(rec.get("train_options") or {}).get("data") for rec in provenance])
+def shared_data(provenance: list[dict], members: list[str | Path]) -> list | None:
+    """The data roots every member was trained on (``member_roots`` of each member file and
+    its provenance record), when all members have the same ones; else None."""
+    roots = [member_roots(m, rec) for m, rec in zip(members, provenance)]
     first = roots[0] if roots else None
     if not first or not isinstance(first, list) or any(r != first for r in roots):
         return None
