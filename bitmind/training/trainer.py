@@ -48,7 +48,7 @@ from bitmind.image_transforms import HISTORY_OUTPUTS, TrainAugment, ValidatorPip
 from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_label, stop_name, stop_reason
 from bitmind.training.config import TrainConfig
-from bitmind.training.init_from import init_weights, load_weights
+from bitmind.training.init_from import init_weights, load_weights, read_init_from
 from bitmind.training.run_folder import (INIT_CALIBRATION, EarlierRun, RunFolderError, check_resume_matches, hold_run_folder,
                                          prepare_run_folder, recover_earlier_run, write_options)
 from bitmind.training.loop import (
@@ -310,12 +310,14 @@ def prepare_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     return device
 
 
-def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: int = 0, init: bool = True) -> nn.Module:
+def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: int = 0, init: bool = True,
+                         checkpoint: tuple[dict, dict] | None = None) -> nn.Module:
     """``cfg``'s architecture, with ``--init_from`` weights if set (and ``init``: a resumed run
     loads its own state instead, so the file it started from need not be there any more), on
     ``device`` (channels-last on CUDA); with ``aux_classes`` (``aux_weight``), that many outputs
     after the detector's logit, and after them the processing-history head's (``history_weight``,
-    ``HISTORY_OUTPUTS``)."""
+    ``HISTORY_OUTPUTS``). ``checkpoint``: the ``--init_from`` file's ``(state, meta)`` when the
+    caller has already read it."""
     model = build_model(cfg.arch, **cfg.model_config())
     extra = aux_classes + (len(HISTORY_OUTPUTS) if cfg.history_weight else 0)
     if extra:  # built without them first: the heads change no other initial weight
@@ -323,7 +325,7 @@ def build_training_model(cfg: TrainConfig, device: torch.device, aux_classes: in
 
         with_aux_outputs(model, extra, seed=cfg.seed)
     if cfg.init_from and init:
-        load_weights(model, init_weights(cfg), f"--init_from {cfg.init_from}")
+        load_weights(model, init_weights(cfg, checkpoint), f"--init_from {cfg.init_from}")
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -401,8 +403,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
         earlier.set_aside()  # --overwrite: until this run saves an epoch (put back if it ends before)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_options(cfg, run_dir, amp_resolved=amp_used)  # its paths absolute: it resumes from any working folder
-        if cfg.init_from and not cfg.resume:
-            save_starting_calibration(cfg, run_dir)
         logger.info("data splits per source: %s", json.dumps(counts))
         show("training set:\n" + train_ds.summary())
         show("validation set:\n" + val_ds.summary())
@@ -427,7 +427,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, sampler=val_sampler, shuffle=False, **loader_kw)
 
     aux_names, aux_labels = aux_classes(train_ds.source_names(), cfg.aux_by) if cfg.aux_weight else ([], [])
-    model = build_training_model(cfg, device, len(aux_names), init=not cfg.resume)  # resume: weights from state_last.pt
+    # the starting file read once: its weights and the calibration the run keeps are of the same bytes
+    start = read_init_from(cfg.init_from) if cfg.init_from and not cfg.resume else None
+    model = build_training_model(cfg, device, len(aux_names), init=not cfg.resume, checkpoint=start)  # resume: state_last.pt
+    if is_main and start is not None:
+        save_starting_calibration(cfg, run_dir, start[1])
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     # Under DDP the DistributedSampler shards the data, so class balance comes from the loss instead.
     weight_loss = cfg.balance == "weight" or (cfg.balance in ("sampler", "family") and world > 1)
@@ -708,14 +712,15 @@ def resume_serving_options(model: nn.Module, last: Path) -> None:
                     ", ".join(f"{k}={v}" for k, v in options.items()))
 
 
-def starting_calibration(cfg: TrainConfig) -> dict:
-    """The ``--init_from`` file's calibration as the run starts (``temperature`` None where it has
-    none, or one the miner would refuse: ``error`` says why), for ``keep_starting_calibration``."""
+def starting_calibration(cfg: TrainConfig, meta: dict | None = None) -> dict:
+    """The ``--init_from`` file's calibration (from its ``meta`` where the caller has read it,
+    else from the file now): ``temperature`` None where it has none, or one the miner would
+    refuse (``error`` says why); for ``keep_starting_calibration``."""
     from bitmind.checkpoint import check_calibration, read_checkpoint
 
     record = {"init_from": str(cfg.init_from), "temperature": None}
     try:
-        meta = read_checkpoint(cfg.init_from)[1]
+        meta = meta if meta is not None else read_checkpoint(cfg.init_from)[1]
         check_calibration(meta, cfg.init_from)  # one the miner would refuse is not passed on
     except Exception as e:  # noqa: BLE001 (unreadable or refused: said at the end, raw logits kept)
         return {**record, "error": f"{type(e).__name__}: {e}"}
@@ -724,13 +729,14 @@ def starting_calibration(cfg: TrainConfig) -> dict:
     return record
 
 
-def save_starting_calibration(cfg: TrainConfig, run_dir: Path) -> None:
-    """Write ``starting_calibration`` into ``run_dir`` (``INIT_CALIBRATION``) as a fine-tune
-    starts. Why: the calibration was read from ``--init_from`` only when the run ended, hours
-    later, so an operator who swapped a new ``base.pth`` in meanwhile (the miner hot-reloads it)
-    gave the fine-tune the new file's calibration, and a resumed run whose starting file had been
-    moved kept none; the run's own copy is what its weights started from."""
-    (run_dir / INIT_CALIBRATION).write_text(json.dumps(starting_calibration(cfg), indent=2))
+def save_starting_calibration(cfg: TrainConfig, run_dir: Path, meta: dict) -> None:
+    """Write ``starting_calibration`` of the starting file's ``meta`` (read with the weights the
+    run starts from) into ``run_dir`` (``INIT_CALIBRATION``) as a fine-tune starts. Why: the
+    calibration was read from ``--init_from`` only when the run ended, hours later, so an operator
+    who swapped a new ``base.pth`` in meanwhile (the miner hot-reloads it) gave the fine-tune the
+    new file's calibration, and a resumed run whose starting file had been moved kept none; the
+    run's own copy is what its weights started from."""
+    (run_dir / INIT_CALIBRATION).write_text(json.dumps(starting_calibration(cfg, meta), indent=2))
 
 
 def keep_starting_calibration(cfg: TrainConfig, ckpt: Path, why: Exception) -> dict | None:
