@@ -134,6 +134,8 @@ FIGURES: dict[str, Figure] = {
     "generalisation_auxby_s1": logo_heat_map("generalisation_auxby_s1", recipe="patch96aux01g"),
     "generalisation_aux01_s0_52": logo_heat_map("generalisation_aux01_s0_52", recipe="patch96aux01"),
     "generalisation_aux01_s2_34": logo_heat_map("generalisation_aux01_s2_34", recipe="patch96aux01"),
+    "generalisation_auxsh_s0_52": logo_heat_map("generalisation_auxsh_s0_52", recipe="patch96aux01sh"),
+    "generalisation_auxsh_s1": logo_heat_map("generalisation_auxsh_s1", recipe="patch96aux01sh"),
     "pooling_npr_f2": logo_heat_map("pooling_npr_f2", recipe=None, baselines=(
         "npr_f2=mining_models/npr_f2.pth:fake/sd1x", "npr_f2_top5=mining_models/npr_f2.pth:fake/sd1x",
         "npr_f2_top25=mining_models/npr_f2.pth:fake/sd1x")),
