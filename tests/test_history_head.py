@@ -286,7 +286,7 @@ def test_a_sweep_variant_passes_the_history_rows_of_its_own_part_of_the_batch(tm
     for name in ("h", "plain"):
         mask = torch.tensor([k != 3 for k in range(20)])  # the variant's subset drops item 3
         v = variants[name] = _Variant(name, spec.variant_config(name), spec.variant_extras(name), torch.device("cpu"), mask=mask)
-        v.step = lambda xv, y, target=None, aux=None, history=None, name=name: seen.setdefault(name, (xv, history))
+        v.step = lambda xv, y, target=None, aux=None, history=None, content=None, name=name: seen.setdefault(name, (xv, history))
         v.train_batch(x, torch.zeros(6), keys, {HISTORY_KEY: h})
         v.writer.close()
     xv, got = seen["h"]

@@ -211,7 +211,7 @@ def test_a_sweep_variant_crops_its_pairs_alike_in_its_part_of_the_batch(tmp_path
         mask = torch.tensor([k != 3 for k in range(20)])  # the variant's subset drops item 3
         v = _Variant(name, spec.variant_config(name), spec.variant_extras(name), torch.device("cpu"), mask=mask)
         v.align_pairs({11: 12, 5: 6})  # round trip -> its real photo
-        v.step = lambda x, y, target=None, aux=None, history=None, name=name: seen.setdefault(name, x)
+        v.step = lambda x, y, target=None, aux=None, history=None, content=None, name=name: seen.setdefault(name, x)
         x = torch.rand(6, 3, 64, 64)
         x[3] = x[1]  # round trip 11 and its photo 12; with item 3 dropped they are rows 1-2 of the part
         v.train_batch(x, torch.zeros(6), torch.tensor([0, 11, 3, 12, 5, 7]), {})

@@ -195,6 +195,22 @@ def aux_class_of(source: str, by: str = "family") -> str:
     return fam
 
 
+def content_classes(sources: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The classes of the content adversary (``TrainConfig.adv_weight``) and each item's class:
+    the real photo kinds of the training set (``real/faces``, ``real/coco``, ..., sorted) and, per
+    item of ``sources``, its kind's place, or -1 for a generated picture (never a target).
+
+    Why real kinds: they differ by what the pictures show (faces, cities, low light, ImageNet
+    objects) and were all made by cameras, so what tells them apart is content, the one thing a
+    detector must not lean on (it learned "faces look real, art looks fake"). An adversary that
+    tries to name the kind from the detector's pooled features, with its gradient reversed into
+    the network, pushes those features to carry less of it. Generated pictures have no content
+    label here (a generator folder mixes what it shows), so they are left out."""
+    kinds = sorted({s for s in sources if not s.startswith("fake/")})
+    place = {k: i for i, k in enumerate(kinds)}
+    return kinds, [place.get(s, -1) for s in sources]
+
+
 def aux_classes(sources: Sequence[str], by: str = "family") -> tuple[list[str], list[int]]:
     """The classes of an auxiliary head that tells the fake families apart, and each item's
     class: ``["real", <fake classes, sorted>]`` and, per item of ``sources``, 0 for a real

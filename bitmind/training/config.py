@@ -120,6 +120,13 @@ class TrainConfig:
                                           "cluster and whatever lies outside it reads as generated, a generator never "
                                           "seen included (npr, mean pool; with --aug_cutmix_prob p it reads the real "
                                           "photos left unmixed, about 1 - p of them)")
+    adv_weight: float = opt(0.0, "strength of a content adversary: a linear head on the pooled features that names "
+                                 "each real training photo's kind (its source folder: faces, coco, imagenet, ...; "
+                                 "bitmind.data.families.content_classes), its gradient reversed into the network and "
+                                 "scaled by this weight (ramped up from 0 over training, as in domain-adversarial "
+                                 "training), so the features carry less of what the picture shows (0: off; needs two "
+                                 "real kinds or more; Learner.adversary_term). Training only: the head is not part of "
+                                 "the checkpoint's network. Fixed on --resume")
     history_weight: float = opt(0.0, "weight of a processing-history head: outputs after the detector's (and the "
                                      "auxiliary head's) that regress what the training augmentation did to each "
                                      "picture, log2 of its resize factor and its JPEG quality (Huber loss; "
@@ -258,7 +265,8 @@ class TrainConfig:
         # the weights of terms that read the mean pool's features or add outputs beside the detector's
         for name, why in (("aux_weight", "a top-k pool ranks the locations by the detector's logit alone"),
                           ("real_compact_weight", "it reads the pooled features the mean pool's classifier sees"),
-                          ("history_weight", "its outputs sit beside the detector's on the pooled features")):
+                          ("history_weight", "its outputs sit beside the detector's on the pooled features"),
+                          ("adv_weight", "the content adversary reads the pooled features the mean pool's classifier sees")):
             weight = getattr(self, name)
             if not (math.isfinite(weight) and weight >= 0):
                 raise ConfigError(f"--{name} must be 0 (off) or positive, got {weight}")
@@ -276,6 +284,9 @@ class TrainConfig:
         if self.history_weight and self.init_from:
             raise ConfigError("--history_weight with --init_from: a checkpoint's head has no processing-history "
                               "outputs to start from; train the head from scratch")
+        if self.adv_weight and self.aug_cutmix_prob:
+            raise ConfigError("--adv_weight with --aug_cutmix_prob: a patch with a rectangle of another picture shows "
+                              "two contents, and the adversary is told one")
         if self.aux_by != "family" and not self.aux_weight:
             raise ConfigError(f"--aux_by {self.aux_by} needs --aux_weight: it groups the auxiliary head's classes, "
                               "and without the head it would change nothing")

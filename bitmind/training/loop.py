@@ -15,6 +15,7 @@ many-variant sweep (``sweep.run_sweep``), in the spirit of torchvision's referen
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,10 @@ from bitmind.checkpoint import model_meta, save_checkpoint
 from bitmind.image_transforms import HISTORY_OUTPUTS
 from bitmind.inference import forward_logits, forward_outputs, to_model_input
 from bitmind.metrics import compute_metrics
+from bitmind.training.adversary import ContentAdversary, average_gradients, ramp
 from bitmind.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- schedule and reporting
@@ -224,8 +228,14 @@ class Learner:
         self.real_centre: torch.Tensor | None = None  # real_compact_weight: the real photos' running mean features
         self.compact_loss_sum: torch.Tensor | float = 0.0
         self.pooled = PooledFeatures()
-        if self.compact_weight:  # the pooled features the mean pool's classifier reads, caught on the way
+        self.adv_weight = float(cfg.adv_weight)
+        if self.compact_weight or self.adv_weight:  # the pooled features the mean pool's classifier reads, caught on the way
             model.avgpool.register_forward_hook(self.pooled)
+        self.adversary: ContentAdversary | None = None  # adv_weight: the content adversary (``set_content``)
+        self.content_names: list[str] = []
+        self.content_labels: torch.Tensor | None = None
+        self.adv_scale = 0.0  # the reversal's strength this epoch (``begin_epoch``: adv_weight times the ramp)
+        self.adv_loss_sum: torch.Tensor | float = 0.0  # the adversary's cross-entropy, apart
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
         self.aux_names: list[str] = []  # aux_weight: the head's classes and each training item's class (``set_aux``)
         self.aux_labels: torch.Tensor | None = None
@@ -254,6 +264,9 @@ class Learner:
             rec["train_history_loss"] = float(self.history_loss_sum) / max(self.loss_n, 1)
         if self.compact_weight:
             rec["train_compact_loss"] = float(self.compact_loss_sum) / max(self.loss_n, 1)
+        if self.adversary is not None:  # near log(kinds) when the features no longer tell the kinds apart
+            rec["train_adv_loss"] = float(self.adv_loss_sum) / max(self.loss_n, 1)
+            rec["adv_scale"] = self.adv_scale
         return rec
 
     def compact_term(self, real: torch.Tensor) -> torch.Tensor:
@@ -294,6 +307,8 @@ class Learner:
         meta = {"aux_classes": list(self.aux_names)} if self.aux_names else {}
         if self.history_names:
             meta["history_outputs"] = list(self.history_names)
+        if self.adversary is not None:  # a record of what it was trained against; not outputs of the network
+            meta["adv_classes"] = list(self.content_names)
         return meta
 
     def begin_epoch(self, epoch: int) -> float:
@@ -303,7 +318,10 @@ class Learner:
             g["lr"] = lr
         self.net.train()
         self.loss_sum, self.loss_n, self.aux_loss_sum, self.compact_loss_sum = 0.0, 0, 0.0, 0.0
-        self.history_loss_sum = 0.0
+        self.history_loss_sum, self.adv_loss_sum = 0.0, 0.0
+        if self.adversary is not None:
+            self.adversary.train()
+            self.adv_scale = self.adv_weight * ramp(epoch / max(self.cfg.epochs - 1, 1))
         return lr
 
     def aux_term(self, logits: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
@@ -322,7 +340,8 @@ class Learner:
         return (per * fake).sum() / fake.sum().clamp(min=1.0)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
-             aux: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
+             aux: torch.Tensor | None = None, history: torch.Tensor | None = None,
+             content: torch.Tensor | None = None) -> torch.Tensor:
         """One optimisation step on a prepared batch (``x`` on the device, float, laid out as
         it should run); ``target`` replaces the smoothed labels as the loss target if given;
         ``aux`` (each image's auxiliary class, on the device) adds ``cfg.aux_weight`` times the
@@ -330,7 +349,9 @@ class Learner:
         across classes first (``mix_classes``: images, targets and auxiliary classes alike); with
         ``real_compact_weight`` the one-class term (``compact_term``) of the unmixed real photos
         is added; ``history`` (each image's processing-history targets, NaN where unknown, on the
-        device) adds ``cfg.history_weight`` times the history head's loss (``history_term``)."""
+        device) adds ``cfg.history_weight`` times the history head's loss (``history_term``);
+        ``content`` (each image's real kind, -1 for a generated one) adds the content adversary's
+        cross-entropy, its gradient reversed into the network (``adversary_term``)."""
         if target is None:
             target = smooth_labels(y, self.cfg.label_smoothing)
         mixed = None
@@ -354,13 +375,20 @@ class Learner:
                 history_loss = history_term(out[:, first:first + len(self.history_names)], history)
                 loss = loss + self.history_weight * history_loss
                 self.history_loss_sum = self.history_loss_sum + history_loss.detach() * len(y)
+        if self.adversary is not None and content is not None and self.pooled.value is not None:
+            adv_loss = self.adversary_term(content)
+            loss = loss + adv_loss
+            self.adv_loss_sum = self.adv_loss_sum + adv_loss.detach() * len(y)
         if self.compact_weight and self.pooled.value is not None:
             real = (y < 0.5) if mixed is None else (y < 0.5) & ~mixed
             compact = self.compact_term(real)
             loss = loss + self.compact_weight * compact
             self.compact_loss_sum = self.compact_loss_sum + compact.detach() * len(y)
+        self.pooled.value = None  # read by the terms above, if any; not kept past the step
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.adversary is not None:
+            average_gradients(self.adversary)  # under DDP: one adversary on every rank, as the network is
         self.scaler.step(self.opt)
         self.scaler.update()
         loss = detector_loss.detach()
@@ -386,6 +414,9 @@ class Learner:
                  "freq_rng": self.freq_gen.get_state(), "mix_rng": self.mix_gen.get_state()}
         if self.real_centre is not None:  # real_compact_weight: the running centre goes on where it was
             state["real_centre"] = self.real_centre.detach().cpu()
+        if self.adversary is not None:  # adv_weight: a resumed run goes on against the same adversary
+            state["adversary_weight"] = self.adversary.head.weight.detach().cpu()
+            state["adversary_bias"] = self.adversary.head.bias.detach().cpu()
         return state
 
     def load_rng_state(self, state: dict) -> None:
@@ -400,6 +431,13 @@ class Learner:
             self.mix_gen.set_state(state["mix_rng"])
         if self.compact_weight and state.get("real_centre") is not None:
             self.real_centre = state["real_centre"].to(next(self.model.parameters()).device)
+        if self.adversary is not None and state.get("adversary_weight") is not None:
+            if tuple(state["adversary_weight"].shape) != tuple(self.adversary.head.weight.shape):
+                raise ValueError(f"the saved content adversary names {state['adversary_weight'].shape[0]} real kinds, "
+                                 f"this run's training set {len(self.content_names)}: was the data changed?")
+            with torch.no_grad():
+                self.adversary.head.weight.copy_(state["adversary_weight"])
+                self.adversary.head.bias.copy_(state["adversary_bias"])
 
     @property
     def aux_classes(self) -> int:
@@ -412,6 +450,39 @@ class Learner:
         batches' keys are. Ignored without ``aux_weight``."""
         if self.cfg.aux_weight and names:
             self.aux_names, self.aux_labels = list(names), torch.as_tensor(labels, dtype=torch.long)
+
+    def set_content(self, names: Sequence[str], labels: Sequence[int]) -> None:
+        """``adv_weight``: the real kinds the content adversary names and each training item's kind
+        by dataset index (``bitmind.data.families.content_classes``; -1 for a generated picture).
+        Builds the adversary (on the model's device, seeded from ``cfg.seed``) and gives its
+        weights to the optimiser; with fewer than two kinds there is nothing to tell apart and
+        the run trains without it (a warning says so). Ignored without ``adv_weight``; called
+        before a resumed state is loaded (the optimiser's groups must match)."""
+        if not self.adv_weight:
+            return
+        if len(names) < 2:
+            logger.warning("--adv_weight %s: the training set has %d real kind(s) (%s); the content adversary needs "
+                           "two or more to tell apart, so this run trains without it", self.adv_weight, len(names),
+                           ", ".join(names) or "none")
+            return
+        device = next(self.model.parameters()).device
+        self.adversary = ContentAdversary(self.model.fc1.in_features, len(names), seed=self.cfg.seed + 4).to(device)
+        self.content_names = list(names)
+        self.content_labels = torch.as_tensor(labels, dtype=torch.long)
+        self.opt.add_param_group({"params": list(self.adversary.parameters())})
+
+    def content_for(self, k: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """The real kinds of the items with keys ``k``, on ``device`` (None without the adversary)."""
+        if self.content_labels is None or k is None:
+            return None
+        return to_device_async(self.content_labels[k], device)
+
+    def adversary_term(self, content: torch.Tensor) -> torch.Tensor:
+        """The content adversary's cross-entropy on the batch just run forward (its pooled
+        features, the unflipped views with ``flip_mean``), its gradient into the network reversed
+        and scaled by this epoch's ``adv_scale`` (``bitmind.training.adversary``)."""
+        f = self.pooled.value.flatten(1)[: len(content)]
+        return self.adversary.term(f, content, self.adv_scale)
 
     def aux_for(self, k: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
         """The auxiliary classes of the items with keys ``k``, on ``device`` (None when off)."""
@@ -457,7 +528,7 @@ class Learner:
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, context: dict) -> None:
         """Train on one shared batch (sweep variants override this to take their part of it)."""
         self.step(self.crop(x, k), y, aux=self.aux_for(k, x.device),
-                  history=self.history_for(context.get(HISTORY_KEY), x.device))
+                  history=self.history_for(context.get(HISTORY_KEY), x.device), content=self.content_for(k, x.device))
 
 
 def history_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ PATH_KEYS = ("data", "train_data", "challenge_data", "init_from", "checkpoints_d
 #: split with them (another split would train on pictures it validated on, and the stored options
 #: would name a test split the model saw).
 FIXED_ON_RESUME = ("arch", "layers", "width", "input", "stem_pool", "pool", "dropout", "aux_weight",
-                   "aux_by", "history_weight", "split_seed", "val_fraction", "test_fraction")
+                   "aux_by", "history_weight", "adv_weight", "split_seed", "val_fraction", "test_fraction")
 #: Data roots a resumed run must keep: its validation split is read from them, and its best
 #: score, best epoch and calibration were measured there (``check_same_data``). ``train_data``
 #: (training only) may change, logged like ``--lr``.

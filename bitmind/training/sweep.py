@@ -116,7 +116,7 @@ try:
     from bitmind.common import atomic_write_text, parse_bool, positive_int, resolve_amp
     from bitmind.data import AsIs, DetectionDataset, aligned_partners, collate_skip_none, in_subset
     from bitmind.data.dataset import worker_init
-    from bitmind.data.families import aux_classes
+    from bitmind.data.families import aux_classes, content_classes
     from bitmind.image_transforms import ValidatorPipeline
     from bitmind.inference import forward_logits
     from bitmind.metrics import compute_metrics
@@ -190,7 +190,7 @@ VARIANT_KEYS = frozenset({"arch", "layers", "width", "dropout", "input", "stem_p
                           "lr_decay_every", "warmup_epochs", "weight_decay", "beta1", "label_smoothing", "aux_weight", "aux_by", "aux_fakes_only",
                           "seed", "patch_size",
                           "tile_shuffle", "pair_patches", "aug_freq_mask_prob", "aug_freq_mask_ratio", "aug_freq_mask_max_freq",
-                          "aug_cutmix_prob", "aug_cutmix_area", "real_compact_weight", "history_weight",
+                          "aug_cutmix_prob", "aug_cutmix_area", "real_compact_weight", "history_weight", "adv_weight",
                           *SWEEP_ONLY_KEYS})
 #: Recent training batches kept for re-estimating an averaged model's batch-norm statistics.
 BN_BATCHES = 8
@@ -405,9 +405,11 @@ class _Variant(Learner):
 
     def __init__(self, name: str, cfg: TrainConfig, extras: dict, device: torch.device, amp_dtype: torch.dtype | None = None,
                  mask: torch.Tensor | None = None, training_images: int = 0, val_mask: np.ndarray | None = None,
-                 aux: tuple[list[str], list[int]] | None = None):
+                 aux: tuple[list[str], list[int]] | None = None, content: tuple[list[str], list[int]] | None = None):
         """``extras``: the variant's sweep-only options (``SweepSpec.variant_extras``); ``aux``: the
-        auxiliary classes and each training item's class (``aux_classes``), used if ``cfg.aux_weight``."""
+        auxiliary classes and each training item's class (``aux_classes``), used if ``cfg.aux_weight``;
+        ``content``: the real kinds and each training item's kind (``content_classes``), used if
+        ``cfg.adv_weight``."""
         self.name, self.mask, self.swa_start = name, mask, extras["swa_start"]
         self.val_mask = val_mask  # validation challenges this variant is selected on (None = all)
         self.training_images = training_images if mask is None else int(mask.sum())
@@ -420,6 +422,8 @@ class _Variant(Learner):
                          cfg, amp_dtype)
         if aux is not None:
             self.set_aux(*aux)  # ignored without aux_weight
+        if content is not None:
+            self.set_content(*content)  # ignored without adv_weight
         self.history: list[dict] = []
         self.best = Best()
         self.failed: str | None = None  # why this variant stopped training (its loss or weights not finite)
@@ -491,7 +495,7 @@ class _Variant(Learner):
             return
         xv = self.crop(part[0], part[3])
         self.step(xv, part[1], target=self.target(part[1], part[2]), aux=self.aux_for(part[3], x.device),
-                  history=self.history_for(part[4], x.device))
+                  history=self.history_for(part[4], x.device), content=self.content_for(part[3], x.device))
         self.remember(xv)
 
 
@@ -826,12 +830,14 @@ def _run_sweep(spec: SweepSpec, options, earlier: EarlierRun, beside: dict[str, 
 
     items = TrainItems.of(train_ds)
     aux = {by: aux_classes(items.sources, by) for by in {cfg.aux_by for cfg, _ in options.values() if cfg.aux_weight}}
+    content = content_classes(items.sources) if any(cfg.adv_weight for cfg, _ in options.values()) else None
     variants = []
     for name, (cfg, extras) in options.items():
         # held-out sources never decide this variant's epoch or calibration
         mask, val_mask = variant_masks(name, extras, items, val_sources, val_photo_sources, base.split_seed)
         variants.append(_Variant(name, cfg, extras, device, amp_dtype, mask=mask,
-                                 training_images=len(train_ds), val_mask=val_mask, aux=aux.get(cfg.aux_by)))
+                                 training_images=len(train_ds), val_mask=val_mask, aux=aux.get(cfg.aux_by),
+                                 content=content))
     teacher_paths = [v.teacher for v in variants if v.teacher]
     teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
     for v in variants:

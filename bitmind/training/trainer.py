@@ -43,7 +43,7 @@ from bitmind.data import (
     unique_roots,
 )
 from bitmind.data.dataset import worker_init
-from bitmind.data.families import aux_classes, class_family_shares, parse_family_share, sampling_family
+from bitmind.data.families import aux_classes, class_family_shares, content_classes, parse_family_share, sampling_family
 from bitmind.image_transforms import HISTORY_OUTPUTS, TrainAugment, ValidatorPipeline
 from bitmind.models import build_model
 from bitmind.shutdown import GracefulStop, sigterm_as_interrupt, stop_label, stop_name, stop_reason
@@ -438,6 +438,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
     pos_weight = torch.tensor(class_pos_weight(labels), device=device) if weight_loss else None
     learner = Learner(model, cfg, amp_dtype, criterion=nn.BCEWithLogitsLoss(pos_weight=pos_weight), net=net)
     learner.set_aux(aux_names, aux_labels)
+    learner.set_content(*(content_classes(train_ds.source_names()) if cfg.adv_weight else ([], [])))
     # what the checkpoints record of the run: ``amp`` as asked (a resume asks it again), ``amp_resolved`` as it ran
     train_options = {**cfg.to_dict(), "amp_resolved": amp_used, **learner.aux_meta}
     learner.align_pairs(train_ds.partner)  # pair_patches: a round trip and its photo cropped alike
