@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bitmind.checkpoint import load_model
+from bitmind.cli import model_info
 from bitmind.data.families import content_classes
 from bitmind.models.npr import NPR
 from bitmind.training import TrainConfig, parse_config, train
@@ -213,3 +214,5 @@ def test_the_trainer_trains_the_adversary_and_resumes_with_it(tmp_path):
     assert hist[0] == first[0]  # the resumed run kept its first epoch's record
     lm = load_model(run / "model_epoch_best.pth")
     assert lm.meta["config"]["num_classes"] == 1 and lm.meta["train_options"]["adv_weight"] == 0.4
+    said = model_info.render(model_info.describe(run / "model_epoch_best.pth"))
+    assert "trained against a content adversary (weight 0.400, not in the file) naming the real kinds: real/other, real/synth" in said

@@ -35,7 +35,7 @@ from bitmind.models.npr import has_aux_outputs
 
 #: Training options worth a line (the rest are in ``--json``).
 TRAIN_KEYS = ("epochs", "patch_size", "tile_shuffle", "aug_freq_mask_prob", "pair_aligned", "pair_patches", "batch_size", "lr",
-              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "aux_by", "aux_fakes_only", "history_weight",
+              "lr_schedule", "balance", "seed", "swa_start", "aux_weight", "aux_by", "aux_fakes_only", "history_weight", "adv_weight",
               "init_from")
 #: Values a training option is not worth a line at: off, and per option its default where that
 #: says nothing (a family head's classes say it; a shuffled head has the same class names, so
@@ -81,6 +81,7 @@ def describe(path: str | Path, swap=None) -> dict:
         "best_epoch": (meta.get("metrics") or {}).get("epoch"),
         "aux_classes": list(train.get("aux_classes") or []),
         "history_outputs": list(train.get("history_outputs") or []),
+        "adv_classes": list(train.get("adv_classes") or []),
         "aux_head_in_file": has_aux_outputs(meta),
         "description": meta.get("description"),
     })
@@ -191,6 +192,9 @@ def render(info: dict) -> str:
         lines.append(f"  trained with an auxiliary head ({where}): {', '.join(info['aux_classes'])}")
     if info.get("history_outputs"):
         lines.append(f"  trained with a processing-history head ({where}): {', '.join(info['history_outputs'])}")
+    if info.get("adv_classes"):  # a training-only head: never in the file
+        lines.append(f"  trained against a content adversary (weight {_fmt((info['training'] or {}).get('adv_weight'))}, "
+                     f"not in the file) naming the real kinds: {', '.join(info['adv_classes'])}")
     val = {k: v for k, v in info["validation"].items() if v is not None}
     if val:
         lines.append("  validation" + (f" (epoch {info['best_epoch']}" if info.get("best_epoch") is not None else " (")
