@@ -162,14 +162,29 @@ def synthetic_aux(n_items: int, seed: int) -> tuple[list[str], list[int]]:
     return ["real", *(f"family{i}" for i in range(1, SYNTHETIC_AUX_CLASSES))], labels.tolist()
 
 
+#: Real kinds the synthetic content labels are drawn from (``synthetic_content``): about the pools'.
+SYNTHETIC_REAL_KINDS = 11
+
+
+def synthetic_content(n_items: int, seed: int) -> tuple[list[str], list[int]]:
+    """Kind names and, for every item key, a random real kind or -1 (generated, about half), for
+    variants with ``adv_weight``: its step then runs the content adversary, as in a sweep."""
+    gen = torch.Generator().manual_seed(seed + 78)
+    kinds = torch.randint(0, SYNTHETIC_REAL_KINDS, (n_items,), generator=gen)
+    fake = torch.rand(n_items, generator=gen) < 0.5
+    return [f"real/kind{i}" for i in range(SYNTHETIC_REAL_KINDS)], torch.where(fake, -1, kinds).tolist()
+
+
 def build_variants(spec: SweepSpec, names: list[str], masks: dict, device: torch.device, amp_dtype,
-                   aux: tuple[list[str], list[int]] | None = None) -> list[_Variant]:
+                   aux: tuple[list[str], list[int]] | None = None,
+                   content: tuple[list[str], list[int]] | None = None) -> list[_Variant]:
     """The sweep's models, as ``run_sweep`` builds them (fresh weights from each variant's seed;
-    with ``aux``, a head on every variant with ``aux_weight``)."""
+    with ``aux``, a head on every variant with ``aux_weight``; with ``content``, an adversary on
+    every variant with ``adv_weight``)."""
     out = []
     for name in names:
         v = _Variant(name, spec.variant_config(name), spec.variant_extras(name), device, amp_dtype,
-                     mask=masks.get(name), training_images=0, aux=aux)
+                     mask=masks.get(name), training_images=0, aux=aux, content=content)
         v.begin_epoch(0)
         out.append(v)
     return out
@@ -278,7 +293,7 @@ def time_split(variants, batches: Batches, device, channels_last: bool, start: i
             p["crop"] += clock(t)
             t = time.perf_counter()
             v.step(xv, part[1], target=v.target(part[1], part[2]), aux=v.aux_for(part[3], xv.device),
-                   history=v.history_for(part[4], xv.device))
+                   history=v.history_for(part[4], xv.device), content=v.content_for(part[3], xv.device))
             v.remember(xv)
             p["step"] += clock(t)
     for p in per.values():
@@ -336,7 +351,8 @@ def run_setting(setting: str, spec: SweepSpec, names: list[str], masks: dict, ba
         warmup = max(warmup, COMPILE_WARMUP)
     channels_last = spec.base.channels_last
     seed_everything(base.seed)
-    variants = build_variants(spec, names, masks, device, amp_dtype, aux=synthetic_aux(batches.n_items, base.seed))
+    variants = build_variants(spec, names, masks, device, amp_dtype, aux=synthetic_aux(batches.n_items, base.seed),
+                              content=synthetic_content(batches.n_items, base.seed))
     t = time.perf_counter()
     for i in range(warmup):
         train_step(variants, batches(i), device, channels_last)

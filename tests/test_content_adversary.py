@@ -46,10 +46,15 @@ def _two_real_kinds(root):
 
 # ---------------------------------------------------------------------------- classes and gradients
 def test_only_real_photos_have_a_kind_and_the_kinds_are_sorted_source_folders():
-    names, labels = content_classes(["real/faces", "fake/sdxl", "real/coco", "fake/aligned-taef2", "real/faces"])
+    sources = ["real/faces", "fake/sdxl", "real/coco", "fake/aligned-taef2", "real/faces"]
+    names, labels = content_classes(sources)
     assert names == ["real/coco", "real/faces"]
     assert labels == [1, -1, 0, -1, 1]
     assert content_classes(["fake/a", "fake/b"]) == ([], [-1, -1])
+    # a variant's mask (a LOGO fold holding real/coco out): its kinds only
+    assert content_classes(sources, [True, True, False, True, True]) == (["real/faces"], [0, -1, -1, -1, 0])
+    with pytest.raises(ValueError, match="flags"):
+        content_classes(sources, [True])
 
 
 def test_the_network_gets_the_heads_gradient_reversed_and_scaled_and_the_head_its_own():
@@ -91,6 +96,10 @@ def test_the_strength_ramps_from_zero_to_about_the_weight():
     assert learner.adv_scale == 0.0
     learner.begin_epoch(9)  # the last of 10
     assert learner.adv_scale == pytest.approx(0.5 * ramp(1.0))
+    short = Learner(NPR(layers=[1, 1], width=8, stem_pool=False), TrainConfig(device="cpu", epochs=1, adv_weight=0.5).check(), None)
+    short.set_content(["real/a", "real/b"], [0, 1])
+    short.begin_epoch(0)  # a one-epoch fine-tune: at full strength, not 0 throughout
+    assert short.adv_scale == pytest.approx(0.5 * ramp(1.0))
 
 
 def test_an_adversary_needs_two_kinds():
@@ -154,10 +163,11 @@ def test_a_resumed_learner_goes_on_against_the_same_adversary():
     b.opt.load_state_dict(a.opt.state_dict())  # the optimiser's groups match: the adversary's is there
     b.load_rng_state(state)
     assert torch.equal(b.adversary.head.weight, a.adversary.head.weight)
-    c = _learner(adv_weight=0.5)
-    c.set_content(["real/a", "real/b", "real/c"], [0, 1, 2])
-    with pytest.raises(ValueError, match="was the data changed"):
-        c.load_rng_state(state)
+    for kinds in (["real/a", "real/b", "real/c"], ["real/a", "real/z"], ["real/a"]):  # more, other names, too few
+        c = _learner(adv_weight=0.5)
+        c.set_content(kinds, list(range(len(kinds))))
+        with pytest.raises(ValueError, match="names the real kinds"):
+            c.check_resumable(state)  # before the optimiser's state (its groups follow the adversary)
 
 
 # ---------------------------------------------------------------------------- options
@@ -200,6 +210,59 @@ def test_a_sweep_trains_the_adversary_and_the_file_is_the_detector_alone(tmp_pat
     lm = load_model(tmp_path / "ck" / "s" / "adv" / "model_epoch_best.pth")
     assert lm.meta["train_options"]["adv_classes"] == ["real/other", "real/synth"]
     assert lm.meta["config"]["num_classes"] == 1 + len(lm.meta["train_options"]["aux_classes"])  # no adversary rows
+
+
+def test_a_sweep_fold_that_holds_a_real_kind_out_trains_against_the_kinds_it_has(tmp_path, caplog):
+    """The classes come from each variant's own training items: with one real kind left there is
+    nothing to tell apart, and the variant trains without an adversary (and says so)."""
+    data = _two_real_kinds(tmp_path)
+    spec = SweepSpec.from_dict({"base": tiny_sweep_base(tmp_path, data, "s", epochs=2, patch_size=32, adv_weight=0.5),
+                                "val_seeds": [0], "val_from": 1,
+                                "variants": {"all": {}, "minus-other": {"exclude_sources": ["real/other"]}}})
+    with caplog.at_level(logging.WARNING, logger="bitmind.training.loop"):
+        run_sweep(spec)
+    assert "trains without it" in caplog.text
+    full = load_model(tmp_path / "ck" / "s" / "all" / "model_epoch_best.pth").meta["train_options"]
+    held = load_model(tmp_path / "ck" / "s" / "minus-other" / "model_epoch_best.pth").meta["train_options"]
+    assert full["adv_classes"] == ["real/other", "real/synth"] and "adv_classes" not in held
+    hist = json.loads((tmp_path / "ck" / "s" / "minus-other" / "history.json").read_text())
+    assert not any("train_adv_loss" in r for r in hist)
+
+
+def test_step_speed_times_an_adversary_variant_with_its_term():
+    from conftest import load_script
+
+    step_speed = load_script("benchmarks/step_speed.py")
+    kinds, labels = step_speed.synthetic_content(40, 0)
+    assert len(kinds) == step_speed.SYNTHETIC_REAL_KINDS and -1 in labels and max(labels) < len(kinds)
+    spec = SweepSpec.from_dict({"base": {"device": "cpu", "layers": [1, 1], "width": 8, "epochs": 4},
+                                "variants": {"adv": {"adv_weight": 0.3}, "plain": {}}})
+    variants = step_speed.build_variants(spec, ["adv", "plain"], {}, torch.device("cpu"), None,
+                                         content=(kinds, labels))
+    try:
+        adv, plain = variants
+        assert adv.adversary is not None and plain.adversary is None
+        k = torch.arange(8)
+        adv.step(torch.rand(8, 3, 32, 32), torch.tensor([0.0, 1.0] * 4), content=adv.content_for(k, torch.device("cpu")))
+        assert "train_adv_loss" in adv.aux_record
+    finally:
+        step_speed.free(variants, torch.device("cpu"))
+
+
+def test_a_resume_whose_training_data_gives_other_real_kinds_is_refused_in_one_line(tmp_path):
+    """``--train_data`` may change on resume; the adversary's rows name the kinds it was trained
+    on, so a training set with other kinds (here one: nothing to tell apart) is refused before the
+    optimiser's state is loaded, with what to do instead."""
+    from bitmind.training.run_folder import RunFolderError
+
+    data = make_folder(tmp_path / "data", n_per_class=12, seed=3, size=64)  # real/synth
+    extra = make_folder(tmp_path / "extra", n_per_class=8, seed=4, size=64)
+    shutil.rmtree(extra / "fake")
+    shutil.move(str(extra / "real" / "synth"), str(extra / "real" / "other"))  # real/other, training only
+    train(tiny_config(data, tmp_path / "ck", epochs=1, patch_size=32, adv_weight=0.4, train_data=[str(extra)]))
+    with pytest.raises(RunFolderError, match="names the real kinds") as e:
+        train(tiny_config(data, tmp_path / "ck", epochs=2, patch_size=32, adv_weight=0.4, resume=True, train_data=[]))
+    assert "--init_from" in str(e.value) and "real/other" in str(e.value)
 
 
 def test_the_trainer_trains_the_adversary_and_resumes_with_it(tmp_path):

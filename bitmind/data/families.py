@@ -195,7 +195,7 @@ def aux_class_of(source: str, by: str = "family") -> str:
     return fam
 
 
-def content_classes(sources: Sequence[str]) -> tuple[list[str], list[int]]:
+def content_classes(sources: Sequence[str], keep: Sequence[bool] | None = None) -> tuple[list[str], list[int]]:
     """The classes of the content adversary (``TrainConfig.adv_weight``) and each item's class:
     the real photo kinds of the training set (``real/faces``, ``real/coco``, ..., sorted) and, per
     item of ``sources``, its kind's place, or -1 for a generated picture (never a target).
@@ -205,10 +205,15 @@ def content_classes(sources: Sequence[str]) -> tuple[list[str], list[int]]:
     detector must not lean on (it learned "faces look real, art looks fake"). An adversary that
     tries to name the kind from the detector's pooled features, with its gradient reversed into
     the network, pushes those features to carry less of it. Generated pictures have no content
-    label here (a generator folder mixes what it shows), so they are left out."""
-    kinds = sorted({s for s in sources if not s.startswith("fake/")})
+    label here (a generator folder mixes what it shows), so they are left out. ``keep`` (one flag
+    per item; a sweep variant's training mask): items not kept are no target and their kinds
+    no class, so a LOGO fold that holds a real kind out trains against the other kinds only."""
+    kept = [True] * len(sources) if keep is None else [bool(k) for k in keep]
+    if len(kept) != len(sources):
+        raise ValueError(f"keep has {len(kept)} flags for {len(sources)} items")
+    kinds = sorted({s for s, k in zip(sources, kept) if k and not s.startswith("fake/")})
     place = {k: i for i, k in enumerate(kinds)}
-    return kinds, [place.get(s, -1) for s in sources]
+    return kinds, [place.get(s, -1) if k else -1 for s, k in zip(sources, kept)]
 
 
 def aux_classes(sources: Sequence[str], by: str = "family") -> tuple[list[str], list[int]]:

@@ -15,6 +15,7 @@ many-variant sweep (``sweep.run_sweep``), in the spirit of torchvision's referen
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -235,7 +236,8 @@ class Learner:
         self.content_names: list[str] = []
         self.content_labels: torch.Tensor | None = None
         self.adv_scale = 0.0  # the reversal's strength this epoch (``begin_epoch``: adv_weight times the ramp)
-        self.adv_loss_sum: torch.Tensor | float = 0.0  # the adversary's cross-entropy, apart
+        self.adv_loss_sum: torch.Tensor | float = 0.0  # the adversary's cross-entropy, apart, summed over its targets
+        self.adv_n: torch.Tensor | float = 0.0  # how many real photos it was summed over
         self.partner: dict[int, int] | None = None  # pair_patches: round trip -> its real photo (``align_pairs``)
         self.aux_names: list[str] = []  # aux_weight: the head's classes and each training item's class (``set_aux``)
         self.aux_labels: torch.Tensor | None = None
@@ -264,8 +266,8 @@ class Learner:
             rec["train_history_loss"] = float(self.history_loss_sum) / max(self.loss_n, 1)
         if self.compact_weight:
             rec["train_compact_loss"] = float(self.compact_loss_sum) / max(self.loss_n, 1)
-        if self.adversary is not None:  # near log(kinds) when the features no longer tell the kinds apart
-            rec["train_adv_loss"] = float(self.adv_loss_sum) / max(self.loss_n, 1)
+        if self.adversary is not None:  # per real photo; near log(kinds) when the features no longer tell them apart
+            rec["train_adv_loss"] = float(self.adv_loss_sum) / max(float(self.adv_n), 1.0)
             rec["adv_scale"] = self.adv_scale
         return rec
 
@@ -318,10 +320,10 @@ class Learner:
             g["lr"] = lr
         self.net.train()
         self.loss_sum, self.loss_n, self.aux_loss_sum, self.compact_loss_sum = 0.0, 0, 0.0, 0.0
-        self.history_loss_sum, self.adv_loss_sum = 0.0, 0.0
-        if self.adversary is not None:
+        self.history_loss_sum, self.adv_loss_sum, self.adv_n = 0.0, 0.0, 0.0
+        if self.adversary is not None:  # a run of one epoch (a short fine-tune) gets it at full strength
             self.adversary.train()
-            self.adv_scale = self.adv_weight * ramp(epoch / max(self.cfg.epochs - 1, 1))
+            self.adv_scale = self.adv_weight * ramp(epoch / (self.cfg.epochs - 1) if self.cfg.epochs > 1 else 1.0)
         return lr
 
     def aux_term(self, logits: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
@@ -378,7 +380,9 @@ class Learner:
         if self.adversary is not None and content is not None and self.pooled.value is not None:
             adv_loss = self.adversary_term(content)
             loss = loss + adv_loss
-            self.adv_loss_sum = self.adv_loss_sum + adv_loss.detach() * len(y)
+            known = (content >= 0).sum()
+            self.adv_loss_sum = self.adv_loss_sum + adv_loss.detach() * known
+            self.adv_n = self.adv_n + known
         if self.compact_weight and self.pooled.value is not None:
             real = (y < 0.5) if mixed is None else (y < 0.5) & ~mixed
             compact = self.compact_term(real)
@@ -417,7 +421,21 @@ class Learner:
         if self.adversary is not None:  # adv_weight: a resumed run goes on against the same adversary
             state["adversary_weight"] = self.adversary.head.weight.detach().cpu()
             state["adversary_bias"] = self.adversary.head.bias.detach().cpu()
+            state["adversary_classes"] = json.dumps(self.content_names)
         return state
+
+    def check_resumable(self, state: dict) -> None:
+        """Refuse a saved state whose content adversary is not this learner's: called before the
+        optimiser's state is loaded (its groups follow the adversary). A resume may change
+        ``--train_data``; a head whose rows named other real kinds would be reused for these
+        (or the optimiser refuse with a bare "different number of parameter groups")."""
+        saved = json.loads(state["adversary_classes"]) if "adversary_classes" in state else (
+            None if state.get("adversary_weight") is None else f"{state['adversary_weight'].shape[0]} kinds")
+        mine = list(self.content_names) if self.adversary is not None else None
+        if saved != mine:
+            raise ValueError(f"the saved state's content adversary names the real kinds {saved or 'none'}, this "
+                             f"run's training set gives {mine or 'none'} (--adv_weight needs two or more): resume with "
+                             "the data it was trained on, or start a new run from its weights (--init_from)")
 
     def load_rng_state(self, state: dict) -> None:
         """Restore ``rng_state`` (a state saved before it existed keeps the seeded streams)."""
@@ -432,9 +450,7 @@ class Learner:
         if self.compact_weight and state.get("real_centre") is not None:
             self.real_centre = state["real_centre"].to(next(self.model.parameters()).device)
         if self.adversary is not None and state.get("adversary_weight") is not None:
-            if tuple(state["adversary_weight"].shape) != tuple(self.adversary.head.weight.shape):
-                raise ValueError(f"the saved content adversary names {state['adversary_weight'].shape[0]} real kinds, "
-                                 f"this run's training set {len(self.content_names)}: was the data changed?")
+            self.check_resumable(state)
             with torch.no_grad():
                 self.adversary.head.weight.copy_(state["adversary_weight"])
                 self.adversary.head.bias.copy_(state["adversary_bias"])

@@ -830,14 +830,14 @@ def _run_sweep(spec: SweepSpec, options, earlier: EarlierRun, beside: dict[str, 
 
     items = TrainItems.of(train_ds)
     aux = {by: aux_classes(items.sources, by) for by in {cfg.aux_by for cfg, _ in options.values() if cfg.aux_weight}}
-    content = content_classes(items.sources) if any(cfg.adv_weight for cfg, _ in options.values()) else None
     variants = []
     for name, (cfg, extras) in options.items():
         # held-out sources never decide this variant's epoch or calibration
         mask, val_mask = variant_masks(name, extras, items, val_sources, val_photo_sources, base.split_seed)
         variants.append(_Variant(name, cfg, extras, device, amp_dtype, mask=mask,
                                  training_images=len(train_ds), val_mask=val_mask, aux=aux.get(cfg.aux_by),
-                                 content=content))
+                                 content=content_classes(items.sources, None if mask is None else mask.tolist())
+                                 if cfg.adv_weight else None))
     teacher_paths = [v.teacher for v in variants if v.teacher]
     teachers = Teachers(teacher_paths, device, base.channels_last) if teacher_paths else None
     for v in variants:

@@ -97,6 +97,10 @@ def restore_variant(v, st: dict) -> None:
     except RuntimeError as e:  # e.g. an auxiliary head sized by another data set's families
         raise RunFolderError(f"--resume: the saved weights of variant {v.name!r} do not fit the network this "
                              f"sweep builds ({str(e).splitlines()[0]}): was the data changed?") from None
+    try:
+        v.check_resumable(st)
+    except ValueError as e:
+        raise RunFolderError(f"--resume: variant {v.name!r}: {e}") from None
     v.opt.load_state_dict(st["optimizer"])
     v.scaler.load_state_dict(st["scaler"])
     if st.get("swa") is not None:

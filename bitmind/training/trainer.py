@@ -451,6 +451,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, earlier: Ea
         except ValueError as e:  # a run folder without its opt.json, resumed with other network options
             raise RunFolderError(f"{e}: give the network options the run was started with") from None
         resume_serving_options(model, run_dir / "model_last.pth")
+        try:
+            learner.check_resumable(st)
+        except ValueError as e:
+            raise RunFolderError(f"--resume {state_path}: {e}") from None
         learner.opt.load_state_dict(st["optimizer"])
         learner.load_rng_state(st)
         if sampler_gen is not None and "sampler_rng" in st:
