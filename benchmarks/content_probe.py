@@ -16,10 +16,11 @@ computes it on the picture as the miner sees it): up to ``--per_kind`` pictures 
 real kind of ``--data`` (drawn with ``--seed``, the same pictures for every model), features
 standardised, a multinomial logistic regression; per model the balanced accuracy, chance,
 and each kind's recall. A linear probe is a floor for what the features hold, not the
-whole of it.
+whole of it; ``untrained:PATH`` reads the same architecture with fresh weights (random
+convolutions already separate some scenes), the level a trained model is read against.
 
-    python benchmarks/content_probe.py --model mining_models/base.pth \\
-        --data ../shared/data/sn34-validator --out benchmarks/results/content_probe_v13.json
+    python benchmarks/content_probe.py --model v13=mining_models/base.pth untrained=untrained:mining_models/base.pth \\
+        --data ../shared/data/sn34-validator --per_kind 60 --out benchmarks/results/content_probe_kinds.json
 
 Writes the JSON (``--out``) and a markdown table beside it (``.md``).
 """
@@ -57,18 +58,37 @@ def pick(sources: list[str], per_kind: int, seed: int, families: bool) -> dict[s
     return out
 
 
-@torch.inference_mode()
-def pooled_features(path: str, dataset, positions: list[int], batch_size: int = 16) -> np.ndarray:
-    """The mean pool's input of the network in ``path``, one row per picture of ``positions``
-    (as the miner sees the picture: the dataset's base transforms; fp32)."""
+#: ``NAME=untrained:PATH``: the network of ``PATH`` with fresh weights (seeded), the control.
+UNTRAINED = "untrained:"
+
+
+def load_network(path: str, seed: int = 0) -> torch.nn.Module:
+    """The network of the checkpoint ``path`` (the detector alone), or with ``untrained:PATH`` the
+    same architecture with every layer's weights drawn afresh from ``seed`` (and batch-norm
+    statistics reset): what the architecture's features hold before any training, against which
+    a trained model's read-out means something."""
     from bitmind.checkpoint import load_model
+
+    fresh = path.startswith(UNTRAINED)
+    net = load_model(path[len(UNTRAINED):] if fresh else path, detector_only=True).model
+    if fresh:
+        torch.manual_seed(seed)
+        for m in net.modules():
+            if m is not net and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return net.eval()
+
+
+@torch.inference_mode()
+def pooled_features(path: str, dataset, positions: list[int], batch_size: int = 16, seed: int = 0) -> np.ndarray:
+    """The mean pool's input of the network in ``path`` (``load_network``), one row per picture of
+    ``positions`` (as the miner sees the picture: the dataset's base transforms; fp32)."""
     from bitmind.inference import forward_logits
 
-    lm = load_model(path, detector_only=True)
-    net = lm.model.eval()
+    net = load_network(path, seed)
     pool = getattr(net, "avgpool", None)
     if pool is None:
-        raise SystemExit(f"{path}: a {lm.arch} network has no mean pool to read (the probe reads npr checkpoints)")
+        raise SystemExit(f"{path}: a {type(net).__name__} network has no mean pool to read (the probe reads npr checkpoints)")
     caught: list[torch.Tensor] = []
     hook = pool.register_forward_hook(lambda _m, _i, out: caught.append(out.flatten(1).float().cpu()))
     try:
@@ -119,7 +139,9 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", nargs="+", required=True, help="npr checkpoints (NAME=PATH names a column)")
+    ap.add_argument("--model", nargs="+", required=True,
+                    help="npr checkpoints (NAME=PATH names a column; NAME=untrained:PATH the same network with fresh "
+                         "weights, the control)")
     ap.add_argument("--data", nargs="+", required=True, help="data roots (real/<kind>/..., fake/<source>/...)")
     ap.add_argument("--per_kind", type=int, default=100, help="pictures per class at most")
     ap.add_argument("--families", action="store_true", help="probe the generated pictures by family instead")
@@ -142,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     for spec in args.model:
         name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
         print(f"{name}: features of {len(positions)} pictures ...", file=sys.stderr, flush=True)
-        feats = pooled_features(path, dataset, positions)
+        feats = pooled_features(path, dataset, positions, seed=args.seed)
         result["models"][name] = {"path": path, **probe(feats, labels, args.seed)}
         r = result["models"][name]
         print(f"{name}: balanced accuracy {r['balanced_accuracy']:.3f} (chance {r['chance']:.3f})", flush=True)

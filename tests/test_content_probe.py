@@ -69,3 +69,18 @@ def test_unusable_input_is_refused(tmp_path, probe_data, capsys):
     assert "--per_kind must be at least 5" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.main(["--model", str(model), "--data", str(probe_data), "--out", str(tmp_path / "x.md")])
+
+
+def test_the_untrained_control_is_the_same_network_with_fresh_weights(tmp_path, probe_data):
+    import torch
+
+    script = load_script("benchmarks/content_probe.py")
+    model = save_tiny_npr(tmp_path / "m.pth", seed=5)
+    trained, fresh = script.load_network(str(model)), script.load_network(f"untrained:{model}", seed=1)
+    assert type(fresh) is type(trained) and not fresh.training
+    a, b = dict(trained.named_parameters()), dict(fresh.named_parameters())
+    assert a.keys() == b.keys() and all(not torch.equal(a[k], b[k]) for k in a if a[k].dim() > 1)
+    assert torch.equal(script.load_network(f"untrained:{model}", seed=1).fc1.weight, fresh.fc1.weight)  # seeded
+    result = script.main(["--model", f"ctrl=untrained:{model}", "--data", str(probe_data), "--per_kind", "12",
+                          "--out", str(tmp_path / "u.json")])
+    assert result["models"]["ctrl"]["path"] == f"untrained:{model}" and result["models"]["ctrl"]["n"] == 36
