@@ -104,9 +104,32 @@ def pooled_features(path: str, dataset, positions: list[int], batch_size: int = 
     return torch.cat(caught).numpy()
 
 
+#: Resamples of the pictures for the balanced accuracy's interval.
+N_BOOT = 1000
+
+
+def balanced_interval(labels: np.ndarray, pred: np.ndarray, seed: int, base: np.ndarray | None = None,
+                      n_boot: int = N_BOOT) -> list[float]:
+    """The 95 % interval of the balanced accuracy over pictures resampled within each class (the
+    cross-validated predictions kept): how far another draw of as many pictures could move it.
+    With ``base`` (another model's predictions of the same pictures), the interval of the
+    difference, both read on the same resamples (paired)."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == c) for c in sorted(set(labels.tolist()))]
+    right = pred == labels
+    other = None if base is None else base == labels
+    stats = []
+    for _ in range(n_boot):
+        picks = [g[rng.integers(0, len(g), len(g))] for g in groups]
+        value = np.mean([right[p].mean() for p in picks])
+        stats.append(value - (np.mean([other[p].mean() for p in picks]) if other is not None else 0.0))
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def probe(features: np.ndarray, labels: np.ndarray, seed: int) -> dict:
     """5-fold cross-validated multinomial logistic regression on standardised features: balanced
-    accuracy, chance and each class's recall."""
+    accuracy (with its 95 % interval over pictures), chance and each class's recall."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, recall_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -117,8 +140,10 @@ def probe(features: np.ndarray, labels: np.ndarray, seed: int) -> dict:
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1))
     pred = cross_val_predict(clf, features, labels, cv=StratifiedKFold(FOLDS, shuffle=True, random_state=seed))
     recall = recall_score(labels, pred, labels=names, average=None, zero_division=0)
-    return {"balanced_accuracy": float(balanced_accuracy_score(labels, pred)), "chance": 1.0 / len(names),
-            "n": int(len(labels)), "classes": names, "recall": {n: float(r) for n, r in zip(names, recall)}}
+    return {"balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+            "balanced_accuracy_ci95": balanced_interval(labels, pred, seed), "chance": 1.0 / len(names),
+            "n": int(len(labels)), "classes": names, "recall": {n: float(r) for n, r in zip(names, recall)},
+            "predictions": pred}
 
 
 def markdown(result: dict) -> str:
@@ -133,6 +158,11 @@ def markdown(result: dict) -> str:
                      + " | ".join(f"{result['models'][m]['recall'][c]:.2f}" for m in models) + " |")
     lines.append("| **balanced accuracy** | " + str(first["n"]) + " | "
                  + " | ".join(f"**{result['models'][m]['balanced_accuracy']:.3f}**" for m in models) + " |")
+    lines.append("| 95 % interval (pictures resampled) | | "
+                 + " | ".join("[{:.3f}, {:.3f}]".format(*result["models"][m]["balanced_accuracy_ci95"]) for m in models) + " |")
+    lines.append("| minus the first, paired [95 %] | | " + " | ".join(
+        "{:+.3f} [{:+.3f}, {:+.3f}]".format(d["difference"], *d["ci95"]) if (d := result["models"][m].get("minus_first"))
+        else "" for m in models) + " |")
     lines.append("| chance | | " + " | ".join(f"{result['models'][m]['chance']:.3f}" for m in models) + " |")
     return "\n".join(lines) + "\n"
 
@@ -161,12 +191,20 @@ def main(argv: list[str] | None = None) -> dict:
     labels = np.array([name for name, idx in chosen.items() for _ in idx])
     result = {"what": "generated families" if args.families else "real photo kinds", "data": [str(d) for d in args.data],
               "per_kind": args.per_kind, "seed": args.seed, "counts": {n: len(i) for n, i in chosen.items()}, "models": {}}
+    first, first_pred = None, None
     for spec in args.model:
         name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
         print(f"{name}: features of {len(positions)} pictures ...", file=sys.stderr, flush=True)
         feats = pooled_features(path, dataset, positions, seed=args.seed)
-        result["models"][name] = {"path": path, **probe(feats, labels, args.seed)}
-        r = result["models"][name]
+        r = probe(feats, labels, args.seed)
+        pred = r.pop("predictions")
+        if first_pred is None:
+            first, first_pred = name, pred
+        else:  # paired against the first model: the same pictures, folds and resamples
+            r["minus_first"] = {"model": first, "difference": float(r["balanced_accuracy"]
+                                                                   - result["models"][first]["balanced_accuracy"]),
+                                "ci95": balanced_interval(labels, pred, args.seed, base=first_pred)}
+        result["models"][name] = {"path": path, **r}
         print(f"{name}: balanced accuracy {r['balanced_accuracy']:.3f} (chance {r['chance']:.3f})", flush=True)
     write_report(args.out, result, markdown(result))
     return result

@@ -53,9 +53,13 @@ def test_kinds_that_differ_in_content_are_told_apart_and_the_rest_is_near_chance
     assert set(result["models"]) == {"tiny", "m.pth"}
     r = result["models"]["tiny"]
     assert r["chance"] == pytest.approx(1 / 3) and r["n"] == 36
+    lo, hi = r["balanced_accuracy_ci95"]
+    assert lo <= r["balanced_accuracy"] <= hi and hi - lo > 0.01  # resampling 12 pictures a kind moves it
     assert r["recall"]["real/stripes"] >= 0.9  # a different scene: named
     assert r["recall"]["real/grain"] + r["recall"]["real/grain2"] < 1.6  # the same scene: confused with each other
     assert result["models"]["m.pth"]["balanced_accuracy"] == r["balanced_accuracy"]  # same file, same pictures, same folds
+    assert result["models"]["m.pth"]["minus_first"] == {"model": "tiny", "difference": 0.0, "ci95": [0.0, 0.0]}
+    assert "minus_first" not in r and "predictions" not in r
     assert "| **balanced accuracy** |" in out.with_suffix(".md").read_text()
 
 
