@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
               "per_kind": args.per_kind, "seed": args.seed, "counts": {n: len(i) for n, i in chosen.items()}, "models": {}}
     first, first_pred = None, None
     for spec in args.model:
-        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).name, "", spec)  # a path may hold "="
         print(f"{name}: features of {len(positions)} pictures ...", file=sys.stderr, flush=True)
         feats = pooled_features(path, dataset, positions, seed=args.seed)
         r = probe(feats, labels, args.seed)

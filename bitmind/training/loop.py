@@ -429,8 +429,7 @@ class Learner:
         optimiser's state is loaded (its groups follow the adversary). A resume may change
         ``--train_data``; a head whose rows named other real kinds would be reused for these
         (or the optimiser refuse with a bare "different number of parameter groups")."""
-        saved = json.loads(state["adversary_classes"]) if "adversary_classes" in state else (
-            None if state.get("adversary_weight") is None else f"{state['adversary_weight'].shape[0]} kinds")
+        saved = json.loads(state["adversary_classes"]) if "adversary_classes" in state else None
         mine = list(self.content_names) if self.adversary is not None else None
         if saved != mine:
             raise ValueError(f"the saved state's content adversary names the real kinds {saved or 'none'}, this "
@@ -438,7 +437,8 @@ class Learner:
                              "the data it was trained on, or start a new run from its weights (--init_from)")
 
     def load_rng_state(self, state: dict) -> None:
-        """Restore ``rng_state`` (a state saved before it existed keeps the seeded streams)."""
+        """Restore ``rng_state`` (a state saved before it existed keeps the seeded streams); its
+        content adversary is the one ``check_resumable`` passed before the optimiser was loaded."""
         if "patch_rng" in state:
             self.patch_gen.set_state(state["patch_rng"])
         if "tile_rng" in state:
@@ -449,8 +449,7 @@ class Learner:
             self.mix_gen.set_state(state["mix_rng"])
         if self.compact_weight and state.get("real_centre") is not None:
             self.real_centre = state["real_centre"].to(next(self.model.parameters()).device)
-        if self.adversary is not None and state.get("adversary_weight") is not None:
-            self.check_resumable(state)
+        if self.adversary is not None and state.get("adversary_weight") is not None:  # checked: ``check_resumable``
             with torch.no_grad():
                 self.adversary.head.weight.copy_(state["adversary_weight"])
                 self.adversary.head.bias.copy_(state["adversary_bias"])
